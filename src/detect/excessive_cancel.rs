@@ -1,0 +1,224 @@
+//! excessive-cancel (频繁撤单): per (group, instrument), the counts of new
+//! orders and cancels inside a sliding event-time window, and the hot/cold
+//! episode state that makes one alert per episode.
+//!
+//! A shard applies records in `(ts_ns, seq)` order, so the window entries of
+//! all its keys form one FIFO sorted by time. Each record pushes one entry
+//! and expires the entries that fell out of `(t - window, t]`: O(1)
+//! amortised per record, and memory proportional to the records inside the
+//! window. A key whose window is empty (and that cannot matter any more) is
+//! freed, so the key table holds only keys with recent activity.
+
+use crate::alert::{Alert, Evidence, Rule};
+use crate::config::ExcessiveCancelParams;
+use crate::event::{Event, Kind};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    ts_ns: i64,
+    slot: u32,
+    cancel: bool,
+}
+
+#[derive(Clone, Copy, Default)]
+struct KeyState {
+    key: u64,
+    new_orders: u32,
+    cancels: u32,
+    hot: bool,
+}
+
+pub struct ExcessiveCancel {
+    params: ExcessiveCancelParams,
+    slot_of: FxHashMap<u64, u32>,
+    keys: Vec<KeyState>,
+    free: Vec<u32>,
+    window: VecDeque<Entry>,
+    grew: u64,
+}
+
+impl ExcessiveCancel {
+    pub fn new(params: ExcessiveCancelParams, window_capacity: usize) -> ExcessiveCancel {
+        let key_capacity = (window_capacity / 4).max(16);
+        let mut slot_of = FxHashMap::default();
+        slot_of.reserve(key_capacity);
+        ExcessiveCancel {
+            params,
+            slot_of,
+            keys: Vec::with_capacity(key_capacity),
+            free: Vec::with_capacity(key_capacity),
+            window: VecDeque::with_capacity(window_capacity),
+            grew: 0,
+        }
+    }
+
+    #[inline]
+    pub fn apply(&mut self, event: &Event) -> Option<Alert> {
+        let cancel = match event.kind {
+            Kind::New => false,
+            Kind::Cancel => true,
+            Kind::Trade => return None,
+        };
+        let t = event.ts_ns;
+        let horizon = t.saturating_sub(self.params.window_ns);
+        self.expire(horizon);
+
+        let key = (event.group as u64) << 32 | event.instrument as u64;
+        let slot = self.slot(key);
+        if self.window.len() == self.window.capacity() {
+            self.grew += 1;
+        }
+        self.window.push_back(Entry { ts_ns: t, slot, cancel });
+        let state = &mut self.keys[slot as usize];
+        if cancel {
+            state.cancels += 1;
+        } else {
+            state.new_orders += 1;
+        }
+        let (n, c) = (state.new_orders as u64, state.cancels as u64);
+        let hot = c >= self.params.min_cancels as u64 && 100 * c >= self.params.ratio_pct as u64 * n;
+        let was_hot = std::mem::replace(&mut state.hot, hot);
+        (hot && !was_hot).then(|| Alert {
+            rule: Rule::ExcessiveCancel,
+            seq: event.seq,
+            ts_ns: t,
+            group: event.group,
+            account: event.account,
+            instrument: event.instrument,
+            evidence: Evidence::ExcessiveCancel {
+                window_start_ns: horizon,
+                window_end_ns: t,
+                new_orders: n as u32,
+                cancels: c as u32,
+            },
+            ..Alert::default()
+        })
+    }
+
+    /// Drops the entries at or before `horizon`, freeing keys that go empty.
+    #[inline]
+    fn expire(&mut self, horizon: i64) {
+        while let Some(front) = self.window.front() {
+            if front.ts_ns > horizon {
+                break;
+            }
+            let Entry { slot, cancel, .. } = *front;
+            self.window.pop_front();
+            let state = &mut self.keys[slot as usize];
+            if cancel {
+                state.cancels -= 1;
+            } else {
+                state.new_orders -= 1;
+            }
+            if state.new_orders == 0 && state.cancels == 0 {
+                // With an empty window the next record alone makes c <= 1;
+                // when min_cancels >= 2 it cannot be hot, so whether the key
+                // was hot no longer matters and the key can be forgotten.
+                if self.params.min_cancels >= 2 {
+                    state.hot = false;
+                }
+                if !state.hot {
+                    let key = state.key;
+                    self.slot_of.remove(&key);
+                    self.free.push(slot);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn slot(&mut self, key: u64) -> u32 {
+        if let Some(&slot) = self.slot_of.get(&key) {
+            return slot;
+        }
+        let state = KeyState { key, ..KeyState::default() };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.keys[slot as usize] = state;
+                slot
+            }
+            None => {
+                if self.keys.len() == self.keys.capacity() {
+                    self.grew += 1;
+                }
+                self.keys.push(state);
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.slot_of.insert(key, slot);
+        slot
+    }
+
+    pub fn stats(&self) -> super::DetectorStats {
+        super::DetectorStats { window_entries: self.window.len(), active_keys: self.slot_of.len(), grew: self.grew }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn rec(seq: u64, ts_ns: i64, kind: Kind, group: u32) -> Event {
+        Event { seq, ts_ns, kind, group, account: group, instrument: 1, ..Event::default() }
+    }
+
+    fn run(params: ExcessiveCancelParams, records: &[Event]) -> Vec<(u64, u32, u32)> {
+        let mut rule = ExcessiveCancel::new(params, 4);
+        records
+            .iter()
+            .filter_map(|e| rule.apply(e))
+            .map(|a| match a.evidence {
+                Evidence::ExcessiveCancel { new_orders, cancels, .. } => (a.seq, new_orders, cancels),
+                Evidence::SelfTrade { .. } => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_alert_per_episode() {
+        let params = ExcessiveCancelParams { window_ns: 10 * SEC, min_cancels: 3, ratio_pct: 90 };
+        let mut records = Vec::new();
+        for i in 0..3 {
+            records.push(rec(records.len() as u64, i * SEC, Kind::New, 7));
+        }
+        for i in 0..5 {
+            records.push(rec(records.len() as u64, (3 + i) * SEC, Kind::Cancel, 7));
+        }
+        // n = 3, c = 3 at seq 5: hot, one alert; later cancels stay in the episode.
+        assert_eq!(run(params, &records), vec![(5, 3, 3)]);
+    }
+
+    #[test]
+    fn window_is_half_open_and_episodes_restart() {
+        let params = ExcessiveCancelParams { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 100 };
+        let records = [
+            rec(1, 0, Kind::Cancel, 1),
+            rec(2, SEC, Kind::Cancel, 1),  // c = 2, n = 0: hot -> alert
+            rec(3, 2 * SEC, Kind::New, 1), // 100*2 >= 100*1: still hot
+            rec(4, 3 * SEC, Kind::New, 1), // 200 < 200? no: 200 >= 200 hot
+            rec(5, 4 * SEC, Kind::New, 1), // 200 < 300: cold
+            // At t = 10 s the cancel at t = 0 is outside (t - 10 s, t]: c = 1, n = 3.
+            rec(6, 10 * SEC, Kind::Cancel, 1), // c = 2 (t=1,t=10), n = 3: cold
+            rec(7, 30 * SEC, Kind::Cancel, 1), // everything before expired: c = 1
+            rec(8, 30 * SEC, Kind::Cancel, 1), // c = 2, n = 0: hot again -> alert
+        ];
+        assert_eq!(run(params, &records), vec![(2, 0, 2), (8, 0, 2)]);
+    }
+
+    #[test]
+    fn keys_are_separate_and_freed_when_idle() {
+        let params = ExcessiveCancelParams { window_ns: SEC, min_cancels: 2, ratio_pct: 90 };
+        let mut rule = ExcessiveCancel::new(params, 4);
+        for group in 0..100u32 {
+            rule.apply(&rec(group as u64, group as i64 * SEC, Kind::Cancel, group));
+        }
+        // Only the last key's entry is still inside the one-second window.
+        assert_eq!(rule.stats().active_keys, 1);
+        assert_eq!(rule.stats().window_entries, 1);
+        assert!(rule.keys.len() <= 2, "slots are reused, not grown");
+    }
+}

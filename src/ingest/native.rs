@@ -1,0 +1,1444 @@
+//! The native tape: its on-disk layout, writing one, and the verified
+//! memory-mapped reading of one.
+//!
+//! A tape is a CSV feed already parsed, validated and interned, so replay
+//! costs a few loads per record instead of a parse. Replay trusts what it
+//! reads, so [`Tape::open`] checks every byte first: a tape that opens is one
+//! that [`TapeWriter`] finished, whole and unchanged.
+//!
+//! # Layout
+//!
+//! All integers are little-endian; offsets are bytes from the start of the
+//! file.
+//!
+//! ```text
+//! 0   header, 128 bytes
+//! 128 records, 64 bytes each
+//! T   block checksum table: one u64 xxh3_64 per block of records
+//!     (the last block may be short); T = 128 + 64 * record count
+//! S   symbol section; S = T + 8 * block count:
+//!       u64 account count, u64 instrument count, then the account names
+//!       and then the instrument names in id order, each a u8 length
+//!       (at most 16) followed by that many ASCII bytes
+//! F   end of file, exactly the header's file length
+//! ```
+//!
+//! Header:
+//!
+//! ```text
+//! 0    [u8; 8]   magic "TWTAPE01"
+//! 8    u32       format version, 1
+//! 12   u32       header size, 128
+//! 16   u32       record size, 64
+//! 20   u32       block size in records (TapeWriter::create uses 65536)
+//! 24   u64       record count
+//! 32   u64       T, offset of the block checksum table
+//! 40   u64       S, offset of the symbol section
+//! 48   u64       F, file length
+//! 56   u64       stats: rejected CSV lines
+//! 64   u64       stats: sequence gaps
+//! 72   u64       stats: records missing in those gaps
+//! 80   u64       xxh3_64 of the block checksum table
+//! 88   u64       xxh3_64 of the symbol section
+//! 96   [u8; 24]  reserved, zero
+//! 120  u64       xxh3_64 of header bytes 0..120
+//! ```
+//!
+//! Every byte of the file is covered by a chain of checksums rooted in the
+//! header's own: header -> table and symbols -> blocks.
+//!
+//! Record:
+//!
+//! ```text
+//! 0   u64  seq              32  i64  price
+//! 8   i64  ts_ns            40  u64  qty
+//! 16  u64  order_id         48  u32  account
+//! 24  u64  contra_order_id  52  u32  contra_account
+//!                           56  u32  instrument
+//!                           60  u8   kind: N, C or T
+//!                           61  u8   side: B or S
+//!                           62  [u8; 2] reserved, zero
+//! ```
+//!
+//! Besides the checksums, `open` requires strictly increasing seq, valid kind
+//! and side bytes, and account and instrument ids below the symbol counts;
+//! the writer refuses the same things, so it never makes a tape that will
+//! not open.
+//!
+//! The writer fills `<path>.partial`, starting with a zeroed header (no
+//! magic), and writes the real header only after the table and symbols,
+//! then fsyncs and renames. A crash or an error at any point leaves `path`
+//! as it was, never a tape that looks whole but is not.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
+
+/// One record as stored: all integers, little-endian, 64 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TapeRecord {
+    pub seq: u64,
+    pub ts_ns: i64,
+    pub order_id: u64,
+    pub contra_order_id: u64,
+    pub price: i64,
+    pub qty: u64,
+    pub account: u32,
+    pub contra_account: u32,
+    pub instrument: u32,
+    /// `b'N'`, `b'C'` or `b'T'`.
+    pub kind: u8,
+    /// `b'B'` or `b'S'`.
+    pub side: u8,
+}
+
+pub const RECORD_BYTES: usize = 64;
+
+/// What import found wrong with the CSV, carried in the header so replay of
+/// a native tape can report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapeStats {
+    pub rejected: u64,
+    pub gaps: u64,
+    pub missing_records: u64,
+}
+
+pub const MAGIC: [u8; 8] = *b"TWTAPE01";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = 128;
+/// Bytes of the header that its own checksum covers.
+const HEADER_HASHED: usize = 120;
+/// 4 MiB per block: large enough that hashing runs at memory speed, small
+/// enough that a corrupt block narrows the damage to a useful range.
+const BLOCK_RECORDS: u32 = 65_536;
+const NAME_MAX: usize = 16;
+
+// Header field offsets.
+const H_VERSION: usize = 8;
+const H_HEADER_BYTES: usize = 12;
+const H_RECORD_BYTES: usize = 16;
+const H_BLOCK_RECORDS: usize = 20;
+const H_COUNT: usize = 24;
+const H_TABLE_OFFSET: usize = 32;
+const H_SYMBOLS_OFFSET: usize = 40;
+const H_FILE_BYTES: usize = 48;
+const H_REJECTED: usize = 56;
+const H_GAPS: usize = 64;
+const H_MISSING: usize = 72;
+const H_TABLE_HASH: usize = 80;
+const H_SYMBOLS_HASH: usize = 88;
+const H_RESERVED: Range<usize> = 96..120;
+const H_HEADER_HASH: usize = 120;
+
+// Record field offsets.
+const R_SEQ: usize = 0;
+const R_TS: usize = 8;
+const R_ORDER: usize = 16;
+const R_CONTRA_ORDER: usize = 24;
+const R_PRICE: usize = 32;
+const R_QTY: usize = 40;
+const R_ACCOUNT: usize = 48;
+const R_CONTRA_ACCOUNT: usize = 52;
+const R_INSTRUMENT: usize = 56;
+const R_KIND: usize = 60;
+const R_SIDE: usize = 61;
+const R_RESERVED: Range<usize> = 62..64;
+
+// The `at` arguments are constants at every call site, so after inlining
+// these are single unaligned loads with no bounds check left.
+#[inline(always)]
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+#[inline(always)]
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[inline(always)]
+fn encode(rec: &TapeRecord) -> [u8; RECORD_BYTES] {
+    let mut b = [0u8; RECORD_BYTES];
+    put_u64(&mut b, R_SEQ, rec.seq);
+    put_u64(&mut b, R_TS, rec.ts_ns as u64);
+    put_u64(&mut b, R_ORDER, rec.order_id);
+    put_u64(&mut b, R_CONTRA_ORDER, rec.contra_order_id);
+    put_u64(&mut b, R_PRICE, rec.price as u64);
+    put_u64(&mut b, R_QTY, rec.qty);
+    put_u32(&mut b, R_ACCOUNT, rec.account);
+    put_u32(&mut b, R_CONTRA_ACCOUNT, rec.contra_account);
+    put_u32(&mut b, R_INSTRUMENT, rec.instrument);
+    b[R_KIND] = rec.kind;
+    b[R_SIDE] = rec.side;
+    b
+}
+
+#[inline(always)]
+fn decode(b: &[u8; RECORD_BYTES]) -> TapeRecord {
+    TapeRecord {
+        seq: u64_at(b, R_SEQ),
+        ts_ns: u64_at(b, R_TS) as i64,
+        order_id: u64_at(b, R_ORDER),
+        contra_order_id: u64_at(b, R_CONTRA_ORDER),
+        price: u64_at(b, R_PRICE) as i64,
+        qty: u64_at(b, R_QTY),
+        account: u32_at(b, R_ACCOUNT),
+        contra_account: u32_at(b, R_CONTRA_ACCOUNT),
+        instrument: u32_at(b, R_INSTRUMENT),
+        kind: b[R_KIND],
+        side: b[R_SIDE],
+    }
+}
+
+#[inline(always)]
+fn valid_kind(k: u8) -> bool {
+    matches!(k, b'N' | b'C' | b'T')
+}
+
+#[inline(always)]
+fn valid_side(s: u8) -> bool {
+    matches!(s, b'B' | b'S')
+}
+
+fn invalid_input(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Writes a native tape. See the module doc for the layout.
+pub struct TapeWriter {
+    file: File,
+    path: PathBuf,
+    partial: PathBuf,
+    block_records: u32,
+    /// The current block's encoded records. It doubles as the write buffer,
+    /// so each block is hashed once, in one call, and written in one syscall.
+    block: Vec<u8>,
+    block_sums: Vec<u64>,
+    records: u64,
+    last_seq: Option<u64>,
+    /// One past the largest account / instrument id pushed, checked against
+    /// the symbol tables in `finish` so the writer never produces a tape the
+    /// reader would refuse.
+    account_bound: u64,
+    instrument_bound: u64,
+    /// Set when a write failed: the file may then hold part of a block, so
+    /// nothing more may be added and `finish` refuses.
+    broken: bool,
+    /// Set once the rename has happened; until then `Drop` deletes the
+    /// `.partial` file.
+    done: bool,
+}
+
+impl TapeWriter {
+    /// Writes to `<path>.partial` and renames on finish, so a failed import
+    /// leaves no tape that looks whole.
+    pub fn create(path: &Path) -> io::Result<TapeWriter> {
+        Self::with_block_records(path, BLOCK_RECORDS)
+    }
+
+    /// Tests use tiny blocks to exercise multi-block tapes cheaply; the
+    /// reader takes the block size from the header.
+    fn with_block_records(path: &Path, block_records: u32) -> io::Result<TapeWriter> {
+        if block_records == 0 {
+            return Err(invalid_input("block size must be at least one record".into()));
+        }
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let mut file = File::create(&partial)?;
+        // A zero header has no magic, so an interrupted write is never taken
+        // for a tape even if someone renames the `.partial` by hand.
+        if let Err(e) = file.write_all(&[0u8; HEADER_BYTES]) {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+        Ok(TapeWriter {
+            file,
+            path: path.to_path_buf(),
+            partial,
+            block_records,
+            block: Vec::with_capacity(block_records as usize * RECORD_BYTES),
+            block_sums: Vec::new(),
+            records: 0,
+            last_seq: None,
+            account_bound: 0,
+            instrument_bound: 0,
+            broken: false,
+            done: false,
+        })
+    }
+
+    /// Buffered: records are encoded into a block-sized buffer that is
+    /// written once full, so there is no syscall per record.
+    #[inline]
+    pub fn push(&mut self, rec: &TapeRecord) -> io::Result<()> {
+        // The same rules `Tape::open` enforces, caught here so a bad import
+        // fails at the record that caused it rather than at the next replay.
+        let seq_ok = match self.last_seq {
+            Some(last) => rec.seq > last,
+            None => true,
+        };
+        if !(seq_ok & valid_kind(rec.kind) & valid_side(rec.side)) {
+            return Err(self.push_problem(rec));
+        }
+        self.last_seq = Some(rec.seq);
+        let max_account = rec.account.max(rec.contra_account) as u64 + 1;
+        self.account_bound = self.account_bound.max(max_account);
+        self.instrument_bound = self.instrument_bound.max(rec.instrument as u64 + 1);
+
+        self.block.extend_from_slice(&encode(rec));
+        self.records += 1;
+        if self.block.len() >= self.block_records as usize * RECORD_BYTES {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn push_problem(&self, rec: &TapeRecord) -> io::Error {
+        let what = if !valid_kind(rec.kind) {
+            format!("invalid kind byte {:#04x} (expected N, C or T)", rec.kind)
+        } else if !valid_side(rec.side) {
+            format!("invalid side byte {:#04x} (expected B or S)", rec.side)
+        } else {
+            format!(
+                "seq {} is not greater than the previous record's seq {}",
+                rec.seq,
+                self.last_seq.unwrap_or_default()
+            )
+        };
+        invalid_input(format!("tape record {}: {what}", self.records))
+    }
+
+    fn flush_block(&mut self) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("an earlier write to this tape failed"));
+        }
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        self.block_sums.push(xxh3_64(&self.block));
+        if let Err(e) = self.file.write_all(&self.block) {
+            self.broken = true;
+            return Err(e);
+        }
+        self.block.clear();
+        Ok(())
+    }
+
+    /// Records pushed so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// `accounts[i]` is the name of account id i, `instruments[i]` of
+    /// instrument id i (ASCII, at most 16 bytes each).
+    /// Writes the block checksum table, the symbol section, then rewrites the
+    /// header, fsyncs, renames.
+    pub fn finish(mut self, accounts: &[&[u8]], instruments: &[&[u8]], stats: TapeStats) -> io::Result<()> {
+        self.write_tail(accounts, instruments, stats)?;
+        self.file.sync_all()?;
+        fs::rename(&self.partial, &self.path)?;
+        self.done = true;
+        // Makes the rename itself durable. Some filesystems refuse fsync on a
+        // directory; the tape is complete either way, so that is not an error.
+        #[cfg(unix)]
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn write_tail(&mut self, accounts: &[&[u8]], instruments: &[&[u8]], stats: TapeStats) -> io::Result<()> {
+        if self.account_bound > accounts.len() as u64 {
+            return Err(invalid_input(format!(
+                "records use account id {} but only {} account names were given",
+                self.account_bound - 1,
+                accounts.len()
+            )));
+        }
+        if self.instrument_bound > instruments.len() as u64 {
+            return Err(invalid_input(format!(
+                "records use instrument id {} but only {} instrument names were given",
+                self.instrument_bound - 1,
+                instruments.len()
+            )));
+        }
+        self.flush_block()?;
+
+        let table: Vec<u8> = self.block_sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+        self.file.write_all(&table)?;
+
+        let mut symbols = Vec::with_capacity(16 + (accounts.len() + instruments.len()) * 9);
+        symbols.extend_from_slice(&(accounts.len() as u64).to_le_bytes());
+        symbols.extend_from_slice(&(instruments.len() as u64).to_le_bytes());
+        for (what, names) in [("account", accounts), ("instrument", instruments)] {
+            for (id, name) in names.iter().enumerate() {
+                if name.len() > NAME_MAX || !name.is_ascii() {
+                    return Err(invalid_input(format!(
+                        "{what} {id} name {:?} is not ASCII of at most {NAME_MAX} bytes",
+                        name.escape_ascii().to_string()
+                    )));
+                }
+                symbols.push(name.len() as u8);
+                symbols.extend_from_slice(name);
+            }
+        }
+        self.file.write_all(&symbols)?;
+
+        let table_offset = HEADER_BYTES as u64 + self.records * RECORD_BYTES as u64;
+        let symbols_offset = table_offset + table.len() as u64;
+        let file_bytes = symbols_offset + symbols.len() as u64;
+        let mut h = [0u8; HEADER_BYTES];
+        h[..8].copy_from_slice(&MAGIC);
+        put_u32(&mut h, H_VERSION, VERSION);
+        put_u32(&mut h, H_HEADER_BYTES, HEADER_BYTES as u32);
+        put_u32(&mut h, H_RECORD_BYTES, RECORD_BYTES as u32);
+        put_u32(&mut h, H_BLOCK_RECORDS, self.block_records);
+        put_u64(&mut h, H_COUNT, self.records);
+        put_u64(&mut h, H_TABLE_OFFSET, table_offset);
+        put_u64(&mut h, H_SYMBOLS_OFFSET, symbols_offset);
+        put_u64(&mut h, H_FILE_BYTES, file_bytes);
+        put_u64(&mut h, H_REJECTED, stats.rejected);
+        put_u64(&mut h, H_GAPS, stats.gaps);
+        put_u64(&mut h, H_MISSING, stats.missing_records);
+        put_u64(&mut h, H_TABLE_HASH, xxh3_64(&table));
+        put_u64(&mut h, H_SYMBOLS_HASH, xxh3_64(&symbols));
+        let header_hash = xxh3_64(&h[..HEADER_HASHED]);
+        put_u64(&mut h, H_HEADER_HASH, header_hash);
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(&h)?;
+        Ok(())
+    }
+}
+
+impl Drop for TapeWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// Why a tape was refused. Its `Display` names the file, where in it the
+/// problem is, and what the problem is.
+#[derive(Debug)]
+pub struct TapeError {
+    path: PathBuf,
+    problem: Problem,
+}
+
+#[derive(Debug)]
+enum Problem {
+    Io(&'static str, io::Error),
+    Invalid(String),
+}
+
+impl TapeError {
+    fn invalid(path: &Path, msg: String) -> TapeError {
+        TapeError { path: path.to_path_buf(), problem: Problem::Invalid(msg) }
+    }
+}
+
+impl fmt::Display for TapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.problem {
+            Problem::Io(what, e) => write!(f, "{}: {what}: {e}", self.path.display()),
+            Problem::Invalid(msg) => write!(f, "{}: {msg}", self.path.display()),
+        }
+    }
+}
+
+impl std::error::Error for TapeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.problem {
+            Problem::Io(_, e) => Some(e),
+            Problem::Invalid(_) => None,
+        }
+    }
+}
+
+/// A verified, memory-mapped tape.
+pub struct Tape {
+    path: PathBuf,
+    map: Mmap,
+    len: usize,
+    records_end: usize,
+    stats: TapeStats,
+    accounts: Vec<Range<usize>>,
+    instruments: Vec<Range<usize>>,
+}
+
+/// The header's geometry, every offset already checked against the others.
+struct Geometry {
+    block_records: u64,
+    table: Range<usize>,
+    symbols: Range<usize>,
+    file_bytes: u64,
+}
+
+impl Tape {
+    /// Maps the file and verifies everything before returning: magic,
+    /// version, sizes, that the file length matches the header, every
+    /// checksum, that every record has a valid kind and side byte and ids
+    /// below the symbol counts, and that seq is strictly increasing.
+    pub fn open(path: &Path) -> Result<Tape, TapeError> {
+        // Past a few threads hashing is bound by memory bandwidth.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        Self::open_with_threads(path, threads)
+    }
+
+    fn open_with_threads(path: &Path, threads: usize) -> Result<Tape, TapeError> {
+        let bad = |msg: String| TapeError::invalid(path, msg);
+        let file = File::open(path)
+            .map_err(|e| TapeError { path: path.to_path_buf(), problem: Problem::Io("cannot open", e) })?;
+        // SAFETY: the mapping is read-only and we only ever read bytes from
+        // it, which are valid for any contents. Tapes are written once to a
+        // `.partial` and renamed into place, so nothing is expected to modify
+        // or truncate the file while it is mapped; if something did anyway,
+        // reads could see the changed bytes or fault, the usual caveat of
+        // mapping a file, accepted for the speed of replay.
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|e| TapeError { path: path.to_path_buf(), problem: Problem::Io("cannot map", e) })?;
+        // Verification and replay both walk the file front to back.
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
+
+        let geo = check_header(&map).map_err(bad)?;
+        let h = &map[..HEADER_BYTES];
+        let records_end = geo.table.start;
+
+        if u64_at(h, H_TABLE_HASH) != xxh3_64(&map[geo.table.clone()]) {
+            return Err(bad(format!(
+                "corrupt block checksum table (bytes {}..{}): checksum mismatch",
+                geo.table.start, geo.table.end
+            )));
+        }
+        if u64_at(h, H_SYMBOLS_HASH) != xxh3_64(&map[geo.symbols.clone()]) {
+            return Err(bad(format!(
+                "corrupt symbol section (bytes {}..{}): checksum mismatch",
+                geo.symbols.start, geo.symbols.end
+            )));
+        }
+        let (accounts, instruments) = parse_symbols(&map, geo.symbols.clone()).map_err(bad)?;
+
+        check_records(
+            &map,
+            &|range| release(&map, range),
+            &geo,
+            accounts.len() as u64,
+            instruments.len() as u64,
+            threads,
+        )
+        .map_err(bad)?;
+
+        let stats = TapeStats {
+            rejected: u64_at(h, H_REJECTED),
+            gaps: u64_at(h, H_GAPS),
+            missing_records: u64_at(h, H_MISSING),
+        };
+        debug_assert_eq!(geo.file_bytes, map.len() as u64);
+        Ok(Tape {
+            path: path.to_path_buf(),
+            len: (records_end - HEADER_BYTES) / RECORD_BYTES,
+            map,
+            records_end,
+            stats,
+            accounts,
+            instruments,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Decodes record `i` straight from the mapping. Panics if `i >= len()`.
+    #[inline]
+    pub fn record(&self, i: usize) -> TapeRecord {
+        let (records, _) = self.map[HEADER_BYTES..self.records_end].as_chunks::<RECORD_BYTES>();
+        decode(&records[i])
+    }
+
+    /// Tells the OS that records before `end` will not be read again (see `release`).
+    pub fn release_before(&self, end: usize) {
+        release(&self.map, HEADER_BYTES..HEADER_BYTES + end.min(self.len) * RECORD_BYTES);
+    }
+
+    /// Account names, indexed by account id.
+    pub fn accounts(&self) -> Vec<&[u8]> {
+        self.accounts.iter().map(|r| &self.map[r.clone()]).collect()
+    }
+
+    /// Instrument names, indexed by instrument id.
+    pub fn instruments(&self) -> Vec<&[u8]> {
+        self.instruments.iter().map(|r| &self.map[r.clone()]).collect()
+    }
+
+    pub fn stats(&self) -> TapeStats {
+        self.stats
+    }
+}
+
+impl fmt::Debug for Tape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tape")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("accounts", &self.accounts.len())
+            .field("instruments", &self.instruments.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Checks the header and that the file is exactly as long as it promises.
+/// The header checksum is checked before any field is trusted, so a
+/// truncation report never quotes a corrupt record count.
+fn check_header(map: &[u8]) -> Result<Geometry, String> {
+    let len = map.len();
+    if len >= MAGIC.len() && map[..MAGIC.len()] != MAGIC {
+        return Err(format!(
+            "not a native tape: bad magic \"{}\" at byte 0 (expected \"TWTAPE01\")",
+            map[..MAGIC.len()].escape_ascii()
+        ));
+    }
+    if len < HEADER_BYTES {
+        return Err(format!("truncated: the file is {len} bytes, shorter than the {HEADER_BYTES}-byte header"));
+    }
+    let h = &map[..HEADER_BYTES];
+    let version = u32_at(h, H_VERSION);
+    if version != VERSION {
+        return Err(format!(
+            "unsupported format version {version} at byte {H_VERSION} (this build reads version {VERSION})"
+        ));
+    }
+    if u64_at(h, H_HEADER_HASH) != xxh3_64(&h[..HEADER_HASHED]) {
+        return Err(format!("corrupt header (bytes 0..{HEADER_BYTES}): checksum mismatch"));
+    }
+    // From here the header is what a writer wrote, so any inconsistency
+    // is a writer bug or a forged header; report it all the same.
+    let header_bytes = u32_at(h, H_HEADER_BYTES);
+    let record_bytes = u32_at(h, H_RECORD_BYTES);
+    if header_bytes as usize != HEADER_BYTES || record_bytes as usize != RECORD_BYTES {
+        return Err(format!(
+            "header says {header_bytes}-byte header and {record_bytes}-byte records \
+             (this build reads {HEADER_BYTES} and {RECORD_BYTES})"
+        ));
+    }
+    if h[H_RESERVED].iter().any(|&b| b != 0) {
+        return Err(format!("header bytes {}..{} are reserved but not zero", H_RESERVED.start, H_RESERVED.end));
+    }
+    let block_records = u32_at(h, H_BLOCK_RECORDS) as u64;
+    if block_records == 0 {
+        return Err(format!("header at byte {H_BLOCK_RECORDS}: block size is 0 records"));
+    }
+    let count = u64_at(h, H_COUNT);
+    let table_offset = u64_at(h, H_TABLE_OFFSET);
+    let symbols_offset = u64_at(h, H_SYMBOLS_OFFSET);
+    let file_bytes = u64_at(h, H_FILE_BYTES);
+    let blocks = count.div_ceil(block_records);
+    let want_table = count.checked_mul(RECORD_BYTES as u64).and_then(|b| b.checked_add(HEADER_BYTES as u64));
+    let want_symbols = want_table.and_then(|t| t.checked_add(blocks.checked_mul(8)?));
+    if want_table != Some(table_offset)
+        || want_symbols != Some(symbols_offset)
+        || file_bytes < symbols_offset.saturating_add(16)
+    {
+        return Err(format!(
+            "header is inconsistent: {count} records in blocks of {block_records} \
+             but checksum table at byte {table_offset}, symbols at byte {symbols_offset}, \
+             file length {file_bytes}"
+        ));
+    }
+
+    let actual = len as u64;
+    if actual < table_offset {
+        return Err(format!(
+            "truncated: header promises {count} records ({} bytes of records) \
+             but the file ends at byte {actual}, inside record {}",
+            table_offset - HEADER_BYTES as u64,
+            (actual - HEADER_BYTES as u64) / RECORD_BYTES as u64
+        ));
+    }
+    if actual < symbols_offset {
+        return Err(format!(
+            "truncated: the file ends at byte {actual}, inside the block checksum table \
+             (bytes {table_offset}..{symbols_offset})"
+        ));
+    }
+    if actual < file_bytes {
+        return Err(format!(
+            "truncated: the file ends at byte {actual}, inside the symbol section \
+             (bytes {symbols_offset}..{file_bytes})"
+        ));
+    }
+    if actual > file_bytes {
+        return Err(format!(
+            "{} bytes of unexpected data after the end of the tape at byte {file_bytes}",
+            actual - file_bytes
+        ));
+    }
+    // The file fits in the address space (it is mapped), so every offset
+    // below the file length fits in usize.
+    let to_usize = |v: u64| usize::try_from(v).map_err(|_| format!("offset {v} exceeds usize"));
+    Ok(Geometry {
+        block_records,
+        table: to_usize(table_offset)?..to_usize(symbols_offset)?,
+        symbols: to_usize(symbols_offset)?..to_usize(file_bytes)?,
+        file_bytes,
+    })
+}
+
+type Names = Vec<Range<usize>>;
+
+/// Parses the symbol section; its checksum has already matched, so a failure
+/// here means the writer broke the format, not that the disk did.
+fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), String> {
+    let start = section.start;
+    let end = section.end;
+    let n_accounts = u64_at(map, start);
+    let n_instruments = u64_at(map, start + 8);
+    let mut at = start + 16;
+    let mut read = |what: &str, n: u64| -> Result<Names, String> {
+        // Each name takes at least its length byte, which bounds a forged
+        // count before it can drive a huge allocation.
+        let cap = usize::try_from(n).unwrap_or(usize::MAX).min(end - at);
+        let mut names = Vec::with_capacity(cap);
+        for id in 0..n {
+            let Some(&name_len) = map[..end].get(at) else {
+                return Err(format!("symbol section (bytes {start}..{end}) ends at {what} {id} of {n}"));
+            };
+            let name_len = name_len as usize;
+            let name = at + 1..at + 1 + name_len;
+            if name.end > end {
+                return Err(format!(
+                    "symbol section (bytes {start}..{end}) ends inside {what} {id}'s name at byte {at}"
+                ));
+            }
+            if name_len > NAME_MAX || !map[name.clone()].is_ascii() {
+                return Err(format!(
+                    "symbol section: {what} {id}'s name at byte {at} is not ASCII of at most {NAME_MAX} bytes"
+                ));
+            }
+            at = name.end;
+            names.push(name);
+        }
+        Ok(names)
+    };
+    let accounts = read("account", n_accounts)?;
+    let instruments = read("instrument", n_instruments)?;
+    if at != end {
+        return Err(format!("symbol section: {} bytes of unexpected data at bytes {at}..{end}", end - at));
+    }
+    Ok((accounts, instruments))
+}
+
+/// Checks every block against its checksum and every record in it, split
+/// into contiguous runs of blocks across up to `threads` threads: hashing is
+/// the bulk of opening a tape, and blocks hash independently. Returns the
+/// problem that comes first in the file, as a serial check would.
+fn check_records(
+    map: &[u8],
+    release: &(dyn Fn(Range<usize>) + Sync),
+    geo: &Geometry,
+    n_accounts: u64,
+    n_instruments: u64,
+    threads: usize,
+) -> Result<(), String> {
+    let blocks = geo.table.len() / 8;
+    let threads = threads.clamp(1, blocks.max(1));
+    let check = |run: Range<usize>| check_blocks(map, geo, run, n_accounts, n_instruments, release);
+    if threads == 1 {
+        return check(0..blocks);
+    }
+    let per_thread = blocks.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..blocks)
+            .step_by(per_thread)
+            .map(|start| {
+                let run = start..(start + per_thread).min(blocks);
+                scope.spawn(move || check(run))
+            })
+            .collect();
+        // Runs are in file order, so the first failing run holds the first
+        // problem.
+        for run in runs {
+            run.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        }
+        Ok(())
+    })
+}
+
+/// Checks a run of blocks, in one pass: each slice is validated right after
+/// it is hashed, while it is still in cache, so the tape is read from memory
+/// once rather than twice.
+fn check_blocks(
+    map: &[u8],
+    geo: &Geometry,
+    run: Range<usize>,
+    n_accounts: u64,
+    n_instruments: u64,
+    release: &(dyn Fn(Range<usize>) + Sync),
+) -> Result<(), String> {
+    /// Small enough to stay in L2 between hashing and checking.
+    const SLICE_BYTES: usize = 1024 * RECORD_BYTES;
+    let (sums, _) = map[geo.table.clone()].as_chunks::<8>();
+    let block_bytes = geo.block_records as usize * RECORD_BYTES;
+    let records = &map[HEADER_BYTES..geo.table.start];
+    // The record before the run is read unverified: if it is damaged, an
+    // earlier run reports that first, and its message wins.
+    let mut prev_seq = (run.start > 0).then(|| u64_at(records, run.start * block_bytes - RECORD_BYTES + R_SEQ));
+    for b in run {
+        let block_start = b * block_bytes;
+        let block = &records[block_start..(block_start + block_bytes).min(records.len())];
+        let mut hasher = Xxh3Default::new();
+        // Validity is folded into one flag with non-short-circuit `&` so the
+        // loop has no data-dependent branch; the cold path works out which
+        // record and which rule.
+        let mut ok = true;
+        let mut prev = prev_seq.unwrap_or(0);
+        let mut have_prev = prev_seq.is_some();
+        for slice in block.chunks(SLICE_BYTES) {
+            hasher.update(slice);
+            let (recs, _) = slice.as_chunks::<RECORD_BYTES>();
+            for r in recs {
+                let seq = u64_at(r, R_SEQ);
+                ok &= (seq > prev) | !have_prev;
+                ok &= valid_kind(r[R_KIND]) & valid_side(r[R_SIDE]);
+                ok &= ((u32_at(r, R_ACCOUNT) as u64) < n_accounts)
+                    & ((u32_at(r, R_CONTRA_ACCOUNT) as u64) < n_accounts)
+                    & ((u32_at(r, R_INSTRUMENT) as u64) < n_instruments);
+                ok &= (r[R_RESERVED.start] | r[R_RESERVED.start + 1]) == 0;
+                prev = seq;
+                have_prev = true;
+            }
+        }
+        // Damage on disk is reported as such even when it also breaks a
+        // record rule, so the checksum is judged first.
+        if hasher.digest() != u64::from_le_bytes(sums[b]) {
+            let at = HEADER_BYTES + block_start;
+            return Err(format!("corrupt block {b} (bytes {at}..{}): checksum mismatch", at + block.len()));
+        }
+        if !ok {
+            let (recs, _) = block.as_chunks::<RECORD_BYTES>();
+            let first = b * geo.block_records as usize;
+            return Err(diagnose(recs, first, prev_seq, n_accounts, n_instruments));
+        }
+        prev_seq = have_prev.then_some(prev);
+        let at = HEADER_BYTES + block_start;
+        release(at..at + block.len());
+    }
+    Ok(())
+}
+
+/// Drops the whole pages of `range` from this process's resident set once
+/// they have been read, so a replay holds state, not tape, in memory: the
+/// page cache keeps them, and a later read faults them back in unchanged.
+fn release(map: &Mmap, range: Range<usize>) {
+    const PAGE: usize = 4096;
+    let start = range.start.next_multiple_of(PAGE);
+    let end = range.end / PAGE * PAGE;
+    if end > start {
+        // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED
+        // discards nothing that cannot be read back: the next access to these
+        // pages faults the same bytes in from the file.
+        #[cfg(unix)]
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+    }
+}
+
+#[cold]
+fn diagnose(
+    recs: &[[u8; RECORD_BYTES]],
+    first: usize,
+    mut prev_seq: Option<u64>,
+    n_accounts: u64,
+    n_instruments: u64,
+) -> String {
+    for (j, r) in recs.iter().enumerate() {
+        let i = first + j;
+        let at = HEADER_BYTES + i * RECORD_BYTES;
+        let rec = decode(r);
+        let problem = if let Some(prev) = prev_seq
+            && rec.seq <= prev
+        {
+            Some(format!("seq {} is not greater than the previous record's seq {prev}", rec.seq))
+        } else if !valid_kind(rec.kind) {
+            Some(format!("invalid kind byte {:#04x} (expected N, C or T)", rec.kind))
+        } else if !valid_side(rec.side) {
+            Some(format!("invalid side byte {:#04x} (expected B or S)", rec.side))
+        } else if rec.account as u64 >= n_accounts {
+            Some(format!("account id {} is not below the {n_accounts} accounts in the symbol section", rec.account))
+        } else if rec.contra_account as u64 >= n_accounts {
+            Some(format!(
+                "contra account id {} is not below the {n_accounts} accounts in the symbol section",
+                rec.contra_account
+            ))
+        } else if rec.instrument as u64 >= n_instruments {
+            Some(format!(
+                "instrument id {} is not below the {n_instruments} instruments in the symbol section",
+                rec.instrument
+            ))
+        } else if r[R_RESERVED].iter().any(|&b| b != 0) {
+            Some(format!("reserved bytes {}..{} are not zero", at + R_RESERVED.start, at + R_RESERVED.end))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return format!("record {i} at byte {at}: {p}");
+        }
+        prev_seq = Some(rec.seq);
+    }
+    // Unreachable unless the fast check and this one disagree.
+    format!("block starting at record {first}: invalid record")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rec(seq: u64, kind: u8, side: u8, account: u32, instrument: u32) -> TapeRecord {
+        TapeRecord {
+            seq,
+            ts_ns: 1_700_000_000_000_000_000 + seq as i64 * 1000,
+            order_id: seq * 7 + 1,
+            contra_order_id: if kind == b'T' { seq * 7 + 3 } else { 0 },
+            price: -5 + seq as i64 * 10_000,
+            qty: 100 + seq,
+            account,
+            contra_account: if kind == b'T' { account ^ 1 } else { 0 },
+            instrument,
+            kind,
+            side,
+        }
+    }
+
+    fn sample(n: u64) -> Vec<TapeRecord> {
+        (0..n)
+            .map(|i| {
+                let kind = [b'N', b'C', b'T'][i as usize % 3];
+                let side = [b'B', b'S'][i as usize % 2];
+                rec(10 + i * 2, kind, side, (i % 4) as u32, (i % 3) as u32)
+            })
+            .collect()
+    }
+
+    type NameList<'a> = &'a [&'a [u8]];
+    /// Records, account names, instrument names, stats, block size.
+    type ArbTape = (Vec<TapeRecord>, Vec<Vec<u8>>, Vec<Vec<u8>>, TapeStats, u32);
+
+    const ACCOUNTS: &[&[u8]] = &[b"ACC0", b"ACC1", b"ACCOUNT_SIXTEEN_", b"A3"];
+    const INSTRUMENTS: &[&[u8]] = &[b"AAPL", b"MSFT", b""];
+    const STATS: TapeStats = TapeStats { rejected: 3, gaps: 2, missing_records: 17 };
+
+    fn write(
+        path: &Path,
+        block_records: u32,
+        recs: &[TapeRecord],
+        accounts: &[&[u8]],
+        instruments: &[&[u8]],
+        stats: TapeStats,
+    ) {
+        let mut w = TapeWriter::with_block_records(path, block_records).expect("create");
+        for r in recs {
+            w.push(r).expect("push");
+        }
+        assert_eq!(w.records(), recs.len() as u64);
+        w.finish(accounts, instruments, stats).expect("finish");
+    }
+
+    /// A sample tape of 10 records in blocks of 4 (so 3 blocks, the last
+    /// short), returned as bytes for corruption tests.
+    fn sample_bytes(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let path = dir.join("day.tape");
+        write(&path, 4, &sample(10), ACCOUNTS, INSTRUMENTS, STATS);
+        let bytes = fs::read(&path).expect("read back");
+        (path, bytes)
+    }
+
+    /// Recomputes every checksum so a test can plant a logical error that
+    /// only the semantic checks can catch.
+    fn reseal(b: &mut [u8]) {
+        let block_bytes = u32_at(b, H_BLOCK_RECORDS) as usize * RECORD_BYTES;
+        let table = u64_at(b, H_TABLE_OFFSET) as usize;
+        let symbols = u64_at(b, H_SYMBOLS_OFFSET) as usize;
+        // A zero block size is itself a planted error; leave the table be.
+        let sums: Vec<u64> = if block_bytes == 0 {
+            Vec::new()
+        } else {
+            b[HEADER_BYTES..table].chunks(block_bytes).map(xxh3_64).collect()
+        };
+        for (k, s) in sums.iter().enumerate() {
+            put_u64(b, table + k * 8, *s);
+        }
+        let th = xxh3_64(&b[table..symbols]);
+        put_u64(b, H_TABLE_HASH, th);
+        let sh = xxh3_64(&b[symbols..]);
+        put_u64(b, H_SYMBOLS_HASH, sh);
+        let hh = xxh3_64(&b[..HEADER_HASHED]);
+        put_u64(b, H_HEADER_HASH, hh);
+    }
+
+    /// Writes `bytes` to `path` and opens it with 1 to 4 verification
+    /// threads, which must all refuse it with the same message.
+    fn open_err(path: &Path, bytes: &[u8]) -> String {
+        fs::write(path, bytes).expect("write corrupt tape");
+        let msgs: Vec<String> = (1..=4)
+            .map(|threads| match Tape::open_with_threads(path, threads) {
+                Ok(t) => panic!("corrupt tape opened with {} records", t.len()),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        assert!(msgs.iter().all(|m| *m == msgs[0]), "{msgs:#?}");
+        msgs[0].clone()
+    }
+
+    fn check_round_trip(path: &Path, recs: &[TapeRecord], accounts: &[&[u8]], instruments: &[&[u8]], stats: TapeStats) {
+        for threads in 1..=3 {
+            let t = Tape::open_with_threads(path, threads).expect("open");
+            assert_eq!(t.len(), recs.len());
+            assert_eq!(t.is_empty(), recs.is_empty());
+            for (i, r) in recs.iter().enumerate() {
+                assert_eq!(t.record(i), *r, "record {i}");
+            }
+            assert_eq!(t.accounts(), accounts);
+            assert_eq!(t.instruments(), instruments);
+            assert_eq!(t.stats(), stats);
+        }
+    }
+
+    #[test]
+    fn round_trip_small_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        let recs = sample(10);
+        write(&path, 4, &recs, ACCOUNTS, INSTRUMENTS, STATS);
+        check_round_trip(&path, &recs, ACCOUNTS, INSTRUMENTS, STATS);
+    }
+
+    #[test]
+    fn round_trip_default_blocks_across_a_boundary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        let recs = sample(BLOCK_RECORDS as u64 + 5);
+        let mut w = TapeWriter::create(&path).expect("create");
+        for r in &recs {
+            w.push(r).expect("push");
+        }
+        w.finish(ACCOUNTS, INSTRUMENTS, STATS).expect("finish");
+        check_round_trip(&path, &recs, ACCOUNTS, INSTRUMENTS, STATS);
+        let bytes = fs::read(&path).expect("read");
+        assert_eq!(u32_at(&bytes, H_BLOCK_RECORDS), BLOCK_RECORDS);
+        assert_eq!(
+            bytes.len(),
+            // Two block sums; counts, then each name plus its length byte.
+            HEADER_BYTES + recs.len() * RECORD_BYTES + 2 * 8 + 16 + (5 + 5 + 17 + 3) + (5 + 5 + 1)
+        );
+    }
+
+    #[test]
+    fn extreme_field_values_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.tape");
+        let recs = [
+            TapeRecord {
+                seq: 0,
+                ts_ns: i64::MIN,
+                order_id: u64::MAX,
+                contra_order_id: 0,
+                price: i64::MIN,
+                qty: u64::MAX,
+                account: 0,
+                contra_account: 0,
+                instrument: 0,
+                kind: b'N',
+                side: b'B',
+            },
+            TapeRecord {
+                seq: u64::MAX,
+                ts_ns: i64::MAX,
+                order_id: 0,
+                contra_order_id: u64::MAX,
+                price: i64::MAX,
+                qty: 0,
+                account: 1,
+                contra_account: 1,
+                instrument: 0,
+                kind: b'T',
+                side: b'S',
+            },
+        ];
+        write(&path, 1, &recs, &[b"a", b"b"], &[b"i"], TapeStats::default());
+        check_round_trip(&path, &recs, &[b"a", b"b"], &[b"i"], TapeStats::default());
+    }
+
+    #[test]
+    fn empty_tapes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases: &[(NameList, NameList)] = &[(&[], &[]), (ACCOUNTS, INSTRUMENTS)];
+        for (k, (accounts, instruments)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("empty{k}.tape"));
+            write(&path, BLOCK_RECORDS, &[], accounts, instruments, TapeStats::default());
+            let t = Tape::open(&path).expect("open empty");
+            assert_eq!(t.len(), 0);
+            assert!(t.is_empty());
+            assert_eq!(t.accounts(), *accounts);
+            assert_eq!(t.instruments(), *instruments);
+            assert_eq!(t.stats(), TapeStats::default());
+        }
+    }
+
+    #[test]
+    fn truncation_is_refused_everywhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = sample_bytes(dir.path());
+        let table = u64_at(&bytes, H_TABLE_OFFSET) as usize;
+        let symbols = u64_at(&bytes, H_SYMBOLS_OFFSET) as usize;
+        let cases: &[(usize, &str)] = &[
+            (0, "truncated: the file is 0 bytes, shorter than the 128-byte header"),
+            (5, "truncated: the file is 5 bytes"),
+            (64, "truncated: the file is 64 bytes"),
+            (
+                HEADER_BYTES,
+                "header promises 10 records (640 bytes of records) but the file ends at byte 128, inside record 0",
+            ),
+            (HEADER_BYTES + 3 * 64 + 10, "but the file ends at byte 330, inside record 3"),
+            (table - 1, "inside record 9"),
+            (table, "the file ends at byte 768, inside the block checksum table (bytes 768..792)"),
+            (table + 12, "the file ends at byte 780, inside the block checksum table"),
+            (symbols, "the file ends at byte 792, inside the symbol section (bytes 792.."),
+            (symbols + 20, "the file ends at byte 812, inside the symbol section"),
+            (bytes.len() - 1, "inside the symbol section"),
+        ];
+        for (cut, want) in cases {
+            let msg = open_err(&path, &bytes[..*cut]);
+            assert!(msg.contains("truncated"), "cut at {cut}: {msg}");
+            assert!(msg.contains(want), "cut at {cut}: {msg}");
+            assert!(msg.starts_with(&format!("{}: ", path.display())), "{msg}");
+        }
+    }
+
+    /// Byte flips that the checksums catch, each reported with its range.
+    #[test]
+    fn flipped_bytes_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = sample_bytes(dir.path());
+        let table = u64_at(&bytes, H_TABLE_OFFSET) as usize;
+        let symbols = u64_at(&bytes, H_SYMBOLS_OFFSET) as usize;
+        let end = bytes.len();
+        let block = 4 * RECORD_BYTES;
+        let cases: Vec<(usize, String)> = vec![
+            (H_COUNT, "corrupt header (bytes 0..128): checksum mismatch".into()),
+            (H_HEADER_HASH + 3, "corrupt header (bytes 0..128): checksum mismatch".into()),
+            (HEADER_BYTES, "corrupt block 0 (bytes 128..384): checksum mismatch".into()),
+            (HEADER_BYTES + block + 70, "corrupt block 1 (bytes 384..640): checksum mismatch".into()),
+            (table - 1, "corrupt block 2 (bytes 640..768): checksum mismatch".into()),
+            (table + 9, format!("corrupt block checksum table (bytes {table}..{symbols}): checksum mismatch")),
+            (symbols + 17, format!("corrupt symbol section (bytes {symbols}..{end}): checksum mismatch")),
+            (end - 1, format!("corrupt symbol section (bytes {symbols}..{end}): checksum mismatch")),
+        ];
+        for (at, want) in cases {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            let msg = open_err(&path, &b);
+            assert_eq!(msg, format!("{}: {want}", path.display()), "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn bad_magic_version_and_trailing_data_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = sample_bytes(dir.path());
+
+        let mut b = bytes.clone();
+        b[..8].copy_from_slice(b"seq,ts_n");
+        let msg = open_err(&path, &b);
+        assert!(msg.contains("bad magic \"seq,ts_n\" at byte 0"), "{msg}");
+        // Even a file too short to hold a header is named for its magic.
+        let msg = open_err(&path, b"hello, world");
+        assert!(msg.contains("bad magic"), "{msg}");
+
+        // The zeroed header an interrupted writer leaves behind.
+        let mut b = bytes.clone();
+        b[..HEADER_BYTES].fill(0);
+        assert!(open_err(&path, &b).contains("bad magic"));
+
+        let mut b = bytes.clone();
+        put_u32(&mut b, H_VERSION, 2);
+        let msg = open_err(&path, &b);
+        assert!(msg.contains("unsupported format version 2"), "{msg}");
+
+        let mut b = bytes.clone();
+        b.extend_from_slice(b"junk");
+        let msg = open_err(&path, &b);
+        assert!(
+            msg.contains(&format!("4 bytes of unexpected data after the end of the tape at byte {}", bytes.len())),
+            "{msg}"
+        );
+    }
+
+    /// Logical corruption behind valid checksums: the semantic checks must
+    /// name the record.
+    #[test]
+    fn invalid_records_with_valid_checksums_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = sample_bytes(dir.path());
+        let at = |i: usize, field: usize| HEADER_BYTES + i * RECORD_BYTES + field;
+        type Plant = Box<dyn Fn(&mut [u8])>;
+        let cases: Vec<(Plant, String)> = vec![
+            (
+                Box::new(move |b| b[at(5, R_KIND)] = b'X'),
+                format!("record 5 at byte {}: invalid kind byte 0x58 (expected N, C or T)", at(5, 0)),
+            ),
+            (Box::new(move |b| b[at(0, R_SIDE)] = 0), format!("record 0 at byte {}: invalid side byte 0x00", at(0, 0))),
+            (
+                Box::new(move |b| put_u32(b, at(9, R_ACCOUNT), 4)),
+                "record 9 at byte 704: account id 4 is not below the 4 accounts".into(),
+            ),
+            (
+                Box::new(move |b| put_u32(b, at(2, R_CONTRA_ACCOUNT), 99)),
+                "record 2 at byte 256: contra account id 99 is not below the 4 accounts".into(),
+            ),
+            (
+                Box::new(move |b| put_u32(b, at(7, R_INSTRUMENT), 3)),
+                "record 7 at byte 576: instrument id 3 is not below the 3 instruments".into(),
+            ),
+            (
+                // Record 4 opens block 1: the seq check must span blocks.
+                Box::new(move |b| put_u64(b, at(4, R_SEQ), 16)),
+                "record 4 at byte 384: seq 16 is not greater than the previous record's seq 16".into(),
+            ),
+            (
+                Box::new(move |b| put_u64(b, at(6, R_SEQ), 5)),
+                "record 6 at byte 512: seq 5 is not greater than the previous record's seq 20".into(),
+            ),
+            (
+                // Record 8 opens the last block, and a run of its own when
+                // verification uses three threads.
+                Box::new(move |b| put_u64(b, at(8, R_SEQ), 5)),
+                "record 8 at byte 640: seq 5 is not greater than the previous record's seq 24".into(),
+            ),
+            (
+                // Of two problems, the first in the file is the one named.
+                Box::new(move |b| {
+                    b[at(9, R_KIND)] = b'x';
+                    b[at(1, R_SIDE)] = b'b';
+                }),
+                "record 1 at byte 192: invalid side byte 0x62".into(),
+            ),
+            (Box::new(move |b| b[at(3, 63)] = 1), "record 3 at byte 320: reserved bytes 382..384 are not zero".into()),
+        ];
+        for (plant, want) in cases {
+            let mut b = bytes.clone();
+            plant(&mut b);
+            reseal(&mut b);
+            let msg = open_err(&path, &b);
+            assert!(msg.contains(&want), "want {want:?}, got {msg:?}");
+        }
+        // And the untouched bytes, resealed, still open.
+        let mut b = bytes.clone();
+        reseal(&mut b);
+        assert_eq!(b, bytes);
+    }
+
+    #[test]
+    fn inconsistent_headers_and_symbols_with_valid_checksums_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = sample_bytes(dir.path());
+        let symbols = u64_at(&bytes, H_SYMBOLS_OFFSET) as usize;
+        type Plant = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Plant, &str)> = vec![
+            (Box::new(|b| put_u64(b, H_COUNT, 11)), "header is inconsistent"),
+            (Box::new(|b| put_u64(b, H_COUNT, u64::MAX)), "header is inconsistent"),
+            (Box::new(|b| put_u32(b, H_BLOCK_RECORDS, 0)), "block size is 0 records"),
+            (Box::new(|b| put_u32(b, H_RECORD_BYTES, 72)), "72-byte records"),
+            (Box::new(|b| b[100] = 1), "header bytes 96..120 are reserved but not zero"),
+            (Box::new(move |b| put_u64(b, symbols, 5)), "ends at instrument 2 of 3"),
+            (Box::new(move |b| put_u64(b, symbols + 8, 1_000_000)), "ends at instrument 3 of 1000000"),
+            (Box::new(move |b| put_u64(b, symbols + 8, 2)), "symbol section: 1 bytes of unexpected data"),
+            (Box::new(move |b| b[symbols + 17] = 0xC3), "account 0's name at byte"),
+        ];
+        for (plant, want) in cases {
+            let mut b = bytes.clone();
+            plant(&mut b);
+            reseal(&mut b);
+            let msg = open_err(&path, &b);
+            assert!(msg.contains(want), "want {want:?}, got {msg:?}");
+        }
+    }
+
+    #[test]
+    fn finish_renames_partial_into_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        let partial = dir.path().join("day.tape.partial");
+        let mut w = TapeWriter::create(&path).expect("create");
+        w.push(&sample(1)[0]).expect("push");
+        assert!(partial.exists());
+        assert!(!path.exists());
+        w.finish(ACCOUNTS, INSTRUMENTS, STATS).expect("finish");
+        assert!(!partial.exists());
+        assert!(path.exists());
+        assert_eq!(Tape::open(&path).expect("open").len(), 1);
+    }
+
+    #[test]
+    fn unfinished_or_failed_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        let partial = dir.path().join("day.tape.partial");
+
+        let mut w = TapeWriter::create(&path).expect("create");
+        for r in &sample(100) {
+            w.push(r).expect("push");
+        }
+        drop(w);
+        assert!(!path.exists());
+        assert!(!partial.exists());
+
+        // A finish that fails validation must clean up the same way.
+        let mut w = TapeWriter::create(&path).expect("create");
+        w.push(&rec(1, b'N', b'B', 7, 0)).expect("push");
+        let e = w.finish(ACCOUNTS, INSTRUMENTS, STATS).expect_err("account 7 has no name");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("account id 7"), "{e}");
+        assert!(!path.exists());
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn writer_refuses_what_the_reader_would() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.tape");
+        let cases: &[(TapeRecord, &str)] = &[
+            (rec(5, b'X', b'B', 0, 0), "tape record 1: invalid kind byte 0x58"),
+            (rec(5, b'N', b'b', 0, 0), "tape record 1: invalid side byte 0x62"),
+            (rec(1, b'N', b'B', 0, 0), "tape record 1: seq 1 is not greater than the previous record's seq 1"),
+        ];
+        for (bad, want) in cases {
+            let mut w = TapeWriter::create(&path).expect("create");
+            w.push(&rec(1, b'N', b'B', 0, 0)).expect("push");
+            let e = w.push(bad).expect_err("bad record");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(want), "{e}");
+        }
+
+        let names: &[(NameList, NameList, &str)] = &[
+            (&[b"SEVENTEEN_BYTES__"], &[b"I"], "account 0 name"),
+            (&[b"A"], &[b"I", "caf\u{e9}".as_bytes()], "instrument 1 name"),
+            (&[b"A"], &[], "instrument id 0"),
+        ];
+        for (accounts, instruments, want) in names {
+            let mut w = TapeWriter::create(&path).expect("create");
+            w.push(&rec(1, b'N', b'B', 0, 0)).expect("push");
+            let e = w.finish(accounts, instruments, STATS).expect_err("bad names");
+            assert!(e.to_string().contains(want), "{e}");
+            assert!(!path.exists());
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nope.tape");
+        let e = Tape::open(&path).expect_err("missing");
+        assert!(e.to_string().starts_with(&format!("{}: cannot open: ", path.display())));
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    fn arb_tape() -> impl Strategy<Value = ArbTape> {
+        let name = proptest::collection::vec(0x20u8..0x7f, 0..=NAME_MAX);
+        (
+            proptest::collection::vec(name.clone(), 1..6),
+            proptest::collection::vec(name, 1..6),
+            proptest::collection::vec(
+                (
+                    1u64..1_000,
+                    any::<i64>(),
+                    any::<u64>(),
+                    any::<u64>(),
+                    any::<i64>(),
+                    any::<u64>(),
+                    (any::<u32>(), any::<u32>(), any::<u32>()),
+                    prop::sample::select(vec![b'N', b'C', b'T']),
+                    prop::sample::select(vec![b'B', b'S']),
+                ),
+                0..60,
+            ),
+            (any::<u64>(), any::<u64>(), any::<u64>()),
+            1u32..9,
+        )
+            .prop_map(|(accounts, instruments, raw, (rejected, gaps, missing), block)| {
+                let mut seq = 0u64;
+                let recs = raw
+                    .into_iter()
+                    .map(|(step, ts_ns, order_id, contra_order_id, price, qty, (a, c, i), kind, side)| {
+                        seq += step;
+                        TapeRecord {
+                            seq,
+                            ts_ns,
+                            order_id,
+                            contra_order_id,
+                            price,
+                            qty,
+                            account: a % accounts.len() as u32,
+                            contra_account: c % accounts.len() as u32,
+                            instrument: i % instruments.len() as u32,
+                            kind,
+                            side,
+                        }
+                    })
+                    .collect();
+                let stats = TapeStats { rejected, gaps, missing_records: missing };
+                (recs, accounts, instruments, stats, block)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn prop_round_trip((recs, accounts, instruments, stats, block) in arb_tape()) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("p.tape");
+            let accounts: Vec<&[u8]> = accounts.iter().map(|n| n.as_slice()).collect();
+            let instruments: Vec<&[u8]> = instruments.iter().map(|n| n.as_slice()).collect();
+            write(&path, block, &recs, &accounts, &instruments, stats);
+            check_round_trip(&path, &recs, &accounts, &instruments, stats);
+
+            // Any single flipped bit anywhere in the file is refused.
+            let bytes = fs::read(&path).expect("read");
+            let bit = (recs.len() * 131 + accounts.len() * 17) % (bytes.len() * 8);
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            fs::write(&path, &b).expect("write");
+            prop_assert!(Tape::open(&path).is_err(), "bit {} flipped and still opened", bit);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! tapewatch: real-time trade surveillance on one box. The crate is cut by
+//! pipeline stage; see ARCHITECTURE.md for the data flow and invariants.
+
+pub mod alert;
+pub mod cmd;
+pub mod config;
+pub mod detect;
+pub mod event;
+#[path = "gen.rs"]
+pub mod generator;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
+pub mod ring;
+pub mod symbols;
+pub mod time;

@@ -1,0 +1,126 @@
+//! The wall clock used for latency stamps, and the run summary. Clocks are
+//! read per batch and per alert, never per record.
+
+use crate::alert::Rule;
+use crate::ingest::FeedStats;
+use hdrhistogram::Histogram;
+use std::time::{Duration, Instant};
+
+/// Monotonic nanoseconds since the pipeline started, shared by all threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock { start: Instant::now() }
+    }
+
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// Latencies up to an hour, three significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub feed: FeedStats,
+    /// Import-time findings carried by a native tape.
+    pub rejected_at_import: u64,
+    pub late: u64,
+    pub applied: u64,
+    pub alerts: [u64; Rule::ALL.len()],
+    pub elapsed: Duration,
+    pub ingest_to_alert: Histogram<u64>,
+    pub ingest_to_applied: Histogram<u64>,
+    pub shards: usize,
+    pub pinned: bool,
+    /// Times a full ring made the source wait (back-pressure, not loss).
+    pub backpressure_waits: u64,
+    /// Times a start-up-sized table had to grow.
+    pub grew: u64,
+    pub max_reorder_len: usize,
+}
+
+impl Summary {
+    pub fn alerts_total(&self) -> u64 {
+        self.alerts.iter().sum()
+    }
+
+    pub fn events_per_sec(&self) -> f64 {
+        self.feed.records_read as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let feed = &self.feed;
+        let secs = self.elapsed.as_secs_f64();
+        s += &format!(
+            "events      {} read, {} applied, {} rejected, {} late\n",
+            feed.records_read, self.applied, feed.rejected, self.late
+        );
+        if self.rejected_at_import > 0 {
+            s += &format!("import      {} records were rejected when the tape was imported\n", self.rejected_at_import);
+        }
+        if feed.gaps > 0 {
+            s += &format!("gaps        {} gaps, {} records missing", feed.gaps, feed.missing_records);
+            for (first, last, line) in feed.gap_ranges.iter().take(5) {
+                s += &format!("; seq {first}..={last} before line {line}");
+            }
+            if feed.gap_ranges.len() > 5 {
+                s += "; ...";
+            }
+            s += "\n";
+        }
+        let per_rule: Vec<String> =
+            Rule::ALL.iter().zip(self.alerts).map(|(rule, n)| format!("{} {n}", rule.name())).collect();
+        s += &format!("alerts      {} ({})\n", self.alerts_total(), per_rule.join(", "));
+        s += &format!(
+            "throughput  {:.3} s, {:.2} M events/s ({} shard{}, {})\n",
+            secs,
+            self.events_per_sec() / 1e6,
+            self.shards,
+            if self.shards == 1 { "" } else { "s" },
+            if self.pinned { "pinned" } else { "unpinned" }
+        );
+        for (name, h) in [("ingest->alert", &self.ingest_to_alert), ("ingest->applied", &self.ingest_to_applied)] {
+            if h.is_empty() {
+                continue;
+            }
+            s += &format!(
+                "latency     {name}: p50 {} p99 {} p99.9 {} max {} (n={})\n",
+                fmt_ns(h.value_at_quantile(0.5)),
+                fmt_ns(h.value_at_quantile(0.99)),
+                fmt_ns(h.value_at_quantile(0.999)),
+                fmt_ns(h.max()),
+                h.len()
+            );
+        }
+        s += &format!(
+            "pipeline    back-pressure waits {}, table growths {}, max reorder buffer {}\n",
+            self.backpressure_waits, self.grew, self.max_reorder_len
+        );
+        s
+    }
+}
+
+pub fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.3}s", ns as f64 / 1e9),
+    }
+}

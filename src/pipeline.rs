@@ -1,0 +1,502 @@
+//! The replay pipeline, wired end to end:
+//!
+//! ```text
+//! source thread ──batches──▶ shard 0..N threads ──alerts──▶ sink thread
+//!  decode, seq + lifecycle     reorder by (ts, seq),         names, JSON Lines,
+//!  checks, watermark, late,    window state, rules           late file
+//!  route by instrument   ──────────── late records ────────▶
+//! ```
+//!
+//! Rings are bounded SPSC rings of preallocated batches; a full ring makes
+//! the writer wait (back-pressure), nothing is ever dropped. Watermarks
+//! travel inside the batches; an `End` batch closes a shard.
+
+use crate::alert::Alert;
+use crate::alert::sink::{Sink, SinkOutput};
+use crate::config::Rules;
+use crate::detect::Detector;
+use crate::event::Event;
+use crate::ingest::{Feed, FeedError, FeedStats};
+use crate::metrics::{Clock, Summary};
+use crate::ring::spsc::{self, Consumer, Producer};
+use crate::ring::{Idle, pin_current};
+use crate::symbols::Names;
+use crate::time::{Pending, ReorderBuffer, Watermark};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Records per batch: large enough to amortise a cursor publish and a clock
+/// read, small enough that a batch crosses the ring in microseconds.
+pub const BATCH_EVENTS: usize = 512;
+/// The source flushes partial batches (and watermarks) to every shard at
+/// least this often, in records, so a quiet shard still sees time move.
+pub const FLUSH_EVERY: u64 = 16 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BatchKind {
+    #[default]
+    Data,
+    /// No more records: the shard flushes its reorder buffer and stops.
+    End,
+}
+
+/// One ring slot: records in feed order and the watermark after them.
+#[derive(Default)]
+pub struct Batch {
+    pub kind: BatchKind,
+    pub watermark_ns: i64,
+    /// Wall-clock stamp of when the batch's first record was decoded.
+    pub ingest_ns: u64,
+    pub events: Vec<Event>,
+}
+
+impl Batch {
+    fn with_capacity() -> Batch {
+        Batch { events: Vec::with_capacity(BATCH_EVENTS), ..Batch::default() }
+    }
+}
+
+/// Raised by any thread that fails, so the others stop waiting on it.
+#[derive(Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn raised(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub shards: usize,
+    /// Cores to pin to: the source on the first, shard i on the (i+1)th.
+    /// Empty: run unpinned.
+    pub cores: Vec<usize>,
+    pub lateness_ns: i64,
+    pub rules: Rules,
+    /// Batches per shard ring (a power of two).
+    pub ring_batches: usize,
+    /// Start-up capacity of each shard's reorder buffer and window, in records.
+    pub reorder_capacity: usize,
+    pub window_capacity: usize,
+    pub alerts_path: PathBuf,
+    pub late_path: PathBuf,
+}
+
+impl PipelineConfig {
+    pub fn new(shards: usize, alerts_path: PathBuf, late_path: PathBuf) -> PipelineConfig {
+        PipelineConfig {
+            shards,
+            cores: Vec::new(),
+            lateness_ns: 50 * crate::config::MS,
+            rules: Rules::default(),
+            ring_batches: 64,
+            reorder_capacity: 1 << 16,
+            window_capacity: 1 << 16,
+            alerts_path,
+            late_path,
+        }
+    }
+}
+
+/// Progress that the control plane may read while the pipeline runs.
+#[derive(Default)]
+pub struct Progress {
+    pub records_read: AtomicU64,
+}
+
+/// Runs a feed through the pipeline to its end. `on_tick` is called on the
+/// calling thread about every 200 ms while the pipeline runs (progress bar).
+pub fn run<F: Feed + Send>(
+    feed: F,
+    names: Names,
+    cfg: &PipelineConfig,
+    mut on_tick: impl FnMut(&Progress),
+) -> Result<Summary, String> {
+    assert!(cfg.shards >= 1 && cfg.ring_batches.is_power_of_two());
+    let sink = Sink::create(&cfg.alerts_path, &cfg.late_path)?;
+    let clock = Clock::new();
+    let stop = Stop::default();
+    let progress = Progress::default();
+    let started = Instant::now();
+
+    let mut shard_producers = Vec::new();
+    let mut shard_consumers = Vec::new();
+    let mut alert_producers = Vec::new();
+    let mut alert_consumers = Vec::new();
+    for _ in 0..cfg.shards {
+        let (tx, rx) = spsc::channel(cfg.ring_batches, Batch::with_capacity);
+        shard_producers.push(tx);
+        shard_consumers.push(rx);
+        let (tx, rx) = spsc::channel(4096, Alert::default);
+        alert_producers.push(tx);
+        alert_consumers.push(rx);
+    }
+    let (late_tx, late_rx) = spsc::channel(cfg.ring_batches, Batch::with_capacity);
+    let pinned = !cfg.cores.is_empty();
+
+    let (feed_result, shard_results, sink_result) = std::thread::scope(|scope| {
+        let sink_handle = {
+            let (names, stop) = (names.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("tw-sink".into())
+                .spawn_scoped(scope, move || sink.run(alert_consumers, late_rx, names, clock, &stop))
+                .expect("spawn sink thread")
+        };
+        let mut shard_handles = Vec::new();
+        for (index, (rx, alerts)) in shard_consumers.into_iter().zip(alert_producers).enumerate() {
+            let core = cfg.cores.get(index + 1).copied();
+            let stop = stop.clone();
+            let detector = Detector::new(&cfg.rules, cfg.window_capacity);
+            let reorder = ReorderBuffer::with_capacity(cfg.reorder_capacity);
+            let handle = std::thread::Builder::new()
+                .name(format!("tw-shard-{index}"))
+                .spawn_scoped(scope, move || {
+                    if let Some(core) = core {
+                        pin_current(core);
+                    }
+                    run_shard(rx, alerts, detector, reorder, clock, &stop)
+                })
+                .expect("spawn shard thread");
+            shard_handles.push(handle);
+        }
+        let source_handle = {
+            let core = cfg.cores.first().copied();
+            let (stop, progress) = (stop.clone(), &progress);
+            let lateness_ns = cfg.lateness_ns;
+            std::thread::Builder::new()
+                .name("tw-source".into())
+                .spawn_scoped(scope, move || {
+                    if let Some(core) = core {
+                        pin_current(core);
+                    }
+                    let router = Router::new(shard_producers, late_tx, lateness_ns, clock, stop.clone());
+                    run_source(feed, router, progress, &stop)
+                })
+                .expect("spawn source thread")
+        };
+        let mut ticks = 0u64;
+        while !source_handle.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            ticks += 1;
+            if ticks.is_multiple_of(10) {
+                on_tick(&progress);
+            }
+        }
+        on_tick(&progress);
+        let feed_result = join(source_handle);
+        let shard_results: Vec<_> = shard_handles.into_iter().map(join).collect();
+        let sink_result = join(sink_handle);
+        (feed_result, shard_results, sink_result)
+    });
+
+    let elapsed = started.elapsed();
+    // A thread that fails raises Stop and the others give up with a
+    // "stopped" error: report the cause, not the echo.
+    let (feed_stats, source) = match feed_result {
+        Ok(ok) => ok,
+        Err(e) if !stop_echo(&e.message) => return Err(e.to_string()),
+        Err(_) => {
+            sink_result?;
+            for shard in shard_results {
+                shard?;
+            }
+            return Err("pipeline stopped".to_string());
+        }
+    };
+    let sink: SinkOutput = sink_result?;
+    let mut summary = Summary {
+        feed: feed_stats,
+        rejected_at_import: 0,
+        late: sink.late,
+        applied: 0,
+        alerts: sink.alerts,
+        elapsed,
+        ingest_to_alert: sink.ingest_to_alert,
+        ingest_to_applied: sink.ingest_to_applied,
+        shards: cfg.shards,
+        pinned,
+        backpressure_waits: source.backpressure_waits,
+        grew: 0,
+        max_reorder_len: 0,
+    };
+    for shard in shard_results {
+        let shard = shard?;
+        summary.applied += shard.applied;
+        summary.grew += shard.grew;
+        summary.max_reorder_len = summary.max_reorder_len.max(shard.max_reorder_len);
+    }
+    // Every accepted record is either applied or late: the pipeline lost nothing.
+    assert_eq!(summary.applied + summary.late, summary.feed.accepted, "records lost in the pipeline");
+    Ok(summary)
+}
+
+fn stop_echo(message: &str) -> bool {
+    message == STOPPED
+}
+
+const STOPPED: &str = "pipeline stopped";
+
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    match handle.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+#[derive(Default)]
+struct SourceStats {
+    backpressure_waits: u64,
+}
+
+fn run_source<F: Feed>(
+    mut feed: F,
+    mut router: Router,
+    progress: &Progress,
+    stop: &Stop,
+) -> Result<(FeedStats, SourceStats), FeedError> {
+    let result = loop {
+        let more = match feed.pump(&mut |event| router.route(event)) {
+            Ok(more) => more,
+            Err(e) => break Err(e),
+        };
+        progress.records_read.store(feed.stats().records_read, Ordering::Relaxed);
+        if stop.raised() {
+            break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+        }
+        if !more {
+            break Ok(());
+        }
+    };
+    if result.is_err() {
+        stop.raise();
+    }
+    router.finish();
+    result.map(|()| (feed.stats(), SourceStats { backpressure_waits: router.backpressure_waits }))
+}
+
+/// The source's half of the rings: judges lateness, routes each record to
+/// its instrument's shard and fills batches in place.
+struct Router {
+    shards: Vec<Producer<Batch>>,
+    /// Whether shard i has a claimed, partly filled slot.
+    open: Vec<bool>,
+    /// The watermark last sent to shard i.
+    sent_watermark: Vec<i64>,
+    late: Producer<Batch>,
+    late_open: bool,
+    watermark: Watermark,
+    clock: Clock,
+    stop: Stop,
+    since_flush: u64,
+    backpressure_waits: u64,
+}
+
+impl Router {
+    fn new(shards: Vec<Producer<Batch>>, late: Producer<Batch>, lateness_ns: i64, clock: Clock, stop: Stop) -> Router {
+        let n = shards.len();
+        Router {
+            shards,
+            open: vec![false; n],
+            sent_watermark: vec![i64::MIN; n],
+            late,
+            late_open: false,
+            watermark: Watermark::new(lateness_ns),
+            clock,
+            stop,
+            since_flush: 0,
+            backpressure_waits: 0,
+        }
+    }
+
+    #[inline]
+    fn route(&mut self, event: &Event) {
+        if self.watermark.observe(event.ts_ns) {
+            let slot =
+                claim(&mut self.late, &mut self.late_open, &self.clock, &self.stop, &mut self.backpressure_waits);
+            if let Some(slot) = slot {
+                slot.events.push(*event);
+                if slot.events.len() == BATCH_EVENTS {
+                    self.late.publish();
+                    self.late_open = false;
+                }
+            }
+        } else {
+            let shard = event.instrument as usize % self.shards.len();
+            let slot = claim(
+                &mut self.shards[shard],
+                &mut self.open[shard],
+                &self.clock,
+                &self.stop,
+                &mut self.backpressure_waits,
+            );
+            if let Some(slot) = slot {
+                slot.events.push(*event);
+                if slot.events.len() == BATCH_EVENTS {
+                    self.publish(shard);
+                }
+            }
+        }
+        self.since_flush += 1;
+        if self.since_flush == FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn publish(&mut self, shard: usize) {
+        let watermark_ns = self.watermark.current();
+        if let Some(slot) = self.shards[shard].claim() {
+            slot.watermark_ns = watermark_ns;
+            self.shards[shard].publish();
+            self.open[shard] = false;
+            self.sent_watermark[shard] = watermark_ns;
+        }
+    }
+
+    /// Publishes every partial batch, and the current watermark to shards
+    /// that have not seen it (when their ring has room: a full ring will
+    /// carry it with its next batch anyway).
+    fn flush(&mut self) {
+        self.since_flush = 0;
+        let watermark_ns = self.watermark.current();
+        for shard in 0..self.shards.len() {
+            if self.open[shard] {
+                self.publish(shard);
+            } else if self.sent_watermark[shard] < watermark_ns
+                && let Some(slot) = self.shards[shard].claim()
+            {
+                slot.kind = BatchKind::Data;
+                slot.events.clear();
+                slot.ingest_ns = self.clock.now_ns();
+                slot.watermark_ns = watermark_ns;
+                self.shards[shard].publish();
+                self.sent_watermark[shard] = watermark_ns;
+            }
+        }
+        if self.late_open {
+            self.late.publish();
+            self.late_open = false;
+        }
+    }
+
+    /// Flushes and sends `End` to every shard; dropping the producers then
+    /// tells the sink that the late ring is done.
+    fn finish(&mut self) {
+        self.flush();
+        for shard in 0..self.shards.len() {
+            let mut idle = Idle::default();
+            loop {
+                if self.stop.raised() || self.shards[shard].consumer_gone() {
+                    break;
+                }
+                if let Some(slot) = self.shards[shard].claim() {
+                    slot.kind = BatchKind::End;
+                    slot.events.clear();
+                    slot.ingest_ns = self.clock.now_ns();
+                    slot.watermark_ns = i64::MAX;
+                    self.shards[shard].publish();
+                    break;
+                }
+                idle.wait();
+            }
+        }
+    }
+}
+
+/// The open slot of a ring, claiming and resetting a fresh one if needed;
+/// waits while the ring is full. `None` only when the pipeline is stopping.
+#[inline]
+fn claim<'a>(
+    ring: &'a mut Producer<Batch>,
+    open: &mut bool,
+    clock: &Clock,
+    stop: &Stop,
+    waits: &mut u64,
+) -> Option<&'a mut Batch> {
+    if !*open {
+        let mut idle = Idle::default();
+        while ring.claim().is_none() {
+            if stop.raised() || ring.consumer_gone() {
+                return None;
+            }
+            *waits += 1;
+            idle.wait();
+        }
+        let slot = ring.claim()?;
+        slot.kind = BatchKind::Data;
+        slot.events.clear();
+        slot.ingest_ns = clock.now_ns();
+        *open = true;
+        return Some(slot);
+    }
+    ring.claim()
+}
+
+struct ShardStats {
+    applied: u64,
+    grew: u64,
+    max_reorder_len: usize,
+}
+
+fn run_shard(
+    mut rx: Consumer<Batch>,
+    mut alerts: Producer<Alert>,
+    mut detector: Detector,
+    mut reorder: ReorderBuffer,
+    clock: Clock,
+    stop: &Stop,
+) -> Result<ShardStats, String> {
+    let mut applied = 0u64;
+    let mut max_reorder_len = 0;
+    let mut idle = Idle::default();
+    let mut emit = |alert: Alert, ingest_ns: u64| -> bool {
+        let mut idle = Idle::default();
+        loop {
+            if let Some(slot) = alerts.claim() {
+                *slot = Alert { ingest_ns, applied_ns: clock.now_ns(), ..alert };
+                alerts.publish();
+                return true;
+            }
+            if stop.raised() || alerts.consumer_gone() {
+                return false;
+            }
+            idle.wait();
+        }
+    };
+    loop {
+        let Some(batch) = rx.peek() else {
+            if rx.is_finished() || stop.raised() {
+                break;
+            }
+            idle.wait();
+            continue;
+        };
+        idle.reset();
+        let ingest_ns = batch.ingest_ns;
+        for &event in &batch.events {
+            reorder.push(Pending { event, ingest_ns });
+        }
+        let watermark_ns = batch.watermark_ns;
+        let end = batch.kind == BatchKind::End;
+        rx.release();
+        max_reorder_len = max_reorder_len.max(reorder.len());
+        let mut delivered = true;
+        while let Some(pending) = reorder.pop_before(watermark_ns) {
+            applied += 1;
+            detector.apply(&pending.event, &mut |alert| delivered &= emit(alert, pending.ingest_ns));
+        }
+        if !delivered {
+            return Err("alert sink stopped".to_string());
+        }
+        if end {
+            break;
+        }
+    }
+    assert!(reorder.is_empty() || stop.raised(), "shard stopped with records still buffered");
+    Ok(ShardStats { applied, grew: reorder.grew + detector.stats().grew, max_reorder_len })
+}

@@ -1,0 +1,174 @@
+//! The binary as an operator meets it: every bad-input class gets a clear
+//! message naming the place, a non-zero exit where the run cannot go on,
+//! no panic, and no partial alerts file.
+
+mod common;
+
+use common::bin;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const HEADER: &str = "seq,ts_ns,kind,order_id,account,instrument,side,price,qty,contra_order_id,contra_account";
+
+fn tapewatch(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).args(args).current_dir(dir).output().expect("run tapewatch")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A small valid tape: A cancels a lot on X, B trades with itself on Y.
+fn small_tape() -> String {
+    let mut s = format!("{HEADER}\n");
+    let t0 = 1_793_583_000_000_000_000i64;
+    let mut seq = 0;
+    let mut line = |s: &mut String, body: String| {
+        seq += 1;
+        s.push_str(&format!("{seq},{body}\n"));
+    };
+    for i in 0..25 {
+        line(&mut s, format!("{},N,{},A,X,B,10.0000,100,,", t0 + i * 1_000_000, 100 + i));
+        line(&mut s, format!("{},C,{},A,X,B,10.0000,100,,", t0 + i * 1_000_000 + 500_000, 100 + i));
+    }
+    line(&mut s, format!("{},N,1,B,Y,S,5.0000,100,,", t0 + 30_000_000));
+    line(&mut s, format!("{},N,2,B,Y,B,5.0000,100,,", t0 + 31_000_000));
+    line(&mut s, format!("{},T,2,B,Y,B,5.0000,100,1,B", t0 + 31_000_000));
+    s
+}
+
+fn assert_clean_failure(out: &Output, dir: &Path, needles: &[&str]) {
+    assert!(!out.status.success(), "expected failure; stdout: {}", stdout(out));
+    let err = stderr(out);
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "a panic: {err}");
+    assert!(!dir.join("alerts.jsonl").exists(), "a failed run left an alerts file");
+}
+
+#[test]
+fn replays_csv_and_native_with_the_same_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("day.csv"), small_tape()).unwrap();
+    let out = tapewatch(dir.path(), &["replay", "day.csv", "--alerts", "csv.jsonl", "--shards", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(summary.contains("alerts      2 (excessive-cancel 1, self-trade 1)"), "{summary}");
+    assert!(summary.contains("latency     ingest->alert: p50"), "{summary}");
+    let out = tapewatch(dir.path(), &["import", "day.csv", "--out", "day.tape"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tapewatch(dir.path(), &["replay", "day.tape", "--alerts", "native.jsonl", "--shards", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        common::read_alerts(&dir.path().join("csv.jsonl")),
+        common::read_alerts(&dir.path().join("native.jsonl"))
+    );
+}
+
+#[test]
+fn missing_tape_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tapewatch(dir.path(), &["replay", "nope.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_clean_failure(&out, dir.path(), &["nope.csv: cannot read tape"]);
+}
+
+#[test]
+fn bad_rules_and_options_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("day.csv"), small_tape()).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), "[excessive_cancel]\nwindow_ms = 10\nratio = 3\n").unwrap();
+    std::fs::write(dir.path().join("acc.csv"), "account,group\nA,G\nA,H\n").unwrap();
+    let out = tapewatch(
+        dir.path(),
+        &["replay", "day.csv", "--rules", "rules.toml", "--accounts", "acc.csv", "--shards", "0", "--cores", "0,x"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_clean_failure(
+        &out,
+        dir.path(),
+        &[
+            "rules.toml: line 3: unknown field `ratio`",
+            "acc.csv: line 3: account `A` is listed in two groups",
+            "--shards 0",
+            "--cores 0,x",
+        ],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_tape_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("day.csv"), "hello,world\n1,2\n").unwrap();
+    let out = tapewatch(dir.path(), &["replay", "day.csv"]);
+    assert_clean_failure(&out, dir.path(), &["day.csv: line 1: not a FEED.md tape"]);
+}
+
+#[test]
+fn truncated_and_corrupt_native_tapes_are_refused_naming_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("day.csv"), small_tape()).unwrap();
+    let out = tapewatch(dir.path(), &["import", "day.csv", "--out", "day.tape"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(dir.path().join("day.tape")).unwrap();
+
+    std::fs::write(dir.path().join("cut.tape"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = tapewatch(dir.path(), &["replay", "cut.tape"]);
+    assert_clean_failure(&out, dir.path(), &["cut.tape: truncated", "byte"]);
+
+    let mut flipped = bytes.clone();
+    flipped[128 + 64 * 3 + 9] ^= 0x40;
+    std::fs::write(dir.path().join("bad.tape"), &flipped).unwrap();
+    let out = tapewatch(dir.path(), &["replay", "bad.tape"]);
+    assert_clean_failure(&out, dir.path(), &["bad.tape: corrupt block 0 (bytes"]);
+}
+
+#[test]
+fn bad_records_gaps_and_late_records_go_aside_and_replay_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_793_583_000_000_000_000i64;
+    let ms = 1_000_000i64;
+    let text = format!(
+        "{HEADER}\n\
+         1,{},N,1,A,X,B,10.0,100,,\n\
+         2,{},N,2,A,X,B,10.0,100,,\n\
+         2,{},N,3,A,X,B,10.0,100,,\n\
+         3,{},N,4,A,X,B,ten,100,,\n\
+         7,{},N,5,A,X,B,10.0,100,,\n\
+         8,{},C,99,A,X,B,10.0,100,,\n\
+         9,{},C,1,A,X,B,10.0,100,,\n\
+         10,{},N,6,A,X,B,10.0,100,,\n",
+        t0,
+        t0 + 500 * ms,
+        t0 + 501 * ms,
+        t0 + 502 * ms,
+        t0 + 503 * ms,
+        t0 + 504 * ms,
+        t0 + 100 * ms, // 404 ms behind the newest: late, yet a valid cancel of order 1
+        t0 + 505 * ms,
+    );
+    std::fs::write(dir.path().join("day.csv"), text).unwrap();
+    let out = tapewatch(dir.path(), &["replay", "day.csv", "--alerts", "out/alerts.jsonl"]);
+    assert!(!out.status.success(), "the alerts directory does not exist yet");
+    let err = stderr(&out);
+    assert!(err.contains("out/alerts.") && err.contains("cannot create"), "{err}");
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let out = tapewatch(dir.path(), &["replay", "day.csv", "--alerts", "out/alerts.jsonl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(summary.contains("events      8 read, 4 applied, 3 rejected, 1 late"), "{summary}");
+    assert!(summary.contains("gaps        1 gaps, 3 records missing; seq 4..=6 before line 6"), "{summary}");
+    let rejects = std::fs::read_to_string(dir.path().join("out/alerts.rejects.tsv")).unwrap();
+    let reasons: Vec<&str> = rejects.lines().skip(1).collect();
+    assert_eq!(reasons.len(), 3, "{rejects}");
+    assert!(reasons[0].starts_with("4\trepeated or backward seq 2"), "{rejects}");
+    assert!(reasons[1].starts_with("5\tbad price"), "{rejects}");
+    assert!(reasons[2].starts_with("7\torder 99 unknown"), "{rejects}");
+    let late = std::fs::read_to_string(dir.path().join("out/alerts.late.csv")).unwrap();
+    assert_eq!(late, format!("{HEADER}\n9,{},C,1,A,X,B,10.0000,100,,\n", t0 + 100 * ms));
+}

@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests: run replay/import in-process
+//! and read alerts back without their wall-clock `timing`.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use tapewatch::cmd::replay::{ReplayArgs, replay};
+use tapewatch::metrics::Summary;
+
+pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
+    ReplayArgs {
+        tape: tape.to_path_buf(),
+        accounts: None,
+        rules: None,
+        alerts: out_dir.join("alerts.jsonl"),
+        late: None,
+        rejects: None,
+        shards: Some(shards),
+        cores: "none".to_string(),
+        lateness_ms: 50,
+        quiet: true,
+    }
+}
+
+pub fn run_replay(args: &ReplayArgs) -> Summary {
+    match replay(args) {
+        Ok(summary) => summary,
+        Err(e) => panic!("replay failed: {e:?}"),
+    }
+}
+
+/// Alerts without `timing`, sorted by (seq, rule): the same tape and rules
+/// must give exactly this list whatever the shard count or tape format.
+pub fn read_alerts(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut alerts: Vec<Value> = text
+        .lines()
+        .map(|line| {
+            let mut value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad alert line {line}: {e}"));
+            let timing = value.as_object_mut().and_then(|o| o.remove("timing"));
+            assert!(timing.is_some(), "alert without timing: {line}");
+            value
+        })
+        .collect();
+    alerts.sort_by_key(|a| (a["seq"].as_u64(), a["rule"].as_str().map(str::to_string)));
+    alerts
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tapewatch"))
+}
