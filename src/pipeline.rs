@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! source thread ──batches──▶ shard 0..N threads ──alerts──▶ sink thread
-//!  decode, seq + lifecycle     reorder by (ts, seq),         names, JSON Lines,
-//!  checks, watermark, late,    window state, rules           late file
-//!  route by instrument   ──────────── late records ────────▶
+//!  decode, seq + lifecycle     window state, rules           names, JSON Lines,
+//!  checks, watermark, late,                                   late file
+//!  reorder per shard, route ──────── late records ─────────▶
 //! ```
+//!
+//! The source releases each shard's records in `(ts_ns, seq)` order once
+//! the watermark passes them, so a shard only applies rules. Reordering is
+//! cheap next to rule state, and doing it on the source balances two cores:
+//! the source would otherwise idle while the shard is the bottleneck.
 //!
 //! Rings are bounded SPSC rings of preallocated batches; a full ring makes
 //! the writer wait (back-pressure), nothing is ever dropped. Watermarks
@@ -42,14 +47,14 @@ pub enum BatchKind {
     End,
 }
 
-/// One ring slot: records in feed order and the watermark after them.
+/// One ring slot. To a shard: records ready to apply, in `(ts_ns, seq)`
+/// order, and the watermark they were released under. To the sink: late
+/// records, in feed order.
 #[derive(Default)]
 pub struct Batch {
     pub kind: BatchKind,
     pub watermark_ns: i64,
-    /// Wall-clock stamp of when the batch's first record was decoded.
-    pub ingest_ns: u64,
-    pub events: Vec<Event>,
+    pub events: Vec<Pending>,
 }
 
 impl Batch {
@@ -153,14 +158,13 @@ pub fn run<F: Feed + Send>(
             let core = cfg.cores.get(index + 1).copied();
             let stop = stop.clone();
             let detector = Detector::new(&cfg.rules, cfg.window_capacity);
-            let reorder = ReorderBuffer::with_capacity(cfg.reorder_capacity);
             let handle = std::thread::Builder::new()
                 .name(format!("tw-shard-{index}"))
                 .spawn_scoped(scope, move || {
                     if let Some(core) = core {
                         pin_current(core);
                     }
-                    run_shard(rx, alerts, detector, reorder, clock, &stop)
+                    run_shard(rx, alerts, detector, clock, &stop)
                 })
                 .expect("spawn shard thread");
             shard_handles.push(handle);
@@ -168,14 +172,15 @@ pub fn run<F: Feed + Send>(
         let source_handle = {
             let core = cfg.cores.first().copied();
             let (stop, progress) = (stop.clone(), &progress);
-            let lateness_ns = cfg.lateness_ns;
+            let (lateness_ns, reorder_capacity) = (cfg.lateness_ns, cfg.reorder_capacity);
             std::thread::Builder::new()
                 .name("tw-source".into())
                 .spawn_scoped(scope, move || {
                     if let Some(core) = core {
                         pin_current(core);
                     }
-                    let router = Router::new(shard_producers, late_tx, lateness_ns, clock, stop.clone());
+                    let router =
+                        Router::new(shard_producers, late_tx, lateness_ns, reorder_capacity, clock, stop.clone());
                     run_source(feed, router, progress, &stop)
                 })
                 .expect("spawn source thread")
@@ -222,14 +227,13 @@ pub fn run<F: Feed + Send>(
         shards: cfg.shards,
         pinned,
         backpressure_waits: source.backpressure_waits,
-        grew: 0,
-        max_reorder_len: 0,
+        grew: source.grew,
+        max_reorder_len: source.max_reorder_len,
     };
     for shard in shard_results {
         let shard = shard?;
         summary.applied += shard.applied;
         summary.grew += shard.grew;
-        summary.max_reorder_len = summary.max_reorder_len.max(shard.max_reorder_len);
     }
     // Every accepted record is either applied or late: the pipeline lost nothing.
     assert_eq!(summary.applied + summary.late, summary.feed.accepted, "records lost in the pipeline");
@@ -252,6 +256,8 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 #[derive(Default)]
 struct SourceStats {
     backpressure_waits: u64,
+    grew: u64,
+    max_reorder_len: usize,
 }
 
 fn run_source<F: Feed>(
@@ -277,50 +283,75 @@ fn run_source<F: Feed>(
         stop.raise();
     }
     router.finish();
-    result.map(|()| (feed.stats(), SourceStats { backpressure_waits: router.backpressure_waits }))
+    let stats = SourceStats {
+        backpressure_waits: router.backpressure_waits,
+        grew: router.reorder.iter().map(|r| r.grew).sum(),
+        max_reorder_len: router.max_reorder_len,
+    };
+    result.map(|()| (feed.stats(), stats))
 }
 
-/// The source's half of the rings: judges lateness, routes each record to
-/// its instrument's shard and fills batches in place.
+/// Wall-clock stamps are taken once per this many routed records.
+const STAMP_EVERY: u32 = 256;
+
+/// The source's half of the rings: judges lateness, holds each shard's
+/// records until the watermark passes them, and fills batches in place.
 struct Router {
     shards: Vec<Producer<Batch>>,
     /// Whether shard i has a claimed, partly filled slot.
     open: Vec<bool>,
-    /// The watermark last sent to shard i.
-    sent_watermark: Vec<i64>,
+    reorder: Vec<ReorderBuffer>,
     late: Producer<Batch>,
     late_open: bool,
     watermark: Watermark,
     clock: Clock,
     stop: Stop,
+    stamp_ns: u64,
+    until_stamp: u32,
     since_flush: u64,
     backpressure_waits: u64,
+    max_reorder_len: usize,
 }
 
 impl Router {
-    fn new(shards: Vec<Producer<Batch>>, late: Producer<Batch>, lateness_ns: i64, clock: Clock, stop: Stop) -> Router {
+    fn new(
+        shards: Vec<Producer<Batch>>,
+        late: Producer<Batch>,
+        lateness_ns: i64,
+        reorder_capacity: usize,
+        clock: Clock,
+        stop: Stop,
+    ) -> Router {
         let n = shards.len();
         Router {
             shards,
             open: vec![false; n],
-            sent_watermark: vec![i64::MIN; n],
+            reorder: (0..n).map(|_| ReorderBuffer::with_capacity(reorder_capacity)).collect(),
             late,
             late_open: false,
             watermark: Watermark::new(lateness_ns),
             clock,
             stop,
+            stamp_ns: 0,
+            until_stamp: 0,
             since_flush: 0,
             backpressure_waits: 0,
+            max_reorder_len: 0,
         }
     }
 
     #[inline]
     fn route(&mut self, event: &Event) {
+        if self.until_stamp == 0 {
+            self.stamp_ns = self.clock.now_ns();
+            self.until_stamp = STAMP_EVERY;
+        }
+        self.until_stamp -= 1;
+        let pending = Pending { event: *event, ingest_ns: self.stamp_ns };
         if self.watermark.observe(event.ts_ns) {
-            let slot =
-                claim(&mut self.late, &mut self.late_open, &self.clock, &self.stop, &mut self.backpressure_waits);
+            let slot = claim(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure_waits);
             if let Some(slot) = slot {
-                slot.events.push(*event);
+                slot.events.push(pending);
                 if slot.events.len() == BATCH_EVENTS {
                     self.late.publish();
                     self.late_open = false;
@@ -328,19 +359,8 @@ impl Router {
             }
         } else {
             let shard = event.instrument as usize % self.shards.len();
-            let slot = claim(
-                &mut self.shards[shard],
-                &mut self.open[shard],
-                &self.clock,
-                &self.stop,
-                &mut self.backpressure_waits,
-            );
-            if let Some(slot) = slot {
-                slot.events.push(*event);
-                if slot.events.len() == BATCH_EVENTS {
-                    self.publish(shard);
-                }
-            }
+            self.reorder[shard].push(pending);
+            self.release(shard, self.watermark.current());
         }
         self.since_flush += 1;
         if self.since_flush == FLUSH_EVERY {
@@ -348,34 +368,39 @@ impl Router {
         }
     }
 
-    fn publish(&mut self, shard: usize) {
-        let watermark_ns = self.watermark.current();
-        if let Some(slot) = self.shards[shard].claim() {
-            slot.watermark_ns = watermark_ns;
-            self.shards[shard].publish();
-            self.open[shard] = false;
-            self.sent_watermark[shard] = watermark_ns;
-        }
+    /// Moves the shard's records below `watermark_ns` into its batches.
+    #[inline]
+    fn release(&mut self, shard: usize, watermark_ns: i64) {
+        let Router { shards, open, reorder, stop, backpressure_waits, max_reorder_len, .. } = self;
+        let (ring, open) = (&mut shards[shard], &mut open[shard]);
+        *max_reorder_len = (*max_reorder_len).max(reorder[shard].len());
+        reorder[shard].drain_before(watermark_ns, |pending| {
+            let Some(slot) = claim(ring, open, stop, backpressure_waits) else { return };
+            slot.events.push(*pending);
+            if slot.events.len() == BATCH_EVENTS {
+                slot.watermark_ns = watermark_ns;
+                ring.publish();
+                *open = false;
+            }
+        });
     }
 
-    /// Publishes every partial batch, and the current watermark to shards
-    /// that have not seen it (when their ring has room: a full ring will
-    /// carry it with its next batch anyway).
+    /// Publishes what every shard can apply now (and the watermark, to
+    /// shards with room in their ring), and the late records.
     fn flush(&mut self) {
         self.since_flush = 0;
         let watermark_ns = self.watermark.current();
         for shard in 0..self.shards.len() {
-            if self.open[shard] {
-                self.publish(shard);
-            } else if self.sent_watermark[shard] < watermark_ns
-                && let Some(slot) = self.shards[shard].claim()
-            {
-                slot.kind = BatchKind::Data;
-                slot.events.clear();
-                slot.ingest_ns = self.clock.now_ns();
+            self.release(shard, watermark_ns);
+            if self.open[shard] || self.shards[shard].claim().is_some() {
+                let slot = self.shards[shard].claim().expect("claimed above");
+                if !self.open[shard] {
+                    slot.kind = BatchKind::Data;
+                    slot.events.clear();
+                }
                 slot.watermark_ns = watermark_ns;
                 self.shards[shard].publish();
-                self.sent_watermark[shard] = watermark_ns;
+                self.open[shard] = false;
             }
         }
         if self.late_open {
@@ -384,9 +409,12 @@ impl Router {
         }
     }
 
-    /// Flushes and sends `End` to every shard; dropping the producers then
-    /// tells the sink that the late ring is done.
+    /// Releases everything, then sends `End` to every shard; dropping the
+    /// producers then tells the sink that the late ring is done.
     fn finish(&mut self) {
+        for shard in 0..self.shards.len() {
+            self.release(shard, i64::MAX);
+        }
         self.flush();
         for shard in 0..self.shards.len() {
             let mut idle = Idle::default();
@@ -397,7 +425,6 @@ impl Router {
                 if let Some(slot) = self.shards[shard].claim() {
                     slot.kind = BatchKind::End;
                     slot.events.clear();
-                    slot.ingest_ns = self.clock.now_ns();
                     slot.watermark_ns = i64::MAX;
                     self.shards[shard].publish();
                     break;
@@ -411,13 +438,7 @@ impl Router {
 /// The open slot of a ring, claiming and resetting a fresh one if needed;
 /// waits while the ring is full. `None` only when the pipeline is stopping.
 #[inline]
-fn claim<'a>(
-    ring: &'a mut Producer<Batch>,
-    open: &mut bool,
-    clock: &Clock,
-    stop: &Stop,
-    waits: &mut u64,
-) -> Option<&'a mut Batch> {
+fn claim<'a>(ring: &'a mut Producer<Batch>, open: &mut bool, stop: &Stop, waits: &mut u64) -> Option<&'a mut Batch> {
     if !*open {
         let mut idle = Idle::default();
         while ring.claim().is_none() {
@@ -430,7 +451,6 @@ fn claim<'a>(
         let slot = ring.claim()?;
         slot.kind = BatchKind::Data;
         slot.events.clear();
-        slot.ingest_ns = clock.now_ns();
         *open = true;
         return Some(slot);
     }
@@ -440,19 +460,16 @@ fn claim<'a>(
 struct ShardStats {
     applied: u64,
     grew: u64,
-    max_reorder_len: usize,
 }
 
 fn run_shard(
     mut rx: Consumer<Batch>,
     mut alerts: Producer<Alert>,
     mut detector: Detector,
-    mut reorder: ReorderBuffer,
     clock: Clock,
     stop: &Stop,
 ) -> Result<ShardStats, String> {
     let mut applied = 0u64;
-    let mut max_reorder_len = 0;
     let mut idle = Idle::default();
     let mut emit = |alert: Alert, ingest_ns: u64| -> bool {
         let mut idle = Idle::default();
@@ -477,19 +494,13 @@ fn run_shard(
             continue;
         };
         idle.reset();
-        let ingest_ns = batch.ingest_ns;
-        for &event in &batch.events {
-            reorder.push(Pending { event, ingest_ns });
-        }
-        let watermark_ns = batch.watermark_ns;
-        let end = batch.kind == BatchKind::End;
-        rx.release();
-        max_reorder_len = max_reorder_len.max(reorder.len());
         let mut delivered = true;
-        while let Some(pending) = reorder.pop_before(watermark_ns) {
-            applied += 1;
+        for pending in &batch.events {
             detector.apply(&pending.event, &mut |alert| delivered &= emit(alert, pending.ingest_ns));
         }
+        applied += batch.events.len() as u64;
+        let end = batch.kind == BatchKind::End;
+        rx.release();
         if !delivered {
             return Err("alert sink stopped".to_string());
         }
@@ -497,6 +508,5 @@ fn run_shard(
             break;
         }
     }
-    assert!(reorder.is_empty() || stop.raised(), "shard stopped with records still buffered");
-    Ok(ShardStats { applied, grew: reorder.grew + detector.stats().grew, max_reorder_len })
+    Ok(ShardStats { applied, grew: detector.stats().grew })
 }

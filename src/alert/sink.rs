@@ -124,8 +124,8 @@ impl Sink {
             }
             while let Some(batch) = late_ring.peek() {
                 line.clear();
-                for event in &batch.events {
-                    write_feed_line(&mut line, event, names);
+                for pending in &batch.events {
+                    write_feed_line(&mut line, &pending.event, names);
                 }
                 output.late += batch.events.len() as u64;
                 late_ring.release();

@@ -7,7 +7,11 @@
 //! and expires the entries that fell out of `(t - window, t]`: O(1)
 //! amortised per record, and memory proportional to the records inside the
 //! window. A key whose window is empty (and that cannot matter any more) is
-//! freed, so the key table holds only keys with recent activity.
+//! idle. Most keys hold only a record or two, so removing each one from the
+//! hash table as it empties would cost a hash operation on almost every
+//! record. Instead, idle keys are swept out in one sequential pass once they
+//! are the majority. The key table stays within a constant factor of the
+//! keys with recent activity.
 
 use crate::alert::{Alert, Evidence, Rule};
 use crate::config::ExcessiveCancelParams;
@@ -24,7 +28,6 @@ struct Entry {
 
 #[derive(Clone, Copy, Default)]
 struct KeyState {
-    key: u64,
     new_orders: u32,
     cancels: u32,
     hot: bool,
@@ -35,8 +38,20 @@ pub struct ExcessiveCancel {
     slot_of: FxHashMap<u64, u32>,
     keys: Vec<KeyState>,
     free: Vec<u32>,
+    /// Keys in `slot_of` whose window is empty and that are not hot.
+    idle: usize,
     window: VecDeque<Entry>,
     grew: u64,
+}
+
+/// Below this many keys the table is never swept: small tables are cheap.
+const SWEEP_FLOOR: usize = 1 << 14;
+
+impl KeyState {
+    #[inline]
+    fn is_idle(&self) -> bool {
+        self.new_orders == 0 && self.cancels == 0 && !self.hot
+    }
 }
 
 impl ExcessiveCancel {
@@ -49,6 +64,7 @@ impl ExcessiveCancel {
             slot_of,
             keys: Vec::with_capacity(key_capacity),
             free: Vec::with_capacity(key_capacity),
+            idle: 0,
             window: VecDeque::with_capacity(window_capacity),
             grew: 0,
         }
@@ -120,9 +136,7 @@ impl ExcessiveCancel {
                     state.hot = false;
                 }
                 if !state.hot {
-                    let key = state.key;
-                    self.slot_of.remove(&key);
-                    self.free.push(slot);
+                    self.idle += 1;
                 }
             }
         }
@@ -131,9 +145,15 @@ impl ExcessiveCancel {
     #[inline]
     fn slot(&mut self, key: u64) -> u32 {
         if let Some(&slot) = self.slot_of.get(&key) {
+            if self.keys[slot as usize].is_idle() {
+                self.idle -= 1;
+            }
             return slot;
         }
-        let state = KeyState { key, ..KeyState::default() };
+        if self.slot_of.len() >= SWEEP_FLOOR && self.idle > self.slot_of.len() / 2 {
+            self.sweep();
+        }
+        let state = KeyState::default();
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.keys[slot as usize] = state;
@@ -151,8 +171,26 @@ impl ExcessiveCancel {
         slot
     }
 
+    /// Drops every idle key in one pass over the table; amortised over the
+    /// inserts that made them, O(1) per record.
+    fn sweep(&mut self) {
+        let (keys, free) = (&self.keys, &mut self.free);
+        self.slot_of.retain(|_, slot| {
+            let keep = !keys[*slot as usize].is_idle();
+            if !keep {
+                free.push(*slot);
+            }
+            keep
+        });
+        self.idle = 0;
+    }
+
     pub fn stats(&self) -> super::DetectorStats {
-        super::DetectorStats { window_entries: self.window.len(), active_keys: self.slot_of.len(), grew: self.grew }
+        super::DetectorStats {
+            window_entries: self.window.len(),
+            active_keys: self.slot_of.len() - self.idle,
+            grew: self.grew,
+        }
     }
 }
 
@@ -219,6 +257,13 @@ mod tests {
         // Only the last key's entry is still inside the one-second window.
         assert_eq!(rule.stats().active_keys, 1);
         assert_eq!(rule.stats().window_entries, 1);
-        assert!(rule.keys.len() <= 2, "slots are reused, not grown");
+        // Past the sweep floor, idle keys are dropped and their slots reused.
+        let total = 3 * SWEEP_FLOOR as u32;
+        for group in 100..total {
+            rule.apply(&rec(group as u64, group as i64 * SEC, Kind::Cancel, group));
+        }
+        assert_eq!(rule.stats().active_keys, 1);
+        assert!(rule.slot_of.len() <= 2 * SWEEP_FLOOR, "idle keys are swept: {}", rule.slot_of.len());
+        assert!(rule.keys.len() <= 2 * SWEEP_FLOOR + 1, "slots are reused, not grown: {}", rule.keys.len());
     }
 }
