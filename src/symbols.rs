@@ -104,9 +104,10 @@ pub struct Interner {
 impl Interner {
     pub fn new(capacity: usize) -> Interner {
         let mut ids = FxHashMap::default();
-        // Sized for a typical day up front; the map grows past it (rarely)
-        // but the name table itself never moves.
-        ids.reserve(capacity.min(1 << 16));
+        // Small up front (a table far larger than the names in use costs cache
+        // misses); the map grows as names arrive, but the name table itself
+        // never moves.
+        ids.reserve(capacity.min(1 << 12));
         Interner { ids, table: Arc::new(NameTable::with_capacity(capacity)) }
     }
 

@@ -163,7 +163,7 @@ impl<R: Read> Feed for CsvFeed<R> {
         }
         loop {
             let unread = &self.buf[self.start..self.end];
-            let Some(newline) = memchr(b'\n', unread) else { break };
+            let Some(newline) = memchr::memchr(b'\n', unread) else { break };
             let (line_start, line_end) = (self.start, self.start + newline);
             self.start = line_end + 1;
             if self.skipping {
@@ -205,11 +205,6 @@ impl<R: Read> Feed for CsvFeed<R> {
     }
 }
 
-#[inline]
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
-}
-
 /// Splits and parses one line (without its newline) into a raw record.
 pub fn parse_line(line: &[u8]) -> Result<RawRecord<'_>, RejectReason> {
     if line.is_empty() {
@@ -217,12 +212,18 @@ pub fn parse_line(line: &[u8]) -> Result<RawRecord<'_>, RejectReason> {
     }
     let mut fields: [&[u8]; COLUMNS] = [&[]; COLUMNS];
     let mut count = 0;
-    for field in line.split(|&b| b == b',') {
+    let mut start = 0;
+    for comma in memchr::memchr_iter(b',', line) {
         if count < COLUMNS {
-            fields[count] = field;
+            fields[count] = &line[start..comma];
         }
         count += 1;
+        start = comma + 1;
     }
+    if count < COLUMNS {
+        fields[count] = &line[start..];
+    }
+    count += 1;
     if count != COLUMNS {
         return Err(RejectReason::ColumnCount(count));
     }

@@ -125,7 +125,9 @@ pub struct Validator {
 impl Validator {
     pub fn new(limits: Limits, groups: Arc<Groups>) -> Validator {
         let mut open = FxHashMap::default();
-        open.reserve(limits.open_orders.min(1 << 20));
+        // Sized for a busy book, not the limit: a table much larger than
+        // the open orders spreads every lookup over cold cache lines.
+        open.reserve(limits.open_orders.min(1 << 16));
         Validator {
             accounts: Interner::new(limits.accounts),
             instruments: Interner::new(limits.instruments),
