@@ -22,14 +22,20 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+// The child is reaped by wait4 below, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run(args: &[&str]) -> Run {
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_tapewatch"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tapewatch"))
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn tapewatch");
     let pid = child.id() as libc::pid_t;
+    // Read stdout to its end first (the child exits after closing it), then
+    // reap the child with wait4 for its rusage; std's wait would reap it first.
+    let mut output = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().expect("piped stdout"), &mut output).expect("read stdout");
     let mut status = 0;
     // SAFETY: rusage is plain old data; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -37,7 +43,6 @@ fn run(args: &[&str]) -> Run {
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall_s = started.elapsed().as_secs_f64();
     assert_eq!(rc, pid, "wait4 failed");
-    let output = child.wait_with_output().map(|o| o.stdout).unwrap_or_default();
     let stdout = String::from_utf8_lossy(&output).into_owned();
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "tapewatch {args:?} failed: {stdout}");
     Run { wall_s, max_rss_mib: usage.ru_maxrss as f64 / 1024.0, stdout }
