@@ -349,14 +349,8 @@ impl Router {
         self.until_stamp -= 1;
         let pending = Pending { event: *event, ingest_ns: self.stamp_ns };
         if self.watermark.observe(event.ts_ns) {
-            let slot = claim(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure_waits);
-            if let Some(slot) = slot {
-                slot.events.push(pending);
-                if slot.events.len() == BATCH_EVENTS {
-                    self.late.publish();
-                    self.late_open = false;
-                }
-            }
+            let watermark_ns = self.watermark.current();
+            push(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure_waits, &pending, watermark_ns);
         } else {
             let shard = event.instrument as usize % self.shards.len();
             self.reorder[shard].push(pending);
@@ -375,13 +369,7 @@ impl Router {
         let (ring, open) = (&mut shards[shard], &mut open[shard]);
         *max_reorder_len = (*max_reorder_len).max(reorder[shard].len());
         reorder[shard].drain_before(watermark_ns, |pending| {
-            let Some(slot) = claim(ring, open, stop, backpressure_waits) else { return };
-            slot.events.push(*pending);
-            if slot.events.len() == BATCH_EVENTS {
-                slot.watermark_ns = watermark_ns;
-                ring.publish();
-                *open = false;
-            }
+            push(ring, open, stop, backpressure_waits, pending, watermark_ns);
         });
     }
 
@@ -432,6 +420,25 @@ impl Router {
                 idle.wait();
             }
         }
+    }
+}
+
+/// Appends a record to the ring's open batch, publishing the batch when full.
+#[inline]
+fn push(
+    ring: &mut Producer<Batch>,
+    open: &mut bool,
+    stop: &Stop,
+    waits: &mut u64,
+    pending: &Pending,
+    watermark_ns: i64,
+) {
+    let Some(slot) = claim(ring, open, stop, waits) else { return };
+    slot.events.push(*pending);
+    if slot.events.len() == BATCH_EVENTS {
+        slot.watermark_ns = watermark_ns;
+        ring.publish();
+        *open = false;
     }
 }
 
