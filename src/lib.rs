@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod config;
 pub mod detect;
 pub mod event;
+pub mod flat_map;
 #[path = "gen.rs"]
 pub mod generator;
 pub mod ingest;

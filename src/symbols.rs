@@ -7,6 +7,7 @@
 //! through an atomic length (no lock, no reallocation that could move it).
 
 use crate::event::{AccountId, GROUP_SELF, GroupId};
+use crate::flat_map::FlatMap;
 use rustc_hash::FxHashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -97,30 +98,40 @@ impl NameTable {
 
 /// Source-side interner: name -> id, writing each new name to a shared table.
 pub struct Interner {
-    ids: FxHashMap<Packed, u32>,
+    ids: FlatMap<Packed, u32>,
     table: Arc<NameTable>,
 }
 
 impl Interner {
     pub fn new(capacity: usize) -> Interner {
-        let mut ids = FxHashMap::default();
         // Small up front (a table far larger than the names in use costs cache
         // misses); the map grows as names arrive, but the name table itself
         // never moves.
-        ids.reserve(capacity.min(1 << 12));
+        let ids = FlatMap::with_capacity(capacity.min(1 << 12));
         Interner { ids, table: Arc::new(NameTable::with_capacity(capacity)) }
     }
 
     /// The id of `name`, interning it if new; `None` when the table is full.
     #[inline]
     pub fn intern(&mut self, name: &[u8]) -> Option<u32> {
-        let packed = pack(name);
-        if let Some(&id) = self.ids.get(&packed) {
+        self.intern_packed(pack(name))
+    }
+
+    /// As `intern`, for a name the decoder already packed.
+    #[inline]
+    pub fn intern_packed(&mut self, packed: Packed) -> Option<u32> {
+        if let Some(&id) = self.ids.get(packed) {
             return Some(id);
         }
         let id = self.table.push(packed)?;
         self.ids.insert(packed, id);
         Some(id)
+    }
+
+    /// Brings the table slot of a name about to be interned into cache.
+    #[inline]
+    pub fn prefetch(&self, packed: Packed) {
+        self.ids.prefetch(packed);
     }
 
     pub fn table(&self) -> &Arc<NameTable> {

@@ -4,25 +4,28 @@
 
 use super::{FeedStats, GAP_RANGES_KEPT};
 use crate::event::{AccountId, Event, InstrumentId, Kind, Side};
-use crate::symbols::{Groups, Interner, pack};
-use rustc_hash::FxHashMap;
+use crate::flat_map::FlatMap;
+use crate::symbols::{Groups, Interner, Packed};
 use std::fmt;
 use std::sync::Arc;
 
 /// A record as decoded from text, before interning and lifecycle checks.
-#[derive(Clone, Copy, Debug)]
-pub struct RawRecord<'a> {
+/// Names are packed (`symbols::pack`) by the decoder, already checked
+/// against FEED.md's name rules.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawRecord {
     pub seq: u64,
     pub ts_ns: i64,
     pub kind: Kind,
     pub order_id: u64,
-    pub account: &'a [u8],
-    pub instrument: &'a [u8],
+    pub account: Packed,
+    pub instrument: Packed,
     pub side: Side,
     pub price: i64,
     pub qty: u64,
     pub contra_order_id: u64,
-    pub contra_account: &'a [u8],
+    /// Zero on N and C records.
+    pub contra_account: Packed,
 }
 
 /// Why a record was rejected. Every variant names what was wrong so the
@@ -88,7 +91,7 @@ impl fmt::Display for RejectReason {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct OpenOrder {
     open_qty: u64,
     account: AccountId,
@@ -116,7 +119,7 @@ pub struct Validator {
     groups: Arc<Groups>,
     /// The group of each interned account, so groups are resolved once per account, not per record.
     account_groups: Vec<u32>,
-    open: FxHashMap<u64, OpenOrder>,
+    open: FlatMap<u64, OpenOrder>,
     open_limit: usize,
     expected_seq: Option<u64>,
     pub stats: FeedStats,
@@ -124,10 +127,9 @@ pub struct Validator {
 
 impl Validator {
     pub fn new(limits: Limits, groups: Arc<Groups>) -> Validator {
-        let mut open = FxHashMap::default();
         // Sized for a busy book, not the limit: a table much larger than
         // the open orders spreads every lookup over cold cache lines.
-        open.reserve(limits.open_orders.min(1 << 16));
+        let open = FlatMap::with_capacity(limits.open_orders.min(1 << 16));
         Validator {
             accounts: Interner::new(limits.accounts),
             instruments: Interner::new(limits.instruments),
@@ -160,9 +162,9 @@ impl Validator {
 
     /// Interns and checks the order lifecycle; on success the event is
     /// accepted and the open-order table updated.
-    pub fn accept(&mut self, raw: &RawRecord<'_>) -> Result<Event, RejectReason> {
+    pub fn accept(&mut self, raw: &RawRecord) -> Result<Event, RejectReason> {
         let account = self.intern_account(raw.account)?;
-        let instrument = self.instruments.intern(raw.instrument).ok_or(RejectReason::TableFull("instrument"))?;
+        let instrument = self.instruments.intern_packed(raw.instrument).ok_or(RejectReason::TableFull("instrument"))?;
         let mut event = Event {
             seq: raw.seq,
             ts_ns: raw.ts_ns,
@@ -181,7 +183,7 @@ impl Validator {
         };
         match raw.kind {
             Kind::New => {
-                if self.open.contains_key(&raw.order_id) {
+                if self.open.contains_key(raw.order_id) {
                     return Err(RejectReason::DuplicateOrder(raw.order_id));
                 }
                 if self.open.len() >= self.open_limit {
@@ -191,13 +193,13 @@ impl Validator {
                 self.open.insert(raw.order_id, order);
             }
             Kind::Cancel => {
-                let order = *self.open.get(&raw.order_id).ok_or(RejectReason::UnknownOrder(raw.order_id))?;
+                let order = *self.open.get(raw.order_id).ok_or(RejectReason::UnknownOrder(raw.order_id))?;
                 check_owner(&order, raw.order_id, account, instrument, raw.side)?;
                 if raw.qty != order.open_qty {
                     let (order_id, qty, open) = (raw.order_id, raw.qty, order.open_qty);
                     return Err(RejectReason::CancelQty { order_id, qty, open });
                 }
-                self.open.remove(&raw.order_id);
+                self.open.remove(raw.order_id);
             }
             Kind::Trade => {
                 let contra_account = self.intern_account(raw.contra_account)?;
@@ -207,9 +209,9 @@ impl Validator {
                 if raw.order_id == raw.contra_order_id {
                     return Err(RejectReason::SelfMatch(raw.order_id));
                 }
-                let buy = *self.open.get(&raw.order_id).ok_or(RejectReason::UnknownOrder(raw.order_id))?;
+                let buy = *self.open.get(raw.order_id).ok_or(RejectReason::UnknownOrder(raw.order_id))?;
                 let sell =
-                    *self.open.get(&raw.contra_order_id).ok_or(RejectReason::UnknownOrder(raw.contra_order_id))?;
+                    *self.open.get(raw.contra_order_id).ok_or(RejectReason::UnknownOrder(raw.contra_order_id))?;
                 check_owner(&buy, raw.order_id, account, instrument, Side::Buy)?;
                 check_owner(&sell, raw.contra_order_id, contra_account, instrument, Side::Sell)?;
                 for (order_id, order) in [(raw.order_id, &buy), (raw.contra_order_id, &sell)] {
@@ -218,10 +220,10 @@ impl Validator {
                     }
                 }
                 for order_id in [raw.order_id, raw.contra_order_id] {
-                    if let Some(order) = self.open.get_mut(&order_id) {
+                    if let Some(order) = self.open.get_mut(order_id) {
                         order.open_qty -= raw.qty;
                         if order.open_qty == 0 {
-                            self.open.remove(&order_id);
+                            self.open.remove(order_id);
                         }
                     }
                 }
@@ -230,10 +232,23 @@ impl Validator {
         Ok(event)
     }
 
-    fn intern_account(&mut self, name: &[u8]) -> Result<AccountId, RejectReason> {
-        let id = self.accounts.intern(name).ok_or(RejectReason::TableFull("account"))?;
+    /// Brings the table slots that `accept` will touch for `raw` into cache.
+    /// The CSV feed calls it a few records ahead: the open-order and account
+    /// tables outgrow the cache, and their misses would otherwise dominate.
+    #[inline]
+    pub fn prefetch(&self, raw: &RawRecord) {
+        self.accounts.prefetch(raw.account);
+        self.open.prefetch(raw.order_id);
+        if raw.kind == Kind::Trade {
+            self.accounts.prefetch(raw.contra_account);
+            self.open.prefetch(raw.contra_order_id);
+        }
+    }
+
+    fn intern_account(&mut self, name: Packed) -> Result<AccountId, RejectReason> {
+        let id = self.accounts.intern_packed(name).ok_or(RejectReason::TableFull("account"))?;
         if id as usize == self.account_groups.len() {
-            self.account_groups.push(self.groups.group_of(pack(name), id));
+            self.account_groups.push(self.groups.group_of(name, id));
         }
         Ok(id)
     }
