@@ -35,10 +35,17 @@ const LONG_LINE_SHOWN: usize = 200;
 /// One decoded line: where it is in its chunk, and what it parsed to.
 struct Line {
     line_no: u64,
+    /// The text kept for the rejects file: `bytes[start..end]` of the chunk,
+    /// or the chunk's `long_line` when `start == LONG_LINE`.
     start: u32,
     end: u32,
+    /// Where the next line begins, relative to the chunk's `base_offset`.
+    next: u32,
     parsed: Result<RawRecord, Malformed>,
 }
+
+/// `Line::start` of an over-long line whose kept prefix is in `Chunk::long_line`.
+const LONG_LINE: u32 = u32::MAX;
 
 /// A line that failed to parse. A readable seq still holds its place in the
 /// sequence: without it, the record would also be reported as a gap.
@@ -58,7 +65,16 @@ enum ChunkEnd {
 struct Chunk {
     bytes: Box<[u8]>,
     len: usize,
+    /// Tape offset of `bytes[0]`.
+    base_offset: u64,
     lines: Vec<Line>,
+    /// Where the tape goes on after this chunk: the offset and line number
+    /// of the first line not in it.
+    next_offset: u64,
+    next_line_no: u64,
+    /// The first bytes of an over-long line that began in an earlier chunk
+    /// and ends in this one.
+    long_line: Vec<u8>,
     end: ChunkEnd,
 }
 
@@ -70,22 +86,33 @@ impl Chunk {
             // Plus one block of padding for the last block's SIMD loads.
             bytes: vec![0u8; CHUNK_BYTES + MAX_LINE_BYTES + 1 + BLOCK].into_boxed_slice(),
             len: 0,
+            base_offset: 0,
             // FEED.md records are rarely under 40 bytes; a chunk of shorter
             // lines grows this once and keeps it.
             lines: Vec::with_capacity(CHUNK_BYTES / 40),
+            next_offset: 0,
+            next_line_no: 0,
+            long_line: Vec::with_capacity(LONG_LINE_SHOWN),
             end: ChunkEnd::More,
         }
     }
 }
 
-/// What the decoder thread starts from: the reader just after the header.
+/// What the decoder thread starts from: the reader at the start of a line
+/// (just after the header, or where a checkpoint left off).
 struct Decoder<R> {
     reader: R,
-    /// Bytes read past the header.
+    /// Bytes read but not yet in a chunk: the start of a partial line.
     carry: Vec<u8>,
+    /// Tape offset of `carry[0]`.
+    carry_offset: u64,
     eof: bool,
     /// Line number of the next line (the header is line 1).
     line_no: u64,
+    /// Inside an over-long line: kept until its newline arrives.
+    long: Option<LongLine>,
+    /// A spare buffer for an over-long line's prefix (no allocation per one).
+    long_prefix: Vec<u8>,
 }
 
 pub struct CsvFeed<R: Read> {
@@ -94,6 +121,11 @@ pub struct CsvFeed<R: Read> {
     decoder: Option<Decoder<R>>,
     chunks: Option<Consumer<Chunk>>,
     thread: Option<JoinHandle<()>>,
+    /// Lines of the oldest chunk already handed on; the chunk is released
+    /// once all are.
+    cursor: usize,
+    /// Where the next line not yet handed on starts: tape offset, line number.
+    position: (u64, u64),
     validator: Validator,
     rejects: RejectLog,
 }
@@ -126,15 +158,59 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
             let shown = String::from_utf8_lossy(&header[..header.len().min(200)]).into_owned();
             return Err(error(format!("line 1: not a FEED.md tape: the header must be `{HEADER}`, found `{shown}`")));
         }
-        let carry = buf[(header_end + 1).min(buf.len())..].to_vec();
-        Ok(CsvFeed {
+        let body = (header_end + 1).min(buf.len());
+        let carry = buf[body..].to_vec();
+        Ok(CsvFeed::at(reader, path, validator, rejects, carry, eof, (body as u64, 2)))
+    }
+
+    /// Goes on with a tape from `position` (tape offset, line number): the
+    /// start of a line, where `reader` already stands, as `position()` told
+    /// an earlier run.
+    pub fn resume(
+        reader: R,
+        path: &Path,
+        validator: Validator,
+        rejects: RejectLog,
+        position: (u64, u64),
+    ) -> CsvFeed<R> {
+        CsvFeed::at(reader, path, validator, rejects, Vec::new(), false, position)
+    }
+
+    fn at(
+        reader: R,
+        path: &Path,
+        validator: Validator,
+        rejects: RejectLog,
+        carry: Vec<u8>,
+        eof: bool,
+        position: (u64, u64),
+    ) -> CsvFeed<R> {
+        let (carry_offset, line_no) = position;
+        CsvFeed {
             path: path.to_path_buf(),
-            decoder: Some(Decoder { reader, carry, eof, line_no: 2 }),
+            decoder: Some(Decoder {
+                reader,
+                carry,
+                carry_offset,
+                eof,
+                line_no,
+                long: None,
+                long_prefix: Vec::with_capacity(LONG_LINE_SHOWN),
+            }),
             chunks: None,
             thread: None,
+            cursor: 0,
+            position,
             validator,
             rejects,
-        })
+        }
+    }
+
+    /// Where the next record that has not been handed on starts: its tape
+    /// offset and line number. Reading on from there with `resume` gives
+    /// exactly the records this feed has not yet emitted or rejected.
+    pub fn position(&self) -> (u64, u64) {
+        self.position
     }
 
     /// Replaces the rejects log; lets a caller check the header before
@@ -168,6 +244,83 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
         FeedError { path: self.path.clone(), message }
     }
 
+    /// Hands on the records of a chunk, in feed order. Stops right after a
+    /// record for which `emit` returns false, so the feed stands between two
+    /// records (`position` tells where); otherwise after one chunk. Returns
+    /// false at the end of the tape.
+    pub fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
+        self.start_decoder()?;
+        let CsvFeed { chunks, validator, rejects, cursor, position, .. } = self;
+        let Some(rx) = chunks.as_mut() else { return Ok(false) };
+        let mut idle = Idle::default();
+        let mut waits = 0;
+        let chunk = loop {
+            if let Some(chunk) = rx.peek() {
+                break chunk;
+            }
+            if rx.is_finished() {
+                self.join_decoder();
+                return Err(self.error("the decoder thread stopped before the end of the tape".into()));
+            }
+            waits += 1;
+            if waits == WAITS_PER_PUMP {
+                return Ok(true);
+            }
+            idle.wait();
+        };
+        while let Some(line) = chunk.lines.get(*cursor) {
+            if let Some(Line { parsed: Ok(ahead), .. }) = chunk.lines.get(*cursor + PREFETCH_AHEAD) {
+                validator.prefetch(ahead);
+            }
+            *cursor += 1;
+            *position = (chunk.base_offset + line.next as u64, line.line_no + 1);
+            validator.stats.records_read += 1;
+            let outcome = match &line.parsed {
+                Ok(raw) => validator.check_seq(raw.seq, line.line_no).and_then(|()| validator.accept(raw)),
+                Err(malformed) => {
+                    if let Some(seq) = malformed.seq {
+                        let _ = validator.check_seq(seq, line.line_no);
+                    }
+                    Err(malformed.reason.clone())
+                }
+            };
+            match outcome {
+                Ok(event) => {
+                    validator.stats.accepted += 1;
+                    if !emit(&event) {
+                        return Ok(true);
+                    }
+                }
+                Err(reason) => {
+                    validator.stats.rejected += 1;
+                    let text = match line.start {
+                        LONG_LINE => &chunk.long_line[..],
+                        start => &chunk.bytes[start as usize..line.end as usize],
+                    };
+                    rejects.write(line.line_no, &reason, text)?;
+                }
+            }
+        }
+        *cursor = 0;
+        *position = (chunk.next_offset, chunk.next_line_no);
+        let end = chunk.end.clone();
+        rx.release();
+        match end {
+            ChunkEnd::More => Ok(true),
+            ChunkEnd::Eof => {
+                self.rejects.finish()?;
+                self.chunks = None;
+                self.join_decoder();
+                Ok(false)
+            }
+            ChunkEnd::Failed(message) => {
+                self.chunks = None;
+                self.join_decoder();
+                Err(self.error(message))
+            }
+        }
+    }
+
     fn join_decoder(&mut self) {
         if let Some(thread) = self.thread.take()
             && let Err(panic) = thread.join()
@@ -187,66 +340,10 @@ const WAITS_PER_PUMP: u32 = 1024;
 
 impl<R: Read + Send + 'static> Feed for CsvFeed<R> {
     fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError> {
-        self.start_decoder()?;
-        let CsvFeed { chunks, validator, rejects, .. } = self;
-        let Some(rx) = chunks.as_mut() else { return Ok(false) };
-        let mut idle = Idle::default();
-        let mut waits = 0;
-        let chunk = loop {
-            if let Some(chunk) = rx.peek() {
-                break chunk;
-            }
-            if rx.is_finished() {
-                self.join_decoder();
-                return Err(self.error("the decoder thread stopped before the end of the tape".into()));
-            }
-            waits += 1;
-            if waits == WAITS_PER_PUMP {
-                return Ok(true);
-            }
-            idle.wait();
-        };
-        for (index, line) in chunk.lines.iter().enumerate() {
-            if let Some(Line { parsed: Ok(ahead), .. }) = chunk.lines.get(index + PREFETCH_AHEAD) {
-                validator.prefetch(ahead);
-            }
-            validator.stats.records_read += 1;
-            let outcome = match &line.parsed {
-                Ok(raw) => validator.check_seq(raw.seq, line.line_no).and_then(|()| validator.accept(raw)),
-                Err(malformed) => {
-                    if let Some(seq) = malformed.seq {
-                        let _ = validator.check_seq(seq, line.line_no);
-                    }
-                    Err(malformed.reason.clone())
-                }
-            };
-            match outcome {
-                Ok(event) => {
-                    validator.stats.accepted += 1;
-                    emit(&event);
-                }
-                Err(reason) => {
-                    validator.stats.rejected += 1;
-                    rejects.write(line.line_no, &reason, &chunk.bytes[line.start as usize..line.end as usize])?;
-                }
-            }
-        }
-        let end = chunk.end.clone();
-        rx.release();
-        match end {
-            ChunkEnd::More => Ok(true),
-            ChunkEnd::Eof => {
-                self.rejects.finish()?;
-                self.chunks = None;
-                self.join_decoder();
-                Ok(false)
-            }
-            ChunkEnd::Failed(message) => {
-                self.chunks = None;
-                self.join_decoder();
-                Err(self.error(message))
-            }
-        }
+        self.pump_until(&mut |event| {
+            emit(event);
+            true
+        })
     }
 
     fn stats(&self) -> FeedStats {
@@ -258,7 +355,6 @@ impl<R: Read> Decoder<R> {
     /// The decoder thread: fills chunks until the end of the tape, a read
     /// error, or the source thread going away.
     fn run(mut self, mut tx: Producer<Chunk>) {
-        let mut skipping = false;
         loop {
             let mut idle = Idle::default();
             let chunk = loop {
@@ -271,7 +367,9 @@ impl<R: Read> Decoder<R> {
                 idle.wait();
             };
             chunk.lines.clear();
+            chunk.long_line.clear();
             chunk.end = ChunkEnd::More;
+            chunk.base_offset = self.carry_offset;
             chunk.bytes[..self.carry.len()].copy_from_slice(&self.carry);
             chunk.len = self.carry.len();
             self.carry.clear();
@@ -297,48 +395,82 @@ impl<R: Read> Decoder<R> {
                     }
                 }
             }
-            let Chunk { bytes, len, lines, .. } = chunk;
+            let base = chunk.base_offset;
+            let Chunk { bytes, len, lines, long_line, .. } = chunk;
+            let Decoder { line_no, long: pending, .. } = &mut self;
             let start = for_each_line(bytes, *len, |start, newline, ends, fields| {
-                if skipping {
-                    skipping = false;
+                if let Some(long) = pending.take() {
+                    // The newline that ends an over-long line: reject it now.
+                    long_line.extend_from_slice(&long.prefix);
+                    lines.push(long.line(newline + 1));
                 } else {
-                    push_line(bytes, lines, self.line_no, start, newline, ends, fields);
-                    self.line_no += 1;
+                    push_line(bytes, lines, *line_no, start, newline, newline + 1, ends, fields);
+                    *line_no += 1;
                 }
             });
             let rest = chunk.len - start;
+            (chunk.next_offset, chunk.next_line_no) = (base + start as u64, self.line_no);
             if chunk.end != ChunkEnd::More {
                 tx.publish();
                 return;
             }
             if self.eof {
-                if rest > 0 && !skipping {
+                if let Some(long) = self.long.take() {
+                    // The tape ends inside an over-long line.
+                    chunk.long_line.extend_from_slice(&long.prefix);
+                    chunk.lines.push(long.line(chunk.len));
+                } else if rest > 0 {
                     // A last line without a newline: still a record.
                     let line = &chunk.bytes[start..chunk.len];
                     let mut ends = [0; COLUMNS];
                     let fields = split_fields(line, &mut ends);
                     let ends = ends.map(|end| end + start);
-                    push_line(&chunk.bytes, &mut chunk.lines, self.line_no, start, chunk.len, &ends, fields);
+                    let len = chunk.len;
+                    push_line(&chunk.bytes, &mut chunk.lines, self.line_no, start, len, len, &ends, fields);
                     self.line_no += 1;
                 }
+                (chunk.next_offset, chunk.next_line_no) = (base + chunk.len as u64, self.line_no);
                 chunk.end = ChunkEnd::Eof;
                 tx.publish();
                 return;
             }
-            if skipping {
-                // Still inside an over-long line: drop what was read of it.
-            } else if rest > MAX_LINE_BYTES {
-                let line_no = self.line_no;
+            if self.long.is_none() && rest > MAX_LINE_BYTES {
+                // Too long to be a record: keep its first bytes for the
+                // rejects file and skip to its newline.
+                let mut prefix = std::mem::take(&mut self.long_prefix);
+                prefix.clear();
+                prefix.extend_from_slice(&chunk.bytes[start..start + LONG_LINE_SHOWN]);
+                self.long = Some(LongLine { line_no: self.line_no, offset: base + start as u64, prefix });
                 self.line_no += 1;
-                let end = (start + LONG_LINE_SHOWN) as u32;
-                let parsed = Err(Malformed { reason: RejectReason::LineTooLong(MAX_LINE_BYTES), seq: None });
-                chunk.lines.push(Line { line_no, start: start as u32, end, parsed });
-                skipping = true;
-            } else {
-                self.carry.extend_from_slice(&chunk.bytes[start..chunk.len]);
+            }
+            match &self.long {
+                // Until its newline, the tape goes on from the over-long line.
+                Some(long) => {
+                    (chunk.next_offset, chunk.next_line_no) = (long.offset, long.line_no);
+                    self.carry_offset = base + chunk.len as u64;
+                }
+                None => {
+                    self.carry.extend_from_slice(&chunk.bytes[start..chunk.len]);
+                    self.carry_offset = base + start as u64;
+                }
             }
             tx.publish();
         }
+    }
+}
+
+/// An over-long line being skipped: where it began and its first bytes.
+struct LongLine {
+    line_no: u64,
+    offset: u64,
+    prefix: Vec<u8>,
+}
+
+impl LongLine {
+    /// Its reject, in the chunk where it ends (`next` is where the line after it begins).
+    fn line(&self, next: usize) -> Line {
+        let parsed = Err(Malformed { reason: RejectReason::LineTooLong(MAX_LINE_BYTES), seq: None });
+        Line { line_no: self.line_no, start: LONG_LINE, end: 0, next: next as u32, parsed }
     }
 }
 
@@ -423,12 +555,14 @@ fn masks(window: &[u8; BLOCK]) -> (u64, u64) {
 /// Parses the line `start..newline` of a chunk, whose comma positions the
 /// splitter found, and appends it.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn push_line(
     bytes: &[u8],
     lines: &mut Vec<Line>,
     line_no: u64,
     start: usize,
     newline: usize,
+    next: usize,
     ends: &[usize; COLUMNS],
     fields: usize,
 ) {
@@ -445,7 +579,7 @@ fn push_line(
         })
     };
     let shown_end = if end - start > MAX_LINE_BYTES { start + LONG_LINE_SHOWN } else { end };
-    lines.push(Line { line_no, start: start as u32, end: shown_end as u32, parsed });
+    lines.push(Line { line_no, start: start as u32, end: shown_end as u32, next: next as u32, parsed });
 }
 
 /// Splits and parses one line (without its newline) into a raw record.
@@ -762,6 +896,74 @@ mod tests {
                 let raw = parse_line(line.as_bytes()).unwrap();
                 assert_eq!((event.seq, event.ts_ns, event.price, event.qty), (raw.seq, raw.ts_ns, raw.price, raw.qty));
             }
+        }
+    }
+
+    /// Stopping after any record and going on from `position()` with a
+    /// fresh decoder gives exactly the records and rejects of one straight
+    /// run: what a checkpoint resume relies on. Covers bad lines, CRLF, an
+    /// over-long line that spans reads, and a last line without a newline.
+    #[test]
+    fn resuming_from_any_position_matches_a_straight_run() {
+        let long = "7".repeat(MAX_LINE_BYTES * 2);
+        let mut text = format!("{HEADER}\n");
+        for seq in 1..=400u64 {
+            match seq {
+                50 => text.push_str(&format!("{seq},{long},N,{seq},A,X,B,1.0,10,,\n")),
+                90 | 91 => text.push_str(&format!("{seq},100,N,{seq},A,X,Q,1.0,10,,\r\n")),
+                400 => text.push_str(&format!("{seq},{seq},N,{seq},A,X,B,1.0,10,,")),
+                _ => text.push_str(&format!("{seq},{seq},N,{seq},A{},X,B,1.0,10,,\n", seq % 7)),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tape = dir.path().join("t.csv");
+        std::fs::write(&tape, &text).unwrap();
+        let open = |offset: u64| {
+            let mut file = std::fs::File::open(&tape).unwrap();
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).unwrap();
+            // Small reads: positions fall in every part of a chunk.
+            struct Small(std::fs::File);
+            impl Read for Small {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    let n = buf.len().min(1000);
+                    self.0.read(&mut buf[..n])
+                }
+            }
+            Small(file)
+        };
+        let new_validator = || Validator::new(Limits::default(), Arc::new(Groups::default()));
+        let run = |stop_after: Option<usize>, rejects_path: &Path| {
+            let rejects = RejectLog::create(rejects_path).unwrap();
+            let mut feed = CsvFeed::new(open(0), &tape, new_validator(), rejects).unwrap();
+            let mut seqs = Vec::new();
+            if let Some(stop_after) = stop_after {
+                let mut more = true;
+                while more && seqs.len() < stop_after {
+                    more = feed
+                        .pump_until(&mut |e| {
+                            seqs.push(e.seq);
+                            seqs.len() < stop_after
+                        })
+                        .unwrap();
+                }
+                let position = feed.position();
+                let (validator, rejects) = feed.into_parts();
+                feed = CsvFeed::resume(open(position.0), &tape, validator, rejects, position);
+            }
+            while feed.pump(&mut |e| seqs.push(e.seq)).unwrap() {}
+            (seqs, feed.stats())
+        };
+        let straight_rejects = dir.path().join("straight.tsv");
+        let (straight, straight_stats) = run(None, &straight_rejects);
+        assert_eq!(straight.len(), 397, "400 records, two bad lines and one over-long");
+        let expected_rejects = std::fs::read_to_string(&straight_rejects).unwrap();
+        assert_eq!(expected_rejects.lines().count(), 1 + 3);
+        for stop_after in [1, 2, 48, 49, 50, 88, 89, 90, 200, 395] {
+            let rejects_path = dir.path().join(format!("r{stop_after}.tsv"));
+            let (seqs, stats) = run(Some(stop_after), &rejects_path);
+            assert_eq!(seqs, straight, "stopped after {stop_after}");
+            assert_eq!((stats.records_read, stats.rejected), (straight_stats.records_read, straight_stats.rejected));
+            assert_eq!(std::fs::read_to_string(&rejects_path).unwrap(), expected_rejects, "after {stop_after}");
         }
     }
 
