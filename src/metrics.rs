@@ -52,6 +52,22 @@ pub struct Summary {
     /// Times a start-up-sized table had to grow.
     pub grew: u64,
     pub max_reorder_len: usize,
+    /// Set when the run took checkpoints (`--state`).
+    pub checkpoints: Option<CheckpointSummary>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckpointSummary {
+    /// Checkpoints made durable by this run.
+    pub taken: u64,
+    /// Snapshot bytes written by this run (source snapshots and shard files).
+    pub bytes: u64,
+    /// From cutting the barrier to the manifest being durable.
+    pub duration: Histogram<u64>,
+    /// Time the source and the shards spent on barriers (the hot-path cost).
+    pub stall: Histogram<u64>,
+    /// The checkpoint this run resumed from, and the seq it followed.
+    pub resumed_from: Option<(u64, u64)>,
 }
 
 impl Summary {
@@ -112,6 +128,23 @@ impl Summary {
             "pipeline    back-pressure waits {}, table growths {}, max reorder buffer {}\n",
             self.backpressure_waits, self.grew, self.max_reorder_len
         );
+        if let Some(c) = &self.checkpoints {
+            if let Some((id, seq)) = c.resumed_from {
+                s += &format!("resumed     from checkpoint {id} (after seq {seq})\n");
+            }
+            let quantile = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+            s += &format!(
+                "checkpoints {} taken, {} bytes, duration p50 {} max {}; stall p50 {} p99 {} max {} (n={})\n",
+                c.taken,
+                c.bytes,
+                fmt_ns(quantile(&c.duration, 0.5)),
+                fmt_ns(c.duration.max()),
+                fmt_ns(quantile(&c.stall, 0.5)),
+                fmt_ns(quantile(&c.stall, 0.99)),
+                fmt_ns(c.stall.max()),
+                c.stall.len()
+            );
+        }
         s
     }
 }

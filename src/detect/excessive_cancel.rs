@@ -14,6 +14,7 @@
 //! keys with recent activity.
 
 use crate::alert::{Alert, Evidence, Rule};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::ExcessiveCancelParams;
 use crate::event::{Event, Kind};
 use rustc_hash::FxHashMap;
@@ -191,6 +192,89 @@ impl ExcessiveCancel {
             active_keys: self.slot_of.len() - self.idle,
             grew: self.grew,
         }
+    }
+}
+
+/// Checkpoint hooks. Only keys with something in their window (or hot)
+/// are written: an idle key is the same as a key never seen. Layout:
+/// the keys `(slot, key, new_orders, cancels, hot)`, then the window
+/// entries `(ts_ns, slot, cancel)` oldest first.
+impl ExcessiveCancel {
+    pub fn snapshot(&self, w: &mut Writer<'_>) {
+        let live = self.slot_of.len() - self.idle;
+        w.u64(live as u64);
+        let mut written = 0;
+        for (&key, &slot) in &self.slot_of {
+            let state = self.keys[slot as usize];
+            if state.is_idle() {
+                continue;
+            }
+            w.u32(slot);
+            w.u64(key);
+            w.u32(state.new_orders);
+            w.u32(state.cancels);
+            w.u8(state.hot as u8);
+            written += 1;
+        }
+        assert_eq!(written, live, "idle key count out of step");
+        w.u64(self.window.len() as u64);
+        for entry in &self.window {
+            w.i64(entry.ts_ns);
+            w.u32(entry.slot);
+            w.u8(entry.cancel as u8);
+        }
+    }
+
+    /// Adds the keys of one snapshot for which `keep(key)` holds (a shard
+    /// keeps its own instruments, so state moves when the shard count
+    /// changes). Call `restored` after the last snapshot.
+    pub fn restore(&mut self, r: &mut Reader<'_>, keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
+        let keys = r.count(21)?;
+        let mut slots: FxHashMap<u32, u32> = FxHashMap::default();
+        for _ in 0..keys {
+            let (old_slot, key) = (r.u32()?, r.u64()?);
+            let state = KeyState { new_orders: r.u32()?, cancels: r.u32()?, hot: r.u8()? != 0 };
+            if state.is_idle() {
+                return Err(DecodeError(format!("idle key {key:#x} in a snapshot")));
+            }
+            if !keep(key) {
+                continue;
+            }
+            if self.slot_of.contains_key(&key) {
+                return Err(DecodeError(format!("key {key:#x} in two snapshots")));
+            }
+            let slot = self.keys.len() as u32;
+            self.keys.push(state);
+            self.slot_of.insert(key, slot);
+            slots.insert(old_slot, slot);
+        }
+        let entries = r.count(13)?;
+        let mut seen = vec![(0u32, 0u32); self.keys.len()];
+        for _ in 0..entries {
+            let (ts_ns, old_slot, cancel) = (r.i64()?, r.u32()?, r.u8()? != 0);
+            let Some(&slot) = slots.get(&old_slot) else { continue };
+            let counts = &mut seen[slot as usize];
+            if cancel {
+                counts.1 += 1
+            } else {
+                counts.0 += 1
+            }
+            self.window.push_back(Entry { ts_ns, slot, cancel });
+        }
+        for &slot in slots.values() {
+            let state = self.keys[slot as usize];
+            if seen[slot as usize] != (state.new_orders, state.cancels) {
+                return Err(DecodeError(format!("key slot {slot}: counts do not match its window entries")));
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last `restore`: entries merged from several snapshots are
+    /// put back into one time-ordered FIFO (expiry only compares times, so
+    /// the order among equal times does not matter).
+    pub fn restored(&mut self) {
+        self.window.make_contiguous().sort_by_key(|e| e.ts_ns);
     }
 }
 

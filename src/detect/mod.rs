@@ -6,6 +6,7 @@ pub mod excessive_cancel;
 pub mod self_trade;
 
 use crate::alert::Alert;
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::Rules;
 use crate::event::Event;
 use excessive_cancel::ExcessiveCancel;
@@ -43,6 +44,36 @@ impl Detector {
         {
             emit(alert);
         }
+    }
+
+    /// Writes the window state (checkpoint barrier; see `checkpoint`).
+    pub fn snapshot(&self, w: &mut Writer<'_>) {
+        match &self.excessive_cancel {
+            Some(rule) => {
+                w.u8(1);
+                rule.snapshot(w);
+            }
+            None => w.u8(0),
+        }
+    }
+
+    /// Loads the keys of every old shard's snapshot that belong to this
+    /// shard (`keep`), whatever the old shard count was.
+    pub fn restore(&mut self, snapshots: &[Vec<u8>], keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
+        for snapshot in snapshots {
+            let mut r = Reader::new(snapshot);
+            let present = r.u8()? != 0;
+            match (present, self.excessive_cancel.as_mut()) {
+                (true, Some(rule)) => rule.restore(&mut r, &keep)?,
+                (false, None) => {}
+                _ => return Err(DecodeError("the checkpoint was taken with other rules".into())),
+            }
+            r.finish()?;
+        }
+        if let Some(rule) = self.excessive_cancel.as_mut() {
+            rule.restored();
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> DetectorStats {

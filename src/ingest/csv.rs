@@ -4,7 +4,7 @@
 //! to the shared validator.
 
 use super::validate::{RawRecord, RejectReason, Validator};
-use super::{Feed, FeedError, FeedStats, RejectLog};
+use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog};
 use crate::event::{Event, Kind, Side, parse_px};
 use crate::symbols::{valid_account, valid_instrument};
 use std::io::Read;
@@ -29,6 +29,8 @@ pub struct CsvFeed<R: Read> {
     skipping: bool,
     validator: Validator,
     rejects: RejectLog,
+    /// File offset of `buf[0]`: where a checkpoint's position is measured from.
+    buf_offset: u64,
 }
 
 impl<R: Read> CsvFeed<R> {
@@ -45,6 +47,7 @@ impl<R: Read> CsvFeed<R> {
             skipping: false,
             validator,
             rejects,
+            buf_offset: 0,
         };
         let header = loop {
             if let Some(newline) = feed.buf[feed.start..feed.end].iter().position(|&b| b == b'\n') {
@@ -78,8 +81,34 @@ impl<R: Read> CsvFeed<R> {
         FeedError { path: self.path.clone(), message }
     }
 
+    /// Resumes a tape at a checkpoint: `reader` is already positioned at
+    /// `offset`, the start of line `line_no`.
+    pub fn resume(
+        reader: R,
+        path: &Path,
+        validator: Validator,
+        rejects: RejectLog,
+        offset: u64,
+        line_no: u64,
+    ) -> CsvFeed<R> {
+        CsvFeed {
+            reader,
+            path: path.to_path_buf(),
+            buf: vec![0u8; CHUNK_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            line_no,
+            skipping: false,
+            validator,
+            rejects,
+            buf_offset: offset,
+        }
+    }
+
     /// Moves the unread tail to the front and reads more.
     fn fill(&mut self) -> Result<(), FeedError> {
+        self.buf_offset += self.start as u64;
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
@@ -117,12 +146,13 @@ impl<R: Read> CsvFeed<R> {
         (self.validator, self.rejects)
     }
 
+    /// Returns what `emit` returned (true when no record was accepted).
     fn handle_line(
         &mut self,
         line_start: usize,
         line_end: usize,
-        emit: &mut impl FnMut(&Event),
-    ) -> Result<(), FeedError> {
+        emit: &mut impl FnMut(&Event) -> bool,
+    ) -> Result<bool, FeedError> {
         let line_no = self.line_no;
         self.line_no += 1;
         let mut line = &self.buf[line_start..line_end];
@@ -145,19 +175,34 @@ impl<R: Read> CsvFeed<R> {
         match outcome {
             Ok(event) => {
                 self.validator.stats.accepted += 1;
-                emit(&event);
+                Ok(emit(&event))
             }
             Err(reason) => {
                 self.validator.stats.rejected += 1;
                 self.rejects.write(line_no, &reason, line)?;
+                Ok(true)
             }
         }
-        Ok(())
     }
 }
 
 impl<R: Read> Feed for CsvFeed<R> {
     fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError> {
+        self.pump_until(&mut |event| {
+            emit(event);
+            true
+        })
+    }
+
+    fn checkpoint(&mut self, w: &mut crate::checkpoint::codec::Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        let offset = self.buf_offset + self.start as u64;
+        w.u64(offset);
+        w.u64(self.line_no);
+        self.validator.snapshot(w);
+        Ok(FeedCheckpoint { offset, line_no: self.line_no, rejects: self.rejects.committed()? })
+    }
+
+    fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
         if self.start == self.end && !self.eof {
             self.fill()?;
         }
@@ -170,7 +215,9 @@ impl<R: Read> Feed for CsvFeed<R> {
                 self.skipping = false;
                 continue;
             }
-            self.handle_line(line_start, line_end, emit)?;
+            if !self.handle_line(line_start, line_end, emit)? {
+                return Ok(true);
+            }
         }
         let pending = self.end - self.start;
         if pending > MAX_LINE_BYTES && !self.skipping {
