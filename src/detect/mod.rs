@@ -80,3 +80,101 @@ impl Detector {
         self.excessive_cancel.as_ref().map(|r| r.stats()).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::codec::Writer;
+    use crate::config::ExcessiveCancelParams;
+    use crate::event::Kind;
+    use proptest::prelude::*;
+
+    fn rules(min_cancels: u32) -> Rules {
+        Rules {
+            excessive_cancel: Some(ExcessiveCancelParams { window_ns: 1_000, min_cancels, ratio_pct: 60 }),
+            ..Rules::default()
+        }
+    }
+
+    fn events(raw: &[(i64, u8, u32, u32)]) -> Vec<Event> {
+        let mut ts = 0;
+        raw.iter()
+            .enumerate()
+            .map(|(seq, &(step, kind, group, instrument))| {
+                ts += step;
+                Event {
+                    seq: seq as u64,
+                    ts_ns: ts,
+                    kind: [Kind::New, Kind::Cancel, Kind::Trade][kind as usize],
+                    group,
+                    contra_group: group ^ (kind as u32 & 1),
+                    instrument,
+                    ..Event::default()
+                }
+            })
+            .collect()
+    }
+
+    fn alerts(detectors: &mut [Detector], events: &[Event], out: &mut Vec<Alert>) {
+        let n = detectors.len();
+        for e in events {
+            detectors[e.instrument as usize % n].apply(e, &mut |a| out.push(a));
+        }
+    }
+
+    proptest! {
+        /// Snapshot at any point, restore into any shard count, carry on:
+        /// the alerts are those of an uninterrupted run.
+        #[test]
+        fn snapshot_restore_equals_an_uninterrupted_run(
+            raw in proptest::collection::vec((0i64..300, 0u8..3, 0u32..4, 0u32..5), 1..400),
+            cut in any::<proptest::sample::Index>(),
+            before in 1usize..4,
+            after in 1usize..4,
+            min_cancels in 1u32..4,
+        ) {
+            let events = events(&raw);
+            let cut = cut.index(events.len());
+            let rules = rules(min_cancels);
+            let mut expected = Vec::new();
+            alerts(&mut [Detector::new(&rules, 4)], &events, &mut expected);
+            expected.sort_by_key(|a| (a.seq, a.rule));
+
+            let mut got = Vec::new();
+            let mut first: Vec<Detector> = (0..before).map(|_| Detector::new(&rules, 4)).collect();
+            alerts(&mut first, &events[..cut], &mut got);
+            let snapshots: Vec<Vec<u8>> = first
+                .iter()
+                .map(|d| {
+                    let mut buf = Vec::new();
+                    d.snapshot(&mut Writer::new(&mut buf));
+                    buf
+                })
+                .collect();
+            let mut second: Vec<Detector> = (0..after).map(|_| Detector::new(&rules, 4)).collect();
+            for (index, d) in second.iter_mut().enumerate() {
+                d.restore(&snapshots, |key| (key as u32) as usize % after == index).unwrap();
+            }
+            alerts(&mut second, &events[cut..], &mut got);
+            got.sort_by_key(|a| (a.seq, a.rule));
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_an_error_not_a_panic() {
+        let rules = rules(2);
+        let mut d = Detector::new(&rules, 4);
+        for e in events(&[(1, 0, 1, 1), (1, 1, 1, 1), (1, 0, 2, 2)]) {
+            d.apply(&e, &mut |_| {});
+        }
+        let mut buf = Vec::new();
+        d.snapshot(&mut Writer::new(&mut buf));
+        for cut in 0..buf.len() {
+            let mut fresh = Detector::new(&rules, 4);
+            assert!(fresh.restore(&[buf[..cut].to_vec()], |_| true).is_err(), "cut at {cut}");
+        }
+        let mut other = Detector::new(&Rules { excessive_cancel: None, ..Rules::default() }, 4);
+        assert!(other.restore(&[buf], |_| true).is_err(), "other rules");
+    }
+}
