@@ -66,6 +66,8 @@ pub struct CheckpointSummary {
     pub duration: Histogram<u64>,
     /// Time the source and the shards spent on barriers (the hot-path cost).
     pub stall: Histogram<u64>,
+    pub source_stall_max_ns: u64,
+    pub shard_stall_max_ns: u64,
     /// The checkpoint this run resumed from, and the seq it followed.
     pub resumed_from: Option<(u64, u64)>,
 }
@@ -134,7 +136,7 @@ impl Summary {
             }
             let quantile = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
             s += &format!(
-                "checkpoints {} taken, {} bytes, duration p50 {} max {}; stall p50 {} p99 {} max {} (n={})\n",
+                "checkpoints {} taken, {} bytes, duration p50 {} max {}; stall p50 {} p99 {} max {} (n={}; max source {} shard {})\n",
                 c.taken,
                 c.bytes,
                 fmt_ns(quantile(&c.duration, 0.5)),
@@ -142,7 +144,9 @@ impl Summary {
                 fmt_ns(quantile(&c.stall, 0.5)),
                 fmt_ns(quantile(&c.stall, 0.99)),
                 fmt_ns(c.stall.max()),
-                c.stall.len()
+                c.stall.len(),
+                fmt_ns(c.source_stall_max_ns),
+                fmt_ns(c.shard_stall_max_ns)
             );
         }
         s

@@ -31,7 +31,7 @@ use crate::checkpoint::store::Store;
 use crate::checkpoint::writer::{self, CheckpointWriter, Msg};
 use crate::checkpoint::{Manifest, RouterState, Settings, write_event};
 use crate::config::Rules;
-use crate::detect::Detector;
+use crate::detect::{Detector, DetectorImage};
 use crate::event::Event;
 use crate::ingest::{Feed, FeedError, FeedStats};
 use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram};
@@ -228,14 +228,26 @@ pub fn run_with<F: Feed + Send>(
         let progress = Arc::new(writer::Progress::default());
         let first_id = c.resume.as_ref().map_or(1, |r| r.manifest.id + 1);
         progress.completed.store(first_id - 1, Ordering::Release);
-        let mut returns = Vec::new();
+        let mut images_back = Vec::new();
+        // Two images per shard and two buffers for the source, allocated now
+        // (double buffering: one can be at the writer while the next barrier
+        // arrives). One that outgrows its start size keeps its new size.
+        let key_capacity = cfg.window_capacity / 2;
         for (index, slot) in shard_ckpts.iter_mut().enumerate() {
             let (back_tx, back_rx) = mpsc::channel();
-            returns.push(back_tx);
+            for _ in 0..2 {
+                let _ = back_tx.send(Box::new(DetectorImage::with_capacity(key_capacity, cfg.window_capacity)));
+            }
+            images_back.push(back_tx);
             *slot = Some(ShardCkpt { index, tx: tx.clone(), back: back_rx, stall: latency_histogram() });
         }
-        let (back_tx, back_rx) = mpsc::channel();
-        returns.push(back_tx);
+        let (source_back, back_rx) = mpsc::channel();
+        for _ in 0..2 {
+            // Touched now, so the first barrier does not page-fault it in.
+            let mut buffer = vec![1u8; 1 << 20];
+            buffer.clear();
+            let _ = source_back.send(buffer);
+        }
         source_ckpt = Some(SourceCkpt {
             tx: tx.clone(),
             back: back_rx,
@@ -262,7 +274,9 @@ pub fn run_with<F: Feed + Send>(
             saved_instruments,
             applied_base,
             progress,
-            returns,
+            images_back,
+            source_back,
+            encoded: Vec::new(),
         };
         writer_parts = Some((writer, rx));
         to_writer = Some(tx);
@@ -377,11 +391,14 @@ pub fn run_with<F: Feed + Send>(
         max_reorder_len: source.max_reorder_len,
         checkpoints: None,
     };
+    let source_stall_max = source.stall.as_ref().map_or(0, |h| h.max());
+    let mut shard_stall_max = 0;
     let mut stall = source.stall;
     for shard in shard_results {
         let shard = shard?;
         summary.applied += shard.applied;
         summary.grew += shard.grew;
+        shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |h| h.max()));
         if let (Some(total), Some(h)) = (stall.as_mut(), shard.stall.as_ref()) {
             total.add(h).map_err(|e| format!("stall histogram: {e}"))?;
         }
@@ -392,6 +409,8 @@ pub fn run_with<F: Feed + Send>(
             bytes: writer.bytes,
             duration: writer.duration,
             stall,
+            source_stall_max_ns: source_stall_max,
+            shard_stall_max_ns: shard_stall_max,
             resumed_from,
         });
     }
@@ -505,7 +524,7 @@ struct SourceCkpt {
 struct ShardCkpt {
     index: usize,
     tx: Sender<Msg>,
-    back: Receiver<Vec<u8>>,
+    back: Receiver<Box<DetectorImage>>,
     stall: Histogram<u64>,
 }
 
@@ -556,8 +575,10 @@ impl Router {
     /// writer's.
     #[cold]
     fn cut_barrier<F: Feed>(&mut self, feed: &mut F) -> Result<(), FeedError> {
-        let started_ns = self.clock.now_ns();
+        // Publishing what is ready may wait for ring space: that is
+        // back-pressure, which the run has anyway, not the barrier's cost.
         self.flush();
+        let started_ns = self.clock.now_ns();
         let Some(ck) = self.ckpt.as_mut() else { return Ok(()) };
         let mut buffer = ck.back.try_recv().unwrap_or_default();
         buffer.clear();
@@ -571,6 +592,7 @@ impl Router {
             }
         }
         let id = ck.next_id;
+        let mut stall_ns = self.clock.now_ns().saturating_sub(started_ns);
         let watermark_ns = self.watermark.current();
         let rings = self.shards.iter_mut().map(|r| (r, false)).chain(std::iter::once((&mut self.late, false)));
         for (ring, mut open) in rings {
@@ -595,11 +617,13 @@ impl Router {
             instruments: ck.names.instruments.len() as u64,
             snapshot: buffer,
         };
+        let sent_ns = self.clock.now_ns();
         if ck.tx.send(message).is_err() {
             return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
         }
         let now_ns = self.clock.now_ns();
-        ck.stall.saturating_record(now_ns.saturating_sub(started_ns).max(1));
+        stall_ns += now_ns.saturating_sub(sent_ns);
+        ck.stall.saturating_record(stall_ns.max(1));
         ck.next_id += 1;
         ck.since = 0;
         ck.last_cut_ns = now_ns;
@@ -792,13 +816,12 @@ fn run_shard(
         if batch.kind == BatchKind::Barrier
             && let Some(ck) = ckpt.as_mut()
         {
-            // The stall: copy the window state into a reused buffer; the
-            // writer thread does the file I/O.
+            // The stall: bulk-copy the window state into a reused image; the
+            // writer thread encodes it and does the file I/O.
             let started_ns = clock.now_ns();
-            let mut buffer = ck.back.try_recv().unwrap_or_default();
-            buffer.clear();
-            detector.snapshot(&mut Writer::new(&mut buffer));
-            let message = Msg::Shard { id: batch.checkpoint, shard: ck.index, applied, snapshot: buffer };
+            let mut image = ck.back.try_recv().unwrap_or_default();
+            detector.copy_into(&mut image);
+            let message = Msg::Shard { id: batch.checkpoint, shard: ck.index, applied, image };
             delivered &= ck.tx.send(message).is_ok();
             delivered &= send(ToSink::Barrier(batch.checkpoint));
             ck.stall.saturating_record(clock.now_ns().saturating_sub(started_ns).max(1));

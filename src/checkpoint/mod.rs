@@ -203,6 +203,24 @@ impl Manifest {
     }
 }
 
+/// (keys, window entries) of a shard snapshot, for `checkpoint show`: the
+/// excessive-cancel state's layout is keys first, then entries (see
+/// `detect::excessive_cancel`).
+pub fn shard_counts(payload: &[u8]) -> Result<(u64, u64), DecodeError> {
+    let mut r = Reader::new(payload);
+    if r.u8()? == 0 {
+        return Ok((0, 0));
+    }
+    let keys = r.count(21)?;
+    for _ in 0..keys {
+        r.u32()?;
+        r.u64()?;
+        r.u64()?;
+        r.u8()?;
+    }
+    Ok((keys as u64, r.count(13)? as u64))
+}
+
 pub fn write_event(w: &mut Writer<'_>, e: &Event) {
     w.u64(e.seq);
     w.i64(e.ts_ns);

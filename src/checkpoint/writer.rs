@@ -7,9 +7,11 @@
 //! one synced RocksDB batch, and deletes the checkpoints beyond the newest K.
 //! Buffers go back to their senders for reuse (double buffering).
 
+use super::codec::Writer;
 use super::store::{self, ACCOUNT, INSTRUMENT, Store};
 use super::{Manifest, Settings, ShardFile};
 use crate::alert::Rule;
+use crate::detect::DetectorImage;
 use crate::metrics::Clock;
 use crate::symbols::{NameTable, Names};
 use hdrhistogram::Histogram;
@@ -39,7 +41,8 @@ pub enum Msg {
         id: u64,
         shard: usize,
         applied: u64,
-        snapshot: Vec<u8>,
+        /// The shard's window state, copied at the barrier; encoded here.
+        image: Box<DetectorImage>,
     },
     Sink {
         id: u64,
@@ -66,7 +69,7 @@ pub struct WriterOutput {
 
 struct Partial {
     source: Option<Msg>,
-    shards: Vec<Option<(u64, Vec<u8>)>>,
+    shards: Vec<Option<(u64, Box<DetectorImage>)>>,
     sink: Option<Msg>,
 }
 
@@ -81,8 +84,12 @@ pub struct CheckpointWriter {
     /// Records applied before the checkpoint this run resumed from.
     pub applied_base: u64,
     pub progress: Arc<Progress>,
-    /// Buffers go back here: index i for shard i, the last for the source.
-    pub returns: Vec<Sender<Vec<u8>>>,
+    /// Images go back to their shards here, for reuse.
+    pub images_back: Vec<Sender<Box<DetectorImage>>>,
+    /// The source's snapshot buffer goes back here.
+    pub source_back: Sender<Vec<u8>>,
+    /// Reused to encode shard images.
+    pub encoded: Vec<u8>,
 }
 
 impl CheckpointWriter {
@@ -99,7 +106,7 @@ impl CheckpointWriter {
             });
             assert_eq!(*current, id, "a barrier arrived before the previous checkpoint completed");
             match msg {
-                Msg::Shard { shard, applied, snapshot, .. } => parts.shards[shard] = Some((applied, snapshot)),
+                Msg::Shard { shard, applied, image, .. } => parts.shards[shard] = Some((applied, image)),
                 msg @ Msg::Source { .. } => parts.source = Some(msg),
                 msg @ Msg::Sink { .. } => parts.sink = Some(msg),
             }
@@ -148,13 +155,19 @@ impl CheckpointWriter {
         self.store.create_snap_dir(id)?;
         let mut shard_files = Vec::with_capacity(self.shards);
         let mut applied = self.applied_base;
+        let mut snapshot = std::mem::take(&mut self.encoded);
         for (shard, part) in parts.shards.into_iter().enumerate() {
-            let Some((shard_applied, snapshot)) = part else { unreachable!("a complete checkpoint has every shard") };
+            let Some((shard_applied, mut image)) = part else { unreachable!("a complete checkpoint has every shard") };
             applied += shard_applied;
+            snapshot.clear();
+            image.encode(&mut Writer::new(&mut snapshot));
+            // Room for the state to double before the shard copies into it again.
+            image.prepare(0, 0);
+            let _ = self.images_back[shard].send(image);
             let hash = store::write_snapshot(&self.store.shard_path(id, shard), id, shard, &snapshot)?;
             shard_files.push(ShardFile { len: snapshot.len() as u64, hash });
-            let _ = self.returns[shard].send(snapshot);
         }
+        self.encoded = snapshot;
         store::sync_dir(&dir)?;
         if let Some(parent) = dir.parent() {
             store::sync_dir(parent)?;
@@ -192,9 +205,7 @@ impl CheckpointWriter {
         self.store.commit(id, &manifest.encode(), &source, &new_names)?;
         self.saved_accounts = self.saved_accounts.max(accounts);
         self.saved_instruments = self.saved_instruments.max(instruments);
-        if let Some(back) = self.returns.last() {
-            let _ = back.send(source);
-        }
+        let _ = self.source_back.send(source);
         let ids = self.store.checkpoint_ids()?;
         if ids.len() > self.settings.keep {
             for &old in &ids[..ids.len() - self.settings.keep] {

@@ -5,7 +5,7 @@
 use super::CmdError;
 use crate::checkpoint::recover;
 use crate::checkpoint::store::Store;
-use crate::checkpoint::{Manifest, store};
+use crate::checkpoint::{Manifest, shard_counts, store};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -89,7 +89,21 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
             }
             println!("total        {} bytes (+{} per shard file header)", m.bytes(), store::SNAP_HEADER_BYTES);
             match recover::load(&store, id) {
-                Ok(_) => println!("verified     yes"),
+                Ok(loaded) => {
+                    let (mut keys, mut entries) = (0, 0);
+                    for payload in &loaded.shards {
+                        let (k, e) = shard_counts(payload).map_err(|e| CmdError::Failed(e.to_string()))?;
+                        keys += k;
+                        entries += e;
+                    }
+                    let shard_bytes: u64 = m.shard_files.iter().map(|f| f.len).sum();
+                    println!(
+                        "window       {keys} active keys, {entries} window entries; {:.1} shard bytes per active key, {:.1} checkpoint bytes per active key",
+                        shard_bytes as f64 / keys.max(1) as f64,
+                        m.bytes() as f64 / keys.max(1) as f64
+                    );
+                    println!("verified     yes");
+                }
                 Err(e) => println!("verified     NO: {e}"),
             }
             Ok(())

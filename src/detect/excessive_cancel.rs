@@ -195,41 +195,93 @@ impl ExcessiveCancel {
     }
 }
 
+/// The window state as of a barrier, copied in bulk (see `copy_into`).
+#[derive(Default)]
+pub struct Image {
+    /// Every (key, slot) of the hash table, idle keys included (filtered
+    /// when encoding, off the shard).
+    pairs: Vec<(u64, u32)>,
+    keys: Vec<KeyState>,
+    window: Vec<Entry>,
+}
+
+impl Image {
+    /// Grows each part to twice what it holds now (or `keys`/`entries`),
+    /// touching the memory, so the next copy neither allocates nor takes
+    /// page faults on the shard. Called when the image is made and by the
+    /// checkpoint writer after encoding it.
+    pub fn prepare(&mut self, keys: usize, entries: usize) {
+        fn grow<T: Copy>(v: &mut Vec<T>, want: usize, fill: T) {
+            if v.capacity() < want {
+                v.clear();
+                v.resize(want, fill);
+            }
+            v.clear();
+        }
+        let pair_want = keys.max(2 * self.pairs.len());
+        let key_want = keys.max(2 * self.keys.len());
+        let entry_want = entries.max(2 * self.window.len());
+        grow(&mut self.pairs, pair_want, (0, 0));
+        grow(&mut self.keys, key_want, KeyState::default());
+        grow(&mut self.window, entry_want, Entry { ts_ns: 0, slot: 0, cancel: false });
+    }
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        let live = self.pairs.iter().filter(|(_, slot)| !self.keys[*slot as usize].is_idle()).count();
+        w.out.reserve(16 + live * KEY_BYTES + self.window.len() * ENTRY_BYTES);
+        w.u64(live as u64);
+        for &(key, slot) in &self.pairs {
+            let state = self.keys[slot as usize];
+            if state.is_idle() {
+                continue;
+            }
+            let mut record = [0u8; KEY_BYTES];
+            record[0..4].copy_from_slice(&slot.to_le_bytes());
+            record[4..12].copy_from_slice(&key.to_le_bytes());
+            record[12..16].copy_from_slice(&state.new_orders.to_le_bytes());
+            record[16..20].copy_from_slice(&state.cancels.to_le_bytes());
+            record[20] = state.hot as u8;
+            w.out.extend_from_slice(&record);
+        }
+        w.u64(self.window.len() as u64);
+        for entry in &self.window {
+            let mut record = [0u8; ENTRY_BYTES];
+            record[0..8].copy_from_slice(&entry.ts_ns.to_le_bytes());
+            record[8..12].copy_from_slice(&entry.slot.to_le_bytes());
+            record[12] = entry.cancel as u8;
+            w.out.extend_from_slice(&record);
+        }
+    }
+}
+
+const KEY_BYTES: usize = 21;
+const ENTRY_BYTES: usize = 13;
+
 /// Checkpoint hooks. Only keys with something in their window (or hot)
 /// are written: an idle key is the same as a key never seen. Layout:
 /// the keys `(slot, key, new_orders, cancels, hot)`, then the window
 /// entries `(ts_ns, slot, cancel)` oldest first.
 impl ExcessiveCancel {
-    pub fn snapshot(&self, w: &mut Writer<'_>) {
-        let live = self.slot_of.len() - self.idle;
-        w.u64(live as u64);
-        let mut written = 0;
-        for (&key, &slot) in &self.slot_of {
-            let state = self.keys[slot as usize];
-            if state.is_idle() {
-                continue;
-            }
-            w.u32(slot);
-            w.u64(key);
-            w.u32(state.new_orders);
-            w.u32(state.cancels);
-            w.u8(state.hot as u8);
-            written += 1;
-        }
-        assert_eq!(written, live, "idle key count out of step");
-        w.u64(self.window.len() as u64);
-        for entry in &self.window {
-            w.i64(entry.ts_ns);
-            w.u32(entry.slot);
-            w.u8(entry.cancel as u8);
-        }
+    /// Copies the window state into `image` at a barrier: the hash table's
+    /// (key, slot) pairs, then two bulk copies (key slots, window), into the
+    /// image's own reused and pre-touched allocations. This is the shard's
+    /// whole stall; encoding happens on the checkpoint writer thread.
+    pub fn copy_into(&self, image: &mut Image) {
+        image.pairs.clear();
+        image.pairs.extend(self.slot_of.iter().map(|(&key, &slot)| (key, slot)));
+        image.keys.clear();
+        image.keys.extend_from_slice(&self.keys);
+        image.window.clear();
+        let (front, back) = self.window.as_slices();
+        image.window.extend_from_slice(front);
+        image.window.extend_from_slice(back);
     }
 
     /// Adds the keys of one snapshot for which `keep(key)` holds (a shard
     /// keeps its own instruments, so state moves when the shard count
     /// changes). Call `restored` after the last snapshot.
     pub fn restore(&mut self, r: &mut Reader<'_>, keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
-        let keys = r.count(21)?;
+        let keys = r.count(KEY_BYTES)?;
         let mut slots: FxHashMap<u32, u32> = FxHashMap::default();
         for _ in 0..keys {
             let (old_slot, key) = (r.u32()?, r.u64()?);
@@ -248,7 +300,7 @@ impl ExcessiveCancel {
             self.slot_of.insert(key, slot);
             slots.insert(old_slot, slot);
         }
-        let entries = r.count(13)?;
+        let entries = r.count(ENTRY_BYTES)?;
         let mut seen = vec![(0u32, 0u32); self.keys.len()];
         for _ in 0..entries {
             let (ts_ns, old_slot, cancel) = (r.i64()?, r.u32()?, r.u8()? != 0);

@@ -23,6 +23,36 @@ pub struct DetectorStats {
     pub grew: u64,
 }
 
+/// A detector's window state as of a barrier.
+#[derive(Default)]
+pub struct DetectorImage {
+    excessive_cancel: Option<excessive_cancel::Image>,
+}
+
+impl DetectorImage {
+    /// Room for about `keys` keys and `entries` window entries, allocated now.
+    pub fn with_capacity(keys: usize, entries: usize) -> DetectorImage {
+        let mut image = DetectorImage::default();
+        image.prepare(keys, entries);
+        image
+    }
+
+    /// Grows the image ahead of the state (see `excessive_cancel::Image::prepare`).
+    pub fn prepare(&mut self, keys: usize, entries: usize) {
+        self.excessive_cancel.get_or_insert_with(Default::default).prepare(keys, entries);
+    }
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        match &self.excessive_cancel {
+            Some(image) => {
+                w.u8(1);
+                image.encode(w);
+            }
+            None => w.u8(0),
+        }
+    }
+}
+
 impl Detector {
     pub fn new(rules: &Rules, window_capacity: usize) -> Detector {
         Detector {
@@ -46,15 +76,25 @@ impl Detector {
         }
     }
 
-    /// Writes the window state (checkpoint barrier; see `checkpoint`).
-    pub fn snapshot(&self, w: &mut Writer<'_>) {
-        match &self.excessive_cancel {
-            Some(rule) => {
-                w.u8(1);
-                rule.snapshot(w);
+    /// Copies the window state into a reused image at a checkpoint barrier
+    /// (bulk copies only); the image is encoded later, off the shard.
+    pub fn copy_into(&self, image: &mut DetectorImage) {
+        match (&self.excessive_cancel, image.excessive_cancel.as_mut()) {
+            (Some(rule), Some(copy)) => rule.copy_into(copy),
+            (Some(rule), None) => {
+                let mut copy = excessive_cancel::Image::default();
+                rule.copy_into(&mut copy);
+                image.excessive_cancel = Some(copy);
             }
-            None => w.u8(0),
+            (None, _) => image.excessive_cancel = None,
         }
+    }
+
+    /// Writes the window state: `copy_into` then `DetectorImage::encode`.
+    pub fn snapshot(&self, w: &mut Writer<'_>) {
+        let mut image = DetectorImage::default();
+        self.copy_into(&mut image);
+        image.encode(w);
     }
 
     /// Loads the keys of every old shard's snapshot that belong to this
