@@ -111,6 +111,7 @@ fn main() {
     let stall = &ckpt[ckpt.find("stall").unwrap_or(0)..];
     let stall_max = parse_ns(after(stall, " max "));
     println!("last run: {ckpt}");
+    println!("last run: {}", line(&last, "checkpoints stall"));
     println!("longest stall of the last run: {:.3} ms (target < 1 ms)", stall_max / 1e6);
     let show = tapewatch(&["checkpoint", "show", path(&state)]);
     println!("newest checkpoint: {}", line(&show, "window").trim_start_matches("window").trim());

@@ -34,7 +34,7 @@ use crate::config::Rules;
 use crate::detect::{Detector, DetectorImage};
 use crate::event::Event;
 use crate::ingest::{Feed, FeedError, FeedStats};
-use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram};
+use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram, thread_cpu_ns};
 use crate::ring::spsc::{self, Consumer, Producer};
 use crate::ring::{Idle, pin_current};
 use crate::symbols::Names;
@@ -229,25 +229,29 @@ pub fn run_with<F: Feed + Send>(
         let first_id = c.resume.as_ref().map_or(1, |r| r.manifest.id + 1);
         progress.completed.store(first_id - 1, Ordering::Release);
         let mut images_back = Vec::new();
-        // Two images per shard and two buffers for the source, allocated now
-        // (double buffering: one can be at the writer while the next barrier
-        // arrives). One that outgrows its start size keeps its new size.
+        // One image per shard and one buffer for the source, allocated now
+        // and passed back and forth with the writer. One buffer each is
+        // enough: the writer hands it back before the checkpoint completes,
+        // and the next barrier is only cut after that. The writer grows each
+        // image ahead of the state, off the shard.
         let key_capacity = cfg.window_capacity / 2;
         for (index, slot) in shard_ckpts.iter_mut().enumerate() {
             let (back_tx, back_rx) = mpsc::channel();
-            for _ in 0..2 {
-                let _ = back_tx.send(Box::new(DetectorImage::with_capacity(key_capacity, cfg.window_capacity)));
-            }
+            let _ = back_tx.send(Box::new(DetectorImage::with_capacity(key_capacity, cfg.window_capacity)));
             images_back.push(back_tx);
-            *slot = Some(ShardCkpt { index, tx: tx.clone(), back: back_rx, stall: latency_histogram() });
+            *slot = Some(ShardCkpt {
+                index,
+                tx: tx.clone(),
+                back: back_rx,
+                stall: latency_histogram(),
+                stall_cpu: latency_histogram(),
+            });
         }
         let (source_back, back_rx) = mpsc::channel();
-        for _ in 0..2 {
-            // Touched now, so the first barrier does not page-fault it in.
-            let mut buffer = vec![1u8; 1 << 20];
-            buffer.clear();
-            let _ = source_back.send(buffer);
-        }
+        // Touched now, so the first barrier does not page-fault it in.
+        let mut buffer = vec![1u8; 1 << 20];
+        buffer.clear();
+        let _ = source_back.send(buffer);
         source_ckpt = Some(SourceCkpt {
             tx: tx.clone(),
             back: back_rx,
@@ -262,6 +266,7 @@ pub fn run_with<F: Feed + Send>(
             due: false,
             last_seq: c.resume.as_ref().map_or(0, |r| r.manifest.last_seq),
             stall: latency_histogram(),
+            stall_cpu: latency_histogram(),
         });
         let (saved_accounts, saved_instruments) =
             c.resume.as_ref().map_or((0, 0), |r| (r.manifest.accounts, r.manifest.instruments));
@@ -391,24 +396,26 @@ pub fn run_with<F: Feed + Send>(
         max_reorder_len: source.max_reorder_len,
         checkpoints: None,
     };
-    let source_stall_max = source.stall.as_ref().map_or(0, |h| h.max());
+    let source_stall_max = source.stall.as_ref().map_or(0, |(h, _)| h.max());
     let mut shard_stall_max = 0;
     let mut stall = source.stall;
     for shard in shard_results {
         let shard = shard?;
         summary.applied += shard.applied;
         summary.grew += shard.grew;
-        shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |h| h.max()));
-        if let (Some(total), Some(h)) = (stall.as_mut(), shard.stall.as_ref()) {
-            total.add(h).map_err(|e| format!("stall histogram: {e}"))?;
+        shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |(h, _)| h.max()));
+        if let (Some((wall, cpu)), Some((shard_wall, shard_cpu))) = (stall.as_mut(), shard.stall.as_ref()) {
+            wall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
+            cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
         }
     }
-    if let (Some(writer), Some(stall)) = (writer, stall) {
+    if let (Some(writer), Some((stall, stall_cpu))) = (writer, stall) {
         summary.checkpoints = Some(CheckpointSummary {
             taken: writer.taken,
             bytes: writer.bytes,
             duration: writer.duration,
             stall,
+            stall_cpu,
             source_stall_max_ns: source_stall_max,
             shard_stall_max_ns: shard_stall_max,
             resumed_from,
@@ -437,7 +444,7 @@ struct SourceStats {
     backpressure_waits: u64,
     grew: u64,
     max_reorder_len: usize,
-    stall: Option<Histogram<u64>>,
+    stall: Option<(Histogram<u64>, Histogram<u64>)>,
 }
 
 fn run_source<F: Feed>(
@@ -472,7 +479,7 @@ fn run_source<F: Feed>(
         backpressure_waits: router.backpressure_waits,
         grew: router.reorder.iter().map(|r| r.grew).sum(),
         max_reorder_len: router.max_reorder_len,
-        stall: router.ckpt.take().map(|c| c.stall),
+        stall: router.ckpt.take().map(|c| (c.stall, c.stall_cpu)),
     };
     result.map(|()| (feed.stats(), stats))
 }
@@ -518,6 +525,7 @@ struct SourceCkpt {
     due: bool,
     last_seq: u64,
     stall: Histogram<u64>,
+    stall_cpu: Histogram<u64>,
 }
 
 /// A shard's side of checkpointing.
@@ -526,6 +534,7 @@ struct ShardCkpt {
     tx: Sender<Msg>,
     back: Receiver<Box<DetectorImage>>,
     stall: Histogram<u64>,
+    stall_cpu: Histogram<u64>,
 }
 
 impl Router {
@@ -579,6 +588,7 @@ impl Router {
         // back-pressure, which the run has anyway, not the barrier's cost.
         self.flush();
         let started_ns = self.clock.now_ns();
+        let started_cpu_ns = thread_cpu_ns();
         let Some(ck) = self.ckpt.as_mut() else { return Ok(()) };
         let mut buffer = ck.back.try_recv().unwrap_or_default();
         buffer.clear();
@@ -593,6 +603,7 @@ impl Router {
         }
         let id = ck.next_id;
         let mut stall_ns = self.clock.now_ns().saturating_sub(started_ns);
+        let mut stall_cpu_ns = thread_cpu_ns().saturating_sub(started_cpu_ns);
         let watermark_ns = self.watermark.current();
         let rings = self.shards.iter_mut().map(|r| (r, false)).chain(std::iter::once((&mut self.late, false)));
         for (ring, mut open) in rings {
@@ -617,13 +628,15 @@ impl Router {
             instruments: ck.names.instruments.len() as u64,
             snapshot: buffer,
         };
-        let sent_ns = self.clock.now_ns();
+        let (sent_ns, sent_cpu_ns) = (self.clock.now_ns(), thread_cpu_ns());
         if ck.tx.send(message).is_err() {
             return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
         }
         let now_ns = self.clock.now_ns();
         stall_ns += now_ns.saturating_sub(sent_ns);
+        stall_cpu_ns += thread_cpu_ns().saturating_sub(sent_cpu_ns);
         ck.stall.saturating_record(stall_ns.max(1));
+        ck.stall_cpu.saturating_record(stall_cpu_ns.max(1));
         ck.next_id += 1;
         ck.since = 0;
         ck.last_cut_ns = now_ns;
@@ -776,7 +789,7 @@ fn claim<'a>(ring: &'a mut Producer<Batch>, open: &mut bool, stop: &Stop, waits:
 struct ShardStats {
     applied: u64,
     grew: u64,
-    stall: Option<Histogram<u64>>,
+    stall: Option<(Histogram<u64>, Histogram<u64>)>,
 }
 
 fn run_shard(
@@ -818,13 +831,14 @@ fn run_shard(
         {
             // The stall: bulk-copy the window state into a reused image; the
             // writer thread encodes it and does the file I/O.
-            let started_ns = clock.now_ns();
+            let (started_ns, started_cpu_ns) = (clock.now_ns(), thread_cpu_ns());
             let mut image = ck.back.try_recv().unwrap_or_default();
             detector.copy_into(&mut image);
             let message = Msg::Shard { id: batch.checkpoint, shard: ck.index, applied, image };
             delivered &= ck.tx.send(message).is_ok();
             delivered &= send(ToSink::Barrier(batch.checkpoint));
             ck.stall.saturating_record(clock.now_ns().saturating_sub(started_ns).max(1));
+            ck.stall_cpu.saturating_record(thread_cpu_ns().saturating_sub(started_cpu_ns).max(1));
         }
         for pending in &batch.events {
             detector.apply(&pending.event, &mut |alert| {
@@ -842,5 +856,5 @@ fn run_shard(
             break;
         }
     }
-    Ok(ShardStats { applied, grew: detector.stats().grew, stall: ckpt.map(|c| c.stall) })
+    Ok(ShardStats { applied, grew: detector.stats().grew, stall: ckpt.map(|c| (c.stall, c.stall_cpu)) })
 }

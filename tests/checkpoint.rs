@@ -359,3 +359,40 @@ fn a_checkpoint_of_another_tape_is_refused() {
     let out = replay_cmd(&other_tape, &out_dir, 1, &with_state(&state, "5000")).output().unwrap();
     assert_clean_failure(&out, &["taken on another tape"]);
 }
+
+/// A full disk, as far as one process can fake it: a file-size limit
+/// (RLIMIT_FSIZE, with SIGXFSZ ignored so a write fails with EFBIG instead
+/// of killing the process). The run stops with an error naming a path, and
+/// a later run resumes from the last good checkpoint to the exact output.
+#[test]
+fn a_write_failure_mid_run_is_a_clear_error_and_loses_nothing() {
+    use std::os::unix::process::CommandExt;
+    let root = tempfile::tempdir().unwrap();
+    let tape = make_tape(root.path(), 200_000, 13);
+    let (want, _) = reference(&tape, root.path());
+    let got = root.path().join("full");
+    std::fs::create_dir_all(&got).unwrap();
+    let state = got.join("state");
+    let mut cmd = replay_cmd(&tape, &got, 1, &with_state(&state, "4000"));
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (setrlimit and signal), on plain values.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 256 << 10, rlim_max: 256 << 10 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_clean_failure(&out, &["File too large"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&got.display().to_string()), "the error names no path under {}: {stderr}", got.display());
+    let verify = Command::new(bin()).args(["checkpoint", "verify"]).arg(&state).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let out = run_ok(replay_cmd(&tape, &got, 1, &with_state(&state, "4000")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint"));
+    assert_same_outputs(&want, &got, true);
+}

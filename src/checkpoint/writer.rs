@@ -5,7 +5,9 @@
 //! msync, fsync), fsyncs the output files up to their committed lengths,
 //! then writes the manifest with the source snapshot and any new names in
 //! one synced RocksDB batch, and deletes the checkpoints beyond the newest K.
-//! Buffers go back to their senders for reuse (double buffering).
+//! Each thread has one snapshot buffer, passed back and forth: the writer
+//! hands it back, grown ahead of the state and touched, before the
+//! checkpoint completes, and the next barrier waits for that.
 
 use super::codec::Writer;
 use super::store::{self, ACCOUNT, INSTRUMENT, Store};
@@ -205,6 +207,12 @@ impl CheckpointWriter {
         self.store.commit(id, &manifest.encode(), &source, &new_names)?;
         self.saved_accounts = self.saved_accounts.max(accounts);
         self.saved_instruments = self.saved_instruments.max(instruments);
+        let mut source = source;
+        if source.capacity() < 2 * source.len() {
+            // Room to double, touched here rather than on the source thread.
+            source = vec![0u8; 2 * source.len()];
+        }
+        source.clear();
         let _ = self.source_back.send(source);
         let ids = self.store.checkpoint_ids()?;
         if ids.len() > self.settings.keep {
