@@ -396,3 +396,28 @@ fn a_write_failure_mid_run_is_a_clear_error_and_loses_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint"));
     assert_same_outputs(&want, &got, true);
 }
+
+#[test]
+fn a_native_tape_resumes_by_record_index() {
+    let root = tempfile::tempdir().unwrap();
+    let tape = make_tape(root.path(), 120_000, 17);
+    let (want, _) = reference(&tape, root.path());
+    let native = root.path().join("day.tape");
+    let import =
+        Command::new(bin()).arg("import").arg(&tape).arg("--out").arg(&native).output().expect("run tapewatch import");
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    let got = root.path().join("native");
+    std::fs::create_dir_all(&got).unwrap();
+    let state = got.join("state");
+    run_until_checkpoint(&native, &got, &state, 2, 3);
+    let show = Command::new(bin()).args(["checkpoint", "show"]).arg(&state).output().unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains("position     record "), "{show:?}");
+    let out = run_ok(replay_cmd(&native, &got, 1, &with_state(&state, "10000")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint 3"));
+    let (mut a, mut b) =
+        (alerts_without_timing(&want.join("alerts.jsonl")), alerts_without_timing(&got.join("alerts.jsonl")));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "alerts differ");
+    assert_eq!(read(&want.join("alerts.late.csv")), read(&got.join("alerts.late.csv")), "late records differ");
+}
