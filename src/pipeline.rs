@@ -265,6 +265,7 @@ pub fn run_with<F: Feed + Send>(
             time_due: false,
             due: false,
             last_seq: c.resume.as_ref().map_or(0, |r| r.manifest.last_seq),
+            wait_for_previous: c.settings.exact,
             stall: latency_histogram(),
             stall_cpu: latency_histogram(),
         });
@@ -524,6 +525,9 @@ struct SourceCkpt {
     /// A barrier is due: the feed stops after this record.
     due: bool,
     last_seq: u64,
+    /// Wait for the previous checkpoint rather than skip the barrier (test
+    /// runs only: it stalls the source on the writer).
+    wait_for_previous: bool,
     stall: Histogram<u64>,
     stall_cpu: Histogram<u64>,
 }
@@ -587,9 +591,20 @@ impl Router {
         // Publishing what is ready may wait for ring space: that is
         // back-pressure, which the run has anyway, not the barrier's cost.
         self.flush();
+        let Some(ck) = self.ckpt.as_mut() else { return Ok(()) };
+        if ck.wait_for_previous {
+            // Test runs (`--checkpoint-exact`): barriers at exact record
+            // counts, whatever the disk's speed.
+            let mut idle = Idle::default();
+            while ck.progress.completed.load(Ordering::Acquire) + 1 != ck.next_id {
+                if self.stop.raised() {
+                    return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+                }
+                idle.wait();
+            }
+        }
         let started_ns = self.clock.now_ns();
         let started_cpu_ns = thread_cpu_ns();
-        let Some(ck) = self.ckpt.as_mut() else { return Ok(()) };
         let mut buffer = ck.back.try_recv().unwrap_or_default();
         buffer.clear();
         let mut w = Writer::new(&mut buffer);
@@ -678,7 +693,8 @@ impl Router {
                 let want = ck.time_due || (ck.every_records > 0 && ck.since >= ck.every_records);
                 // One checkpoint in flight at a time: the next barrier waits
                 // until the writer has made the previous one durable.
-                ck.due = want && ck.progress.completed.load(Ordering::Acquire) + 1 == ck.next_id;
+                ck.due =
+                    want && (ck.wait_for_previous || ck.progress.completed.load(Ordering::Acquire) + 1 == ck.next_id);
                 !ck.due
             }
         }

@@ -280,7 +280,9 @@ fn a_torn_or_corrupt_newest_checkpoint_is_never_used() {
     let got = root.path().join("corrupt");
     std::fs::create_dir_all(&got).unwrap();
     let state = got.join("state");
-    run_ok(replay_cmd(&tape, &got, 1, &with_state(&state, "10000")));
+    let mut exact = with_state(&state, "10000");
+    exact.push("--checkpoint-exact");
+    run_ok(replay_cmd(&tape, &got, 1, &exact));
     let ls = Command::new(bin()).args(["checkpoint", "ls"]).arg(&state).output().unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout).into_owned();
     let ids: Vec<u64> = listing.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
@@ -373,7 +375,9 @@ fn a_write_failure_mid_run_is_a_clear_error_and_loses_nothing() {
     let got = root.path().join("full");
     std::fs::create_dir_all(&got).unwrap();
     let state = got.join("state");
-    let mut cmd = replay_cmd(&tape, &got, 1, &with_state(&state, "4000"));
+    let mut exact = with_state(&state, "4000");
+    exact.push("--checkpoint-exact");
+    let mut cmd = replay_cmd(&tape, &got, 1, &exact);
     // SAFETY: between fork and exec only async-signal-safe calls are made
     // (setrlimit and signal), on plain values.
     unsafe {

@@ -34,6 +34,10 @@ pub struct Settings {
     /// Test hook: abort the process right after this checkpoint is durable,
     /// as a crash would (`--exit-after-checkpoint`, hidden).
     pub abort_after: Option<u64>,
+    /// Test hook: the source waits for each checkpoint instead of skipping
+    /// barriers while one is in flight, so checkpoint k follows exactly
+    /// k * `every_records` records (`--checkpoint-exact`, hidden).
+    pub exact: bool,
     pub identity: Identity,
 }
 

@@ -64,9 +64,14 @@ pub struct ReplayArgs {
     /// With --state: how many complete checkpoints to keep. Default 3.
     #[arg(long)]
     pub checkpoint_keep: Option<usize>,
-    /// Test hook: abort the process (as a crash would) once this checkpoint is durable.
+    /// Test hook: abort the process (as a crash would) once this checkpoint is durable;
+    /// implies --checkpoint-exact.
     #[arg(long, hide = true)]
     pub exit_after_checkpoint: Option<u64>,
+    /// Test hook: wait for each checkpoint rather than skip a barrier while one is in
+    /// flight, so checkpoints fall at exact record counts (stalls the source on the disk).
+    #[arg(long, hide = true)]
+    pub checkpoint_exact: bool,
 }
 
 pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
@@ -121,7 +126,8 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         && (args.checkpoint_every_records.is_some()
             || args.checkpoint_interval_ms.is_some()
             || args.checkpoint_keep.is_some()
-            || args.exit_after_checkpoint.is_some())
+            || args.exit_after_checkpoint.is_some()
+            || args.checkpoint_exact)
     {
         problems.push("--checkpoint-* options need --state DIR".to_string());
     }
@@ -255,6 +261,7 @@ fn open_state(dir: &Path, args: &ReplayArgs, native: bool, cfg: &PipelineConfig)
         interval_ns: args.checkpoint_interval_ms.unwrap_or(1000).saturating_mul(1_000_000),
         keep: args.checkpoint_keep.unwrap_or(3),
         abort_after: args.exit_after_checkpoint,
+        exact: args.checkpoint_exact || args.exit_after_checkpoint.is_some(),
         identity,
     };
     if let Some(loaded) = &loaded {
