@@ -322,6 +322,10 @@ fn a_state_directory_locked_by_another_process_is_refused_and_left_alone() {
     let holder = tapewatch::checkpoint::store::Store::open(&state).expect("open the state directory");
     let out = replay_cmd(&tape, &out_dir, 1, &with_state(&state, "5000")).output().unwrap();
     assert_clean_failure(&out, &["in use by another process", &state.join("db").display().to_string()]);
+    // Inspection opens the database read-only and works beside the holder.
+    let ls = Command::new(bin()).args(["checkpoint", "ls"]).arg(&state).output().unwrap();
+    assert!(ls.status.success(), "{}", String::from_utf8_lossy(&ls.stderr));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("verified"), "{ls:?}");
     assert_eq!(read(&out_dir.join("alerts.jsonl")), alerts_before, "the failed run touched the alerts file");
     drop(holder);
     let verify = Command::new(bin()).args(["checkpoint", "verify"]).arg(&state).output().unwrap();
@@ -424,4 +428,21 @@ fn a_native_tape_resumes_by_record_index() {
     b.sort();
     assert_eq!(a, b, "alerts differ");
     assert_eq!(read(&want.join("alerts.late.csv")), read(&got.join("alerts.late.csv")), "late records differ");
+}
+
+#[test]
+fn checkpoints_are_also_cut_by_wall_time() {
+    let root = tempfile::tempdir().unwrap();
+    let tape = make_tape(root.path(), 100_000, 19);
+    let out_dir = root.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let state = root.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let timed = ["--state", state_arg, "--checkpoint-every-records", "0", "--checkpoint-interval-ms", "1"];
+    let out = run_ok(replay_cmd(&tape, &out_dir, 1, &timed));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    let line = summary.lines().find(|l| l.starts_with("checkpoints ")).expect("a checkpoints line");
+    let taken: u64 = line["checkpoints ".len()..].split_whitespace().next().unwrap().parse().unwrap();
+    assert!(taken >= 2, "a 1 ms interval over a whole replay cuts several checkpoints: {line}");
+    assert!(summary.contains("stall in thread CPU time"), "{summary}");
 }
