@@ -28,7 +28,7 @@ use crate::alert::Alert;
 use crate::alert::sink::{Sink, SinkOutput};
 use crate::checkpoint::codec::Writer;
 use crate::checkpoint::store::Store;
-use crate::checkpoint::writer::{self, CheckpointWriter, Msg};
+use crate::checkpoint::writer::{self, CheckpointWriter, ImageSlot, Msg};
 use crate::checkpoint::{Manifest, RouterState, Settings, write_event};
 use crate::config::Rules;
 use crate::detect::{Detector, DetectorImage};
@@ -228,21 +228,20 @@ pub fn run_with<F: Feed + Send>(
         let progress = Arc::new(writer::Progress::default());
         let first_id = c.resume.as_ref().map_or(1, |r| r.manifest.id + 1);
         progress.completed.store(first_id - 1, Ordering::Release);
-        let mut images_back = Vec::new();
+        let mut images = Vec::new();
         // One image per shard and one buffer for the source, allocated now
-        // and passed back and forth with the writer. One buffer each is
-        // enough: the writer hands it back before the checkpoint completes,
-        // and the next barrier is only cut after that. The writer grows each
-        // image ahead of the state, off the shard.
-        let key_capacity = cfg.window_capacity / 2;
+        // and passed back and forth with the writer. One each is enough: the
+        // writer hands it back before the checkpoint completes, and the next
+        // barrier is only cut after that. The writer grows each image ahead
+        // of the state, off the shard.
         for (index, slot) in shard_ckpts.iter_mut().enumerate() {
-            let (back_tx, back_rx) = mpsc::channel();
-            let _ = back_tx.send(Box::new(DetectorImage::with_capacity(key_capacity, cfg.window_capacity)));
-            images_back.push(back_tx);
+            let image = Arc::new(ImageSlot::default());
+            image.put_initial(DetectorImage::with_capacity(cfg.window_capacity / 2, cfg.window_capacity));
+            images.push(image.clone());
             *slot = Some(ShardCkpt {
                 index,
                 tx: tx.clone(),
-                back: back_rx,
+                image,
                 stall: latency_histogram(),
                 stall_cpu: latency_histogram(),
             });
@@ -280,7 +279,7 @@ pub fn run_with<F: Feed + Send>(
             saved_instruments,
             applied_base,
             progress,
-            images_back,
+            images,
             source_back,
             encoded: Vec::new(),
         };
@@ -536,7 +535,7 @@ struct SourceCkpt {
 struct ShardCkpt {
     index: usize,
     tx: Sender<Msg>,
-    back: Receiver<Box<DetectorImage>>,
+    image: Arc<ImageSlot>,
     stall: Histogram<u64>,
     stall_cpu: Histogram<u64>,
 }
@@ -848,7 +847,7 @@ fn run_shard(
             // The stall: bulk-copy the window state into a reused image; the
             // writer thread encodes it and does the file I/O.
             let (started_ns, started_cpu_ns) = (clock.now_ns(), thread_cpu_ns());
-            let mut image = ck.back.try_recv().unwrap_or_default();
+            let mut image = ck.image.take();
             detector.copy_into(&mut image);
             let message = Msg::Shard { id: batch.checkpoint, shard: ck.index, applied, image };
             delivered &= ck.tx.send(message).is_ok();
@@ -863,6 +862,12 @@ fn run_shard(
             });
         }
         applied += batch.events.len() as u64;
+        if let Some(ck) = ckpt.as_ref() {
+            // Two relaxed stores per batch: the writer sizes the image by them.
+            let (keys, entries) = detector.footprint();
+            ck.image.keys.store(keys, Ordering::Relaxed);
+            ck.image.entries.store(entries, Ordering::Relaxed);
+        }
         let end = batch.kind == BatchKind::End;
         rx.release();
         if !delivered {

@@ -7,7 +7,8 @@
 //! one synced RocksDB batch, and deletes the checkpoints beyond the newest K.
 //! Each thread has one snapshot buffer, passed back and forth: the writer
 //! hands it back, grown ahead of the state and touched, before the
-//! checkpoint completes, and the next barrier waits for that.
+//! checkpoint completes, and the next barrier waits for that (see
+//! `ImageSlot` for the shards').
 
 use super::codec::Writer;
 use super::store::{self, ACCOUNT, INSTRUMENT, Store};
@@ -19,8 +20,10 @@ use crate::symbols::{NameTable, Names};
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -55,6 +58,45 @@ pub enum Msg {
     },
 }
 
+/// A shard's checkpoint image, shared with the writer. The shard takes it
+/// at a barrier (one lock per barrier, never per record) and the writer
+/// puts it back after encoding it. Between checkpoints the writer grows it
+/// to twice the state the shard publishes (once per batch), so that the
+/// shard's copy neither allocates nor takes page faults.
+#[derive(Default)]
+pub struct ImageSlot {
+    pub image: Mutex<Option<Box<DetectorImage>>>,
+    pub keys: AtomicUsize,
+    pub entries: AtomicUsize,
+}
+
+impl ImageSlot {
+    /// The image, or a fresh one if the slot is empty (a writer that died).
+    pub fn take(&self) -> Box<DetectorImage> {
+        let mut guard = self.image.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.take().unwrap_or_default()
+    }
+
+    /// The first image, made at start-up.
+    pub fn put_initial(&self, image: DetectorImage) {
+        self.put(Box::new(image));
+    }
+
+    fn put(&self, image: Box<DetectorImage>) {
+        *self.image.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(image);
+    }
+
+    /// Grows the image, if the shard is not using it, ahead of the state.
+    fn grow_ahead(&self) {
+        if let Ok(mut guard) = self.image.try_lock()
+            && let Some(image) = guard.as_mut()
+        {
+            let (keys, entries) = (self.keys.load(Ordering::Relaxed), self.entries.load(Ordering::Relaxed));
+            image.prepare(2 * keys, 2 * entries);
+        }
+    }
+}
+
 /// Shared with the source: the newest durable checkpoint, so the source
 /// never has two in flight.
 #[derive(Default)]
@@ -86,8 +128,8 @@ pub struct CheckpointWriter {
     /// Records applied before the checkpoint this run resumed from.
     pub applied_base: u64,
     pub progress: Arc<Progress>,
-    /// Images go back to their shards here, for reuse.
-    pub images_back: Vec<Sender<Box<DetectorImage>>>,
+    /// Each shard's image, handed back here after encoding.
+    pub images: Vec<Arc<ImageSlot>>,
     /// The source's snapshot buffer goes back here.
     pub source_back: Sender<Vec<u8>>,
     /// Reused to encode shard images.
@@ -98,8 +140,17 @@ impl CheckpointWriter {
     pub fn run(mut self, rx: Receiver<Msg>, clock: Clock) -> Result<WriterOutput, String> {
         let mut out = WriterOutput { taken: 0, bytes: 0, duration: crate::metrics::latency_histogram() };
         let mut partial: Option<(u64, Partial)> = None;
-        // The channel closes when the source and every shard and the sink are done.
-        while let Ok(msg) = rx.recv() {
+        // The channel closes when the source and every shard and the sink
+        // are done. While it is quiet, the shards' images are grown.
+        loop {
+            let msg = match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.images.iter().for_each(|slot| slot.grow_ahead());
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let id = match &msg {
                 Msg::Source { id, .. } | Msg::Shard { id, .. } | Msg::Sink { id, .. } => *id,
             };
@@ -165,7 +216,7 @@ impl CheckpointWriter {
             image.encode(&mut Writer::new(&mut snapshot));
             // Room for the state to double before the shard copies into it again.
             image.prepare(0, 0);
-            let _ = self.images_back[shard].send(image);
+            self.images[shard].put(image);
             let hash = store::write_snapshot(&self.store.shard_path(id, shard), id, shard, &snapshot)?;
             shard_files.push(ShardFile { len: snapshot.len() as u64, hash });
         }

@@ -186,6 +186,11 @@ impl ExcessiveCancel {
         self.idle = 0;
     }
 
+    /// (key slots, window entries): what a checkpoint image must hold.
+    pub fn footprint(&self) -> (usize, usize) {
+        (self.keys.len(), self.window.len())
+    }
+
     pub fn stats(&self) -> super::DetectorStats {
         super::DetectorStats {
             window_entries: self.window.len(),

@@ -116,6 +116,12 @@ impl Detector {
         Ok(())
     }
 
+    /// (key slots, window entries) of the window state, for sizing images.
+    #[inline]
+    pub fn footprint(&self) -> (usize, usize) {
+        self.excessive_cancel.as_ref().map_or((0, 0), |r| r.footprint())
+    }
+
     pub fn stats(&self) -> DetectorStats {
         self.excessive_cancel.as_ref().map(|r| r.stats()).unwrap_or_default()
     }
