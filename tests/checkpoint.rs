@@ -364,6 +364,13 @@ fn a_checkpoint_of_another_tape_is_refused() {
     let other_tape = make_tape(&other, 20_000, 7);
     let out = replay_cmd(&other_tape, &out_dir, 1, &with_state(&state, "5000")).output().unwrap();
     assert_clean_failure(&out, &["taken on another tape"]);
+    // The same tape with other account groups.
+    let accounts = tape.with_file_name("day.accounts.csv");
+    let mut text = std::fs::read_to_string(&accounts).unwrap();
+    text.push_str("ZZZ1,extra-group\n");
+    std::fs::write(&accounts, text).unwrap();
+    let out = replay_cmd(&tape, &out_dir, 1, &with_state(&state, "5000")).output().unwrap();
+    assert_clean_failure(&out, &["other rules or another accounts file"]);
 }
 
 /// A full disk, as far as one process can fake it: a file-size limit

@@ -42,7 +42,7 @@ pub struct Settings {
 }
 
 /// What must be the same for a checkpoint to be resumed: the tape, the
-/// rules and the lateness. A mismatch is refused with a clear error.
+/// rules, the account groups and the lateness. A mismatch is refused with a clear error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Identity {
     /// 0: FEED.md CSV, 1: native tape.
@@ -50,7 +50,7 @@ pub struct Identity {
     /// xxh3 of the tape's first 64 KiB.
     pub tape_head_hash: u64,
     pub lateness_ns: i64,
-    /// xxh3 of the rules' debug form.
+    /// xxh3 of the rules' debug form and the accounts file.
     pub rules_hash: u64,
 }
 
@@ -76,7 +76,7 @@ impl Identity {
         } else if self.lateness_ns != saved.lateness_ns {
             Some("it was taken with another --lateness-ms")
         } else if self.rules_hash != saved.rules_hash {
-            Some("it was taken with other rules")
+            Some("it was taken with other rules or another accounts file")
         } else {
             None
         }

@@ -148,7 +148,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     // The state directory is opened (and locked) before any output is
     // touched: a bad or busy directory fails the run with nothing changed.
     let mut state = match &args.state {
-        Some(dir) => Some(open_state(dir, args, native, &cfg)?),
+        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref())?),
         None => None,
     };
     let loaded = state.as_mut().and_then(|(_, loaded)| loaded.take());
@@ -249,8 +249,23 @@ type OpenState = ((Store, Settings), Option<Loaded>);
 
 /// Opens the state directory and finds the checkpoint to resume from,
 /// reporting (on stderr) every newer one that is torn and skipped.
-fn open_state(dir: &Path, args: &ReplayArgs, native: bool, cfg: &PipelineConfig) -> Result<OpenState, CmdError> {
-    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &format!("{:?}", cfg.rules))
+fn open_state(
+    dir: &Path,
+    args: &ReplayArgs,
+    native: bool,
+    cfg: &PipelineConfig,
+    accounts: Option<&Path>,
+) -> Result<OpenState, CmdError> {
+    // The rules and the account groups shape the window state: both are part
+    // of what a checkpoint must be resumed with.
+    let accounts_text = match accounts {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| CmdError::Usage(format!("{}: cannot read: {e}", path.display())))?
+        }
+        None => Vec::new(),
+    };
+    let config = format!("{:?}\n{}", cfg.rules, String::from_utf8_lossy(&accounts_text));
+    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &config)
         .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
     let store = Store::open(dir).map_err(CmdError::Failed)?;
     let loaded =
