@@ -63,6 +63,16 @@ impl<K: FlatKey, V: Copy + Default> FlatMap<K, V> {
         self.len() == 0
     }
 
+    /// Makes room for `additional` more keys without growing on the way.
+    pub fn reserve(&mut self, additional: usize) {
+        let grew = self.grew;
+        while (self.len + additional) * 2 > self.slots.len() {
+            self.grow();
+        }
+        // Sized on purpose, not outgrown: not counted as growth.
+        self.grew = grew;
+    }
+
     #[inline]
     fn home(&self, key: K) -> usize {
         (key.hash() >> self.shift) as usize

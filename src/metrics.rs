@@ -29,6 +29,18 @@ impl Default for Clock {
     }
 }
 
+/// CPU time of the calling thread, in ns: unlike the wall clock, it does not
+/// count time the thread was descheduled. A system call: per barrier only.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Latencies up to an hour, three significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static histogram bounds are valid")
@@ -52,6 +64,27 @@ pub struct Summary {
     /// Times a start-up-sized table had to grow.
     pub grew: u64,
     pub max_reorder_len: usize,
+    /// Set when the run took checkpoints (`--state`).
+    pub checkpoints: Option<CheckpointSummary>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckpointSummary {
+    /// Checkpoints made durable by this run.
+    pub taken: u64,
+    /// Snapshot bytes written by this run (source snapshots and shard files).
+    pub bytes: u64,
+    /// From cutting the barrier to the manifest being durable.
+    pub duration: Histogram<u64>,
+    /// Time the source and the shards spent on barriers (the hot-path cost).
+    pub stall: Histogram<u64>,
+    /// The same, in CPU time of the stalled thread (leaves out preemption
+    /// by other processes on a shared machine).
+    pub stall_cpu: Histogram<u64>,
+    pub source_stall_max_ns: u64,
+    pub shard_stall_max_ns: u64,
+    /// The checkpoint this run resumed from, and the seq it followed.
+    pub resumed_from: Option<(u64, u64)>,
 }
 
 impl Summary {
@@ -112,6 +145,31 @@ impl Summary {
             "pipeline    back-pressure waits {}, table growths {}, max reorder buffer {}\n",
             self.backpressure_waits, self.grew, self.max_reorder_len
         );
+        if let Some(c) = &self.checkpoints {
+            if let Some((id, seq)) = c.resumed_from {
+                s += &format!("resumed     from checkpoint {id} (after seq {seq})\n");
+            }
+            let quantile = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+            s += &format!(
+                "checkpoints {} taken, {} bytes, duration p50 {} max {}; stall p50 {} p99 {} max {} (n={}; max source {} shard {})\n",
+                c.taken,
+                c.bytes,
+                fmt_ns(quantile(&c.duration, 0.5)),
+                fmt_ns(c.duration.max()),
+                fmt_ns(quantile(&c.stall, 0.5)),
+                fmt_ns(quantile(&c.stall, 0.99)),
+                fmt_ns(c.stall.max()),
+                c.stall.len(),
+                fmt_ns(c.source_stall_max_ns),
+                fmt_ns(c.shard_stall_max_ns)
+            );
+            s += &format!(
+                "checkpoints stall in thread CPU time: p50 {} p99 {} max {}\n",
+                fmt_ns(quantile(&c.stall_cpu, 0.5)),
+                fmt_ns(quantile(&c.stall_cpu, 0.99)),
+                fmt_ns(c.stall_cpu.max())
+            );
+        }
         s
     }
 }

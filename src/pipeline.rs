@@ -15,21 +15,35 @@
 //! Rings are bounded SPSC rings of preallocated batches; a full ring makes
 //! the writer wait (back-pressure), nothing is ever dropped. Watermarks
 //! travel inside the batches; an `End` batch closes a shard.
+//!
+//! Checkpoint barriers are batches too (`BatchKind::Barrier`): the source
+//! cuts one between two records, snapshots its own state and sends the
+//! barrier down every shard ring and the late ring; a shard snapshots its
+//! detector when the barrier reaches it and passes it on to the sink in its
+//! alert ring; the sink aligns the barriers of all its inputs, then commits
+//! its output offsets. Snapshots go to the checkpoint writer thread
+//! (`checkpoint::writer`), which does all the I/O.
 
 use crate::alert::Alert;
 use crate::alert::sink::{Sink, SinkOutput};
+use crate::checkpoint::codec::Writer;
+use crate::checkpoint::store::Store;
+use crate::checkpoint::writer::{self, CheckpointWriter, ImageSlot, Msg};
+use crate::checkpoint::{Manifest, RouterState, Settings, write_event};
 use crate::config::Rules;
-use crate::detect::Detector;
+use crate::detect::{Detector, DetectorImage};
 use crate::event::Event;
 use crate::ingest::{Feed, FeedError, FeedStats};
-use crate::metrics::{Clock, Summary};
+use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram, thread_cpu_ns};
 use crate::ring::spsc::{self, Consumer, Producer};
 use crate::ring::{Idle, pin_current};
 use crate::symbols::Names;
 use crate::time::{Pending, ReorderBuffer, Watermark};
+use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
 
 /// Records per batch: large enough to amortise a cursor publish and a clock
@@ -45,6 +59,17 @@ pub enum BatchKind {
     Data,
     /// No more records: the shard flushes its reorder buffer and stops.
     End,
+    /// Checkpoint barrier `Batch::checkpoint`: every record before it in the
+    /// ring is part of the checkpoint, none after it. Carries no records.
+    Barrier,
+}
+
+/// What a shard sends the sink: alerts, and the checkpoint barriers it has
+/// passed (the sink aligns them across shards before committing).
+#[derive(Clone, Copy, Debug)]
+pub enum ToSink {
+    Alert(Alert),
+    Barrier(u64),
 }
 
 /// One ring slot. To a shard: records ready to apply, in `(ts_ns, seq)`
@@ -54,6 +79,8 @@ pub enum BatchKind {
 pub struct Batch {
     pub kind: BatchKind,
     pub watermark_ns: i64,
+    /// The checkpoint id of a `Barrier` batch.
+    pub checkpoint: u64,
     pub events: Vec<Pending>,
 }
 
@@ -115,16 +142,61 @@ pub struct Progress {
     pub records_read: AtomicU64,
 }
 
+/// Checkpointing for one run: where to, how often, and the checkpoint the
+/// run resumes from (its feed and validator are already restored by the
+/// caller; the rest of its state is restored here).
+pub struct Checkpointing {
+    pub store: Store,
+    pub settings: Settings,
+    pub resume: Option<Resumed>,
+}
+
+pub struct Resumed {
+    pub manifest: Manifest,
+    pub router: RouterState,
+    /// The shard snapshots, one per shard of the run that took them.
+    pub shards: Vec<Vec<u8>>,
+}
+
 /// Runs a feed through the pipeline to its end. `on_tick` is called on the
 /// calling thread about every 200 ms while the pipeline runs (progress bar).
 pub fn run<F: Feed + Send>(
     feed: F,
     names: Names,
     cfg: &PipelineConfig,
+    on_tick: impl FnMut(&Progress),
+) -> Result<Summary, String> {
+    run_with(feed, names, cfg, None, on_tick)
+}
+
+/// `run`, taking checkpoints (and resuming from one) when `checkpointing` is set.
+pub fn run_with<F: Feed + Send>(
+    feed: F,
+    names: Names,
+    cfg: &PipelineConfig,
+    checkpointing: Option<Checkpointing>,
     mut on_tick: impl FnMut(&Progress),
 ) -> Result<Summary, String> {
     assert!(cfg.shards >= 1 && cfg.ring_batches.is_power_of_two());
-    let sink = Sink::create(&cfg.alerts_path, &cfg.late_path)?;
+    let resumed = checkpointing.as_ref().and_then(|c| c.resume.as_ref());
+    let mut detectors: Vec<Detector> =
+        (0..cfg.shards).map(|_| Detector::new(&cfg.rules, cfg.window_capacity)).collect();
+    if let Some(resumed) = resumed {
+        let n = cfg.shards;
+        for (index, detector) in detectors.iter_mut().enumerate() {
+            // Window keys are (group << 32 | instrument); shard = instrument % n.
+            detector
+                .restore(&resumed.shards, |key| (key as u32) as usize % n == index)
+                .map_err(|e| format!("checkpoint {}: bad shard snapshot: {e}", resumed.manifest.id))?;
+        }
+    }
+    let sink = match resumed {
+        Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?,
+        None => Sink::create(&cfg.alerts_path, &cfg.late_path)?,
+    };
+    let applied_base = resumed.map_or(0, |r| r.manifest.applied);
+    let resumed_from = resumed.map(|r| (r.manifest.id, r.manifest.last_seq));
+    let resumed_router = resumed.map(|r| r.router.clone());
     let clock = Clock::new();
     let stop = Stop::default();
     let progress = Progress::default();
@@ -138,33 +210,117 @@ pub fn run<F: Feed + Send>(
         let (tx, rx) = spsc::channel(cfg.ring_batches, Batch::with_capacity);
         shard_producers.push(tx);
         shard_consumers.push(rx);
-        let (tx, rx) = spsc::channel(4096, Alert::default);
+        let (tx, rx) = spsc::channel(4096, || ToSink::Alert(Alert::default()));
         alert_producers.push(tx);
         alert_consumers.push(rx);
     }
     let (late_tx, late_rx) = spsc::channel(cfg.ring_batches, Batch::with_capacity);
     let pinned = !cfg.cores.is_empty();
 
-    let (feed_result, shard_results, sink_result) = std::thread::scope(|scope| {
+    // Checkpointing: one channel into the writer thread, and per shard (and
+    // the source) a channel that hands snapshot buffers back for reuse.
+    let mut to_writer: Option<Sender<Msg>> = None;
+    let mut writer_parts = None;
+    let mut shard_ckpts: Vec<Option<ShardCkpt>> = (0..cfg.shards).map(|_| None).collect();
+    let mut source_ckpt = None;
+    if let Some(c) = checkpointing {
+        let (tx, rx) = mpsc::channel();
+        let progress = Arc::new(writer::Progress::default());
+        let first_id = c.resume.as_ref().map_or(1, |r| r.manifest.id + 1);
+        progress.completed.store(first_id - 1, Ordering::Release);
+        let mut images = Vec::new();
+        // One image per shard and one buffer for the source, allocated now
+        // and passed back and forth with the writer. One each is enough: the
+        // writer hands it back before the checkpoint completes, and the next
+        // barrier is only cut after that. The writer grows each image ahead
+        // of the state, off the shard.
+        for (index, slot) in shard_ckpts.iter_mut().enumerate() {
+            let image = Arc::new(ImageSlot::default());
+            image.put_initial(DetectorImage::with_capacity(cfg.window_capacity / 2, cfg.window_capacity));
+            images.push(image.clone());
+            *slot = Some(ShardCkpt {
+                index,
+                tx: tx.clone(),
+                image,
+                stall: latency_histogram(),
+                stall_cpu: latency_histogram(),
+            });
+        }
+        let (source_back, back_rx) = mpsc::channel();
+        // Touched now, so the first barrier does not page-fault it in.
+        let mut buffer = vec![1u8; 1 << 20];
+        buffer.clear();
+        let _ = source_back.send(buffer);
+        source_ckpt = Some(SourceCkpt {
+            tx: tx.clone(),
+            back: back_rx,
+            progress: progress.clone(),
+            names: names.clone(),
+            next_id: first_id,
+            every_records: c.settings.every_records,
+            interval_ns: c.settings.interval_ns,
+            since: 0,
+            last_cut_ns: 0,
+            time_due: false,
+            due: false,
+            last_seq: c.resume.as_ref().map_or(0, |r| r.manifest.last_seq),
+            wait_for_previous: c.settings.exact,
+            stall: latency_histogram(),
+            stall_cpu: latency_histogram(),
+        });
+        let (saved_accounts, saved_instruments) =
+            c.resume.as_ref().map_or((0, 0), |r| (r.manifest.accounts, r.manifest.instruments));
+        let writer = CheckpointWriter {
+            store: c.store,
+            settings: c.settings,
+            names: names.clone(),
+            shards: cfg.shards,
+            saved_accounts,
+            saved_instruments,
+            applied_base,
+            progress,
+            images,
+            source_back,
+            encoded: Vec::new(),
+        };
+        writer_parts = Some((writer, rx));
+        to_writer = Some(tx);
+    }
+
+    let (feed_result, shard_results, sink_result, writer_result) = std::thread::scope(|scope| {
+        let writer_handle = writer_parts.map(|(writer, rx)| {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("tw-checkpoint".into())
+                .spawn_scoped(scope, move || {
+                    let result = writer.run(rx, clock);
+                    if result.is_err() {
+                        stop.raise();
+                    }
+                    result
+                })
+                .expect("spawn checkpoint thread")
+        });
         let sink_handle = {
             let (names, stop) = (names.clone(), stop.clone());
+            let to_writer = to_writer.take();
             std::thread::Builder::new()
                 .name("tw-sink".into())
-                .spawn_scoped(scope, move || sink.run(alert_consumers, late_rx, names, clock, &stop))
+                .spawn_scoped(scope, move || sink.run(alert_consumers, late_rx, names, clock, &stop, to_writer))
                 .expect("spawn sink thread")
         };
         let mut shard_handles = Vec::new();
-        for (index, (rx, alerts)) in shard_consumers.into_iter().zip(alert_producers).enumerate() {
+        let shard_parts = shard_consumers.into_iter().zip(alert_producers).zip(detectors).zip(shard_ckpts);
+        for (index, (((rx, alerts), detector), ckpt)) in shard_parts.enumerate() {
             let core = cfg.cores.get(index + 1).copied();
             let stop = stop.clone();
-            let detector = Detector::new(&cfg.rules, cfg.window_capacity);
             let handle = std::thread::Builder::new()
                 .name(format!("tw-shard-{index}"))
                 .spawn_scoped(scope, move || {
                     if let Some(core) = core {
                         pin_current(core);
                     }
-                    run_shard(rx, alerts, detector, clock, &stop)
+                    run_shard(rx, alerts, detector, clock, &stop, ckpt)
                 })
                 .expect("spawn shard thread");
             shard_handles.push(handle);
@@ -179,8 +335,12 @@ pub fn run<F: Feed + Send>(
                     if let Some(core) = core {
                         pin_current(core);
                     }
-                    let router =
+                    let mut router =
                         Router::new(shard_producers, late_tx, lateness_ns, reorder_capacity, clock, stop.clone());
+                    if let Some(state) = resumed_router {
+                        router.restore(state);
+                    }
+                    router.ckpt = source_ckpt;
                     run_source(feed, router, progress, &stop)
                 })
                 .expect("spawn source thread")
@@ -197,7 +357,8 @@ pub fn run<F: Feed + Send>(
         let feed_result = join(source_handle);
         let shard_results: Vec<_> = shard_handles.into_iter().map(join).collect();
         let sink_result = join(sink_handle);
-        (feed_result, shard_results, sink_result)
+        let writer_result = writer_handle.map(join);
+        (feed_result, shard_results, sink_result, writer_result)
     });
 
     let elapsed = started.elapsed();
@@ -207,6 +368,9 @@ pub fn run<F: Feed + Send>(
         Ok(ok) => ok,
         Err(e) if !stop_echo(&e.message) => return Err(e.to_string()),
         Err(_) => {
+            if let Some(writer) = writer_result {
+                writer?;
+            }
             sink_result?;
             for shard in shard_results {
                 shard?;
@@ -214,12 +378,13 @@ pub fn run<F: Feed + Send>(
             return Err("pipeline stopped".to_string());
         }
     };
+    let writer = writer_result.transpose()?;
     let sink: SinkOutput = sink_result?;
     let mut summary = Summary {
         feed: feed_stats,
         rejected_at_import: 0,
         late: sink.late,
-        applied: 0,
+        applied: applied_base,
         alerts: sink.alerts,
         elapsed,
         ingest_to_alert: sink.ingest_to_alert,
@@ -229,11 +394,32 @@ pub fn run<F: Feed + Send>(
         backpressure_waits: source.backpressure_waits,
         grew: source.grew,
         max_reorder_len: source.max_reorder_len,
+        checkpoints: None,
     };
+    let source_stall_max = source.stall.as_ref().map_or(0, |(h, _)| h.max());
+    let mut shard_stall_max = 0;
+    let mut stall = source.stall;
     for shard in shard_results {
         let shard = shard?;
         summary.applied += shard.applied;
         summary.grew += shard.grew;
+        shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |(h, _)| h.max()));
+        if let (Some((wall, cpu)), Some((shard_wall, shard_cpu))) = (stall.as_mut(), shard.stall.as_ref()) {
+            wall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
+            cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
+        }
+    }
+    if let (Some(writer), Some((stall, stall_cpu))) = (writer, stall) {
+        summary.checkpoints = Some(CheckpointSummary {
+            taken: writer.taken,
+            bytes: writer.bytes,
+            duration: writer.duration,
+            stall,
+            stall_cpu,
+            source_stall_max_ns: source_stall_max,
+            shard_stall_max_ns: shard_stall_max,
+            resumed_from,
+        });
     }
     // Every accepted record is either applied or late: the pipeline lost nothing.
     assert_eq!(summary.applied + summary.late, summary.feed.accepted, "records lost in the pipeline");
@@ -258,6 +444,7 @@ struct SourceStats {
     backpressure_waits: u64,
     grew: u64,
     max_reorder_len: usize,
+    stall: Option<(Histogram<u64>, Histogram<u64>)>,
 }
 
 fn run_source<F: Feed>(
@@ -267,10 +454,15 @@ fn run_source<F: Feed>(
     stop: &Stop,
 ) -> Result<(FeedStats, SourceStats), FeedError> {
     let result = loop {
-        let more = match feed.pump(&mut |event| router.route(event)) {
+        let more = match feed.pump_until(&mut |event| router.route(event)) {
             Ok(more) => more,
             Err(e) => break Err(e),
         };
+        if router.ckpt.as_ref().is_some_and(|c| c.due)
+            && let Err(e) = router.cut_barrier(&mut feed)
+        {
+            break Err(e);
+        }
         progress.records_read.store(feed.stats().records_read, Ordering::Relaxed);
         if stop.raised() {
             break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
@@ -287,6 +479,7 @@ fn run_source<F: Feed>(
         backpressure_waits: router.backpressure_waits,
         grew: router.reorder.iter().map(|r| r.grew).sum(),
         max_reorder_len: router.max_reorder_len,
+        stall: router.ckpt.take().map(|c| (c.stall, c.stall_cpu)),
     };
     result.map(|()| (feed.stats(), stats))
 }
@@ -311,6 +504,40 @@ struct Router {
     since_flush: u64,
     backpressure_waits: u64,
     max_reorder_len: usize,
+    ckpt: Option<SourceCkpt>,
+}
+
+/// The source's side of checkpointing: when the next barrier is due, and
+/// the buffer its snapshot is written into.
+struct SourceCkpt {
+    tx: Sender<Msg>,
+    back: Receiver<Vec<u8>>,
+    progress: Arc<writer::Progress>,
+    names: Names,
+    next_id: u64,
+    every_records: u64,
+    interval_ns: u64,
+    /// Records routed since the last barrier.
+    since: u64,
+    last_cut_ns: u64,
+    time_due: bool,
+    /// A barrier is due: the feed stops after this record.
+    due: bool,
+    last_seq: u64,
+    /// Wait for the previous checkpoint rather than skip the barrier (test
+    /// runs only: it stalls the source on the writer).
+    wait_for_previous: bool,
+    stall: Histogram<u64>,
+    stall_cpu: Histogram<u64>,
+}
+
+/// A shard's side of checkpointing.
+struct ShardCkpt {
+    index: usize,
+    tx: Sender<Msg>,
+    image: Arc<ImageSlot>,
+    stall: Histogram<u64>,
+    stall_cpu: Histogram<u64>,
 }
 
 impl Router {
@@ -337,14 +564,111 @@ impl Router {
             since_flush: 0,
             backpressure_waits: 0,
             max_reorder_len: 0,
+            ckpt: None,
         }
     }
 
+    /// Event time and the waiting records of a checkpoint, re-routed by
+    /// instrument for this run's shard count.
+    fn restore(&mut self, mut state: RouterState) {
+        self.watermark.advance_to(state.max_ts_ns);
+        state.pending.sort_by_key(|e| e.order_key());
+        let n = self.shards.len();
+        for event in state.pending {
+            let shard = event.instrument as usize % n;
+            self.reorder[shard].push(Pending { event, ingest_ns: 0 });
+        }
+    }
+
+    /// Cuts a checkpoint barrier after the last routed record: publishes
+    /// what is ready, snapshots the feed and the router into a reused
+    /// buffer, sends a barrier down every ring and the snapshot to the
+    /// checkpoint writer. This is the source's whole stall; the I/O is the
+    /// writer's.
+    #[cold]
+    fn cut_barrier<F: Feed>(&mut self, feed: &mut F) -> Result<(), FeedError> {
+        // Publishing what is ready may wait for ring space: that is
+        // back-pressure, which the run has anyway, not the barrier's cost.
+        self.flush();
+        let Some(ck) = self.ckpt.as_mut() else { return Ok(()) };
+        if ck.wait_for_previous {
+            // Test runs (`--checkpoint-exact`): barriers at exact record
+            // counts, whatever the disk's speed.
+            let mut idle = Idle::default();
+            while ck.progress.completed.load(Ordering::Acquire) + 1 != ck.next_id {
+                if self.stop.raised() {
+                    return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+                }
+                idle.wait();
+            }
+        }
+        let started_ns = self.clock.now_ns();
+        let started_cpu_ns = thread_cpu_ns();
+        let mut buffer = ck.back.try_recv().unwrap_or_default();
+        buffer.clear();
+        let mut w = Writer::new(&mut buffer);
+        let position = feed.checkpoint(&mut w)?;
+        w.i64(self.watermark.max_ts_ns());
+        w.u64(self.reorder.iter().map(|r| r.len() as u64).sum());
+        for reorder in &self.reorder {
+            for pending in reorder.iter() {
+                write_event(&mut w, &pending.event);
+            }
+        }
+        let id = ck.next_id;
+        let mut stall_ns = self.clock.now_ns().saturating_sub(started_ns);
+        let mut stall_cpu_ns = thread_cpu_ns().saturating_sub(started_cpu_ns);
+        let watermark_ns = self.watermark.current();
+        let rings = self.shards.iter_mut().map(|r| (r, false)).chain(std::iter::once((&mut self.late, false)));
+        for (ring, mut open) in rings {
+            let Some(slot) = claim(ring, &mut open, &self.stop, &mut self.backpressure_waits) else {
+                return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+            };
+            slot.kind = BatchKind::Barrier;
+            slot.checkpoint = id;
+            slot.watermark_ns = watermark_ns;
+            ring.publish();
+        }
+        let stats = feed.stats();
+        let message = Msg::Source {
+            id,
+            cut_ns: started_ns,
+            last_seq: ck.last_seq,
+            records_read: stats.records_read,
+            offset: position.offset,
+            line_no: position.line_no,
+            rejects: position.rejects,
+            accounts: ck.names.accounts.len() as u64,
+            instruments: ck.names.instruments.len() as u64,
+            snapshot: buffer,
+        };
+        let (sent_ns, sent_cpu_ns) = (self.clock.now_ns(), thread_cpu_ns());
+        if ck.tx.send(message).is_err() {
+            return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+        }
+        let now_ns = self.clock.now_ns();
+        stall_ns += now_ns.saturating_sub(sent_ns);
+        stall_cpu_ns += thread_cpu_ns().saturating_sub(sent_cpu_ns);
+        ck.stall.saturating_record(stall_ns.max(1));
+        ck.stall_cpu.saturating_record(stall_cpu_ns.max(1));
+        ck.next_id += 1;
+        ck.since = 0;
+        ck.last_cut_ns = now_ns;
+        ck.time_due = false;
+        ck.due = false;
+        Ok(())
+    }
+
+    /// Routes one record; returns false when a checkpoint barrier is due
+    /// right after it (the feed then stops so the source can cut it).
     #[inline]
-    fn route(&mut self, event: &Event) {
+    fn route(&mut self, event: &Event) -> bool {
         if self.until_stamp == 0 {
             self.stamp_ns = self.clock.now_ns();
             self.until_stamp = STAMP_EVERY;
+            if let Some(ck) = self.ckpt.as_mut() {
+                ck.time_due |= ck.interval_ns > 0 && self.stamp_ns.saturating_sub(ck.last_cut_ns) >= ck.interval_ns;
+            }
         }
         self.until_stamp -= 1;
         let pending = Pending { event: *event, ingest_ns: self.stamp_ns };
@@ -359,6 +683,19 @@ impl Router {
         self.since_flush += 1;
         if self.since_flush == FLUSH_EVERY {
             self.flush();
+        }
+        match self.ckpt.as_mut() {
+            None => true,
+            Some(ck) => {
+                ck.since += 1;
+                ck.last_seq = event.seq;
+                let want = ck.time_due || (ck.every_records > 0 && ck.since >= ck.every_records);
+                // One checkpoint in flight at a time: the next barrier waits
+                // until the writer has made the previous one durable.
+                ck.due =
+                    want && (ck.wait_for_previous || ck.progress.completed.load(Ordering::Acquire) + 1 == ck.next_id);
+                !ck.due
+            }
         }
     }
 
@@ -467,22 +804,24 @@ fn claim<'a>(ring: &'a mut Producer<Batch>, open: &mut bool, stop: &Stop, waits:
 struct ShardStats {
     applied: u64,
     grew: u64,
+    stall: Option<(Histogram<u64>, Histogram<u64>)>,
 }
 
 fn run_shard(
     mut rx: Consumer<Batch>,
-    mut alerts: Producer<Alert>,
+    mut alerts: Producer<ToSink>,
     mut detector: Detector,
     clock: Clock,
     stop: &Stop,
+    mut ckpt: Option<ShardCkpt>,
 ) -> Result<ShardStats, String> {
     let mut applied = 0u64;
     let mut idle = Idle::default();
-    let mut emit = |alert: Alert, ingest_ns: u64| -> bool {
+    let mut send = |item: ToSink| -> bool {
         let mut idle = Idle::default();
         loop {
             if let Some(slot) = alerts.claim() {
-                *slot = Alert { ingest_ns, applied_ns: clock.now_ns(), ..alert };
+                *slot = item;
                 alerts.publish();
                 return true;
             }
@@ -502,10 +841,33 @@ fn run_shard(
         };
         idle.reset();
         let mut delivered = true;
+        if batch.kind == BatchKind::Barrier
+            && let Some(ck) = ckpt.as_mut()
+        {
+            // The stall: bulk-copy the window state into a reused image; the
+            // writer thread encodes it and does the file I/O.
+            let (started_ns, started_cpu_ns) = (clock.now_ns(), thread_cpu_ns());
+            let mut image = ck.image.take();
+            detector.copy_into(&mut image);
+            let message = Msg::Shard { id: batch.checkpoint, shard: ck.index, applied, image };
+            delivered &= ck.tx.send(message).is_ok();
+            delivered &= send(ToSink::Barrier(batch.checkpoint));
+            ck.stall.saturating_record(clock.now_ns().saturating_sub(started_ns).max(1));
+            ck.stall_cpu.saturating_record(thread_cpu_ns().saturating_sub(started_cpu_ns).max(1));
+        }
         for pending in &batch.events {
-            detector.apply(&pending.event, &mut |alert| delivered &= emit(alert, pending.ingest_ns));
+            detector.apply(&pending.event, &mut |alert| {
+                let ingest_ns = pending.ingest_ns;
+                delivered &= send(ToSink::Alert(Alert { ingest_ns, applied_ns: clock.now_ns(), ..alert }))
+            });
         }
         applied += batch.events.len() as u64;
+        if let Some(ck) = ckpt.as_ref() {
+            // Two relaxed stores per batch: the writer sizes the image by them.
+            let (keys, entries) = detector.footprint();
+            ck.image.keys.store(keys, Ordering::Relaxed);
+            ck.image.entries.store(entries, Ordering::Relaxed);
+        }
         let end = batch.kind == BatchKind::End;
         rx.release();
         if !delivered {
@@ -515,5 +877,5 @@ fn run_shard(
             break;
         }
     }
-    Ok(ShardStats { applied, grew: detector.stats().grew })
+    Ok(ShardStats { applied, grew: detector.stats().grew, stall: ckpt.map(|c| (c.stall, c.stall_cpu)) })
 }

@@ -39,6 +39,11 @@ impl Watermark {
         late
     }
 
+    /// The newest `ts_ns` seen (checkpoints save it).
+    pub fn max_ts_ns(&self) -> i64 {
+        self.max_ts_ns
+    }
+
     /// Moves event time on without a record (live feeds gone quiet).
     pub fn advance_to(&mut self, ts_ns: i64) {
         self.max_ts_ns = self.max_ts_ns.max(ts_ns);
@@ -127,6 +132,12 @@ impl ReorderBuffer {
             }
             count += 1;
         }
+    }
+
+    /// Every waiting record, in no particular order (checkpoints copy them;
+    /// a restored buffer re-sorts them as they are pushed back).
+    pub fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.run.iter().chain(self.heap.iter().map(|Reverse(p)| p))
     }
 
     pub fn len(&self) -> usize {

@@ -2,12 +2,21 @@
 //! ring, resolves names, and writes alerts.jsonl and the late file. All
 //! output I/O happens here, off the source and detector cores, buffered and
 //! flushed whenever the sink runs out of work (so alerts go out promptly).
+//!
+//! Exactly-once output: at a checkpoint barrier the sink aligns its inputs
+//! (a ring whose next item is the barrier is not read further until every
+//! shard ring and the late ring have reached it), flushes, and hands the
+//! files' lengths to the checkpoint writer, which syncs them. A resumed run
+//! cuts each file back to the committed length and appends from there; the
+//! alerts after it are detected again, exactly as before.
 
-use super::{Alert, Rule, Timing, write_json};
+use super::{Rule, Timing, write_json};
+use crate::checkpoint::Manifest;
+use crate::checkpoint::writer::Msg;
 use crate::event::{Event, Kind, Side, write_px};
 use crate::ingest::csv::HEADER;
 use crate::metrics::{Clock, latency_histogram};
-use crate::pipeline::{Batch, Stop};
+use crate::pipeline::{Batch, BatchKind, Stop, ToSink};
 use crate::ring::Idle;
 use crate::ring::spsc::Consumer;
 use crate::symbols::Names;
@@ -15,6 +24,7 @@ use hdrhistogram::Histogram;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct SinkOutput {
@@ -28,16 +38,42 @@ struct Out {
     writer: BufWriter<File>,
     path: PathBuf,
     dirty: bool,
+    /// Bytes written so far: the committed length at a checkpoint.
+    written: u64,
 }
 
 impl Out {
     fn create(path: &Path) -> Result<Out, String> {
         let file = File::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
-        Ok(Out { writer: BufWriter::with_capacity(1 << 16, file), path: path.to_path_buf(), dirty: false })
+        Ok(Out { writer: BufWriter::with_capacity(1 << 16, file), path: path.to_path_buf(), dirty: false, written: 0 })
+    }
+
+    /// Reopens an output of an interrupted run, cut back to what the
+    /// checkpoint committed.
+    fn resume(path: &Path, committed: u64) -> Result<Out, String> {
+        let fail = |what: &str, e: std::io::Error| format!("{}: cannot {what} to resume: {e}", path.display());
+        let mut file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| fail("open", e))?;
+        let len = file.metadata().map_err(|e| fail("read", e))?.len();
+        if len < committed {
+            return Err(format!(
+                "{}: has {len} bytes, fewer than the {committed} the checkpoint committed: \
+                 was it moved or rewritten? Resume with the same output paths, or use a fresh --state directory",
+                path.display()
+            ));
+        }
+        file.set_len(committed).map_err(|e| fail("truncate", e))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(|e| fail("seek in", e))?;
+        Ok(Out {
+            writer: BufWriter::with_capacity(1 << 16, file),
+            path: path.to_path_buf(),
+            dirty: false,
+            written: committed,
+        })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.dirty = true;
+        self.written += bytes.len() as u64;
         self.writer.write_all(bytes).map_err(|e| format!("{}: cannot write: {e}", self.path.display()))
     }
 
@@ -53,6 +89,9 @@ impl Out {
 pub struct Sink {
     alerts_out: Out,
     late_out: Out,
+    /// Counts carried over from the checkpoint a run resumed from.
+    alerts_base: [u64; Rule::ALL.len()],
+    late_base: u64,
 }
 
 impl Sink {
@@ -63,18 +102,29 @@ impl Sink {
         let mut late_out = Out::create(late)?;
         late_out.write(HEADER.as_bytes())?;
         late_out.write(b"\n")?;
-        Ok(Sink { alerts_out, late_out })
+        Ok(Sink { alerts_out, late_out, alerts_base: [0; Rule::ALL.len()], late_base: 0 })
+    }
+
+    /// Reopens both outputs at the lengths a checkpoint committed.
+    pub fn resume(alerts: &Path, late: &Path, manifest: &Manifest) -> Result<Sink, String> {
+        Ok(Sink {
+            alerts_out: Out::resume(alerts, manifest.alerts_bytes)?,
+            late_out: Out::resume(late, manifest.late_bytes)?,
+            alerts_base: manifest.alerts,
+            late_base: manifest.late,
+        })
     }
 
     pub fn run(
         mut self,
-        mut alert_rings: Vec<Consumer<Alert>>,
+        mut alert_rings: Vec<Consumer<ToSink>>,
         mut late_ring: Consumer<Batch>,
         names: Names,
         clock: Clock,
         stop: &Stop,
+        to_writer: Option<Sender<Msg>>,
     ) -> Result<SinkOutput, String> {
-        let result = self.drain(&mut alert_rings, &mut late_ring, &names, &clock, stop);
+        let result = self.drain(&mut alert_rings, &mut late_ring, &names, &clock, stop, to_writer.as_ref());
         if result.is_err() {
             stop.raise();
         }
@@ -83,15 +133,16 @@ impl Sink {
 
     fn drain(
         &mut self,
-        alert_rings: &mut [Consumer<Alert>],
+        alert_rings: &mut [Consumer<ToSink>],
         late_ring: &mut Consumer<Batch>,
         names: &Names,
         clock: &Clock,
         stop: &Stop,
+        to_writer: Option<&Sender<Msg>>,
     ) -> Result<SinkOutput, String> {
         let mut output = SinkOutput {
-            alerts: [0; Rule::ALL.len()],
-            late: 0,
+            alerts: self.alerts_base,
+            late: self.late_base,
             ingest_to_alert: latency_histogram(),
             ingest_to_applied: latency_histogram(),
         };
@@ -101,11 +152,22 @@ impl Sink {
             - clock.now_ns() as i64;
         let mut line = Vec::with_capacity(512);
         let mut idle = Idle::default();
+        // The barrier each input is held at (alignment), if any.
+        let mut held: Vec<Option<u64>> = vec![None; alert_rings.len()];
+        let mut late_held: Option<u64> = None;
         loop {
             let mut worked = false;
-            for ring in alert_rings.iter_mut() {
-                while let Some(alert) = ring.peek() {
-                    let alert = *alert;
+            for (ring, held) in alert_rings.iter_mut().zip(held.iter_mut()) {
+                while held.is_none()
+                    && let Some(item) = ring.peek()
+                {
+                    let alert = match *item {
+                        ToSink::Alert(alert) => alert,
+                        ToSink::Barrier(id) => {
+                            *held = Some(id);
+                            break;
+                        }
+                    };
                     ring.release();
                     worked = true;
                     let now = clock.now_ns();
@@ -122,7 +184,13 @@ impl Sink {
                     self.alerts_out.write(&line)?;
                 }
             }
-            while let Some(batch) = late_ring.peek() {
+            while late_held.is_none()
+                && let Some(batch) = late_ring.peek()
+            {
+                if batch.kind == BatchKind::Barrier {
+                    late_held = Some(batch.checkpoint);
+                    break;
+                }
                 line.clear();
                 for pending in &batch.events {
                     write_feed_line(&mut line, &pending.event, names);
@@ -131,6 +199,33 @@ impl Sink {
                 late_ring.release();
                 worked = true;
                 self.late_out.write(&line)?;
+            }
+            if let Some(id) = late_held
+                && held.iter().all(|h| *h == Some(id))
+            {
+                // Every input has reached barrier `id`: what is written now
+                // is exactly the output of the records before it.
+                self.alerts_out.flush()?;
+                self.late_out.flush()?;
+                if let Some(tx) = to_writer {
+                    let message = Msg::Sink {
+                        id,
+                        alerts: (self.alerts_out.path.clone(), self.alerts_out.written),
+                        late: (self.late_out.path.clone(), self.late_out.written),
+                        counts: output.alerts,
+                        late_count: output.late,
+                    };
+                    if tx.send(message).is_err() {
+                        return Err("checkpoint writer stopped".to_string());
+                    }
+                }
+                for ring in alert_rings.iter_mut() {
+                    ring.release();
+                }
+                late_ring.release();
+                held.iter_mut().for_each(|h| *h = None);
+                late_held = None;
+                worked = true;
             }
             if worked {
                 idle.reset();

@@ -3,6 +3,7 @@
 //! structs hold the raw values, each command validates them into a config
 //! and reports every problem at once.
 
+pub mod checkpoint;
 pub mod generate;
 pub mod import;
 pub mod replay;
@@ -20,12 +21,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Replay a tape (FEED.md CSV or native) through the detection pipeline.
-    Replay(replay::ReplayArgs),
+    Replay(Box<replay::ReplayArgs>),
     /// Convert a FEED.md CSV tape into a native binary tape.
     Import(import::ImportArgs),
     /// Write a synthetic trading day as a FEED.md tape, with its truth and accounts files.
     #[command(name = "gen")]
     Generate(generate::GenArgs),
+    /// Inspect the checkpoints in a state directory (`replay --state DIR`).
+    Checkpoint(checkpoint::CheckpointArgs),
 }
 
 #[derive(Debug)]
@@ -38,7 +41,8 @@ pub enum CmdError {
 
 pub fn run(cli: Cli) -> Result<(), CmdError> {
     match cli.command {
-        Command::Replay(args) => replay::run(args),
+        Command::Replay(args) => replay::run(*args),
+        Command::Checkpoint(args) => checkpoint::run(args),
         Command::Import(args) => import::run(args),
         Command::Generate(args) => generate::run(args),
     }

@@ -2,6 +2,10 @@
 //! alerts to JSON Lines, a summary at the end.
 
 use super::{CmdError, ProgressLine, beside, is_native_tape};
+use crate::checkpoint::codec::{DecodeError, Reader};
+use crate::checkpoint::recover::{self, Loaded};
+use crate::checkpoint::store::Store;
+use crate::checkpoint::{Identity, Manifest, RouterState, Settings};
 use crate::config::{MS, Rules};
 use crate::ingest::RejectLog;
 use crate::ingest::csv::CsvFeed;
@@ -9,9 +13,9 @@ use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
 use crate::metrics::Summary;
-use crate::pipeline::{self, PipelineConfig};
+use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
 use crate::symbols::{Groups, Names};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -47,6 +51,27 @@ pub struct ReplayArgs {
     /// Print only the summary (no progress line).
     #[arg(long)]
     pub quiet: bool,
+    /// State directory: take checkpoints into it, and resume from the newest
+    /// complete one it holds (replaying the tape after the checkpoint's record).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// With --state: cut a checkpoint after this many records (0: not by count). Default 1000000.
+    #[arg(long)]
+    pub checkpoint_every_records: Option<u64>,
+    /// With --state: cut a checkpoint once this many milliseconds have passed (0: not by time). Default 1000.
+    #[arg(long)]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// With --state: how many complete checkpoints to keep. Default 3.
+    #[arg(long)]
+    pub checkpoint_keep: Option<usize>,
+    /// Test hook: abort the process (as a crash would) once this checkpoint is durable;
+    /// implies --checkpoint-exact.
+    #[arg(long, hide = true)]
+    pub exit_after_checkpoint: Option<u64>,
+    /// Test hook: wait for each checkpoint rather than skip a barrier while one is in
+    /// flight, so checkpoints fall at exact record counts (stalls the source on the disk).
+    #[arg(long, hide = true)]
+    pub checkpoint_exact: bool,
 }
 
 pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
@@ -97,6 +122,18 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     if args.lateness_ms > 3_600_000 {
         problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
     }
+    if args.state.is_none()
+        && (args.checkpoint_every_records.is_some()
+            || args.checkpoint_interval_ms.is_some()
+            || args.checkpoint_keep.is_some()
+            || args.exit_after_checkpoint.is_some()
+            || args.checkpoint_exact)
+    {
+        problems.push("--checkpoint-* options need --state DIR".to_string());
+    }
+    if args.checkpoint_keep == Some(0) {
+        problems.push("--checkpoint-keep 0: keep at least one checkpoint".to_string());
+    }
     if !problems.is_empty() {
         return Err(CmdError::Usage(problems.join("\n")));
     }
@@ -108,13 +145,36 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     cfg.rules = rules;
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
     let groups = Arc::new(groups);
+    // The state directory is opened (and locked) before any output is
+    // touched: a bad or busy directory fails the run with nothing changed.
+    let mut state = match &args.state {
+        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref())?),
+        None => None,
+    };
+    let loaded = state.as_mut().and_then(|(_, loaded)| loaded.take());
+    let mut checkpointing = |loaded: Option<(Manifest, RouterState, Vec<Vec<u8>>)>| {
+        state.take().map(|((store, settings), _)| Checkpointing {
+            store,
+            settings,
+            resume: loaded.map(|(manifest, router, shards)| Resumed { manifest, router, shards }),
+        })
+    };
+    let bad = |id: u64, e: DecodeError| CmdError::Failed(format!("checkpoint {id}: bad source snapshot: {e}"));
 
     if native {
         let tape = Tape::open(&args.tape).map_err(|e| CmdError::Failed(e.to_string()))?;
-        let (feed, names) = NativeFeed::new(tape, groups);
+        let (mut feed, names) = NativeFeed::new(tape, groups);
+        let mut resume = None;
+        if let Some(loaded) = loaded {
+            let id = loaded.manifest.id;
+            let mut r = Reader::new(&loaded.source);
+            feed.resume(&mut r).map_err(|e| bad(id, e))?;
+            let router = RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
+            resume = Some((loaded.manifest, router, loaded.shards));
+        }
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::new(Some(feed.len() as u64).filter(|_| !args.quiet));
-        let mut summary = pipeline::run(feed, names, &cfg, |p| {
+        let mut summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(CmdError::Failed)?;
@@ -122,22 +182,59 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         summary.rejected_at_import = rejected_at_import;
         Ok(summary)
     } else {
-        let file = std::fs::File::open(&args.tape)
+        let mut file = std::fs::File::open(&args.tape)
             .map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", args.tape.display())))?;
-        let validator = Validator::new(Limits::default(), groups.clone());
-        let names = Names {
-            accounts: validator.accounts.table().clone(),
-            instruments: validator.instruments.table().clone(),
-            groups,
+        let (feed, names, resume) = match loaded {
+            None => {
+                let validator = Validator::new(Limits::default(), groups.clone());
+                let names = Names {
+                    accounts: validator.accounts.table().clone(),
+                    instruments: validator.instruments.table().clone(),
+                    groups,
+                };
+                // Header first: a file that is no tape fails before any output exists.
+                let feed = CsvFeed::new(file, &args.tape, validator, RejectLog::discard())
+                    .map_err(|e| CmdError::Failed(e.to_string()))?;
+                let rejects = RejectLog::create(&rejects_path).map_err(|e| CmdError::Failed(e.to_string()))?;
+                (feed.with_rejects(rejects), names, None)
+            }
+            Some(loaded) => {
+                let id = loaded.manifest.id;
+                let mut r = Reader::new(&loaded.source);
+                let (offset, line_no) = r.u64().and_then(|o| Ok((o, r.u64()?))).map_err(|e| bad(id, e))?;
+                let validator = Validator::restore(
+                    Limits::default(),
+                    groups.clone(),
+                    &mut r,
+                    &loaded.accounts,
+                    &loaded.instruments,
+                )
+                .map_err(|e| bad(id, e))?;
+                let router =
+                    RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
+                let tape_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if tape_len < offset {
+                    return Err(CmdError::Failed(format!(
+                        "{}: the tape has {tape_len} bytes, but checkpoint {id} was taken at byte {offset}",
+                        args.tape.display()
+                    )));
+                }
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
+                    .map_err(|e| CmdError::Failed(format!("{}: cannot seek: {e}", args.tape.display())))?;
+                let names = Names {
+                    accounts: validator.accounts.table().clone(),
+                    instruments: validator.instruments.table().clone(),
+                    groups,
+                };
+                let rejects = RejectLog::resume(&rejects_path, loaded.manifest.rejects_bytes)
+                    .map_err(|e| CmdError::Failed(e.to_string()))?;
+                let feed = CsvFeed::resume(file, &args.tape, validator, rejects, (offset, line_no));
+                (feed, names, Some((loaded.manifest, router, loaded.shards)))
+            }
         };
-        // Header first: a file that is no tape fails before any output exists.
-        let feed = CsvFeed::new(file, &args.tape, validator, RejectLog::discard())
-            .map_err(|e| CmdError::Failed(e.to_string()))?;
-        let rejects = RejectLog::create(&rejects_path).map_err(|e| CmdError::Failed(e.to_string()))?;
-        let feed = feed.with_rejects(rejects);
         let progress = ProgressLine::new(None);
         let show = !args.quiet;
-        let summary = pipeline::run(feed, names, &cfg, |p| {
+        let summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             if show {
                 progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
             }
@@ -146,6 +243,56 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         progress.clear();
         Ok(summary)
     }
+}
+
+type OpenState = ((Store, Settings), Option<Loaded>);
+
+/// Opens the state directory and finds the checkpoint to resume from,
+/// reporting (on stderr) every newer one that is torn and skipped.
+fn open_state(
+    dir: &Path,
+    args: &ReplayArgs,
+    native: bool,
+    cfg: &PipelineConfig,
+    accounts: Option<&Path>,
+) -> Result<OpenState, CmdError> {
+    // The rules and the account groups shape the window state: both are part
+    // of what a checkpoint must be resumed with.
+    let accounts_text = match accounts {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| CmdError::Usage(format!("{}: cannot read: {e}", path.display())))?
+        }
+        None => Vec::new(),
+    };
+    let config = format!("{:?}\n{}", cfg.rules, String::from_utf8_lossy(&accounts_text));
+    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &config)
+        .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
+    let store = Store::open(dir).map_err(CmdError::Failed)?;
+    let loaded =
+        recover::newest(&store, &identity, &mut |line| eprintln!("tapewatch: {line}")).map_err(CmdError::Failed)?;
+    let settings = Settings {
+        dir: dir.to_path_buf(),
+        every_records: args.checkpoint_every_records.unwrap_or(1_000_000),
+        interval_ns: args.checkpoint_interval_ms.unwrap_or(1000).saturating_mul(1_000_000),
+        keep: args.checkpoint_keep.unwrap_or(3),
+        abort_after: args.exit_after_checkpoint,
+        exact: args.checkpoint_exact || args.exit_after_checkpoint.is_some(),
+        identity,
+    };
+    if let Some(loaded) = &loaded {
+        let m = &loaded.manifest;
+        eprintln!(
+            "tapewatch: resuming from checkpoint {} in {} (after seq {}, {} records read; taken with {} shard{}, now {})",
+            m.id,
+            dir.display(),
+            m.last_seq,
+            m.records_read,
+            m.shards,
+            if m.shards == 1 { "" } else { "s" },
+            cfg.shards
+        );
+    }
+    Ok(((store, settings), loaded))
 }
 
 /// Which core each pipeline thread is pinned to: source first, then shards.

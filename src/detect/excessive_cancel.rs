@@ -14,6 +14,7 @@
 //! keys with recent activity.
 
 use crate::alert::{Alert, Evidence, Rule};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::ExcessiveCancelParams;
 use crate::event::{Event, Kind};
 use rustc_hash::FxHashMap;
@@ -185,12 +186,152 @@ impl ExcessiveCancel {
         self.idle = 0;
     }
 
+    /// (key slots, window entries): what a checkpoint image must hold.
+    pub fn footprint(&self) -> (usize, usize) {
+        (self.keys.len(), self.window.len())
+    }
+
     pub fn stats(&self) -> super::DetectorStats {
         super::DetectorStats {
             window_entries: self.window.len(),
             active_keys: self.slot_of.len() - self.idle,
             grew: self.grew,
         }
+    }
+}
+
+/// The window state as of a barrier, copied in bulk (see `copy_into`).
+#[derive(Default)]
+pub struct Image {
+    /// Every (key, slot) of the hash table, idle keys included (filtered
+    /// when encoding, off the shard).
+    pairs: Vec<(u64, u32)>,
+    keys: Vec<KeyState>,
+    window: Vec<Entry>,
+}
+
+impl Image {
+    /// Grows each part to twice what it holds now (or `keys`/`entries`),
+    /// touching the memory, so the next copy neither allocates nor takes
+    /// page faults on the shard. Called when the image is made and by the
+    /// checkpoint writer after encoding it.
+    pub fn prepare(&mut self, keys: usize, entries: usize) {
+        fn grow<T: Copy>(v: &mut Vec<T>, want: usize, fill: T) {
+            if v.capacity() < want {
+                v.clear();
+                v.resize(want, fill);
+            }
+            v.clear();
+        }
+        let pair_want = keys.max(2 * self.pairs.len());
+        let key_want = keys.max(2 * self.keys.len());
+        let entry_want = entries.max(2 * self.window.len());
+        grow(&mut self.pairs, pair_want, (0, 0));
+        grow(&mut self.keys, key_want, KeyState::default());
+        grow(&mut self.window, entry_want, Entry { ts_ns: 0, slot: 0, cancel: false });
+    }
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        let live = self.pairs.iter().filter(|(_, slot)| !self.keys[*slot as usize].is_idle()).count();
+        w.out.reserve(16 + live * KEY_BYTES + self.window.len() * ENTRY_BYTES);
+        w.u64(live as u64);
+        for &(key, slot) in &self.pairs {
+            let state = self.keys[slot as usize];
+            if state.is_idle() {
+                continue;
+            }
+            let mut record = [0u8; KEY_BYTES];
+            record[0..4].copy_from_slice(&slot.to_le_bytes());
+            record[4..12].copy_from_slice(&key.to_le_bytes());
+            record[12..16].copy_from_slice(&state.new_orders.to_le_bytes());
+            record[16..20].copy_from_slice(&state.cancels.to_le_bytes());
+            record[20] = state.hot as u8;
+            w.out.extend_from_slice(&record);
+        }
+        w.u64(self.window.len() as u64);
+        for entry in &self.window {
+            let mut record = [0u8; ENTRY_BYTES];
+            record[0..8].copy_from_slice(&entry.ts_ns.to_le_bytes());
+            record[8..12].copy_from_slice(&entry.slot.to_le_bytes());
+            record[12] = entry.cancel as u8;
+            w.out.extend_from_slice(&record);
+        }
+    }
+}
+
+const KEY_BYTES: usize = 21;
+const ENTRY_BYTES: usize = 13;
+
+/// Checkpoint hooks. Only keys with something in their window (or hot)
+/// are written: an idle key is the same as a key never seen. Layout:
+/// the keys `(slot, key, new_orders, cancels, hot)`, then the window
+/// entries `(ts_ns, slot, cancel)` oldest first.
+impl ExcessiveCancel {
+    /// Copies the window state into `image` at a barrier: the hash table's
+    /// (key, slot) pairs, then two bulk copies (key slots, window), into the
+    /// image's own reused and pre-touched allocations. This is the shard's
+    /// whole stall; encoding happens on the checkpoint writer thread.
+    pub fn copy_into(&self, image: &mut Image) {
+        image.pairs.clear();
+        image.pairs.extend(self.slot_of.iter().map(|(&key, &slot)| (key, slot)));
+        image.keys.clear();
+        image.keys.extend_from_slice(&self.keys);
+        image.window.clear();
+        let (front, back) = self.window.as_slices();
+        image.window.extend_from_slice(front);
+        image.window.extend_from_slice(back);
+    }
+
+    /// Adds the keys of one snapshot for which `keep(key)` holds (a shard
+    /// keeps its own instruments, so state moves when the shard count
+    /// changes). Call `restored` after the last snapshot.
+    pub fn restore(&mut self, r: &mut Reader<'_>, keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
+        let keys = r.count(KEY_BYTES)?;
+        let mut slots: FxHashMap<u32, u32> = FxHashMap::default();
+        for _ in 0..keys {
+            let (old_slot, key) = (r.u32()?, r.u64()?);
+            let state = KeyState { new_orders: r.u32()?, cancels: r.u32()?, hot: r.u8()? != 0 };
+            if state.is_idle() {
+                return Err(DecodeError(format!("idle key {key:#x} in a snapshot")));
+            }
+            if !keep(key) {
+                continue;
+            }
+            if self.slot_of.contains_key(&key) {
+                return Err(DecodeError(format!("key {key:#x} in two snapshots")));
+            }
+            let slot = self.keys.len() as u32;
+            self.keys.push(state);
+            self.slot_of.insert(key, slot);
+            slots.insert(old_slot, slot);
+        }
+        let entries = r.count(ENTRY_BYTES)?;
+        let mut seen = vec![(0u32, 0u32); self.keys.len()];
+        for _ in 0..entries {
+            let (ts_ns, old_slot, cancel) = (r.i64()?, r.u32()?, r.u8()? != 0);
+            let Some(&slot) = slots.get(&old_slot) else { continue };
+            let counts = &mut seen[slot as usize];
+            if cancel {
+                counts.1 += 1
+            } else {
+                counts.0 += 1
+            }
+            self.window.push_back(Entry { ts_ns, slot, cancel });
+        }
+        for &slot in slots.values() {
+            let state = self.keys[slot as usize];
+            if seen[slot as usize] != (state.new_orders, state.cancels) {
+                return Err(DecodeError(format!("key slot {slot}: counts do not match its window entries")));
+            }
+        }
+        Ok(())
+    }
+
+    /// After the last `restore`: entries merged from several snapshots are
+    /// put back into one time-ordered FIFO (expiry only compares times, so
+    /// the order among equal times does not matter).
+    pub fn restored(&mut self) {
+        self.window.make_contiguous().sort_by_key(|e| e.ts_ns);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod excessive_cancel;
 pub mod self_trade;
 
 use crate::alert::Alert;
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::Rules;
 use crate::event::Event;
 use excessive_cancel::ExcessiveCancel;
@@ -20,6 +21,36 @@ pub struct DetectorStats {
     pub window_entries: usize,
     pub active_keys: usize,
     pub grew: u64,
+}
+
+/// A detector's window state as of a barrier.
+#[derive(Default)]
+pub struct DetectorImage {
+    excessive_cancel: Option<excessive_cancel::Image>,
+}
+
+impl DetectorImage {
+    /// Room for about `keys` keys and `entries` window entries, allocated now.
+    pub fn with_capacity(keys: usize, entries: usize) -> DetectorImage {
+        let mut image = DetectorImage::default();
+        image.prepare(keys, entries);
+        image
+    }
+
+    /// Grows the image ahead of the state (see `excessive_cancel::Image::prepare`).
+    pub fn prepare(&mut self, keys: usize, entries: usize) {
+        self.excessive_cancel.get_or_insert_with(Default::default).prepare(keys, entries);
+    }
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        match &self.excessive_cancel {
+            Some(image) => {
+                w.u8(1);
+                image.encode(w);
+            }
+            None => w.u8(0),
+        }
+    }
 }
 
 impl Detector {
@@ -45,7 +76,151 @@ impl Detector {
         }
     }
 
+    /// Copies the window state into a reused image at a checkpoint barrier
+    /// (bulk copies only); the image is encoded later, off the shard.
+    pub fn copy_into(&self, image: &mut DetectorImage) {
+        match (&self.excessive_cancel, image.excessive_cancel.as_mut()) {
+            (Some(rule), Some(copy)) => rule.copy_into(copy),
+            (Some(rule), None) => {
+                let mut copy = excessive_cancel::Image::default();
+                rule.copy_into(&mut copy);
+                image.excessive_cancel = Some(copy);
+            }
+            (None, _) => image.excessive_cancel = None,
+        }
+    }
+
+    /// Writes the window state: `copy_into` then `DetectorImage::encode`.
+    pub fn snapshot(&self, w: &mut Writer<'_>) {
+        let mut image = DetectorImage::default();
+        self.copy_into(&mut image);
+        image.encode(w);
+    }
+
+    /// Loads the keys of every old shard's snapshot that belong to this
+    /// shard (`keep`), whatever the old shard count was.
+    pub fn restore(&mut self, snapshots: &[Vec<u8>], keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
+        for snapshot in snapshots {
+            let mut r = Reader::new(snapshot);
+            let present = r.u8()? != 0;
+            match (present, self.excessive_cancel.as_mut()) {
+                (true, Some(rule)) => rule.restore(&mut r, &keep)?,
+                (false, None) => {}
+                _ => return Err(DecodeError("the checkpoint was taken with other rules".into())),
+            }
+            r.finish()?;
+        }
+        if let Some(rule) = self.excessive_cancel.as_mut() {
+            rule.restored();
+        }
+        Ok(())
+    }
+
+    /// (key slots, window entries) of the window state, for sizing images.
+    #[inline]
+    pub fn footprint(&self) -> (usize, usize) {
+        self.excessive_cancel.as_ref().map_or((0, 0), |r| r.footprint())
+    }
+
     pub fn stats(&self) -> DetectorStats {
         self.excessive_cancel.as_ref().map(|r| r.stats()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::codec::Writer;
+    use crate::config::ExcessiveCancelParams;
+    use crate::event::Kind;
+    use proptest::prelude::*;
+
+    fn rules(min_cancels: u32) -> Rules {
+        Rules {
+            excessive_cancel: Some(ExcessiveCancelParams { window_ns: 1_000, min_cancels, ratio_pct: 60 }),
+            ..Rules::default()
+        }
+    }
+
+    fn events(raw: &[(i64, u8, u32, u32)]) -> Vec<Event> {
+        let mut ts = 0;
+        raw.iter()
+            .enumerate()
+            .map(|(seq, &(step, kind, group, instrument))| {
+                ts += step;
+                Event {
+                    seq: seq as u64,
+                    ts_ns: ts,
+                    kind: [Kind::New, Kind::Cancel, Kind::Trade][kind as usize],
+                    group,
+                    contra_group: group ^ (kind as u32 & 1),
+                    instrument,
+                    ..Event::default()
+                }
+            })
+            .collect()
+    }
+
+    fn alerts(detectors: &mut [Detector], events: &[Event], out: &mut Vec<Alert>) {
+        let n = detectors.len();
+        for e in events {
+            detectors[e.instrument as usize % n].apply(e, &mut |a| out.push(a));
+        }
+    }
+
+    proptest! {
+        /// Snapshot at any point, restore into any shard count, carry on:
+        /// the alerts are those of an uninterrupted run.
+        #[test]
+        fn snapshot_restore_equals_an_uninterrupted_run(
+            raw in proptest::collection::vec((0i64..300, 0u8..3, 0u32..4, 0u32..5), 1..400),
+            cut in any::<proptest::sample::Index>(),
+            before in 1usize..4,
+            after in 1usize..4,
+            min_cancels in 1u32..4,
+        ) {
+            let events = events(&raw);
+            let cut = cut.index(events.len());
+            let rules = rules(min_cancels);
+            let mut expected = Vec::new();
+            alerts(&mut [Detector::new(&rules, 4)], &events, &mut expected);
+            expected.sort_by_key(|a| (a.seq, a.rule));
+
+            let mut got = Vec::new();
+            let mut first: Vec<Detector> = (0..before).map(|_| Detector::new(&rules, 4)).collect();
+            alerts(&mut first, &events[..cut], &mut got);
+            let snapshots: Vec<Vec<u8>> = first
+                .iter()
+                .map(|d| {
+                    let mut buf = Vec::new();
+                    d.snapshot(&mut Writer::new(&mut buf));
+                    buf
+                })
+                .collect();
+            let mut second: Vec<Detector> = (0..after).map(|_| Detector::new(&rules, 4)).collect();
+            for (index, d) in second.iter_mut().enumerate() {
+                d.restore(&snapshots, |key| (key as u32) as usize % after == index).unwrap();
+            }
+            alerts(&mut second, &events[cut..], &mut got);
+            got.sort_by_key(|a| (a.seq, a.rule));
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_an_error_not_a_panic() {
+        let rules = rules(2);
+        let mut d = Detector::new(&rules, 4);
+        for e in events(&[(1, 0, 1, 1), (1, 1, 1, 1), (1, 0, 2, 2)]) {
+            d.apply(&e, &mut |_| {});
+        }
+        let mut buf = Vec::new();
+        d.snapshot(&mut Writer::new(&mut buf));
+        for cut in 0..buf.len() {
+            let mut fresh = Detector::new(&rules, 4);
+            assert!(fresh.restore(&[buf[..cut].to_vec()], |_| true).is_err(), "cut at {cut}");
+        }
+        let mut other = Detector::new(&Rules { excessive_cancel: None, ..Rules::default() }, 4);
+        assert!(other.restore(&[buf], |_| true).is_err(), "other rules");
     }
 }

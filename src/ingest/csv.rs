@@ -11,7 +11,8 @@
 //! a CSV record; this split lets it run beside the rest of the pipeline.
 
 use super::validate::{RawRecord, RejectReason, Validator};
-use super::{Feed, FeedError, FeedStats, RejectLog};
+use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog};
+use crate::checkpoint::codec::Writer;
 use crate::event::{Event, Kind, Side, parse_px};
 use crate::ring::Idle;
 use crate::ring::spsc::{self, Consumer, Producer};
@@ -248,7 +249,7 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
     /// record for which `emit` returns false, so the feed stands between two
     /// records (`position` tells where); otherwise after one chunk. Returns
     /// false at the end of the tape.
-    pub fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
+    fn pump_lines(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
         self.start_decoder()?;
         let CsvFeed { chunks, validator, rejects, cursor, position, .. } = self;
         let Some(rx) = chunks.as_mut() else { return Ok(false) };
@@ -340,10 +341,22 @@ const WAITS_PER_PUMP: u32 = 1024;
 
 impl<R: Read + Send + 'static> Feed for CsvFeed<R> {
     fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError> {
-        self.pump_until(&mut |event| {
+        self.pump_lines(&mut |event| {
             emit(event);
             true
         })
+    }
+
+    fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
+        self.pump_lines(emit)
+    }
+
+    fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        let (offset, line_no) = self.position;
+        w.u64(offset);
+        w.u64(line_no);
+        self.validator.snapshot(w);
+        Ok(FeedCheckpoint { offset, line_no, rejects: self.rejects.committed()? })
     }
 
     fn stats(&self) -> FeedStats {

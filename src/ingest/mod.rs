@@ -7,6 +7,7 @@ pub mod native;
 pub mod native_feed;
 pub mod validate;
 
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::Event;
 use std::fmt;
 use std::fs::File;
@@ -20,6 +21,34 @@ use std::path::{Path, PathBuf};
 pub trait Feed {
     fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError>;
     fn stats(&self) -> FeedStats;
+
+    /// Like `pump`, but returns right after a record for which `emit`
+    /// returns false (a checkpoint barrier is due), so that the feed stands
+    /// between two records. A feed without its own version stops only at
+    /// its chunk boundaries, which is correct, just coarser.
+    fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
+        self.pump(&mut |event| {
+            emit(event);
+        })
+    }
+
+    /// Checkpoint hook, called between pumps: writes what resuming needs
+    /// (the position to read on from, the validator) and flushes the
+    /// rejects file. A feed that cannot resume refuses.
+    fn checkpoint(&mut self, _w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        Err(FeedError { path: PathBuf::new(), message: "this feed cannot be checkpointed".into() })
+    }
+}
+
+/// What a feed reports at a checkpoint besides its snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct FeedCheckpoint {
+    /// Where the next record starts: the byte offset and line (CSV), or the
+    /// record index (native; line 0).
+    pub offset: u64,
+    pub line_no: u64,
+    /// The rejects file and its length, flushed (not yet synced).
+    pub rejects: Option<(PathBuf, u64)>,
 }
 
 /// What a feed saw; rejected records are also in the rejects file.
@@ -35,6 +64,33 @@ pub struct FeedStats {
     pub missing_records: u64,
     /// The first gaps, as (first missing seq, last missing seq, line of the record after the gap).
     pub gap_ranges: Vec<(u64, u64, u64)>,
+}
+
+pub fn encode_stats(w: &mut Writer<'_>, s: &FeedStats) {
+    for v in [s.records_read, s.accepted, s.rejected, s.gaps, s.missing_records] {
+        w.u64(v);
+    }
+    w.u64(s.gap_ranges.len() as u64);
+    for &(first, last, line) in &s.gap_ranges {
+        w.u64(first);
+        w.u64(last);
+        w.u64(line);
+    }
+}
+
+pub fn decode_stats(r: &mut Reader<'_>) -> Result<FeedStats, DecodeError> {
+    let mut s = FeedStats {
+        records_read: r.u64()?,
+        accepted: r.u64()?,
+        rejected: r.u64()?,
+        gaps: r.u64()?,
+        missing_records: r.u64()?,
+        gap_ranges: Vec::new(),
+    };
+    for _ in 0..r.count(24)? {
+        s.gap_ranges.push((r.u64()?, r.u64()?, r.u64()?));
+    }
+    Ok(s)
 }
 
 /// At most this many gap ranges are kept for the report; all are counted.
@@ -61,6 +117,8 @@ pub struct RejectLog {
     out: Option<BufWriter<File>>,
     path: PathBuf,
     scratch: Vec<u8>,
+    /// Bytes written so far, header included (the committed length at a checkpoint).
+    written: u64,
 }
 
 impl RejectLog {
@@ -68,13 +126,52 @@ impl RejectLog {
         let file = File::create(path)
             .map_err(|e| FeedError { path: path.to_path_buf(), message: format!("cannot create rejects file: {e}") })?;
         let mut out = BufWriter::with_capacity(1 << 16, file);
-        out.write_all(b"line\treason\trecord\n").map_err(|e| write_error(path, e))?;
-        Ok(RejectLog { out: Some(out), path: path.to_path_buf(), scratch: Vec::with_capacity(256) })
+        let header = b"line\treason\trecord\n";
+        out.write_all(header).map_err(|e| write_error(path, e))?;
+        Ok(RejectLog {
+            out: Some(out),
+            path: path.to_path_buf(),
+            scratch: Vec::with_capacity(256),
+            written: header.len() as u64,
+        })
+    }
+
+    /// Reopens the rejects file of an interrupted run, cut back to the
+    /// length a checkpoint committed: what came after is written again.
+    pub fn resume(path: &Path, committed: u64) -> Result<RejectLog, FeedError> {
+        let fail = |what: &str, e: std::io::Error| FeedError {
+            path: path.to_path_buf(),
+            message: format!("cannot {what} the rejects file to resume: {e}"),
+        };
+        let mut file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| fail("open", e))?;
+        let len = file.metadata().map_err(|e| fail("read", e))?.len();
+        if len < committed {
+            return Err(FeedError {
+                path: path.to_path_buf(),
+                message: format!(
+                    "the rejects file has {len} bytes, fewer than the {committed} the checkpoint committed"
+                ),
+            });
+        }
+        file.set_len(committed).map_err(|e| fail("truncate", e))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(|e| fail("seek in", e))?;
+        Ok(RejectLog {
+            out: Some(BufWriter::with_capacity(1 << 16, file)),
+            path: path.to_path_buf(),
+            scratch: Vec::with_capacity(256),
+            written: committed,
+        })
+    }
+
+    /// Flushes and returns the file and its length, for a checkpoint.
+    pub fn committed(&mut self) -> Result<Option<(PathBuf, u64)>, FeedError> {
+        self.finish()?;
+        Ok(self.out.as_ref().map(|_| (self.path.clone(), self.written)))
     }
 
     /// A log that counts but keeps nothing: only for tests and benchmarks.
     pub fn discard() -> RejectLog {
-        RejectLog { out: None, path: PathBuf::new(), scratch: Vec::new() }
+        RejectLog { out: None, path: PathBuf::new(), scratch: Vec::new(), written: 0 }
     }
 
     pub fn write(&mut self, line_no: u64, reason: &dyn fmt::Display, record: &[u8]) -> Result<(), FeedError> {
@@ -92,6 +189,7 @@ impl RejectLog {
             }
         }
         self.scratch.push(b'\n');
+        self.written += self.scratch.len() as u64;
         out.write_all(&self.scratch).map_err(|e| write_error(&self.path, e))
     }
 

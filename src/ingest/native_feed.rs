@@ -4,7 +4,8 @@
 //! time) and turns stored records into events.
 
 use super::native::{Tape, TapeRecord};
-use super::{Feed, FeedError, FeedStats};
+use super::{Feed, FeedCheckpoint, FeedError, FeedStats, decode_stats, encode_stats};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, GroupId, Kind, Side};
 use crate::symbols::{Groups, NameTable, Names, pack};
 use std::sync::Arc;
@@ -33,6 +34,18 @@ impl NativeFeed {
             FeedStats { gaps: tape_stats.gaps, missing_records: tape_stats.missing_records, ..FeedStats::default() };
         let names = Names { accounts: Arc::new(accounts), instruments: Arc::new(instruments), groups };
         (NativeFeed { tape, next: 0, groups_by_account, stats }, names)
+    }
+
+    /// Resumes at a checkpoint: the record index to read next and the
+    /// counters so far, as `Feed::checkpoint` wrote them.
+    pub fn resume(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        let next = r.u64()?;
+        if next > self.tape.len() as u64 {
+            return Err(DecodeError(format!("position {next} is past the tape's {} records", self.tape.len())));
+        }
+        self.next = next as usize;
+        self.stats = decode_stats(r)?;
+        Ok(())
     }
 
     pub fn rejected_at_import(&self) -> u64 {
@@ -78,17 +91,34 @@ impl NativeFeed {
 
 impl Feed for NativeFeed {
     fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError> {
+        self.pump_until(&mut |event| {
+            emit(event);
+            true
+        })
+    }
+
+    fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
         let end = (self.next + PUMP_RECORDS).min(self.tape.len());
-        for i in self.next..end {
+        let mut i = self.next;
+        while i < end {
             let event = self.event(&self.tape.record(i));
-            emit(&event);
+            i += 1;
+            if !emit(&event) {
+                break;
+            }
         }
-        self.tape.release_before(end);
-        let count = (end - self.next) as u64;
+        self.tape.release_before(i);
+        let count = (i - self.next) as u64;
         self.stats.records_read += count;
         self.stats.accepted += count;
-        self.next = end;
+        self.next = i;
         Ok(self.next < self.tape.len())
+    }
+
+    fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        w.u64(self.next as u64);
+        encode_stats(w, &self.stats);
+        Ok(FeedCheckpoint { offset: self.next as u64, line_no: 0, rejects: None })
     }
 
     fn stats(&self) -> FeedStats {

@@ -2,10 +2,11 @@
 //! (gaps counted, repeats rejected), the order lifecycle of FEED.md, and
 //! interning. The validator owns the open-order table and the interners.
 
-use super::{FeedStats, GAP_RANGES_KEPT};
+use super::{FeedStats, GAP_RANGES_KEPT, decode_stats, encode_stats};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{AccountId, Event, InstrumentId, Kind, Side};
 use crate::flat_map::FlatMap;
-use crate::symbols::{Groups, Interner, Packed};
+use crate::symbols::{Groups, Interner, Packed, pack, valid_account, valid_instrument};
 use std::fmt;
 use std::sync::Arc;
 
@@ -255,6 +256,73 @@ impl Validator {
 
     pub fn open_orders(&self) -> usize {
         self.open.len()
+    }
+
+    /// Checkpoint: the expected seq, the counters and the open orders. The
+    /// interned names are not copied here: they are append-only and the
+    /// checkpoint writer reads them from the shared name tables; only their
+    /// counts are written.
+    pub fn snapshot(&self, w: &mut Writer<'_>) {
+        w.u8(self.expected_seq.is_some() as u8);
+        w.u64(self.expected_seq.unwrap_or(0));
+        encode_stats(w, &self.stats);
+        w.u64(self.accounts.table().len() as u64);
+        w.u64(self.instruments.table().len() as u64);
+        w.u64(self.open.len() as u64);
+        for (order_id, order) in self.open.iter() {
+            w.u64(order_id);
+            w.u64(order.open_qty);
+            w.u32(order.account);
+            w.u32(order.instrument);
+            w.u8(order.side as u8);
+        }
+    }
+
+    /// A validator as of a checkpoint; `accounts` and `instruments` are the
+    /// stored names, in id order (at least as many as the snapshot counts).
+    pub fn restore(
+        limits: Limits,
+        groups: Arc<Groups>,
+        r: &mut Reader<'_>,
+        accounts: &[Vec<u8>],
+        instruments: &[Vec<u8>],
+    ) -> Result<Validator, DecodeError> {
+        let mut v = Validator::new(limits, groups);
+        let has_seq = r.u8()? != 0;
+        let seq = r.u64()?;
+        v.expected_seq = has_seq.then_some(seq);
+        v.stats = decode_stats(r)?;
+        let (account_count, instrument_count) = (r.u64()? as usize, r.u64()? as usize);
+        if account_count > accounts.len() || instrument_count > instruments.len() {
+            return Err(DecodeError("fewer stored names than the snapshot counts".into()));
+        }
+        for (id, name) in accounts[..account_count].iter().enumerate() {
+            if !valid_account(name) || v.intern_account(pack(name)).ok() != Some(id as u32) {
+                return Err(DecodeError(format!("stored account {id} is bad or repeated")));
+            }
+        }
+        for (id, name) in instruments[..instrument_count].iter().enumerate() {
+            if !valid_instrument(name) || v.instruments.intern(name) != Some(id as u32) {
+                return Err(DecodeError(format!("stored instrument {id} is bad or repeated")));
+            }
+        }
+        let orders = r.count(25)?;
+        v.open.reserve(orders);
+        for _ in 0..orders {
+            let order_id = r.u64()?;
+            let open_qty = r.u64()?;
+            let (account, instrument) = (r.u32()?, r.u32()?);
+            let side = match r.u8()? {
+                b'B' => Side::Buy,
+                b'S' => Side::Sell,
+                other => return Err(DecodeError(format!("bad side byte {other}"))),
+            };
+            if account as usize >= account_count || instrument as usize >= instrument_count {
+                return Err(DecodeError(format!("open order {order_id} refers to an unknown name")));
+            }
+            v.open.insert(order_id, OpenOrder { open_qty, account, instrument, side });
+        }
+        Ok(v)
     }
 }
 

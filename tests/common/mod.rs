@@ -20,6 +20,12 @@ pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
         cores: "none".to_string(),
         lateness_ms: 50,
         quiet: true,
+        state: None,
+        checkpoint_every_records: None,
+        checkpoint_interval_ms: None,
+        checkpoint_keep: None,
+        exit_after_checkpoint: None,
+        checkpoint_exact: false,
     }
 }
 

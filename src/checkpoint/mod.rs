@@ -1,0 +1,355 @@
+//! Checkpoints and exactly-once recovery: the only code that persists
+//! pipeline state. See ARCHITECTURE.md, "Checkpoints", for how one is cut.
+//!
+//! - `codec`: the byte layout of every snapshot.
+//! - `store`: the state directory (RocksDB for manifests, source snapshots
+//!   and names; memory-mapped, checksummed files for shard window state).
+//! - `writer`: the background thread that makes a checkpoint durable once
+//!   the source, every shard and the sink have passed its barrier.
+//! - `recover`: finds the newest checkpoint that verifies, and reads it back.
+
+pub mod codec;
+pub mod recover;
+pub mod store;
+pub mod writer;
+
+use crate::event::{Event, Kind, Side};
+use codec::{DecodeError, Reader, Writer};
+use std::path::PathBuf;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Manifest layout version; a different one is refused, not misread.
+const MANIFEST_VERSION: u32 = 1;
+
+/// When to cut checkpoints and how many to keep.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub dir: PathBuf,
+    /// A barrier after this many records routed since the last one (0: never by count).
+    pub every_records: u64,
+    /// A barrier once this much wall time has passed since the last one (0: never by time).
+    pub interval_ns: u64,
+    /// Complete checkpoints kept; older ones are deleted.
+    pub keep: usize,
+    /// Test hook: abort the process right after this checkpoint is durable,
+    /// as a crash would (`--exit-after-checkpoint`, hidden).
+    pub abort_after: Option<u64>,
+    /// Test hook: the source waits for each checkpoint instead of skipping
+    /// barriers while one is in flight, so checkpoint k follows exactly
+    /// k * `every_records` records (`--checkpoint-exact`, hidden).
+    pub exact: bool,
+    pub identity: Identity,
+}
+
+/// What must be the same for a checkpoint to be resumed: the tape, the
+/// rules, the account groups and the lateness. A mismatch is refused with a clear error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// 0: FEED.md CSV, 1: native tape.
+    pub format: u8,
+    /// xxh3 of the tape's first 64 KiB.
+    pub tape_head_hash: u64,
+    pub lateness_ns: i64,
+    /// xxh3 of the rules' debug form and the accounts file.
+    pub rules_hash: u64,
+}
+
+pub const TAPE_HEAD_BYTES: usize = 64 * 1024;
+
+impl Identity {
+    pub fn for_tape(path: &std::path::Path, native: bool, lateness_ns: i64, rules: &str) -> std::io::Result<Identity> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(TAPE_HEAD_BYTES);
+        std::fs::File::open(path)?.take(TAPE_HEAD_BYTES as u64).read_to_end(&mut head)?;
+        Ok(Identity {
+            format: native as u8,
+            tape_head_hash: xxh3_64(&head),
+            lateness_ns,
+            rules_hash: xxh3_64(rules.as_bytes()),
+        })
+    }
+
+    /// Why a checkpoint cannot be resumed under this identity, if it cannot.
+    pub fn mismatch(&self, saved: &Identity) -> Option<&'static str> {
+        if self.format != saved.format || self.tape_head_hash != saved.tape_head_hash {
+            Some("it was taken on another tape")
+        } else if self.lateness_ns != saved.lateness_ns {
+            Some("it was taken with another --lateness-ms")
+        } else if self.rules_hash != saved.rules_hash {
+            Some("it was taken with other rules or another accounts file")
+        } else {
+            None
+        }
+    }
+}
+
+/// A shard snapshot file as the manifest records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardFile {
+    pub len: u64,
+    pub hash: u64,
+}
+
+/// A complete checkpoint: written last, in the same atomic RocksDB batch
+/// as the source snapshot, after every file it points at is durable.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Manifest {
+    pub id: u64,
+    pub created_unix_ms: u64,
+    pub identity: Identity,
+    /// The barrier followed the accepted record with this seq (0: none yet).
+    pub last_seq: u64,
+    pub records_read: u64,
+    /// Where the tape is read on from: byte offset and line (CSV), or record index (native).
+    pub offset: u64,
+    pub line_no: u64,
+    pub shards: u32,
+    /// Committed lengths of the outputs, synced before the manifest was written.
+    pub alerts_bytes: u64,
+    pub late_bytes: u64,
+    pub rejects_bytes: u64,
+    /// Counts as of the barrier, so the summary of a resumed run is the whole run's.
+    pub alerts: [u64; 2],
+    pub late: u64,
+    pub applied: u64,
+    /// Interned names as of the barrier (ids `0..n`).
+    pub accounts: u64,
+    pub instruments: u64,
+    pub source_len: u64,
+    pub source_hash: u64,
+    pub shard_files: Vec<ShardFile>,
+}
+
+impl Manifest {
+    pub fn bytes(&self) -> u64 {
+        self.source_len + self.shard_files.iter().map(|f| f.len).sum::<u64>()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        let mut w = Writer::new(&mut out);
+        w.u32(MANIFEST_VERSION);
+        w.u64(self.id);
+        w.u64(self.created_unix_ms);
+        w.u8(self.identity.format);
+        w.u64(self.identity.tape_head_hash);
+        w.i64(self.identity.lateness_ns);
+        w.u64(self.identity.rules_hash);
+        for v in [self.last_seq, self.records_read, self.offset, self.line_no] {
+            w.u64(v);
+        }
+        w.u32(self.shards);
+        for v in [self.alerts_bytes, self.late_bytes, self.rejects_bytes, self.alerts[0], self.alerts[1]] {
+            w.u64(v);
+        }
+        for v in [self.late, self.applied, self.accounts, self.instruments, self.source_len, self.source_hash] {
+            w.u64(v);
+        }
+        w.u64(self.shard_files.len() as u64);
+        for f in &self.shard_files {
+            w.u64(f.len);
+            w.u64(f.hash);
+        }
+        let hash = xxh3_64(w.out);
+        w.u64(hash);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, DecodeError> {
+        if bytes.len() < 12 {
+            return Err(DecodeError("manifest too short".into()));
+        }
+        let (body, tail) = bytes.split_at(bytes.len() - 8);
+        let mut stored = [0u8; 8];
+        stored.copy_from_slice(tail);
+        if xxh3_64(body) != u64::from_le_bytes(stored) {
+            return Err(DecodeError("manifest checksum mismatch".into()));
+        }
+        let mut r = Reader::new(body);
+        let version = r.u32()?;
+        if version != MANIFEST_VERSION {
+            return Err(DecodeError(format!("manifest version {version}, this build reads {MANIFEST_VERSION}")));
+        }
+        let mut m = Manifest {
+            id: r.u64()?,
+            created_unix_ms: r.u64()?,
+            identity: Identity {
+                format: r.u8()?,
+                tape_head_hash: r.u64()?,
+                lateness_ns: r.i64()?,
+                rules_hash: r.u64()?,
+            },
+            last_seq: r.u64()?,
+            records_read: r.u64()?,
+            offset: r.u64()?,
+            line_no: r.u64()?,
+            shards: r.u32()?,
+            alerts_bytes: r.u64()?,
+            late_bytes: r.u64()?,
+            rejects_bytes: r.u64()?,
+            alerts: [r.u64()?, r.u64()?],
+            late: r.u64()?,
+            applied: r.u64()?,
+            accounts: r.u64()?,
+            instruments: r.u64()?,
+            source_len: r.u64()?,
+            source_hash: r.u64()?,
+            shard_files: Vec::new(),
+        };
+        for _ in 0..r.count(16)? {
+            m.shard_files.push(ShardFile { len: r.u64()?, hash: r.u64()? });
+        }
+        r.finish()?;
+        if m.shard_files.len() != m.shards as usize || m.shards == 0 {
+            return Err(DecodeError(format!("{} shard files for {} shards", m.shard_files.len(), m.shards)));
+        }
+        Ok(m)
+    }
+}
+
+/// (keys, window entries) of a shard snapshot, for `checkpoint show`: the
+/// excessive-cancel state's layout is keys first, then entries (see
+/// `detect::excessive_cancel`).
+pub fn shard_counts(payload: &[u8]) -> Result<(u64, u64), DecodeError> {
+    let mut r = Reader::new(payload);
+    if r.u8()? == 0 {
+        return Ok((0, 0));
+    }
+    let keys = r.count(21)?;
+    for _ in 0..keys {
+        r.u32()?;
+        r.u64()?;
+        r.u64()?;
+        r.u8()?;
+    }
+    Ok((keys as u64, r.count(13)? as u64))
+}
+
+pub fn write_event(w: &mut Writer<'_>, e: &Event) {
+    w.u64(e.seq);
+    w.i64(e.ts_ns);
+    w.u64(e.order_id);
+    w.u64(e.contra_order_id);
+    w.i64(e.price);
+    w.u64(e.qty);
+    for v in [e.account, e.contra_account, e.group, e.contra_group, e.instrument] {
+        w.u32(v);
+    }
+    w.u8(e.kind as u8);
+    w.u8(e.side as u8);
+}
+
+pub const EVENT_BYTES: usize = 6 * 8 + 5 * 4 + 2;
+
+pub fn read_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
+    let mut e = Event {
+        seq: r.u64()?,
+        ts_ns: r.i64()?,
+        order_id: r.u64()?,
+        contra_order_id: r.u64()?,
+        price: r.i64()?,
+        qty: r.u64()?,
+        account: r.u32()?,
+        contra_account: r.u32()?,
+        group: r.u32()?,
+        contra_group: r.u32()?,
+        instrument: r.u32()?,
+        ..Event::default()
+    };
+    e.kind = match r.u8()? {
+        b'N' => Kind::New,
+        b'C' => Kind::Cancel,
+        b'T' => Kind::Trade,
+        other => return Err(DecodeError(format!("bad kind byte {other}"))),
+    };
+    e.side = match r.u8()? {
+        b'B' => Side::Buy,
+        b'S' => Side::Sell,
+        other => return Err(DecodeError(format!("bad side byte {other}"))),
+    };
+    Ok(e)
+}
+
+/// The router's part of the source snapshot: event time and the records
+/// still waiting in the reorder buffers (of every shard, in one list: on
+/// resume they are routed again by instrument, whatever the shard count).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterState {
+    pub max_ts_ns: i64,
+    pub pending: Vec<Event>,
+}
+
+impl RouterState {
+    pub fn decode(r: &mut Reader<'_>) -> Result<RouterState, DecodeError> {
+        let max_ts_ns = r.i64()?;
+        let n = r.count(EVENT_BYTES)?;
+        let mut pending = Vec::with_capacity(n);
+        for _ in 0..n {
+            pending.push(read_event(r)?);
+        }
+        Ok(RouterState { max_ts_ns, pending })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_event() -> impl Strategy<Value = Event> {
+        (any::<u64>(), any::<i64>(), any::<u64>(), any::<i64>(), any::<u32>(), 0u8..3, any::<bool>()).prop_map(
+            |(seq, ts_ns, order_id, price, account, kind, buy)| Event {
+                seq,
+                ts_ns,
+                order_id,
+                contra_order_id: order_id ^ 1,
+                price,
+                qty: seq / 3,
+                account,
+                contra_account: account / 2,
+                group: account ^ 7,
+                contra_group: account / 3,
+                instrument: account % 1000,
+                kind: [Kind::New, Kind::Cancel, Kind::Trade][kind as usize],
+                side: if buy { Side::Buy } else { Side::Sell },
+                _pad: [0; 2],
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn router_state_round_trips(max_ts_ns in any::<i64>(), pending in proptest::collection::vec(any_event(), 0..50)) {
+            let state = RouterState { max_ts_ns, pending };
+            let mut buf = Vec::new();
+            let mut w = Writer::new(&mut buf);
+            w.i64(state.max_ts_ns);
+            w.u64(state.pending.len() as u64);
+            for e in &state.pending {
+                write_event(&mut w, e);
+            }
+            prop_assert_eq!(buf.len(), 16 + EVENT_BYTES * state.pending.len());
+            let mut r = Reader::new(&buf);
+            prop_assert_eq!(RouterState::decode(&mut r).unwrap(), state);
+            prop_assert!(r.finish().is_ok());
+        }
+
+        #[test]
+        fn manifest_round_trips_and_any_flipped_bit_is_caught(id in 1u64..1000, shards in 1usize..9, seq in any::<u64>(),
+                                                              flip in any::<proptest::sample::Index>()) {
+            let m = Manifest {
+                id,
+                last_seq: seq,
+                shards: shards as u32,
+                alerts: [3, 4],
+                shard_files: (0..shards as u64).map(|i| ShardFile { len: i * 10, hash: i ^ seq }).collect(),
+                ..Manifest::default()
+            };
+            let mut bytes = m.encode();
+            prop_assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+            let bit = flip.index(bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(Manifest::decode(&bytes).is_err());
+        }
+    }
+}

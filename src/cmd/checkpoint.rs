@@ -1,0 +1,155 @@
+//! `tapewatch checkpoint ls|show|verify DIR`: what a state directory holds.
+//! Opens the database read-only (no lock), so it also works while a replay
+//! is checkpointing into the directory.
+
+use super::CmdError;
+use crate::checkpoint::recover;
+use crate::checkpoint::store::Store;
+use crate::checkpoint::{Manifest, shard_counts, store};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Action {
+    /// One line per checkpoint: id, position, size, age, and whether it verifies.
+    Ls { dir: PathBuf },
+    /// Every field of one checkpoint's manifest (default: the newest).
+    Show { dir: PathBuf, id: Option<u64> },
+    /// Verifies every checkpoint (checksums of manifest, source snapshot and
+    /// shard files); exits 1 if any fails.
+    Verify { dir: PathBuf },
+}
+
+pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
+    match args.action {
+        Action::Ls { dir } => {
+            let store = Store::open_read_only(&dir).map_err(CmdError::Usage)?;
+            let ids = store.checkpoint_ids().map_err(CmdError::Failed)?;
+            if ids.is_empty() {
+                println!("no checkpoints in {}", dir.display());
+            }
+            for id in ids {
+                let verified = recover::load(&store, id);
+                match recover::manifest(&store, id) {
+                    Ok(m) => println!(
+                        "{id:>6}  after seq {:<10} {:<24} {:>10} bytes  {:>8} old  {}",
+                        m.last_seq,
+                        position(&m),
+                        m.bytes(),
+                        age(m.created_unix_ms),
+                        match verified {
+                            Ok(_) => "verified".to_string(),
+                            Err(e) => format!("BAD: {e}"),
+                        }
+                    ),
+                    Err(e) => println!("{id:>6}  BAD: {e}"),
+                }
+            }
+            Ok(())
+        }
+        Action::Show { dir, id } => {
+            let store = Store::open_read_only(&dir).map_err(CmdError::Usage)?;
+            let ids = store.checkpoint_ids().map_err(CmdError::Failed)?;
+            let Some(id) = id.or(ids.last().copied()) else {
+                return Err(CmdError::Failed(format!("{}: no checkpoints", dir.display())));
+            };
+            let m = recover::manifest(&store, id).map_err(CmdError::Failed)?;
+            println!("checkpoint   {}", m.id);
+            println!("age          {}", age(m.created_unix_ms));
+            println!("after seq    {}", m.last_seq);
+            println!("position     {} ({} records read)", position(&m), m.records_read);
+            println!("shards       {}", m.shards);
+            println!(
+                "outputs      alerts {} bytes, late {} bytes, rejects {} bytes",
+                m.alerts_bytes, m.late_bytes, m.rejects_bytes
+            );
+            println!(
+                "counts       {} alerts ({} excessive-cancel, {} self-trade), {} late, {} applied",
+                m.alerts[0] + m.alerts[1],
+                m.alerts[0],
+                m.alerts[1],
+                m.late,
+                m.applied
+            );
+            println!("names        {} accounts, {} instruments", m.accounts, m.instruments);
+            println!("source       {} bytes in the state database, xxh3 {:016x}", m.source_len, m.source_hash);
+            for (shard, f) in m.shard_files.iter().enumerate() {
+                println!(
+                    "shard {shard:<6} {} bytes in {}, xxh3 {:016x}",
+                    f.len,
+                    store.shard_path(id, shard).display(),
+                    f.hash
+                );
+            }
+            println!("total        {} bytes (+{} per shard file header)", m.bytes(), store::SNAP_HEADER_BYTES);
+            match recover::load(&store, id) {
+                Ok(loaded) => {
+                    let (mut keys, mut entries) = (0, 0);
+                    for payload in &loaded.shards {
+                        let (k, e) = shard_counts(payload).map_err(|e| CmdError::Failed(e.to_string()))?;
+                        keys += k;
+                        entries += e;
+                    }
+                    let shard_bytes: u64 = m.shard_files.iter().map(|f| f.len).sum();
+                    println!(
+                        "window       {keys} active keys, {entries} window entries; {:.1} shard bytes per active key, {:.1} checkpoint bytes per active key",
+                        shard_bytes as f64 / keys.max(1) as f64,
+                        m.bytes() as f64 / keys.max(1) as f64
+                    );
+                    println!("verified     yes");
+                }
+                Err(e) => println!("verified     NO: {e}"),
+            }
+            Ok(())
+        }
+        Action::Verify { dir } => {
+            let store = Store::open_read_only(&dir).map_err(CmdError::Usage)?;
+            let ids = store.checkpoint_ids().map_err(CmdError::Failed)?;
+            let mut bad = Vec::new();
+            for &id in &ids {
+                match recover::load(&store, id) {
+                    Ok(_) => println!("checkpoint {id}: ok"),
+                    Err(e) => {
+                        println!("checkpoint {id}: FAILED: {e}");
+                        bad.push(id);
+                    }
+                }
+            }
+            if bad.is_empty() {
+                println!(
+                    "{} checkpoint{} verified in {}",
+                    ids.len(),
+                    if ids.len() == 1 { "" } else { "s" },
+                    dir.display()
+                );
+                Ok(())
+            } else {
+                Err(CmdError::Failed(format!("{}: checkpoints {bad:?} do not verify", dir.display())))
+            }
+        }
+    }
+}
+
+fn position(m: &Manifest) -> String {
+    if m.identity.format == 0 {
+        format!("byte {} line {}", m.offset, m.line_no)
+    } else {
+        format!("record {}", m.offset)
+    }
+}
+
+fn age(created_unix_ms: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let secs = now.saturating_sub(created_unix_ms) / 1000;
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        _ => format!("{}h", secs / 3600),
+    }
+}
