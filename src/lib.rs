@@ -12,5 +12,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod ring;
+pub mod scenario;
 pub mod symbols;
 pub mod time;
