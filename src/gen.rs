@@ -216,10 +216,17 @@ pub fn generate(cfg: &GenConfig, out: &Path) -> io::Result<GenSummary> {
 
 /// The same day in memory, for a benchmark that must not measure its own
 /// generator: the tape's bytes, what was planted, and the accounts.csv rows.
-pub fn generate_tape(cfg: &GenConfig) -> io::Result<(Vec<u8>, Vec<Planted>, Vec<(String, String)>)> {
+pub fn generate_tape(cfg: &GenConfig) -> io::Result<DayInMemory> {
     let mut tape = Vec::new();
     let run = run(cfg, &mut tape)?;
-    Ok((tape, run.planted, run.group_rows))
+    Ok(DayInMemory { tape, planted: run.planted, group_rows: run.group_rows })
+}
+
+/// `generate_tape`'s result: the tape's bytes, the truth, accounts.csv rows (account, group).
+pub struct DayInMemory {
+    pub tape: Vec<u8>,
+    pub planted: Vec<Planted>,
+    pub group_rows: Vec<(String, String)>,
 }
 
 // ---------------------------------------------------------------------------
