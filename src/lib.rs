@@ -2,6 +2,7 @@
 //! pipeline stage; see ARCHITECTURE.md for the data flow and invariants.
 
 pub mod alert;
+pub mod bench;
 pub mod cmd;
 pub mod config;
 pub mod detect;
