@@ -1979,10 +1979,23 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
         None => cfg.events - schedule.records,
     };
     let mut background_left = background;
+    // A step writes one record or several (an order and its fills), so the
+    // clock, which spaces steps, must count steps left, not records left,
+    // or the day runs slow early and fast late. A scenario's rates must
+    // hold, so it gets the estimate; the classic day keeps its bytes.
+    let (mut steps, mut written) = (0u64, 0u64);
     while background_left > 0 {
-        let now_ns = clock.next(background_left);
+        let clock_left = if shape.is_some() && written >= 1_000 {
+            (background_left as f64 * steps as f64 / written as f64).ceil() as u64
+        } else {
+            background_left
+        };
+        let now_ns = clock.next(clock_left);
         schedule.release_due(now_ns, &market, &mut em)?;
-        background_left -= market.step(now_ns, background_left, &mut em)?;
+        let step_records = market.step(now_ns, background_left, &mut em)?;
+        background_left -= step_records;
+        steps += 1;
+        written += step_records;
     }
     schedule.release_due(i64::MAX, &market, &mut em)?;
     em.finish()?;
