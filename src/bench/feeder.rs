@@ -126,7 +126,13 @@ pub fn run<S: Schedule>(schedule: &S, clock: Clock, mut tx: WireSender) -> Feede
         occupancy_max: 0,
         ring_slots: tx.capacity(),
         sends: 0,
-        timeline: Vec::with_capacity(1 << 16),
+        // Sized for the whole schedule, so the feeder never reallocates
+        // while it paces.
+        timeline: Vec::with_capacity(match n {
+            0 => 1,
+            _ => ((schedule.record(n - 1).due_ns.saturating_sub(schedule.record(0).due_ns)) / TIMELINE_STEP_NS + 16)
+                .min(1 << 24) as usize,
+        }),
         finished_ns: 0,
     };
     let mut k = 0u64;

@@ -513,3 +513,87 @@ pub fn memory() -> (Option<u64>, Option<u64>) {
     };
     (field("VmHWM:"), field("VmRSS:"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(rule: &str, account: &str, instrument: &str, seq: u64, latency_ns: u64) -> AlertSeen {
+        AlertSeen {
+            rule: rule.into(),
+            account: account.into(),
+            instrument: instrument.into(),
+            seq,
+            ingest_to_alert_ns: latency_ns,
+            ingest_to_applied_ns: latency_ns,
+            at_ns: 0,
+        }
+    }
+
+    #[test]
+    fn scoring_counts_found_missed_and_unexpected_keys() {
+        let truth: Vec<(String, String, String)> = [
+            ("A1", "excessive-cancel", "000001"),
+            ("A2", "excessive-cancel", "000002"),
+            ("A3", "self-trade", "000003"),
+        ]
+        .iter()
+        .map(|(a, p, i)| (a.to_string(), p.to_string(), i.to_string()))
+        .collect();
+        let alerts = [
+            alert("excessive-cancel", "A1", "000001", 5, 1),
+            // A second alert for a found key counts once.
+            alert("excessive-cancel", "A1", "000001", 9, 1),
+            // The right account on another instrument is not a find.
+            alert("excessive-cancel", "A2", "000009", 7, 1),
+            alert("self-trade", "A3", "000003", 8, 1),
+            alert("self-trade", "A9", "000003", 8, 1),
+        ];
+        let scores = score(&truth, &alerts);
+        let ec = &scores["excessive-cancel"];
+        assert_eq!((ec.expected, ec.found, ec.missed, ec.unexpected), (2, 1, 1, 1));
+        assert_eq!((ec.recall(), ec.precision()), (0.5, 0.5));
+        let st = &scores["self-trade"];
+        assert_eq!((st.expected, st.found, st.missed, st.unexpected), (1, 1, 0, 1));
+        let all = overall(&scores);
+        assert_eq!((all.expected, all.found, all.unexpected), (3, 2, 2));
+        let none = score(&[], &[]);
+        assert_eq!((none["self-trade"].recall(), none["self-trade"].precision()), (1.0, 1.0));
+    }
+
+    /// The watermark floor of an in-order record is the wait for the first
+    /// record more than the bound newer, or the idle period when the feed
+    /// goes quiet first.
+    #[test]
+    fn watermark_floor_follows_the_schedule() {
+        let scenario =
+            Scenario::parse("phases = [ { rate = 10, for = \"1s\" } ]\n[pipeline]\nlateness = \"1ms\"\n").unwrap();
+        let ms = 1_000_000i64;
+        // Records at 0, 0.5, 2, 100 ms (in order: due = ts - first ts).
+        let records: Vec<WireRecord> = [0, ms / 2, 2 * ms, 100 * ms]
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| WireRecord {
+                seq: i as u64 + 1,
+                ts_ns: 1_000 + t,
+                due_ns: t as u64,
+                ..WireRecord::default()
+            })
+            .collect();
+        let prepared = Prepared {
+            scenario,
+            records,
+            truth: Vec::new(),
+            groups: Arc::new(Groups::default()),
+            first_ts_ns: 1_000,
+            max_order_id: 0,
+            prepare_secs: 0.0,
+        };
+        let floor = |seq| watermark_floor(&prepared, &alert("self-trade", "A", "I", seq, 0), 10 * ms as u64);
+        assert_eq!(floor(1), Some(2 * ms as u64), "released by the record at 2 ms");
+        assert_eq!(floor(2), Some(3 * ms as u64 / 2), "0.5 ms: released by the record at 2 ms too");
+        assert_eq!(floor(3), Some(11 * ms as u64), "2 ms: quiet until 100 ms, so the idle period (1 + 10 ms)");
+        assert_eq!(floor(4), Some(11 * ms as u64), "the last record: idle");
+        assert_eq!(floor(9), None, "not a record of this day");
+    }
+}
