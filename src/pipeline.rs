@@ -286,6 +286,11 @@ fn run_source<F: Feed>(
     stop: &Stop,
 ) -> Result<(FeedStats, SourceStats), FeedError> {
     let result = loop {
+        // Live: the clock is read before the input is looked at, so a
+        // source stalled between finding it empty and acting on that never
+        // counts the stall as quiet time (which would make late the records
+        // that queued up meanwhile).
+        let pump_started_ns = if F::LIVE { router.clock.now_ns() } else { 0 };
         let pumped = if F::LIVE {
             feed.pump_live(&mut |event, due_ns| router.route_stamped(event, due_ns))
         } else {
@@ -296,7 +301,7 @@ fn run_source<F: Feed>(
             Err(e) => break Err(e),
         };
         if F::LIVE {
-            router.live_tick(feed.drained());
+            router.live_tick(feed.drained(), pump_started_ns);
         }
         progress.records_read.store(feed.stats().records_read, Ordering::Relaxed);
         progress.watermark_ns.store(router.watermark.current(), Ordering::Relaxed);
@@ -383,12 +388,11 @@ impl Router {
         self.route(event);
     }
 
-    /// Live sources only, after each pump (one clock read per pump). When
-    /// records came and the input ran dry, nobody should wait for a batch
-    /// to fill: publish what there is. When nothing came, let idle time
-    /// move the watermark and publish what that releases.
-    fn live_tick(&mut self, drained: bool) {
-        let now_ns = self.clock.now_ns();
+    /// Live sources only, after each pump, with the clock read before it
+    /// (one read per pump). When records came and the input ran dry, nobody
+    /// should wait for a batch to fill: publish what there is. When nothing
+    /// came, let idle time move the watermark and publish what that releases.
+    fn live_tick(&mut self, drained: bool, now_ns: u64) {
         if self.since_flush > 0 {
             if let Some(idle) = self.idle.as_mut() {
                 idle.active(now_ns, self.watermark.max_ts());
