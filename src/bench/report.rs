@@ -134,7 +134,7 @@ impl Report<'_> {
         let pregenerated = self.prepared.records.len() * std::mem::size_of::<crate::ingest::live::WireRecord>();
         let _ = writeln!(
             out,
-            "memory      peak RSS {rss} (includes {:.1} MiB of pre-generated records)",
+            "memory      peak RSS while playing {rss} (includes {:.1} MiB of pre-generated records)",
             pregenerated as f64 / (1 << 20) as f64
         );
         for (pattern, sc) in &self.scores {
