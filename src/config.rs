@@ -103,12 +103,12 @@ impl Rules {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
 /// toml's own message, with the line it points at made explicit.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim_end();
     match e.span() {
         Some(span) => format!("line {}: {message}", line_of(text, span.start)),

@@ -50,6 +50,108 @@ pub struct GenConfig {
     pub cancel_abusers: u32,
     /// Planted self-trade actors (fewer are planted if the tape is too small).
     pub self_traders: u32,
+    /// A scenario's market shape (`tapewatch gen --scenario`); `None` is
+    /// the classic Shenzhen day above, byte for byte.
+    pub shape: Option<Shape>,
+}
+
+/// What a scenario file changes about the generated day. Every knob has the
+/// classic day's value in `Shape::classic`, so a scenario that sets nothing
+/// differs from the classic day only in its clock (one continuous span
+/// following the rate profile) and its planted actors.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Event time of the first record (epoch ns).
+    pub start_ns: i64,
+    /// The rate profile as equal buckets of `bucket_ns`, each with its
+    /// target records per second; `events` must match their sum.
+    pub bucket_ns: i64,
+    pub bucket_rates: Vec<f64>,
+    /// Zipf-Mandelbrot offsets of account and instrument activity (smaller is
+    /// more skewed; the classic day uses 4 and 2).
+    pub account_skew: f64,
+    pub instrument_skew: f64,
+    /// One background account in this many sits in a related group of 2-3.
+    pub grouped_divisor: u32,
+    /// A hot spot: this share of background actions go to the most active
+    /// instrument, by one of this many accounts.
+    pub hot: Option<(f64, u32)>,
+    /// Target shares of cancels and trades among background records.
+    pub cancel_share: f64,
+    pub trade_share: f64,
+    /// Price tick in 1/10,000, and how many ticks from the touch a passive
+    /// order may rest.
+    pub tick_px: i64,
+    pub price_levels: u32,
+    /// Order sizes: a round lot, and resting/marketable sizes up to
+    /// `4 << doublings` lots.
+    pub lot: u64,
+    pub resting_doublings: u64,
+    pub marketable_doublings: u64,
+    /// A background cancel only takes orders that have rested this long.
+    pub min_cancel_age_ns: i64,
+    /// Late delivery with sub-millisecond resolution: a late step is moved
+    /// earlier by 1..=`max_delay_ns` in steps of `delay_unit_ns`.
+    pub delay_unit_ns: i64,
+    pub max_delay_ns: i64,
+    /// The actors to plant, instead of the classic day's alternating mix.
+    pub actors: Vec<ActorPlan>,
+}
+
+/// A batch of planted actors of one pattern.
+#[derive(Clone, Debug)]
+pub struct ActorPlan {
+    pub pattern: PlantPattern,
+    pub count: u32,
+    /// They start uniformly inside `[from_ns, to_ns)` (offsets from `start_ns`).
+    pub from_ns: i64,
+    pub to_ns: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum PlantPattern {
+    /// `orders` (drawn in the range) new orders `gap_ns` apart, each
+    /// cancelled `cancel_ns` after it was placed.
+    ExcessiveCancel { orders: (u32, u32), gap_ns: (i64, i64), cancel_ns: (i64, i64) },
+    /// `trades` wash trades `gap_ns` apart; with `paired`, the seller is a
+    /// second account in the actor's group.
+    SelfTrade { trades: (u32, u32), gap_ns: (i64, i64), paired: bool },
+}
+
+impl Shape {
+    /// The classic day's market knobs, over the given clock.
+    pub fn classic(start_ns: i64, bucket_ns: i64, bucket_rates: Vec<f64>) -> Shape {
+        Shape {
+            start_ns,
+            bucket_ns,
+            bucket_rates,
+            account_skew: 4.0,
+            instrument_skew: 2.0,
+            grouped_divisor: Population::GROUPED_DIVISOR as u32,
+            hot: None,
+            cancel_share: ActionMix::DEFAULT.cancel_share,
+            trade_share: ActionMix::DEFAULT.trade_share,
+            tick_px: TICK_PX,
+            price_levels: 12,
+            lot: LOT,
+            resting_doublings: RESTING_QTY_DOUBLINGS,
+            marketable_doublings: MARKETABLE_QTY_DOUBLINGS,
+            min_cancel_age_ns: 0,
+            delay_unit_ns: NS_PER_MS,
+            max_delay_ns: 80 * NS_PER_MS,
+            actors: Vec::new(),
+        }
+    }
+
+    /// Records the profile asks for: the sum of rate x bucket length.
+    pub fn records(&self) -> u64 {
+        let per_bucket_s = self.bucket_ns as f64 / NS_PER_S as f64;
+        self.bucket_rates.iter().map(|r| r * per_bucket_s).sum::<f64>().round() as u64
+    }
+
+    pub fn span_ns(&self) -> i64 {
+        self.bucket_ns * self.bucket_rates.len() as i64
+    }
 }
 
 impl GenConfig {
@@ -65,6 +167,7 @@ impl GenConfig {
             date: (2026, 11, 2),
             cancel_abusers: actors,
             self_traders: actors,
+            shape: None,
         }
     }
 }
@@ -109,6 +212,21 @@ pub fn generate(cfg: &GenConfig, out: &Path) -> io::Result<GenSummary> {
     write_accounts(&run.group_rows, &mut accounts)?;
     accounts.flush()?;
     Ok(GenSummary { records: run.records, planted: run.planted, paths })
+}
+
+/// The same day in memory, for a benchmark that must not measure its own
+/// generator: the tape's bytes, what was planted, and the accounts.csv rows.
+pub fn generate_tape(cfg: &GenConfig) -> io::Result<DayInMemory> {
+    let mut tape = Vec::new();
+    let run = run(cfg, &mut tape)?;
+    Ok(DayInMemory { tape, planted: run.planted, group_rows: run.group_rows })
+}
+
+/// `generate_tape`'s result: the tape's bytes, the truth, accounts.csv rows (account, group).
+pub struct DayInMemory {
+    pub tape: Vec<u8>,
+    pub planted: Vec<Planted>,
+    pub group_rows: Vec<(String, String)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -383,6 +501,12 @@ impl Sessions {
         Sessions { spans: [(at(9, 30), at(11, 30)), (at(13, 0), at(14, 57))] }
     }
 
+    /// One continuous span (a scenario's day): an empty first span, so
+    /// offsets map straight onto the second.
+    fn continuous(start_ns: i64, end_ns: i64) -> Sessions {
+        Sessions { spans: [(start_ns, start_ns), (start_ns, end_ns)] }
+    }
+
     fn trading_ns(&self) -> i64 {
         self.spans.iter().map(|(start, end)| end - start).sum()
     }
@@ -410,8 +534,10 @@ struct RateProfile {
 
 impl RateProfile {
     fn from_weights(bucket_ns: i64, weights: &[f64]) -> RateProfile {
-        assert!(!weights.is_empty() && weights.iter().all(|w| *w > 0.0));
+        // Zero weights are quiet stretches (a scenario's gap); some must be positive.
+        assert!(!weights.is_empty() && weights.iter().all(|w| *w >= 0.0));
         let total: f64 = weights.iter().sum();
+        assert!(total > 0.0, "a rate profile with no activity");
         let mut cumulative = Vec::with_capacity(weights.len() + 1);
         let mut running = 0.0;
         cumulative.push(0.0);
@@ -565,9 +691,10 @@ struct InstrumentSpec {
     prev_close: i64,
     limit_up: i64,
     limit_down: i64,
+    tick: i64,
 }
 
-fn build_instruments(count: u32, rng: &mut Rng) -> (NameTable, Vec<InstrumentSpec>) {
+fn build_instruments(count: u32, tick: i64, rng: &mut Rng) -> (NameTable, Vec<InstrumentSpec>) {
     // Main board 000001-002999 and ChiNext 300001-301999; a larger universe
     // than that pool falls back to consecutive codes.
     let mut pool: Vec<u32> = (1..=2_999).chain(300_001..=301_999).collect();
@@ -588,14 +715,16 @@ fn build_instruments(count: u32, rng: &mut Rng) -> (NameTable, Vec<InstrumentSpe
             // Skewed to cheap stocks like the real market: 2.00 to 200.00.
             let u = rng.unit();
             let cents = 200 + (19_800.0 * u * u * u) as i64;
-            let prev_close = cents * TICK_PX;
+            // A cent is 100 in 1/10,000; on the classic tick (a cent) this is exact.
+            let prev_close = (cents * 100 / tick).max(1) * tick;
             // ChiNext moves 20% a day, the main board 10%.
             let band_pct: i64 = if code >= 300_000 { 20 } else { 10 };
-            let round_to_tick = |scaled: i64| (scaled + 5_000) / 10_000 * TICK_PX;
+            let round_to_tick = |scaled: i64| (scaled + 50 * tick) / (100 * tick) * tick;
             InstrumentSpec {
                 prev_close,
                 limit_up: round_to_tick(prev_close * (100 + band_pct)),
-                limit_down: round_to_tick(prev_close * (100 - band_pct)).max(TICK_PX),
+                limit_down: round_to_tick(prev_close * (100 - band_pct)).max(tick),
+                tick,
             }
         })
         .collect();
@@ -619,14 +748,14 @@ impl Population {
     /// One background account in this many sits in a small related group.
     const GROUPED_DIVISOR: usize = 20;
 
-    fn build(accounts: u32, schedule: &Schedule, rng: &mut Rng) -> Population {
+    fn build(accounts: u32, grouped_divisor: usize, schedule: &Schedule, rng: &mut Rng) -> Population {
         let mut group_of: Vec<u32> = (0..accounts).collect();
         let mut background: Vec<u32> = (0..accounts).filter(|&a| !schedule.reserved[a as usize]).collect();
         // Groups of 2-3 drawn from a shuffle separate from the activity
         // ranking, so related accounts are not all among the most active.
         let mut shuffled = background.clone();
         rng.shuffle(&mut shuffled);
-        let grouped = shuffled.len() / Self::GROUPED_DIVISOR;
+        let grouped = shuffled.len() / grouped_divisor;
         let mut groups: Vec<Vec<u32>> = Vec::new();
         let mut next = 0;
         while grouped - next >= 2 {
@@ -689,7 +818,9 @@ struct LateShift {
     rng: Rng,
     /// Chance of being late, scaled to 2^64.
     threshold: u64,
-    max_delay_ms: u64,
+    /// A late step moves by 1..=`max_units` units of `unit_ns`.
+    max_units: u64,
+    unit_ns: i64,
     sessions: Sessions,
     /// Delay of the current step, 0 when it is on time.
     step_delay_ns: i64,
@@ -700,7 +831,7 @@ impl LateShift {
         // Both draws happen for every step, whatever `late_pct`, so that
         // the rest of the tape does not depend on it.
         let roll = self.rng.next_u64();
-        let delay_ns = (1 + self.rng.below(self.max_delay_ms)) as i64 * NS_PER_MS;
+        let delay_ns = (1 + self.rng.below(self.max_units)) as i64 * self.unit_ns;
         self.step_delay_ns = if roll < self.threshold { delay_ns } else { 0 };
     }
 
@@ -888,17 +1019,17 @@ impl Book {
         if side == BUY {
             let mut anchor = self.ref_px;
             if let Some(ask) = self.best(SELL) {
-                anchor = anchor.min(ask - TICK_PX);
+                anchor = anchor.min(ask - spec.tick);
             }
-            let price = (anchor - ticks_away * TICK_PX).max(spec.limit_down);
+            let price = (anchor - ticks_away * spec.tick).max(spec.limit_down);
             let crosses = self.best(SELL).is_some_and(|ask| price >= ask);
             (!crosses && price <= spec.limit_up).then_some(price)
         } else {
-            let mut anchor = self.ref_px + TICK_PX;
+            let mut anchor = self.ref_px + spec.tick;
             if let Some(bid) = self.best(BUY) {
-                anchor = anchor.max(bid + TICK_PX);
+                anchor = anchor.max(bid + spec.tick);
             }
-            let price = (anchor + ticks_away * TICK_PX).min(spec.limit_up);
+            let price = (anchor + ticks_away * spec.tick).min(spec.limit_up);
             let crosses = self.best(BUY).is_some_and(|bid| price <= bid);
             (!crosses && price >= spec.limit_down).then_some(price)
         }
@@ -907,9 +1038,9 @@ impl Book {
 
 /// Draws A-share sized quantities: round lots, mostly small, up to
 /// `4 << max_doublings` lots.
-fn draw_qty(rng: &mut Rng, max_doublings: u64) -> u64 {
+fn draw_qty(rng: &mut Rng, max_doublings: u64, lot: u64) -> u64 {
     let lots = (1u64 << rng.below(max_doublings + 1)) * rng.range(1, 4);
-    lots * LOT
+    lots * lot
 }
 
 /// Resting orders are larger than the marketable ones that hit them, as in
@@ -972,6 +1103,20 @@ impl ActionMix {
     const DEFAULT: ActionMix =
         ActionMix { cancel_share: 0.30, trade_share: 0.20, aggressive_permille: 265.0, cancel_permille: 320.0 };
     const STEER_GAIN: f64 = 4.0;
+
+    /// Other shares start from odds scaled like the default's.
+    fn with_shares(cancel_share: f64, trade_share: f64) -> ActionMix {
+        let d = ActionMix::DEFAULT;
+        if cancel_share == d.cancel_share && trade_share == d.trade_share {
+            return d;
+        }
+        ActionMix {
+            cancel_share,
+            trade_share,
+            aggressive_permille: d.aggressive_permille * trade_share / d.trade_share,
+            cancel_permille: d.cancel_permille * cancel_share / d.cancel_share,
+        }
+    }
     const WARM_UP_RECORDS: u64 = 1_000;
 
     /// (aggressive, aggressive + cancel) thresholds per mille for a roll in 0..1000.
@@ -1008,10 +1153,26 @@ struct Market {
     rng: Rng,
     /// Scratch for one aggressive order's fills: (index in side, qty).
     fills: Vec<(usize, u64)>,
+    /// Scenario knobs (see `Shape`); the classic day's values otherwise.
+    /// `hot`: (chance scaled to 2^64, accounts).
+    hot: Option<(u64, u32)>,
+    price_levels: u32,
+    lot: u64,
+    resting_doublings: u64,
+    marketable_doublings: u64,
+    min_cancel_age_ns: i64,
 }
 
 impl Market {
-    fn new(specs: &[InstrumentSpec], population: &Population, max_delay_ms: u32, mut rng: Rng) -> Market {
+    fn new(
+        specs: &[InstrumentSpec],
+        population: &Population,
+        max_delay_ms: u32,
+        shape: Option<&Shape>,
+        mut rng: Rng,
+    ) -> Market {
+        let classic = Shape::classic(0, 1, Vec::new());
+        let knobs = shape.unwrap_or(&classic);
         let resting_per_side = (RESTING_BUDGET / specs.len()).clamp(MIN_RESTING_PER_SIDE, MAX_RESTING_PER_SIDE);
         let books = specs
             .iter()
@@ -1027,14 +1188,25 @@ impl Market {
             books,
             group_of: population.group_of.clone(),
             background: population.background.clone(),
-            account_pick: Alias::zipf(population.background.len(), 4.0),
-            instrument_pick: Alias::zipf(specs.len(), 2.0),
+            account_pick: Alias::zipf(population.background.len(), knobs.account_skew),
+            instrument_pick: Alias::zipf(specs.len(), knobs.instrument_skew),
             instrument_by_rank,
             resting_per_side,
-            mix: ActionMix::DEFAULT,
+            mix: ActionMix::with_shares(knobs.cancel_share, knobs.trade_share),
             limiter: CancelLimiter::new(max_delay_ms),
             rng,
             fills: Vec::with_capacity(4),
+            hot: knobs.hot.map(|(share, accounts)| {
+                (
+                    (share.clamp(0.0, 1.0) * 18_446_744_073_709_551_615.0) as u64,
+                    accounts.min(population.background.len() as u32).max(1),
+                )
+            }),
+            price_levels: knobs.price_levels,
+            lot: knobs.lot,
+            resting_doublings: knobs.resting_doublings,
+            marketable_doublings: knobs.marketable_doublings,
+            min_cancel_age_ns: knobs.min_cancel_age_ns,
         }
     }
 
@@ -1043,9 +1215,21 @@ impl Market {
     fn step<W: Write>(&mut self, now_ns: i64, budget: u64, em: &mut Emitter<W>) -> io::Result<u64> {
         debug_assert!(budget > 0);
         em.begin_step();
-        let instrument = self.instrument_by_rank[self.instrument_pick.sample(&mut self.rng)];
+        // A hot spot takes its share of actions before the usual draws, so
+        // without one the draws are exactly the classic day's.
+        let hot_accounts = match self.hot {
+            Some((threshold, accounts)) if self.rng.next_u64() < threshold => Some(accounts),
+            _ => None,
+        };
+        let instrument = match hot_accounts {
+            Some(_) => self.instrument_by_rank[0],
+            None => self.instrument_by_rank[self.instrument_pick.sample(&mut self.rng)],
+        };
         self.drift(instrument);
-        let account = self.background[self.account_pick.sample(&mut self.rng)];
+        let account = match hot_accounts {
+            Some(accounts) => self.background[self.rng.below(u64::from(accounts)) as usize],
+            None => self.background[self.account_pick.sample(&mut self.rng)],
+        };
         let side = self.rng.side();
         let (aggressive_below, cancel_below) = self.mix.thresholds(&em.stats);
         let roll = self.rng.below(1000);
@@ -1080,9 +1264,9 @@ impl Market {
         let room = if stretch >= 0 { spec.limit_up - spec.prev_close } else { spec.prev_close - spec.limit_down };
         let up_permille = 500 - 300 * stretch / room.max(1);
         book.ref_px = if (self.rng.below(1000) as i64) < up_permille {
-            (book.ref_px + TICK_PX).min(spec.limit_up)
+            (book.ref_px + spec.tick).min(spec.limit_up)
         } else {
-            (book.ref_px - TICK_PX).max(spec.limit_down)
+            (book.ref_px - spec.tick).max(spec.limit_down)
         };
     }
 
@@ -1097,7 +1281,7 @@ impl Market {
         em: &mut Emitter<W>,
     ) -> io::Result<()> {
         // Mostly at or near the touch: P(k ticks away) = 2^-(k+1).
-        let ticks_away = i64::from(self.rng.next_u64().trailing_zeros().min(12));
+        let ticks_away = i64::from(self.rng.next_u64().trailing_zeros().min(self.price_levels));
         let book = &self.books[instrument as usize];
         let (side, price) = match book.passive_price(side, ticks_away) {
             Some(price) => (side, price),
@@ -1111,7 +1295,7 @@ impl Market {
         {
             return Ok(());
         }
-        let qty = draw_qty(&mut self.rng, RESTING_QTY_DOUBLINGS);
+        let qty = draw_qty(&mut self.rng, self.resting_doublings, self.lot);
         let order_id = em.next_order_id();
         let mut order =
             Resting { order_id, entry_ns: now_ns, price, qty, account, group: self.group_of[account as usize] };
@@ -1158,7 +1342,9 @@ impl Market {
         for _ in 0..PICKS {
             let j = self.rng.below(orders.len() as u64) as usize;
             let order = orders[j];
-            if self.limiter.allow(order.group, instrument, now_ns) {
+            // Age first: a refused pick must not use up the limiter.
+            if now_ns - order.entry_ns >= self.min_cancel_age_ns && self.limiter.allow(order.group, instrument, now_ns)
+            {
                 em.emit(order.record(b'C', now_ns, instrument, side), order.entry_ns, true)?;
                 orders.remove(j);
                 return Ok(true);
@@ -1187,7 +1373,8 @@ impl Market {
             _ => 3,
         }
         .min(budget - 1) as usize;
-        let wanted = draw_qty(&mut self.rng, MARKETABLE_QTY_DOUBLINGS);
+        let wanted = draw_qty(&mut self.rng, self.marketable_doublings, self.lot);
+        let lot = self.lot;
         let may_rest = self.rng.coin();
         let book = &mut self.books[instrument as usize];
         let opposite = 1 - side;
@@ -1231,10 +1418,10 @@ impl Market {
         if !rests
             && let Some(last_fill) = self.fills.last_mut()
             && last_fill.1 == resting[last].qty
-            && last_fill.1 > LOT
+            && last_fill.1 > lot
         {
-            last_fill.1 -= LOT;
-            open += LOT;
+            last_fill.1 -= lot;
+            open += lot;
         }
         let qty = if rests { wanted } else { wanted - open };
 
@@ -1296,17 +1483,24 @@ struct Quote {
 
 #[derive(Clone, Copy, Debug)]
 enum Pattern {
-    /// A burst of `orders` new orders, each cancelled within seconds.
-    ExcessiveCancel { orders: u32 },
-    /// `trades` wash trades against one resting sell of `seller`, or of the
-    /// actor itself when `None`.
-    SelfTrade { trades: u32, seller: Option<u32> },
+    /// A burst of `orders` new orders `gap_ns` apart, each cancelled
+    /// `cancel_ns` after it was placed (both drawn uniformly in the range).
+    ExcessiveCancel { orders: u32, gap_ns: (i64, i64), cancel_ns: (i64, i64) },
+    /// `trades` wash trades `gap_ns` apart against one resting sell of
+    /// `seller`, or of the actor itself when `None`.
+    SelfTrade { trades: u32, seller: Option<u32>, gap_ns: (i64, i64) },
 }
+
+/// The classic day's planted timings: a cancel burst spans under 10 s (N
+/// gaps <= 150 ms, cancel <= 3 s), wash trades under 20 s.
+const CLASSIC_CANCEL_GAP_NS: (i64, i64) = (20 * NS_PER_MS, 150 * NS_PER_MS);
+const CLASSIC_CANCEL_AFTER_NS: (i64, i64) = (100 * NS_PER_MS, 3_000 * NS_PER_MS);
+const CLASSIC_WASH_GAP_NS: (i64, i64) = (300 * NS_PER_MS, 5_000 * NS_PER_MS);
 
 impl Pattern {
     fn records(&self) -> u64 {
         match *self {
-            Pattern::ExcessiveCancel { orders } => 2 * u64::from(orders),
+            Pattern::ExcessiveCancel { orders, .. } => 2 * u64::from(orders),
             Pattern::SelfTrade { trades, .. } => 1 + 2 * u64::from(trades),
         }
     }
@@ -1391,10 +1585,14 @@ impl Schedule {
             let wants_pair = !cancel && rng.coin();
             let pattern = if cancel {
                 cancel_left -= 1;
-                Pattern::ExcessiveCancel { orders: rng.range(25, 40) as u32 }
+                Pattern::ExcessiveCancel {
+                    orders: rng.range(25, 40) as u32,
+                    gap_ns: CLASSIC_CANCEL_GAP_NS,
+                    cancel_ns: CLASSIC_CANCEL_AFTER_NS,
+                }
             } else {
                 self_trade_left -= 1;
-                Pattern::SelfTrade { trades: rng.range(1, 3) as u32, seller: None }
+                Pattern::SelfTrade { trades: rng.range(1, 3) as u32, seller: None, gap_ns: CLASSIC_WASH_GAP_NS }
             };
             let needs_accounts = if wants_pair { 2 } else { 1 };
             if records + pattern.records() > record_budget || reserved_count + needs_accounts > account_budget {
@@ -1416,8 +1614,8 @@ impl Schedule {
             };
             let account = take_account(&mut rng);
             let pattern = match pattern {
-                Pattern::SelfTrade { trades, .. } if wants_pair => {
-                    Pattern::SelfTrade { trades, seller: Some(take_account(&mut rng)) }
+                Pattern::SelfTrade { trades, gap_ns, .. } if wants_pair => {
+                    Pattern::SelfTrade { trades, seller: Some(take_account(&mut rng)), gap_ns }
                 }
                 other => other,
             };
@@ -1428,6 +1626,53 @@ impl Schedule {
             let (start, end) = sessions.spans[rng.below(2) as usize];
             let start_ns = rng.between_ns(start + NS_PER_S, end - 60 * NS_PER_S);
             actors.push(Actor { pattern, account, instrument: rng.below(u64::from(cfg.instruments)) as u32, start_ns });
+        }
+        actors.sort_by_key(|actor| actor.start_ns);
+        Schedule {
+            actors,
+            reserved,
+            records,
+            rng,
+            next_actor: 0,
+            planned: 0,
+            pending: Vec::new(),
+            order_ids: Vec::new(),
+        }
+    }
+
+    /// A scenario's actors: each plan's count, started uniformly in its
+    /// window. Unlike the classic plan nothing is dropped: the scenario
+    /// checks already bounded the accounts they take.
+    fn plan_shape(cfg: &GenConfig, shape: &Shape, mut rng: Rng) -> Schedule {
+        let mut reserved = vec![false; cfg.accounts as usize];
+        let mut records = 0u64;
+        let mut actors = Vec::new();
+        for plan in &shape.actors {
+            for _ in 0..plan.count {
+                let mut take_account = |rng: &mut Rng| loop {
+                    let account = rng.below(u64::from(cfg.accounts)) as u32;
+                    if !reserved[account as usize] {
+                        reserved[account as usize] = true;
+                        return account;
+                    }
+                };
+                let account = take_account(&mut rng);
+                let draw = |rng: &mut Rng, (lo, hi): (u32, u32)| rng.range(u64::from(lo), u64::from(hi)) as u32;
+                let pattern = match plan.pattern {
+                    PlantPattern::ExcessiveCancel { orders, gap_ns, cancel_ns } => {
+                        Pattern::ExcessiveCancel { orders: draw(&mut rng, orders), gap_ns, cancel_ns }
+                    }
+                    PlantPattern::SelfTrade { trades, gap_ns, paired } => Pattern::SelfTrade {
+                        trades: draw(&mut rng, trades),
+                        seller: paired.then(|| take_account(&mut rng)),
+                        gap_ns,
+                    },
+                };
+                records += pattern.records();
+                let start_ns = shape.start_ns + rng.between_ns(plan.from_ns, plan.to_ns.max(plan.from_ns + 1));
+                let instrument = rng.below(u64::from(cfg.instruments)) as u32;
+                actors.push(Actor { pattern, account, instrument, start_ns });
+            }
         }
         actors.sort_by_key(|actor| actor.start_ns);
         Schedule {
@@ -1519,25 +1764,27 @@ impl Schedule {
             qty: LOT,
         };
         match actor.pattern {
-            Pattern::ExcessiveCancel { orders } => {
+            Pattern::ExcessiveCancel { orders, gap_ns, cancel_ns } => {
                 // Layered orders a few ticks behind the touch, so they are
-                // never meant to fill, each pulled within 0.1-3 s. The whole
-                // burst spans under 10 s (N gaps <= 150 ms, cancel <= 3 s),
-                // so its last cancel sees every N and C of the burst.
+                // never meant to fill, each pulled soon after. The whole
+                // burst must span under the rule's 10 s (the classic
+                // timings and the scenario checks make sure), so its last
+                // cancel sees every N and C of the burst.
                 let side = self.rng.side();
                 let mut ts_ns = actor.start_ns;
                 for k in 0..orders {
                     if k > 0 {
-                        ts_ns += self.rng.between_ns(20 * NS_PER_MS, 150 * NS_PER_MS);
+                        ts_ns += self.rng.between_ns(gap_ns.0, gap_ns.1);
                     }
-                    let ticks = self.rng.range(2, 5) as i64 * TICK_PX;
+                    let tick = spec.tick;
+                    let ticks = self.rng.range(2, 5) as i64 * tick;
                     let price = if side == BUY {
                         let touch = quote.bid.unwrap_or(quote.ref_px);
-                        let touch = quote.ask.map_or(touch, |ask| touch.min(ask - TICK_PX));
+                        let touch = quote.ask.map_or(touch, |ask| touch.min(ask - tick));
                         (touch - ticks).max(spec.limit_down)
                     } else {
-                        let touch = quote.ask.unwrap_or(quote.ref_px + TICK_PX);
-                        let touch = quote.bid.map_or(touch, |bid| touch.max(bid + TICK_PX));
+                        let touch = quote.ask.unwrap_or(quote.ref_px + tick);
+                        let touch = quote.bid.map_or(touch, |bid| touch.max(bid + tick));
                         (touch + ticks).min(spec.limit_up)
                     };
                     let slot = self.new_slot();
@@ -1546,25 +1793,26 @@ impl Schedule {
                         slot,
                         side,
                         price,
-                        qty: draw_qty(&mut self.rng, RESTING_QTY_DOUBLINGS),
+                        qty: draw_qty(&mut self.rng, RESTING_QTY_DOUBLINGS, LOT),
                         ..blank
                     };
-                    let cancel_ns = ts_ns + self.rng.between_ns(100 * NS_PER_MS, 3_000 * NS_PER_MS);
+                    let cancel_at_ns = ts_ns + self.rng.between_ns(cancel_ns.0, cancel_ns.1);
                     self.plan_record(order);
-                    self.plan_record(PlannedRecord { ts_ns: cancel_ns, kind: b'C', ..order });
+                    self.plan_record(PlannedRecord { ts_ns: cancel_at_ns, kind: b'C', ..order });
                 }
             }
-            Pattern::SelfTrade { trades, seller } => {
+            Pattern::SelfTrade { trades, seller, gap_ns } => {
                 // A resting sell, then crossing buys from the same account
                 // or a related one, each filled in full against it.
                 let seller = seller.unwrap_or(actor.account);
                 let price = match (quote.bid, quote.ask) {
-                    (Some(bid), Some(ask)) => ask - (ask - bid) / TICK_PX / 2 * TICK_PX,
+                    (Some(bid), Some(ask)) => ask - (ask - bid) / spec.tick / 2 * spec.tick,
                     (None, Some(ask)) => ask,
-                    (Some(bid), None) => (bid + TICK_PX).min(spec.limit_up),
+                    (Some(bid), None) => (bid + spec.tick).min(spec.limit_up),
                     (None, None) => quote.ref_px,
                 };
-                let buys: Vec<u64> = (0..trades).map(|_| draw_qty(&mut self.rng, MARKETABLE_QTY_DOUBLINGS)).collect();
+                let buys: Vec<u64> =
+                    (0..trades).map(|_| draw_qty(&mut self.rng, MARKETABLE_QTY_DOUBLINGS, LOT)).collect();
                 let sell_slot = self.new_slot();
                 self.plan_record(PlannedRecord {
                     slot: sell_slot,
@@ -1576,7 +1824,7 @@ impl Schedule {
                 });
                 let mut ts_ns = actor.start_ns;
                 for qty in buys {
-                    ts_ns += self.rng.between_ns(300 * NS_PER_MS, 5_000 * NS_PER_MS);
+                    ts_ns += self.rng.between_ns(gap_ns.0, gap_ns.1);
                     let buy = PlannedRecord { ts_ns, slot: self.new_slot(), side: BUY, price, qty, ..blank };
                     self.plan_record(buy);
                     self.plan_record(PlannedRecord {
@@ -1620,6 +1868,31 @@ fn validate(cfg: &GenConfig) -> io::Result<()> {
     if cfg.late_pct > 0.0 && cfg.max_delay_ms == 0 {
         problems.push("max_delay_ms must be at least 1 when late_pct > 0".to_string());
     }
+    if let Some(shape) = &cfg.shape {
+        if shape.bucket_ns <= 0 || shape.bucket_rates.is_empty() || shape.records() == 0 {
+            problems.push("the rate profile writes no records".to_string());
+        }
+        if shape.bucket_rates.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
+            problems.push("the rate profile has a negative or non-finite rate".to_string());
+        }
+        if shape.tick_px <= 0 || shape.lot == 0 || shape.delay_unit_ns <= 0 || shape.grouped_divisor < 2 {
+            problems.push("tick, lot, delay unit must be positive and the group divisor at least 2".to_string());
+        }
+        if !(0.0 < shape.cancel_share && 0.0 < shape.trade_share && shape.cancel_share + shape.trade_share <= 0.9) {
+            problems.push("cancel and trade shares must be positive and leave new orders at least 10%".to_string());
+        }
+        let actor_accounts: u64 = shape
+            .actors
+            .iter()
+            .map(|a| {
+                let per = if matches!(a.pattern, PlantPattern::SelfTrade { paired: true, .. }) { 2 } else { 1 };
+                u64::from(a.count) * per
+            })
+            .sum();
+        if actor_accounts > u64::from(cfg.accounts / 2) {
+            problems.push(format!("{actor_accounts} planted accounts: at most half of the {} accounts", cfg.accounts));
+        }
+    }
     let (year, month, day) = cfg.date;
     // Epoch nanoseconds in an i64 end in 2262.
     if !(1970..=2261).contains(&year) || !(1..=days_in_month(year, month)).contains(&day) {
@@ -1630,12 +1903,27 @@ fn validate(cfg: &GenConfig) -> io::Result<()> {
 
 fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
     validate(cfg)?;
-    let sessions = Sessions::shenzhen(cfg.date);
+    let shape = cfg.shape.as_ref();
+    let sessions = match shape {
+        Some(shape) => Sessions::continuous(shape.start_ns, shape.start_ns + shape.span_ns()),
+        None => Sessions::shenzhen(cfg.date),
+    };
     let mut universe_rng = Rng::new(cfg.seed, STREAM_UNIVERSE);
-    let (instrument_names, specs) = build_instruments(cfg.instruments, &mut universe_rng);
-    let mut schedule = Schedule::plan(cfg, &sessions, Rng::new(cfg.seed, STREAM_SCHEDULE));
-    let population = Population::build(cfg.accounts, &schedule, &mut universe_rng);
-    let mut market = Market::new(&specs, &population, cfg.max_delay_ms, Rng::new(cfg.seed, STREAM_MARKET));
+    let tick = shape.map_or(TICK_PX, |s| s.tick_px);
+    let (instrument_names, specs) = build_instruments(cfg.instruments, tick, &mut universe_rng);
+    let schedule_rng = Rng::new(cfg.seed, STREAM_SCHEDULE);
+    let mut schedule = match shape {
+        Some(shape) => Schedule::plan_shape(cfg, shape, schedule_rng),
+        None => Schedule::plan(cfg, &sessions, schedule_rng),
+    };
+    let grouped_divisor = shape.map_or(Population::GROUPED_DIVISOR, |s| s.grouped_divisor as usize);
+    let population = Population::build(cfg.accounts, grouped_divisor, &schedule, &mut universe_rng);
+    // The limiter must cover the largest late shift, in whole milliseconds.
+    let max_delay_ms = match shape {
+        Some(shape) => ((shape.max_delay_ns + NS_PER_MS - 1) / NS_PER_MS) as u32,
+        None => cfg.max_delay_ms,
+    };
+    let mut market = Market::new(&specs, &population, max_delay_ms, shape, Rng::new(cfg.seed, STREAM_MARKET));
 
     let planted: Vec<Planted> = schedule
         .actors
@@ -1659,7 +1947,11 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
     let late = LateShift {
         rng: Rng::new(cfg.seed, STREAM_LATE),
         threshold: (cfg.late_pct / 100.0 * 18_446_744_073_709_551_616.0) as u64,
-        max_delay_ms: u64::from(cfg.max_delay_ms.max(1)),
+        max_units: match shape {
+            Some(shape) => (shape.max_delay_ns / shape.delay_unit_ns).max(1) as u64,
+            None => u64::from(cfg.max_delay_ms.max(1)),
+        },
+        unit_ns: shape.map_or(NS_PER_MS, |s| s.delay_unit_ns),
         sessions,
         step_delay_ns: 0,
     };
@@ -1676,16 +1968,38 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
     };
     em.header()?;
 
-    let mut clock = Clock::new(RateProfile::shenzhen_day(&sessions), sessions, Rng::new(cfg.seed, STREAM_CLOCK));
-    let mut background_left = cfg.events - schedule.records;
+    let profile = match shape {
+        Some(shape) => RateProfile::from_weights(shape.bucket_ns, &shape.bucket_rates),
+        None => RateProfile::shenzhen_day(&sessions),
+    };
+    let mut clock = Clock::new(profile, sessions, Rng::new(cfg.seed, STREAM_CLOCK));
+    // A scenario's profile sets the background records; its actors come on top.
+    let background = match shape {
+        Some(shape) => shape.records(),
+        None => cfg.events - schedule.records,
+    };
+    let mut background_left = background;
+    // A step writes one record or several (an order and its fills), so the
+    // clock, which spaces steps, must count steps left, not records left,
+    // or the day runs slow early and fast late. A scenario's rates must
+    // hold, so it gets the estimate; the classic day keeps its bytes.
+    let (mut steps, mut written) = (0u64, 0u64);
     while background_left > 0 {
-        let now_ns = clock.next(background_left);
+        let clock_left = if shape.is_some() && written >= 1_000 {
+            (background_left as f64 * steps as f64 / written as f64).ceil() as u64
+        } else {
+            background_left
+        };
+        let now_ns = clock.next(clock_left);
         schedule.release_due(now_ns, &market, &mut em)?;
-        background_left -= market.step(now_ns, background_left, &mut em)?;
+        let step_records = market.step(now_ns, background_left, &mut em)?;
+        background_left -= step_records;
+        steps += 1;
+        written += step_records;
     }
     schedule.release_due(i64::MAX, &market, &mut em)?;
     em.finish()?;
-    assert_eq!(em.seq, cfg.events, "the generator wrote the wrong number of records");
+    assert_eq!(em.seq, background + schedule.records, "the generator wrote the wrong number of records");
     Ok(Run { records: em.seq, planted, group_rows, stats: em.stats })
 }
 

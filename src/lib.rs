@@ -2,6 +2,7 @@
 //! pipeline stage; see ARCHITECTURE.md for the data flow and invariants.
 
 pub mod alert;
+pub mod bench;
 pub mod checkpoint;
 pub mod cmd;
 pub mod config;
@@ -14,5 +15,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod ring;
+pub mod scenario;
 pub mod symbols;
 pub mod time;

@@ -38,11 +38,11 @@ use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram, threa
 use crate::ring::spsc::{self, Consumer, Producer};
 use crate::ring::{Idle, pin_current};
 use crate::symbols::Names;
-use crate::time::{Pending, ReorderBuffer, Watermark};
+use crate::time::{IdleAdvance, Pending, ReorderBuffer, Watermark};
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
 
@@ -118,6 +118,20 @@ pub struct PipelineConfig {
     pub window_capacity: usize,
     pub alerts_path: PathBuf,
     pub late_path: PathBuf,
+    /// Live sources only (see `Feed::LIVE`); the defaults are replay's.
+    pub live: LiveOptions,
+}
+
+/// How the pipeline runs behind a live source (the bench's paced feeder, a
+/// network feed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveOptions {
+    /// Move event time on with the wall clock after the feed has been quiet
+    /// this long (`time::IdleAdvance`). `None`: only records move it.
+    pub idle_after_ns: Option<u64>,
+    /// The clock the source stamps its due times with, so they compare with
+    /// the pipeline's stamps. `None`: a clock started with the pipeline.
+    pub clock: Option<Clock>,
 }
 
 impl PipelineConfig {
@@ -132,6 +146,7 @@ impl PipelineConfig {
             window_capacity: 1 << 16,
             alerts_path,
             late_path,
+            live: LiveOptions::default(),
         }
     }
 }
@@ -140,6 +155,8 @@ impl PipelineConfig {
 #[derive(Default)]
 pub struct Progress {
     pub records_read: AtomicU64,
+    /// The source's watermark after its latest pump (for watermark lag).
+    pub watermark_ns: AtomicI64,
 }
 
 /// Checkpointing for one run: where to, how often, and the checkpoint the
@@ -197,7 +214,7 @@ pub fn run_with<F: Feed + Send>(
     let applied_base = resumed.map_or(0, |r| r.manifest.applied);
     let resumed_from = resumed.map(|r| (r.manifest.id, r.manifest.last_seq));
     let resumed_router = resumed.map(|r| r.router.clone());
-    let clock = Clock::new();
+    let clock = cfg.live.clock.unwrap_or_default();
     let stop = Stop::default();
     let progress = Progress::default();
     let started = Instant::now();
@@ -329,6 +346,7 @@ pub fn run_with<F: Feed + Send>(
             let core = cfg.cores.first().copied();
             let (stop, progress) = (stop.clone(), &progress);
             let (lateness_ns, reorder_capacity) = (cfg.lateness_ns, cfg.reorder_capacity);
+            let idle_after_ns = cfg.live.idle_after_ns;
             std::thread::Builder::new()
                 .name("tw-source".into())
                 .spawn_scoped(scope, move || {
@@ -341,6 +359,7 @@ pub fn run_with<F: Feed + Send>(
                         router.restore(state);
                     }
                     router.ckpt = source_ckpt;
+                    router.idle = idle_after_ns.map(IdleAdvance::new);
                     run_source(feed, router, progress, &stop)
                 })
                 .expect("spawn source thread")
@@ -454,7 +473,17 @@ fn run_source<F: Feed>(
     stop: &Stop,
 ) -> Result<(FeedStats, SourceStats), FeedError> {
     let result = loop {
-        let more = match feed.pump_until(&mut |event| router.route(event)) {
+        // Live: the clock is read before the input is looked at, so a
+        // source stalled between finding it empty and acting on that never
+        // counts the stall as quiet time (which would make late the records
+        // that queued up meanwhile).
+        let pump_started_ns = if F::LIVE { router.clock.now_ns() } else { 0 };
+        let pumped = if F::LIVE {
+            feed.pump_live(&mut |event, due_ns| router.route_stamped(event, due_ns))
+        } else {
+            feed.pump_until(&mut |event| router.route(event))
+        };
+        let more = match pumped {
             Ok(more) => more,
             Err(e) => break Err(e),
         };
@@ -463,7 +492,11 @@ fn run_source<F: Feed>(
         {
             break Err(e);
         }
+        if F::LIVE {
+            router.live_tick(feed.drained(), pump_started_ns);
+        }
         progress.records_read.store(feed.stats().records_read, Ordering::Relaxed);
+        progress.watermark_ns.store(router.watermark.current(), Ordering::Relaxed);
         if stop.raised() {
             break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
         }
@@ -504,6 +537,8 @@ struct Router {
     since_flush: u64,
     backpressure_waits: u64,
     max_reorder_len: usize,
+    /// Live sources only: event time from the wall clock while quiet.
+    idle: Option<IdleAdvance>,
     ckpt: Option<SourceCkpt>,
 }
 
@@ -565,6 +600,44 @@ impl Router {
             backpressure_waits: 0,
             max_reorder_len: 0,
             ckpt: None,
+            idle: None,
+        }
+    }
+
+    /// Routes a record from a live source, whose due time stands in for the
+    /// router's clock stamp: latency then counts from when the record was
+    /// due, not from when it got here (coordinated omission), and no clock
+    /// is read for it.
+    #[inline]
+    fn route_stamped(&mut self, event: &Event, due_ns: u64) {
+        self.stamp_ns = due_ns;
+        // `route` re-stamps only when this reaches 0.
+        self.until_stamp = STAMP_EVERY;
+        // A live feed stops only between its pumps, so a due barrier waits
+        // for the end of this one.
+        let _ = self.route(event);
+    }
+
+    /// Live sources only, after each pump, with the clock read before it
+    /// (one read per pump). When records came and the input ran dry, nobody
+    /// should wait for a batch to fill: publish what there is. When nothing
+    /// came, let idle time move the watermark and publish what that releases.
+    fn live_tick(&mut self, drained: bool, now_ns: u64) {
+        if self.since_flush > 0 {
+            if let Some(idle) = self.idle.as_mut() {
+                idle.active(now_ns, self.watermark.max_ts());
+            }
+            if drained {
+                self.flush();
+            }
+            return;
+        }
+        let Some(idle) = self.idle else { return };
+        if idle.advance(now_ns, &mut self.watermark) {
+            let watermark_ns = self.watermark.current();
+            if self.reorder.iter().any(|r| r.min_ts().is_some_and(|ts| ts < watermark_ns)) {
+                self.flush();
+            }
         }
     }
 

@@ -48,6 +48,63 @@ impl Watermark {
     pub fn advance_to(&mut self, ts_ns: i64) {
         self.max_ts_ns = self.max_ts_ns.max(ts_ns);
     }
+
+    /// The newest event time seen (or advanced to); `i64::MIN` before any.
+    #[inline]
+    pub fn max_ts(&self) -> i64 {
+        self.max_ts_ns
+    }
+}
+
+/// Live feeds only: event time that keeps moving while the feed is quiet.
+///
+/// A replay has no "now": its watermark moves only with records. A live
+/// feed does, and without this a lone record on a quiet day would wait for
+/// the next record (seconds, or the close) before the watermark released
+/// it. After `after_ns` of wall-clock silence, event time is taken to run
+/// on with the wall clock from the newest record, so a lone record is
+/// released about `lateness + after` after it arrived.
+///
+/// The price: a record that turns up after a longer stall than that, and
+/// older than the advanced watermark, is late (counted and kept aside, as
+/// any late record). `after_ns` is the stall the feed may have without
+/// losing records to it; it costs that much latency on a quiet feed only.
+/// The wall clock is read by the caller once per pump of the feed, never
+/// per record.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleAdvance {
+    after_ns: u64,
+    /// When records last arrived (pipeline clock), and event time then.
+    active_wall_ns: u64,
+    active_max_ts_ns: i64,
+}
+
+impl IdleAdvance {
+    pub fn new(after_ns: u64) -> IdleAdvance {
+        IdleAdvance { after_ns, active_wall_ns: 0, active_max_ts_ns: i64::MIN }
+    }
+
+    /// Records arrived by `wall_ns`; event time was then `max_ts_ns`.
+    #[inline]
+    pub fn active(&mut self, wall_ns: u64, max_ts_ns: i64) {
+        self.active_wall_ns = wall_ns;
+        self.active_max_ts_ns = max_ts_ns;
+    }
+
+    /// Nothing arrived: once quiet for longer than `after_ns`, moves the
+    /// watermark on by the quiet time past that. Returns whether it moved.
+    pub fn advance(&self, wall_ns: u64, watermark: &mut Watermark) -> bool {
+        let quiet_ns = wall_ns.saturating_sub(self.active_wall_ns);
+        if self.active_max_ts_ns == i64::MIN || quiet_ns <= self.after_ns {
+            return false;
+        }
+        let target = self.active_max_ts_ns.saturating_add((quiet_ns - self.after_ns) as i64);
+        if target <= watermark.max_ts() {
+            return false;
+        }
+        watermark.advance_to(target);
+        true
+    }
 }
 
 /// A record waiting for the watermark, with the wall-clock stamp of the
@@ -140,6 +197,16 @@ impl ReorderBuffer {
         self.run.iter().chain(self.heap.iter().map(|Reverse(p)| p))
     }
 
+    /// The earliest event time waiting, if any.
+    pub fn min_ts(&self) -> Option<i64> {
+        let run = self.run.front().map(|p| p.event.ts_ns);
+        let heap = self.heap.peek().map(|Reverse(p)| p.event.ts_ns);
+        match (run, heap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.run.len() + self.heap.len()
     }
@@ -162,6 +229,22 @@ mod tests {
         assert!(wm.observe(949));
         assert!(!wm.observe(2000));
         assert_eq!(wm.current(), 1950);
+    }
+
+    #[test]
+    fn idle_time_moves_the_watermark_only_after_the_quiet_period() {
+        let mut wm = Watermark::new(1_000);
+        let mut idle = IdleAdvance::new(5_000);
+        assert!(!idle.advance(1_000_000, &mut wm), "no record yet: nothing to advance from");
+        assert!(!wm.observe(100_000));
+        idle.active(50_000, wm.max_ts());
+        assert!(!idle.advance(55_000, &mut wm), "quiet for exactly `after`: not yet");
+        assert_eq!(wm.current(), 99_000);
+        assert!(idle.advance(58_000, &mut wm));
+        assert_eq!(wm.max_ts(), 103_000, "3 us past the quiet period");
+        assert!(!idle.advance(57_000, &mut wm), "never backwards");
+        // A record that was stalled longer than the quiet period is late.
+        assert!(wm.observe(101_000));
     }
 
     fn pending(ts_ns: i64, seq: u64) -> Pending {

@@ -1,7 +1,9 @@
-//! `tapewatch gen`: a synthetic day as a FEED.md tape plus its truth and accounts files.
+//! `tapewatch gen`: a synthetic day as a FEED.md tape plus its truth and
+//! accounts files: the classic Shenzhen day, or a scenario file's day.
 
 use super::CmdError;
 use crate::generator::{GenConfig, generate};
+use crate::scenario::Scenario;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,9 +26,53 @@ pub struct GenArgs {
     /// Percentage of records delivered late.
     #[arg(long)]
     pub late_pct: Option<f64>,
+    /// A scenario file (scenarios/*.toml): its market, rate profile and planted abuse decide the day.
+    #[arg(long, conflicts_with_all = ["events", "seed", "accounts", "instruments", "late_pct"])]
+    pub scenario: Option<PathBuf>,
+    /// With --scenario: multiply every phase's length by this (0.01 = a hundredth of the day).
+    #[arg(long, requires = "scenario")]
+    pub scale: Option<f64>,
+}
+
+/// The generator config of a scenario file at a scale, or every problem.
+pub fn scenario_config(path: &std::path::Path, scale: Option<f64>) -> Result<(Scenario, GenConfig), CmdError> {
+    let mut problems = Vec::new();
+    let scenario = Scenario::load(path).map_err(|e| problems.push(e)).ok();
+    let scale = scale.unwrap_or(1.0);
+    if !(scale > 0.0 && scale <= 100.0) {
+        problems.push(format!("--scale {scale}: must be above 0 and at most 100"));
+    }
+    match scenario {
+        Some(scenario) if problems.is_empty() => {
+            let scenario = scenario.scaled(scale);
+            let cfg = scenario.gen_config();
+            Ok((scenario, cfg))
+        }
+        _ => Err(CmdError::Usage(problems.join("\n"))),
+    }
 }
 
 pub fn run(args: GenArgs) -> Result<(), CmdError> {
+    let cfg = match &args.scenario {
+        Some(path) => scenario_config(path, args.scale)?.1,
+        None => classic_config(&args)?,
+    };
+    let started = Instant::now();
+    let summary = generate(&cfg, &args.out)
+        .map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", args.out.display())))?;
+    println!(
+        "wrote       {} records to {} in {:.2} s ({} planted actors in {}; groups in {})",
+        summary.records,
+        summary.paths.tape.display(),
+        started.elapsed().as_secs_f64(),
+        summary.planted.len(),
+        summary.paths.truth.display(),
+        summary.paths.accounts.display()
+    );
+    Ok(())
+}
+
+fn classic_config(args: &GenArgs) -> Result<GenConfig, CmdError> {
     let mut cfg = GenConfig::new(args.events, args.seed);
     let mut problems = Vec::new();
     if let Some(accounts) = args.accounts {
@@ -50,17 +96,5 @@ pub fn run(args: GenArgs) -> Result<(), CmdError> {
     if !problems.is_empty() {
         return Err(CmdError::Usage(problems.join("\n")));
     }
-    let started = Instant::now();
-    let summary = generate(&cfg, &args.out)
-        .map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", args.out.display())))?;
-    println!(
-        "wrote       {} records to {} in {:.2} s ({} planted actors in {}; groups in {})",
-        summary.records,
-        summary.paths.tape.display(),
-        started.elapsed().as_secs_f64(),
-        summary.planted.len(),
-        summary.paths.truth.display(),
-        summary.paths.accounts.display()
-    );
-    Ok(())
+    Ok(cfg)
 }

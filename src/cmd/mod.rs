@@ -3,6 +3,7 @@
 //! structs hold the raw values, each command validates them into a config
 //! and reports every problem at once.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod generate;
 pub mod import;
@@ -27,6 +28,8 @@ pub enum Command {
     /// Write a synthetic trading day as a FEED.md tape, with its truth and accounts files.
     #[command(name = "gen")]
     Generate(generate::GenArgs),
+    /// Play a scenario file against the live pipeline and measure latency, throughput and detection.
+    Bench(bench::BenchArgs),
     /// Inspect the checkpoints in a state directory (`replay --state DIR`).
     Checkpoint(checkpoint::CheckpointArgs),
 }
@@ -45,6 +48,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Checkpoint(args) => checkpoint::run(args),
         Command::Import(args) => import::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

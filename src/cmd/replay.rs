@@ -296,7 +296,7 @@ fn open_state(
 }
 
 /// Which core each pipeline thread is pinned to: source first, then shards.
-fn pin_plan(spec: &str, shards: usize, available: usize) -> Result<Vec<usize>, String> {
+pub(crate) fn pin_plan(spec: &str, shards: usize, available: usize) -> Result<Vec<usize>, String> {
     let core_ids: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
     match spec {
         "none" => Ok(Vec::new()),

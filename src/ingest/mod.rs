@@ -3,6 +3,7 @@
 //! gaps and repeats, the order lifecycle) in `validate`.
 
 pub mod csv;
+pub mod live;
 pub mod native;
 pub mod native_feed;
 pub mod validate;
@@ -37,6 +38,25 @@ pub trait Feed {
     /// rejects file. A feed that cannot resume refuses.
     fn checkpoint(&mut self, _w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
         Err(FeedError { path: PathBuf::new(), message: "this feed cannot be checkpointed".into() })
+    }
+
+    /// A live source (`live::LiveFeed`): each record comes with the time it
+    /// was due (its scheduled arrival, on the pipeline clock), which becomes
+    /// its ingest stamp, so latency counts from when it should have arrived.
+    /// The pipeline then publishes partial batches whenever the input runs
+    /// dry, and moves event time on while it stays quiet. Replay feeds keep
+    /// these defaults and never pay for them.
+    const LIVE: bool = false;
+
+    /// Live feeds only: `pump`, handing each record's due time to `emit`.
+    fn pump_live(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<bool, FeedError> {
+        let _ = emit;
+        unreachable!("only a feed with LIVE = true is pumped live")
+    }
+
+    /// Live feeds only: whether the last `pump_live` left the input empty.
+    fn drained(&self) -> bool {
+        false
     }
 }
 

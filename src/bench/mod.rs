@@ -1,0 +1,599 @@
+//! `tapewatch bench`: plays a scenario against the live pipeline and
+//! measures it.
+//!
+//! - `prepare`: the scenario's day is generated and turned into wire
+//!   records before the clock starts, so the feeder measures the pipeline,
+//!   not the generator (nor the CSV parser: the live path gets binary
+//!   records, as from a network feed).
+//! - `play`: a paced feeder thread (`feeder`) offers each record at its
+//!   scheduled time to the live ingest ring (`ingest::live`), the pipeline
+//!   runs as it would behind a network source, and latency counts from each
+//!   record's scheduled time (coordinated omission corrected).
+//! - `score`: alerts against the scenario's truth.
+//! - `find_max`: the highest steady rate that keeps p99 under a bound.
+//!
+//! `report` renders the text, JSON, percentile-distribution and SVG forms.
+
+pub mod feeder;
+pub mod report;
+
+use crate::config::Rules;
+use crate::event::{Kind, Side, parse_px};
+use crate::generator::generate_tape;
+use crate::ingest::RejectLog;
+use crate::ingest::live::{LiveFeed, WireRecord, wire_channel};
+use crate::ingest::validate::{Limits, Validator};
+use crate::metrics::{Clock, Summary, latency_histogram};
+use crate::pipeline::{self, LiveOptions, PipelineConfig};
+use crate::scenario::Scenario;
+use crate::symbols::{Groups, Names};
+use feeder::{FeederStats, Playback, Schedule, Steady};
+use hdrhistogram::Histogram;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Slots of the feeder's ring (x 512 records): what a receive buffer holds
+/// before back-pressure reaches the sender.
+pub const FEED_RING_SLOTS: usize = 64;
+/// The feeder starts this long after the pipeline, so threads are up.
+const LEAD_NS: u64 = 20_000_000;
+
+/// A scenario's day, ready to play.
+pub struct Prepared {
+    pub scenario: Scenario,
+    /// In feed order; `due_ns` is the offset from the first record's
+    /// arrival: the newest event time so far, as an in-order engine stamps
+    /// it (a late record arrives when the records around it do).
+    pub records: Vec<WireRecord>,
+    /// (account, pattern, instrument) planted.
+    pub truth: Vec<(String, String, String)>,
+    pub groups: Arc<Groups>,
+    pub first_ts_ns: i64,
+    pub max_order_id: u64,
+    pub prepare_secs: f64,
+}
+
+/// Generates the scenario's day in memory and converts it to wire records.
+pub fn prepare(scenario: &Scenario, scratch_dir: &Path) -> Result<Prepared, String> {
+    let started = std::time::Instant::now();
+    let cfg = scenario.gen_config();
+    let day = generate_tape(&cfg).map_err(|e| format!("generating the scenario's day: {e}"))?;
+    let records = wire_records(&day.tape)?;
+    drop(day.tape);
+    // Groups come from an accounts.csv file, as for a replay.
+    let accounts_path = scratch_dir.join("accounts.csv");
+    let mut text = String::from("account,group\n");
+    for (account, group) in &day.group_rows {
+        text.push_str(&format!("{account},{group}\n"));
+    }
+    std::fs::write(&accounts_path, text).map_err(|e| format!("{}: {e}", accounts_path.display()))?;
+    let groups = Arc::new(Groups::load(&accounts_path)?);
+    let truth = day.planted.iter().map(|p| (p.account.clone(), p.pattern.to_string(), p.instrument.clone())).collect();
+    let first_ts_ns = records.first().map_or(0, |w| w.ts_ns);
+    let max_order_id = records.iter().map(|w| w.order_id.max(w.contra_order_id)).max().unwrap_or(0);
+    Ok(Prepared {
+        scenario: scenario.clone(),
+        records,
+        truth,
+        groups,
+        first_ts_ns,
+        max_order_id,
+        prepare_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Parses a generated FEED.md tape into wire records with their due offsets.
+/// Not on the measured path: this runs before the clock starts.
+pub fn wire_records(tape: &[u8]) -> Result<Vec<WireRecord>, String> {
+    let mut lines = tape.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    lines.next(); // header
+    let mut out = Vec::new();
+    let mut newest_ts_ns = i64::MIN;
+    let mut first_ts_ns = None;
+    for (index, line) in lines.enumerate() {
+        let bad = |what: &str| format!("generated tape, record {}: bad {what}", index + 1);
+        let fields: Vec<&[u8]> = line.split(|&b| b == b',').collect();
+        if fields.len() != 11 {
+            return Err(bad("column count"));
+        }
+        let num = |f: &[u8], what: &str| -> Result<u64, String> {
+            std::str::from_utf8(f).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad(what))
+        };
+        let mut w = WireRecord {
+            seq: num(fields[0], "seq")?,
+            ts_ns: std::str::from_utf8(fields[1]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad("ts_ns"))?,
+            kind: match fields[2] {
+                b"N" => Kind::New,
+                b"C" => Kind::Cancel,
+                b"T" => Kind::Trade,
+                _ => return Err(bad("kind")),
+            },
+            order_id: num(fields[3], "order_id")?,
+            side: if fields[6] == b"B" { Side::Buy } else { Side::Sell },
+            price: parse_px(fields[7]).ok_or_else(|| bad("price"))?,
+            qty: num(fields[8], "qty")?,
+            ..WireRecord::default()
+        };
+        WireRecord::set_name(&mut w.account, &mut w.account_len, fields[4]).ok_or_else(|| bad("account"))?;
+        WireRecord::set_name(&mut w.instrument, &mut w.instrument_len, fields[5]).ok_or_else(|| bad("instrument"))?;
+        if w.kind == Kind::Trade {
+            w.contra_order_id = num(fields[9], "contra_order_id")?;
+            WireRecord::set_name(&mut w.contra_account, &mut w.contra_account_len, fields[10])
+                .ok_or_else(|| bad("contra_account"))?;
+        }
+        newest_ts_ns = newest_ts_ns.max(w.ts_ns);
+        let first = *first_ts_ns.get_or_insert(newest_ts_ns);
+        w.due_ns = (newest_ts_ns - first) as u64;
+        out.push(w);
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug)]
+pub struct PlayOptions {
+    pub shards: usize,
+    pub cores: Vec<usize>,
+    pub out_dir: PathBuf,
+    /// Overrides the scenario's `pipeline.idle_after`.
+    pub idle_after_ns: Option<u64>,
+    pub rules: Rules,
+}
+
+/// One alert as the sink wrote it.
+#[derive(Clone, Debug)]
+pub struct AlertSeen {
+    pub rule: String,
+    pub account: String,
+    pub instrument: String,
+    pub seq: u64,
+    pub ingest_to_alert_ns: u64,
+    pub ingest_to_applied_ns: u64,
+    /// Detection time, ns from the feeder's start.
+    pub at_ns: u64,
+}
+
+/// One run of the pipeline behind the feeder.
+pub struct Trial {
+    pub summary: Summary,
+    pub feeder: FeederStats,
+    pub alerts: Vec<AlertSeen>,
+    /// Pipeline clock of the first record's due time.
+    pub start_ns: u64,
+    /// Sampled every ~200 ms: (ns from start, event-time lag of the watermark behind the schedule).
+    pub watermark_lag: Vec<(u64, u64)>,
+    pub wall_secs: f64,
+}
+
+impl Trial {
+    /// Offered records that are neither applied, late nor rejected: lost.
+    pub fn dropped(&self) -> u64 {
+        let accounted = self.summary.applied + self.summary.late + self.summary.feed.rejected;
+        self.feeder.offered.saturating_sub(accounted)
+    }
+}
+
+/// Runs the pipeline behind a paced feeder playing `schedule`.
+fn play_schedule<S: Schedule + Sync>(
+    prepared: &Prepared,
+    opts: &PlayOptions,
+    clock: Clock,
+    start_ns: u64,
+    schedule: &S,
+) -> Result<Trial, String> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| format!("{}: {e}", opts.out_dir.display()))?;
+    let alerts_path = opts.out_dir.join("alerts.jsonl");
+    let mut cfg = PipelineConfig::new(opts.shards, alerts_path.clone(), opts.out_dir.join("late.csv"));
+    cfg.cores = opts.cores.clone();
+    cfg.rules = opts.rules;
+    cfg.lateness_ns = prepared.scenario.lateness_ns;
+    let idle_after_ns = opts.idle_after_ns.unwrap_or(prepared.scenario.idle_after_ns as u64);
+    cfg.live = LiveOptions { idle_after_ns: Some(idle_after_ns), clock: Some(clock) };
+    let (tx, rx) = wire_channel(FEED_RING_SLOTS);
+    let validator = Validator::new(Limits::default(), prepared.groups.clone());
+    let names = Names {
+        accounts: validator.accounts.table().clone(),
+        instruments: validator.instruments.table().clone(),
+        groups: prepared.groups.clone(),
+    };
+    let rejects = RejectLog::create(&opts.out_dir.join("rejects.tsv")).map_err(|e| e.to_string())?;
+    let feed = LiveFeed::new(rx, validator, rejects);
+    let first_ts_ns = prepared.first_ts_ns;
+    let mut watermark_lag = Vec::new();
+    let (summary, feeder_stats) = std::thread::scope(|scope| {
+        let feeder = std::thread::Builder::new()
+            .name("tw-feeder".into())
+            .spawn_scoped(scope, move || feeder::run(schedule, clock, tx))
+            .expect("spawn feeder thread");
+        let summary = pipeline::run(feed, names, &cfg, |progress| {
+            let now = clock.now_ns();
+            let watermark_ns = progress.watermark_ns.load(Ordering::Relaxed);
+            if now > start_ns && watermark_ns > first_ts_ns {
+                // Event time the schedule has reached, minus the watermark.
+                let scheduled_ts = first_ts_ns + (now - start_ns) as i64;
+                watermark_lag.push((now - start_ns, scheduled_ts.saturating_sub(watermark_ns).max(0) as u64));
+            }
+        });
+        let stats = feeder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (summary, stats)
+    });
+    let summary = summary?;
+    let alerts = read_alerts(&alerts_path, start_ns, clock)?;
+    Ok(Trial {
+        summary,
+        feeder: feeder_stats,
+        alerts,
+        start_ns,
+        watermark_lag,
+        wall_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Plays the scenario's day as scheduled.
+pub fn play(prepared: &Prepared, opts: &PlayOptions) -> Result<Trial, String> {
+    let clock = Clock::new();
+    let start_ns = clock.now_ns() + LEAD_NS;
+    let schedule = Playback { records: &prepared.records, start_ns };
+    play_schedule(prepared, opts, clock, start_ns, &schedule)
+}
+
+/// Plays the scenario's records at a steady rate for `secs` seconds.
+pub fn play_steady(prepared: &Prepared, opts: &PlayOptions, rate_per_s: f64, secs: f64) -> Result<Trial, String> {
+    let clock = Clock::new();
+    let start_ns = clock.now_ns() + LEAD_NS;
+    let schedule = Steady {
+        records: &prepared.records,
+        rate_per_s,
+        total: (rate_per_s * secs).ceil().max(1.0) as u64,
+        start_ns,
+        order_id_span: prepared.max_order_id + 1,
+    };
+    play_schedule(prepared, opts, clock, start_ns, &schedule)
+}
+
+fn read_alerts(path: &Path, start_ns: u64, clock: Clock) -> Result<Vec<AlertSeen>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // detected_unix_ns back to the pipeline clock: both clocks run at the
+    // same rate, so one offset, taken now, maps them.
+    let unix_now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let offset = unix_now - clock.now_ns() as i64;
+    let mut alerts = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let timing = &v["timing"];
+        let detected = timing["detected_unix_ns"].as_i64().unwrap_or(0) - offset;
+        alerts.push(AlertSeen {
+            rule: s("rule"),
+            account: s("account"),
+            instrument: s("instrument"),
+            seq: v["seq"].as_u64().unwrap_or(0),
+            ingest_to_alert_ns: timing["ingest_to_alert_ns"].as_u64().unwrap_or(0),
+            ingest_to_applied_ns: timing["ingest_to_applied_ns"].as_u64().unwrap_or(0),
+            at_ns: (detected.max(0) as u64).saturating_sub(start_ns),
+        });
+    }
+    Ok(alerts)
+}
+
+/// Per-pattern detection score.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PatternScore {
+    pub expected: u64,
+    pub found: u64,
+    pub missed: u64,
+    /// Distinct alerted (account, instrument) keys that were not planted.
+    pub unexpected: u64,
+}
+
+impl PatternScore {
+    pub fn recall(&self) -> f64 {
+        if self.expected == 0 { 1.0 } else { self.found as f64 / self.expected as f64 }
+    }
+    pub fn precision(&self) -> f64 {
+        let alerted = self.found + self.unexpected;
+        if alerted == 0 { 1.0 } else { self.found as f64 / alerted as f64 }
+    }
+}
+
+/// Alerts against the truth, per pattern, keyed by (account, instrument):
+/// an actor is found when at least one alert of its pattern names it.
+pub fn score(truth: &[(String, String, String)], alerts: &[AlertSeen]) -> BTreeMap<String, PatternScore> {
+    let mut out = BTreeMap::new();
+    for pattern in ["excessive-cancel", "self-trade"] {
+        let planted: BTreeSet<(&str, &str)> =
+            truth.iter().filter(|t| t.1 == pattern).map(|t| (t.0.as_str(), t.2.as_str())).collect();
+        let alerted: BTreeSet<(&str, &str)> =
+            alerts.iter().filter(|a| a.rule == pattern).map(|a| (a.account.as_str(), a.instrument.as_str())).collect();
+        let found = planted.intersection(&alerted).count() as u64;
+        out.insert(
+            pattern.to_string(),
+            PatternScore {
+                expected: planted.len() as u64,
+                found,
+                missed: planted.len() as u64 - found,
+                unexpected: alerted.difference(&planted).count() as u64,
+            },
+        );
+    }
+    out
+}
+
+/// Overall (micro-averaged) precision and recall.
+pub fn overall(scores: &BTreeMap<String, PatternScore>) -> PatternScore {
+    let mut total = PatternScore::default();
+    for s in scores.values() {
+        total.expected += s.expected;
+        total.found += s.found;
+        total.missed += s.missed;
+        total.unexpected += s.unexpected;
+    }
+    total
+}
+
+/// The unmet expectations of the scenario, if any.
+pub fn check_expectations(scenario: &Scenario, trial: &Trial, scores: &BTreeMap<String, PatternScore>) -> Vec<String> {
+    let mut unmet = Vec::new();
+    for (pattern, expectation) in
+        [("excessive-cancel", scenario.expect.excessive_cancel), ("self-trade", scenario.expect.self_trade)]
+    {
+        let s = &scores[pattern];
+        if s.recall() < expectation.min_recall {
+            unmet.push(format!(
+                "{pattern}: recall {:.3} below {} ({} of {} planted found)",
+                s.recall(),
+                expectation.min_recall,
+                s.found,
+                s.expected
+            ));
+        }
+        if s.unexpected > expectation.max_unexpected {
+            unmet.push(format!(
+                "{pattern}: {} unexpected alert keys, at most {}",
+                s.unexpected, expectation.max_unexpected
+            ));
+        }
+    }
+    if let Some(max_late) = scenario.expect.max_late
+        && trial.summary.late > max_late
+    {
+        unmet.push(format!("{} late records, at most {max_late}", trial.summary.late));
+    }
+    if trial.dropped() > 0 {
+        unmet.push(format!("{} records dropped", trial.dropped()));
+    }
+    unmet
+}
+
+/// For each alert, the part of its latency that the watermark imposed:
+/// from the trigger's due time until a record (or idle time) moved the
+/// watermark past it, by the schedule. The rest is the pipeline's own.
+pub fn watermark_floor(prepared: &Prepared, alert: &AlertSeen, idle_after_ns: u64) -> Option<u64> {
+    let index = alert.seq.checked_sub(1)? as usize;
+    let r = prepared.records.get(index).filter(|r| r.seq == alert.seq)?;
+    let lateness = prepared.scenario.lateness_ns;
+    // Released once the newest event time exceeds ts + lateness; the due
+    // offsets are exactly that newest event time, minus the first ts.
+    let needed = (r.ts_ns + lateness - prepared.first_ts_ns).max(0) as u64;
+    let j = prepared.records.partition_point(|w| w.due_ns <= needed);
+    let by_record = prepared.records.get(j).map_or(u64::MAX, |w| w.due_ns);
+    let by_idle = needed.saturating_add(idle_after_ns);
+    Some(by_record.min(by_idle).saturating_sub(r.due_ns))
+}
+
+/// The split of alert latency: (watermark floor, pipeline) histograms.
+pub fn latency_split(prepared: &Prepared, trial: &Trial, idle_after_ns: u64) -> (Histogram<u64>, Histogram<u64>) {
+    let mut floor = latency_histogram();
+    let mut rest = latency_histogram();
+    for alert in &trial.alerts {
+        if let Some(f) = watermark_floor(prepared, alert, idle_after_ns) {
+            let f = f.min(alert.ingest_to_alert_ns);
+            floor.saturating_record(f.max(1));
+            rest.saturating_record((alert.ingest_to_alert_ns - f).max(1));
+        }
+    }
+    (floor, rest)
+}
+
+/// Achieved rate of each phase: its records over the time from its
+/// scheduled start until its last record was actually sent (never less than
+/// the phase's own length). A feeder held back by the pipeline stretches
+/// that time.
+pub fn per_phase(prepared: &Prepared, trial: &Trial) -> Vec<PhaseRate> {
+    let recs = &prepared.records;
+    prepared
+        .scenario
+        .segments
+        .iter()
+        .map(|seg| {
+            let lo = recs.partition_point(|w| (w.due_ns as i64) < seg.start_ns);
+            let hi = recs.partition_point(|w| (w.due_ns as i64) < seg.end_ns());
+            let sent_ns = trial
+                .feeder
+                .timeline
+                .iter()
+                .find(|&&(_, sent)| sent >= hi as u64)
+                .map_or(seg.duration_ns as u64, |&(t, _)| t.saturating_sub(trial.start_ns + seg.start_ns as u64));
+            let took_ns = sent_ns.max(seg.duration_ns as u64).max(1);
+            PhaseRate {
+                name: seg.name.clone(),
+                records: (hi - lo) as u64,
+                offered_rps: seg.mean_rate(),
+                achieved_rps: (hi - lo) as f64 * 1e9 / took_ns as f64,
+                scheduled_secs: seg.duration_ns as f64 / 1e9,
+                took_secs: took_ns as f64 / 1e9,
+            }
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+pub struct PhaseRate {
+    pub name: String,
+    pub records: u64,
+    pub offered_rps: f64,
+    pub achieved_rps: f64,
+    pub scheduled_secs: f64,
+    pub took_secs: f64,
+}
+
+/// One step of the `--find-max` search.
+#[derive(Clone, Debug)]
+pub struct FindMaxStep {
+    pub rate_per_s: f64,
+    pub p99_ns: u64,
+    pub alerts: u64,
+    pub lost: u64,
+    pub passed: bool,
+}
+
+/// Highest steady rate with p99 ingest-to-alert under `bound_ns` and no
+/// record lost (dropped, late or rejected): doubling from 250k/s until a
+/// rate fails, then bisecting `refine` times.
+pub fn find_max(
+    prepared: &Prepared,
+    opts: &PlayOptions,
+    bound_ns: u64,
+    secs: f64,
+    refine: u32,
+    mut on_step: impl FnMut(&FindMaxStep),
+) -> Result<(Option<f64>, Vec<FindMaxStep>), String> {
+    let mut steps = Vec::new();
+    let mut trial_at = |rate: f64| -> Result<bool, String> {
+        let trial = play_steady(prepared, opts, rate, secs)?;
+        let h = &trial.summary.ingest_to_alert;
+        let lost = trial.dropped() + trial.summary.late + trial.summary.feed.rejected;
+        // No alert, no latency figure: that cannot pass.
+        let passed = !h.is_empty() && h.value_at_quantile(0.99) < bound_ns && lost == 0;
+        let step = FindMaxStep { rate_per_s: rate, p99_ns: h.value_at_quantile(0.99), alerts: h.len(), lost, passed };
+        on_step(&step);
+        steps.push(step);
+        Ok(passed)
+    };
+    let (mut good, mut bad) = (None::<f64>, None::<f64>);
+    let mut rate = 250_000.0;
+    while bad.is_none() && rate <= 64e6 {
+        if trial_at(rate)? {
+            good = Some(rate);
+            rate *= 2.0;
+        } else {
+            bad = Some(rate);
+        }
+    }
+    if let (Some(mut lo), Some(mut hi)) = (good, bad) {
+        for _ in 0..refine {
+            let mid = ((lo + hi) / 2.0 / 10_000.0).round() * 10_000.0;
+            if mid <= lo || mid >= hi {
+                break;
+            }
+            if trial_at(mid)? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        good = Some(lo);
+    }
+    Ok((good, steps))
+}
+
+/// Peak and current resident memory of this process, in bytes (Linux).
+pub fn memory() -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return (None, None) };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(rule: &str, account: &str, instrument: &str, seq: u64, latency_ns: u64) -> AlertSeen {
+        AlertSeen {
+            rule: rule.into(),
+            account: account.into(),
+            instrument: instrument.into(),
+            seq,
+            ingest_to_alert_ns: latency_ns,
+            ingest_to_applied_ns: latency_ns,
+            at_ns: 0,
+        }
+    }
+
+    #[test]
+    fn scoring_counts_found_missed_and_unexpected_keys() {
+        let truth: Vec<(String, String, String)> = [
+            ("A1", "excessive-cancel", "000001"),
+            ("A2", "excessive-cancel", "000002"),
+            ("A3", "self-trade", "000003"),
+        ]
+        .iter()
+        .map(|(a, p, i)| (a.to_string(), p.to_string(), i.to_string()))
+        .collect();
+        let alerts = [
+            alert("excessive-cancel", "A1", "000001", 5, 1),
+            // A second alert for a found key counts once.
+            alert("excessive-cancel", "A1", "000001", 9, 1),
+            // The right account on another instrument is not a find.
+            alert("excessive-cancel", "A2", "000009", 7, 1),
+            alert("self-trade", "A3", "000003", 8, 1),
+            alert("self-trade", "A9", "000003", 8, 1),
+        ];
+        let scores = score(&truth, &alerts);
+        let ec = &scores["excessive-cancel"];
+        assert_eq!((ec.expected, ec.found, ec.missed, ec.unexpected), (2, 1, 1, 1));
+        assert_eq!((ec.recall(), ec.precision()), (0.5, 0.5));
+        let st = &scores["self-trade"];
+        assert_eq!((st.expected, st.found, st.missed, st.unexpected), (1, 1, 0, 1));
+        let all = overall(&scores);
+        assert_eq!((all.expected, all.found, all.unexpected), (3, 2, 2));
+        let none = score(&[], &[]);
+        assert_eq!((none["self-trade"].recall(), none["self-trade"].precision()), (1.0, 1.0));
+    }
+
+    /// The watermark floor of an in-order record is the wait for the first
+    /// record more than the bound newer, or the idle period when the feed
+    /// goes quiet first.
+    #[test]
+    fn watermark_floor_follows_the_schedule() {
+        let scenario =
+            Scenario::parse("phases = [ { rate = 10, for = \"1s\" } ]\n[pipeline]\nlateness = \"1ms\"\n").unwrap();
+        let ms = 1_000_000i64;
+        // Records at 0, 0.5, 2, 100 ms (in order: due = ts - first ts).
+        let records: Vec<WireRecord> = [0, ms / 2, 2 * ms, 100 * ms]
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| WireRecord {
+                seq: i as u64 + 1,
+                ts_ns: 1_000 + t,
+                due_ns: t as u64,
+                ..WireRecord::default()
+            })
+            .collect();
+        let prepared = Prepared {
+            scenario,
+            records,
+            truth: Vec::new(),
+            groups: Arc::new(Groups::default()),
+            first_ts_ns: 1_000,
+            max_order_id: 0,
+            prepare_secs: 0.0,
+        };
+        let floor = |seq| watermark_floor(&prepared, &alert("self-trade", "A", "I", seq, 0), 10 * ms as u64);
+        assert_eq!(floor(1), Some(2 * ms as u64), "released by the record at 2 ms");
+        assert_eq!(floor(2), Some(3 * ms as u64 / 2), "0.5 ms: released by the record at 2 ms too");
+        assert_eq!(floor(3), Some(11 * ms as u64), "2 ms: quiet until 100 ms, so the idle period (1 + 10 ms)");
+        assert_eq!(floor(4), Some(11 * ms as u64), "the last record: idle");
+        assert_eq!(floor(9), None, "not a record of this day");
+    }
+}

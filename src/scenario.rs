@@ -1,0 +1,845 @@
+//! Scenario files (`scenarios/*.toml`): a market day described in one
+//! readable file (the market, the rate profile, the abuse to plant, what
+//! must be found), in two layers like the rules file: raw serde structs as
+//! written (unknown fields rejected, values kept with their spans), then a
+//! validated `Scenario`. Value problems are all collected and reported
+//! together, each with its line and field; a TOML syntax error or an unknown
+//! field stops the parse at that line (serde's `deny_unknown_fields`).
+//!
+//! A scenario drives both `tapewatch gen --scenario` (the tape, through
+//! `generator::Shape`) and `tapewatch bench` (the same records, paced).
+//! `scenarios/README.md` documents every field.
+
+use crate::config::{MS, line_of, toml_error};
+use crate::generator::{ActorPlan, GenConfig, PlantPattern, Shape};
+use serde::Deserialize;
+use std::path::Path;
+use toml::Spanned;
+
+/// The first record's event time: 2026-11-02 09:30 Asia/Shanghai, the
+/// FEED.md example's morning open.
+pub const DAY_START_NS: i64 = 1_793_583_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
+const US: i64 = 1_000;
+
+/// Stated limits: beyond them a scenario is a typo, not a market.
+const MAX_RATE: f64 = 50_000_000.0;
+const MAX_SPAN_NS: i64 = 3_600 * SEC;
+const MAX_RECORDS: f64 = 200_000_000.0;
+/// The excessive-cancel rule's window that a planted burst must fit in.
+const RULE_WINDOW_NS: i64 = 10 * SEC;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<Spanned<String>>,
+    description: Option<String>,
+    seed: Option<Spanned<i64>>,
+    #[serde(default)]
+    market: RawMarket,
+    #[serde(default)]
+    flow: RawFlow,
+    #[serde(default)]
+    pipeline: RawPipeline,
+    phases: Option<Spanned<Vec<Spanned<RawPhase>>>>,
+    #[serde(default)]
+    abuse: Vec<Spanned<RawAbuse>>,
+    #[serde(default)]
+    expect: RawExpect,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMarket {
+    instruments: Option<Spanned<i64>>,
+    price_levels: Option<Spanned<i64>>,
+    tick: Option<Spanned<f64>>,
+    accounts: Option<Spanned<i64>>,
+    account_skew: Option<Spanned<f64>>,
+    instrument_skew: Option<Spanned<f64>>,
+    grouped_share: Option<Spanned<f64>>,
+    hot: Option<Spanned<RawHot>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHot {
+    share: Option<Spanned<f64>>,
+    accounts: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    new: Option<Spanned<f64>>,
+    cancel: Option<Spanned<f64>>,
+    trade: Option<Spanned<f64>>,
+    lot: Option<Spanned<i64>>,
+    resting_size_doublings: Option<Spanned<i64>>,
+    marketable_size_doublings: Option<Spanned<i64>>,
+    min_cancel_delay: Option<Spanned<String>>,
+    late_share: Option<Spanned<f64>>,
+    late_by: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    lateness: Option<Spanned<String>>,
+    idle_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhase {
+    name: Option<String>,
+    rate: Option<Spanned<f64>>,
+    from: Option<Spanned<f64>>,
+    to: Option<Spanned<f64>>,
+    #[serde(rename = "for")]
+    duration: Option<Spanned<String>>,
+    repeat: Option<Spanned<i64>>,
+    every: Option<Spanned<String>>,
+    base: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbuse {
+    pattern: Option<Spanned<String>>,
+    actors: Option<Spanned<i64>>,
+    orders: Option<Spanned<[i64; 2]>>,
+    gap: Option<Spanned<[String; 2]>>,
+    cancel_after: Option<Spanned<[String; 2]>>,
+    trades: Option<Spanned<[i64; 2]>>,
+    paired: Option<bool>,
+    at: Option<Spanned<[String; 2]>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    #[serde(rename = "excessive-cancel")]
+    excessive_cancel: Option<RawExpectation>,
+    #[serde(rename = "self-trade")]
+    self_trade: Option<RawExpectation>,
+    max_late: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpectation {
+    min_recall: Option<Spanned<f64>>,
+    max_unexpected: Option<Spanned<i64>>,
+}
+
+/// A validated scenario. Times are nanoseconds; rates records per second.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub instruments: u32,
+    pub accounts: u32,
+    pub price_levels: u32,
+    pub tick_px: i64,
+    pub account_skew: f64,
+    pub instrument_skew: f64,
+    pub grouped_share: f64,
+    pub hot: Option<(f64, u32)>,
+    pub cancel_share: f64,
+    pub trade_share: f64,
+    pub lot: u64,
+    pub resting_doublings: u64,
+    pub marketable_doublings: u64,
+    pub min_cancel_delay_ns: i64,
+    pub late_share: f64,
+    pub late_by_ns: i64,
+    pub lateness_ns: i64,
+    pub idle_after_ns: i64,
+    /// The rate profile, phases expanded (repeats unrolled).
+    pub segments: Vec<Segment>,
+    pub abuse: Vec<Abuse>,
+    pub expect: Expect,
+}
+
+/// One stretch of the rate profile: `rate_from` to `rate_to` (equal when
+/// steady) over `[start_ns, start_ns + duration_ns)` from the day's start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub name: String,
+    pub start_ns: i64,
+    pub duration_ns: i64,
+    pub rate_from: f64,
+    pub rate_to: f64,
+}
+
+impl Segment {
+    pub fn end_ns(&self) -> i64 {
+        self.start_ns + self.duration_ns
+    }
+
+    /// Mean offered rate over the segment.
+    pub fn mean_rate(&self) -> f64 {
+        (self.rate_from + self.rate_to) / 2.0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Abuse {
+    pub pattern: PlantPattern,
+    pub actors: u32,
+    /// Start window, offsets from the day's start (scaled with the day).
+    pub from_ns: i64,
+    pub to_ns: i64,
+}
+
+/// What a run must find, per pattern, and how many late records it may see.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expect {
+    pub excessive_cancel: Expectation,
+    pub self_trade: Expectation,
+    pub max_late: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Expectation {
+    /// Share of the planted actors that must be alerted on.
+    pub min_recall: f64,
+    /// Alerted (account, instrument) keys that were not planted, at most.
+    pub max_unexpected: u64,
+}
+
+impl Default for Expectation {
+    /// Deterministic patterns: everything planted is found, nothing else.
+    fn default() -> Expectation {
+        Expectation { min_recall: 1.0, max_unexpected: 0 }
+    }
+}
+
+/// Parses a duration: a number and a unit, `ns`, `us`, `ms`, `s` or `m`
+/// (`"30s"`, `"0.5ms"`, `"2m"`). Never negative.
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.trim().is_empty() {
+        return Err(format!("`{text}` is not a duration like \"30s\""));
+    }
+    let unit_ns = match unit {
+        "ns" => 1.0,
+        "us" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "" => return Err(format!("`{text}` has no unit (ns, us, ms, s or m)")),
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (ns, us, ms, s or m)")),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("`{text}` is not a duration like \"30s\""))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("`{text}` is negative"));
+    }
+    let ns = value * unit_ns;
+    if ns > 1e15 {
+        return Err(format!("`{text}` is too long"));
+    }
+    Ok(ns.round() as i64)
+}
+
+/// Collects problems as `line N: field: message`.
+struct Problems<'a> {
+    text: &'a str,
+    list: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn at<T>(&mut self, value: &Spanned<T>, field: &str, message: impl std::fmt::Display) {
+        self.list.push(format!("line {}: {field}: {message}", line_of(self.text, value.span().start)));
+    }
+
+    fn int(
+        &mut self,
+        value: Option<Spanned<i64>>,
+        field: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> i64 {
+        match value {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.at(&v, field, format!("{} is out of range {}..={}", v.get_ref(), range.start(), range.end()));
+                default
+            }
+        }
+    }
+
+    fn float(
+        &mut self,
+        value: Option<Spanned<f64>>,
+        field: &str,
+        range: std::ops::RangeInclusive<f64>,
+        default: f64,
+    ) -> f64 {
+        match value {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.at(&v, field, format!("{} is out of range {}..={}", v.get_ref(), range.start(), range.end()));
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, field: &str) -> Option<i64> {
+        match parse_duration(value.get_ref()) {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                self.at(value, field, e);
+                None
+            }
+        }
+    }
+
+    fn duration_or(&mut self, value: Option<Spanned<String>>, field: &str, default: i64) -> i64 {
+        value.and_then(|v| self.duration(&v, field)).unwrap_or(default)
+    }
+
+    /// A `[lo, hi]` pair of durations with lo <= hi.
+    fn duration_range(&mut self, value: Option<Spanned<[String; 2]>>, field: &str, default: (i64, i64)) -> (i64, i64) {
+        let Some(value) = value else { return default };
+        let [lo, hi] = value.get_ref();
+        let (Ok(lo), Ok(hi)) = (parse_duration(lo), parse_duration(hi)) else {
+            let bad = [lo, hi].into_iter().find_map(|d| parse_duration(d).err()).unwrap_or_default();
+            self.at(&value, field, bad);
+            return default;
+        };
+        if lo > hi {
+            self.at(&value, field, "the first bound is above the second");
+            return default;
+        }
+        (lo, hi)
+    }
+
+    fn int_range(
+        &mut self,
+        value: Option<Spanned<[i64; 2]>>,
+        field: &str,
+        limit: std::ops::RangeInclusive<i64>,
+        default: (u32, u32),
+    ) -> (u32, u32) {
+        let Some(value) = value else { return default };
+        let [lo, hi] = *value.get_ref();
+        if !(limit.contains(&lo) && limit.contains(&hi) && lo <= hi) {
+            self.at(
+                &value,
+                field,
+                format!("[{lo}, {hi}] must be ascending within {}..={}", limit.start(), limit.end()),
+            );
+            return default;
+        }
+        (lo as u32, hi as u32)
+    }
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read scenario: {e}", path.display()))?;
+        Scenario::parse(&text).map_err(|problems| {
+            problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n")
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Scenario, Vec<String>> {
+        let raw: RawScenario = toml::from_str(text).map_err(|e| vec![toml_error(text, &e)])?;
+        let mut p = Problems { text, list: Vec::new() };
+        let name = raw.name.map(|n| n.into_inner()).unwrap_or_else(|| "scenario".to_string());
+        let seed = p.int(raw.seed, "seed", 0..=i64::MAX, 1) as u64;
+
+        let m = raw.market;
+        let instruments = p.int(m.instruments, "market.instruments", 1..=100_000, 500) as u32;
+        let accounts = p.int(m.accounts, "market.accounts", 100..=10_000_000, 20_000) as u32;
+        let price_levels = p.int(m.price_levels, "market.price_levels", 1..=64, 12) as u32;
+        let tick = p.float(m.tick, "market.tick", 0.0001..=10.0, 0.01);
+        let tick_px = (tick * 10_000.0).round() as i64;
+        let account_skew = p.float(m.account_skew, "market.account_skew", 0.01..=1e9, 4.0);
+        let instrument_skew = p.float(m.instrument_skew, "market.instrument_skew", 0.01..=1e9, 2.0);
+        let grouped_share = p.float(m.grouped_share, "market.grouped_share", 0.0..=0.5, 0.05);
+        let hot = m.hot.map(|hot| {
+            let span = hot.span();
+            let hot = hot.into_inner();
+            if hot.share.is_none() || hot.accounts.is_none() {
+                p.at(&Spanned::new(span, ()), "market.hot", "needs both `share` and `accounts`");
+            }
+            let share = p.float(hot.share, "market.hot.share", 0.0..=0.9, 0.5);
+            let hot_accounts = p.int(hot.accounts, "market.hot.accounts", 2..=1_000, 5) as u32;
+            (share, hot_accounts)
+        });
+
+        let f = raw.flow;
+        let flow_line = f.new.as_ref().or(f.cancel.as_ref()).or(f.trade.as_ref()).map(|s| s.span());
+        let new_share = p.float(f.new, "flow.new", 0.1..=1.0, 0.5);
+        let cancel_share = p.float(f.cancel, "flow.cancel", 0.001..=0.8, 0.3);
+        let trade_share = p.float(f.trade, "flow.trade", 0.001..=0.8, 0.2);
+        if (new_share + cancel_share + trade_share - 1.0).abs() > 0.01
+            && let Some(span) = flow_line
+        {
+            p.at(
+                &Spanned::new(span, ()),
+                "flow",
+                format!("new + cancel + trade = {} must be 1", new_share + cancel_share + trade_share),
+            );
+        }
+        let lot = p.int(f.lot, "flow.lot", 1..=1_000_000, 100) as u64;
+        let resting_doublings = p.int(f.resting_size_doublings, "flow.resting_size_doublings", 0..=20, 5) as u64;
+        let marketable_doublings =
+            p.int(f.marketable_size_doublings, "flow.marketable_size_doublings", 0..=20, 3) as u64;
+        let min_cancel_delay_ns = p.duration_or(f.min_cancel_delay, "flow.min_cancel_delay", 0);
+        let late_share = p.float(f.late_share, "flow.late_share", 0.0..=0.5, 0.0);
+        let late_by_ns = match &f.late_by {
+            Some(v) => match p.duration(v, "flow.late_by") {
+                Some(ns) if ns < US && late_share > 0.0 => {
+                    p.at(v, "flow.late_by", "at least 1us when late_share > 0");
+                    US
+                }
+                Some(ns) => ns.max(US),
+                None => US,
+            },
+            None => MS,
+        };
+
+        let lateness_ns = p.duration_or(raw.pipeline.lateness, "pipeline.lateness", MS);
+        let idle_after_ns = p.duration_or(raw.pipeline.idle_after, "pipeline.idle_after", 10 * MS);
+
+        let problems_before_phases = p.list.len();
+        let segments = match raw.phases {
+            None => {
+                p.list.push("phases: missing: a scenario needs at least one phase, e.g. phases = [ { rate = 5000, for = \"30s\" } ]".to_string());
+                Vec::new()
+            }
+            Some(phases) if phases.get_ref().is_empty() => {
+                p.at(&phases, "phases", "needs at least one phase");
+                Vec::new()
+            }
+            Some(phases) => expand_phases(&mut p, phases.into_inner()),
+        };
+        let span_ns = segments.last().map_or(0, Segment::end_ns);
+        if span_ns > MAX_SPAN_NS {
+            p.list.push(format!("phases: the day lasts {} s, at most {} s", span_ns / SEC, MAX_SPAN_NS / SEC));
+        }
+        let records: f64 = segments.iter().map(|s| s.mean_rate() * s.duration_ns as f64 / SEC as f64).sum();
+        if records > MAX_RECORDS {
+            p.list.push(format!("phases: {records:.0} records, at most {MAX_RECORDS:.0}"));
+        }
+        if !segments.is_empty() && records < 1.0 && p.list.len() == problems_before_phases {
+            p.list.push("phases: the profile offers no records (every rate is 0)".to_string());
+        }
+
+        let mut abuse = Vec::new();
+        for (index, entry) in raw.abuse.into_iter().enumerate() {
+            let span = entry.span();
+            let here = Spanned::new(span, ());
+            let a = entry.into_inner();
+            let field = |name: &str| format!("abuse[{index}].{name}");
+            let actors = match &a.actors {
+                None => {
+                    p.at(&here, &field("actors"), "missing: a pattern needs at least one actor");
+                    0
+                }
+                Some(v) if *v.get_ref() < 1 || *v.get_ref() > 10_000 => {
+                    p.at(v, &field("actors"), format!("{} is out of range 1..=10000", v.get_ref()));
+                    0
+                }
+                Some(v) => *v.get_ref() as u32,
+            };
+            let window = p.duration_range(a.at, &field("at"), (0, span_ns.max(1)));
+            let pattern = match a.pattern.as_ref().map(|s| s.get_ref().as_str()) {
+                Some("excessive-cancel") => {
+                    let orders = p.int_range(a.orders, &field("orders"), 1..=10_000, (25, 35));
+                    let gap_ns = p.duration_range(a.gap, &field("gap"), (10 * MS, 50 * MS));
+                    let cancel_ns = p.duration_range(a.cancel_after, &field("cancel_after"), (50 * MS, 500 * MS));
+                    // The whole burst must fit the rule's window, or the
+                    // planted actor would not be an excessive canceller.
+                    let longest = i64::from(orders.1.saturating_sub(1)) * gap_ns.1 + cancel_ns.1;
+                    if longest >= RULE_WINDOW_NS {
+                        p.at(
+                            &here,
+                            &field("gap"),
+                            format!("a burst may span {} ms, over the rule's 10 s window", longest / MS),
+                        );
+                    }
+                    if orders.0 < 20 {
+                        p.at(&here, &field("orders"), "fewer than the rule's 20 cancels cannot be detected");
+                    }
+                    if a.trades.is_some() || a.paired.is_some() {
+                        p.at(&here, &field("trades"), "`trades` and `paired` belong to self-trade");
+                    }
+                    Some(PlantPattern::ExcessiveCancel { orders, gap_ns, cancel_ns })
+                }
+                Some("self-trade") => {
+                    let trades = p.int_range(a.trades, &field("trades"), 1..=1_000, (1, 3));
+                    let gap_ns = p.duration_range(a.gap, &field("gap"), (100 * MS, SEC));
+                    if a.orders.is_some() || a.cancel_after.is_some() {
+                        p.at(&here, &field("orders"), "`orders` and `cancel_after` belong to excessive-cancel");
+                    }
+                    Some(PlantPattern::SelfTrade { trades, gap_ns, paired: a.paired.unwrap_or(false) })
+                }
+                Some(other) => {
+                    let v = a.pattern.as_ref().expect("matched Some");
+                    p.at(v, &field("pattern"), format!("unknown pattern `{other}` (excessive-cancel or self-trade)"));
+                    None
+                }
+                None => {
+                    p.at(&here, &field("pattern"), "missing (excessive-cancel or self-trade)");
+                    None
+                }
+            };
+            if let Some(pattern) = pattern
+                && actors > 0
+            {
+                abuse.push(Abuse { pattern, actors, from_ns: window.0, to_ns: window.1 });
+            }
+        }
+        let planted_accounts: u64 = abuse
+            .iter()
+            .map(|a| {
+                u64::from(a.actors)
+                    * if matches!(a.pattern, PlantPattern::SelfTrade { paired: true, .. }) { 2 } else { 1 }
+            })
+            .sum();
+        if planted_accounts > u64::from(accounts / 2) {
+            p.list.push(format!(
+                "abuse: {planted_accounts} planted accounts, at most half of market.accounts ({accounts})"
+            ));
+        }
+
+        let mut expectation = |raw: Option<RawExpectation>, pattern: &str| {
+            let raw = raw.unwrap_or(RawExpectation { min_recall: None, max_unexpected: None });
+            Expectation {
+                min_recall: p.float(raw.min_recall, &format!("expect.{pattern}.min_recall"), 0.0..=1.0, 1.0),
+                max_unexpected: p.int(raw.max_unexpected, &format!("expect.{pattern}.max_unexpected"), 0..=i64::MAX, 0)
+                    as u64,
+            }
+        };
+        let excessive_cancel = expectation(raw.expect.excessive_cancel, "excessive-cancel");
+        let self_trade = expectation(raw.expect.self_trade, "self-trade");
+        let max_late = raw.expect.max_late.map(|v| p.int(Some(v), "expect.max_late", 0..=i64::MAX, 0) as u64);
+
+        if !p.list.is_empty() {
+            // In file order; problems without a line (whole-file ones) last.
+            let line = |p: &String| -> usize {
+                p.strip_prefix("line ")
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(usize::MAX)
+            };
+            p.list.sort_by_key(line);
+            return Err(p.list);
+        }
+        Ok(Scenario {
+            name,
+            description: raw.description.unwrap_or_default(),
+            seed,
+            instruments,
+            accounts,
+            price_levels,
+            tick_px,
+            account_skew,
+            instrument_skew,
+            grouped_share,
+            hot,
+            cancel_share,
+            trade_share,
+            lot,
+            resting_doublings,
+            marketable_doublings,
+            min_cancel_delay_ns,
+            late_share,
+            late_by_ns,
+            lateness_ns,
+            idle_after_ns,
+            segments,
+            abuse,
+            expect: Expect { excessive_cancel, self_trade, max_late },
+        })
+    }
+
+    /// The profile with every phase's length (and every abuse window)
+    /// multiplied by `scale`; rates and the planted patterns' own timings
+    /// stay as written, so a scaled day has the same bursts, only shorter.
+    pub fn scaled(&self, scale: f64) -> Scenario {
+        assert!(scale > 0.0 && scale.is_finite());
+        let mut s = self.clone();
+        let at = |ns: i64| (ns as f64 * scale).round() as i64;
+        for seg in &mut s.segments {
+            let end_ns = at(seg.end_ns());
+            seg.start_ns = at(seg.start_ns);
+            seg.duration_ns = end_ns.max(seg.start_ns + 1) - seg.start_ns;
+        }
+        // Rounding must keep the segments back to back.
+        for i in 1..s.segments.len() {
+            let end = s.segments[i - 1].end_ns();
+            let seg = &mut s.segments[i];
+            let old_end = seg.end_ns();
+            seg.start_ns = end;
+            seg.duration_ns = (old_end - end).max(1);
+        }
+        for a in &mut s.abuse {
+            a.from_ns = at(a.from_ns);
+            a.to_ns = at(a.to_ns).max(a.from_ns);
+        }
+        s
+    }
+
+    pub fn span_ns(&self) -> i64 {
+        self.segments.last().map_or(0, Segment::end_ns)
+    }
+
+    /// The generator's config for this scenario: the profile sampled into
+    /// equal buckets (each bucket's rate is the profile's mean over it).
+    pub fn gen_config(&self) -> GenConfig {
+        let span_ns = self.span_ns().max(1);
+        // About 100k buckets, between 10 us and 1 ms each.
+        let bucket_ns = (span_ns / 100_000).clamp(10 * US, MS);
+        let buckets = ((span_ns + bucket_ns - 1) / bucket_ns) as usize;
+        let mut rates = vec![0.0; buckets];
+        for seg in &self.segments {
+            let first = (seg.start_ns / bucket_ns) as usize;
+            let last = ((seg.end_ns() - 1) / bucket_ns) as usize;
+            for (b, rate) in rates.iter_mut().enumerate().take(last + 1).skip(first) {
+                let lo = (b as i64 * bucket_ns).max(seg.start_ns);
+                let hi = ((b as i64 + 1) * bucket_ns).min(seg.end_ns());
+                if hi <= lo {
+                    continue;
+                }
+                // Mean of the (linear) rate over [lo, hi), weighted by the overlap.
+                let mid = ((lo + hi) / 2 - seg.start_ns) as f64 / seg.duration_ns as f64;
+                let r = seg.rate_from + (seg.rate_to - seg.rate_from) * mid;
+                *rate += r * (hi - lo) as f64 / bucket_ns as f64;
+            }
+        }
+        let mut shape = Shape::classic(DAY_START_NS, bucket_ns, rates);
+        shape.account_skew = self.account_skew;
+        shape.instrument_skew = self.instrument_skew;
+        shape.grouped_divisor =
+            if self.grouped_share > 0.0 { (1.0 / self.grouped_share).round().max(2.0) as u32 } else { u32::MAX };
+        shape.hot = self.hot;
+        shape.cancel_share = self.cancel_share;
+        shape.trade_share = self.trade_share;
+        shape.tick_px = self.tick_px;
+        shape.price_levels = self.price_levels;
+        shape.lot = self.lot;
+        shape.resting_doublings = self.resting_doublings;
+        shape.marketable_doublings = self.marketable_doublings;
+        shape.min_cancel_age_ns = self.min_cancel_delay_ns;
+        shape.delay_unit_ns = US;
+        shape.max_delay_ns = self.late_by_ns;
+        shape.actors = self
+            .abuse
+            .iter()
+            .map(|a| ActorPlan { pattern: a.pattern, count: a.actors, from_ns: a.from_ns, to_ns: a.to_ns })
+            .collect();
+        let mut cfg = GenConfig::new(shape.records(), self.seed);
+        cfg.accounts = self.accounts;
+        cfg.instruments = self.instruments;
+        cfg.late_pct = self.late_share * 100.0;
+        cfg.max_delay_ms = ((self.late_by_ns + MS - 1) / MS).max(1) as u32;
+        cfg.shape = Some(shape);
+        cfg
+    }
+}
+
+/// Unrolls the phases into back-to-back segments.
+fn expand_phases(p: &mut Problems<'_>, phases: Vec<Spanned<RawPhase>>) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let mut start_ns = 0i64;
+    for (index, phase) in phases.into_iter().enumerate() {
+        let here = Spanned::new(phase.span(), ());
+        let phase = phase.into_inner();
+        let field = |name: &str| format!("phases[{index}].{name}");
+        let mut rate = |value: &Option<Spanned<f64>>, name: &str| -> Option<f64> {
+            let v = value.as_ref()?;
+            let r = *v.get_ref();
+            if !(0.0..=MAX_RATE).contains(&r) {
+                p.at(v, &field(name), format!("{r} is out of range 0..={MAX_RATE:.0} records/s"));
+                return Some(0.0);
+            }
+            Some(r)
+        };
+        let steady = rate(&phase.rate, "rate");
+        let from = rate(&phase.from, "from");
+        let to = rate(&phase.to, "to");
+        let base = rate(&phase.base, "base");
+        let (rate_from, rate_to) = match (steady, from, to) {
+            (Some(r), None, None) => (r, r),
+            (None, Some(a), Some(b)) => (a, b),
+            _ => {
+                p.at(&here, &field("rate"), "give either `rate`, or `from` and `to` (a ramp)");
+                (0.0, 0.0)
+            }
+        };
+        let duration_ns = match &phase.duration {
+            None => {
+                p.at(&here, &field("for"), "missing: how long the phase lasts, e.g. for = \"30s\"");
+                continue;
+            }
+            Some(d) => match p.duration(d, &field("for")) {
+                Some(0) => {
+                    p.at(d, &field("for"), "must be longer than 0");
+                    continue;
+                }
+                Some(ns) => ns,
+                None => continue,
+            },
+        };
+        let name = phase.name.unwrap_or_else(|| format!("phase {}", index + 1));
+        let repeat = p.int(phase.repeat, &field("repeat"), 1..=10_000, 1);
+        let every_ns = phase.every.as_ref().and_then(|e| p.duration(e, &field("every")));
+        if repeat > 1 || every_ns.is_some() {
+            let Some(every_ns) = every_ns else {
+                p.at(&here, &field("every"), "a repeated phase needs `every` (burst start to burst start)");
+                continue;
+            };
+            if every_ns < duration_ns {
+                p.at(&here, &field("every"), "is shorter than the burst itself (`for`)");
+                continue;
+            }
+            let base = base.unwrap_or(0.0);
+            for k in 0..repeat {
+                let label = format!("{name} #{}", k + 1);
+                segments.push(Segment { name: label, start_ns, duration_ns, rate_from, rate_to });
+                start_ns += duration_ns;
+                if every_ns > duration_ns {
+                    let label = format!("{name} base #{}", k + 1);
+                    segments.push(Segment {
+                        name: label,
+                        start_ns,
+                        duration_ns: every_ns - duration_ns,
+                        rate_from: base,
+                        rate_to: base,
+                    });
+                    start_ns += every_ns - duration_ns;
+                }
+            }
+        } else {
+            if base.is_some() {
+                p.at(&here, &field("base"), "only a repeated phase (with `every`) has a base rate");
+            }
+            segments.push(Segment { name, start_ns, duration_ns, rate_from, rate_to });
+            start_ns += duration_ns;
+        }
+    }
+    segments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: [(&str, &str); 5] = [
+        ("steady-5k", include_str!("../scenarios/steady-5k.toml")),
+        ("szse-peak", include_str!("../scenarios/szse-peak.toml")),
+        ("burst-3m", include_str!("../scenarios/burst-3m.toml")),
+        ("skew", include_str!("../scenarios/skew.toml")),
+        ("late-heavy", include_str!("../scenarios/late-heavy.toml")),
+    ];
+
+    #[test]
+    fn shipped_scenarios_parse_and_single_feeds_keep_a_tight_bound() {
+        for (name, text) in SHIPPED {
+            let s = Scenario::parse(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(s.name, name);
+            assert!(!s.abuse.is_empty(), "{name} plants nothing");
+            if name != "late-heavy" {
+                // One sequenced feed: bound <= 1 ms and jitter within it.
+                assert!(s.lateness_ns <= MS && s.late_by_ns <= s.lateness_ns, "{name}");
+                assert_eq!(s.expect.max_late, Some(0), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_bursts_unroll_back_to_back() {
+        let s = Scenario::parse(
+            "phases = [ { rate = 5000, for = \"10s\" }, { name = \"b\", rate = 1200000, for = \"0.5s\", repeat = 2, every = \"10s\", base = 5000 }, { from = 0, to = 100, for = \"1s\" } ]\n",
+        )
+        .unwrap();
+        let spans: Vec<(&str, i64, i64, f64)> =
+            s.segments.iter().map(|g| (g.name.as_str(), g.start_ns / MS, g.duration_ns / MS, g.rate_to)).collect();
+        assert_eq!(
+            spans,
+            vec![
+                ("phase 1", 0, 10_000, 5000.0),
+                ("b #1", 10_000, 500, 1.2e6),
+                ("b base #1", 10_500, 9_500, 5000.0),
+                ("b #2", 20_000, 500, 1.2e6),
+                ("b base #2", 20_500, 9_500, 5000.0),
+                ("phase 3", 30_000, 1_000, 100.0),
+            ]
+        );
+        // 50k + 2 * (600k + 47.5k) + 50 (the ramp's mean 50/s for 1 s).
+        let cfg = s.gen_config();
+        assert_eq!(cfg.shape.as_ref().unwrap().records(), 1_345_050);
+        let half = s.scaled(0.5);
+        assert_eq!(half.span_ns(), s.span_ns() / 2);
+        assert_eq!(half.gen_config().shape.unwrap().records(), 1_345_050 / 2);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(30 * SEC));
+        assert_eq!(parse_duration("0.5ms"), Ok(500 * US));
+        assert_eq!(parse_duration("2m"), Ok(120 * SEC));
+        assert_eq!(parse_duration("250us"), Ok(250 * US));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("30 seconds").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+    }
+
+    /// A bad file names each problem's line and field, all of them at once.
+    #[test]
+    fn bad_values_are_all_reported_with_line_and_field() {
+        let text = "\
+name = \"bad\"
+phases = [
+  { rate = -5, for = \"10s\" },
+  { rate = 100, for = \"ten seconds\" },
+]
+[market]
+accounts = 5
+[[abuse]]
+pattern = \"excessive-cancel\"
+at = [\"1s\", \"2s\"]
+[[abuse]]
+pattern = \"spoofing\"
+actors = 2
+";
+        let problems = Scenario::parse(text).unwrap_err();
+        let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+        assert!(has("line 3: phases[0].rate: -5 is out of range"), "{problems:#?}");
+        assert!(has("line 4: phases[1].for: `ten seconds` is not a duration"), "{problems:#?}");
+        assert!(has("line 7: market.accounts: 5 is out of range"), "{problems:#?}");
+        assert!(has("line 8: abuse[0].actors: missing: a pattern needs at least one actor"), "{problems:#?}");
+        assert!(has("line 12: abuse[1].pattern: unknown pattern `spoofing`"), "{problems:#?}");
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_phases() {
+        let unknown =
+            Scenario::parse("phases = [ { rate = 5, for = \"1s\" } ]\n[flow]\ncancel_share = 0.3\n").unwrap_err();
+        assert!(unknown[0].starts_with("line 3: unknown field `cancel_share`"), "{unknown:?}");
+        let in_phase = Scenario::parse("phases = [\n { rate = 5, for = \"1s\", burst = 2 },\n]\n").unwrap_err();
+        assert!(in_phase[0].starts_with("line 2: unknown field `burst`"), "{in_phase:?}");
+        let none = Scenario::parse("seed = 3\n").unwrap_err();
+        assert!(none[0].starts_with("phases: missing"), "{none:?}");
+        let ramp = Scenario::parse("phases = [\n { from = 5, for = \"1s\" },\n]\n").unwrap_err();
+        assert!(ramp[0].starts_with("line 2: phases[0].rate: give either"), "{ramp:?}");
+        let burst = Scenario::parse(
+            "phases = [ { rate = 5, for = \"1s\" } ]\n[[abuse]]\npattern = \"excessive-cancel\"\nactors = 1\ngap = [\"1s\", \"2s\"]\n",
+        )
+        .unwrap_err();
+        assert!(burst[0].contains("abuse[0].gap: a burst may span"), "{burst:?}");
+    }
+}
