@@ -107,6 +107,9 @@ pub fn wire_channel(slots: usize) -> (WireSender, Consumer<Vec<WireRecord>>) {
     spsc::channel(slots, || Vec::with_capacity(WIRE_BATCH))
 }
 
+/// How many wire records ahead the feed prefetches table slots.
+const PREFETCH_AHEAD: usize = 12;
+
 pub struct LiveFeed {
     rx: Consumer<Vec<WireRecord>>,
     validator: Validator,
@@ -187,7 +190,16 @@ impl Feed for LiveFeed {
         while slots < PUMP_SLOTS {
             // Read in place: one cursor publish per slot, no copy.
             let Some(batch) = rx.peek() else { break };
-            for w in batch {
+            for (index, w) in batch.iter().enumerate() {
+                // The account and open-order tables outgrow the cache: start
+                // the misses of a record a few ahead (as the CSV feed does).
+                if let Some(ahead) = batch.get(index + PREFETCH_AHEAD)
+                    && !ahead.account().is_empty()
+                {
+                    let contra = (ahead.kind == Kind::Trade && !ahead.contra_account().is_empty())
+                        .then(|| (pack(ahead.contra_account()), ahead.contra_order_id));
+                    validator.prefetch_keys(pack(ahead.account()), ahead.order_id, contra);
+                }
                 if let Some(event) = accept(validator, rejects, scratch, w)? {
                     emit(&event, w.due_ns);
                 }

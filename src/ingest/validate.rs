@@ -238,11 +238,19 @@ impl Validator {
     /// tables outgrow the cache, and their misses would otherwise dominate.
     #[inline]
     pub fn prefetch(&self, raw: &RawRecord) {
-        self.accounts.prefetch(raw.account);
-        self.open.prefetch(raw.order_id);
-        if raw.kind == Kind::Trade {
-            self.accounts.prefetch(raw.contra_account);
-            self.open.prefetch(raw.contra_order_id);
+        let contra = (raw.kind == Kind::Trade).then_some((raw.contra_account, raw.contra_order_id));
+        self.prefetch_keys(raw.account, raw.order_id, contra);
+    }
+
+    /// As `prefetch`, from the keys alone: the account, the order, and a
+    /// trade's contra account and order.
+    #[inline]
+    pub fn prefetch_keys(&self, account: Packed, order_id: u64, contra: Option<(Packed, u64)>) {
+        self.accounts.prefetch(account);
+        self.open.prefetch(order_id);
+        if let Some((contra_account, contra_order_id)) = contra {
+            self.accounts.prefetch(contra_account);
+            self.open.prefetch(contra_order_id);
         }
     }
 
