@@ -20,7 +20,9 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
-const SNAP_MAGIC: &[u8; 8] = b"TWSNAP01";
+/// The shard file format; 02: window entries carry their keys (sliced
+/// snapshots), 01 (slots and key table) is refused.
+const SNAP_MAGIC: &[u8; 8] = b"TWSNAP02";
 pub const SNAP_HEADER_BYTES: usize = 40;
 
 pub struct Store {
