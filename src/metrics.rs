@@ -83,6 +83,10 @@ pub struct CheckpointSummary {
     pub stall_cpu: Histogram<u64>,
     pub source_stall_max_ns: u64,
     pub shard_stall_max_ns: u64,
+    /// The shards' part of `stall` and `stall_cpu`: each barrier's cut and
+    /// each slice of the sliced window copy.
+    pub shard_stall: Histogram<u64>,
+    pub shard_stall_cpu: Histogram<u64>,
     /// The checkpoint this run resumed from, and the seq it followed.
     pub resumed_from: Option<(u64, u64)>,
 }
@@ -168,6 +172,16 @@ impl Summary {
                 fmt_ns(quantile(&c.stall_cpu, 0.5)),
                 fmt_ns(quantile(&c.stall_cpu, 0.99)),
                 fmt_ns(c.stall_cpu.max())
+            );
+            s += &format!(
+                "checkpoints shard stalls (cuts and slices): p50 {} p99 {} max {} (n={}); thread CPU p50 {} p99 {} max {}\n",
+                fmt_ns(quantile(&c.shard_stall, 0.5)),
+                fmt_ns(quantile(&c.shard_stall, 0.99)),
+                fmt_ns(c.shard_stall.max()),
+                c.shard_stall.len(),
+                fmt_ns(quantile(&c.shard_stall_cpu, 0.5)),
+                fmt_ns(quantile(&c.shard_stall_cpu, 0.99)),
+                fmt_ns(c.shard_stall_cpu.max())
             );
         }
         s

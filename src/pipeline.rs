@@ -400,6 +400,7 @@ pub fn run_with<F: Feed + Send>(
     let source_stall_max = source.stall.as_ref().map_or(0, |(h, _)| h.max());
     let mut shard_stall_max = 0;
     let mut stall = source.stall;
+    let (mut shard_stall, mut shard_stall_cpu) = (latency_histogram(), latency_histogram());
     for shard in shard_results {
         let shard = shard?;
         summary.applied += shard.applied;
@@ -408,6 +409,8 @@ pub fn run_with<F: Feed + Send>(
         if let (Some((wall, cpu)), Some((shard_wall, shard_cpu))) = (stall.as_mut(), shard.stall.as_ref()) {
             wall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
             cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
+            shard_stall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
+            shard_stall_cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
         }
     }
     if let (Some(writer), Some((stall, stall_cpu))) = (writer, stall) {
@@ -419,6 +422,8 @@ pub fn run_with<F: Feed + Send>(
             stall_cpu,
             source_stall_max_ns: source_stall_max,
             shard_stall_max_ns: shard_stall_max,
+            shard_stall,
+            shard_stall_cpu,
             resumed_from,
         });
     }
