@@ -34,7 +34,7 @@ use crate::config::Rules;
 use crate::detect::{Detector, DetectorImage};
 use crate::event::Event;
 use crate::ingest::{Feed, FeedError, FeedStats};
-use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram, thread_cpu_ns};
+use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram, thread_cpu_ns, thread_preemptions};
 use crate::ring::spsc::{self, Consumer, Producer};
 use crate::ring::{Idle, pin_current};
 use crate::symbols::Names;
@@ -245,6 +245,8 @@ pub fn run_with<F: Feed + Send>(
                 pending: None,
                 stall: latency_histogram(),
                 stall_cpu: latency_histogram(),
+                preempted: 0,
+                max_unpreempted_ns: 0,
             });
         }
         let (source_back, back_rx) = mpsc::channel();
@@ -401,11 +403,14 @@ pub fn run_with<F: Feed + Send>(
     let mut shard_stall_max = 0;
     let mut stall = source.stall;
     let (mut shard_stall, mut shard_stall_cpu) = (latency_histogram(), latency_histogram());
+    let (mut shard_stall_preempted, mut shard_stall_max_unpreempted_ns) = (0, 0);
     for shard in shard_results {
         let shard = shard?;
         summary.applied += shard.applied;
         summary.grew += shard.grew;
         shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |(h, _)| h.max()));
+        shard_stall_preempted += shard.preempted.0;
+        shard_stall_max_unpreempted_ns = shard_stall_max_unpreempted_ns.max(shard.preempted.1);
         if let (Some((wall, cpu)), Some((shard_wall, shard_cpu))) = (stall.as_mut(), shard.stall.as_ref()) {
             wall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
             cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
@@ -424,6 +429,8 @@ pub fn run_with<F: Feed + Send>(
             shard_stall_max_ns: shard_stall_max,
             shard_stall,
             shard_stall_cpu,
+            shard_stall_preempted,
+            shard_stall_max_unpreempted_ns,
             resumed_from,
         });
     }
@@ -549,6 +556,9 @@ struct ShardCkpt {
     /// slice of the copy.
     stall: Histogram<u64>,
     stall_cpu: Histogram<u64>,
+    /// Stalls during which the thread was preempted, and the longest of the others.
+    preempted: u64,
+    max_unpreempted_ns: u64,
 }
 
 /// Window entries a shard copies into a snapshot in progress after each
@@ -556,20 +566,37 @@ struct ShardCkpt {
 /// checkpoint never holds the hot path up for long.
 pub const SNAPSHOT_SLICE: usize = 4096;
 
+/// When a stall began: wall, thread CPU, preemptions so far.
+type StallStart = (u64, u64, u64);
+
 impl ShardCkpt {
+    fn stall_start(clock: &Clock) -> StallStart {
+        (clock.now_ns(), thread_cpu_ns(), thread_preemptions())
+    }
+
+    fn stall_end(&mut self, clock: &Clock, (wall_ns, cpu_ns, preemptions): StallStart) {
+        let wall = clock.now_ns().saturating_sub(wall_ns).max(1);
+        self.stall.saturating_record(wall);
+        self.stall_cpu.saturating_record(thread_cpu_ns().saturating_sub(cpu_ns).max(1));
+        if thread_preemptions() != preemptions {
+            self.preempted += 1;
+        } else {
+            self.max_unpreempted_ns = self.max_unpreempted_ns.max(wall);
+        }
+    }
+
     /// Copies the next slice (at most `max` entries) of the snapshot in
     /// progress, timed as a stall; sends the image to the writer once it is
     /// complete. False if the writer is gone.
     fn copy_slice(&mut self, detector: &mut Detector, clock: &Clock, max: usize) -> bool {
         let Some((id, applied)) = self.pending else { return true };
-        let (started_ns, started_cpu_ns) = (clock.now_ns(), thread_cpu_ns());
+        let started = ShardCkpt::stall_start(clock);
         let mut delivered = true;
         if let Some(image) = detector.copy_slice(max) {
             self.pending = None;
             delivered = self.tx.send(Msg::Shard { id, shard: self.index, applied, image }).is_ok();
         }
-        self.stall.saturating_record(clock.now_ns().saturating_sub(started_ns).max(1));
-        self.stall_cpu.saturating_record(thread_cpu_ns().saturating_sub(started_cpu_ns).max(1));
+        self.stall_end(clock, started);
         delivered
     }
 }
@@ -839,6 +866,8 @@ struct ShardStats {
     applied: u64,
     grew: u64,
     stall: Option<(Histogram<u64>, Histogram<u64>)>,
+    /// Stalls preempted, and the longest wall time of the others.
+    preempted: (u64, u64),
 }
 
 fn run_shard(
@@ -895,12 +924,11 @@ fn run_shard(
             // The stall: cut the snapshot (the hot keys; the window entries
             // are copied in slices after the batches that follow), and pass
             // the barrier on. The writer encodes the image and does the I/O.
-            let (started_ns, started_cpu_ns) = (clock.now_ns(), thread_cpu_ns());
+            let started = ShardCkpt::stall_start(&clock);
             detector.begin_snapshot(ck.image.take());
             ck.pending = Some((batch.checkpoint, applied));
             delivered &= send(ToSink::Barrier(batch.checkpoint));
-            ck.stall.saturating_record(clock.now_ns().saturating_sub(started_ns).max(1));
-            ck.stall_cpu.saturating_record(thread_cpu_ns().saturating_sub(started_cpu_ns).max(1));
+            ck.stall_end(&clock, started);
         }
         for pending in &batch.events {
             detector.apply(&pending.event, &mut |alert| {
@@ -933,5 +961,6 @@ fn run_shard(
     {
         return Err("checkpoint writer stopped".to_string());
     }
-    Ok(ShardStats { applied, grew: detector.stats().grew, stall: ckpt.map(|c| (c.stall, c.stall_cpu)) })
+    let preempted = ckpt.as_ref().map_or((0, 0), |c| (c.preempted, c.max_unpreempted_ns));
+    Ok(ShardStats { applied, grew: detector.stats().grew, stall: ckpt.map(|c| (c.stall, c.stall_cpu)), preempted })
 }

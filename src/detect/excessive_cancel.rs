@@ -31,17 +31,25 @@ struct Entry {
 struct KeyState {
     new_orders: u32,
     cancels: u32,
+    hot: bool,
+}
+
+/// What checkpoints need to know of a key slot, apart from `KeyState` so
+/// that the per-record state stays 12 bytes.
+#[derive(Clone, Copy, Default)]
+struct SlotInfo {
+    /// The (group, instrument) key of this slot.
+    key: u64,
     /// While hot: this key's index in `hot_keys` / `hot_slots`.
     hot_pos: u32,
-    hot: bool,
-    /// The (group, instrument) key of this slot, for checkpoints.
-    key: u64,
 }
 
 pub struct ExcessiveCancel {
     params: ExcessiveCancelParams,
     slot_of: FxHashMap<u64, u32>,
     keys: Vec<KeyState>,
+    /// Parallel to `keys`.
+    slots: Vec<SlotInfo>,
     free: Vec<u32>,
     /// Keys in `slot_of` whose window is empty and that are not hot.
     idle: usize,
@@ -80,6 +88,7 @@ impl ExcessiveCancel {
             params,
             slot_of,
             keys: Vec::with_capacity(key_capacity),
+            slots: Vec::with_capacity(key_capacity),
             free: Vec::with_capacity(key_capacity),
             idle: 0,
             window: VecDeque::with_capacity(window_capacity),
@@ -184,7 +193,7 @@ impl ExcessiveCancel {
     /// progress must copy: copy it now (O(1)).
     #[cold]
     fn save_expiring(&mut self, entry: Entry) {
-        let key = self.keys[entry.slot as usize].key;
+        let key = self.slots[entry.slot as usize].key;
         if let Some(image) = self.snap.as_mut() {
             image.window.push(ImageEntry { ts_ns: entry.ts_ns, key, cancel: entry.cancel });
         }
@@ -196,19 +205,19 @@ impl ExcessiveCancel {
         if self.hot_keys.len() == self.hot_keys.capacity() {
             self.grew += 1;
         }
-        let state = &mut self.keys[slot as usize];
-        state.hot_pos = self.hot_keys.len() as u32;
-        self.hot_keys.push(state.key);
+        let info = &mut self.slots[slot as usize];
+        info.hot_pos = self.hot_keys.len() as u32;
+        self.hot_keys.push(info.key);
         self.hot_slots.push(slot);
     }
 
     #[inline]
     fn hot_remove(&mut self, slot: u32) {
-        let pos = self.keys[slot as usize].hot_pos as usize;
+        let pos = self.slots[slot as usize].hot_pos as usize;
         self.hot_keys.swap_remove(pos);
         self.hot_slots.swap_remove(pos);
         if let Some(&moved) = self.hot_slots.get(pos) {
-            self.keys[moved as usize].hot_pos = pos as u32;
+            self.slots[moved as usize].hot_pos = pos as u32;
         }
     }
 
@@ -227,17 +236,19 @@ impl ExcessiveCancel {
     }
 
     fn new_slot(&mut self, key: u64) -> u32 {
-        let state = KeyState { key, ..KeyState::default() };
+        let info = SlotInfo { key, hot_pos: 0 };
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.keys[slot as usize] = state;
+                self.keys[slot as usize] = KeyState::default();
+                self.slots[slot as usize] = info;
                 slot
             }
             None => {
                 if self.keys.len() == self.keys.capacity() {
                     self.grew += 1;
                 }
-                self.keys.push(state);
+                self.keys.push(KeyState::default());
+                self.slots.push(info);
                 (self.keys.len() - 1) as u32
             }
         };
@@ -366,10 +377,10 @@ impl ExcessiveCancel {
         debug_assert!(self.snap_next >= self.popped);
         let from = (self.snap_next - self.popped) as usize;
         let to = from + max.min((self.snap_end - self.snap_next) as usize);
-        let keys = &self.keys;
+        let slots = &self.slots;
         image.window.extend(self.window.range(from..to).map(|e| ImageEntry {
             ts_ns: e.ts_ns,
-            key: keys[e.slot as usize].key,
+            key: slots[e.slot as usize].key,
             cancel: e.cancel,
         }));
         self.snap_next += (to - from) as u64;
