@@ -116,6 +116,9 @@ pub struct PipelineConfig {
     /// Start-up capacity of each shard's reorder buffer and window, in records.
     pub reorder_capacity: usize,
     pub window_capacity: usize,
+    /// Window entries a shard copies into a snapshot in progress per slice
+    /// (`SNAPSHOT_SLICE`; tests make it tiny, so snapshots span many batches).
+    pub snapshot_slice: usize,
     pub alerts_path: PathBuf,
     pub late_path: PathBuf,
 }
@@ -130,6 +133,7 @@ impl PipelineConfig {
             ring_batches: 64,
             reorder_capacity: 1 << 16,
             window_capacity: 1 << 16,
+            snapshot_slice: SNAPSHOT_SLICE,
             alerts_path,
             late_path,
         }
@@ -243,6 +247,7 @@ pub fn run_with<F: Feed + Send>(
                 tx: tx.clone(),
                 image,
                 pending: None,
+                slice: cfg.snapshot_slice.max(1),
                 stall: latency_histogram(),
                 stall_cpu: latency_histogram(),
                 preempted: 0,
@@ -552,6 +557,8 @@ struct ShardCkpt {
     /// The snapshot being copied: (checkpoint id, records applied at its
     /// barrier).
     pending: Option<(u64, u64)>,
+    /// Entries per slice of the copy.
+    slice: usize,
     /// Hot-path time caused by checkpoints: each barrier's cut and each
     /// slice of the copy.
     stall: Histogram<u64>,
@@ -900,7 +907,7 @@ fn run_shard(
                 && ck.pending.is_some()
             {
                 // Nothing to apply: copy the snapshot rather than wait.
-                if !ck.copy_slice(&mut detector, &clock, SNAPSHOT_SLICE) {
+                if !ck.copy_slice(&mut detector, &clock, ck.slice) {
                     return Err("checkpoint writer stopped".to_string());
                 }
                 continue;
@@ -947,7 +954,7 @@ fn run_shard(
         rx.release();
         if let Some(ck) = ckpt.as_mut() {
             // One slice of the snapshot in progress, if any, per batch.
-            delivered &= ck.copy_slice(&mut detector, &clock, SNAPSHOT_SLICE);
+            delivered &= ck.copy_slice(&mut detector, &clock, ck.slice);
         }
         if !delivered {
             return Err("alert sink stopped".to_string());
