@@ -99,6 +99,7 @@ fn main() {
             plain.last().unwrap_or(&0.0),
             with.last().unwrap_or(&0.0)
         );
+        println!("     {}", line(&last, "checkpoints shard stalls"));
     }
     let (plain_s, with_s) = (median(plain), median(with));
     println!(
@@ -112,6 +113,7 @@ fn main() {
     let stall_max = parse_ns(after(stall, " max "));
     println!("last run: {ckpt}");
     println!("last run: {}", line(&last, "checkpoints stall"));
+    println!("last run: {}", line(&last, "checkpoints shard stalls"));
     println!("longest stall of the last run: {:.3} ms (target < 1 ms)", stall_max / 1e6);
     let show = tapewatch(&["checkpoint", "show", path(&state)]);
     println!("newest checkpoint: {}", line(&show, "window").trim_start_matches("window").trim());

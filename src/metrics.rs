@@ -41,6 +41,21 @@ pub fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Times the calling thread was switched out involuntarily (preempted), so
+/// far; 0 where the OS does not say.
+pub fn thread_preemptions() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: an all-zero rusage is valid, and `usage` is writable for the call.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } == 0 {
+            return usage.ru_nivcsw as u64;
+        }
+    }
+    0
+}
+
 /// Latencies up to an hour, three significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static histogram bounds are valid")
@@ -83,6 +98,14 @@ pub struct CheckpointSummary {
     pub stall_cpu: Histogram<u64>,
     pub source_stall_max_ns: u64,
     pub shard_stall_max_ns: u64,
+    /// The shards' part of `stall` and `stall_cpu`: each barrier's cut and
+    /// each slice of the sliced window copy.
+    pub shard_stall: Histogram<u64>,
+    pub shard_stall_cpu: Histogram<u64>,
+    /// Shard stalls during which the thread was preempted (their wall time
+    /// is mostly another thread's), and the longest wall time of the others.
+    pub shard_stall_preempted: u64,
+    pub shard_stall_max_unpreempted_ns: u64,
     /// The checkpoint this run resumed from, and the seq it followed.
     pub resumed_from: Option<(u64, u64)>,
 }
@@ -168,6 +191,18 @@ impl Summary {
                 fmt_ns(quantile(&c.stall_cpu, 0.5)),
                 fmt_ns(quantile(&c.stall_cpu, 0.99)),
                 fmt_ns(c.stall_cpu.max())
+            );
+            s += &format!(
+                "checkpoints shard stalls (cuts and slices): p50 {} p99 {} max {} (n={}; {} preempted, max of the others {}); thread CPU p50 {} p99 {} max {}\n",
+                fmt_ns(quantile(&c.shard_stall, 0.5)),
+                fmt_ns(quantile(&c.shard_stall, 0.99)),
+                fmt_ns(c.shard_stall.max()),
+                c.shard_stall.len(),
+                c.shard_stall_preempted,
+                fmt_ns(c.shard_stall_max_unpreempted_ns),
+                fmt_ns(quantile(&c.shard_stall_cpu, 0.5)),
+                fmt_ns(quantile(&c.shard_stall_cpu, 0.99)),
+                fmt_ns(c.shard_stall_cpu.max())
             );
         }
         s

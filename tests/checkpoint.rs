@@ -57,6 +57,9 @@ fn replay_cmd(tape: &Path, out: &Path, shards: usize, extra: &[&str]) -> Command
         .arg(out.join("alerts.jsonl"))
         .args(["--shards", &shards.to_string(), "--cores", "none", "--quiet"])
         .args(extra)
+        // Tiny snapshot slices: a shard's window copy spans many batches,
+        // so kills, torn files and resumes meet snapshots cut in slices.
+        .env("TAPEWATCH_SNAPSHOT_SLICE", "7")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
@@ -137,6 +140,21 @@ fn reference(tape: &Path, root: &Path) -> (PathBuf, Duration) {
 }
 
 /// SIGKILLs a running child; returns its exit status if it had already exited.
+/// The run's shard snapshots were copied in slices: more than a cut and
+/// two slices per checkpoint per shard, on average.
+fn assert_sliced(summary: &str, shards: usize) {
+    let taken = number_after(summary, "checkpoints ", "checkpoints ");
+    let stalls = number_after(summary, "checkpoints shard stalls", "(n=");
+    assert!(taken > 0 && stalls > 3 * taken * shards as u64, "no sliced copies? {summary}");
+}
+
+/// The number after `key` in the summary line that starts with `start`.
+fn number_after(summary: &str, start: &str, key: &str) -> u64 {
+    let line = summary.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no {start:?} in {summary}"));
+    let at = line.find(key).unwrap_or_else(|| panic!("no {key:?} in {line}")) + key.len();
+    line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
 fn kill(child: &mut Child) -> Option<std::process::ExitStatus> {
     let exited = child.try_wait().expect("try_wait");
     if exited.is_none() {
@@ -174,7 +192,9 @@ fn crash_and_resume(
         attempts += 1;
         assert!(attempts < kills * 20, "too few kills landed while a run was going");
         let n = shards(&mut rng);
-        let mut child = replay_cmd(&tape, &got, n, &with_state(&state, "4000")).spawn().expect("spawn");
+        let slice = [1, 7, 100, 4096][rng.below(4) as usize].to_string();
+        let mut cmd = replay_cmd(&tape, &got, n, &with_state(&state, "4000"));
+        let mut child = cmd.env("TAPEWATCH_SNAPSHOT_SLICE", &slice).spawn().expect("spawn");
         std::thread::sleep(Duration::from_micros(rng.below(span_us)));
         let exited = kill(&mut child);
         let mut stderr = String::new();
@@ -234,16 +254,23 @@ fn run_until_checkpoint(tape: &Path, out: &Path, state: &Path, shards: usize, at
 fn resuming_with_another_shard_count_redistributes_the_window_state() {
     let root = tempfile::tempdir().unwrap();
     let tape = make_tape(root.path(), 120_000, 5);
+    // A 10-minute window holds thousands of entries at each barrier, more
+    // than the next batches expire: most are copied by slices, not expiry.
+    std::fs::write(tape.with_file_name("rules.toml"), "[excessive_cancel]\nwindow_ms = 600000\nmin_cancels = 2\n")
+        .unwrap();
     let (want, _) = reference(&tape, root.path());
     for (before, after) in [(1, 3), (3, 2)] {
         let got = root.path().join(format!("{before}to{after}"));
         std::fs::create_dir_all(&got).unwrap();
         let state = got.join("state");
         run_until_checkpoint(&tape, &got, &state, before, 4);
-        let out = run_ok(replay_cmd(&tape, &got, after, &with_state(&state, "10000")));
+        let mut resume = replay_cmd(&tape, &got, after, &with_state(&state, "10000"));
+        resume.env("TAPEWATCH_SNAPSHOT_SLICE", "1");
+        let out = run_ok(resume);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let taken = format!("taken with {before} shard");
         assert!(stderr.contains("resuming from checkpoint 4") && stderr.contains(&taken), "{stderr}");
+        assert_sliced(&String::from_utf8_lossy(&out.stdout), after);
         assert_same_outputs(&want, &got, false);
     }
 }

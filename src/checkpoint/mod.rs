@@ -207,22 +207,26 @@ impl Manifest {
     }
 }
 
-/// (keys, window entries) of a shard snapshot, for `checkpoint show`: the
-/// excessive-cancel state's layout is keys first, then entries (see
-/// `detect::excessive_cancel`).
+/// (active keys, window entries) of a shard snapshot, for `checkpoint
+/// show`: the excessive-cancel state's layout is the hot keys, then the
+/// window entries with their keys (see `detect::excessive_cancel`); the
+/// active keys are the distinct keys among them.
 pub fn shard_counts(payload: &[u8]) -> Result<(u64, u64), DecodeError> {
     let mut r = Reader::new(payload);
     if r.u8()? == 0 {
         return Ok((0, 0));
     }
-    let keys = r.count(21)?;
-    for _ in 0..keys {
-        r.u32()?;
-        r.u64()?;
-        r.u64()?;
+    let mut keys = rustc_hash::FxHashSet::default();
+    for _ in 0..r.count(8)? {
+        keys.insert(r.u64()?);
+    }
+    let entries = r.count(crate::detect::excessive_cancel::ENTRY_BYTES)?;
+    for _ in 0..entries {
+        r.i64()?;
+        keys.insert(r.u64()?);
         r.u8()?;
     }
-    Ok((keys as u64, r.count(13)? as u64))
+    Ok((keys.len() as u64, entries as u64))
 }
 
 pub fn write_event(w: &mut Writer<'_>, e: &Event) {

@@ -20,7 +20,9 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
-const SNAP_MAGIC: &[u8; 8] = b"TWSNAP01";
+/// The shard file format; 02: window entries carry their keys (sliced
+/// snapshots), 01 (slots and key table) is refused.
+const SNAP_MAGIC: &[u8; 8] = b"TWSNAP02";
 pub const SNAP_HEADER_BYTES: usize = 40;
 
 pub struct Store {
@@ -218,6 +220,11 @@ pub fn write_snapshot(path: &Path, id: u64, shard: usize, payload: &[u8]) -> Res
 pub fn read_snapshot(path: &Path, id: u64, shard: usize, len: u64, hash: u64) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let torn = |why: String| format!("{}: {why}", path.display());
+    if bytes.len() >= SNAP_HEADER_BYTES && bytes[..6] == SNAP_MAGIC[..6] && bytes[..8] != SNAP_MAGIC[..] {
+        let found = String::from_utf8_lossy(&bytes[..8]);
+        let want = String::from_utf8_lossy(SNAP_MAGIC);
+        return Err(torn(format!("shard file format {found}, this build reads {want} (written by another build)")));
+    }
     if bytes.len() < SNAP_HEADER_BYTES || &bytes[..8] != SNAP_MAGIC {
         return Err(torn(format!("no snapshot header ({} bytes)", bytes.len())));
     }
@@ -270,6 +277,11 @@ mod tests {
         assert!(err.contains("checksum mismatch"), "{err}");
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(read_snapshot(&path, 7, 1, payload.len() as u64, hash).is_err(), "a torn file");
+        // A file of the earlier format (slots and a key table) is not misread.
+        bytes[..8].copy_from_slice(b"TWSNAP01");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_snapshot(&path, 7, 1, payload.len() as u64, hash).unwrap_err();
+        assert!(err.contains("format TWSNAP01, this build reads TWSNAP02"), "{err}");
     }
 
     #[test]

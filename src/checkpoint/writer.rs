@@ -1,6 +1,9 @@
 //! The checkpoint writer thread: all checkpoint I/O, off the source, shard
-//! and sink threads. Each of those copies its state into a buffer at the
-//! barrier and sends it here; once the source, every shard and the sink
+//! and sink threads. Each of those copies its state into a buffer as of the
+//! barrier and sends it here (a shard cuts its snapshot at the barrier and
+//! copies the window entries in slices between the batches that follow, so
+//! its part may come after later records were applied; it is still the
+//! state at the barrier); once the source, every shard and the sink
 //! have reported a checkpoint, this thread writes the shard files (mmap,
 //! msync, fsync), fsyncs the output files up to their committed lengths,
 //! then writes the manifest with the source snapshot and any new names in
@@ -46,7 +49,8 @@ pub enum Msg {
         id: u64,
         shard: usize,
         applied: u64,
-        /// The shard's window state, copied at the barrier; encoded here.
+        /// The shard's window state as of the barrier (copied in slices
+        /// after it); encoded here.
         image: Box<DetectorImage>,
     },
     Sink {

@@ -143,6 +143,10 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     let mut cfg = PipelineConfig::new(shards, args.alerts.clone(), late_path);
     cfg.cores = cores;
     cfg.rules = rules;
+    // A test knob, undocumented for users: the shards' snapshot slice size.
+    if let Some(slice) = std::env::var("TAPEWATCH_SNAPSHOT_SLICE").ok().and_then(|v| v.parse().ok()) {
+        cfg.snapshot_slice = slice;
+    }
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
     let groups = Arc::new(groups);
     // The state directory is opened (and locked) before any output is
