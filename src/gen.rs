@@ -1627,6 +1627,10 @@ impl Schedule {
             let start_ns = rng.between_ns(start + NS_PER_S, end - 60 * NS_PER_S);
             actors.push(Actor { pattern, account, instrument: rng.below(u64::from(cfg.instruments)) as u32, start_ns });
         }
+        Schedule::new(actors, reserved, records, rng)
+    }
+
+    fn new(mut actors: Vec<Actor>, reserved: Vec<bool>, records: u64, rng: Rng) -> Schedule {
         actors.sort_by_key(|actor| actor.start_ns);
         Schedule {
             actors,
@@ -1674,17 +1678,7 @@ impl Schedule {
                 actors.push(Actor { pattern, account, instrument, start_ns });
             }
         }
-        actors.sort_by_key(|actor| actor.start_ns);
-        Schedule {
-            actors,
-            reserved,
-            records,
-            rng,
-            next_actor: 0,
-            planned: 0,
-            pending: Vec::new(),
-            order_ids: Vec::new(),
-        }
+        Schedule::new(actors, reserved, records, rng)
     }
 
     /// Materialises the actors due by `now_ns` against the current market,

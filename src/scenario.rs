@@ -257,30 +257,15 @@ impl Problems<'_> {
         self.list.push(format!("line {}: {field}: {message}", line_of(self.text, value.span().start)));
     }
 
-    fn int(
+    /// The value if set and inside `range`; otherwise a problem naming the
+    /// line and field, and the default so checking can go on.
+    fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
         &mut self,
-        value: Option<Spanned<i64>>,
+        value: Option<Spanned<T>>,
         field: &str,
-        range: std::ops::RangeInclusive<i64>,
-        default: i64,
-    ) -> i64 {
-        match value {
-            None => default,
-            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
-            Some(v) => {
-                self.at(&v, field, format!("{} is out of range {}..={}", v.get_ref(), range.start(), range.end()));
-                default
-            }
-        }
-    }
-
-    fn float(
-        &mut self,
-        value: Option<Spanned<f64>>,
-        field: &str,
-        range: std::ops::RangeInclusive<f64>,
-        default: f64,
-    ) -> f64 {
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> T {
         match value {
             None => default,
             Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
@@ -355,33 +340,33 @@ impl Scenario {
         let raw: RawScenario = toml::from_str(text).map_err(|e| vec![toml_error(text, &e)])?;
         let mut p = Problems { text, list: Vec::new() };
         let name = raw.name.map(|n| n.into_inner()).unwrap_or_else(|| "scenario".to_string());
-        let seed = p.int(raw.seed, "seed", 0..=i64::MAX, 1) as u64;
+        let seed = p.ranged(raw.seed, "seed", 0..=i64::MAX, 1) as u64;
 
         let m = raw.market;
-        let instruments = p.int(m.instruments, "market.instruments", 1..=100_000, 500) as u32;
-        let accounts = p.int(m.accounts, "market.accounts", 100..=10_000_000, 20_000) as u32;
-        let price_levels = p.int(m.price_levels, "market.price_levels", 1..=64, 12) as u32;
-        let tick = p.float(m.tick, "market.tick", 0.0001..=10.0, 0.01);
+        let instruments = p.ranged(m.instruments, "market.instruments", 1..=100_000, 500) as u32;
+        let accounts = p.ranged(m.accounts, "market.accounts", 100..=10_000_000, 20_000) as u32;
+        let price_levels = p.ranged(m.price_levels, "market.price_levels", 1..=64, 12) as u32;
+        let tick = p.ranged(m.tick, "market.tick", 0.0001..=10.0, 0.01);
         let tick_px = (tick * 10_000.0).round() as i64;
-        let account_skew = p.float(m.account_skew, "market.account_skew", 0.01..=1e9, 4.0);
-        let instrument_skew = p.float(m.instrument_skew, "market.instrument_skew", 0.01..=1e9, 2.0);
-        let grouped_share = p.float(m.grouped_share, "market.grouped_share", 0.0..=0.5, 0.05);
+        let account_skew = p.ranged(m.account_skew, "market.account_skew", 0.01..=1e9, 4.0);
+        let instrument_skew = p.ranged(m.instrument_skew, "market.instrument_skew", 0.01..=1e9, 2.0);
+        let grouped_share = p.ranged(m.grouped_share, "market.grouped_share", 0.0..=0.5, 0.05);
         let hot = m.hot.map(|hot| {
             let span = hot.span();
             let hot = hot.into_inner();
             if hot.share.is_none() || hot.accounts.is_none() {
                 p.at(&Spanned::new(span, ()), "market.hot", "needs both `share` and `accounts`");
             }
-            let share = p.float(hot.share, "market.hot.share", 0.0..=0.9, 0.5);
-            let hot_accounts = p.int(hot.accounts, "market.hot.accounts", 2..=1_000, 5) as u32;
+            let share = p.ranged(hot.share, "market.hot.share", 0.0..=0.9, 0.5);
+            let hot_accounts = p.ranged(hot.accounts, "market.hot.accounts", 2..=1_000, 5) as u32;
             (share, hot_accounts)
         });
 
         let f = raw.flow;
         let flow_line = f.new.as_ref().or(f.cancel.as_ref()).or(f.trade.as_ref()).map(|s| s.span());
-        let new_share = p.float(f.new, "flow.new", 0.1..=1.0, 0.5);
-        let cancel_share = p.float(f.cancel, "flow.cancel", 0.001..=0.8, 0.3);
-        let trade_share = p.float(f.trade, "flow.trade", 0.001..=0.8, 0.2);
+        let new_share = p.ranged(f.new, "flow.new", 0.1..=1.0, 0.5);
+        let cancel_share = p.ranged(f.cancel, "flow.cancel", 0.001..=0.8, 0.3);
+        let trade_share = p.ranged(f.trade, "flow.trade", 0.001..=0.8, 0.2);
         if (new_share + cancel_share + trade_share - 1.0).abs() > 0.01
             && let Some(span) = flow_line
         {
@@ -391,12 +376,12 @@ impl Scenario {
                 format!("new + cancel + trade = {} must be 1", new_share + cancel_share + trade_share),
             );
         }
-        let lot = p.int(f.lot, "flow.lot", 1..=1_000_000, 100) as u64;
-        let resting_doublings = p.int(f.resting_size_doublings, "flow.resting_size_doublings", 0..=20, 5) as u64;
+        let lot = p.ranged(f.lot, "flow.lot", 1..=1_000_000, 100) as u64;
+        let resting_doublings = p.ranged(f.resting_size_doublings, "flow.resting_size_doublings", 0..=20, 5) as u64;
         let marketable_doublings =
-            p.int(f.marketable_size_doublings, "flow.marketable_size_doublings", 0..=20, 3) as u64;
+            p.ranged(f.marketable_size_doublings, "flow.marketable_size_doublings", 0..=20, 3) as u64;
         let min_cancel_delay_ns = p.duration_or(f.min_cancel_delay, "flow.min_cancel_delay", 0);
-        let late_share = p.float(f.late_share, "flow.late_share", 0.0..=0.5, 0.0);
+        let late_share = p.ranged(f.late_share, "flow.late_share", 0.0..=0.5, 0.0);
         let late_by_ns = match &f.late_by {
             Some(v) => match p.duration(v, "flow.late_by") {
                 Some(ns) if ns < US && late_share > 0.0 => {
@@ -517,14 +502,18 @@ impl Scenario {
         let mut expectation = |raw: Option<RawExpectation>, pattern: &str| {
             let raw = raw.unwrap_or(RawExpectation { min_recall: None, max_unexpected: None });
             Expectation {
-                min_recall: p.float(raw.min_recall, &format!("expect.{pattern}.min_recall"), 0.0..=1.0, 1.0),
-                max_unexpected: p.int(raw.max_unexpected, &format!("expect.{pattern}.max_unexpected"), 0..=i64::MAX, 0)
-                    as u64,
+                min_recall: p.ranged(raw.min_recall, &format!("expect.{pattern}.min_recall"), 0.0..=1.0, 1.0),
+                max_unexpected: p.ranged(
+                    raw.max_unexpected,
+                    &format!("expect.{pattern}.max_unexpected"),
+                    0..=i64::MAX,
+                    0,
+                ) as u64,
             }
         };
         let excessive_cancel = expectation(raw.expect.excessive_cancel, "excessive-cancel");
         let self_trade = expectation(raw.expect.self_trade, "self-trade");
-        let max_late = raw.expect.max_late.map(|v| p.int(Some(v), "expect.max_late", 0..=i64::MAX, 0) as u64);
+        let max_late = raw.expect.max_late.map(|v| p.ranged(Some(v), "expect.max_late", 0..=i64::MAX, 0) as u64);
 
         if !p.list.is_empty() {
             // In file order; problems without a line (whole-file ones) last.
@@ -694,7 +683,7 @@ fn expand_phases(p: &mut Problems<'_>, phases: Vec<Spanned<RawPhase>>) -> Vec<Se
             },
         };
         let name = phase.name.unwrap_or_else(|| format!("phase {}", index + 1));
-        let repeat = p.int(phase.repeat, &field("repeat"), 1..=10_000, 1);
+        let repeat = p.ranged(phase.repeat, &field("repeat"), 1..=10_000, 1);
         let every_ns = phase.every.as_ref().and_then(|e| p.duration(e, &field("every")));
         if repeat > 1 || every_ns.is_some() {
             let Some(every_ns) = every_ns else {
