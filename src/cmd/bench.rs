@@ -95,7 +95,8 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
         problems.push(format!("--shards {}: must be between 1 and 256", args.shards));
     }
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cores = pin_plan(&args.cores, args.shards, available).unwrap_or_else(|e| {
+    // The feeder is a busy unpinned thread beside the pipeline.
+    let cores = pin_plan(&args.cores, args.shards, 1, available).unwrap_or_else(|e| {
         problems.push(e);
         Vec::new()
     });
