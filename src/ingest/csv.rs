@@ -118,7 +118,7 @@ struct Decoder<R> {
 
 pub struct CsvFeed<R: Read> {
     path: PathBuf,
-    /// Until the first `pump`, which starts the decoder thread with it.
+    /// Until the decoder thread starts with it (when the feed is built).
     decoder: Option<Decoder<R>>,
     chunks: Option<Consumer<Chunk>>,
     thread: Option<JoinHandle<()>>,
@@ -129,6 +129,8 @@ pub struct CsvFeed<R: Read> {
     position: (u64, u64),
     validator: Validator,
     rejects: RejectLog,
+    /// Why the decoder thread could not be started, reported by the first pump.
+    start_error: Option<String>,
 }
 
 impl<R: Read + Send + 'static> CsvFeed<R> {
@@ -187,7 +189,7 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
         position: (u64, u64),
     ) -> CsvFeed<R> {
         let (carry_offset, line_no) = position;
-        CsvFeed {
+        let mut feed = CsvFeed {
             path: path.to_path_buf(),
             decoder: Some(Decoder {
                 reader,
@@ -204,7 +206,17 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
             position,
             validator,
             rejects,
+            start_error: None,
+        };
+        // Started here, on the thread that builds the feed, not on the
+        // source thread at its first pump: a thread inherits its creator's
+        // core affinity, and a decoder started by a pinned source was
+        // pinned to the source's own core (CSV replays ran at half speed,
+        // even with cores to spare).
+        if let Err(e) = feed.start_decoder() {
+            feed.start_error = Some(e.message);
         }
+        feed
     }
 
     /// Where the next record that has not been handed on starts: its tape
@@ -250,7 +262,9 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
     /// records (`position` tells where); otherwise after one chunk. Returns
     /// false at the end of the tape.
     fn pump_lines(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
-        self.start_decoder()?;
+        if let Some(message) = self.start_error.take() {
+            return Err(self.error(message));
+        }
         let CsvFeed { chunks, validator, rejects, cursor, position, .. } = self;
         let Some(rx) = chunks.as_mut() else { return Ok(false) };
         let mut idle = Idle::default();
@@ -978,6 +992,71 @@ mod tests {
             assert_eq!((stats.records_read, stats.rejected), (straight_stats.records_read, straight_stats.rejected));
             assert_eq!(std::fs::read_to_string(&rejects_path).unwrap(), expected_rejects, "after {stop_after}");
         }
+    }
+
+    /// Regression: the decoder thread was started by the source thread's
+    /// first pump, so it inherited the source's pinning and shared its one
+    /// core (CSV replays at half speed, even with cores to spare).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn decoder_thread_does_not_inherit_the_source_pinning() {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        if cores.len() < 2 {
+            return; // nothing to tell apart on one core
+        }
+        // A reader that hands out what the test sends and blocks in between,
+        // so the decoder thread is alive when its affinity is read.
+        struct Gate(std::sync::mpsc::Receiver<Vec<u8>>, Vec<u8>);
+        impl Read for Gate {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.1.is_empty() {
+                    match self.0.recv() {
+                        Ok(bytes) => self.1 = bytes,
+                        Err(_) => return Ok(0),
+                    }
+                }
+                let n = self.1.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.1[..n]);
+                self.1.drain(..n);
+                Ok(n)
+            }
+        }
+        let (header, body) = EXAMPLE.split_at(HEADER.len() + 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(header.as_bytes().to_vec()).unwrap();
+        let validator = Validator::new(Limits::default(), Arc::new(Groups::default()));
+        let mut feed = CsvFeed::new(Gate(rx, Vec::new()), Path::new("t.csv"), validator, RejectLog::discard()).unwrap();
+        let body = body.as_bytes().to_vec();
+        let allowed = std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(cores[0]), "pin the source");
+            // A first pump finds nothing yet: the decoder waits on the reader.
+            let mut seen = 0;
+            assert!(feed.pump(&mut |_| seen += 1).unwrap());
+            let allowed = decoder_cpus();
+            tx.send(body).unwrap();
+            drop(tx);
+            while feed.pump(&mut |_| seen += 1).unwrap() {}
+            assert_eq!(seen, 4);
+            allowed
+        })
+        .join()
+        .unwrap();
+        let allowed = allowed.expect("the decoder thread is running");
+        assert!(allowed.contains([',', '-']), "decoder pinned to one core: {allowed}");
+    }
+
+    /// `Cpus_allowed_list` of this process's `tw-decode` thread, if it is still there.
+    #[cfg(target_os = "linux")]
+    fn decoder_cpus() -> Option<String> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "tw-decode" {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+                return Some(line["Cpus_allowed_list:".len()..].trim().to_string());
+            }
+        }
+        None
     }
 
     #[test]
