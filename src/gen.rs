@@ -1604,19 +1604,13 @@ impl Schedule {
                 }
                 continue;
             }
-            let mut take_account = |rng: &mut Rng| loop {
-                // At most half the accounts are reserved: ~2 tries on average.
-                let account = rng.below(u64::from(cfg.accounts)) as u32;
-                if !reserved[account as usize] {
-                    reserved[account as usize] = true;
-                    return account;
-                }
-            };
-            let account = take_account(&mut rng);
+            let account = Self::take_account(&mut reserved, cfg.accounts, &mut rng);
             let pattern = match pattern {
-                Pattern::SelfTrade { trades, gap_ns, .. } if wants_pair => {
-                    Pattern::SelfTrade { trades, seller: Some(take_account(&mut rng)), gap_ns }
-                }
+                Pattern::SelfTrade { trades, gap_ns, .. } if wants_pair => Pattern::SelfTrade {
+                    trades,
+                    seller: Some(Self::take_account(&mut reserved, cfg.accounts, &mut rng)),
+                    gap_ns,
+                },
                 other => other,
             };
             reserved_count += needs_accounts;
@@ -1628,6 +1622,18 @@ impl Schedule {
             actors.push(Actor { pattern, account, instrument: rng.below(u64::from(cfg.instruments)) as u32, start_ns });
         }
         Schedule::new(actors, reserved, records, rng)
+    }
+
+    /// Draws an account not yet reserved and reserves it. At most half the
+    /// accounts are ever reserved: about two tries on average.
+    fn take_account(reserved: &mut [bool], accounts: u32, rng: &mut Rng) -> u32 {
+        loop {
+            let account = rng.below(u64::from(accounts)) as u32;
+            if !reserved[account as usize] {
+                reserved[account as usize] = true;
+                return account;
+            }
+        }
     }
 
     fn new(mut actors: Vec<Actor>, reserved: Vec<bool>, records: u64, rng: Rng) -> Schedule {
@@ -1653,14 +1659,7 @@ impl Schedule {
         let mut actors = Vec::new();
         for plan in &shape.actors {
             for _ in 0..plan.count {
-                let mut take_account = |rng: &mut Rng| loop {
-                    let account = rng.below(u64::from(cfg.accounts)) as u32;
-                    if !reserved[account as usize] {
-                        reserved[account as usize] = true;
-                        return account;
-                    }
-                };
-                let account = take_account(&mut rng);
+                let account = Self::take_account(&mut reserved, cfg.accounts, &mut rng);
                 let draw = |rng: &mut Rng, (lo, hi): (u32, u32)| rng.range(u64::from(lo), u64::from(hi)) as u32;
                 let pattern = match plan.pattern {
                     PlantPattern::ExcessiveCancel { orders, gap_ns, cancel_ns } => {
@@ -1668,7 +1667,7 @@ impl Schedule {
                     }
                     PlantPattern::SelfTrade { trades, gap_ns, paired } => Pattern::SelfTrade {
                         trades: draw(&mut rng, trades),
-                        seller: paired.then(|| take_account(&mut rng)),
+                        seller: paired.then(|| Self::take_account(&mut reserved, cfg.accounts, &mut rng)),
                         gap_ns,
                     },
                 };

@@ -13,8 +13,8 @@
 use super::{Rule, Timing, write_json};
 use crate::checkpoint::Manifest;
 use crate::checkpoint::writer::Msg;
-use crate::event::{Event, Kind, Side, write_px};
-use crate::ingest::csv::HEADER;
+use crate::event::{Event, Kind};
+use crate::ingest::csv::{FeedLine, HEADER};
 use crate::metrics::{Clock, latency_histogram};
 use crate::pipeline::{Batch, BatchKind, Stop, ToSink};
 use crate::ring::Idle;
@@ -247,31 +247,21 @@ impl Sink {
 
 /// One record in the FEED.md CSV layout, so the late file can be replayed.
 pub fn write_feed_line(out: &mut Vec<u8>, e: &Event, names: &Names) {
-    let mut num = itoa::Buffer::new();
-    out.extend_from_slice(num.format(e.seq).as_bytes());
-    out.push(b',');
-    out.extend_from_slice(num.format(e.ts_ns).as_bytes());
-    out.push(b',');
-    out.push(e.kind as u8);
-    out.push(b',');
-    out.extend_from_slice(num.format(e.order_id).as_bytes());
-    out.push(b',');
-    names.write_account(out, e.account);
-    out.push(b',');
-    names.write_instrument(out, e.instrument);
-    out.push(b',');
-    out.push(if e.side == Side::Buy { b'B' } else { b'S' });
-    out.push(b',');
-    write_px(out, e.price);
-    out.push(b',');
-    out.extend_from_slice(num.format(e.qty).as_bytes());
-    out.push(b',');
-    if e.kind == Kind::Trade {
-        out.extend_from_slice(num.format(e.contra_order_id).as_bytes());
-        out.push(b',');
-        names.write_account(out, e.contra_account);
-    } else {
-        out.push(b',');
+    let (account, account_len) = names.accounts.get(e.account);
+    let (instrument, instrument_len) = names.instruments.get(e.instrument);
+    let contra = (e.kind == Kind::Trade).then(|| names.accounts.get(e.contra_account));
+    FeedLine {
+        seq: e.seq,
+        ts_ns: e.ts_ns,
+        kind: e.kind,
+        order_id: e.order_id,
+        account: &account[..account_len],
+        instrument: &instrument[..instrument_len],
+        side: e.side,
+        price: e.price,
+        qty: e.qty,
+        contra: contra.as_ref().map(|(name, len)| (e.contra_order_id, &name[..*len])),
     }
+    .write(out);
     out.push(b'\n');
 }

@@ -501,6 +501,58 @@ impl LongLine {
     }
 }
 
+/// One record's fields as a FEED.md line writes them, names as text.
+pub struct FeedLine<'a> {
+    pub seq: u64,
+    pub ts_ns: i64,
+    pub kind: Kind,
+    pub order_id: u64,
+    pub account: &'a [u8],
+    pub instrument: &'a [u8],
+    pub side: Side,
+    pub price: i64,
+    pub qty: u64,
+    /// A trade's contra order and account.
+    pub contra: Option<(u64, &'a [u8])>,
+}
+
+impl FeedLine<'_> {
+    /// Appends the record in the FEED.md CSV layout (no newline): what the
+    /// late file and the live feed's rejects hold, so they can be replayed.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(num.format(self.seq).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(num.format(self.ts_ns).as_bytes());
+        out.push(b',');
+        out.push(match self.kind {
+            Kind::New => b'N',
+            Kind::Cancel => b'C',
+            Kind::Trade => b'T',
+        });
+        out.push(b',');
+        out.extend_from_slice(num.format(self.order_id).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(self.account);
+        out.push(b',');
+        out.extend_from_slice(self.instrument);
+        out.push(b',');
+        out.push(if self.side == Side::Buy { b'B' } else { b'S' });
+        out.push(b',');
+        crate::event::write_px(out, self.price);
+        out.push(b',');
+        out.extend_from_slice(num.format(self.qty).as_bytes());
+        out.push(b',');
+        if let Some((contra_order_id, contra_account)) = self.contra {
+            out.extend_from_slice(num.format(contra_order_id).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(contra_account);
+        } else {
+            out.push(b',');
+        }
+    }
+}
+
 /// Bytes per SIMD block of the line and field splitter.
 const BLOCK: usize = 64;
 

@@ -8,9 +8,10 @@
 //! does; interning happens here, on the source, so the sender needs no
 //! shared state with the pipeline.
 
+use super::csv::FeedLine;
 use super::validate::{RawRecord, RejectReason, Validator};
 use super::{Feed, FeedError, FeedStats, RejectLog};
-use crate::event::{Event, Kind, Side, write_px};
+use crate::event::{Event, Kind, Side};
 use crate::ring::Idle;
 use crate::ring::spsc::{self, Consumer, Producer};
 use crate::symbols::{pack, valid_account, valid_instrument};
@@ -65,31 +66,19 @@ impl WireRecord {
     /// The record as a FEED.md line, for the rejects file (rare path).
     fn write_csv(&self, out: &mut Vec<u8>) {
         out.clear();
-        let mut num = itoa::Buffer::new();
-        for part in [num.format(self.seq).as_bytes(), b",", itoa::Buffer::new().format(self.ts_ns).as_bytes(), b","] {
-            out.extend_from_slice(part);
+        FeedLine {
+            seq: self.seq,
+            ts_ns: self.ts_ns,
+            kind: self.kind,
+            order_id: self.order_id,
+            account: self.account(),
+            instrument: self.instrument(),
+            side: self.side,
+            price: self.price,
+            qty: self.qty,
+            contra: (self.kind == Kind::Trade).then(|| (self.contra_order_id, self.contra_account())),
         }
-        out.push(self.kind as u8);
-        out.push(b',');
-        out.extend_from_slice(num.format(self.order_id).as_bytes());
-        out.push(b',');
-        out.extend_from_slice(self.account());
-        out.push(b',');
-        out.extend_from_slice(self.instrument());
-        out.push(b',');
-        out.push(self.side as u8);
-        out.push(b',');
-        write_px(out, self.price);
-        out.push(b',');
-        out.extend_from_slice(num.format(self.qty).as_bytes());
-        out.push(b',');
-        if self.kind == Kind::Trade {
-            out.extend_from_slice(num.format(self.contra_order_id).as_bytes());
-            out.push(b',');
-            out.extend_from_slice(self.contra_account());
-        } else {
-            out.push(b',');
-        }
+        .write(out);
     }
 }
 
