@@ -268,6 +268,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn name_rules_of_feed_md() {
+        for (name, account, instrument) in [
+            (&b"A0001"[..], true, true),
+            (b"acct_1-x", true, true),
+            (b"000001.SZ", false, true),
+            (b"0123456789abcdef", true, false),
+            (b"0123456789abcdefg", false, false),
+            (b"", false, false),
+            (b"A 1", false, false),
+            (b"A,1", false, false),
+            ("Ä1".as_bytes(), false, false),
+        ] {
+            assert_eq!(valid_account(name), account, "{:?}", String::from_utf8_lossy(name));
+            assert_eq!(valid_instrument(name), instrument, "{:?}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
     fn interns_in_order_of_first_appearance() {
         let mut interner = Interner::new(4);
         assert_eq!(interner.intern(b"B"), Some(0));

@@ -1111,6 +1111,37 @@ mod tests {
         None
     }
 
+    proptest::proptest! {
+        /// The digit parser agrees with std's on any short byte string,
+        /// digits or not, including 20-digit overflow.
+        #[test]
+        fn parse_u64_agrees_with_std(text in "[0-9]{1,21}|[0-9/:]{1,21}|[0-9]{0,12}[^0-9][0-9]{0,8}") {
+            let expected = if text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit()) {
+                text.parse::<u64>().ok()
+            } else {
+                None
+            };
+            proptest::prop_assert_eq!(parse_u64(text.as_bytes()), expected, "{}", text);
+        }
+    }
+
+    #[test]
+    fn parse_u64_edges() {
+        for (text, expected) in [
+            ("0", Some(0)),
+            ("12345678", Some(12_345_678)),
+            ("1793583000007847816", Some(1_793_583_000_007_847_816)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("99999999999999999999", None),
+            ("1234567:", None),
+            ("/2345678", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_u64(text.as_bytes()), expected, "{text}");
+        }
+    }
+
     #[test]
     fn over_long_line_is_rejected_and_skipped() {
         let long = "9".repeat(MAX_LINE_BYTES * 3);
