@@ -59,11 +59,7 @@ struct RawSelfTrade {
 
 impl Rules {
     pub fn load(path: &Path) -> Result<Rules, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read rules file: {e}", path.display()))?;
-        Rules::parse(&text).map_err(|problems| {
-            problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n")
-        })
+        load_file(path, "rules file", Rules::parse)
     }
 
     /// Parses a rules file; missing fields take the defaults.
@@ -101,6 +97,18 @@ impl Rules {
         let self_trade = raw.self_trade.and_then(|s| s.enabled).unwrap_or(true);
         if problems.is_empty() { Ok(Rules { excessive_cancel, self_trade }) } else { Err(problems) }
     }
+}
+
+/// Reads a TOML file and parses it; every problem comes back on its own
+/// line, prefixed with the file's path.
+pub(crate) fn load_file<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, Vec<String>>,
+) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read {what}: {e}", path.display()))?;
+    parse(&text)
+        .map_err(|problems| problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n"))
 }
 
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {

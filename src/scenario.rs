@@ -329,11 +329,7 @@ impl Problems<'_> {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read scenario: {e}", path.display()))?;
-        Scenario::parse(&text).map_err(|problems| {
-            problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n")
-        })
+        crate::config::load_file(path, "scenario", Scenario::parse)
     }
 
     pub fn parse(text: &str) -> Result<Scenario, Vec<String>> {

@@ -114,14 +114,6 @@ impl Detector {
         self.snapshot.take()
     }
 
-    /// Writes the window state now: a whole snapshot, then
-    /// `DetectorImage::encode`.
-    pub fn snapshot(&mut self, w: &mut Writer<'_>) {
-        self.begin_snapshot(Box::default());
-        let image = self.copy_slice(usize::MAX).expect("an unbounded slice completes the snapshot");
-        image.encode(w);
-    }
-
     /// Loads the keys of every old shard's snapshot that belong to this
     /// shard (`keep`), whatever the old shard count was.
     pub fn restore(&mut self, snapshots: &[Vec<u8>], keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
@@ -193,6 +185,38 @@ mod tests {
         }
     }
 
+    fn shards(rules: &Rules, n: usize) -> Vec<Detector> {
+        (0..n).map(|_| Detector::new(rules, 4)).collect()
+    }
+
+    /// The alerts of one detector over all `events`, sorted.
+    fn uninterrupted(rules: &Rules, events: &[Event]) -> Vec<Alert> {
+        let mut expected = Vec::new();
+        alerts(&mut shards(rules, 1), events, &mut expected);
+        expected.sort_by_key(|a| (a.seq, a.rule));
+        expected
+    }
+
+    /// A whole snapshot taken now, encoded.
+    fn whole_snapshot(d: &mut Detector) -> Vec<u8> {
+        d.begin_snapshot(Box::default());
+        let image = d.copy_slice(usize::MAX).expect("an unbounded slice completes the snapshot");
+        let mut buf = Vec::new();
+        image.encode(&mut Writer::new(&mut buf));
+        buf
+    }
+
+    /// Restores `snapshots` into `after` shards and applies `events`; the
+    /// alerts go to `got`, which is then sorted.
+    fn resume(rules: &Rules, snapshots: &[Vec<u8>], after: usize, events: &[Event], got: &mut Vec<Alert>) {
+        let mut second = shards(rules, after);
+        for (index, d) in second.iter_mut().enumerate() {
+            d.restore(snapshots, |key| (key as u32) as usize % after == index).unwrap();
+        }
+        alerts(&mut second, events, got);
+        got.sort_by_key(|a| (a.seq, a.rule));
+    }
+
     proptest! {
         /// Snapshot at any point, restore into any shard count, carry on:
         /// the alerts are those of an uninterrupted run.
@@ -207,27 +231,13 @@ mod tests {
             let events = events(&raw);
             let cut = cut.index(events.len());
             let rules = rules(min_cancels);
-            let mut expected = Vec::new();
-            alerts(&mut [Detector::new(&rules, 4)], &events, &mut expected);
-            expected.sort_by_key(|a| (a.seq, a.rule));
+            let expected = uninterrupted(&rules, &events);
 
             let mut got = Vec::new();
-            let mut first: Vec<Detector> = (0..before).map(|_| Detector::new(&rules, 4)).collect();
+            let mut first = shards(&rules, before);
             alerts(&mut first, &events[..cut], &mut got);
-            let snapshots: Vec<Vec<u8>> = first
-                .iter_mut()
-                .map(|d| {
-                    let mut buf = Vec::new();
-                    d.snapshot(&mut Writer::new(&mut buf));
-                    buf
-                })
-                .collect();
-            let mut second: Vec<Detector> = (0..after).map(|_| Detector::new(&rules, 4)).collect();
-            for (index, d) in second.iter_mut().enumerate() {
-                d.restore(&snapshots, |key| (key as u32) as usize % after == index).unwrap();
-            }
-            alerts(&mut second, &events[cut..], &mut got);
-            got.sort_by_key(|a| (a.seq, a.rule));
+            let snapshots: Vec<Vec<u8>> = first.iter_mut().map(whole_snapshot).collect();
+            resume(&rules, &snapshots, after, &events[cut..], &mut got);
             prop_assert_eq!(got, expected);
         }
     }
@@ -252,13 +262,11 @@ mod tests {
             let events = events(&raw);
             let cut = cut.index(events.len());
             let rules = rules(min_cancels);
-            let mut expected = Vec::new();
-            alerts(&mut [Detector::new(&rules, 4)], &events, &mut expected);
-            expected.sort_by_key(|a| (a.seq, a.rule));
+            let expected = uninterrupted(&rules, &events);
 
             let mut got = Vec::new();
             let mut live = Vec::new();
-            let mut first: Vec<Detector> = (0..before).map(|_| Detector::new(&rules, 4)).collect();
+            let mut first = shards(&rules, before);
             alerts(&mut first, &events[..cut], &mut got);
             live.extend(got.iter().copied());
             for d in first.iter_mut() {
@@ -289,12 +297,7 @@ mod tests {
                     buf
                 })
                 .collect();
-            let mut second: Vec<Detector> = (0..after).map(|_| Detector::new(&rules, 4)).collect();
-            for (index, d) in second.iter_mut().enumerate() {
-                d.restore(&snapshots, |key| (key as u32) as usize % after == index).unwrap();
-            }
-            alerts(&mut second, &events[cut..], &mut got);
-            got.sort_by_key(|a| (a.seq, a.rule));
+            resume(&rules, &snapshots, after, &events[cut..], &mut got);
             prop_assert_eq!(got, expected.clone());
             live.sort_by_key(|a| (a.seq, a.rule));
             prop_assert_eq!(live, expected);
@@ -308,8 +311,7 @@ mod tests {
         for e in events(&[(1, 0, 1, 1), (1, 1, 1, 1), (1, 0, 2, 2)]) {
             d.apply(&e, &mut |_| {});
         }
-        let mut buf = Vec::new();
-        d.snapshot(&mut Writer::new(&mut buf));
+        let buf = whole_snapshot(&mut d);
         for cut in 0..buf.len() {
             let mut fresh = Detector::new(&rules, 4);
             assert!(fresh.restore(&[buf[..cut].to_vec()], |_| true).is_err(), "cut at {cut}");
