@@ -163,30 +163,40 @@ impl ReorderBuffer {
     }
 
     /// Hands every record below `watermark_ns` to `apply`, in `(ts_ns, seq)`
-    /// order, in place (no copy out of the buffer). Returns how many.
+    /// order, as runs of contiguous records straight out of the buffer (no
+    /// copy, one call per run rather than per record). Returns how many.
     #[inline]
-    pub fn drain_before(&mut self, watermark_ns: i64, mut apply: impl FnMut(&Pending)) -> u64 {
+    pub fn drain_before(&mut self, watermark_ns: i64, mut apply: impl FnMut(&[Pending])) -> u64 {
         let mut count = 0;
         loop {
-            let from_run = match (self.run.front(), self.heap.peek()) {
-                (Some(a), Some(Reverse(b))) => a.event.order_key() <= b.event.order_key(),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => return count,
-            };
-            if from_run {
-                match self.run.front() {
-                    Some(p) if p.event.ts_ns < watermark_ns => apply(p),
-                    _ => return count,
+            // The in-order run's prefix that may leave before the heap's
+            // smallest record: both conditions hold for a prefix of a run
+            // sorted by (ts_ns, seq), so a binary search finds its end.
+            let heap_min = self.heap.peek().map(|Reverse(p)| p.event.order_key());
+            let ready = self.run.partition_point(|p| {
+                p.event.ts_ns < watermark_ns && heap_min.is_none_or(|min| p.event.order_key() < min)
+            });
+            if ready > 0 {
+                let (front, back) = self.run.as_slices();
+                let from_front = ready.min(front.len());
+                apply(&front[..from_front]);
+                if ready > from_front {
+                    apply(&back[..ready - from_front]);
                 }
-                self.run.pop_front();
-            } else {
-                match self.heap.peek() {
-                    Some(Reverse(p)) if p.event.ts_ns < watermark_ns => apply(p),
-                    _ => return count,
-                }
-                self.heap.pop();
+                self.run.drain(..ready);
+                count += ready as u64;
             }
+            // Then the heap's smallest, if it is due and sorts first.
+            match self.heap.peek() {
+                Some(Reverse(p))
+                    if p.event.ts_ns < watermark_ns
+                        && self.run.front().is_none_or(|r| p.event.order_key() < r.event.order_key()) =>
+                {
+                    apply(std::slice::from_ref(p));
+                }
+                _ => return count,
+            }
+            self.heap.pop();
             count += 1;
         }
     }
@@ -268,13 +278,15 @@ mod tests {
                 }
                 if seq % 5 == 4 {
                     let watermark = wm.current();
-                    buffer.drain_before(watermark, |p| {
-                        assert!(p.event.ts_ns < watermark);
-                        out.push(p.event.order_key());
+                    buffer.drain_before(watermark, |run| {
+                        for p in run {
+                            assert!(p.event.ts_ns < watermark);
+                            out.push(p.event.order_key());
+                        }
                     });
                 }
             }
-            let drained = buffer.drain_before(i64::MAX, |p| out.push(p.event.order_key()));
+            let drained = buffer.drain_before(i64::MAX, |run| out.extend(run.iter().map(|p| p.event.order_key())));
             prop_assert!(buffer.is_empty() && drained as usize <= times.len());
             expected.sort();
             prop_assert_eq!(out, expected);
