@@ -848,7 +848,7 @@ impl Router {
         self.since_flush += 1;
         if self.since_flush == FLUSH_EVERY {
             self.flush();
-        } else if self.since_flush % RELEASE_EVERY == 0 {
+        } else if self.since_flush.is_multiple_of(RELEASE_EVERY) {
             let watermark_ns = self.watermark.current();
             for shard in 0..self.shards.len() {
                 self.release(shard, watermark_ns);
