@@ -6,57 +6,220 @@
 //! all its keys form one FIFO sorted by time. Each record pushes one entry
 //! and expires the entries that fell out of `(t - window, t]`: O(1)
 //! amortised per record, and memory proportional to the records inside the
-//! window. A key whose window is empty (and that cannot matter any more) is
-//! idle. Most keys hold only a record or two, so removing each one from the
-//! hash table as it empties would cost a hash operation on almost every
-//! record. Instead, idle keys are swept out in one sequential pass once they
-//! are the majority. The key table stays within a constant factor of the
-//! keys with recent activity.
+//! window.
+//!
+//! Each key's counts live in its bucket of an open-addressing table
+//! ([`KeyTable`]), and window entries name the bucket, so a record costs
+//! one probe (usually one cache line) and an expiry none. Most keys hold
+//! only a record or two: a key whose window empties (and that cannot matter
+//! any more) is idle, and its bucket is simply taken by the next new key
+//! that probes past it. When idle and live buckets fill half the table it
+//! is rebuilt from the live keys, sized to them, so it stays within a
+//! constant factor of the keys with recent activity.
 
 use crate::alert::{Alert, Evidence, Rule};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::ExcessiveCancelParams;
 use crate::event::{Event, Kind};
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use std::collections::VecDeque;
 
 #[derive(Clone, Copy)]
 struct Entry {
     ts_ns: i64,
+    /// The key's bucket in the `KeyTable`.
     slot: u32,
     cancel: bool,
 }
 
-#[derive(Clone, Copy, Default)]
-struct KeyState {
+/// The hot flag, kept in the top bit of `Bucket::cancels`.
+const HOT: u32 = 1 << 31;
+
+/// One key and its counts inside the window: 16 bytes, four to a line.
+#[derive(Clone, Copy)]
+struct Bucket {
+    key: u64,
     new_orders: u32,
+    /// Cancels in the window, with `HOT` set while the key is hot.
     cancels: u32,
-    hot: bool,
 }
 
-/// What checkpoints need to know of a key slot, apart from `KeyState` so
-/// that the per-record state stays 12 bytes.
-#[derive(Clone, Copy, Default)]
-struct SlotInfo {
-    /// The (group, instrument) key of this slot.
-    key: u64,
-    /// While hot: this key's index in `hot_keys` / `hot_slots`.
-    hot_pos: u32,
+impl Bucket {
+    const EMPTY: Bucket = Bucket { key: EMPTY_KEY, new_orders: 0, cancels: 0 };
+
+    /// No entries in the window and not hot: the same as a key never seen.
+    #[inline]
+    fn is_idle(&self) -> bool {
+        self.new_orders == 0 && self.cancels == 0
+    }
+
+    #[inline]
+    fn hot(&self) -> bool {
+        self.cancels & HOT != 0
+    }
+}
+
+/// Marks an empty bucket. Keys are `group << 32 | instrument` and instrument
+/// ids stay far below `u32::MAX` (the validator's limit), so no key is this.
+const EMPTY_KEY: u64 = u64::MAX;
+
+/// The smallest table, in buckets.
+const MIN_BUCKETS: usize = 1 << 10;
+
+/// Linear probing over a power-of-two array of buckets. A bucket's index is
+/// stable until the next rebuild, which rewrites every reference to it (the
+/// window entries, the hot list).
+struct KeyTable {
+    buckets: Box<[Bucket]>,
+    /// While hot: the bucket's index in `hot_keys` / `hot_slots`. Parallel
+    /// to `buckets`, touched only on hot/cold transitions.
+    hot_pos: Box<[u32]>,
+    mask: usize,
+    shift: u32,
+    /// Buckets holding a key, idle ones included.
+    used: usize,
+    /// The arrays of the previous rebuild, reused by the next one of the
+    /// same size, and the old-to-new index map, so that a steady state
+    /// rebuilds without allocating.
+    spare: (Box<[Bucket]>, Box<[u32]>),
+    remap: Vec<u32>,
+}
+
+impl KeyTable {
+    fn with_buckets(n: usize) -> KeyTable {
+        let n = n.max(MIN_BUCKETS).next_power_of_two();
+        KeyTable {
+            buckets: vec![Bucket::EMPTY; n].into_boxed_slice(),
+            hot_pos: vec![0; n].into_boxed_slice(),
+            mask: n - 1,
+            shift: 64 - n.trailing_zeros(),
+            used: 0,
+            spare: (Box::default(), Box::default()),
+            remap: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    /// Asks the CPU to bring `key`'s home bucket into cache.
+    #[inline]
+    fn prefetch_key(&self, key: u64) {
+        self.prefetch_slot(self.home(key) as u32);
+    }
+
+    #[inline]
+    fn prefetch_slot(&self, slot: u32) {
+        if let Some(bucket) = self.buckets.get(slot as usize) {
+            prefetch(bucket);
+        }
+    }
+
+    /// The bucket of `key`, taking one for it if it has none: the first idle
+    /// bucket on its probe path, else the empty one that ends the path.
+    /// `None` when the table must be rebuilt first (nothing was changed).
+    #[inline]
+    fn find_or_take(&mut self, key: u64) -> Option<u32> {
+        debug_assert_ne!(key, EMPTY_KEY);
+        let mut i = self.home(key);
+        let mut idle = usize::MAX;
+        loop {
+            let bucket = &self.buckets[i];
+            if bucket.key == key {
+                return Some(i as u32);
+            }
+            if bucket.key == EMPTY_KEY {
+                break;
+            }
+            if idle == usize::MAX && bucket.is_idle() {
+                idle = i;
+            }
+            i = (i + 1) & self.mask;
+        }
+        if idle == usize::MAX {
+            // Half full (idle keys included): rebuild before taking more.
+            if 2 * (self.used + 1) > self.buckets.len() {
+                return None;
+            }
+            self.used += 1;
+            idle = i;
+        }
+        self.buckets[idle] = Bucket { key, new_orders: 0, cancels: 0 };
+        Some(idle as u32)
+    }
+
+    /// Bucket `i` has gone idle. If no probe path runs through it (the
+    /// next bucket is empty), it is emptied, and so are the idle buckets
+    /// just before it, which that frees in turn; otherwise it stays idle
+    /// until a new key takes it over or a rebuild drops it.
+    #[inline]
+    fn release(&mut self, mut i: usize) {
+        if self.buckets[(i + 1) & self.mask].key != EMPTY_KEY {
+            return;
+        }
+        loop {
+            self.buckets[i] = Bucket::EMPTY;
+            self.used -= 1;
+            i = i.wrapping_sub(1) & self.mask;
+            let before = &self.buckets[i];
+            if before.key == EMPTY_KEY || !before.is_idle() {
+                return;
+            }
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.buckets.iter().filter(|b| b.key != EMPTY_KEY && !b.is_idle()).count()
+    }
+
+    /// Re-inserts the live keys into a table sized for them (four buckets
+    /// each, so the next rebuild is at least that many new keys away) and
+    /// returns the old-to-new index map for the caller to rewrite its
+    /// references with. Counts as growth when the table gets bigger.
+    fn rebuild(&mut self) -> (&[u32], bool) {
+        let n = (4 * self.live()).max(MIN_BUCKETS).next_power_of_two();
+        let (mut buckets, mut hot_pos) = std::mem::take(&mut self.spare);
+        if buckets.len() == n {
+            buckets.fill(Bucket::EMPTY);
+        } else {
+            buckets = vec![Bucket::EMPTY; n].into_boxed_slice();
+            hot_pos = vec![0; n].into_boxed_slice();
+        }
+        let grew = n > self.buckets.len();
+        let old = std::mem::replace(&mut self.buckets, buckets);
+        let old_hot_pos = std::mem::replace(&mut self.hot_pos, hot_pos);
+        self.mask = n - 1;
+        self.shift = 64 - n.trailing_zeros();
+        self.used = 0;
+        self.remap.clear();
+        self.remap.resize(old.len(), u32::MAX);
+        for (index, bucket) in old.iter().enumerate() {
+            if bucket.key == EMPTY_KEY || bucket.is_idle() {
+                continue;
+            }
+            let mut i = self.home(bucket.key);
+            while self.buckets[i].key != EMPTY_KEY {
+                i = (i + 1) & self.mask;
+            }
+            self.buckets[i] = *bucket;
+            self.hot_pos[i] = old_hot_pos[index];
+            self.used += 1;
+            self.remap[index] = i as u32;
+        }
+        self.spare = (old, old_hot_pos);
+        (&self.remap, grew)
+    }
 }
 
 pub struct ExcessiveCancel {
     params: ExcessiveCancelParams,
-    slot_of: FxHashMap<u64, u32>,
-    keys: Vec<KeyState>,
-    /// Parallel to `keys`.
-    slots: Vec<SlotInfo>,
-    free: Vec<u32>,
-    /// Keys in `slot_of` whose window is empty and that are not hot.
-    idle: usize,
+    table: KeyTable,
     window: VecDeque<Entry>,
     /// Entries ever popped from `window`: the absolute index of its front.
     popped: u64,
-    /// The hot keys and their slots (parallel, unordered), kept on every
+    /// The hot keys and their buckets (parallel, unordered), kept on every
     /// hot/cold transition, so a barrier copies them without a scan.
     hot_keys: Vec<u64>,
     hot_slots: Vec<u32>,
@@ -69,28 +232,12 @@ pub struct ExcessiveCancel {
     grew: u64,
 }
 
-/// Below this many keys the table is never swept: small tables are cheap.
-const SWEEP_FLOOR: usize = 1 << 14;
-
-impl KeyState {
-    #[inline]
-    fn is_idle(&self) -> bool {
-        self.new_orders == 0 && self.cancels == 0 && !self.hot
-    }
-}
-
 impl ExcessiveCancel {
     pub fn new(params: ExcessiveCancelParams, window_capacity: usize) -> ExcessiveCancel {
         let key_capacity = (window_capacity / 4).max(16);
-        let mut slot_of = FxHashMap::default();
-        slot_of.reserve(key_capacity);
         ExcessiveCancel {
             params,
-            slot_of,
-            keys: Vec::with_capacity(key_capacity),
-            slots: Vec::with_capacity(key_capacity),
-            free: Vec::with_capacity(key_capacity),
-            idle: 0,
+            table: KeyTable::with_buckets(4 * key_capacity),
             window: VecDeque::with_capacity(window_capacity),
             popped: 0,
             hot_keys: Vec::with_capacity(key_capacity),
@@ -99,6 +246,17 @@ impl ExcessiveCancel {
             snap_end: 0,
             snap: None,
             grew: 0,
+        }
+    }
+
+    /// Brings the bucket a record will need into cache ahead of `apply`,
+    /// and the bucket of a window entry that is about to expire (about one
+    /// expires per record, and its key was last touched a window ago).
+    #[inline]
+    pub fn prefetch(&self, event: &Event) {
+        self.table.prefetch_key(key_of(event));
+        if let Some(entry) = self.window.get(PREFETCH_EXPIRING) {
+            self.table.prefetch_slot(entry.slot);
         }
     }
 
@@ -113,22 +271,22 @@ impl ExcessiveCancel {
         let horizon = t.saturating_sub(self.params.window_ns);
         self.expire(horizon);
 
-        let key = (event.group as u64) << 32 | event.instrument as u64;
-        let slot = self.slot(key);
+        let slot = self.slot(key_of(event));
         if self.window.len() == self.window.capacity() {
             self.grew += 1;
         }
         self.window.push_back(Entry { ts_ns: t, slot, cancel });
-        let state = &mut self.keys[slot as usize];
+        let bucket = &mut self.table.buckets[slot as usize];
         if cancel {
-            state.cancels += 1;
+            bucket.cancels += 1;
         } else {
-            state.new_orders += 1;
+            bucket.new_orders += 1;
         }
-        let (n, c) = (state.new_orders as u64, state.cancels as u64);
+        let (n, c) = (bucket.new_orders as u64, (bucket.cancels & !HOT) as u64);
         let hot = c >= self.params.min_cancels as u64 && 100 * c >= self.params.ratio_pct as u64 * n;
-        let was_hot = std::mem::replace(&mut state.hot, hot);
+        let was_hot = bucket.hot();
         if hot != was_hot {
+            bucket.cancels ^= HOT;
             if hot {
                 self.hot_add(slot);
             } else {
@@ -152,9 +310,8 @@ impl ExcessiveCancel {
         })
     }
 
-    /// Drops the entries at or before `horizon`, freeing keys that go empty.
-    /// An entry that a snapshot in progress has not copied yet is copied
-    /// now, before it goes.
+    /// Drops the entries at or before `horizon`. An entry that a snapshot in
+    /// progress has not copied yet is copied now, before it goes.
     #[inline]
     fn expire(&mut self, horizon: i64) {
         while let Some(front) = self.window.front() {
@@ -168,23 +325,21 @@ impl ExcessiveCancel {
             self.window.pop_front();
             self.popped += 1;
             let Entry { slot, cancel, .. } = entry;
-            let state = &mut self.keys[slot as usize];
+            let bucket = &mut self.table.buckets[slot as usize];
             if cancel {
-                state.cancels -= 1;
+                bucket.cancels -= 1;
             } else {
-                state.new_orders -= 1;
+                bucket.new_orders -= 1;
             }
-            if state.new_orders == 0 && state.cancels == 0 {
-                // With an empty window the next record alone makes c <= 1;
-                // when min_cancels >= 2 it cannot be hot, so whether the key
-                // was hot no longer matters and the key can be forgotten.
-                if self.params.min_cancels >= 2 && state.hot {
-                    state.hot = false;
-                    self.hot_remove(slot);
-                }
-                if !self.keys[slot as usize].hot {
-                    self.idle += 1;
-                }
+            // With an empty window the next record alone makes c <= 1; when
+            // min_cancels >= 2 it cannot be hot, so whether the key was hot
+            // no longer matters and the key can go idle.
+            if bucket.new_orders == 0 && bucket.cancels == HOT && self.params.min_cancels >= 2 {
+                bucket.cancels = 0;
+                self.hot_remove(slot);
+            }
+            if self.table.buckets[slot as usize].is_idle() {
+                self.table.release(slot as usize);
             }
         }
     }
@@ -193,7 +348,7 @@ impl ExcessiveCancel {
     /// progress must copy: copy it now (O(1)).
     #[cold]
     fn save_expiring(&mut self, entry: Entry) {
-        let key = self.slots[entry.slot as usize].key;
+        let key = self.table.buckets[entry.slot as usize].key;
         if let Some(image) = self.snap.as_mut() {
             image.window.push(ImageEntry { ts_ns: entry.ts_ns, key, cancel: entry.cancel });
         }
@@ -205,69 +360,45 @@ impl ExcessiveCancel {
         if self.hot_keys.len() == self.hot_keys.capacity() {
             self.grew += 1;
         }
-        let info = &mut self.slots[slot as usize];
-        info.hot_pos = self.hot_keys.len() as u32;
-        self.hot_keys.push(info.key);
+        self.table.hot_pos[slot as usize] = self.hot_keys.len() as u32;
+        self.hot_keys.push(self.table.buckets[slot as usize].key);
         self.hot_slots.push(slot);
     }
 
     #[inline]
     fn hot_remove(&mut self, slot: u32) {
-        let pos = self.slots[slot as usize].hot_pos as usize;
+        let pos = self.table.hot_pos[slot as usize] as usize;
         self.hot_keys.swap_remove(pos);
         self.hot_slots.swap_remove(pos);
         if let Some(&moved) = self.hot_slots.get(pos) {
-            self.slots[moved as usize].hot_pos = pos as u32;
+            self.table.hot_pos[moved as usize] = pos as u32;
         }
     }
 
+    /// The bucket of `key`, taken for it if new (idle keys are reused in
+    /// place). A key never moves while it has entries in the window, except
+    /// in a rebuild, which rewrites the entries too.
     #[inline]
     fn slot(&mut self, key: u64) -> u32 {
-        if let Some(&slot) = self.slot_of.get(&key) {
-            if self.keys[slot as usize].is_idle() {
-                self.idle -= 1;
-            }
-            return slot;
-        }
-        if self.slot_of.len() >= SWEEP_FLOOR && self.idle > self.slot_of.len() / 2 {
-            self.sweep();
-        }
-        self.new_slot(key)
-    }
-
-    fn new_slot(&mut self, key: u64) -> u32 {
-        let info = SlotInfo { key, hot_pos: 0 };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.keys[slot as usize] = KeyState::default();
-                self.slots[slot as usize] = info;
-                slot
-            }
+        match self.table.find_or_take(key) {
+            Some(slot) => slot,
             None => {
-                if self.keys.len() == self.keys.capacity() {
-                    self.grew += 1;
-                }
-                self.keys.push(KeyState::default());
-                self.slots.push(info);
-                (self.keys.len() - 1) as u32
+                self.rebuild();
+                self.table.find_or_take(key).expect("a rebuilt table is at most a quarter full")
             }
-        };
-        self.slot_of.insert(key, slot);
-        slot
+        }
     }
 
-    /// Drops every idle key in one pass over the table; amortised over the
-    /// inserts that made them, O(1) per record.
-    fn sweep(&mut self) {
-        let (keys, free) = (&self.keys, &mut self.free);
-        self.slot_of.retain(|_, slot| {
-            let keep = !keys[*slot as usize].is_idle();
-            if !keep {
-                free.push(*slot);
-            }
-            keep
-        });
-        self.idle = 0;
+    #[cold]
+    fn rebuild(&mut self) {
+        let (remap, grew) = self.table.rebuild();
+        for entry in self.window.iter_mut() {
+            entry.slot = remap[entry.slot as usize];
+        }
+        for slot in self.hot_slots.iter_mut() {
+            *slot = remap[*slot as usize];
+        }
+        self.grew += grew as u64;
     }
 
     /// (hot keys, window entries): what a checkpoint image must hold.
@@ -276,12 +407,28 @@ impl ExcessiveCancel {
     }
 
     pub fn stats(&self) -> super::DetectorStats {
-        super::DetectorStats {
-            window_entries: self.window.len(),
-            active_keys: self.slot_of.len() - self.idle,
-            grew: self.grew,
-        }
+        super::DetectorStats { window_entries: self.window.len(), active_keys: self.table.live(), grew: self.grew }
     }
+}
+
+/// Which window entry (from the front) `prefetch` fetches the bucket of.
+const PREFETCH_EXPIRING: usize = 8;
+
+/// Asks the CPU to bring `value`'s cache line in; only a hint.
+#[inline]
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect, and the pointer is valid.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(value as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
+#[inline]
+fn key_of(event: &Event) -> u64 {
+    (event.group as u64) << 32 | event.instrument as u64
 }
 
 #[derive(Clone, Copy)]
@@ -377,10 +524,10 @@ impl ExcessiveCancel {
         debug_assert!(self.snap_next >= self.popped);
         let from = (self.snap_next - self.popped) as usize;
         let to = from + max.min((self.snap_end - self.snap_next) as usize);
-        let slots = &self.slots;
+        let buckets = &self.table.buckets;
         image.window.extend(self.window.range(from..to).map(|e| ImageEntry {
             ts_ns: e.ts_ns,
-            key: slots[e.slot as usize].key,
+            key: buckets[e.slot as usize].key,
             cancel: e.cancel,
         }));
         self.snap_next += (to - from) as u64;
@@ -400,20 +547,20 @@ impl ExcessiveCancel {
     /// changes). The counts are rebuilt from the entries. Call `restored`
     /// after the last snapshot.
     pub fn restore(&mut self, r: &mut Reader<'_>, keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
-        // Slots from earlier snapshots are below `base`: a key found there
-        // was in two snapshots.
-        let base = self.keys.len() as u32;
+        // Keys from earlier snapshots: a key found among them was in two.
+        let earlier: FxHashSet<u64> = self.table.buckets.iter().map(|b| b.key).filter(|&k| k != EMPTY_KEY).collect();
         let hot = r.count(8)?;
         for _ in 0..hot {
             let key = r.u64()?;
             if !keep(key) {
                 continue;
             }
-            let slot = self.restore_slot(key, base)?;
-            if self.keys[slot as usize].hot {
+            let slot = self.restore_slot(key, &earlier)?;
+            let bucket = &mut self.table.buckets[slot as usize];
+            if bucket.hot() {
                 return Err(DecodeError(format!("hot key {key:#x} twice in a snapshot")));
             }
-            self.keys[slot as usize].hot = true;
+            bucket.cancels |= HOT;
             self.hot_add(slot);
         }
         let entries = r.count(ENTRY_BYTES)?;
@@ -427,25 +574,27 @@ impl ExcessiveCancel {
             if !keep(key) {
                 continue;
             }
-            let slot = self.restore_slot(key, base)?;
-            let state = &mut self.keys[slot as usize];
+            let slot = self.restore_slot(key, &earlier)?;
+            let bucket = &mut self.table.buckets[slot as usize];
             let cancel = cancel != 0;
             if cancel {
-                state.cancels += 1;
+                bucket.cancels += 1;
             } else {
-                state.new_orders += 1;
+                bucket.new_orders += 1;
             }
             self.window.push_back(Entry { ts_ns, slot, cancel });
         }
         Ok(())
     }
 
-    fn restore_slot(&mut self, key: u64, base: u32) -> Result<u32, DecodeError> {
-        match self.slot_of.get(&key) {
-            Some(&slot) if slot < base => Err(DecodeError(format!("key {key:#x} in two snapshots"))),
-            Some(&slot) => Ok(slot),
-            None => Ok(self.new_slot(key)),
+    fn restore_slot(&mut self, key: u64, earlier: &FxHashSet<u64>) -> Result<u32, DecodeError> {
+        if key == EMPTY_KEY {
+            return Err(DecodeError(format!("key {key:#x} is not a valid key")));
         }
+        if earlier.contains(&key) {
+            return Err(DecodeError(format!("key {key:#x} in two snapshots")));
+        }
+        Ok(self.slot(key))
     }
 
     /// After the last `restore`: entries merged from several snapshots are
@@ -576,7 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_separate_and_freed_when_idle() {
+    fn keys_are_separate_and_idle_buckets_are_reused() {
         let params = ExcessiveCancelParams { window_ns: SEC, min_cancels: 2, ratio_pct: 90 };
         let mut rule = ExcessiveCancel::new(params, 4);
         for group in 0..100u32 {
@@ -585,13 +734,44 @@ mod tests {
         // Only the last key's entry is still inside the one-second window.
         assert_eq!(rule.stats().active_keys, 1);
         assert_eq!(rule.stats().window_entries, 1);
-        // Past the sweep floor, idle keys are dropped and their slots reused.
-        let total = 3 * SWEEP_FLOOR as u32;
+        // A stream of new keys, one live at a time, keeps the table at its
+        // smallest: idle buckets are taken over, or dropped by rebuilds.
+        let total = 50 * MIN_BUCKETS as u32;
         for group in 100..total {
             rule.apply(&rec(group as u64, group as i64 * SEC, Kind::Cancel, group));
         }
         assert_eq!(rule.stats().active_keys, 1);
-        assert!(rule.slot_of.len() <= 2 * SWEEP_FLOOR, "idle keys are swept: {}", rule.slot_of.len());
-        assert!(rule.keys.len() <= 2 * SWEEP_FLOOR + 1, "slots are reused, not grown: {}", rule.keys.len());
+        assert_eq!(rule.table.buckets.len(), MIN_BUCKETS, "the table stays sized to the live keys");
+        assert!(2 * rule.table.used <= rule.table.buckets.len());
+    }
+
+    /// Many live keys at once force rebuilds that move buckets: the counts
+    /// and the alerts must come out as from a plain per-key count.
+    #[test]
+    fn rebuilds_keep_every_count() {
+        let params = ExcessiveCancelParams { window_ns: 1_000, min_cancels: 3, ratio_pct: 100 };
+        let mut rule = ExcessiveCancel::new(params, 4);
+        let keys = 5 * MIN_BUCKETS as u32;
+        let mut alerts = 0;
+        for round in 0..4u32 {
+            for group in 0..keys {
+                let seq = (round * keys + group) as u64;
+                if rule.apply(&rec(seq, round as i64, Kind::Cancel, group)).is_some() {
+                    alerts += 1;
+                    assert_eq!(round, 2, "the third cancel of a key makes it hot, once");
+                }
+            }
+        }
+        assert_eq!(alerts, keys);
+        assert_eq!(rule.stats().active_keys, keys as usize);
+        assert_eq!(rule.hot_keys.len(), keys as usize);
+        for (&key, &slot) in rule.hot_keys.iter().zip(&rule.hot_slots) {
+            let bucket = rule.table.buckets[slot as usize];
+            assert_eq!((bucket.key, bucket.new_orders, bucket.cancels), (key, 0, 4 | HOT));
+        }
+        // Everything expires: hot keys with an empty window go idle.
+        rule.apply(&rec(u64::MAX, 10_000, Kind::New, keys));
+        assert_eq!(rule.stats().active_keys, 1);
+        assert!(rule.hot_keys.is_empty());
     }
 }

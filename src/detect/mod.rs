@@ -66,6 +66,15 @@ impl Detector {
     }
 
     /// Applies one record; alerts are handed to `emit` without timing.
+    /// Brings the state that `apply` will need for `event` into cache: a
+    /// shard calls it a few records ahead, so the lookups overlap.
+    #[inline]
+    pub fn prefetch(&self, event: &Event) {
+        if let Some(rule) = self.excessive_cancel.as_ref() {
+            rule.prefetch(event);
+        }
+    }
+
     #[inline]
     pub fn apply(&mut self, event: &Event, emit: &mut impl FnMut(Alert)) {
         if let Some(rule) = self.excessive_cancel.as_mut()
