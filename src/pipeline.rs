@@ -25,7 +25,7 @@
 //! (`checkpoint::writer`), which does all the I/O.
 
 use crate::alert::Alert;
-use crate::alert::sink::{Sink, SinkOutput};
+use crate::alert::sink::{Outputs, Sink, SinkOutput};
 use crate::checkpoint::codec::Writer;
 use crate::checkpoint::store::Store;
 use crate::checkpoint::writer::{self, CheckpointWriter, ImageSlot, Msg};
@@ -215,6 +215,8 @@ pub fn run_with<F: Feed + Send>(
         Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?,
         None => Sink::create(&cfg.alerts_path, &cfg.late_path)?,
     };
+    let fresh = if checkpointing.is_none() { vec![cfg.alerts_path.clone(), cfg.late_path.clone()] } else { vec![] };
+    let outputs = Outputs::remove_on_failure(fresh);
     let applied_base = resumed.map_or(0, |r| r.manifest.applied);
     let resumed_from = resumed.map(|r| (r.manifest.id, r.manifest.last_seq));
     let resumed_router = resumed.map(|r| r.router.clone());
@@ -460,6 +462,7 @@ pub fn run_with<F: Feed + Send>(
     }
     // Every accepted record is either applied or late: the pipeline lost nothing.
     assert_eq!(summary.applied + summary.late, summary.feed.accepted, "records lost in the pipeline");
+    outputs.keep();
     Ok(summary)
 }
 
@@ -828,7 +831,7 @@ impl Router {
 
     /// Routes one record; returns false when a checkpoint barrier is due
     /// right after it (the feed then stops so the source can cut it).
-    #[inline]
+    #[inline(always)]
     fn route(&mut self, event: &Event) -> bool {
         if self.until_stamp == 0 {
             self.stamp_ns = self.clock.now_ns();
@@ -994,6 +997,10 @@ fn claim<'a>(ring: &'a mut Producer<Batch>, open: &mut bool, stop: &Stop, waits:
     ring.claim()
 }
 
+/// How many records ahead of the one it applies a shard prefetches the
+/// window state for.
+const PREFETCH_AHEAD: usize = 8;
+
 struct ShardStats {
     applied: u64,
     grew: u64,
@@ -1062,7 +1069,15 @@ fn run_shard(
             delivered &= send(ToSink::Barrier(batch.checkpoint));
             ck.stall_end(&clock, started);
         }
-        for pending in &batch.events {
+        for (i, pending) in batch.events.iter().enumerate() {
+            // Records come from the source's core: fetch their lines well
+            // ahead, then the window state of the records a little ahead.
+            if let Some(far) = batch.events.get(i + 2 * PREFETCH_AHEAD) {
+                crate::detect::excessive_cancel::prefetch(far);
+            }
+            if let Some(ahead) = batch.events.get(i + PREFETCH_AHEAD) {
+                detector.prefetch(&ahead.event);
+            }
             detector.apply(&pending.event, &mut |alert| {
                 let ingest_ns = pending.ingest_ns;
                 delivered &= send(ToSink::Alert(Alert { ingest_ns, applied_ns: clock.now_ns(), ..alert }))

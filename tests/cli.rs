@@ -128,6 +128,32 @@ fn truncated_and_corrupt_native_tapes_are_refused_naming_the_offset() {
     assert_clean_failure(&out, dir.path(), &["bad.tape: corrupt block 0 (bytes"]);
 }
 
+/// Replay verifies a native tape block by block as it reaches each one, so
+/// damage deep in a tape is found after records before it were applied:
+/// the run still fails naming the place, and leaves no outputs behind.
+#[test]
+fn damage_deep_in_a_native_tape_fails_the_run_and_leaves_no_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tapewatch(dir.path(), &["gen", "--events", "20000", "--seed", "3", "--out", "day.csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tapewatch(dir.path(), &["import", "day.csv", "--out", "day.tape"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut bytes = std::fs::read(dir.path().join("day.tape")).unwrap();
+    // Import writes blocks of 4096 records; damage a record of block 3.
+    let record = 3 * 4096 + 10;
+    bytes[128 + 64 * record + 9] ^= 0x01;
+    std::fs::write(dir.path().join("bad.tape"), &bytes).unwrap();
+    let out = tapewatch(dir.path(), &["replay", "bad.tape", "--accounts", "day.accounts.csv"]);
+    let block_start = 128 + 64 * 3 * 4096;
+    assert_clean_failure(&out, dir.path(), &[&format!("bad.tape: corrupt block 3 (bytes {block_start}..")]);
+    assert!(!dir.path().join("alerts.late.csv").exists(), "a failed run left a late file");
+
+    // Undamaged, the same tape replays.
+    let out = tapewatch(dir.path(), &["replay", "day.tape", "--accounts", "day.accounts.csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("alerts.jsonl").exists());
+}
+
 #[test]
 fn bad_records_gaps_and_late_records_go_aside_and_replay_goes_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,37 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Output files a run has created, removed again if it fails (is dropped
+/// before `keep`): a run without checkpoints that fails halfway leaves no
+/// alerts file to be taken for a finished one. (With checkpoints, the
+/// outputs are committed state that a resumed run continues.)
+pub struct Outputs {
+    paths: Vec<PathBuf>,
+}
+
+impl Outputs {
+    pub fn remove_on_failure(paths: Vec<PathBuf>) -> Outputs {
+        Outputs { paths }
+    }
+
+    pub fn add(&mut self, path: &Path) {
+        self.paths.push(path.to_path_buf());
+    }
+
+    /// The run succeeded: the files stay.
+    pub fn keep(mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        for path in &self.paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 pub struct SinkOutput {
     pub alerts: [u64; Rule::ALL.len()],
     pub late: u64,
@@ -98,10 +129,14 @@ impl Sink {
     /// Creates both output files; called before any thread starts, so a
     /// bad path fails the run before it begins.
     pub fn create(alerts: &Path, late: &Path) -> Result<Sink, String> {
+        let mut made = Outputs::remove_on_failure(vec![]);
         let alerts_out = Out::create(alerts)?;
+        made.add(alerts);
         let mut late_out = Out::create(late)?;
+        made.add(late);
         late_out.write(HEADER.as_bytes())?;
         late_out.write(b"\n")?;
+        made.keep();
         Ok(Sink { alerts_out, late_out, alerts_base: [0; Rule::ALL.len()], late_base: 0 })
     }
 

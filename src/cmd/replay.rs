@@ -2,6 +2,7 @@
 //! alerts to JSON Lines, a summary at the end.
 
 use super::{CmdError, ProgressLine, beside, is_native_tape};
+use crate::alert::sink::Outputs;
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
@@ -173,7 +174,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     let bad = |id: u64, e: DecodeError| CmdError::Failed(format!("checkpoint {id}: bad source snapshot: {e}"));
 
     if native {
-        let tape = Tape::open(&args.tape).map_err(|e| CmdError::Failed(e.to_string()))?;
+        let tape = Tape::open_streaming(&args.tape).map_err(|e| CmdError::Failed(e.to_string()))?;
         let (mut feed, names) = NativeFeed::new(tape, groups);
         let mut resume = None;
         if let Some(loaded) = loaded {
@@ -195,6 +196,9 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     } else {
         let mut file = std::fs::File::open(&args.tape)
             .map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", args.tape.display())))?;
+        // A failed run without --state leaves no rejects file (the sink does
+        // the same for the alerts and late files).
+        let mut rejects_made = Outputs::remove_on_failure(Vec::new());
         let (feed, names, resume) = match loaded {
             None => {
                 let validator = Validator::new(Limits::default(), groups.clone());
@@ -207,6 +211,9 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
                 let feed = CsvFeed::new(file, &args.tape, validator, RejectLog::discard())
                     .map_err(|e| CmdError::Failed(e.to_string()))?;
                 let rejects = RejectLog::create(&rejects_path).map_err(|e| CmdError::Failed(e.to_string()))?;
+                if args.state.is_none() {
+                    rejects_made.add(&rejects_path);
+                }
                 (feed.with_rejects(rejects), names, None)
             }
             Some(loaded) => {
@@ -251,6 +258,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
             }
         })
         .map_err(CmdError::Failed)?;
+        rejects_made.keep();
         progress.clear();
         Ok(summary)
     }

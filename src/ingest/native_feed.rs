@@ -1,7 +1,8 @@
-//! Replay of a native tape: walks the verified memory-mapped records in
-//! feed order. Import already validated sequence and lifecycle, so this
-//! feed only resolves account groups (they come from accounts.csv at replay
-//! time) and turns stored records into events.
+//! Replay of a native tape: walks the memory-mapped records in feed order,
+//! verifying each checksum block just before its first record is used
+//! (`Tape::open_streaming`). Import already validated sequence and
+//! lifecycle, so this feed only resolves account groups (they come from
+//! accounts.csv at replay time) and turns stored records into events.
 
 use super::native::{Tape, TapeRecord};
 use super::{Feed, FeedCheckpoint, FeedError, FeedStats, decode_stats, encode_stats};
@@ -16,6 +17,8 @@ const PUMP_RECORDS: usize = 64 * 1024;
 pub struct NativeFeed {
     tape: Tape,
     next: usize,
+    /// Records below this index are in verified blocks.
+    verified_end: usize,
     groups_by_account: Vec<GroupId>,
     stats: FeedStats,
 }
@@ -33,7 +36,7 @@ impl NativeFeed {
         let stats =
             FeedStats { gaps: tape_stats.gaps, missing_records: tape_stats.missing_records, ..FeedStats::default() };
         let names = Names { accounts: Arc::new(accounts), instruments: Arc::new(instruments), groups };
-        (NativeFeed { tape, next: 0, groups_by_account, stats }, names)
+        (NativeFeed { tape, next: 0, verified_end: 0, groups_by_account, stats }, names)
     }
 
     /// Resumes at a checkpoint: the record index to read next and the
@@ -44,6 +47,9 @@ impl NativeFeed {
             return Err(DecodeError(format!("position {next} is past the tape's {} records", self.tape.len())));
         }
         self.next = next as usize;
+        // Nothing is verified yet: the block holding `next` is, whole, when
+        // the first pump reaches it.
+        self.verified_end = 0;
         self.stats = decode_stats(r)?;
         Ok(())
     }
@@ -60,9 +66,17 @@ impl NativeFeed {
         self.tape.is_empty()
     }
 
+    /// Counts the records up to `i` as read and moves on to it.
+    fn count(&mut self, i: usize) {
+        let count = (i - self.next) as u64;
+        self.stats.records_read += count;
+        self.stats.accepted += count;
+        self.next = i;
+    }
+
     #[inline]
     fn event(&self, r: &TapeRecord) -> Event {
-        // Tape::open verified every kind and side byte and every id.
+        // verify_block checked every kind and side byte and every id.
         let kind = match r.kind {
             b'N' => Kind::New,
             b'C' => Kind::Cancel,
@@ -100,18 +114,28 @@ impl Feed for NativeFeed {
     fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
         let end = (self.next + PUMP_RECORDS).min(self.tape.len());
         let mut i = self.next;
-        while i < end {
-            let event = self.event(&self.tape.record(i));
-            i += 1;
-            if !emit(&event) {
-                break;
+        let mut stopped = false;
+        while i < end && !stopped {
+            if i >= self.verified_end {
+                let block = i / self.tape.block_records();
+                if let Err(e) = self.tape.verify_block(block) {
+                    self.count(i);
+                    return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
+                }
+                self.verified_end = ((block + 1) * self.tape.block_records()).min(self.tape.len());
+            }
+            let run_end = end.min(self.verified_end);
+            while i < run_end {
+                let event = self.event(&self.tape.record(i));
+                i += 1;
+                if !emit(&event) {
+                    stopped = true;
+                    break;
+                }
             }
         }
         self.tape.release_before(i);
-        let count = (i - self.next) as u64;
-        self.stats.records_read += count;
-        self.stats.accepted += count;
-        self.next = i;
+        self.count(i);
         Ok(self.next < self.tape.len())
     }
 
