@@ -15,13 +15,17 @@
 //! any more) is idle, and its bucket is simply taken by the next new key
 //! that probes past it. When idle and live buckets fill half the table it
 //! is rebuilt from the live keys, sized to them, so it stays within a
-//! constant factor of the keys with recent activity.
+//! constant factor of the keys with recent activity. The table it grows
+//! into is filled a little with each new key beforehand: growing during a
+//! burst (szse-peak grows to a million buckets in its first half second)
+//! then costs one pass over the keys, not a 16 MB allocation and its page
+//! faults on the shard (which put 14 ms stalls into alert latency).
 
 use crate::alert::{Alert, Evidence, Rule};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::ExcessiveCancelParams;
 use crate::event::{Event, Kind};
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 
 #[derive(Clone, Copy)]
@@ -71,30 +75,35 @@ const MIN_BUCKETS: usize = 1 << 10;
 /// window entries, the hot list).
 struct KeyTable {
     buckets: Box<[Bucket]>,
-    /// While hot: the bucket's index in `hot_keys` / `hot_slots`. Parallel
-    /// to `buckets`, touched only on hot/cold transitions.
-    hot_pos: Box<[u32]>,
     mask: usize,
     shift: u32,
     /// Buckets holding a key, idle ones included.
     used: usize,
-    /// The arrays of the previous rebuild, reused by the next one of the
-    /// same size, and the old-to-new index map, so that a steady state
-    /// rebuilds without allocating.
-    spare: (Box<[Bucket]>, Box<[u32]>),
+    /// Buckets whose key has window entries or is hot.
+    live: usize,
+    /// The empty table the next growth moves into (twice this one's size),
+    /// filled a few buckets per new key, so that growing costs one pass
+    /// over the keys and no page faults or fill on the shard's hot path.
+    next: Vec<Bucket>,
+    /// The old-to-new index map of the last rebuild.
     remap: Vec<u32>,
 }
+
+/// Buckets of the next table filled per new key: the next growth is at
+/// least a quarter of this table's size in new keys away, and the next table
+/// is twice its size, so 16 a key has it ready after an eighth.
+const PREPARE_PER_KEY: usize = 16;
 
 impl KeyTable {
     fn with_buckets(n: usize) -> KeyTable {
         let n = n.max(MIN_BUCKETS).next_power_of_two();
         KeyTable {
             buckets: vec![Bucket::EMPTY; n].into_boxed_slice(),
-            hot_pos: vec![0; n].into_boxed_slice(),
             mask: n - 1,
             shift: 64 - n.trailing_zeros(),
             used: 0,
-            spare: (Box::default(), Box::default()),
+            live: 0,
+            next: Vec::new(),
             remap: Vec::new(),
         }
     }
@@ -146,6 +155,7 @@ impl KeyTable {
             self.used += 1;
             idle = i;
         }
+        self.prepare_next();
         self.buckets[idle] = Bucket { key, new_orders: 0, cancels: 0 };
         Some(idle as u32)
     }
@@ -170,8 +180,18 @@ impl KeyTable {
         }
     }
 
-    fn live(&self) -> usize {
-        self.buckets.iter().filter(|b| b.key != EMPTY_KEY && !b.is_idle()).count()
+    /// Fills a few more buckets of the next (twice as large) table.
+    #[inline]
+    fn prepare_next(&mut self) {
+        let want = 2 * self.buckets.len();
+        if self.next.len() < want {
+            if self.next.capacity() < want {
+                // Reserving maps the memory; the pages are touched as filled.
+                self.next = Vec::with_capacity(want);
+            }
+            let fill = PREPARE_PER_KEY.min(want - self.next.len());
+            self.next.extend(std::iter::repeat_n(Bucket::EMPTY, fill));
+        }
     }
 
     /// Re-inserts the live keys into a table sized for them (four buckets
@@ -179,17 +199,14 @@ impl KeyTable {
     /// returns the old-to-new index map for the caller to rewrite its
     /// references with. Counts as growth when the table gets bigger.
     fn rebuild(&mut self) -> (&[u32], bool) {
-        let n = (4 * self.live()).max(MIN_BUCKETS).next_power_of_two();
-        let (mut buckets, mut hot_pos) = std::mem::take(&mut self.spare);
-        if buckets.len() == n {
-            buckets.fill(Bucket::EMPTY);
+        let n = (4 * self.live).max(MIN_BUCKETS).next_power_of_two();
+        let buckets = if self.next.len() == n {
+            std::mem::take(&mut self.next).into_boxed_slice()
         } else {
-            buckets = vec![Bucket::EMPTY; n].into_boxed_slice();
-            hot_pos = vec![0; n].into_boxed_slice();
-        }
+            vec![Bucket::EMPTY; n].into_boxed_slice()
+        };
         let grew = n > self.buckets.len();
         let old = std::mem::replace(&mut self.buckets, buckets);
-        let old_hot_pos = std::mem::replace(&mut self.hot_pos, hot_pos);
         self.mask = n - 1;
         self.shift = 64 - n.trailing_zeros();
         self.used = 0;
@@ -204,11 +221,10 @@ impl KeyTable {
                 i = (i + 1) & self.mask;
             }
             self.buckets[i] = *bucket;
-            self.hot_pos[i] = old_hot_pos[index];
             self.used += 1;
             self.remap[index] = i as u32;
         }
-        self.spare = (old, old_hot_pos);
+        debug_assert_eq!(self.used, self.live);
         (&self.remap, grew)
     }
 }
@@ -223,6 +239,8 @@ pub struct ExcessiveCancel {
     /// hot/cold transition, so a barrier copies them without a scan.
     hot_keys: Vec<u64>,
     hot_slots: Vec<u32>,
+    /// Each hot bucket's index in `hot_keys` / `hot_slots`.
+    hot_pos: FxHashMap<u32, u32>,
     /// The snapshot in progress (see `begin_snapshot`): the absolute window
     /// positions `[snap_next, snap_end)` not yet copied into `snap`. Equal
     /// when no copy is pending.
@@ -242,6 +260,7 @@ impl ExcessiveCancel {
             popped: 0,
             hot_keys: Vec::with_capacity(key_capacity),
             hot_slots: Vec::with_capacity(key_capacity),
+            hot_pos: FxHashMap::default(),
             snap_next: 0,
             snap_end: 0,
             snap: None,
@@ -277,6 +296,7 @@ impl ExcessiveCancel {
         }
         self.window.push_back(Entry { ts_ns: t, slot, cancel });
         let bucket = &mut self.table.buckets[slot as usize];
+        self.table.live += bucket.is_idle() as usize;
         if cancel {
             bucket.cancels += 1;
         } else {
@@ -339,6 +359,7 @@ impl ExcessiveCancel {
                 self.hot_remove(slot);
             }
             if self.table.buckets[slot as usize].is_idle() {
+                self.table.live -= 1;
                 self.table.release(slot as usize);
             }
         }
@@ -360,18 +381,18 @@ impl ExcessiveCancel {
         if self.hot_keys.len() == self.hot_keys.capacity() {
             self.grew += 1;
         }
-        self.table.hot_pos[slot as usize] = self.hot_keys.len() as u32;
+        self.hot_pos.insert(slot, self.hot_keys.len() as u32);
         self.hot_keys.push(self.table.buckets[slot as usize].key);
         self.hot_slots.push(slot);
     }
 
     #[inline]
     fn hot_remove(&mut self, slot: u32) {
-        let pos = self.table.hot_pos[slot as usize] as usize;
+        let pos = self.hot_pos.remove(&slot).expect("a hot key has a position") as usize;
         self.hot_keys.swap_remove(pos);
         self.hot_slots.swap_remove(pos);
         if let Some(&moved) = self.hot_slots.get(pos) {
-            self.table.hot_pos[moved as usize] = pos as u32;
+            self.hot_pos.insert(moved, pos as u32);
         }
     }
 
@@ -398,6 +419,8 @@ impl ExcessiveCancel {
         for slot in self.hot_slots.iter_mut() {
             *slot = remap[*slot as usize];
         }
+        self.hot_pos.clear();
+        self.hot_pos.extend(self.hot_slots.iter().enumerate().map(|(pos, &slot)| (slot, pos as u32)));
         self.grew += grew as u64;
     }
 
@@ -407,7 +430,7 @@ impl ExcessiveCancel {
     }
 
     pub fn stats(&self) -> super::DetectorStats {
-        super::DetectorStats { window_entries: self.window.len(), active_keys: self.table.live(), grew: self.grew }
+        super::DetectorStats { window_entries: self.window.len(), active_keys: self.table.live, grew: self.grew }
     }
 }
 
@@ -560,6 +583,7 @@ impl ExcessiveCancel {
             if bucket.hot() {
                 return Err(DecodeError(format!("hot key {key:#x} twice in a snapshot")));
             }
+            self.table.live += bucket.is_idle() as usize;
             bucket.cancels |= HOT;
             self.hot_add(slot);
         }
@@ -576,6 +600,7 @@ impl ExcessiveCancel {
             }
             let slot = self.restore_slot(key, &earlier)?;
             let bucket = &mut self.table.buckets[slot as usize];
+            self.table.live += bucket.is_idle() as usize;
             let cancel = cancel != 0;
             if cancel {
                 bucket.cancels += 1;
