@@ -799,4 +799,58 @@ mod tests {
         assert_eq!(rule.stats().active_keys, 1);
         assert!(rule.hot_keys.is_empty());
     }
+
+    /// The rule from its definition: counts over the records applied so
+    /// far, one alert when a key turns hot.
+    fn brute_force(params: ExcessiveCancelParams, records: &[Event]) -> Vec<(u64, u32, u32)> {
+        let mut applied: Vec<&Event> = Vec::new();
+        let mut hot = std::collections::HashMap::new();
+        let mut alerts = Vec::new();
+        for e in records {
+            if e.kind == Kind::Trade {
+                continue;
+            }
+            applied.push(e);
+            let same =
+                |x: &&Event| x.group == e.group && x.instrument == e.instrument && x.ts_ns > e.ts_ns - params.window_ns;
+            let n = applied.iter().filter(|x| same(x) && x.kind == Kind::New).count() as u64;
+            let c = applied.iter().filter(|x| same(x) && x.kind == Kind::Cancel).count() as u64;
+            let now = c >= params.min_cancels as u64 && 100 * c >= params.ratio_pct as u64 * n;
+            let was = hot.insert((e.group, e.instrument), now).unwrap_or(false);
+            if now && !was {
+                alerts.push((e.seq, n as u32, c as u32));
+            }
+        }
+        alerts
+    }
+
+    proptest::proptest! {
+        /// Thousands of keys, alive for a record or two or piling up: the
+        /// table releases and reuses idle buckets, grows and rebuilds, and
+        /// the alerts stay those of the definition.
+        #[test]
+        fn many_short_lived_keys_match_the_definition(
+            steps in proptest::collection::vec((0i64..40, 0u8..3, 0u32..3000), 1..2500),
+            min_cancels in 1u32..4,
+            ratio_pct in 0u32..150,
+            // Short: keys come and go; long: they pile up and the table grows.
+            window_ns in proptest::prop_oneof![proptest::strategy::Just(200i64), proptest::strategy::Just(1_000_000)],
+        ) {
+            let params = ExcessiveCancelParams { window_ns, min_cancels, ratio_pct };
+            let mut ts = 0;
+            let records: Vec<Event> = steps
+                .iter()
+                .enumerate()
+                .map(|(seq, &(step, kind, key))| {
+                    ts += step;
+                    // Hot keys bunch up on a few groups so that episodes happen.
+                    let group = if kind == 1 && key % 7 == 0 { key % 5 } else { key };
+                    let mut e = rec(seq as u64, ts, [Kind::New, Kind::Cancel, Kind::Trade][kind as usize], group);
+                    e.instrument = key % 3;
+                    e
+                })
+                .collect();
+            proptest::prop_assert_eq!(run(params, &records), brute_force(params, &records));
+        }
+    }
 }
