@@ -260,7 +260,7 @@ impl ExcessiveCancel {
             popped: 0,
             hot_keys: Vec::with_capacity(key_capacity),
             hot_slots: Vec::with_capacity(key_capacity),
-            hot_pos: FxHashMap::default(),
+            hot_pos: FxHashMap::with_capacity_and_hasher(key_capacity, Default::default()),
             snap_next: 0,
             snap_end: 0,
             snap: None,
@@ -378,7 +378,7 @@ impl ExcessiveCancel {
 
     #[inline]
     fn hot_add(&mut self, slot: u32) {
-        if self.hot_keys.len() == self.hot_keys.capacity() {
+        if self.hot_keys.len() == self.hot_keys.capacity() || self.hot_pos.len() == self.hot_pos.capacity() {
             self.grew += 1;
         }
         self.hot_pos.insert(slot, self.hot_keys.len() as u32);
