@@ -3,7 +3,21 @@
 //! linear probing, backward-shift deletion, so a lookup is usually a single
 //! cache line, and a slot's address is known from the key alone. That lets
 //! the source prefetch the slots of records a few lines ahead, which hides
-//! the cache misses that dominate a large table.
+//! the cache misses that dominate a large table. [`prefetch`] is the one
+//! cache hint the project uses (here, in the shard's key table and loop).
+
+/// Asks the CPU to bring `value`'s cache line in; only a hint, with no
+/// effect on results.
+#[inline]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect, and the pointer is valid.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(value as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
 
 /// A key with a reserved value that marks an empty slot. A real key equal to
 /// it is still stored (on the side), so every key is usable.
@@ -97,14 +111,7 @@ impl<K: FlatKey, V: Copy + Default> FlatMap<K, V> {
     /// Asks the CPU to bring `key`'s slot into cache; no effect on results.
     #[inline]
     pub fn prefetch(&self, key: K) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let slot = &self.slots[self.home(key)] as *const (K, V) as *const i8;
-            // SAFETY: a prefetch is a hint; the pointer is in bounds anyway.
-            unsafe { std::arch::x86_64::_mm_prefetch(slot, std::arch::x86_64::_MM_HINT_T0) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        prefetch(&self.slots[self.home(key)]);
     }
 
     #[inline]

@@ -1073,7 +1073,7 @@ fn run_shard(
             // Records come from the source's core: fetch their lines well
             // ahead, then the window state of the records a little ahead.
             if let Some(far) = batch.events.get(i + 2 * PREFETCH_AHEAD) {
-                crate::detect::excessive_cancel::prefetch(far);
+                crate::flat_map::prefetch(far);
             }
             if let Some(ahead) = batch.events.get(i + PREFETCH_AHEAD) {
                 detector.prefetch(&ahead.event);

@@ -25,6 +25,7 @@ use crate::alert::{Alert, Evidence, Rule};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::ExcessiveCancelParams;
 use crate::event::{Event, Kind};
+use crate::flat_map::prefetch;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 
@@ -436,18 +437,6 @@ impl ExcessiveCancel {
 
 /// Which window entry (from the front) `prefetch` fetches the bucket of.
 const PREFETCH_EXPIRING: usize = 8;
-
-/// Asks the CPU to bring `value`'s cache line in; only a hint.
-#[inline]
-pub(crate) fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch has no architectural effect, and the pointer is valid.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(value as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
 
 #[inline]
 fn key_of(event: &Event) -> u64 {
