@@ -4,6 +4,7 @@
 
 pub mod excessive_cancel;
 pub mod self_trade;
+pub mod views;
 
 use crate::alert::Alert;
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
