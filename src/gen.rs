@@ -9,8 +9,19 @@
 //! - the abuse schedule (`Schedule`, `Actor`): planted actors with a start
 //!   time, materialised against the live book when the clock reaches them
 //!   and merged into the flow in time order;
+//! - the book agenda (`Agenda`): timed actions that live in the books,
+//!   matched by price-time priority (`Market::submit`): market makers'
+//!   two-sided quotes, cancelled and replaced every few hundred ms;
+//!   institutions' large orders behind the touch, held for tens of seconds;
+//!   and the book-aware planted actors (Coscia-shaped spoofers,
+//!   Sarao-shaped layerers, momentum igniters), each step priced against
+//!   the live book when the clock reaches it. All of it is off by default;
 //! - the writer (`Emitter`): feed sequence, order ids, the late-delivery
 //!   shift and hand-made CSV lines.
+//!
+//! Beside the tape go the truth, accounts.csv and instruments.csv (the
+//! previous close, the Shenzhen price limits and the tick; no generated
+//! price leaves them).
 //!
 //! Invariants:
 //! - The bytes for a given config are the same forever: the PRNG is our own
@@ -20,6 +31,12 @@
 //!   changes only `ts_ns` values, never which records are written.
 //! - Memory is flat in `events`: books are capped per side, the cancel
 //!   limiter is a fixed table, and only planted records are ever queued.
+//!   Scheduled orders (makers, institutions, actors) are never cancelled
+//!   by the background, so a side may exceed its cap by them: a few per
+//!   maker, institution and actor.
+//! - With the book knobs off, the classic day and every earlier scenario
+//!   keep their bytes: the new populations draw from their own stream and
+//!   their accounts are taken after everything else.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -50,6 +67,16 @@ pub struct GenConfig {
     pub cancel_abusers: u32,
     /// Planted self-trade actors (fewer are planted if the tape is too small).
     pub self_traders: u32,
+    /// Market makers and institutions (none by default: the classic day's
+    /// bytes). A scenario sets them from `[market]`.
+    pub book_flow: BookFlow,
+    /// Book-aware planted actors of the classic day (none by default):
+    /// Coscia-shaped spoofers (every other one with a related account),
+    /// Sarao-shaped layerers and momentum igniters. A scenario plants them
+    /// through `Shape::actors` instead.
+    pub spoofers: u32,
+    pub layerers: u32,
+    pub igniters: u32,
     /// A scenario's market shape (`tapewatch gen --scenario`); `None` is
     /// the classic Shenzhen day above, byte for byte.
     pub shape: Option<Shape>,
@@ -116,6 +143,74 @@ pub enum PlantPattern {
     /// `trades` wash trades `gap_ns` apart; with `paired`, the seller is a
     /// second account in the actor's group.
     SelfTrade { trades: (u32, u32), gap_ns: (i64, i64), paired: bool },
+    /// Coscia-shaped: a small genuine order at the touch, then three large
+    /// orders on the other side at the touch and one and two ticks behind,
+    /// the small order filled, the large ones cancelled within ~0.6 s. With
+    /// `paired`, the small order comes from a related account.
+    Spoofing { paired: bool },
+    /// Sarao-shaped: 4-6 large orders one tick apart behind the touch, held
+    /// 1-3 s and cancelled together, while a genuine order on the other
+    /// side fills. With `paired`, the genuine order is a related account's.
+    Layering { paired: bool },
+    /// Aggressive orders that walk the price >= 5 ticks within ~2 s, then a
+    /// trade on the other side at the moved price within 30 s (by a related
+    /// account with `paired`).
+    MomentumIgnition { paired: bool },
+}
+
+impl PlantPattern {
+    /// Accounts one actor takes.
+    pub fn accounts(&self) -> u32 {
+        match self {
+            PlantPattern::SelfTrade { paired, .. }
+            | PlantPattern::Spoofing { paired }
+            | PlantPattern::Layering { paired }
+            | PlantPattern::MomentumIgnition { paired } => 1 + u32::from(*paired),
+            PlantPattern::ExcessiveCancel { .. } => 1,
+        }
+    }
+}
+
+/// Background populations that live in the books: market makers and
+/// institutions. Their records come out of the day's record budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BookFlow {
+    /// Accounts that keep a two-sided quote at the touch of
+    /// `maker_instruments` of the most active instruments each, cancelled
+    /// and replaced every `maker_refresh_ns` (uniform), `maker_lots` a side
+    /// (the same both sides).
+    pub market_makers: u32,
+    pub maker_instruments: u32,
+    pub maker_refresh_ns: (i64, i64),
+    pub maker_lots: (u64, u64),
+    /// Accounts that rest one large order (`institution_lots`) 1-5 ticks
+    /// behind the touch for `institution_hold_ns`, cancel what is left, and
+    /// after `institution_pause_ns` place the next.
+    pub institutions: u32,
+    pub institution_lots: (u64, u64),
+    pub institution_hold_ns: (i64, i64),
+    pub institution_pause_ns: (i64, i64),
+}
+
+impl Default for BookFlow {
+    fn default() -> BookFlow {
+        BookFlow {
+            market_makers: 0,
+            maker_instruments: 2,
+            maker_refresh_ns: (150 * NS_PER_MS, 600 * NS_PER_MS),
+            maker_lots: (50, 150),
+            institutions: 0,
+            institution_lots: (100, 400),
+            institution_hold_ns: (10 * NS_PER_S, 60 * NS_PER_S),
+            institution_pause_ns: (NS_PER_S, 10 * NS_PER_S),
+        }
+    }
+}
+
+impl BookFlow {
+    pub fn accounts(&self) -> u64 {
+        u64::from(self.market_makers) + u64::from(self.institutions)
+    }
 }
 
 impl Shape {
@@ -167,6 +262,10 @@ impl GenConfig {
             date: (2026, 11, 2),
             cancel_abusers: actors,
             self_traders: actors,
+            book_flow: BookFlow::default(),
+            spoofers: 0,
+            layerers: 0,
+            igniters: 0,
             shape: None,
         }
     }
@@ -185,7 +284,11 @@ pub struct GenSummary {
 pub struct Planted {
     /// The account the alert names: the canceller, or the wash trades' buyer.
     pub account: String,
-    /// `"excessive-cancel"` or `"self-trade"`.
+    /// The rule's JSON name: `"excessive-cancel"`, `"self-trade"`,
+    /// `"spoofing"`, `"layering"` or `"momentum-ignition"`. For an actor
+    /// with a related account this is the main account (the one placing
+    /// the spoof orders, layers or aggressive orders); `bench` scores by
+    /// group, so an alert naming either account finds it.
     pub pattern: &'static str,
     pub instrument: String,
 }
@@ -195,10 +298,12 @@ pub struct GenPaths {
     pub tape: PathBuf,
     pub truth: PathBuf,
     pub accounts: PathBuf,
+    pub instruments: PathBuf,
 }
 
-/// Writes `out` (e.g. day.csv), `<stem>.truth.csv` and `<stem>.accounts.csv`
-/// beside it.
+/// Writes `out` (e.g. day.csv), and beside it `<stem>.truth.csv`,
+/// `<stem>.accounts.csv` and `<stem>.instruments.csv` (FEED.md reference
+/// data: every instrument's previous close, price limits and tick).
 pub fn generate(cfg: &GenConfig, out: &Path) -> io::Result<GenSummary> {
     // Check first so a bad config leaves no empty files behind.
     validate(cfg)?;
@@ -211,6 +316,9 @@ pub fn generate(cfg: &GenConfig, out: &Path) -> io::Result<GenSummary> {
     let mut accounts = BufWriter::new(File::create(&paths.accounts)?);
     write_accounts(&run.group_rows, &mut accounts)?;
     accounts.flush()?;
+    let mut instruments = BufWriter::new(File::create(&paths.instruments)?);
+    write_instruments(&run.instrument_rows, &mut instruments)?;
+    instruments.flush()?;
     Ok(GenSummary { records: run.records, planted: run.planted, paths })
 }
 
@@ -219,14 +327,18 @@ pub fn generate(cfg: &GenConfig, out: &Path) -> io::Result<GenSummary> {
 pub fn generate_tape(cfg: &GenConfig) -> io::Result<DayInMemory> {
     let mut tape = Vec::new();
     let run = run(cfg, &mut tape)?;
-    Ok(DayInMemory { tape, planted: run.planted, group_rows: run.group_rows })
+    let mut instruments = Vec::new();
+    write_instruments(&run.instrument_rows, &mut instruments)?;
+    Ok(DayInMemory { tape, planted: run.planted, group_rows: run.group_rows, instruments_csv: instruments })
 }
 
-/// `generate_tape`'s result: the tape's bytes, the truth, accounts.csv rows (account, group).
+/// `generate_tape`'s result: the tape's bytes, the truth, accounts.csv rows
+/// (account, group), and the instruments.csv bytes.
 pub struct DayInMemory {
     pub tape: Vec<u8>,
     pub planted: Vec<Planted>,
     pub group_rows: Vec<(String, String)>,
+    pub instruments_csv: Vec<u8>,
 }
 
 // ---------------------------------------------------------------------------
@@ -278,6 +390,9 @@ const SIDE_BYTE: [u8; 2] = [b'B', b'S'];
 
 const PATTERN_EXCESSIVE_CANCEL: &str = "excessive-cancel";
 const PATTERN_SELF_TRADE: &str = "self-trade";
+const PATTERN_SPOOFING: &str = "spoofing";
+const PATTERN_LAYERING: &str = "layering";
+const PATTERN_MOMENTUM_IGNITION: &str = "momentum-ignition";
 
 /// PRNG streams, one per concern (see the module invariants).
 const STREAM_UNIVERSE: u64 = 1;
@@ -285,6 +400,8 @@ const STREAM_SCHEDULE: u64 = 2;
 const STREAM_MARKET: u64 = 3;
 const STREAM_CLOCK: u64 = 4;
 const STREAM_LATE: u64 = 5;
+/// Market makers, institutions and the book-aware actors' choices.
+const STREAM_BOOK_FLOW: u64 = 6;
 
 fn default_actor_count(events: u64) -> u32 {
     (events / 200_000).clamp(3, MAX_ACTORS_DEFAULT) as u32
@@ -521,6 +638,13 @@ impl Sessions {
     /// be pushed out of it.
     fn start_of(&self, ts_ns: i64) -> i64 {
         if ts_ns >= self.spans[1].0 { self.spans[1].0 } else { self.spans[0].0 }
+    }
+
+    /// A time in the break between the sessions moved on by as much into
+    /// the next one, so scheduled records stay inside trading time.
+    fn forward(&self, ts_ns: i64) -> i64 {
+        let (morning_end, afternoon) = (self.spans[0].1, self.spans[1].0);
+        if ts_ns >= morning_end && ts_ns < afternoon { afternoon + (ts_ns - morning_end) } else { ts_ns }
     }
 }
 
@@ -768,6 +892,11 @@ impl Population {
                 groups.push(vec![actor.account, seller]);
             }
         }
+        for actor in &schedule.book_actors {
+            if let Some(partner) = actor.partner {
+                groups.push(vec![actor.account, partner]);
+            }
+        }
         // Number groups in a random order so a group's name says nothing
         // about whether it was planted.
         rng.shuffle(&mut groups);
@@ -965,6 +1094,17 @@ struct Resting {
     qty: u64,
     account: u32,
     group: u32,
+    owner: Owner,
+}
+
+/// Who placed a resting order. Only the background's own orders are
+/// cancelled (or let go of) by background actions; everyone's can be hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Background,
+    /// Market makers, institutions and planted actors: cancelled by their
+    /// own schedule only.
+    Scheduled,
 }
 
 impl Resting {
@@ -1297,8 +1437,15 @@ impl Market {
         }
         let qty = draw_qty(&mut self.rng, self.resting_doublings, self.lot);
         let order_id = em.next_order_id();
-        let mut order =
-            Resting { order_id, entry_ns: now_ns, price, qty, account, group: self.group_of[account as usize] };
+        let mut order = Resting {
+            order_id,
+            entry_ns: now_ns,
+            price,
+            qty,
+            account,
+            group: self.group_of[account as usize],
+            owner: Owner::Background,
+        };
         order.entry_ns = em.emit(order.record(b'N', now_ns, instrument, side), i64::MIN, true)?;
         self.books[instrument as usize].insert(side, order);
         Ok(())
@@ -1318,14 +1465,18 @@ impl Market {
         let orders = &mut self.books[instrument as usize].sides[side];
         for j in 0..orders.len().min(DEEPEST_TRIED) {
             let order = orders[j];
-            if self.limiter.allow(order.group, instrument, now_ns) {
+            if order.owner == Owner::Background && self.limiter.allow(order.group, instrument, now_ns) {
                 em.emit(order.record(b'C', now_ns, instrument, side), order.entry_ns, true)?;
                 orders.remove(j);
                 return Ok(true);
             }
         }
-        orders.remove(0);
-        em.stats.forgotten += 1;
+        // Scheduled orders are bounded (a few per maker, institution and
+        // actor), so a side of nothing else may exceed the cap by them.
+        if let Some(j) = orders.iter().position(|r| r.owner == Owner::Background) {
+            orders.remove(j);
+            em.stats.forgotten += 1;
+        }
         Ok(false)
     }
 
@@ -1343,7 +1494,9 @@ impl Market {
             let j = self.rng.below(orders.len() as u64) as usize;
             let order = orders[j];
             // Age first: a refused pick must not use up the limiter.
-            if now_ns - order.entry_ns >= self.min_cancel_age_ns && self.limiter.allow(order.group, instrument, now_ns)
+            if order.owner == Owner::Background
+                && now_ns - order.entry_ns >= self.min_cancel_age_ns
+                && self.limiter.allow(order.group, instrument, now_ns)
             {
                 em.emit(order.record(b'C', now_ns, instrument, side), order.entry_ns, true)?;
                 orders.remove(j);
@@ -1426,7 +1579,8 @@ impl Market {
         let qty = if rests { wanted } else { wanted - open };
 
         let order_id = em.next_order_id();
-        let aggressor = Resting { order_id, entry_ns: now_ns, price: limit, qty, account, group };
+        let aggressor =
+            Resting { order_id, entry_ns: now_ns, price: limit, qty, account, group, owner: Owner::Background };
         let entry_ns = em.emit(aggressor.record(b'N', now_ns, instrument, side), floor_ns, true)?;
         for &(j, fill) in &self.fills {
             let hit = &book.sides[opposite][j];
@@ -1462,11 +1616,181 @@ impl Market {
         Ok(1 + self.fills.len() as u64)
     }
 
+    /// Sum of the open quantity at the best five prices of a side.
+    fn depth5(&self, instrument: u32, side: usize) -> u64 {
+        let mut levels = 0;
+        let mut last_px = None;
+        let mut qty = 0;
+        for order in self.books[instrument as usize].sides[side].iter().rev() {
+            if last_px != Some(order.price) {
+                levels += 1;
+                if levels > 5 {
+                    break;
+                }
+                last_px = Some(order.price);
+            }
+            qty += order.qty;
+        }
+        qty
+    }
+
+    /// The touch of a side: its best price, or where a passive order at
+    /// the touch would go in an empty side.
+    fn touch(&self, instrument: u32, side: usize) -> Option<i64> {
+        let book = &self.books[instrument as usize];
+        book.best(side).or_else(|| book.passive_price(side, 0))
+    }
+
+    fn find(&self, instrument: u32, side: usize, order_id: u64) -> Option<usize> {
+        if order_id == 0 {
+            return None;
+        }
+        self.books[instrument as usize].sides[side].iter().position(|r| r.order_id == order_id)
+    }
+
+    /// Cancels what is still open of a scheduled order; returns the records
+    /// written (0 when it already traded away).
+    fn cancel_scheduled<W: Write>(
+        &mut self,
+        instrument: u32,
+        side: usize,
+        order_id: u64,
+        ts_ns: i64,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        let Some(j) = self.find(instrument, side, order_id) else { return Ok(0) };
+        let order = self.books[instrument as usize].sides[side].remove(j);
+        em.emit(order.record(b'C', ts_ns, instrument, side), ts_ns, false)?;
+        Ok(1)
+    }
+
+    /// A scheduled order (market maker, institution, planted actor, taker):
+    /// matched against the opposite side best-first by price-time priority,
+    /// stepping over its own group's orders as exchange self-trade
+    /// prevention would; what is left rests when `rest` and the book stays
+    /// uncrossed, and is otherwise not ordered at all (the `N` carries the
+    /// executed quantity). One `N` and a `T` per fill, never late. Returns
+    /// what was placed, or `None` when nothing was written.
+    fn submit<W: Write>(&mut self, order: Submit, ts_ns: i64, em: &mut Emitter<W>) -> io::Result<Option<Placed>> {
+        let Submit { instrument, side, account, price, qty: wanted, rest } = order;
+        debug_assert!(wanted > 0 && price > 0);
+        let group = self.group_of[account as usize];
+        let book = &mut self.books[instrument as usize];
+        debug_assert!(price >= book.spec.limit_down && price <= book.spec.limit_up, "scheduled price outside the band");
+        let opposite = 1 - side;
+        self.fills.clear();
+        let mut open = wanted;
+        let mut stepped_over = false;
+        for j in (0..book.sides[opposite].len()).rev() {
+            let resting = &book.sides[opposite][j];
+            let crosses = if side == BUY { resting.price <= price } else { resting.price >= price };
+            if !crosses || open == 0 {
+                break;
+            }
+            if resting.group == group {
+                stepped_over = true;
+                continue;
+            }
+            let fill = open.min(resting.qty);
+            self.fills.push((j, fill));
+            open -= fill;
+        }
+        let rests = rest && open > 0 && !stepped_over;
+        let qty = if rests { wanted } else { wanted - open };
+        if qty == 0 {
+            return Ok(None);
+        }
+        let order_id = em.next_order_id();
+        let placed = Resting { order_id, entry_ns: ts_ns, price, qty, account, group, owner: Owner::Scheduled };
+        em.emit(placed.record(b'N', ts_ns, instrument, side), ts_ns, false)?;
+        for &(j, fill) in &self.fills {
+            let hit = &book.sides[opposite][j];
+            let (buy, sell) = if side == BUY { (&placed, hit) } else { (hit, &placed) };
+            let trade = Record {
+                ts_ns,
+                kind: b'T',
+                order_id: buy.order_id,
+                account: buy.account,
+                instrument,
+                side: SIDE_BYTE[side],
+                price: hit.price,
+                qty: fill,
+                contra_order_id: sell.order_id,
+                contra_account: sell.account,
+            };
+            em.emit(trade, ts_ns, false)?;
+            book.ref_px = hit.price;
+        }
+        // Descending indices: removals keep the rest valid.
+        for &(j, fill) in &self.fills {
+            let orders = &mut book.sides[opposite];
+            if fill == orders[j].qty {
+                orders.remove(j);
+            } else {
+                orders[j].qty -= fill;
+            }
+        }
+        if rests {
+            book.insert(side, Resting { qty: open, ..placed });
+        }
+        Ok(Some(Placed { order_id, records: 1 + self.fills.len() as u64, executed: wanted - open, resting: rests }))
+    }
+
+    /// A taker from the background (an ordinary trader, never of a group
+    /// whose order it would meet) buys or sells through the book up to and
+    /// including a resting order, so that order fills completely and by
+    /// price-time priority. Returns the records written (0 when the order
+    /// is gone or no taker fits).
+    fn fill_through<W: Write>(
+        &mut self,
+        instrument: u32,
+        side: usize,
+        order_id: u64,
+        ts_ns: i64,
+        rng: &mut Rng,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        const TAKER_TRIES: usize = 16;
+        let Some(j) = self.find(instrument, side, order_id) else { return Ok(0) };
+        let ahead = &self.books[instrument as usize].sides[side][j..];
+        let price = ahead[0].price;
+        let qty: u64 = ahead.iter().map(|r| r.qty).sum();
+        for _ in 0..TAKER_TRIES {
+            let taker = self.background[self.account_pick.sample(rng)];
+            let group = self.group_of[taker as usize];
+            if ahead.iter().all(|r| r.group != group) {
+                let order = Submit { instrument, side: 1 - side, account: taker, price, qty, rest: false };
+                return Ok(self.submit(order, ts_ns, em)?.map_or(0, |p| p.records));
+            }
+        }
+        Ok(0)
+    }
+
     /// The instrument's best prices and band, for planting near the market.
     fn quote(&self, instrument: u32) -> Quote {
         let book = &self.books[instrument as usize];
         Quote { bid: book.best(BUY), ask: book.best(SELL), ref_px: book.ref_px, spec: book.spec }
     }
+}
+
+/// A scheduled order to place (see `Market::submit`).
+#[derive(Clone, Copy, Debug)]
+struct Submit {
+    instrument: u32,
+    side: usize,
+    account: u32,
+    price: i64,
+    qty: u64,
+    rest: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    order_id: u64,
+    records: u64,
+    executed: u64,
+    /// Part of it rests in the book.
+    resting: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1547,7 +1871,14 @@ struct PlannedRecord {
 /// sit near the live market when they act.
 struct Schedule {
     actors: Vec<Actor>,
-    /// Accounts taken by actors; the background never uses them.
+    /// Book-aware actors (spoofing, layering, momentum ignition), played by
+    /// the `Agenda` against the live books; sorted by start.
+    book_actors: Vec<BookActorPlan>,
+    /// Accounts of the market makers and institutions.
+    makers: Vec<u32>,
+    institutions: Vec<u32>,
+    /// Accounts taken by actors, makers and institutions; the background
+    /// never uses them.
     reserved: Vec<bool>,
     /// Records the actors will write in all.
     records: u64,
@@ -1621,7 +1952,82 @@ impl Schedule {
             let start_ns = rng.between_ns(start + NS_PER_S, end - 60 * NS_PER_S);
             actors.push(Actor { pattern, account, instrument: rng.below(u64::from(cfg.instruments)) as u32, start_ns });
         }
-        Schedule::new(actors, reserved, records, rng)
+        // The book-aware actors and populations come after, so a day
+        // without them draws exactly as before.
+        let mut book_actors = Vec::new();
+        let kinds = [
+            (cfg.spoofers, PlantPattern::Spoofing { paired: false }),
+            (cfg.layerers, PlantPattern::Layering { paired: false }),
+            (cfg.igniters, PlantPattern::MomentumIgnition { paired: false }),
+        ];
+        for (count, pattern) in kinds {
+            for k in 0..count {
+                // Every other spoofer uses a related account for its small order.
+                let pattern = match pattern {
+                    PlantPattern::Spoofing { .. } => PlantPattern::Spoofing { paired: k % 2 == 1 },
+                    other => other,
+                };
+                if reserved_count + pattern.accounts() > account_budget {
+                    break;
+                }
+                reserved_count += pattern.accounts();
+                let account = Self::take_account(&mut reserved, cfg.accounts, &mut rng);
+                let partner =
+                    (pattern.accounts() == 2).then(|| Self::take_account(&mut reserved, cfg.accounts, &mut rng));
+                // An ignition and its unwind span under 25 s.
+                let (start, end) = sessions.spans[rng.below(2) as usize];
+                let start_ns = rng.between_ns(start + NS_PER_S, end - 60 * NS_PER_S);
+                let instrument = Self::free_instrument(&book_actors, cfg.instruments, &mut rng);
+                book_actors.push(BookActorPlan { pattern, account, partner, instrument, start_ns });
+            }
+        }
+        let (makers, institutions) = Self::take_book_flow(
+            &cfg.book_flow,
+            &mut reserved,
+            cfg.accounts,
+            account_budget - reserved_count,
+            &mut rng,
+        );
+        let mut schedule = Schedule::new(actors, reserved, records, rng);
+        schedule.set_book(book_actors, makers, institutions);
+        schedule
+    }
+
+    /// An instrument no other book-aware actor uses, while there are some:
+    /// an igniter's sweep would otherwise take a spoofer's orders, and the
+    /// truth would no longer say what the tape shows.
+    fn free_instrument(taken: &[BookActorPlan], instruments: u32, rng: &mut Rng) -> u32 {
+        const TRIES: usize = 64;
+        let mut instrument = rng.below(u64::from(instruments)) as u32;
+        for _ in 0..TRIES {
+            if !taken.iter().any(|a| a.instrument == instrument) {
+                break;
+            }
+            instrument = rng.below(u64::from(instruments)) as u32;
+        }
+        instrument
+    }
+
+    fn set_book(&mut self, mut book_actors: Vec<BookActorPlan>, makers: Vec<u32>, institutions: Vec<u32>) {
+        book_actors.sort_by_key(|actor| actor.start_ns);
+        self.book_actors = book_actors;
+        self.makers = makers;
+        self.institutions = institutions;
+    }
+
+    /// Accounts for the makers and institutions, as many as `budget` allows.
+    fn take_book_flow(
+        flow: &BookFlow,
+        reserved: &mut [bool],
+        accounts: u32,
+        budget: u32,
+        rng: &mut Rng,
+    ) -> (Vec<u32>, Vec<u32>) {
+        let makers = flow.market_makers.min(budget);
+        let institutions = flow.institutions.min(budget - makers);
+        let makers = (0..makers).map(|_| Self::take_account(reserved, accounts, rng)).collect();
+        let institutions = (0..institutions).map(|_| Self::take_account(reserved, accounts, rng)).collect();
+        (makers, institutions)
     }
 
     /// Draws an account not yet reserved and reserves it. At most half the
@@ -1640,6 +2046,9 @@ impl Schedule {
         actors.sort_by_key(|actor| actor.start_ns);
         Schedule {
             actors,
+            book_actors: Vec::new(),
+            makers: Vec::new(),
+            institutions: Vec::new(),
             reserved,
             records,
             rng,
@@ -1657,10 +2066,21 @@ impl Schedule {
         let mut reserved = vec![false; cfg.accounts as usize];
         let mut records = 0u64;
         let mut actors = Vec::new();
+        let mut book_actors = Vec::new();
         for plan in &shape.actors {
             for _ in 0..plan.count {
                 let account = Self::take_account(&mut reserved, cfg.accounts, &mut rng);
                 let draw = |rng: &mut Rng, (lo, hi): (u32, u32)| rng.range(u64::from(lo), u64::from(hi)) as u32;
+                if let PlantPattern::Spoofing { paired }
+                | PlantPattern::Layering { paired }
+                | PlantPattern::MomentumIgnition { paired } = plan.pattern
+                {
+                    let partner = paired.then(|| Self::take_account(&mut reserved, cfg.accounts, &mut rng));
+                    let start_ns = shape.start_ns + rng.between_ns(plan.from_ns, plan.to_ns.max(plan.from_ns + 1));
+                    let instrument = Self::free_instrument(&book_actors, cfg.instruments, &mut rng);
+                    book_actors.push(BookActorPlan { pattern: plan.pattern, account, partner, instrument, start_ns });
+                    continue;
+                }
                 let pattern = match plan.pattern {
                     PlantPattern::ExcessiveCancel { orders, gap_ns, cancel_ns } => {
                         Pattern::ExcessiveCancel { orders: draw(&mut rng, orders), gap_ns, cancel_ns }
@@ -1670,6 +2090,9 @@ impl Schedule {
                         seller: paired.then(|| Self::take_account(&mut reserved, cfg.accounts, &mut rng)),
                         gap_ns,
                     },
+                    PlantPattern::Spoofing { .. }
+                    | PlantPattern::Layering { .. }
+                    | PlantPattern::MomentumIgnition { .. } => unreachable!("book-aware actors are planned above"),
                 };
                 records += pattern.records();
                 let start_ns = shape.start_ns + rng.between_ns(plan.from_ns, plan.to_ns.max(plan.from_ns + 1));
@@ -1677,7 +2100,11 @@ impl Schedule {
                 actors.push(Actor { pattern, account, instrument, start_ns });
             }
         }
-        Schedule::new(actors, reserved, records, rng)
+        let (makers, institutions) =
+            Self::take_book_flow(&cfg.book_flow, &mut reserved, cfg.accounts, u32::MAX, &mut rng);
+        let mut schedule = Schedule::new(actors, reserved, records, rng);
+        schedule.set_book(book_actors, makers, institutions);
+        schedule
     }
 
     /// Materialises the actors due by `now_ns` against the current market,
@@ -1833,6 +2260,517 @@ impl Schedule {
 }
 
 // ---------------------------------------------------------------------------
+// The book agenda: market makers, institutions and book-aware actors
+// ---------------------------------------------------------------------------
+
+/// A book-aware planted actor as scheduled: accounts, instrument, start.
+#[derive(Clone, Copy, Debug)]
+struct BookActorPlan {
+    pattern: PlantPattern,
+    account: u32,
+    /// The related account (same group in accounts.csv) that places the
+    /// genuine or unwinding order, if any.
+    partner: Option<u32>,
+    instrument: u32,
+    start_ns: i64,
+}
+
+/// A timed action in the books. Ordered by (time, order scheduled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Task {
+    MakerRefresh { quote: u32 },
+    InstitutionPlace { institution: u32 },
+    InstitutionCancel { institution: u32 },
+    Actor { actor: u32, step: u8 },
+}
+
+/// One market maker's two-sided quote on one instrument: the open order
+/// ids (0 when none).
+#[derive(Clone, Copy, Debug)]
+struct MakerQuote {
+    account: u32,
+    instrument: u32,
+    ids: [u64; 2],
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Institution {
+    account: u32,
+    instrument: u32,
+    side: usize,
+    order_id: u64,
+}
+
+/// Layers at most; spoofers use three.
+const MAX_ACTOR_ORDERS: usize = 6;
+/// Spoof orders and layers are at least this many lots: several times
+/// what a background marketable order takes (`4 << MARKETABLE_QTY_DOUBLINGS`),
+/// so the market seldom fills one before it is pulled.
+const LARGE_MIN_LOTS: u64 = 200;
+/// The momentum igniter's sweeps walk the price this many ticks (>= 5).
+const IGNITION_TICKS: i64 = 6;
+
+/// A book-aware actor's state between its steps.
+#[derive(Clone, Copy, Debug)]
+struct BookActor {
+    plan: BookActorPlan,
+    /// Materialised: its first orders were placed (only those are truth).
+    started: bool,
+    /// The spoofing or layering side, or the igniter's aggressive side.
+    side: usize,
+    /// The genuine order (spoofing, layering) or the unwinding order.
+    genuine: u64,
+    orders: [u64; MAX_ACTOR_ORDERS],
+    /// The igniter: the opposite touch it started from, sweeps planned,
+    /// quantity bought or sold.
+    base_px: i64,
+    sweeps: u8,
+    traded: u64,
+}
+
+/// The timed actions that act on the live books, in time order. Every
+/// choice draws from its own PRNG stream; the classic day has none.
+struct Agenda {
+    tasks: std::collections::BinaryHeap<std::cmp::Reverse<(i64, u64, Task)>>,
+    scheduled: u64,
+    rng: Rng,
+    flow: BookFlow,
+    sessions: Sessions,
+    quotes: Vec<MakerQuote>,
+    institutions: Vec<Institution>,
+    actors: Vec<BookActor>,
+    /// Records written beyond the background budget (planted actors finish
+    /// even when the day's budget is spent).
+    overdraw: u64,
+}
+
+impl Agenda {
+    fn new(schedule: &Schedule, flow: &BookFlow, market: &Market, sessions: Sessions, rng: Rng) -> Agenda {
+        let mut agenda = Agenda {
+            tasks: std::collections::BinaryHeap::new(),
+            scheduled: 0,
+            rng,
+            flow: flow.clone(),
+            sessions,
+            quotes: Vec::new(),
+            institutions: Vec::new(),
+            actors: Vec::new(),
+            overdraw: 0,
+        };
+        let start_ns = sessions.spans[0].0;
+        let instruments = market.books.len() as u32;
+        // Any instrument but the busiest tenth: there a quote at the touch
+        // would trade away before its refresh.
+        let per_maker = flow.maker_instruments.min(instruments);
+        let skip = (instruments / 10).min(instruments - per_maker);
+        for &account in &schedule.makers {
+            let mut taken: Vec<u32> = Vec::with_capacity(per_maker as usize);
+            while (taken.len() as u32) < per_maker {
+                let rank = skip + agenda.rng.below(u64::from(instruments - skip)) as u32;
+                let instrument = market.instrument_by_rank[rank as usize];
+                if !taken.contains(&instrument) {
+                    taken.push(instrument);
+                }
+            }
+            for instrument in taken {
+                let quote = agenda.quotes.len() as u32;
+                agenda.quotes.push(MakerQuote { account, instrument, ids: [0; 2] });
+                let at = start_ns + agenda.rng.between_ns(0, flow.maker_refresh_ns.1);
+                agenda.push(at, Task::MakerRefresh { quote });
+            }
+        }
+        for &account in &schedule.institutions {
+            let institution = agenda.institutions.len() as u32;
+            agenda.institutions.push(Institution { account, instrument: 0, side: BUY, order_id: 0 });
+            let at = start_ns + agenda.rng.between_ns(0, flow.institution_pause_ns.1);
+            agenda.push(at, Task::InstitutionPlace { institution });
+        }
+        for plan in &schedule.book_actors {
+            let actor = agenda.actors.len() as u32;
+            agenda.actors.push(BookActor {
+                plan: *plan,
+                started: false,
+                side: BUY,
+                genuine: 0,
+                orders: [0; MAX_ACTOR_ORDERS],
+                base_px: 0,
+                sweeps: 0,
+                traded: 0,
+            });
+            agenda.push(plan.start_ns, Task::Actor { actor, step: 0 });
+        }
+        agenda
+    }
+
+    fn push(&mut self, ts_ns: i64, task: Task) {
+        self.scheduled += 1;
+        self.tasks.push(std::cmp::Reverse((self.sessions.forward(ts_ns), self.scheduled, task)));
+    }
+
+    /// Time of the next task if it is due by `now_ns`.
+    fn due(&self, now_ns: i64) -> Option<i64> {
+        self.tasks.peek().map(|t| t.0.0).filter(|&ts| ts <= now_ns)
+    }
+
+    /// At the end of the day: drops the background populations' tasks and
+    /// says when the next planted actor's step is due, if any.
+    fn next_planted(&mut self) -> Option<i64> {
+        while let Some(std::cmp::Reverse((ts, _, task))) = self.tasks.peek().copied() {
+            if matches!(task, Task::Actor { .. }) {
+                return Some(ts);
+            }
+            self.tasks.pop();
+        }
+        None
+    }
+
+    /// Runs the next task. `budget` is what is left of the background's
+    /// records: makers and institutions stay inside it, planted actors may
+    /// overdraw it (counted). Returns the records written.
+    fn run_next<W: Write>(&mut self, market: &mut Market, budget: u64, em: &mut Emitter<W>) -> io::Result<u64> {
+        let Some(std::cmp::Reverse((ts_ns, _, task))) = self.tasks.pop() else { return Ok(0) };
+        let written = match task {
+            Task::MakerRefresh { quote } => {
+                // Two cancels and two new orders at most.
+                if budget < 4 {
+                    return Ok(0);
+                }
+                self.maker_refresh(quote as usize, ts_ns, market, em)?
+            }
+            Task::InstitutionPlace { institution } => {
+                if budget < 1 {
+                    return Ok(0);
+                }
+                self.institution_place(institution as usize, ts_ns, market, em)?
+            }
+            Task::InstitutionCancel { institution } => {
+                if budget < 1 {
+                    return Ok(0);
+                }
+                let inst = self.institutions[institution as usize];
+                let written = market.cancel_scheduled(inst.instrument, inst.side, inst.order_id, ts_ns, em)?;
+                let at =
+                    ts_ns + self.rng.between_ns(self.flow.institution_pause_ns.0, self.flow.institution_pause_ns.1);
+                self.push(at, Task::InstitutionPlace { institution });
+                written
+            }
+            Task::Actor { actor, step } => self.actor_step(actor, step, ts_ns, market, em)?,
+        };
+        self.overdraw += written.saturating_sub(budget);
+        Ok(written)
+    }
+
+    fn lots(&mut self, (lo, hi): (u64, u64), lot: u64) -> u64 {
+        self.rng.range(lo, hi) * lot
+    }
+
+    /// Cancel and replace both sides at the touch, the same size each side.
+    fn maker_refresh<W: Write>(
+        &mut self,
+        quote: usize,
+        ts_ns: i64,
+        market: &mut Market,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        let MakerQuote { account, instrument, ids } = self.quotes[quote];
+        let mut written = 0;
+        for side in [BUY, SELL] {
+            written += market.cancel_scheduled(instrument, side, ids[side], ts_ns, em)?;
+        }
+        let qty = self.lots(self.flow.maker_lots, market.lot);
+        let mut placed = [0; 2];
+        for side in [BUY, SELL] {
+            // Join the best price; an empty side gets one at the reference.
+            let Some(price) = market.touch(instrument, side) else { continue };
+            let order = Submit { instrument, side, account, price, qty, rest: true };
+            if let Some(p) = market.submit(order, ts_ns, em)? {
+                written += p.records;
+                placed[side] = if p.resting { p.order_id } else { 0 };
+            }
+        }
+        self.quotes[quote].ids = placed;
+        let at = ts_ns + self.rng.between_ns(self.flow.maker_refresh_ns.0, self.flow.maker_refresh_ns.1);
+        self.push(at, Task::MakerRefresh { quote: quote as u32 });
+        Ok(written)
+    }
+
+    /// A large order 1-5 ticks behind the touch.
+    fn institution_place<W: Write>(
+        &mut self,
+        institution: usize,
+        ts_ns: i64,
+        market: &mut Market,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        // Not the busiest tenth, where the price walks through five ticks
+        // in moments and a resting order is traded away, not held.
+        let instruments = market.books.len() as u64;
+        let skip = instruments / 10;
+        let instrument = market.instrument_by_rank[(skip + self.rng.below(instruments - skip)) as usize];
+        let side = self.rng.side();
+        let ticks = self.rng.range(1, 5) as i64;
+        let book = &market.books[instrument as usize];
+        let spec = book.spec;
+        let price = match book.best(side) {
+            Some(best) if side == BUY => (best - ticks * spec.tick).max(spec.limit_down),
+            Some(best) => (best + ticks * spec.tick).min(spec.limit_up),
+            None => book.passive_price(side, ticks).unwrap_or(0),
+        };
+        let qty = self.lots(self.flow.institution_lots, market.lot);
+        let account = self.institutions[institution].account;
+        let mut written = 0;
+        let mut order_id = 0;
+        if price > 0
+            && let Some(p) = market.submit(Submit { instrument, side, account, price, qty, rest: true }, ts_ns, em)?
+        {
+            written = p.records;
+            order_id = if p.resting { p.order_id } else { 0 };
+        }
+        self.institutions[institution] = Institution { account, instrument, side, order_id };
+        let hold = self.flow.institution_hold_ns;
+        let at = ts_ns + self.rng.between_ns(hold.0, hold.1);
+        self.push(at, Task::InstitutionCancel { institution: institution as u32 });
+        Ok(written)
+    }
+
+    /// `ticks` behind the touch `touch` of `side` (toward worse prices).
+    fn behind(side: usize, touch: i64, ticks: i64, tick: i64) -> i64 {
+        if side == BUY { touch - ticks * tick } else { touch + ticks * tick }
+    }
+
+    fn in_band(spec: &InstrumentSpec, price: i64) -> bool {
+        price >= spec.limit_down && price <= spec.limit_up && price > 0
+    }
+
+    /// An order size large against a side's best-5 depth (1-2 times it,
+    /// at least `LARGE_MIN_LOTS`), as a spoofer's or layerer's orders are.
+    fn large(&mut self, market: &Market, instrument: u32, side: usize) -> u64 {
+        let lot = market.lot;
+        let depth_lots = market.depth5(instrument, side).div_ceil(lot);
+        let lots = (depth_lots + self.rng.below(depth_lots + 1)).max(LARGE_MIN_LOTS);
+        lots * lot
+    }
+
+    fn actor_step<W: Write>(
+        &mut self,
+        index: u32,
+        step: u8,
+        ts_ns: i64,
+        market: &mut Market,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        let mut a = self.actors[index as usize];
+        let instrument = a.plan.instrument;
+        let spec = market.books[instrument as usize].spec;
+        let genuine_account = a.plan.partner.unwrap_or(a.plan.account);
+        let mut written = 0;
+        let mut next: Option<(i64, u8)> = None;
+        match (a.plan.pattern, step) {
+            // Coscia: the small genuine order at its side's touch first.
+            (PlantPattern::Spoofing { .. }, 0) => {
+                let genuine_side = self.rng.side();
+                if let Some(price) = market.touch(instrument, genuine_side) {
+                    let qty = self.rng.range(1, 3) * market.lot;
+                    let order =
+                        Submit { instrument, side: genuine_side, account: genuine_account, price, qty, rest: true };
+                    if let Some(p) = market.submit(order, ts_ns, em)? {
+                        written += p.records;
+                        a.started = true;
+                        a.side = 1 - genuine_side;
+                        a.genuine = if p.resting { p.order_id } else { 0 };
+                        next = Some((ts_ns + self.rng.between_ns(20 * NS_PER_MS, 150 * NS_PER_MS), 1));
+                    }
+                }
+            }
+            // Three large orders on the other side: at the touch, one and two ticks behind.
+            (PlantPattern::Spoofing { .. }, 1) => {
+                let side = a.side;
+                let qty = self.large(market, instrument, side);
+                if let Some(touch) = market.touch(instrument, side) {
+                    for k in 0..3 {
+                        let price = Self::behind(side, touch, k, spec.tick);
+                        if !Self::in_band(&spec, price) {
+                            continue;
+                        }
+                        let order = Submit { instrument, side, account: a.plan.account, price, qty, rest: true };
+                        if let Some(p) = market.submit(order, ts_ns, em)? {
+                            written += p.records;
+                            a.orders[k as usize] = if p.resting { p.order_id } else { 0 };
+                        }
+                    }
+                }
+                // The genuine order fills while the spoof orders show; they
+                // are pulled within ~0.6 s of being placed.
+                let fill_at = ts_ns + self.rng.between_ns(50 * NS_PER_MS, 250 * NS_PER_MS);
+                self.push(fill_at, Task::Actor { actor: index, step: 2 });
+                next = Some((ts_ns + self.rng.between_ns(350 * NS_PER_MS, 600 * NS_PER_MS), 3));
+            }
+            (PlantPattern::Spoofing { .. } | PlantPattern::Layering { .. }, 2) => {
+                written += market.fill_through(instrument, 1 - a.side, a.genuine, ts_ns, &mut self.rng, em)?;
+            }
+            (PlantPattern::Spoofing { .. } | PlantPattern::Layering { .. }, 3) => {
+                for id in a.orders {
+                    written += market.cancel_scheduled(instrument, a.side, id, ts_ns, em)?;
+                }
+            }
+            // Sarao: 4-6 large layers one tick apart behind the touch, all at once.
+            (PlantPattern::Layering { .. }, 0) => {
+                let layers = self.rng.range(4, 6) as i64;
+                let mut side = self.rng.side();
+                let room = |side: usize| {
+                    market
+                        .touch(instrument, side)
+                        .filter(|&t| Self::in_band(&spec, Self::behind(side, t, layers, spec.tick)))
+                };
+                let touch = room(side).or_else(|| {
+                    side = 1 - side;
+                    room(side)
+                });
+                if let Some(touch) = touch {
+                    a.started = true;
+                    a.side = side;
+                    for k in 1..=layers {
+                        let qty = self.large(market, instrument, side);
+                        let price = Self::behind(side, touch, k, spec.tick);
+                        let order = Submit { instrument, side, account: a.plan.account, price, qty, rest: true };
+                        if let Some(p) = market.submit(order, ts_ns, em)? {
+                            written += p.records;
+                            a.orders[k as usize - 1] = if p.resting { p.order_id } else { 0 };
+                        }
+                    }
+                    next = Some((ts_ns + self.rng.between_ns(100 * NS_PER_MS, 400 * NS_PER_MS), 1));
+                    // Held one to three seconds, then all cancelled together.
+                    let cancel_at = ts_ns + self.rng.between_ns(NS_PER_S, 3 * NS_PER_S);
+                    self.push(cancel_at, Task::Actor { actor: index, step: 3 });
+                }
+            }
+            // The genuine order on the other side, at its touch; a taker
+            // fills it before the layers go.
+            (PlantPattern::Layering { .. }, 1) => {
+                let genuine_side = 1 - a.side;
+                if let Some(price) = market.touch(instrument, genuine_side) {
+                    let qty = self.rng.range(1, 4) * market.lot;
+                    let order =
+                        Submit { instrument, side: genuine_side, account: genuine_account, price, qty, rest: true };
+                    if let Some(p) = market.submit(order, ts_ns, em)? {
+                        written += p.records;
+                        a.genuine = if p.resting { p.order_id } else { 0 };
+                    }
+                }
+                next = Some((ts_ns + self.rng.between_ns(100 * NS_PER_MS, 400 * NS_PER_MS), 2));
+            }
+            // Ignition: sweeps that walk the price IGNITION_TICKS within ~2 s.
+            (PlantPattern::MomentumIgnition { .. }, 0) => {
+                let mut side = self.rng.side();
+                let room = |side: usize| {
+                    market
+                        .touch(instrument, 1 - side)
+                        .filter(|&t| Self::in_band(&spec, Self::behind(1 - side, t, IGNITION_TICKS, spec.tick)))
+                };
+                let base = room(side).or_else(|| {
+                    side = 1 - side;
+                    room(side)
+                });
+                if let Some(base) = base {
+                    a.started = true;
+                    a.side = side;
+                    a.base_px = base;
+                    a.sweeps = self.rng.range(3, 4) as u8;
+                    written += self.sweep(&mut a, 0, ts_ns, market, em)?;
+                    next = Some((ts_ns + self.rng.between_ns(50 * NS_PER_MS, 300 * NS_PER_MS), 1));
+                }
+            }
+            (PlantPattern::MomentumIgnition { .. }, k) if k < a.sweeps => {
+                written += self.sweep(&mut a, k, ts_ns, market, em)?;
+                next = Some(if k + 1 < a.sweeps {
+                    (ts_ns + self.rng.between_ns(50 * NS_PER_MS, 300 * NS_PER_MS), k + 1)
+                } else {
+                    // The unwind comes 2-20 s later, inside the rule's 30 s.
+                    (ts_ns + self.rng.between_ns(2 * NS_PER_S, 20 * NS_PER_S), k + 1)
+                });
+            }
+            // Unwind: the other side at the moved price, filled by a taker.
+            (PlantPattern::MomentumIgnition { .. }, k) if k == a.sweeps => {
+                let side = 1 - a.side;
+                let price = Self::behind(side, a.base_px, IGNITION_TICKS, spec.tick);
+                let qty = a.traded.clamp(market.lot, 50 * market.lot);
+                let order = Submit { instrument, side, account: genuine_account, price, qty, rest: true };
+                if let Some(p) = market.submit(order, ts_ns, em)? {
+                    written += p.records;
+                    a.genuine = if p.resting { p.order_id } else { 0 };
+                }
+                next = Some((ts_ns + self.rng.between_ns(100 * NS_PER_MS, 500 * NS_PER_MS), k + 1));
+            }
+            (PlantPattern::MomentumIgnition { .. }, _) => {
+                written += market.fill_through(instrument, 1 - a.side, a.genuine, ts_ns, &mut self.rng, em)?;
+            }
+            (PlantPattern::ExcessiveCancel { .. } | PlantPattern::SelfTrade { .. }, _)
+            | (PlantPattern::Spoofing { .. } | PlantPattern::Layering { .. }, _) => {
+                unreachable!("not a book-aware step: {:?} {step}", a.plan.pattern)
+            }
+        }
+        if let Some((at, step)) = next {
+            self.push(at, Task::Actor { actor: index, step });
+        }
+        self.actors[index as usize] = a;
+        Ok(written)
+    }
+
+    /// The igniter's `k`-th sweep: an aggressive order through the
+    /// opposite side up to `base + ticks` (the last reaching
+    /// IGNITION_TICKS), taking everything on the way. An ordinary trader
+    /// first adds an order at the sweep's limit when nothing rests there,
+    /// so the walk really prints there.
+    fn sweep<W: Write>(
+        &mut self,
+        a: &mut BookActor,
+        k: u8,
+        ts_ns: i64,
+        market: &mut Market,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        let instrument = a.plan.instrument;
+        let spec = market.books[instrument as usize].spec;
+        let opposite = 1 - a.side;
+        let ticks = (IGNITION_TICKS * i64::from(k + 1) + i64::from(a.sweeps) - 1) / i64::from(a.sweeps);
+        let limit = Self::behind(opposite, a.base_px, ticks, spec.tick);
+        let group = market.group_of[a.plan.account as usize];
+        let mut written = 0;
+        for price in [a.base_px, limit] {
+            let book = &market.books[instrument as usize];
+            let present = book.sides[opposite].iter().any(|r| r.price == price && r.group != group);
+            if present || (k > 0 && price == a.base_px) {
+                continue;
+            }
+            // Offers already through the price are taken first, so the
+            // rest of the provider's order shows at it.
+            let through: u64 =
+                book.sides[a.side].iter().filter(|r| !Book::worse(a.side, r.price, price)).map(|r| r.qty).sum();
+            let provider = market.background[market.account_pick.sample(&mut self.rng)];
+            let qty = through + self.rng.range(1, 4) * market.lot;
+            let order = Submit { instrument, side: opposite, account: provider, price, qty, rest: true };
+            if let Some(p) = market.submit(order, ts_ns, em)? {
+                written += p.records;
+            }
+        }
+        let book = &market.books[instrument as usize];
+        let qty: u64 = book.sides[opposite]
+            .iter()
+            .filter(|r| r.group != group && !Book::worse(opposite, r.price, limit))
+            .map(|r| r.qty)
+            .sum();
+        if qty > 0 {
+            let order = Submit { instrument, side: a.side, account: a.plan.account, price: limit, qty, rest: false };
+            if let Some(p) = market.submit(order, ts_ns, em)? {
+                written += p.records;
+                a.traded += p.executed;
+            }
+        }
+        Ok(written)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The run: wiring the parts together
 // ---------------------------------------------------------------------------
 
@@ -1842,8 +2780,15 @@ struct Run {
     planted: Vec<Planted>,
     /// accounts.csv rows: (account name, group name).
     group_rows: Vec<(String, String)>,
+    /// instruments.csv rows: every instrument's name and reference data.
+    instrument_rows: Vec<(String, InstrumentSpec)>,
     #[cfg_attr(not(test), allow(dead_code))]
     stats: Stats,
+    /// Accounts of the market makers and institutions (tests check their flow).
+    #[cfg_attr(not(test), allow(dead_code))]
+    makers: Vec<String>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    institutions: Vec<String>,
 }
 
 /// Reports every problem at once, as an operator error.
@@ -1874,17 +2819,25 @@ fn validate(cfg: &GenConfig) -> io::Result<()> {
         if !(0.0 < shape.cancel_share && 0.0 < shape.trade_share && shape.cancel_share + shape.trade_share <= 0.9) {
             problems.push("cancel and trade shares must be positive and leave new orders at least 10%".to_string());
         }
-        let actor_accounts: u64 = shape
-            .actors
-            .iter()
-            .map(|a| {
-                let per = if matches!(a.pattern, PlantPattern::SelfTrade { paired: true, .. }) { 2 } else { 1 };
-                u64::from(a.count) * per
-            })
-            .sum();
+        let actor_accounts: u64 =
+            shape.actors.iter().map(|a| u64::from(a.count) * u64::from(a.pattern.accounts())).sum::<u64>()
+                + cfg.book_flow.accounts();
         if actor_accounts > u64::from(cfg.accounts / 2) {
-            problems.push(format!("{actor_accounts} planted accounts: at most half of the {} accounts", cfg.accounts));
+            problems.push(format!(
+                "{actor_accounts} planted, maker and institution accounts: at most half of the {} accounts",
+                cfg.accounts
+            ));
         }
+    }
+    let f = &cfg.book_flow;
+    let ordered = |(lo, hi): (i64, i64)| 0 < lo && lo <= hi;
+    if !(ordered(f.maker_refresh_ns) && ordered(f.institution_hold_ns) && ordered(f.institution_pause_ns)) {
+        problems.push("maker refresh, institution hold and pause must be positive ranges (low <= high)".to_string());
+    }
+    let sizes = |(lo, hi): (u64, u64)| 0 < lo && lo <= hi;
+    if !(sizes(f.maker_lots) && sizes(f.institution_lots)) || f.maker_instruments == 0 {
+        problems
+            .push("maker and institution sizes must be positive ranges, and makers quote >= 1 instrument".to_string());
     }
     let (year, month, day) = cfg.date;
     // Epoch nanoseconds in an i64 end in 2262.
@@ -1918,7 +2871,7 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
     };
     let mut market = Market::new(&specs, &population, max_delay_ms, shape, Rng::new(cfg.seed, STREAM_MARKET));
 
-    let planted: Vec<Planted> = schedule
+    let mut planted: Vec<Planted> = schedule
         .actors
         .iter()
         .map(|actor| Planted {
@@ -1927,6 +2880,11 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
             instrument: instrument_names.string(actor.instrument),
         })
         .collect();
+    let mut agenda = Agenda::new(&schedule, &cfg.book_flow, &market, sessions, Rng::new(cfg.seed, STREAM_BOOK_FLOW));
+    let instrument_rows: Vec<(String, InstrumentSpec)> =
+        specs.iter().enumerate().map(|(i, &spec)| (instrument_names.string(i as u32), spec)).collect();
+    let makers = schedule.makers.iter().map(|&a| population.names.string(a)).collect();
+    let institutions = schedule.institutions.iter().map(|&a| population.names.string(a)).collect();
     let group_rows = population
         .group_rows
         .iter()
@@ -1984,22 +2942,68 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
             background_left
         };
         let now_ns = clock.next(clock_left);
+        // Book tasks and planted records in time order, so neither looks late.
+        while let Some(task_ns) = agenda.due(now_ns) {
+            schedule.release_due(task_ns, &market, &mut em)?;
+            let task_records = agenda.run_next(&mut market, background_left, &mut em)?;
+            background_left = background_left.saturating_sub(task_records);
+        }
+        if background_left == 0 {
+            break;
+        }
         schedule.release_due(now_ns, &market, &mut em)?;
         let step_records = market.step(now_ns, background_left, &mut em)?;
         background_left -= step_records;
         steps += 1;
         written += step_records;
     }
+    // Planted actors finish their pattern after the background has ended.
+    while let Some(task_ns) = agenda.next_planted() {
+        schedule.release_due(task_ns, &market, &mut em)?;
+        agenda.run_next(&mut market, 0, &mut em)?;
+    }
     schedule.release_due(i64::MAX, &market, &mut em)?;
     em.finish()?;
-    assert_eq!(em.seq, background + schedule.records, "the generator wrote the wrong number of records");
-    Ok(Run { records: em.seq, planted, group_rows, stats: em.stats })
+    assert_eq!(
+        em.seq,
+        background + schedule.records + agenda.overdraw,
+        "the generator wrote the wrong number of records"
+    );
+    for actor in agenda.actors.iter().filter(|a| a.started) {
+        planted.push(Planted {
+            account: em.accounts.string(actor.plan.account),
+            pattern: match actor.plan.pattern {
+                PlantPattern::Spoofing { .. } => PATTERN_SPOOFING,
+                PlantPattern::Layering { .. } => PATTERN_LAYERING,
+                _ => PATTERN_MOMENTUM_IGNITION,
+            },
+            instrument: em.instruments.string(actor.plan.instrument),
+        });
+    }
+    Ok(Run { records: em.seq, planted, group_rows, instrument_rows, stats: em.stats, makers, institutions })
 }
 
 fn write_truth(planted: &[Planted], out: &mut impl Write) -> io::Result<()> {
     out.write_all(b"account,pattern,instrument\n")?;
     for row in planted {
         writeln!(out, "{},{},{}", row.account, row.pattern, row.instrument)?;
+    }
+    Ok(())
+}
+
+/// FEED.md reference data: `instrument,prev_close,limit_up,limit_down,tick`.
+fn write_instruments(rows: &[(String, InstrumentSpec)], out: &mut impl Write) -> io::Result<()> {
+    out.write_all(b"instrument,prev_close,limit_up,limit_down,tick\n")?;
+    let px = |v: i64| format!("{}.{:04}", v / PX_SCALE, v % PX_SCALE);
+    for (name, spec) in rows {
+        writeln!(
+            out,
+            "{name},{},{},{},{}",
+            px(spec.prev_close),
+            px(spec.limit_up),
+            px(spec.limit_down),
+            px(spec.tick)
+        )?;
     }
     Ok(())
 }
@@ -2012,7 +3016,8 @@ fn write_accounts(rows: &[(String, String)], out: &mut impl Write) -> io::Result
     Ok(())
 }
 
-/// `dir/day.csv` -> `dir/day.truth.csv`, `dir/day.accounts.csv`.
+/// `dir/day.csv` -> `dir/day.truth.csv`, `dir/day.accounts.csv`,
+/// `dir/day.instruments.csv`.
 fn side_paths(out: &Path) -> io::Result<GenPaths> {
     let stem = out.file_stem().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("output path {} has no file name", out.display()))
@@ -2022,7 +3027,12 @@ fn side_paths(out: &Path) -> io::Result<GenPaths> {
         name.push(suffix);
         out.with_file_name(name)
     };
-    Ok(GenPaths { tape: out.to_path_buf(), truth: beside(".truth.csv"), accounts: beside(".accounts.csv") })
+    Ok(GenPaths {
+        tape: out.to_path_buf(),
+        truth: beside(".truth.csv"),
+        accounts: beside(".accounts.csv"),
+        instruments: beside(".instruments.csv"),
+    })
 }
 
 #[cfg(test)]
@@ -2448,6 +3458,10 @@ mod tests {
         let mut rows = truth.lines();
         assert_eq!(rows.next(), Some("account,pattern,instrument"));
         assert_eq!(rows.count(), summary.planted.len());
+        assert_eq!(summary.paths.instruments, dir.join("day.instruments.csv"));
+        let instruments = std::fs::read_to_string(&summary.paths.instruments).unwrap();
+        assert_eq!(instruments.lines().next(), Some("instrument,prev_close,limit_up,limit_down,tick"));
+        assert_eq!(instruments.lines().count(), cfg.instruments as usize + 1);
         let accounts = std::fs::read_to_string(&summary.paths.accounts).unwrap();
         let mut rows = accounts.lines();
         assert_eq!(rows.next(), Some("account,group"));
@@ -2478,6 +3492,397 @@ mod tests {
         }
     }
 
+    // -----------------------------------------------------------------------
+    // The book day: makers, institutions and book-aware actors
+    // -----------------------------------------------------------------------
+
+    const BOOK_DAY: &str = include_str!("../scenarios/book-day.toml");
+
+    fn book_day(scale: f64) -> (GenConfig, Output) {
+        let scenario = crate::scenario::Scenario::parse(BOOK_DAY).expect("book-day parses").scaled(scale);
+        let cfg = scenario.gen_config();
+        let out = generate_in_memory(&cfg);
+        (cfg, out)
+    }
+
+    /// (prev_close, limit_up, limit_down, tick) by instrument, from instruments.csv.
+    fn instruments_csv(run: &Run) -> HashMap<String, (i64, i64, i64, i64)> {
+        let mut bytes = Vec::new();
+        write_instruments(&run.instrument_rows, &mut bytes).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let mut rows = text.lines();
+        assert_eq!(rows.next(), Some("instrument,prev_close,limit_up,limit_down,tick"));
+        let px = |f: &str| {
+            let (int, frac) = f.split_once('.').expect("a decimal");
+            assert_eq!(frac.len(), 4);
+            int.parse::<i64>().unwrap() * PX_SCALE + frac.parse::<i64>().unwrap()
+        };
+        rows.map(|row| {
+            let f: Vec<&str> = row.split(',').collect();
+            assert_eq!(f.len(), 5, "{row}");
+            (f[0].to_string(), (px(f[1]), px(f[2]), px(f[3]), px(f[4])))
+        })
+        .collect()
+    }
+
+    /// The open orders replayed from the tape in feed order, to judge where
+    /// an order sat against the book when it was placed.
+    #[derive(Default)]
+    struct Replay {
+        open: HashMap<u64, OpenOrder>,
+    }
+
+    impl Replay {
+        fn apply(&mut self, l: &Line) {
+            match l.kind {
+                b'N' => {
+                    let order = OpenOrder {
+                        seq: l.seq,
+                        ts_ns: l.ts_ns,
+                        account: l.account.clone(),
+                        instrument: l.instrument.clone(),
+                        side: l.side,
+                        price: l.price,
+                        open: l.qty,
+                    };
+                    self.open.insert(l.order_id, order);
+                }
+                b'C' => {
+                    self.open.remove(&l.order_id);
+                }
+                _ => {
+                    for id in [l.order_id, l.contra_order_id.unwrap_or(0)] {
+                        if let Some(o) = self.open.get_mut(&id) {
+                            o.open -= l.qty;
+                            if o.open == 0 {
+                                self.open.remove(&id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Open orders of one side, best first, leaving out `skip`'s accounts.
+        fn side(&self, instrument: &str, side: u8, skip: &[&str]) -> Vec<(i64, u64)> {
+            let mut orders: Vec<(i64, u64)> = self
+                .open
+                .values()
+                .filter(|o| o.instrument == instrument && o.side == side && !skip.contains(&o.account.as_str()))
+                .map(|o| (o.price, o.open))
+                .collect();
+            orders.sort_unstable_by_key(|&(px, _)| if side == b'B' { -px } else { px });
+            orders
+        }
+
+        fn best(&self, instrument: &str, side: u8, skip: &[&str]) -> Option<i64> {
+            self.side(instrument, side, skip).first().map(|o| o.0)
+        }
+
+        fn depth5(&self, instrument: &str, side: u8, skip: &[&str]) -> u64 {
+            let orders = self.side(instrument, side, skip);
+            let mut levels: Vec<i64> = orders.iter().map(|o| o.0).collect();
+            levels.dedup();
+            let fifth = levels.get(4).copied();
+            orders
+                .iter()
+                .filter(|o| fifth.is_none_or(|f| if side == b'B' { o.0 >= f } else { o.0 <= f }))
+                .map(|o| o.1)
+                .sum()
+        }
+    }
+
+    /// Each record with the book state just before it: (best on its side,
+    /// best-5 depth on its side), both leaving out the record's own group.
+    fn with_book(lines: &[Line], groups: &HashMap<String, String>) -> Vec<(Option<i64>, u64)> {
+        let mut members: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (account, group) in groups {
+            members.entry(group.as_str()).or_default().push(account.as_str());
+        }
+        let mut replay = Replay::default();
+        let mut out = Vec::with_capacity(lines.len());
+        for l in lines {
+            let own: Vec<&str> = match groups.get(&l.account) {
+                Some(g) => members[g.as_str()].clone(),
+                None => vec![l.account.as_str()],
+            };
+            out.push(if l.kind == b'N' {
+                (replay.best(&l.instrument, l.side, &own), replay.depth5(&l.instrument, l.side, &own))
+            } else {
+                (None, 0)
+            });
+            replay.apply(l);
+        }
+        out
+    }
+
+    fn behind_px(side: u8, touch: i64, ticks: i64) -> i64 {
+        if side == b'B' { touch - ticks * TICK_PX } else { touch + ticks * TICK_PX }
+    }
+
+    #[test]
+    fn book_day_is_reproducible_valid_inside_its_limits_and_plants_every_actor() {
+        let (cfg, out) = book_day(0.1);
+        assert!(out.tape == generate_in_memory(&cfg).tape, "same config, same bytes");
+        let lines = parse(&out.tape);
+        assert_eq!(lines.len() as u64, out.run.records);
+        let bad = lifecycle_violations(&lines);
+        assert!(bad.is_empty(), "{} violations, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+        // The engine's own validator accepts every record.
+        let mut validator = crate::ingest::validate::Validator::new(
+            crate::ingest::validate::Limits::default(),
+            std::sync::Arc::new(crate::symbols::Groups::default()),
+        );
+        for (i, line) in out.tape.split(|&b| b == b'\n').skip(1).filter(|l| !l.is_empty()).enumerate() {
+            let raw = crate::ingest::csv::parse_line(line).unwrap_or_else(|e| panic!("record {}: {e:?}", i + 1));
+            validator.check_seq(raw.seq, i as u64 + 2).unwrap();
+            validator.accept(&raw).unwrap_or_else(|e| panic!("record {}: {e:?}", i + 1));
+        }
+        // No late share: scheduled and planted records keep time order.
+        assert!(lines.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns), "event time never steps back");
+        // instruments.csv: the Shenzhen bands, and every price inside them.
+        let specs = instruments_csv(&out.run);
+        assert_eq!(specs.len(), cfg.instruments as usize);
+        for (code, &(prev, up, down, tick)) in &specs {
+            let band = if code.starts_with("30") { 20 } else { 10 };
+            let round = |scaled: i64| (scaled + 50 * tick) / (100 * tick) * tick;
+            assert_eq!((up, down, tick), (round(prev * (100 + band)), round(prev * (100 - band)), TICK_PX), "{code}");
+        }
+        for l in &lines {
+            let (_, up, down, tick) = specs[&l.instrument];
+            assert!(
+                l.price >= down && l.price <= up && l.price % tick == 0,
+                "seq {}: {} outside the band",
+                l.seq,
+                l.price
+            );
+        }
+        // Every actor materialised and has its truth row.
+        let count = |p: &str| out.run.planted.iter().filter(|r| r.pattern == p).count();
+        assert_eq!((count("spoofing"), count("layering"), count("momentum-ignition")), (8, 4, 4));
+        // The new flow trades no group with itself; the plain
+        // excessive-cancel rule flags only market makers.
+        let groups = group_map(&out.run.group_rows);
+        for (pattern, who, _) in brute_force_alerts(&lines, &groups) {
+            assert_eq!(pattern, PATTERN_EXCESSIVE_CANCEL, "{who}");
+            assert!(out.run.makers.contains(&who), "{who} is not a market maker");
+        }
+    }
+
+    #[test]
+    fn book_day_actors_have_their_published_shapes() {
+        let (_, out) = book_day(0.25);
+        let lines = parse(&out.tape);
+        let groups = group_map(&out.run.group_rows);
+        let book = with_book(&lines, &groups);
+        let fills_of = |order_id: u64| -> u64 {
+            lines
+                .iter()
+                .filter(|t| t.kind == b'T' && (t.order_id == order_id || t.contra_order_id == Some(order_id)))
+                .map(|t| t.qty)
+                .sum()
+        };
+        let cancel_of = |order_id: u64| lines.iter().find(|c| c.kind == b'C' && c.order_id == order_id);
+        let mut partnered = 0;
+        for actor in &out.run.planted {
+            let group = group_of(&groups, &actor.account).to_string();
+            let mine = |l: &Line| l.instrument == actor.instrument && group_of(&groups, &l.account) == group;
+            let orders: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].kind == b'N' && mine(&lines[i])).collect();
+            let first = &lines[orders[0]];
+            match actor.pattern {
+                PATTERN_SPOOFING => {
+                    // Small genuine order at its touch, then three large ones
+                    // on the other side at the touch, one and two ticks behind.
+                    assert!(first.qty <= 3 * LOT, "{actor:?}");
+                    if let Some(touch) = book[orders[0]].0 {
+                        assert_eq!(first.price, touch, "{actor:?}: the genuine order joins the touch");
+                    }
+                    partnered += usize::from(first.account != actor.account);
+                    let spoof: Vec<&Line> = orders[1..].iter().map(|&i| &lines[i]).collect();
+                    assert_eq!(spoof.len(), 3, "{actor:?}");
+                    let (touch, depth) = book[orders[1]];
+                    for (k, s) in spoof.iter().enumerate() {
+                        assert_eq!(
+                            (s.account.as_str(), s.ts_ns),
+                            (actor.account.as_str(), spoof[0].ts_ns),
+                            "{actor:?}"
+                        );
+                        assert_ne!(s.side, first.side, "{actor:?}");
+                        if let Some(touch) = touch {
+                            assert_eq!(s.price, behind_px(s.side, touch, k as i64), "{actor:?}");
+                        }
+                        assert!(
+                            s.qty >= depth.max(LARGE_MIN_LOTS * LOT),
+                            "{actor:?}: large against the best-5 depth {depth}"
+                        );
+                        // Cancelled within ~0.6 s, unless the market took it all.
+                        match cancel_of(s.order_id) {
+                            Some(c) => assert!(c.ts_ns - s.ts_ns <= 600 * NS_PER_MS, "{actor:?}: pulled within 0.6 s"),
+                            None => assert_eq!(fills_of(s.order_id), s.qty, "{actor:?}: neither cancelled nor filled"),
+                        }
+                    }
+                    assert!(
+                        spoof.iter().filter(|s| cancel_of(s.order_id).is_some()).count() >= 2,
+                        "{actor:?}: most are cancelled"
+                    );
+                    assert_eq!(fills_of(first.order_id), first.qty, "{actor:?}: the genuine order fills");
+                }
+                PATTERN_LAYERING => {
+                    let layers: Vec<&Line> = orders
+                        .iter()
+                        .map(|&i| &lines[i])
+                        .filter(|l| l.account == actor.account && l.ts_ns == first.ts_ns)
+                        .collect();
+                    assert!((4..=6).contains(&layers.len()), "{actor:?}: {} layers", layers.len());
+                    let side = layers[0].side;
+                    let touch = book[orders[0]].0.expect("a side with orders");
+                    for (k, layer) in layers.iter().enumerate() {
+                        assert_eq!(layer.side, side);
+                        assert_eq!(
+                            layer.price,
+                            behind_px(side, touch, k as i64 + 1),
+                            "{actor:?}: one tick apart behind the touch"
+                        );
+                        match cancel_of(layer.order_id) {
+                            Some(c) => {
+                                assert!((NS_PER_S..=3 * NS_PER_S).contains(&(c.ts_ns - layer.ts_ns)), "{actor:?}")
+                            }
+                            None => assert_eq!(
+                                fills_of(layer.order_id),
+                                layer.qty,
+                                "{actor:?}: neither cancelled nor filled"
+                            ),
+                        }
+                    }
+                    let cancelled = layers.iter().filter(|l| cancel_of(l.order_id).is_some()).count();
+                    assert!(
+                        cancelled * 2 > layers.len(),
+                        "{actor:?}: {cancelled} of {} layers cancelled",
+                        layers.len()
+                    );
+                    let genuine = orders.iter().map(|&i| &lines[i]).find(|l| l.side != side).expect("a genuine order");
+                    assert_eq!(fills_of(genuine.order_id), genuine.qty, "{actor:?}: the genuine order fills");
+                }
+                _ => {
+                    // Aggressive trades of the group walk the price >= 5 ticks in ~2 s.
+                    let aggressive: Vec<&Line> = lines
+                        .iter()
+                        .filter(|t| {
+                            t.kind == b'T'
+                                && t.instrument == actor.instrument
+                                && group_of(&groups, if t.side == b'B' { &t.account } else { &t.contra_account })
+                                    == group
+                        })
+                        .collect();
+                    assert!(!aggressive.is_empty(), "{actor:?}");
+                    let side = aggressive[0].side;
+                    // The unwind may cross the other side too; only the ignition's side counts here.
+                    let aggressive: Vec<&Line> = aggressive.into_iter().filter(|t| t.side == side).collect();
+                    let (lo, hi) =
+                        aggressive.iter().fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t.price), hi.max(t.price)));
+                    assert!(hi - lo >= 5 * TICK_PX, "{actor:?}: moved {} ticks", (hi - lo) / TICK_PX);
+                    let last = aggressive.last().unwrap();
+                    assert!(last.ts_ns - aggressive[0].ts_ns <= 2 * NS_PER_S, "{actor:?}");
+                    let moved = if side == b'B' { hi } else { lo };
+                    // Then the other side at (or beyond) the moved price within 30 s.
+                    let unwind = lines.iter().find(|t| {
+                        t.kind == b'T'
+                            && t.instrument == actor.instrument
+                            && t.ts_ns > last.ts_ns
+                            && t.ts_ns - last.ts_ns <= 30 * NS_PER_S
+                            && group_of(&groups, if side == b'B' { &t.contra_account } else { &t.account }) == group
+                    });
+                    let unwind = unwind.unwrap_or_else(|| panic!("{actor:?}: no unwind trade"));
+                    assert!(if side == b'B' { unwind.price >= moved } else { unwind.price <= moved }, "{actor:?}");
+                }
+            }
+        }
+        assert_eq!(partnered, 4, "half the spoofers use a related account for the small order");
+    }
+
+    #[test]
+    fn makers_quote_both_sides_and_institutions_rest_behind() {
+        let (_, out) = book_day(0.25);
+        let lines = parse(&out.tape);
+        let groups = group_map(&out.run.group_rows);
+        let book = with_book(&lines, &groups);
+        assert_eq!((out.run.makers.len(), out.run.institutions.len()), (6, 10));
+        let mut maker_trades = 0;
+        for maker in &out.run.makers {
+            let news: Vec<usize> =
+                (0..lines.len()).filter(|&i| lines[i].kind == b'N' && &lines[i].account == maker).collect();
+            let cancels = lines.iter().filter(|l| l.kind == b'C' && &l.account == maker).count();
+            maker_trades +=
+                lines.iter().filter(|l| l.kind == b'T' && (&l.account == maker || &l.contra_account == maker)).count();
+            assert!(news.len() > 100, "{maker}: {} quotes", news.len());
+            assert!(cancels * 10 > news.len() * 9, "{maker}: cancel ratio {cancels}/{}", news.len());
+            // A refresh quotes both sides at one moment; only a side pinned
+            // at a price limit could leave one out.
+            let mut refreshes: Vec<Vec<usize>> = Vec::new();
+            for &i in &news {
+                match refreshes.last_mut() {
+                    Some(r) if lines[r[0]].ts_ns == lines[i].ts_ns && lines[r[0]].instrument == lines[i].instrument => {
+                        r.push(i)
+                    }
+                    _ => refreshes.push(vec![i]),
+                }
+            }
+            let two_sided = refreshes.iter().filter(|r| r.len() == 2).count();
+            assert!(two_sided * 100 >= refreshes.len() * 95, "{maker}: {two_sided} of {} two-sided", refreshes.len());
+            for pair in refreshes.iter().filter(|r| r.len() == 2) {
+                let (bid, ask) = (&lines[pair[0]], &lines[pair[1]]);
+                assert_eq!((bid.side, ask.side), (b'B', b'S'), "{maker}: two-sided");
+                assert_eq!(bid.qty, ask.qty, "{maker}: symmetric");
+                assert!(bid.price < ask.price);
+                for &i in pair {
+                    if let Some(touch) = book[i].0 {
+                        assert_eq!(lines[i].price, touch, "{maker}: at the touch");
+                    }
+                }
+            }
+        }
+        assert!(maker_trades > 100, "makers trade when hit: {maker_trades}");
+        let mut held = 0;
+        for inst in &out.run.institutions {
+            for i in (0..lines.len()).filter(|&i| lines[i].kind == b'N' && &lines[i].account == inst) {
+                let order = &lines[i];
+                assert!(order.qty >= 100 * LOT, "{inst}");
+                if let Some(touch) = book[i].0 {
+                    let ticks = (order.price - touch).abs() / TICK_PX;
+                    assert!((1..=5).contains(&ticks), "{inst}: {ticks} ticks");
+                    assert_eq!(order.price, behind_px(order.side, touch, ticks), "{inst}: behind the touch");
+                }
+                if let Some(c) = lines.iter().find(|c| c.kind == b'C' && c.order_id == order.order_id) {
+                    assert!((10 * NS_PER_S..=60 * NS_PER_S).contains(&(c.ts_ns - order.ts_ns)), "{inst}");
+                    held += 1;
+                }
+            }
+        }
+        assert!(held > 0, "institutions cancel after holding");
+    }
+
+    #[test]
+    fn classic_day_takes_the_book_knobs_too() {
+        let mut cfg = GenConfig::new(100_000, 3);
+        (cfg.spoofers, cfg.layerers, cfg.igniters) = (2, 2, 2);
+        cfg.book_flow.market_makers = 2;
+        cfg.book_flow.institutions = 3;
+        let out = generate_in_memory(&cfg);
+        let lines = parse(&out.tape);
+        assert_eq!(lines.len() as u64, out.run.records);
+        assert!(lifecycle_violations(&lines).is_empty());
+        assert!(lines.iter().all(|l| in_sessions(&cfg, l.ts_ns)), "nothing stamped in the lunch break");
+        let count = |p: &str| out.run.planted.iter().filter(|r| r.pattern == p).count();
+        assert_eq!((count("spoofing"), count("layering"), count("momentum-ignition")), (2, 2, 2));
+        assert_eq!(
+            count("excessive-cancel") as u32 + count("self-trade") as u32,
+            cfg.cancel_abusers + cfg.self_traders
+        );
+        // The default config is the classic day, byte for byte (the golden
+        // digest pins it); the book knobs change the tape.
+        assert!(out.tape != generate_in_memory(&GenConfig::new(100_000, 3)).tape);
+    }
+
     #[test]
     fn bad_configs_are_reported_together() {
         let mut cfg = GenConfig::new(10, 1);
@@ -2488,6 +3893,11 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         let text = err.to_string();
         assert!(text.contains("accounts") && text.contains("late_pct") && text.contains("date"), "{text}");
+        let mut cfg = GenConfig::new(10, 1);
+        cfg.book_flow.maker_refresh_ns = (0, NS_PER_S);
+        cfg.book_flow.institution_lots = (5, 1);
+        let text = run(&cfg, Vec::new()).err().expect("invalid book knobs").to_string();
+        assert!(text.contains("maker refresh") && text.contains("institution sizes"), "{text}");
         assert!(side_paths(Path::new("/")).is_err());
     }
 

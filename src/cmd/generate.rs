@@ -14,7 +14,7 @@ pub struct GenArgs {
     pub events: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// The tape to write; `<stem>.truth.csv` and `<stem>.accounts.csv` go beside it.
+    /// The tape to write; `<stem>.truth.csv`, `<stem>.accounts.csv` and `<stem>.instruments.csv` go beside it.
     #[arg(long)]
     pub out: PathBuf,
     /// Accounts in the market.
