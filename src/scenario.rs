@@ -11,8 +11,9 @@
 //! `scenarios/README.md` documents every field.
 
 use crate::config::{MS, line_of, toml_error};
-use crate::generator::{ActorPlan, GenConfig, PlantPattern, Shape};
+use crate::generator::{ActorPlan, BookFlow, GenConfig, PlantPattern, Shape};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use toml::Spanned;
 
@@ -28,6 +29,8 @@ const MAX_SPAN_NS: i64 = 3_600 * SEC;
 const MAX_RECORDS: f64 = 200_000_000.0;
 /// The excessive-cancel rule's window that a planted burst must fit in.
 const RULE_WINDOW_NS: i64 = 10 * SEC;
+/// The patterns `[[abuse]]` can plant: the rules' JSON names.
+const PATTERNS: &str = "excessive-cancel, self-trade, spoofing, layering or momentum-ignition";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +62,14 @@ struct RawMarket {
     instrument_skew: Option<Spanned<f64>>,
     grouped_share: Option<Spanned<f64>>,
     hot: Option<Spanned<RawHot>>,
+    market_makers: Option<Spanned<i64>>,
+    maker_instruments: Option<Spanned<i64>>,
+    maker_refresh: Option<Spanned<[String; 2]>>,
+    maker_size: Option<Spanned<[i64; 2]>>,
+    institutions: Option<Spanned<i64>>,
+    institution_size: Option<Spanned<[i64; 2]>>,
+    institution_hold: Option<Spanned<[String; 2]>>,
+    institution_pause: Option<Spanned<[String; 2]>>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +134,10 @@ struct RawExpect {
     excessive_cancel: Option<RawExpectation>,
     #[serde(rename = "self-trade")]
     self_trade: Option<RawExpectation>,
+    spoofing: Option<RawExpectation>,
+    layering: Option<RawExpectation>,
+    #[serde(rename = "momentum-ignition")]
+    momentum_ignition: Option<RawExpectation>,
     max_late: Option<Spanned<i64>>,
 }
 
@@ -147,6 +162,8 @@ pub struct Scenario {
     pub instrument_skew: f64,
     pub grouped_share: f64,
     pub hot: Option<(f64, u32)>,
+    /// Market makers and institutions (none unless `[market]` asks).
+    pub book_flow: BookFlow,
     pub cancel_share: f64,
     pub trade_share: f64,
     pub lot: u64,
@@ -194,12 +211,20 @@ pub struct Abuse {
     pub to_ns: i64,
 }
 
-/// What a run must find, per pattern, and how many late records it may see.
+/// What a run must find, per pattern (keyed by the rule's JSON name), and
+/// how many late records it may see.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Expect {
-    pub excessive_cancel: Expectation,
-    pub self_trade: Expectation,
+    /// Every pattern the file names in `[expect]`; any other pattern gets
+    /// `Expectation::default()`.
+    pub patterns: BTreeMap<String, Expectation>,
     pub max_late: Option<u64>,
+}
+
+impl Expect {
+    pub fn of(&self, pattern: &str) -> Expectation {
+        self.patterns.get(pattern).copied().unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -357,6 +382,37 @@ impl Scenario {
             let hot_accounts = p.ranged(hot.accounts, "market.hot.accounts", 2..=1_000, 5) as u32;
             (share, hot_accounts)
         });
+        let d = BookFlow::default();
+        let lots = |p: &mut Problems, v, field: &str, default: (u64, u64)| {
+            let (lo, hi) = p.int_range(v, field, 1..=100_000, (default.0 as u32, default.1 as u32));
+            (u64::from(lo), u64::from(hi))
+        };
+        let positive = |p: &mut Problems, v: Option<Spanned<[String; 2]>>, field: &str, default: (i64, i64)| {
+            let line = v.as_ref().map(|v| Spanned::new(v.span(), ()));
+            let range = p.duration_range(v, field, default);
+            if range.0 == 0 {
+                if let Some(line) = line {
+                    p.at(&line, field, "must be above 0");
+                }
+                return default;
+            }
+            range
+        };
+        let book_flow = BookFlow {
+            market_makers: p.ranged(m.market_makers, "market.market_makers", 0..=10_000, 0) as u32,
+            maker_instruments: p.ranged(m.maker_instruments, "market.maker_instruments", 1..=100, 2) as u32,
+            maker_refresh_ns: positive(&mut p, m.maker_refresh, "market.maker_refresh", d.maker_refresh_ns),
+            maker_lots: lots(&mut p, m.maker_size, "market.maker_size", d.maker_lots),
+            institutions: p.ranged(m.institutions, "market.institutions", 0..=10_000, 0) as u32,
+            institution_lots: lots(&mut p, m.institution_size, "market.institution_size", d.institution_lots),
+            institution_hold_ns: positive(&mut p, m.institution_hold, "market.institution_hold", d.institution_hold_ns),
+            institution_pause_ns: positive(
+                &mut p,
+                m.institution_pause,
+                "market.institution_pause",
+                d.institution_pause_ns,
+            ),
+        };
 
         let f = raw.flow;
         let flow_line = f.new.as_ref().or(f.cancel.as_ref()).or(f.trade.as_ref()).map(|s| s.span());
@@ -466,13 +522,26 @@ impl Scenario {
                     }
                     Some(PlantPattern::SelfTrade { trades, gap_ns, paired: a.paired.unwrap_or(false) })
                 }
+                Some(name @ ("spoofing" | "layering" | "momentum-ignition")) => {
+                    // Their timings follow the live book and the pattern's
+                    // published shape, not the file.
+                    if a.orders.is_some() || a.cancel_after.is_some() || a.trades.is_some() || a.gap.is_some() {
+                        p.at(&here, &field("pattern"), format!("{name} takes only `actors`, `at` and `paired`"));
+                    }
+                    let paired = a.paired.unwrap_or(false);
+                    Some(match name {
+                        "spoofing" => PlantPattern::Spoofing { paired },
+                        "layering" => PlantPattern::Layering { paired },
+                        _ => PlantPattern::MomentumIgnition { paired },
+                    })
+                }
                 Some(other) => {
                     let v = a.pattern.as_ref().expect("matched Some");
-                    p.at(v, &field("pattern"), format!("unknown pattern `{other}` (excessive-cancel or self-trade)"));
+                    p.at(v, &field("pattern"), format!("unknown pattern `{other}` ({PATTERNS})"));
                     None
                 }
                 None => {
-                    p.at(&here, &field("pattern"), "missing (excessive-cancel or self-trade)");
+                    p.at(&here, &field("pattern"), format!("missing ({PATTERNS})"));
                     None
                 }
             };
@@ -482,16 +551,12 @@ impl Scenario {
                 abuse.push(Abuse { pattern, actors, from_ns: window.0, to_ns: window.1 });
             }
         }
-        let planted_accounts: u64 = abuse
-            .iter()
-            .map(|a| {
-                u64::from(a.actors)
-                    * if matches!(a.pattern, PlantPattern::SelfTrade { paired: true, .. }) { 2 } else { 1 }
-            })
-            .sum();
+        let planted_accounts: u64 =
+            abuse.iter().map(|a| u64::from(a.actors) * u64::from(a.pattern.accounts())).sum::<u64>()
+                + book_flow.accounts();
         if planted_accounts > u64::from(accounts / 2) {
             p.list.push(format!(
-                "abuse: {planted_accounts} planted accounts, at most half of market.accounts ({accounts})"
+                "abuse: {planted_accounts} planted, maker and institution accounts, at most half of market.accounts ({accounts})"
             ));
         }
 
@@ -507,9 +572,20 @@ impl Scenario {
                 ) as u64,
             }
         };
-        let excessive_cancel = expectation(raw.expect.excessive_cancel, "excessive-cancel");
-        let self_trade = expectation(raw.expect.self_trade, "self-trade");
-        let max_late = raw.expect.max_late.map(|v| p.ranged(Some(v), "expect.max_late", 0..=i64::MAX, 0) as u64);
+        let e = raw.expect;
+        let mut patterns = BTreeMap::new();
+        for (pattern, raw) in [
+            ("excessive-cancel", e.excessive_cancel),
+            ("self-trade", e.self_trade),
+            ("spoofing", e.spoofing),
+            ("layering", e.layering),
+            ("momentum-ignition", e.momentum_ignition),
+        ] {
+            if raw.is_some() {
+                patterns.insert(pattern.to_string(), expectation(raw, pattern));
+            }
+        }
+        let max_late = e.max_late.map(|v| p.ranged(Some(v), "expect.max_late", 0..=i64::MAX, 0) as u64);
 
         if !p.list.is_empty() {
             // In file order; problems without a line (whole-file ones) last.
@@ -534,6 +610,7 @@ impl Scenario {
             instrument_skew,
             grouped_share,
             hot,
+            book_flow,
             cancel_share,
             trade_share,
             lot,
@@ -546,7 +623,7 @@ impl Scenario {
             idle_after_ns,
             segments,
             abuse,
-            expect: Expect { excessive_cancel, self_trade, max_late },
+            expect: Expect { patterns, max_late },
         })
     }
 
@@ -626,6 +703,7 @@ impl Scenario {
             .map(|a| ActorPlan { pattern: a.pattern, count: a.actors, from_ns: a.from_ns, to_ns: a.to_ns })
             .collect();
         let mut cfg = GenConfig::new(shape.records(), self.seed);
+        cfg.book_flow = self.book_flow.clone();
         cfg.accounts = self.accounts;
         cfg.instruments = self.instruments;
         cfg.late_pct = self.late_share * 100.0;
@@ -722,12 +800,13 @@ fn expand_phases(p: &mut Problems<'_>, phases: Vec<Spanned<RawPhase>>) -> Vec<Se
 mod tests {
     use super::*;
 
-    const SHIPPED: [(&str, &str); 5] = [
+    const SHIPPED: [(&str, &str); 6] = [
         ("steady-5k", include_str!("../scenarios/steady-5k.toml")),
         ("szse-peak", include_str!("../scenarios/szse-peak.toml")),
         ("burst-3m", include_str!("../scenarios/burst-3m.toml")),
         ("skew", include_str!("../scenarios/skew.toml")),
         ("late-heavy", include_str!("../scenarios/late-heavy.toml")),
+        ("book-day", include_str!("../scenarios/book-day.toml")),
     ];
 
     #[test]
@@ -742,6 +821,50 @@ mod tests {
                 assert_eq!(s.expect.max_late, Some(0), "{name}");
             }
         }
+    }
+
+    #[test]
+    fn book_knobs_and_book_patterns() {
+        let s = Scenario::parse(include_str!("../scenarios/book-day.toml")).unwrap();
+        let f = &s.book_flow;
+        assert_eq!((f.market_makers, f.maker_instruments, f.institutions), (6, 2, 10));
+        assert_eq!(f.maker_refresh_ns, (150 * MS, 600 * MS));
+        assert_eq!((f.maker_lots, f.institution_lots), ((50, 150), (100, 400)));
+        assert_eq!(f.institution_hold_ns, (10 * SEC, 60 * SEC));
+        let patterns: Vec<PlantPattern> = s.abuse.iter().map(|a| a.pattern).collect();
+        assert!(matches!(
+            patterns[..],
+            [
+                PlantPattern::Spoofing { paired: false },
+                PlantPattern::Spoofing { paired: true },
+                PlantPattern::Layering { paired: false },
+                PlantPattern::MomentumIgnition { paired: false }
+            ]
+        ));
+        assert_eq!(s.expect.of("excessive-cancel").max_unexpected, 12);
+        assert_eq!(s.expect.of("spoofing"), Expectation::default());
+        assert_eq!(s.gen_config().book_flow, s.book_flow);
+        // Off unless asked: the shipped scenarios keep their bytes.
+        let plain = Scenario::parse("phases = [ { rate = 5, for = \"1s\" } ]\n").unwrap();
+        assert_eq!(plain.book_flow, BookFlow::default());
+        assert_eq!(plain.book_flow.accounts(), 0);
+
+        let text = "\
+phases = [ { rate = 5, for = \"1s\" } ]
+[market]
+market_makers = -1
+maker_refresh = [\"0ms\", \"1s\"]
+[[abuse]]
+pattern = \"layering\"
+actors = 1
+orders = [1, 2]
+";
+        let problems = Scenario::parse(text).unwrap_err();
+        let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+        assert!(has("line 3: market.market_makers: -1 is out of range"), "{problems:#?}");
+        assert!(has("line 4: market.maker_refresh: must be above 0"), "{problems:#?}");
+        assert!(has("line 5: abuse[0].pattern: layering takes only"), "{problems:#?}");
+        assert_eq!(problems.len(), 3, "{problems:#?}");
     }
 
     #[test]
@@ -797,7 +920,7 @@ accounts = 5
 pattern = \"excessive-cancel\"
 at = [\"1s\", \"2s\"]
 [[abuse]]
-pattern = \"spoofing\"
+pattern = \"painting-the-tape\"
 actors = 2
 ";
         let problems = Scenario::parse(text).unwrap_err();
@@ -806,7 +929,7 @@ actors = 2
         assert!(has("line 4: phases[1].for: `ten seconds` is not a duration"), "{problems:#?}");
         assert!(has("line 7: market.accounts: 5 is out of range"), "{problems:#?}");
         assert!(has("line 8: abuse[0].actors: missing: a pattern needs at least one actor"), "{problems:#?}");
-        assert!(has("line 12: abuse[1].pattern: unknown pattern `spoofing`"), "{problems:#?}");
+        assert!(has("line 12: abuse[1].pattern: unknown pattern `painting-the-tape`"), "{problems:#?}");
         assert_eq!(problems.len(), 5, "{problems:#?}");
     }
 

@@ -47,8 +47,8 @@ pub struct Prepared {
     /// arrival: the newest event time so far, as an in-order engine stamps
     /// it (a late record arrives when the records around it do).
     pub records: Vec<WireRecord>,
-    /// (account, pattern, instrument) planted.
-    pub truth: Vec<(String, String, String)>,
+    /// What was planted: one row per actor.
+    pub truth: Vec<TruthRow>,
     pub groups: Arc<Groups>,
     pub first_ts_ns: i64,
     pub max_order_id: u64,
@@ -70,7 +70,18 @@ pub fn prepare(scenario: &Scenario, scratch_dir: &Path) -> Result<Prepared, Stri
     }
     std::fs::write(&accounts_path, text).map_err(|e| format!("{}: {e}", accounts_path.display()))?;
     let groups = Arc::new(Groups::load(&accounts_path)?);
-    let truth = day.planted.iter().map(|p| (p.account.clone(), p.pattern.to_string(), p.instrument.clone())).collect();
+    let group_of: std::collections::HashMap<&str, &str> =
+        day.group_rows.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
+    let truth = day
+        .planted
+        .iter()
+        .map(|p| TruthRow {
+            group: group_of.get(p.account.as_str()).map_or_else(|| p.account.clone(), |g| g.to_string()),
+            account: p.account.clone(),
+            pattern: p.pattern.to_string(),
+            instrument: p.instrument.clone(),
+        })
+        .collect();
     let first_ts_ns = records.first().map_or(0, |w| w.ts_ns);
     let max_order_id = records.iter().map(|w| w.order_id.max(w.contra_order_id)).max().unwrap_or(0);
     Ok(Prepared {
@@ -141,10 +152,23 @@ pub struct PlayOptions {
     pub rules: Rules,
 }
 
+/// One row of the truth file, with the account's group from accounts.csv
+/// (the account itself when it is in none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TruthRow {
+    pub account: String,
+    pub group: String,
+    /// The rule's JSON name.
+    pub pattern: String,
+    pub instrument: String,
+}
+
 /// One alert as the sink wrote it.
 #[derive(Clone, Debug)]
 pub struct AlertSeen {
     pub rule: String,
+    /// The alert's group (an account in no group is its own group).
+    pub group: String,
     pub account: String,
     pub instrument: String,
     pub seq: u64,
@@ -268,6 +292,7 @@ fn read_alerts(path: &Path, start_ns: u64, clock: Clock) -> Result<Vec<AlertSeen
         let detected = timing["detected_unix_ns"].as_i64().unwrap_or(0) - offset;
         alerts.push(AlertSeen {
             rule: s("rule"),
+            group: s("group"),
             account: s("account"),
             instrument: s("instrument"),
             seq: v["seq"].as_u64().unwrap_or(0),
@@ -299,15 +324,26 @@ impl PatternScore {
     }
 }
 
-/// Alerts against the truth, per pattern, keyed by (account, instrument):
-/// an actor is found when at least one alert of its pattern names it.
-pub fn score(truth: &[(String, String, String)], alerts: &[AlertSeen]) -> BTreeMap<String, PatternScore> {
+/// Patterns always reported, planted or not.
+pub const BASE_PATTERNS: [&str; 2] = ["excessive-cancel", "self-trade"];
+
+/// Alerts against the truth, per pattern (the rule's JSON name), keyed by
+/// (group, instrument): an actor is found when at least one alert of its
+/// pattern names its group on its instrument, whichever of the group's
+/// accounts the alert names (a spoofer's small order may come from a
+/// related account). Every pattern planted or alerted on is scored, and
+/// `BASE_PATTERNS` always.
+pub fn score(truth: &[TruthRow], alerts: &[AlertSeen]) -> BTreeMap<String, PatternScore> {
+    let mut names: BTreeSet<&str> = BASE_PATTERNS.into_iter().collect();
+    names.extend(truth.iter().map(|t| t.pattern.as_str()));
+    names.extend(alerts.iter().map(|a| a.rule.as_str()));
+    let group = |a: &AlertSeen| if a.group.is_empty() { a.account.clone() } else { a.group.clone() };
     let mut out = BTreeMap::new();
-    for pattern in ["excessive-cancel", "self-trade"] {
-        let planted: BTreeSet<(&str, &str)> =
-            truth.iter().filter(|t| t.1 == pattern).map(|t| (t.0.as_str(), t.2.as_str())).collect();
-        let alerted: BTreeSet<(&str, &str)> =
-            alerts.iter().filter(|a| a.rule == pattern).map(|a| (a.account.as_str(), a.instrument.as_str())).collect();
+    for pattern in names {
+        let planted: BTreeSet<(String, &str)> =
+            truth.iter().filter(|t| t.pattern == pattern).map(|t| (t.group.clone(), t.instrument.as_str())).collect();
+        let alerted: BTreeSet<(String, &str)> =
+            alerts.iter().filter(|a| a.rule == pattern).map(|a| (group(a), a.instrument.as_str())).collect();
         let found = planted.intersection(&alerted).count() as u64;
         out.insert(
             pattern.to_string(),
@@ -337,10 +373,8 @@ pub fn overall(scores: &BTreeMap<String, PatternScore>) -> PatternScore {
 /// The unmet expectations of the scenario, if any.
 pub fn check_expectations(scenario: &Scenario, trial: &Trial, scores: &BTreeMap<String, PatternScore>) -> Vec<String> {
     let mut unmet = Vec::new();
-    for (pattern, expectation) in
-        [("excessive-cancel", scenario.expect.excessive_cancel), ("self-trade", scenario.expect.self_trade)]
-    {
-        let s = &scores[pattern];
+    for (pattern, s) in scores {
+        let expectation = scenario.expect.of(pattern);
         if s.recall() < expectation.min_recall {
             unmet.push(format!(
                 "{pattern}: recall {:.3} below {} ({} of {} planted found)",
@@ -521,6 +555,7 @@ mod tests {
     fn alert(rule: &str, account: &str, instrument: &str, seq: u64, latency_ns: u64) -> AlertSeen {
         AlertSeen {
             rule: rule.into(),
+            group: account.into(),
             account: account.into(),
             instrument: instrument.into(),
             seq,
@@ -530,15 +565,55 @@ mod tests {
         }
     }
 
+    fn row(account: &str, group: &str, pattern: &str, instrument: &str) -> TruthRow {
+        TruthRow {
+            account: account.into(),
+            group: group.into(),
+            pattern: pattern.into(),
+            instrument: instrument.into(),
+        }
+    }
+
+    /// Any rule name is scored; a group's alert finds an actor whichever
+    /// of its accounts it names, and a group alerted twice counts once.
+    #[test]
+    fn scoring_is_by_rule_name_and_group() {
+        let truth = vec![
+            row("A1", "G7", "spoofing", "000001"),
+            row("A2", "A2", "layering", "000002"),
+            row("A3", "A3", "momentum-ignition", "000003"),
+        ];
+        let partner = AlertSeen { group: "G7".into(), ..alert("spoofing", "A9", "000001", 3, 1) };
+        let again = AlertSeen { group: "G7".into(), ..alert("spoofing", "A1", "000001", 4, 1) };
+        let alerts = [partner, again, alert("layering", "A5", "000002", 5, 1), alert("new-rule", "A6", "000004", 6, 1)];
+        let scores = score(&truth, &alerts);
+        let keys: Vec<&str> = scores.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["excessive-cancel", "layering", "momentum-ignition", "new-rule", "self-trade", "spoofing"],
+            "planted, alerted and base patterns"
+        );
+        let s = |p: &str| {
+            let s = &scores[p];
+            (s.expected, s.found, s.missed, s.unexpected)
+        };
+        assert_eq!(s("spoofing"), (1, 1, 0, 0));
+        assert_eq!(s("layering"), (1, 0, 1, 1));
+        assert_eq!(s("momentum-ignition"), (1, 0, 1, 0));
+        assert_eq!(s("new-rule"), (0, 0, 0, 1));
+        assert_eq!(scores["new-rule"].precision(), 0.0);
+        assert_eq!(scores["momentum-ignition"].recall(), 0.0);
+    }
+
     #[test]
     fn scoring_counts_found_missed_and_unexpected_keys() {
-        let truth: Vec<(String, String, String)> = [
+        let truth: Vec<TruthRow> = [
             ("A1", "excessive-cancel", "000001"),
             ("A2", "excessive-cancel", "000002"),
             ("A3", "self-trade", "000003"),
         ]
         .iter()
-        .map(|(a, p, i)| (a.to_string(), p.to_string(), i.to_string()))
+        .map(|(a, p, i)| row(a, a, p, i))
         .collect();
         let alerts = [
             alert("excessive-cancel", "A1", "000001", 5, 1),
