@@ -52,6 +52,10 @@ enum Key {
 }
 
 fn key(path: &Path) -> Result<Key, String> {
+    key_at(path, 0)
+}
+
+fn key_at(path: &Path, hops: u32) -> Result<Key, String> {
     match std::fs::metadata(path) {
         Ok(meta) => {
             if meta.is_dir() {
@@ -60,8 +64,13 @@ fn key(path: &Path) -> Result<Key, String> {
             Ok(Key::File { dev: meta.dev(), ino: meta.ino() })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if std::fs::symlink_metadata(path).is_ok() {
-                return Err(format!("{}: is a link to a missing file", path.display()));
+            // A link to a file yet to be created is that file.
+            if let Ok(target) = std::fs::read_link(path) {
+                if hops >= 40 {
+                    return Err(format!("{}: too many levels of links", path.display()));
+                }
+                let target = path.parent().map_or(target.clone(), |dir| dir.join(&target));
+                return key_at(&target, hops + 1);
             }
             let parent = match path.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,

@@ -33,6 +33,9 @@ pub struct GenArgs {
     /// With --scenario: multiply every phase's length by this (0.01 = a hundredth of the day).
     #[arg(long, requires = "scenario")]
     pub scale: Option<f64>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// The generator config of a scenario file at a scale, or every problem.
@@ -71,7 +74,7 @@ pub fn run(args: GenArgs) -> Result<(), CmdError> {
     let finished = std::sync::atomic::AtomicBool::new(false);
     let summary = std::thread::scope(|scope| {
         scope.spawn(|| {
-            let progress = ProgressLine::for_command("gen", "bytes", None, true);
+            let progress = ProgressLine::for_command("gen", "bytes", None, !args.quiet);
             while !finished.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 if let Ok(meta) = std::fs::metadata(&paths.tape) {

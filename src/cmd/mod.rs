@@ -144,6 +144,7 @@ pub struct ProgressLine {
     unit: &'static str,
     total: Option<u64>,
     started: std::time::Instant,
+    log_every: std::time::Duration,
     last_log: std::cell::Cell<std::time::Instant>,
     last_draw: std::cell::Cell<std::time::Instant>,
 }
@@ -167,6 +168,11 @@ impl ProgressLine {
             unit,
             total,
             started: now,
+            // A test knob, undocumented for users: the log line's period.
+            log_every: std::env::var("TAPEWATCH_PROGRESS_EVERY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(LOG_EVERY, std::time::Duration::from_millis),
             last_log: std::cell::Cell::new(now),
             last_draw: std::cell::Cell::new(now),
         }
@@ -181,7 +187,7 @@ impl ProgressLine {
         let rate = done as f64 / secs / 1e6;
         let unit = self.unit;
         if !self.terminal {
-            if now.duration_since(self.last_log.get()) < LOG_EVERY {
+            if now.duration_since(self.last_log.get()) < self.log_every {
                 return;
             }
             self.last_log.set(now);
