@@ -72,16 +72,29 @@ pub fn emit_summary(
     stdout_taken: bool,
 ) -> Result<(), CmdError> {
     let json_text = format!("{}\n", serde_json::to_string_pretty(json).unwrap_or_default());
+    // Stderr that cannot be written is no reason to fail a finished run.
+    let to_stderr = |text: &str| {
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    };
     match json_path {
         Some(path) if crate::outputs::is_stdio(path) => {
-            eprint!("{text}");
+            to_stderr(text);
             print(&json_text)
         }
         Some(path) => {
             write_output(path, json_text.as_bytes())?;
-            if stdout_taken { Ok(eprint!("{text}")) } else { print(text) }
+            if stdout_taken {
+                to_stderr(text);
+                Ok(())
+            } else {
+                print(text)
+            }
         }
-        None if stdout_taken => Ok(eprint!("{text}")),
+        None if stdout_taken => {
+            to_stderr(text);
+            Ok(())
+        }
         None => print(text),
     }
 }
