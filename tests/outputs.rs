@@ -293,6 +293,11 @@ fn a_failed_run_removes_only_regular_files_it_created() {
     let out = tapewatch(d, &["replay", "bad.tape", "--alerts", "/dev/null", "--late", "l.csv"]);
     refused(&out, 2, &["corrupt block 0"]);
     assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    // /dev/stdout (a link into /proc): the alerts go to the run's stdout, the
+    // link stays.
+    let out = tapewatch(d, &["replay", "bad.tape", "--alerts", "/dev/stdout", "--late", "l.csv"]);
+    refused(&out, 2, &["corrupt block 0"]);
+    assert!(std::fs::symlink_metadata("/dev/stdout").is_ok(), "/dev/stdout was removed");
     inputs.unchanged();
 }
 

@@ -166,10 +166,6 @@ const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 const DRAW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl ProgressLine {
-    pub fn new(total: Option<u64>) -> ProgressLine {
-        ProgressLine::for_command("replay", "records", total, true)
-    }
-
     /// `what` names the command in a log line; `unit` is what `done` counts.
     pub fn for_command(what: &'static str, unit: &'static str, total: Option<u64>, enabled: bool) -> ProgressLine {
         use std::io::IsTerminal;
@@ -191,13 +187,17 @@ impl ProgressLine {
         }
     }
 
+    /// Writes to stderr ignore errors: progress is never worth a panic.
     pub fn show(&self, done: u64) {
+        use std::io::Write;
         if !self.enabled {
             return;
         }
         let now = std::time::Instant::now();
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let rate = done as f64 / secs / 1e6;
+        // A count of time (bench's schedule) has no rate worth showing.
+        let rate =
+            if self.unit.starts_with("ms") { String::new() } else { format!(", {:.2} M/s", done as f64 / secs / 1e6) };
         let unit = self.unit;
         if !self.terminal {
             if now.duration_since(self.last_log.get()) < self.log_every {
@@ -208,7 +208,8 @@ impl ProgressLine {
                 Some(total) if total > 0 => format!(" of {total} ({:.1}%)", done as f64 * 100.0 / total as f64),
                 _ => String::new(),
             };
-            eprintln!("tapewatch: {}: {done}{share} {unit} after {secs:.0} s, {rate:.2} M/s", self.what);
+            let _ =
+                writeln!(std::io::stderr(), "tapewatch: {}: {done}{share} {unit} after {secs:.0} s{rate}", self.what);
             return;
         }
         if now.duration_since(self.last_draw.get()) < DRAW_EVERY {
@@ -218,20 +219,24 @@ impl ProgressLine {
         match self.total {
             Some(total) if total > 0 => {
                 let filled = (done.min(total) * 30 / total) as usize;
-                eprint!(
-                    "\r[{}{}] {:>5.1}% {done}/{total} {unit}, {rate:.2} M/s ",
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r[{}{}] {:>5.1}% {done}/{total} {unit}{rate} ",
                     "#".repeat(filled),
                     " ".repeat(30 - filled),
                     done as f64 * 100.0 / total as f64
                 );
             }
-            _ => eprint!("\r{done} {unit}, {rate:.2} M/s "),
+            _ => {
+                let _ = write!(std::io::stderr(), "\r{done} {unit}{rate} ");
+            }
         }
     }
 
     pub fn clear(&self) {
+        use std::io::Write;
         if self.enabled && self.terminal {
-            eprint!("\r{}\r", " ".repeat(79));
+            let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(79));
         }
     }
 }
