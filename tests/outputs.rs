@@ -149,6 +149,9 @@ fn a_device_is_written_in_place_and_never_renamed_over() {
     let out = tapewatch(d, &["import", "g.csv", "--out", "fifo"]);
     refused(&out, 2, &["--out fifo", "not a regular file"]);
     assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+    let out = tapewatch(d, &["gen", "--events", "100", "--out", "/dev/null"]);
+    refused(&out, 2, &["--out /dev/null"]);
+    assert!(!Path::new("/dev/null.truth.csv").exists());
     // /dev/full: a clear error naming it, exit 1, the device still a device.
     let out = tapewatch(d, &["replay", "g.csv", "--alerts", "/dev/full", "--late", "l.csv", "--quiet"]);
     refused(&out, 1, &["/dev/full"]);

@@ -67,6 +67,12 @@ pub fn run(args: GenArgs) -> Result<(), CmdError> {
         plan.input("scenario", scenario);
     }
     plan.output("--out", &paths.tape).output("truth file", &paths.truth).output("accounts file", &paths.accounts);
+    if crate::outputs::is_special(&args.out) {
+        return Err(CmdError::Usage(format!(
+            "--out {}: gen writes its truth and accounts files beside the tape: give a path in a directory",
+            args.out.display()
+        )));
+    }
     check_outputs(&plan)?;
     let started = Instant::now();
     // The generator writes through a buffer of its own; progress follows the
