@@ -38,7 +38,6 @@
 //!   keep their bytes: the new populations draw from their own stream and
 //!   their accounts are taken after everything else.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -308,15 +307,16 @@ pub fn generate(cfg: &GenConfig, out: &Path) -> io::Result<GenSummary> {
     // Check first so a bad config leaves no empty files behind.
     validate(cfg)?;
     let paths = side_paths(out)?;
-    let tape = BufWriter::with_capacity(WRITE_BUFFER_BYTES, File::create(&paths.tape)?);
+    // Outputs are locked while written and never truncated through another writer.
+    let tape = BufWriter::with_capacity(WRITE_BUFFER_BYTES, crate::outputs::create(&paths.tape)?);
     let run = run(cfg, tape)?;
-    let mut truth = BufWriter::new(File::create(&paths.truth)?);
+    let mut truth = BufWriter::new(crate::outputs::create(&paths.truth)?);
     write_truth(&run.planted, &mut truth)?;
     truth.flush()?;
-    let mut accounts = BufWriter::new(File::create(&paths.accounts)?);
+    let mut accounts = BufWriter::new(crate::outputs::create(&paths.accounts)?);
     write_accounts(&run.group_rows, &mut accounts)?;
     accounts.flush()?;
-    let mut instruments = BufWriter::new(File::create(&paths.instruments)?);
+    let mut instruments = BufWriter::new(crate::outputs::create(&paths.instruments)?);
     write_instruments(&run.instrument_rows, &mut instruments)?;
     instruments.flush()?;
     Ok(GenSummary { records: run.records, planted: run.planted, paths })
@@ -3018,7 +3018,7 @@ fn write_accounts(rows: &[(String, String)], out: &mut impl Write) -> io::Result
 
 /// `dir/day.csv` -> `dir/day.truth.csv`, `dir/day.accounts.csv`,
 /// `dir/day.instruments.csv`.
-fn side_paths(out: &Path) -> io::Result<GenPaths> {
+pub fn side_paths(out: &Path) -> io::Result<GenPaths> {
     let stem = out.file_stem().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("output path {} has no file name", out.display()))
     })?;

@@ -13,6 +13,7 @@ pub mod flat_map;
 pub mod generator;
 pub mod ingest;
 pub mod metrics;
+pub mod outputs;
 pub mod pipeline;
 pub mod ring;
 pub mod scenario;

@@ -16,5 +16,6 @@ fn main() -> ExitCode {
             eprintln!("tapewatch: {message}");
             ExitCode::from(1)
         }
+        Err(CmdError::BrokenPipe) => ExitCode::SUCCESS,
     }
 }

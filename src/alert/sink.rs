@@ -27,10 +27,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Output files a run has created, removed again if it fails (is dropped
-/// before `keep`): a run without checkpoints that fails halfway leaves no
-/// alerts file to be taken for a finished one. (With checkpoints, the
-/// outputs are committed state that a resumed run continues.)
+/// Output files a run may have created, removed again if it fails (is
+/// dropped before `keep`): a run without checkpoints that fails halfway
+/// leaves no alerts file to be taken for a finished one. (With checkpoints,
+/// the outputs are committed state that a resumed run continues.) Only a
+/// regular file this run created goes (`outputs::remove_created`): never
+/// one that was there before, a link's target or a device.
 pub struct Outputs {
     paths: Vec<PathBuf>,
 }
@@ -46,14 +48,16 @@ impl Outputs {
 
     /// The run succeeded: the files stay.
     pub fn keep(mut self) {
-        self.paths.clear();
+        for path in self.paths.drain(..) {
+            crate::outputs::keep(&path);
+        }
     }
 }
 
 impl Drop for Outputs {
     fn drop(&mut self) {
         for path in &self.paths {
-            let _ = std::fs::remove_file(path);
+            crate::outputs::remove_created(path);
         }
     }
 }
@@ -75,7 +79,7 @@ struct Out {
 
 impl Out {
     fn create(path: &Path) -> Result<Out, String> {
-        let file = File::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+        let file = crate::outputs::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
         Ok(Out { writer: BufWriter::with_capacity(1 << 16, file), path: path.to_path_buf(), dirty: false, written: 0 })
     }
 
@@ -83,7 +87,7 @@ impl Out {
     /// checkpoint committed.
     fn resume(path: &Path, committed: u64) -> Result<Out, String> {
         let fail = |what: &str, e: std::io::Error| format!("{}: cannot {what} to resume: {e}", path.display());
-        let mut file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| fail("open", e))?;
+        let mut file = crate::outputs::reopen(path).map_err(|e| fail("open", e))?;
         let len = file.metadata().map_err(|e| fail("read", e))?.len();
         if len < committed {
             return Err(format!(
@@ -129,14 +133,14 @@ impl Sink {
     /// Creates both output files; called before any thread starts, so a
     /// bad path fails the run before it begins.
     pub fn create(alerts: &Path, late: &Path) -> Result<Sink, String> {
-        let mut made = Outputs::remove_on_failure(vec![]);
         let alerts_out = Out::create(alerts)?;
-        made.add(alerts);
-        let mut late_out = Out::create(late)?;
-        made.add(late);
-        late_out.write(HEADER.as_bytes())?;
-        late_out.write(b"\n")?;
-        made.keep();
+        let late_out = Out::create(late).and_then(|mut late_out| {
+            late_out.write(HEADER.as_bytes())?;
+            late_out.write(b"\n")?;
+            Ok(late_out)
+        });
+        // The caller's `Outputs` guard does not exist yet: undo here.
+        let late_out = late_out.inspect_err(|_| crate::outputs::remove_created(alerts))?;
         Ok(Sink { alerts_out, late_out, alerts_base: [0; Rule::ALL.len()], late_base: 0 })
     }
 

@@ -61,7 +61,7 @@ pub struct BenchOutcome {
 
 pub fn run(args: BenchArgs) -> Result<(), CmdError> {
     let outcome = bench(&args)?;
-    print!("{}", outcome.text);
+    super::print(&outcome.text)?;
     if outcome.unmet.is_empty() {
         Ok(())
     } else {
@@ -111,6 +111,15 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
     {
         problems.push(format!("--idle-after-ms {ms}: between 0 and 60000"));
     }
+    // Report paths are checked now, not after a run of minutes.
+    let mut plan = crate::outputs::Plan::default();
+    plan.input("scenario", &args.scenario);
+    for (flag, path) in [("--json", &args.json), ("--hist", &args.hist), ("--plot", &args.plot)] {
+        if let Some(path) = path {
+            plan.output(flag, path);
+        }
+    }
+    problems.extend(plan.check());
     let Some(scenario) = scenario.filter(|_| problems.is_empty()) else {
         return Err(CmdError::Usage(problems.join("\n")));
     };
@@ -142,7 +151,23 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
         idle_after_ns: Some(idle_after_ns),
         rules: Rules::default(),
     };
-    let trial = bench::play(&prepared, &opts).map_err(CmdError::Failed)?;
+    let schedule_ms = prepared.records.last().map_or(0, |w| w.due_ns) / 1_000_000;
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let trial = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let progress = super::ProgressLine::for_command("bench", "ms of schedule", Some(schedule_ms), !args.quiet);
+            let started = std::time::Instant::now();
+            while !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                progress.show(started.elapsed().as_millis() as u64);
+            }
+            progress.clear();
+        });
+        let trial = bench::play(&prepared, &opts);
+        finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        trial
+    })
+    .map_err(CmdError::Failed)?;
     let scores = bench::score(&prepared.truth, &trial.alerts);
     let unmet = bench::check_expectations(&scenario, &trial, &scores);
     let (watermark_floor, pipeline_part) = bench::latency_split(&prepared, &trial, idle_after_ns);
@@ -186,9 +211,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
     };
     let text = report.text();
     let json = report.json();
-    let write = |path: &PathBuf, body: &str| {
-        std::fs::write(path, body).map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", path.display())))
-    };
+    let write = |path: &PathBuf, body: &str| super::write_output(path, body.as_bytes());
     if let Some(path) = &args.json {
         write(path, &format!("{}\n", serde_json::to_string_pretty(&json).expect("JSON of plain values")))?;
     }

@@ -9,6 +9,14 @@ use crate::checkpoint::{Manifest, shard_counts, store};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A line to stdout, through `cmd::print`: a closed pipe (`| head -1`) ends
+/// the command quietly, any other write error fails it; neither panics.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        super::print(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct CheckpointArgs {
     #[command(subcommand)]
@@ -32,12 +40,12 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
             let store = Store::open_read_only(&dir).map_err(CmdError::Usage)?;
             let ids = store.checkpoint_ids().map_err(CmdError::Failed)?;
             if ids.is_empty() {
-                println!("no checkpoints in {}", dir.display());
+                say!("no checkpoints in {}", dir.display());
             }
             for id in ids {
                 let verified = recover::load(&store, id);
                 match recover::manifest(&store, id) {
-                    Ok(m) => println!(
+                    Ok(m) => say!(
                         "{id:>6}  after seq {:<10} {:<24} {:>10} bytes  {:>8} old  {}",
                         m.last_seq,
                         position(&m),
@@ -48,7 +56,7 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
                             Err(e) => format!("BAD: {e}"),
                         }
                     ),
-                    Err(e) => println!("{id:>6}  BAD: {e}"),
+                    Err(e) => say!("{id:>6}  BAD: {e}"),
                 }
             }
             Ok(())
@@ -60,16 +68,18 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
                 return Err(CmdError::Failed(format!("{}: no checkpoints", dir.display())));
             };
             let m = recover::manifest(&store, id).map_err(CmdError::Failed)?;
-            println!("checkpoint   {}", m.id);
-            println!("age          {}", age(m.created_unix_ms));
-            println!("after seq    {}", m.last_seq);
-            println!("position     {} ({} records read)", position(&m), m.records_read);
-            println!("shards       {}", m.shards);
-            println!(
+            say!("checkpoint   {}", m.id);
+            say!("age          {}", age(m.created_unix_ms));
+            say!("after seq    {}", m.last_seq);
+            say!("position     {} ({} records read)", position(&m), m.records_read);
+            say!("shards       {}", m.shards);
+            say!(
                 "outputs      alerts {} bytes, late {} bytes, rejects {} bytes",
-                m.alerts_bytes, m.late_bytes, m.rejects_bytes
+                m.alerts_bytes,
+                m.late_bytes,
+                m.rejects_bytes
             );
-            println!(
+            say!(
                 "counts       {} alerts ({} excessive-cancel, {} self-trade), {} late, {} applied",
                 m.alerts[0] + m.alerts[1],
                 m.alerts[0],
@@ -77,17 +87,17 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
                 m.late,
                 m.applied
             );
-            println!("names        {} accounts, {} instruments", m.accounts, m.instruments);
-            println!("source       {} bytes in the state database, xxh3 {:016x}", m.source_len, m.source_hash);
+            say!("names        {} accounts, {} instruments", m.accounts, m.instruments);
+            say!("source       {} bytes in the state database, xxh3 {:016x}", m.source_len, m.source_hash);
             for (shard, f) in m.shard_files.iter().enumerate() {
-                println!(
+                say!(
                     "shard {shard:<6} {} bytes in {}, xxh3 {:016x}",
                     f.len,
                     store.shard_path(id, shard).display(),
                     f.hash
                 );
             }
-            println!("total        {} bytes (+{} per shard file header)", m.bytes(), store::SNAP_HEADER_BYTES);
+            say!("total        {} bytes (+{} per shard file header)", m.bytes(), store::SNAP_HEADER_BYTES);
             match recover::load(&store, id) {
                 Ok(loaded) => {
                     let (mut keys, mut entries) = (0, 0);
@@ -97,14 +107,14 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
                         entries += e;
                     }
                     let shard_bytes: u64 = m.shard_files.iter().map(|f| f.len).sum();
-                    println!(
+                    say!(
                         "window       {keys} active keys, {entries} window entries; {:.1} shard bytes per active key, {:.1} checkpoint bytes per active key",
                         shard_bytes as f64 / keys.max(1) as f64,
                         m.bytes() as f64 / keys.max(1) as f64
                     );
-                    println!("verified     yes");
+                    say!("verified     yes");
                 }
-                Err(e) => println!("verified     NO: {e}"),
+                Err(e) => say!("verified     NO: {e}"),
             }
             Ok(())
         }
@@ -114,20 +124,15 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
             let mut bad = Vec::new();
             for &id in &ids {
                 match recover::load(&store, id) {
-                    Ok(_) => println!("checkpoint {id}: ok"),
+                    Ok(_) => say!("checkpoint {id}: ok"),
                     Err(e) => {
-                        println!("checkpoint {id}: FAILED: {e}");
+                        say!("checkpoint {id}: FAILED: {e}");
                         bad.push(id);
                     }
                 }
             }
             if bad.is_empty() {
-                println!(
-                    "{} checkpoint{} verified in {}",
-                    ids.len(),
-                    if ids.len() == 1 { "" } else { "s" },
-                    dir.display()
-                );
+                say!("{} checkpoint{} verified in {}", ids.len(), if ids.len() == 1 { "" } else { "s" }, dir.display());
                 Ok(())
             } else {
                 Err(CmdError::Failed(format!("{}: checkpoints {bad:?} do not verify", dir.display())))

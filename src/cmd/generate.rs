@@ -1,8 +1,9 @@
 //! `tapewatch gen`: a synthetic day as a FEED.md tape plus its truth and
 //! accounts files: the classic Shenzhen day, or a scenario file's day.
 
-use super::CmdError;
-use crate::generator::{GenConfig, generate};
+use super::{CmdError, ProgressLine, check_outputs};
+use crate::generator::{GenConfig, generate, side_paths};
+use crate::outputs::Plan;
 use crate::scenario::Scenario;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +33,9 @@ pub struct GenArgs {
     /// With --scenario: multiply every phase's length by this (0.01 = a hundredth of the day).
     #[arg(long, requires = "scenario")]
     pub scale: Option<f64>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// The generator config of a scenario file at a scale, or every problem.
@@ -57,19 +61,51 @@ pub fn run(args: GenArgs) -> Result<(), CmdError> {
         Some(path) => scenario_config(path, args.scale)?.1,
         None => classic_config(&args)?,
     };
+    let paths = side_paths(&args.out).map_err(|e| CmdError::Usage(e.to_string()))?;
+    let mut plan = Plan::default();
+    if let Some(scenario) = &args.scenario {
+        plan.input("scenario", scenario);
+    }
+    plan.output("--out", &paths.tape)
+        .output("truth file", &paths.truth)
+        .output("accounts file", &paths.accounts)
+        .output("instruments file", &paths.instruments);
+    if crate::outputs::is_special(&args.out) {
+        return Err(CmdError::Usage(format!(
+            "--out {}: gen writes its truth, accounts and instruments files beside the tape: give a path in a directory",
+            args.out.display()
+        )));
+    }
+    check_outputs(&plan)?;
     let started = Instant::now();
-    let summary = generate(&cfg, &args.out)
-        .map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", args.out.display())))?;
-    println!(
-        "wrote       {} records to {} in {:.2} s ({} planted actors in {}; groups in {})",
+    // The generator writes through a buffer of its own; progress follows the
+    // tape's size from beside it, so the generator needs no hook.
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let summary = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let progress = ProgressLine::for_command("gen", "bytes", None, !args.quiet);
+            while !finished.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if let Ok(meta) = std::fs::metadata(&paths.tape) {
+                    progress.show(meta.len());
+                }
+            }
+            progress.clear();
+        });
+        let summary = generate(&cfg, &args.out);
+        finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        summary
+    })
+    .map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", args.out.display())))?;
+    super::print(&format!(
+        "wrote       {} records to {} in {:.2} s ({} planted actors in {}; groups in {})\n",
         summary.records,
         summary.paths.tape.display(),
         started.elapsed().as_secs_f64(),
         summary.planted.len(),
         summary.paths.truth.display(),
         summary.paths.accounts.display()
-    );
-    Ok(())
+    ))
 }
 
 fn classic_config(args: &GenArgs) -> Result<GenConfig, CmdError> {

@@ -40,6 +40,78 @@ pub enum CmdError {
     Usage(String),
     /// The run itself failed (exit 1).
     Failed(String),
+    /// Stdout was closed by its reader (`| head`): stop quietly with exit
+    /// 0, as ripgrep does; the reader wanted no more.
+    BrokenPipe,
+}
+
+/// Writes command output to stdout. A closed pipe becomes
+/// `CmdError::BrokenPipe`; any other error (`> /dev/full`) fails the run
+/// with a message, never a panic.
+pub fn print(text: &str) -> Result<(), CmdError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| stdout_error(&e))
+}
+
+pub fn stdout_error(e: &std::io::Error) -> CmdError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CmdError::BrokenPipe
+    } else {
+        CmdError::Failed(format!("stdout: cannot write: {e}"))
+    }
+}
+
+/// Hands a command's summary out: the text to stdout (to stderr when stdout
+/// carries data: `--alerts -` or `--json -`), and with `--json PATH` the JSON
+/// to that file or, for `-`, to stdout.
+pub fn emit_summary(
+    text: &str,
+    json: &serde_json::Value,
+    json_path: Option<&Path>,
+    stdout_taken: bool,
+) -> Result<(), CmdError> {
+    let json_text = format!("{}\n", serde_json::to_string_pretty(json).unwrap_or_default());
+    // Stderr that cannot be written is no reason to fail a finished run.
+    let to_stderr = |text: &str| {
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    };
+    match json_path {
+        Some(path) if crate::outputs::is_stdio(path) => {
+            to_stderr(text);
+            print(&json_text)
+        }
+        Some(path) => {
+            write_output(path, json_text.as_bytes())?;
+            if stdout_taken {
+                to_stderr(text);
+                Ok(())
+            } else {
+                print(text)
+            }
+        }
+        None if stdout_taken => {
+            to_stderr(text);
+            Ok(())
+        }
+        None => print(text),
+    }
+}
+
+/// Writes a whole small output file (a report, a histogram) through
+/// `outputs::create`: locked, and written in place when not a regular file.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CmdError> {
+    use std::io::Write;
+    crate::outputs::create(path)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.flush()))
+        .map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", path.display())))
+}
+
+/// Refuses a plan's clashing or unwritable outputs (exit 2), every problem at once.
+pub fn check_outputs(plan: &crate::outputs::Plan) -> Result<(), CmdError> {
+    let problems = plan.check();
+    if problems.is_empty() { Ok(()) } else { Err(CmdError::Usage(problems.join("\n"))) }
 }
 
 pub fn run(cli: Cli) -> Result<(), CmdError> {
@@ -58,50 +130,113 @@ pub fn beside(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{stem}{suffix}"))
 }
 
-/// Whether a file starts with the native tape's magic.
+/// Whether a file starts with the native tape's magic. Only a regular file
+/// is sniffed: reading a pipe (`-`, `/dev/stdin`) would consume the bytes
+/// the CSV decoder needs, and a native tape must be a file to be mapped.
 pub fn is_native_tape(path: &Path) -> std::io::Result<bool> {
     use std::io::Read;
-    let mut magic = [0u8; 8];
+    if crate::outputs::is_stdio(path) {
+        return Ok(false);
+    }
     let mut file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 8];
     let n = file.read(&mut magic)?;
     Ok(n == 8 && magic == crate::ingest::native::MAGIC)
 }
 
-/// A one-line progress display on stderr, only when stderr is a terminal.
+/// Progress of a long command on stderr: a bar redrawn in place on a
+/// terminal; elsewhere (a log, CI) a plain line every `LOG_EVERY`. Callers
+/// call `show` once per batch or chunk, never per record.
 pub struct ProgressLine {
     enabled: bool,
+    terminal: bool,
+    what: &'static str,
+    unit: &'static str,
     total: Option<u64>,
     started: std::time::Instant,
+    log_every: std::time::Duration,
+    last_log: std::cell::Cell<std::time::Instant>,
+    last_draw: std::cell::Cell<std::time::Instant>,
 }
 
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl ProgressLine {
-    pub fn new(total: Option<u64>) -> ProgressLine {
+    /// `what` names the command in a log line; `unit` is what `done` counts.
+    pub fn for_command(what: &'static str, unit: &'static str, total: Option<u64>, enabled: bool) -> ProgressLine {
         use std::io::IsTerminal;
-        ProgressLine { enabled: std::io::stderr().is_terminal(), total, started: std::time::Instant::now() }
+        let now = std::time::Instant::now();
+        ProgressLine {
+            enabled,
+            terminal: std::io::stderr().is_terminal(),
+            what,
+            unit,
+            total,
+            started: now,
+            // A test knob, undocumented for users: the log line's period.
+            log_every: std::env::var("TAPEWATCH_PROGRESS_EVERY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(LOG_EVERY, std::time::Duration::from_millis),
+            last_log: std::cell::Cell::new(now),
+            last_draw: std::cell::Cell::new(now),
+        }
     }
 
+    /// Writes to stderr ignore errors: progress is never worth a panic.
     pub fn show(&self, done: u64) {
+        use std::io::Write;
         if !self.enabled {
             return;
         }
-        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9) / 1e6;
+        let now = std::time::Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        // A count of time (bench's schedule) has no rate worth showing.
+        let rate =
+            if self.unit.starts_with("ms") { String::new() } else { format!(", {:.2} M/s", done as f64 / secs / 1e6) };
+        let unit = self.unit;
+        if !self.terminal {
+            if now.duration_since(self.last_log.get()) < self.log_every {
+                return;
+            }
+            self.last_log.set(now);
+            let share = match self.total {
+                Some(total) if total > 0 => format!(" of {total} ({:.1}%)", done as f64 * 100.0 / total as f64),
+                _ => String::new(),
+            };
+            let _ =
+                writeln!(std::io::stderr(), "tapewatch: {}: {done}{share} {unit} after {secs:.0} s{rate}", self.what);
+            return;
+        }
+        if now.duration_since(self.last_draw.get()) < DRAW_EVERY {
+            return;
+        }
+        self.last_draw.set(now);
         match self.total {
             Some(total) if total > 0 => {
-                let filled = (done * 30 / total).min(30) as usize;
-                eprint!(
-                    "\r[{}{}] {:>5.1}% {done}/{total} records, {rate:.2} M/s ",
+                let filled = (done.min(total) * 30 / total) as usize;
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r[{}{}] {:>5.1}% {done}/{total} {unit}{rate} ",
                     "#".repeat(filled),
                     " ".repeat(30 - filled),
                     done as f64 * 100.0 / total as f64
                 );
             }
-            _ => eprint!("\r{done} records, {rate:.2} M/s "),
+            _ => {
+                let _ = write!(std::io::stderr(), "\r{done} {unit}{rate} ");
+            }
         }
     }
 
     pub fn clear(&self) {
-        if self.enabled {
-            eprint!("\r{}\r", " ".repeat(79));
+        use std::io::Write;
+        if self.enabled && self.terminal {
+            let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(79));
         }
     }
 }

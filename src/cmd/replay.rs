@@ -2,6 +2,7 @@
 //! alerts to JSON Lines, a summary at the end.
 
 use super::{CmdError, ProgressLine, beside, is_native_tape};
+use crate::alert::Rule;
 use crate::alert::sink::Outputs;
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
@@ -14,6 +15,7 @@ use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
 use crate::metrics::Summary;
+use crate::outputs::{Plan, is_stdio};
 use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
 use crate::symbols::{Groups, Names};
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReplayArgs {
-    /// The tape: a FEED.md CSV file or a native tape from `tapewatch import`.
+    /// The tape: a FEED.md CSV file or a native tape from `tapewatch import`; `-`: a CSV tape on stdin.
     #[arg(default_value = "feeds/sample.csv")]
     pub tape: PathBuf,
     /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
@@ -30,13 +32,18 @@ pub struct ReplayArgs {
     /// Rule thresholds (TOML); defaults apply to anything not set.
     #[arg(long)]
     pub rules: Option<PathBuf>,
-    /// Alerts output, JSON Lines.
+    /// Alerts output, JSON Lines; `-`: stdout (the summary then goes to stderr).
     #[arg(long, default_value = "alerts.jsonl")]
     pub alerts: PathBuf,
-    /// Late records (FEED.md CSV). Default: `<alerts stem>.late.csv` beside the alerts file.
+    /// Also write the summary as JSON to this file (`-`: stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Late records (FEED.md CSV). Default: `<alerts stem>.late.csv` beside the alerts file
+    /// (`alerts.late.csv` when the alerts go to stdout).
     #[arg(long)]
     pub late: Option<PathBuf>,
-    /// Rejected records (line, reason, record). Default: `<alerts stem>.rejects.tsv` beside the alerts file.
+    /// Rejected records (line, reason, record). Default: `<alerts stem>.rejects.tsv` beside the alerts file
+    /// (`alerts.rejects.tsv` when the alerts go to stdout).
     #[arg(long)]
     pub rejects: Option<PathBuf>,
     /// Shard threads (partitioned by instrument). Default: cores - 1 for a native tape, cores - 2
@@ -77,14 +84,110 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
-    let summary = replay(&args)?;
-    println!("{}", summary.render().trim_end());
-    Ok(())
+    let (summary, inputs) = replay_described(&args)?;
+    let text = format!("{}{}\n", inputs.render(), summary.render().trim_end());
+    let json = summary_json(&summary, &inputs);
+    super::emit_summary(&text, &json, args.json.as_deref(), crate::outputs::is_stdout(&args.alerts))
+}
+
+/// What a run used and wrote: named in its summary, so that a run without
+/// reference data cannot pass for a complete one.
+pub struct Inputs {
+    pub tape: PathBuf,
+    pub native: bool,
+    pub accounts: Option<PathBuf>,
+    pub rules: Option<PathBuf>,
+    /// xxh3 of the effective rules (defaults included).
+    pub rules_hash: u64,
+    pub lateness_ms: u64,
+    pub alerts: PathBuf,
+    pub late: PathBuf,
+    /// CSV only: a native tape's rejects were written at import.
+    pub rejects: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    /// Said on stderr at the start and again in the summary.
+    pub warnings: Vec<String>,
+}
+
+impl Inputs {
+    pub fn render(&self) -> String {
+        let shown = |p: &Path| if is_stdio(p) { "stdout".to_string() } else { p.display().to_string() };
+        let mut s = format!(
+            "tape        {} ({})\n",
+            if is_stdio(&self.tape) { "stdin".to_string() } else { self.tape.display().to_string() },
+            if self.native { "native" } else { "FEED.md CSV" }
+        );
+        s += &format!(
+            "accounts    {}\n",
+            self.accounts.as_ref().map_or("none (every account is its own group)".to_string(), |p| shown(p))
+        );
+        s += &format!(
+            "rules       {} (effective rules xxh3 {:016x}), lateness {} ms\n",
+            self.rules.as_ref().map_or("defaults".to_string(), |p| shown(p)),
+            self.rules_hash,
+            self.lateness_ms
+        );
+        s += &format!("outputs     alerts {}, late {}", shown(&self.alerts), shown(&self.late));
+        if let Some(rejects) = &self.rejects {
+            s += &format!(", rejects {}", shown(rejects));
+        }
+        s += "\n";
+        if let Some(state) = &self.state {
+            s += &format!("state       {}\n", state.display());
+        }
+        for warning in &self.warnings {
+            s += &format!("WARNING     {warning}\n");
+        }
+        s
+    }
+}
+
+fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
+    let path = |p: &Path| p.display().to_string();
+    let alerts: serde_json::Map<String, serde_json::Value> =
+        Rule::ALL.iter().zip(summary.alerts).map(|(rule, n)| (rule.name().to_string(), n.into())).collect();
+    let feed = &summary.feed;
+    serde_json::json!({
+        "command": "replay",
+        "inputs": {
+            "tape": path(&inputs.tape),
+            "format": if inputs.native { "native" } else { "csv" },
+            "accounts": inputs.accounts.as_deref().map(path),
+            "rules": inputs.rules.as_deref().map(path),
+            "rules_hash": format!("{:016x}", inputs.rules_hash),
+            "lateness_ms": inputs.lateness_ms,
+            "state": inputs.state.as_deref().map(path),
+        },
+        "outputs": {
+            "alerts": path(&inputs.alerts),
+            "late": path(&inputs.late),
+            "rejects": inputs.rejects.as_deref().map(path),
+        },
+        "warnings": inputs.warnings,
+        "records_read": feed.records_read,
+        "accepted": feed.accepted,
+        "rejected": feed.rejected,
+        "rejected_at_import": summary.rejected_at_import,
+        "gaps": feed.gaps,
+        "missing_records": feed.missing_records,
+        "applied": summary.applied,
+        "late": summary.late,
+        "alerts": alerts,
+        "alerts_total": summary.alerts_total(),
+        "elapsed_s": summary.elapsed.as_secs_f64(),
+        "events_per_s": summary.events_per_sec(),
+        "shards": summary.shards,
+        "resumed_from": summary.checkpoints.as_ref().and_then(|c| c.resumed_from).map(|(id, _)| id),
+    })
 }
 
 /// Validates the options (every problem reported at once), opens the inputs
 /// before creating any output, then runs the pipeline.
 pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
+    replay_described(args).map(|(summary, _)| summary)
+}
+
+pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError> {
     let mut problems = Vec::new();
     let native = match is_native_tape(&args.tape) {
         Ok(native) => native,
@@ -93,8 +196,10 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
             false
         }
     };
-    let accounts_path =
-        args.accounts.clone().or_else(|| Some(beside(&args.tape, ".accounts.csv")).filter(|p| p.exists()));
+    let accounts_path = args
+        .accounts
+        .clone()
+        .or_else(|| Some(beside(&args.tape, ".accounts.csv")).filter(|p| !is_stdio(&args.tape) && p.exists()));
     let groups = match &accounts_path {
         Some(path) => Groups::load(path).unwrap_or_else(|e| {
             problems.push(e);
@@ -109,6 +214,53 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         }),
         None => Rules::default(),
     };
+    // Beside the alerts unless they go to stdout, which has no directory.
+    let named_alerts =
+        if crate::outputs::is_special(&args.alerts) { PathBuf::from("alerts.jsonl") } else { args.alerts.clone() };
+    let late_path = args.late.clone().unwrap_or_else(|| beside(&named_alerts, ".late.csv"));
+    let rejects_path = args.rejects.clone().unwrap_or_else(|| beside(&named_alerts, ".rejects.tsv"));
+    let mut plan = Plan::default();
+    plan.input("tape", &args.tape);
+    if let Some(path) = &accounts_path {
+        plan.input("accounts file", path);
+    }
+    if let Some(path) = &args.rules {
+        plan.input("rules file", path);
+    }
+    plan.output("--alerts", &args.alerts).output("--late", &late_path);
+    if !native {
+        plan.output("--rejects", &rejects_path);
+    }
+    if let Some(path) = &args.json {
+        plan.output("--json", path);
+    }
+    if let Some(dir) = &args.state {
+        plan.reserved_dir("state directory", dir);
+    }
+    problems.extend(plan.check());
+    for (flag, path) in [("--late", &late_path), ("--rejects", &rejects_path)] {
+        if is_stdio(path) {
+            problems.push(format!("{flag} -: only the alerts (or --json) can go to stdout"));
+        }
+    }
+    if crate::outputs::is_stdout(&args.alerts) && args.json.as_deref().is_some_and(is_stdio) {
+        problems.push("--alerts - and --json -: only one of them can go to stdout".to_string());
+    }
+    if args.state.is_some() {
+        let regular = !is_stdio(&args.tape) && std::fs::metadata(&args.tape).is_ok_and(|m| m.is_file());
+        if !regular {
+            problems.push(format!(
+                "--state needs the tape in a regular file (a resumed run reads it from the checkpoint on): {}",
+                args.tape.display()
+            ));
+        }
+        if crate::outputs::is_special(&args.alerts) {
+            problems.push(format!(
+                "--state with --alerts {}: a resumed run cuts its alerts file back, which needs a regular file",
+                args.alerts.display()
+            ));
+        }
+    }
     let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // A CSV tape has one more busy thread than the source and the shards:
     // the decoder. It is not pinned, and pinning the others only pays when
@@ -146,9 +298,33 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         return Err(CmdError::Usage(problems.join("\n")));
     }
 
-    let late_path = args.late.clone().unwrap_or_else(|| beside(&args.alerts, ".late.csv"));
-    let rejects_path = args.rejects.clone().unwrap_or_else(|| beside(&args.alerts, ".rejects.tsv"));
-    let mut cfg = PipelineConfig::new(shards, args.alerts.clone(), late_path);
+    let mut warnings = Vec::new();
+    if accounts_path.is_none() {
+        warnings.push(format!(
+            "no accounts file (--accounts, or {} beside the tape): every account is its own group, so \
+             self-trades across accounts of one owner cannot be seen",
+            beside(&args.tape, ".accounts.csv").display()
+        ));
+    }
+    if !args.quiet {
+        for warning in &warnings {
+            eprintln!("tapewatch: warning: {warning}");
+        }
+    }
+    let inputs = Inputs {
+        tape: args.tape.clone(),
+        native,
+        accounts: accounts_path.clone(),
+        rules: args.rules.clone(),
+        rules_hash: xxhash_rust::xxh3::xxh3_64(format!("{rules:?}").as_bytes()),
+        lateness_ms: args.lateness_ms,
+        alerts: args.alerts.clone(),
+        late: late_path.clone(),
+        rejects: (!native).then(|| rejects_path.clone()),
+        state: args.state.clone(),
+        warnings,
+    };
+    let mut cfg = PipelineConfig::new(shards, args.alerts.clone(), late_path.clone());
     cfg.cores = cores;
     cfg.rules = rules;
     // A test knob, undocumented for users: the shards' snapshot slice size.
@@ -164,6 +340,20 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         None => None,
     };
     let loaded = state.as_mut().and_then(|(_, loaded)| loaded.take());
+    // A resumed run cuts each output back to its committed length: every
+    // one is checked first, so a missing one fails the run with none cut.
+    if let Some(loaded) = &loaded {
+        let m = &loaded.manifest;
+        let mut outputs =
+            vec![("--alerts", args.alerts.as_path(), m.alerts_bytes), ("--late", &late_path, m.late_bytes)];
+        if !native {
+            outputs.push(("--rejects", &rejects_path, m.rejects_bytes));
+        }
+        let problems = crate::outputs::check_resumable(&outputs);
+        if !problems.is_empty() {
+            return Err(CmdError::Failed(problems.join("\n")));
+        }
+    }
     let mut checkpointing = |loaded: Option<(Manifest, RouterState, Vec<Vec<u8>>)>| {
         state.take().map(|((store, settings), _)| Checkpointing {
             store,
@@ -174,7 +364,8 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     let bad = |id: u64, e: DecodeError| CmdError::Failed(format!("checkpoint {id}: bad source snapshot: {e}"));
 
     if native {
-        let tape = Tape::open_streaming(&args.tape).map_err(|e| CmdError::Failed(e.to_string()))?;
+        // A damaged or truncated tape is a bad input file (exit 2).
+        let tape = Tape::open_streaming(&args.tape).map_err(|e| CmdError::Usage(e.to_string()))?;
         let (mut feed, names) = NativeFeed::new(tape, groups);
         let mut resume = None;
         if let Some(loaded) = loaded {
@@ -185,16 +376,16 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
             resume = Some((loaded.manifest, router, loaded.shards));
         }
         let rejected_at_import = feed.rejected_at_import();
-        let progress = ProgressLine::new(Some(feed.len() as u64).filter(|_| !args.quiet));
+        let progress = ProgressLine::for_command("replay", "records", Some(feed.len() as u64), !args.quiet);
         let mut summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
-        .map_err(CmdError::Failed)?;
+        .map_err(|e| run_error(args, e))?;
         progress.clear();
         summary.rejected_at_import = rejected_at_import;
-        Ok(summary)
+        Ok((summary, inputs))
     } else {
-        let mut file = std::fs::File::open(&args.tape)
+        let mut file = open_tape(&args.tape)
             .map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", args.tape.display())))?;
         // A failed run without --state leaves no rejects file (the sink does
         // the same for the alerts and late files).
@@ -207,9 +398,10 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
                     instruments: validator.instruments.table().clone(),
                     groups,
                 };
-                // Header first: a file that is no tape fails before any output exists.
+                // Header first: a file that is no tape fails before any output
+                // exists, as bad input (exit 2).
                 let feed = CsvFeed::new(file, &args.tape, validator, RejectLog::discard())
-                    .map_err(|e| CmdError::Failed(e.to_string()))?;
+                    .map_err(|e| CmdError::Usage(e.to_string()))?;
                 let rejects = RejectLog::create(&rejects_path).map_err(|e| CmdError::Failed(e.to_string()))?;
                 if args.state.is_none() {
                     rejects_made.add(&rejects_path);
@@ -250,17 +442,38 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
                 (feed, names, Some((loaded.manifest, router, loaded.shards)))
             }
         };
-        let progress = ProgressLine::new(None);
-        let show = !args.quiet;
+        let progress = ProgressLine::for_command("replay", "records", None, !args.quiet);
         let summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
-            if show {
-                progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
-            }
+            progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
-        .map_err(CmdError::Failed)?;
+        .map_err(|e| run_error(args, e))?;
         rejects_made.keep();
         progress.clear();
-        Ok(summary)
+        Ok((summary, inputs))
+    }
+}
+
+/// The tape as a file; `-` is stdin (a CSV tape streams from it).
+fn open_tape(path: &Path) -> std::io::Result<std::fs::File> {
+    if is_stdio(path) {
+        use std::os::fd::AsFd;
+        return std::io::stdin().as_fd().try_clone_to_owned().map(std::fs::File::from);
+    }
+    std::fs::File::open(path)
+}
+
+/// The exit code of a failed pipeline: damage found in the tape part-way
+/// (the feed's errors name the tape first) is bad input, 2; a closed stdout
+/// under `--alerts -` ends quietly; anything else is a failed run, 1.
+fn run_error(args: &ReplayArgs, message: String) -> CmdError {
+    if crate::outputs::is_stdout(&args.alerts) && message.contains("Broken pipe") {
+        return CmdError::BrokenPipe;
+    }
+    let tape = format!("{}: ", args.tape.display());
+    if message.starts_with(&tape) && (message.contains("corrupt") || message.contains("truncated")) {
+        CmdError::Usage(message)
+    } else {
+        CmdError::Failed(message)
     }
 }
 
@@ -289,6 +502,7 @@ fn open_state(
     let store = Store::open(dir).map_err(CmdError::Failed)?;
     let loaded =
         recover::newest(&store, &identity, &mut |line| eprintln!("tapewatch: {line}")).map_err(CmdError::Failed)?;
+    warn_orphan_snapshots(dir, loaded.as_ref().map(|l| l.manifest.id));
     let settings = Settings {
         dir: dir.to_path_buf(),
         every_records: args.checkpoint_every_records.unwrap_or(1_000_000),
@@ -312,6 +526,36 @@ fn open_state(
         );
     }
     Ok(((store, settings), loaded))
+}
+
+/// Says on stderr when shard snapshot directories outlive their manifests.
+/// One newer than the checkpoint resumed from is a checkpoint a crash cut
+/// short; several mean the database lost checkpoints it had made durable:
+/// its write-ahead log was deleted or damaged, and RocksDB opens without it
+/// silently, so the run would otherwise restart from further back unsaid.
+fn warn_orphan_snapshots(dir: &Path, resumed: Option<u64>) {
+    let Ok(entries) = std::fs::read_dir(dir.join("snap")) else { return };
+    let mut orphans: Vec<u64> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|&id| resumed.is_none_or(|r| id > r))
+        .collect();
+    orphans.sort_unstable();
+    let from = match resumed {
+        Some(id) => format!("resuming from checkpoint {id}"),
+        None => "starting from the beginning of the tape".to_string(),
+    };
+    match orphans.as_slice() {
+        [] => {}
+        [id] => eprintln!(
+            "tapewatch: {}: checkpoint {id} was not completed (its shard files exist, its manifest does not); {from}",
+            dir.display()
+        ),
+        ids => eprintln!(
+            "tapewatch: warning: {}: checkpoints {ids:?} have shard files but no manifest in the state database: \
+             its write-ahead log (db/*.log) was lost or damaged; {from}",
+            dir.display()
+        ),
+    }
 }
 
 /// Which core each pipeline thread is pinned to: source first, then shards.

@@ -143,7 +143,7 @@ pub struct RejectLog {
 
 impl RejectLog {
     pub fn create(path: &Path) -> Result<RejectLog, FeedError> {
-        let file = File::create(path)
+        let file = crate::outputs::create(path)
             .map_err(|e| FeedError { path: path.to_path_buf(), message: format!("cannot create rejects file: {e}") })?;
         let mut out = BufWriter::with_capacity(1 << 16, file);
         let header = b"line\treason\trecord\n";
@@ -163,7 +163,7 @@ impl RejectLog {
             path: path.to_path_buf(),
             message: format!("cannot {what} the rejects file to resume: {e}"),
         };
-        let mut file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| fail("open", e))?;
+        let mut file = crate::outputs::reopen(path).map_err(|e| fail("open", e))?;
         let len = file.metadata().map_err(|e| fail("read", e))?.len();
         if len < committed {
             return Err(FeedError {

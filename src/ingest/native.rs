@@ -274,11 +274,12 @@ impl TapeWriter {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        let mut file = File::create(&partial)?;
+        // Locked while written: a second import into the same tape is refused.
+        let mut file = crate::outputs::create(&partial)?;
         // A zero header has no magic, so an interrupted write is never taken
         // for a tape even if someone renames the `.partial` by hand.
         if let Err(e) = file.write_all(&[0u8; HEADER_BYTES]) {
-            let _ = fs::remove_file(&partial);
+            crate::outputs::remove_created(&partial);
             return Err(e);
         }
         Ok(TapeWriter {
@@ -398,6 +399,7 @@ impl TapeWriter {
         self.write_tail(accounts, instruments, stats)?;
         self.file.sync_all()?;
         fs::rename(&self.partial, &self.path)?;
+        crate::outputs::keep(&self.partial);
         self.done = true;
         // Makes the rename itself durable. Some filesystems refuse fsync on a
         // directory; the tape is complete either way, so that is not an error.
@@ -477,7 +479,7 @@ impl TapeWriter {
 impl Drop for TapeWriter {
     fn drop(&mut self) {
         if !self.done {
-            let _ = fs::remove_file(&self.partial);
+            crate::outputs::remove_created(&self.partial);
         }
     }
 }

@@ -14,6 +14,7 @@ pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
         accounts: None,
         rules: None,
         alerts: out_dir.join("alerts.jsonl"),
+        json: None,
         late: None,
         rejects: None,
         shards: Some(shards),
