@@ -9,12 +9,16 @@ pub mod config;
 pub mod detect;
 pub mod event;
 pub mod flat_map;
+pub mod flow;
 #[path = "gen.rs"]
 pub mod generator;
 pub mod ingest;
 pub mod metrics;
-pub mod pipeline;
 pub mod ring;
 pub mod scenario;
+pub mod shard;
+pub mod sink;
+pub mod source;
 pub mod symbols;
 pub mod time;
+pub mod topology;

@@ -2,8 +2,6 @@
 //! fixed-size and carry ids; names are resolved only in the sink, off the
 //! detector cores.
 
-pub mod sink;
-
 use crate::event::{AccountId, GroupId, InstrumentId, Px, write_px};
 use crate::symbols::Names;
 

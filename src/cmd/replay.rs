@@ -2,7 +2,6 @@
 //! alerts to JSON Lines, a summary at the end.
 
 use super::{CmdError, ProgressLine, beside, is_native_tape};
-use crate::alert::sink::Outputs;
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
@@ -14,8 +13,9 @@ use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
 use crate::metrics::Summary;
-use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
+use crate::sink::Outputs;
 use crate::symbols::{Groups, Names};
+use crate::topology::{self, Checkpointing, PipelineConfig, Resumed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -186,7 +186,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         }
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::new(Some(feed.len() as u64).filter(|_| !args.quiet));
-        let mut summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let mut summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(CmdError::Failed)?;
@@ -252,7 +252,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         };
         let progress = ProgressLine::new(None);
         let show = !args.quiet;
-        let summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             if show {
                 progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
             }

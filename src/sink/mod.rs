@@ -1,4 +1,4 @@
-//! The sink thread: drains every shard's alert ring and the late-record
+//! The sink stage: drains every shard's alert ring and the late-record
 //! ring, resolves names, and writes alerts.jsonl and the late file. All
 //! output I/O happens here, off the source and detector cores, buffered and
 //! flushed whenever the sink runs out of work (so alerts go out promptly).
@@ -10,13 +10,13 @@
 //! cuts each file back to the committed length and appends from there; the
 //! alerts after it are detected again, exactly as before.
 
-use super::{Rule, Timing, write_json};
+use crate::alert::{Rule, Timing, write_json};
 use crate::checkpoint::Manifest;
 use crate::checkpoint::writer::Msg;
 use crate::event::{Event, Kind};
+use crate::flow::{Batch, BatchKind, Stop, ToSink};
 use crate::ingest::csv::{FeedLine, HEADER};
 use crate::metrics::{Clock, latency_histogram};
-use crate::pipeline::{Batch, BatchKind, Stop, ToSink};
 use crate::ring::Idle;
 use crate::ring::spsc::Consumer;
 use crate::symbols::Names;
