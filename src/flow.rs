@@ -4,6 +4,7 @@
 //! and the stop flag. No stage imports another; each imports this.
 
 use crate::alert::Alert;
+use crate::ring::spsc::{self, Consumer, Producer};
 use crate::time::Pending;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,3 +66,30 @@ impl Stop {
 /// The error a thread gives up with when another raised `Stop`: an echo of
 /// the cause, never reported as one.
 pub const STOPPED: &str = "pipeline stopped";
+
+/// Alerts a shard's ring to the sink holds.
+pub const ALERT_RING: usize = 4096;
+/// Words in a shard's evidence arena: the lists of the alerts in its alert
+/// ring, in alert order. Bounded like the ring: a full arena makes the
+/// shard wait for the sink (back-pressure), and one alert's list holds at
+/// most `alert::MAX_LIST` items (the rest are dropped and counted).
+pub const ARENA_WORDS: usize = 1 << 14;
+
+/// A shard's side of its link to the sink.
+pub struct ShardTx {
+    pub alerts: Producer<ToSink>,
+    pub arena: Producer<u64>,
+}
+
+/// The sink's side of one shard's link.
+pub struct ShardRx {
+    pub alerts: Consumer<ToSink>,
+    pub arena: Consumer<u64>,
+}
+
+/// A shard's alert ring and evidence arena, both preallocated.
+pub fn shard_to_sink() -> (ShardTx, ShardRx) {
+    let (alerts, alerts_rx) = spsc::channel(ALERT_RING, || ToSink::Alert(Alert::default()));
+    let (arena, arena_rx) = spsc::channel(ARENA_WORDS, || 0u64);
+    (ShardTx { alerts, arena }, ShardRx { alerts: alerts_rx, arena: arena_rx })
+}

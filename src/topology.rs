@@ -26,13 +26,12 @@
 //! its output offsets. Snapshots go to the checkpoint writer thread
 //! (`checkpoint::writer`), which does all the I/O.
 
-use crate::alert::Alert;
 use crate::checkpoint::store::Store;
 use crate::checkpoint::writer::{self, CheckpointWriter, ImageSlot, Msg};
 use crate::checkpoint::{Manifest, RouterState, Settings};
 use crate::config::Rules;
 use crate::detect::{Detector, DetectorImage};
-use crate::flow::{Batch, STOPPED, Stop, ToSink};
+use crate::flow::{Batch, STOPPED, Stop, shard_to_sink};
 use crate::ingest::Feed;
 use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram};
 use crate::ring::pin_current;
@@ -178,7 +177,7 @@ pub fn run_with<F: Feed + Send>(
         let (tx, rx) = spsc::channel(cfg.ring_batches, Batch::with_capacity);
         shard_producers.push(tx);
         shard_consumers.push(rx);
-        let (tx, rx) = spsc::channel(4096, || ToSink::Alert(Alert::default()));
+        let (tx, rx) = shard_to_sink();
         alert_producers.push(tx);
         alert_consumers.push(rx);
     }
@@ -360,6 +359,7 @@ pub fn run_with<F: Feed + Send>(
         late: sink.late,
         applied: applied_base,
         alerts: sink.alerts,
+        evidence_dropped: 0,
         elapsed,
         ingest_to_alert: sink.ingest_to_alert,
         ingest_to_applied: sink.ingest_to_applied,
@@ -379,6 +379,7 @@ pub fn run_with<F: Feed + Send>(
         let shard = shard?;
         summary.applied += shard.applied;
         summary.grew += shard.grew;
+        summary.evidence_dropped += shard.list_dropped;
         shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |(h, _)| h.max()));
         shard_stall_preempted += shard.preempted.0;
         shard_stall_max_unpreempted_ns = shard_stall_max_unpreempted_ns.max(shard.preempted.1);

@@ -283,8 +283,8 @@ fn open_state(
         }
         None => Vec::new(),
     };
-    let config = format!("{:?}\n{}", cfg.rules, String::from_utf8_lossy(&accounts_text));
-    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &config)
+    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, &[]);
+    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, reference)
         .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
     let store = Store::open(dir).map_err(CmdError::Failed)?;
     let loaded =

@@ -2,10 +2,11 @@
 //! seq)` order, to its detector, sends the alerts to the sink, and cuts its
 //! part of each checkpoint at the barrier (then copies it in slices).
 
-use crate::alert::Alert;
+use crate::alert::{Alert, ListRef, MAX_LIST};
 use crate::checkpoint::writer::{ImageSlot, Msg};
 use crate::detect::Detector;
-use crate::flow::{Batch, BatchKind, Stop, ToSink};
+use crate::detect::rule::Emit;
+use crate::flow::{Batch, BatchKind, ShardTx, Stop, ToSink};
 use crate::metrics::{Clock, thread_cpu_ns, thread_preemptions};
 use crate::ring::Idle;
 use crate::ring::spsc::{Consumer, Producer};
@@ -83,11 +84,66 @@ pub(crate) struct ShardStats {
     pub(crate) stall: Option<(Histogram<u64>, Histogram<u64>)>,
     /// Stalls preempted, and the longest wall time of the others.
     pub(crate) preempted: (u64, u64),
+    /// Evidence list items dropped (lists longer than `MAX_LIST`).
+    pub(crate) list_dropped: u64,
+}
+
+/// Sends what the rules emit to the sink: the list into the evidence arena
+/// first, then the alert, each waiting while its ring is full.
+struct ToSinkOut<'a> {
+    tx: &'a mut ShardTx,
+    stop: &'a Stop,
+    clock: &'a Clock,
+    /// The ingest stamp of the record being applied.
+    ingest_ns: u64,
+    delivered: bool,
+    list_dropped: u64,
+}
+
+impl ToSinkOut<'_> {
+    fn send(&mut self, item: ToSink) -> bool {
+        let ToSinkOut { tx, stop, .. } = self;
+        self.delivered &= put(&mut tx.alerts, item, stop);
+        self.delivered
+    }
+}
+
+/// Puts one item into a ring, waiting while it is full; false if the
+/// consumer is gone or the pipeline stops.
+#[inline]
+fn put<T>(ring: &mut Producer<T>, item: T, stop: &Stop) -> bool {
+    let mut idle = Idle::default();
+    loop {
+        if let Some(slot) = ring.claim() {
+            *slot = item;
+            ring.publish();
+            return true;
+        }
+        if stop.raised() || ring.consumer_gone() {
+            return false;
+        }
+        idle.wait();
+    }
+}
+
+impl Emit for ToSinkOut<'_> {
+    #[inline]
+    fn alert(&mut self, alert: Alert, list: &[u64]) {
+        let take = list.len().min(MAX_LIST);
+        let dropped = list.len() - take;
+        self.list_dropped += dropped as u64;
+        for &item in &list[..take] {
+            self.delivered &= put(&mut self.tx.arena, item, self.stop);
+        }
+        let list = ListRef { len: take as u16, dropped: dropped.min(u16::MAX as usize) as u16 };
+        let alert = Alert { ingest_ns: self.ingest_ns, applied_ns: self.clock.now_ns(), list, ..alert };
+        self.send(ToSink::Alert(alert));
+    }
 }
 
 pub(crate) fn run_shard(
     mut rx: Consumer<Batch>,
-    mut alerts: Producer<ToSink>,
+    mut tx: ShardTx,
     mut detector: Detector,
     clock: Clock,
     stop: &Stop,
@@ -95,20 +151,7 @@ pub(crate) fn run_shard(
 ) -> Result<ShardStats, String> {
     let mut applied = 0u64;
     let mut idle = Idle::default();
-    let mut send = |item: ToSink| -> bool {
-        let mut idle = Idle::default();
-        loop {
-            if let Some(slot) = alerts.claim() {
-                *slot = item;
-                alerts.publish();
-                return true;
-            }
-            if stop.raised() || alerts.consumer_gone() {
-                return false;
-            }
-            idle.wait();
-        }
-    };
+    let mut list_dropped = 0;
     loop {
         let Some(batch) = rx.peek() else {
             if let Some(ck) = ckpt.as_mut()
@@ -127,7 +170,7 @@ pub(crate) fn run_shard(
             continue;
         };
         idle.reset();
-        let mut delivered = true;
+        let mut out = ToSinkOut { tx: &mut tx, stop, clock: &clock, ingest_ns: 0, delivered: true, list_dropped: 0 };
         if batch.kind == BatchKind::Barrier
             && let Some(ck) = ckpt.as_mut()
         {
@@ -135,14 +178,16 @@ pub(crate) fn run_shard(
             // durable, which needs this shard's image: none can be pending.
             // Should one be, it is finished first (exact, only slower).
             debug_assert!(ck.pending.is_none(), "a barrier arrived while a snapshot was being copied");
-            delivered &= ck.copy_slice(&mut detector, &clock, usize::MAX);
+            out.delivered &= ck.copy_slice(&mut detector, &clock, usize::MAX);
+            // What the watermark closes belongs before the barrier.
+            detector.watermark(batch.watermark_ns, &mut out);
             // The stall: cut the snapshot (the hot keys; the window entries
             // are copied in slices after the batches that follow), and pass
             // the barrier on. The writer encodes the image and does the I/O.
             let started = ShardCkpt::stall_start(&clock);
             detector.begin_snapshot(ck.image.take());
             ck.pending = Some((batch.checkpoint, applied));
-            delivered &= send(ToSink::Barrier(batch.checkpoint));
+            out.send(ToSink::Barrier(batch.checkpoint));
             ck.stall_end(&clock, started);
         }
         for (i, pending) in batch.events.iter().enumerate() {
@@ -154,19 +199,27 @@ pub(crate) fn run_shard(
             if let Some(ahead) = batch.events.get(i + PREFETCH_AHEAD) {
                 detector.prefetch(&ahead.event);
             }
-            detector.apply(&pending.event, &mut |alert| {
-                let ingest_ns = pending.ingest_ns;
-                delivered &= send(ToSink::Alert(Alert { ingest_ns, applied_ns: clock.now_ns(), ..alert }))
-            });
+            out.ingest_ns = pending.ingest_ns;
+            detector.apply(&pending.event, &mut out);
         }
         applied += batch.events.len() as u64;
+        // Every record of this shard below the batch's watermark has now
+        // been applied (the source's promise, see `source::Router::release`).
+        out.ingest_ns = clock.now_ns();
+        let end = batch.kind == BatchKind::End;
+        if end {
+            detector.end(&mut out);
+        } else {
+            detector.watermark(batch.watermark_ns, &mut out);
+        }
+        let mut delivered = out.delivered;
+        list_dropped += out.list_dropped;
         if let Some(ck) = ckpt.as_ref() {
             // Two relaxed stores per batch: the writer sizes the image by them.
             let (keys, entries) = detector.footprint();
             ck.image.keys.store(keys, Ordering::Relaxed);
             ck.image.entries.store(entries, Ordering::Relaxed);
         }
-        let end = batch.kind == BatchKind::End;
         rx.release();
         if let Some(ck) = ckpt.as_mut() {
             // One slice of the snapshot in progress, if any, per batch.
@@ -185,5 +238,11 @@ pub(crate) fn run_shard(
         return Err("checkpoint writer stopped".to_string());
     }
     let preempted = ckpt.as_ref().map_or((0, 0), |c| (c.preempted, c.max_unpreempted_ns));
-    Ok(ShardStats { applied, grew: detector.stats().grew, stall: ckpt.map(|c| (c.stall, c.stall_cpu)), preempted })
+    Ok(ShardStats {
+        applied,
+        grew: detector.stats().grew,
+        stall: ckpt.map(|c| (c.stall, c.stall_cpu)),
+        preempted,
+        list_dropped,
+    })
 }

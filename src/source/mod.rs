@@ -131,6 +131,8 @@ pub(crate) struct Router {
     since_flush: u64,
     backpressure_waits: u64,
     max_reorder_len: usize,
+    /// Per shard: the watermark its last drain completed (see `release`).
+    released: Vec<i64>,
     /// Live sources only: event time from the wall clock while quiet.
     pub(crate) idle: Option<IdleAdvance>,
     pub(crate) ckpt: Option<SourceCkpt>,
@@ -185,6 +187,7 @@ impl Router {
             since_flush: 0,
             backpressure_waits: 0,
             max_reorder_len: 0,
+            released: vec![i64::MIN; n],
             ckpt: None,
             idle: None,
         }
@@ -360,14 +363,21 @@ impl Router {
     }
 
     /// Moves the shard's records below `watermark_ns` into its batches.
+    /// A batch that fills up while this drains is published under the
+    /// watermark the shard's previous drain completed, not `watermark_ns`:
+    /// records below `watermark_ns` may still follow it. So a batch's
+    /// watermark always means that every record of the shard below it is
+    /// in that batch or an earlier one (the rules' `on_watermark` relies on it).
     #[inline]
     fn release(&mut self, shard: usize, watermark_ns: i64) {
-        let Router { shards, open, reorder, stop, backpressure_waits, max_reorder_len, .. } = self;
+        let Router { shards, open, reorder, stop, backpressure_waits, max_reorder_len, released, .. } = self;
         let (ring, open) = (&mut shards[shard], &mut open[shard]);
         *max_reorder_len = (*max_reorder_len).max(reorder[shard].len());
+        let complete_ns = released[shard];
         reorder[shard].drain_before(watermark_ns, |run| {
-            push_run(ring, open, stop, backpressure_waits, run, watermark_ns);
+            push_run(ring, open, stop, backpressure_waits, run, complete_ns);
         });
+        released[shard] = released[shard].max(watermark_ns);
     }
 
     /// Publishes what every shard can apply now (and the watermark, to
