@@ -51,8 +51,11 @@ pub(crate) fn write_section(w: &mut Writer<'_>, id: u16, version: u16, body: imp
     w.out[at..at + 8].copy_from_slice(&len.to_le_bytes());
 }
 
-/// Reads a section's header and body: (id, version, bytes).
-pub(crate) fn read_section<'a>(r: &mut Reader<'a>) -> Result<(u16, u16, &'a [u8]), DecodeError> {
+/// A snapshot section: (id, version, bytes).
+pub type Section<'a> = (u16, u16, &'a [u8]);
+
+/// Reads a section's header and body.
+pub(crate) fn read_section<'a>(r: &mut Reader<'a>) -> Result<Section<'a>, DecodeError> {
     let head = r.u32()?;
     let len = usize::try_from(r.u64()?).map_err(|_| DecodeError("section length overflows".into()))?;
     let body = r.take(len)?;
