@@ -30,7 +30,7 @@ use crate::checkpoint::store::Store;
 use crate::checkpoint::writer::{self, CheckpointWriter, ImageSlot, Msg};
 use crate::checkpoint::{Manifest, RouterState, Settings};
 use crate::config::Rules;
-use crate::detect::{Detector, DetectorImage};
+use crate::detect::Detector;
 use crate::flow::{Batch, STOPPED, Stop, shard_to_sink};
 use crate::ingest::Feed;
 use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram};
@@ -201,9 +201,9 @@ pub fn run_with<F: Feed + Send>(
         // writer hands it back before the checkpoint completes, and the next
         // barrier is only cut after that. The writer grows each image ahead
         // of the state, off the shard.
-        for (index, slot) in shard_ckpts.iter_mut().enumerate() {
+        for (index, (slot, detector)) in shard_ckpts.iter_mut().zip(&detectors).enumerate() {
             let image = Arc::new(ImageSlot::default());
-            image.put_initial(DetectorImage::with_capacity(cfg.window_capacity / 2, cfg.window_capacity));
+            image.put_initial(detector.image_with_capacity(cfg.window_capacity / 2, cfg.window_capacity));
             images.push(image.clone());
             *slot = Some(ShardCkpt {
                 index,

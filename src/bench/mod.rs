@@ -299,11 +299,13 @@ impl PatternScore {
     }
 }
 
-/// Alerts against the truth, per pattern, keyed by (account, instrument):
-/// an actor is found when at least one alert of its pattern names it.
+/// Alerts against the truth, per rule of the registry (a truth pattern is
+/// the name of the rule that should catch it), keyed by (account,
+/// instrument): an actor is found when at least one alert of its pattern
+/// names it.
 pub fn score(truth: &[(String, String, String)], alerts: &[AlertSeen]) -> BTreeMap<String, PatternScore> {
     let mut out = BTreeMap::new();
-    for pattern in ["excessive-cancel", "self-trade"] {
+    for pattern in crate::detect::registry::RULES.iter().map(|r| r.name) {
         let planted: BTreeSet<(&str, &str)> =
             truth.iter().filter(|t| t.1 == pattern).map(|t| (t.0.as_str(), t.2.as_str())).collect();
         let alerted: BTreeSet<(&str, &str)> =

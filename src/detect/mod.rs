@@ -52,14 +52,7 @@ pub struct DetectorImage {
 }
 
 impl DetectorImage {
-    /// Room for about `keys` hot keys and `entries` window entries, allocated now.
-    pub fn with_capacity(keys: usize, entries: usize) -> DetectorImage {
-        let mut image = DetectorImage::default();
-        image.prepare(keys, entries);
-        image
-    }
-
-    /// Grows the images ahead of the state (see `Rule::prepare_image`).
+    /// Grows the images of the enabled rules ahead of the state (see `Rule::prepare_image`).
     pub fn prepare(&mut self, keys: usize, entries: usize) {
         self.rules.prepare(keys, entries);
     }
@@ -81,6 +74,15 @@ impl Detector {
             watermark_ns: i64::MIN,
             snapshot: None,
         }
+    }
+
+    /// An image for this detector's snapshots, with room for about `keys`
+    /// hot keys and `entries` window entries, allocated now. Only the
+    /// enabled rules get one.
+    pub fn image_with_capacity(&self, keys: usize, entries: usize) -> DetectorImage {
+        let mut image = DetectorImage { rules: self.rules.new_images(), views: ViewImages::default() };
+        image.prepare(keys, entries);
+        image
     }
 
     /// Brings the state that `apply` will need for `event` into cache: a
@@ -119,7 +121,7 @@ impl Detector {
     /// the state as of this call. One snapshot at a time.
     pub fn begin_snapshot(&mut self, mut image: Box<DetectorImage>) {
         assert!(self.snapshot.is_none(), "a snapshot is already in progress");
-        // Images of rules that are off (made by `prepare`) would become sections.
+        // An image of a rule that is off would become a section.
         image.rules.keep_only(&self.rules);
         self.rules.begin_snapshot(&mut image.rules);
         self.views.begin_snapshot(&mut image.views);
@@ -311,7 +313,7 @@ mod tests {
             alerts(&mut first, &events[..cut], &mut got);
             live.extend(got.iter().copied());
             for d in first.iter_mut() {
-                let image = if presized { DetectorImage::with_capacity(8, 64) } else { DetectorImage::default() };
+                let image = if presized { d.image_with_capacity(8, 64) } else { DetectorImage::default() };
                 d.begin_snapshot(Box::new(image));
             }
             let mut images: Vec<Option<Box<DetectorImage>>> = (0..before).map(|_| None).collect();

@@ -229,6 +229,11 @@ macro_rules! registry {
                 $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() { Rule::restored(rule); } )*
             }
 
+            /// Empty images for the enabled rules.
+            pub(crate) fn new_images(&self) -> Images {
+                Images { $( $(#[$attr])* $field: self.$field.as_ref().map(|_| Default::default()), )* }
+            }
+
             /// Ids of the enabled rules (a restore must find a section of each).
             pub(crate) fn ids(&self) -> Vec<RuleId> {
                 let mut ids = Vec::new();
@@ -238,8 +243,11 @@ macro_rules! registry {
         }
 
         impl Images {
+            /// Grows the images there are (the enabled rules').
             pub(crate) fn prepare(&mut self, keys: usize, entries: usize) {
-                $( $(#[$attr])* <$rule as Rule>::prepare_image(self.$field.get_or_insert_with(Default::default), keys, entries); )*
+                $( $(#[$attr])* if let Some(image) = self.$field.as_mut() {
+                    <$rule as Rule>::prepare_image(image, keys, entries);
+                } )*
             }
 
             /// One section per rule that has an image (was enabled); returns how many.
@@ -252,7 +260,8 @@ macro_rules! registry {
                 n
             }
 
-            /// Drops the images of rules that are off (made by `prepare`).
+            /// Drops the images of rules that are off (an image made for
+            /// another rule set).
             pub(crate) fn keep_only(&mut self, active: &Active) {
                 $( $(#[$attr])* if active.$field.is_none() { self.$field = None; } )*
             }
