@@ -111,8 +111,8 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
                         }
                     }
                     for (sid, bytes, counts) in totals {
-                        let what: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
-                        println!("section      {} ({sid:#x}): {bytes} bytes; {}", section_name(sid), what.join(", "));
+                        let what: String = counts.iter().map(|(k, n)| format!("; {n} {k}")).collect();
+                        println!("section      {} ({sid:#x}): {bytes} bytes{what}", section_name(sid));
                     }
                     println!("verified     yes");
                 }
