@@ -151,11 +151,102 @@ impl Rule for TestProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::Alert;
+    use crate::checkpoint::codec::Writer;
     use crate::cmd::replay::{ReplayArgs, replay};
     use crate::config::Rules;
+    use crate::detect::{Detector, DetectorImage};
+    use crate::event::Kind;
     use crate::generator::{GenConfig, generate};
+    use proptest::prelude::*;
     use serde_json::Value;
     use std::path::Path;
+
+    fn trades(raw: &[(i64, u32, i64)]) -> Vec<Event> {
+        let mut ts = 0;
+        let trade = |(seq, &(step, instrument, price)): (usize, &(i64, u32, i64))| {
+            ts += step;
+            Event {
+                seq: seq as u64,
+                ts_ns: ts,
+                kind: Kind::Trade,
+                instrument,
+                price,
+                order_id: seq as u64,
+                ..Event::default()
+            }
+        };
+        raw.iter().enumerate().map(trade).collect()
+    }
+
+    /// Applies `events` to `shards` by instrument, then ends them; alerts sorted.
+    fn run(shards: &mut [Detector], events: &[Event], end: bool, out: &mut Vec<(Alert, Vec<u64>)>) {
+        let n = shards.len();
+        for e in events {
+            shards[e.instrument as usize % n].apply(e, &mut |a: Alert, l: &[u64]| out.push((a, l.to_vec())));
+        }
+        if end {
+            for d in shards.iter_mut() {
+                d.end(&mut |a: Alert, l: &[u64]| out.push((a, l.to_vec())));
+            }
+        }
+        out.sort_by_key(|(a, l)| (a.seq, a.instrument, a.evidence.0, l.clone()));
+    }
+
+    proptest! {
+        /// The view's and the probe's sections, cut at any record and copied
+        /// in slices of any size while later records change them, restore
+        /// into any shard count: the alerts (end-of-input ones included, which
+        /// count every trade) are those of an uninterrupted run.
+        #[test]
+        fn sliced_sections_restore_into_any_shard_count(
+            raw in proptest::collection::vec((0i64..50, 0u32..40, 0i64..4), 1..300),
+            cut in any::<proptest::sample::Index>(),
+            before in 1usize..4,
+            after in 1usize..4,
+            slice in 1usize..6,
+        ) {
+            let rules = Rules::parse("[test_probe]\nenabled = true\njump = 2\n").unwrap();
+            let events = trades(&raw);
+            let cut = cut.index(events.len());
+            let mut expected = Vec::new();
+            run(&mut [Detector::new(&rules, 4)], &events, true, &mut expected);
+
+            let mut first: Vec<Detector> = (0..before).map(|_| Detector::new(&rules, 4)).collect();
+            let mut got = Vec::new();
+            run(&mut first, &events[..cut], false, &mut got);
+            for d in first.iter_mut() {
+                d.begin_snapshot(Box::new(DetectorImage::default()));
+            }
+            // Records after the cut change the live tables while they are copied.
+            let mut ignored = Vec::new();
+            let mut images: Vec<Option<Box<DetectorImage>>> = (0..before).map(|_| None).collect();
+            for chunk in events[cut..].chunks(3) {
+                run(&mut first, chunk, false, &mut ignored);
+                for (d, image) in first.iter_mut().zip(images.iter_mut()) {
+                    if image.is_none() {
+                        *image = d.copy_slice(slice);
+                    }
+                }
+            }
+            let snapshots: Vec<Vec<u8>> = first
+                .iter_mut()
+                .zip(images)
+                .map(|(d, image)| {
+                    let image = image.or_else(|| d.copy_slice(usize::MAX)).unwrap();
+                    let mut buf = Vec::new();
+                    image.encode(&mut Writer::new(&mut buf));
+                    buf
+                })
+                .collect();
+            let mut second: Vec<Detector> = (0..after).map(|_| Detector::new(&rules, 4)).collect();
+            for (index, d) in second.iter_mut().enumerate() {
+                d.restore(&snapshots, |key| (key as u32) as usize % after == index).unwrap();
+            }
+            run(&mut second, &events[cut..], true, &mut got);
+            prop_assert_eq!(got, expected);
+        }
+    }
 
     #[test]
     fn nothing_outside_its_file_and_the_registry_names_the_probe() {
