@@ -125,7 +125,7 @@ fn import_with(
     // A file that is no tape is bad input (exit 2), found before any output exists.
     let feed = CsvFeed::new(file, csv, validator, RejectLog::discard()).map_err(|e| CmdError::Usage(e.to_string()))?;
     let rejects_log = RejectLog::create(rejects).map_err(|e| CmdError::Failed(e.to_string()))?;
-    let rejects_made = crate::alert::sink::Outputs::remove_on_failure(vec![rejects.to_path_buf()]);
+    let rejects_made = crate::sink::Outputs::remove_on_failure(vec![rejects.to_path_buf()]);
     let mut feed = feed.with_rejects(rejects_log);
     let fail = |e: std::io::Error| CmdError::Failed(format!("{}: cannot write tape: {e}", out.display()));
     let mut writer = TapeWriter::create(out).map_err(fail)?;

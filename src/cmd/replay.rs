@@ -2,8 +2,6 @@
 //! alerts to JSON Lines, a summary at the end.
 
 use super::{CmdError, ProgressLine, beside, is_native_tape};
-use crate::alert::Rule;
-use crate::alert::sink::Outputs;
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
@@ -16,8 +14,9 @@ use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
 use crate::metrics::Summary;
 use crate::outputs::{Plan, is_stdio};
-use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
+use crate::sink::Outputs;
 use crate::symbols::{Groups, Names};
+use crate::topology::{self, Checkpointing, PipelineConfig, Resumed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -144,8 +143,11 @@ impl Inputs {
 
 fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
     let path = |p: &Path| p.display().to_string();
-    let alerts: serde_json::Map<String, serde_json::Value> =
-        Rule::ALL.iter().zip(summary.alerts).map(|(rule, n)| (rule.name().to_string(), n.into())).collect();
+    let alerts: serde_json::Map<String, serde_json::Value> = crate::detect::registry::RULES
+        .iter()
+        .zip(summary.alerts)
+        .map(|(rule, n)| (rule.name.to_string(), n.into()))
+        .collect();
     let feed = &summary.feed;
     serde_json::json!({
         "command": "replay",
@@ -377,7 +379,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         }
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::for_command("replay", "records", Some(feed.len() as u64), !args.quiet);
-        let mut summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let mut summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(|e| run_error(args, e))?;
@@ -443,7 +445,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
             }
         };
         let progress = ProgressLine::for_command("replay", "records", None, !args.quiet);
-        let summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(|e| run_error(args, e))?;
@@ -496,8 +498,8 @@ fn open_state(
         }
         None => Vec::new(),
     };
-    let config = format!("{:?}\n{}", cfg.rules, String::from_utf8_lossy(&accounts_text));
-    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &config)
+    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, &[]);
+    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, reference)
         .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
     let store = Store::open(dir).map_err(CmdError::Failed)?;
     let loaded =
