@@ -9,7 +9,7 @@
 //! shared state with the pipeline.
 
 use super::csv::FeedLine;
-use super::validate::{RawRecord, RejectReason, Validator};
+use super::validate::{RawRecord, RejectReason, Validator, check_fields};
 use super::{Feed, FeedError, FeedStats, RejectLog};
 use crate::event::{Event, Kind, Side};
 use crate::ring::Idle;
@@ -151,7 +151,10 @@ fn accept(
         contra_account: packed(w.contra_account()),
     };
     // The wire has no line numbers: a record's place is its seq.
-    let outcome = validator.check_seq(w.seq, w.seq).and(names).and_then(|()| validator.accept(&raw));
+    let outcome = check_fields(w.seq, w.kind, w.price, w.qty, w.contra_order_id)
+        .and(names)
+        .and_then(|()| validator.check_seq_now(w.seq, w.ts_ns))
+        .and_then(|()| validator.admit(&raw, w.seq));
     match outcome {
         Ok(event) => {
             validator.stats.accepted += 1;
