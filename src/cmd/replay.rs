@@ -12,7 +12,7 @@ use crate::ingest::RejectLog;
 use crate::ingest::csv::CsvFeed;
 use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
-use crate::ingest::validate::{Limits, Validator};
+use crate::ingest::validate::{Limits, TimeRules, Validator};
 use crate::metrics::Summary;
 use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
 use crate::symbols::{Groups, Names};
@@ -50,6 +50,15 @@ pub struct ReplayArgs {
     /// How far behind the newest record an event may arrive and still count.
     #[arg(long, default_value_t = 50)]
     pub lateness_ms: u64,
+    /// A record this far ahead of the feed's newest event time is held, and rejected if the
+    /// records after it are not ahead too (one bad timestamp must not make the rest late).
+    /// 0: no bound.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_future_ms: u64,
+    /// Fail (exit 1, after writing every output) when more than this percentage of the records
+    /// read were rejected or late. The summary warns above 1% whatever this is.
+    #[arg(long)]
+    pub max_bad_pct: Option<f64>,
     /// Print only the summary (no progress line).
     #[arg(long)]
     pub quiet: bool,
@@ -79,6 +88,34 @@ pub struct ReplayArgs {
 pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
     let summary = replay(&args)?;
     println!("{}", summary.render().trim_end());
+    bad_share_check(&summary, args.max_bad_pct)
+}
+
+/// Above this share of rejected or late records, the summary warns.
+pub const WARN_BAD_PCT: f64 = 1.0;
+
+/// A silent zero-alert day is the worst failure surveillance has: a run in
+/// which many records were rejected or late says so loudly (stderr), and
+/// fails when that share is over `--max-bad-pct`.
+pub fn bad_share_check(summary: &Summary, max_bad_pct: Option<f64>) -> Result<(), CmdError> {
+    let read = summary.feed.records_read;
+    let bad = summary.feed.rejected + summary.late;
+    if read == 0 {
+        return Ok(());
+    }
+    let pct = bad as f64 * 100.0 / read as f64;
+    let line = format!(
+        "{pct:.2}% of the {read} records read were rejected ({}) or late ({}): see the rejects and late files",
+        summary.feed.rejected, summary.late
+    );
+    if let Some(max) = max_bad_pct
+        && pct > max
+    {
+        return Err(CmdError::Failed(format!("{line}; more than --max-bad-pct {max}")));
+    }
+    if pct > WARN_BAD_PCT {
+        eprintln!("tapewatch: WARNING: {line}");
+    }
     Ok(())
 }
 
@@ -130,6 +167,14 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     if args.lateness_ms > 3_600_000 {
         problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
     }
+    if args.max_future_ms > 86_400_000 {
+        problems.push(format!("--max-future-ms {}: at most one day (86400000)", args.max_future_ms));
+    }
+    if let Some(pct) = args.max_bad_pct
+        && !(0.0..=100.0).contains(&pct)
+    {
+        problems.push(format!("--max-bad-pct {pct}: must be between 0 and 100"));
+    }
     if args.state.is_none()
         && (args.checkpoint_every_records.is_some()
             || args.checkpoint_interval_ms.is_some()
@@ -156,6 +201,10 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         cfg.snapshot_slice = slice;
     }
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
+    let limits = Limits {
+        time: TimeRules { max_future_ns: args.max_future_ms as i64 * MS, ..TimeRules::default() },
+        ..Limits::default()
+    };
     let groups = Arc::new(groups);
     // The state directory is opened (and locked) before any output is
     // touched: a bad or busy directory fails the run with nothing changed.
@@ -175,21 +224,40 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
 
     if native {
         let tape = Tape::open_streaming(&args.tape).map_err(|e| CmdError::Failed(e.to_string()))?;
-        let (mut feed, names) = NativeFeed::new(tape, groups);
+        let (feed, names) = NativeFeed::new(tape, groups);
+        // A native tape's bad records (field rules, event time) are kept
+        // aside as a CSV tape's are; a failed run without --state leaves no
+        // rejects file.
+        let mut rejects_made = Outputs::remove_on_failure(Vec::new());
         let mut resume = None;
-        if let Some(loaded) = loaded {
-            let id = loaded.manifest.id;
-            let mut r = Reader::new(&loaded.source);
-            feed.resume(&mut r).map_err(|e| bad(id, e))?;
-            let router = RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
-            resume = Some((loaded.manifest, router, loaded.shards));
-        }
+        let feed = match loaded {
+            Some(loaded) => {
+                let id = loaded.manifest.id;
+                let mut r = Reader::new(&loaded.source);
+                let rejects = RejectLog::resume(&rejects_path, loaded.manifest.rejects_bytes)
+                    .map_err(|e| CmdError::Failed(e.to_string()))?;
+                let mut feed = feed.with_checks(limits.time, rejects);
+                feed.resume(&mut r).map_err(|e| bad(id, e))?;
+                let router =
+                    RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
+                resume = Some((loaded.manifest, router, loaded.shards));
+                feed
+            }
+            None => {
+                let rejects = RejectLog::create(&rejects_path).map_err(|e| CmdError::Failed(e.to_string()))?;
+                if args.state.is_none() {
+                    rejects_made.add(&rejects_path);
+                }
+                feed.with_checks(limits.time, rejects)
+            }
+        };
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::new(Some(feed.len() as u64).filter(|_| !args.quiet));
         let mut summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(CmdError::Failed)?;
+        rejects_made.keep();
         progress.clear();
         summary.rejected_at_import = rejected_at_import;
         Ok(summary)
@@ -201,7 +269,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         let mut rejects_made = Outputs::remove_on_failure(Vec::new());
         let (feed, names, resume) = match loaded {
             None => {
-                let validator = Validator::new(Limits::default(), groups.clone());
+                let validator = Validator::new(limits, groups.clone());
                 let names = Names {
                     accounts: validator.accounts.table().clone(),
                     instruments: validator.instruments.table().clone(),
@@ -220,14 +288,9 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
                 let id = loaded.manifest.id;
                 let mut r = Reader::new(&loaded.source);
                 let (offset, line_no) = r.u64().and_then(|o| Ok((o, r.u64()?))).map_err(|e| bad(id, e))?;
-                let validator = Validator::restore(
-                    Limits::default(),
-                    groups.clone(),
-                    &mut r,
-                    &loaded.accounts,
-                    &loaded.instruments,
-                )
-                .map_err(|e| bad(id, e))?;
+                let validator =
+                    Validator::restore(limits, groups.clone(), &mut r, &loaded.accounts, &loaded.instruments)
+                        .map_err(|e| bad(id, e))?;
                 let router =
                     RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
                 let tape_len = file.metadata().map(|m| m.len()).unwrap_or(0);

@@ -654,9 +654,24 @@ impl Tape {
     /// cache for the reads that follow. The seq order across the block's
     /// start is checked against the record before it, which the block
     /// before (already verified, when blocks are verified in order) holds.
-    pub fn verify_block(&self, b: usize) -> Result<(), TapeError> {
+    ///
+    /// Returns how many of the block's records break a field rule of
+    /// FEED.md (`validate::check_fields`: price and qty above zero, seq below
+    /// `u64::MAX`, no contra order on N and C). Those are bad records, not
+    /// a damaged tape: the feed rejects each one, as the CSV decoder would.
+    pub fn verify_block(&self, b: usize) -> Result<u64, TapeError> {
         check_blocks(&self.map, &self.geo, b..b + 1, self.accounts.len() as u64, self.instruments.len() as u64, &|_| {})
             .map_err(|msg| TapeError::invalid(&self.path, msg))
+    }
+
+    /// An account's name by id (ids come from verified blocks).
+    pub fn account(&self, id: u32) -> &[u8] {
+        self.accounts.get(id as usize).map_or(&[], |r| &self.map[r.clone()])
+    }
+
+    /// An instrument's name by id.
+    pub fn instrument(&self, id: u32) -> &[u8] {
+        self.instruments.get(id as usize).map_or(&[], |r| &self.map[r.clone()])
     }
 
     pub fn len(&self) -> usize {
@@ -861,8 +876,9 @@ fn check_records(
     threads: usize,
 ) -> Result<(), String> {
     let blocks = geo.table.len() / 8;
+    // Records that break a field rule are the feed's to reject, one by one.
+    let check = |run: Range<usize>| check_blocks(map, geo, run, n_accounts, n_instruments, release).map(|_| ());
     let threads = threads.clamp(1, blocks.max(1));
-    let check = |run: Range<usize>| check_blocks(map, geo, run, n_accounts, n_instruments, release);
     if threads == 1 {
         return check(0..blocks);
     }
@@ -886,7 +902,7 @@ fn check_records(
 
 /// Checks a run of blocks, in one pass: each slice is validated right after
 /// it is hashed, while it is still in cache, so the tape is read from memory
-/// once rather than twice.
+/// once rather than twice. Returns how many records break a field rule.
 fn check_blocks(
     map: &[u8],
     geo: &Geometry,
@@ -894,7 +910,7 @@ fn check_blocks(
     n_accounts: u64,
     n_instruments: u64,
     release: &(dyn Fn(Range<usize>) + Sync),
-) -> Result<(), String> {
+) -> Result<u64, String> {
     /// Small enough to stay in L2 between hashing and checking.
     const SLICE_BYTES: usize = 1024 * RECORD_BYTES;
     let (sums, _) = map[geo.table.clone()].as_chunks::<8>();
@@ -903,6 +919,7 @@ fn check_blocks(
     // The record before the run is read unverified: if it is damaged, an
     // earlier run reports that first, and its message wins.
     let mut prev_seq = (run.start > 0).then(|| u64_at(records, run.start * block_bytes - RECORD_BYTES + R_SEQ));
+    let mut bad_fields = 0u64;
     for b in run {
         let block_start = b * block_bytes;
         let block = &records[block_start..(block_start + block_bytes).min(records.len())];
@@ -924,6 +941,12 @@ fn check_blocks(
                     & ((u32_at(r, R_CONTRA_ACCOUNT) as u64) < n_accounts)
                     & ((u32_at(r, R_INSTRUMENT) as u64) < n_instruments);
                 ok &= (r[R_RESERVED.start] | r[R_RESERVED.start + 1]) == 0;
+                // validate::check_fields, branch-free (same rules; a test pins them together).
+                let fields_ok = (seq != u64::MAX)
+                    & ((u64_at(r, R_PRICE) as i64) > 0)
+                    & (u64_at(r, R_QTY) != 0)
+                    & ((r[R_KIND] == b'T') | (u64_at(r, R_CONTRA_ORDER) == 0));
+                bad_fields += (!fields_ok) as u64;
                 prev = seq;
                 have_prev = true;
             }
@@ -943,7 +966,7 @@ fn check_blocks(
         let at = HEADER_BYTES + block_start;
         release(at..at + block.len());
     }
-    Ok(())
+    Ok(bad_fields)
 }
 
 /// Drops the whole pages of `range` from this process's resident set once

@@ -252,6 +252,9 @@ pub struct Sequencer {
     day: Option<(i64, i64)>,
     rules: TimeRules,
     held: Option<Held>,
+    /// False for a native tape, whose seq order the tape itself guarantees
+    /// and whose gaps import counted: only event time is judged.
+    track_seq: bool,
     /// Lines rejected since the last committed record whose seq was not
     /// believed: they may stand for the seqs they displaced, so the next
     /// record being that many ahead is no gap.
@@ -260,7 +263,24 @@ pub struct Sequencer {
 
 impl Sequencer {
     pub fn new(rules: TimeRules) -> Sequencer {
-        Sequencer { expected_seq: None, recent_ts_ns: i64::MIN, day: None, rules, held: None, unplaced: 0 }
+        Sequencer {
+            expected_seq: None,
+            recent_ts_ns: i64::MIN,
+            day: None,
+            rules,
+            held: None,
+            track_seq: true,
+            unplaced: 0,
+        }
+    }
+
+    /// Event time only (a native tape).
+    pub fn time_only(rules: TimeRules) -> Sequencer {
+        Sequencer { track_seq: false, ..Sequencer::new(rules) }
+    }
+
+    pub fn rules(&self) -> TimeRules {
+        self.rules
     }
 
     pub fn is_holding(&self) -> bool {
@@ -358,7 +378,9 @@ impl Sequencer {
             }
         }
         // `check_fields` refuses u64::MAX, so this cannot wrap.
-        self.expected_seq = Some(seq.saturating_add(1));
+        if self.track_seq {
+            self.expected_seq = Some(seq.saturating_add(1));
+        }
         self.unplaced = 0;
         if accepted {
             self.recent_ts_ns = self.recent_ts_ns.max(ts_ns);
@@ -393,6 +415,10 @@ impl Sequencer {
         w.i64(start);
         w.i64(end);
         w.u64(self.unplaced);
+    }
+
+    pub fn restore_time_only(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
+        Ok(Sequencer { track_seq: false, ..Sequencer::restore(rules, r)? })
     }
 
     pub fn restore(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
