@@ -6,7 +6,7 @@ use crate::alert::sink::Outputs;
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
-use crate::checkpoint::{Identity, Manifest, RouterState, Settings};
+use crate::checkpoint::{Identity, Manifest, PrefixHasher, RouterState, Settings};
 use crate::config::{MS, Rules};
 use crate::ingest::RejectLog;
 use crate::ingest::csv::CsvFeed;
@@ -295,9 +295,21 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
                     RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
                 let tape_len = file.metadata().map(|m| m.len()).unwrap_or(0);
                 if tape_len < offset {
-                    return Err(CmdError::Failed(format!(
+                    return Err(CmdError::Usage(format!(
                         "{}: the tape has {tape_len} bytes, but checkpoint {id} was taken at byte {offset}",
                         args.tape.display()
+                    )));
+                }
+                // The bytes before the position must be the ones the
+                // checkpoint consumed: an edited tape would resume mid-line.
+                let prefix =
+                    PrefixHasher::open(&args.tape).and_then(|mut p| p.hash_to(offset)).map_err(CmdError::Failed)?;
+                if prefix != loaded.manifest.tape_prefix_hash {
+                    return Err(CmdError::Usage(format!(
+                        "{}: the tape's first {offset} bytes are not the ones checkpoint {id} in {} was taken on \
+                         (edited or replaced since): refusing to resume; replay it without --state, or with a new state directory",
+                        args.tape.display(),
+                        args.state.as_deref().unwrap_or(Path::new("")).display()
                     )));
                 }
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
@@ -360,6 +372,7 @@ fn open_state(
         abort_after: args.exit_after_checkpoint,
         exact: args.checkpoint_exact || args.exit_after_checkpoint.is_some(),
         identity,
+        tape: (!native).then(|| args.tape.clone()),
     };
     if let Some(loaded) = &loaded {
         let m = &loaded.manifest;
