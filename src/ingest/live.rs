@@ -45,14 +45,17 @@ pub struct WireRecord {
 const _: () = assert!(std::mem::size_of::<WireRecord>() <= 112);
 
 impl WireRecord {
+    // A length past its field comes from a broken sender: the name reads
+    // as `\0`, which no name rule accepts, so the record is rejected (found
+    // by the wire fuzz target: it panicked).
     pub fn account(&self) -> &[u8] {
-        &self.account[..self.account_len as usize]
+        self.account.get(..self.account_len as usize).unwrap_or(b"\0")
     }
     pub fn instrument(&self) -> &[u8] {
-        &self.instrument[..self.instrument_len as usize]
+        self.instrument.get(..self.instrument_len as usize).unwrap_or(b"\0")
     }
     pub fn contra_account(&self) -> &[u8] {
-        &self.contra_account[..self.contra_account_len as usize]
+        self.contra_account.get(..self.contra_account_len as usize).unwrap_or(b"\0")
     }
 
     /// Copies a name into a fixed field; `None` when it does not fit.

@@ -863,6 +863,23 @@ fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), St
     Ok((accounts, instruments))
 }
 
+/// Every check `Tape::open` makes, on a tape held in memory (fuzzing and
+/// tests: no file, no mapping). Returns how many records break a field
+/// rule (the feed rejects those one by one).
+pub fn verify_bytes(map: &[u8]) -> Result<u64, String> {
+    let geo = check_header(map)?;
+    let h = &map[..HEADER_BYTES];
+    if u64_at(h, H_TABLE_HASH) != xxh3_64(&map[geo.table.clone()]) {
+        return Err("corrupt block checksum table".into());
+    }
+    if u64_at(h, H_SYMBOLS_HASH) != xxh3_64(&map[geo.symbols.clone()]) {
+        return Err("corrupt symbol section".into());
+    }
+    let (accounts, instruments) = parse_symbols(map, geo.symbols.clone())?;
+    let blocks = geo.table.len() / 8;
+    check_blocks(map, &geo, 0..blocks, accounts.len() as u64, instruments.len() as u64, &|_| {})
+}
+
 /// Checks every block against its checksum and every record in it, split
 /// into contiguous runs of blocks across up to `threads` threads: hashing is
 /// the bulk of opening a tape, and blocks hash independently. Returns the
