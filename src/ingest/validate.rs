@@ -20,9 +20,10 @@
 //!   real: counted, and the held record is checked and accepted.
 //! - A record whose event time is more than `--max-future-ms` (default 10 s)
 //!   ahead of the newest accepted event time is held the same way: if the
-//!   next record is back near the old time, it alone was bad (rejected
-//!   "ts_ns ahead of the feed"); if the next one is far ahead too, time
-//!   really jumped (a lunch break) and it is accepted.
+//!   next record is back more than that bound before it, the feed's time did
+//!   not move and it alone was bad (rejected "ts_ns ahead of the feed"); if
+//!   the next one is near it or after it, time really jumped (a lunch break,
+//!   a quiet instrument) and it is accepted.
 //! - A record outside the tape's trading day (the Asia/Shanghai calendar
 //!   day of the first accepted record) is rejected.
 //! - Lines rejected without a believed seq (malformed, or out of line) may
@@ -239,6 +240,8 @@ struct Held {
     seq_jump: bool,
     time_jump: bool,
     waited: u32,
+    /// Broken lines after it that stood in the seqs right after it.
+    placed_after: u64,
 }
 
 /// The sequence and event-time checks of one feed, in feed order. Owns the
@@ -255,6 +258,9 @@ pub struct Sequencer {
     /// False for a native tape, whose seq order the tape itself guarantees
     /// and whose gaps import counted: only event time is judged.
     track_seq: bool,
+    /// Broken lines that stood in the seqs right after a held record that
+    /// was then confirmed: its commit moves the expected seq past them.
+    placed_after_held: u64,
     /// Lines rejected since the last committed record whose seq was not
     /// believed: they may stand for the seqs they displaced, so the next
     /// record being that many ahead is no gap.
@@ -270,6 +276,7 @@ impl Sequencer {
             rules,
             held: None,
             track_seq: true,
+            placed_after_held: 0,
             unplaced: 0,
         }
     }
@@ -311,7 +318,7 @@ impl Sequencer {
         let seq_jump = self.expected_seq.is_some_and(|expected| seq > expected.saturating_add(self.unplaced));
         let time_jump = self.time_ahead(ts_ns);
         if seq_jump || time_jump {
-            self.held = Some(Held { seq, ts_ns, seq_jump, time_jump, waited: 0 });
+            self.held = Some(Held { seq, ts_ns, seq_jump, time_jump, waited: 0, placed_after: 0 });
             return Judged::Hold;
         }
         Judged::InLine
@@ -330,7 +337,9 @@ impl Sequencer {
                 Resolved::Reject(RejectReason::SeqOutOfLine { seq: held.seq, expected })
             }
             Some((seq, _)) if seq < expected => Resolved::Wait,
-            Some((_, ts_ns)) if held.time_jump && !self.time_ahead(ts_ns) => {
+            // The next record back well before the held one: the feed's time
+            // did not move, the held record alone was ahead.
+            Some((_, ts_ns)) if held.time_jump && ts_ns < held.ts_ns.saturating_sub(self.rules.max_future_ns) => {
                 let ahead_ns = held.ts_ns.saturating_sub(self.recent_ts_ns);
                 Resolved::Reject(RejectReason::TimeAhead {
                     ts_ns: held.ts_ns,
@@ -346,22 +355,28 @@ impl Sequencer {
                 held.waited += 1;
                 if held.waited >= HOLD_LIMIT {
                     self.held = None;
+                    self.placed_after_held = held.placed_after;
                     return Resolved::Confirm;
                 }
                 self.held = Some(held);
             }
             Resolved::Reject(_) => {
                 self.held = None;
-                self.unplaced += 1;
+                self.unplaced += 1 + held.placed_after;
             }
-            Resolved::Confirm => self.held = None,
+            Resolved::Confirm => {
+                self.held = None;
+                self.placed_after_held = held.placed_after;
+            }
         }
         verdict
     }
 
     /// The feed ended with a record held: nothing contradicts it.
     pub fn resolve_at_end(&mut self) {
-        self.held = None;
+        if let Some(held) = self.held.take() {
+            self.placed_after_held = held.placed_after;
+        }
     }
 
     /// A record in line (or confirmed) whose lifecycle was checked: its seq
@@ -379,9 +394,10 @@ impl Sequencer {
         }
         // `check_fields` refuses u64::MAX, so this cannot wrap.
         if self.track_seq {
-            self.expected_seq = Some(seq.saturating_add(1));
+            self.expected_seq = Some(seq.saturating_add(1).saturating_add(self.placed_after_held));
         }
         self.unplaced = 0;
+        self.placed_after_held = 0;
         if accepted {
             self.recent_ts_ns = self.recent_ts_ns.max(ts_ns);
             if self.rules.one_day && self.day.is_none() {
@@ -394,7 +410,10 @@ impl Sequencer {
     /// place only when that seq is exactly the expected one (a mistyped or
     /// shifted first field must not move the sequence).
     pub fn malformed(&mut self, seq: Option<u64>) {
-        if self.held.is_some() {
+        if let Some(held) = self.held.as_mut() {
+            if seq == held.seq.checked_add(1 + held.placed_after) {
+                held.placed_after += 1;
+            }
             return;
         }
         match (seq, self.expected_seq) {
