@@ -258,6 +258,10 @@ pub struct Sequencer {
     /// False for a native tape, whose seq order the tape itself guarantees
     /// and whose gaps import counted: only event time is judged.
     track_seq: bool,
+    /// Native fast path: event times in `fast_lo..=fast_hi` are in line
+    /// (inside the day, not too far ahead); empty until a record is accepted.
+    fast_lo: i64,
+    fast_hi: i64,
     /// Broken lines that stood in the seqs right after a held record that
     /// was then confirmed: its commit moves the expected seq past them.
     placed_after_held: u64,
@@ -276,6 +280,8 @@ impl Sequencer {
             rules,
             held: None,
             track_seq: true,
+            fast_lo: 1,
+            fast_hi: 0,
             placed_after_held: 0,
             unplaced: 0,
         }
@@ -284,6 +290,39 @@ impl Sequencer {
     /// Event time only (a native tape).
     pub fn time_only(rules: TimeRules) -> Sequencer {
         Sequencer { track_seq: false, ..Sequencer::new(rules) }
+    }
+
+    /// The native feed's per-record check (time only, nothing held): true
+    /// when `ts_ns` is in line, which then counts as committed and accepted.
+    /// Two compares and no branch on the data in the common case; anything
+    /// else takes `judge`.
+    #[inline(always)]
+    pub fn in_line_time(&mut self, ts_ns: i64) -> bool {
+        let ok = (ts_ns >= self.fast_lo) & (ts_ns <= self.fast_hi);
+        if ok {
+            self.recent_ts_ns = self.recent_ts_ns.max(ts_ns);
+            let ahead = if self.rules.max_future_ns > 0 {
+                self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
+            } else {
+                i64::MAX
+            };
+            self.fast_hi = ahead.min(self.day.map_or(i64::MAX, |(_, end)| end.saturating_sub(1)));
+        }
+        ok
+    }
+
+    fn refresh_fast(&mut self) {
+        if self.track_seq || self.recent_ts_ns == i64::MIN || (self.rules.one_day && self.day.is_none()) {
+            (self.fast_lo, self.fast_hi) = (1, 0);
+            return;
+        }
+        let (start, end) = self.day.unwrap_or((i64::MIN, i64::MAX));
+        let ahead = if self.rules.max_future_ns > 0 {
+            self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
+        } else {
+            i64::MAX
+        };
+        (self.fast_lo, self.fast_hi) = (start, ahead.min(end.saturating_sub(1)));
     }
 
     pub fn rules(&self) -> TimeRules {
@@ -403,6 +442,7 @@ impl Sequencer {
             if self.rules.one_day && self.day.is_none() {
                 self.day = Some(trading_day(ts_ns));
             }
+            self.refresh_fast();
         }
     }
 
@@ -437,7 +477,9 @@ impl Sequencer {
     }
 
     pub fn restore_time_only(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
-        Ok(Sequencer { track_seq: false, ..Sequencer::restore(rules, r)? })
+        let mut s = Sequencer { track_seq: false, ..Sequencer::restore(rules, r)? };
+        s.refresh_fast();
+        Ok(s)
     }
 
     pub fn restore(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
