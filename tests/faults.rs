@@ -176,7 +176,8 @@ fn a_resealed_native_tape_with_a_bad_record_costs_only_that_record() {
     let (_, expected) = day.replay(&day.without_line("ref.csv", n), &[]);
     let clean = day.import(&day.tape);
     let tape = Tape::open(&clean).expect("open");
-    let cases: [(&str, &dyn Fn(&mut TapeRecord), &str); 5] = [
+    type Damage<'a> = &'a dyn Fn(&mut TapeRecord);
+    let cases: [(&str, Damage, &str); 5] = [
         ("price -1", &|r| r.price = -1, "bad price"),
         ("price i64::MIN", &|r| r.price = i64::MIN, "bad price"),
         ("qty 0", &|r| r.qty = 0, "bad qty"),

@@ -1004,6 +1004,9 @@ mod tests {
         text
     }
 
+    /// Writes the bad line of `tape_with` from its seq and ts.
+    type BadLine<'a> = &'a dyn Fn(u64, i64) -> String;
+
     /// The seqs of the accepted records and the rejects' reasons.
     fn outcome(text: &str) -> (Vec<u64>, FeedStats, Vec<String>) {
         let (events, stats, rejects) = feed(text, 1000);
@@ -1016,7 +1019,7 @@ mod tests {
     /// record was rejected as a repeat.
     #[test]
     fn regression_a_rejected_line_never_moves_the_expected_seq() {
-        let cases: [(&str, &dyn Fn(u64, i64) -> String); 3] = [
+        let cases: [(&str, BadLine); 3] = [
             ("seq column dropped", &|seq, ts| format!("{ts},N,{seq},A1,X,B,1.0,10,,")),
             ("huge first field", &|seq, ts| format!("99999999999,{ts},N,{seq},A1,X,B,1.0,10,,,")),
             ("seq in line, bad price", &|seq, ts| format!("{seq},{ts},N,{seq},A1,X,B,-1,10,,")),
@@ -1061,7 +1064,7 @@ mod tests {
     #[test]
     fn regression_a_future_timestamp_is_rejected_and_moves_nothing() {
         const DAY: i64 = 86_400_000_000_000;
-        let cases: [(&str, &dyn Fn(u64, i64) -> String, &str); 5] = [
+        let cases: [(&str, BadLine, &str); 5] = [
             (
                 "a day ahead",
                 &|seq, ts| format!("{seq},{},N,{seq},A1,X,B,1.0,10,,", ts + DAY),
