@@ -98,7 +98,10 @@ impl IdleAdvance {
         if self.active_max_ts_ns == i64::MIN || quiet_ns <= self.after_ns {
             return false;
         }
-        let target = self.active_max_ts_ns.saturating_add((quiet_ns - self.after_ns) as i64);
+        // Saturating all the way: a wall clock far past the feed's time must
+        // not wrap event time negative.
+        let quiet_past = i64::try_from(quiet_ns - self.after_ns).unwrap_or(i64::MAX);
+        let target = self.active_max_ts_ns.saturating_add(quiet_past);
         if target <= watermark.max_ts() {
             return false;
         }
@@ -275,6 +278,17 @@ mod tests {
         buffer.drain_before(i64::MAX, |run| out.extend(run.iter().map(|p| p.event.seq)));
         assert!(buffer.is_empty());
         assert_eq!(out, vec![4, 1, 5], "late ones aside, all leave in (ts, seq) order");
+    }
+
+    /// Idle advance at the extremes: event time saturates, never wraps.
+    #[test]
+    fn idle_advance_saturates() {
+        let mut wm = Watermark::new(0);
+        let mut idle = IdleAdvance::new(0);
+        assert!(!wm.observe(i64::MAX - 5));
+        idle.active(0, wm.max_ts());
+        assert!(idle.advance(u64::MAX, &mut wm));
+        assert_eq!(wm.max_ts(), i64::MAX);
     }
 
     fn pending(ts_ns: i64, seq: u64) -> Pending {
