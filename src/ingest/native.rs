@@ -659,7 +659,7 @@ impl Tape {
     /// FEED.md (`validate::check_fields`: price and qty above zero, seq below
     /// `u64::MAX`, no contra order on N and C). Those are bad records, not
     /// a damaged tape: the feed rejects each one, as the CSV decoder would.
-    pub fn verify_block(&self, b: usize) -> Result<u64, TapeError> {
+    pub fn verify_block(&self, b: usize) -> Result<BlockCheck, TapeError> {
         check_blocks(&self.map, &self.geo, b..b + 1, self.accounts.len() as u64, self.instruments.len() as u64, &|_| {})
             .map_err(|msg| TapeError::invalid(&self.path, msg))
     }
@@ -863,6 +863,19 @@ fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), St
     Ok((accounts, instruments))
 }
 
+/// What the verification pass learnt about a block's records, so that the
+/// feed can skip per-record checks on a sound block: how many break a field
+/// rule, and the event times (first, least, greatest, and the largest jump
+/// of a record above every record before it in the block).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCheck {
+    pub bad_fields: u64,
+    pub first_ts: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub max_jump: i64,
+}
+
 /// Every check `Tape::open` makes, on a tape held in memory (fuzzing and
 /// tests: no file, no mapping). Returns how many records break a field
 /// rule (the feed rejects those one by one).
@@ -877,7 +890,7 @@ pub fn verify_bytes(map: &[u8]) -> Result<u64, String> {
     }
     let (accounts, instruments) = parse_symbols(map, geo.symbols.clone())?;
     let blocks = geo.table.len() / 8;
-    check_blocks(map, &geo, 0..blocks, accounts.len() as u64, instruments.len() as u64, &|_| {})
+    check_blocks(map, &geo, 0..blocks, accounts.len() as u64, instruments.len() as u64, &|_| {}).map(|c| c.bad_fields)
 }
 
 /// Checks every block against its checksum and every record in it, split
@@ -919,7 +932,7 @@ fn check_records(
 
 /// Checks a run of blocks, in one pass: each slice is validated right after
 /// it is hashed, while it is still in cache, so the tape is read from memory
-/// once rather than twice. Returns how many records break a field rule.
+/// once rather than twice. Returns what `BlockCheck` says (over the run).
 fn check_blocks(
     map: &[u8],
     geo: &Geometry,
@@ -927,7 +940,7 @@ fn check_blocks(
     n_accounts: u64,
     n_instruments: u64,
     release: &(dyn Fn(Range<usize>) + Sync),
-) -> Result<u64, String> {
+) -> Result<BlockCheck, String> {
     /// Small enough to stay in L2 between hashing and checking.
     const SLICE_BYTES: usize = 1024 * RECORD_BYTES;
     let (sums, _) = map[geo.table.clone()].as_chunks::<8>();
@@ -937,6 +950,10 @@ fn check_blocks(
     // earlier run reports that first, and its message wins.
     let mut prev_seq = (run.start > 0).then(|| u64_at(records, run.start * block_bytes - RECORD_BYTES + R_SEQ));
     let mut bad_fields = 0u64;
+    let at = run.start * block_bytes + R_TS;
+    let first_ts = records.get(at..at + 8).map_or(0, |r| u64_at(r, 0) as i64);
+    // The first record's jump is 0: jumps are measured within the block.
+    let (mut min_ts, mut max_ts, mut max_jump) = (i64::MAX, first_ts, i64::MIN);
     for b in run {
         let block_start = b * block_bytes;
         let block = &records[block_start..(block_start + block_bytes).min(records.len())];
@@ -964,6 +981,10 @@ fn check_blocks(
                     & (u64_at(r, R_QTY) != 0)
                     & ((r[R_KIND] == b'T') | (u64_at(r, R_CONTRA_ORDER) == 0));
                 bad_fields += (!fields_ok) as u64;
+                let ts = u64_at(r, R_TS) as i64;
+                max_jump = max_jump.max(ts.saturating_sub(max_ts));
+                min_ts = min_ts.min(ts);
+                max_ts = max_ts.max(ts);
                 prev = seq;
                 have_prev = true;
             }
@@ -983,7 +1004,7 @@ fn check_blocks(
         let at = HEADER_BYTES + block_start;
         release(at..at + block.len());
     }
-    Ok(bad_fields)
+    Ok(BlockCheck { bad_fields, first_ts, min_ts, max_ts, max_jump })
 }
 
 /// Drops the whole pages of `range` from this process's resident set once

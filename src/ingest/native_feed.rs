@@ -32,6 +32,10 @@ pub struct NativeFeed {
     /// Whether the verified block being read holds records that break a
     /// field rule (then each of its records is checked).
     check_fields: bool,
+    /// The verified block being read is wholly in line (see
+    /// `Sequencer::block_in_line`): its records are emitted unchecked, and
+    /// the feed's time moves on by its greatest event time when it is done.
+    clean_block: Option<i64>,
     sequencer: Sequencer,
     /// A record held for a look-ahead (see `validate`), by index.
     held: Option<usize>,
@@ -59,6 +63,7 @@ impl NativeFeed {
             groups_by_account,
             stats,
             check_fields: false,
+            clean_block: None,
             sequencer: Sequencer::time_only(TimeRules::default()),
             held: None,
             rejects: RejectLog::discard(),
@@ -191,7 +196,12 @@ impl Feed for NativeFeed {
             if i >= self.verified_end {
                 let block = i / self.tape.block_records();
                 match self.tape.verify_block(block) {
-                    Ok(bad_fields) => self.check_fields = bad_fields > 0,
+                    Ok(check) => {
+                        self.check_fields = check.bad_fields > 0;
+                        let clean = check.bad_fields == 0
+                            && self.sequencer.block_in_line(check.first_ts, check.min_ts, check.max_ts, check.max_jump);
+                        self.clean_block = clean.then_some(check.max_ts);
+                    }
                     Err(e) => {
                         self.count(i);
                         return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
@@ -201,6 +211,28 @@ impl Feed for NativeFeed {
             }
             debug_assert!(self.verified_end > i, "the record at {i} is in a verified block");
             let run_end = end.min(self.verified_end);
+            if let Some(block_max_ts) = self.clean_block {
+                // A block wholly in line: no per-record check at all.
+                let from = i;
+                while i < run_end {
+                    let event = self.event(&self.tape.record(i));
+                    i += 1;
+                    if !emit(&event) {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if i == self.verified_end {
+                    self.sequencer.block_done(block_max_ts);
+                    self.clean_block = None;
+                } else {
+                    // Stopped inside the block (a barrier, or the end of a
+                    // pump): the feed's time as of the last record emitted.
+                    let emitted_max = (from..i).map(|j| self.tape.record(j).ts_ns).max().unwrap_or(i64::MIN);
+                    self.sequencer.block_done(emitted_max);
+                }
+                continue;
+            }
             while i < run_end {
                 let record = self.tape.record(i);
                 if !self.check_fields && self.held.is_none() && self.sequencer.in_line_time(record.ts_ns) {

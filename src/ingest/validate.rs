@@ -311,6 +311,30 @@ impl Sequencer {
         ok
     }
 
+    /// Whether every record of a verified native block is in line, from
+    /// what the verification pass measured (`native::BlockCheck`): inside
+    /// the day, the first within the bound of the feed's time, and none
+    /// jumping more than the bound above the records before it. Such a
+    /// block is emitted with no per-record check; `block_done` then moves
+    /// the feed's time.
+    pub fn block_in_line(&self, first_ts: i64, min_ts: i64, max_ts: i64, max_jump: i64) -> bool {
+        if self.track_seq || self.held.is_some() || self.recent_ts_ns == i64::MIN {
+            return false;
+        }
+        let in_day = match self.day {
+            Some((start, end)) => min_ts >= start && max_ts < end,
+            None => !self.rules.one_day,
+        };
+        let bound = self.rules.max_future_ns;
+        in_day && (bound <= 0 || (first_ts <= self.recent_ts_ns.saturating_add(bound) && max_jump <= bound))
+    }
+
+    /// Records of an in-line block were emitted, the greatest event time `max_ts`.
+    pub fn block_done(&mut self, max_ts: i64) {
+        self.recent_ts_ns = self.recent_ts_ns.max(max_ts);
+        self.refresh_fast();
+    }
+
     fn refresh_fast(&mut self) {
         if self.track_seq || self.recent_ts_ns == i64::MIN || (self.rules.one_day && self.day.is_none()) {
             (self.fast_lo, self.fast_hi) = (1, 0);
