@@ -102,10 +102,17 @@ pub fn parse_px(s: &[u8]) -> Option<Px> {
 
 /// Writes a price as FEED.md writes it: always four decimals.
 pub fn write_px(out: &mut Vec<u8>, px: Px) {
+    // Negative prices never reach the rules, but the rejects file shows
+    // them: sign first, then the magnitude (`-1` was written `-0.00-1`-like
+    // garbage, and i64::MIN as `-922337203685477.a488`).
+    if px < 0 {
+        out.push(b'-');
+    }
+    let magnitude = px.unsigned_abs();
     let mut buf = itoa::Buffer::new();
-    out.extend_from_slice(buf.format(px / PX_SCALE).as_bytes());
+    out.extend_from_slice(buf.format(magnitude / PX_SCALE as u64).as_bytes());
     out.push(b'.');
-    let frac = (px % PX_SCALE) as u32;
+    let frac = (magnitude % PX_SCALE as u64) as u32;
     out.extend_from_slice(&[
         b'0' + (frac / 1000) as u8,
         b'0' + (frac / 100 % 10) as u8,
@@ -117,6 +124,22 @@ pub fn write_px(out: &mut Vec<u8>, px: Px) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 13, finding 6): a re-checksummed native tape with
+    /// a negative price printed `-922337203685477.a488`.
+    #[test]
+    fn regression_negative_prices_are_written_readably() {
+        for (px, text) in [
+            (-1, "-0.0001"),
+            (-102_500, "-10.2500"),
+            (i64::MIN, "-922337203685477.5808"),
+            (i64::MAX, "922337203685477.5807"),
+        ] {
+            let mut out = Vec::new();
+            write_px(&mut out, px);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
+    }
 
     #[test]
     fn px_table() {

@@ -3635,8 +3635,8 @@ mod tests {
         );
         for (i, line) in out.tape.split(|&b| b == b'\n').skip(1).filter(|l| !l.is_empty()).enumerate() {
             let raw = crate::ingest::csv::parse_line(line).unwrap_or_else(|e| panic!("record {}: {e:?}", i + 1));
-            validator.check_seq(raw.seq, i as u64 + 2).unwrap();
-            validator.accept(&raw).unwrap_or_else(|e| panic!("record {}: {e:?}", i + 1));
+            validator.check_seq_now(raw.seq, raw.ts_ns).unwrap_or_else(|e| panic!("record {}: {e:?}", i + 1));
+            validator.admit(&raw, i as u64 + 2).unwrap_or_else(|e| panic!("record {}: {e:?}", i + 1));
         }
         // No late share: scheduled and planted records keep time order.
         assert!(lines.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns), "event time never steps back");

@@ -23,6 +23,23 @@ pub const DAY_START_NS: i64 = 1_793_583_000_000_000_000;
 const SEC: i64 = 1_000_000_000;
 const US: i64 = 1_000;
 
+/// Records a profile offers over its day.
+fn offered_records(segments: &[Segment]) -> f64 {
+    segments.iter().map(|s| s.mean_rate() * s.duration_ns as f64 / SEC as f64).sum()
+}
+
+/// The stated size limits, checked on a scenario file and again after `--scale`.
+fn size_problems(span_ns: i64, records: f64) -> Vec<String> {
+    let mut problems = Vec::new();
+    if span_ns > MAX_SPAN_NS {
+        problems.push(format!("phases: the day lasts {} s, at most {} s", span_ns / SEC, MAX_SPAN_NS / SEC));
+    }
+    if records > MAX_RECORDS {
+        problems.push(format!("phases: {records:.0} records, at most {MAX_RECORDS:.0}"));
+    }
+    problems
+}
+
 /// Stated limits: beyond them a scenario is a typo, not a market.
 const MAX_RATE: f64 = 50_000_000.0;
 const MAX_SPAN_NS: i64 = 3_600 * SEC;
@@ -462,13 +479,8 @@ impl Scenario {
             Some(phases) => expand_phases(&mut p, phases.into_inner()),
         };
         let span_ns = segments.last().map_or(0, Segment::end_ns);
-        if span_ns > MAX_SPAN_NS {
-            p.list.push(format!("phases: the day lasts {} s, at most {} s", span_ns / SEC, MAX_SPAN_NS / SEC));
-        }
-        let records: f64 = segments.iter().map(|s| s.mean_rate() * s.duration_ns as f64 / SEC as f64).sum();
-        if records > MAX_RECORDS {
-            p.list.push(format!("phases: {records:.0} records, at most {MAX_RECORDS:.0}"));
-        }
+        let records = offered_records(&segments);
+        p.list.extend(size_problems(span_ns, records));
         if !segments.is_empty() && records < 1.0 && p.list.len() == problems_before_phases {
             p.list.push("phases: the profile offers no records (every rate is 0)".to_string());
         }
@@ -630,6 +642,23 @@ impl Scenario {
     /// The profile with every phase's length (and every abuse window)
     /// multiplied by `scale`; rates and the planted patterns' own timings
     /// stay as written, so a scaled day has the same bursts, only shorter.
+    /// The scenario stretched in time by `scale`; refused when the scaled
+    /// day breaks the same limits as a scenario file (every allocation the
+    /// run makes is sized from them: `bench --scale 100` once aborted on a
+    /// 6 GB allocation).
+    pub fn scaled_within_limits(&self, scale: f64) -> Result<Scenario, String> {
+        if !(scale > 0.0 && scale.is_finite()) {
+            return Err(format!("--scale {scale}: must be a positive number"));
+        }
+        let s = self.scaled(scale);
+        let problems = size_problems(s.span_ns(), offered_records(&s.segments));
+        if problems.is_empty() {
+            Ok(s)
+        } else {
+            Err(format!("--scale {scale}: the scaled scenario breaks a limit: {}", problems.join("; ")))
+        }
+    }
+
     pub fn scaled(&self, scale: f64) -> Scenario {
         assert!(scale > 0.0 && scale.is_finite());
         let mut s = self.clone();

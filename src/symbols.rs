@@ -167,10 +167,13 @@ impl Groups {
         let mut groups = Groups::default();
         let mut group_ids: FxHashMap<&str, GroupId> = FxHashMap::default();
         let mut problems = Vec::new();
+        // A byte-order mark is accepted, as on a tape.
+        let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
         let mut lines = text.lines().enumerate();
         match lines.next() {
             Some((_, header)) if header.trim_end() == "account,group" => {}
-            Some((_, header)) => problems.push(format!("line 1: header must be `account,group`, found `{header}`")),
+            // `{:?}` shows what makes it differ (a stray byte, a space) instead of a look-alike.
+            Some((_, header)) => problems.push(format!("line 1: header must be `account,group`, found {header:?}")),
             None => problems.push("empty file: expected the header `account,group`".to_string()),
         }
         for (index, line) in lines {
@@ -185,6 +188,12 @@ impl Groups {
             };
             if !valid_account(account.as_bytes()) {
                 problems.push(format!("line {line_no}: bad account `{account}` (1-16 bytes of [A-Za-z0-9_-])"));
+                continue;
+            }
+            // Fields are not trimmed (a tape's are not either): a space is
+            // refused, never made part of a name.
+            if group.starts_with(char::is_whitespace) || group.ends_with(char::is_whitespace) {
+                problems.push(format!("line {line_no}: group {group:?} has a space at its start or end"));
                 continue;
             }
             if !valid_group(group) {
@@ -314,5 +323,19 @@ mod tests {
         assert!(err.contains("line 5: account `A1` is listed in two groups"), "{err}");
         let err = Groups::parse("acct,grp\n").err().unwrap();
         assert!(err.contains("line 1: header"), "{err}");
+    }
+
+    /// Regression (issue 13): accounts.csv with a byte-order mark was
+    /// refused with a message that looked like the expected header, and
+    /// `A1, G1` made a group named " G1".
+    #[test]
+    fn regression_accounts_bom_accepted_and_spaces_refused() {
+        let groups = Groups::parse("\u{FEFF}account,group\nA1,G1\nA2,G1\n").unwrap();
+        assert_eq!(groups.group_of(pack(b"A1"), 0), groups.group_of(pack(b"A2"), 1));
+        let err = Groups::parse("account,group\nA1, G1\nA2,G1 \n").err().unwrap();
+        assert!(err.contains("line 2: group \" G1\" has a space"), "{err}");
+        assert!(err.contains("line 3: group \"G1 \" has a space"), "{err}");
+        let err = Groups::parse("account ,group\n").err().unwrap();
+        assert!(err.contains("found \"account ,group\""), "{err}");
     }
 }

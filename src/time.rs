@@ -98,7 +98,10 @@ impl IdleAdvance {
         if self.active_max_ts_ns == i64::MIN || quiet_ns <= self.after_ns {
             return false;
         }
-        let target = self.active_max_ts_ns.saturating_add((quiet_ns - self.after_ns) as i64);
+        // Saturating all the way: a wall clock far past the feed's time must
+        // not wrap event time negative.
+        let quiet_past = i64::try_from(quiet_ns - self.after_ns).unwrap_or(i64::MAX);
+        let target = self.active_max_ts_ns.saturating_add(quiet_past);
         if target <= watermark.max_ts() {
             return false;
         }
@@ -162,20 +165,22 @@ impl ReorderBuffer {
         }
     }
 
-    /// Hands every record below `watermark_ns` to `apply`, in `(ts_ns, seq)`
-    /// order, as runs of contiguous records straight out of the buffer (no
+    /// Hands every record below `watermark_ns` (every record, when it is
+    /// `i64::MAX`: the end of a feed, where a record stamped `i64::MAX`
+    /// must leave too) to `apply`, in `(ts_ns, seq)` order, as runs of contiguous records straight out of the buffer (no
     /// copy, one call per run rather than per record). Returns how many.
     #[inline]
     pub fn drain_before(&mut self, watermark_ns: i64, mut apply: impl FnMut(&[Pending])) -> u64 {
         let mut count = 0;
+        let due = |ts_ns: i64| ts_ns < watermark_ns || watermark_ns == i64::MAX;
         loop {
             // The in-order run's prefix that may leave before the heap's
             // smallest record: both conditions hold for a prefix of a run
             // sorted by (ts_ns, seq), so a binary search finds its end.
             let heap_min = self.heap.peek().map(|Reverse(p)| p.event.order_key());
-            let ready = self.run.partition_point(|p| {
-                p.event.ts_ns < watermark_ns && heap_min.is_none_or(|min| p.event.order_key() < min)
-            });
+            let ready = self
+                .run
+                .partition_point(|p| due(p.event.ts_ns) && heap_min.is_none_or(|min| p.event.order_key() < min));
             if ready > 0 {
                 let (front, back) = self.run.as_slices();
                 let from_front = ready.min(front.len());
@@ -189,7 +194,7 @@ impl ReorderBuffer {
             // Then the heap's smallest, if it is due and sorts first.
             match self.heap.peek() {
                 Some(Reverse(p))
-                    if p.event.ts_ns < watermark_ns
+                    if due(p.event.ts_ns)
                         && self.run.front().is_none_or(|r| p.event.order_key() < r.event.order_key()) =>
                 {
                     apply(std::slice::from_ref(p));
@@ -255,6 +260,35 @@ mod tests {
         assert!(!idle.advance(57_000, &mut wm), "never backwards");
         // A record that was stalled longer than the quiet period is late.
         assert!(wm.observe(101_000));
+    }
+
+    /// Regression: a record stamped `i64::MAX` stayed in the buffer at the
+    /// end of a feed ("records lost in the pipeline", exit 101).
+    #[test]
+    fn the_final_drain_releases_records_at_the_extremes() {
+        let mut buffer = ReorderBuffer::with_capacity(4);
+        let mut wm = Watermark::new(50);
+        for (seq, ts) in [(1, i64::MAX), (2, 0), (3, i64::MIN), (4, i64::MAX - 1), (5, i64::MAX)] {
+            if !wm.observe(ts) {
+                buffer.push(pending(ts, seq));
+            }
+        }
+        let mut out = Vec::new();
+        buffer.drain_before(wm.current(), |run| out.extend(run.iter().map(|p| p.event.seq)));
+        buffer.drain_before(i64::MAX, |run| out.extend(run.iter().map(|p| p.event.seq)));
+        assert!(buffer.is_empty());
+        assert_eq!(out, vec![4, 1, 5], "late ones aside, all leave in (ts, seq) order");
+    }
+
+    /// Idle advance at the extremes: event time saturates, never wraps.
+    #[test]
+    fn idle_advance_saturates() {
+        let mut wm = Watermark::new(0);
+        let mut idle = IdleAdvance::new(0);
+        assert!(!wm.observe(i64::MAX - 5));
+        idle.active(0, wm.max_ts());
+        assert!(idle.advance(u64::MAX, &mut wm));
+        assert_eq!(wm.max_ts(), i64::MAX);
     }
 
     fn pending(ts_ns: i64, seq: u64) -> Pending {

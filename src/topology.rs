@@ -253,6 +253,7 @@ pub fn run_with<F: Feed + Send>(
             images,
             source_back,
             encoded: Vec::new(),
+            prefix: None,
         };
         writer_parts = Some((writer, rx));
         to_writer = Some(tx);

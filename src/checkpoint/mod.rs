@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Manifest layout version; a different one is refused, not misread.
-const MANIFEST_VERSION: u32 = 2;
+/// 2: alert counts keyed by rule id (sections per rule); 3: also
+/// `tape_prefix_hash`, and the validator's sequencer state in the source snapshot.
+const MANIFEST_VERSION: u32 = 3;
 
 /// When to cut checkpoints and how many to keep.
 #[derive(Clone, Debug)]
@@ -41,6 +43,10 @@ pub struct Settings {
     /// k * `every_records` records (`--checkpoint-exact`, hidden).
     pub exact: bool,
     pub identity: Identity,
+    /// A CSV tape: the writer hashes the bytes consumed up to each
+    /// checkpoint's position (`Manifest::tape_prefix_hash`). None for a
+    /// native tape, whose header checksum (in the identity) covers all of it.
+    pub tape: Option<PathBuf>,
 }
 
 /// What must be the same for a checkpoint to be resumed: the tape, the
@@ -99,6 +105,54 @@ impl Identity {
     }
 }
 
+/// The xxh3 of a tape's first bytes, read on as checkpoints move forward:
+/// each byte is read once more, on the checkpoint writer thread, never on
+/// the pipeline's.
+pub struct PrefixHasher {
+    file: std::fs::File,
+    path: PathBuf,
+    pos: u64,
+    state: xxhash_rust::xxh3::Xxh3Default,
+    buf: Vec<u8>,
+}
+
+impl PrefixHasher {
+    pub fn open(path: &std::path::Path) -> Result<PrefixHasher, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: cannot open tape: {e}", path.display()))?;
+        Ok(PrefixHasher {
+            file,
+            path: path.to_path_buf(),
+            pos: 0,
+            state: xxhash_rust::xxh3::Xxh3Default::new(),
+            buf: vec![0; 1 << 20],
+        })
+    }
+
+    /// The hash of the tape's bytes before `offset` (at or after the last one asked for).
+    pub fn hash_to(&mut self, offset: u64) -> Result<u64, String> {
+        use std::io::Read;
+        assert!(offset >= self.pos, "checkpoint positions only move forward");
+        while self.pos < offset {
+            let want = (offset - self.pos).min(self.buf.len() as u64) as usize;
+            let n = match self.file.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    return Err(format!(
+                        "{}: the tape ends at byte {}, before {offset}",
+                        self.path.display(),
+                        self.pos
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("{}: cannot read tape: {e}", self.path.display())),
+            };
+            self.state.update(&self.buf[..n]);
+            self.pos += n as u64;
+        }
+        Ok(self.state.digest())
+    }
+}
+
 /// A shard snapshot file as the manifest records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardFile {
@@ -134,6 +188,9 @@ pub struct Manifest {
     pub instruments: u64,
     pub source_len: u64,
     pub source_hash: u64,
+    /// xxh3 of the tape's bytes before `offset` (CSV; 0 for a native tape):
+    /// a resume refuses a tape edited anywhere before where it goes on.
+    pub tape_prefix_hash: u64,
     pub shard_files: Vec<ShardFile>,
 }
 
@@ -190,6 +247,7 @@ impl Manifest {
         for v in [self.late, self.applied, self.accounts, self.instruments, self.source_len, self.source_hash] {
             w.u64(v);
         }
+        w.u64(self.tape_prefix_hash);
         w.u64(self.shard_files.len() as u64);
         for f in &self.shard_files {
             w.u64(f.len);
@@ -241,6 +299,7 @@ impl Manifest {
             instruments: r.u64()?,
             source_len: r.u64()?,
             source_hash: r.u64()?,
+            tape_prefix_hash: r.u64()?,
             shard_files: Vec::new(),
         };
         for _ in 0..r.count(16)? {

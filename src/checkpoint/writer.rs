@@ -138,6 +138,9 @@ pub struct CheckpointWriter {
     pub source_back: Sender<Vec<u8>>,
     /// Reused to encode shard images.
     pub encoded: Vec<u8>,
+    /// A CSV tape's consumed bytes, hashed as checkpoints move on (opened
+    /// at the first checkpoint).
+    pub prefix: Option<super::PrefixHasher>,
 }
 
 impl CheckpointWriter {
@@ -235,6 +238,15 @@ impl CheckpointWriter {
         if let Some((path, _)) = &rejects {
             store::sync_file(path)?;
         }
+        let tape_prefix_hash = match &self.settings.tape {
+            Some(path) => {
+                if self.prefix.is_none() {
+                    self.prefix = Some(super::PrefixHasher::open(path)?);
+                }
+                self.prefix.as_mut().map_or(Ok(0), |p| p.hash_to(offset))?
+            }
+            None => 0,
+        };
         let mut new_names = Vec::new();
         collect_names(&mut new_names, ACCOUNT, &self.names.accounts, self.saved_accounts, accounts);
         collect_names(&mut new_names, INSTRUMENT, &self.names.instruments, self.saved_instruments, instruments);
@@ -257,6 +269,7 @@ impl CheckpointWriter {
             instruments,
             source_len: source.len() as u64,
             source_hash: xxh3_64(&source),
+            tape_prefix_hash,
             shard_files,
         };
         self.store.commit(id, &manifest.encode(), &source, &new_names)?;

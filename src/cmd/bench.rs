@@ -123,7 +123,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
     let Some(scenario) = scenario.filter(|_| problems.is_empty()) else {
         return Err(CmdError::Usage(problems.join("\n")));
     };
-    let scenario = scenario.scaled(args.scale);
+    let scenario = scenario.scaled_within_limits(args.scale).map_err(CmdError::Usage)?;
     let out_dir = args.out_dir.clone().unwrap_or_else(|| PathBuf::from("bench-out").join(&scenario.name));
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| CmdError::Usage(format!("{}: cannot create: {e}", out_dir.display())))?;

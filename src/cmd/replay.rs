@@ -5,13 +5,13 @@ use super::{CmdError, ProgressLine, beside, is_native_tape};
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
-use crate::checkpoint::{Identity, Manifest, RouterState, Settings};
+use crate::checkpoint::{Identity, Manifest, PrefixHasher, RouterState, Settings};
 use crate::config::{MS, Rules};
 use crate::ingest::RejectLog;
 use crate::ingest::csv::CsvFeed;
 use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
-use crate::ingest::validate::{Limits, Validator};
+use crate::ingest::validate::{Limits, TimeRules, Validator};
 use crate::metrics::Summary;
 use crate::outputs::{Plan, is_stdio};
 use crate::sink::Outputs;
@@ -56,6 +56,15 @@ pub struct ReplayArgs {
     /// How far behind the newest record an event may arrive and still count.
     #[arg(long, default_value_t = 50)]
     pub lateness_ms: u64,
+    /// A record this far ahead of the feed's newest event time is held, and rejected if the
+    /// records after it are not ahead too (one bad timestamp must not make the rest late).
+    /// 0: no bound.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_future_ms: u64,
+    /// Fail (exit 1, after writing every output) when more than this percentage of the records
+    /// read were rejected or late. The summary warns above 1% whatever this is.
+    #[arg(long)]
+    pub max_bad_pct: Option<f64>,
     /// Print only the summary (no progress line).
     #[arg(long)]
     pub quiet: bool,
@@ -86,7 +95,8 @@ pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
     let (summary, inputs) = replay_described(&args)?;
     let text = format!("{}{}\n", inputs.render(), summary.render().trim_end());
     let json = summary_json(&summary, &inputs);
-    super::emit_summary(&text, &json, args.json.as_deref(), crate::outputs::is_stdout(&args.alerts))
+    super::emit_summary(&text, &json, args.json.as_deref(), crate::outputs::is_stdout(&args.alerts))?;
+    bad_share_check(&summary, args.max_bad_pct)
 }
 
 /// What a run used and wrote: named in its summary, so that a run without
@@ -101,7 +111,7 @@ pub struct Inputs {
     pub lateness_ms: u64,
     pub alerts: PathBuf,
     pub late: PathBuf,
-    /// CSV only: a native tape's rejects were written at import.
+    /// Records rejected here (a native tape's field rules, a CSV tape's too).
     pub rejects: Option<PathBuf>,
     pub state: Option<PathBuf>,
     /// Said on stderr at the start and again in the summary.
@@ -181,6 +191,34 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
         "shards": summary.shards,
         "resumed_from": summary.checkpoints.as_ref().and_then(|c| c.resumed_from).map(|(id, _)| id),
     })
+}
+
+/// Above this share of rejected or late records, the summary warns.
+pub const WARN_BAD_PCT: f64 = 1.0;
+
+/// A silent zero-alert day is the worst failure surveillance has: a run in
+/// which many records were rejected or late says so loudly (stderr), and
+/// fails when that share is over `--max-bad-pct`.
+pub fn bad_share_check(summary: &Summary, max_bad_pct: Option<f64>) -> Result<(), CmdError> {
+    let read = summary.feed.records_read;
+    let bad = summary.feed.rejected + summary.late;
+    if read == 0 {
+        return Ok(());
+    }
+    let pct = bad as f64 * 100.0 / read as f64;
+    let line = format!(
+        "{pct:.2}% of the {read} records read were rejected ({}) or late ({}): see the rejects and late files",
+        summary.feed.rejected, summary.late
+    );
+    if let Some(max) = max_bad_pct
+        && pct > max
+    {
+        return Err(CmdError::Failed(format!("{line}; more than --max-bad-pct {max}")));
+    }
+    if pct > WARN_BAD_PCT {
+        eprintln!("tapewatch: WARNING: {line}");
+    }
+    Ok(())
 }
 
 /// Validates the options (every problem reported at once), opens the inputs
@@ -284,6 +322,14 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     if args.lateness_ms > 3_600_000 {
         problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
     }
+    if args.max_future_ms > 86_400_000 {
+        problems.push(format!("--max-future-ms {}: at most one day (86400000)", args.max_future_ms));
+    }
+    if let Some(pct) = args.max_bad_pct
+        && !(0.0..=100.0).contains(&pct)
+    {
+        problems.push(format!("--max-bad-pct {pct}: must be between 0 and 100"));
+    }
     if args.state.is_none()
         && (args.checkpoint_every_records.is_some()
             || args.checkpoint_interval_ms.is_some()
@@ -322,7 +368,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         lateness_ms: args.lateness_ms,
         alerts: args.alerts.clone(),
         late: late_path.clone(),
-        rejects: (!native).then(|| rejects_path.clone()),
+        rejects: Some(rejects_path.clone()),
         state: args.state.clone(),
         warnings,
     };
@@ -334,6 +380,10 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         cfg.snapshot_slice = slice;
     }
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
+    let limits = Limits {
+        time: TimeRules { max_future_ns: args.max_future_ms as i64 * MS, ..TimeRules::default() },
+        ..Limits::default()
+    };
     let groups = Arc::new(groups);
     // The state directory is opened (and locked) before any output is
     // touched: a bad or busy directory fails the run with nothing changed.
@@ -348,9 +398,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         let m = &loaded.manifest;
         let mut outputs =
             vec![("--alerts", args.alerts.as_path(), m.alerts_bytes), ("--late", &late_path, m.late_bytes)];
-        if !native {
-            outputs.push(("--rejects", &rejects_path, m.rejects_bytes));
-        }
+        outputs.push(("--rejects", &rejects_path, m.rejects_bytes));
         let problems = crate::outputs::check_resumable(&outputs);
         if !problems.is_empty() {
             return Err(CmdError::Failed(problems.join("\n")));
@@ -368,21 +416,40 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     if native {
         // A damaged or truncated tape is a bad input file (exit 2).
         let tape = Tape::open_streaming(&args.tape).map_err(|e| CmdError::Usage(e.to_string()))?;
-        let (mut feed, names) = NativeFeed::new(tape, groups);
+        let (feed, names) = NativeFeed::new(tape, groups);
+        // A native tape's bad records (field rules, event time) are kept
+        // aside as a CSV tape's are; a failed run without --state leaves no
+        // rejects file.
+        let mut rejects_made = Outputs::remove_on_failure(Vec::new());
         let mut resume = None;
-        if let Some(loaded) = loaded {
-            let id = loaded.manifest.id;
-            let mut r = Reader::new(&loaded.source);
-            feed.resume(&mut r).map_err(|e| bad(id, e))?;
-            let router = RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
-            resume = Some((loaded.manifest, router, loaded.shards));
-        }
+        let feed = match loaded {
+            Some(loaded) => {
+                let id = loaded.manifest.id;
+                let mut r = Reader::new(&loaded.source);
+                let rejects = RejectLog::resume(&rejects_path, loaded.manifest.rejects_bytes)
+                    .map_err(|e| CmdError::Failed(e.to_string()))?;
+                let mut feed = feed.with_checks(limits.time, rejects);
+                feed.resume(&mut r).map_err(|e| bad(id, e))?;
+                let router =
+                    RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
+                resume = Some((loaded.manifest, router, loaded.shards));
+                feed
+            }
+            None => {
+                let rejects = RejectLog::create(&rejects_path).map_err(|e| CmdError::Failed(e.to_string()))?;
+                if args.state.is_none() {
+                    rejects_made.add(&rejects_path);
+                }
+                feed.with_checks(limits.time, rejects)
+            }
+        };
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::for_command("replay", "records", Some(feed.len() as u64), !args.quiet);
         let mut summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(|e| run_error(args, e))?;
+        rejects_made.keep();
         progress.clear();
         summary.rejected_at_import = rejected_at_import;
         Ok((summary, inputs))
@@ -394,7 +461,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         let mut rejects_made = Outputs::remove_on_failure(Vec::new());
         let (feed, names, resume) = match loaded {
             None => {
-                let validator = Validator::new(Limits::default(), groups.clone());
+                let validator = Validator::new(limits, groups.clone());
                 let names = Names {
                     accounts: validator.accounts.table().clone(),
                     instruments: validator.instruments.table().clone(),
@@ -414,21 +481,28 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
                 let id = loaded.manifest.id;
                 let mut r = Reader::new(&loaded.source);
                 let (offset, line_no) = r.u64().and_then(|o| Ok((o, r.u64()?))).map_err(|e| bad(id, e))?;
-                let validator = Validator::restore(
-                    Limits::default(),
-                    groups.clone(),
-                    &mut r,
-                    &loaded.accounts,
-                    &loaded.instruments,
-                )
-                .map_err(|e| bad(id, e))?;
+                let validator =
+                    Validator::restore(limits, groups.clone(), &mut r, &loaded.accounts, &loaded.instruments)
+                        .map_err(|e| bad(id, e))?;
                 let router =
                     RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
                 let tape_len = file.metadata().map(|m| m.len()).unwrap_or(0);
                 if tape_len < offset {
-                    return Err(CmdError::Failed(format!(
+                    return Err(CmdError::Usage(format!(
                         "{}: the tape has {tape_len} bytes, but checkpoint {id} was taken at byte {offset}",
                         args.tape.display()
+                    )));
+                }
+                // The bytes before the position must be the ones the
+                // checkpoint consumed: an edited tape would resume mid-line.
+                let prefix =
+                    PrefixHasher::open(&args.tape).and_then(|mut p| p.hash_to(offset)).map_err(CmdError::Failed)?;
+                if prefix != loaded.manifest.tape_prefix_hash {
+                    return Err(CmdError::Usage(format!(
+                        "{}: the tape's first {offset} bytes are not the ones checkpoint {id} in {} was taken on \
+                         (edited or replaced since): refusing to resume; replay it without --state, or with a new state directory",
+                        args.tape.display(),
+                        args.state.as_deref().unwrap_or(Path::new("")).display()
                     )));
                 }
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
@@ -513,6 +587,7 @@ fn open_state(
         abort_after: args.exit_after_checkpoint,
         exact: args.checkpoint_exact || args.exit_after_checkpoint.is_some(),
         identity,
+        tape: (!native).then(|| args.tape.clone()),
     };
     if let Some(loaded) = &loaded {
         let m = &loaded.manifest;

@@ -10,7 +10,7 @@
 //! the order lifecycle of the shared validator. Parsing is half the cost of
 //! a CSV record; this split lets it run beside the rest of the pipeline.
 
-use super::validate::{RawRecord, RejectReason, Validator};
+use super::validate::{Judged, RawRecord, RejectReason, Resolved, Validator, check_fields};
 use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog};
 use crate::checkpoint::codec::Writer;
 use crate::event::{Event, Kind, Side, parse_px};
@@ -131,6 +131,11 @@ pub struct CsvFeed<R: Read> {
     rejects: RejectLog,
     /// Why the decoder thread could not be started, reported by the first pump.
     start_error: Option<String>,
+    /// A record held by the sequencer for a look-ahead (see `validate`):
+    /// the record, its line, and its text for the rejects file (capacity
+    /// fixed at start-up: a held record is a parsed one, never over-long).
+    held: Option<(RawRecord, u64)>,
+    held_text: Vec<u8>,
 }
 
 impl<R: Read + Send + 'static> CsvFeed<R> {
@@ -207,6 +212,8 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
             validator,
             rejects,
             start_error: None,
+            held: None,
+            held_text: Vec::with_capacity(MAX_LINE_BYTES),
         };
         // Started here, on the thread that builds the feed, not on the
         // source thread at its first pump: a thread inherits its creator's
@@ -265,7 +272,7 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
         if let Some(message) = self.start_error.take() {
             return Err(self.error(message));
         }
-        let CsvFeed { chunks, validator, rejects, cursor, position, .. } = self;
+        let CsvFeed { chunks, validator, rejects, cursor, position, held, held_text, .. } = self;
         let Some(rx) = chunks.as_mut() else { return Ok(false) };
         let mut idle = Idle::default();
         let mut waits = 0;
@@ -287,15 +294,48 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
             if let Some(Line { parsed: Ok(ahead), .. }) = chunk.lines.get(*cursor + PREFETCH_AHEAD) {
                 validator.prefetch(ahead);
             }
+            if let Some((raw, line_no)) = *held {
+                // This line settles the held record first; the line itself
+                // is judged after it (and, if the held record's emit asks
+                // to stop, by the next pump: it is not consumed yet).
+                let next = line.parsed.as_ref().ok().map(|r| (r.seq, r.ts_ns));
+                let settled = match validator.seq.resolve(next) {
+                    Resolved::Wait => None,
+                    Resolved::Confirm => Some(validator.admit(&raw, line_no)),
+                    Resolved::Reject(reason) => Some(Err(reason)),
+                };
+                if let Some(outcome) = settled {
+                    *held = None;
+                    match outcome {
+                        Ok(event) => {
+                            validator.stats.accepted += 1;
+                            if !emit(&event) {
+                                return Ok(true);
+                            }
+                        }
+                        Err(reason) => {
+                            validator.stats.rejected += 1;
+                            rejects.write(line_no, &reason, held_text)?;
+                        }
+                    }
+                }
+            }
             *cursor += 1;
             *position = (chunk.base_offset + line.next as u64, line.line_no + 1);
             validator.stats.records_read += 1;
             let outcome = match &line.parsed {
-                Ok(raw) => validator.check_seq(raw.seq, line.line_no).and_then(|()| validator.accept(raw)),
-                Err(malformed) => {
-                    if let Some(seq) = malformed.seq {
-                        let _ = validator.check_seq(seq, line.line_no);
+                Ok(raw) => match validator.seq.judge(raw.seq, raw.ts_ns) {
+                    Judged::InLine => validator.admit(raw, line.line_no),
+                    Judged::Hold => {
+                        *held = Some((*raw, line.line_no));
+                        held_text.clear();
+                        held_text.extend_from_slice(&chunk.bytes[line.start as usize..line.end as usize]);
+                        continue;
                     }
+                    Judged::Reject(reason) => Err(reason),
+                },
+                Err(malformed) => {
+                    validator.seq.malformed(malformed.seq);
                     Err(malformed.reason.clone())
                 }
             };
@@ -323,6 +363,21 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
         match end {
             ChunkEnd::More => Ok(true),
             ChunkEnd::Eof => {
+                if let Some((raw, line_no)) = self.held.take() {
+                    // Nothing came after it to contradict it. A barrier due
+                    // after it is cut once the feed returns.
+                    self.validator.seq.resolve_at_end();
+                    match self.validator.admit(&raw, line_no) {
+                        Ok(event) => {
+                            self.validator.stats.accepted += 1;
+                            emit(&event);
+                        }
+                        Err(reason) => {
+                            self.validator.stats.rejected += 1;
+                            self.rejects.write(line_no, &reason, &self.held_text)?;
+                        }
+                    }
+                }
                 self.rejects.finish()?;
                 self.chunks = None;
                 self.join_decoder();
@@ -366,6 +421,9 @@ impl<R: Read + Send + 'static> Feed for CsvFeed<R> {
     }
 
     fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        // Barriers follow an emitted record, and an emitted record settles
+        // any hold first, so this is a bug, never input.
+        assert!(self.held.is_none(), "a checkpoint with a record held for look-ahead");
         let (offset, line_no) = self.position;
         w.u64(offset);
         w.u64(line_no);
@@ -735,6 +793,7 @@ fn parse_fields(
         }
         (0, 0 as Packed)
     };
+    check_fields(seq, kind, price, qty, contra_order_id)?;
     Ok(RawRecord {
         seq,
         ts_ns,
@@ -926,6 +985,158 @@ mod tests {
         let (events, stats, rejects) = feed(&text, 1 << 20);
         assert_eq!((events.len(), stats.rejected), (4, 1));
         assert!(rejects.contains("5\torder 2 unknown"), "line 5 holds seq 4: {rejects}");
+    }
+
+    /// A tape of `n` new orders, one a second from 09:30 Shanghai, with
+    /// line `at` (1-based record index) replaced by `bad`.
+    fn tape_with(n: u64, at: u64, bad: impl Fn(u64, i64) -> String) -> String {
+        const T0: i64 = 1_793_583_000_000_000_000;
+        let mut text = format!("{HEADER}\n");
+        for seq in 1..=n {
+            let ts = T0 + seq as i64 * 1_000_000_000;
+            if seq == at {
+                text.push_str(&bad(seq, ts));
+            } else {
+                text.push_str(&format!("{seq},{ts},N,{seq},A{},X,B,1.0,10,,", seq % 7));
+            }
+            text.push('\n');
+        }
+        text
+    }
+
+    /// Writes the bad line of `tape_with` from its seq and ts.
+    type BadLine<'a> = &'a dyn Fn(u64, i64) -> String;
+
+    /// The seqs of the accepted records and the rejects' reasons.
+    fn outcome(text: &str) -> (Vec<u64>, FeedStats, Vec<String>) {
+        let (events, stats, rejects) = feed(text, 1000);
+        let reasons = rejects.lines().skip(1).map(|l| l.split('\t').take(2).collect::<Vec<_>>().join(" ")).collect();
+        (events.iter().map(|e| e.seq).collect(), stats, reasons)
+    }
+
+    /// Regression (issue 13, finding 1): a line whose first field parses but
+    /// which is otherwise bad became the expected seq, and every later
+    /// record was rejected as a repeat.
+    #[test]
+    fn regression_a_rejected_line_never_moves_the_expected_seq() {
+        let cases: [(&str, BadLine); 3] = [
+            ("seq column dropped", &|seq, ts| format!("{ts},N,{seq},A1,X,B,1.0,10,,")),
+            ("huge first field", &|seq, ts| format!("99999999999,{ts},N,{seq},A1,X,B,1.0,10,,,")),
+            ("seq in line, bad price", &|seq, ts| format!("{seq},{ts},N,{seq},A1,X,B,-1,10,,")),
+        ];
+        for (name, bad) in cases {
+            let (seqs, stats, reasons) = outcome(&tape_with(300, 101, bad));
+            assert_eq!(seqs.len(), 299, "{name}: {reasons:?}");
+            assert_eq!((stats.rejected, stats.gaps), (1, 0), "{name}: {reasons:?}");
+            assert!(reasons[0].starts_with("102 "), "{name}: {reasons:?}");
+        }
+    }
+
+    /// Regression (issue 13, finding 1): one mistyped seq (1000 for 100)
+    /// rejected 1,101 records as a gap and then repeats.
+    #[test]
+    fn regression_a_mistyped_seq_is_one_bad_record_not_a_gap() {
+        for jumped in [1000, 101, 99_999_999_999, u64::MAX - 1] {
+            let (seqs, stats, reasons) =
+                outcome(&tape_with(300, 100, |_, ts| format!("{jumped},{ts},N,100,A1,X,B,1.0,10,,")));
+            assert_eq!(seqs, (1..=300).filter(|&s| s != 100).collect::<Vec<_>>(), "{jumped}");
+            assert_eq!((stats.rejected, stats.gaps, stats.missing_records), (1, 0, 0), "{jumped}: {reasons:?}");
+            assert!(reasons[0].contains(&format!("seq {jumped} out of line (expected 100")), "{reasons:?}");
+        }
+    }
+
+    /// A real gap (the records go on from the jump) is counted, and the
+    /// record after it accepted; a gap right at the end, too.
+    #[test]
+    fn a_real_gap_is_counted_and_its_record_accepted() {
+        let mut text = format!("{HEADER}\n");
+        for seq in (1..=50u64).chain(60..=80).chain(90..=90) {
+            text.push_str(&format!("{seq},{},N,{seq},A,X,B,1.0,10,,\n", 1_793_583_000_000_000_000i64 + seq as i64));
+        }
+        let (seqs, stats, reasons) = outcome(&text);
+        assert_eq!(seqs.len(), 72, "{reasons:?}");
+        assert_eq!((stats.gaps, stats.missing_records, stats.rejected), (2, 18, 0));
+        assert_eq!(stats.gap_ranges, vec![(51, 59, 52), (81, 89, 73)]);
+    }
+
+    /// Regression (issue 13, finding 2): one record a day ahead moved the
+    /// watermark, so every later record was late (0 alerts, exit 0).
+    #[test]
+    fn regression_a_future_timestamp_is_rejected_and_moves_nothing() {
+        const DAY: i64 = 86_400_000_000_000;
+        let cases: [(&str, BadLine, &str); 5] = [
+            (
+                "a day ahead",
+                &|seq, ts| format!("{seq},{},N,{seq},A1,X,B,1.0,10,,", ts + DAY),
+                "outside the tape's trading day",
+            ),
+            (
+                "a minute ahead",
+                &|seq, ts| format!("{seq},{},N,{seq},A1,X,B,1.0,10,,", ts + 60_000_000_000),
+                "ahead of the feed",
+            ),
+            (
+                "i64::MAX",
+                &|seq, _| format!("{seq},{},N,{seq},A1,X,B,1.0,10,,", i64::MAX),
+                "outside the tape's trading day",
+            ),
+            (
+                "a day behind",
+                &|seq, ts| format!("{seq},{},N,{seq},A1,X,B,1.0,10,,", ts - DAY),
+                "outside the tape's trading day",
+            ),
+            ("negative", &|seq, _| format!("{seq},-5,N,{seq},A1,X,B,1.0,10,,"), "outside the tape's trading day"),
+        ];
+        for (name, bad, reason) in cases {
+            let (seqs, stats, reasons) = outcome(&tape_with(300, 30, bad));
+            assert_eq!(seqs, (1..=300).filter(|&s| s != 30).collect::<Vec<_>>(), "{name}: {reasons:?}");
+            assert_eq!((stats.rejected, stats.gaps), (1, 0), "{name}");
+            assert!(reasons[0].starts_with("31 ") && reasons[0].contains(reason), "{name}: {reasons:?}");
+        }
+    }
+
+    /// A real jump in event time (the lunch break: the records after it are
+    /// far ahead too) is accepted, not taken for a bad record.
+    #[test]
+    fn a_real_time_jump_is_accepted() {
+        let lunch = 90 * 60 * 1_000_000_000i64;
+        let mut text = format!("{HEADER}\n");
+        for seq in 1..=100u64 {
+            let ts = 1_793_583_000_000_000_000i64 + seq as i64 * 1_000_000 + if seq > 50 { lunch } else { 0 };
+            text.push_str(&format!("{seq},{ts},N,{seq},A,X,B,1.0,10,,\n"));
+        }
+        let (seqs, stats, reasons) = outcome(&text);
+        assert_eq!((seqs.len(), stats.rejected), (100, 0), "{reasons:?}");
+        // A lone record after the lunch break, at the end of the tape, too.
+        let (seqs, _, reasons) = outcome(&text[..text.find("\n52,").unwrap() + 1]);
+        assert_eq!(seqs.len(), 51, "{reasons:?}");
+    }
+
+    /// One rule in the shared validator: seq u64::MAX has no successor and
+    /// is refused by every decoder (replay wrapped, import refused it).
+    #[test]
+    fn regression_seq_u64_max_is_rejected() {
+        let (seqs, stats, reasons) =
+            outcome(&tape_with(10, 10, |_, ts| format!("{},{ts},N,10,A1,X,B,1.0,10,,", u64::MAX)));
+        assert_eq!((seqs.len(), stats.rejected), (9, 1));
+        assert!(reasons[0].contains("bad seq"), "{reasons:?}");
+    }
+
+    /// Records that a hold is waiting on: malformed lines in between, and a
+    /// checkpoint-style stop right when the held record is confirmed.
+    #[test]
+    fn a_hold_survives_malformed_lines_and_stops() {
+        let mut text = format!("{HEADER}\n");
+        // 30 is a jump, held; the broken lines after it settle nothing, and
+        // "31,x" stands in seq 31 (no second gap before 32).
+        for seq in (1..=20u64).chain(30..=30).chain(32..=60) {
+            text.push_str(&format!("{seq},{},N,{seq},A,X,B,1.0,10,,\n", 1_793_583_000_000_000_000i64 + seq as i64));
+            if seq == 30 {
+                text.push_str("garbage\n\n31,x\n");
+            }
+        }
+        let (seqs, stats, _) = outcome(&text);
+        assert_eq!((seqs.len(), stats.rejected, stats.gaps, stats.missing_records), (50, 3, 1, 9));
     }
 
     #[test]

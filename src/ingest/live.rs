@@ -9,7 +9,7 @@
 //! shared state with the pipeline.
 
 use super::csv::FeedLine;
-use super::validate::{RawRecord, RejectReason, Validator};
+use super::validate::{RawRecord, RejectReason, Validator, check_fields};
 use super::{Feed, FeedError, FeedStats, RejectLog};
 use crate::event::{Event, Kind, Side};
 use crate::ring::Idle;
@@ -45,14 +45,17 @@ pub struct WireRecord {
 const _: () = assert!(std::mem::size_of::<WireRecord>() <= 112);
 
 impl WireRecord {
+    // A length past its field comes from a broken sender: the name reads
+    // as `\0`, which no name rule accepts, so the record is rejected (found
+    // by the wire fuzz target: it panicked).
     pub fn account(&self) -> &[u8] {
-        &self.account[..self.account_len as usize]
+        self.account.get(..self.account_len as usize).unwrap_or(b"\0")
     }
     pub fn instrument(&self) -> &[u8] {
-        &self.instrument[..self.instrument_len as usize]
+        self.instrument.get(..self.instrument_len as usize).unwrap_or(b"\0")
     }
     pub fn contra_account(&self) -> &[u8] {
-        &self.contra_account[..self.contra_account_len as usize]
+        self.contra_account.get(..self.contra_account_len as usize).unwrap_or(b"\0")
     }
 
     /// Copies a name into a fixed field; `None` when it does not fit.
@@ -151,7 +154,10 @@ fn accept(
         contra_account: packed(w.contra_account()),
     };
     // The wire has no line numbers: a record's place is its seq.
-    let outcome = validator.check_seq(w.seq, w.seq).and(names).and_then(|()| validator.accept(&raw));
+    let outcome = check_fields(w.seq, w.kind, w.price, w.qty, w.contra_order_id)
+        .and(names)
+        .and_then(|()| validator.check_seq_now(w.seq, w.ts_ns))
+        .and_then(|()| validator.admit(&raw, w.seq));
     match outcome {
         Ok(event) => {
             validator.stats.accepted += 1;

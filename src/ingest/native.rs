@@ -656,9 +656,24 @@ impl Tape {
     /// cache for the reads that follow. The seq order across the block's
     /// start is checked against the record before it, which the block
     /// before (already verified, when blocks are verified in order) holds.
-    pub fn verify_block(&self, b: usize) -> Result<(), TapeError> {
+    ///
+    /// Returns how many of the block's records break a field rule of
+    /// FEED.md (`validate::check_fields`: price and qty above zero, seq below
+    /// `u64::MAX`, no contra order on N and C). Those are bad records, not
+    /// a damaged tape: the feed rejects each one, as the CSV decoder would.
+    pub fn verify_block(&self, b: usize) -> Result<BlockCheck, TapeError> {
         check_blocks(&self.map, &self.geo, b..b + 1, self.accounts.len() as u64, self.instruments.len() as u64, &|_| {})
             .map_err(|msg| TapeError::invalid(&self.path, msg))
+    }
+
+    /// An account's name by id (ids come from verified blocks).
+    pub fn account(&self, id: u32) -> &[u8] {
+        self.accounts.get(id as usize).map_or(&[], |r| &self.map[r.clone()])
+    }
+
+    /// An instrument's name by id.
+    pub fn instrument(&self, id: u32) -> &[u8] {
+        self.instruments.get(id as usize).map_or(&[], |r| &self.map[r.clone()])
     }
 
     pub fn len(&self) -> usize {
@@ -850,6 +865,36 @@ fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), St
     Ok((accounts, instruments))
 }
 
+/// What the verification pass learnt about a block's records, so that the
+/// feed can skip per-record checks on a sound block: how many break a field
+/// rule, and the event times (first, least, greatest, and the largest jump
+/// of a record above every record before it in the block).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCheck {
+    pub bad_fields: u64,
+    pub first_ts: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub max_jump: i64,
+}
+
+/// Every check `Tape::open` makes, on a tape held in memory (fuzzing and
+/// tests: no file, no mapping). Returns how many records break a field
+/// rule (the feed rejects those one by one).
+pub fn verify_bytes(map: &[u8]) -> Result<u64, String> {
+    let geo = check_header(map)?;
+    let h = &map[..HEADER_BYTES];
+    if u64_at(h, H_TABLE_HASH) != xxh3_64(&map[geo.table.clone()]) {
+        return Err("corrupt block checksum table".into());
+    }
+    if u64_at(h, H_SYMBOLS_HASH) != xxh3_64(&map[geo.symbols.clone()]) {
+        return Err("corrupt symbol section".into());
+    }
+    let (accounts, instruments) = parse_symbols(map, geo.symbols.clone())?;
+    let blocks = geo.table.len() / 8;
+    check_blocks(map, &geo, 0..blocks, accounts.len() as u64, instruments.len() as u64, &|_| {}).map(|c| c.bad_fields)
+}
+
 /// Checks every block against its checksum and every record in it, split
 /// into contiguous runs of blocks across up to `threads` threads: hashing is
 /// the bulk of opening a tape, and blocks hash independently. Returns the
@@ -863,8 +908,9 @@ fn check_records(
     threads: usize,
 ) -> Result<(), String> {
     let blocks = geo.table.len() / 8;
+    // Records that break a field rule are the feed's to reject, one by one.
+    let check = |run: Range<usize>| check_blocks(map, geo, run, n_accounts, n_instruments, release).map(|_| ());
     let threads = threads.clamp(1, blocks.max(1));
-    let check = |run: Range<usize>| check_blocks(map, geo, run, n_accounts, n_instruments, release);
     if threads == 1 {
         return check(0..blocks);
     }
@@ -888,7 +934,7 @@ fn check_records(
 
 /// Checks a run of blocks, in one pass: each slice is validated right after
 /// it is hashed, while it is still in cache, so the tape is read from memory
-/// once rather than twice.
+/// once rather than twice. Returns what `BlockCheck` says (over the run).
 fn check_blocks(
     map: &[u8],
     geo: &Geometry,
@@ -896,7 +942,7 @@ fn check_blocks(
     n_accounts: u64,
     n_instruments: u64,
     release: &(dyn Fn(Range<usize>) + Sync),
-) -> Result<(), String> {
+) -> Result<BlockCheck, String> {
     /// Small enough to stay in L2 between hashing and checking.
     const SLICE_BYTES: usize = 1024 * RECORD_BYTES;
     let (sums, _) = map[geo.table.clone()].as_chunks::<8>();
@@ -905,6 +951,11 @@ fn check_blocks(
     // The record before the run is read unverified: if it is damaged, an
     // earlier run reports that first, and its message wins.
     let mut prev_seq = (run.start > 0).then(|| u64_at(records, run.start * block_bytes - RECORD_BYTES + R_SEQ));
+    let mut bad_fields = 0u64;
+    let at = run.start * block_bytes + R_TS;
+    let first_ts = records.get(at..at + 8).map_or(0, |r| u64_at(r, 0) as i64);
+    // The first record's jump is 0: jumps are measured within the block.
+    let (mut min_ts, mut max_ts, mut max_jump) = (i64::MAX, first_ts, i64::MIN);
     for b in run {
         let block_start = b * block_bytes;
         let block = &records[block_start..(block_start + block_bytes).min(records.len())];
@@ -926,6 +977,16 @@ fn check_blocks(
                     & ((u32_at(r, R_CONTRA_ACCOUNT) as u64) < n_accounts)
                     & ((u32_at(r, R_INSTRUMENT) as u64) < n_instruments);
                 ok &= (r[R_RESERVED.start] | r[R_RESERVED.start + 1]) == 0;
+                // validate::check_fields, branch-free (same rules; a test pins them together).
+                let fields_ok = (seq != u64::MAX)
+                    & ((u64_at(r, R_PRICE) as i64) > 0)
+                    & (u64_at(r, R_QTY) != 0)
+                    & ((r[R_KIND] == b'T') | (u64_at(r, R_CONTRA_ORDER) == 0));
+                bad_fields += (!fields_ok) as u64;
+                let ts = u64_at(r, R_TS) as i64;
+                max_jump = max_jump.max(ts.saturating_sub(max_ts));
+                min_ts = min_ts.min(ts);
+                max_ts = max_ts.max(ts);
                 prev = seq;
                 have_prev = true;
             }
@@ -945,7 +1006,7 @@ fn check_blocks(
         let at = HEADER_BYTES + block_start;
         release(at..at + block.len());
     }
-    Ok(())
+    Ok(BlockCheck { bad_fields, first_ts, min_ts, max_ts, max_jump })
 }
 
 /// Drops the whole pages of `range` from this process's resident set once

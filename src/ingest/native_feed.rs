@@ -1,11 +1,19 @@
 //! Replay of a native tape: walks the memory-mapped records in feed order,
 //! verifying each checksum block just before its first record is used
-//! (`Tape::open_streaming`). Import already validated sequence and
-//! lifecycle, so this feed only resolves account groups (they come from
-//! accounts.csv at replay time) and turns stored records into events.
+//! (`Tape::open_streaming`). Import validated sequence and lifecycle, but a
+//! checksum proves only that the tape is as written, not that what was
+//! written is sound: the verification pass also counts records that break
+//! FEED.md's field rules, and those are rejected one by one (rejects file,
+//! as for CSV), and every record's event time goes through the same
+//! `Sequencer` checks as a CSV record's. Seq order is the tape's own rule
+//! (strictly increasing, or the block fails); gaps were counted at import.
+//! The feed also resolves account groups (they come from accounts.csv at
+//! replay time) and turns stored records into events.
 
+use super::csv::FeedLine;
 use super::native::{Tape, TapeRecord};
-use super::{Feed, FeedCheckpoint, FeedError, FeedStats, decode_stats, encode_stats};
+use super::validate::{Judged, RejectReason, Resolved, Sequencer, TimeRules, check_fields};
+use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, GroupId, Kind, Side};
 use crate::symbols::{Groups, NameTable, Names, pack};
@@ -21,6 +29,18 @@ pub struct NativeFeed {
     verified_end: usize,
     groups_by_account: Vec<GroupId>,
     stats: FeedStats,
+    /// Whether the verified block being read holds records that break a
+    /// field rule (then each of its records is checked).
+    check_fields: bool,
+    /// The verified block being read is wholly in line (see
+    /// `Sequencer::block_in_line`): its records are emitted unchecked, and
+    /// the feed's time moves on by its greatest event time when it is done.
+    clean_block: Option<i64>,
+    sequencer: Sequencer,
+    /// A record held for a look-ahead (see `validate`), by index.
+    held: Option<usize>,
+    rejects: RejectLog,
+    scratch: Vec<u8>,
 }
 
 impl NativeFeed {
@@ -36,7 +56,27 @@ impl NativeFeed {
         let stats =
             FeedStats { gaps: tape_stats.gaps, missing_records: tape_stats.missing_records, ..FeedStats::default() };
         let names = Names { accounts: Arc::new(accounts), instruments: Arc::new(instruments), groups };
-        (NativeFeed { tape, next: 0, verified_end: 0, groups_by_account, stats }, names)
+        let feed = NativeFeed {
+            tape,
+            next: 0,
+            verified_end: 0,
+            groups_by_account,
+            stats,
+            check_fields: false,
+            clean_block: None,
+            sequencer: Sequencer::time_only(TimeRules::default()),
+            held: None,
+            rejects: RejectLog::discard(),
+            scratch: Vec::with_capacity(256),
+        };
+        (feed, names)
+    }
+
+    /// Sets the event-time rules and the rejects file (before the first pump).
+    pub fn with_checks(mut self, time: TimeRules, rejects: RejectLog) -> NativeFeed {
+        self.sequencer = Sequencer::time_only(time);
+        self.rejects = rejects;
+        self
     }
 
     /// Resumes at a checkpoint: the record index to read next and the
@@ -51,6 +91,7 @@ impl NativeFeed {
         // the first pump reaches it.
         self.verified_end = 0;
         self.stats = decode_stats(r)?;
+        self.sequencer = Sequencer::restore_time_only(self.sequencer.rules(), r)?;
         Ok(())
     }
 
@@ -68,10 +109,37 @@ impl NativeFeed {
 
     /// Counts the records up to `i` as read and moves on to it.
     fn count(&mut self, i: usize) {
-        let count = (i - self.next) as u64;
-        self.stats.records_read += count;
-        self.stats.accepted += count;
+        self.stats.records_read += (i - self.next) as u64;
+        // Every record read is accepted, rejected, or the one held.
+        self.stats.accepted = self.stats.records_read - self.stats.rejected - self.held.is_some() as u64;
         self.next = i;
+    }
+
+    /// Rejects record `i` (cold: a tape from import has none).
+    #[cold]
+    fn reject(&mut self, i: usize, r: &TapeRecord, reason: &RejectReason) -> Result<(), FeedError> {
+        self.stats.rejected += 1;
+        self.scratch.clear();
+        let kind = match r.kind {
+            b'N' => Kind::New,
+            b'C' => Kind::Cancel,
+            _ => Kind::Trade,
+        };
+        FeedLine {
+            seq: r.seq,
+            ts_ns: r.ts_ns,
+            kind,
+            order_id: r.order_id,
+            account: self.tape.account(r.account),
+            instrument: self.tape.instrument(r.instrument),
+            side: if r.side == b'B' { Side::Buy } else { Side::Sell },
+            price: r.price,
+            qty: r.qty,
+            contra: (kind == Kind::Trade).then(|| (r.contra_order_id, self.tape.account(r.contra_account))),
+        }
+        .write(&mut self.scratch);
+        // A native tape has no lines: the rejects file names the record (1-based).
+        self.rejects.write(i as u64 + 1, reason, &self.scratch)
     }
 
     #[inline]
@@ -103,6 +171,15 @@ impl NativeFeed {
     }
 }
 
+#[inline]
+fn kind_of(kind: u8) -> Kind {
+    match kind {
+        b'N' => Kind::New,
+        b'C' => Kind::Cancel,
+        _ => Kind::Trade,
+    }
+}
+
 impl Feed for NativeFeed {
     fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError> {
         self.pump_until(&mut |event| {
@@ -115,35 +192,130 @@ impl Feed for NativeFeed {
         let end = (self.next + PUMP_RECORDS).min(self.tape.len());
         let mut i = self.next;
         let mut stopped = false;
-        while i < end && !stopped {
+        'pump: while i < end && !stopped {
             if i >= self.verified_end {
                 let block = i / self.tape.block_records();
-                if let Err(e) = self.tape.verify_block(block) {
-                    self.count(i);
-                    return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
+                match self.tape.verify_block(block) {
+                    Ok(check) => {
+                        self.check_fields = check.bad_fields > 0;
+                        let clean = check.bad_fields == 0
+                            && self.sequencer.block_in_line(check.first_ts, check.min_ts, check.max_ts, check.max_jump);
+                        self.clean_block = clean.then_some(check.max_ts);
+                    }
+                    Err(e) => {
+                        self.count(i);
+                        return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
+                    }
                 }
                 self.verified_end = ((block + 1) * self.tape.block_records()).min(self.tape.len());
             }
             debug_assert!(self.verified_end > i, "the record at {i} is in a verified block");
             let run_end = end.min(self.verified_end);
+            if let Some(block_max_ts) = self.clean_block {
+                // A block wholly in line: no per-record check at all.
+                let from = i;
+                while i < run_end {
+                    let event = self.event(&self.tape.record(i));
+                    i += 1;
+                    if !emit(&event) {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if i == self.verified_end {
+                    self.sequencer.block_done(block_max_ts);
+                    self.clean_block = None;
+                } else {
+                    // Stopped inside the block (a barrier, or the end of a
+                    // pump): the feed's time as of the last record emitted.
+                    let emitted_max = (from..i).map(|j| self.tape.record(j).ts_ns).max().unwrap_or(i64::MIN);
+                    self.sequencer.block_done(emitted_max);
+                }
+                continue;
+            }
             while i < run_end {
-                let event = self.event(&self.tape.record(i));
+                let record = self.tape.record(i);
+                if !self.check_fields && self.held.is_none() && self.sequencer.in_line_time(record.ts_ns) {
+                    // The common case: a sound record in line.
+                    i += 1;
+                    if !emit(&self.event(&record)) {
+                        stopped = true;
+                        break;
+                    }
+                    continue;
+                }
+                let fields = if self.check_fields {
+                    check_fields(record.seq, kind_of(record.kind), record.price, record.qty, record.contra_order_id)
+                } else {
+                    Ok(())
+                };
+                if let Some(h) = self.held {
+                    let next = fields.is_ok().then_some((record.seq, record.ts_ns));
+                    let settled = match self.sequencer.resolve(next) {
+                        Resolved::Wait => None,
+                        Resolved::Confirm => Some(Ok(())),
+                        Resolved::Reject(reason) => Some(Err(reason)),
+                    };
+                    if let Some(outcome) = settled {
+                        self.held = None;
+                        let held = self.tape.record(h);
+                        match outcome {
+                            Ok(()) => {
+                                self.sequencer.commit(held.seq, held.ts_ns, true, 0, &mut self.stats);
+                                if !emit(&self.event(&held)) {
+                                    // Record i is read again by the next pump.
+                                    stopped = true;
+                                    continue 'pump;
+                                }
+                            }
+                            Err(reason) => self.reject(h, &held, &reason)?,
+                        }
+                    }
+                }
                 i += 1;
-                if !emit(&event) {
-                    stopped = true;
-                    break;
+                if let Err(reason) = fields {
+                    self.reject(i - 1, &record, &reason)?;
+                    continue;
+                }
+                match self.sequencer.judge(record.seq, record.ts_ns) {
+                    Judged::InLine => {
+                        self.sequencer.commit(record.seq, record.ts_ns, true, 0, &mut self.stats);
+                        if !emit(&self.event(&record)) {
+                            stopped = true;
+                            break;
+                        }
+                    }
+                    Judged::Hold => self.held = Some(i - 1),
+                    Judged::Reject(reason) => self.reject(i - 1, &record, &reason)?,
                 }
             }
         }
         self.tape.release_before(i);
         self.count(i);
+        if self.next == self.tape.len()
+            && let Some(h) = self.held.take()
+        {
+            // Nothing came after it to contradict it; a barrier due after
+            // it is cut once the feed returns.
+            self.sequencer.resolve_at_end();
+            let held = self.tape.record(h);
+            self.sequencer.commit(held.seq, held.ts_ns, true, 0, &mut self.stats);
+            self.stats.accepted += 1;
+            emit(&self.event(&held));
+        }
+        if self.next == self.tape.len() {
+            self.rejects.finish()?;
+        }
         Ok(self.next < self.tape.len())
     }
 
     fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        // Barriers follow an emitted record, which settles any hold first.
+        assert!(self.held.is_none(), "a checkpoint with a record held for look-ahead");
         w.u64(self.next as u64);
         encode_stats(w, &self.stats);
-        Ok(FeedCheckpoint { offset: self.next as u64, line_no: 0, rejects: None })
+        self.sequencer.snapshot(w);
+        Ok(FeedCheckpoint { offset: self.next as u64, line_no: 0, rejects: self.rejects.committed()? })
     }
 
     fn stats(&self) -> FeedStats {
@@ -184,8 +356,16 @@ mod tests {
         let path = dir.path().join("day.tape");
         let mut writer = TapeWriter::create(&path).expect("create");
         for seq in 1..=RECORDS {
-            let record =
-                TapeRecord { seq, ts_ns: seq as i64, kind: b'N', side: b'B', order_id: seq, ..TapeRecord::default() };
+            let record = TapeRecord {
+                seq,
+                ts_ns: seq as i64,
+                kind: b'N',
+                side: b'B',
+                order_id: seq,
+                price: 1,
+                qty: 1,
+                ..TapeRecord::default()
+            };
             writer.push(&record).expect("push");
         }
         writer.finish(&[b"A"], &[b"X"], TapeStats::default()).expect("finish");

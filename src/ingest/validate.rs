@@ -1,6 +1,39 @@
-//! Checks every format shares, applied in feed order: sequence numbers
-//! (gaps counted, repeats rejected), the order lifecycle of FEED.md, and
-//! interning. The validator owns the open-order table and the interners.
+//! Checks every format shares, applied in feed order: the field rules
+//! (`check_fields`), sequence numbers and event time (`Sequencer`), the
+//! order lifecycle of FEED.md, and interning. The validator owns the
+//! open-order table and the interners.
+//!
+//! # How a feed is read: sequence and event time
+//!
+//! A bad record must never switch detection off for the rest of a tape, so
+//! what a rejected record says is never believed:
+//!
+//! - A rejected record never moves the expected seq or the feed's event
+//!   time. A line too broken to parse holds its place in the sequence only
+//!   when its first field is exactly the expected seq.
+//! - A seq below the expected one is a repeat: rejected.
+//! - A seq above the expected one is a jump, held (one record, no
+//!   allocation) until the next well-formed record tells what it was. If
+//!   that record goes on from the old sequence (`expected <= seq <= jump`),
+//!   the jumped record alone was bad: rejected as "seq out of line", and the
+//!   sequence goes on as if it had not been there. Otherwise the gap is
+//!   real: counted, and the held record is checked and accepted.
+//! - A record whose event time is more than `--max-future-ms` (default 10 s)
+//!   ahead of the newest accepted event time is held the same way: if the
+//!   next record is back more than that bound before it, the feed's time did
+//!   not move and it alone was bad (rejected "ts_ns ahead of the feed"); if
+//!   the next one is near it or after it, time really jumped (a lunch break,
+//!   a quiet instrument) and it is accepted.
+//! - A record outside the tape's trading day (the Asia/Shanghai calendar
+//!   day of the first accepted record) is rejected.
+//! - Lines rejected without a believed seq (malformed, or out of line) may
+//!   stand for the seqs they displaced: a next record ahead of the expected
+//!   seq by at most their count is in line, not a gap.
+//! - A hold is settled by the next well-formed record, after at most
+//!   `HOLD_LIMIT` lines, or at the end of the tape (then it is accepted).
+//!
+//! The same rules run on CSV and native tapes, with the same outcome. (A
+//! live feed cannot wait for a next record, so it accepts jumps at once.)
 
 use super::{FeedStats, GAP_RANGES_KEPT, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -45,6 +78,23 @@ pub enum RejectReason {
         seq: u64,
         expected: u64,
     },
+    /// A seq ahead of the expected one, after which the records went on
+    /// from the expected one: a single bad seq, not a gap.
+    SeqOutOfLine {
+        seq: u64,
+        expected: u64,
+    },
+    /// Event time outside the tape's trading day (`start`: the day's first nanosecond).
+    OutsideDay {
+        ts_ns: i64,
+        start: i64,
+    },
+    /// Event time too far ahead of the feed, and the records after it are not.
+    TimeAhead {
+        ts_ns: i64,
+        ahead_ms: i64,
+        bound_ms: i64,
+    },
     DuplicateOrder(u64),
     UnknownOrder(u64),
     SelfMatch(u64),
@@ -77,6 +127,16 @@ impl fmt::Display for RejectReason {
             RejectReason::RepeatedSeq { seq, expected } => {
                 write!(f, "repeated or backward seq {seq} (expected {expected})")
             }
+            RejectReason::SeqOutOfLine { seq, expected } => {
+                write!(f, "seq {seq} out of line (expected {expected}, and the records after it go on from there)")
+            }
+            RejectReason::OutsideDay { ts_ns, start } => {
+                write!(f, "ts_ns {ts_ns} outside the tape's trading day (Asia/Shanghai, from ts_ns {start}, 24 h)")
+            }
+            RejectReason::TimeAhead { ts_ns, ahead_ms, bound_ms } => write!(
+                f,
+                "ts_ns {ts_ns} is {ahead_ms} ms ahead of the feed (more than {bound_ms} ms), and the records after it are not"
+            ),
             RejectReason::DuplicateOrder(id) => write!(f, "order {id} announced twice"),
             RejectReason::UnknownOrder(id) => write!(f, "order {id} unknown, or already fully executed or cancelled"),
             RejectReason::SelfMatch(id) => write!(f, "trade of order {id} against itself"),
@@ -106,12 +166,379 @@ pub struct Limits {
     pub accounts: usize,
     pub instruments: usize,
     pub open_orders: usize,
+    pub time: TimeRules,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { accounts: 1 << 20, instruments: 1 << 16, open_orders: 1 << 24 }
+        Limits { accounts: 1 << 20, instruments: 1 << 16, open_orders: 1 << 24, time: TimeRules::default() }
     }
+}
+
+/// Event-time plausibility: the rules that keep one bad timestamp from
+/// moving the watermark (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRules {
+    /// A record more than this far ahead of the newest accepted event time
+    /// is held for a look-ahead (0: no bound).
+    pub max_future_ns: i64,
+    /// Whether records outside the trading day (the Asia/Shanghai calendar
+    /// day of the first accepted record) are rejected.
+    pub one_day: bool,
+}
+
+impl Default for TimeRules {
+    fn default() -> TimeRules {
+        TimeRules { max_future_ns: 10 * 1_000_000_000, one_day: true }
+    }
+}
+
+/// FEED.md's schedule is in Asia/Shanghai time: UTC+8, no daylight saving.
+const SHANGHAI_OFFSET_NS: i128 = 8 * 3600 * 1_000_000_000;
+const DAY_NS: i128 = 24 * 3600 * 1_000_000_000;
+
+/// The Asia/Shanghai calendar day holding `ts_ns`, as `[start, end)` in
+/// Unix nanoseconds, clamped to the i64 range (no overflow at the extremes).
+pub fn trading_day(ts_ns: i64) -> (i64, i64) {
+    let local = ts_ns as i128 + SHANGHAI_OFFSET_NS;
+    let start = local.div_euclid(DAY_NS) * DAY_NS - SHANGHAI_OFFSET_NS;
+    let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    (clamp(start), clamp(start + DAY_NS))
+}
+
+/// At most this many lines may pass (malformed or repeated) before a held
+/// record is settled: after them it is taken as it stands.
+pub const HOLD_LIMIT: u32 = 16;
+
+/// How a record stands against the sequence and event time before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// In line: check its lifecycle and accept it.
+    InLine,
+    /// A jump (seq ahead of the expected one, or event time too far
+    /// ahead): the record waits for the next one to tell a gap from a
+    /// typo. The caller keeps it aside and calls `resolve` on the next.
+    Hold,
+    Reject(RejectReason),
+}
+
+/// What the record after a held one says about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// A real gap or time jump: check the held record's lifecycle and accept it.
+    Confirm,
+    /// The records go on from before it: it alone was bad.
+    Reject(RejectReason),
+    /// This record tells nothing (malformed, or a repeat): keep holding.
+    Wait,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    seq: u64,
+    ts_ns: i64,
+    seq_jump: bool,
+    time_jump: bool,
+    waited: u32,
+    /// Broken lines after it that stood in the seqs right after it.
+    placed_after: u64,
+}
+
+/// The sequence and event-time checks of one feed, in feed order. Owns the
+/// expected seq, the newest accepted event time and the trading day, and
+/// at most one record held for a look-ahead. Fixed size, no allocation.
+#[derive(Clone, Debug)]
+pub struct Sequencer {
+    expected_seq: Option<u64>,
+    /// Newest `ts_ns` of the accepted records; `i64::MIN` before any.
+    recent_ts_ns: i64,
+    day: Option<(i64, i64)>,
+    rules: TimeRules,
+    held: Option<Held>,
+    /// False for a native tape, whose seq order the tape itself guarantees
+    /// and whose gaps import counted: only event time is judged.
+    track_seq: bool,
+    /// Native fast path: event times in `fast_lo..=fast_hi` are in line
+    /// (inside the day, not too far ahead); empty until a record is accepted.
+    fast_lo: i64,
+    fast_hi: i64,
+    /// Broken lines that stood in the seqs right after a held record that
+    /// was then confirmed: its commit moves the expected seq past them.
+    placed_after_held: u64,
+    /// Lines rejected since the last committed record whose seq was not
+    /// believed: they may stand for the seqs they displaced, so the next
+    /// record being that many ahead is no gap.
+    unplaced: u64,
+}
+
+impl Sequencer {
+    pub fn new(rules: TimeRules) -> Sequencer {
+        Sequencer {
+            expected_seq: None,
+            recent_ts_ns: i64::MIN,
+            day: None,
+            rules,
+            held: None,
+            track_seq: true,
+            fast_lo: 1,
+            fast_hi: 0,
+            placed_after_held: 0,
+            unplaced: 0,
+        }
+    }
+
+    /// Event time only (a native tape).
+    pub fn time_only(rules: TimeRules) -> Sequencer {
+        Sequencer { track_seq: false, ..Sequencer::new(rules) }
+    }
+
+    /// The native feed's per-record check (time only, nothing held): true
+    /// when `ts_ns` is in line, which then counts as committed and accepted.
+    /// Two compares and no branch on the data in the common case; anything
+    /// else takes `judge`.
+    #[inline(always)]
+    pub fn in_line_time(&mut self, ts_ns: i64) -> bool {
+        let ok = (ts_ns >= self.fast_lo) & (ts_ns <= self.fast_hi);
+        if ok {
+            self.recent_ts_ns = self.recent_ts_ns.max(ts_ns);
+            let ahead = if self.rules.max_future_ns > 0 {
+                self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
+            } else {
+                i64::MAX
+            };
+            self.fast_hi = ahead.min(self.day.map_or(i64::MAX, |(_, end)| end.saturating_sub(1)));
+        }
+        ok
+    }
+
+    /// Whether every record of a verified native block is in line, from
+    /// what the verification pass measured (`native::BlockCheck`): inside
+    /// the day, the first within the bound of the feed's time, and none
+    /// jumping more than the bound above the records before it. Such a
+    /// block is emitted with no per-record check; `block_done` then moves
+    /// the feed's time.
+    pub fn block_in_line(&self, first_ts: i64, min_ts: i64, max_ts: i64, max_jump: i64) -> bool {
+        if self.track_seq || self.held.is_some() || self.recent_ts_ns == i64::MIN {
+            return false;
+        }
+        let in_day = match self.day {
+            Some((start, end)) => min_ts >= start && max_ts < end,
+            None => !self.rules.one_day,
+        };
+        let bound = self.rules.max_future_ns;
+        in_day && (bound <= 0 || (first_ts <= self.recent_ts_ns.saturating_add(bound) && max_jump <= bound))
+    }
+
+    /// Records of an in-line block were emitted, the greatest event time `max_ts`.
+    pub fn block_done(&mut self, max_ts: i64) {
+        self.recent_ts_ns = self.recent_ts_ns.max(max_ts);
+        self.refresh_fast();
+    }
+
+    fn refresh_fast(&mut self) {
+        if self.track_seq || self.recent_ts_ns == i64::MIN || (self.rules.one_day && self.day.is_none()) {
+            (self.fast_lo, self.fast_hi) = (1, 0);
+            return;
+        }
+        let (start, end) = self.day.unwrap_or((i64::MIN, i64::MAX));
+        let ahead = if self.rules.max_future_ns > 0 {
+            self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
+        } else {
+            i64::MAX
+        };
+        (self.fast_lo, self.fast_hi) = (start, ahead.min(end.saturating_sub(1)));
+    }
+
+    pub fn rules(&self) -> TimeRules {
+        self.rules
+    }
+
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    fn time_ahead(&self, ts_ns: i64) -> bool {
+        self.rules.max_future_ns > 0
+            && self.recent_ts_ns != i64::MIN
+            && ts_ns > self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
+    }
+
+    /// Judges a well-formed record (nothing may be held). A record that is
+    /// held or rejected here moves nothing; `commit` moves the sequence.
+    pub fn judge(&mut self, seq: u64, ts_ns: i64) -> Judged {
+        debug_assert!(self.held.is_none(), "judge while a record is held");
+        if let Some(expected) = self.expected_seq
+            && seq < expected
+        {
+            return Judged::Reject(RejectReason::RepeatedSeq { seq, expected });
+        }
+        if let Some((start, end)) = self.day
+            && !(start..end).contains(&ts_ns)
+        {
+            self.malformed(Some(seq));
+            return Judged::Reject(RejectReason::OutsideDay { ts_ns, start });
+        }
+        let seq_jump = self.expected_seq.is_some_and(|expected| seq > expected.saturating_add(self.unplaced));
+        let time_jump = self.time_ahead(ts_ns);
+        if seq_jump || time_jump {
+            self.held = Some(Held { seq, ts_ns, seq_jump, time_jump, waited: 0, placed_after: 0 });
+            return Judged::Hold;
+        }
+        Judged::InLine
+    }
+
+    /// Settles the held record by the next line: `next` is its (seq, ts)
+    /// when it is well-formed, `None` when it is not. On `Confirm` or
+    /// `Reject` the hold is released (the caller then judges `next` itself).
+    pub fn resolve(&mut self, next: Option<(u64, i64)>) -> Resolved {
+        let Some(mut held) = self.held else { return Resolved::Confirm };
+        let expected = self.expected_seq.unwrap_or(0);
+        let verdict = match next {
+            // The next record back at or below the jump (a repeat of its seq
+            // included) goes on from the old sequence: the jump alone was bad.
+            Some((seq, _)) if held.seq_jump && (expected..=held.seq).contains(&seq) => {
+                Resolved::Reject(RejectReason::SeqOutOfLine { seq: held.seq, expected })
+            }
+            Some((seq, _)) if seq < expected => Resolved::Wait,
+            // The next record back well before the held one: the feed's time
+            // did not move, the held record alone was ahead.
+            Some((_, ts_ns)) if held.time_jump && ts_ns < held.ts_ns.saturating_sub(self.rules.max_future_ns) => {
+                let ahead_ns = held.ts_ns.saturating_sub(self.recent_ts_ns);
+                Resolved::Reject(RejectReason::TimeAhead {
+                    ts_ns: held.ts_ns,
+                    ahead_ms: ahead_ns / 1_000_000,
+                    bound_ms: self.rules.max_future_ns / 1_000_000,
+                })
+            }
+            Some(_) => Resolved::Confirm,
+            None => Resolved::Wait,
+        };
+        match verdict {
+            Resolved::Wait => {
+                held.waited += 1;
+                if held.waited >= HOLD_LIMIT {
+                    self.held = None;
+                    self.placed_after_held = held.placed_after;
+                    return Resolved::Confirm;
+                }
+                self.held = Some(held);
+            }
+            Resolved::Reject(_) => {
+                self.held = None;
+                self.unplaced += 1 + held.placed_after;
+            }
+            Resolved::Confirm => {
+                self.held = None;
+                self.placed_after_held = held.placed_after;
+            }
+        }
+        verdict
+    }
+
+    /// The feed ended with a record held: nothing contradicts it.
+    pub fn resolve_at_end(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.placed_after_held = held.placed_after;
+        }
+    }
+
+    /// A record in line (or confirmed) whose lifecycle was checked: its seq
+    /// takes its place (a jump is counted as a gap), and if it was accepted
+    /// its event time moves the feed's recent time and fixes the day.
+    pub fn commit(&mut self, seq: u64, ts_ns: i64, accepted: bool, line_no: u64, stats: &mut FeedStats) {
+        if let Some(expected) = self.expected_seq
+            && seq > expected.saturating_add(self.unplaced)
+        {
+            stats.gaps += 1;
+            stats.missing_records += seq - expected;
+            if stats.gap_ranges.len() < GAP_RANGES_KEPT {
+                stats.gap_ranges.push((expected, seq - 1, line_no));
+            }
+        }
+        // `check_fields` refuses u64::MAX, so this cannot wrap.
+        if self.track_seq {
+            self.expected_seq = Some(seq.saturating_add(1).saturating_add(self.placed_after_held));
+        }
+        self.unplaced = 0;
+        self.placed_after_held = 0;
+        if accepted {
+            self.recent_ts_ns = self.recent_ts_ns.max(ts_ns);
+            if self.rules.one_day && self.day.is_none() {
+                self.day = Some(trading_day(ts_ns));
+            }
+            self.refresh_fast();
+        }
+    }
+
+    /// A line too broken to judge whose seq could be read: it holds its
+    /// place only when that seq is exactly the expected one (a mistyped or
+    /// shifted first field must not move the sequence).
+    pub fn malformed(&mut self, seq: Option<u64>) {
+        if let Some(held) = self.held.as_mut() {
+            if seq == held.seq.checked_add(1 + held.placed_after) {
+                held.placed_after += 1;
+            }
+            return;
+        }
+        match (seq, self.expected_seq) {
+            (Some(seq), Some(expected)) if seq == expected => self.expected_seq = Some(expected.saturating_add(1)),
+            _ => self.unplaced += 1,
+        }
+    }
+
+    /// Only between records, never while one is held (checkpoints are cut
+    /// right after an emitted record).
+    pub fn snapshot(&self, w: &mut Writer<'_>) {
+        debug_assert!(self.held.is_none(), "a checkpoint while a record is held");
+        w.u8(self.expected_seq.is_some() as u8);
+        w.u64(self.expected_seq.unwrap_or(0));
+        w.i64(self.recent_ts_ns);
+        w.u8(self.day.is_some() as u8);
+        let (start, end) = self.day.unwrap_or((0, 0));
+        w.i64(start);
+        w.i64(end);
+        w.u64(self.unplaced);
+    }
+
+    pub fn restore_time_only(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
+        let mut s = Sequencer { track_seq: false, ..Sequencer::restore(rules, r)? };
+        s.refresh_fast();
+        Ok(s)
+    }
+
+    pub fn restore(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
+        let mut s = Sequencer::new(rules);
+        let has_seq = r.u8()? != 0;
+        let seq = r.u64()?;
+        s.expected_seq = has_seq.then_some(seq);
+        s.recent_ts_ns = r.i64()?;
+        let has_day = r.u8()? != 0;
+        let day = (r.i64()?, r.i64()?);
+        s.day = (has_day && rules.one_day).then_some(day);
+        s.unplaced = r.u64()?;
+        Ok(s)
+    }
+}
+
+/// The field rules of FEED.md that do not depend on other records, shared by
+/// every decoder (CSV, native, wire), so a record reads the same whatever
+/// carried it. Names are checked where they are text.
+#[inline]
+pub fn check_fields(seq: u64, kind: Kind, price: i64, qty: u64, contra_order_id: u64) -> Result<(), RejectReason> {
+    // The next expected seq is seq + 1: u64::MAX has none.
+    if seq == u64::MAX {
+        return Err(RejectReason::BadField("seq"));
+    }
+    if price <= 0 {
+        return Err(RejectReason::BadField("price"));
+    }
+    if qty == 0 {
+        return Err(RejectReason::BadField("qty"));
+    }
+    if kind != Kind::Trade && contra_order_id != 0 {
+        return Err(RejectReason::ContraOnOrder("contra_order_id"));
+    }
+    Ok(())
 }
 
 pub struct Validator {
@@ -122,7 +549,7 @@ pub struct Validator {
     account_groups: Vec<u32>,
     open: FlatMap<u64, OpenOrder>,
     open_limit: usize,
-    expected_seq: Option<u64>,
+    pub seq: Sequencer,
     pub stats: FeedStats,
 }
 
@@ -138,27 +565,30 @@ impl Validator {
             account_groups: Vec::with_capacity(limits.accounts.min(1 << 20)),
             open,
             open_limit: limits.open_orders,
-            expected_seq: None,
+            seq: Sequencer::new(limits.time),
             stats: FeedStats::default(),
         }
     }
 
-    /// Checks a record's seq before anything else: a repeat is rejected, a
-    /// jump forward is a gap (counted, then the record is judged on its own).
-    pub fn check_seq(&mut self, seq: u64, line_no: u64) -> Result<(), RejectReason> {
-        match self.expected_seq {
-            Some(expected) if seq < expected => return Err(RejectReason::RepeatedSeq { seq, expected }),
-            Some(expected) if seq > expected => {
-                self.stats.gaps += 1;
-                self.stats.missing_records += seq - expected;
-                if self.stats.gap_ranges.len() < GAP_RANGES_KEPT {
-                    self.stats.gap_ranges.push((expected, seq - 1, line_no));
-                }
+    /// Live feeds, which cannot wait for the next record: a repeat or a
+    /// record outside the day is rejected, a jump taken at once (a gap).
+    pub fn check_seq_now(&mut self, seq: u64, ts_ns: i64) -> Result<(), RejectReason> {
+        match self.seq.judge(seq, ts_ns) {
+            Judged::InLine => Ok(()),
+            Judged::Hold => {
+                self.seq.resolve_at_end();
+                Ok(())
             }
-            _ => {}
+            Judged::Reject(reason) => Err(reason),
         }
-        self.expected_seq = Some(seq + 1);
-        Ok(())
+    }
+
+    /// The lifecycle check of a record that `Sequencer::judge` found in
+    /// line (or `resolve` confirmed), then its seq takes its place.
+    pub fn admit(&mut self, raw: &RawRecord, line_no: u64) -> Result<Event, RejectReason> {
+        let outcome = self.accept(raw);
+        self.seq.commit(raw.seq, raw.ts_ns, outcome.is_ok(), line_no, &mut self.stats);
+        outcome
     }
 
     /// Interns and checks the order lifecycle; on success the event is
@@ -271,8 +701,7 @@ impl Validator {
     /// checkpoint writer reads them from the shared name tables; only their
     /// counts are written.
     pub fn snapshot(&self, w: &mut Writer<'_>) {
-        w.u8(self.expected_seq.is_some() as u8);
-        w.u64(self.expected_seq.unwrap_or(0));
+        self.seq.snapshot(w);
         encode_stats(w, &self.stats);
         w.u64(self.accounts.table().len() as u64);
         w.u64(self.instruments.table().len() as u64);
@@ -296,9 +725,7 @@ impl Validator {
         instruments: &[Vec<u8>],
     ) -> Result<Validator, DecodeError> {
         let mut v = Validator::new(limits, groups);
-        let has_seq = r.u8()? != 0;
-        let seq = r.u64()?;
-        v.expected_seq = has_seq.then_some(seq);
+        v.seq = Sequencer::restore(limits.time, r)?;
         v.stats = decode_stats(r)?;
         let (account_count, instrument_count) = (r.u64()? as usize, r.u64()? as usize);
         if account_count > accounts.len() || instrument_count > instruments.len() {

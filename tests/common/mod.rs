@@ -20,6 +20,8 @@ pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
         shards: Some(shards),
         cores: "none".to_string(),
         lateness_ms: 50,
+        max_future_ms: 10_000,
+        max_bad_pct: None,
         quiet: true,
         state: None,
         checkpoint_every_records: None,

@@ -306,6 +306,8 @@ mod tests {
             shards: Some(shards),
             cores: "none".to_string(),
             lateness_ms: 50,
+            max_future_ms: 10_000,
+            max_bad_pct: None,
             quiet: true,
             state: None,
             checkpoint_every_records: None,

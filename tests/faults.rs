@@ -1,0 +1,287 @@
+//! The injected-fault matrix, input half (issue 13): one bad record (or bad
+//! reference file) put into a generated day. Each run either completes with
+//! exactly the alerts of the clean tape less what the bad record itself
+//! carried (the reference: the tape with that record left out), or stops
+//! with exit 2 or 1 and a message naming the record or the path. No input
+//! file is ever modified.
+
+mod common;
+
+use common::{bin, read_alerts};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tapewatch::ingest::native::{Tape, TapeRecord, TapeStats, TapeWriter};
+
+struct Day {
+    dir: tempfile::TempDir,
+    tape: PathBuf,
+    accounts: PathBuf,
+    lines: Vec<String>,
+}
+
+/// `gen --events 2000 --seed 1`: 12 alerts with its accounts file.
+fn day() -> Day {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tape = dir.path().join("g.csv");
+    let out = Command::new(bin())
+        .args(["gen", "--events", "2000", "--seed", "1", "--out"])
+        .arg(&tape)
+        .output()
+        .expect("run gen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = std::fs::read_to_string(&tape).expect("read").lines().map(str::to_string).collect();
+    Day { accounts: dir.path().join("g.accounts.csv"), dir, tape, lines }
+}
+
+impl Day {
+    fn write(&self, name: &str, lines: &[String]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        path
+    }
+
+    /// The tape with line `n` (1-based, the header is line 1) replaced.
+    fn with_line(&self, name: &str, n: usize, line: &str) -> PathBuf {
+        let mut lines = self.lines.clone();
+        lines[n - 1] = line.to_string();
+        self.write(name, &lines)
+    }
+
+    /// The tape without line `n`: what the alerts must equal when line n is bad.
+    fn without_line(&self, name: &str, n: usize) -> PathBuf {
+        let mut lines = self.lines.clone();
+        lines.remove(n - 1);
+        self.write(name, &lines)
+    }
+
+    fn field(&self, n: usize, i: usize) -> String {
+        self.lines[n - 1].split(',').nth(i).expect("field").to_string()
+    }
+
+    fn replace_field(&self, n: usize, i: usize, value: &str) -> String {
+        let mut fields: Vec<String> = self.lines[n - 1].split(',').map(str::to_string).collect();
+        fields[i] = value.to_string();
+        fields.join(",")
+    }
+
+    /// Replays `tape` (its bytes checked unchanged afterwards); returns the
+    /// output and the alerts, if it succeeded.
+    fn replay(&self, tape: &Path, extra: &[&str]) -> (Output, Option<Vec<Value>>) {
+        let before = std::fs::read(tape).expect("read tape");
+        let out_dir = tempfile::tempdir_in(self.dir.path()).expect("out dir");
+        let alerts = out_dir.path().join("alerts.jsonl");
+        let out = Command::new(bin())
+            .arg("replay")
+            .arg(tape)
+            .arg("--accounts")
+            .arg(&self.accounts)
+            .arg("--alerts")
+            .arg(&alerts)
+            .args(["--shards", "1", "--cores", "none", "--quiet"])
+            .args(extra)
+            .output()
+            .expect("run replay");
+        assert_eq!(std::fs::read(tape).expect("read tape"), before, "{} was modified", tape.display());
+        let result = out.status.success().then(|| read_alerts(&alerts));
+        let rejects = std::fs::read_to_string(out_dir.path().join("alerts.rejects.tsv")).unwrap_or_default();
+        std::fs::write(self.dir.path().join("last.rejects.tsv"), rejects).expect("keep rejects");
+        (out, result)
+    }
+
+    fn last_rejects(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("last.rejects.tsv")).expect("rejects")
+    }
+
+    fn import(&self, csv: &Path) -> PathBuf {
+        let out = csv.with_extension("tape");
+        let status = Command::new(bin()).arg("import").arg(csv).arg("--out").arg(&out).output().expect("run import");
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        out
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Each bad-record class on the CSV tape: the run completes, the bad record
+/// is rejected naming its line, and the alerts are those of the tape
+/// without it.
+#[test]
+fn one_bad_csv_record_costs_only_itself() {
+    let day = day();
+    let (_, clean) = day.replay(&day.tape, &[]);
+    assert_eq!(clean.as_ref().map(Vec::len), Some(12), "the clean day");
+    let n = 101;
+    let ts: i64 = day.field(n, 1).parse().expect("ts");
+    let line = &day.lines[n - 1];
+    let after_seq = &line[line.find(',').expect("comma")..];
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("seq column dropped", after_seq[1..].to_string(), "wrong column count"),
+        ("huge first field", format!("99999999999{after_seq},"), "wrong column count"),
+        ("mistyped seq", format!("1000{after_seq}"), "seq 1000 out of line"),
+        (
+            "a day ahead",
+            day.replace_field(n, 1, &(ts + 86_400_000_000_000).to_string()),
+            "outside the tape's trading day",
+        ),
+        ("a minute ahead", day.replace_field(n, 1, &(ts + 60_000_000_000).to_string()), "ahead of the feed"),
+        ("ts i64::MAX", day.replace_field(n, 1, &i64::MAX.to_string()), "outside the tape's trading day"),
+        ("ts negative", day.replace_field(n, 1, "-1"), "outside the tape's trading day"),
+        ("ts zero", day.replace_field(n, 1, "0"), "outside the tape's trading day"),
+        ("price -1", day.replace_field(n, 7, "-1"), "bad price"),
+        ("qty 0", day.replace_field(n, 8, "0"), "bad qty"),
+    ];
+    let reference = day.without_line("reference.csv", n);
+    let (_, expected) = day.replay(&reference, &[]);
+    for (name, bad, reason) in cases {
+        let tape = day.with_line("bad.csv", n, &bad);
+        let (out, alerts) = day.replay(&tape, &[]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert_eq!(alerts, expected, "{name}: alerts differ from the tape without the bad record");
+        let rejects = day.last_rejects();
+        let first = rejects.lines().nth(1).unwrap_or_default();
+        assert!(first.starts_with(&format!("{n}\t")) && first.contains(reason), "{name}: {rejects}");
+    }
+}
+
+/// The last record's seq u64::MAX: rejected (it wrapped in replay while
+/// import refused it), nothing else lost.
+#[test]
+fn seq_u64_max_is_one_rule_for_replay_and_import() {
+    let day = day();
+    let last = day.lines.len();
+    let tape = day.with_line("max.csv", last, &day.replace_field(last, 0, &u64::MAX.to_string()));
+    let (_, expected) = day.replay(&day.without_line("ref.csv", last), &[]);
+    let (out, alerts) = day.replay(&tape, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(alerts, expected);
+    assert!(day.last_rejects().contains("bad seq"), "{}", day.last_rejects());
+    // Import applies the same rule: the record goes to its rejects, the rest is imported.
+    let native = day.import(&tape);
+    let (out, native_alerts) = day.replay(&native, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(native_alerts, expected);
+}
+
+/// A native tape rewritten with one bad record and sealed again (checksums
+/// right): the native feed rejects the record as the CSV decoder would, and
+/// the alerts equal the CSV reference's.
+#[test]
+fn a_resealed_native_tape_with_a_bad_record_costs_only_that_record() {
+    let day = day();
+    // A cancel: leaving it out changes no later record's lifecycle.
+    let n = (150..day.lines.len()).find(|&n| day.field(n, 2) == "C").expect("a cancel");
+    let (_, expected) = day.replay(&day.without_line("ref.csv", n), &[]);
+    let clean = day.import(&day.tape);
+    let tape = Tape::open(&clean).expect("open");
+    type Damage<'a> = &'a dyn Fn(&mut TapeRecord);
+    let cases: [(&str, Damage, &str); 5] = [
+        ("price -1", &|r| r.price = -1, "bad price"),
+        ("price i64::MIN", &|r| r.price = i64::MIN, "bad price"),
+        ("qty 0", &|r| r.qty = 0, "bad qty"),
+        ("ts a day ahead", &|r| r.ts_ns += 86_400_000_000_000, "outside the tape's trading day"),
+        ("ts a minute ahead", &|r| r.ts_ns += 60_000_000_000, "ahead of the feed"),
+    ];
+    for (name, bad, reason) in cases {
+        let path = day.dir.path().join("bad.tape");
+        let mut writer = TapeWriter::create(&path).expect("create");
+        for i in 0..tape.len() {
+            let mut record = tape.record(i);
+            // Record i is line i + 2 of the CSV tape (header, 1-based).
+            if i + 2 == n {
+                bad(&mut record);
+            }
+            writer.push(&record).expect("push");
+        }
+        writer.finish(&tape.accounts(), &tape.instruments(), TapeStats::default()).expect("finish");
+        let (out, alerts) = day.replay(&path, &[]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert_eq!(alerts, expected, "{name}");
+        let rejects = day.last_rejects();
+        assert!(
+            rejects.lines().nth(1).is_some_and(|l| l.starts_with(&format!("{}\t", n - 1)) && l.contains(reason)),
+            "{name}: {rejects}"
+        );
+        assert!(!rejects.contains(".a"), "{name}: a price written as garbage: {rejects}");
+    }
+}
+
+/// Many bad records: the run says so, and `--max-bad-pct` makes it fail.
+#[test]
+fn a_large_share_of_bad_records_warns_and_can_fail_the_run() {
+    let day = day();
+    let mut lines = day.lines.clone();
+    for n in (10..lines.len()).step_by(40) {
+        lines[n] = format!("{},x", lines[n]);
+    }
+    let tape = day.write("bad.csv", &lines);
+    let (out, _) = day.replay(&tape, &[]);
+    assert!(out.status.success());
+    assert!(text(&out).contains("WARNING: 4.10% of the 2000 records read were rejected (82)"), "{}", text(&out));
+    assert!(!text(&out).contains("gaps"), "broken lines in line are no gaps: {}", text(&out));
+    let (out, _) = day.replay(&tape, &["--max-bad-pct", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("more than --max-bad-pct 1"), "{}", text(&out));
+}
+
+/// accounts.csv with a byte-order mark: accepted, same alerts; with a space
+/// after a comma: refused naming the file and line (exit 2).
+#[test]
+fn accounts_file_with_bom_or_spaces() {
+    let day = day();
+    let (_, clean) = day.replay(&day.tape, &[]);
+    let original = std::fs::read_to_string(&day.accounts).expect("accounts");
+    std::fs::write(&day.accounts, format!("\u{FEFF}{original}")).expect("write");
+    let (out, alerts) = day.replay(&day.tape, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(alerts, clean);
+    let spaced = original.replacen(",G", ", G", 1);
+    assert_ne!(spaced, original, "the accounts file has groups");
+    std::fs::write(&day.accounts, spaced).expect("write");
+    let (out, _) = day.replay(&day.tape, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("g.accounts.csv: line ") && text(&out).contains("has a space"), "{}", text(&out));
+}
+
+/// A tape edited after a checkpoint, beyond its first 64 KiB: resuming is
+/// refused naming the tape (it resumed mid-line and exited 0).
+#[test]
+fn an_edited_tape_is_not_resumed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tape = dir.path().join("g.csv");
+    let run = |args: &[&str]| Command::new(bin()).args(args).output().expect("run");
+    let out = run(&["gen", "--events", "60000", "--seed", "5", "--out", tape.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    let state = dir.path().join("state");
+    let alerts = dir.path().join("a.jsonl");
+    let replay = |extra: &[&str]| {
+        let mut args = vec!["replay", tape.to_str().expect("utf-8"), "--alerts", alerts.to_str().expect("utf-8")];
+        args.extend_from_slice(&[
+            "--state",
+            state.to_str().expect("utf-8"),
+            "--quiet",
+            "--shards",
+            "1",
+            "--cores",
+            "none",
+        ]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = replay(&["--checkpoint-every-records", "40000", "--exit-after-checkpoint", "1"]);
+    assert!(!out.status.success(), "aborted after the checkpoint");
+    // One digit added to a line well past the first 64 KiB, before the checkpoint's position.
+    let mut bytes = std::fs::read(&tape).expect("read");
+    let at = bytes.iter().skip(1_000_000).position(|&b| b == b'\n').expect("a line") + 1_000_000;
+    bytes.insert(at - 2, b'7');
+    std::fs::write(&tape, &bytes).expect("write");
+    let out = replay(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("g.csv: the tape's first") && text(&out).contains("refusing to resume"),
+        "{}",
+        text(&out)
+    );
+}
