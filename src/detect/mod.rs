@@ -3,6 +3,7 @@
 //! return alerts. Dispatch is static (a fixed set of optional rules).
 
 pub mod excessive_cancel;
+pub mod rules;
 pub mod self_trade;
 pub mod views;
 

@@ -1,0 +1,403 @@
+//! momentum-ignition (`[momentum_ignition]`, 拉抬打压后反向交易): per
+//! (group, instrument), the group's aggressive orders move the price by at
+//! least `min_move_ticks` within a short window, and within a following
+//! window the group trades the other side at or near the moved price.
+//!
+//! Definitions (per key (group G, instrument I); `dir` is +1 for buys, -1
+//! for sells; prices compare in the instrument's ticks from `BookView`):
+//!
+//! - A *run* on side S at a trade record at time `t`: the trades of I in
+//!   `(t - window, t]` whose aggressor (the record's `side`) is S and whose
+//!   S-side order is G's, after the key's last alert (`(ts_ns, seq)`
+//!   greater than the alerting record's).
+//! - Its *start price* is I's last trade price just before the run's first
+//!   trade (that trade's own price when I had none); its *moved price* is the
+//!   price of the trade at `t`. The run *ignites* at `t` when
+//!   `dir * (moved - start) >= min_move_ticks * tick`. Each igniting trade
+//!   re-arms the side with its own time and moved price.
+//! - The ignition *completes* at a later trade of I at time `t2` with
+//!   `t2 - t <= follow` in which one of G's orders on the other side of S
+//!   takes part (as buyer or seller, passive or aggressive) at a price `p2`
+//!   with `dir * (p2 - moved) >= -near_ticks * tick`. That trade alerts,
+//!   and spends the key: its runs and ignitions start again after it.
+//!
+//! At a trade, completion is checked first (for each of the two parties),
+//! then the aggressor's run is extended (unless its key just alerted).
+//!
+//! | parameter | default | meaning |
+//! |---|---|---|
+//! | `window_ms` | 2000 | the run's window |
+//! | `min_move_ticks` | 5 | the move the run must make, in ticks |
+//! | `follow_ms` | 30000 | how long after igniting the other side may trade |
+//! | `near_ticks` | 2 | how far back towards the start price that trade may be |
+//! | `max_keys` | 262144 | keys with state (limit: new keys refused, counted) |
+//! | `max_entries` | 2097152 | run entries and pending ignitions (limit: the oldest go early, counted) |
+//! | `max_instruments` | 1048576 | instruments whose last trade is remembered (limit: new ones refused, counted) |
+
+use super::params::{Fields, MS};
+use super::window::{NONE, Window};
+use super::{BookRule, Evidence, Finding, IgnitionEvidence, OrderIds, RuleStats, key_of, opposite, side_index};
+use crate::detect::views::{BookView, Change};
+use crate::event::{Event, InstrumentId, Px, Side};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use toml::Spanned;
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawParams {
+    pub enabled: Option<bool>,
+    pub window_ms: Option<Spanned<i64>>,
+    pub min_move_ticks: Option<Spanned<i64>>,
+    pub follow_ms: Option<Spanned<i64>>,
+    pub near_ticks: Option<Spanned<i64>>,
+    pub max_keys: Option<Spanned<i64>>,
+    pub max_entries: Option<Spanned<i64>>,
+    pub max_instruments: Option<Spanned<i64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub window_ns: i64,
+    pub min_move_ticks: i64,
+    pub follow_ns: i64,
+    pub near_ticks: i64,
+    pub max_keys: usize,
+    pub max_entries: usize,
+    pub max_instruments: usize,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            window_ns: 2_000 * MS,
+            min_move_ticks: 5,
+            follow_ns: 30_000 * MS,
+            near_ticks: 2,
+            max_keys: 1 << 18,
+            max_entries: 1 << 21,
+            max_instruments: 1 << 20,
+        }
+    }
+}
+
+impl Params {
+    /// The validated parameters (`None` when `enabled = false`); problems
+    /// go to `problems`, each with its line in `text`.
+    pub fn validate(raw: Option<&RawParams>, text: &str, problems: &mut Vec<String>) -> Option<Params> {
+        let default = RawParams::default();
+        let raw = raw.unwrap_or(&default);
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let d = Params::default();
+        let mut f = Fields { text, table: "momentum_ignition", problems };
+        Some(Params {
+            window_ns: f.int(raw.window_ms.as_ref(), "window_ms", 1..=3_600_000, d.window_ns / MS) * MS,
+            min_move_ticks: f.int(raw.min_move_ticks.as_ref(), "min_move_ticks", 1..=1_000_000, d.min_move_ticks),
+            follow_ns: f.int(raw.follow_ms.as_ref(), "follow_ms", 1..=3_600_000, d.follow_ns / MS) * MS,
+            near_ticks: f.int(raw.near_ticks.as_ref(), "near_ticks", 0..=1_000_000, d.near_ticks),
+            max_keys: f.int(raw.max_keys.as_ref(), "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
+            max_entries: f.int(raw.max_entries.as_ref(), "max_entries", 1 << 10..=1 << 26, d.max_entries as i64)
+                as usize,
+            max_instruments: f.int(
+                raw.max_instruments.as_ref(),
+                "max_instruments",
+                1..=1 << 24,
+                d.max_instruments as i64,
+            ) as usize,
+        })
+    }
+}
+
+/// One aggressive trade of a run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    order_id: u64,
+    /// The instrument's last trade price just before it.
+    start_px: Px,
+    qty: u64,
+    side: Side,
+}
+
+/// A side that ignited and waits for the other side's trade.
+#[derive(Clone, Copy, Debug, Default)]
+struct Arm {
+    active: bool,
+    ts_ns: i64,
+    start_px: Px,
+    moved_px: Px,
+    tick: Px,
+    run_start_ns: i64,
+    trades: u32,
+    qty: u64,
+    ids: OrderIds,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KeyState {
+    since: (i64, u64),
+    /// Per side: the counted run entries, and the oldest one's index.
+    trades: [u32; 2],
+    first: [u64; 2],
+    arms: [Arm; 2],
+}
+
+impl Default for KeyState {
+    fn default() -> KeyState {
+        KeyState { since: (i64::MIN, 0), trades: [0; 2], first: [NONE; 2], arms: [Arm::default(); 2] }
+    }
+}
+
+impl KeyState {
+    #[inline]
+    fn counts(&self, ts_ns: i64, seq: u64) -> bool {
+        (ts_ns, seq) > self.since
+    }
+
+    fn idle(&self) -> bool {
+        !self.arms[0].active && !self.arms[1].active
+    }
+}
+
+#[inline]
+fn dir(side: Side) -> i64 {
+    match side {
+        Side::Buy => 1,
+        Side::Sell => -1,
+    }
+}
+
+pub struct MomentumIgnition {
+    params: Params,
+    window: Window<Run, KeyState>,
+    /// When each ignition lapses, in time order: (deadline, key, side).
+    deadlines: VecDeque<(i64, u64, Side)>,
+    last_px: FxHashMap<InstrumentId, Px>,
+    instruments_refused: u64,
+    grew: u64,
+}
+
+impl MomentumIgnition {
+    pub fn new(params: Params) -> MomentumIgnition {
+        let mut last_px = FxHashMap::default();
+        last_px.reserve(1024.min(params.max_instruments));
+        MomentumIgnition {
+            params,
+            window: Window::new(params.max_keys, params.max_entries),
+            deadlines: VecDeque::with_capacity(1024.min(params.max_entries)),
+            last_px,
+            instruments_refused: 0,
+            grew: 0,
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn stats(&self) -> RuleStats {
+        RuleStats {
+            keys: self.window.key_count(),
+            entries: self.window.len() + self.deadlines.len(),
+            keys_refused: self.window.keys_refused + self.instruments_refused,
+            entries_evicted: self.window.entries_evicted,
+            grew: self.window.grew + self.grew,
+        }
+    }
+
+    fn expire(&mut self, now_ns: i64) {
+        let cutoff = now_ns.saturating_sub(self.params.window_ns);
+        while let Some(front) = self.window.front() {
+            if front.ts_ns > cutoff {
+                break;
+            }
+            self.pop_oldest();
+        }
+        while let Some(&(deadline, _, _)) = self.deadlines.front() {
+            if deadline >= now_ns {
+                break;
+            }
+            self.pop_deadline();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        let Some((abs, slot)) = self.window.pop_front() else { return };
+        let s = side_index(slot.data.side);
+        let key = self.window.key(slot.key);
+        let (mut state, entries) = (key.state, key.entries);
+        if state.counts(slot.ts_ns, slot.seq) {
+            state.trades[s] -= 1;
+            if state.first[s] == abs {
+                // The next counted entry of the same side, if any.
+                state.first[s] = NONE;
+                if state.trades[s] > 0 {
+                    let side = slot.data.side;
+                    let mut at = slot.next;
+                    while at != NONE {
+                        let next = self.window.entry(at);
+                        if next.data.side == side {
+                            state.first[s] = at;
+                            break;
+                        }
+                        at = next.next;
+                    }
+                }
+            }
+        }
+        self.window.key_mut(slot.key).state = state;
+        if entries == 0 && state.idle() {
+            self.window.release(slot.key);
+        }
+    }
+
+    fn pop_deadline(&mut self) {
+        let Some((deadline, key, side)) = self.deadlines.pop_front() else { return };
+        let Some(slot) = self.window.find(key) else { return };
+        let entry = self.window.key_mut(slot);
+        let arm = &mut entry.state.arms[side_index(side)];
+        if arm.active && arm.ts_ns.saturating_add(self.params.follow_ns) == deadline {
+            arm.active = false;
+            if entry.entries == 0 && entry.state.idle() {
+                self.window.release(slot);
+            }
+        }
+    }
+
+    #[inline]
+    pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
+        self.expire(e.ts_ns);
+        let Change::Traded { buy, sell, aggressor, price, qty } = *change else { return };
+        let tick = book.tick().max(1);
+        let start_px = match self.last_px.get_mut(&e.instrument) {
+            Some(last) => std::mem::replace(last, price),
+            None => {
+                if self.last_px.len() < self.params.max_instruments {
+                    if self.last_px.len() == self.last_px.capacity() {
+                        self.grew += 1;
+                    }
+                    self.last_px.insert(e.instrument, price);
+                } else {
+                    self.instruments_refused += 1;
+                }
+                price
+            }
+        };
+        let mut spent = [false; 2];
+        for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
+            let key = key_of(order.group, e.instrument);
+            let Some(slot) = self.window.find(key) else { continue };
+            let ignited = opposite(side);
+            let arm = self.window.key(slot).state.arms[side_index(ignited)];
+            if !arm.active || dir(ignited) * (price - arm.moved_px) < -self.params.near_ticks * arm.tick {
+                continue;
+            }
+            let mut ids = arm.ids;
+            // On the other side from the run's orders, so a new one.
+            ids.add(order.order_id, true);
+            emit(Finding {
+                rule: BookRule::MomentumIgnition,
+                seq: e.seq,
+                ts_ns: e.ts_ns,
+                group: order.group,
+                account: order.account,
+                instrument: e.instrument,
+                evidence: Evidence::Ignition(IgnitionEvidence {
+                    side: ignited,
+                    start_px: arm.start_px,
+                    moved_px: arm.moved_px,
+                    move_ticks: dir(ignited) * (arm.moved_px - arm.start_px) / arm.tick,
+                    min_move_ticks: self.params.min_move_ticks,
+                    run_start_ns: arm.run_start_ns,
+                    run_end_ns: arm.ts_ns,
+                    aggressive_trades: arm.trades,
+                    aggressive_qty: arm.qty,
+                    window_ns: self.params.window_ns,
+                    exit_px: price,
+                    exit_qty: qty,
+                    exit_vs_moved_ticks: dir(ignited) * (price - arm.moved_px) / arm.tick,
+                    near_ticks: self.params.near_ticks,
+                    exit_after_ns: e.ts_ns - arm.ts_ns,
+                    follow_ns: self.params.follow_ns,
+                }),
+                order_ids: ids,
+            });
+            let entry = self.window.key_mut(slot);
+            entry.state = KeyState { since: (e.ts_ns, e.seq), ..KeyState::default() };
+            if entry.entries == 0 {
+                self.window.release(slot);
+            }
+            spent[i] = true;
+            if buy.group == sell.group {
+                spent = [true; 2];
+            }
+        }
+        let (order, a) = match aggressor {
+            Side::Buy => (buy, 0),
+            Side::Sell => (sell, 1),
+        };
+        if spent[a] {
+            return;
+        }
+        if self.window.must_evict() {
+            self.window.entries_evicted += 1;
+            self.pop_oldest();
+        }
+        let Some(slot) = self.window.find_or_insert(key_of(order.group, e.instrument)) else { return };
+        let run = Run { order_id: order.order_id, start_px, qty, side: aggressor };
+        let abs = self.window.push(slot, e.ts_ns, e.seq, run);
+        let state = &mut self.window.key_mut(slot).state;
+        state.trades[a] += 1;
+        if state.first[a] == NONE {
+            state.first[a] = abs;
+        }
+        let first_abs = state.first[a];
+        let first = *self.window.entry(first_abs);
+        if dir(aggressor) * (price - first.data.start_px) < self.params.min_move_ticks * tick {
+            return;
+        }
+        let mut arm = Arm {
+            active: true,
+            ts_ns: e.ts_ns,
+            start_px: first.data.start_px,
+            moved_px: price,
+            tick,
+            run_start_ns: first.ts_ns,
+            ..Arm::default()
+        };
+        let mut at = first_abs;
+        while at != NONE {
+            let entry = self.window.entry(at);
+            if entry.data.side == aggressor {
+                arm.trades += 1;
+                arm.qty += entry.data.qty;
+                // Fills of one order: count the order once (ignitions are
+                // rare, so the quadratic check costs little overall).
+                let mut seen = false;
+                let mut earlier = first_abs;
+                while earlier != at {
+                    let prev = self.window.entry(earlier);
+                    seen |= prev.data.side == aggressor && prev.data.order_id == entry.data.order_id;
+                    earlier = prev.next;
+                }
+                arm.ids.add(entry.data.order_id, !seen);
+            }
+            at = entry.next;
+        }
+        self.window.key_mut(slot).state.arms[a] = arm;
+        if self.deadlines.len() >= self.params.max_entries {
+            self.window.entries_evicted += 1;
+            self.pop_deadline();
+        }
+        if self.deadlines.len() == self.deadlines.capacity() {
+            self.grew += 1;
+        }
+        self.deadlines.push_back((
+            e.ts_ns.saturating_add(self.params.follow_ns),
+            key_of(order.group, e.instrument),
+            aggressor,
+        ));
+    }
+}

@@ -1,0 +1,427 @@
+//! The pattern spoofing and layering share, measured per (group,
+//! instrument) over a sliding event-time window; the two rules differ in
+//! their defaults and in how many price levels the cancelled orders span.
+//!
+//! Definitions (all per key (group G, instrument I), at a record with event
+//! time `t`; the window is `(t - window, t]`):
+//!
+//! - An entry is *counted* when its record is inside the window and after
+//!   the key's last alert (`(ts_ns, seq)` greater than the alerting
+//!   record's), so each alert spends what it used.
+//! - The *spoof orders* on side S are G's counted `N`s on S that were
+//!   non-marketable on entry (a buy priced below the best ask just before it,
+//!   or with no ask; a sell likewise), each with its entered quantity, the
+//!   resting best-5 depth of S just before it, and whether it stood behind
+//!   the touch once placed (its price worse than S's best after it).
+//! - `spoof_qty`: their entered quantity. `depth5`: the best-5 depth of S
+//!   just before the first of them. Large: `spoof_qty * 100 >= size_pct *
+//!   depth5`.
+//! - `cancelled_qty`: what `C` records have cancelled of them so far (a
+//!   partial fill leaves the rest to be cancelled). Mostly cancelled:
+//!   `cancelled_qty * 100 >= cancel_pct * spoof_qty`. Cancelled within the
+//!   window of placement follows, as the orders are inside it.
+//! - One-sided: `spoof_qty >= one_sided_k * opposite_new_qty`, where
+//!   `opposite_new_qty` is all of G's counted `N` quantity on the other
+//!   side (marketable or not).
+//! - Executes on the other side: `opposite_exec_qty`, the quantity of
+//!   counted trades in which one of G's orders on the other side took part
+//!   (as buyer or seller, passive or aggressive), is at least
+//!   `min_opposite_exec_qty`.
+//! - Levels: the distinct prices of the spoof orders that were (partly)
+//!   cancelled and stood behind the touch when placed. Spoofing wants at most
+//!   `max_levels_behind` of them, layering at least `min_levels_behind`, so
+//!   with the defaults a ladder is layering's and a pile at the touch is
+//!   spoofing's, never both.
+//!
+//! The pattern is checked at the records that can complete it: a `C` of a
+//! counted spoof order on S (checked for S), and a trade with one of G's
+//! orders on side X (checked for S = the other side of X; a trade adds both
+//! parties' entries before either is checked). The first record at which
+//! every condition holds alerts.
+
+use super::window::{NONE, Window};
+use super::{BookRule, Evidence, Finding, OrderIds, RuleStats, key_of, opposite, side_index};
+use crate::detect::views::{BookView, Change, OrderRef};
+use crate::event::{Event, Px, Side};
+use rustc_hash::FxHashMap;
+
+/// How a rule bounds the number of levels behind the touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Levels {
+    AtMost(u32),
+    AtLeast(u32),
+}
+
+impl Levels {
+    fn holds(self, levels: u32) -> bool {
+        match self {
+            Levels::AtMost(n) => levels <= n,
+            Levels::AtLeast(n) => levels >= n,
+        }
+    }
+}
+
+/// The validated thresholds of one pattern rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatternParams {
+    pub window_ns: i64,
+    pub size_pct: u64,
+    pub cancel_pct: u64,
+    pub one_sided_k: u64,
+    pub min_opposite_exec_qty: u64,
+    pub levels: Levels,
+    pub max_keys: usize,
+    pub max_entries: usize,
+}
+
+/// The most distinct levels counted (parameters are capped below it).
+pub const MAX_LEVELS: usize = 64;
+
+/// What a spoofing or layering alert measured, next to its thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpoofEvidence {
+    /// The side of the spoof orders.
+    pub side: Side,
+    pub window_ns: i64,
+    /// Event time of the first spoof order.
+    pub first_order_ns: i64,
+    pub spoof_qty: u64,
+    pub spoof_orders: u32,
+    pub depth5_at_placement: u64,
+    pub size_pct: u64,
+    pub cancelled_qty: u64,
+    pub cancel_pct: u64,
+    pub opposite_new_qty: u64,
+    pub one_sided_k: u64,
+    pub opposite_exec_qty: u64,
+    pub opposite_orders: u32,
+    pub min_opposite_exec_qty: u64,
+    pub levels_behind: u32,
+    pub levels: Levels,
+}
+
+impl SpoofEvidence {
+    /// `spoof_qty` against the depth, in percent (`None` when the side was
+    /// empty, which any quantity exceeds).
+    pub fn measured_size_pct(&self) -> Option<u64> {
+        (self.depth5_at_placement > 0).then(|| self.spoof_qty * 100 / self.depth5_at_placement)
+    }
+
+    pub fn measured_cancel_pct(&self) -> u64 {
+        self.cancelled_qty * 100 / self.spoof_qty.max(1)
+    }
+
+    /// `spoof_qty / opposite_new_qty` in hundredths (`None` with no new
+    /// quantity on the other side).
+    pub fn measured_one_sided_x100(&self) -> Option<u64> {
+        (self.opposite_new_qty > 0).then(|| self.spoof_qty * 100 / self.opposite_new_qty)
+    }
+}
+
+const NEW: u8 = 0;
+const EXEC: u8 = 1;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    order_id: u64,
+    price: Px,
+    /// `NEW`: the entered quantity; `EXEC`: the executed quantity.
+    qty: u64,
+    /// `NEW`: cancelled so far (counted entries only).
+    cancelled: u64,
+    depth5: u64,
+    kind: u8,
+    side: Side,
+    non_marketable: bool,
+    behind: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KeyState {
+    /// `(ts_ns, seq)` of the last alert: entries up to it are spent.
+    since: (i64, u64),
+    /// Sums over counted entries, per side.
+    spoof_qty: [u64; 2],
+    cancelled: [u64; 2],
+    new_qty: [u64; 2],
+    exec_qty: [u64; 2],
+}
+
+impl Default for KeyState {
+    fn default() -> KeyState {
+        KeyState { since: (i64::MIN, 0), spoof_qty: [0; 2], cancelled: [0; 2], new_qty: [0; 2], exec_qty: [0; 2] }
+    }
+}
+
+impl KeyState {
+    #[inline]
+    fn counts(&self, ts_ns: i64, seq: u64) -> bool {
+        (ts_ns, seq) > self.since
+    }
+}
+
+pub struct Pattern {
+    rule: BookRule,
+    params: PatternParams,
+    window: Window<Entry, KeyState>,
+    /// Order id -> absolute index of its `NEW` entry, while it is live.
+    orders: FxHashMap<u64, u64>,
+}
+
+impl Pattern {
+    pub fn new(rule: BookRule, params: PatternParams) -> Pattern {
+        let mut orders = FxHashMap::default();
+        orders.reserve(1024.min(params.max_entries));
+        Pattern { rule, params, window: Window::new(params.max_keys, params.max_entries), orders }
+    }
+
+    pub fn params(&self) -> &PatternParams {
+        &self.params
+    }
+
+    pub fn stats(&self) -> RuleStats {
+        RuleStats {
+            keys: self.window.key_count(),
+            entries: self.window.len(),
+            keys_refused: self.window.keys_refused,
+            entries_evicted: self.window.entries_evicted,
+            grew: self.window.grew,
+        }
+    }
+
+    /// Drops the entries that left the window at `now_ns`.
+    #[inline]
+    fn expire(&mut self, now_ns: i64) {
+        let cutoff = now_ns.saturating_sub(self.params.window_ns);
+        while let Some(front) = self.window.front() {
+            if front.ts_ns > cutoff {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        let Some((abs, slot)) = self.window.pop_front() else { return };
+        let e = slot.data;
+        if e.kind == NEW && self.orders.get(&e.order_id) == Some(&abs) {
+            self.orders.remove(&e.order_id);
+        }
+        let key = self.window.key_mut(slot.key);
+        if key.state.counts(slot.ts_ns, slot.seq) {
+            let s = side_index(e.side);
+            match e.kind {
+                NEW => {
+                    key.state.new_qty[s] -= e.qty;
+                    if e.non_marketable {
+                        key.state.spoof_qty[s] -= e.qty;
+                        key.state.cancelled[s] -= e.cancelled;
+                    }
+                }
+                _ => key.state.exec_qty[s] -= e.qty,
+            }
+        }
+        if key.entries == 0 {
+            self.window.release(slot.key);
+        }
+    }
+
+    /// Room for one more entry: under overload the oldest goes early.
+    #[inline]
+    fn make_room(&mut self) {
+        if self.window.must_evict() {
+            self.window.entries_evicted += 1;
+            self.pop_oldest();
+        }
+    }
+
+    fn push(&mut self, e: &Event, order: &OrderRef, data: Entry) -> Option<(u32, u64)> {
+        self.make_room();
+        let slot = self.window.find_or_insert(key_of(order.group, e.instrument))?;
+        let abs = self.window.push(slot, e.ts_ns, e.seq, data);
+        let s = side_index(data.side);
+        let state = &mut self.window.key_mut(slot).state;
+        match data.kind {
+            NEW => {
+                state.new_qty[s] += data.qty;
+                if data.non_marketable {
+                    state.spoof_qty[s] += data.qty;
+                }
+            }
+            _ => state.exec_qty[s] += data.qty,
+        }
+        Some((slot, abs))
+    }
+
+    #[inline]
+    pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
+        self.expire(e.ts_ns);
+        match *change {
+            Change::Entered { order, opposite_best, depth5_before } => {
+                let non_marketable = match (order.side, opposite_best) {
+                    (_, None) => true,
+                    (Side::Buy, Some(ask)) => order.price < ask,
+                    (Side::Sell, Some(bid)) => order.price > bid,
+                };
+                let data = Entry {
+                    order_id: order.order_id,
+                    price: order.price,
+                    qty: order.entered_qty,
+                    cancelled: 0,
+                    depth5: depth5_before,
+                    kind: NEW,
+                    side: order.side,
+                    non_marketable,
+                    behind: book.best(order.side) != Some(order.price),
+                };
+                // A reused order id (the book refuses a duplicate open one)
+                // takes the map over: the older entry keeps its counts but
+                // no longer takes cancels.
+                if let Some((_, abs)) = self.push(e, &order, data) {
+                    self.orders.insert(order.order_id, abs);
+                }
+            }
+            Change::Cancelled { order, qty } => {
+                let Some(&abs) = self.orders.get(&order.order_id) else { return };
+                debug_assert!(self.window.is_live(abs), "the order map outlived its entry");
+                let slot = self.window.entry(abs).key;
+                if self.window.key(slot).key != key_of(order.group, e.instrument) {
+                    return;
+                }
+                let entry = *self.window.entry(abs);
+                let state = self.window.key(slot).state;
+                if !entry.data.non_marketable || !state.counts(entry.ts_ns, entry.seq) {
+                    return;
+                }
+                self.window.entry_mut(abs).data.cancelled += qty;
+                self.window.key_mut(slot).state.cancelled[side_index(order.side)] += qty;
+                self.check(slot, order.side, e, order.account, emit);
+            }
+            Change::Traded { buy, sell, price, qty, .. } => {
+                let mut checks = [None, None];
+                for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
+                    let data = Entry { order_id: order.order_id, price, qty, kind: EXEC, side, ..Entry::default() };
+                    if let Some((slot, _)) = self.push(e, &order, data) {
+                        checks[i] = Some((slot, opposite(side), order.account));
+                    }
+                }
+                for (slot, spoof_side, account) in checks.into_iter().flatten() {
+                    self.check(slot, spoof_side, e, account, emit);
+                }
+            }
+            Change::Skipped(_) => {}
+        }
+    }
+
+    /// Checks the pattern for the key in `slot` with spoof orders on `side`,
+    /// cheapest conditions first: the key's entries are walked only when
+    /// the sums already hold.
+    fn check(&mut self, slot: u32, side: Side, e: &Event, account: u32, emit: &mut impl FnMut(Finding)) {
+        let p = self.params;
+        let key = self.window.key(slot);
+        let state = key.state;
+        let (s, o) = (side_index(side), side_index(opposite(side)));
+        let spoof_qty = state.spoof_qty[s];
+        if spoof_qty == 0
+            || (state.cancelled[s] as u128) * 100 < p.cancel_pct as u128 * spoof_qty as u128
+            || state.exec_qty[o] < p.min_opposite_exec_qty
+            || (spoof_qty as u128) < p.one_sided_k as u128 * state.new_qty[o] as u128
+        {
+            return;
+        }
+        let mut depth5 = None;
+        let mut levels = [0 as Px; MAX_LEVELS];
+        let mut n_levels = 0usize;
+        let mut first_order_ns = e.ts_ns;
+        for (_, entry) in self.window.walk(slot) {
+            let d = entry.data;
+            if d.kind != NEW || d.side != side || !d.non_marketable || !state.counts(entry.ts_ns, entry.seq) {
+                continue;
+            }
+            if depth5.is_none() {
+                depth5 = Some(d.depth5);
+                first_order_ns = entry.ts_ns;
+            }
+            if d.cancelled > 0 && d.behind && n_levels < MAX_LEVELS && !levels[..n_levels].contains(&d.price) {
+                levels[n_levels] = d.price;
+                n_levels += 1;
+            }
+        }
+        let depth5 = depth5.unwrap_or(0);
+        if (spoof_qty as u128) * 100 < p.size_pct as u128 * depth5 as u128 || !p.levels.holds(n_levels as u32) {
+            return;
+        }
+        let ids = self.order_ids(slot, side, &state);
+        let evidence = SpoofEvidence {
+            side,
+            window_ns: p.window_ns,
+            first_order_ns,
+            spoof_qty,
+            spoof_orders: ids.1,
+            depth5_at_placement: depth5,
+            size_pct: p.size_pct,
+            cancelled_qty: state.cancelled[s],
+            cancel_pct: p.cancel_pct,
+            opposite_new_qty: state.new_qty[o],
+            one_sided_k: p.one_sided_k,
+            opposite_exec_qty: state.exec_qty[o],
+            opposite_orders: ids.2,
+            min_opposite_exec_qty: p.min_opposite_exec_qty,
+            levels_behind: n_levels as u32,
+            levels: p.levels,
+        };
+        emit(Finding {
+            rule: self.rule,
+            seq: e.seq,
+            ts_ns: e.ts_ns,
+            group: (key.key >> 32) as u32,
+            account,
+            instrument: e.instrument,
+            evidence: Evidence::Spoof(evidence),
+            order_ids: ids.0,
+        });
+        let state = &mut self.window.key_mut(slot).state;
+        *state = KeyState { since: (e.ts_ns, e.seq), ..KeyState::default() };
+    }
+
+    /// The cancelled spoof orders, then the distinct opposite orders that
+    /// executed; with the two counts. Alert time only (quadratic in the
+    /// key's executions).
+    fn order_ids(&self, slot: u32, side: Side, state: &KeyState) -> (OrderIds, u32, u32) {
+        let mut ids = OrderIds::default();
+        let mut spoof = 0;
+        for (_, entry) in self.window.walk(slot) {
+            let d = entry.data;
+            if d.kind == NEW
+                && d.side == side
+                && d.non_marketable
+                && d.cancelled > 0
+                && state.counts(entry.ts_ns, entry.seq)
+            {
+                ids.add(d.order_id, true);
+                spoof += 1;
+            }
+        }
+        let other = opposite(side);
+        let counted_exec = |entry: &super::window::Slot<Entry>| {
+            entry.data.kind == EXEC && entry.data.side == other && state.counts(entry.ts_ns, entry.seq)
+        };
+        let mut opposite_orders = 0;
+        for (abs, entry) in self.window.walk(slot) {
+            if !counted_exec(entry) {
+                continue;
+            }
+            let seen = self
+                .window
+                .walk(slot)
+                .take_while(|(a, _)| *a < abs)
+                .any(|(_, earlier)| counted_exec(earlier) && earlier.data.order_id == entry.data.order_id);
+            if !seen {
+                opposite_orders += 1;
+                ids.add(entry.data.order_id, true);
+            }
+        }
+        debug_assert!(self.window.key(slot).head != NONE);
+        (ids, spoof, opposite_orders)
+    }
+}
