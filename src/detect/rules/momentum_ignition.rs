@@ -401,3 +401,193 @@ impl MomentumIgnition {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::test_book::{Applied, MS, NaiveBook, SEC, Step, TICK, random_tape};
+    use crate::detect::views::OrderRef;
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use std::collections::HashMap;
+
+    fn engine(recs: &[Applied], params: Params) -> Vec<Finding> {
+        let mut rule = MomentumIgnition::new(params);
+        let mut book = NaiveBook::new(TICK);
+        let mut out = Vec::new();
+        for r in recs {
+            let change = book.apply(&r.e);
+            rule.on_record(&r.e, &change, &book, &mut |f| out.push(f));
+        }
+        out
+    }
+
+    /// The definition in the module doc, recomputed from every applied
+    /// record at each trade.
+    fn reference(recs: &[Applied], p: Params) -> Vec<Finding> {
+        let mut since: HashMap<u64, (i64, u64)> = HashMap::new();
+        let mut out = Vec::new();
+        let trade = |j: usize| match recs[j].change {
+            Change::Traded { buy, sell, aggressor, price, qty } => Some((buy, sell, aggressor, price, qty)),
+            _ => None,
+        };
+        let key = |o: &OrderRef, j: usize| key_of(o.group, recs[j].e.instrument);
+        let aggressive = |j: usize| {
+            trade(j).map(|(buy, sell, aggressor, ..)| (if aggressor == Side::Buy { buy } else { sell }, aggressor))
+        };
+        // The run at trade j of key k on side s, if j is one of its trades.
+        let run = |j: usize, k: u64, s: Side, since: (i64, u64)| -> Vec<usize> {
+            let t = recs[j].e.ts_ns;
+            (0..=j)
+                .filter(|&m| {
+                    recs[m].e.ts_ns > t - p.window_ns
+                        && (recs[m].e.ts_ns, recs[m].e.seq) > since
+                        && aggressive(m).is_some_and(|(o, side)| side == s && key(&o, m) == k)
+                })
+                .collect()
+        };
+        let ignites = |j: usize, k: u64, s: Side, since: (i64, u64)| -> Option<Arm> {
+            let trades = run(j, k, s, since);
+            if trades.last() != Some(&j) {
+                return None;
+            }
+            let first = trades[0];
+            let price = trade(j)?.3;
+            let start_px = (0..first).rev().find_map(|m| trade(m).map(|x| x.3)).unwrap_or(trade(first)?.3);
+            if dir(s) * (price - start_px) < p.min_move_ticks * TICK {
+                return None;
+            }
+            let mut arm = Arm {
+                active: true,
+                ts_ns: recs[j].e.ts_ns,
+                start_px,
+                moved_px: price,
+                tick: TICK,
+                run_start_ns: recs[first].e.ts_ns,
+                ..Arm::default()
+            };
+            let mut seen = Vec::new();
+            for &m in &trades {
+                let (o, _) = aggressive(m)?;
+                arm.trades += 1;
+                arm.qty += trade(m)?.4;
+                arm.ids.add(o.order_id, !seen.contains(&o.order_id));
+                seen.push(o.order_id);
+            }
+            Some(arm)
+        };
+        for (i, r) in recs.iter().enumerate() {
+            let Some((buy, sell, _, price, qty)) = trade(i) else { continue };
+            let t = r.e.ts_ns;
+            for (order, x) in [(buy, Side::Buy), (sell, Side::Sell)] {
+                let k = key(&order, i);
+                let s = opposite(x);
+                let since_k = since.get(&k).copied().unwrap_or((i64::MIN, 0));
+                let Some(arm) = (0..i).rev().find_map(|j| ignites(j, k, s, since_k)) else { continue };
+                if t - arm.ts_ns > p.follow_ns || dir(s) * (price - arm.moved_px) < -p.near_ticks * TICK {
+                    continue;
+                }
+                let mut ids = arm.ids;
+                ids.add(order.order_id, true);
+                out.push(Finding {
+                    rule: BookRule::MomentumIgnition,
+                    seq: r.e.seq,
+                    ts_ns: t,
+                    group: order.group,
+                    account: order.account,
+                    instrument: r.e.instrument,
+                    evidence: Evidence::Ignition(IgnitionEvidence {
+                        side: s,
+                        start_px: arm.start_px,
+                        moved_px: arm.moved_px,
+                        move_ticks: dir(s) * (arm.moved_px - arm.start_px) / TICK,
+                        min_move_ticks: p.min_move_ticks,
+                        run_start_ns: arm.run_start_ns,
+                        run_end_ns: arm.ts_ns,
+                        aggressive_trades: arm.trades,
+                        aggressive_qty: arm.qty,
+                        window_ns: p.window_ns,
+                        exit_px: price,
+                        exit_qty: qty,
+                        exit_vs_moved_ticks: dir(s) * (price - arm.moved_px) / TICK,
+                        near_ticks: p.near_ticks,
+                        exit_after_ns: t - arm.ts_ns,
+                        follow_ns: p.follow_ns,
+                    }),
+                    order_ids: ids,
+                });
+                since.insert(k, (t, r.e.seq));
+            }
+        }
+        out
+    }
+
+    fn params() -> impl Strategy<Value = Params> {
+        (
+            prop::sample::select(vec![500i64, 2_000, 5_000]),
+            1i64..5,
+            prop::sample::select(vec![1_000i64, 5_000, 30_000]),
+            0i64..3,
+        )
+            .prop_map(|(window_ms, min_move_ticks, follow_ms, near_ticks)| Params {
+                window_ns: window_ms * MS,
+                min_move_ticks,
+                follow_ns: follow_ms * MS,
+                near_ticks,
+                max_keys: 1 << 10,
+                max_entries: 1 << 12,
+                max_instruments: 4,
+            })
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), any::<u16>(), any::<u8>()), 1..250)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn engine_equals_reference(steps in steps(), params in params()) {
+            let tape = random_tape(&steps);
+            prop_assert_eq!(engine(&tape.applied, params), reference(&tape.applied, params));
+        }
+    }
+
+    #[test]
+    fn random_streams_trigger() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut fired, mut total) = (0, 0);
+        for _ in 0..200 {
+            let steps = steps().new_tree(&mut runner).unwrap().current();
+            let params = params().new_tree(&mut runner).unwrap().current();
+            let n = reference(&random_tape(&steps).applied, params).len();
+            fired += (n > 0) as usize;
+            total += n;
+        }
+        assert!(fired >= 15 && total >= 20, "only {fired} streams fired ({total} findings)");
+    }
+
+    #[test]
+    fn params_defaults_ranges_and_every_problem() {
+        #[derive(Deserialize)]
+        struct Doc {
+            momentum_ignition: Option<RawParams>,
+        }
+        let parse = |text: &str| {
+            let doc: Doc = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+            let mut problems = Vec::new();
+            let params = Params::validate(doc.momentum_ignition.as_ref(), text, &mut problems);
+            if problems.is_empty() { Ok(params) } else { Err(problems) }
+        };
+        assert_eq!(parse("").unwrap(), Some(Params::default()));
+        assert_eq!(parse("[momentum_ignition]\nenabled = false\n").unwrap(), None);
+        let p = parse("[momentum_ignition]\nwindow_ms = 500\nnear_ticks = 0\n").unwrap().unwrap();
+        assert_eq!((p.window_ns, p.near_ticks, p.follow_ns), (500 * MS, 0, 30 * SEC));
+        let problems = parse("[momentum_ignition]\nmin_move_ticks = 0\nfollow_ms = -1\n").unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("line 2: momentum_ignition.min_move_ticks = 0 is out of range"));
+        assert!(problems[1].starts_with("line 3: momentum_ignition.follow_ms = -1"));
+        assert!(parse("[momentum_ignition]\nmove = 3\n").is_err());
+    }
+}

@@ -245,3 +245,74 @@ impl Tape {
         }
     }
 }
+
+/// One step of a random stream, read against the book as it stands.
+pub type Step = (u8, u8, u8, u16, u8);
+
+/// A book-consistent random stream: new orders of six accounts in two
+/// groups and two of their own, priced within a few ticks of 10.00 in
+/// sizes from 100 to 5,000; cancels of open orders (whatever is open);
+/// trades between open orders (whole or part, either side aggressing);
+/// time steps from 0 to 3 s; and planted ladders (see below).
+pub fn random_tape(steps: &[Step]) -> Tape {
+    let mut tape = Tape::new();
+    for account in 0..4 {
+        tape.relate(account, account / 2 + 1);
+    }
+    let mut ts = 1_000 * SEC;
+    let mut next_id = 1;
+    for &(action, a, b, c, dt) in steps {
+        ts += [0, 1, 100 * MS, 100 * MS, 500 * MS, SEC, 3 * SEC][dt as usize % 7];
+        let open = tape.book.open_orders();
+        match action % 10 {
+            8 | 9 => {
+                // A planted ladder: a small order on one side, then three
+                // large ones on the other, one to three ticks apart, that
+                // later steps may trade or cancel.
+                let account = a as u32 % 6;
+                let side = if b & 1 == 0 { Side::Buy } else { Side::Sell };
+                let step = 1 + (c as i64 >> 4) % 2;
+                let (small, first, dir) = if side == Side::Buy { (1, 0, -1) } else { (0, 1, 1) };
+                tape.new_order(ts, next_id, account, super::opposite(side), 100_000 + small * TICK, 100);
+                next_id += 1;
+                for i in 0..3i64 {
+                    let price = 100_000 + (first + dir * i * step) * TICK;
+                    tape.new_order(ts, next_id, account, side, price, 2_000);
+                    next_id += 1;
+                }
+            }
+            0..=3 => {
+                let side = if b & 1 == 0 { Side::Buy } else { Side::Sell };
+                // Mostly on the own side of 10.00/10.01, sometimes across.
+                let ticks = c as i64 % 6 - 1;
+                let price = 100_000 + if side == Side::Buy { 1 - ticks } else { ticks } * TICK;
+                let qty = [100, 500, 2_000, 5_000][(c as usize >> 4) % 4];
+                tape.new_order(ts, next_id, a as u32 % 6, side, price, qty);
+                next_id += 1;
+            }
+            // Cancels and trades mostly take recent orders (ids ascend), so
+            // planted ladders are often cancelled or traded while fresh.
+            4 | 5 if !open.is_empty() => {
+                let recent = &open[open.len().saturating_sub(8)..];
+                tape.cancel(ts, recent[a as usize % recent.len()].order_id)
+            }
+            6 | 7 => {
+                let buys: Vec<_> = open.iter().filter(|o| o.side == Side::Buy).collect();
+                let sells: Vec<_> = open.iter().filter(|o| o.side == Side::Sell).collect();
+                if buys.is_empty() || sells.is_empty() {
+                    continue;
+                }
+                let (buy, sell) = (
+                    buys[buys.len() - 1 - a as usize % buys.len().min(3)],
+                    sells[sells.len() - 1 - b as usize % sells.len().min(3)],
+                );
+                let most = buy.open_qty.min(sell.open_qty);
+                let qty = if c & 1 == 0 { most } else { (most / 2).max(1) };
+                let aggressor = if c & 2 == 0 { Side::Buy } else { Side::Sell };
+                tape.trade(ts, buy.order_id, sell.order_id, aggressor, qty);
+            }
+            _ => {}
+        }
+    }
+    tape
+}

@@ -252,6 +252,13 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
         })
     }
 
+    /// Keys whose entry count is not zero (tests: a key without entries
+    /// must have been released).
+    #[cfg(test)]
+    pub fn keys_map_len_with_entries(&self) -> usize {
+        self.keys().filter(|(_, k)| k.entries > 0).count()
+    }
+
     /// Every key's slot and entry (for snapshots and tests).
     pub fn keys(&self) -> impl Iterator<Item = (u32, &KeyEntry<S>)> + '_ {
         self.map.values().map(|&slot| (slot, &self.keys[slot as usize]))
