@@ -13,9 +13,13 @@
 //!   or with no ask; a sell likewise), each with its entered quantity, the
 //!   resting best-5 depth of S just before it, and whether it stood behind
 //!   the touch once placed (its price worse than S's best after it).
-//! - `spoof_qty`: their entered quantity. `depth5`: the best-5 depth of S
-//!   just before the first of them. Large: `spoof_qty * 100 >= size_pct *
-//!   depth5`.
+//! - `spoof_qty`: their entered quantity. `peak_open_qty`: the most of
+//!   them open at once (in record order, entries add their quantity, cancels
+//!   and fills take theirs away). `depth5`: the best-5 depth of S just
+//!   before the first of them. Large: `peak_open_qty * 100 >= size_pct *
+//!   depth5`: pressure is what stands in the book together, so a market
+//!   maker replacing one quote many times a second does not add up to a
+//!   large order.
 //! - `cancelled_qty`: what `C` records have cancelled of them so far (a
 //!   partial fill leaves the rest to be cancelled). Mostly cancelled:
 //!   `cancelled_qty * 100 >= cancel_pct * spoof_qty`. Cancelled within the
@@ -87,6 +91,7 @@ pub struct SpoofEvidence {
     pub first_order_ns: i64,
     pub spoof_qty: u64,
     pub spoof_orders: u32,
+    pub peak_open_qty: u64,
     pub depth5_at_placement: u64,
     pub size_pct: u64,
     pub cancelled_qty: u64,
@@ -101,10 +106,10 @@ pub struct SpoofEvidence {
 }
 
 impl SpoofEvidence {
-    /// `spoof_qty` against the depth, in percent (`None` when the side was
-    /// empty, which any quantity exceeds).
+    /// `peak_open_qty` against the depth, in percent (`None` when the side
+    /// was empty, which any quantity exceeds).
     pub fn measured_size_pct(&self) -> Option<u64> {
-        (self.depth5_at_placement > 0).then(|| self.spoof_qty * 100 / self.depth5_at_placement)
+        (self.depth5_at_placement > 0).then(|| self.peak_open_qty * 100 / self.depth5_at_placement)
     }
 
     pub fn measured_cancel_pct(&self) -> u64 {
@@ -120,6 +125,8 @@ impl SpoofEvidence {
 
 const NEW: u8 = 0;
 const EXEC: u8 = 1;
+/// A cancel of a counted spoof order (kept only for the walk's peak).
+const CANCEL: u8 = 2;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Entry {
@@ -129,6 +136,11 @@ struct Entry {
     qty: u64,
     /// `NEW`: cancelled so far (counted entries only).
     cancelled: u64,
+    /// `EXEC`: a fill of a counted spoof order.
+    spoof_fill: bool,
+    /// `CANCEL` and spoof-fill `EXEC`: the index of the order's `NEW`
+    /// entry (once that has left the window, so has this one's quantity).
+    of_new: u64,
     depth5: u64,
     kind: u8,
     side: Side,
@@ -218,7 +230,8 @@ impl Pattern {
                         key.state.cancelled[s] -= e.cancelled;
                     }
                 }
-                _ => key.state.exec_qty[s] -= e.qty,
+                EXEC => key.state.exec_qty[s] -= e.qty,
+                _ => {}
             }
         }
         if key.entries == 0 {
@@ -248,7 +261,8 @@ impl Pattern {
                     state.spoof_qty[s] += data.qty;
                 }
             }
-            _ => state.exec_qty[s] += data.qty,
+            EXEC => state.exec_qty[s] += data.qty,
+            _ => {}
         }
         Some((slot, abs))
     }
@@ -268,6 +282,8 @@ impl Pattern {
                     price: order.price,
                     qty: order.entered_qty,
                     cancelled: 0,
+                    spoof_fill: false,
+                    of_new: NONE,
                     depth5: depth5_before,
                     kind: NEW,
                     side: order.side,
@@ -295,12 +311,34 @@ impl Pattern {
                 }
                 self.window.entry_mut(abs).data.cancelled += qty;
                 self.window.key_mut(slot).state.cancelled[side_index(order.side)] += qty;
-                self.check(slot, order.side, e, order.account, emit);
+                let data = Entry {
+                    order_id: order.order_id,
+                    qty,
+                    kind: CANCEL,
+                    side: order.side,
+                    of_new: abs,
+                    ..Entry::default()
+                };
+                if let Some((slot, _)) = self.push(e, &order, data) {
+                    self.check(slot, order.side, e, order.account, emit);
+                }
             }
             Change::Traded { buy, sell, price, qty, .. } => {
                 let mut checks = [None, None];
                 for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
-                    let data = Entry { order_id: order.order_id, price, qty, kind: EXEC, side, ..Entry::default() };
+                    let of_new = self.counted_spoof(&order, e);
+                    let spoof_fill = of_new.is_some();
+                    let of_new = of_new.unwrap_or(NONE);
+                    let data = Entry {
+                        order_id: order.order_id,
+                        price,
+                        qty,
+                        kind: EXEC,
+                        side,
+                        spoof_fill,
+                        of_new,
+                        ..Entry::default()
+                    };
                     if let Some((slot, _)) = self.push(e, &order, data) {
                         checks[i] = Some((slot, opposite(side), order.account));
                     }
@@ -311,6 +349,18 @@ impl Pattern {
             }
             Change::Skipped(_) => {}
         }
+    }
+
+    /// The `NEW` entry of `order` if it is a counted spoof order of its key.
+    #[inline]
+    fn counted_spoof(&self, order: &OrderRef, e: &Event) -> Option<u64> {
+        let &abs = self.orders.get(&order.order_id)?;
+        let entry = self.window.entry(abs);
+        let key = self.window.key(entry.key);
+        (key.key == key_of(order.group, e.instrument)
+            && entry.data.non_marketable
+            && key.state.counts(entry.ts_ns, entry.seq))
+        .then_some(abs)
     }
 
     /// Checks the pattern for the key in `slot` with spoof orders on `side`,
@@ -333,9 +383,21 @@ impl Pattern {
         let mut levels = [0 as Px; MAX_LEVELS];
         let mut n_levels = 0usize;
         let mut first_order_ns = e.ts_ns;
+        let (mut open, mut peak) = (0u64, 0u64);
         for (_, entry) in self.window.walk(slot) {
             let d = entry.data;
-            if d.kind != NEW || d.side != side || !d.non_marketable || !state.counts(entry.ts_ns, entry.seq) {
+            if d.side != side || !state.counts(entry.ts_ns, entry.seq) {
+                continue;
+            }
+            match d.kind {
+                NEW if d.non_marketable => {
+                    open += d.qty;
+                    peak = peak.max(open);
+                }
+                CANCEL | EXEC if (d.kind == CANCEL || d.spoof_fill) && self.window.is_live(d.of_new) => open -= d.qty,
+                _ => continue,
+            }
+            if d.kind != NEW {
                 continue;
             }
             if depth5.is_none() {
@@ -348,7 +410,7 @@ impl Pattern {
             }
         }
         let depth5 = depth5.unwrap_or(0);
-        if (spoof_qty as u128) * 100 < p.size_pct as u128 * depth5 as u128 || !p.levels.holds(n_levels as u32) {
+        if (peak as u128) * 100 < p.size_pct as u128 * depth5 as u128 || !p.levels.holds(n_levels as u32) {
             return;
         }
         let ids = self.order_ids(slot, side, &state);
@@ -358,6 +420,7 @@ impl Pattern {
             first_order_ns,
             spoof_qty,
             spoof_orders: ids.1,
+            peak_open_qty: peak,
             depth5_at_placement: depth5,
             size_pct: p.size_pct,
             cancelled_qty: state.cancelled[s],
@@ -524,12 +587,33 @@ mod tests {
                     .collect();
                 let exec_qty: u64 = execs.iter().map(|x| x.1).sum();
                 let depth5 = spoof.first().map_or(0, |x| x.2);
+                let spoof_ids: Vec<u64> = spoof.iter().map(|x| x.1.order_id).collect();
+                let (mut open, mut peak) = (0i64, 0i64);
+                for m in spoof.first().map_or(i + 1, |x| x.0)..=i {
+                    match recs[m].change {
+                        Change::Entered { order, .. }
+                            if spoof_ids.contains(&order.order_id) && spoof.iter().any(|x| x.0 == m) =>
+                        {
+                            open += order.entered_qty as i64;
+                            peak = peak.max(open);
+                        }
+                        Change::Cancelled { order, qty } if spoof_ids.contains(&order.order_id) => open -= qty as i64,
+                        Change::Traded { buy, sell, qty, .. } => {
+                            let ord = if s == Side::Buy { buy } else { sell };
+                            if spoof_ids.contains(&ord.order_id) {
+                                open -= qty as i64;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let peak = peak as u64;
                 let mut levels: Vec<Px> =
                     spoof.iter().filter(|x| x.3 > 0 && recs[x.0].behind).map(|x| x.1.price).collect();
                 levels.sort();
                 levels.dedup();
                 let holds = spoof_qty > 0
-                    && spoof_qty * 100 >= p.size_pct * depth5
+                    && peak * 100 >= p.size_pct * depth5
                     && cancelled * 100 >= p.cancel_pct * spoof_qty
                     && spoof_qty >= p.one_sided_k * new_opposite
                     && exec_qty >= p.min_opposite_exec_qty
@@ -561,6 +645,7 @@ mod tests {
                         first_order_ns: recs[spoof[0].0].e.ts_ns,
                         spoof_qty,
                         spoof_orders: cancelled_orders.len() as u32,
+                        peak_open_qty: peak,
                         depth5_at_placement: depth5,
                         size_pct: p.size_pct,
                         cancelled_qty: cancelled,

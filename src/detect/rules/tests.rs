@@ -324,7 +324,7 @@ fn market_makers_and_traders(tape: &mut Tape, seconds: i64, seed: u64) {
             }
         }
         if t >= next_trader {
-            next_trader = t + 700 * MS + rng.next(800) as i64 * MS;
+            next_trader = t + 300 * MS + rng.next(600) as i64 * MS;
             let trader = 60 + rng.next(20) as u32;
             id += 1;
             let side = if rng.next(2) == 0 { BUY } else { SELL };
@@ -346,6 +346,23 @@ fn market_makers_and_ordinary_traders_are_silent() {
         let mut tape = Tape::new();
         background_from(&mut tape, 1_000, 4);
         market_makers_and_traders(&mut tape, 60, seed);
+        // The flow is what the rules must leave alone: both makers fill on
+        // both sides and cancel more than 90% of what they quote.
+        for maker in [5, 8] {
+            let (mut quoted, mut cancelled, mut filled) = (0u64, 0u64, [0u64; 2]);
+            for a in &tape.applied {
+                match a.change {
+                    Change::Entered { order, .. } if order.account == maker => quoted += 1,
+                    Change::Cancelled { order, .. } if order.account == maker => cancelled += 1,
+                    Change::Traded { buy, sell, .. } => {
+                        filled[0] += (buy.account == maker) as u64;
+                        filled[1] += (sell.account == maker) as u64;
+                    }
+                    _ => {}
+                }
+            }
+            assert!(cancelled * 10 > quoted * 9 && filled[0] >= 5 && filled[1] >= 5, "{quoted} {cancelled} {filled:?}");
+        }
         let findings = detect(&tape);
         assert_eq!(summary(&findings), vec![], "seed {seed}: {:#?}", &findings[..findings.len().min(3)]);
     }
@@ -401,4 +418,61 @@ fn shapes_among_benign_flow() {
     assert_eq!(summary(&findings), vec![(BookRule::Spoofing, 1)], "{findings:#?}");
 }
 
-use crate::detect::views::BookView;
+use crate::detect::views::{BookView, Change};
+
+#[test]
+fn spoofing_and_layering_params() {
+    use super::spoof_pattern::Levels;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        spoofing: Option<spoofing::RawParams>,
+        layering: Option<layering::RawParams>,
+    }
+    let parse = |text: &str| {
+        let doc: Doc = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems = Vec::new();
+        let s = spoofing::Params::validate(doc.spoofing.as_ref(), text, &mut problems);
+        let l = layering::Params::validate(doc.layering.as_ref(), text, &mut problems);
+        if problems.is_empty() { Ok((s, l)) } else { Err(problems) }
+    };
+    let (s, l) = parse("").unwrap();
+    let (s, l) = (s.unwrap().0, l.unwrap().0);
+    assert_eq!(
+        (s.window_ns, s.size_pct, s.cancel_pct, s.one_sided_k, s.levels),
+        (5 * SEC, 50, 80, 4, Levels::AtMost(2))
+    );
+    assert_eq!((l.window_ns, l.levels), (10 * SEC, Levels::AtLeast(3)));
+    let (s, l) = parse("[spoofing]\nenabled = false\n[layering]\nmin_levels_behind = 4\ncancel_pct = 90\n").unwrap();
+    assert_eq!(s, None);
+    assert_eq!((l.unwrap().0.levels, l.unwrap().0.cancel_pct), (Levels::AtLeast(4), 90));
+    let problems =
+        parse("[spoofing]\ncancel_pct = 101\nsize_pct = 0\n[layering]\nmin_levels_behind = 0\nwindow_ms = 0\n")
+            .unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(problems[0].starts_with("line 3: spoofing.size_pct = 0 is out of range 1..="), "{problems:?}");
+    assert!(problems[1].starts_with("line 2: spoofing.cancel_pct = 101 is out of range 1..=100"), "{problems:?}");
+    assert!(problems[2].starts_with("line 6: layering.window_ms = 0"), "{problems:?}");
+    assert!(problems[3].starts_with("line 5: layering.min_levels_behind = 0"), "{problems:?}");
+    assert!(parse("[spoofing]\nratio = 3\n").unwrap_err()[0].contains("unknown field `ratio`"));
+}
+
+#[test]
+fn a_full_key_table_refuses_and_counts() {
+    let mut params = spoofing::Params::default();
+    params.0.max_keys = 1;
+    let mut rules = Rules::defaults();
+    rules.spoofing = spoofing::Spoofing::new(params);
+    let mut tape = Tape::new();
+    tape.relate(1, 1);
+    tape.relate(2, 1);
+    // The background's accounts take the only key first, so the spoofer's
+    // group is refused: no alert, and the refusals are counted.
+    background(&mut tape, 1_000);
+    coscia(&mut tape, SEC, 1, 2, 600 * MS);
+    let events: Vec<Event> = tape.applied.iter().map(|a| a.e).collect();
+    let findings = rules.run(&events);
+    assert_eq!(summary(&findings), vec![], "{findings:#?}");
+    assert!(rules.spoofing.stats().keys_refused > 0);
+    assert_eq!(rules.spoofing.stats().keys, 1);
+}

@@ -263,11 +263,6 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     pub fn keys(&self) -> impl Iterator<Item = (u32, &KeyEntry<S>)> + '_ {
         self.map.values().map(|&slot| (slot, &self.keys[slot as usize]))
     }
-
-    /// Every live entry, oldest first.
-    pub fn entries(&self) -> impl Iterator<Item = &Slot<T>> + '_ {
-        (self.head..self.tail).map(|abs| &self.ring[(abs & self.mask) as usize])
-    }
 }
 
 #[cfg(test)]
