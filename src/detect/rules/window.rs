@@ -259,9 +259,15 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
         self.keys().filter(|(_, k)| k.entries > 0).count()
     }
 
-    /// Every key's slot and entry (for snapshots and tests).
+    /// Every key's slot and entry (for snapshots and tests), in no
+    /// particular order.
     pub fn keys(&self) -> impl Iterator<Item = (u32, &KeyEntry<S>)> + '_ {
         self.map.values().map(|&slot| (slot, &self.keys[slot as usize]))
+    }
+
+    /// Every live entry, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = &Slot<T>> + '_ {
+        (self.head..self.tail).map(|abs| &self.ring[(abs & self.mask) as usize])
     }
 }
 
