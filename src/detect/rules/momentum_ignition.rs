@@ -37,6 +37,7 @@
 use super::params::{Fields, MS};
 use super::window::{NONE, Window};
 use super::{BookRule, Evidence, Finding, IgnitionEvidence, OrderIds, RuleStats, key_of, opposite, side_index};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::detect::views::{BookView, Change};
 use crate::event::{Event, InstrumentId, Px, Side};
 use rustc_hash::FxHashMap;
@@ -177,6 +178,25 @@ pub struct MomentumIgnition {
     last_px: FxHashMap<InstrumentId, Px>,
     instruments_refused: u64,
     grew: u64,
+    /// Restored keys and entries waiting for `restored`.
+    pending_keys: FxHashMap<u64, KeyState>,
+    pending_entries: Vec<(i64, u64, u64, Run)>,
+}
+
+/// The fewest bytes of a key (arms without ids) and of an entry in a snapshot.
+const MIN_KEY_BYTES: usize = 8 * 3 + 2 * (1 + 8 * 7 + 4 + 1);
+const ENTRY_BYTES: usize = 8 * 6 + 1;
+
+fn side_byte(side: Side) -> u8 {
+    side as u8
+}
+
+fn read_side(r: &mut Reader<'_>) -> Result<Side, DecodeError> {
+    match r.u8()? {
+        b'B' => Ok(Side::Buy),
+        b'S' => Ok(Side::Sell),
+        other => Err(DecodeError(format!("momentum-ignition: bad side {other}"))),
+    }
 }
 
 impl MomentumIgnition {
@@ -190,7 +210,140 @@ impl MomentumIgnition {
             last_px,
             instruments_refused: 0,
             grew: 0,
+            pending_keys: FxHashMap::default(),
+            pending_entries: Vec::new(),
         }
+    }
+
+    /// The whole state, for a checkpoint. Layout: the instruments' last
+    /// trade prices `(instrument, px)`; the keys `(key, since ts, since seq,
+    /// arm per side)`, an arm being `(active, ts, start, moved, tick, run
+    /// start, qty, trades, ids)`; then the run entries oldest first `(ts,
+    /// seq, key, order_id, start_px, qty, side)`. Pending ignitions' lapse
+    /// times follow from the arms.
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u64(self.last_px.len() as u64);
+        for (&instrument, &px) in &self.last_px {
+            w.u64(instrument as u64);
+            w.i64(px);
+        }
+        w.u64(self.window.key_count() as u64);
+        for (_, key) in self.window.keys() {
+            w.u64(key.key);
+            w.i64(key.state.since.0);
+            w.u64(key.state.since.1);
+            for arm in &key.state.arms {
+                w.u8(arm.active as u8);
+                for v in [arm.ts_ns, arm.start_px, arm.moved_px, arm.tick, arm.run_start_ns] {
+                    w.i64(v);
+                }
+                w.u64(arm.qty);
+                w.u64(arm.ids.total as u64);
+                w.u32(arm.trades);
+                w.u8(arm.ids.len);
+                for &id in arm.ids.as_slice() {
+                    w.u64(id);
+                }
+            }
+        }
+        w.u64(self.window.len() as u64);
+        for slot in self.window.entries() {
+            w.i64(slot.ts_ns);
+            w.u64(slot.seq);
+            w.u64(self.window.key(slot.key).key);
+            w.u64(slot.data.order_id);
+            w.i64(slot.data.start_px);
+            w.u64(slot.data.qty);
+            w.u8(side_byte(slot.data.side));
+        }
+    }
+
+    /// Reads one old shard's snapshot, keeping the keys (and instruments,
+    /// as the key `instrument`) that `keep` accepts; `restored` builds the
+    /// state once every snapshot was read.
+    pub fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
+        for _ in 0..r.count(16)? {
+            let (instrument, px) = (r.u64()?, r.i64()?);
+            let id = InstrumentId::try_from(instrument)
+                .map_err(|_| DecodeError(format!("momentum-ignition: instrument {instrument} out of range")))?;
+            if keep(instrument) && self.last_px.insert(id, px).is_some() {
+                return Err(DecodeError(format!("momentum-ignition: instrument {instrument} in two snapshots")));
+            }
+        }
+        for _ in 0..r.count(MIN_KEY_BYTES)? {
+            let key = r.u64()?;
+            let mut state = KeyState { since: (r.i64()?, r.u64()?), ..KeyState::default() };
+            for arm in &mut state.arms {
+                arm.active = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(DecodeError(format!("momentum-ignition: bad arm flag {other}"))),
+                };
+                [arm.ts_ns, arm.start_px, arm.moved_px, arm.tick, arm.run_start_ns] =
+                    [r.i64()?, r.i64()?, r.i64()?, r.i64()?, r.i64()?];
+                arm.qty = r.u64()?;
+                let total = r.u64()?;
+                arm.trades = r.u32()?;
+                let len = r.u8()? as usize;
+                if len > OrderIds::CAP || (len as u64) > total || total > u32::MAX as u64 || arm.tick <= 0 && arm.active
+                {
+                    return Err(DecodeError(format!("momentum-ignition: bad arm of key {key:#x}")));
+                }
+                for _ in 0..len {
+                    arm.ids.add(r.u64()?, true);
+                }
+                arm.ids.total = total as u32;
+            }
+            if keep(key) && self.pending_keys.insert(key, state).is_some() {
+                return Err(DecodeError(format!("momentum-ignition: key {key:#x} in two snapshots")));
+            }
+        }
+        for _ in 0..r.count(ENTRY_BYTES)? {
+            let (ts, seq, key) = (r.i64()?, r.u64()?, r.u64()?);
+            let run = Run { order_id: r.u64()?, start_px: r.i64()?, qty: r.u64()?, side: read_side(r)? };
+            if keep(key) {
+                self.pending_entries.push((ts, seq, key, run));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the state from the snapshots read: keys with their arms (and
+    /// their lapse times, in time order), then the run entries in time
+    /// order, the per-side counts recomputed from the counted ones.
+    pub fn restored(&mut self) {
+        let mut keys = std::mem::take(&mut self.pending_keys);
+        for (&key, &state) in &keys {
+            let Some(slot) = self.window.find_or_insert(key) else { continue };
+            self.window.key_mut(slot).state = KeyState { since: state.since, arms: state.arms, ..KeyState::default() };
+            for (side, arm) in [Side::Buy, Side::Sell].into_iter().zip(state.arms) {
+                if arm.active {
+                    self.deadlines.push_back((arm.ts_ns.saturating_add(self.params.follow_ns), key, side));
+                }
+            }
+        }
+        self.deadlines.make_contiguous().sort_by_key(|d| d.0);
+        keys.clear();
+        self.pending_keys = keys;
+        let mut entries = std::mem::take(&mut self.pending_entries);
+        entries.sort_by_key(|e| (e.0, e.1));
+        for (ts, seq, key, run) in entries.drain(..) {
+            let Some(slot) = self.window.find_or_insert(key) else { continue };
+            if self.window.must_evict() {
+                self.window.entries_evicted += 1;
+                self.pop_oldest();
+            }
+            let abs = self.window.push(slot, ts, seq, run);
+            let state = &mut self.window.key_mut(slot).state;
+            if state.counts(ts, seq) {
+                let s = side_index(run.side);
+                state.trades[s] += 1;
+                if state.first[s] == NONE {
+                    state.first[s] = abs;
+                }
+            }
+        }
+        self.pending_entries = entries;
     }
 
     pub fn params(&self) -> &Params {
@@ -405,6 +558,7 @@ impl MomentumIgnition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::codec::{Reader, Writer};
     use crate::detect::rules::test_book::{Applied, MS, NaiveBook, SEC, Step, TICK, random_tape};
     use crate::detect::views::OrderRef;
     use proptest::prelude::*;
@@ -551,6 +705,82 @@ mod tests {
         fn engine_equals_reference(steps in steps(), params in params()) {
             let tape = random_tape(&steps);
             prop_assert_eq!(engine(&tape.applied, params), reference(&tape.applied, params));
+        }
+    }
+
+    /// The state as comparable text (see the spoof pattern's).
+    fn canonical(rule: &MomentumIgnition) -> String {
+        let mut keys: Vec<String> = rule
+            .window
+            .keys()
+            .map(|(_, k)| {
+                format!(
+                    "{:x} {:?} {:?} {}",
+                    k.key,
+                    k.state.since,
+                    k.state.arms,
+                    k.state.trades[0] * 1000 + k.state.trades[1]
+                )
+            })
+            .collect();
+        keys.sort();
+        let mut sorted: Vec<_> = rule.window.entries().collect();
+        sorted.sort_by_key(|e| (e.ts_ns, e.seq, rule.window.key(e.key).key));
+        let entries: Vec<String> = sorted
+            .iter()
+            .map(|e| format!("{} {} {:x} {:?}", e.ts_ns, e.seq, rule.window.key(e.key).key, e.data))
+            .collect();
+        let firsts: Vec<String> = rule
+            .window
+            .keys()
+            .flat_map(|(_, k)| k.state.first.map(|f| (f != NONE).then(|| rule.window.entry(f).seq)))
+            .map(|f| format!("{f:?}"))
+            .collect();
+        let mut last: Vec<_> = rule.last_px.iter().collect();
+        last.sort();
+        let mut deadlines: Vec<_> = rule
+            .deadlines
+            .iter()
+            .filter(|(d, key, side)| {
+                rule.window.find(*key).is_some_and(|slot| {
+                    let arm = rule.window.key(slot).state.arms[side_index(*side)];
+                    arm.active && arm.ts_ns + rule.params.follow_ns == *d
+                })
+            })
+            .collect();
+        deadlines.sort_by_key(|(d, key, side)| (*d, *key, *side as u8));
+        format!("{keys:#?}\n{entries:#?}\n{}\n{last:?}\n{deadlines:?}", firsts.len())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+
+        #[test]
+        fn resume_equals_uninterrupted(steps in steps(), params in params(), cut in any::<prop::sample::Index>()) {
+            let recs = random_tape(&steps).applied;
+            let cut = cut.index(recs.len() + 1);
+            let mut before = MomentumIgnition::new(params);
+            let mut book = NaiveBook::new(TICK);
+            let mut got = Vec::new();
+            for r in &recs[..cut] {
+                let change = book.apply(&r.e);
+                before.on_record(&r.e, &change, &book, &mut |f| got.push(f));
+            }
+            let mut snapshot = Vec::new();
+            before.encode(&mut Writer::new(&mut snapshot));
+            let mut after = MomentumIgnition::new(params);
+            for parity in [0, 1] {
+                let mut r = Reader::new(&snapshot);
+                after.restore(&mut r, &|key| key.count_ones() % 2 == parity).unwrap();
+                r.finish().unwrap();
+            }
+            after.restored();
+            prop_assert_eq!(canonical(&after), canonical(&before));
+            for r in &recs[cut..] {
+                let change = book.apply(&r.e);
+                after.on_record(&r.e, &change, &book, &mut |f| got.push(f));
+            }
+            prop_assert_eq!(got, engine(&recs, params));
         }
     }
 
