@@ -722,8 +722,9 @@ mod tests {
                 let depth5 = spoof.first().map_or(0, |x| x.2);
                 let spoof_ids: Vec<u64> = spoof.iter().map(|x| x.1.order_id).collect();
                 let (mut open, mut peak) = (0i64, 0i64);
-                for m in spoof.first().map_or(i + 1, |x| x.0)..=i {
-                    match recs[m].change {
+                let from = spoof.first().map_or(i + 1, |x| x.0);
+                for (m, rec) in recs.iter().enumerate().take(i + 1).skip(from) {
+                    match rec.change {
                         Change::Entered { order, .. }
                             if spoof_ids.contains(&order.order_id) && spoof.iter().any(|x| x.0 == m) =>
                         {
