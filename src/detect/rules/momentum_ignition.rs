@@ -749,6 +749,9 @@ mod tests {
             })
             .collect();
         deadlines.sort_by_key(|(d, key, side)| (*d, *key, *side as u8));
+        // A side re-armed at the same time has its lapse queued twice; the
+        // restored queue holds it once, which lapses it all the same.
+        deadlines.dedup();
         format!("{keys:#?}\n{entries:#?}\n{}\n{last:?}\n{deadlines:?}", firsts.len())
     }
 

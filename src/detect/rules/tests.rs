@@ -476,3 +476,34 @@ fn a_full_key_table_refuses_and_counts() {
     assert!(rules.spoofing.stats().keys_refused > 0);
     assert_eq!(rules.spoofing.stats().keys, 1);
 }
+
+#[test]
+fn findings_pack_into_words_and_a_list_and_back() {
+    let mut tape = Tape::new();
+    tape.relate(1, 1);
+    tape.relate(2, 1);
+    background(&mut tape, 200);
+    for level in 6..=9 {
+        tape.new_order(0, 91_100 + level as u64, 930, SELL, px(level), 200);
+    }
+    coscia(&mut tape, SEC, 1, 2, 600 * MS);
+    igniter(&mut tape, 5 * SEC, 4, 5, 6, 8 * SEC);
+    let mut tape2 = Tape::new();
+    background(&mut tape2, 1_000);
+    sarao(&mut tape2, SEC, 3, 6, 3 * SEC);
+    let mut findings = detect(&tape);
+    findings.extend(detect(&tape2));
+    let rules: Vec<BookRule> = findings.iter().map(|f| f.rule).collect();
+    assert!(
+        rules.contains(&BookRule::Spoofing)
+            && rules.contains(&BookRule::Layering)
+            && rules.contains(&BookRule::MomentumIgnition),
+        "{rules:?}"
+    );
+    for f in findings {
+        let packed = f.pack();
+        assert!(packed.list().len() <= super::LIST_MAX);
+        let (evidence, ids) = Finding::unpack(f.rule, &packed.words, packed.list()).unwrap();
+        assert_eq!((evidence, ids), (f.evidence, f.order_ids));
+    }
+}
