@@ -12,6 +12,7 @@ pub mod flat_map;
 #[path = "gen.rs"]
 pub mod generator;
 pub mod ingest;
+pub mod instruments;
 pub mod metrics;
 pub mod pipeline;
 pub mod ring;

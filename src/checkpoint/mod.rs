@@ -50,7 +50,7 @@ pub struct Identity {
     /// xxh3 of the tape's first 64 KiB.
     pub tape_head_hash: u64,
     pub lateness_ns: i64,
-    /// xxh3 of the rules' debug form and the accounts file.
+    /// xxh3 of the rules' debug form, the accounts file and the instruments.csv hash.
     pub rules_hash: u64,
 }
 
@@ -76,7 +76,7 @@ impl Identity {
         } else if self.lateness_ns != saved.lateness_ns {
             Some("it was taken with another --lateness-ms")
         } else if self.rules_hash != saved.rules_hash {
-            Some("it was taken with other rules or another accounts file")
+            Some("it was taken with other rules or another accounts file (or instruments file)")
         } else {
             None
         }

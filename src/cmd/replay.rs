@@ -13,6 +13,7 @@ use crate::ingest::csv::CsvFeed;
 use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
+use crate::instruments::Instruments;
 use crate::metrics::Summary;
 use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
 use crate::symbols::{Groups, Names};
@@ -27,6 +28,10 @@ pub struct ReplayArgs {
     /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
     #[arg(long)]
     pub accounts: Option<PathBuf>,
+    /// instruments.csv (prev_close, price limits, tick; FEED.md). Default:
+    /// `<tape stem>.instruments.csv` beside the tape, if present.
+    #[arg(long)]
+    pub instruments: Option<PathBuf>,
     /// Rule thresholds (TOML); defaults apply to anything not set.
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -102,6 +107,10 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         }),
         None => Groups::default(),
     };
+    let instruments = super::book::load_instruments(args.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
+        problems.push(e);
+        Instruments::default()
+    });
     let rules = match &args.rules {
         Some(path) => Rules::load(path).unwrap_or_else(|e| {
             problems.push(e);
@@ -160,7 +169,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
     // The state directory is opened (and locked) before any output is
     // touched: a bad or busy directory fails the run with nothing changed.
     let mut state = match &args.state {
-        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref())?),
+        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref(), &instruments)?),
         None => None,
     };
     let loaded = state.as_mut().and_then(|(_, loaded)| loaded.take());
@@ -274,16 +283,22 @@ fn open_state(
     native: bool,
     cfg: &PipelineConfig,
     accounts: Option<&Path>,
+    instruments: &Instruments,
 ) -> Result<OpenState, CmdError> {
-    // The rules and the account groups shape the window state: both are part
-    // of what a checkpoint must be resumed with.
+    // The rules, the account groups and the instruments' limits shape the
+    // state: all are part of what a checkpoint must be resumed with.
     let accounts_text = match accounts {
         Some(path) => {
             std::fs::read(path).map_err(|e| CmdError::Usage(format!("{}: cannot read: {e}", path.display())))?
         }
         None => Vec::new(),
     };
-    let config = format!("{:?}\n{}", cfg.rules, String::from_utf8_lossy(&accounts_text));
+    let config = format!(
+        "{:?}\n{}\ninstruments {:016x}",
+        cfg.rules,
+        String::from_utf8_lossy(&accounts_text),
+        instruments.hash()
+    );
     let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &config)
         .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
     let store = Store::open(dir).map_err(CmdError::Failed)?;

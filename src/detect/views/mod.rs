@@ -9,6 +9,8 @@
 //! (the opposite best, the depth a new order was placed against) travels in
 //! the `Change`.
 
+pub mod book;
+
 use crate::event::{AccountId, GroupId, Px, Side};
 
 /// An order as the book holds it, as of just after the record was applied.
