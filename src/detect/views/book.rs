@@ -311,6 +311,8 @@ impl BookView for InstrumentBook {
 pub struct BookStats {
     pub instruments: usize,
     pub orders: usize,
+    /// The most orders resting at once (summed over shards: an upper bound).
+    pub peak_orders: usize,
     pub levels: usize,
     pub skipped: [u64; 5],
     /// Instruments that trade but instruments.csv (loaded) does not list.
@@ -323,6 +325,7 @@ impl BookStats {
     pub fn add(&mut self, other: &BookStats) {
         self.instruments += other.instruments;
         self.orders += other.orders;
+        self.peak_orders += other.peak_orders;
         self.levels += other.levels;
         for (a, b) in self.skipped.iter_mut().zip(other.skipped) {
             *a += b;
@@ -346,6 +349,8 @@ pub struct Books {
     limits: BookLimits,
     /// Ladder growths past `LEVELS_RESERVED`, and book-table growths.
     grew: u64,
+    /// The most orders resting at once.
+    peak_orders: usize,
 }
 
 impl Books {
@@ -357,6 +362,7 @@ impl Books {
             reference,
             limits,
             grew: 0,
+            peak_orders: 0,
         }
     }
 
@@ -436,6 +442,7 @@ impl Books {
         let before = self.orders.grew;
         self.orders.insert(e.order_id, resting);
         self.grew += self.orders.grew - before;
+        self.peak_orders = self.peak_orders.max(self.orders.len());
         Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before }
     }
 
@@ -509,7 +516,12 @@ impl Books {
     }
 
     pub fn stats(&self) -> BookStats {
-        let mut stats = BookStats { orders: self.orders.len(), grew: self.grew, ..BookStats::default() };
+        let mut stats = BookStats {
+            orders: self.orders.len(),
+            peak_orders: self.peak_orders,
+            grew: self.grew,
+            ..BookStats::default()
+        };
         for (instrument, book) in self.books.iter().enumerate() {
             let Some(book) = book else { continue };
             stats.instruments += 1;
