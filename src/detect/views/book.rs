@@ -130,6 +130,9 @@ pub struct Level {
     pub orders: u32,
 }
 
+/// Levels from the best that `Ladder::find` scans before it bisects.
+const NEAR_TOUCH: usize = 8;
+
 /// One side's levels, sorted so that the best is last (bids ascending,
 /// asks descending).
 #[derive(Clone, Debug, Default)]
@@ -139,11 +142,28 @@ struct Ladder {
 
 impl Ladder {
     /// Where `price` is (Ok) or would go (Err), for `side`'s ordering.
+    /// Most records are at or near the touch: the best few levels are
+    /// scanned from the best down, the rest binary-searched.
     #[inline]
     fn find(&self, side: Side, price: Px) -> Result<usize, usize> {
+        let better = |l: &Level| match side {
+            Side::Buy => l.price > price,
+            Side::Sell => l.price < price,
+        };
+        let near = self.levels.len().saturating_sub(NEAR_TOUCH);
+        for i in (near..self.levels.len()).rev() {
+            let level = &self.levels[i];
+            if level.price == price {
+                return Ok(i);
+            }
+            if !better(level) {
+                return Err(i + 1);
+            }
+        }
+        let deep = &self.levels[..near];
         match side {
-            Side::Buy => self.levels.binary_search_by(|l| l.price.cmp(&price)),
-            Side::Sell => self.levels.binary_search_by(|l| price.cmp(&l.price)),
+            Side::Buy => deep.binary_search_by(|l| l.price.cmp(&price)),
+            Side::Sell => deep.binary_search_by(|l| price.cmp(&l.price)),
         }
     }
 
@@ -319,6 +339,11 @@ pub struct BookStats {
     pub missing_reference: Vec<InstrumentId>,
     /// Times a table or a ladder grew past its start-up size.
     pub grew: u64,
+    /// A digest of the books' content (every resting order and each
+    /// instrument's last trade and skip counts), independent of how the
+    /// instruments are spread over shards: runs that must end with the
+    /// same books (any shard count, CSV or native, after a resume) compare it.
+    pub digest: u64,
 }
 
 impl BookStats {
@@ -333,6 +358,7 @@ impl BookStats {
         self.missing_reference.extend_from_slice(&other.missing_reference);
         self.missing_reference.sort_unstable();
         self.grew += other.grew;
+        self.digest = self.digest.wrapping_add(other.digest);
     }
 
     pub fn skipped_total(&self) -> u64 {
@@ -532,6 +558,23 @@ impl Books {
             if book.missing_reference {
                 stats.missing_reference.push(instrument as InstrumentId);
             }
+            let mut words = [instrument as u64, book.last_trade.unwrap_or(Px::MIN) as u64, 0, 0, 0, 0, 0, 0, 0];
+            words[2..7].copy_from_slice(&book.skipped);
+            stats.digest = stats.digest.wrapping_add(digest(&words));
+        }
+        for (order_id, o) in self.orders.iter() {
+            let words = [
+                order_id,
+                o.instrument as u64,
+                o.account as u64 | (o.group as u64) << 32,
+                o.side as u64,
+                o.price as u64,
+                o.entry_ts_ns as u64,
+                o.entered_qty,
+                o.open_qty,
+                u64::MAX,
+            ];
+            stats.digest = stats.digest.wrapping_add(digest(&words));
         }
         stats
     }
@@ -607,6 +650,7 @@ impl Books {
             book.ladder_mut(side).add(side, price, open_qty);
             book.resting += 1;
         }
+        self.peak_orders = self.peak_orders.max(self.orders.len());
         Ok(())
     }
 }
@@ -652,6 +696,16 @@ impl BookImage {
             w.u64(o.open_qty);
         }
     }
+}
+
+/// One item's part of `BookStats::digest` (items are summed, so their order
+/// does not matter).
+fn digest(words: &[u64; 9]) -> u64 {
+    let mut bytes = [0u8; 72];
+    for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 #[inline]

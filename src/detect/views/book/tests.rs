@@ -339,7 +339,10 @@ proptest! {
                 prop_assert_eq!(a.last_trade(), b.last_trade());
             }
         }
-        prop_assert_eq!(halves[0].stats().orders + halves[1].stats().orders, books.stats().orders);
+        let mut together = halves[0].stats();
+        together.add(&halves[1].stats());
+        prop_assert_eq!(together.orders, books.stats().orders);
+        prop_assert_eq!(together.digest, books.stats().digest);
     }
 }
 
@@ -359,6 +362,12 @@ fn a_damaged_snapshot_is_an_error_not_a_panic() {
         let mut r = Reader::new(&buf[..cut]);
         assert!(fresh.restore(&mut r, &|_| true).and_then(|()| r.finish()).is_err(), "cut at {cut}");
     }
+    let mut restored = books();
+    restored.restore(&mut Reader::new(&buf), &|_| true).unwrap();
+    assert_eq!(restored.stats(), BookStats { peak_orders: 1, ..b.stats() });
+    // The digest sees the content: one more order changes it.
+    restored.apply(&new(4, 3, 9, Side::Sell, 102, 1));
+    assert_ne!(restored.stats().digest, b.stats().digest);
     let mut twice = books();
     twice.restore(&mut Reader::new(&buf), &|_| true).unwrap();
     assert!(twice.restore(&mut Reader::new(&buf), &|_| true).is_err(), "an order restored twice");
