@@ -1,7 +1,7 @@
 //! The wall clock used for latency stamps, and the run summary. Clocks are
 //! read per batch and per alert, never per record.
 
-use crate::alert::Rule;
+use crate::detect::registry::{Counts, RULES};
 use crate::ingest::FeedStats;
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
@@ -68,7 +68,10 @@ pub struct Summary {
     pub rejected_at_import: u64,
     pub late: u64,
     pub applied: u64,
-    pub alerts: [u64; Rule::ALL.len()],
+    /// Alerts per rule, in registry order.
+    pub alerts: Counts,
+    /// Evidence list items dropped (lists longer than `alert::MAX_LIST`).
+    pub evidence_dropped: u64,
     pub elapsed: Duration,
     pub ingest_to_alert: Histogram<u64>,
     pub ingest_to_applied: Histogram<u64>,
@@ -141,8 +144,15 @@ impl Summary {
             s += "\n";
         }
         let per_rule: Vec<String> =
-            Rule::ALL.iter().zip(self.alerts).map(|(rule, n)| format!("{} {n}", rule.name())).collect();
+            RULES.iter().zip(self.alerts).map(|(rule, n)| format!("{} {n}", rule.name)).collect();
         s += &format!("alerts      {} ({})\n", self.alerts_total(), per_rule.join(", "));
+        if self.evidence_dropped > 0 {
+            s += &format!(
+                "evidence    {} list items dropped (over {} per alert)\n",
+                self.evidence_dropped,
+                crate::alert::MAX_LIST
+            );
+        }
         s += &format!(
             "throughput  {:.3} s, {:.2} M events/s ({} shard{}, {})\n",
             secs,

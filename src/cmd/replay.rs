@@ -2,7 +2,6 @@
 //! alerts to JSON Lines, a summary at the end.
 
 use super::{CmdError, ProgressLine, beside, is_native_tape};
-use crate::alert::sink::Outputs;
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
@@ -15,8 +14,9 @@ use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
 use crate::instruments::Instruments;
 use crate::metrics::Summary;
-use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
+use crate::sink::Outputs;
 use crate::symbols::{Groups, Names};
+use crate::topology::{self, Checkpointing, PipelineConfig, Resumed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -195,7 +195,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         }
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::new(Some(feed.len() as u64).filter(|_| !args.quiet));
-        let mut summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let mut summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(CmdError::Failed)?;
@@ -261,7 +261,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         };
         let progress = ProgressLine::new(None);
         let show = !args.quiet;
-        let summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             if show {
                 progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
             }
@@ -293,13 +293,10 @@ fn open_state(
         }
         None => Vec::new(),
     };
-    let config = format!(
-        "{:?}\n{}\ninstruments {:016x}",
-        cfg.rules,
-        String::from_utf8_lossy(&accounts_text),
-        instruments.hash()
-    );
-    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &config)
+    let instruments_hash = instruments.hash().to_le_bytes();
+    let instruments_bytes: &[u8] = if instruments.loaded() { &instruments_hash } else { &[] };
+    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, instruments_bytes);
+    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, reference)
         .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
     let store = Store::open(dir).map_err(CmdError::Failed)?;
     let loaded =

@@ -1,0 +1,7 @@
+//! One file per rule, each implementing `detect::rule::Rule`; the registry
+//! (`detect/registry.rs`) lists them.
+
+pub mod excessive_cancel;
+pub mod self_trade;
+#[cfg(test)]
+pub mod test_probe;
