@@ -23,7 +23,7 @@ pub struct InstrumentInfo {
 
 /// The loaded file: instrument name -> reference data. Empty when no file
 /// was given (then no instrument counts as missing from it).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Instruments {
     by_name: FxHashMap<Packed, InstrumentInfo>,
     /// Whether a file was loaded at all.

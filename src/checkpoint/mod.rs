@@ -146,7 +146,10 @@ impl Manifest {
             match registry::index_of(id) {
                 Some(i) => counts[i] = n,
                 None => {
-                    return Err(format!("checkpoint {} counts alerts of rule id {id}, which this build lacks", self.id));
+                    return Err(format!(
+                        "checkpoint {} counts alerts of rule id {id}, which this build lacks",
+                        self.id
+                    ));
                 }
             }
         }

@@ -75,6 +75,9 @@ pub struct ReplayArgs {
     /// implies --checkpoint-exact.
     #[arg(long, hide = true)]
     pub exit_after_checkpoint: Option<u64>,
+    /// Keep the order book even when no enabled rule reads it (tests and measurement).
+    #[arg(long, hide = true)]
+    pub keep_book: bool,
     /// Test hook: wait for each checkpoint rather than skip a barrier while one is in
     /// flight, so checkpoints fall at exact record counts (stalls the source on the disk).
     #[arg(long, hide = true)]
@@ -165,11 +168,13 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         cfg.snapshot_slice = slice;
     }
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
+    cfg.instruments = Arc::new(instruments);
+    cfg.keep_book = args.keep_book;
     let groups = Arc::new(groups);
     // The state directory is opened (and locked) before any output is
     // touched: a bad or busy directory fails the run with nothing changed.
     let mut state = match &args.state {
-        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref(), &instruments)?),
+        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref(), &cfg.instruments)?),
         None => None,
     };
     let loaded = state.as_mut().and_then(|(_, loaded)| loaded.take());

@@ -27,6 +27,7 @@ pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
         checkpoint_keep: None,
         exit_after_checkpoint: None,
         checkpoint_exact: false,
+        keep_book: false,
     }
 }
 

@@ -434,6 +434,19 @@ impl Books {
         change
     }
 
+    /// `apply`, and the record's instrument's book just after it (every
+    /// record, skipped or not, leaves its instrument with a book).
+    #[inline]
+    pub fn apply_and_view(&mut self, event: &Event) -> (Change, &InstrumentBook) {
+        let change = self.apply(event);
+        (change, self.book_mut(event.instrument))
+    }
+
+    /// Growth counted so far (tables and ladders), for the summary.
+    pub fn stats_grew(&self) -> u64 {
+        self.grew
+    }
+
     fn enter(&mut self, e: &Event) -> Change {
         if self.orders.contains_key(e.order_id) {
             return Change::Skipped(SkipCause::DuplicateOrder);
