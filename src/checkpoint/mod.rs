@@ -256,7 +256,7 @@ impl Manifest {
 
 /// The sections of a shard snapshot, `(id, version, bytes)`, for
 /// `checkpoint show`.
-pub fn sections(payload: &[u8]) -> Result<Vec<(u16, u16, &[u8])>, DecodeError> {
+pub fn sections(payload: &[u8]) -> Result<Vec<registry::Section<'_>>, DecodeError> {
     let mut r = Reader::new(payload);
     let mut out = Vec::new();
     for _ in 0..r.u32()? {

@@ -93,7 +93,7 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
             match recover::load(&store, id) {
                 Ok(loaded) => {
                     // Per section (rule or view), summed over the shards.
-                    let mut totals: Vec<(u16, u64, Vec<(&str, u64)>)> = Vec::new();
+                    let mut totals: Vec<SectionTotal> = Vec::new();
                     for payload in &loaded.shards {
                         for (sid, _, body) in sections(payload).map_err(|e| CmdError::Failed(e.to_string()))? {
                             let counts = registry::describe(sid, body).map_err(|e| CmdError::Failed(e.to_string()))?;
@@ -173,3 +173,6 @@ fn section_name(id: u16) -> &'static str {
         id => registry::name(id),
     }
 }
+
+/// A section id, its bytes and its counts, summed over the shards.
+type SectionTotal = (u16, u64, Vec<(&'static str, u64)>);

@@ -249,3 +249,37 @@ pub(crate) fn run_shard(
         book: detector.book_stats(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::shard_to_sink;
+
+    #[test]
+    fn a_list_goes_into_the_arena_before_its_alert_and_a_long_one_is_cut_and_counted() {
+        let (mut tx, mut rx) = shard_to_sink();
+        let (stop, clock) = (Stop::default(), Clock::default());
+        let mut out =
+            ToSinkOut { tx: &mut tx, stop: &stop, clock: &clock, ingest_ns: 5, delivered: true, list_dropped: 0 };
+        let long: Vec<u64> = (0..MAX_LIST as u64 + 36).collect();
+        out.alert(Alert { seq: 1, ..Alert::default() }, &[7, 8]);
+        out.alert(Alert { seq: 2, ..Alert::default() }, &long);
+        out.alert(Alert { seq: 3, ..Alert::default() }, &[]);
+        assert!(out.delivered);
+        assert_eq!(out.list_dropped, 36);
+        let mut got = Vec::new();
+        while let Some(&ToSink::Alert(alert)) = rx.alerts.peek() {
+            rx.alerts.release();
+            let items: Vec<u64> = (0..alert.list.len)
+                .map(|_| {
+                    let item = *rx.arena.peek().expect("the list was published before its alert");
+                    rx.arena.release();
+                    item
+                })
+                .collect();
+            got.push((alert.seq, alert.ingest_ns, items, alert.list.dropped));
+        }
+        assert_eq!(got, vec![(1, 5, vec![7, 8], 0), (2, 5, long[..MAX_LIST].to_vec(), 36), (3, 5, vec![], 0)]);
+        assert!(rx.arena.peek().is_none());
+    }
+}

@@ -143,3 +143,153 @@ impl Rule for TestProbe {
         Ok(vec![("instruments", Reader::new(section).u64()?)])
     }
 }
+
+/// The proof that a rule is its file, its tests and a registry line: the
+/// probe runs through the whole pipeline (views, hooks, evidence lists,
+/// JSON, checkpoints and resume under another shard count) and nothing
+/// outside this file and the registry names it.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::replay::{ReplayArgs, replay};
+    use crate::config::Rules;
+    use crate::generator::{GenConfig, generate};
+    use serde_json::Value;
+    use std::path::Path;
+
+    #[test]
+    fn nothing_outside_its_file_and_the_registry_names_the_probe() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for line in text.lines() {
+                        if ["test_probe", "TestProbe", "test-probe"].iter().any(|n| line.contains(n)) {
+                            found.push((
+                                path.strip_prefix(&src).unwrap().to_string_lossy().into_owned(),
+                                line.trim().to_string(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let outside: Vec<_> = found.iter().filter(|(file, _)| file != "detect/rules/test_probe.rs").collect();
+        assert_eq!(
+            outside.iter().map(|(f, l)| (f.as_str(), l.as_str())).collect::<Vec<_>>(),
+            vec![
+                ("detect/registry.rs", "test_probe: super::rules::test_probe::TestProbe,"),
+                ("detect/rules/mod.rs", "pub mod test_probe;"),
+            ],
+            "the probe is named outside its file and its registry line"
+        );
+    }
+
+    #[test]
+    fn off_by_default_and_off_leaves_the_identity_unchanged() {
+        let rules = Rules::default();
+        assert!(!rules.enabled(TestProbe::ID));
+        let on = Rules::parse("[test_probe]\nenabled = true\n").unwrap();
+        assert_ne!(rules.canonical(), on.canonical());
+        assert!(on.reads().has(Reads::LAST_TRADE) && !rules.reads().has(Reads::LAST_TRADE));
+        let bad = Rules::parse("[test_probe]\njump = 0\n[excessive_cancel]\nratio_pct = -1\n").unwrap_err();
+        assert_eq!(bad.len(), 2, "every problem at once: {bad:?}");
+        assert!(bad.iter().any(|p| p.starts_with("line 2: test_probe.jump = 0 is out of range")), "{bad:?}");
+    }
+
+    fn args(dir: &Path, tape: &Path, rules: &Path, shards: usize, out: &str) -> ReplayArgs {
+        ReplayArgs {
+            tape: tape.to_path_buf(),
+            accounts: None,
+            rules: Some(rules.to_path_buf()),
+            alerts: dir.join(out),
+            late: None,
+            rejects: None,
+            shards: Some(shards),
+            cores: "none".to_string(),
+            lateness_ms: 50,
+            quiet: true,
+            state: None,
+            checkpoint_every_records: None,
+            checkpoint_interval_ms: None,
+            checkpoint_keep: None,
+            exit_after_checkpoint: None,
+            checkpoint_exact: false,
+        }
+    }
+
+    /// Alerts without `timing`, sorted.
+    fn alerts(path: &Path) -> Vec<Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut all: Vec<Value> = text
+            .lines()
+            .map(|line| {
+                let mut v: Value = serde_json::from_str(line).unwrap();
+                v.as_object_mut().unwrap().remove("timing");
+                v
+            })
+            .collect();
+        all.sort_by_key(|a| (a["seq"].as_u64(), a["rule"].as_str().map(str::to_string), a.to_string()));
+        all
+    }
+
+    #[test]
+    fn through_the_pipeline_checkpoints_and_resume_under_any_shard_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let tape = dir.path().join("day.csv");
+        generate(&GenConfig::new(40_000, 11), &tape).unwrap();
+        let probe = dir.path().join("probe.toml");
+        std::fs::write(&probe, "[test_probe]\nenabled = true\njump = 1\n").unwrap();
+        let without = dir.path().join("without.toml");
+        std::fs::write(&without, "").unwrap();
+
+        replay(&args(dir.path(), &tape, &probe, 1, "one.jsonl")).unwrap();
+        let expected = alerts(&dir.path().join("one.jsonl"));
+        let of = |rule: &str| expected.iter().filter(|a| a["rule"] == rule).count();
+        let jumps: Vec<&Value> =
+            expected.iter().filter(|a| a["rule"] == "test-probe" && a["evidence"].get("from").is_some()).collect();
+        let ends = of("test-probe") - jumps.len();
+        assert!(jumps.len() > 20 && ends > 5, "{} jumps, {ends} end-of-input alerts", jumps.len());
+        for a in &jumps {
+            assert_eq!(a["evidence"]["orders"].as_array().unwrap().len(), 2, "{a}");
+            assert!(a["alert_id"].as_str().unwrap().starts_with("test-probe:"), "{a}");
+        }
+        assert!(of("excessive-cancel") + of("self-trade") > 0);
+
+        // The other rules' alerts do not change when the probe is on.
+        replay(&args(dir.path(), &tape, &without, 1, "plain.jsonl")).unwrap();
+        let others: Vec<Value> = expected.iter().filter(|a| a["rule"] != "test-probe").cloned().collect();
+        assert_eq!(alerts(&dir.path().join("plain.jsonl")), others);
+
+        replay(&args(dir.path(), &tape, &probe, 3, "three.jsonl")).unwrap();
+        assert_eq!(alerts(&dir.path().join("three.jsonl")), expected, "3 shards");
+
+        // Checkpoints every 3000 records with 2 shards; then a second run
+        // resumes from the newest checkpoint under 3 shards and replays the
+        // rest: the probe's state and the view came back from their sections.
+        let state = dir.path().join("state");
+        let mut with_state = args(dir.path(), &tape, &probe, 2, "ckpt.jsonl");
+        with_state.state = Some(state.clone());
+        with_state.checkpoint_every_records = Some(3000);
+        with_state.checkpoint_interval_ms = Some(0);
+        with_state.checkpoint_exact = true;
+        let summary = replay(&with_state).unwrap();
+        assert!(summary.checkpoints.as_ref().is_some_and(|c| c.taken >= 5));
+        assert_eq!(alerts(&dir.path().join("ckpt.jsonl")), expected, "with checkpoints");
+        with_state.shards = Some(3);
+        let resumed = replay(&with_state).unwrap();
+        assert!(resumed.checkpoints.as_ref().is_some_and(|c| c.resumed_from.is_some()), "it resumed");
+        assert_eq!(alerts(&dir.path().join("ckpt.jsonl")), expected, "resumed under 3 shards");
+
+        // A checkpoint taken with the probe on is refused with it off.
+        let mut off = with_state;
+        off.rules = Some(without);
+        assert!(replay(&off).is_err(), "the identity includes the enabled rules");
+    }
+}
