@@ -207,6 +207,7 @@ mod tests {
         ReplayArgs {
             tape: tape.to_path_buf(),
             accounts: None,
+            instruments: None,
             rules: Some(rules.to_path_buf()),
             alerts: dir.join(out),
             late: None,
@@ -221,6 +222,7 @@ mod tests {
             checkpoint_keep: None,
             exit_after_checkpoint: None,
             checkpoint_exact: false,
+            keep_book: false,
         }
     }
 
