@@ -2,100 +2,53 @@
 //! (unknown fields rejected), then validated structs with every limit set.
 //! Every problem is collected and reported at once, with file and line.
 
-use serde::Deserialize;
-use std::ops::Range;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use toml::Spanned;
 
 pub const MS: i64 = 1_000_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExcessiveCancelParams {
-    pub window_ns: i64,
-    pub min_cancels: u32,
-    pub ratio_pct: u32,
-}
-
-impl Default for ExcessiveCancelParams {
-    fn default() -> Self {
-        ExcessiveCancelParams { window_ns: 10_000 * MS, min_cancels: 20, ratio_pct: 90 }
-    }
-}
-
-/// The validated rule set: a rule that is `None`/false is off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rules {
-    pub excessive_cancel: Option<ExcessiveCancelParams>,
-    pub self_trade: bool,
-}
-
-impl Default for Rules {
-    fn default() -> Self {
-        Rules { excessive_cancel: Some(ExcessiveCancelParams::default()), self_trade: true }
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRules {
-    excessive_cancel: Option<RawExcessiveCancel>,
-    self_trade: Option<RawSelfTrade>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawExcessiveCancel {
-    enabled: Option<bool>,
-    window_ms: Option<Spanned<i64>>,
-    min_cancels: Option<Spanned<i64>>,
-    ratio_pct: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSelfTrade {
-    enabled: Option<bool>,
-}
+/// The validated rule set, generated from the rule registry
+/// (`detect/registry.rs`): one optional parameter struct per rule.
+pub use crate::detect::registry::Rules;
 
 impl Rules {
     pub fn load(path: &Path) -> Result<Rules, String> {
         load_file(path, "rules file", Rules::parse)
     }
+}
 
-    /// Parses a rules file; missing fields take the defaults.
-    pub fn parse(text: &str) -> Result<Rules, Vec<String>> {
-        let raw: RawRules = toml::from_str(text).map_err(|e| vec![toml_error(text, &e)])?;
-        let mut problems = Vec::new();
-        let defaults = ExcessiveCancelParams::default();
-        let excessive_cancel = match raw.excessive_cancel.unwrap_or_default() {
-            RawExcessiveCancel { enabled: Some(false), .. } => None,
-            section => {
-                let mut field = |value: Option<Spanned<i64>>, name: &str, range: Range<i64>, default: i64| match value {
-                    None => default,
-                    Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
-                    Some(v) => {
-                        problems.push(format!(
-                            "line {}: excessive_cancel.{name} = {} is out of range {}..={}",
-                            line_of(text, v.span().start),
-                            v.get_ref(),
-                            range.start,
-                            range.end - 1
-                        ));
-                        default
-                    }
-                };
-                let window_ms = field(section.window_ms, "window_ms", 1..86_400_001, defaults.window_ns / MS);
-                let min_cancels = field(section.min_cancels, "min_cancels", 1..1_000_001, defaults.min_cancels as i64);
-                let ratio_pct = field(section.ratio_pct, "ratio_pct", 0..100_001, defaults.ratio_pct as i64);
-                Some(ExcessiveCancelParams {
-                    window_ns: window_ms * MS,
-                    min_cancels: min_cancels as u32,
-                    ratio_pct: ratio_pct as u32,
-                })
+/// Problems found validating one rule's table, with their lines; the
+/// rules file's parser reports them all at once.
+pub struct Problems<'a> {
+    text: &'a str,
+    table: &'static str,
+    list: &'a mut Vec<String>,
+}
+
+impl<'a> Problems<'a> {
+    pub fn new(text: &'a str, table: &'static str, list: &'a mut Vec<String>) -> Problems<'a> {
+        Problems { text, table, list }
+    }
+
+    /// An integer field: its value if in `range`, else a problem and `default`.
+    pub fn int(&mut self, value: Option<Spanned<i64>>, name: &str, range: RangeInclusive<i64>, default: i64) -> i64 {
+        match value {
+            None => default,
+            Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.at(
+                    v.span().start,
+                    format!("{name} = {} is out of range {}..={}", v.get_ref(), range.start(), range.end()),
+                );
+                default
             }
-        };
-        let self_trade = raw.self_trade.and_then(|s| s.enabled).unwrap_or(true);
-        if problems.is_empty() { Ok(Rules { excessive_cancel, self_trade }) } else { Err(problems) }
+        }
+    }
+
+    /// A problem with field `message` at byte `offset` of the file.
+    pub fn at(&mut self, offset: usize, message: String) {
+        self.list.push(format!("line {}: {}.{message}", line_of(self.text, offset), self.table));
     }
 }
 
@@ -127,6 +80,7 @@ pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::rules::excessive_cancel::Params;
 
     #[test]
     fn defaults_and_overrides() {
@@ -134,13 +88,8 @@ mod tests {
         let rules =
             Rules::parse("[excessive_cancel]\nwindow_ms = 500\nratio_pct = 80\n[self_trade]\nenabled = false\n")
                 .unwrap();
-        assert_eq!(
-            rules,
-            Rules {
-                excessive_cancel: Some(ExcessiveCancelParams { window_ns: 500 * MS, min_cancels: 20, ratio_pct: 80 }),
-                self_trade: false
-            }
-        );
+        assert_eq!(rules.excessive_cancel, Some(Params { window_ns: 500 * MS, min_cancels: 20, ratio_pct: 80 }));
+        assert_eq!(rules.self_trade, None);
         assert_eq!(Rules::parse("[excessive_cancel]\nenabled = false\n").unwrap().excessive_cancel, None);
     }
 

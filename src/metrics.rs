@@ -1,7 +1,7 @@
 //! The wall clock used for latency stamps, and the run summary. Clocks are
 //! read per batch and per alert, never per record.
 
-use crate::alert::Rule;
+use crate::detect::registry::{Counts, RULES};
 use crate::ingest::FeedStats;
 use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
@@ -68,7 +68,10 @@ pub struct Summary {
     pub rejected_at_import: u64,
     pub late: u64,
     pub applied: u64,
-    pub alerts: [u64; Rule::ALL.len()],
+    /// Alerts per rule, in registry order.
+    pub alerts: Counts,
+    /// Evidence list items dropped (lists longer than `alert::MAX_LIST`).
+    pub evidence_dropped: u64,
     pub elapsed: Duration,
     pub ingest_to_alert: Histogram<u64>,
     pub ingest_to_applied: Histogram<u64>,
@@ -81,6 +84,55 @@ pub struct Summary {
     pub max_reorder_len: usize,
     /// Set when the run took checkpoints (`--state`).
     pub checkpoints: Option<CheckpointSummary>,
+    /// Set when the order book was kept (a rule reads it, or `--keep-book`).
+    pub book: Option<BookSummary>,
+}
+
+/// The order books of all shards at the end of the run.
+#[derive(Clone, Debug, Default)]
+pub struct BookSummary {
+    pub stats: crate::detect::views::book::BookStats,
+    /// Whether an instruments.csv was loaded.
+    pub reference_loaded: bool,
+    /// Instruments that trade but instruments.csv does not list, by name.
+    pub missing: Vec<String>,
+}
+
+impl BookSummary {
+    pub fn new(reference_loaded: bool) -> BookSummary {
+        BookSummary { reference_loaded, ..BookSummary::default() }
+    }
+
+    fn render(&self, s: &mut String) {
+        use crate::detect::views::book::{SKIP_CAUSES, cause_name};
+        let b = &self.stats;
+        *s += &format!(
+            "book        {} instruments, {} orders resting (peak {}), {} levels; skipped {} ({}); digest {:016x}\n",
+            b.instruments,
+            b.orders,
+            b.peak_orders,
+            b.levels,
+            b.skipped_total(),
+            SKIP_CAUSES
+                .iter()
+                .zip(b.skipped)
+                .map(|(c, n)| format!("{} {n}", cause_name(*c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            b.digest
+        );
+        if !self.reference_loaded {
+            *s += "book        no instruments.csv: no price limits, one-unit ticks\n";
+        } else if !self.missing.is_empty() {
+            let shown: Vec<&str> = self.missing.iter().take(10).map(|n| n.as_str()).collect();
+            *s += &format!(
+                "book        {} instruments trade but are not in instruments.csv: {}{}\n",
+                self.missing.len(),
+                shown.join(", "),
+                if self.missing.len() > 10 { ", ..." } else { "" }
+            );
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -141,8 +193,15 @@ impl Summary {
             s += "\n";
         }
         let per_rule: Vec<String> =
-            Rule::ALL.iter().zip(self.alerts).map(|(rule, n)| format!("{} {n}", rule.name())).collect();
+            RULES.iter().zip(self.alerts).map(|(rule, n)| format!("{} {n}", rule.name)).collect();
         s += &format!("alerts      {} ({})\n", self.alerts_total(), per_rule.join(", "));
+        if self.evidence_dropped > 0 {
+            s += &format!(
+                "evidence    {} list items dropped (over {} per alert)\n",
+                self.evidence_dropped,
+                crate::alert::MAX_LIST
+            );
+        }
         s += &format!(
             "throughput  {:.3} s, {:.2} M events/s ({} shard{}, {})\n",
             secs,
@@ -168,6 +227,9 @@ impl Summary {
             "pipeline    back-pressure waits {}, table growths {}, max reorder buffer {}\n",
             self.backpressure_waits, self.grew, self.max_reorder_len
         );
+        if let Some(book) = &self.book {
+            book.render(&mut s);
+        }
         if let Some(c) = &self.checkpoints {
             if let Some((id, seq)) = c.resumed_from {
                 s += &format!("resumed     from checkpoint {id} (after seq {seq})\n");

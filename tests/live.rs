@@ -10,8 +10,8 @@ use tapewatch::ingest::RejectLog;
 use tapewatch::ingest::live::{LiveFeed, WireRecord, wire_channel};
 use tapewatch::ingest::validate::{Limits, Validator};
 use tapewatch::metrics::Clock;
-use tapewatch::pipeline::{self, LiveOptions, PipelineConfig};
 use tapewatch::symbols::{Groups, Names};
+use tapewatch::topology::{self, LiveOptions, PipelineConfig};
 
 fn record(seq: u64, kind: Kind, order_id: u64, side: Side, contra_order_id: u64) -> WireRecord {
     let mut w = WireRecord {
@@ -56,7 +56,7 @@ fn lone_self_trade(idle_after_ns: Option<u64>, wait: Duration) -> bool {
     };
     let feed = LiveFeed::new(rx, validator, RejectLog::discard());
     std::thread::scope(|s| {
-        let pipeline = s.spawn(|| pipeline::run(feed, names, &cfg, |_| {}));
+        let pipeline = s.spawn(|| topology::run(feed, names, &cfg, |_| {}));
         let slot = tx.claim().unwrap();
         slot.clear();
         let due = clock.now_ns();

@@ -1,61 +1,48 @@
-//! The Alert record that detectors emit, and its JSON Lines form. Alerts are
-//! fixed-size and carry ids; names are resolved only in the sink, off the
-//! detector cores.
+//! The Alert record that rules emit, and its JSON Lines form. Alerts are
+//! fixed-size and carry ids: the rule's stable id, a small inline evidence
+//! payload in the rule's own layout, and a reference to a list in the
+//! shard's evidence arena. Names, and each rule's evidence JSON (through the
+//! registry), are written only in the sink, off the detector cores.
 
-pub mod sink;
-
+use crate::detect::registry;
 use crate::event::{AccountId, GroupId, InstrumentId, Px, write_px};
 use crate::symbols::Names;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[repr(u8)]
-pub enum Rule {
-    #[default]
-    ExcessiveCancel,
-    SelfTrade,
+/// A rule's stable id (`detect::rule::Rule::ID`): what alerts, manifest
+/// counts and snapshot sections are keyed by. Never reused.
+pub type RuleId = u16;
+
+/// Words of inline evidence an alert carries; each rule lays out its own
+/// and writes its own JSON from them (`Rule::write_evidence`).
+pub const EVIDENCE_WORDS: usize = 6;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evidence(pub [u64; EVIDENCE_WORDS]);
+
+/// The alert's list (e.g. the orders that made a pattern) in the shard's
+/// evidence arena: the next `len` items after the previous alert's of the
+/// same shard. `dropped` items did not fit (`MAX_LIST`) and were counted,
+/// not sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListRef {
+    pub len: u16,
+    pub dropped: u16,
 }
 
-impl Rule {
-    pub const ALL: [Rule; 2] = [Rule::ExcessiveCancel, Rule::SelfTrade];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Rule::ExcessiveCancel => "excessive-cancel",
-            Rule::SelfTrade => "self-trade",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Evidence {
-    /// Counts over the event-time window `(window_start_ns, window_end_ns]`.
-    ExcessiveCancel { window_start_ns: i64, window_end_ns: i64, new_orders: u32, cancels: u32 },
-    SelfTrade {
-        buy_account: AccountId,
-        sell_account: AccountId,
-        buy_order_id: u64,
-        sell_order_id: u64,
-        price: Px,
-        qty: u64,
-    },
-}
-
-impl Default for Evidence {
-    fn default() -> Evidence {
-        Evidence::ExcessiveCancel { window_start_ns: 0, window_end_ns: 0, new_orders: 0, cancels: 0 }
-    }
-}
+/// Items one alert's list may hold; longer lists are cut and the rest counted.
+pub const MAX_LIST: usize = 64;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Alert {
-    pub rule: Rule,
-    /// The triggering record.
+    pub rule: RuleId,
+    /// The triggering record (for a timer, the record that opened what closed).
     pub seq: u64,
     pub ts_ns: i64,
     pub group: GroupId,
     pub account: AccountId,
     pub instrument: InstrumentId,
     pub evidence: Evidence,
+    pub list: ListRef,
     /// Wall-clock stamps (ns since the pipeline started): when the
     /// triggering record's batch left the source, and when the shard applied it.
     pub ingest_ns: u64,
@@ -63,6 +50,90 @@ pub struct Alert {
 }
 
 const _: () = assert!(std::mem::size_of::<Alert>() <= 112);
+
+impl Alert {
+    /// An alert of rule `rule` about `event`'s account, instrument and time.
+    #[inline]
+    pub fn about(rule: RuleId, event: &crate::event::Event, evidence: Evidence) -> Alert {
+        Alert {
+            rule,
+            seq: event.seq,
+            ts_ns: event.ts_ns,
+            group: event.group,
+            account: event.account,
+            instrument: event.instrument,
+            evidence,
+            ..Alert::default()
+        }
+    }
+}
+
+/// Writes the fields of one alert's `evidence` object; a rule's
+/// `write_evidence` calls it once per field, in its order.
+pub struct EvidenceJson<'a> {
+    out: &'a mut Vec<u8>,
+    names: &'a Names,
+    first: bool,
+    num: itoa::Buffer,
+}
+
+impl EvidenceJson<'_> {
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    pub fn u64(&mut self, key: &str, v: u64) {
+        self.key(key);
+        self.out.extend_from_slice(self.num.format(v).as_bytes());
+    }
+
+    pub fn i64(&mut self, key: &str, v: i64) {
+        self.key(key);
+        self.out.extend_from_slice(self.num.format(v).as_bytes());
+    }
+
+    /// A string the rule controls (plain ASCII, nothing to escape).
+    pub fn str(&mut self, key: &str, v: &str) {
+        debug_assert!(v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(v.as_bytes());
+        self.out.push(b'"');
+    }
+
+    pub fn px(&mut self, key: &str, v: Px) {
+        self.key(key);
+        self.out.push(b'"');
+        write_px(self.out, v);
+        self.out.push(b'"');
+    }
+
+    pub fn account(&mut self, key: &str, v: AccountId) {
+        self.key(key);
+        self.out.push(b'"');
+        self.names.write_account(self.out, v);
+        self.out.push(b'"');
+    }
+
+    /// A list of numbers (e.g. order ids from the evidence arena).
+    pub fn u64_list(&mut self, key: &str, items: &[u64]) {
+        self.key(key);
+        self.out.push(b'[');
+        for (i, v) in items.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(self.num.format(*v).as_bytes());
+        }
+        self.out.push(b']');
+    }
+}
 
 /// Wall-clock facts that are not part of an alert's identity.
 #[derive(Clone, Copy, Debug)]
@@ -72,12 +143,13 @@ pub struct Timing {
     pub ingest_to_alert_ns: u64,
 }
 
-/// Appends the JSON object of one alert and a newline. Account and
+/// Appends the JSON object of one alert and a newline; `list` holds the
+/// alert's items from its shard's evidence arena. Account and
 /// instrument names are plain ASCII by FEED.md; group names are checked at
 /// load to need no escaping.
-pub fn write_json(out: &mut Vec<u8>, alert: &Alert, names: &Names, timing: &Timing) {
+pub fn write_json(out: &mut Vec<u8>, alert: &Alert, list: &[u64], names: &Names, timing: &Timing) {
     let mut num = itoa::Buffer::new();
-    let rule = alert.rule.name();
+    let rule = registry::name(alert.rule);
     out.extend_from_slice(b"{\"alert_id\":\"");
     out.extend_from_slice(rule.as_bytes());
     out.push(b':');
@@ -99,31 +171,10 @@ pub fn write_json(out: &mut Vec<u8>, alert: &Alert, names: &Names, timing: &Timi
     out.extend_from_slice(b",\"ts_ns\":");
     out.extend_from_slice(num.format(alert.ts_ns).as_bytes());
     out.extend_from_slice(b",\"evidence\":{");
-    match alert.evidence {
-        Evidence::ExcessiveCancel { window_start_ns, window_end_ns, new_orders, cancels } => {
-            out.extend_from_slice(b"\"window_start_ns\":");
-            out.extend_from_slice(num.format(window_start_ns).as_bytes());
-            out.extend_from_slice(b",\"window_end_ns\":");
-            out.extend_from_slice(num.format(window_end_ns).as_bytes());
-            out.extend_from_slice(b",\"new_orders\":");
-            out.extend_from_slice(num.format(new_orders).as_bytes());
-            out.extend_from_slice(b",\"cancels\":");
-            out.extend_from_slice(num.format(cancels).as_bytes());
-        }
-        Evidence::SelfTrade { buy_account, sell_account, buy_order_id, sell_order_id, price, qty } => {
-            out.extend_from_slice(b"\"buy_account\":\"");
-            names.write_account(out, buy_account);
-            out.extend_from_slice(b"\",\"sell_account\":\"");
-            names.write_account(out, sell_account);
-            out.extend_from_slice(b"\",\"buy_order_id\":");
-            out.extend_from_slice(num.format(buy_order_id).as_bytes());
-            out.extend_from_slice(b",\"sell_order_id\":");
-            out.extend_from_slice(num.format(sell_order_id).as_bytes());
-            out.extend_from_slice(b",\"price\":\"");
-            write_px(out, price);
-            out.extend_from_slice(b"\",\"qty\":");
-            out.extend_from_slice(num.format(qty).as_bytes());
-        }
+    let mut json = EvidenceJson { out, names, first: true, num: itoa::Buffer::new() };
+    registry::write_evidence(alert, list, &mut json);
+    if alert.list.dropped > 0 {
+        json.u64("list_dropped", alert.list.dropped as u64);
     }
     out.extend_from_slice(b"},\"timing\":{\"detected_unix_ns\":");
     out.extend_from_slice(num.format(timing.detected_unix_ns).as_bytes());

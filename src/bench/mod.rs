@@ -24,9 +24,9 @@ use crate::ingest::RejectLog;
 use crate::ingest::live::{LiveFeed, WireRecord, wire_channel};
 use crate::ingest::validate::{Limits, Validator};
 use crate::metrics::{Clock, Summary, latency_histogram};
-use crate::pipeline::{self, LiveOptions, PipelineConfig};
 use crate::scenario::Scenario;
 use crate::symbols::{Groups, Names};
+use crate::topology::{self, LiveOptions, PipelineConfig};
 use feeder::{FeederStats, Playback, Schedule, Steady};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet};
@@ -207,7 +207,7 @@ fn play_schedule<S: Schedule + Sync>(
             .name("tw-feeder".into())
             .spawn_scoped(scope, move || feeder::run(schedule, clock, tx))
             .expect("spawn feeder thread");
-        let summary = pipeline::run(feed, names, &cfg, |progress| {
+        let summary = topology::run(feed, names, &cfg, |progress| {
             let now = clock.now_ns();
             let watermark_ns = progress.watermark_ns.load(Ordering::Relaxed);
             if now > start_ns && watermark_ns > first_ts_ns {

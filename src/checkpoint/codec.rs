@@ -66,7 +66,7 @@ impl<'a> Reader<'a> {
         Reader { data, pos: 0 }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&end| end <= self.data.len()).ok_or_else(|| {
             DecodeError(format!("truncated: wanted {n} bytes at offset {}, have {}", self.pos, self.data.len()))
         })?;

@@ -13,13 +13,15 @@ pub mod recover;
 pub mod store;
 pub mod writer;
 
+use crate::alert::RuleId;
+use crate::detect::registry::{self, Counts};
 use crate::event::{Event, Kind, Side};
 use codec::{DecodeError, Reader, Writer};
 use std::path::PathBuf;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Manifest layout version; a different one is refused, not misread.
-const MANIFEST_VERSION: u32 = 1;
+const MANIFEST_VERSION: u32 = 2;
 
 /// When to cut checkpoints and how many to keep.
 #[derive(Clone, Debug)]
@@ -50,23 +52,37 @@ pub struct Identity {
     /// xxh3 of the tape's first 64 KiB.
     pub tape_head_hash: u64,
     pub lateness_ns: i64,
-    /// xxh3 of the rules' debug form and the accounts file.
+    /// `Identity::reference_hash`: the enabled rules and the reference data.
     pub rules_hash: u64,
 }
 
 pub const TAPE_HEAD_BYTES: usize = 64 * 1024;
 
 impl Identity {
-    pub fn for_tape(path: &std::path::Path, native: bool, lateness_ns: i64, rules: &str) -> std::io::Result<Identity> {
+    /// xxh3 of the canonical encoding of the enabled rules' validated
+    /// parameters (`Rules::canonical`: a rule that is off adds nothing), then
+    /// of each reference file in a fixed order, each with its length:
+    /// accounts.csv, then instruments.csv (the hash of its loaded data,
+    /// `Instruments::hash`, so line ends do not matter; empty without one).
+    pub fn reference_hash(rules: &crate::config::Rules, accounts: &[u8], instruments: &[u8]) -> u64 {
+        let mut bytes = rules.canonical();
+        for file in [accounts, instruments] {
+            bytes.extend_from_slice(&(file.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(file);
+        }
+        xxh3_64(&bytes)
+    }
+
+    pub fn for_tape(
+        path: &std::path::Path,
+        native: bool,
+        lateness_ns: i64,
+        reference_hash: u64,
+    ) -> std::io::Result<Identity> {
         use std::io::Read;
         let mut head = Vec::with_capacity(TAPE_HEAD_BYTES);
         std::fs::File::open(path)?.take(TAPE_HEAD_BYTES as u64).read_to_end(&mut head)?;
-        Ok(Identity {
-            format: native as u8,
-            tape_head_hash: xxh3_64(&head),
-            lateness_ns,
-            rules_hash: xxh3_64(rules.as_bytes()),
-        })
+        Ok(Identity { format: native as u8, tape_head_hash: xxh3_64(&head), lateness_ns, rules_hash: reference_hash })
     }
 
     /// Why a checkpoint cannot be resumed under this identity, if it cannot.
@@ -76,7 +92,7 @@ impl Identity {
         } else if self.lateness_ns != saved.lateness_ns {
             Some("it was taken with another --lateness-ms")
         } else if self.rules_hash != saved.rules_hash {
-            Some("it was taken with other rules or another accounts file")
+            Some("it was taken with other rules or another accounts file (or instruments file)")
         } else {
             None
         }
@@ -108,8 +124,9 @@ pub struct Manifest {
     pub alerts_bytes: u64,
     pub late_bytes: u64,
     pub rejects_bytes: u64,
-    /// Counts as of the barrier, so the summary of a resumed run is the whole run's.
-    pub alerts: [u64; 2],
+    /// Alerts per rule id as of the barrier, so the summary of a resumed
+    /// run is the whole run's.
+    pub alerts: Vec<(RuleId, u64)>,
     pub late: u64,
     pub applied: u64,
     /// Interned names as of the barrier (ids `0..n`).
@@ -121,6 +138,29 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The alert counts in registry order; a count of a rule this build
+    /// lacks is refused (the identity would differ anyway).
+    pub fn counts(&self) -> Result<Counts, String> {
+        let mut counts = [0; registry::RULE_COUNT];
+        for &(id, n) in &self.alerts {
+            match registry::index_of(id) {
+                Some(i) => counts[i] = n,
+                None => {
+                    return Err(format!(
+                        "checkpoint {} counts alerts of rule id {id}, which this build lacks",
+                        self.id
+                    ));
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Counts keyed by rule id, from counts in registry order.
+    pub fn keyed(counts: &Counts) -> Vec<(RuleId, u64)> {
+        registry::RULES.iter().zip(counts).map(|(r, &n)| (r.id, n)).collect()
+    }
+
     pub fn bytes(&self) -> u64 {
         self.source_len + self.shard_files.iter().map(|f| f.len).sum::<u64>()
     }
@@ -139,8 +179,13 @@ impl Manifest {
             w.u64(v);
         }
         w.u32(self.shards);
-        for v in [self.alerts_bytes, self.late_bytes, self.rejects_bytes, self.alerts[0], self.alerts[1]] {
+        for v in [self.alerts_bytes, self.late_bytes, self.rejects_bytes] {
             w.u64(v);
+        }
+        w.u64(self.alerts.len() as u64);
+        for &(id, n) in &self.alerts {
+            w.u32(id as u32);
+            w.u64(n);
         }
         for v in [self.late, self.applied, self.accounts, self.instruments, self.source_len, self.source_hash] {
             w.u64(v);
@@ -187,7 +232,9 @@ impl Manifest {
             alerts_bytes: r.u64()?,
             late_bytes: r.u64()?,
             rejects_bytes: r.u64()?,
-            alerts: [r.u64()?, r.u64()?],
+            alerts: (0..r.count(12)?)
+                .map(|_| Ok((r.u32()? as RuleId, r.u64()?)))
+                .collect::<Result<_, DecodeError>>()?,
             late: r.u64()?,
             applied: r.u64()?,
             accounts: r.u64()?,
@@ -207,26 +254,16 @@ impl Manifest {
     }
 }
 
-/// (active keys, window entries) of a shard snapshot, for `checkpoint
-/// show`: the excessive-cancel state's layout is the hot keys, then the
-/// window entries with their keys (see `detect::excessive_cancel`); the
-/// active keys are the distinct keys among them.
-pub fn shard_counts(payload: &[u8]) -> Result<(u64, u64), DecodeError> {
+/// The sections of a shard snapshot, `(id, version, bytes)`, for
+/// `checkpoint show`.
+pub fn sections(payload: &[u8]) -> Result<Vec<registry::Section<'_>>, DecodeError> {
     let mut r = Reader::new(payload);
-    if r.u8()? == 0 {
-        return Ok((0, 0));
+    let mut out = Vec::new();
+    for _ in 0..r.u32()? {
+        out.push(registry::read_section(&mut r)?);
     }
-    let mut keys = rustc_hash::FxHashSet::default();
-    for _ in 0..r.count(8)? {
-        keys.insert(r.u64()?);
-    }
-    let entries = r.count(crate::detect::excessive_cancel::ENTRY_BYTES)?;
-    for _ in 0..entries {
-        r.i64()?;
-        keys.insert(r.u64()?);
-        r.u8()?;
-    }
-    Ok((keys.len() as u64, entries as u64))
+    r.finish()?;
+    Ok(out)
 }
 
 pub fn write_event(w: &mut Writer<'_>, e: &Event) {
@@ -345,7 +382,7 @@ mod tests {
                 id,
                 last_seq: seq,
                 shards: shards as u32,
-                alerts: [3, 4],
+                alerts: vec![(1, 3), (2, 4)],
                 shard_files: (0..shards as u64).map(|i| ShardFile { len: i * 10, hash: i ^ seq }).collect(),
                 ..Manifest::default()
             };

@@ -22,7 +22,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 /// The shard file format; 02: window entries carry their keys (sliced
 /// snapshots), 01 (slots and key table) is refused.
-const SNAP_MAGIC: &[u8; 8] = b"TWSNAP02";
+const SNAP_MAGIC: &[u8; 8] = b"TWSNAP03";
 pub const SNAP_HEADER_BYTES: usize = 40;
 
 pub struct Store {
@@ -277,11 +277,15 @@ mod tests {
         assert!(err.contains("checksum mismatch"), "{err}");
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(read_snapshot(&path, 7, 1, payload.len() as u64, hash).is_err(), "a torn file");
-        // A file of the earlier format (slots and a key table) is not misread.
-        bytes[..8].copy_from_slice(b"TWSNAP01");
-        std::fs::write(&path, &bytes).unwrap();
-        let err = read_snapshot(&path, 7, 1, payload.len() as u64, hash).unwrap_err();
-        assert!(err.contains("format TWSNAP01, this build reads TWSNAP02"), "{err}");
+        // Files of earlier formats (slots and a key table; one rule's layout
+        // without sections) are not misread.
+        for old in [b"TWSNAP01", b"TWSNAP02"] {
+            bytes[..8].copy_from_slice(old);
+            std::fs::write(&path, &bytes).unwrap();
+            let err = read_snapshot(&path, 7, 1, payload.len() as u64, hash).unwrap_err();
+            let want = format!("format {}, this build reads TWSNAP03", String::from_utf8_lossy(old));
+            assert!(err.contains(&want), "{err}");
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@
 use super::codec::Writer;
 use super::store::{self, ACCOUNT, INSTRUMENT, Store};
 use super::{Manifest, Settings, ShardFile};
-use crate::alert::Rule;
 use crate::detect::DetectorImage;
+use crate::detect::registry::Counts;
 use crate::metrics::Clock;
 use crate::symbols::{NameTable, Names};
 use hdrhistogram::Histogram;
@@ -57,7 +57,7 @@ pub enum Msg {
         id: u64,
         alerts: (PathBuf, u64),
         late: (PathBuf, u64),
-        counts: [u64; Rule::ALL.len()],
+        counts: Counts,
         late_count: u64,
     },
 }
@@ -250,7 +250,7 @@ impl CheckpointWriter {
             alerts_bytes: alerts.1,
             late_bytes: late.1,
             rejects_bytes: rejects.as_ref().map_or(0, |r| r.1),
-            alerts: counts,
+            alerts: Manifest::keyed(&counts),
             late: late_count,
             applied,
             accounts,

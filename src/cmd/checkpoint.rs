@@ -5,7 +5,8 @@
 use super::CmdError;
 use crate::checkpoint::recover;
 use crate::checkpoint::store::Store;
-use crate::checkpoint::{Manifest, shard_counts, store};
+use crate::checkpoint::{Manifest, sections, store};
+use crate::detect::registry;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -69,11 +70,12 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
                 "outputs      alerts {} bytes, late {} bytes, rejects {} bytes",
                 m.alerts_bytes, m.late_bytes, m.rejects_bytes
             );
+            let per_rule: Vec<String> =
+                m.alerts.iter().map(|&(id, n)| format!("{n} {}", crate::detect::registry::name(id))).collect();
             println!(
-                "counts       {} alerts ({} excessive-cancel, {} self-trade), {} late, {} applied",
-                m.alerts[0] + m.alerts[1],
-                m.alerts[0],
-                m.alerts[1],
+                "counts       {} alerts ({}), {} late, {} applied",
+                m.alerts.iter().map(|(_, n)| n).sum::<u64>(),
+                per_rule.join(", "),
                 m.late,
                 m.applied
             );
@@ -90,18 +92,28 @@ pub fn run(args: CheckpointArgs) -> Result<(), CmdError> {
             println!("total        {} bytes (+{} per shard file header)", m.bytes(), store::SNAP_HEADER_BYTES);
             match recover::load(&store, id) {
                 Ok(loaded) => {
-                    let (mut keys, mut entries) = (0, 0);
+                    // Per section (rule or view), summed over the shards.
+                    let mut totals: Vec<SectionTotal> = Vec::new();
                     for payload in &loaded.shards {
-                        let (k, e) = shard_counts(payload).map_err(|e| CmdError::Failed(e.to_string()))?;
-                        keys += k;
-                        entries += e;
+                        for (sid, _, body) in sections(payload).map_err(|e| CmdError::Failed(e.to_string()))? {
+                            let counts = registry::describe(sid, body).map_err(|e| CmdError::Failed(e.to_string()))?;
+                            let at = match totals.iter().position(|t| t.0 == sid) {
+                                Some(at) => at,
+                                None => {
+                                    totals.push((sid, 0, counts.iter().map(|&(k, _)| (k, 0)).collect()));
+                                    totals.len() - 1
+                                }
+                            };
+                            totals[at].1 += body.len() as u64;
+                            for (total, (_, n)) in totals[at].2.iter_mut().zip(counts) {
+                                total.1 += n;
+                            }
+                        }
                     }
-                    let shard_bytes: u64 = m.shard_files.iter().map(|f| f.len).sum();
-                    println!(
-                        "window       {keys} active keys, {entries} window entries; {:.1} shard bytes per active key, {:.1} checkpoint bytes per active key",
-                        shard_bytes as f64 / keys.max(1) as f64,
-                        m.bytes() as f64 / keys.max(1) as f64
-                    );
+                    for (sid, bytes, counts) in totals {
+                        let what: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                        println!("section      {} ({sid:#x}): {bytes} bytes; {}", section_name(sid), what.join(", "));
+                    }
                     println!("verified     yes");
                 }
                 Err(e) => println!("verified     NO: {e}"),
@@ -153,3 +165,14 @@ fn age(created_unix_ms: u64) -> String {
         _ => format!("{}h", secs / 3600),
     }
 }
+
+/// A section's name: its rule's, or its view's.
+fn section_name(id: u16) -> &'static str {
+    match id {
+        crate::detect::views::last_trade::LastTrade::ID => "view last-trade",
+        id => registry::name(id),
+    }
+}
+
+/// A section id, its bytes and its counts, summed over the shards.
+type SectionTotal = (u16, u64, Vec<(&'static str, u64)>);

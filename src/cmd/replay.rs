@@ -2,7 +2,6 @@
 //! alerts to JSON Lines, a summary at the end.
 
 use super::{CmdError, ProgressLine, beside, is_native_tape};
-use crate::alert::sink::Outputs;
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
@@ -13,9 +12,11 @@ use crate::ingest::csv::CsvFeed;
 use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
+use crate::instruments::Instruments;
 use crate::metrics::Summary;
-use crate::pipeline::{self, Checkpointing, PipelineConfig, Resumed};
+use crate::sink::Outputs;
 use crate::symbols::{Groups, Names};
+use crate::topology::{self, Checkpointing, PipelineConfig, Resumed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +28,10 @@ pub struct ReplayArgs {
     /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
     #[arg(long)]
     pub accounts: Option<PathBuf>,
+    /// instruments.csv (prev_close, price limits, tick; FEED.md). Default:
+    /// `<tape stem>.instruments.csv` beside the tape, if present.
+    #[arg(long)]
+    pub instruments: Option<PathBuf>,
     /// Rule thresholds (TOML); defaults apply to anything not set.
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -70,6 +75,9 @@ pub struct ReplayArgs {
     /// implies --checkpoint-exact.
     #[arg(long, hide = true)]
     pub exit_after_checkpoint: Option<u64>,
+    /// Keep the order book even when no enabled rule reads it (tests and measurement).
+    #[arg(long, hide = true)]
+    pub keep_book: bool,
     /// Test hook: wait for each checkpoint rather than skip a barrier while one is in
     /// flight, so checkpoints fall at exact record counts (stalls the source on the disk).
     #[arg(long, hide = true)]
@@ -102,6 +110,10 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         }),
         None => Groups::default(),
     };
+    let instruments = super::book::load_instruments(args.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
+        problems.push(e);
+        Instruments::default()
+    });
     let rules = match &args.rules {
         Some(path) => Rules::load(path).unwrap_or_else(|e| {
             problems.push(e);
@@ -156,11 +168,13 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         cfg.snapshot_slice = slice;
     }
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
+    cfg.instruments = Arc::new(instruments);
+    cfg.keep_book = args.keep_book;
     let groups = Arc::new(groups);
     // The state directory is opened (and locked) before any output is
     // touched: a bad or busy directory fails the run with nothing changed.
     let mut state = match &args.state {
-        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref())?),
+        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref(), &cfg.instruments)?),
         None => None,
     };
     let loaded = state.as_mut().and_then(|(_, loaded)| loaded.take());
@@ -186,7 +200,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         }
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::new(Some(feed.len() as u64).filter(|_| !args.quiet));
-        let mut summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let mut summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
         })
         .map_err(CmdError::Failed)?;
@@ -252,7 +266,7 @@ pub fn replay(args: &ReplayArgs) -> Result<Summary, CmdError> {
         };
         let progress = ProgressLine::new(None);
         let show = !args.quiet;
-        let summary = pipeline::run_with(feed, names, &cfg, checkpointing(resume), |p| {
+        let summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
             if show {
                 progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
             }
@@ -274,17 +288,20 @@ fn open_state(
     native: bool,
     cfg: &PipelineConfig,
     accounts: Option<&Path>,
+    instruments: &Instruments,
 ) -> Result<OpenState, CmdError> {
-    // The rules and the account groups shape the window state: both are part
-    // of what a checkpoint must be resumed with.
+    // The rules, the account groups and the instruments' limits shape the
+    // state: all are part of what a checkpoint must be resumed with.
     let accounts_text = match accounts {
         Some(path) => {
             std::fs::read(path).map_err(|e| CmdError::Usage(format!("{}: cannot read: {e}", path.display())))?
         }
         None => Vec::new(),
     };
-    let config = format!("{:?}\n{}", cfg.rules, String::from_utf8_lossy(&accounts_text));
-    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, &config)
+    let instruments_hash = instruments.hash().to_le_bytes();
+    let instruments_bytes: &[u8] = if instruments.loaded() { &instruments_hash } else { &[] };
+    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, instruments_bytes);
+    let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, reference)
         .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
     let store = Store::open(dir).map_err(CmdError::Failed)?;
     let loaded =

@@ -1,37 +1,55 @@
-//! Rule evaluation on a shard: per-key window state and one file per rule.
-//! Detectors see records in `(ts_ns, seq)` order and do no I/O: they only
-//! return alerts. Dispatch is static (a fixed set of optional rules).
+//! Rule evaluation on a shard: the shared views and the enabled rules of
+//! the registry, behind one `Detector`. Detectors see records in `(ts_ns,
+//! seq)` order and do no I/O: they hand alerts to an `Emit`. Dispatch is
+//! static (the registry's `Active`, one optional field per rule).
+//!
+//! - `rule.rs`: the rule interface and what the shard promises a rule.
+//! - `registry.rs`: the one list of rules.
+//! - `rules/`: one file per rule. `views/`: shared per-instrument views.
+//! - `state/`: containers that snapshot incrementally.
+//!
+//! A shard snapshot is a list of sections, one per enabled rule and per
+//! view kept: `(id, version, length, bytes)`.
 
-pub mod excessive_cancel;
+pub mod registry;
+pub mod rule;
 pub mod rules;
-pub mod self_trade;
+pub mod state;
 pub mod views;
 
 use crate::alert::Alert;
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::Rules;
 use crate::event::Event;
-use excessive_cancel::ExcessiveCancel;
+use registry::{Active, Images, read_section};
+use rule::{Emit, RuleStats, Sizing};
+use views::book::BookStats;
+use views::{ViewConfig, ViewImages, Views};
+
+/// A closure is an `Emit` (tests, and the shard's sender).
+impl<F: FnMut(Alert, &[u64])> Emit for F {
+    #[inline(always)]
+    fn alert(&mut self, alert: Alert, list: &[u64]) {
+        self(alert, list)
+    }
+}
 
 pub struct Detector {
-    excessive_cancel: Option<ExcessiveCancel>,
-    self_trade: bool,
-    /// The image of the snapshot in progress (its excessive-cancel part is
-    /// held by the rule while it is being copied).
+    rules: Active,
+    views: Views,
+    /// The newest watermark the rules were given.
+    watermark_ns: i64,
+    /// The image of the snapshot in progress.
     snapshot: Option<Box<DetectorImage>>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DetectorStats {
-    pub window_entries: usize,
-    pub active_keys: usize,
-    pub grew: u64,
-}
+pub type DetectorStats = RuleStats;
 
-/// A detector's window state as of a barrier.
+/// A detector's state as of a barrier: each enabled rule's and each view's.
 #[derive(Default)]
 pub struct DetectorImage {
-    excessive_cancel: Option<excessive_cancel::Image>,
+    rules: Images,
+    views: ViewImages,
 }
 
 impl DetectorImage {
@@ -42,64 +60,82 @@ impl DetectorImage {
         image
     }
 
-    /// Grows the image ahead of the state (see `excessive_cancel::Image::prepare`).
+    /// Grows the images ahead of the state (see `Rule::prepare_image`).
     pub fn prepare(&mut self, keys: usize, entries: usize) {
-        self.excessive_cancel.get_or_insert_with(Default::default).prepare(keys, entries);
+        self.rules.prepare(keys, entries);
     }
 
+    /// The sections: a count, then `(id, version, length, bytes)` each.
     pub fn encode(&self, w: &mut Writer<'_>) {
-        match &self.excessive_cancel {
-            Some(image) => {
-                w.u8(1);
-                image.encode(w);
-            }
-            None => w.u8(0),
-        }
+        let at = w.out.len();
+        w.u32(0);
+        let n = self.rules.encode(w) + self.views.encode(w);
+        w.out[at..at + 4].copy_from_slice(&n.to_le_bytes());
     }
 }
 
 impl Detector {
     pub fn new(rules: &Rules, window_capacity: usize) -> Detector {
+        Detector::with_views(rules, window_capacity, &ViewConfig::default())
+    }
+
+    /// A detector whose views get `views` (the book's reference data and
+    /// limits, and whether it is kept with no rule reading it).
+    pub fn with_views(rules: &Rules, window_capacity: usize, views: &ViewConfig) -> Detector {
         Detector {
-            excessive_cancel: rules.excessive_cancel.map(|params| ExcessiveCancel::new(params, window_capacity)),
-            self_trade: rules.self_trade,
+            rules: Active::new(rules, &Sizing { window_capacity }),
+            views: Views::new(rules.reads(), views),
+            watermark_ns: i64::MIN,
             snapshot: None,
         }
     }
 
-    /// Applies one record; alerts are handed to `emit` without timing.
     /// Brings the state that `apply` will need for `event` into cache: a
     /// shard calls it a few records ahead, so the lookups overlap.
-    #[inline]
+    #[inline(always)]
     pub fn prefetch(&self, event: &Event) {
-        if let Some(rule) = self.excessive_cancel.as_ref() {
-            rule.prefetch(event);
-        }
+        self.views.prefetch(event);
+        self.rules.prefetch(event);
     }
 
+    /// The order book's counters, when the book is kept.
+    pub fn book_stats(&self) -> Option<BookStats> {
+        self.views.book_stats()
+    }
+
+    /// Applies one record: the views, then the rules that want its kind.
+    /// Alerts are handed to `emit` without timing.
+    #[inline(always)]
+    pub fn apply(&mut self, event: &Event, emit: &mut impl Emit) {
+        let seen = self.views.update(event);
+        self.rules.on_record(event, &seen, emit);
+    }
+
+    /// Event time reached `watermark_ns`: every record below it has been
+    /// applied (see `rule.rs` for the promise). Only an advance reaches the rules.
     #[inline]
-    pub fn apply(&mut self, event: &Event, emit: &mut impl FnMut(Alert)) {
-        if let Some(rule) = self.excessive_cancel.as_mut()
-            && let Some(alert) = rule.apply(event)
-        {
-            emit(alert);
-        }
-        if self.self_trade
-            && let Some(alert) = self_trade::apply(event)
-        {
-            emit(alert);
+    pub fn watermark(&mut self, watermark_ns: i64, emit: &mut impl Emit) {
+        if watermark_ns > self.watermark_ns {
+            self.watermark_ns = watermark_ns;
+            self.rules.on_watermark(watermark_ns, emit);
         }
     }
 
-    /// Cuts a snapshot of the window state at a checkpoint barrier, into a
-    /// reused image: O(hot keys) now, the window entries later, a slice at a
-    /// time (`copy_slice`). Records applied meanwhile do not change it: it
-    /// is the state as of this call. One snapshot at a time.
+    /// No more records.
+    pub fn end(&mut self, emit: &mut impl Emit) {
+        self.rules.on_end(emit);
+    }
+
+    /// Cuts a snapshot of the state at a checkpoint barrier, into a reused
+    /// image: O(hot keys) now, the rest later, a slice at a time
+    /// (`copy_slice`). Records applied meanwhile do not change it: it is
+    /// the state as of this call. One snapshot at a time.
     pub fn begin_snapshot(&mut self, mut image: Box<DetectorImage>) {
         assert!(self.snapshot.is_none(), "a snapshot is already in progress");
-        if let Some(rule) = self.excessive_cancel.as_mut() {
-            rule.begin_snapshot(image.excessive_cancel.take().unwrap_or_default());
-        }
+        // Images of rules that are off (made by `prepare`) would become sections.
+        image.rules.keep_only(&self.rules);
+        self.rules.begin_snapshot(&mut image.rules);
+        self.views.begin_snapshot(&mut image.views);
         self.snapshot = Some(image);
     }
 
@@ -109,49 +145,56 @@ impl Detector {
         self.snapshot.is_some()
     }
 
-    /// Copies up to `max` more window entries of the snapshot in progress;
-    /// returns the image once it is complete (then none is in progress).
+    /// Copies up to `max` more items of each part of the snapshot in
+    /// progress; returns the image once it is complete (then none is in progress).
     pub fn copy_slice(&mut self, max: usize) -> Option<Box<DetectorImage>> {
         let image = self.snapshot.as_mut()?;
-        match self.excessive_cancel.as_mut() {
-            Some(rule) => {
-                if !rule.copy_slice(max) {
-                    return None;
-                }
-                image.excessive_cancel = rule.take_snapshot();
-            }
-            None => image.excessive_cancel = None,
-        }
-        self.snapshot.take()
+        let rules = self.rules.copy_slice(max, &mut image.rules);
+        let views = self.views.copy_slice(max, &mut image.views);
+        if rules && views { self.snapshot.take() } else { None }
     }
 
     /// Loads the keys of every old shard's snapshot that belong to this
-    /// shard (`keep`), whatever the old shard count was.
+    /// shard (`keep`), whatever the old shard count was. Each snapshot must
+    /// hold one section per enabled rule and per view kept, and no other.
     pub fn restore(&mut self, snapshots: &[Vec<u8>], keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
+        let mut want = self.rules.ids();
+        want.extend(self.views.ids());
+        want.sort_unstable();
         for snapshot in snapshots {
             let mut r = Reader::new(snapshot);
-            let present = r.u8()? != 0;
-            match (present, self.excessive_cancel.as_mut()) {
-                (true, Some(rule)) => rule.restore(&mut r, &keep)?,
-                (false, None) => {}
-                _ => return Err(DecodeError("the checkpoint was taken with other rules".into())),
+            let mut found = Vec::with_capacity(want.len());
+            for _ in 0..r.u32()? {
+                let section = read_section(&mut r)?;
+                let id = section.0;
+                if !self.rules.restore(section, &keep)? && !self.views.restore(section, &keep)? {
+                    return Err(DecodeError(format!("section {id:#x} is no rule or view of this build")));
+                }
+                found.push(id);
             }
             r.finish()?;
+            found.sort_unstable();
+            if found != want {
+                return Err(DecodeError(format!(
+                    "sections {found:x?}, the enabled rules and views need {want:x?}: the checkpoint was taken with other rules"
+                )));
+            }
         }
-        if let Some(rule) = self.excessive_cancel.as_mut() {
-            rule.restored();
-        }
+        self.rules.restored();
         Ok(())
     }
 
-    /// (hot keys, window entries) of the window state, for sizing images.
+    /// (hot keys, window entries) of the state, for sizing images.
     #[inline]
     pub fn footprint(&self) -> (usize, usize) {
-        self.excessive_cancel.as_ref().map_or((0, 0), |r| r.footprint())
+        let s = self.rules.stats();
+        (s.hot_keys, s.window_entries)
     }
 
     pub fn stats(&self) -> DetectorStats {
-        self.excessive_cancel.as_ref().map(|r| r.stats()).unwrap_or_default()
+        let mut s = self.rules.stats();
+        s.grew += self.views.grew();
+        s
     }
 }
 
@@ -159,13 +202,18 @@ impl Detector {
 mod tests {
     use super::*;
     use crate::checkpoint::codec::Writer;
-    use crate::config::ExcessiveCancelParams;
+    use crate::detect::rules::excessive_cancel::Params as ExcessiveCancelParams;
     use crate::event::Kind;
     use proptest::prelude::*;
 
     fn rules(min_cancels: u32) -> Rules {
         Rules {
             excessive_cancel: Some(ExcessiveCancelParams { window_ns: 1_000, min_cancels, ratio_pct: 60 }),
+            // These streams are not book-consistent (zero quantities, unknown
+            // orders): the book rules and the book view they keep stay out.
+            spoofing: None,
+            layering: None,
+            momentum_ignition: None,
             ..Rules::default()
         }
     }
@@ -192,7 +240,7 @@ mod tests {
     fn alerts(detectors: &mut [Detector], events: &[Event], out: &mut Vec<Alert>) {
         let n = detectors.len();
         for e in events {
-            detectors[e.instrument as usize % n].apply(e, &mut |a| out.push(a));
+            detectors[e.instrument as usize % n].apply(e, &mut |a: Alert, _: &[u64]| out.push(a));
         }
     }
 
@@ -320,7 +368,7 @@ mod tests {
         let rules = rules(2);
         let mut d = Detector::new(&rules, 4);
         for e in events(&[(1, 0, 1, 1), (1, 1, 1, 1), (1, 0, 2, 2)]) {
-            d.apply(&e, &mut |_| {});
+            d.apply(&e, &mut |_: Alert, _: &[u64]| {});
         }
         let buf = whole_snapshot(&mut d);
         for cut in 0..buf.len() {

@@ -34,10 +34,11 @@
 //! | `max_entries` | 2097152 | run entries and pending ignitions (limit: the oldest go early, counted) |
 //! | `max_instruments` | 1048576 | instruments whose last trade is remembered (limit: new ones refused, counted) |
 
-use super::params::{Fields, MS};
+use super::params::MS;
 use super::window::{NONE, Window};
 use super::{BookRule, Evidence, Finding, IgnitionEvidence, OrderIds, RuleStats, key_of, opposite, side_index};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
+use crate::config::Problems;
 use crate::detect::views::{BookView, Change};
 use crate::event::{Event, InstrumentId, Px, Side};
 use rustc_hash::FxHashMap;
@@ -84,30 +85,32 @@ impl Default for Params {
 }
 
 impl Params {
-    /// The validated parameters (`None` when `enabled = false`); problems
-    /// go to `problems`, each with its line in `text`.
-    pub fn validate(raw: Option<&RawParams>, text: &str, problems: &mut Vec<String>) -> Option<Params> {
-        let default = RawParams::default();
-        let raw = raw.unwrap_or(&default);
+    /// The canonical bytes (part of the checkpoint identity).
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        for v in [self.window_ns, self.min_move_ticks, self.follow_ns, self.near_ticks] {
+            w.i64(v);
+        }
+        for v in [self.max_keys, self.max_entries, self.max_instruments] {
+            w.u64(v as u64);
+        }
+    }
+
+    /// The validated parameters (`None` when `enabled = false`); every
+    /// problem goes to `f`, with its line.
+    pub fn validate(raw: RawParams, f: &mut Problems<'_>) -> Option<Params> {
         if raw.enabled == Some(false) {
             return None;
         }
         let d = Params::default();
-        let mut f = Fields { text, table: "momentum_ignition", problems };
         Some(Params {
-            window_ns: f.int(raw.window_ms.as_ref(), "window_ms", 1..=3_600_000, d.window_ns / MS) * MS,
-            min_move_ticks: f.int(raw.min_move_ticks.as_ref(), "min_move_ticks", 1..=1_000_000, d.min_move_ticks),
-            follow_ns: f.int(raw.follow_ms.as_ref(), "follow_ms", 1..=3_600_000, d.follow_ns / MS) * MS,
-            near_ticks: f.int(raw.near_ticks.as_ref(), "near_ticks", 0..=1_000_000, d.near_ticks),
-            max_keys: f.int(raw.max_keys.as_ref(), "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
-            max_entries: f.int(raw.max_entries.as_ref(), "max_entries", 1 << 10..=1 << 26, d.max_entries as i64)
+            window_ns: f.int(raw.window_ms, "window_ms", 1..=3_600_000, d.window_ns / MS) * MS,
+            min_move_ticks: f.int(raw.min_move_ticks, "min_move_ticks", 1..=1_000_000, d.min_move_ticks),
+            follow_ns: f.int(raw.follow_ms, "follow_ms", 1..=3_600_000, d.follow_ns / MS) * MS,
+            near_ticks: f.int(raw.near_ticks, "near_ticks", 0..=1_000_000, d.near_ticks),
+            max_keys: f.int(raw.max_keys, "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
+            max_entries: f.int(raw.max_entries, "max_entries", 1 << 10..=1 << 26, d.max_entries as i64) as usize,
+            max_instruments: f.int(raw.max_instruments, "max_instruments", 1..=1 << 24, d.max_instruments as i64)
                 as usize,
-            max_instruments: f.int(
-                raw.max_instruments.as_ref(),
-                "max_instruments",
-                1..=1 << 24,
-                d.max_instruments as i64,
-            ) as usize,
         })
     }
 }
@@ -178,6 +181,8 @@ pub struct MomentumIgnition {
     last_px: FxHashMap<InstrumentId, Px>,
     instruments_refused: u64,
     grew: u64,
+    /// The snapshot cut at a barrier, until the registry takes it.
+    pub(super) snapshot: Option<Vec<u8>>,
     /// Restored keys and entries waiting for `restored`.
     pending_keys: FxHashMap<u64, KeyState>,
     pending_entries: Vec<(i64, u64, u64, Run)>,
@@ -210,6 +215,7 @@ impl MomentumIgnition {
             last_px,
             instruments_refused: 0,
             grew: 0,
+            snapshot: None,
             pending_keys: FxHashMap::default(),
             pending_entries: Vec::new(),
         }
@@ -810,7 +816,10 @@ mod tests {
         let parse = |text: &str| {
             let doc: Doc = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
             let mut problems = Vec::new();
-            let params = Params::validate(doc.momentum_ignition.as_ref(), text, &mut problems);
+            let params = Params::validate(
+                doc.momentum_ignition.unwrap_or_default(),
+                &mut Problems::new(text, "momentum_ignition", &mut problems),
+            );
             if problems.is_empty() { Ok(params) } else { Err(problems) }
         };
         assert_eq!(parse("").unwrap(), Some(Params::default()));

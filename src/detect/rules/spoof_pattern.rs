@@ -106,6 +106,22 @@ pub struct SpoofEvidence {
     pub levels: Levels,
 }
 
+impl PatternParams {
+    /// The canonical bytes (part of the checkpoint identity).
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.i64(self.window_ns);
+        for v in [self.size_pct, self.cancel_pct, self.one_sided_k, self.min_opposite_exec_qty] {
+            w.u64(v);
+        }
+        match self.levels {
+            Levels::AtMost(n) => w.u64(n as u64),
+            Levels::AtLeast(n) => w.u64(n as u64 | 1 << 32),
+        }
+        w.u64(self.max_keys as u64);
+        w.u64(self.max_entries as u64);
+    }
+}
+
 impl SpoofEvidence {
     /// `peak_open_qty` against the depth, in percent (`None` when the side
     /// was empty, which any quantity exceeds).

@@ -22,9 +22,11 @@
 //! | `max_keys` | 262144 | keys with state (limit: new keys refused, counted) |
 //! | `max_entries` | 2097152 | window entries (limit: the oldest expire early, counted) |
 
-use super::params::{Fields, MS};
+use super::params::MS;
 use super::spoof_pattern::{Levels, MAX_LEVELS, Pattern, PatternParams};
 use super::{BookRule, Finding, RuleStats};
+use crate::checkpoint::codec::Writer;
+use crate::config::Problems;
 use crate::detect::views::{BookView, Change};
 use crate::event::Event;
 use serde::Deserialize;
@@ -63,11 +65,14 @@ impl Default for Params {
 }
 
 impl Params {
-    /// The validated parameters (`None` when `enabled = false`); problems
-    /// go to `problems`, each with its line in `text`.
-    pub fn validate(raw: Option<&RawParams>, text: &str, problems: &mut Vec<String>) -> Option<Params> {
-        let default = RawParams::default();
-        let raw = raw.unwrap_or(&default);
+    /// The canonical bytes (part of the checkpoint identity).
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        self.0.encode(w);
+    }
+
+    /// The validated parameters (`None` when `enabled = false`); every
+    /// problem goes to `f`, with its line.
+    pub fn validate(raw: RawParams, f: &mut Problems<'_>) -> Option<Params> {
         if raw.enabled == Some(false) {
             return None;
         }
@@ -75,52 +80,54 @@ impl Params {
         let max_levels = match d.levels {
             Levels::AtMost(n) | Levels::AtLeast(n) => n as i64,
         };
-        let mut f = Fields { text, table: "spoofing", problems };
         Some(Params(PatternParams {
-            window_ns: f.int(raw.window_ms.as_ref(), "window_ms", 1..=3_600_000, d.window_ns / MS) * MS,
-            size_pct: f.int(raw.size_pct.as_ref(), "size_pct", 1..=100_000, d.size_pct as i64) as u64,
-            cancel_pct: f.int(raw.cancel_pct.as_ref(), "cancel_pct", 1..=100, d.cancel_pct as i64) as u64,
-            one_sided_k: f.int(raw.one_sided_k.as_ref(), "one_sided_k", 1..=1_000, d.one_sided_k as i64) as u64,
+            window_ns: f.int(raw.window_ms, "window_ms", 1..=3_600_000, d.window_ns / MS) * MS,
+            size_pct: f.int(raw.size_pct, "size_pct", 1..=100_000, d.size_pct as i64) as u64,
+            cancel_pct: f.int(raw.cancel_pct, "cancel_pct", 1..=100, d.cancel_pct as i64) as u64,
+            one_sided_k: f.int(raw.one_sided_k, "one_sided_k", 1..=1_000, d.one_sided_k as i64) as u64,
             min_opposite_exec_qty: f.int(
-                raw.min_opposite_exec_qty.as_ref(),
+                raw.min_opposite_exec_qty,
                 "min_opposite_exec_qty",
                 1..=1_000_000_000_000,
                 d.min_opposite_exec_qty as i64,
             ) as u64,
             levels: Levels::AtMost(f.int(
-                raw.max_levels_behind.as_ref(),
+                raw.max_levels_behind,
                 "max_levels_behind",
                 0..=MAX_LEVELS as i64 - 1,
                 max_levels,
             ) as u32),
-            max_keys: f.int(raw.max_keys.as_ref(), "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
-            max_entries: f.int(raw.max_entries.as_ref(), "max_entries", 1 << 10..=1 << 26, d.max_entries as i64)
-                as usize,
+            max_keys: f.int(raw.max_keys, "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
+            max_entries: f.int(raw.max_entries, "max_entries", 1 << 10..=1 << 26, d.max_entries as i64) as usize,
         }))
     }
 }
 
-pub struct Spoofing(Pattern);
+pub struct Spoofing {
+    pattern: Pattern,
+    /// The snapshot cut at a barrier, until the registry takes it.
+    pub(super) snapshot: Option<Vec<u8>>,
+}
 
 impl Spoofing {
     pub fn new(params: Params) -> Spoofing {
-        Spoofing(Pattern::new(BookRule::Spoofing, params.0))
+        Spoofing { pattern: Pattern::new(BookRule::Spoofing, params.0), snapshot: None }
     }
 
     #[inline]
     pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
-        self.0.on_record(e, change, book, emit);
+        self.pattern.on_record(e, change, book, emit);
     }
 
     pub fn stats(&self) -> RuleStats {
-        self.0.stats()
+        self.pattern.stats()
     }
 
     pub fn pattern(&self) -> &Pattern {
-        &self.0
+        &self.pattern
     }
 
     pub fn pattern_mut(&mut self) -> &mut Pattern {
-        &mut self.0
+        &mut self.pattern
     }
 }

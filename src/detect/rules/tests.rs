@@ -432,8 +432,14 @@ fn spoofing_and_layering_params() {
     let parse = |text: &str| {
         let doc: Doc = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let mut problems = Vec::new();
-        let s = spoofing::Params::validate(doc.spoofing.as_ref(), text, &mut problems);
-        let l = layering::Params::validate(doc.layering.as_ref(), text, &mut problems);
+        let s = spoofing::Params::validate(
+            doc.spoofing.unwrap_or_default(),
+            &mut crate::config::Problems::new(text, "spoofing", &mut problems),
+        );
+        let l = layering::Params::validate(
+            doc.layering.unwrap_or_default(),
+            &mut crate::config::Problems::new(text, "layering", &mut problems),
+        );
         if problems.is_empty() { Ok((s, l)) } else { Err(problems) }
     };
     let (s, l) = parse("").unwrap();

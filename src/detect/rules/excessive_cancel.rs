@@ -21,13 +21,16 @@
 //! then costs one pass over the keys, not a 16 MB allocation and its page
 //! faults on the shard (which put 14 ms stalls into alert latency).
 
-use crate::alert::{Alert, Evidence, Rule};
+use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
-use crate::config::ExcessiveCancelParams;
+use crate::config::{MS, Problems};
+use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
 use crate::event::{Event, Kind};
 use crate::flat_map::prefetch;
 use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Deserialize;
 use std::collections::VecDeque;
+use toml::Spanned;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -230,8 +233,128 @@ impl KeyTable {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub window_ns: i64,
+    pub min_cancels: u32,
+    pub ratio_pct: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { window_ns: 10_000 * MS, min_cancels: 20, ratio_pct: 90 }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    enabled: Option<bool>,
+    window_ms: Option<Spanned<i64>>,
+    min_cancels: Option<Spanned<i64>>,
+    ratio_pct: Option<Spanned<i64>>,
+}
+
+impl Rule for ExcessiveCancel {
+    const ID: u16 = 1;
+    const NAME: &'static str = "excessive-cancel";
+    const TABLE: &'static str = "excessive_cancel";
+    const VERSION: u16 = 1;
+    const KINDS: Kinds = Kinds::NEW.or(Kinds::CANCEL);
+    type Raw = Raw;
+    type Params = Params;
+    type Image = Image;
+
+    fn validate(raw: Raw, p: &mut Problems<'_>) -> Option<Params> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let d = Params::default();
+        let window_ms = p.int(raw.window_ms, "window_ms", 1..=86_400_000, d.window_ns / MS);
+        let min_cancels = p.int(raw.min_cancels, "min_cancels", 1..=1_000_000, d.min_cancels as i64);
+        let ratio_pct = p.int(raw.ratio_pct, "ratio_pct", 0..=100_000, d.ratio_pct as i64);
+        Some(Params { window_ns: window_ms * MS, min_cancels: min_cancels as u32, ratio_pct: ratio_pct as u32 })
+    }
+
+    fn encode_params(params: &Params, w: &mut Writer<'_>) {
+        w.i64(params.window_ns);
+        w.u32(params.min_cancels);
+        w.u32(params.ratio_pct);
+    }
+
+    fn new(params: &Params, sizing: &Sizing) -> Self {
+        ExcessiveCancel::new(*params, sizing.window_capacity)
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, event: &Event) {
+        ExcessiveCancel::prefetch(self, event);
+    }
+
+    #[inline(always)]
+    fn on_record(&mut self, event: &Event, _seen: &Seen<'_>, out: &mut impl Emit) {
+        if let Some(alert) = self.apply(event) {
+            out.alert(alert, &[]);
+        }
+    }
+
+    fn write_evidence(evidence: &Evidence, _list: &[u64], json: &mut EvidenceJson<'_>) {
+        let [start, end, new_orders, cancels, ..] = evidence.0;
+        json.i64("window_start_ns", start as i64);
+        json.i64("window_end_ns", end as i64);
+        json.u64("new_orders", new_orders);
+        json.u64("cancels", cancels);
+    }
+
+    fn stats(&self) -> RuleStats {
+        ExcessiveCancel::stats(self)
+    }
+
+    fn prepare_image(image: &mut Image, keys: usize, entries: usize) {
+        image.prepare(keys, entries);
+    }
+
+    fn begin_snapshot(&mut self, image: Image) {
+        ExcessiveCancel::begin_snapshot(self, image);
+    }
+
+    fn copy_slice(&mut self, max: usize) -> Option<Image> {
+        if ExcessiveCancel::copy_slice(self, max) { self.take_snapshot() } else { None }
+    }
+
+    fn encode_image(image: &Image, w: &mut Writer<'_>) {
+        image.encode(w);
+    }
+
+    fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
+        ExcessiveCancel::restore(self, r, keep)
+    }
+
+    fn restored(&mut self) {
+        ExcessiveCancel::restored(self);
+    }
+
+    /// Active keys (the distinct keys among the hot keys and the window
+    /// entries) and window entries.
+    fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
+        let mut r = Reader::new(section);
+        let mut keys = rustc_hash::FxHashSet::default();
+        for _ in 0..r.count(8)? {
+            keys.insert(r.u64()?);
+        }
+        let entries = r.count(ENTRY_BYTES)?;
+        for _ in 0..entries {
+            r.i64()?;
+            keys.insert(r.u64()?);
+            r.u8()?;
+        }
+        r.finish()?;
+        Ok(vec![("active keys", keys.len() as u64), ("window entries", entries as u64)])
+    }
+}
+
 pub struct ExcessiveCancel {
-    params: ExcessiveCancelParams,
+    params: Params,
     table: KeyTable,
     window: VecDeque<Entry>,
     /// Entries ever popped from `window`: the absolute index of its front.
@@ -252,7 +375,7 @@ pub struct ExcessiveCancel {
 }
 
 impl ExcessiveCancel {
-    pub fn new(params: ExcessiveCancelParams, window_capacity: usize) -> ExcessiveCancel {
+    pub fn new(params: Params, window_capacity: usize) -> ExcessiveCancel {
         let key_capacity = (window_capacity / 4).max(16);
         ExcessiveCancel {
             params,
@@ -315,18 +438,14 @@ impl ExcessiveCancel {
             }
         }
         (hot && !was_hot).then(|| Alert {
-            rule: Rule::ExcessiveCancel,
+            rule: Self::ID,
             seq: event.seq,
             ts_ns: t,
             group: event.group,
             account: event.account,
             instrument: event.instrument,
-            evidence: Evidence::ExcessiveCancel {
-                window_start_ns: horizon,
-                window_end_ns: t,
-                new_orders: n as u32,
-                cancels: c as u32,
-            },
+            // (window_start_ns, window_end_ns]: the counts' window.
+            evidence: Evidence([horizon as u64, t as u64, n, c, 0, 0]),
             ..Alert::default()
         })
     }
@@ -430,8 +549,13 @@ impl ExcessiveCancel {
         (self.hot_keys.len(), self.window.len())
     }
 
-    pub fn stats(&self) -> super::DetectorStats {
-        super::DetectorStats { window_entries: self.window.len(), active_keys: self.table.live, grew: self.grew }
+    pub fn stats(&self) -> RuleStats {
+        RuleStats {
+            window_entries: self.window.len(),
+            active_keys: self.table.live,
+            hot_keys: self.hot_keys.len(),
+            grew: self.grew,
+        }
     }
 }
 
@@ -630,21 +754,20 @@ mod tests {
         Event { seq, ts_ns, kind, group, account: group, instrument: 1, ..Event::default() }
     }
 
-    fn run(params: ExcessiveCancelParams, records: &[Event]) -> Vec<(u64, u32, u32)> {
+    fn run(params: Params, records: &[Event]) -> Vec<(u64, u32, u32)> {
         let mut rule = ExcessiveCancel::new(params, 4);
         records
             .iter()
             .filter_map(|e| rule.apply(e))
             .map(|a| match a.evidence {
-                Evidence::ExcessiveCancel { new_orders, cancels, .. } => (a.seq, new_orders, cancels),
-                Evidence::SelfTrade { .. } => unreachable!(),
+                Evidence([_, _, new_orders, cancels, ..]) => (a.seq, new_orders as u32, cancels as u32),
             })
             .collect()
     }
 
     #[test]
     fn one_alert_per_episode() {
-        let params = ExcessiveCancelParams { window_ns: 10 * SEC, min_cancels: 3, ratio_pct: 90 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 3, ratio_pct: 90 };
         let mut records = Vec::new();
         for i in 0..3 {
             records.push(rec(records.len() as u64, i * SEC, Kind::New, 7));
@@ -658,7 +781,7 @@ mod tests {
 
     #[test]
     fn window_is_half_open_and_episodes_restart() {
-        let params = ExcessiveCancelParams { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 100 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 100 };
         let records = [
             rec(1, 0, Kind::Cancel, 1),
             rec(2, SEC, Kind::Cancel, 1),  // c = 2, n = 0: hot -> alert
@@ -690,7 +813,7 @@ mod tests {
     /// entries pushed after the barrier are not.
     #[test]
     fn a_sliced_snapshot_keeps_entries_that_expire_before_they_are_copied() {
-        let params = ExcessiveCancelParams { window_ns: 10 * SEC, min_cancels: 1, ratio_pct: 50 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 1, ratio_pct: 50 };
         let (mut sliced, mut whole) = (ExcessiveCancel::new(params, 4), ExcessiveCancel::new(params, 4));
         let mut records = Vec::new();
         for i in 0..40i64 {
@@ -719,7 +842,7 @@ mod tests {
     /// rest are copied by later slices, from the right place.
     #[test]
     fn a_sliced_snapshot_copies_from_the_right_place_after_a_partial_expiry() {
-        let params = ExcessiveCancelParams { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 50 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 50 };
         let (mut sliced, mut whole) = (ExcessiveCancel::new(params, 4), ExcessiveCancel::new(params, 4));
         for i in 0..80i64 {
             let kind = if i % 4 == 0 { Kind::New } else { Kind::Cancel };
@@ -740,7 +863,7 @@ mod tests {
 
     #[test]
     fn keys_are_separate_and_idle_buckets_are_reused() {
-        let params = ExcessiveCancelParams { window_ns: SEC, min_cancels: 2, ratio_pct: 90 };
+        let params = Params { window_ns: SEC, min_cancels: 2, ratio_pct: 90 };
         let mut rule = ExcessiveCancel::new(params, 4);
         for group in 0..100u32 {
             rule.apply(&rec(group as u64, group as i64 * SEC, Kind::Cancel, group));
@@ -763,7 +886,7 @@ mod tests {
     /// and the alerts must come out as from a plain per-key count.
     #[test]
     fn rebuilds_keep_every_count() {
-        let params = ExcessiveCancelParams { window_ns: 1_000, min_cancels: 3, ratio_pct: 100 };
+        let params = Params { window_ns: 1_000, min_cancels: 3, ratio_pct: 100 };
         let mut rule = ExcessiveCancel::new(params, 4);
         let keys = 5 * MIN_BUCKETS as u32;
         let mut alerts = 0;
@@ -791,7 +914,7 @@ mod tests {
 
     /// The rule from its definition: counts over the records applied so
     /// far, one alert when a key turns hot.
-    fn brute_force(params: ExcessiveCancelParams, records: &[Event]) -> Vec<(u64, u32, u32)> {
+    fn brute_force(params: Params, records: &[Event]) -> Vec<(u64, u32, u32)> {
         let mut applied: Vec<&Event> = Vec::new();
         let mut hot = std::collections::HashMap::new();
         let mut alerts = Vec::new();
@@ -825,7 +948,7 @@ mod tests {
             // Short: keys come and go; long: they pile up and the table grows.
             window_ns in proptest::prop_oneof![proptest::strategy::Just(200i64), proptest::strategy::Just(1_000_000)],
         ) {
-            let params = ExcessiveCancelParams { window_ns, min_cancels, ratio_pct };
+            let params = Params { window_ns, min_cancels, ratio_pct };
             let mut ts = 0;
             let records: Vec<Event> = steps
                 .iter()

@@ -1,4 +1,4 @@
-//! The sink thread: drains every shard's alert ring and the late-record
+//! The sink stage: drains every shard's alert ring and the late-record
 //! ring, resolves names, and writes alerts.jsonl and the late file. All
 //! output I/O happens here, off the source and detector cores, buffered and
 //! flushed whenever the sink runs out of work (so alerts go out promptly).
@@ -10,13 +10,14 @@
 //! cuts each file back to the committed length and appends from there; the
 //! alerts after it are detected again, exactly as before.
 
-use super::{Rule, Timing, write_json};
+use crate::alert::{Timing, write_json};
 use crate::checkpoint::Manifest;
 use crate::checkpoint::writer::Msg;
+use crate::detect::registry::{self, Counts};
 use crate::event::{Event, Kind};
+use crate::flow::{Batch, BatchKind, ShardRx, Stop, ToSink};
 use crate::ingest::csv::{FeedLine, HEADER};
 use crate::metrics::{Clock, latency_histogram};
-use crate::pipeline::{Batch, BatchKind, Stop, ToSink};
 use crate::ring::Idle;
 use crate::ring::spsc::Consumer;
 use crate::symbols::Names;
@@ -59,7 +60,8 @@ impl Drop for Outputs {
 }
 
 pub struct SinkOutput {
-    pub alerts: [u64; Rule::ALL.len()],
+    /// Alerts per rule, in registry order.
+    pub alerts: Counts,
     pub late: u64,
     pub ingest_to_alert: Histogram<u64>,
     pub ingest_to_applied: Histogram<u64>,
@@ -121,7 +123,7 @@ pub struct Sink {
     alerts_out: Out,
     late_out: Out,
     /// Counts carried over from the checkpoint a run resumed from.
-    alerts_base: [u64; Rule::ALL.len()],
+    alerts_base: Counts,
     late_base: u64,
 }
 
@@ -137,7 +139,7 @@ impl Sink {
         late_out.write(HEADER.as_bytes())?;
         late_out.write(b"\n")?;
         made.keep();
-        Ok(Sink { alerts_out, late_out, alerts_base: [0; Rule::ALL.len()], late_base: 0 })
+        Ok(Sink { alerts_out, late_out, alerts_base: [0; registry::RULE_COUNT], late_base: 0 })
     }
 
     /// Reopens both outputs at the lengths a checkpoint committed.
@@ -145,14 +147,14 @@ impl Sink {
         Ok(Sink {
             alerts_out: Out::resume(alerts, manifest.alerts_bytes)?,
             late_out: Out::resume(late, manifest.late_bytes)?,
-            alerts_base: manifest.alerts,
+            alerts_base: manifest.counts()?,
             late_base: manifest.late,
         })
     }
 
     pub fn run(
         mut self,
-        mut alert_rings: Vec<Consumer<ToSink>>,
+        mut alert_rings: Vec<ShardRx>,
         mut late_ring: Consumer<Batch>,
         names: Names,
         clock: Clock,
@@ -168,7 +170,7 @@ impl Sink {
 
     fn drain(
         &mut self,
-        alert_rings: &mut [Consumer<ToSink>],
+        alert_rings: &mut [ShardRx],
         late_ring: &mut Consumer<Batch>,
         names: &Names,
         clock: &Clock,
@@ -186,6 +188,7 @@ impl Sink {
         let unix_at_start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
             - clock.now_ns() as i64;
         let mut line = Vec::with_capacity(512);
+        let mut list = Vec::with_capacity(crate::alert::MAX_LIST);
         let mut idle = Idle::default();
         // The barrier each input is held at (alignment), if any.
         let mut held: Vec<Option<u64>> = vec![None; alert_rings.len()];
@@ -194,7 +197,7 @@ impl Sink {
             let mut worked = false;
             for (ring, held) in alert_rings.iter_mut().zip(held.iter_mut()) {
                 while held.is_none()
-                    && let Some(item) = ring.peek()
+                    && let Some(item) = ring.alerts.peek()
                 {
                     let alert = match *item {
                         ToSink::Alert(alert) => alert,
@@ -203,8 +206,18 @@ impl Sink {
                             break;
                         }
                     };
-                    ring.release();
+                    ring.alerts.release();
                     worked = true;
+                    // The alert's list: the next items of the shard's arena,
+                    // published before the alert.
+                    list.clear();
+                    for _ in 0..alert.list.len {
+                        let Some(&item) = ring.arena.peek() else {
+                            return Err("an alert's evidence list is missing from its shard's arena".to_string());
+                        };
+                        list.push(item);
+                        ring.arena.release();
+                    }
                     let now = clock.now_ns();
                     let timing = Timing {
                         detected_unix_ns: unix_at_start + now as i64,
@@ -213,9 +226,12 @@ impl Sink {
                     };
                     output.ingest_to_alert.saturating_record(timing.ingest_to_alert_ns.max(1));
                     output.ingest_to_applied.saturating_record(timing.ingest_to_applied_ns.max(1));
-                    output.alerts[alert.rule as usize] += 1;
+                    match registry::index_of(alert.rule) {
+                        Some(i) => output.alerts[i] += 1,
+                        None => return Err(format!("an alert of rule id {} that this build lacks", alert.rule)),
+                    }
                     line.clear();
-                    write_json(&mut line, &alert, names, &timing);
+                    write_json(&mut line, &alert, &list, names, &timing);
                     self.alerts_out.write(&line)?;
                 }
             }
@@ -255,7 +271,7 @@ impl Sink {
                     }
                 }
                 for ring in alert_rings.iter_mut() {
-                    ring.release();
+                    ring.alerts.release();
                 }
                 late_ring.release();
                 held.iter_mut().for_each(|h| *h = None);
@@ -268,7 +284,7 @@ impl Sink {
             }
             self.alerts_out.flush()?;
             self.late_out.flush()?;
-            if late_ring.is_finished() && alert_rings.iter_mut().all(|r| r.is_finished()) {
+            if late_ring.is_finished() && alert_rings.iter_mut().all(|r| r.alerts.is_finished()) {
                 break;
             }
             if stop.raised() {

@@ -1,0 +1,326 @@
+//! The one list of rules. `registry!` turns it into everything that used
+//! to name each rule by hand: the validated rule set (`Rules`, parsed from
+//! the rules file), the enabled rules of a shard (`Active`, static
+//! dispatch), their checkpoint images and snapshot sections, the name and
+//! evidence-writer lookups by rule id, and `RULES` (id, name, table) for
+//! counts, summaries, scoring and scenarios.
+//!
+//! To add a rule: write `detect/rules/<name>.rs` implementing
+//! `detect::rule::Rule`, and add one line below.
+
+use super::rule::{Emit, Reads, Rule, RuleStats, Seen, Sizing};
+use crate::alert::{Alert, EvidenceJson, RuleId};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
+use crate::config::Problems;
+use crate::event::Event;
+
+/// One rule as the registry lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub id: RuleId,
+    pub name: &'static str,
+    pub table: &'static str,
+}
+
+/// The registry position of rule `id` (counts are arrays in registry order).
+#[inline]
+pub fn index_of(id: RuleId) -> Option<usize> {
+    RULES.iter().position(|r| r.id == id)
+}
+
+/// The JSON name of rule `id` ("unknown" for an id this build lacks).
+pub fn name(id: RuleId) -> &'static str {
+    index_of(id).map_or("unknown", |i| RULES[i].name)
+}
+
+/// Rule id by JSON name.
+pub fn by_name(name: &str) -> Option<RuleId> {
+    RULES.iter().find(|r| r.name == name).map(|r| r.id)
+}
+
+/// Alerts per rule, in registry order.
+pub type Counts = [u64; RULE_COUNT];
+
+/// Writes a snapshot section: id, version, length, bytes.
+pub(crate) fn write_section(w: &mut Writer<'_>, id: u16, version: u16, body: impl FnOnce(&mut Writer<'_>)) {
+    w.u32(id as u32 | (version as u32) << 16);
+    let at = w.out.len();
+    w.u64(0);
+    body(w);
+    let len = (w.out.len() - at - 8) as u64;
+    w.out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A snapshot section: (id, version, bytes).
+pub type Section<'a> = (u16, u16, &'a [u8]);
+
+/// Reads a section's header and body.
+pub(crate) fn read_section<'a>(r: &mut Reader<'a>) -> Result<Section<'a>, DecodeError> {
+    let head = r.u32()?;
+    let len = usize::try_from(r.u64()?).map_err(|_| DecodeError("section length overflows".into()))?;
+    let body = r.take(len)?;
+    Ok((head as u16, (head >> 16) as u16, body))
+}
+
+macro_rules! registry {
+    ($( $(#[$attr:meta])* $field:ident : $rule:ty ),* $(,)?) => {
+        /// Every rule of the registry, in its order.
+        pub const RULES: &[RuleInfo] = &[
+            $( $(#[$attr])* RuleInfo { id: <$rule as Rule>::ID, name: <$rule as Rule>::NAME, table: <$rule as Rule>::TABLE }, )*
+        ];
+        pub const RULE_COUNT: usize = RULES.len();
+
+        /// The validated rule set: a rule whose field is `None` is off.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct Rules {
+            $( $(#[$attr])* pub $field: Option<<$rule as Rule>::Params>, )*
+        }
+
+        #[derive(serde::Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct RawRules {
+            $( $(#[$attr])* #[serde(default)] $field: Option<<$rule as Rule>::Raw>, )*
+        }
+
+        impl Rules {
+            /// Parses a rules file; a missing table or field takes the rule's
+            /// defaults. Every problem is reported, each with its line.
+            pub fn parse(text: &str) -> Result<Rules, Vec<String>> {
+                let raw: RawRules = toml::from_str(text).map_err(|e| vec![crate::config::toml_error(text, &e)])?;
+                let mut list = Vec::new();
+                let rules = Rules {
+                    $( $(#[$attr])* $field: <$rule as Rule>::validate(
+                        raw.$field.unwrap_or_default(),
+                        &mut Problems::new(text, <$rule as Rule>::TABLE, &mut list),
+                    ), )*
+                };
+                if list.is_empty() { Ok(rules) } else { Err(list) }
+            }
+
+            /// The views the enabled rules read.
+            pub fn reads(&self) -> Reads {
+                let mut reads = Reads::NONE;
+                $( $(#[$attr])* if self.$field.is_some() { reads = reads.or(<$rule as Rule>::READS); } )*
+                reads
+            }
+
+            /// The canonical bytes of the enabled rules (id, length, params
+            /// each): part of the checkpoint identity. A rule that is off
+            /// adds nothing, so adding one leaves old checkpoints valid.
+            pub fn canonical(&self) -> Vec<u8> {
+                let mut out = Vec::new();
+                let mut w = Writer::new(&mut out);
+                $( $(#[$attr])* if let Some(params) = self.$field.as_ref() {
+                    write_section(&mut w, <$rule as Rule>::ID, 0, |w| <$rule as Rule>::encode_params(params, w));
+                } )*
+                out
+            }
+
+            /// Whether rule `id` is on.
+            pub fn enabled(&self, id: RuleId) -> bool {
+                $( $(#[$attr])* if id == <$rule as Rule>::ID { return self.$field.is_some(); } )*
+                false
+            }
+        }
+
+        impl Default for Rules {
+            fn default() -> Rules {
+                match Rules::parse("") {
+                    Ok(rules) => rules,
+                    Err(problems) => panic!("a rule's defaults do not validate: {problems:?}"),
+                }
+            }
+        }
+
+        /// The enabled rules of one shard.
+        pub(crate) struct Active {
+            $( $(#[$attr])* $field: Option<$rule>, )*
+        }
+
+        /// The rules' state as of a barrier, one image per enabled rule
+        /// (reused from checkpoint to checkpoint).
+        #[derive(Default)]
+        pub struct Images {
+            $( $(#[$attr])* $field: Option<<$rule as Rule>::Image>, )*
+        }
+
+        impl Active {
+            pub(crate) fn new(rules: &Rules, sizing: &Sizing) -> Active {
+                Active { $( $(#[$attr])* $field: rules.$field.as_ref().map(|p| <$rule as Rule>::new(p, sizing)), )* }
+            }
+
+            #[inline(always)]
+            pub(crate) fn prefetch(&self, event: &Event) {
+                $( $(#[$attr])* {
+                    if let Some(rule) = self.$field.as_ref() && <$rule as Rule>::KINDS.has(event.kind) {
+                        Rule::prefetch(rule, event);
+                    }
+                } )*
+            }
+
+            #[inline(always)]
+            pub(crate) fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
+                $( $(#[$attr])* {
+                    if let Some(rule) = self.$field.as_mut() && <$rule as Rule>::KINDS.has(event.kind) {
+                        Rule::on_record(rule, event, seen, out);
+                    }
+                } )*
+            }
+
+            pub(crate) fn on_watermark(&mut self, watermark_ns: i64, out: &mut impl Emit) {
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() { Rule::on_watermark(rule, watermark_ns, out); } )*
+            }
+
+            pub(crate) fn on_end(&mut self, out: &mut impl Emit) {
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() { Rule::on_end(rule, out); } )*
+            }
+
+            pub(crate) fn stats(&self) -> RuleStats {
+                let mut all = RuleStats::default();
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_ref() {
+                    let s = Rule::stats(rule);
+                    all.window_entries += s.window_entries;
+                    all.active_keys += s.active_keys;
+                    all.hot_keys += s.hot_keys;
+                    all.grew += s.grew;
+                } )*
+                all
+            }
+
+            pub(crate) fn begin_snapshot(&mut self, images: &mut Images) {
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() {
+                    Rule::begin_snapshot(rule, images.$field.take().unwrap_or_default());
+                } )*
+            }
+
+            /// One slice of every rule's snapshot not yet complete; true once all are.
+            pub(crate) fn copy_slice(&mut self, max: usize, images: &mut Images) -> bool {
+                let mut done = true;
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() && images.$field.is_none() {
+                    images.$field = Rule::copy_slice(rule, max);
+                    done &= images.$field.is_some();
+                } )*
+                done
+            }
+
+            /// Restores one section, if it is an enabled rule's; `Ok(false)` if
+            /// it is not a rule's at all.
+            pub(crate) fn restore(
+                &mut self,
+                (id, version, body): (u16, u16, &[u8]),
+                keep: &dyn Fn(u64) -> bool,
+            ) -> Result<bool, DecodeError> {
+                $( $(#[$attr])* if id == <$rule as Rule>::ID {
+                    let Some(rule) = self.$field.as_mut() else {
+                        return Err(DecodeError(format!("a section of {}, which is off: the checkpoint was taken with other rules", <$rule as Rule>::NAME)));
+                    };
+                    if version != <$rule as Rule>::VERSION {
+                        return Err(DecodeError(format!("{} section version {version}, this build reads {}", <$rule as Rule>::NAME, <$rule as Rule>::VERSION)));
+                    }
+                    let mut r = Reader::new(body);
+                    Rule::restore(rule, &mut r, keep)?;
+                    r.finish()?;
+                    return Ok(true);
+                } )*
+                Ok(false)
+            }
+
+            pub(crate) fn restored(&mut self) {
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() { Rule::restored(rule); } )*
+            }
+
+            /// Ids of the enabled rules (a restore must find a section of each).
+            pub(crate) fn ids(&self) -> Vec<RuleId> {
+                let mut ids = Vec::new();
+                $( $(#[$attr])* if self.$field.is_some() { ids.push(<$rule as Rule>::ID); } )*
+                ids
+            }
+        }
+
+        impl Images {
+            pub(crate) fn prepare(&mut self, keys: usize, entries: usize) {
+                $( $(#[$attr])* <$rule as Rule>::prepare_image(self.$field.get_or_insert_with(Default::default), keys, entries); )*
+            }
+
+            /// One section per rule that has an image (was enabled); returns how many.
+            pub(crate) fn encode(&self, w: &mut Writer<'_>) -> u32 {
+                let mut n = 0;
+                $( $(#[$attr])* if let Some(image) = self.$field.as_ref() {
+                    write_section(w, <$rule as Rule>::ID, <$rule as Rule>::VERSION, |w| <$rule as Rule>::encode_image(image, w));
+                    n += 1;
+                } )*
+                n
+            }
+
+            /// Drops the images of rules that are off (made by `prepare`).
+            pub(crate) fn keep_only(&mut self, active: &Active) {
+                $( $(#[$attr])* if active.$field.is_none() { self.$field = None; } )*
+            }
+        }
+
+        /// The rule's evidence JSON for `alert` (on the sink thread).
+        pub fn write_evidence(alert: &Alert, list: &[u64], json: &mut EvidenceJson<'_>) {
+            $( $(#[$attr])* if alert.rule == <$rule as Rule>::ID {
+                return <$rule as Rule>::write_evidence(&alert.evidence, list, json);
+            } )*
+        }
+
+        /// Counts for `checkpoint show` from a rule's section.
+        pub fn describe(id: RuleId, section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
+            $( $(#[$attr])* if id == <$rule as Rule>::ID { return <$rule as Rule>::describe(section); } )*
+            Ok(Vec::new())
+        }
+
+        #[cfg(test)]
+        const TABLES: &[&str] = &[ $( $(#[$attr])* stringify!($field), )* ];
+    };
+}
+
+// The list: `table: type`, one line per rule (its file is declared in
+// `rules/mod.rs`). The table is the rules file's; the order is the order of
+// counts in summaries. Ids are the rules' own, stable and never reused.
+registry! {
+    excessive_cancel: super::rules::excessive_cancel::ExcessiveCancel,
+    self_trade: super::rules::self_trade::SelfTrade,
+    spoofing: super::rules::spoofing::Spoofing,
+    layering: super::rules::layering::Layering,
+    momentum_ignition: super::rules::momentum_ignition::MomentumIgnition,
+    #[cfg(test)]
+    test_probe: super::rules::test_probe::TestProbe,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_names_and_tables_are_unique_and_tables_are_the_field_names() {
+        for (i, a) in RULES.iter().enumerate() {
+            assert_eq!(a.table, TABLES[i], "{}: TABLE must be its registry field's name", a.name);
+            assert!(a.id > 0 && a.id < 0x8000, "{}: ids 0x8000 and up are the views'", a.name);
+            for b in &RULES[i + 1..] {
+                assert!(a.id != b.id && a.name != b.name && a.table != b.table, "{a:?} and {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rule_that_is_off_leaves_the_identity_unchanged() {
+        let rules = Rules::default();
+        let explicit = Rules::parse("[self_trade]\nenabled = true\n").unwrap();
+        assert_eq!(rules.canonical(), explicit.canonical());
+        let other = Rules::parse("[excessive_cancel]\nmin_cancels = 3\n").unwrap();
+        assert_ne!(rules.canonical(), other.canonical());
+        let off = Rules::parse("[self_trade]\nenabled = false\n").unwrap();
+        assert_ne!(rules.canonical(), off.canonical());
+    }
+
+    #[test]
+    fn unknown_tables_are_refused_with_the_known_ones() {
+        let problems = Rules::parse("[spoofing_v9]\nenabled = true\n").unwrap_err();
+        assert!(problems[0].starts_with("line 1: unknown field `spoofing_v9`"), "{problems:?}");
+        for table in TABLES {
+            assert!(problems[0].contains(table), "{problems:?} should list {table}");
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The source stage: pumps the feed, judges lateness against the
+//! watermark, holds each shard's records in a reorder buffer until the
+//! watermark passes them, routes them by instrument into batches, and cuts
+//! checkpoint barriers between two records.
+
+use crate::checkpoint::codec::Writer;
+use crate::checkpoint::writer::{self, Msg};
+use crate::checkpoint::{RouterState, write_event};
+use crate::event::Event;
+use crate::flow::{BATCH_EVENTS, Batch, BatchKind, STOPPED, Stop};
+use crate::ingest::{Feed, FeedError, FeedStats};
+use crate::metrics::{Clock, thread_cpu_ns};
+use crate::ring::Idle;
+use crate::ring::spsc::Producer;
+use crate::symbols::Names;
+use crate::time::{IdleAdvance, Pending, ReorderBuffer, Watermark};
+use crate::topology::Progress;
+use hdrhistogram::Histogram;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender};
+
+/// The source flushes partial batches (and watermarks) to every shard at
+/// least this often, in records, so a quiet shard still sees time move.
+pub const FLUSH_EVERY: u64 = 16 * 1024;
+
+#[derive(Default)]
+pub(crate) struct SourceStats {
+    pub(crate) backpressure_waits: u64,
+    pub(crate) grew: u64,
+    pub(crate) max_reorder_len: usize,
+    pub(crate) stall: Option<(Histogram<u64>, Histogram<u64>)>,
+}
+
+pub(crate) fn run_source<F: Feed>(
+    mut feed: F,
+    mut router: Router,
+    progress: &Progress,
+    stop: &Stop,
+) -> Result<(FeedStats, SourceStats), FeedError> {
+    let result = loop {
+        // Live: the clock is read before the input is looked at, so a
+        // source stalled between finding it empty and acting on that never
+        // counts the stall as quiet time (which would make late the records
+        // that queued up meanwhile).
+        let pump_started_ns = if F::LIVE { router.clock.now_ns() } else { 0 };
+        let pumped = if F::LIVE {
+            feed.pump_live(&mut |event, due_ns| router.route_stamped(event, due_ns))
+        } else {
+            feed.pump_until(&mut |event| router.route(event))
+        };
+        let more = match pumped {
+            Ok(more) => more,
+            Err(e) => break Err(e),
+        };
+        if router.ckpt.as_ref().is_some_and(|c| c.due)
+            && let Err(e) = router.cut_barrier(&mut feed)
+        {
+            break Err(e);
+        }
+        if F::LIVE {
+            router.live_tick(feed.drained(), pump_started_ns);
+        }
+        progress.records_read.store(feed.stats().records_read, Ordering::Relaxed);
+        progress.watermark_ns.store(router.watermark.current(), Ordering::Relaxed);
+        if stop.raised() {
+            break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+        }
+        if !more {
+            break Ok(());
+        }
+    };
+    if result.is_err() {
+        stop.raise();
+    }
+    router.finish();
+    let stats = SourceStats {
+        backpressure_waits: router.backpressure_waits,
+        grew: router.reorder.iter().map(|r| r.grew).sum(),
+        max_reorder_len: router.max_reorder_len,
+        stall: router.ckpt.take().map(|c| (c.stall, c.stall_cpu)),
+    };
+    result.map(|()| (feed.stats(), stats))
+}
+
+/// Wall-clock stamps are taken once per this many routed records.
+const STAMP_EVERY: u32 = 256;
+/// Records the watermark has passed are moved to the batches once per this
+/// many routed records, in runs, rather than one at a time. Holding them a
+/// little longer changes nothing downstream: a record that could still
+/// sort before one of them would be late.
+const RELEASE_EVERY: u64 = 128;
+
+/// `instrument % shards` (the routing rule, which checkpoints depend on)
+/// by a multiply instead of a division on every record (Lemire's fastmod).
+#[derive(Clone, Copy)]
+struct ShardOf {
+    n: u64,
+    magic: u64,
+}
+
+impl ShardOf {
+    fn new(n: usize) -> ShardOf {
+        assert!((1..=u32::MAX as usize).contains(&n));
+        ShardOf { n: n as u64, magic: (u64::MAX / n as u64).wrapping_add(1) }
+    }
+
+    #[inline]
+    fn of(&self, instrument: u32) -> usize {
+        let low = self.magic.wrapping_mul(instrument as u64);
+        ((low as u128 * self.n as u128) >> 64) as usize
+    }
+}
+
+/// The source's half of the rings: judges lateness, holds each shard's
+/// records until the watermark passes them, and fills batches in place.
+pub(crate) struct Router {
+    shards: Vec<Producer<Batch>>,
+    /// Whether shard i has a claimed, partly filled slot.
+    open: Vec<bool>,
+    reorder: Vec<ReorderBuffer>,
+    shard_of: ShardOf,
+    late: Producer<Batch>,
+    late_open: bool,
+    watermark: Watermark,
+    clock: Clock,
+    stop: Stop,
+    stamp_ns: u64,
+    until_stamp: u32,
+    since_flush: u64,
+    backpressure_waits: u64,
+    max_reorder_len: usize,
+    /// Per shard: the watermark its last drain completed (see `release`).
+    released: Vec<i64>,
+    /// Live sources only: event time from the wall clock while quiet.
+    pub(crate) idle: Option<IdleAdvance>,
+    pub(crate) ckpt: Option<SourceCkpt>,
+}
+
+/// The source's side of checkpointing: when the next barrier is due, and
+/// the buffer its snapshot is written into.
+pub(crate) struct SourceCkpt {
+    pub(crate) tx: Sender<Msg>,
+    pub(crate) back: Receiver<Vec<u8>>,
+    pub(crate) progress: Arc<writer::Progress>,
+    pub(crate) names: Names,
+    pub(crate) next_id: u64,
+    pub(crate) every_records: u64,
+    pub(crate) interval_ns: u64,
+    /// Records routed since the last barrier.
+    pub(crate) since: u64,
+    pub(crate) last_cut_ns: u64,
+    pub(crate) time_due: bool,
+    /// A barrier is due: the feed stops after this record.
+    pub(crate) due: bool,
+    pub(crate) last_seq: u64,
+    /// Wait for the previous checkpoint rather than skip the barrier (test
+    /// runs only: it stalls the source on the writer).
+    pub(crate) wait_for_previous: bool,
+    pub(crate) stall: Histogram<u64>,
+    pub(crate) stall_cpu: Histogram<u64>,
+}
+
+impl Router {
+    pub(crate) fn new(
+        shards: Vec<Producer<Batch>>,
+        late: Producer<Batch>,
+        lateness_ns: i64,
+        reorder_capacity: usize,
+        clock: Clock,
+        stop: Stop,
+    ) -> Router {
+        let n = shards.len();
+        Router {
+            shards,
+            open: vec![false; n],
+            reorder: (0..n).map(|_| ReorderBuffer::with_capacity(reorder_capacity)).collect(),
+            shard_of: ShardOf::new(n),
+            late,
+            late_open: false,
+            watermark: Watermark::new(lateness_ns),
+            clock,
+            stop,
+            stamp_ns: 0,
+            until_stamp: 0,
+            since_flush: 0,
+            backpressure_waits: 0,
+            max_reorder_len: 0,
+            released: vec![i64::MIN; n],
+            ckpt: None,
+            idle: None,
+        }
+    }
+
+    /// Routes a record from a live source, whose due time stands in for the
+    /// router's clock stamp: latency then counts from when the record was
+    /// due, not from when it got here (coordinated omission), and no clock
+    /// is read for it.
+    #[inline]
+    fn route_stamped(&mut self, event: &Event, due_ns: u64) {
+        self.stamp_ns = due_ns;
+        // `route` re-stamps only when this reaches 0.
+        self.until_stamp = STAMP_EVERY;
+        // A live feed stops only between its pumps, so a due barrier waits
+        // for the end of this one.
+        let _ = self.route(event);
+    }
+
+    /// Live sources only, after each pump, with the clock read before it
+    /// (one read per pump). When records came and the input ran dry, nobody
+    /// should wait for a batch to fill: publish what there is. When nothing
+    /// came, let idle time move the watermark and publish what that releases.
+    fn live_tick(&mut self, drained: bool, now_ns: u64) {
+        if self.since_flush > 0 {
+            if let Some(idle) = self.idle.as_mut() {
+                idle.active(now_ns, self.watermark.max_ts());
+            }
+            if drained {
+                self.flush();
+            }
+            return;
+        }
+        let Some(idle) = self.idle else { return };
+        if idle.advance(now_ns, &mut self.watermark) {
+            let watermark_ns = self.watermark.current();
+            if self.reorder.iter().any(|r| r.min_ts().is_some_and(|ts| ts < watermark_ns)) {
+                self.flush();
+            }
+        }
+    }
+
+    /// Event time and the waiting records of a checkpoint, re-routed by
+    /// instrument for this run's shard count.
+    pub(crate) fn restore(&mut self, mut state: RouterState) {
+        self.watermark.advance_to(state.max_ts_ns);
+        state.pending.sort_by_key(|e| e.order_key());
+        for event in state.pending {
+            self.reorder[self.shard_of.of(event.instrument)].push(Pending { event, ingest_ns: 0 });
+        }
+    }
+
+    /// Cuts a checkpoint barrier after the last routed record: publishes
+    /// what is ready, snapshots the feed and the router into a reused
+    /// buffer, sends a barrier down every ring and the snapshot to the
+    /// checkpoint writer. This is the source's whole stall; the I/O is the
+    /// writer's.
+    #[cold]
+    fn cut_barrier<F: Feed>(&mut self, feed: &mut F) -> Result<(), FeedError> {
+        // Publishing what is ready may wait for ring space: that is
+        // back-pressure, which the run has anyway, not the barrier's cost.
+        self.flush();
+        let Some(ck) = self.ckpt.as_mut() else { return Ok(()) };
+        if ck.wait_for_previous {
+            // Test runs (`--checkpoint-exact`): barriers at exact record
+            // counts, whatever the disk's speed.
+            let mut idle = Idle::default();
+            while ck.progress.completed.load(Ordering::Acquire) + 1 != ck.next_id {
+                if self.stop.raised() {
+                    return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+                }
+                idle.wait();
+            }
+        }
+        let started_ns = self.clock.now_ns();
+        let started_cpu_ns = thread_cpu_ns();
+        let mut buffer = ck.back.try_recv().unwrap_or_default();
+        buffer.clear();
+        let mut w = Writer::new(&mut buffer);
+        let position = feed.checkpoint(&mut w)?;
+        w.i64(self.watermark.max_ts_ns());
+        w.u64(self.reorder.iter().map(|r| r.len() as u64).sum());
+        for reorder in &self.reorder {
+            for pending in reorder.iter() {
+                write_event(&mut w, &pending.event);
+            }
+        }
+        let id = ck.next_id;
+        let mut stall_ns = self.clock.now_ns().saturating_sub(started_ns);
+        let mut stall_cpu_ns = thread_cpu_ns().saturating_sub(started_cpu_ns);
+        let watermark_ns = self.watermark.current();
+        let rings = self.shards.iter_mut().map(|r| (r, false)).chain(std::iter::once((&mut self.late, false)));
+        for (ring, mut open) in rings {
+            let Some(slot) = claim(ring, &mut open, &self.stop, &mut self.backpressure_waits) else {
+                return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+            };
+            slot.kind = BatchKind::Barrier;
+            slot.checkpoint = id;
+            slot.watermark_ns = watermark_ns;
+            ring.publish();
+        }
+        let stats = feed.stats();
+        let message = Msg::Source {
+            id,
+            cut_ns: started_ns,
+            last_seq: ck.last_seq,
+            records_read: stats.records_read,
+            offset: position.offset,
+            line_no: position.line_no,
+            rejects: position.rejects,
+            accounts: ck.names.accounts.len() as u64,
+            instruments: ck.names.instruments.len() as u64,
+            snapshot: buffer,
+        };
+        let (sent_ns, sent_cpu_ns) = (self.clock.now_ns(), thread_cpu_ns());
+        if ck.tx.send(message).is_err() {
+            return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
+        }
+        let now_ns = self.clock.now_ns();
+        stall_ns += now_ns.saturating_sub(sent_ns);
+        stall_cpu_ns += thread_cpu_ns().saturating_sub(sent_cpu_ns);
+        ck.stall.saturating_record(stall_ns.max(1));
+        ck.stall_cpu.saturating_record(stall_cpu_ns.max(1));
+        ck.next_id += 1;
+        ck.since = 0;
+        ck.last_cut_ns = now_ns;
+        ck.time_due = false;
+        ck.due = false;
+        Ok(())
+    }
+
+    /// Routes one record; returns false when a checkpoint barrier is due
+    /// right after it (the feed then stops so the source can cut it).
+    #[inline(always)]
+    fn route(&mut self, event: &Event) -> bool {
+        if self.until_stamp == 0 {
+            self.stamp_ns = self.clock.now_ns();
+            self.until_stamp = STAMP_EVERY;
+            if let Some(ck) = self.ckpt.as_mut() {
+                ck.time_due |= ck.interval_ns > 0 && self.stamp_ns.saturating_sub(ck.last_cut_ns) >= ck.interval_ns;
+            }
+        }
+        self.until_stamp -= 1;
+        let pending = Pending { event: *event, ingest_ns: self.stamp_ns };
+        if self.watermark.observe(event.ts_ns) {
+            let watermark_ns = self.watermark.current();
+            push(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure_waits, &pending, watermark_ns);
+        } else {
+            self.reorder[self.shard_of.of(event.instrument)].push(pending);
+        }
+        self.since_flush += 1;
+        if self.since_flush == FLUSH_EVERY {
+            self.flush();
+        } else if self.since_flush.is_multiple_of(RELEASE_EVERY) {
+            let watermark_ns = self.watermark.current();
+            for shard in 0..self.shards.len() {
+                self.release(shard, watermark_ns);
+            }
+        }
+        match self.ckpt.as_mut() {
+            None => true,
+            Some(ck) => {
+                ck.since += 1;
+                ck.last_seq = event.seq;
+                let want = ck.time_due || (ck.every_records > 0 && ck.since >= ck.every_records);
+                // One checkpoint in flight at a time: the next barrier waits
+                // until the writer has made the previous one durable.
+                ck.due =
+                    want && (ck.wait_for_previous || ck.progress.completed.load(Ordering::Acquire) + 1 == ck.next_id);
+                !ck.due
+            }
+        }
+    }
+
+    /// Moves the shard's records below `watermark_ns` into its batches.
+    /// A batch that fills up while this drains is published under the
+    /// watermark the shard's previous drain completed, not `watermark_ns`:
+    /// records below `watermark_ns` may still follow it. So a batch's
+    /// watermark always means that every record of the shard below it is
+    /// in that batch or an earlier one (the rules' `on_watermark` relies on it).
+    #[inline]
+    fn release(&mut self, shard: usize, watermark_ns: i64) {
+        let Router { shards, open, reorder, stop, backpressure_waits, max_reorder_len, released, .. } = self;
+        let (ring, open) = (&mut shards[shard], &mut open[shard]);
+        *max_reorder_len = (*max_reorder_len).max(reorder[shard].len());
+        let complete_ns = released[shard];
+        reorder[shard].drain_before(watermark_ns, |run| {
+            push_run(ring, open, stop, backpressure_waits, run, complete_ns);
+        });
+        released[shard] = released[shard].max(watermark_ns);
+    }
+
+    /// Publishes what every shard can apply now (and the watermark, to
+    /// shards with room in their ring), and the late records.
+    fn flush(&mut self) {
+        self.since_flush = 0;
+        let watermark_ns = self.watermark.current();
+        for shard in 0..self.shards.len() {
+            self.release(shard, watermark_ns);
+            if self.open[shard] || self.shards[shard].claim().is_some() {
+                let slot = self.shards[shard].claim().expect("claimed above");
+                if !self.open[shard] {
+                    slot.kind = BatchKind::Data;
+                    slot.events.clear();
+                }
+                slot.watermark_ns = watermark_ns;
+                self.shards[shard].publish();
+                self.open[shard] = false;
+            }
+        }
+        if self.late_open {
+            self.late.publish();
+            self.late_open = false;
+        }
+    }
+
+    /// Releases everything, then sends `End` to every shard; dropping the
+    /// producers then tells the sink that the late ring is done.
+    fn finish(&mut self) {
+        for shard in 0..self.shards.len() {
+            self.release(shard, i64::MAX);
+        }
+        self.flush();
+        for shard in 0..self.shards.len() {
+            let mut idle = Idle::default();
+            loop {
+                if self.stop.raised() || self.shards[shard].consumer_gone() {
+                    break;
+                }
+                if let Some(slot) = self.shards[shard].claim() {
+                    slot.kind = BatchKind::End;
+                    slot.events.clear();
+                    slot.watermark_ns = i64::MAX;
+                    self.shards[shard].publish();
+                    break;
+                }
+                idle.wait();
+            }
+        }
+    }
+}
+
+/// Appends a record to the ring's open batch, publishing the batch when full.
+#[inline]
+fn push(
+    ring: &mut Producer<Batch>,
+    open: &mut bool,
+    stop: &Stop,
+    waits: &mut u64,
+    pending: &Pending,
+    watermark_ns: i64,
+) {
+    let Some(slot) = claim(ring, open, stop, waits) else { return };
+    slot.events.push(*pending);
+    if slot.events.len() == BATCH_EVENTS {
+        slot.watermark_ns = watermark_ns;
+        ring.publish();
+        *open = false;
+    }
+}
+
+/// Appends records to the ring's open batches, publishing each batch as it fills.
+#[inline]
+fn push_run(
+    ring: &mut Producer<Batch>,
+    open: &mut bool,
+    stop: &Stop,
+    waits: &mut u64,
+    mut run: &[Pending],
+    watermark_ns: i64,
+) {
+    while !run.is_empty() {
+        let Some(slot) = claim(ring, open, stop, waits) else { return };
+        let take = (BATCH_EVENTS - slot.events.len()).min(run.len());
+        slot.events.extend_from_slice(&run[..take]);
+        run = &run[take..];
+        if slot.events.len() == BATCH_EVENTS {
+            slot.watermark_ns = watermark_ns;
+            ring.publish();
+            *open = false;
+        }
+    }
+}
+
+/// The open slot of a ring, claiming and resetting a fresh one if needed;
+/// waits while the ring is full. `None` only when the pipeline is stopping.
+#[inline]
+fn claim<'a>(ring: &'a mut Producer<Batch>, open: &mut bool, stop: &Stop, waits: &mut u64) -> Option<&'a mut Batch> {
+    if !*open {
+        let mut idle = Idle::default();
+        while ring.claim().is_none() {
+            if stop.raised() || ring.consumer_gone() {
+                return None;
+            }
+            *waits += 1;
+            idle.wait();
+        }
+        let slot = ring.claim()?;
+        slot.kind = BatchKind::Data;
+        slot.events.clear();
+        *open = true;
+        return Some(slot);
+    }
+    ring.claim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShardOf;
+    use proptest::prelude::*;
+
+    #[test]
+    fn shard_of_is_the_remainder_at_the_edges() {
+        for n in [1usize, 2, 3, 4, 7, 16, 255, 256] {
+            let shard_of = ShardOf::new(n);
+            for instrument in [0u32, 1, 2, n as u32 - 1, n as u32, 1 << 31, u32::MAX - 1, u32::MAX] {
+                assert_eq!(shard_of.of(instrument), instrument as usize % n, "{instrument} % {n}");
+            }
+        }
+    }
+
+    proptest! {
+        /// Checkpoints re-route pending records by `instrument % shards`:
+        /// the multiply must agree with it everywhere.
+        #[test]
+        fn shard_of_is_the_remainder(n in 1usize..=256, instrument in any::<u32>()) {
+            prop_assert_eq!(ShardOf::new(n).of(instrument), instrument as usize % n);
+        }
+    }
+}
