@@ -182,7 +182,8 @@ fn bit_side(bit: u64) -> Side {
 impl Finding {
     /// Layout. Spoofing and layering: words `[spoof_qty, peak_open_qty,
     /// depth5_at_placement, cancelled_qty, opposite_new_qty,
-    /// opposite_exec_qty]`; list `[side | levels_behind << 8, spoof_orders |
+    /// opposite_exec_qty]`; list `[side | levels_behind << 8 | min_orders <<
+    /// 32, spoof_orders |
     /// opposite_orders << 32, first_order_ns, window_ns, size_pct,
     /// cancel_pct, one_sided_k, min_opposite_exec_qty, levels (n, | 1 << 32
     /// for at least), ids total, ids...]`. Momentum ignition: words
@@ -207,7 +208,7 @@ impl Finding {
                     spoof_pattern::Levels::AtLeast(n) => n as u64 | 1 << 32,
                 };
                 p.list[..LIST_HEAD - 1].copy_from_slice(&[
-                    side_bit(e.side) | (e.levels_behind as u64) << 8,
+                    side_bit(e.side) | (e.levels_behind as u64) << 8 | (e.min_orders as u64) << 32,
                     e.spoof_orders as u64 | (e.opposite_orders as u64) << 32,
                     e.first_order_ns as u64,
                     e.window_ns as u64,
@@ -258,7 +259,8 @@ impl Finding {
         let evidence = match rule {
             BookRule::Spoofing | BookRule::Layering => Evidence::Spoof(SpoofEvidence {
                 side: bit_side(l[0]),
-                levels_behind: (l[0] >> 8) as u32,
+                levels_behind: (l[0] >> 8) as u32 & 0xff_ffff,
+                min_orders: (l[0] >> 32) as u32,
                 spoof_orders: l[1] as u32,
                 opposite_orders: (l[1] >> 32) as u32,
                 first_order_ns: l[2] as i64,

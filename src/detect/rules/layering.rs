@@ -17,6 +17,7 @@
 //! | `one_sided_k` | 4 | spoof quantity against the group's new quantity on the other side |
 //! | `min_opposite_exec_qty` | 1 | the group's executed quantity on the other side |
 //! | `min_levels_behind` | 3 | distinct cancelled price levels behind the touch, at least |
+//! | `min_orders` | 3 | spoof orders (partly) cancelled, at least |
 //! | `max_keys` | 262144 | keys with state (limit: new keys refused, counted) |
 //! | `max_entries` | 2097152 | window entries (limit: the oldest expire early, counted) |
 
@@ -40,6 +41,7 @@ pub struct RawParams {
     pub one_sided_k: Option<Spanned<i64>>,
     pub min_opposite_exec_qty: Option<Spanned<i64>>,
     pub min_levels_behind: Option<Spanned<i64>>,
+    pub min_orders: Option<Spanned<i64>>,
     pub max_keys: Option<Spanned<i64>>,
     pub max_entries: Option<Spanned<i64>>,
 }
@@ -56,6 +58,7 @@ impl Default for Params {
             one_sided_k: 4,
             min_opposite_exec_qty: 1,
             levels: Levels::AtLeast(3),
+            min_orders: 3,
             max_keys: 1 << 18,
             max_entries: 1 << 21,
         })
@@ -95,6 +98,7 @@ impl Params {
                 1..=MAX_LEVELS as i64 - 1,
                 max_levels,
             ) as u32),
+            min_orders: f.int(raw.min_orders, "min_orders", 1..=1_000, d.min_orders as i64) as u32,
             max_keys: f.int(raw.max_keys, "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
             max_entries: f.int(raw.max_entries, "max_entries", 1 << 10..=1 << 26, d.max_entries as i64) as usize,
         }))

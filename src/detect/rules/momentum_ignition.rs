@@ -4,7 +4,8 @@
 //! window the group trades the other side at or near the moved price.
 //!
 //! Definitions (per key (group G, instrument I); `dir` is +1 for buys, -1
-//! for sells; prices compare in the instrument's ticks from `BookView`):
+//! for sells; prices compare in ticks: the instrument's from `BookView`, at
+//! least `min_tick`):
 //!
 //! - A *run* on side S at a trade record at time `t`: the trades of I in
 //!   `(t - window, t]` whose aggressor (the record's `side`) is S and whose
@@ -12,8 +13,9 @@
 //!   greater than the alerting record's).
 //! - Its *start price* is I's last trade price just before the run's first
 //!   trade (that trade's own price when I had none); its *moved price* is the
-//!   price of the trade at `t`. The run *ignites* at `t` when
-//!   `dir * (moved - start) >= min_move_ticks * tick`. Each igniting trade
+//!   price of the trade at `t`. The run *ignites* at `t` when it holds at
+//!   least `min_trades` trades and `dir * (moved - start) >= min_move_ticks
+//!   * tick`. Each igniting trade
 //!   re-arms the side with its own time and moved price.
 //! - The ignition *completes* at a later trade of I at time `t2` with
 //!   `t2 - t <= follow` in which one of G's orders on the other side of S
@@ -29,7 +31,9 @@
 //! | `window_ms` | 2000 | the run's window |
 //! | `min_move_ticks` | 5 | the move the run must make, in ticks |
 //! | `follow_ms` | 30000 | how long after igniting the other side may trade |
-//! | `near_ticks` | 2 | how far back towards the start price that trade may be |
+//! | `near_ticks` | 1 | how far back towards the start price that trade may be (the spread) |
+//! | `min_trades` | 2 | aggressive trades in the run, at least (one trade across a wide spread is no run) |
+//! | `min_tick` | 100 | the smallest tick, in 1/10,000 (0.01, the A-share tick): the book's tick from instruments.csv when larger; without instruments.csv the book's tick is 0.0001, and five of those are noise |
 //! | `max_keys` | 262144 | keys with state (limit: new keys refused, counted) |
 //! | `max_entries` | 2097152 | run entries and pending ignitions (limit: the oldest go early, counted) |
 //! | `max_instruments` | 1048576 | instruments whose last trade is remembered (limit: new ones refused, counted) |
@@ -54,6 +58,8 @@ pub struct RawParams {
     pub min_move_ticks: Option<Spanned<i64>>,
     pub follow_ms: Option<Spanned<i64>>,
     pub near_ticks: Option<Spanned<i64>>,
+    pub min_tick: Option<Spanned<i64>>,
+    pub min_trades: Option<Spanned<i64>>,
     pub max_keys: Option<Spanned<i64>>,
     pub max_entries: Option<Spanned<i64>>,
     pub max_instruments: Option<Spanned<i64>>,
@@ -65,6 +71,11 @@ pub struct Params {
     pub min_move_ticks: i64,
     pub follow_ns: i64,
     pub near_ticks: i64,
+    /// The smallest tick prices are measured in, in 1/10,000 (the book's
+    /// tick when instruments.csv gives a larger one).
+    pub min_tick: Px,
+    /// Aggressive trades in the run, at least.
+    pub min_trades: u32,
     pub max_keys: usize,
     pub max_entries: usize,
     pub max_instruments: usize,
@@ -76,7 +87,9 @@ impl Default for Params {
             window_ns: 2_000 * MS,
             min_move_ticks: 5,
             follow_ns: 30_000 * MS,
-            near_ticks: 2,
+            near_ticks: 1,
+            min_tick: 100,
+            min_trades: 2,
             max_keys: 1 << 18,
             max_entries: 1 << 21,
             max_instruments: 1 << 20,
@@ -87,10 +100,10 @@ impl Default for Params {
 impl Params {
     /// The canonical bytes (part of the checkpoint identity).
     pub fn encode(&self, w: &mut Writer<'_>) {
-        for v in [self.window_ns, self.min_move_ticks, self.follow_ns, self.near_ticks] {
+        for v in [self.window_ns, self.min_move_ticks, self.follow_ns, self.near_ticks, self.min_tick] {
             w.i64(v);
         }
-        for v in [self.max_keys, self.max_entries, self.max_instruments] {
+        for v in [self.min_trades as usize, self.max_keys, self.max_entries, self.max_instruments] {
             w.u64(v as u64);
         }
     }
@@ -107,6 +120,8 @@ impl Params {
             min_move_ticks: f.int(raw.min_move_ticks, "min_move_ticks", 1..=1_000_000, d.min_move_ticks),
             follow_ns: f.int(raw.follow_ms, "follow_ms", 1..=3_600_000, d.follow_ns / MS) * MS,
             near_ticks: f.int(raw.near_ticks, "near_ticks", 0..=1_000_000, d.near_ticks),
+            min_tick: f.int(raw.min_tick, "min_tick", 1..=10_000_000, d.min_tick),
+            min_trades: f.int(raw.min_trades, "min_trades", 1..=1_000_000, d.min_trades as i64) as u32,
             max_keys: f.int(raw.max_keys, "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
             max_entries: f.int(raw.max_entries, "max_entries", 1 << 10..=1 << 26, d.max_entries as i64) as usize,
             max_instruments: f.int(raw.max_instruments, "max_instruments", 1..=1 << 24, d.max_instruments as i64)
@@ -429,7 +444,7 @@ impl MomentumIgnition {
     pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
         self.expire(e.ts_ns);
         let Change::Traded { buy, sell, aggressor, price, qty } = *change else { return };
-        let tick = book.tick().max(1);
+        let tick = book.tick().max(self.params.min_tick);
         let start_px = match self.last_px.get_mut(&e.instrument) {
             Some(last) => std::mem::replace(last, price),
             None => {
@@ -514,7 +529,9 @@ impl MomentumIgnition {
         }
         let first_abs = state.first[a];
         let first = *self.window.entry(first_abs);
-        if dir(aggressor) * (price - first.data.start_px) < self.params.min_move_ticks * tick {
+        if dir(aggressor) * (price - first.data.start_px) < self.params.min_move_ticks * tick
+            || self.window.key(slot).state.trades[a] < self.params.min_trades
+        {
             return;
         }
         let mut arm = Arm {
@@ -614,7 +631,7 @@ mod tests {
             let first = trades[0];
             let price = trade(j)?.3;
             let start_px = (0..first).rev().find_map(|m| trade(m).map(|x| x.3)).unwrap_or(trade(first)?.3);
-            if dir(s) * (price - start_px) < p.min_move_ticks * TICK {
+            if dir(s) * (price - start_px) < p.min_move_ticks * TICK || (trades.len() as u32) < p.min_trades {
                 return None;
             }
             let mut arm = Arm {
@@ -688,12 +705,15 @@ mod tests {
             1i64..5,
             prop::sample::select(vec![1_000i64, 5_000, 30_000]),
             0i64..3,
+            1u32..3,
         )
-            .prop_map(|(window_ms, min_move_ticks, follow_ms, near_ticks)| Params {
+            .prop_map(|(window_ms, min_move_ticks, follow_ms, near_ticks, min_trades)| Params {
                 window_ns: window_ms * MS,
                 min_move_ticks,
                 follow_ns: follow_ms * MS,
                 near_ticks,
+                min_tick: 1,
+                min_trades,
                 max_keys: 1 << 10,
                 max_entries: 1 << 12,
                 max_instruments: 4,

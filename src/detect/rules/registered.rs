@@ -53,6 +53,7 @@ fn write(rule: BookRule, evidence: &Evidence, list: &[u64], json: &mut EvidenceJ
             json.i64("window_ns", e.window_ns);
             json.u64("spoof_qty", e.spoof_qty);
             json.u64("spoof_orders_cancelled", e.spoof_orders as u64);
+            json.u64("spoof_orders_cancelled_min", e.min_orders as u64);
             json.u64("peak_open_qty", e.peak_open_qty);
             json.u64("depth5_at_placement", e.depth5_at_placement);
             if let Some(pct) = e.measured_size_pct() {

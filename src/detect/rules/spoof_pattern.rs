@@ -31,6 +31,10 @@
 //!   counted trades in which one of G's orders on the other side took part
 //!   (as buyer or seller, passive or aggressive), is at least
 //!   `min_opposite_exec_qty`.
+//! - Several orders: at least `min_orders` spoof orders were (partly)
+//!   cancelled (a single large order cancelled while a small one on the
+//!   other side fills is ordinary trading far more often than it is
+//!   spoofing; the published cases placed three and more).
 //! - Levels: the distinct prices of the spoof orders that were (partly)
 //!   cancelled and stood behind the touch when placed. Spoofing wants at most
 //!   `max_levels_behind` of them, layering at least `min_levels_behind`, so
@@ -75,6 +79,8 @@ pub struct PatternParams {
     pub one_sided_k: u64,
     pub min_opposite_exec_qty: u64,
     pub levels: Levels,
+    /// Spoof orders (partly) cancelled, at least.
+    pub min_orders: u32,
     pub max_keys: usize,
     pub max_entries: usize,
 }
@@ -104,6 +110,7 @@ pub struct SpoofEvidence {
     pub min_opposite_exec_qty: u64,
     pub levels_behind: u32,
     pub levels: Levels,
+    pub min_orders: u32,
 }
 
 impl PatternParams {
@@ -117,6 +124,7 @@ impl PatternParams {
             Levels::AtMost(n) => w.u64(n as u64),
             Levels::AtLeast(n) => w.u64(n as u64 | 1 << 32),
         }
+        w.u64(self.min_orders as u64);
         w.u64(self.max_keys as u64);
         w.u64(self.max_entries as u64);
     }
@@ -532,7 +540,7 @@ impl Pattern {
         let mut levels = [0 as Px; MAX_LEVELS];
         let mut n_levels = 0usize;
         let mut first_order_ns = e.ts_ns;
-        let (mut open, mut peak) = (0u64, 0u64);
+        let (mut open, mut peak, mut cancelled_orders) = (0u64, 0u64, 0u32);
         for (_, entry) in self.window.walk(slot) {
             let d = entry.data;
             if d.side != side || !state.counts(entry.ts_ns, entry.seq) {
@@ -553,13 +561,17 @@ impl Pattern {
                 depth5 = Some(d.depth5);
                 first_order_ns = entry.ts_ns;
             }
+            cancelled_orders += (d.cancelled > 0) as u32;
             if d.cancelled > 0 && d.behind && n_levels < MAX_LEVELS && !levels[..n_levels].contains(&d.price) {
                 levels[n_levels] = d.price;
                 n_levels += 1;
             }
         }
         let depth5 = depth5.unwrap_or(0);
-        if (peak as u128) * 100 < p.size_pct as u128 * depth5 as u128 || !p.levels.holds(n_levels as u32) {
+        if (peak as u128) * 100 < p.size_pct as u128 * depth5 as u128
+            || !p.levels.holds(n_levels as u32)
+            || cancelled_orders < p.min_orders
+        {
             return;
         }
         let ids = self.order_ids(slot, side, &state);
@@ -581,6 +593,7 @@ impl Pattern {
             min_opposite_exec_qty: p.min_opposite_exec_qty,
             levels_behind: n_levels as u32,
             levels: p.levels,
+            min_orders: p.min_orders,
         };
         emit(Finding {
             rule: self.rule,
@@ -767,7 +780,8 @@ mod tests {
                     && cancelled * 100 >= p.cancel_pct * spoof_qty
                     && spoof_qty >= p.one_sided_k * new_opposite
                     && exec_qty >= p.min_opposite_exec_qty
-                    && p.levels.holds(levels.len() as u32);
+                    && p.levels.holds(levels.len() as u32)
+                    && spoof.iter().filter(|x| x.3 > 0).count() as u32 >= p.min_orders;
                 if !holds {
                     continue;
                 }
@@ -807,6 +821,7 @@ mod tests {
                         min_opposite_exec_qty: p.min_opposite_exec_qty,
                         levels_behind: levels.len() as u32,
                         levels: p.levels,
+                        min_orders: p.min_orders,
                     }),
                     order_ids: ids,
                 });
@@ -824,19 +839,23 @@ mod tests {
             1u64..5,
             prop::sample::select(vec![1u64, 300]),
             prop_oneof![(0u32..3).prop_map(Levels::AtMost), (1u32..4).prop_map(Levels::AtLeast)],
+            1u32..3,
         )
-            .prop_map(|(window_ms, size_pct, cancel_pct, one_sided_k, min_opposite_exec_qty, levels)| {
-                PatternParams {
-                    window_ns: window_ms * MS,
-                    size_pct,
-                    cancel_pct,
-                    one_sided_k,
-                    min_opposite_exec_qty,
-                    levels,
-                    max_keys: 1 << 10,
-                    max_entries: 1 << 12,
-                }
-            })
+            .prop_map(
+                |(window_ms, size_pct, cancel_pct, one_sided_k, min_opposite_exec_qty, levels, min_orders)| {
+                    PatternParams {
+                        window_ns: window_ms * MS,
+                        size_pct,
+                        cancel_pct,
+                        one_sided_k,
+                        min_opposite_exec_qty,
+                        levels,
+                        min_orders,
+                        max_keys: 1 << 10,
+                        max_entries: 1 << 12,
+                    }
+                },
+            )
     }
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
@@ -947,6 +966,6 @@ mod tests {
             fired += (n > 0) as usize;
             total += n;
         }
-        assert!(fired >= 15 && total >= 20, "only {fired} streams fired ({total} findings)");
+        assert!(fired >= 8 && total >= 12, "only {fired} streams fired ({total} findings)");
     }
 }

@@ -265,7 +265,7 @@ pub fn random_tape(steps: &[Step]) -> Tape {
         ts += [0, 1, 100 * MS, 100 * MS, 500 * MS, SEC, 3 * SEC][dt as usize % 7];
         let open = tape.book.open_orders();
         match action % 10 {
-            8 | 9 => {
+            7..=9 => {
                 // A planted ladder: a small order on one side, then three
                 // large ones on the other, one to three ticks apart, that
                 // later steps may trade or cancel.
@@ -281,7 +281,7 @@ pub fn random_tape(steps: &[Step]) -> Tape {
                     next_id += 1;
                 }
             }
-            0..=3 => {
+            0..=2 => {
                 let side = if b & 1 == 0 { Side::Buy } else { Side::Sell };
                 // Mostly on the own side of 10.00/10.01, sometimes across.
                 let ticks = c as i64 % 6 - 1;
@@ -292,11 +292,19 @@ pub fn random_tape(steps: &[Step]) -> Tape {
             }
             // Cancels and trades mostly take recent orders (ids ascend), so
             // planted ladders are often cancelled or traded while fresh.
-            4 | 5 if !open.is_empty() => {
+            // A burst: an account cancels its three newest open orders.
+            4 => {
+                let account = a as u32 % 6;
+                let mine: Vec<u64> = open.iter().filter(|o| o.account == account).map(|o| o.order_id).collect();
+                for &id in mine.iter().rev().take(3) {
+                    tape.cancel(ts, id);
+                }
+            }
+            3 if !open.is_empty() => {
                 let recent = &open[open.len().saturating_sub(8)..];
                 tape.cancel(ts, recent[a as usize % recent.len()].order_id)
             }
-            6 | 7 => {
+            5 | 6 => {
                 let buys: Vec<_> = open.iter().filter(|o| o.side == Side::Buy).collect();
                 let sells: Vec<_> = open.iter().filter(|o| o.side == Side::Sell).collect();
                 if buys.is_empty() || sells.is_empty() {

@@ -256,8 +256,8 @@ fn ignition_edges() {
     let cases: &[(i64, i64, i64, bool)] = &[
         (5, 6, 8 * SEC, true),
         (4, 6, 8 * SEC, false),
-        (5, 3, 8 * SEC, true),
-        (5, 2, 8 * SEC, false),
+        (5, 4, 8 * SEC, true),
+        (5, 3, 8 * SEC, false),
         // The run ignites at its third sweep, 1.2 s in; the follow window
         // of 30 s ends at 31.2 s, inclusive.
         (5, 6, 29 * SEC + 200 * MS, true),
