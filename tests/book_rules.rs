@@ -91,9 +91,17 @@ impl Tape {
         }
     }
 
-    /// An aggressive order taking `against` (resting orders, best first) for
-    /// up to `qty`; what is left is cancelled.
-    fn take(&mut self, ts: i64, instrument: &str, account: &str, side: Side, limit: i64, qty: u64, against: &[u64]) {
+    /// An aggressive order (side, limit in ticks) taking `against` (resting
+    /// orders, best first) for up to `qty`; what is left is cancelled.
+    fn take(
+        &mut self,
+        ts: i64,
+        instrument: &str,
+        account: &str,
+        (side, limit): (Side, i64),
+        qty: u64,
+        against: &[u64],
+    ) {
         let id = self.new_order(ts, instrument, account, side, limit, qty);
         let mut left = qty;
         for &passive in against {
@@ -163,7 +171,7 @@ fn benign(t: &mut Tape, instrument: &str, seconds: i64, seed: u64) {
             let side = if next(2) == 0 { Side::B } else { Side::S };
             let against: Vec<u64> = quotes.iter().filter_map(|q| q[if side == Side::B { 1 } else { 0 }]).collect();
             let limit = if side == Side::B { 1 } else { 0 };
-            t.take(ts + 2, instrument, &trader, side, limit, 100 + next(500), &against);
+            t.take(ts + 2, instrument, &trader, (side, limit), 100 + next(500), &against);
         }
         if institution.is_empty() && next(40) == 0 {
             // Beyond the best five levels, so the planted spoofers here stay
@@ -189,7 +197,7 @@ fn benign(t: &mut Tape, instrument: &str, seconds: i64, seed: u64) {
 fn coscia(t: &mut Tape, instrument: &str, at: i64, genuine: &str, spoofer: &str) {
     let buy = t.new_order(at, instrument, genuine, Side::B, 0, 100);
     let sells: Vec<u64> = (1..=3).map(|k| t.new_order(at + 80 * MS, instrument, spoofer, Side::S, k, 1_500)).collect();
-    t.take(at + 200 * MS, instrument, "HIT", Side::S, 0, 100, &[buy]);
+    t.take(at + 200 * MS, instrument, "HIT", (Side::S, 0), 100, &[buy]);
     for id in sells {
         t.cancel(at + 700 * MS, id);
     }
@@ -200,7 +208,7 @@ fn coscia(t: &mut Tape, instrument: &str, at: i64, genuine: &str, spoofer: &str)
 fn sarao(t: &mut Tape, instrument: &str, at: i64, account: &str, asks: &[u64]) {
     let layers: Vec<u64> =
         (2..7).map(|k| t.new_order(at + k * 10 * MS, instrument, account, Side::S, k, 1_200)).collect();
-    t.take(at + SEC, instrument, account, Side::B, 1, 300, asks);
+    t.take(at + SEC, instrument, account, (Side::B, 1), 300, asks);
     for id in layers {
         t.cancel(at + 2_500 * MS, id);
     }
@@ -209,10 +217,10 @@ fn sarao(t: &mut Tape, instrument: &str, at: i64, account: &str, asks: &[u64]) {
 /// An igniter: aggressive buys take the thin asks up five ticks within two
 /// seconds, then its sell resting above is lifted 10 s later.
 fn igniter(t: &mut Tape, instrument: &str, at: i64, account: &str, asks: &[u64]) {
-    t.take(at, instrument, account, Side::B, 2, 400, &asks[..2]);
-    t.take(at + 700 * MS, instrument, account, Side::B, 5, 600, &asks[2..5]);
+    t.take(at, instrument, account, (Side::B, 2), 400, &asks[..2]);
+    t.take(at + 700 * MS, instrument, account, (Side::B, 5), 600, &asks[2..5]);
     let exit = t.new_order(at + 2 * SEC, instrument, account, Side::S, 6, 300);
-    t.take(at + 12 * SEC, instrument, "LIFT", Side::B, 6, 300, &[exit]);
+    t.take(at + 12 * SEC, instrument, "LIFT", (Side::B, 6), 300, &[exit]);
 }
 
 /// The tape, its accounts.csv, and the planted (rule, group) pairs.

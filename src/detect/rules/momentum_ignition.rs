@@ -14,9 +14,9 @@
 //! - Its *start price* is I's last trade price just before the run's first
 //!   trade (that trade's own price when I had none); its *moved price* is the
 //!   price of the trade at `t`. The run *ignites* at `t` when it holds at
-//!   least `min_trades` trades and `dir * (moved - start) >= min_move_ticks
-//!   * tick`. Each igniting trade
-//!   re-arms the side with its own time and moved price.
+//!   least `min_trades` trades and `dir * (moved - start)` is at least
+//!   `min_move_ticks` ticks. Each igniting trade re-arms the side with its
+//!   own time and moved price.
 //! - The ignition *completes* at a later trade of I at time `t2` with
 //!   `t2 - t <= follow` in which one of G's orders on the other side of S
 //!   takes part (as buyer or seller, passive or aggressive) at a price `p2`
