@@ -84,6 +84,55 @@ pub struct Summary {
     pub max_reorder_len: usize,
     /// Set when the run took checkpoints (`--state`).
     pub checkpoints: Option<CheckpointSummary>,
+    /// Set when the order book was kept (a rule reads it, or `--keep-book`).
+    pub book: Option<BookSummary>,
+}
+
+/// The order books of all shards at the end of the run.
+#[derive(Clone, Debug, Default)]
+pub struct BookSummary {
+    pub stats: crate::detect::views::book::BookStats,
+    /// Whether an instruments.csv was loaded.
+    pub reference_loaded: bool,
+    /// Instruments that trade but instruments.csv does not list, by name.
+    pub missing: Vec<String>,
+}
+
+impl BookSummary {
+    pub fn new(reference_loaded: bool) -> BookSummary {
+        BookSummary { reference_loaded, ..BookSummary::default() }
+    }
+
+    fn render(&self, s: &mut String) {
+        use crate::detect::views::book::{SKIP_CAUSES, cause_name};
+        let b = &self.stats;
+        *s += &format!(
+            "book        {} instruments, {} orders resting (peak {}), {} levels; skipped {} ({}); digest {:016x}\n",
+            b.instruments,
+            b.orders,
+            b.peak_orders,
+            b.levels,
+            b.skipped_total(),
+            SKIP_CAUSES
+                .iter()
+                .zip(b.skipped)
+                .map(|(c, n)| format!("{} {n}", cause_name(*c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            b.digest
+        );
+        if !self.reference_loaded {
+            *s += "book        no instruments.csv: no price limits, one-unit ticks\n";
+        } else if !self.missing.is_empty() {
+            let shown: Vec<&str> = self.missing.iter().take(10).map(|n| n.as_str()).collect();
+            *s += &format!(
+                "book        {} instruments trade but are not in instruments.csv: {}{}\n",
+                self.missing.len(),
+                shown.join(", "),
+                if self.missing.len() > 10 { ", ..." } else { "" }
+            );
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -178,6 +227,9 @@ impl Summary {
             "pipeline    back-pressure waits {}, table growths {}, max reorder buffer {}\n",
             self.backpressure_waits, self.grew, self.max_reorder_len
         );
+        if let Some(book) = &self.book {
+            book.render(&mut s);
+        }
         if let Some(c) = &self.checkpoints {
             if let Some((id, seq)) = c.resumed_from {
                 s += &format!("resumed     from checkpoint {id} (after seq {seq})\n");

@@ -242,6 +242,11 @@ impl Expect {
     pub fn of(&self, pattern: &str) -> Expectation {
         self.patterns.get(pattern).copied().unwrap_or_default()
     }
+
+    /// Whether the scenario states an expectation for `pattern`.
+    pub fn names(&self, pattern: &str) -> bool {
+        self.patterns.contains_key(pattern)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

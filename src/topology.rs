@@ -31,9 +31,12 @@ use crate::checkpoint::writer::{self, CheckpointWriter, ImageSlot, Msg};
 use crate::checkpoint::{Manifest, RouterState, Settings};
 use crate::config::Rules;
 use crate::detect::Detector;
+use crate::detect::views::ViewConfig;
+use crate::detect::views::book::{BookLimits, Reference};
 use crate::flow::{Batch, STOPPED, Stop, shard_to_sink};
 use crate::ingest::Feed;
-use crate::metrics::{CheckpointSummary, Clock, Summary, latency_histogram};
+use crate::instruments::Instruments;
+use crate::metrics::{BookSummary, CheckpointSummary, Clock, Summary, latency_histogram};
 use crate::ring::pin_current;
 use crate::ring::spsc;
 use crate::shard::{SNAPSHOT_SLICE, ShardCkpt, run_shard};
@@ -67,6 +70,10 @@ pub struct PipelineConfig {
     pub late_path: PathBuf,
     /// Live sources only (see `Feed::LIVE`); the defaults are replay's.
     pub live: LiveOptions,
+    /// instruments.csv, for the order book (empty: none loaded).
+    pub instruments: Arc<Instruments>,
+    /// Keep the order book even when no enabled rule reads it (tests, measurement).
+    pub keep_book: bool,
 }
 
 /// How the pipeline runs behind a live source (the bench's paced feeder, a
@@ -92,6 +99,8 @@ impl PipelineConfig {
             reorder_capacity: 1 << 16,
             window_capacity: 1 << 16,
             snapshot_slice: SNAPSHOT_SLICE,
+            instruments: Arc::default(),
+            keep_book: false,
             alerts_path,
             late_path,
             live: LiveOptions::default(),
@@ -144,8 +153,13 @@ pub fn run_with<F: Feed + Send>(
 ) -> Result<Summary, String> {
     assert!(cfg.shards >= 1 && cfg.ring_batches.is_power_of_two());
     let resumed = checkpointing.as_ref().and_then(|c| c.resume.as_ref());
+    let views = ViewConfig {
+        keep_book: cfg.keep_book,
+        book_limits: BookLimits::default(),
+        reference: Some(Reference { instruments: cfg.instruments.clone(), names: names.instruments.clone() }),
+    };
     let mut detectors: Vec<Detector> =
-        (0..cfg.shards).map(|_| Detector::new(&cfg.rules, cfg.window_capacity)).collect();
+        (0..cfg.shards).map(|_| Detector::with_views(&cfg.rules, cfg.window_capacity, &views)).collect();
     if let Some(resumed) = resumed {
         let n = cfg.shards;
         for (index, detector) in detectors.iter_mut().enumerate() {
@@ -370,6 +384,7 @@ pub fn run_with<F: Feed + Send>(
         grew: source.grew,
         max_reorder_len: source.max_reorder_len,
         checkpoints: None,
+        book: None,
     };
     let source_stall_max = source.stall.as_ref().map_or(0, |(h, _)| h.max());
     let mut shard_stall_max = 0;
@@ -381,6 +396,9 @@ pub fn run_with<F: Feed + Send>(
         summary.applied += shard.applied;
         summary.grew += shard.grew;
         summary.evidence_dropped += shard.list_dropped;
+        if let Some(book) = shard.book.as_ref() {
+            summary.book.get_or_insert_with(|| BookSummary::new(cfg.instruments.loaded())).stats.add(book);
+        }
         shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |(h, _)| h.max()));
         shard_stall_preempted += shard.preempted.0;
         shard_stall_max_unpreempted_ns = shard_stall_max_unpreempted_ns.max(shard.preempted.1);
@@ -390,6 +408,9 @@ pub fn run_with<F: Feed + Send>(
             shard_stall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
             shard_stall_cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
         }
+    }
+    if let Some(book) = summary.book.as_mut() {
+        book.missing = book.stats.missing_reference.iter().map(|&id| names.instruments.get_string(id)).collect();
     }
     if let (Some(writer), Some((stall, stall_cpu))) = (writer, stall) {
         summary.checkpoints = Some(CheckpointSummary {

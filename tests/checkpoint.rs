@@ -44,7 +44,40 @@ fn make_tape(dir: &Path, events: u64, seed: u64) -> PathBuf {
     if accounts.exists() {
         std::fs::copy(&accounts, dir.join("day.accounts.csv")).unwrap();
     }
+    std::fs::write(dir.join("day.instruments.csv"), instruments_csv(&text)).unwrap();
     tape
+}
+
+/// instruments.csv for a tape: each instrument's first price +-5% as its
+/// limits, so that some orders fall outside them and the book skips them.
+fn instruments_csv(tape: &str) -> String {
+    let mut first = std::collections::BTreeMap::new();
+    for line in tape.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if let (Some(instrument), Some(price)) = (fields.get(5), fields.get(7).and_then(|p| p.parse::<f64>().ok())) {
+            first.entry(instrument.to_string()).or_insert(price);
+        }
+    }
+    let mut out = String::from("instrument,prev_close,limit_up,limit_down,tick\n");
+    for (instrument, price) in first {
+        out += &format!("{instrument},{price:.4},{:.4},{:.4},0.01\n", price * 1.05, price * 0.95);
+    }
+    out
+}
+
+/// The summary's order-book line without the peak (summed per shard, so
+/// it depends on the shard count, and a resumed run starts it afresh).
+fn book_line(summary: &str) -> String {
+    let line = summary.lines().find(|l| l.starts_with("book ") && l.contains("digest")).expect("a book line");
+    let (head, rest) = line.split_once(" (peak ").expect("a peak");
+    format!("{head}{}", &rest[rest.find(')').unwrap() + 1..])
+}
+
+/// The book at the end of a run is the uninterrupted run's: the same
+/// resting orders, levels, skip counts and content digest.
+fn assert_same_book(want: &Path, summary: &[u8]) {
+    let want = std::fs::read_to_string(want.join("book.txt")).unwrap();
+    assert_eq!(book_line(&String::from_utf8_lossy(summary)), want, "the order books differ");
 }
 
 fn replay_cmd(tape: &Path, out: &Path, shards: usize, extra: &[&str]) -> Command {
@@ -55,7 +88,7 @@ fn replay_cmd(tape: &Path, out: &Path, shards: usize, extra: &[&str]) -> Command
         .arg(tape.with_file_name("rules.toml"))
         .arg("--alerts")
         .arg(out.join("alerts.jsonl"))
-        .args(["--shards", &shards.to_string(), "--cores", "none", "--quiet"])
+        .args(["--shards", &shards.to_string(), "--cores", "none", "--quiet", "--keep-book"])
         .args(extra)
         // Tiny snapshot slices: a shard's window copy spans many batches,
         // so kills, torn files and resumes meet snapshots cut in slices.
@@ -130,8 +163,11 @@ fn reference(tape: &Path, root: &Path) -> (PathBuf, Duration) {
     let dir = root.join("reference");
     std::fs::create_dir_all(&dir).unwrap();
     let started = Instant::now();
-    run_ok(replay_cmd(tape, &dir, 1, &[]));
+    let out = run_ok(replay_cmd(tape, &dir, 1, &[]));
     let took = started.elapsed();
+    let book = book_line(&String::from_utf8_lossy(&out.stdout));
+    assert!(!book.contains("outside limits 0,") && !book.contains(" 0 orders resting"), "{book}");
+    std::fs::write(dir.join("book.txt"), book).unwrap();
     let late = read(&dir.join("alerts.late.csv"));
     let rejects = read(&dir.join("alerts.rejects.tsv"));
     assert!(late.iter().filter(|&&b| b == b'\n').count() > 10, "the tape has late records");
@@ -197,6 +233,8 @@ fn crash_and_resume(
         let mut child = cmd.env("TAPEWATCH_SNAPSHOT_SLICE", &slice).spawn().expect("spawn");
         std::thread::sleep(Duration::from_micros(rng.below(span_us)));
         let exited = kill(&mut child);
+        let mut stdout = Vec::new();
+        std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -206,6 +244,7 @@ fn crash_and_resume(
             Some(status) => {
                 assert!(status.success(), "a resumed run failed: {stderr}");
                 assert_same_outputs(&want, &got, ordered);
+                assert_same_book(&want, &stdout);
                 cycles += 1;
                 std::fs::remove_dir_all(&state).unwrap();
                 std::fs::remove_dir_all(&got).unwrap();
@@ -217,6 +256,7 @@ fn crash_and_resume(
     let out = run_ok(replay_cmd(&tape, &got, n, &with_state(&state, "4000")));
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("checkpoints "), "{summary}");
+    assert_same_book(&want, &out.stdout);
     eprintln!(
         "{killed} kills in {attempts} runs ({cycles} cycles run to the end), {resumed} resumed from a checkpoint"
     );
@@ -272,6 +312,7 @@ fn resuming_with_another_shard_count_redistributes_the_window_state() {
         assert!(stderr.contains("resuming from checkpoint 4") && stderr.contains(&taken), "{stderr}");
         assert_sliced(&String::from_utf8_lossy(&out.stdout), after);
         assert_same_outputs(&want, &got, false);
+        assert_same_book(&want, &out.stdout);
     }
 }
 
@@ -457,6 +498,7 @@ fn a_native_tape_resumes_by_record_index() {
     assert!(String::from_utf8_lossy(&show.stdout).contains("position     record "), "{show:?}");
     let out = run_ok(replay_cmd(&native, &got, 1, &with_state(&state, "10000")));
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint 3"));
+    assert_same_book(&want, &out.stdout);
     let (mut a, mut b) =
         (alerts_without_timing(&want.join("alerts.jsonl")), alerts_without_timing(&got.join("alerts.jsonl")));
     a.sort();

@@ -98,6 +98,15 @@ impl EvidenceJson<'_> {
         self.out.extend_from_slice(self.num.format(v).as_bytes());
     }
 
+    /// A string the rule controls (plain ASCII, nothing to escape).
+    pub fn str(&mut self, key: &str, v: &str) {
+        debug_assert!(v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(v.as_bytes());
+        self.out.push(b'"');
+    }
+
     pub fn px(&mut self, key: &str, v: Px) {
         self.key(key);
         self.out.push(b'"');

@@ -68,8 +68,8 @@ impl Identity {
     /// xxh3 of the canonical encoding of the enabled rules' validated
     /// parameters (`Rules::canonical`: a rule that is off adds nothing), then
     /// of each reference file in a fixed order, each with its length:
-    /// accounts.csv, then instruments.csv (empty slot until the book's
-    /// reference data is read).
+    /// accounts.csv, then instruments.csv (the hash of its loaded data,
+    /// `Instruments::hash`, so line ends do not matter; empty without one).
     pub fn reference_hash(rules: &crate::config::Rules, accounts: &[u8], instruments: &[u8]) -> u64 {
         let mut bytes = rules.canonical();
         for file in [accounts, instruments] {
@@ -98,7 +98,7 @@ impl Identity {
         } else if self.lateness_ns != saved.lateness_ns {
             Some("it was taken with another --lateness-ms")
         } else if self.rules_hash != saved.rules_hash {
-            Some("it was taken with other rules or another accounts file")
+            Some("it was taken with other rules or another accounts file (or instruments file)")
         } else {
             None
         }

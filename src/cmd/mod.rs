@@ -4,6 +4,7 @@
 //! and reports every problem at once.
 
 pub mod bench;
+pub mod book;
 pub mod checkpoint;
 pub mod generate;
 pub mod import;
@@ -32,6 +33,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Inspect the checkpoints in a state directory (`replay --state DIR`).
     Checkpoint(checkpoint::CheckpointArgs),
+    /// Print one instrument's order book as it stood at an event time.
+    Book(book::BookArgs),
 }
 
 #[derive(Debug)]
@@ -121,6 +124,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Import(args) => import::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Book(args) => book::run(args),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::ingest::csv::CsvFeed;
 use crate::ingest::native::Tape;
 use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, TimeRules, Validator};
+use crate::instruments::Instruments;
 use crate::metrics::Summary;
 use crate::outputs::{Plan, is_stdio};
 use crate::sink::Outputs;
@@ -28,6 +29,10 @@ pub struct ReplayArgs {
     /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
     #[arg(long)]
     pub accounts: Option<PathBuf>,
+    /// instruments.csv (prev_close, price limits, tick; FEED.md). Default:
+    /// `<tape stem>.instruments.csv` beside the tape, if present.
+    #[arg(long)]
+    pub instruments: Option<PathBuf>,
     /// Rule thresholds (TOML); defaults apply to anything not set.
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -85,6 +90,9 @@ pub struct ReplayArgs {
     /// implies --checkpoint-exact.
     #[arg(long, hide = true)]
     pub exit_after_checkpoint: Option<u64>,
+    /// Keep the order book even when no enabled rule reads it (tests and measurement).
+    #[arg(long, hide = true)]
+    pub keep_book: bool,
     /// Test hook: wait for each checkpoint rather than skip a barrier while one is in
     /// flight, so checkpoints fall at exact record counts (stalls the source on the disk).
     #[arg(long, hide = true)]
@@ -247,6 +255,10 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         }),
         None => Groups::default(),
     };
+    let instruments = super::book::load_instruments(args.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
+        problems.push(e);
+        Instruments::default()
+    });
     let rules = match &args.rules {
         Some(path) => Rules::load(path).unwrap_or_else(|e| {
             problems.push(e);
@@ -380,6 +392,8 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         cfg.snapshot_slice = slice;
     }
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
+    cfg.instruments = Arc::new(instruments);
+    cfg.keep_book = args.keep_book;
     let limits = Limits {
         time: TimeRules { max_future_ns: args.max_future_ms as i64 * MS, ..TimeRules::default() },
         ..Limits::default()
@@ -388,7 +402,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     // The state directory is opened (and locked) before any output is
     // touched: a bad or busy directory fails the run with nothing changed.
     let mut state = match &args.state {
-        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref())?),
+        Some(dir) => Some(open_state(dir, args, native, &cfg, accounts_path.as_deref(), &cfg.instruments)?),
         None => None,
     };
     let loaded = state.as_mut().and_then(|(_, loaded)| loaded.take());
@@ -563,16 +577,19 @@ fn open_state(
     native: bool,
     cfg: &PipelineConfig,
     accounts: Option<&Path>,
+    instruments: &Instruments,
 ) -> Result<OpenState, CmdError> {
-    // The rules and the account groups shape the window state: both are part
-    // of what a checkpoint must be resumed with.
+    // The rules, the account groups and the instruments' limits shape the
+    // state: all are part of what a checkpoint must be resumed with.
     let accounts_text = match accounts {
         Some(path) => {
             std::fs::read(path).map_err(|e| CmdError::Usage(format!("{}: cannot read: {e}", path.display())))?
         }
         None => Vec::new(),
     };
-    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, &[]);
+    let instruments_hash = instruments.hash().to_le_bytes();
+    let instruments_bytes: &[u8] = if instruments.loaded() { &instruments_hash } else { &[] };
+    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, instruments_bytes);
     let identity = Identity::for_tape(&args.tape, native, cfg.lateness_ns, reference)
         .map_err(|e| CmdError::Usage(format!("{}: cannot read tape: {e}", args.tape.display())))?;
     let store = Store::open(dir).map_err(CmdError::Failed)?;

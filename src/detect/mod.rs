@@ -23,7 +23,8 @@ use crate::config::Rules;
 use crate::event::Event;
 use registry::{Active, Images, read_section};
 use rule::{Emit, RuleStats, Sizing};
-use views::{ViewImages, Views};
+use views::book::BookStats;
+use views::{ViewConfig, ViewImages, Views};
 
 /// A closure is an `Emit` (tests, and the shard's sender).
 impl<F: FnMut(Alert, &[u64])> Emit for F {
@@ -68,9 +69,15 @@ impl DetectorImage {
 
 impl Detector {
     pub fn new(rules: &Rules, window_capacity: usize) -> Detector {
+        Detector::with_views(rules, window_capacity, &ViewConfig::default())
+    }
+
+    /// A detector whose views get `views` (the book's reference data and
+    /// limits, and whether it is kept with no rule reading it).
+    pub fn with_views(rules: &Rules, window_capacity: usize, views: &ViewConfig) -> Detector {
         Detector {
             rules: Active::new(rules, &Sizing { window_capacity }),
-            views: Views::new(rules.reads()),
+            views: Views::new(rules.reads(), views),
             watermark_ns: i64::MIN,
             snapshot: None,
         }
@@ -89,7 +96,13 @@ impl Detector {
     /// shard calls it a few records ahead, so the lookups overlap.
     #[inline(always)]
     pub fn prefetch(&self, event: &Event) {
+        self.views.prefetch(event);
         self.rules.prefetch(event);
+    }
+
+    /// The order book's counters, when the book is kept.
+    pub fn book_stats(&self) -> Option<BookStats> {
+        self.views.book_stats()
     }
 
     /// Applies one record: the views, then the rules that want its kind.
@@ -198,6 +211,11 @@ mod tests {
     fn rules(min_cancels: u32) -> Rules {
         Rules {
             excessive_cancel: Some(ExcessiveCancelParams { window_ns: 1_000, min_cancels, ratio_pct: 60 }),
+            // These streams are not book-consistent (zero quantities, unknown
+            // orders): the book rules and the book view they keep stay out.
+            spoofing: None,
+            layering: None,
+            momentum_ignition: None,
             ..Rules::default()
         }
     }

@@ -291,6 +291,9 @@ macro_rules! registry {
 registry! {
     excessive_cancel: super::rules::excessive_cancel::ExcessiveCancel,
     self_trade: super::rules::self_trade::SelfTrade,
+    spoofing: super::rules::spoofing::Spoofing,
+    layering: super::rules::layering::Layering,
+    momentum_ignition: super::rules::momentum_ignition::MomentumIgnition,
     #[cfg(test)]
     test_probe: super::rules::test_probe::TestProbe,
 }

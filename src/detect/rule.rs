@@ -81,6 +81,9 @@ impl Reads {
 pub struct Seen<'a> {
     /// The instrument's last trade price before this record, if any.
     pub last_trade: Option<Px>,
+    /// `Reads::BOOK`: what the record did to its instrument's order book,
+    /// and the book just after it (`detect::views::book`).
+    pub book: Option<crate::detect::views::BookSeen<'a>>,
     /// Keeps the lifetime for views borrowed from the shard (the book).
     pub _views: std::marker::PhantomData<&'a ()>,
 }

@@ -86,6 +86,8 @@ pub(crate) struct ShardStats {
     pub(crate) preempted: (u64, u64),
     /// Evidence list items dropped (lists longer than `MAX_LIST`).
     pub(crate) list_dropped: u64,
+    /// The order book's counters, when the book is kept.
+    pub(crate) book: Option<crate::detect::views::book::BookStats>,
 }
 
 /// Sends what the rules emit to the sink: the list into the evidence arena
@@ -244,6 +246,7 @@ pub(crate) fn run_shard(
         stall: ckpt.map(|c| (c.stall, c.stall_cpu)),
         preempted,
         list_dropped,
+        book: detector.book_stats(),
     })
 }
 

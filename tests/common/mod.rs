@@ -12,6 +12,7 @@ pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
     ReplayArgs {
         tape: tape.to_path_buf(),
         accounts: None,
+        instruments: None,
         rules: None,
         alerts: out_dir.join("alerts.jsonl"),
         json: None,
@@ -29,6 +30,7 @@ pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
         checkpoint_keep: None,
         exit_after_checkpoint: None,
         checkpoint_exact: false,
+        keep_book: false,
     }
 }
 

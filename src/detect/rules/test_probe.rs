@@ -298,6 +298,7 @@ mod tests {
         ReplayArgs {
             tape: tape.to_path_buf(),
             accounts: None,
+            instruments: None,
             rules: Some(rules.to_path_buf()),
             alerts: dir.join(out),
             json: None,
@@ -315,6 +316,7 @@ mod tests {
             checkpoint_keep: None,
             exit_after_checkpoint: None,
             checkpoint_exact: false,
+            keep_book: false,
         }
     }
 

@@ -9,6 +9,8 @@
 //! (the opposite best, the depth a new order was placed against) travels in
 //! the `Change`.
 
+pub mod book;
+
 use crate::event::{AccountId, GroupId, Px, Side};
 
 /// An order as the book holds it, as of just after the record was applied.
@@ -78,28 +80,67 @@ use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::detect::registry::write_section;
 use crate::detect::rule::{Reads, Seen};
 use crate::event::Event;
+use book::{BookImage, BookLimits, BookStats, Books, InstrumentBook, Reference};
 use last_trade::LastTrade;
+
+/// What a rule that reads the book (`Reads::BOOK`) sees of a record:
+/// what it did to its instrument's book, and that book just after it.
+#[derive(Clone, Copy, Debug)]
+pub struct BookSeen<'a> {
+    pub change: Change,
+    pub book: &'a InstrumentBook,
+}
 
 /// A shard's views: one of each that an enabled rule reads, over the
 /// shard's instruments. Updated with each record before the rules run.
-/// (The order book goes here as a field like `last_trade`, with its
-/// `Reads` bit, its part of `Seen`, and its snapshot section.)
 pub struct Views {
     last_trade: Option<LastTrade>,
+    book: Option<Books>,
 }
 
 /// The views' state as of a barrier.
 #[derive(Default)]
 pub struct ViewImages {
     last_trade: Option<last_trade::Image>,
+    book: Option<BookImage>,
 }
+
+/// How the views are set up beyond what the enabled rules read.
+#[derive(Clone, Default)]
+pub struct ViewConfig {
+    /// Keep the book even when no enabled rule reads it (replay's hidden
+    /// `--keep-book`: tests and measurement of the book on its own).
+    pub keep_book: bool,
+    pub book_limits: BookLimits,
+    /// instruments.csv and the instrument names (none: no reference data).
+    pub reference: Option<Reference>,
+}
+
+/// The book's snapshot section.
+const BOOK_ID: u16 = 0x8002;
+const BOOK_VERSION: u16 = 1;
 
 /// Instruments a view table is sized for at start-up (it grows past that, counted).
 const INSTRUMENTS: usize = 1024;
 
 impl Views {
-    pub fn new(reads: Reads) -> Views {
-        Views { last_trade: reads.has(Reads::LAST_TRADE).then(|| LastTrade::new(INSTRUMENTS)) }
+    pub fn new(reads: Reads, config: &ViewConfig) -> Views {
+        let book = (reads.has(Reads::BOOK) || config.keep_book).then(|| {
+            let reference = config.reference.clone().unwrap_or_else(|| Reference {
+                instruments: Default::default(),
+                names: std::sync::Arc::new(crate::symbols::NameTable::with_capacity(0)),
+            });
+            Books::new(config.book_limits, reference)
+        });
+        Views { last_trade: reads.has(Reads::LAST_TRADE).then(|| LastTrade::new(INSTRUMENTS)), book }
+    }
+
+    /// Brings what `update` will need for `event` into cache.
+    #[inline(always)]
+    pub fn prefetch(&self, event: &Event) {
+        if let Some(book) = self.book.as_ref() {
+            book.prefetch(event);
+        }
     }
 
     /// Applies `event` to every view kept; what the rules may see of it.
@@ -109,16 +150,39 @@ impl Views {
             Some(view) => view.update(event),
             None => None,
         };
-        Seen { last_trade, ..Seen::default() }
+        let book = match self.book.as_mut() {
+            Some(books) => {
+                let (change, book) = books.apply_and_view(event);
+                Some(BookSeen { change, book })
+            }
+            None => None,
+        };
+        Seen { last_trade, book, ..Seen::default() }
     }
 
     pub fn grew(&self) -> u64 {
-        self.last_trade.as_ref().map_or(0, |v| v.grew())
+        self.last_trade.as_ref().map_or(0, |v| v.grew()) + self.book.as_ref().map_or(0, |b| b.stats_grew())
+    }
+
+    /// The books' counters, if the book is kept.
+    pub fn book_stats(&self) -> Option<BookStats> {
+        self.book.as_ref().map(|b| b.stats())
+    }
+
+    /// (resting orders, instruments) of the book, for sizing images.
+    pub fn book_footprint(&self) -> (usize, usize) {
+        self.book.as_ref().map_or((0, 0), |b| b.footprint())
     }
 
     pub fn begin_snapshot(&mut self, images: &mut ViewImages) {
         if let Some(view) = self.last_trade.as_mut() {
             view.begin_snapshot(images.last_trade.take().unwrap_or_default());
+        }
+        // The book is copied whole at the barrier: O(resting orders), flat
+        // arrays (see ARCHITECTURE.md for the stall and the plan past it).
+        match self.book.as_ref() {
+            Some(books) => books.copy_into(images.book.get_or_insert_with(Default::default)),
+            None => images.book = None,
         }
     }
 
@@ -140,6 +204,18 @@ impl Views {
         (id, version, body): (u16, u16, &[u8]),
         keep: &dyn Fn(u64) -> bool,
     ) -> Result<bool, DecodeError> {
+        if id == BOOK_ID {
+            let Some(books) = self.book.as_mut() else {
+                return Err(DecodeError("an order-book section, which no enabled rule reads".into()));
+            };
+            if version != BOOK_VERSION {
+                return Err(DecodeError(format!("order-book section version {version}, this build reads 1")));
+            }
+            let mut r = Reader::new(body);
+            books.restore(&mut r, &|instrument| keep(instrument as u64))?;
+            r.finish()?;
+            return Ok(true);
+        }
         if id != LastTrade::ID {
             return Ok(false);
         }
@@ -157,7 +233,8 @@ impl Views {
 
     /// Section ids of the views kept (a restore must find each).
     pub fn ids(&self) -> Vec<u16> {
-        self.last_trade.as_ref().map(|_| LastTrade::ID).into_iter().collect()
+        let last_trade = self.last_trade.as_ref().map(|_| LastTrade::ID);
+        last_trade.into_iter().chain(self.book.as_ref().map(|_| BOOK_ID)).collect()
     }
 }
 
@@ -167,6 +244,10 @@ impl ViewImages {
         let mut n = 0;
         if let Some(image) = self.last_trade.as_ref() {
             write_section(w, LastTrade::ID, LastTrade::VERSION, |w| LastTrade::encode(image, w));
+            n += 1;
+        }
+        if let Some(image) = self.book.as_ref() {
+            write_section(w, BOOK_ID, BOOK_VERSION, |w| image.encode(w));
             n += 1;
         }
         n

@@ -1,0 +1,976 @@
+//! The pattern spoofing and layering share, measured per (group,
+//! instrument) over a sliding event-time window; the two rules differ in
+//! their defaults and in how many price levels the cancelled orders span.
+//!
+//! Definitions (all per key (group G, instrument I), at a record with event
+//! time `t`; the window is `(t - window, t]`):
+//!
+//! - An entry is *counted* when its record is inside the window and after
+//!   the key's last alert (`(ts_ns, seq)` greater than the alerting
+//!   record's), so each alert spends what it used.
+//! - The *spoof orders* on side S are G's counted `N`s on S that were
+//!   non-marketable on entry (a buy priced below the best ask just before it,
+//!   or with no ask; a sell likewise), each with its entered quantity, the
+//!   resting best-5 depth of S just before it, and whether it stood behind
+//!   the touch once placed (its price worse than S's best after it).
+//! - `spoof_qty`: their entered quantity. `peak_open_qty`: the most of
+//!   them open at once (in record order, entries add their quantity, cancels
+//!   and fills take theirs away). `depth5`: the best-5 depth of S just
+//!   before the first of them. Large: `peak_open_qty * 100 >= size_pct *
+//!   depth5`: pressure is what stands in the book together, so a market
+//!   maker replacing one quote many times a second does not add up to a
+//!   large order. An empty side (`depth5 = 0`) gives nothing to be large
+//!   against, so it never makes a spoof.
+//! - `cancelled_qty`: what `C` records have cancelled of them so far (a
+//!   partial fill leaves the rest to be cancelled). Mostly cancelled:
+//!   `cancelled_qty * 100 >= cancel_pct * spoof_qty`. Cancelled within the
+//!   window of placement follows, as the orders are inside it.
+//! - One-sided: `spoof_qty >= one_sided_k * opposite_new_qty`, where
+//!   `opposite_new_qty` is all of G's counted `N` quantity on the other
+//!   side (marketable or not).
+//! - Executes on the other side: `opposite_exec_qty`, the quantity of
+//!   counted trades in which one of G's orders on the other side took part
+//!   (as buyer or seller, passive or aggressive), is at least
+//!   `min_opposite_exec_qty`.
+//! - Several orders: at least `min_orders` spoof orders were (partly)
+//!   cancelled (a single large order cancelled while a small one on the
+//!   other side fills is ordinary trading far more often than it is
+//!   spoofing; the published cases placed three and more).
+//! - Levels: the distinct prices of the spoof orders that were (partly)
+//!   cancelled and stood behind the touch when placed. Spoofing wants at most
+//!   `max_levels_behind` of them, layering at least `min_levels_behind`, so
+//!   with the defaults a ladder is layering's and a pile at the touch is
+//!   spoofing's, never both.
+//!
+//! The pattern is checked at the records that can complete it: a `C` of a
+//! counted spoof order on S (checked for S), and a trade with one of G's
+//! orders on side X (checked for S = the other side of X; a trade adds both
+//! parties' entries before either is checked). The first record at which
+//! every condition holds alerts.
+
+use super::window::{NONE, Window};
+use super::{BookRule, Evidence, Finding, OrderIds, RuleStats, key_of, opposite, side_index};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
+use crate::detect::views::{BookView, Change, OrderRef};
+use crate::event::{Event, Px, Side};
+use rustc_hash::FxHashMap;
+
+/// How a rule bounds the number of levels behind the touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Levels {
+    AtMost(u32),
+    AtLeast(u32),
+}
+
+impl Levels {
+    fn holds(self, levels: u32) -> bool {
+        match self {
+            Levels::AtMost(n) => levels <= n,
+            Levels::AtLeast(n) => levels >= n,
+        }
+    }
+}
+
+/// The validated thresholds of one pattern rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatternParams {
+    pub window_ns: i64,
+    pub size_pct: u64,
+    pub cancel_pct: u64,
+    pub one_sided_k: u64,
+    pub min_opposite_exec_qty: u64,
+    pub levels: Levels,
+    /// Spoof orders (partly) cancelled, at least.
+    pub min_orders: u32,
+    pub max_keys: usize,
+    pub max_entries: usize,
+}
+
+/// The most distinct levels counted (parameters are capped below it).
+pub const MAX_LEVELS: usize = 64;
+
+/// What a spoofing or layering alert measured, next to its thresholds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpoofEvidence {
+    /// The side of the spoof orders.
+    pub side: Side,
+    pub window_ns: i64,
+    /// Event time of the first spoof order.
+    pub first_order_ns: i64,
+    pub spoof_qty: u64,
+    pub spoof_orders: u32,
+    pub peak_open_qty: u64,
+    pub depth5_at_placement: u64,
+    pub size_pct: u64,
+    pub cancelled_qty: u64,
+    pub cancel_pct: u64,
+    pub opposite_new_qty: u64,
+    pub one_sided_k: u64,
+    pub opposite_exec_qty: u64,
+    pub opposite_orders: u32,
+    pub min_opposite_exec_qty: u64,
+    pub levels_behind: u32,
+    pub levels: Levels,
+    pub min_orders: u32,
+}
+
+impl PatternParams {
+    /// The canonical bytes (part of the checkpoint identity).
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.i64(self.window_ns);
+        for v in [self.size_pct, self.cancel_pct, self.one_sided_k, self.min_opposite_exec_qty] {
+            w.u64(v);
+        }
+        match self.levels {
+            Levels::AtMost(n) => w.u64(n as u64),
+            Levels::AtLeast(n) => w.u64(n as u64 | 1 << 32),
+        }
+        w.u64(self.min_orders as u64);
+        w.u64(self.max_keys as u64);
+        w.u64(self.max_entries as u64);
+    }
+}
+
+impl SpoofEvidence {
+    /// `peak_open_qty` against the depth, in percent (`None` when the side
+    /// was empty, which any quantity exceeds).
+    pub fn measured_size_pct(&self) -> Option<u64> {
+        (self.depth5_at_placement > 0).then(|| self.peak_open_qty * 100 / self.depth5_at_placement)
+    }
+
+    pub fn measured_cancel_pct(&self) -> u64 {
+        self.cancelled_qty * 100 / self.spoof_qty.max(1)
+    }
+
+    /// `spoof_qty / opposite_new_qty` in hundredths (`None` with no new
+    /// quantity on the other side).
+    pub fn measured_one_sided_x100(&self) -> Option<u64> {
+        (self.opposite_new_qty > 0).then(|| self.spoof_qty * 100 / self.opposite_new_qty)
+    }
+}
+
+const NEW: u8 = 0;
+const EXEC: u8 = 1;
+/// A cancel of a counted spoof order (kept only for the walk's peak).
+const CANCEL: u8 = 2;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    order_id: u64,
+    price: Px,
+    /// `NEW`: the entered quantity; `EXEC`: the executed quantity.
+    qty: u64,
+    /// `NEW`: cancelled so far (counted entries only).
+    cancelled: u64,
+    /// `EXEC`: a fill of a counted spoof order.
+    spoof_fill: bool,
+    /// `CANCEL` and spoof-fill `EXEC`: the index of the order's `NEW`
+    /// entry (once that has left the window, so has this one's quantity).
+    of_new: u64,
+    depth5: u64,
+    kind: u8,
+    side: Side,
+    non_marketable: bool,
+    behind: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KeyState {
+    /// `(ts_ns, seq)` of the last alert: entries up to it are spent.
+    since: (i64, u64),
+    /// Sums over counted entries, per side.
+    spoof_qty: [u64; 2],
+    cancelled: [u64; 2],
+    new_qty: [u64; 2],
+    exec_qty: [u64; 2],
+}
+
+impl Default for KeyState {
+    fn default() -> KeyState {
+        KeyState { since: (i64::MIN, 0), spoof_qty: [0; 2], cancelled: [0; 2], new_qty: [0; 2], exec_qty: [0; 2] }
+    }
+}
+
+impl KeyState {
+    #[inline]
+    fn counts(&self, ts_ns: i64, seq: u64) -> bool {
+        (ts_ns, seq) > self.since
+    }
+}
+
+pub struct Pattern {
+    rule: BookRule,
+    params: PatternParams,
+    window: Window<Entry, KeyState>,
+    /// Order id -> absolute index of its `NEW` entry, while it is live.
+    orders: FxHashMap<u64, u64>,
+    /// Restored entries waiting for `restored` (from every old shard).
+    pending: Vec<Restored>,
+    pending_since: FxHashMap<u64, (i64, u64)>,
+}
+
+/// An entry read back from a snapshot: (ts, seq, key, entry, whether it
+/// refers to a live `NEW`).
+type Restored = (i64, u64, u64, Entry, bool);
+
+/// Bytes of one key and of one entry in a snapshot.
+const KEY_BYTES: usize = 24;
+const ENTRY_BYTES: usize = 8 * 8 + 3;
+
+impl Pattern {
+    pub fn new(rule: BookRule, params: PatternParams) -> Pattern {
+        let mut orders = FxHashMap::default();
+        orders.reserve(1024.min(params.max_entries));
+        Pattern {
+            rule,
+            params,
+            window: Window::new(params.max_keys, params.max_entries),
+            orders,
+            pending: Vec::new(),
+            pending_since: FxHashMap::default(),
+        }
+    }
+
+    /// The whole state, for a checkpoint. Layout: the keys `(key, since
+    /// ts, since seq)`, then the entries oldest first `(ts, seq, key,
+    /// order_id, price, qty, cancelled, depth5, kind, side, flags)`; flags:
+    /// non-marketable, behind, spoof fill, refers to a live `NEW`.
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.out.reserve(16 + self.window.key_count() * KEY_BYTES + self.window.len() * ENTRY_BYTES);
+        w.u64(self.window.key_count() as u64);
+        for (_, key) in self.window.keys() {
+            w.u64(key.key);
+            w.i64(key.state.since.0);
+            w.u64(key.state.since.1);
+        }
+        w.u64(self.window.len() as u64);
+        for slot in self.window.entries() {
+            let d = slot.data;
+            w.i64(slot.ts_ns);
+            w.u64(slot.seq);
+            w.u64(self.window.key(slot.key).key);
+            w.u64(d.order_id);
+            w.i64(d.price);
+            w.u64(d.qty);
+            w.u64(d.cancelled);
+            w.u64(d.depth5);
+            w.u8(d.kind);
+            w.u8(d.side as u8);
+            let live = d.kind != NEW && self.window.is_live(d.of_new);
+            w.u8(d.non_marketable as u8 | (d.behind as u8) << 1 | (d.spoof_fill as u8) << 2 | (live as u8) << 3);
+        }
+    }
+
+    /// Reads one old shard's snapshot, keeping the keys `keep` accepts;
+    /// `restored` builds the state once every snapshot was read.
+    pub fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
+        for _ in 0..r.count(KEY_BYTES)? {
+            let (key, since) = (r.u64()?, (r.i64()?, r.u64()?));
+            if keep(key) && self.pending_since.insert(key, since).is_some() {
+                return Err(DecodeError(format!("{}: key {key:#x} in two snapshots", self.rule.name())));
+            }
+        }
+        for _ in 0..r.count(ENTRY_BYTES)? {
+            let (ts, seq, key) = (r.i64()?, r.u64()?, r.u64()?);
+            let mut d = Entry {
+                order_id: r.u64()?,
+                price: r.i64()?,
+                qty: r.u64()?,
+                cancelled: r.u64()?,
+                depth5: r.u64()?,
+                of_new: NONE,
+                ..Entry::default()
+            };
+            d.kind = r.u8()?;
+            d.side = match r.u8()? {
+                b'B' => Side::Buy,
+                b'S' => Side::Sell,
+                other => return Err(DecodeError(format!("{}: bad side {other}", self.rule.name()))),
+            };
+            let flags = r.u8()?;
+            if d.kind > CANCEL || flags > 15 {
+                return Err(DecodeError(format!("{}: bad entry kind {} or flags {flags}", self.rule.name(), d.kind)));
+            }
+            (d.non_marketable, d.behind, d.spoof_fill) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+            if keep(key) {
+                if !self.pending_since.contains_key(&key) {
+                    return Err(DecodeError(format!("{}: entry of unlisted key {key:#x}", self.rule.name())));
+                }
+                self.pending.push((ts, seq, key, d, flags & 8 != 0));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the state from the snapshots read: entries in time order
+    /// (a stable sort keeps each snapshot's own order), the sums recomputed
+    /// from the counted ones.
+    pub fn restored(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_by_key(|x| (x.0, x.1));
+        for (ts, seq, key, mut d, live) in pending.drain(..) {
+            let Some(slot) = self.window.find_or_insert(key) else { continue };
+            let state = &mut self.window.key_mut(slot).state;
+            if let Some(since) = self.pending_since.get(&key) {
+                state.since = *since;
+            }
+            if d.kind != NEW && live {
+                d.of_new = self.orders.get(&d.order_id).copied().unwrap_or(NONE);
+            }
+            if self.window.must_evict() {
+                self.window.entries_evicted += 1;
+                self.pop_oldest();
+            }
+            let abs = self.window.push(slot, ts, seq, d);
+            let state = &mut self.window.key_mut(slot).state;
+            if state.counts(ts, seq) {
+                let s = side_index(d.side);
+                match d.kind {
+                    NEW => {
+                        state.new_qty[s] += d.qty;
+                        if d.non_marketable {
+                            state.spoof_qty[s] += d.qty;
+                            state.cancelled[s] += d.cancelled;
+                        }
+                    }
+                    EXEC => state.exec_qty[s] += d.qty,
+                    _ => {}
+                }
+            }
+            if d.kind == NEW {
+                self.orders.insert(d.order_id, abs);
+            }
+        }
+        self.pending = pending;
+        self.pending_since.clear();
+    }
+
+    pub fn params(&self) -> &PatternParams {
+        &self.params
+    }
+
+    pub fn stats(&self) -> RuleStats {
+        RuleStats {
+            keys: self.window.key_count(),
+            entries: self.window.len(),
+            keys_refused: self.window.keys_refused,
+            entries_evicted: self.window.entries_evicted,
+            grew: self.window.grew,
+        }
+    }
+
+    /// Drops the entries that left the window at `now_ns`.
+    #[inline]
+    fn expire(&mut self, now_ns: i64) {
+        let cutoff = now_ns.saturating_sub(self.params.window_ns);
+        while let Some(front) = self.window.front() {
+            if front.ts_ns > cutoff {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        let Some((abs, slot)) = self.window.pop_front() else { return };
+        let e = slot.data;
+        if e.kind == NEW && self.orders.get(&e.order_id) == Some(&abs) {
+            self.orders.remove(&e.order_id);
+        }
+        let key = self.window.key_mut(slot.key);
+        if key.state.counts(slot.ts_ns, slot.seq) {
+            let s = side_index(e.side);
+            match e.kind {
+                NEW => {
+                    key.state.new_qty[s] -= e.qty;
+                    if e.non_marketable {
+                        key.state.spoof_qty[s] -= e.qty;
+                        key.state.cancelled[s] -= e.cancelled;
+                    }
+                }
+                EXEC => key.state.exec_qty[s] -= e.qty,
+                _ => {}
+            }
+        }
+        if key.entries == 0 {
+            self.window.release(slot.key);
+        }
+    }
+
+    /// Room for one more entry: under overload the oldest goes early.
+    #[inline]
+    fn make_room(&mut self) {
+        if self.window.must_evict() {
+            self.window.entries_evicted += 1;
+            self.pop_oldest();
+        }
+    }
+
+    fn push(&mut self, e: &Event, order: &OrderRef, data: Entry) -> Option<(u32, u64)> {
+        self.make_room();
+        let slot = self.window.find_or_insert(key_of(order.group, e.instrument))?;
+        let abs = self.window.push(slot, e.ts_ns, e.seq, data);
+        let s = side_index(data.side);
+        let state = &mut self.window.key_mut(slot).state;
+        match data.kind {
+            NEW => {
+                state.new_qty[s] += data.qty;
+                if data.non_marketable {
+                    state.spoof_qty[s] += data.qty;
+                }
+            }
+            EXEC => state.exec_qty[s] += data.qty,
+            _ => {}
+        }
+        Some((slot, abs))
+    }
+
+    #[inline]
+    pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
+        self.expire(e.ts_ns);
+        match *change {
+            Change::Entered { order, opposite_best, depth5_before } => {
+                let non_marketable = match (order.side, opposite_best) {
+                    (_, None) => true,
+                    (Side::Buy, Some(ask)) => order.price < ask,
+                    (Side::Sell, Some(bid)) => order.price > bid,
+                };
+                let data = Entry {
+                    order_id: order.order_id,
+                    price: order.price,
+                    qty: order.entered_qty,
+                    cancelled: 0,
+                    spoof_fill: false,
+                    of_new: NONE,
+                    depth5: depth5_before,
+                    kind: NEW,
+                    side: order.side,
+                    non_marketable,
+                    behind: book.best(order.side) != Some(order.price),
+                };
+                // A reused order id (the book refuses a duplicate open one)
+                // takes the map over: the older entry keeps its counts but
+                // no longer takes cancels.
+                if let Some((_, abs)) = self.push(e, &order, data) {
+                    self.orders.insert(order.order_id, abs);
+                }
+            }
+            Change::Cancelled { order, qty } => {
+                let Some(&abs) = self.orders.get(&order.order_id) else { return };
+                debug_assert!(self.window.is_live(abs), "the order map outlived its entry");
+                let slot = self.window.entry(abs).key;
+                if self.window.key(slot).key != key_of(order.group, e.instrument) {
+                    return;
+                }
+                let entry = *self.window.entry(abs);
+                let state = self.window.key(slot).state;
+                if !entry.data.non_marketable || !state.counts(entry.ts_ns, entry.seq) {
+                    return;
+                }
+                self.window.entry_mut(abs).data.cancelled += qty;
+                self.window.key_mut(slot).state.cancelled[side_index(order.side)] += qty;
+                let data = Entry {
+                    order_id: order.order_id,
+                    qty,
+                    kind: CANCEL,
+                    side: order.side,
+                    of_new: abs,
+                    ..Entry::default()
+                };
+                if let Some((slot, _)) = self.push(e, &order, data) {
+                    self.check(slot, order.side, e, order.account, emit);
+                }
+            }
+            Change::Traded { buy, sell, price, qty, .. } => {
+                let mut checks = [None, None];
+                for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
+                    let of_new = self.counted_spoof(&order, e);
+                    let spoof_fill = of_new.is_some();
+                    let of_new = of_new.unwrap_or(NONE);
+                    let data = Entry {
+                        order_id: order.order_id,
+                        price,
+                        qty,
+                        kind: EXEC,
+                        side,
+                        spoof_fill,
+                        of_new,
+                        ..Entry::default()
+                    };
+                    if let Some((slot, _)) = self.push(e, &order, data) {
+                        checks[i] = Some((slot, opposite(side), order.account));
+                    }
+                }
+                for (slot, spoof_side, account) in checks.into_iter().flatten() {
+                    self.check(slot, spoof_side, e, account, emit);
+                }
+            }
+            Change::Skipped(_) => {}
+        }
+    }
+
+    /// The `NEW` entry of `order` if it is a counted spoof order of its key.
+    #[inline]
+    fn counted_spoof(&self, order: &OrderRef, e: &Event) -> Option<u64> {
+        let &abs = self.orders.get(&order.order_id)?;
+        let entry = self.window.entry(abs);
+        let key = self.window.key(entry.key);
+        (key.key == key_of(order.group, e.instrument)
+            && entry.data.non_marketable
+            && key.state.counts(entry.ts_ns, entry.seq))
+        .then_some(abs)
+    }
+
+    /// Checks the pattern for the key in `slot` with spoof orders on `side`,
+    /// cheapest conditions first: the key's entries are walked only when
+    /// the sums already hold.
+    fn check(&mut self, slot: u32, side: Side, e: &Event, account: u32, emit: &mut impl FnMut(Finding)) {
+        let p = self.params;
+        let key = self.window.key(slot);
+        let state = key.state;
+        let (s, o) = (side_index(side), side_index(opposite(side)));
+        let spoof_qty = state.spoof_qty[s];
+        if spoof_qty == 0
+            || (state.cancelled[s] as u128) * 100 < p.cancel_pct as u128 * spoof_qty as u128
+            || state.exec_qty[o] < p.min_opposite_exec_qty
+            || (spoof_qty as u128) < p.one_sided_k as u128 * state.new_qty[o] as u128
+        {
+            return;
+        }
+        let mut depth5 = None;
+        let mut levels = [0 as Px; MAX_LEVELS];
+        let mut n_levels = 0usize;
+        let mut first_order_ns = e.ts_ns;
+        let (mut open, mut peak, mut cancelled_orders) = (0u64, 0u64, 0u32);
+        for (_, entry) in self.window.walk(slot) {
+            let d = entry.data;
+            if d.side != side || !state.counts(entry.ts_ns, entry.seq) {
+                continue;
+            }
+            match d.kind {
+                NEW if d.non_marketable => {
+                    open += d.qty;
+                    peak = peak.max(open);
+                }
+                CANCEL | EXEC if (d.kind == CANCEL || d.spoof_fill) && self.window.is_live(d.of_new) => open -= d.qty,
+                _ => continue,
+            }
+            if d.kind != NEW {
+                continue;
+            }
+            if depth5.is_none() {
+                depth5 = Some(d.depth5);
+                first_order_ns = entry.ts_ns;
+            }
+            cancelled_orders += (d.cancelled > 0) as u32;
+            if d.cancelled > 0 && d.behind && n_levels < MAX_LEVELS && !levels[..n_levels].contains(&d.price) {
+                levels[n_levels] = d.price;
+                n_levels += 1;
+            }
+        }
+        let depth5 = depth5.unwrap_or(0);
+        // An empty side gives nothing to be large against (the opening
+        // minutes, a thin book): pressure needs resting depth to outweigh.
+        if depth5 == 0
+            || (peak as u128) * 100 < p.size_pct as u128 * depth5 as u128
+            || !p.levels.holds(n_levels as u32)
+            || cancelled_orders < p.min_orders
+        {
+            return;
+        }
+        let ids = self.order_ids(slot, side, &state);
+        let evidence = SpoofEvidence {
+            side,
+            window_ns: p.window_ns,
+            first_order_ns,
+            spoof_qty,
+            spoof_orders: ids.1,
+            peak_open_qty: peak,
+            depth5_at_placement: depth5,
+            size_pct: p.size_pct,
+            cancelled_qty: state.cancelled[s],
+            cancel_pct: p.cancel_pct,
+            opposite_new_qty: state.new_qty[o],
+            one_sided_k: p.one_sided_k,
+            opposite_exec_qty: state.exec_qty[o],
+            opposite_orders: ids.2,
+            min_opposite_exec_qty: p.min_opposite_exec_qty,
+            levels_behind: n_levels as u32,
+            levels: p.levels,
+            min_orders: p.min_orders,
+        };
+        emit(Finding {
+            rule: self.rule,
+            seq: e.seq,
+            ts_ns: e.ts_ns,
+            group: (key.key >> 32) as u32,
+            account,
+            instrument: e.instrument,
+            evidence: Evidence::Spoof(evidence),
+            order_ids: ids.0,
+        });
+        let state = &mut self.window.key_mut(slot).state;
+        *state = KeyState { since: (e.ts_ns, e.seq), ..KeyState::default() };
+    }
+
+    /// The cancelled spoof orders, then the distinct opposite orders that
+    /// executed; with the two counts. Alert time only (quadratic in the
+    /// key's executions).
+    fn order_ids(&self, slot: u32, side: Side, state: &KeyState) -> (OrderIds, u32, u32) {
+        let mut ids = OrderIds::default();
+        let mut spoof = 0;
+        for (_, entry) in self.window.walk(slot) {
+            let d = entry.data;
+            if d.kind == NEW
+                && d.side == side
+                && d.non_marketable
+                && d.cancelled > 0
+                && state.counts(entry.ts_ns, entry.seq)
+            {
+                ids.add(d.order_id, true);
+                spoof += 1;
+            }
+        }
+        let other = opposite(side);
+        let counted_exec = |entry: &super::window::Slot<Entry>| {
+            entry.data.kind == EXEC && entry.data.side == other && state.counts(entry.ts_ns, entry.seq)
+        };
+        let mut opposite_orders = 0;
+        for (abs, entry) in self.window.walk(slot) {
+            if !counted_exec(entry) {
+                continue;
+            }
+            let seen = self
+                .window
+                .walk(slot)
+                .take_while(|(a, _)| *a < abs)
+                .any(|(_, earlier)| counted_exec(earlier) && earlier.data.order_id == entry.data.order_id);
+            if !seen {
+                opposite_orders += 1;
+                ids.add(entry.data.order_id, true);
+            }
+        }
+        debug_assert!(self.window.key(slot).head != NONE);
+        (ids, spoof, opposite_orders)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::test_book::{Applied, MS, NaiveBook, Step, TICK, random_tape};
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use std::collections::HashMap;
+
+    fn engine(recs: &[Applied], rule: BookRule, params: PatternParams) -> (Vec<Finding>, Pattern) {
+        let mut pattern = Pattern::new(rule, params);
+        let mut book = NaiveBook::new(TICK);
+        let mut out = Vec::new();
+        for r in recs {
+            let change = book.apply(&r.e);
+            assert_eq!(change, r.change);
+            pattern.on_record(&r.e, &change, &book, &mut |f| out.push(f));
+        }
+        (out, pattern)
+    }
+
+    /// The definition in the module doc, recomputed from every applied
+    /// record at each record that could complete the pattern.
+    fn reference(recs: &[Applied], rule: BookRule, p: PatternParams) -> Vec<Finding> {
+        let mut since: HashMap<u64, (i64, u64)> = HashMap::new();
+        let mut out = Vec::new();
+        let key = |o: &OrderRef, r: &Applied| key_of(o.group, r.e.instrument);
+        let entered = |j: usize| match recs[j].change {
+            Change::Entered { order, opposite_best, depth5_before } => {
+                let nm = match (order.side, opposite_best) {
+                    (_, None) => true,
+                    (Side::Buy, Some(ask)) => order.price < ask,
+                    (Side::Sell, Some(bid)) => order.price > bid,
+                };
+                Some((order, nm, depth5_before))
+            }
+            _ => None,
+        };
+        for (i, r) in recs.iter().enumerate() {
+            let t = r.e.ts_ns;
+            let counted = |j: usize, k: u64, since: &HashMap<u64, (i64, u64)>| {
+                let s = since.get(&k).copied().unwrap_or((i64::MIN, 0));
+                recs[j].e.ts_ns > t - p.window_ns && (recs[j].e.ts_ns, recs[j].e.seq) > s
+            };
+            let mut candidates = Vec::new();
+            match r.change {
+                Change::Cancelled { order, .. } => {
+                    let k = key(&order, r);
+                    let n = (0..i).rev().find(|&j| entered(j).is_some_and(|(o, _, _)| o.order_id == order.order_id));
+                    if let Some(j) = n
+                        && counted(j, k, &since)
+                        && entered(j).unwrap().1
+                    {
+                        candidates.push((k, order.side, order.account));
+                    }
+                }
+                Change::Traded { buy, sell, .. } => {
+                    candidates.push((key(&buy, r), Side::Sell, buy.account));
+                    candidates.push((key(&sell, r), Side::Buy, sell.account));
+                }
+                _ => {}
+            }
+            for (k, s, account) in candidates {
+                let o = opposite(s);
+                let cancelled_of = |j: usize, id: u64| -> u64 {
+                    (j + 1..=i)
+                        .map(|m| match recs[m].change {
+                            Change::Cancelled { order, qty } if order.order_id == id => qty,
+                            _ => 0,
+                        })
+                        .sum()
+                };
+                let spoof: Vec<(usize, OrderRef, u64, u64)> = (0..=i)
+                    .filter(|&j| counted(j, k, &since))
+                    .filter_map(|j| {
+                        let (order, nm, depth5) = entered(j)?;
+                        (nm && order.side == s && key(&order, &recs[j]) == k)
+                            .then(|| (j, order, depth5, cancelled_of(j, order.order_id)))
+                    })
+                    .collect();
+                let spoof_qty: u64 = spoof.iter().map(|x| x.1.entered_qty).sum();
+                let cancelled: u64 = spoof.iter().map(|x| x.3).sum();
+                let new_opposite: u64 = (0..=i)
+                    .filter(|&j| counted(j, k, &since))
+                    .filter_map(|j| entered(j).filter(|(ord, _, _)| ord.side == o && key(ord, &recs[j]) == k))
+                    .map(|x| x.0.entered_qty)
+                    .sum();
+                let execs: Vec<(u64, u64)> = (0..=i)
+                    .filter(|&j| counted(j, k, &since))
+                    .filter_map(|j| match recs[j].change {
+                        Change::Traded { buy, sell, qty, .. } => {
+                            let ord = if o == Side::Buy { buy } else { sell };
+                            (key(&ord, &recs[j]) == k).then_some((ord.order_id, qty))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let exec_qty: u64 = execs.iter().map(|x| x.1).sum();
+                let depth5 = spoof.first().map_or(0, |x| x.2);
+                let spoof_ids: Vec<u64> = spoof.iter().map(|x| x.1.order_id).collect();
+                let (mut open, mut peak) = (0i64, 0i64);
+                let from = spoof.first().map_or(i + 1, |x| x.0);
+                for (m, rec) in recs.iter().enumerate().take(i + 1).skip(from) {
+                    match rec.change {
+                        Change::Entered { order, .. }
+                            if spoof_ids.contains(&order.order_id) && spoof.iter().any(|x| x.0 == m) =>
+                        {
+                            open += order.entered_qty as i64;
+                            peak = peak.max(open);
+                        }
+                        Change::Cancelled { order, qty } if spoof_ids.contains(&order.order_id) => open -= qty as i64,
+                        Change::Traded { buy, sell, qty, .. } => {
+                            let ord = if s == Side::Buy { buy } else { sell };
+                            if spoof_ids.contains(&ord.order_id) {
+                                open -= qty as i64;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let peak = peak as u64;
+                let mut levels: Vec<Px> =
+                    spoof.iter().filter(|x| x.3 > 0 && recs[x.0].behind).map(|x| x.1.price).collect();
+                levels.sort();
+                levels.dedup();
+                let holds = spoof_qty > 0
+                    && depth5 > 0
+                    && peak * 100 >= p.size_pct * depth5
+                    && cancelled * 100 >= p.cancel_pct * spoof_qty
+                    && spoof_qty >= p.one_sided_k * new_opposite
+                    && exec_qty >= p.min_opposite_exec_qty
+                    && p.levels.holds(levels.len() as u32)
+                    && spoof.iter().filter(|x| x.3 > 0).count() as u32 >= p.min_orders;
+                if !holds {
+                    continue;
+                }
+                let mut ids = OrderIds::default();
+                let cancelled_orders: Vec<u64> = spoof.iter().filter(|x| x.3 > 0).map(|x| x.1.order_id).collect();
+                let mut exec_orders: Vec<u64> = Vec::new();
+                for &(id, _) in &execs {
+                    if !exec_orders.contains(&id) {
+                        exec_orders.push(id);
+                    }
+                }
+                for &id in cancelled_orders.iter().chain(&exec_orders) {
+                    ids.add(id, true);
+                }
+                out.push(Finding {
+                    rule,
+                    seq: r.e.seq,
+                    ts_ns: t,
+                    group: (k >> 32) as u32,
+                    account,
+                    instrument: r.e.instrument,
+                    evidence: Evidence::Spoof(SpoofEvidence {
+                        side: s,
+                        window_ns: p.window_ns,
+                        first_order_ns: recs[spoof[0].0].e.ts_ns,
+                        spoof_qty,
+                        spoof_orders: cancelled_orders.len() as u32,
+                        peak_open_qty: peak,
+                        depth5_at_placement: depth5,
+                        size_pct: p.size_pct,
+                        cancelled_qty: cancelled,
+                        cancel_pct: p.cancel_pct,
+                        opposite_new_qty: new_opposite,
+                        one_sided_k: p.one_sided_k,
+                        opposite_exec_qty: exec_qty,
+                        opposite_orders: exec_orders.len() as u32,
+                        min_opposite_exec_qty: p.min_opposite_exec_qty,
+                        levels_behind: levels.len() as u32,
+                        levels: p.levels,
+                        min_orders: p.min_orders,
+                    }),
+                    order_ids: ids,
+                });
+                since.insert(k, (t, r.e.seq));
+            }
+        }
+        out
+    }
+
+    fn params() -> impl Strategy<Value = PatternParams> {
+        (
+            prop::sample::select(vec![500, 1_000, 5_000]),
+            prop::sample::select(vec![1u64, 20, 50, 100]),
+            prop::sample::select(vec![30u64, 80, 100]),
+            1u64..5,
+            prop::sample::select(vec![1u64, 300]),
+            prop_oneof![(0u32..3).prop_map(Levels::AtMost), (1u32..4).prop_map(Levels::AtLeast)],
+            1u32..3,
+        )
+            .prop_map(
+                |(window_ms, size_pct, cancel_pct, one_sided_k, min_opposite_exec_qty, levels, min_orders)| {
+                    PatternParams {
+                        window_ns: window_ms * MS,
+                        size_pct,
+                        cancel_pct,
+                        one_sided_k,
+                        min_opposite_exec_qty,
+                        levels,
+                        min_orders,
+                        max_keys: 1 << 10,
+                        max_entries: 1 << 12,
+                    }
+                },
+            )
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), any::<u16>(), any::<u8>()), 1..250)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn engine_equals_reference(steps in steps(), params in params()) {
+            let tape = random_tape(&steps);
+            let (got, pattern) = engine(&tape.applied, BookRule::Spoofing, params);
+            let want = reference(&tape.applied, BookRule::Spoofing, params);
+            prop_assert_eq!(&got, &want);
+            // Every key with state has entries, and the sums add up.
+            prop_assert_eq!(pattern.window.key_count(), pattern.window.keys_map_len_with_entries());
+        }
+    }
+
+    /// The state as comparable text: keys sorted with their sums, entries
+    /// in time order with their key and whether they point at a live `NEW`.
+    fn canonical(p: &Pattern) -> String {
+        let mut keys: Vec<String> =
+            p.window.keys().map(|(_, k)| format!("{:x} {:?} {}", k.key, k.state, k.entries)).collect();
+        keys.sort();
+        // Entries of one record under different keys may come back in
+        // either order (from different old shards): nothing depends on it.
+        let mut sorted: Vec<_> = p.window.entries().collect();
+        sorted.sort_by_key(|e| (e.ts_ns, e.seq, p.window.key(e.key).key));
+        let entries: Vec<String> = sorted
+            .into_iter()
+            .map(|e| {
+                let mut d = e.data;
+                let live = p.window.is_live(d.of_new).then(|| p.window.entry(d.of_new).data.order_id);
+                d.of_new = 0;
+                format!("{} {} {:x} {:?} {:?}", e.ts_ns, e.seq, p.window.key(e.key).key, d, live)
+            })
+            .collect();
+        format!("{keys:#?}\n{entries:#?}\n{}", p.orders.len())
+    }
+
+    /// Runs `recs[..cut]`, checkpoints (as two old shards' snapshots, the
+    /// keys split by parity), restores into a new engine and runs the rest.
+    fn resumed(recs: &[Applied], rule: BookRule, params: PatternParams, cut: usize) -> Vec<Finding> {
+        let (mut out, before) = engine(&recs[..cut], rule, params);
+        let mut snapshot = Vec::new();
+        before.encode(&mut Writer::new(&mut snapshot));
+        let mut after = Pattern::new(rule, params);
+        for parity in [0, 1] {
+            let mut r = Reader::new(&snapshot);
+            after.restore(&mut r, &|key| key.count_ones() % 2 == parity).unwrap();
+            r.finish().unwrap();
+        }
+        after.restored();
+        assert_eq!(canonical(&after), canonical(&before), "restored state differs");
+        let mut book = NaiveBook::new(TICK);
+        for (i, r) in recs.iter().enumerate() {
+            let change = book.apply(&r.e);
+            if i >= cut {
+                after.on_record(&r.e, &change, &book, &mut |f| out.push(f));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(150))]
+
+        #[test]
+        fn resume_equals_uninterrupted(steps in steps(), params in params(), cut in any::<prop::sample::Index>()) {
+            let tape = random_tape(&steps);
+            let cut = cut.index(tape.applied.len() + 1);
+            let (want, _) = engine(&tape.applied, BookRule::Layering, params);
+            prop_assert_eq!(resumed(&tape.applied, BookRule::Layering, params, cut), want);
+        }
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_an_error() {
+        let tape = random_tape(&[(8, 0, 0, 0, 0), (6, 0, 0, 0, 1), (4, 0, 0, 0, 1)]);
+        let params = crate::detect::rules::spoofing::Params::default().0;
+        let (_, pattern) = engine(&tape.applied, BookRule::Spoofing, params);
+        let mut snapshot = Vec::new();
+        pattern.encode(&mut Writer::new(&mut snapshot));
+        assert!(snapshot.len() > 100);
+        for cut in [1, 30, snapshot.len() - 1] {
+            let mut fresh = Pattern::new(BookRule::Spoofing, params);
+            let mut r = Reader::new(&snapshot[..cut]);
+            assert!(fresh.restore(&mut r, &|_| true).is_err(), "cut at {cut}");
+        }
+        let mut twice = Pattern::new(BookRule::Spoofing, params);
+        twice.restore(&mut Reader::new(&snapshot), &|_| true).unwrap();
+        assert!(twice.restore(&mut Reader::new(&snapshot), &|_| true).is_err());
+    }
+
+    /// The property test is only as good as the streams that trigger: a
+    /// fixed batch of them must produce alerts of every kind of level test.
+    #[test]
+    fn random_streams_trigger() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut fired, mut total) = (0, 0);
+        for _ in 0..200 {
+            let steps = steps().new_tree(&mut runner).unwrap().current();
+            let params = params().new_tree(&mut runner).unwrap().current();
+            let tape = random_tape(&steps);
+            let n = reference(&tape.applied, BookRule::Layering, params).len();
+            fired += (n > 0) as usize;
+            total += n;
+        }
+        assert!(fired >= 8 && total >= 12, "only {fired} streams fired ({total} findings)");
+    }
+}

@@ -1,0 +1,733 @@
+//! The L3 order books of one shard's instruments, rebuilt from the applied
+//! records in `(ts_ns, seq)` order: every resting order by id (owner, side,
+//! price, open qty, entry time), the price levels of each side, the last
+//! trade. `Books::apply` turns a record into a `Change`; `InstrumentBook`
+//! is the `BookView` the rules read.
+//!
+//! Layout, chosen for the per-record path (no allocation once warm, no
+//! lock, no I/O):
+//! - orders: one open-addressing table (`FlatMap`) by order id for all the
+//!   shard's instruments, a 48-byte value per order;
+//! - levels: per side a vector sorted so that the best price is last. Most
+//!   activity is at or near the touch, so inserts and removals move a few
+//!   elements, and best-N depth is the last N. A level is 24 bytes.
+//!
+//! Policy for records the book cannot apply (`SkipCause`, each counted per
+//! instrument): a `C` or `T` about an order the book does not hold (its `N`
+//! was late or rejected, the tape starts mid-day, or the id now names an
+//! order of another instrument) is `UnknownOrder`; an `N` whose id is open
+//! is `DuplicateOrder`; a `C` or `T` for more than is open is
+//! `OverExecution`; an `N` priced outside instruments.csv's limits is
+//! `OutsideLimits`; an `N` past the order or level limit is `BookFull`.
+//! A skipped record changes nothing, with one exception: a `T` naming one
+//! order the book holds and one it does not still executes against the one
+//! it holds (else that order would rest forever as a phantom: no `C` comes
+//! for a filled order); it is counted and reported as `UnknownOrder`.
+
+use super::{BookView, Change, OrderRef, SkipCause};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
+use crate::event::{AccountId, Event, GroupId, InstrumentId, Kind, Px, Side};
+use crate::flat_map::FlatMap;
+use crate::instruments::{DEFAULT_TICK, Instruments};
+use crate::symbols::{NameTable, pack};
+use std::sync::Arc;
+
+/// The causes in counter order.
+pub const SKIP_CAUSES: [SkipCause; 5] = [
+    SkipCause::UnknownOrder,
+    SkipCause::DuplicateOrder,
+    SkipCause::OverExecution,
+    SkipCause::OutsideLimits,
+    SkipCause::BookFull,
+];
+
+/// A cause's index in `SKIP_CAUSES` and in the counters.
+#[inline]
+pub fn cause_index(cause: SkipCause) -> usize {
+    match cause {
+        SkipCause::UnknownOrder => 0,
+        SkipCause::DuplicateOrder => 1,
+        SkipCause::OverExecution => 2,
+        SkipCause::OutsideLimits => 3,
+        SkipCause::BookFull => 4,
+    }
+}
+
+/// How a cause reads in the summary.
+pub fn cause_name(cause: SkipCause) -> &'static str {
+    match cause {
+        SkipCause::UnknownOrder => "unknown order",
+        SkipCause::DuplicateOrder => "duplicate order",
+        SkipCause::OverExecution => "over-execution",
+        SkipCause::OutsideLimits => "outside limits",
+        SkipCause::BookFull => "book full",
+    }
+}
+
+/// Stated limits of a shard's books. Past them an `N` is skipped with
+/// `BookFull` (counted); what rests is never evicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BookLimits {
+    /// Resting orders on the shard, all its instruments together.
+    pub orders: usize,
+    /// Price levels on one side of one instrument.
+    pub levels_per_side: usize,
+}
+
+impl Default for BookLimits {
+    /// The order limit is the validator's open-order limit (no more can be
+    /// open at once); 8192 levels per side covers a day's limit band of
+    /// +-20% at one-cent ticks for prices up to ~200.
+    fn default() -> BookLimits {
+        BookLimits { orders: 1 << 24, levels_per_side: 8192 }
+    }
+}
+
+/// Where an instrument's reference data comes from: the loaded
+/// instruments.csv, looked up by name once per instrument (the shard sees
+/// interned ids; the name table is the source's, append-only).
+#[derive(Clone)]
+pub struct Reference {
+    pub instruments: Arc<Instruments>,
+    pub names: Arc<NameTable>,
+}
+
+/// A resting order, keyed by its id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Resting {
+    instrument: InstrumentId,
+    account: AccountId,
+    group: GroupId,
+    side: Side,
+    price: Px,
+    entry_ts_ns: i64,
+    entered_qty: u64,
+    open_qty: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Resting>() == 48);
+
+impl Resting {
+    fn order_ref(&self, order_id: u64) -> OrderRef {
+        OrderRef {
+            order_id,
+            account: self.account,
+            group: self.group,
+            side: self.side,
+            price: self.price,
+            entry_ts_ns: self.entry_ts_ns,
+            entered_qty: self.entered_qty,
+            open_qty: self.open_qty,
+        }
+    }
+}
+
+/// One price level: what rests there, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Level {
+    pub price: Px,
+    pub qty: u64,
+    pub orders: u32,
+}
+
+/// Levels from the best that `Ladder::find` scans before it bisects.
+const NEAR_TOUCH: usize = 8;
+
+/// One side's levels, sorted so that the best is last (bids ascending,
+/// asks descending).
+#[derive(Clone, Debug, Default)]
+struct Ladder {
+    levels: Vec<Level>,
+}
+
+impl Ladder {
+    /// Where `price` is (Ok) or would go (Err), for `side`'s ordering.
+    /// Most records are at or near the touch: the best few levels are
+    /// scanned from the best down, the rest binary-searched.
+    #[inline]
+    fn find(&self, side: Side, price: Px) -> Result<usize, usize> {
+        let better = |l: &Level| match side {
+            Side::Buy => l.price > price,
+            Side::Sell => l.price < price,
+        };
+        let near = self.levels.len().saturating_sub(NEAR_TOUCH);
+        for i in (near..self.levels.len()).rev() {
+            let level = &self.levels[i];
+            if level.price == price {
+                return Ok(i);
+            }
+            if !better(level) {
+                return Err(i + 1);
+            }
+        }
+        let deep = &self.levels[..near];
+        match side {
+            Side::Buy => deep.binary_search_by(|l| l.price.cmp(&price)),
+            Side::Sell => deep.binary_search_by(|l| price.cmp(&l.price)),
+        }
+    }
+
+    #[inline]
+    fn best(&self) -> Option<Px> {
+        self.levels.last().map(|l| l.price)
+    }
+
+    #[inline]
+    fn depth(&self, levels: usize) -> u64 {
+        let from = self.levels.len().saturating_sub(levels);
+        self.levels[from..].iter().map(|l| l.qty).sum()
+    }
+
+    /// Whether an order at `price` needs a new level.
+    #[inline]
+    fn needs_level(&self, side: Side, price: Px) -> bool {
+        self.find(side, price).is_err()
+    }
+
+    /// Adds a resting order; returns whether the vector had to grow.
+    #[inline]
+    fn add(&mut self, side: Side, price: Px, qty: u64) -> bool {
+        match self.find(side, price) {
+            Ok(i) => {
+                let level = &mut self.levels[i];
+                level.qty += qty;
+                level.orders += 1;
+                false
+            }
+            Err(i) => {
+                let grows = self.levels.len() == self.levels.capacity();
+                self.levels.insert(i, Level { price, qty, orders: 1 });
+                grows
+            }
+        }
+    }
+
+    /// Takes `qty` off the level at `price`, and one order when `closed`.
+    #[inline]
+    fn remove(&mut self, side: Side, price: Px, qty: u64, closed: bool) {
+        let Ok(i) = self.find(side, price) else {
+            // Every resting order is on its level: a miss is a bug here.
+            unreachable!("order at {price} has no level");
+        };
+        let level = &mut self.levels[i];
+        level.qty -= qty;
+        level.orders -= closed as u32;
+        if level.orders == 0 {
+            debug_assert_eq!(level.qty, 0);
+            self.levels.remove(i);
+        }
+    }
+}
+
+/// One instrument's book: the `BookView` rules read.
+#[derive(Clone, Debug)]
+pub struct InstrumentBook {
+    bids: Ladder,
+    asks: Ladder,
+    last_trade: Option<Px>,
+    tick: Px,
+    /// (limit_down, limit_up) from instruments.csv.
+    limits: Option<(Px, Px)>,
+    /// instruments.csv was loaded and does not list this instrument.
+    missing_reference: bool,
+    /// Records skipped, by `cause_index`.
+    skipped: [u64; 5],
+    resting: u64,
+}
+
+/// Levels reserved per side when an instrument is first seen.
+const LEVELS_RESERVED: usize = 64;
+
+impl InstrumentBook {
+    fn new(reference: &Reference, instrument: InstrumentId) -> InstrumentBook {
+        let info = if (instrument as usize) < reference.names.len() {
+            let (bytes, len) = reference.names.get(instrument);
+            reference.instruments.get(pack(&bytes[..len]))
+        } else {
+            None
+        };
+        InstrumentBook {
+            bids: Ladder { levels: Vec::with_capacity(LEVELS_RESERVED) },
+            asks: Ladder { levels: Vec::with_capacity(LEVELS_RESERVED) },
+            last_trade: None,
+            tick: info.map_or(DEFAULT_TICK, |i| i.tick),
+            limits: info.map(|i| (i.limit_down, i.limit_up)),
+            missing_reference: info.is_none() && reference.instruments.loaded(),
+            skipped: [0; 5],
+            resting: 0,
+        }
+    }
+
+    #[inline]
+    fn ladder(&self, side: Side) -> &Ladder {
+        match side {
+            Side::Buy => &self.bids,
+            Side::Sell => &self.asks,
+        }
+    }
+
+    #[inline]
+    fn ladder_mut(&mut self, side: Side) -> &mut Ladder {
+        match side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        }
+    }
+
+    /// The levels of `side`, best first.
+    pub fn levels(&self, side: Side) -> impl Iterator<Item = &Level> {
+        self.ladder(side).levels.iter().rev()
+    }
+
+    /// Price levels on `side`.
+    pub fn level_count(&self, side: Side) -> usize {
+        self.ladder(side).levels.len()
+    }
+
+    /// Orders resting on both sides.
+    pub fn resting(&self) -> u64 {
+        self.resting
+    }
+
+    /// Records skipped, by cause (indexed as `SKIP_CAUSES`).
+    pub fn skipped(&self) -> [u64; 5] {
+        self.skipped
+    }
+
+    /// (limit_down, limit_up), when instruments.csv lists the instrument.
+    pub fn limits(&self) -> Option<(Px, Px)> {
+        self.limits
+    }
+
+    pub fn missing_reference(&self) -> bool {
+        self.missing_reference
+    }
+}
+
+impl BookView for InstrumentBook {
+    #[inline]
+    fn best(&self, side: Side) -> Option<Px> {
+        self.ladder(side).best()
+    }
+
+    #[inline]
+    fn depth(&self, side: Side, levels: usize) -> u64 {
+        self.ladder(side).depth(levels)
+    }
+
+    #[inline]
+    fn last_trade(&self) -> Option<Px> {
+        self.last_trade
+    }
+
+    #[inline]
+    fn tick(&self) -> Px {
+        self.tick
+    }
+}
+
+/// A shard's books, summed for the run summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BookStats {
+    pub instruments: usize,
+    pub orders: usize,
+    /// The most orders resting at once (summed over shards: an upper bound).
+    pub peak_orders: usize,
+    pub levels: usize,
+    pub skipped: [u64; 5],
+    /// Instruments that trade but instruments.csv (loaded) does not list.
+    pub missing_reference: Vec<InstrumentId>,
+    /// Times a table or a ladder grew past its start-up size.
+    pub grew: u64,
+    /// A digest of the books' content (every resting order and each
+    /// instrument's last trade and skip counts), independent of how the
+    /// instruments are spread over shards: runs that must end with the
+    /// same books (any shard count, CSV or native, after a resume) compare it.
+    pub digest: u64,
+}
+
+impl BookStats {
+    pub fn add(&mut self, other: &BookStats) {
+        self.instruments += other.instruments;
+        self.orders += other.orders;
+        self.peak_orders += other.peak_orders;
+        self.levels += other.levels;
+        for (a, b) in self.skipped.iter_mut().zip(other.skipped) {
+            *a += b;
+        }
+        self.missing_reference.extend_from_slice(&other.missing_reference);
+        self.missing_reference.sort_unstable();
+        self.grew += other.grew;
+        self.digest = self.digest.wrapping_add(other.digest);
+    }
+
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.iter().sum()
+    }
+}
+
+/// The books of one shard's instruments.
+pub struct Books {
+    orders: FlatMap<u64, Resting>,
+    /// By instrument id; `None` for instruments this shard has not seen.
+    books: Vec<Option<Box<InstrumentBook>>>,
+    reference: Reference,
+    limits: BookLimits,
+    /// Ladder growths past `LEVELS_RESERVED`, and book-table growths.
+    grew: u64,
+    /// The most orders resting at once.
+    peak_orders: usize,
+}
+
+impl Books {
+    pub fn new(limits: BookLimits, reference: Reference) -> Books {
+        Books {
+            // Sized for a busy shard, not the limit (as the validator's table).
+            orders: FlatMap::with_capacity(limits.orders.min(1 << 16)),
+            books: Vec::new(),
+            reference,
+            limits,
+            grew: 0,
+            peak_orders: 0,
+        }
+    }
+
+    /// The book of `instrument`, if this shard has applied a record of it.
+    #[inline]
+    pub fn book(&self, instrument: InstrumentId) -> Option<&InstrumentBook> {
+        self.books.get(instrument as usize).and_then(|b| b.as_deref())
+    }
+
+    /// The book of `instrument`, created on its first record (a few hundred
+    /// bytes per instrument, once: warm-up, not per record).
+    #[inline]
+    fn book_mut(&mut self, instrument: InstrumentId) -> &mut InstrumentBook {
+        let index = instrument as usize;
+        if index >= self.books.len() {
+            self.books.resize_with(index + 1, || None);
+        }
+        let reference = &self.reference;
+        self.books[index].get_or_insert_with(|| Box::new(InstrumentBook::new(reference, instrument)))
+    }
+
+    /// Brings the order slots `apply` will touch for `event` into cache.
+    #[inline]
+    pub fn prefetch(&self, event: &Event) {
+        self.orders.prefetch(event.order_id);
+        if event.kind == Kind::Trade {
+            self.orders.prefetch(event.contra_order_id);
+        }
+    }
+
+    /// Applies one record to its instrument's book; records of an
+    /// instrument come in `(ts_ns, seq)` order.
+    #[inline]
+    pub fn apply(&mut self, event: &Event) -> Change {
+        let change = match event.kind {
+            Kind::New => self.enter(event),
+            Kind::Cancel => self.cancel(event),
+            Kind::Trade => self.trade(event),
+        };
+        if let Change::Skipped(cause) = change {
+            self.book_mut(event.instrument).skipped[cause_index(cause)] += 1;
+        }
+        change
+    }
+
+    /// `apply`, and the record's instrument's book just after it (every
+    /// record, skipped or not, leaves its instrument with a book).
+    #[inline]
+    pub fn apply_and_view(&mut self, event: &Event) -> (Change, &InstrumentBook) {
+        let change = self.apply(event);
+        (change, self.book_mut(event.instrument))
+    }
+
+    /// Growth counted so far (tables and ladders), for the summary.
+    pub fn stats_grew(&self) -> u64 {
+        self.grew
+    }
+
+    fn enter(&mut self, e: &Event) -> Change {
+        if self.orders.contains_key(e.order_id) {
+            return Change::Skipped(SkipCause::DuplicateOrder);
+        }
+        let orders_full = self.orders.len() >= self.limits.orders;
+        let levels_per_side = self.limits.levels_per_side;
+        let book = self.book_mut(e.instrument);
+        if let Some((down, up)) = book.limits
+            && !(down..=up).contains(&e.price)
+        {
+            return Change::Skipped(SkipCause::OutsideLimits);
+        }
+        let own = book.ladder(e.side);
+        if orders_full || (own.levels.len() >= levels_per_side && own.needs_level(e.side, e.price)) {
+            return Change::Skipped(SkipCause::BookFull);
+        }
+        let depth5_before = own.depth(5);
+        let opposite_best = book.ladder(opposite(e.side)).best();
+        let grew = book.ladder_mut(e.side).add(e.side, e.price, e.qty);
+        book.resting += 1;
+        self.grew += grew as u64;
+        let resting = Resting {
+            instrument: e.instrument,
+            account: e.account,
+            group: e.group,
+            side: e.side,
+            price: e.price,
+            entry_ts_ns: e.ts_ns,
+            entered_qty: e.qty,
+            open_qty: e.qty,
+        };
+        let before = self.orders.grew;
+        self.orders.insert(e.order_id, resting);
+        self.grew += self.orders.grew - before;
+        self.peak_orders = self.peak_orders.max(self.orders.len());
+        Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before }
+    }
+
+    /// The resting order `order_id` if it is `instrument`'s and on `side`.
+    #[inline]
+    fn held(&self, order_id: u64, instrument: InstrumentId, side: Side) -> Option<Resting> {
+        self.orders.get(order_id).copied().filter(|o| o.instrument == instrument && o.side == side)
+    }
+
+    fn cancel(&mut self, e: &Event) -> Change {
+        let Some(mut order) = self.held(e.order_id, e.instrument, e.side) else {
+            return Change::Skipped(SkipCause::UnknownOrder);
+        };
+        if e.qty > order.open_qty {
+            return Change::Skipped(SkipCause::OverExecution);
+        }
+        // A `C` removes what is open, whatever its qty says (FEED.md: the
+        // two agree in feed order; a reordered `T` may come between).
+        let qty = order.open_qty;
+        self.orders.remove(e.order_id);
+        let book = self.book_mut(e.instrument);
+        book.ladder_mut(order.side).remove(order.side, order.price, qty, true);
+        book.resting -= 1;
+        order.open_qty = 0;
+        Change::Cancelled { order: order.order_ref(e.order_id), qty }
+    }
+
+    fn trade(&mut self, e: &Event) -> Change {
+        let buy = self.held(e.order_id, e.instrument, Side::Buy);
+        let sell = self.held(e.contra_order_id, e.instrument, Side::Sell);
+        if buy.is_some_and(|o| e.qty > o.open_qty) || sell.is_some_and(|o| e.qty > o.open_qty) {
+            return Change::Skipped(SkipCause::OverExecution);
+        }
+        let buy = buy.map(|o| self.execute(e.order_id, o, e.qty));
+        let sell = sell.map(|o| self.execute(e.contra_order_id, o, e.qty));
+        if buy.is_none() && sell.is_none() {
+            return Change::Skipped(SkipCause::UnknownOrder);
+        }
+        self.book_mut(e.instrument).last_trade = Some(e.price);
+        match (buy, sell) {
+            (Some(buy), Some(sell)) => Change::Traded { buy, sell, aggressor: e.side, price: e.price, qty: e.qty },
+            // One side executed (see the module doc): counted as unknown.
+            _ => Change::Skipped(SkipCause::UnknownOrder),
+        }
+    }
+
+    /// Executes `qty` of a held order; returns it as it stands after.
+    #[inline]
+    fn execute(&mut self, order_id: u64, mut order: Resting, qty: u64) -> OrderRef {
+        order.open_qty -= qty;
+        let closed = order.open_qty == 0;
+        if closed {
+            self.orders.remove(order_id);
+        } else if let Some(slot) = self.orders.get_mut(order_id) {
+            slot.open_qty = order.open_qty;
+        }
+        let book = self.book_mut(order.instrument);
+        book.ladder_mut(order.side).remove(order.side, order.price, qty, closed);
+        book.resting -= closed as u64;
+        order.order_ref(order_id)
+    }
+
+    /// The resting orders of `instrument`, in no particular order (cold:
+    /// walks the whole order table; for `tapewatch book` and tests).
+    pub fn orders_of(&self, instrument: InstrumentId) -> Vec<OrderRef> {
+        self.orders
+            .iter()
+            .filter(|(_, o)| o.instrument == instrument)
+            .map(|(order_id, o)| o.order_ref(order_id))
+            .collect()
+    }
+
+    pub fn stats(&self) -> BookStats {
+        let mut stats = BookStats {
+            orders: self.orders.len(),
+            peak_orders: self.peak_orders,
+            grew: self.grew,
+            ..BookStats::default()
+        };
+        for (instrument, book) in self.books.iter().enumerate() {
+            let Some(book) = book else { continue };
+            stats.instruments += 1;
+            stats.levels += book.bids.levels.len() + book.asks.levels.len();
+            for (a, b) in stats.skipped.iter_mut().zip(book.skipped) {
+                *a += b;
+            }
+            if book.missing_reference {
+                stats.missing_reference.push(instrument as InstrumentId);
+            }
+            let mut words = [instrument as u64, book.last_trade.unwrap_or(Px::MIN) as u64, 0, 0, 0, 0, 0, 0, 0];
+            words[2..7].copy_from_slice(&book.skipped);
+            stats.digest = stats.digest.wrapping_add(digest(&words));
+        }
+        for (order_id, o) in self.orders.iter() {
+            let words = [
+                order_id,
+                o.instrument as u64,
+                o.account as u64 | (o.group as u64) << 32,
+                o.side as u64,
+                o.price as u64,
+                o.entry_ts_ns as u64,
+                o.entered_qty,
+                o.open_qty,
+                u64::MAX,
+            ];
+            stats.digest = stats.digest.wrapping_add(digest(&words));
+        }
+        stats
+    }
+
+    /// (orders, instruments) held, for sizing snapshot images.
+    #[inline]
+    pub fn footprint(&self) -> (usize, usize) {
+        (self.orders.len(), self.books.len())
+    }
+
+    /// Copies the whole state into a reused image: O(resting orders), a
+    /// copy of flat arrays (see ARCHITECTURE.md for the measured stall).
+    pub fn copy_into(&self, image: &mut BookImage) {
+        image.instruments.clear();
+        image.orders.clear();
+        for (instrument, book) in self.books.iter().enumerate() {
+            if let Some(book) = book {
+                image.instruments.push((instrument as InstrumentId, book.last_trade, book.skipped));
+            }
+        }
+        image.orders.extend(self.orders.iter());
+    }
+
+    /// Loads the instruments of `snapshot` that `keep` selects (this
+    /// shard's, under any shard count) on top of what is held.
+    pub fn restore(&mut self, r: &mut Reader<'_>, keep: &impl Fn(InstrumentId) -> bool) -> Result<(), DecodeError> {
+        let instruments = r.count(4 + 9 + 40)?;
+        for _ in 0..instruments {
+            let instrument = r.u32()?;
+            let has_trade = r.u8()?;
+            let last_trade = r.i64()?;
+            let mut skipped = [0u64; 5];
+            for s in skipped.iter_mut() {
+                *s = r.u64()?;
+            }
+            if has_trade > 1 || instrument as usize >= MAX_INSTRUMENT_ID {
+                return Err(DecodeError(format!("book snapshot: bad instrument entry {instrument}")));
+            }
+            if keep(instrument) {
+                let book = self.book_mut(instrument);
+                book.last_trade = (has_trade == 1).then_some(last_trade);
+                book.skipped = skipped;
+            }
+        }
+        let orders = r.count(8 + 4 * 3 + 1 + 8 * 4)?;
+        if orders > self.limits.orders {
+            return Err(DecodeError(format!("book snapshot: {orders} orders, over the limit {}", self.limits.orders)));
+        }
+        for _ in 0..orders {
+            let order_id = r.u64()?;
+            let instrument = r.u32()?;
+            let account = r.u32()?;
+            let group = r.u32()?;
+            let side = match r.u8()? {
+                b'B' => Side::Buy,
+                b'S' => Side::Sell,
+                other => return Err(DecodeError(format!("book snapshot: bad side byte {other}"))),
+            };
+            let (price, entry_ts_ns) = (r.i64()?, r.i64()?);
+            let (entered_qty, open_qty) = (r.u64()?, r.u64()?);
+            if open_qty == 0 || open_qty > entered_qty || instrument as usize >= MAX_INSTRUMENT_ID {
+                return Err(DecodeError(format!("book snapshot: bad order {order_id}")));
+            }
+            if !keep(instrument) {
+                continue;
+            }
+            if self.orders.contains_key(order_id) {
+                return Err(DecodeError(format!("book snapshot: order {order_id} twice")));
+            }
+            let resting = Resting { instrument, account, group, side, price, entry_ts_ns, entered_qty, open_qty };
+            self.orders.insert(order_id, resting);
+            let book = self.book_mut(instrument);
+            book.ladder_mut(side).add(side, price, open_qty);
+            book.resting += 1;
+        }
+        self.peak_orders = self.peak_orders.max(self.orders.len());
+        Ok(())
+    }
+}
+
+/// Instrument ids are below the validator's instrument limit; a larger one
+/// in a snapshot is damage, not a reason to allocate.
+const MAX_INSTRUMENT_ID: usize = 1 << 24;
+
+/// A copy of a shard's books at a barrier, encoded off the shard.
+#[derive(Clone, Debug, Default)]
+pub struct BookImage {
+    instruments: Vec<(InstrumentId, Option<Px>, [u64; 5])>,
+    orders: Vec<(u64, Resting)>,
+}
+
+impl BookImage {
+    /// Room for `orders` resting orders and `instruments` books.
+    pub fn prepare(&mut self, orders: usize, instruments: usize) {
+        self.orders.reserve(orders.saturating_sub(self.orders.len()));
+        self.instruments.reserve(instruments.saturating_sub(self.instruments.len()));
+    }
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u64(self.instruments.len() as u64);
+        for &(instrument, last_trade, skipped) in &self.instruments {
+            w.u32(instrument);
+            w.u8(last_trade.is_some() as u8);
+            w.i64(last_trade.unwrap_or(0));
+            for s in skipped {
+                w.u64(s);
+            }
+        }
+        w.u64(self.orders.len() as u64);
+        for (order_id, o) in &self.orders {
+            w.u64(*order_id);
+            w.u32(o.instrument);
+            w.u32(o.account);
+            w.u32(o.group);
+            w.u8(o.side as u8);
+            w.i64(o.price);
+            w.i64(o.entry_ts_ns);
+            w.u64(o.entered_qty);
+            w.u64(o.open_qty);
+        }
+    }
+}
+
+/// One item's part of `BookStats::digest` (items are summed, so their order
+/// does not matter).
+fn digest(words: &[u64; 9]) -> u64 {
+    let mut bytes = [0u8; 72];
+    for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+#[inline]
+fn opposite(side: Side) -> Side {
+    match side {
+        Side::Buy => Side::Sell,
+        Side::Sell => Side::Buy,
+    }
+}
+
+#[cfg(test)]
+mod tests;
