@@ -142,10 +142,12 @@ pub fn is_native_tape(path: &Path) -> std::io::Result<bool> {
     if crate::outputs::is_stdio(path) {
         return Ok(false);
     }
-    let mut file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
+    // Look before opening: opening a FIFO to sniff it, then closing it,
+    // would hang up on its writer before the real read begins.
+    if !std::fs::metadata(path)?.is_file() {
         return Ok(false);
     }
+    let mut file = std::fs::File::open(path)?;
     let mut magic = [0u8; 8];
     let n = file.read(&mut magic)?;
     Ok(n == 8 && magic == crate::ingest::native::MAGIC)
