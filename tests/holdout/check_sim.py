@@ -426,20 +426,17 @@ def measure(d):
                 problems.append(f"wash-trade {inst}: {len(w)} trades, {v / day_vol[inst]:.2f} of volume")
         elif pat == "quote-stuffing":
             msgs = sorted([o.ts for o in mine] + [o.cancel_ts for o in mine if o.cancel_ts is not None])
-            bursts, peak, j, i = 0, 0, 0, 0
-            while i < len(msgs):
-                while msgs[i] - msgs[j] >= NS:
+            counts, j = [], 0  # messages in the one-second window ending at each message
+            for i, t in enumerate(msgs):
+                while t - msgs[j] >= NS:
                     j += 1
-                n = i - j + 1
-                peak = max(peak, n)
-                if n >= 300:
+                counts.append(i - j + 1)
+            peak = max(counts, default=0)
+            bursts, until = 0, -1  # disjoint seconds holding >= 300
+            for i, n in enumerate(counts):
+                if n >= 300 and msgs[i] - NS >= until:
                     bursts += 1
-                    nxt = msgs[i] + NS
-                    while i < len(msgs) and msgs[i] < nxt:
-                        i += 1
-                    j = i
-                    continue
-                i += 1
+                    until = msgs[i]
             out.append(f"{label} {bursts} one-second bursts of >= 300 orders+cancels (peak {peak}/s), {len(mine)} orders, "
                        f"{sum(o.filled > 0 for o in mine)} filled")
             if bursts < 2:
