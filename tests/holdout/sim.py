@@ -315,6 +315,16 @@ class Sim:
         self.cancel(o)
 
     # -- benign participants ------------------------------------------------
+    def seed_book(self, inst):
+        """The morning's resting book (the opening call is skipped): a few orders
+        on each side of the previous close, none crossing."""
+        rng, b = self.rng, self.books[inst]
+        for side in "BS":
+            for k in range(rng.randint(6, 10)):
+                px = b.prev - 1 - k - rng.randint(0, 1) if side == "B" else b.prev + 1 + k + rng.randint(0, 1)
+                self.submit(rng.choice(self.traders), inst, side, px, rng.choice(LOTS), react=False)
+                yield rng.randint(1, 50) * MS
+
     def ordinary(self, inst, rate):
         """Poisson arrivals of retail-like orders, mostly passive near the touch."""
         rng, b = self.rng, self.books[inst]
@@ -924,7 +934,6 @@ def make_day(args):
 
     # -- benign participants ----------------------------------------------------
     for inst in insts:
-        b = sim.books[inst]
         sim.spawn(sim.seed_book(inst), at=sim.T0930)
         sim.spawn(sim.ordinary(inst, args.order_rate * rng.uniform(0.6, 1.5)), at=sim.T0930 + rng.randint(1, 5000) * MS)
         sim.spawn(sim.call_traders(inst), at=sim.T1457)
@@ -968,20 +977,6 @@ def merge(spans):
         else:
             out.append((s, e))
     return out
-
-
-def _seed_book(self, inst):
-    """The morning's resting book (the opening call is skipped): a few orders
-    on each side of the previous close, none crossing."""
-    rng, b = self.rng, self.books[inst]
-    for side in "BS":
-        for k in range(rng.randint(6, 10)):
-            px = b.prev - 1 - k - rng.randint(0, 1) if side == "B" else b.prev + 1 + k + rng.randint(0, 1)
-            self.submit(rng.choice(self.traders), inst, side, px, rng.choice(LOTS), react=False)
-            yield rng.randint(1, 50) * MS
-
-
-Sim.seed_book = _seed_book
 
 
 def write(out, sim, insts, truth):
