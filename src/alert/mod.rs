@@ -112,6 +112,51 @@ impl EvidenceJson<'_> {
         self.out.push(b'"');
     }
 
+    /// A list of account names (ids from the evidence arena).
+    pub fn accounts(&mut self, key: &str, ids: &[u64]) {
+        self.key(key);
+        self.out.push(b'[');
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.out.push(b'"');
+            self.names.write_account(self.out, *id as AccountId);
+            self.out.push(b'"');
+        }
+        self.out.push(b']');
+    }
+
+    /// `100 * num / den` with one decimal (e.g. 91.7), as a JSON number.
+    pub fn pct(&mut self, key: &str, num: u64, den: u64) {
+        self.key(key);
+        let tenths = if den == 0 { 0 } else { (num as u128 * 1000 / den as u128) as u64 };
+        self.out.extend_from_slice(self.num.format(tenths / 10).as_bytes());
+        self.out.push(b'.');
+        self.out.push(b'0' + (tenths % 10) as u8);
+    }
+
+    /// A signed amount in basis points as a percentage with two decimals (e.g. -4.25).
+    pub fn bp_as_pct(&mut self, key: &str, bp: i64) {
+        self.key(key);
+        if bp < 0 {
+            self.out.push(b'-');
+        }
+        let a = bp.unsigned_abs();
+        self.out.extend_from_slice(self.num.format(a / 100).as_bytes());
+        self.out.push(b'.');
+        self.out.push(b'0' + (a / 10 % 10) as u8);
+        self.out.push(b'0' + (a % 10) as u8);
+    }
+
+    /// A plain string (the caller's text needs no escaping).
+    pub fn text(&mut self, key: &str, v: &str) {
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(v.as_bytes());
+        self.out.push(b'"');
+    }
+
     /// A list of numbers (e.g. order ids from the evidence arena).
     pub fn u64_list(&mut self, key: &str, items: &[u64]) {
         self.key(key);

@@ -282,6 +282,7 @@ macro_rules! registry {
 registry! {
     excessive_cancel: super::rules::excessive_cancel::ExcessiveCancel,
     self_trade: super::rules::self_trade::SelfTrade,
+    wash_trade: super::rules::wash_trade::WashTrade,
     #[cfg(test)]
     test_probe: super::rules::test_probe::TestProbe,
 }

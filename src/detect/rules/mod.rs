@@ -5,3 +5,6 @@ pub mod excessive_cancel;
 pub mod self_trade;
 #[cfg(test)]
 pub mod test_probe;
+pub mod wash_trade;
+#[cfg(test)]
+pub mod testkit;
