@@ -283,6 +283,7 @@ registry! {
     excessive_cancel: super::rules::excessive_cancel::ExcessiveCancel,
     self_trade: super::rules::self_trade::SelfTrade,
     wash_trade: super::rules::wash_trade::WashTrade,
+    quote_stuffing: super::rules::quote_stuffing::QuoteStuffing,
     #[cfg(test)]
     test_probe: super::rules::test_probe::TestProbe,
 }

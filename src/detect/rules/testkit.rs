@@ -8,7 +8,7 @@ use crate::detect::views::{ViewConfig, Views};
 use crate::event::{Event, Kind, Side};
 
 pub const SEC: i64 = 1_000_000_000;
-pub const MS: i64 = 1_000_000;
+pub use crate::config::MS;
 /// 2026-11-02 00:00:00 Asia/Shanghai.
 pub const DAY0: i64 = 1_793_548_800 * SEC;
 
