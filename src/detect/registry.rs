@@ -284,6 +284,7 @@ registry! {
     self_trade: super::rules::self_trade::SelfTrade,
     wash_trade: super::rules::wash_trade::WashTrade,
     quote_stuffing: super::rules::quote_stuffing::QuoteStuffing,
+    instant_cancel: super::rules::instant_cancel::InstantCancel,
     #[cfg(test)]
     test_probe: super::rules::test_probe::TestProbe,
 }

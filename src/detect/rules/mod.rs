@@ -5,6 +5,7 @@ pub mod excessive_cancel;
 pub mod self_trade;
 #[cfg(test)]
 pub mod test_probe;
+pub mod instant_cancel;
 pub mod quote_stuffing;
 pub mod wash_trade;
 #[cfg(test)]
