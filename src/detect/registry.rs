@@ -285,6 +285,7 @@ registry! {
     wash_trade: super::rules::wash_trade::WashTrade,
     quote_stuffing: super::rules::quote_stuffing::QuoteStuffing,
     instant_cancel: super::rules::instant_cancel::InstantCancel,
+    ramping: super::rules::ramping::Ramping,
     #[cfg(test)]
     test_probe: super::rules::test_probe::TestProbe,
 }

@@ -7,6 +7,7 @@ pub mod self_trade;
 pub mod test_probe;
 pub mod instant_cancel;
 pub mod quote_stuffing;
+pub mod ramping;
 pub mod wash_trade;
 #[cfg(test)]
 pub mod testkit;
