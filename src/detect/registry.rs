@@ -286,6 +286,8 @@ registry! {
     quote_stuffing: super::rules::quote_stuffing::QuoteStuffing,
     instant_cancel: super::rules::instant_cancel::InstantCancel,
     ramping: super::rules::ramping::Ramping,
+    marking_close: super::rules::marking::MarkingClose,
+    marking_open: super::rules::marking::MarkingOpen,
     #[cfg(test)]
     test_probe: super::rules::test_probe::TestProbe,
 }

@@ -6,6 +6,7 @@ pub mod self_trade;
 #[cfg(test)]
 pub mod test_probe;
 pub mod instant_cancel;
+pub mod marking;
 pub mod quote_stuffing;
 pub mod ramping;
 pub mod wash_trade;
