@@ -461,7 +461,9 @@ mod tests {
         // A 2% close, or a 20% share, is silent; a 5% fall where group 7 bought is silent too.
         assert!(run::<MarkingClose>(&params::<Close>(), &close_day(px(1020), 60_000, 100_000)).is_empty());
         assert!(run::<MarkingClose>(&params::<Close>(), &close_day(px(1050), 20_000, 100_000)).is_empty());
-        assert!(run::<MarkingClose>(&params::<Close>(), &close_day(px(950), 60_000, 100_000)).is_empty());
+        let fall = run::<MarkingClose>(&params::<Close>(), &close_day(px(950), 60_000, 100_000));
+        assert!(fall.iter().all(|(a, _)| a.group != 7), "the buyer of a fall: {fall:?}");
+        assert!(fall.iter().any(|(a, _)| a.group == 22), "the seller of 40% of it");
         // The schedule is configuration: a call that ends at 14:59 sees no uncross at 15:00.
         let mut p = params::<Close>();
         p.call_end = parse_time_of_day("14:59").unwrap();
