@@ -1,15 +1,19 @@
 //! ramping (拉抬打压): per (group, instrument), in a trailing event-time
 //! window (default 3 min) the price moves `min_move_bp` or more (default
 //! 400 = 4%) in one direction and the group's aggressive volume in that
-//! direction is `min_share_pct` or more (default 30%) of the instrument's
-//! volume in the window. A second window (e.g. 1 min with a tighter move)
+//! direction (its buys in a rise, its sells in a fall, whether they took
+//! or were taken: `volume = "side"`; `"aggressive"` counts only the trades
+//! it initiated) is `min_share_pct` or more (default 30%) of the
+//! instrument's volume in the window, made of `min_group_trades` or more of its
+//! aggressive trades (default 5: a single trade in a thin market moves the
+//! price without anyone ramping it). A second window (e.g. 1 min with a tighter move)
 //! may be configured (`window2_ms`, `min_move2_bp`); each window has its
 //! own episodes. One alert per episode (`cooldown_ms`, default 60 s).
 //!
 //! The move is from the oldest trade still in the window `(t - w, t]` to
-//! the trade at `t`. A trade is evaluated for its aggressor's group (the
-//! `side` column: the buyer on `B`): only its own aggressive trades raise a
-//! group's share, so that is where a group crosses. Per instrument the
+//! the trade at `t`. A trade is evaluated for the groups it credits (the
+//! buyer's for a rise, the seller's for a fall): only its own trades raise
+//! a group's share, so that is where a group crosses. Per instrument the
 //! trades in the window form a FIFO (the shard applies records in time
 //! order); per key the aggressive volume in the window, by side.
 //! Limit: `MAX_KEYS` keys per shard (refused keys are counted).
@@ -35,6 +39,13 @@ pub struct Window {
 pub struct Params {
     pub windows: [Option<Window>; 2],
     pub min_share_pct: u32,
+    /// The group's aggressive trades in the window in that direction: one
+    /// trade in a thin market is not a ramp.
+    pub min_group_trades: u32,
+    /// Count all of the group's volume on the moving side (its buys in a
+    /// rise), not only its aggressive trades: a ramper whose rising bids are
+    /// hit takes the buy side as much as one lifting offers.
+    pub side_volume: bool,
     pub cooldown_ns: i64,
 }
 
@@ -43,6 +54,8 @@ impl Default for Params {
         Params {
             windows: [Some(Window { window_ns: 180_000 * MS, min_move_bp: 400 }), None],
             min_share_pct: 30,
+            min_group_trades: 5,
+            side_volume: true,
             cooldown_ns: 60_000 * MS,
         }
     }
@@ -57,6 +70,9 @@ pub struct Raw {
     window2_ms: Option<Spanned<i64>>,
     min_move2_bp: Option<Spanned<i64>>,
     min_share_pct: Option<Spanned<i64>>,
+    min_group_trades: Option<Spanned<i64>>,
+    /// "side" (default: the group's volume on the moving side) or "aggressive".
+    volume: Option<Spanned<String>>,
     cooldown_ms: Option<Spanned<i64>>,
 }
 
@@ -67,9 +83,10 @@ struct Trade {
     ts_ns: i64,
     price: Px,
     qty: u64,
-    /// The aggressor's group.
-    group: u32,
-    side: Side,
+    buy_group: u32,
+    sell_group: u32,
+    /// Whether the buyer's and the seller's group were credited with it.
+    credit: [bool; 2],
 }
 
 #[derive(Default)]
@@ -82,6 +99,8 @@ struct InstrumentWindow {
 struct Key {
     /// Aggressive volume in the window: buys, sells.
     volume: [u64; 2],
+    /// Aggressive trades in the window: buys, sells.
+    trades: [u32; 2],
     episode: Episode,
     involved: Involved,
 }
@@ -101,19 +120,12 @@ pub struct Ramping {
     image: Option<Vec<u8>>,
 }
 
-#[inline]
-fn side_index(side: Side) -> usize {
-    (side == Side::Sell) as usize
-}
-
 impl Tracker {
     #[inline]
     fn on_trade(&mut self, event: &Event, p: &Params, counts: &mut EpisodeCounts, refused: &mut u64, out: &mut impl Emit) {
-        let (group, account, order) = match event.side {
-            Side::Buy => (event.group, event.account, event.order_id),
-            Side::Sell => (event.contra_group, event.contra_account, event.contra_order_id),
-        };
-        let k = key(group, event.instrument);
+        // Which sides of the trade count for their group: both when any
+        // volume on the moving side counts, else the aggressor's only.
+        let credit = [p.side_volume || event.side == Side::Buy, p.side_volume || event.side == Side::Sell];
         let inst = self.instruments.entry(event.instrument).or_default();
         let horizon = event.ts_ns - self.window.window_ns;
         while let Some(old) = inst.trades.front() {
@@ -121,43 +133,73 @@ impl Tracker {
                 break;
             }
             inst.volume -= old.qty;
-            if let Some(s) = self.keys.get_mut(&key(old.group, event.instrument)) {
-                s.volume[side_index(old.side)] -= old.qty;
+            for (i, group) in [old.buy_group, old.sell_group].into_iter().enumerate() {
+                if old.credit[i]
+                    && let Some(s) = self.keys.get_mut(&key(group, event.instrument))
+                {
+                    s.volume[i] -= old.qty;
+                    s.trades[i] -= 1;
+                }
             }
             inst.trades.pop_front();
         }
-        inst.trades.push_back(Trade { ts_ns: event.ts_ns, price: event.price, qty: event.qty, group, side: event.side });
-        inst.volume += event.qty;
+        let mut trade = Trade {
+            ts_ns: event.ts_ns,
+            price: event.price,
+            qty: event.qty,
+            buy_group: event.group,
+            sell_group: event.contra_group,
+            credit,
+        };
         let start = inst.trades.front().map_or(event.price, |t| t.price);
-        let volume = inst.volume;
-        // Past the limit the trade still counts in its instrument's volume.
-        if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(&k) {
-            *refused += 1;
-            return;
+        let volume = inst.volume + event.qty;
+        let sides = [
+            (Side::Buy, event.group, event.account, event.order_id),
+            (Side::Sell, event.contra_group, event.contra_account, event.contra_order_id),
+        ];
+        for (i, (side, group, account, order)) in sides.into_iter().enumerate() {
+            if !credit[i] {
+                continue;
+            }
+            let k = key(group, event.instrument);
+            // Past the limit the trade still counts in its instrument's volume.
+            if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(&k) {
+                *refused += 1;
+                trade.credit[i] = false;
+                continue;
+            }
+            let s = self.keys.entry(k).or_default();
+            s.volume[i] += event.qty;
+            s.trades[i] += 1;
+            s.involved.account(account);
+            s.involved.order(order);
+            let crossing =
+                s.trades[i] >= p.min_group_trades && crosses(&self.window, p, start, event.price, side, s.volume[i], volume);
+            let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
+            counts.count(outcome);
+            if let Outcome::New(n) = outcome {
+                let w = &self.window;
+                let mut alert = Alert::about(Ramping::ID, event, Evidence([
+                    start as u64,
+                    event.price as u64,
+                    s.volume[i],
+                    volume,
+                    (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32,
+                    p.min_share_pct as u64
+                        | (i as u64) << 8
+                        | (s.trades[i].min(0xf_ffff) as u64) << 9
+                        | (p.min_group_trades.min(0xffff) as u64) << 29
+                        | (n.min(0x7_ffff) as u64) << 45,
+                ]));
+                alert.account = account;
+                alert.group = group;
+                let (list, len) = s.involved.list();
+                out.alert(alert, &list[..len]);
+            }
         }
-        let s = self.keys.entry(k).or_default();
-        let i = side_index(event.side);
-        s.volume[i] += event.qty;
-        s.involved.account(account);
-        s.involved.order(order);
-        let crossing = crosses(&self.window, p, start, event.price, event.side, s.volume[i], volume);
-        let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
-        counts.count(outcome);
-        if let Outcome::New(n) = outcome {
-            let w = &self.window;
-            let mut alert = Alert::about(Ramping::ID, event, Evidence([
-                start as u64,
-                event.price as u64,
-                s.volume[i],
-                volume,
-                (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32,
-                p.min_share_pct as u64 | (i as u64) << 8 | (n as u64) << 16,
-            ]));
-            alert.account = account;
-            alert.group = group;
-            let (list, len) = s.involved.list();
-            out.alert(alert, &list[..len]);
-        }
+        let inst = self.instruments.entry(event.instrument).or_default();
+        inst.trades.push_back(trade);
+        inst.volume += event.qty;
     }
 }
 
@@ -199,10 +241,24 @@ impl Rule for Ramping {
             }
         };
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 1..=100, d.min_share_pct as i64) as u32;
+        let min_group_trades =
+            p.int(raw.min_group_trades, "min_group_trades", 1..=1_000_000, d.min_group_trades as i64) as u32;
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        let side_volume = match raw.volume.as_ref().map(|v| v.get_ref().as_str()) {
+            None => d.side_volume,
+            Some("aggressive") => false,
+            Some("side") => true,
+            Some(other) => {
+                let at = raw.volume.as_ref().map_or(0, |v| v.span().start);
+                p.at(at, format!("volume = {other:?}: \"aggressive\" or \"side\""));
+                d.side_volume
+            }
+        };
         raw.enabled.unwrap_or(true).then_some(Params {
+            side_volume,
             windows: [Some(Window { window_ns: window_ms * MS, min_move_bp }), second],
             min_share_pct,
+            min_group_trades,
             cooldown_ns: cooldown_ms * MS,
         })
     }
@@ -214,6 +270,8 @@ impl Rule for Ramping {
             w.i64(window.min_move_bp);
         }
         w.u32(p.min_share_pct);
+        w.u32(p.min_group_trades);
+        w.u8(p.side_volume as u8);
         w.i64(p.cooldown_ns);
     }
 
@@ -249,7 +307,9 @@ impl Rule for Ramping {
         json.u64("window_volume", volume);
         json.pct("group_share_pct", group, volume);
         json.u64("min_share_pct", packed & 0xff);
-        json.u64("episode", packed >> 16);
+        json.u64("group_trades", packed >> 9 & 0xf_ffff);
+        json.u64("min_group_trades", packed >> 29 & 0xffff);
+        json.u64("episode", packed >> 45);
         Involved::write(list, json);
     }
 
@@ -276,8 +336,9 @@ impl Rule for Ramping {
                     w.i64(tr.ts_ns);
                     w.i64(tr.price);
                     w.u64(tr.qty);
-                    w.u32(tr.group);
-                    w.u8(tr.side as u8);
+                    w.u32(tr.buy_group);
+                    w.u32(tr.sell_group);
+                    w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
                 }
             }
             w.u64(t.keys.len() as u64);
@@ -285,6 +346,8 @@ impl Rule for Ramping {
                 w.u64(*k);
                 w.u64(s.volume[0]);
                 w.u64(s.volume[1]);
+                w.u32(s.trades[0]);
+                w.u32(s.trades[1]);
                 s.episode.encode(&mut w);
                 s.involved.encode(&mut w);
             }
@@ -309,19 +372,19 @@ impl Rule for Ramping {
             for _ in 0..r.count(12)? {
                 let inst = r.u32()?;
                 let mut iw = InstrumentWindow::default();
-                for _ in 0..r.count(29)? {
-                    let (ts_ns, price, qty, group) = (r.i64()?, r.i64()?, r.u64()?, r.u32()?);
-                    let side = if r.u8()? == b'S' { Side::Sell } else { Side::Buy };
+                for _ in 0..r.count(33)? {
+                    let (ts_ns, price, qty, buy_group, sell_group) = (r.i64()?, r.i64()?, r.u64()?, r.u32()?, r.u32()?);
+                    let c = r.u8()?;
                     iw.volume += qty;
-                    iw.trades.push_back(Trade { ts_ns, price, qty, group, side });
+                    iw.trades.push_back(Trade { ts_ns, price, qty, buy_group, sell_group, credit: [c & 1 != 0, c & 2 != 0] });
                 }
                 if keep(inst as u64) {
                     t.instruments.insert(inst, iw);
                 }
             }
-            for _ in 0..r.count(24)? {
+            for _ in 0..r.count(32)? {
                 let k = r.u64()?;
-                let s = Key { volume: [r.u64()?, r.u64()?], episode: Episode::decode(r)?, involved: Involved::decode(r)? };
+                let s = Key { volume: [r.u64()?, r.u64()?], trades: [r.u32()?, r.u32()?], episode: Episode::decode(r)?, involved: Involved::decode(r)? };
                 if keep(k) {
                     t.keys.insert(k, s);
                 }
@@ -370,9 +433,10 @@ mod tests {
         for i in 0..75i64 {
             let p = px(1000) + i * px(75) / 74;
             let account = 1 + (i % 2) as u32;
-            e.push(trade(0, start + i * 2 * SEC, 4, (i as u64 + 1, account, 7), (10_000 + i as u64, 60, 60), Buy, p, 3000));
+            let seller = 70 + (i % 10) as u32;
+            e.push(trade(0, start + i * 2 * SEC, 4, (i as u64 + 1, account, 7), (10_000 + i as u64, seller, seller), Buy, p, 3000));
         }
-        crowd(&mut e, at(9, 40, 0), at(10, 20, 0), |t| if t < start { px(1000) } else { px(1010) });
+        crowd(&mut e, at(9, 40, 0), at(10, 20, 0), |t| if t < start { px(1000) } else { px(1000) + (t - start) / SEC / 2 });
         let alerts = run::<Ramping>(&Params::default(), &sorted(e));
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         let (a, list) = &alerts[0];
@@ -424,13 +488,21 @@ mod tests {
                     .iter()
                     .filter(|x| x.instrument == e.instrument && x.ts_ns > e.ts_ns - w.window_ns)
                     .collect();
-                let aggressor = |x: &Event| if x.side == Buy { x.group } else { x.contra_group };
-                let g = aggressor(e);
-                let group: u64 = in_window.iter().filter(|x| aggressor(x) == g && x.side == e.side).map(|x| x.qty).sum();
+                let credited = |x: &Event, side: Side| p.side_volume || x.side == side;
+                let group_of = |x: &Event, side: Side| if side == Buy { x.group } else { x.contra_group };
                 let volume: u64 = in_window.iter().map(|x| x.qty).sum();
-                let crossing = crosses(w, p, in_window[0].price, e.price, e.side, group, volume);
-                if let Outcome::New(_) = episodes.entry(key(g, e.instrument)).or_default().observe(e.ts_ns, crossing, p.cooldown_ns) {
-                    out.push((e.seq, w.window_ns));
+                for side in [Buy, Sell] {
+                    if !credited(e, side) {
+                        continue;
+                    }
+                    let g = group_of(e, side);
+                    let mine: Vec<&&Event> = in_window.iter().filter(|x| credited(x, side) && group_of(x, side) == g).collect();
+                    let group: u64 = mine.iter().map(|x| x.qty).sum();
+                    let trades = mine.len() as u32;
+                    let crossing = trades >= p.min_group_trades && crosses(w, p, in_window[0].price, e.price, side, group, volume);
+                    if let Outcome::New(_) = episodes.entry(key(g, e.instrument)).or_default().observe(e.ts_ns, crossing, p.cooldown_ns) {
+                        out.push((e.seq, w.window_ns));
+                    }
                 }
             }
         }
@@ -443,10 +515,13 @@ mod tests {
         fn agrees_with_the_definition(
             recs in prop::collection::vec((0u32..3, 0u32..3, 0u32..2, prop::bool::ANY, -30i64..30, 1u64..50, 0i64..40), 1..150),
             min_move_bp in 1i64..500, min_share_pct in 1u32..80, cooldown_s in 0i64..30, cut in 0usize..150,
+            min_group_trades in 1u32..4, side_volume in prop::bool::ANY,
         ) {
             let p = Params {
                 windows: [Some(Window { window_ns: 20 * SEC, min_move_bp }), Some(Window { window_ns: 7 * SEC, min_move_bp: min_move_bp / 2 + 1 })],
                 min_share_pct,
+                min_group_trades,
+                side_volume,
                 cooldown_ns: cooldown_s * SEC,
             };
             let mut ts = at(10, 0, 0);
