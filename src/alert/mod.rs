@@ -43,6 +43,8 @@ pub struct Alert {
     pub instrument: InstrumentId,
     pub evidence: Evidence,
     pub list: ListRef,
+    /// The rule's parameter version (`registry::param_version`), set when emitted.
+    pub params: u32,
     /// Wall-clock stamps (ns since the pipeline started): when the
     /// triggering record's batch left the source, and when the shard applied it.
     pub ingest_ns: u64,
@@ -206,7 +208,13 @@ pub fn write_json(out: &mut Vec<u8>, alert: &Alert, list: &[u64], names: &Names,
     out.extend_from_slice(num.format(alert.seq).as_bytes());
     out.extend_from_slice(b",\"ts_ns\":");
     out.extend_from_slice(num.format(alert.ts_ns).as_bytes());
-    out.extend_from_slice(b",\"evidence\":{");
+    // The event time again as an ISO string in the trading day's zone:
+    // 19-digit integers are rounded by jq and JavaScript.
+    out.extend_from_slice(b",\"time\":\"");
+    write_iso_time(out, alert.ts_ns);
+    out.extend_from_slice(b"\",\"params\":\"");
+    out.extend_from_slice(format!("{:08x}", alert.params).as_bytes());
+    out.extend_from_slice(b"\",\"evidence\":{");
     let mut json = EvidenceJson { out, names, first: true, num: itoa::Buffer::new() };
     registry::write_evidence(alert, list, &mut json);
     if alert.list.dropped > 0 {
@@ -219,4 +227,45 @@ pub fn write_json(out: &mut Vec<u8>, alert: &Alert, list: &[u64], names: &Names,
     out.extend_from_slice(b",\"ingest_to_alert_ns\":");
     out.extend_from_slice(num.format(timing.ingest_to_alert_ns).as_bytes());
     out.extend_from_slice(b"}}\n");
+}
+
+/// Writes `ts_ns` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+08:00` (Asia/Shanghai,
+/// the trading day's zone; no daylight saving).
+pub fn write_iso_time(out: &mut Vec<u8>, ts_ns: i64) {
+    use crate::detect::state::episode::{NS_PER_DAY, NS_PER_SEC, ZONE_OFFSET_NS};
+    let local = ts_ns + ZONE_OFFSET_NS;
+    let days = local.div_euclid(NS_PER_DAY);
+    let tod = local.rem_euclid(NS_PER_DAY);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    let s = tod / NS_PER_SEC;
+    let text = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}+08:00",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        tod % NS_PER_SEC
+    );
+    out.extend_from_slice(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_time_in_the_trading_day_zone() {
+        let mut out = Vec::new();
+        super::write_iso_time(&mut out, 1_793_602_800_000_000_123);
+        assert_eq!(String::from_utf8(out).unwrap(), "2026-11-02T15:00:00.000000123+08:00");
+        let mut out = Vec::new();
+        super::write_iso_time(&mut out, 0);
+        assert_eq!(String::from_utf8(out).unwrap(), "1970-01-01T08:00:00.000000000+08:00");
+    }
 }

@@ -282,6 +282,15 @@ impl Rule for ExcessiveCancel {
         w.u32(params.ratio_pct);
     }
 
+    fn show(p: &Params, out: &mut String) {
+        out.push_str(&format!(
+            "window_ms = {}\nmin_cancels = {}\nratio_pct = {}\n",
+            p.window_ns / MS,
+            p.min_cancels,
+            p.ratio_pct
+        ));
+    }
+
     fn new(params: &Params, sizing: &Sizing) -> Self {
         ExcessiveCancel::new(*params, sizing.window_capacity)
     }

@@ -96,6 +96,16 @@ impl Rule for InstantCancel {
         w.i64(p.cooldown_ns);
     }
 
+    fn show(p: &Params, out: &mut String) {
+        out.push_str(&format!(
+            "within_ms = {}\nmin_cancels = {}\nmin_share_pct = {}\ncooldown_ms = {}\n",
+            p.within_ns / MS,
+            p.min_cancels,
+            p.min_share_pct,
+            p.cooldown_ns / MS
+        ));
+    }
+
     fn new(params: &Params, _: &Sizing) -> InstantCancel {
         InstantCancel {
             params: *params,

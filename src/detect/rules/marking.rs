@@ -227,6 +227,17 @@ impl<C: Call> Rule for Marking<C> {
         w.u32(p.min_share_pct);
     }
 
+    fn show(p: &Params, out: &mut String) {
+        out.push_str(&format!(
+            "call_start = \"{}\"\ncall_end = \"{}\"\nsettle_ms = {}\nmin_deviation_bp = {}\nmin_share_pct = {}\n",
+            format_time_of_day(p.call_start),
+            format_time_of_day(p.call_end),
+            p.settle_ns / MS,
+            p.min_deviation_bp,
+            p.min_share_pct
+        ));
+    }
+
     fn new(params: &Params, _: &Sizing) -> Self {
         Marking {
             params: *params,

@@ -98,6 +98,16 @@ impl Rule for QuoteStuffing {
         w.i64(p.cooldown_ns);
     }
 
+    fn show(p: &Params, out: &mut String) {
+        out.push_str(&format!(
+            "window_ms = {}\nmin_in_window = {}\nmin_in_day = {}\ncooldown_ms = {}\n",
+            p.window_ns / MS,
+            p.min_in_window,
+            p.min_in_day,
+            p.cooldown_ns / MS
+        ));
+    }
+
     fn new(params: &Params, sizing: &Sizing) -> QuoteStuffing {
         QuoteStuffing {
             params: *params,

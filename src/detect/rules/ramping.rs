@@ -275,6 +275,22 @@ impl Rule for Ramping {
         w.i64(p.cooldown_ns);
     }
 
+    fn show(p: &Params, out: &mut String) {
+        if let Some(w) = p.windows[0] {
+            out.push_str(&format!("window_ms = {}\nmin_move_bp = {}\n", w.window_ns / MS, w.min_move_bp));
+        }
+        if let Some(w) = p.windows[1] {
+            out.push_str(&format!("window2_ms = {}\nmin_move2_bp = {}\n", w.window_ns / MS, w.min_move_bp));
+        }
+        out.push_str(&format!(
+            "min_share_pct = {}\nmin_group_trades = {}\nvolume = \"{}\"\ncooldown_ms = {}\n",
+            p.min_share_pct,
+            p.min_group_trades,
+            if p.side_volume { "side" } else { "aggressive" },
+            p.cooldown_ns / MS
+        ));
+    }
+
     fn new(params: &Params, _: &Sizing) -> Ramping {
         let trackers = params
             .windows

@@ -89,6 +89,10 @@ impl Rule for WashTrade {
         w.u32(p.min_trades);
     }
 
+    fn show(p: &Params, out: &mut String) {
+        out.push_str(&format!("min_share_pct = {}\nmin_trades = {}\n", p.min_share_pct, p.min_trades));
+    }
+
     fn new(params: &Params, _: &Sizing) -> WashTrade {
         WashTrade {
             params: *params,
