@@ -66,7 +66,11 @@ fn holdout_days_recall_precision_and_market_makers() {
             s[2] += f.intersection(&t).count();
             s[3] += f.len();
             if MINE.contains(pattern) && (t != f) {
-                eprintln!("{day} {pattern}: missed {:?}, extra {:?}", t.difference(&f).collect::<Vec<_>>(), f.difference(&t).collect::<Vec<_>>());
+                eprintln!(
+                    "{day} {pattern}: missed {:?}, extra {:?}",
+                    t.difference(&f).collect::<Vec<_>>(),
+                    f.difference(&t).collect::<Vec<_>>()
+                );
             }
         }
     }

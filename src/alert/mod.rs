@@ -213,7 +213,9 @@ pub fn write_json(out: &mut Vec<u8>, alert: &Alert, list: &[u64], names: &Names,
     out.extend_from_slice(b",\"time\":\"");
     write_iso_time(out, alert.ts_ns);
     out.extend_from_slice(b"\",\"params\":\"");
-    out.extend_from_slice(format!("{:08x}", alert.params).as_bytes());
+    for shift in (0..8).rev() {
+        out.push(b"0123456789abcdef"[(alert.params >> (shift * 4) & 0xf) as usize]);
+    }
     out.extend_from_slice(b"\",\"evidence\":{");
     let mut json = EvidenceJson { out, names, first: true, num: itoa::Buffer::new() };
     registry::write_evidence(alert, list, &mut json);
@@ -247,14 +249,26 @@ pub fn write_iso_time(out: &mut Vec<u8>, ts_ns: i64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
     let s = tod / NS_PER_SEC;
-    let text = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}+08:00",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        tod % NS_PER_SEC
-    );
-    out.extend_from_slice(text.as_bytes());
+    // Digits by hand: this runs per alert on the sink, which does not allocate.
+    let digits = |out: &mut Vec<u8>, v: i64, n: u32| {
+        for i in (0..n).rev() {
+            out.push(b'0' + (v / 10i64.pow(i) % 10) as u8);
+        }
+    };
+    digits(out, y, 4);
+    out.push(b'-');
+    digits(out, m, 2);
+    out.push(b'-');
+    digits(out, d, 2);
+    out.push(b'T');
+    digits(out, s / 3600, 2);
+    out.push(b':');
+    digits(out, s / 60 % 60, 2);
+    out.push(b':');
+    digits(out, s % 60, 2);
+    out.push(b'.');
+    digits(out, tod % NS_PER_SEC, 9);
+    out.extend_from_slice(b"+08:00");
 }
 
 #[cfg(test)]

@@ -26,7 +26,12 @@ pub fn run(args: RulesArgs) -> Result<(), CmdError> {
         RulesAction::Check { file } => {
             let rules = Rules::load(&file).map_err(CmdError::Usage)?;
             let on = rules.versions();
-            println!("{}: ok, {} rules on: {}", file.display(), on.len(), on.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+            println!(
+                "{}: ok, {} rules on: {}",
+                file.display(),
+                on.len(),
+                on.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            );
             Ok(())
         }
         RulesAction::Show { file } => {

@@ -196,7 +196,10 @@ impl<C: Call> Rule for Marking<C> {
         let mut time = |v: Option<Spanned<String>>, name: &str, default: &str| match v {
             None => parse_time_of_day(default).unwrap_or(0),
             Some(v) => parse_time_of_day(v.get_ref()).unwrap_or_else(|| {
-                p.at(v.span().start, format!("{name} = {:?} is not a time of day HH:MM[:SS] (Asia/Shanghai)", v.get_ref()));
+                p.at(
+                    v.span().start,
+                    format!("{name} = {:?} is not a time of day HH:MM[:SS] (Asia/Shanghai)", v.get_ref()),
+                );
                 0
             }),
         };
@@ -316,11 +319,14 @@ impl<C: Call> Rule for Marking<C> {
         let [reference, price, group, volume, thresholds, packed] = evidence.0;
         let (reference, price) = (reference as i64, price as i64);
         let side = packed & 0xff;
-        json.text("call", &format!(
-            "{}-{}",
-            format_time_of_day((packed >> 8 & 0xfff_ffff) as i64 * MS),
-            format_time_of_day((packed >> 36) as i64 * MS)
-        ));
+        json.text(
+            "call",
+            &format!(
+                "{}-{}",
+                format_time_of_day((packed >> 8 & 0xfff_ffff) as i64 * MS),
+                format_time_of_day((packed >> 36) as i64 * MS)
+            ),
+        );
         json.px(if C::PREV_CLOSE { "prev_close" } else { "last_continuous_price" }, reference);
         json.px(if C::PREV_CLOSE { "open_price" } else { "close_price" }, price);
         json.bp_as_pct("deviation_pct", if reference == 0 { 0 } else { (price - reference) * 10_000 / reference });
@@ -422,9 +428,9 @@ pub type MarkingOpen = Marking<Open>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::views::book::Reference;
     use crate::detect::rules::testkit::*;
     use crate::detect::views::ViewConfig;
+    use crate::detect::views::book::Reference;
     use crate::event::Side::{Buy, Sell};
     use proptest::prelude::*;
 
@@ -446,7 +452,16 @@ mod tests {
     fn close_day(close: i64, marker: u64, volume: u64) -> Vec<Event> {
         let mut e = Vec::new();
         for i in 0..20 {
-            e.push(trade(0, at(14, 40, 0) + i * 50 * SEC, 2, (i as u64, 10, 10), (100 + i as u64, 11, 11), Buy, px(1000), 500));
+            e.push(trade(
+                0,
+                at(14, 40, 0) + i * 50 * SEC,
+                2,
+                (i as u64, 10, 10),
+                (100 + i as u64, 11, 11),
+                Buy,
+                px(1000),
+                500,
+            ));
         }
         let t = at(15, 0, 0);
         e.push(trade(0, t, 2, (1, 1, 7), (201, 20, 20), Buy, close, marker / 2));
@@ -513,8 +528,12 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_reported_with_their_lines() {
-        let problems = crate::config::Rules::parse("[marking_close]\ncall_start = \"15:01\"\ncall_end = \"25:00\"\n").unwrap_err();
-        assert!(problems.iter().any(|p| p.starts_with("line 3: marking_close.call_end = \"25:00\" is not a time")), "{problems:?}");
+        let problems =
+            crate::config::Rules::parse("[marking_close]\ncall_start = \"15:01\"\ncall_end = \"25:00\"\n").unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.starts_with("line 3: marking_close.call_end = \"25:00\" is not a time")),
+            "{problems:?}"
+        );
     }
 
     fn brute_force(p: &Params, events: &[Event]) -> Vec<(u64, u32)> {
@@ -541,7 +560,11 @@ mod tests {
                 }
             }
             for g in groups {
-                let qty: u64 = call.iter().filter(|e| if side == 0 { e.group == g } else { e.contra_group == g }).map(|e| e.qty).sum();
+                let qty: u64 = call
+                    .iter()
+                    .filter(|e| if side == 0 { e.group == g } else { e.contra_group == g })
+                    .map(|e| e.qty)
+                    .sum();
                 let last = call.iter().filter(|e| e.group == g || e.contra_group == g).last().unwrap();
                 if qty * 100 >= p.min_share_pct as u64 * volume {
                     out.push((last.seq, g));

@@ -2,13 +2,13 @@
 //! (`detect/registry.rs`) lists them.
 
 pub mod excessive_cancel;
-pub mod self_trade;
-#[cfg(test)]
-pub mod test_probe;
 pub mod instant_cancel;
 pub mod marking;
 pub mod quote_stuffing;
 pub mod ramping;
-pub mod wash_trade;
+pub mod self_trade;
+#[cfg(test)]
+pub mod test_probe;
 #[cfg(test)]
 pub mod testkit;
+pub mod wash_trade;

@@ -187,12 +187,7 @@ impl Rule for QuoteStuffing {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats {
-            window_entries: self.window.len(),
-            active_keys: self.keys.len(),
-            hot_keys: 0,
-            grew: self.grew,
-        }
+        RuleStats { window_entries: self.window.len(), active_keys: self.keys.len(), hot_keys: 0, grew: self.grew }
     }
 
     // Copied whole at the barrier: O(entries in the 1 s window + keys).

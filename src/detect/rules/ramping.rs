@@ -85,13 +85,23 @@ struct Trade {
     qty: u64,
     buy_group: u32,
     sell_group: u32,
+    instrument: u32,
     /// Whether the buyer's and the seller's group were credited with it.
     credit: [bool; 2],
+    /// Absolute index of the instrument's next trade in the FIFO (`NONE`: none yet).
+    next: u64,
 }
 
-#[derive(Default)]
+const NONE: u64 = u64::MAX;
+
+/// An instrument's trades in the window: a list threaded through the
+/// shard's one FIFO (absolute indexes), so the oldest one's price is at hand
+/// and the FIFO grows as one buffer, not one per instrument.
+#[derive(Clone, Copy, Default)]
 struct InstrumentWindow {
-    trades: VecDeque<Trade>,
+    head: u64,
+    last: u64,
+    count: u32,
     volume: u64,
 }
 
@@ -107,6 +117,10 @@ struct Key {
 
 struct Tracker {
     window: Window,
+    /// The trades of all the shard's instruments in the window, in time order.
+    trades: VecDeque<Trade>,
+    /// Absolute index of `trades[0]`.
+    base: u64,
     instruments: FxHashMap<u32, InstrumentWindow>,
     keys: FxHashMap<u64, Key>,
 }
@@ -122,36 +136,30 @@ pub struct Ramping {
 
 impl Tracker {
     #[inline]
-    fn on_trade(&mut self, event: &Event, p: &Params, counts: &mut EpisodeCounts, refused: &mut u64, out: &mut impl Emit) {
+    fn on_trade(
+        &mut self,
+        event: &Event,
+        p: &Params,
+        counts: &mut EpisodeCounts,
+        refused: &mut u64,
+        out: &mut impl Emit,
+    ) {
         // Which sides of the trade count for their group: both when any
         // volume on the moving side counts, else the aggressor's only.
         let credit = [p.side_volume || event.side == Side::Buy, p.side_volume || event.side == Side::Sell];
-        let inst = self.instruments.entry(event.instrument).or_default();
-        let horizon = event.ts_ns - self.window.window_ns;
-        while let Some(old) = inst.trades.front() {
-            if old.ts_ns > horizon {
-                break;
-            }
-            inst.volume -= old.qty;
-            for (i, group) in [old.buy_group, old.sell_group].into_iter().enumerate() {
-                if old.credit[i]
-                    && let Some(s) = self.keys.get_mut(&key(group, event.instrument))
-                {
-                    s.volume[i] -= old.qty;
-                    s.trades[i] -= 1;
-                }
-            }
-            inst.trades.pop_front();
-        }
+        self.expire(event.ts_ns - self.window.window_ns);
         let mut trade = Trade {
             ts_ns: event.ts_ns,
             price: event.price,
             qty: event.qty,
             buy_group: event.group,
             sell_group: event.contra_group,
+            instrument: event.instrument,
             credit,
+            next: NONE,
         };
-        let start = inst.trades.front().map_or(event.price, |t| t.price);
+        let inst = self.instruments.get(&event.instrument).copied().unwrap_or_default();
+        let start = if inst.count > 0 { self.trades[(inst.head - self.base) as usize].price } else { event.price };
         let volume = inst.volume + event.qty;
         let sides = [
             (Side::Buy, event.group, event.account, event.order_id),
@@ -173,33 +181,78 @@ impl Tracker {
             s.trades[i] += 1;
             s.involved.account(account);
             s.involved.order(order);
-            let crossing =
-                s.trades[i] >= p.min_group_trades && crosses(&self.window, p, start, event.price, side, s.volume[i], volume);
+            let crossing = s.trades[i] >= p.min_group_trades
+                && crosses(&self.window, p, start, event.price, side, s.volume[i], volume);
             let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
             counts.count(outcome);
             if let Outcome::New(n) = outcome {
                 let w = &self.window;
-                let mut alert = Alert::about(Ramping::ID, event, Evidence([
-                    start as u64,
-                    event.price as u64,
-                    s.volume[i],
-                    volume,
-                    (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32,
-                    p.min_share_pct as u64
-                        | (i as u64) << 8
-                        | (s.trades[i].min(0xf_ffff) as u64) << 9
-                        | (p.min_group_trades.min(0xffff) as u64) << 29
-                        | (n.min(0x7_ffff) as u64) << 45,
-                ]));
+                let mut alert = Alert::about(
+                    Ramping::ID,
+                    event,
+                    Evidence([
+                        start as u64,
+                        event.price as u64,
+                        s.volume[i],
+                        volume,
+                        (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32,
+                        p.min_share_pct as u64
+                            | (i as u64) << 8
+                            | (s.trades[i].min(0xf_ffff) as u64) << 9
+                            | (p.min_group_trades.min(0xffff) as u64) << 29
+                            | (n.min(0x7_ffff) as u64) << 45,
+                    ]),
+                );
                 alert.account = account;
                 alert.group = group;
                 let (list, len) = s.involved.list();
                 out.alert(alert, &list[..len]);
             }
         }
-        let inst = self.instruments.entry(event.instrument).or_default();
-        inst.trades.push_back(trade);
-        inst.volume += event.qty;
+        self.push(trade);
+    }
+
+    /// Drops the trades at or before `horizon` from the window.
+    #[inline]
+    fn expire(&mut self, horizon: i64) {
+        while let Some(old) = self.trades.front().copied() {
+            if old.ts_ns > horizon {
+                break;
+            }
+            self.trades.pop_front();
+            self.base += 1;
+            if let Some(inst) = self.instruments.get_mut(&old.instrument) {
+                inst.volume -= old.qty;
+                inst.count -= 1;
+                inst.head = old.next;
+            }
+            for (i, group) in [old.buy_group, old.sell_group].into_iter().enumerate() {
+                if old.credit[i]
+                    && let Some(s) = self.keys.get_mut(&key(group, old.instrument))
+                {
+                    s.volume[i] -= old.qty;
+                    s.trades[i] -= 1;
+                }
+            }
+        }
+    }
+
+    /// Appends a trade to the FIFO and to its instrument's list.
+    #[inline]
+    fn push(&mut self, mut trade: Trade) {
+        trade.next = NONE;
+        let at = self.base + self.trades.len() as u64;
+        let inst = self.instruments.entry(trade.instrument).or_default();
+        if inst.count > 0 {
+            let last = (inst.last - self.base) as usize;
+            self.trades[last].next = at;
+        } else {
+            inst.head = at;
+        }
+        inst.last = at;
+        inst.count += 1;
+        inst.volume += trade.qty;
+        self.trades.push_back(trade);
     }
 }
 
@@ -296,7 +349,13 @@ impl Rule for Ramping {
             .windows
             .iter()
             .flatten()
-            .map(|&window| Tracker { window, instruments: FxHashMap::default(), keys: FxHashMap::default() })
+            .map(|&window| Tracker {
+                window,
+                trades: VecDeque::with_capacity(1024),
+                base: 0,
+                instruments: FxHashMap::default(),
+                keys: FxHashMap::default(),
+            })
             .collect();
         Ramping { params: *params, trackers, counts: EpisodeCounts::default(), refused: 0, grew: 0, image: None }
     }
@@ -304,9 +363,9 @@ impl Rule for Ramping {
     #[inline(always)]
     fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
         for t in self.trackers.iter_mut() {
-            let caps = (t.keys.capacity(), t.instruments.capacity());
+            let caps = (t.keys.capacity(), t.instruments.capacity(), t.trades.capacity());
             t.on_trade(event, &self.params, &mut self.counts, &mut self.refused, out);
-            self.grew += (caps != (t.keys.capacity(), t.instruments.capacity())) as u64;
+            self.grew += (caps != (t.keys.capacity(), t.instruments.capacity(), t.trades.capacity())) as u64;
         }
     }
 
@@ -333,7 +392,7 @@ impl Rule for Ramping {
         let mut s = RuleStats { grew: self.grew, ..RuleStats::default() };
         for t in &self.trackers {
             s.active_keys += t.keys.len();
-            s.window_entries += t.instruments.values().map(|i| i.trades.len()).sum::<usize>();
+            s.window_entries += t.trades.len();
         }
         s
     }
@@ -344,18 +403,15 @@ impl Rule for Ramping {
         let mut w = Writer::new(&mut image);
         w.u64(self.trackers.len() as u64);
         for t in &self.trackers {
-            w.u64(t.instruments.len() as u64);
-            for (inst, iw) in &t.instruments {
-                w.u32(*inst);
-                w.u64(iw.trades.len() as u64);
-                for tr in &iw.trades {
-                    w.i64(tr.ts_ns);
-                    w.i64(tr.price);
-                    w.u64(tr.qty);
-                    w.u32(tr.buy_group);
-                    w.u32(tr.sell_group);
-                    w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
-                }
+            w.u64(t.trades.len() as u64);
+            for tr in &t.trades {
+                w.i64(tr.ts_ns);
+                w.i64(tr.price);
+                w.u64(tr.qty);
+                w.u32(tr.buy_group);
+                w.u32(tr.sell_group);
+                w.u32(tr.instrument);
+                w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
             }
             w.u64(t.keys.len() as u64);
             for (k, s) in &t.keys {
@@ -382,31 +438,57 @@ impl Rule for Ramping {
     fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
         let n = r.u64()? as usize;
         if n != self.trackers.len() {
-            return Err(DecodeError(format!("ramping: {n} windows in the checkpoint, {} configured", self.trackers.len())));
+            return Err(DecodeError(format!(
+                "ramping: {n} windows in the checkpoint, {} configured",
+                self.trackers.len()
+            )));
         }
         for t in self.trackers.iter_mut() {
-            for _ in 0..r.count(12)? {
-                let inst = r.u32()?;
-                let mut iw = InstrumentWindow::default();
-                for _ in 0..r.count(33)? {
-                    let (ts_ns, price, qty, buy_group, sell_group) = (r.i64()?, r.i64()?, r.u64()?, r.u32()?, r.u32()?);
-                    let c = r.u8()?;
-                    iw.volume += qty;
-                    iw.trades.push_back(Trade { ts_ns, price, qty, buy_group, sell_group, credit: [c & 1 != 0, c & 2 != 0] });
-                }
-                if keep(inst as u64) {
-                    t.instruments.insert(inst, iw);
+            for _ in 0..r.count(37)? {
+                let (ts_ns, price, qty, buy_group, sell_group, instrument) =
+                    (r.i64()?, r.i64()?, r.u64()?, r.u32()?, r.u32()?, r.u32()?);
+                let c = r.u8()?;
+                if keep(instrument as u64) {
+                    // Appended as read; `restored` puts the old shards' FIFOs in one time order.
+                    t.trades.push_back(Trade {
+                        ts_ns,
+                        price,
+                        qty,
+                        buy_group,
+                        sell_group,
+                        instrument,
+                        credit: [c & 1 != 0, c & 2 != 0],
+                        next: NONE,
+                    });
                 }
             }
             for _ in 0..r.count(32)? {
                 let k = r.u64()?;
-                let s = Key { volume: [r.u64()?, r.u64()?], trades: [r.u32()?, r.u32()?], episode: Episode::decode(r)?, involved: Involved::decode(r)? };
+                let s = Key {
+                    volume: [r.u64()?, r.u64()?],
+                    trades: [r.u32()?, r.u32()?],
+                    episode: Episode::decode(r)?,
+                    involved: Involved::decode(r)?,
+                };
                 if keep(k) {
                     t.keys.insert(k, s);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds each tracker's FIFO in time order and the instruments' lists.
+    fn restored(&mut self) {
+        for t in self.trackers.iter_mut() {
+            let mut all: Vec<Trade> = t.trades.drain(..).collect();
+            all.sort_by_key(|tr| tr.ts_ns);
+            t.base = 0;
+            t.instruments.clear();
+            for tr in all {
+                t.push(tr);
+            }
+        }
     }
 
     fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
@@ -427,7 +509,16 @@ mod tests {
         let mut i = 0u64;
         while t < to {
             let side = if i % 2 == 0 { Buy } else { Sell };
-            e.push(trade(0, t, 4, (900_000 + i, 50 + (i % 7) as u32, 50 + (i % 7) as u32), (800_000 + i, 60 + (i % 5) as u32, 60 + (i % 5) as u32), side, price(t), 1000));
+            e.push(trade(
+                0,
+                t,
+                4,
+                (900_000 + i, 50 + (i % 7) as u32, 50 + (i % 7) as u32),
+                (800_000 + i, 60 + (i % 5) as u32, 60 + (i % 5) as u32),
+                side,
+                price(t),
+                1000,
+            ));
             t += 5 * SEC;
             i += 1;
         }
@@ -450,9 +541,23 @@ mod tests {
             let p = px(1000) + i * px(75) / 74;
             let account = 1 + (i % 2) as u32;
             let seller = 70 + (i % 10) as u32;
-            e.push(trade(0, start + i * 2 * SEC, 4, (i as u64 + 1, account, 7), (10_000 + i as u64, seller, seller), Buy, p, 3000));
+            e.push(trade(
+                0,
+                start + i * 2 * SEC,
+                4,
+                (i as u64 + 1, account, 7),
+                (10_000 + i as u64, seller, seller),
+                Buy,
+                p,
+                3000,
+            ));
         }
-        crowd(&mut e, at(9, 40, 0), at(10, 20, 0), |t| if t < start { px(1000) } else { px(1000) + (t - start) / SEC / 2 });
+        crowd(
+            &mut e,
+            at(9, 40, 0),
+            at(10, 20, 0),
+            |t| if t < start { px(1000) } else { px(1000) + (t - start) / SEC / 2 },
+        );
         let alerts = run::<Ramping>(&Params::default(), &sorted(e));
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         let (a, list) = &alerts[0];
@@ -473,7 +578,16 @@ mod tests {
         let mut e = Vec::new();
         crowd(&mut e, at(9, 40, 0), at(10, 20, 0), |t| px(1000) + (t - at(9, 40, 0)).max(0) / SEC / 10);
         for i in 0..5i64 {
-            e.push(trade(0, start + i * 30 * SEC, 4, (i as u64 + 1, 1, 7), (10_000 + i as u64, 60, 60), Buy, px(1030), 10));
+            e.push(trade(
+                0,
+                start + i * 30 * SEC,
+                4,
+                (i as u64 + 1, 1, 7),
+                (10_000 + i as u64, 60, 60),
+                Buy,
+                px(1030),
+                10,
+            ));
         }
         let alerts = run::<Ramping>(&Params::default(), &sorted(e));
         assert!(alerts.iter().all(|(a, _)| a.group != 7), "a tiny share of a move: {alerts:?}");
@@ -512,11 +626,15 @@ mod tests {
                         continue;
                     }
                     let g = group_of(e, side);
-                    let mine: Vec<&&Event> = in_window.iter().filter(|x| credited(x, side) && group_of(x, side) == g).collect();
+                    let mine: Vec<&&Event> =
+                        in_window.iter().filter(|x| credited(x, side) && group_of(x, side) == g).collect();
                     let group: u64 = mine.iter().map(|x| x.qty).sum();
                     let trades = mine.len() as u32;
-                    let crossing = trades >= p.min_group_trades && crosses(w, p, in_window[0].price, e.price, side, group, volume);
-                    if let Outcome::New(_) = episodes.entry(key(g, e.instrument)).or_default().observe(e.ts_ns, crossing, p.cooldown_ns) {
+                    let crossing =
+                        trades >= p.min_group_trades && crosses(w, p, in_window[0].price, e.price, side, group, volume);
+                    if let Outcome::New(_) =
+                        episodes.entry(key(g, e.instrument)).or_default().observe(e.ts_ns, crossing, p.cooldown_ns)
+                    {
                         out.push((e.seq, w.window_ns));
                     }
                 }

@@ -22,12 +22,44 @@ pub fn px(yuan_cents: i64) -> i64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn new_order(seq: u64, ts: i64, order: u64, account: u32, group: u32, inst: u32, side: Side, price: i64, qty: u64) -> Event {
-    Event { seq, ts_ns: ts, order_id: order, price, qty, account, group, instrument: inst, kind: Kind::New, side, ..Event::default() }
+pub fn new_order(
+    seq: u64,
+    ts: i64,
+    order: u64,
+    account: u32,
+    group: u32,
+    inst: u32,
+    side: Side,
+    price: i64,
+    qty: u64,
+) -> Event {
+    Event {
+        seq,
+        ts_ns: ts,
+        order_id: order,
+        price,
+        qty,
+        account,
+        group,
+        instrument: inst,
+        kind: Kind::New,
+        side,
+        ..Event::default()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn cancel(seq: u64, ts: i64, order: u64, account: u32, group: u32, inst: u32, side: Side, price: i64, qty: u64) -> Event {
+pub fn cancel(
+    seq: u64,
+    ts: i64,
+    order: u64,
+    account: u32,
+    group: u32,
+    inst: u32,
+    side: Side,
+    price: i64,
+    qty: u64,
+) -> Event {
     Event { kind: Kind::Cancel, ..new_order(seq, ts, order, account, group, inst, side, price, qty) }
 }
 

@@ -137,14 +137,8 @@ impl Rule for WashTrade {
         let p = self.params;
         if !state.alerted && crosses(&p, state.trades, state.qty, volume) {
             state.alerted = true;
-            let evidence = Evidence([
-                state.trades as u64,
-                state.qty,
-                volume,
-                p.min_trades as u64,
-                p.min_share_pct as u64,
-                0,
-            ]);
+            let evidence =
+                Evidence([state.trades as u64, state.qty, volume, p.min_trades as u64, p.min_share_pct as u64, 0]);
             let (list, n) = state.involved.list();
             out.alert(Alert::about(Self::ID, event, evidence), &list[..n]);
         }
@@ -206,7 +200,13 @@ impl Rule for WashTrade {
         }
         for _ in 0..r.count(33)? {
             let k = r.u64()?;
-            let s = Key { day: r.i64()?, trades: r.u32()?, alerted: r.u8()? != 0, qty: r.u64()?, involved: Involved::decode(r)? };
+            let s = Key {
+                day: r.i64()?,
+                trades: r.u32()?,
+                alerted: r.u8()? != 0,
+                qty: r.u64()?,
+                involved: Involved::decode(r)?,
+            };
             if keep(k) {
                 self.keys.insert(k, s);
             }
