@@ -177,7 +177,7 @@ const OTHER_RULES_OFF: &str = "[wash_trade]\nenabled = false\n[quote_stuffing]\n
 
 /// `100 * num / den` with one decimal, as the alert JSON writes it.
 fn ratio(num: u64, den: u64) -> f64 {
-    let tenths = if den == 0 { 0 } else { num * 1000 / den };
+    let tenths = (num * 1000).checked_div(den).unwrap_or(0);
     format!("{}.{}", tenths / 10, tenths % 10).parse().unwrap()
 }
 

@@ -543,7 +543,7 @@ mod tests {
         days.dedup();
         for (inst, day) in days {
             let mine: Vec<&Event> = events.iter().filter(|e| e.instrument == inst && day_of(e.ts_ns) == day).collect();
-            let reference = mine.iter().filter(|e| time_of_day(e.ts_ns) < p.call_start).last().map(|e| e.price);
+            let reference = mine.iter().rfind(|e| time_of_day(e.ts_ns) < p.call_start).map(|e| e.price);
             let call: Vec<&&Event> = mine
                 .iter()
                 .filter(|e| (p.call_end..=p.call_end + p.settle_ns).contains(&time_of_day(e.ts_ns)))
@@ -565,7 +565,7 @@ mod tests {
                     .filter(|e| if side == 0 { e.group == g } else { e.contra_group == g })
                     .map(|e| e.qty)
                     .sum();
-                let last = call.iter().filter(|e| e.group == g || e.contra_group == g).last().unwrap();
+                let last = call.iter().rfind(|e| e.group == g || e.contra_group == g).unwrap();
                 if qty * 100 >= p.min_share_pct as u64 * volume {
                     out.push((last.seq, g));
                 }

@@ -508,7 +508,7 @@ mod tests {
         let mut t = from;
         let mut i = 0u64;
         while t < to {
-            let side = if i % 2 == 0 { Buy } else { Sell };
+            let side = if i.is_multiple_of(2) { Buy } else { Sell };
             e.push(trade(
                 0,
                 t,
