@@ -14,7 +14,7 @@ use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
-use crate::detect::state::episode::{Episode, EpisodeCounts, Involved, Outcome, day_of, key};
+use crate::detect::state::episode::{Episode, EpisodeCounts, Outcome, day_of, key};
 use crate::event::Event;
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
@@ -54,7 +54,6 @@ struct Key {
     day: i64,
     in_day: u64,
     episode: Episode,
-    involved: Involved,
 }
 
 pub struct QuoteStuffing {
@@ -155,8 +154,6 @@ impl Rule for QuoteStuffing {
         s.in_window += 1;
         s.in_day += 1;
         s.group = event.group;
-        s.involved.account(event.account);
-        s.involved.order(event.order_id);
         let p = self.params;
         let crossing = s.in_window >= p.min_in_window || s.in_day >= p.min_in_day;
         let outcome = s.episode.observe(t, crossing, p.cooldown_ns);
@@ -170,8 +167,9 @@ impl Rule for QuoteStuffing {
                 p.min_in_day,
                 n as u64,
             ]);
-            let (list, len) = s.involved.list();
-            out.alert(Alert::about(Self::ID, event, evidence), &list[..len]);
+            // The key is one account; the order that crossed is the one named
+            // (the key is kept small: it is probed on every order and cancel).
+            out.alert(Alert::about(Self::ID, event, evidence), &[event.account as u64, event.order_id]);
         }
     }
 
@@ -183,7 +181,9 @@ impl Rule for QuoteStuffing {
         json.u64("orders_and_cancels_in_day", in_day);
         json.u64("min_in_day", min_in_day);
         json.u64("episode", episode);
-        Involved::write(list, json);
+        // The list: the key's account, then the order that crossed.
+        json.accounts("accounts", list.get(..1).unwrap_or(&[]));
+        json.u64_list("crossing_order_id", list.get(1..2).unwrap_or(&[]));
     }
 
     fn stats(&self) -> RuleStats {
@@ -207,7 +207,6 @@ impl Rule for QuoteStuffing {
             w.i64(s.day);
             w.u64(s.in_day);
             s.episode.encode(&mut w);
-            s.involved.encode(&mut w);
         }
         self.image = Some(image);
     }
@@ -235,7 +234,6 @@ impl Rule for QuoteStuffing {
                 day: r.i64()?,
                 in_day: r.u64()?,
                 episode: Episode::decode(r)?,
-                involved: Involved::decode(r)?,
             };
             if keep(k) {
                 self.keys.insert(k, s);
