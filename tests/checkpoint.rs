@@ -451,6 +451,15 @@ fn a_write_failure_mid_run_is_a_clear_error_and_loses_nothing() {
     use std::os::unix::process::CommandExt;
     let root = tempfile::tempdir().unwrap();
     let tape = make_tape(root.path(), 200_000, 13);
+    // The window-metric rules off: ramping's 3-minute and quote-stuffing's
+    // 1 s windows hold most of this (seconds-long) tape, so their snapshots
+    // alone would pass the file-size limit below at the first checkpoint,
+    // before the outputs do, which is not what this test is about.
+    let rules = tape.with_file_name("rules.toml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let off = "[ramping]\nenabled = false\n[quote_stuffing]\nenabled = false\n[instant_cancel]\nenabled = false\n\
+               [wash_trade]\nenabled = false\n[marking_close]\nenabled = false\n[marking_open]\nenabled = false\n";
+    std::fs::write(&rules, format!("{text}{off}")).unwrap();
     let (want, _) = reference(&tape, root.path());
     let got = root.path().join("full");
     std::fs::create_dir_all(&got).unwrap();

@@ -58,11 +58,7 @@ fn replays_csv_and_native_with_the_same_alerts() {
     let out = tapewatch(dir.path(), &["replay", "day.csv", "--alerts", "csv.jsonl", "--shards", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = stdout(&out);
-    assert!(
-        summary
-            .contains("alerts      2 (excessive-cancel 1, self-trade 1, spoofing 0, layering 0, momentum-ignition 0)"),
-        "{summary}"
-    );
+    assert!(summary.contains("alerts      2 (excessive-cancel 1, self-trade 1,"), "{summary}");
     assert!(summary.contains("latency     ingest->alert: p50"), "{summary}");
     let out = tapewatch(dir.path(), &["import", "day.csv", "--out", "day.tape"]);
     assert!(out.status.success(), "{}", stderr(&out));

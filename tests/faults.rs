@@ -112,7 +112,12 @@ fn text(out: &Output) -> String {
 fn one_bad_csv_record_costs_only_itself() {
     let day = day();
     let (_, clean) = day.replay(&day.tape, &[]);
-    assert_eq!(clean.as_ref().map(Vec::len), Some(12), "the clean day");
+    // The reproducer day: 12 alerts of the two classic rules (the
+    // window-metric rules add their own, e.g. wash-trade on its self-traders).
+    let classic = |alerts: &Vec<Value>| {
+        alerts.iter().filter(|a| matches!(a["rule"].as_str(), Some("excessive-cancel" | "self-trade"))).count()
+    };
+    assert_eq!(clean.as_ref().map(classic), Some(12), "the clean day");
     let n = 101;
     let ts: i64 = day.field(n, 1).parse().expect("ts");
     let line = &day.lines[n - 1];

@@ -43,6 +43,8 @@ pub struct Alert {
     pub instrument: InstrumentId,
     pub evidence: Evidence,
     pub list: ListRef,
+    /// The rule's parameter version (`registry::param_version`), set when emitted.
+    pub params: u32,
     /// Wall-clock stamps (ns since the pipeline started): when the
     /// triggering record's batch left the source, and when the shard applied it.
     pub ingest_ns: u64,
@@ -121,6 +123,51 @@ impl EvidenceJson<'_> {
         self.out.push(b'"');
     }
 
+    /// A list of account names (ids from the evidence arena).
+    pub fn accounts(&mut self, key: &str, ids: &[u64]) {
+        self.key(key);
+        self.out.push(b'[');
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.out.push(b'"');
+            self.names.write_account(self.out, *id as AccountId);
+            self.out.push(b'"');
+        }
+        self.out.push(b']');
+    }
+
+    /// `100 * num / den` with one decimal (e.g. 91.7), as a JSON number.
+    pub fn pct(&mut self, key: &str, num: u64, den: u64) {
+        self.key(key);
+        let tenths = if den == 0 { 0 } else { (num as u128 * 1000 / den as u128) as u64 };
+        self.out.extend_from_slice(self.num.format(tenths / 10).as_bytes());
+        self.out.push(b'.');
+        self.out.push(b'0' + (tenths % 10) as u8);
+    }
+
+    /// A signed amount in basis points as a percentage with two decimals (e.g. -4.25).
+    pub fn bp_as_pct(&mut self, key: &str, bp: i64) {
+        self.key(key);
+        if bp < 0 {
+            self.out.push(b'-');
+        }
+        let a = bp.unsigned_abs();
+        self.out.extend_from_slice(self.num.format(a / 100).as_bytes());
+        self.out.push(b'.');
+        self.out.push(b'0' + (a / 10 % 10) as u8);
+        self.out.push(b'0' + (a % 10) as u8);
+    }
+
+    /// A plain string (the caller's text needs no escaping).
+    pub fn text(&mut self, key: &str, v: &str) {
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(v.as_bytes());
+        self.out.push(b'"');
+    }
+
     /// A list of numbers (e.g. order ids from the evidence arena).
     pub fn u64_list(&mut self, key: &str, items: &[u64]) {
         self.key(key);
@@ -170,7 +217,15 @@ pub fn write_json(out: &mut Vec<u8>, alert: &Alert, list: &[u64], names: &Names,
     out.extend_from_slice(num.format(alert.seq).as_bytes());
     out.extend_from_slice(b",\"ts_ns\":");
     out.extend_from_slice(num.format(alert.ts_ns).as_bytes());
-    out.extend_from_slice(b",\"evidence\":{");
+    // The event time again as an ISO string in the trading day's zone:
+    // 19-digit integers are rounded by jq and JavaScript.
+    out.extend_from_slice(b",\"time\":\"");
+    write_iso_time(out, alert.ts_ns);
+    out.extend_from_slice(b"\",\"params\":\"");
+    for shift in (0..8).rev() {
+        out.push(b"0123456789abcdef"[(alert.params >> (shift * 4) & 0xf) as usize]);
+    }
+    out.extend_from_slice(b"\",\"evidence\":{");
     let mut json = EvidenceJson { out, names, first: true, num: itoa::Buffer::new() };
     registry::write_evidence(alert, list, &mut json);
     if alert.list.dropped > 0 {
@@ -183,4 +238,57 @@ pub fn write_json(out: &mut Vec<u8>, alert: &Alert, list: &[u64], names: &Names,
     out.extend_from_slice(b",\"ingest_to_alert_ns\":");
     out.extend_from_slice(num.format(timing.ingest_to_alert_ns).as_bytes());
     out.extend_from_slice(b"}}\n");
+}
+
+/// Writes `ts_ns` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+08:00` (Asia/Shanghai,
+/// the trading day's zone; no daylight saving).
+pub fn write_iso_time(out: &mut Vec<u8>, ts_ns: i64) {
+    use crate::detect::state::episode::{NS_PER_DAY, NS_PER_SEC, ZONE_OFFSET_NS};
+    let local = ts_ns + ZONE_OFFSET_NS;
+    let days = local.div_euclid(NS_PER_DAY);
+    let tod = local.rem_euclid(NS_PER_DAY);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    let s = tod / NS_PER_SEC;
+    // Digits by hand: this runs per alert on the sink, which does not allocate.
+    let digits = |out: &mut Vec<u8>, v: i64, n: u32| {
+        for i in (0..n).rev() {
+            out.push(b'0' + (v / 10i64.pow(i) % 10) as u8);
+        }
+    };
+    digits(out, y, 4);
+    out.push(b'-');
+    digits(out, m, 2);
+    out.push(b'-');
+    digits(out, d, 2);
+    out.push(b'T');
+    digits(out, s / 3600, 2);
+    out.push(b':');
+    digits(out, s / 60 % 60, 2);
+    out.push(b':');
+    digits(out, s % 60, 2);
+    out.push(b'.');
+    digits(out, tod % NS_PER_SEC, 9);
+    out.extend_from_slice(b"+08:00");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_time_in_the_trading_day_zone() {
+        let mut out = Vec::new();
+        super::write_iso_time(&mut out, 1_793_602_800_000_000_123);
+        assert_eq!(String::from_utf8(out).unwrap(), "2026-11-02T15:00:00.000000123+08:00");
+        let mut out = Vec::new();
+        super::write_iso_time(&mut out, 0);
+        assert_eq!(String::from_utf8(out).unwrap(), "1970-01-01T08:00:00.000000000+08:00");
+    }
 }

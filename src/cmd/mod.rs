@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod generate;
 pub mod import;
 pub mod replay;
+pub mod rules;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Print one instrument's order book as it stood at an event time.
     Book(book::BookArgs),
+    /// Check a rules file, or show the effective rules with defaults filled in.
+    Rules(rules::RulesArgs),
 }
 
 #[derive(Debug)]
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Book(args) => book::run(args),
+        Command::Rules(args) => rules::run(args),
     }
 }
 

@@ -216,6 +216,10 @@ mod tests {
             spoofing: None,
             layering: None,
             momentum_ignition: None,
+            // These events are not a valid book (every order id is 0): the
+            // rules that read the book are off here (their own tests cover them).
+            instant_cancel: None,
+            marking_open: None,
             ..Rules::default()
         }
     }

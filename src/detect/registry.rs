@@ -62,6 +62,29 @@ pub(crate) fn read_section<'a>(r: &mut Reader<'a>) -> Result<Section<'a>, Decode
     Ok((head as u16, (head >> 16) as u16, body))
 }
 
+/// A short hash of a rule's validated parameters (its id and canonical
+/// bytes): alerts carry it, so an analyst knows which settings made them.
+pub fn param_version<R: Rule>(params: &R::Params) -> u32 {
+    let mut bytes = Vec::new();
+    let mut w = Writer::new(&mut bytes);
+    w.u32(R::ID as u32);
+    R::encode_params(params, &mut w);
+    xxhash_rust::xxh3::xxh3_64(&bytes) as u32
+}
+
+/// Puts the rule's parameter version on each alert it emits.
+struct Stamp<'a, E: Emit> {
+    out: &'a mut E,
+    version: u32,
+}
+
+impl<E: Emit> Emit for Stamp<'_, E> {
+    #[inline(always)]
+    fn alert(&mut self, alert: Alert, list: &[u64]) {
+        self.out.alert(Alert { params: self.version, ..alert }, list);
+    }
+}
+
 macro_rules! registry {
     ($( $(#[$attr:meta])* $field:ident : $rule:ty ),* $(,)?) => {
         /// Every rule of the registry, in its order.
@@ -116,6 +139,33 @@ macro_rules! registry {
                 out
             }
 
+            /// The parameter version of each enabled rule: (name, version).
+            pub fn versions(&self) -> Vec<(&'static str, u32)> {
+                let mut out = Vec::new();
+                $( $(#[$attr])* if let Some(params) = self.$field.as_ref() {
+                    out.push((<$rule as Rule>::NAME, param_version::<$rule>(params)));
+                } )*
+                out
+            }
+
+            /// The effective rules file: every rule's table, defaults filled in.
+            pub fn show(&self) -> String {
+                let mut out = String::new();
+                $( $(#[$attr])* {
+                    out.push_str(&format!("[{}]\n", <$rule as Rule>::TABLE));
+                    match self.$field.as_ref() {
+                        Some(params) => {
+                            out.push_str("enabled = true\n");
+                            <$rule as Rule>::show(params, &mut out);
+                            out.push_str(&format!("# parameter version {:08x}\n", param_version::<$rule>(params)));
+                        }
+                        None => out.push_str("enabled = false\n"),
+                    }
+                    out.push('\n');
+                } )*
+                out
+            }
+
             /// Whether rule `id` is on.
             pub fn enabled(&self, id: RuleId) -> bool {
                 $( $(#[$attr])* if id == <$rule as Rule>::ID { return self.$field.is_some(); } )*
@@ -135,6 +185,13 @@ macro_rules! registry {
         /// The enabled rules of one shard.
         pub(crate) struct Active {
             $( $(#[$attr])* $field: Option<$rule>, )*
+            versions: Versions,
+        }
+
+        /// Each rule's parameter version (`param_version`), stamped on its alerts.
+        #[derive(Clone, Copy, Default)]
+        struct Versions {
+            $( $(#[$attr])* $field: u32, )*
         }
 
         /// The rules' state as of a barrier, one image per enabled rule
@@ -146,7 +203,10 @@ macro_rules! registry {
 
         impl Active {
             pub(crate) fn new(rules: &Rules, sizing: &Sizing) -> Active {
-                Active { $( $(#[$attr])* $field: rules.$field.as_ref().map(|p| <$rule as Rule>::new(p, sizing)), )* }
+                Active {
+                    $( $(#[$attr])* $field: rules.$field.as_ref().map(|p| <$rule as Rule>::new(p, sizing)), )*
+                    versions: Versions { $( $(#[$attr])* $field: rules.$field.as_ref().map_or(0, param_version::<$rule>), )* },
+                }
             }
 
             #[inline(always)]
@@ -162,17 +222,21 @@ macro_rules! registry {
             pub(crate) fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
                 $( $(#[$attr])* {
                     if let Some(rule) = self.$field.as_mut() && <$rule as Rule>::KINDS.has(event.kind) {
-                        Rule::on_record(rule, event, seen, out);
+                        Rule::on_record(rule, event, seen, &mut Stamp { out: &mut *out, version: self.versions.$field });
                     }
                 } )*
             }
 
             pub(crate) fn on_watermark(&mut self, watermark_ns: i64, out: &mut impl Emit) {
-                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() { Rule::on_watermark(rule, watermark_ns, out); } )*
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() {
+                    Rule::on_watermark(rule, watermark_ns, &mut Stamp { out: &mut *out, version: self.versions.$field });
+                } )*
             }
 
             pub(crate) fn on_end(&mut self, out: &mut impl Emit) {
-                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() { Rule::on_end(rule, out); } )*
+                $( $(#[$attr])* if let Some(rule) = self.$field.as_mut() {
+                    Rule::on_end(rule, &mut Stamp { out: &mut *out, version: self.versions.$field });
+                } )*
             }
 
             pub(crate) fn stats(&self) -> RuleStats {
@@ -294,6 +358,12 @@ registry! {
     spoofing: super::rules::spoofing::Spoofing,
     layering: super::rules::layering::Layering,
     momentum_ignition: super::rules::momentum_ignition::MomentumIgnition,
+    wash_trade: super::rules::wash_trade::WashTrade,
+    quote_stuffing: super::rules::quote_stuffing::QuoteStuffing,
+    instant_cancel: super::rules::instant_cancel::InstantCancel,
+    ramping: super::rules::ramping::Ramping,
+    marking_close: super::rules::marking::MarkingClose,
+    marking_open: super::rules::marking::MarkingOpen,
     #[cfg(test)]
     test_probe: super::rules::test_probe::TestProbe,
 }
@@ -331,5 +401,30 @@ mod tests {
         for table in TABLES {
             assert!(problems[0].contains(table), "{problems:?} should list {table}");
         }
+    }
+}
+
+#[cfg(test)]
+mod show_tests {
+    use super::*;
+
+    #[test]
+    fn show_prints_the_effective_rules_and_reads_back_the_same() {
+        let defaults = Rules::default();
+        assert_eq!(Rules::parse(&defaults.show()).unwrap(), defaults);
+        let text = "[ramping]\nenabled = true\nwindow_ms = 60000\nmin_move_bp = 250\nwindow2_ms = 20000\nmin_move2_bp = 150\nvolume = \"aggressive\"\n\
+                    [marking_close]\ncall_start = \"14:56\"\n[quote_stuffing]\nenabled = true\ncooldown_ms = 0\n[wash_trade]\nenabled = false\n\
+                    [excessive_cancel]\nratio_pct = 80\n";
+        let rules = Rules::parse(text).unwrap();
+        let shown = rules.show();
+        assert!(shown.contains("[ramping]\nenabled = true\nwindow_ms = 60000\nmin_move_bp = 250\n"), "{shown}");
+        assert!(shown.contains("call_start = \"14:56:00\""), "{shown}");
+        assert!(shown.contains("[wash_trade]\nenabled = false\n"), "{shown}");
+        assert_eq!(Rules::parse(&shown).unwrap(), rules);
+        // The parameter version follows the parameters.
+        let version = |r: &Rules, name: &str| r.versions().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v);
+        assert_ne!(version(&rules, "ramping"), version(&defaults, "ramping"));
+        assert_eq!(version(&rules, "self-trade"), version(&defaults, "self-trade"));
+        assert_eq!(version(&rules, "wash-trade"), None);
     }
 }

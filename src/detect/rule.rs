@@ -137,6 +137,9 @@ pub trait Rule: Sized + Send + 'static {
     fn validate(raw: Self::Raw, problems: &mut Problems<'_>) -> Option<Self::Params>;
     /// The canonical bytes of `params`: part of the checkpoint identity.
     fn encode_params(params: &Self::Params, w: &mut Writer<'_>);
+    /// The table's fields as TOML lines (`key = value`), defaults filled
+    /// in, for `tapewatch rules show`; a rule without it shows `enabled` only.
+    fn show(_params: &Self::Params, _out: &mut String) {}
 
     fn new(params: &Self::Params, sizing: &Sizing) -> Self;
 

@@ -282,6 +282,15 @@ impl Rule for ExcessiveCancel {
         w.u32(params.ratio_pct);
     }
 
+    fn show(p: &Params, out: &mut String) {
+        out.push_str(&format!(
+            "window_ms = {}\nmin_cancels = {}\nratio_pct = {}\n",
+            p.window_ns / MS,
+            p.min_cancels,
+            p.ratio_pct
+        ));
+    }
+
     fn new(params: &Params, sizing: &Sizing) -> Self {
         ExcessiveCancel::new(*params, sizing.window_capacity)
     }
@@ -299,11 +308,16 @@ impl Rule for ExcessiveCancel {
     }
 
     fn write_evidence(evidence: &Evidence, _list: &[u64], json: &mut EvidenceJson<'_>) {
-        let [start, end, new_orders, cancels, ..] = evidence.0;
+        let [start, end, new_orders, cancels, thresholds, window_ms] = evidence.0;
         json.i64("window_start_ns", start as i64);
         json.i64("window_end_ns", end as i64);
         json.u64("new_orders", new_orders);
         json.u64("cancels", cancels);
+        // The measured values next to the thresholds they crossed.
+        json.pct("cancel_ratio_pct", cancels, new_orders);
+        json.u64("min_cancels", thresholds & 0xffff_ffff);
+        json.u64("min_ratio_pct", thresholds >> 32);
+        json.u64("window_ms", window_ms);
     }
 
     fn stats(&self) -> RuleStats {
@@ -445,7 +459,14 @@ impl ExcessiveCancel {
             account: event.account,
             instrument: event.instrument,
             // (window_start_ns, window_end_ns]: the counts' window.
-            evidence: Evidence([horizon as u64, t as u64, n, c, 0, 0]),
+            evidence: Evidence([
+                horizon as u64,
+                t as u64,
+                n,
+                c,
+                self.params.min_cancels as u64 | (self.params.ratio_pct as u64) << 32,
+                (self.params.window_ns / MS) as u64,
+            ]),
             ..Alert::default()
         })
     }

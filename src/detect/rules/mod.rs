@@ -10,8 +10,12 @@
 //! (their `Rule` implementations).
 
 pub mod excessive_cancel;
+pub mod instant_cancel;
 pub mod layering;
+pub mod marking;
 pub mod momentum_ignition;
+pub mod quote_stuffing;
+pub mod ramping;
 pub mod self_trade;
 pub mod spoofing;
 #[cfg(test)]
@@ -30,3 +34,6 @@ mod tests;
 
 pub use finding::*;
 pub use spoof_pattern::{Levels, SpoofEvidence};
+#[cfg(test)]
+pub mod testkit;
+pub mod wash_trade;

@@ -3,3 +3,4 @@
 //! between batches while records keep changing the live state.
 
 pub mod cow;
+pub mod episode;

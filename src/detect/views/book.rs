@@ -230,6 +230,8 @@ pub struct InstrumentBook {
     limits: Option<(Px, Px)>,
     /// instruments.csv was loaded and does not list this instrument.
     missing_reference: bool,
+    /// The previous close from instruments.csv.
+    prev_close: Option<Px>,
     /// Records skipped, by `cause_index`.
     skipped: [u64; 5],
     resting: u64,
@@ -253,6 +255,7 @@ impl InstrumentBook {
             tick: info.map_or(DEFAULT_TICK, |i| i.tick),
             limits: info.map(|i| (i.limit_down, i.limit_up)),
             missing_reference: info.is_none() && reference.instruments.loaded(),
+            prev_close: info.map(|i| i.prev_close),
             skipped: [0; 5],
             resting: 0,
         }
@@ -297,6 +300,11 @@ impl InstrumentBook {
     /// (limit_down, limit_up), when instruments.csv lists the instrument.
     pub fn limits(&self) -> Option<(Px, Px)> {
         self.limits
+    }
+
+    /// The previous close, when instruments.csv lists the instrument.
+    pub fn prev_close(&self) -> Option<Px> {
+        self.prev_close
     }
 
     pub fn missing_reference(&self) -> bool {

@@ -1,0 +1,351 @@
+//! instant-cancel (频繁瞬时撤单): per (group, instrument), orders cancelled
+//! within `within_ms` of their entry (default 1 s): `min_cancels` or more
+//! in the trading day (default 50) that are `min_share_pct` or more of the
+//! group's orders there (default 50%). One alert per episode
+//! (`cooldown_ms`, default 60 s); the key is evaluated at its own records.
+//!
+//! The order's entry time comes from the order book (`Reads::BOOK`): a
+//! cancel the book could not apply (an unknown order) is not counted.
+//! Limit: `MAX_KEYS` keys per shard, past it a new key is counted
+//! (`refused`) and not tracked.
+
+use crate::alert::{Alert, Evidence, EvidenceJson};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
+use crate::config::{MS, Problems};
+use crate::detect::rule::{Emit, Kinds, Reads, Rule, RuleStats, Seen, Sizing};
+use crate::detect::state::episode::{Episode, EpisodeCounts, Involved, Outcome, day_of, key};
+use crate::detect::views::Change;
+use crate::event::{Event, Kind};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Off unless the rules file turns it on (`enabled = true`): its per-key
+/// tables are hash maps, several lookups a record, which would cut a
+/// default replay's speed several-fold (docs/PERFORMANCE.md). On by default
+/// once they move to excessive-cancel's table design.
+pub const ENABLED_BY_DEFAULT: bool = false;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub within_ns: i64,
+    pub min_cancels: u32,
+    pub min_share_pct: u32,
+    pub cooldown_ns: i64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params { within_ns: 1000 * MS, min_cancels: 50, min_share_pct: 50, cooldown_ns: 60_000 * MS }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    enabled: Option<bool>,
+    within_ms: Option<Spanned<i64>>,
+    min_cancels: Option<Spanned<i64>>,
+    min_share_pct: Option<Spanned<i64>>,
+    cooldown_ms: Option<Spanned<i64>>,
+}
+
+pub const MAX_KEYS: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Key {
+    day: i64,
+    orders: u32,
+    instant: u32,
+    episode: Episode,
+    involved: Involved,
+}
+
+pub struct InstantCancel {
+    params: Params,
+    keys: FxHashMap<u64, Key>,
+    pub counts: EpisodeCounts,
+    refused: u64,
+    grew: u64,
+    image: Option<Vec<u8>>,
+}
+
+impl Rule for InstantCancel {
+    const ID: u16 = 0x12;
+    const NAME: &'static str = "instant-cancel";
+    const TABLE: &'static str = "instant_cancel";
+    const VERSION: u16 = 1;
+    const KINDS: Kinds = Kinds::NEW.or(Kinds::CANCEL);
+    const READS: Reads = Reads::BOOK;
+    type Raw = Raw;
+    type Params = Params;
+    type Image = Vec<u8>;
+
+    fn validate(raw: Raw, p: &mut Problems<'_>) -> Option<Params> {
+        let d = Params::default();
+        let within_ms = p.int(raw.within_ms, "within_ms", 1..=3_600_000, d.within_ns / MS);
+        let min_cancels = p.int(raw.min_cancels, "min_cancels", 1..=10_000_000, d.min_cancels as i64);
+        let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 0..=100, d.min_share_pct as i64);
+        let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        raw.enabled.unwrap_or(ENABLED_BY_DEFAULT).then_some(Params {
+            within_ns: within_ms * MS,
+            min_cancels: min_cancels as u32,
+            min_share_pct: min_share_pct as u32,
+            cooldown_ns: cooldown_ms * MS,
+        })
+    }
+
+    fn encode_params(p: &Params, w: &mut Writer<'_>) {
+        w.i64(p.within_ns);
+        w.u32(p.min_cancels);
+        w.u32(p.min_share_pct);
+        w.i64(p.cooldown_ns);
+    }
+
+    fn show(p: &Params, out: &mut String) {
+        out.push_str(&format!(
+            "within_ms = {}\nmin_cancels = {}\nmin_share_pct = {}\ncooldown_ms = {}\n",
+            p.within_ns / MS,
+            p.min_cancels,
+            p.min_share_pct,
+            p.cooldown_ns / MS
+        ));
+    }
+
+    fn new(params: &Params, _: &Sizing) -> InstantCancel {
+        InstantCancel {
+            params: *params,
+            keys: FxHashMap::default(),
+            counts: EpisodeCounts::default(),
+            refused: 0,
+            grew: 0,
+            image: None,
+        }
+    }
+
+    #[inline(always)]
+    fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
+        let instant = match (event.kind, seen.book.map(|b| b.change)) {
+            (Kind::New, _) => false,
+            (_, Some(Change::Cancelled { order, .. })) => event.ts_ns - order.entry_ts_ns <= self.params.within_ns,
+            // A cancel the book did not apply: its entry time is unknown.
+            _ => false,
+        };
+        let k = key(event.group, event.instrument);
+        if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(&k) {
+            self.refused += 1;
+            return;
+        }
+        self.grew += (self.keys.len() == self.keys.capacity() && !self.keys.contains_key(&k)) as u64;
+        let s = self.keys.entry(k).or_default();
+        let day = day_of(event.ts_ns);
+        if s.day != day {
+            s.day = day;
+            s.orders = 0;
+            s.instant = 0;
+        }
+        if event.kind == Kind::New {
+            s.orders += 1;
+        } else if instant {
+            s.instant += 1;
+            s.involved.account(event.account);
+            s.involved.order(event.order_id);
+        }
+        let p = self.params;
+        let crossing = crosses(&p, s.instant, s.orders);
+        let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
+        self.counts.count(outcome);
+        if let Outcome::New(n) = outcome {
+            let evidence = Evidence([
+                s.instant as u64,
+                s.orders as u64,
+                p.min_cancels as u64,
+                p.min_share_pct as u64,
+                (p.within_ns / MS) as u64,
+                n as u64,
+            ]);
+            let (list, len) = s.involved.list();
+            out.alert(Alert::about(Self::ID, event, evidence), &list[..len]);
+        }
+    }
+
+    fn write_evidence(evidence: &Evidence, list: &[u64], json: &mut EvidenceJson<'_>) {
+        let [instant, orders, min_cancels, min_share_pct, within_ms, episode] = evidence.0;
+        json.u64("instant_cancels", instant);
+        json.u64("orders", orders);
+        json.pct("share_pct", instant, orders);
+        json.u64("min_cancels", min_cancels);
+        json.u64("min_share_pct", min_share_pct);
+        json.u64("within_ms", within_ms);
+        json.u64("episode", episode);
+        Involved::write(list, json);
+    }
+
+    fn stats(&self) -> RuleStats {
+        RuleStats { active_keys: self.keys.len(), grew: self.grew, ..RuleStats::default() }
+    }
+
+    fn begin_snapshot(&mut self, mut image: Vec<u8>) {
+        image.clear();
+        let mut w = Writer::new(&mut image);
+        w.u64(self.keys.len() as u64);
+        for (k, s) in &self.keys {
+            w.u64(*k);
+            w.i64(s.day);
+            w.u32(s.orders);
+            w.u32(s.instant);
+            s.episode.encode(&mut w);
+            s.involved.encode(&mut w);
+        }
+        self.image = Some(image);
+    }
+
+    fn copy_slice(&mut self, _: usize) -> Option<Vec<u8>> {
+        Some(self.image.take().unwrap_or_default())
+    }
+
+    fn encode_image(image: &Vec<u8>, w: &mut Writer<'_>) {
+        w.out.extend_from_slice(image);
+    }
+
+    fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
+        for _ in 0..r.count(24)? {
+            let k = r.u64()?;
+            let s = Key {
+                day: r.i64()?,
+                orders: r.u32()?,
+                instant: r.u32()?,
+                episode: Episode::decode(r)?,
+                involved: Involved::decode(r)?,
+            };
+            if keep(k) {
+                self.keys.insert(k, s);
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
+        Ok(vec![("keys", Reader::new(section).u64()?)])
+    }
+}
+
+#[inline]
+fn crosses(p: &Params, instant: u32, orders: u32) -> bool {
+    instant >= p.min_cancels && instant as u64 * 100 >= p.min_share_pct as u64 * orders as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::testkit::*;
+    use crate::event::Side::{Buy, Sell};
+    use proptest::prelude::*;
+
+    fn sorted(mut events: Vec<Event>) -> Vec<Event> {
+        events.sort_by_key(|e| (e.ts_ns, e.kind as u8 == b'C', e.order_id));
+        for (i, e) in events.iter_mut().enumerate() {
+            e.seq = i as u64 + 1;
+        }
+        events
+    }
+
+    #[test]
+    fn orders_pulled_within_a_second_most_of_the_time() {
+        let mut e = Vec::new();
+        // Group 5 (accounts 1, 2): 80 orders, 60 cancelled 200 ms after entry.
+        for i in 0..80u64 {
+            let ts = at(10, 0, 0) + i as i64 * 2 * SEC;
+            let account = 1 + (i % 2) as u32;
+            e.push(new_order(0, ts, 1000 + i, account, 5, 3, Buy, px(1000 - (i as i64 % 3)), 100));
+            if i < 60 {
+                e.push(cancel(0, ts + 200 * MS, 1000 + i, account, 5, 3, Buy, px(1000 - (i as i64 % 3)), 100));
+            }
+        }
+        // An institution: 60 orders cancelled after 30 s each.
+        for i in 0..60u64 {
+            let ts = at(10, 0, 0) + i as i64 * 3 * SEC;
+            e.push(new_order(0, ts, 5000 + i, 9, 9, 3, Sell, px(1010), 5000));
+            e.push(cancel(0, ts + 30 * SEC, 5000 + i, 9, 9, 3, Sell, px(1010), 5000));
+        }
+        let alerts = run::<InstantCancel>(&Params::default(), &sorted(e));
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let (a, list) = &alerts[0];
+        assert_eq!((a.group, a.evidence.0[0], a.evidence.0[1]), (5, 50, 50), "crossed at the 50th of 50 orders");
+        assert_eq!(&list[..3], &[2, 1, 2], "both accounts of the group");
+        // 50% of orders with 50 instant cancels: not when the group also sent 120 orders it left alone.
+        let mut e2: Vec<Event> = Vec::new();
+        for i in 0..120u64 {
+            e2.push(new_order(0, at(9, 31, 0) + i as i64 * MS, 9000 + i, 1, 5, 3, Buy, px(900), 100));
+        }
+        let mut all: Vec<Event> = e2;
+        for i in 0..50u64 {
+            let ts = at(10, 0, 0) + i as i64 * 2 * SEC;
+            all.push(new_order(0, ts, 1000 + i, 1, 5, 3, Buy, px(1000), 100));
+            all.push(cancel(0, ts + 200 * MS, 1000 + i, 1, 5, 3, Buy, px(1000), 100));
+        }
+        for e in all.iter_mut() {
+            e.instrument = 3;
+        }
+        assert!(run::<InstantCancel>(&Params::default(), &sorted(all)).is_empty(), "50 of 170 = 29%");
+    }
+
+    fn brute_force(p: &Params, events: &[Event]) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut episodes: FxHashMap<u64, Episode> = FxHashMap::default();
+        for (i, e) in events.iter().enumerate() {
+            let day = day_of(e.ts_ns);
+            let mine: Vec<&Event> = events[..=i]
+                .iter()
+                .filter(|x| x.group == e.group && x.instrument == e.instrument && day_of(x.ts_ns) == day)
+                .collect();
+            let orders = mine.iter().filter(|x| x.kind == Kind::New).count() as u32;
+            let instant = mine
+                .iter()
+                .filter(|c| {
+                    c.kind == Kind::Cancel
+                        && events.iter().any(|n| {
+                            n.kind == Kind::New
+                                && n.order_id == c.order_id
+                                && n.instrument == c.instrument
+                                && c.ts_ns - n.ts_ns <= p.within_ns
+                        })
+                })
+                .count() as u32;
+            let outcome = episodes.entry(key(e.group, e.instrument)).or_default().observe(
+                e.ts_ns,
+                crosses(p, instant, orders),
+                p.cooldown_ns,
+            );
+            if let Outcome::New(_) = outcome {
+                out.push(e.seq);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_definition(
+            recs in prop::collection::vec((0u32..3, 0u32..2, 0i64..1500, prop::bool::ANY), 1..120),
+            min_cancels in 1u32..5, min_share_pct in 0u32..100, cooldown_ms in 0i64..5000,
+        ) {
+            let p = Params { within_ns: 1000 * MS, min_cancels, min_share_pct, cooldown_ns: cooldown_ms * MS };
+            let mut e = Vec::new();
+            let mut ts = at(10, 0, 0);
+            for (i, &(group, inst, delay, cancelled)) in recs.iter().enumerate() {
+                ts += 300 * MS;
+                let id = i as u64 + 1;
+                e.push(new_order(0, ts, id, group, group, inst, Buy, px(1000), 100));
+                if cancelled {
+                    e.push(cancel(0, ts + delay * MS, id, group, group, inst, Buy, px(1000), 100));
+                }
+            }
+            let events = sorted(e);
+            let got: Vec<u64> = run::<InstantCancel>(&p, &events).iter().map(|(a, _)| a.seq).collect();
+            prop_assert_eq!(&got, &brute_force(&p, &events));
+            let restored: Vec<u64> = run_restored::<InstantCancel>(&p, &events, events.len() / 2).iter().map(|(a, _)| a.seq).collect();
+            prop_assert_eq!(&restored, &got);
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! ramping (拉抬打压): per (group, instrument), in a trailing event-time
+//! window (default 3 min) the price moves `min_move_bp` or more (default
+//! 400 = 4%) in one direction and the group's aggressive volume in that
+//! direction (its buys in a rise, its sells in a fall, whether they took
+//! or were taken: `volume = "side"`; `"aggressive"` counts only the trades
+//! it initiated) is `min_share_pct` or more (default 30%) of the
+//! instrument's volume in the window, made of `min_group_trades` or more of its
+//! aggressive trades (default 5: a single trade in a thin market moves the
+//! price without anyone ramping it). A second window (e.g. 1 min with a tighter move)
+//! may be configured (`window2_ms`, `min_move2_bp`); each window has its
+//! own episodes. One alert per episode (`cooldown_ms`, default 60 s).
+//!
+//! The move is from the oldest trade still in the window `(t - w, t]` to
+//! the trade at `t`. A trade is evaluated for the groups it credits (the
+//! buyer's for a rise, the seller's for a fall): only its own trades raise
+//! a group's share, so that is where a group crosses. Per instrument the
+//! trades in the window form a FIFO (the shard applies records in time
+//! order); per key the aggressive volume in the window, by side.
+//! Limit: `MAX_KEYS` keys per shard (refused keys are counted).
+
+use crate::alert::{Alert, Evidence, EvidenceJson};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
+use crate::config::{MS, Problems};
+use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
+use crate::detect::state::episode::{Episode, EpisodeCounts, Involved, Outcome, key};
+use crate::event::{Event, Px, Side};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use toml::Spanned;
+
+/// Off unless the rules file turns it on (`enabled = true`): its per-key
+/// tables are hash maps, several lookups a record, which would cut a
+/// default replay's speed several-fold (docs/PERFORMANCE.md). On by default
+/// once they move to excessive-cancel's table design.
+pub const ENABLED_BY_DEFAULT: bool = false;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub window_ns: i64,
+    pub min_move_bp: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    pub windows: [Option<Window>; 2],
+    pub min_share_pct: u32,
+    /// The group's aggressive trades in the window in that direction: one
+    /// trade in a thin market is not a ramp.
+    pub min_group_trades: u32,
+    /// Count all of the group's volume on the moving side (its buys in a
+    /// rise), not only its aggressive trades: a ramper whose rising bids are
+    /// hit takes the buy side as much as one lifting offers.
+    pub side_volume: bool,
+    pub cooldown_ns: i64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            windows: [Some(Window { window_ns: 180_000 * MS, min_move_bp: 400 }), None],
+            min_share_pct: 30,
+            min_group_trades: 5,
+            side_volume: true,
+            cooldown_ns: 60_000 * MS,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    enabled: Option<bool>,
+    window_ms: Option<Spanned<i64>>,
+    min_move_bp: Option<Spanned<i64>>,
+    window2_ms: Option<Spanned<i64>>,
+    min_move2_bp: Option<Spanned<i64>>,
+    min_share_pct: Option<Spanned<i64>>,
+    min_group_trades: Option<Spanned<i64>>,
+    /// "side" (default: the group's volume on the moving side) or "aggressive".
+    volume: Option<Spanned<String>>,
+    cooldown_ms: Option<Spanned<i64>>,
+}
+
+pub const MAX_KEYS: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug)]
+struct Trade {
+    ts_ns: i64,
+    price: Px,
+    qty: u64,
+    buy_group: u32,
+    sell_group: u32,
+    instrument: u32,
+    /// Whether the buyer's and the seller's group were credited with it.
+    credit: [bool; 2],
+    /// Absolute index of the instrument's next trade in the FIFO (`NONE`: none yet).
+    next: u64,
+}
+
+const NONE: u64 = u64::MAX;
+
+/// An instrument's trades in the window: a list threaded through the
+/// shard's one FIFO (absolute indexes), so the oldest one's price is at hand
+/// and the FIFO grows as one buffer, not one per instrument.
+#[derive(Clone, Copy, Default)]
+struct InstrumentWindow {
+    head: u64,
+    last: u64,
+    count: u32,
+    volume: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Key {
+    /// Aggressive volume in the window: buys, sells.
+    volume: [u64; 2],
+    /// Aggressive trades in the window: buys, sells.
+    trades: [u32; 2],
+    episode: Episode,
+    involved: Involved,
+}
+
+struct Tracker {
+    window: Window,
+    /// The trades of all the shard's instruments in the window, in time order.
+    trades: VecDeque<Trade>,
+    /// Absolute index of `trades[0]`.
+    base: u64,
+    instruments: FxHashMap<u32, InstrumentWindow>,
+    keys: FxHashMap<u64, Key>,
+}
+
+pub struct Ramping {
+    params: Params,
+    trackers: Vec<Tracker>,
+    pub counts: EpisodeCounts,
+    refused: u64,
+    grew: u64,
+    image: Option<Vec<u8>>,
+}
+
+impl Tracker {
+    #[inline]
+    fn on_trade(
+        &mut self,
+        event: &Event,
+        p: &Params,
+        counts: &mut EpisodeCounts,
+        refused: &mut u64,
+        out: &mut impl Emit,
+    ) {
+        // Which sides of the trade count for their group: both when any
+        // volume on the moving side counts, else the aggressor's only.
+        let credit = [p.side_volume || event.side == Side::Buy, p.side_volume || event.side == Side::Sell];
+        self.expire(event.ts_ns - self.window.window_ns);
+        let mut trade = Trade {
+            ts_ns: event.ts_ns,
+            price: event.price,
+            qty: event.qty,
+            buy_group: event.group,
+            sell_group: event.contra_group,
+            instrument: event.instrument,
+            credit,
+            next: NONE,
+        };
+        let inst = self.instruments.get(&event.instrument).copied().unwrap_or_default();
+        let start = if inst.count > 0 { self.trades[(inst.head - self.base) as usize].price } else { event.price };
+        let volume = inst.volume + event.qty;
+        let sides = [
+            (Side::Buy, event.group, event.account, event.order_id),
+            (Side::Sell, event.contra_group, event.contra_account, event.contra_order_id),
+        ];
+        for (i, (side, group, account, order)) in sides.into_iter().enumerate() {
+            if !credit[i] {
+                continue;
+            }
+            let k = key(group, event.instrument);
+            // Past the limit the trade still counts in its instrument's volume.
+            if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(&k) {
+                *refused += 1;
+                trade.credit[i] = false;
+                continue;
+            }
+            let s = self.keys.entry(k).or_default();
+            s.volume[i] += event.qty;
+            s.trades[i] += 1;
+            s.involved.account(account);
+            s.involved.order(order);
+            let crossing = s.trades[i] >= p.min_group_trades
+                && crosses(&self.window, p, start, event.price, side, s.volume[i], volume);
+            let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
+            counts.count(outcome);
+            if let Outcome::New(n) = outcome {
+                let w = &self.window;
+                let mut alert = Alert::about(
+                    Ramping::ID,
+                    event,
+                    Evidence([
+                        start as u64,
+                        event.price as u64,
+                        s.volume[i],
+                        volume,
+                        (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32,
+                        p.min_share_pct as u64
+                            | (i as u64) << 8
+                            | (s.trades[i].min(0xf_ffff) as u64) << 9
+                            | (p.min_group_trades.min(0xffff) as u64) << 29
+                            | (n.min(0x7_ffff) as u64) << 45,
+                    ]),
+                );
+                alert.account = account;
+                alert.group = group;
+                let (list, len) = s.involved.list();
+                out.alert(alert, &list[..len]);
+            }
+        }
+        self.push(trade);
+    }
+
+    /// Drops the trades at or before `horizon` from the window.
+    #[inline]
+    fn expire(&mut self, horizon: i64) {
+        while let Some(old) = self.trades.front().copied() {
+            if old.ts_ns > horizon {
+                break;
+            }
+            self.trades.pop_front();
+            self.base += 1;
+            if let Some(inst) = self.instruments.get_mut(&old.instrument) {
+                inst.volume -= old.qty;
+                inst.count -= 1;
+                inst.head = old.next;
+            }
+            for (i, group) in [old.buy_group, old.sell_group].into_iter().enumerate() {
+                if old.credit[i]
+                    && let Some(s) = self.keys.get_mut(&key(group, old.instrument))
+                {
+                    s.volume[i] -= old.qty;
+                    s.trades[i] -= 1;
+                }
+            }
+        }
+    }
+
+    /// Appends a trade to the FIFO and to its instrument's list.
+    #[inline]
+    fn push(&mut self, mut trade: Trade) {
+        trade.next = NONE;
+        let at = self.base + self.trades.len() as u64;
+        let inst = self.instruments.entry(trade.instrument).or_default();
+        if inst.count > 0 {
+            let last = (inst.last - self.base) as usize;
+            self.trades[last].next = at;
+        } else {
+            inst.head = at;
+        }
+        inst.last = at;
+        inst.count += 1;
+        inst.volume += trade.qty;
+        self.trades.push_back(trade);
+    }
+}
+
+#[inline]
+fn crosses(w: &Window, p: &Params, start: Px, end: Px, side: Side, group: u64, volume: u64) -> bool {
+    let moved = match side {
+        Side::Buy => end - start,
+        Side::Sell => start - end,
+    };
+    moved as i128 * 10_000 >= w.min_move_bp as i128 * start as i128
+        && group as u128 * 100 >= p.min_share_pct as u128 * volume as u128
+}
+
+impl Rule for Ramping {
+    const ID: u16 = 0x13;
+    const NAME: &'static str = "ramping";
+    const TABLE: &'static str = "ramping";
+    const VERSION: u16 = 1;
+    const KINDS: Kinds = Kinds::TRADE;
+    type Raw = Raw;
+    type Params = Params;
+    type Image = Vec<u8>;
+
+    fn validate(raw: Raw, p: &mut Problems<'_>) -> Option<Params> {
+        let d = Params::default();
+        let first = d.windows[0].unwrap_or(Window { window_ns: 0, min_move_bp: 0 });
+        let window_ms = p.int(raw.window_ms, "window_ms", 1..=86_400_000, first.window_ns / MS);
+        let min_move_bp = p.int(raw.min_move_bp, "min_move_bp", 1..=100_000, first.min_move_bp);
+        let second = match (raw.window2_ms, raw.min_move2_bp) {
+            (None, None) => None,
+            (Some(w), Some(m)) => {
+                let window2_ms = p.int(Some(w), "window2_ms", 1..=86_400_000, 1);
+                let min_move2_bp = p.int(Some(m), "min_move2_bp", 1..=100_000, 1);
+                Some(Window { window_ns: window2_ms * MS, min_move_bp: min_move2_bp })
+            }
+            (Some(one), None) | (None, Some(one)) => {
+                p.at(one.span().start, "window2_ms and min_move2_bp: give both for a second window, or neither".into());
+                None
+            }
+        };
+        let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 1..=100, d.min_share_pct as i64) as u32;
+        let min_group_trades =
+            p.int(raw.min_group_trades, "min_group_trades", 1..=1_000_000, d.min_group_trades as i64) as u32;
+        let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        let side_volume = match raw.volume.as_ref().map(|v| v.get_ref().as_str()) {
+            None => d.side_volume,
+            Some("aggressive") => false,
+            Some("side") => true,
+            Some(other) => {
+                let at = raw.volume.as_ref().map_or(0, |v| v.span().start);
+                p.at(at, format!("volume = {other:?}: \"aggressive\" or \"side\""));
+                d.side_volume
+            }
+        };
+        raw.enabled.unwrap_or(ENABLED_BY_DEFAULT).then_some(Params {
+            side_volume,
+            windows: [Some(Window { window_ns: window_ms * MS, min_move_bp }), second],
+            min_share_pct,
+            min_group_trades,
+            cooldown_ns: cooldown_ms * MS,
+        })
+    }
+
+    fn encode_params(p: &Params, w: &mut Writer<'_>) {
+        for window in p.windows {
+            let window = window.unwrap_or(Window { window_ns: 0, min_move_bp: 0 });
+            w.i64(window.window_ns);
+            w.i64(window.min_move_bp);
+        }
+        w.u32(p.min_share_pct);
+        w.u32(p.min_group_trades);
+        w.u8(p.side_volume as u8);
+        w.i64(p.cooldown_ns);
+    }
+
+    fn show(p: &Params, out: &mut String) {
+        if let Some(w) = p.windows[0] {
+            out.push_str(&format!("window_ms = {}\nmin_move_bp = {}\n", w.window_ns / MS, w.min_move_bp));
+        }
+        if let Some(w) = p.windows[1] {
+            out.push_str(&format!("window2_ms = {}\nmin_move2_bp = {}\n", w.window_ns / MS, w.min_move_bp));
+        }
+        out.push_str(&format!(
+            "min_share_pct = {}\nmin_group_trades = {}\nvolume = \"{}\"\ncooldown_ms = {}\n",
+            p.min_share_pct,
+            p.min_group_trades,
+            if p.side_volume { "side" } else { "aggressive" },
+            p.cooldown_ns / MS
+        ));
+    }
+
+    fn new(params: &Params, _: &Sizing) -> Ramping {
+        let trackers = params
+            .windows
+            .iter()
+            .flatten()
+            .map(|&window| Tracker {
+                window,
+                trades: VecDeque::with_capacity(1024),
+                base: 0,
+                instruments: FxHashMap::default(),
+                keys: FxHashMap::default(),
+            })
+            .collect();
+        Ramping { params: *params, trackers, counts: EpisodeCounts::default(), refused: 0, grew: 0, image: None }
+    }
+
+    #[inline(always)]
+    fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
+        for t in self.trackers.iter_mut() {
+            let caps = (t.keys.capacity(), t.instruments.capacity(), t.trades.capacity());
+            t.on_trade(event, &self.params, &mut self.counts, &mut self.refused, out);
+            self.grew += (caps != (t.keys.capacity(), t.instruments.capacity(), t.trades.capacity())) as u64;
+        }
+    }
+
+    fn write_evidence(evidence: &Evidence, list: &[u64], json: &mut EvidenceJson<'_>) {
+        let [start, end, group, volume, window, packed] = evidence.0;
+        let (start, end) = (start as i64, end as i64);
+        json.text("direction", if (packed >> 8) & 1 == 0 { "up" } else { "down" });
+        json.px("start_price", start);
+        json.px("end_price", end);
+        json.bp_as_pct("move_pct", if start == 0 { 0 } else { (end - start) * 10_000 / start });
+        json.bp_as_pct("min_move_pct", (window >> 32) as i64);
+        json.u64("window_ms", window & 0xffff_ffff);
+        json.u64("group_aggressive_volume", group);
+        json.u64("window_volume", volume);
+        json.pct("group_share_pct", group, volume);
+        json.u64("min_share_pct", packed & 0xff);
+        json.u64("group_trades", packed >> 9 & 0xf_ffff);
+        json.u64("min_group_trades", packed >> 29 & 0xffff);
+        json.u64("episode", packed >> 45);
+        Involved::write(list, json);
+    }
+
+    fn stats(&self) -> RuleStats {
+        let mut s = RuleStats { grew: self.grew, ..RuleStats::default() };
+        for t in &self.trackers {
+            s.active_keys += t.keys.len();
+            s.window_entries += t.trades.len();
+        }
+        s
+    }
+
+    // Copied whole at the barrier: O(trades in the windows + keys).
+    fn begin_snapshot(&mut self, mut image: Vec<u8>) {
+        image.clear();
+        let mut w = Writer::new(&mut image);
+        w.u64(self.trackers.len() as u64);
+        for t in &self.trackers {
+            w.u64(t.trades.len() as u64);
+            for tr in &t.trades {
+                w.i64(tr.ts_ns);
+                w.i64(tr.price);
+                w.u64(tr.qty);
+                w.u32(tr.buy_group);
+                w.u32(tr.sell_group);
+                w.u32(tr.instrument);
+                w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
+            }
+            w.u64(t.keys.len() as u64);
+            for (k, s) in &t.keys {
+                w.u64(*k);
+                w.u64(s.volume[0]);
+                w.u64(s.volume[1]);
+                w.u32(s.trades[0]);
+                w.u32(s.trades[1]);
+                s.episode.encode(&mut w);
+                s.involved.encode(&mut w);
+            }
+        }
+        self.image = Some(image);
+    }
+
+    fn copy_slice(&mut self, _: usize) -> Option<Vec<u8>> {
+        Some(self.image.take().unwrap_or_default())
+    }
+
+    fn encode_image(image: &Vec<u8>, w: &mut Writer<'_>) {
+        w.out.extend_from_slice(image);
+    }
+
+    fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
+        let n = r.u64()? as usize;
+        if n != self.trackers.len() {
+            return Err(DecodeError(format!(
+                "ramping: {n} windows in the checkpoint, {} configured",
+                self.trackers.len()
+            )));
+        }
+        for t in self.trackers.iter_mut() {
+            for _ in 0..r.count(37)? {
+                let (ts_ns, price, qty, buy_group, sell_group, instrument) =
+                    (r.i64()?, r.i64()?, r.u64()?, r.u32()?, r.u32()?, r.u32()?);
+                let c = r.u8()?;
+                if keep(instrument as u64) {
+                    // Appended as read; `restored` puts the old shards' FIFOs in one time order.
+                    t.trades.push_back(Trade {
+                        ts_ns,
+                        price,
+                        qty,
+                        buy_group,
+                        sell_group,
+                        instrument,
+                        credit: [c & 1 != 0, c & 2 != 0],
+                        next: NONE,
+                    });
+                }
+            }
+            for _ in 0..r.count(32)? {
+                let k = r.u64()?;
+                let s = Key {
+                    volume: [r.u64()?, r.u64()?],
+                    trades: [r.u32()?, r.u32()?],
+                    episode: Episode::decode(r)?,
+                    involved: Involved::decode(r)?,
+                };
+                if keep(k) {
+                    t.keys.insert(k, s);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds each tracker's FIFO in time order and the instruments' lists.
+    fn restored(&mut self) {
+        for t in self.trackers.iter_mut() {
+            let mut all: Vec<Trade> = t.trades.drain(..).collect();
+            all.sort_by_key(|tr| tr.ts_ns);
+            t.base = 0;
+            t.instruments.clear();
+            for tr in all {
+                t.push(tr);
+            }
+        }
+    }
+
+    fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
+        Ok(vec![("windows", Reader::new(section).u64()?)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::testkit::*;
+    use crate::event::Side::{Buy, Sell};
+    use proptest::prelude::*;
+
+    /// An instrument at 10.00 where the crowd trades 1,000 every 5 s, both ways.
+    fn crowd(e: &mut Vec<Event>, from: i64, to: i64, price: impl Fn(i64) -> i64) {
+        let mut t = from;
+        let mut i = 0u64;
+        while t < to {
+            let side = if i.is_multiple_of(2) { Buy } else { Sell };
+            e.push(trade(
+                0,
+                t,
+                4,
+                (900_000 + i, 50 + (i % 7) as u32, 50 + (i % 7) as u32),
+                (800_000 + i, 60 + (i % 5) as u32, 60 + (i % 5) as u32),
+                side,
+                price(t),
+                1000,
+            ));
+            t += 5 * SEC;
+            i += 1;
+        }
+    }
+
+    fn sorted(mut events: Vec<Event>) -> Vec<Event> {
+        events.sort_by_key(|e| e.ts_ns);
+        for (i, e) in events.iter_mut().enumerate() {
+            e.seq = i as u64 + 1;
+        }
+        events
+    }
+
+    #[test]
+    fn a_group_lifting_a_stock_seven_percent_in_three_minutes() {
+        let mut e = Vec::new();
+        let start = at(10, 0, 0);
+        // Two accounts of group 7 buy every 2 s for 150 s, 3,000 a time, the price 10.00 -> 10.75.
+        for i in 0..75i64 {
+            let p = px(1000) + i * px(75) / 74;
+            let account = 1 + (i % 2) as u32;
+            let seller = 70 + (i % 10) as u32;
+            e.push(trade(
+                0,
+                start + i * 2 * SEC,
+                4,
+                (i as u64 + 1, account, 7),
+                (10_000 + i as u64, seller, seller),
+                Buy,
+                p,
+                3000,
+            ));
+        }
+        crowd(
+            &mut e,
+            at(9, 40, 0),
+            at(10, 20, 0),
+            |t| if t < start { px(1000) } else { px(1000) + (t - start) / SEC / 2 },
+        );
+        let alerts = run::<Ramping>(&Params::default(), &sorted(e));
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let (a, list) = &alerts[0];
+        assert_eq!(a.group, 7);
+        assert_eq!(list[0], 2, "both accounts");
+        let [s, end, g, v, ..] = a.evidence.0;
+        assert!((end as i64 - s as i64) * 10_000 >= 400 * s as i64);
+        assert!(g * 100 >= 30 * v);
+        // The same path with half the price move does not fire; nor does a
+        // 1% share with the move.
+        let mut e = Vec::new();
+        for i in 0..75i64 {
+            let p = px(1000) + i * px(30) / 74;
+            e.push(trade(0, start + i * 2 * SEC, 4, (i as u64 + 1, 1, 7), (10_000 + i as u64, 60, 60), Buy, p, 3000));
+        }
+        crowd(&mut e, at(9, 40, 0), at(10, 20, 0), |_| px(1000));
+        assert!(run::<Ramping>(&Params::default(), &sorted(e)).is_empty(), "3% move");
+        let mut e = Vec::new();
+        crowd(&mut e, at(9, 40, 0), at(10, 20, 0), |t| px(1000) + (t - at(9, 40, 0)).max(0) / SEC / 10);
+        for i in 0..5i64 {
+            e.push(trade(
+                0,
+                start + i * 30 * SEC,
+                4,
+                (i as u64 + 1, 1, 7),
+                (10_000 + i as u64, 60, 60),
+                Buy,
+                px(1030),
+                10,
+            ));
+        }
+        let alerts = run::<Ramping>(&Params::default(), &sorted(e));
+        assert!(alerts.iter().all(|(a, _)| a.group != 7), "a tiny share of a move: {alerts:?}");
+    }
+
+    #[test]
+    fn selling_down_and_a_second_window() {
+        let mut e = Vec::new();
+        let start = at(13, 30, 0);
+        for i in 0..30i64 {
+            let p = px(1000) - i * px(50) / 29;
+            e.push(trade(0, start + i * 2 * SEC, 4, (20_000 + i as u64, 60, 60), (i as u64 + 1, 3, 9), Sell, p, 3000));
+        }
+        let e = sorted(e);
+        let alerts = run::<Ramping>(&Params::default(), &e);
+        assert_eq!(alerts.iter().map(|(a, _)| (a.group, a.account)).collect::<Vec<_>>(), vec![(9, 3)]);
+        let p = Params::default();
+        let two = Params { windows: [p.windows[0], Some(Window { window_ns: 60_000 * MS, min_move_bp: 300 })], ..p };
+        assert_eq!(run::<Ramping>(&two, &e).len(), 2, "one episode per window");
+    }
+
+    fn brute_force(p: &Params, events: &[Event]) -> Vec<(u64, i64)> {
+        let mut out = Vec::new();
+        for w in p.windows.iter().flatten() {
+            let mut episodes: FxHashMap<u64, Episode> = FxHashMap::default();
+            for (i, e) in events.iter().enumerate() {
+                let in_window: Vec<&Event> = events[..=i]
+                    .iter()
+                    .filter(|x| x.instrument == e.instrument && x.ts_ns > e.ts_ns - w.window_ns)
+                    .collect();
+                let credited = |x: &Event, side: Side| p.side_volume || x.side == side;
+                let group_of = |x: &Event, side: Side| if side == Buy { x.group } else { x.contra_group };
+                let volume: u64 = in_window.iter().map(|x| x.qty).sum();
+                for side in [Buy, Sell] {
+                    if !credited(e, side) {
+                        continue;
+                    }
+                    let g = group_of(e, side);
+                    let mine: Vec<&&Event> =
+                        in_window.iter().filter(|x| credited(x, side) && group_of(x, side) == g).collect();
+                    let group: u64 = mine.iter().map(|x| x.qty).sum();
+                    let trades = mine.len() as u32;
+                    let crossing =
+                        trades >= p.min_group_trades && crosses(w, p, in_window[0].price, e.price, side, group, volume);
+                    if let Outcome::New(_) =
+                        episodes.entry(key(g, e.instrument)).or_default().observe(e.ts_ns, crossing, p.cooldown_ns)
+                    {
+                        out.push((e.seq, w.window_ns));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_definition(
+            recs in prop::collection::vec((0u32..3, 0u32..3, 0u32..2, prop::bool::ANY, -30i64..30, 1u64..50, 0i64..40), 1..150),
+            min_move_bp in 1i64..500, min_share_pct in 1u32..80, cooldown_s in 0i64..30, cut in 0usize..150,
+            min_group_trades in 1u32..4, side_volume in prop::bool::ANY,
+        ) {
+            let p = Params {
+                windows: [Some(Window { window_ns: 20 * SEC, min_move_bp }), Some(Window { window_ns: 7 * SEC, min_move_bp: min_move_bp / 2 + 1 })],
+                min_share_pct,
+                min_group_trades,
+                side_volume,
+                cooldown_ns: cooldown_s * SEC,
+            };
+            let mut ts = at(10, 0, 0);
+            let mut price = px(1000);
+            let events: Vec<Event> = recs.iter().enumerate().map(|(i, &(bg, sg, inst, buy, dp, qty, dt))| {
+                ts += dt * SEC / 4;
+                price = (price + dp * 100).max(px(500));
+                trade(i as u64 + 1, ts, inst, (i as u64, bg, bg), (1000 + i as u64, sg, sg), if buy { Buy } else { Sell }, price, qty)
+            }).collect();
+            let key_of = |alerts: Vec<(Alert, Vec<u64>)>| {
+                let mut v: Vec<(u64, i64)> = alerts.iter().map(|(a, _)| (a.seq, (a.evidence.0[4] & 0xffff_ffff) as i64 * MS)).collect();
+                v.sort();
+                v
+            };
+            let got = key_of(run::<Ramping>(&p, &events));
+            prop_assert_eq!(&got, &brute_force(&p, &events));
+            prop_assert_eq!(&key_of(run_restored::<Ramping>(&p, &events, cut.min(events.len()))), &got);
+        }
+    }
+}
