@@ -38,5 +38,10 @@ fn rules_check_lists_every_problem_with_its_line_and_exits_2() {
     let out = Command::new(bin()).args(["rules", "show"]).arg(&good).output().unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("[wash_trade]\nenabled = true\nmin_share_pct = 15\nmin_trades = 3\n"), "{shown}");
+    // Ramping is off by default (speed); turned on, its defaults are filled in.
+    assert!(shown.contains("[ramping]\nenabled = false\n"), "{shown}");
+    std::fs::write(&good, "[ramping]\nenabled = true\n").unwrap();
+    let out = Command::new(bin()).args(["rules", "show"]).arg(&good).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("[ramping]\nenabled = true\nwindow_ms = 180000\nmin_move_bp = 400\n"), "{shown}");
 }
