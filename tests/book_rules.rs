@@ -254,8 +254,17 @@ fn make_tape(dir: &Path) -> (PathBuf, BTreeSet<(String, String)>) {
     let tape = dir.join("day.csv");
     t.write(&tape);
     std::fs::write(dir.join("day.accounts.csv"), accounts).unwrap();
+    // The book rules are off by default (the book's cost): turned on here.
+    std::fs::write(
+        dir.join(BOOK_ON),
+        "[spoofing]\nenabled = true\n[layering]\nenabled = true\n[momentum_ignition]\nenabled = true\n",
+    )
+    .unwrap();
     (tape, planted)
 }
+
+/// A rules file beside the tape that turns the book rules on.
+const BOOK_ON: &str = "book-on.toml";
 
 fn book_rule(alert: &Value) -> bool {
     matches!(alert["rule"].as_str(), Some("spoofing" | "layering" | "momentum-ignition"))
@@ -272,7 +281,9 @@ fn planted_shapes_are_found_the_same_for_any_shard_count_and_format() {
         for shards in [1, 2, 3] {
             let out = dir.path().join(format!("out-{shards}-{}", tape.extension().unwrap().to_string_lossy()));
             std::fs::create_dir_all(&out).unwrap();
-            let summary = run_replay(&replay_args(tape, &out, shards));
+            let mut args = replay_args(tape, &out, shards);
+            args.rules = Some(dir.path().join(BOOK_ON));
+            let summary = run_replay(&args);
             assert_eq!(summary.feed.rejected, 0, "the tape is well formed");
             let alerts = read_alerts(&out.join("alerts.jsonl"));
             match &reference {
@@ -306,6 +317,8 @@ fn replay_cmd(tape: &Path, out: &Path, state: &Path, shards: usize) -> Command {
         .arg(tape)
         .arg("--alerts")
         .arg(out.join("alerts.jsonl"))
+        .arg("--rules")
+        .arg(tape.parent().unwrap().join(BOOK_ON))
         .args(["--shards", &shards.to_string(), "--cores", "none", "--quiet", "--state"])
         .arg(state)
         .args(["--checkpoint-every-records", "3000", "--checkpoint-interval-ms", "0"])
@@ -321,7 +334,9 @@ fn a_crash_and_resume_under_another_shard_count_gives_the_same_alerts() {
     let (csv, _) = make_tape(dir.path());
     let want_dir = dir.path().join("want");
     std::fs::create_dir_all(&want_dir).unwrap();
-    run_replay(&replay_args(&csv, &want_dir, 2));
+    let mut args = replay_args(&csv, &want_dir, 2);
+    args.rules = Some(dir.path().join(BOOK_ON));
+    run_replay(&args);
     let want = read_alerts(&want_dir.join("alerts.jsonl"));
     assert!(want.iter().filter(|a| book_rule(a)).count() >= 5);
     let records = std::fs::read_to_string(&csv).unwrap().lines().count() as u64;

@@ -48,7 +48,7 @@ fn holdout_days_recall_precision_and_market_makers() {
         let rules = out.path().join("all-on.toml");
         std::fs::write(
             &rules,
-            "[ramping]\nenabled = true\n[quote_stuffing]\nenabled = true\n[instant_cancel]\nenabled = true\n",
+            "[ramping]\nenabled = true\n[quote_stuffing]\nenabled = true\n[instant_cancel]\nenabled = true\n[spoofing]\nenabled = true\n[layering]\nenabled = true\n[momentum_ignition]\nenabled = true\n[marking_open]\nenabled = true\n",
         )
         .unwrap();
         let args = |dir: &Path, shards| {

@@ -213,7 +213,7 @@ impl<C: Call> Rule for Marking<C> {
         let settle_ms = p.int(raw.settle_ms, "settle_ms", 0..=600_000, 1000);
         let min_deviation_bp = p.int(raw.min_deviation_bp, "min_deviation_bp", 1..=100_000, 300);
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 1..=100, 30) as u32;
-        raw.enabled.unwrap_or(true).then_some(Params {
+        raw.enabled.unwrap_or(!C::PREV_CLOSE || crate::detect::views::BOOK_RULES_ON_BY_DEFAULT).then_some(Params {
             call_start,
             call_end,
             settle_ns: settle_ms * MS,
@@ -435,7 +435,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn params<C: Call>() -> Params {
-        Marking::<C>::validate(Raw::default(), &mut Problems::new("", C::TABLE, &mut Vec::new())).unwrap()
+        let raw = Raw { enabled: Some(true), ..Raw::default() };
+        Marking::<C>::validate(raw, &mut Problems::new("", C::TABLE, &mut Vec::new())).unwrap()
     }
 
     fn sorted(mut events: Vec<Event>) -> Vec<Event> {

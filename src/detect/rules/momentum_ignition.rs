@@ -112,7 +112,7 @@ impl Params {
     /// The validated parameters (`None` when `enabled = false`); every
     /// problem goes to `f`, with its line.
     pub fn validate(raw: RawParams, f: &mut Problems<'_>) -> Option<Params> {
-        if raw.enabled == Some(false) {
+        if !raw.enabled.unwrap_or(crate::detect::views::BOOK_RULES_ON_BY_DEFAULT) {
             return None;
         }
         let d = Params::default();
@@ -849,14 +849,15 @@ mod tests {
             );
             if problems.is_empty() { Ok(params) } else { Err(problems) }
         };
-        assert_eq!(parse("").unwrap(), Some(Params::default()));
+        assert_eq!(parse("").unwrap(), None, "off by default (the book's cost)");
+        assert_eq!(parse("[momentum_ignition]\nenabled = true\n").unwrap(), Some(Params::default()));
         assert_eq!(parse("[momentum_ignition]\nenabled = false\n").unwrap(), None);
-        let p = parse("[momentum_ignition]\nwindow_ms = 500\nnear_ticks = 0\n").unwrap().unwrap();
+        let p = parse("[momentum_ignition]\nenabled = true\nwindow_ms = 500\nnear_ticks = 0\n").unwrap().unwrap();
         assert_eq!((p.window_ns, p.near_ticks, p.follow_ns), (500 * MS, 0, 30 * SEC));
-        let problems = parse("[momentum_ignition]\nmin_move_ticks = 0\nfollow_ms = -1\n").unwrap_err();
+        let problems = parse("[momentum_ignition]\nenabled = true\nmin_move_ticks = 0\nfollow_ms = -1\n").unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].starts_with("line 2: momentum_ignition.min_move_ticks = 0 is out of range"));
-        assert!(problems[1].starts_with("line 3: momentum_ignition.follow_ms = -1"));
+        assert!(problems[0].starts_with("line 3: momentum_ignition.min_move_ticks = 0 is out of range"));
+        assert!(problems[1].starts_with("line 4: momentum_ignition.follow_ms = -1"));
         assert!(parse("[momentum_ignition]\nmove = 3\n").is_err());
     }
 }

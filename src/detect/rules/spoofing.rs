@@ -76,7 +76,7 @@ impl Params {
     /// The validated parameters (`None` when `enabled = false`); every
     /// problem goes to `f`, with its line.
     pub fn validate(raw: RawParams, f: &mut Problems<'_>) -> Option<Params> {
-        if raw.enabled == Some(false) {
+        if !raw.enabled.unwrap_or(crate::detect::views::BOOK_RULES_ON_BY_DEFAULT) {
             return None;
         }
         let d = Params::default().0;

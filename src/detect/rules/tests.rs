@@ -443,23 +443,27 @@ fn spoofing_and_layering_params() {
         if problems.is_empty() { Ok((s, l)) } else { Err(problems) }
     };
     let (s, l) = parse("").unwrap();
+    assert!(s.is_none() && l.is_none(), "off by default (the book's cost)");
+    let (s, l) = parse("[spoofing]\nenabled = true\n[layering]\nenabled = true\n").unwrap();
     let (s, l) = (s.unwrap().0, l.unwrap().0);
     assert_eq!(
         (s.window_ns, s.size_pct, s.cancel_pct, s.one_sided_k, s.levels),
         (5 * SEC, 50, 80, 4, Levels::AtMost(2))
     );
     assert_eq!((l.window_ns, l.levels), (10 * SEC, Levels::AtLeast(3)));
-    let (s, l) = parse("[spoofing]\nenabled = false\n[layering]\nmin_levels_behind = 4\ncancel_pct = 90\n").unwrap();
+    let (s, l) =
+        parse("[spoofing]\nenabled = false\n[layering]\nenabled = true\nmin_levels_behind = 4\ncancel_pct = 90\n")
+            .unwrap();
     assert_eq!(s, None);
     assert_eq!((l.unwrap().0.levels, l.unwrap().0.cancel_pct), (Levels::AtLeast(4), 90));
     let problems =
-        parse("[spoofing]\ncancel_pct = 101\nsize_pct = 0\n[layering]\nmin_levels_behind = 0\nwindow_ms = 0\n")
+        parse("[spoofing]\nenabled = true\ncancel_pct = 101\nsize_pct = 0\n[layering]\nenabled = true\nmin_levels_behind = 0\nwindow_ms = 0\n")
             .unwrap_err();
     assert_eq!(problems.len(), 4, "{problems:?}");
-    assert!(problems[0].starts_with("line 3: spoofing.size_pct = 0 is out of range 1..="), "{problems:?}");
-    assert!(problems[1].starts_with("line 2: spoofing.cancel_pct = 101 is out of range 1..=100"), "{problems:?}");
-    assert!(problems[2].starts_with("line 6: layering.window_ms = 0"), "{problems:?}");
-    assert!(problems[3].starts_with("line 5: layering.min_levels_behind = 0"), "{problems:?}");
+    assert!(problems[0].starts_with("line 4: spoofing.size_pct = 0 is out of range 1..="), "{problems:?}");
+    assert!(problems[1].starts_with("line 3: spoofing.cancel_pct = 101 is out of range 1..=100"), "{problems:?}");
+    assert!(problems[2].starts_with("line 8: layering.window_ms = 0"), "{problems:?}");
+    assert!(problems[3].starts_with("line 7: layering.min_levels_behind = 0"), "{problems:?}");
     assert!(parse("[spoofing]\nratio = 3\n").unwrap_err()[0].contains("unknown field `ratio`"));
 }
 

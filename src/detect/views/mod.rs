@@ -13,6 +13,14 @@ pub mod book;
 
 use crate::event::{AccountId, GroupId, Px, Side};
 
+/// Whether the rules that read the order book (spoofing, layering,
+/// momentum-ignition, marking-open, instant-cancel) are on when the rules
+/// file does not say. Off for now: keeping the book costs about 220 ns a
+/// record on the 2-core VM (a 10M-record replay drops from about 13 to 3.4
+/// M records/s, docs/PERFORMANCE.md), and a default replay must stay fast.
+/// `enabled = true` in a rule's table turns it on.
+pub const BOOK_RULES_ON_BY_DEFAULT: bool = false;
+
 /// An order as the book holds it, as of just after the record was applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct OrderRef {
