@@ -99,6 +99,22 @@ pub struct ReplayArgs {
     pub checkpoint_exact: bool,
 }
 
+impl ReplayArgs {
+    /// The options a command line naming only `tape` and `--alerts` gets:
+    /// every default comes from the flags' own declarations, so code and
+    /// tests that build a replay never restate them.
+    pub fn for_tape(tape: &Path, alerts: &Path) -> ReplayArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Line {
+            #[command(flatten)]
+            args: ReplayArgs,
+        }
+        let line = [std::ffi::OsStr::new("replay"), tape.as_os_str(), "--alerts".as_ref(), alerts.as_os_str()];
+        Line::parse_from(line).args
+    }
+}
+
 pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
     let (summary, inputs) = replay_described(&args)?;
     let text = format!("{}{}\n", inputs.render(), summary.render().trim_end());

@@ -10,27 +10,10 @@ use tapewatch::metrics::Summary;
 
 pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
     ReplayArgs {
-        tape: tape.to_path_buf(),
-        accounts: None,
-        instruments: None,
-        rules: None,
-        alerts: out_dir.join("alerts.jsonl"),
-        json: None,
-        late: None,
-        rejects: None,
         shards: Some(shards),
         cores: "none".to_string(),
-        lateness_ms: 50,
-        max_future_ms: 10_000,
-        max_bad_pct: None,
         quiet: true,
-        state: None,
-        checkpoint_every_records: None,
-        checkpoint_interval_ms: None,
-        checkpoint_keep: None,
-        exit_after_checkpoint: None,
-        checkpoint_exact: false,
-        keep_book: false,
+        ..ReplayArgs::for_tape(tape, &out_dir.join("alerts.jsonl"))
     }
 }
 

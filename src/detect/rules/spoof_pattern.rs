@@ -86,6 +86,48 @@ pub struct PatternParams {
     pub max_entries: usize,
 }
 
+/// The raw fields spoofing and layering share (each rule's own is its
+/// bound on the cancelled levels behind the touch).
+pub struct SharedRaw {
+    pub window_ms: Option<toml::Spanned<i64>>,
+    pub size_pct: Option<toml::Spanned<i64>>,
+    pub cancel_pct: Option<toml::Spanned<i64>>,
+    pub one_sided_k: Option<toml::Spanned<i64>>,
+    pub min_opposite_exec_qty: Option<toml::Spanned<i64>>,
+    pub min_orders: Option<toml::Spanned<i64>>,
+    pub max_keys: Option<toml::Spanned<i64>>,
+    pub max_entries: Option<toml::Spanned<i64>>,
+}
+
+impl PatternParams {
+    /// Validates the shared fields against the rule's defaults `d`, every
+    /// problem to `f` in field order; `levels` validates the rule's own.
+    pub fn validate(
+        raw: SharedRaw,
+        d: &PatternParams,
+        levels: impl FnOnce(&mut crate::config::Problems<'_>) -> Levels,
+        f: &mut crate::config::Problems<'_>,
+    ) -> PatternParams {
+        use super::params::MS;
+        PatternParams {
+            window_ns: f.int(raw.window_ms, "window_ms", 1..=3_600_000, d.window_ns / MS) * MS,
+            size_pct: f.int(raw.size_pct, "size_pct", 1..=100_000, d.size_pct as i64) as u64,
+            cancel_pct: f.int(raw.cancel_pct, "cancel_pct", 1..=100, d.cancel_pct as i64) as u64,
+            one_sided_k: f.int(raw.one_sided_k, "one_sided_k", 1..=1_000, d.one_sided_k as i64) as u64,
+            min_opposite_exec_qty: f.int(
+                raw.min_opposite_exec_qty,
+                "min_opposite_exec_qty",
+                1..=1_000_000_000_000,
+                d.min_opposite_exec_qty as i64,
+            ) as u64,
+            levels: levels(f),
+            min_orders: f.int(raw.min_orders, "min_orders", 1..=1_000, d.min_orders as i64) as u32,
+            max_keys: f.int(raw.max_keys, "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
+            max_entries: f.int(raw.max_entries, "max_entries", 1 << 10..=1 << 26, d.max_entries as i64) as usize,
+        }
+    }
+}
+
 /// The most distinct levels counted (parameters are capped below it).
 pub const MAX_LEVELS: usize = 64;
 

@@ -24,7 +24,7 @@
 //! | `max_entries` | 2097152 | window entries (limit: the oldest expire early, counted) |
 
 use super::params::MS;
-use super::spoof_pattern::{Levels, MAX_LEVELS, Pattern, PatternParams};
+use super::spoof_pattern::{Levels, MAX_LEVELS, Pattern, PatternParams, SharedRaw};
 use super::{BookRule, Finding, RuleStats};
 use crate::checkpoint::codec::Writer;
 use crate::config::Problems;
@@ -83,27 +83,22 @@ impl Params {
         let max_levels = match d.levels {
             Levels::AtMost(n) | Levels::AtLeast(n) => n as i64,
         };
-        Some(Params(PatternParams {
-            window_ns: f.int(raw.window_ms, "window_ms", 1..=3_600_000, d.window_ns / MS) * MS,
-            size_pct: f.int(raw.size_pct, "size_pct", 1..=100_000, d.size_pct as i64) as u64,
-            cancel_pct: f.int(raw.cancel_pct, "cancel_pct", 1..=100, d.cancel_pct as i64) as u64,
-            one_sided_k: f.int(raw.one_sided_k, "one_sided_k", 1..=1_000, d.one_sided_k as i64) as u64,
-            min_opposite_exec_qty: f.int(
-                raw.min_opposite_exec_qty,
-                "min_opposite_exec_qty",
-                1..=1_000_000_000_000,
-                d.min_opposite_exec_qty as i64,
-            ) as u64,
-            levels: Levels::AtMost(f.int(
-                raw.max_levels_behind,
-                "max_levels_behind",
-                0..=MAX_LEVELS as i64 - 1,
-                max_levels,
-            ) as u32),
-            min_orders: f.int(raw.min_orders, "min_orders", 1..=1_000, d.min_orders as i64) as u32,
-            max_keys: f.int(raw.max_keys, "max_keys", 1..=1 << 24, d.max_keys as i64) as usize,
-            max_entries: f.int(raw.max_entries, "max_entries", 1 << 10..=1 << 26, d.max_entries as i64) as usize,
-        }))
+        let shared = SharedRaw {
+            window_ms: raw.window_ms,
+            size_pct: raw.size_pct,
+            cancel_pct: raw.cancel_pct,
+            one_sided_k: raw.one_sided_k,
+            min_opposite_exec_qty: raw.min_opposite_exec_qty,
+            min_orders: raw.min_orders,
+            max_keys: raw.max_keys,
+            max_entries: raw.max_entries,
+        };
+        let levels = |f: &mut Problems<'_>| {
+            Levels::AtMost(
+                f.int(raw.max_levels_behind, "max_levels_behind", 0..=MAX_LEVELS as i64 - 1, max_levels) as u32
+            )
+        };
+        Some(Params(PatternParams::validate(shared, &d, levels, f)))
     }
 }
 
