@@ -158,6 +158,27 @@ impl<K: FlatKey, V: Copy + Default> FlatMap<K, V> {
         }
     }
 
+    /// The value of `key`, inserting `V::default()` if it has none; true
+    /// when it was inserted. One probe (a lookup then an insert is two).
+    #[inline]
+    pub fn get_or_insert_default(&mut self, key: K) -> (&mut V, bool) {
+        if key == K::EMPTY {
+            let inserted = self.empty_key.is_none();
+            return (self.empty_key.get_or_insert_with(V::default), inserted);
+        }
+        let (mut i, mut found) = self.find(key);
+        if !found && (self.len + 1) * 2 > self.slots.len() {
+            // Grown before the insert, so the slot found stays where it is.
+            self.grow();
+            (i, found) = self.find(key);
+        }
+        if !found {
+            self.slots[i] = (key, V::default());
+            self.len += 1;
+        }
+        (&mut self.slots[i].1, !found)
+    }
+
     #[inline]
     pub fn remove(&mut self, key: K) -> Option<V> {
         if key == K::EMPTY {
@@ -242,6 +263,20 @@ mod tests {
             expected.sort();
             prop_assert_eq!(all, expected);
         }
+    }
+
+    #[test]
+    fn get_or_insert_default_inserts_once_and_grows_like_insert() {
+        let mut map: FlatMap<u64, u32> = FlatMap::with_capacity(8);
+        for key in (0..100u64).chain([u64::MAX]) {
+            let (value, inserted) = map.get_or_insert_default(key);
+            assert!(inserted && *value == 0);
+            *value = (key % 1000) as u32 + 1;
+            assert_eq!(map.get_or_insert_default(key), (&mut ((key % 1000) as u32 + 1), false));
+        }
+        assert_eq!(map.len(), 101);
+        assert!(map.grew > 0);
+        assert!((0..100u64).chain([u64::MAX]).all(|k| map.get(k) == Some(&((k % 1000) as u32 + 1))));
     }
 
     #[test]

@@ -138,6 +138,11 @@ macro_rules! spoof_rule {
             }
 
             #[inline(always)]
+            fn prefetch(&self, event: &Event) {
+                self.pattern().prefetch(event);
+            }
+
+            #[inline(always)]
             fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
                 if let Some(book) = seen.book.as_ref() {
                     $ty::on_record(self, event, &book.change, book.book, &mut |f| emit(Self::ID, f, out));

@@ -52,7 +52,8 @@ use super::window::{NONE, Window};
 use super::{BookRule, Evidence, Finding, OrderIds, RuleStats, key_of, opposite, side_index};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::detect::views::{BookView, Change, OrderRef};
-use crate::event::{Event, Px, Side};
+use crate::event::{Event, Kind, Px, Side};
+use crate::flat_map::FlatMap;
 use rustc_hash::FxHashMap;
 
 /// How a rule bounds the number of levels behind the touch.
@@ -245,7 +246,9 @@ pub struct Pattern {
     params: PatternParams,
     window: Window<Entry, KeyState>,
     /// Order id -> absolute index of its `NEW` entry, while it is live.
-    orders: FxHashMap<u64, u64>,
+    /// (An open-addressing table: its slot follows from the id, so the
+    /// shard prefetches it records ahead.)
+    orders: FlatMap<u64, u64>,
     /// Restored entries waiting for `restored` (from every old shard).
     pending: Vec<Restored>,
     pending_since: FxHashMap<u64, (i64, u64)>,
@@ -261,8 +264,7 @@ const ENTRY_BYTES: usize = 8 * 8 + 3;
 
 impl Pattern {
     pub fn new(rule: BookRule, params: PatternParams) -> Pattern {
-        let mut orders = FxHashMap::default();
-        orders.reserve(1024.min(params.max_entries));
+        let orders = FlatMap::with_capacity(1024.min(params.max_entries));
         Pattern {
             rule,
             params,
@@ -357,7 +359,7 @@ impl Pattern {
                 state.since = *since;
             }
             if d.kind != NEW && live {
-                d.of_new = self.orders.get(&d.order_id).copied().unwrap_or(NONE);
+                d.of_new = self.orders.get(d.order_id).copied().unwrap_or(NONE);
             }
             if self.window.must_evict() {
                 self.window.entries_evicted += 1;
@@ -397,7 +399,21 @@ impl Pattern {
             entries: self.window.len(),
             keys_refused: self.window.keys_refused,
             entries_evicted: self.window.entries_evicted,
-            grew: self.window.grew,
+            grew: self.window.grew + self.orders.grew,
+        }
+    }
+
+    /// Brings what `on_record` will touch for `e` into cache (called a few
+    /// records ahead): the key slots of its parties and their order slots.
+    #[inline]
+    pub fn prefetch(&self, e: &Event) {
+        self.window.prefetch_key(key_of(e.group, e.instrument));
+        if e.kind != Kind::New {
+            self.orders.prefetch(e.order_id);
+        }
+        if e.kind == Kind::Trade {
+            self.window.prefetch_key(key_of(e.contra_group, e.instrument));
+            self.orders.prefetch(e.contra_order_id);
         }
     }
 
@@ -416,8 +432,13 @@ impl Pattern {
     fn pop_oldest(&mut self) {
         let Some((abs, slot)) = self.window.pop_front() else { return };
         let e = slot.data;
-        if e.kind == NEW && self.orders.get(&e.order_id) == Some(&abs) {
-            self.orders.remove(&e.order_id);
+        // One probe: the id is put back in the rare case it names a newer
+        // entry (a reused order id took the map over).
+        if e.kind == NEW
+            && let Some(newer) = self.orders.remove(e.order_id)
+            && newer != abs
+        {
+            self.orders.insert(e.order_id, newer);
         }
         let key = self.window.key_mut(slot.key);
         if key.state.counts(slot.ts_ns, slot.seq) {
@@ -498,7 +519,7 @@ impl Pattern {
                 }
             }
             Change::Cancelled { order, qty } => {
-                let Some(&abs) = self.orders.get(&order.order_id) else { return };
+                let Some(&abs) = self.orders.get(order.order_id) else { return };
                 debug_assert!(self.window.is_live(abs), "the order map outlived its entry");
                 let slot = self.window.entry(abs).key;
                 if self.window.key(slot).key != key_of(order.group, e.instrument) {
@@ -554,7 +575,7 @@ impl Pattern {
     /// The `NEW` entry of `order` if it is a counted spoof order of its key.
     #[inline]
     fn counted_spoof(&self, order: &OrderRef, e: &Event) -> Option<u64> {
-        let &abs = self.orders.get(&order.order_id)?;
+        let &abs = self.orders.get(order.order_id)?;
         let entry = self.window.entry(abs);
         let key = self.window.key(entry.key);
         (key.key == key_of(order.group, e.instrument)

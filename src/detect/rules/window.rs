@@ -10,12 +10,16 @@
 //! doubling up to their stated limit (each growth counted), and never
 //! shrink, so once warm nothing allocates.
 //!
+//! The key table is the open-addressing `FlatMap` (a key's slot address
+//! follows from the key, so the shard prefetches it records ahead; no
+//! tombstones, so keys that come and go do not slow it down).
+//!
 //! Limits and policies: a full key table refuses new keys (the record is
 //! not tracked for that rule; counted in `keys_refused`); a full ring
 //! expires its oldest entry early (counted in `entries_evicted`), so the
 //! rule sees a shorter window under overload rather than none.
 
-use rustc_hash::FxHashMap;
+use crate::flat_map::FlatMap;
 
 /// No entry / no slot.
 pub const NONE: u64 = u64::MAX;
@@ -48,7 +52,7 @@ pub struct Window<T, S> {
     head: u64,
     tail: u64,
     ring_limit: usize,
-    map: FxHashMap<u64, u32>,
+    map: FlatMap<u64, u32>,
     keys: Vec<KeyEntry<S>>,
     free: Vec<u32>,
     key_limit: usize,
@@ -66,8 +70,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
         let key_limit = key_limit.max(1);
         let ring_cap = INITIAL.min(ring_limit);
         let key_cap = INITIAL.min(key_limit);
-        let mut map = FxHashMap::default();
-        map.reserve(key_cap);
+        let map = FlatMap::with_capacity(key_cap);
         Window {
             ring: vec![Slot::default(); ring_cap],
             mask: ring_cap as u64 - 1,
@@ -95,22 +98,30 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     /// The slot of `key`, if it has state.
     #[inline]
     pub fn find(&self, key: u64) -> Option<u32> {
-        self.map.get(&key).copied()
+        self.map.get(key).copied()
+    }
+
+    /// Brings `key`'s slot in the key table into cache; no effect on results.
+    #[inline]
+    pub fn prefetch_key(&self, key: u64) {
+        self.map.prefetch(key);
     }
 
     /// The slot of `key`, taking one with default state if it has none;
     /// `None` (counted) when the table is at its limit.
     #[inline]
     pub fn find_or_insert(&mut self, key: u64) -> Option<u32> {
-        if let Some(&slot) = self.map.get(&key) {
-            return Some(slot);
-        }
         if self.map.len() >= self.key_limit {
+            if let Some(&slot) = self.map.get(key) {
+                return Some(slot);
+            }
             self.keys_refused += 1;
             return None;
         }
-        if self.map.len() == self.map.capacity() {
-            self.grew += 1;
+        let before = self.map.grew;
+        let (value, inserted) = self.map.get_or_insert_default(key);
+        if !inserted {
+            return Some(*value);
         }
         let entry = KeyEntry { key, head: NONE, tail: NONE, entries: 0, state: S::default() };
         let slot = match self.free.pop() {
@@ -126,7 +137,8 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
                 (self.keys.len() - 1) as u32
             }
         };
-        self.map.insert(key, slot);
+        *value = slot;
+        self.grew += self.map.grew - before;
         Some(slot)
     }
 
@@ -134,7 +146,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     pub fn release(&mut self, slot: u32) {
         let entry = &self.keys[slot as usize];
         assert_eq!(entry.entries, 0, "a key released with window entries");
-        self.map.remove(&entry.key);
+        self.map.remove(entry.key);
         if self.free.len() == self.free.capacity() {
             self.grew += 1;
         }
@@ -262,7 +274,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     /// Every key's slot and entry (for snapshots and tests), in no
     /// particular order.
     pub fn keys(&self) -> impl Iterator<Item = (u32, &KeyEntry<S>)> + '_ {
-        self.map.values().map(|&slot| (slot, &self.keys[slot as usize]))
+        self.map.iter().map(|(_, slot)| (slot, &self.keys[slot as usize]))
     }
 
     /// Every live entry, oldest first.
