@@ -13,10 +13,10 @@ use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Reads, Rule, RuleStats, Seen, Sizing};
+use crate::detect::state::cow::{CowMap, slice_slots};
 use crate::detect::state::episode::{Episode, EpisodeCounts, Involved, Outcome, day_of, key};
 use crate::detect::views::Change;
 use crate::event::{Event, Kind};
-use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -52,8 +52,9 @@ pub struct Raw {
 
 pub const MAX_KEYS: usize = 1 << 20;
 
+/// One (group, instrument) key's day: orders, instant cancels, its episode and evidence.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Key {
+pub struct Key {
     day: i64,
     orders: u32,
     instant: u32,
@@ -63,11 +64,12 @@ struct Key {
 
 pub struct InstantCancel {
     params: Params,
-    keys: FxHashMap<u64, Key>,
+    /// Open addressing: a key's slot follows from it, so it is prefetched
+    /// records ahead; a checkpoint cuts it in O(1) and copies it in slices
+    /// (copy-on-write, `state::cow::CowMap`).
+    keys: CowMap<Key>,
     pub counts: EpisodeCounts,
     refused: u64,
-    grew: u64,
-    image: Option<Vec<u8>>,
 }
 
 impl Rule for InstantCancel {
@@ -79,7 +81,7 @@ impl Rule for InstantCancel {
     const READS: Reads = Reads::BOOK;
     type Raw = Raw;
     type Params = Params;
-    type Image = Vec<u8>;
+    type Image = Vec<(u64, Key)>;
 
     fn validate(raw: Raw, p: &mut Problems<'_>) -> Option<Params> {
         let d = Params::default();
@@ -115,12 +117,15 @@ impl Rule for InstantCancel {
     fn new(params: &Params, _: &Sizing) -> InstantCancel {
         InstantCancel {
             params: *params,
-            keys: FxHashMap::default(),
+            keys: CowMap::with_capacity(1024),
             counts: EpisodeCounts::default(),
             refused: 0,
-            grew: 0,
-            image: None,
         }
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, event: &Event) {
+        self.keys.prefetch(key(event.group, event.instrument));
     }
 
     #[inline(always)]
@@ -132,12 +137,11 @@ impl Rule for InstantCancel {
             _ => false,
         };
         let k = key(event.group, event.instrument);
-        if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(&k) {
+        if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(k) {
             self.refused += 1;
             return;
         }
-        self.grew += (self.keys.len() == self.keys.capacity() && !self.keys.contains_key(&k)) as u64;
-        let s = self.keys.entry(k).or_default();
+        let s = self.keys.get_or_insert_default(k);
         let day = day_of(event.ts_ns);
         if s.day != day {
             s.day = day;
@@ -182,30 +186,27 @@ impl Rule for InstantCancel {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats { active_keys: self.keys.len(), grew: self.grew, ..RuleStats::default() }
+        RuleStats { active_keys: self.keys.len(), grew: self.keys.grew, ..RuleStats::default() }
     }
 
-    fn begin_snapshot(&mut self, mut image: Vec<u8>) {
-        image.clear();
-        let mut w = Writer::new(&mut image);
-        w.u64(self.keys.len() as u64);
-        for (k, s) in &self.keys {
+    fn begin_snapshot(&mut self, image: Vec<(u64, Key)>) {
+        self.keys.begin_snapshot(image);
+    }
+
+    fn copy_slice(&mut self, max: usize) -> Option<Vec<(u64, Key)>> {
+        self.keys.copy_slice(slice_slots(max))
+    }
+
+    fn encode_image(image: &Vec<(u64, Key)>, w: &mut Writer<'_>) {
+        w.u64(image.len() as u64);
+        for (k, s) in image {
             w.u64(*k);
             w.i64(s.day);
             w.u32(s.orders);
             w.u32(s.instant);
-            s.episode.encode(&mut w);
-            s.involved.encode(&mut w);
+            s.episode.encode(w);
+            s.involved.encode(w);
         }
-        self.image = Some(image);
-    }
-
-    fn copy_slice(&mut self, _: usize) -> Option<Vec<u8>> {
-        Some(self.image.take().unwrap_or_default())
-    }
-
-    fn encode_image(image: &Vec<u8>, w: &mut Writer<'_>) {
-        w.out.extend_from_slice(image);
     }
 
     fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
@@ -241,6 +242,7 @@ mod tests {
     use crate::detect::rules::testkit::*;
     use crate::event::Side::{Buy, Sell};
     use proptest::prelude::*;
+    use rustc_hash::FxHashMap;
 
     fn sorted(mut events: Vec<Event>) -> Vec<Event> {
         events.sort_by_key(|e| (e.ts_ns, e.kind as u8 == b'C', e.order_id));

@@ -5,6 +5,16 @@
 //! the table as of the barrier. Each slot carries the epoch of the
 //! snapshot that last copied it, so nothing is reset per snapshot.
 //!
+//! `CowMap`: the same for an open-addressing table keyed by `u64` (the
+//! order book's resting orders by id): linear probing and backward-shift
+//! deletion as `flat_map::FlatMap`, plus the copy-on-write of each slot
+//! a write (insert, update, or the shift of a removal) is about to change.
+//! Entries move between slots on removal, so the copy follows slots, not
+//! keys: every slot's content as of the barrier is copied exactly once,
+//! by the slices or by the write that changes it first, which makes the
+//! image the table's entries at the barrier. Growing rehashes every slot,
+//! so a snapshot in progress is finished first (growth is rare: counted).
+//!
 //! Limit: ids up to `MAX_IDS`; a larger id is refused (`set` returns false)
 //! and counted by the caller. Growth past the start-up size allocates on
 //! the hot path and is counted in `grew`.
@@ -126,6 +136,297 @@ impl<T: Copy + PartialEq> CowTable<T> {
     }
 }
 
+/// The fewest slots a `CowMap` snapshot slice scans (about 50 us when
+/// they are empty, as most are).
+pub const MIN_SLICE_SLOTS: usize = 1 << 14;
+
+/// Slots of a `CowMap` to scan for a slice of `max` entries (the shard's
+/// slice counts entries; an empty slot costs a compare): 8 per entry, at
+/// least `MIN_SLICE_SLOTS`, so a big, mostly empty table does not take
+/// thousands of batches to copy.
+#[inline]
+pub fn slice_slots(max: usize) -> usize {
+    max.saturating_mul(8).max(MIN_SLICE_SLOTS)
+}
+
+/// An open-addressing `u64 -> V` table whose snapshot is cut in O(1) and
+/// copied in slices (see the module doc).
+pub struct CowMap<V: Copy + Default> {
+    slots: Box<[(u64, V)]>,
+    /// The snapshot epoch that copied each slot.
+    copied: Box<[u32]>,
+    mask: usize,
+    shift: u32,
+    len: usize,
+    /// The value of key `EMPTY` (a real key too), kept aside.
+    empty_key: Option<V>,
+    epoch: u32,
+    active: bool,
+    cursor: usize,
+    image: Vec<(u64, V)>,
+    /// The copy was finished early (the table grew): `copy_slice` hands
+    /// the image over next.
+    finished: bool,
+    /// Times the table doubled after start-up.
+    pub grew: u64,
+}
+
+const EMPTY: u64 = u64::MAX;
+
+impl<V: Copy + Default> CowMap<V> {
+    /// A map that holds `capacity` keys before it first grows.
+    pub fn with_capacity(capacity: usize) -> CowMap<V> {
+        let slots = (capacity.max(8) * 2).next_power_of_two();
+        CowMap {
+            slots: vec![(EMPTY, V::default()); slots].into_boxed_slice(),
+            copied: vec![0; slots].into_boxed_slice(),
+            mask: slots - 1,
+            shift: 64 - slots.trailing_zeros(),
+            len: 0,
+            empty_key: None,
+            epoch: 0,
+            active: false,
+            cursor: 0,
+            image: Vec::new(),
+            finished: false,
+            grew: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len + self.empty_key.is_some() as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    #[inline]
+    fn find(&self, key: u64) -> (usize, bool) {
+        let mut i = self.home(key);
+        loop {
+            let slot_key = self.slots[i].0;
+            if slot_key == key {
+                return (i, true);
+            }
+            if slot_key == EMPTY {
+                return (i, false);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Asks the CPU to bring `key`'s slot into cache; no effect on results.
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        crate::flat_map::prefetch(&self.slots[self.home(key)]);
+    }
+
+    #[inline]
+    pub fn get(&self, key: u64) -> Option<&V> {
+        if key == EMPTY {
+            return self.empty_key.as_ref();
+        }
+        match self.find(key) {
+            (i, true) => Some(&self.slots[i].1),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: u64) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Slot `i` is about to change: if the copy in progress has not taken
+    /// it yet, it takes it now.
+    #[inline(always)]
+    fn before_write(&mut self, i: usize) {
+        if self.active && i >= self.cursor && self.copied[i] != self.epoch {
+            self.copy_on_write(i);
+        }
+    }
+
+    #[cold]
+    fn copy_on_write(&mut self, i: usize) {
+        self.copied[i] = self.epoch;
+        if self.slots[i].0 != EMPTY {
+            self.image.push(self.slots[i]);
+        }
+    }
+
+    /// The value of `key`, to change in place (its slot is copied first
+    /// when a snapshot needs it).
+    #[inline]
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        if key == EMPTY {
+            return self.empty_key.as_mut();
+        }
+        match self.find(key) {
+            (i, true) => {
+                self.before_write(i);
+                Some(&mut self.slots[i].1)
+            }
+            _ => None,
+        }
+    }
+
+    /// The value of `key`, inserting `V::default()` if it has none (one
+    /// probe; the slot is copied first when a snapshot needs it).
+    #[inline]
+    pub fn get_or_insert_default(&mut self, key: u64) -> &mut V {
+        if key == EMPTY {
+            return self.empty_key.get_or_insert_with(V::default);
+        }
+        let (mut i, mut found) = self.find(key);
+        if !found && (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+            (i, found) = self.find(key);
+        }
+        self.before_write(i);
+        if !found {
+            self.slots[i] = (key, V::default());
+            self.len += 1;
+        }
+        &mut self.slots[i].1
+    }
+
+    /// Inserts or replaces.
+    #[inline]
+    pub fn insert(&mut self, key: u64, value: V) {
+        if key == EMPTY {
+            self.empty_key = Some(value);
+            return;
+        }
+        let (mut i, mut found) = self.find(key);
+        if !found && (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+            (i, found) = self.find(key);
+        }
+        self.before_write(i);
+        self.slots[i] = (key, value);
+        self.len += !found as usize;
+    }
+
+    #[inline]
+    pub fn remove(&mut self, key: u64) -> Option<V> {
+        if key == EMPTY {
+            return self.empty_key.take();
+        }
+        let (mut hole, found) = self.find(key);
+        if !found {
+            return None;
+        }
+        let value = self.slots[hole].1;
+        // Backward shift (see `flat_map::FlatMap::remove`); every slot
+        // written is copied first.
+        self.before_write(hole);
+        let mut j = hole;
+        loop {
+            j = (j + 1) & self.mask;
+            let slot_key = self.slots[j].0;
+            if slot_key == EMPTY {
+                break;
+            }
+            let home = self.home(slot_key);
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                self.slots[hole] = self.slots[j];
+                hole = j;
+                self.before_write(hole);
+            }
+        }
+        self.slots[hole].0 = EMPTY;
+        self.len -= 1;
+        Some(value)
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        if self.active {
+            // Rehashing moves every entry: finish the copy first.
+            self.copy_slots(usize::MAX);
+            self.active = false;
+            self.finished = true;
+        }
+        self.grew += 1;
+        let old = std::mem::take(&mut self.slots);
+        let slots = old.len() * 2;
+        self.slots = vec![(EMPTY, V::default()); slots].into_boxed_slice();
+        self.copied = vec![0; slots].into_boxed_slice();
+        self.mask = slots - 1;
+        self.shift = 64 - slots.trailing_zeros();
+        for &(key, value) in old.iter() {
+            if key != EMPTY {
+                let (i, _) = self.find(key);
+                self.slots[i] = (key, value);
+            }
+        }
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, V)> + '_ {
+        let empty = self.empty_key.map(|value| (EMPTY, value));
+        self.slots.iter().copied().filter(|(key, _)| *key != EMPTY).chain(empty)
+    }
+
+    /// Whether a snapshot is in progress (its image not yet handed over).
+    pub fn snapshot_active(&self) -> bool {
+        self.active || self.finished
+    }
+
+    /// Cuts a snapshot into `image` (cleared; room reserved now, so a
+    /// copy-on-write never allocates): O(1) but for that reservation.
+    pub fn begin_snapshot(&mut self, mut image: Vec<(u64, V)>) {
+        assert!(!self.snapshot_active(), "a snapshot is already in progress");
+        image.clear();
+        image.reserve(self.len() + 1);
+        image.extend(self.empty_key.map(|value| (EMPTY, value)));
+        self.image = image;
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Wrapped: no slot may look copied by this epoch.
+            self.copied.fill(u32::MAX);
+            self.epoch = 1;
+        }
+        self.active = true;
+        self.cursor = 0;
+    }
+
+    /// Copies up to `max` more slots; the image (the entries at the
+    /// barrier, in no particular order) once complete.
+    pub fn copy_slice(&mut self, max: usize) -> Option<Vec<(u64, V)>> {
+        if self.finished {
+            self.finished = false;
+            return Some(std::mem::take(&mut self.image));
+        }
+        if !self.active || !self.copy_slots(max) {
+            return None;
+        }
+        self.active = false;
+        Some(std::mem::take(&mut self.image))
+    }
+
+    /// Copies up to `max` more slots not copied yet; true once all are.
+    fn copy_slots(&mut self, max: usize) -> bool {
+        let to = self.slots.len().min(self.cursor.saturating_add(max));
+        for i in self.cursor..to {
+            if self.copied[i] != self.epoch {
+                self.copied[i] = self.epoch;
+                if self.slots[i].0 != EMPTY {
+                    self.image.push(self.slots[i]);
+                }
+            }
+        }
+        self.cursor = to;
+        self.cursor == self.slots.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +461,73 @@ mod tests {
             image.sort_unstable();
             expected.sort_unstable();
             prop_assert_eq!(image, expected);
+        }
+    }
+
+    proptest! {
+        /// Whatever is inserted, changed and removed while a snapshot is
+        /// copied in slices (entries moving between slots, the table
+        /// growing), the image is the map at the barrier; and the map
+        /// behaves as a hash map throughout.
+        #[test]
+        fn the_map_image_is_the_map_at_the_barrier(
+            before in proptest::collection::vec((0u8..4, 0u64..80, 1u32..50), 0..300),
+            after in proptest::collection::vec((0u8..4, 0u64..120, 1u32..50), 0..300),
+            slice in 1usize..40,
+            every in 1usize..10,
+        ) {
+            use std::collections::HashMap;
+            let mut map: CowMap<u32> = CowMap::with_capacity(4);
+            let mut model: HashMap<u64, u32> = HashMap::new();
+            // Key 119 stands for `u64::MAX`, the key kept aside.
+            let id = |k: u64| if k == 119 { u64::MAX } else { k };
+            let apply = |map: &mut CowMap<u32>, model: &mut HashMap<u64, u32>, (op, k, v): (u8, u64, u32)| {
+                let k = id(k);
+                match op {
+                    0 => {
+                        map.insert(k, v);
+                        model.insert(k, v);
+                    }
+                    1 => prop_assert_eq!(map.remove(k), model.remove(&k)),
+                    2 => {
+                        *map.get_or_insert_default(k) += v;
+                        *model.entry(k).or_default() += v;
+                    }
+                    _ => {
+                        if let Some(x) = map.get_mut(k) {
+                            *x += v;
+                        }
+                        if let Some(x) = model.get_mut(&k) {
+                            *x += v;
+                        }
+                    }
+                }
+                prop_assert_eq!(map.len(), model.len());
+                Ok(())
+            };
+            for &op in &before {
+                apply(&mut map, &mut model, op)?;
+            }
+            let mut expected: Vec<(u64, u32)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+            map.begin_snapshot(Vec::new());
+            let mut image = None;
+            for chunk in after.chunks(every) {
+                for &op in chunk {
+                    apply(&mut map, &mut model, op)?;
+                }
+                if image.is_none() {
+                    image = map.copy_slice(slice);
+                }
+            }
+            let mut image = image.or_else(|| map.copy_slice(usize::MAX)).unwrap();
+            image.sort_unstable();
+            expected.sort_unstable();
+            prop_assert_eq!(image, expected);
+            let mut now: Vec<(u64, u32)> = map.iter().collect();
+            let mut want: Vec<(u64, u32)> = model.into_iter().collect();
+            now.sort_unstable();
+            want.sort_unstable();
+            prop_assert_eq!(now, want);
         }
     }
 }

@@ -6,8 +6,9 @@
 //!
 //! Layout, chosen for the per-record path (no allocation once warm, no
 //! lock, no I/O):
-//! - orders: one open-addressing table (`FlatMap`) by order id for all the
-//!   shard's instruments, a 48-byte value per order;
+//! - orders: one open-addressing table (`CowMap`) by order id for all the
+//!   shard's instruments, a 48-byte value per order; a checkpoint cuts it
+//!   in O(1) and copies it in slices after the barrier (copy-on-write);
 //! - levels: per side a vector sorted so that the best price is last. Most
 //!   activity is at or near the touch, so inserts and removals move a few
 //!   elements, and best-N depth is the last N. A level is 24 bytes.
@@ -26,8 +27,8 @@
 
 use super::{BookView, Change, OrderRef, SkipCause};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
+use crate::detect::state::cow::{CowMap, slice_slots};
 use crate::event::{AccountId, Event, GroupId, InstrumentId, Kind, Px, Side};
-use crate::flat_map::FlatMap;
 use crate::instruments::{DEFAULT_TICK, Instruments};
 use crate::symbols::{NameTable, pack};
 use std::sync::Arc;
@@ -376,7 +377,7 @@ impl BookStats {
 
 /// The books of one shard's instruments.
 pub struct Books {
-    orders: FlatMap<u64, Resting>,
+    orders: CowMap<Resting>,
     /// By instrument id; `None` for instruments this shard has not seen.
     books: Vec<Option<Box<InstrumentBook>>>,
     reference: Reference,
@@ -391,7 +392,7 @@ impl Books {
     pub fn new(limits: BookLimits, reference: Reference) -> Books {
         Books {
             // Sized for a busy shard, not the limit (as the validator's table).
-            orders: FlatMap::with_capacity(limits.orders.min(1 << 16)),
+            orders: CowMap::with_capacity(limits.orders.min(1 << 16)),
             books: Vec::new(),
             reference,
             limits,
@@ -606,17 +607,43 @@ impl Books {
         (self.orders.len(), self.books.len())
     }
 
-    /// Copies the whole state into a reused image: O(resting orders), a
-    /// copy of flat arrays (see ARCHITECTURE.md for the measured stall).
+    /// Copies the whole state into a reused image at once: O(resting
+    /// orders) (tests; a checkpoint uses `begin_snapshot` and `copy_slice`).
     pub fn copy_into(&self, image: &mut BookImage) {
-        image.instruments.clear();
+        self.copy_instruments(image);
         image.orders.clear();
+        image.orders.extend(self.orders.iter());
+    }
+
+    fn copy_instruments(&self, image: &mut BookImage) {
+        image.instruments.clear();
         for (instrument, book) in self.books.iter().enumerate() {
             if let Some(book) = book {
                 image.instruments.push((instrument as InstrumentId, book.last_trade, book.skipped));
             }
         }
-        image.orders.extend(self.orders.iter());
+    }
+
+    /// Cuts a snapshot at a barrier into a reused image: each instrument's
+    /// few words now (O(instruments)), the resting orders in O(1): they are
+    /// copied by `copy_slice` after the batches that follow, a record that
+    /// changes an order not yet copied copying it first.
+    pub fn begin_snapshot(&mut self, image: &mut BookImage) {
+        self.copy_instruments(image);
+        self.orders.begin_snapshot(std::mem::take(&mut image.orders));
+    }
+
+    /// Copies up to `max` more order slots of the snapshot in progress;
+    /// true once it is complete (or none is in progress).
+    pub fn copy_slice(&mut self, max: usize, image: &mut BookImage) -> bool {
+        // The table is sized for a busy shard, mostly empty slots.
+        match self.orders.copy_slice(slice_slots(max)) {
+            Some(orders) => {
+                image.orders = orders;
+                true
+            }
+            None => !self.orders.snapshot_active(),
+        }
     }
 
     /// Loads the instruments of `snapshot` that `keep` selects (this

@@ -186,10 +186,10 @@ impl Views {
         if let Some(view) = self.last_trade.as_mut() {
             view.begin_snapshot(images.last_trade.take().unwrap_or_default());
         }
-        // The book is copied whole at the barrier: O(resting orders), flat
-        // arrays (see ARCHITECTURE.md for the stall and the plan past it).
-        match self.book.as_ref() {
-            Some(books) => books.copy_into(images.book.get_or_insert_with(Default::default)),
+        // The book: its instruments' words now, the resting orders in
+        // slices after the barrier (copy-on-write, `Books::begin_snapshot`).
+        match self.book.as_mut() {
+            Some(books) => books.begin_snapshot(images.book.get_or_insert_with(Default::default)),
             None => images.book = None,
         }
     }
@@ -202,6 +202,11 @@ impl Views {
         {
             images.last_trade = view.copy_slice(max);
             done &= images.last_trade.is_some();
+        }
+        if let Some(books) = self.book.as_mut()
+            && let Some(image) = images.book.as_mut()
+        {
+            done &= books.copy_slice(max, image);
         }
         done
     }

@@ -346,6 +346,42 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A checkpoint's cut is O(1) for the orders: they are copied in
+    /// slices while later records change, add and remove orders (moving
+    /// others between slots), and the image is still the book at the barrier.
+    #[test]
+    fn a_sliced_snapshot_is_the_book_at_the_barrier(
+        ops in proptest::collection::vec(any::<(u8, u8, u8, u16, u16)>(), 1..400),
+        cut in 0usize..400,
+        slice in 1usize..64,
+    ) {
+        let events = stream(&ops);
+        let cut = cut.min(events.len());
+        let mut books = Books::new(BookLimits { orders: 1 << 10, levels_per_side: 64 }, reference(None));
+        for e in &events[..cut] {
+            books.apply(e);
+        }
+        let mut want = BookImage::default();
+        books.copy_into(&mut want);
+        let mut image = BookImage::default();
+        books.begin_snapshot(&mut image);
+        let mut done = false;
+        for e in &events[cut..] {
+            books.apply(e);
+            if !done {
+                done = books.copy_slice(slice, &mut image);
+            }
+        }
+        prop_assert!(done || books.copy_slice(usize::MAX, &mut image));
+        prop_assert!(books.copy_slice(slice, &mut image), "complete stays complete");
+        want.orders.sort_unstable_by_key(|o| o.0);
+        image.orders.sort_unstable_by_key(|o| o.0);
+        prop_assert_eq!(&image.instruments, &want.instruments);
+        prop_assert_eq!(&image.orders, &want.orders);
+    }
+}
+
 fn books_like(books: &Books) -> Books {
     Books::new(books.limits, books.reference.clone())
 }
