@@ -88,7 +88,10 @@ mod tests {
         let rules =
             Rules::parse("[excessive_cancel]\nwindow_ms = 500\nratio_pct = 80\n[self_trade]\nenabled = false\n")
                 .unwrap();
-        assert_eq!(rules.excessive_cancel, Some(Params { window_ns: 500 * MS, min_cancels: 20, ratio_pct: 80 }));
+        assert_eq!(
+            rules.excessive_cancel,
+            Some(Params { window_ns: 500 * MS, min_cancels: 20, ratio_pct: 80, cooldown_ns: 60_000 * MS })
+        );
         assert_eq!(rules.self_trade, None);
         assert_eq!(Rules::parse("[excessive_cancel]\nenabled = false\n").unwrap().excessive_cancel, None);
     }

@@ -193,6 +193,11 @@ impl Detector {
         (s.hot_keys, s.window_entries)
     }
 
+    /// Episodes and suppressed crossings per rule (registry order).
+    pub fn episodes(&self) -> registry::EpisodeTotals {
+        self.rules.episodes()
+    }
+
     pub fn stats(&self) -> DetectorStats {
         let mut s = self.rules.stats();
         s.grew += self.views.grew();
@@ -210,7 +215,12 @@ mod tests {
 
     fn rules(min_cancels: u32) -> Rules {
         Rules {
-            excessive_cancel: Some(ExcessiveCancelParams { window_ns: 1_000, min_cancels, ratio_pct: 60 }),
+            excessive_cancel: Some(ExcessiveCancelParams {
+                window_ns: 1_000,
+                min_cancels,
+                ratio_pct: 60,
+                cooldown_ns: 0,
+            }),
             // These streams are not book-consistent (zero quantities, unknown
             // orders): the book rules and the book view they keep stay out.
             spoofing: None,

@@ -41,6 +41,21 @@ pub fn by_name(name: &str) -> Option<RuleId> {
 /// Alerts per rule, in registry order.
 pub type Counts = [u64; RULE_COUNT];
 
+/// Episodes and suppressed crossings per rule, in registry order (`None`:
+/// off, or a rule without episodes).
+pub type EpisodeTotals = [Option<crate::detect::state::episode::EpisodeCounts>; RULE_COUNT];
+
+/// Adds one shard's episode counts into `into`.
+pub fn add_episodes(into: &mut EpisodeTotals, from: &EpisodeTotals) {
+    for (a, b) in into.iter_mut().zip(from) {
+        if let Some(b) = b {
+            let a = a.get_or_insert_with(Default::default);
+            a.episodes += b.episodes;
+            a.suppressed += b.suppressed;
+        }
+    }
+}
+
 /// Writes a snapshot section: id, version, length, bytes.
 pub(crate) fn write_section(w: &mut Writer<'_>, id: u16, version: u16, body: impl FnOnce(&mut Writer<'_>)) {
     w.u32(id as u32 | (version as u32) << 16);
@@ -70,6 +85,13 @@ pub fn param_version<R: Rule>(params: &R::Params) -> u32 {
     w.u32(R::ID as u32);
     R::encode_params(params, &mut w);
     xxhash_rust::xxh3::xxh3_64(&bytes) as u32
+}
+
+/// A rule's parameters when its table says only `enabled = true`.
+fn default_params<R: Rule>() -> Option<R::Params> {
+    let raw: R::Raw = toml::from_str("enabled = true\n").ok()?;
+    let mut problems = Vec::new();
+    R::validate(raw, &mut Problems::new("", R::TABLE, &mut problems)).filter(|_| problems.is_empty())
 }
 
 /// Puts the rule's parameter version on each alert it emits.
@@ -148,7 +170,10 @@ macro_rules! registry {
                 out
             }
 
-            /// The effective rules file: every rule's table, defaults filled in.
+            /// The effective rules file: every rule's table, defaults filled
+            /// in. A rule that is off shows `enabled = false` over its
+            /// default fields, so turning it on is one edit (and the text
+            /// reads back as the same rules).
             pub fn show(&self) -> String {
                 let mut out = String::new();
                 $( $(#[$attr])* {
@@ -159,7 +184,12 @@ macro_rules! registry {
                             <$rule as Rule>::show(params, &mut out);
                             out.push_str(&format!("# parameter version {:08x}\n", param_version::<$rule>(params)));
                         }
-                        None => out.push_str("enabled = false\n"),
+                        None => {
+                            out.push_str("enabled = false\n");
+                            if let Some(params) = default_params::<$rule>() {
+                                <$rule as Rule>::show(&params, &mut out);
+                            }
+                        }
                     }
                     out.push('\n');
                 } )*
@@ -249,6 +279,18 @@ macro_rules! registry {
                     all.grew += s.grew;
                 } )*
                 all
+            }
+
+            /// Each enabled rule's episode counts, in registry order.
+            pub(crate) fn episodes(&self) -> EpisodeTotals {
+                let mut out: EpisodeTotals = [None; RULE_COUNT];
+                let mut i = 0;
+                $( $(#[$attr])* {
+                    out[i] = self.$field.as_ref().and_then(Rule::episodes);
+                    i += 1;
+                } )*
+                debug_assert_eq!(i, RULE_COUNT);
+                out
             }
 
             pub(crate) fn begin_snapshot(&mut self, images: &mut Images) {
@@ -419,7 +461,27 @@ mod show_tests {
         let shown = rules.show();
         assert!(shown.contains("[ramping]\nenabled = true\nwindow_ms = 60000\nmin_move_bp = 250\n"), "{shown}");
         assert!(shown.contains("call_start = \"14:56:00\""), "{shown}");
-        assert!(shown.contains("[wash_trade]\nenabled = false\n"), "{shown}");
+        assert!(shown.contains("[wash_trade]\nenabled = false\nmin_share_pct = 10\nmin_trades = 3\n"), "{shown}");
+        // Every rule that is off shows its defaults, ready to turn on; the book rules too.
+        let off = Rules::parse(&RULES.iter().map(|r| format!("[{}]\nenabled = false\n", r.table)).collect::<String>())
+            .unwrap();
+        let shown_off = off.show();
+        assert_eq!(Rules::parse(&shown_off).unwrap(), off);
+        for (table, field) in [
+            ("spoofing", "max_levels_behind = 2"),
+            ("layering", "min_levels_behind = 3"),
+            ("momentum_ignition", "min_move_ticks = 5"),
+            ("excessive_cancel", "cooldown_ms = 60000"),
+        ] {
+            assert!(shown_off.contains(&format!("[{table}]\nenabled = false\n")), "{shown_off}");
+            assert!(
+                shown_off.split(&format!("[{table}]")).nth(1).unwrap().split("\n[").next().unwrap().contains(field),
+                "{table}: {shown_off}"
+            );
+        }
+        let on = shown_off.replace("enabled = false", "enabled = true");
+        let on = Rules::parse(&on).unwrap();
+        assert!(RULES.iter().all(|r| on.enabled(r.id)), "the shown tables turn on as they are");
         assert_eq!(Rules::parse(&shown).unwrap(), rules);
         // The parameter version follows the parameters.
         let version = |r: &Rules, name: &str| r.versions().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v);

@@ -158,6 +158,12 @@ pub trait Rule: Sized + Send + 'static {
         RuleStats::default()
     }
 
+    /// Episodes opened and crossings suppressed so far (since the start or
+    /// the resume), for a rule that alerts per episode.
+    fn episodes(&self) -> Option<crate::detect::state::episode::EpisodeCounts> {
+        None
+    }
+
     // Checkpoints. The defaults are those of a stateless rule.
 
     /// Grows an image ahead of the state (on the checkpoint writer thread),

@@ -394,6 +394,10 @@ impl Rule for Ramping {
         Involved::write(list, json);
     }
 
+    fn episodes(&self) -> Option<EpisodeCounts> {
+        Some(self.counts)
+    }
+
     fn stats(&self) -> RuleStats {
         let mut s = RuleStats { grew: self.grew, ..RuleStats::default() };
         for t in &self.trackers {
