@@ -292,6 +292,9 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         }),
         None => Rules::default(),
     };
+    if let Some(path) = &args.rules {
+        problems.extend(rules.check_tiers(&instruments).into_iter().map(|p| format!("{}: {p}", path.display())));
+    }
     // Beside the alerts unless they go to stdout, which has no directory.
     let named_alerts =
         if crate::outputs::is_special(&args.alerts) { PathBuf::from("alerts.jsonl") } else { args.alerts.clone() };

@@ -332,6 +332,26 @@ impl Rule for ExcessiveCancel {
         ));
     }
 
+    // Thresholds are evaluated at the key's own records; expiry uses only
+    // the window and whether min_cancels >= 2, which every tier shares.
+    const TIERS: bool = true;
+
+    fn set_params(&mut self, params: &Params) {
+        self.params = *params;
+    }
+
+    fn tier_check(base: &Params, tier: &Params) -> Option<&'static str> {
+        if base.window_ns != tier.window_ns {
+            Some("window_ms must be the base table's (the window is one FIFO for every instrument)")
+        } else if (base.min_cancels >= 2) != (tier.min_cancels >= 2) {
+            Some(
+                "min_cancels must be at least 2 in every tier or in none (a key whose window empties goes idle only then)",
+            )
+        } else {
+            None
+        }
+    }
+
     fn new(params: &Params, sizing: &Sizing) -> Self {
         ExcessiveCancel::new(*params, sizing.window_capacity)
     }
