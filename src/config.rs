@@ -138,15 +138,13 @@ impl<'a> TierSplit<'a> {
                 continue;
             }
             header = header.min(*b_start);
-            for i in b_start + 1..*b_end {
-                if key(self.lines[i]).is_some_and(|k| !overridden.contains(&k)) {
-                    out[i] = self.lines[i];
+            for (slot, line) in out.iter_mut().zip(&self.lines).take(*b_end).skip(b_start + 1) {
+                if key(line).is_some_and(|k| !overridden.contains(&k)) {
+                    *slot = line;
                 }
             }
         }
-        for i in start + 1..end {
-            out[i] = self.lines[i];
-        }
+        out[start + 1..end].copy_from_slice(&self.lines[start + 1..end]);
         let header_text = format!("[{}]", tier.table);
         out[header] = &header_text;
         out.join("\n")
