@@ -22,12 +22,12 @@ impl Rules {
 /// rules file's parser reports them all at once.
 pub struct Problems<'a> {
     text: &'a str,
-    table: &'static str,
+    table: &'a str,
     list: &'a mut Vec<String>,
 }
 
 impl<'a> Problems<'a> {
-    pub fn new(text: &'a str, table: &'static str, list: &'a mut Vec<String>) -> Problems<'a> {
+    pub fn new(text: &'a str, table: &'a str, list: &'a mut Vec<String>) -> Problems<'a> {
         Problems { text, table, list }
     }
 
@@ -49,6 +49,105 @@ impl<'a> Problems<'a> {
     /// A problem with field `message` at byte `offset` of the file.
     pub fn at(&mut self, offset: usize, message: String) {
         self.list.push(format!("line {}: {}.{message}", line_of(self.text, offset), self.table));
+    }
+}
+
+/// The most tiers a rules file may name (a tier is a `u8` per instrument; 0 is the base table).
+pub const MAX_TIERS: usize = 64;
+
+/// One `[rule.tiers.NAME]` table of a rules file.
+#[derive(Clone, Debug)]
+pub struct TierTable {
+    pub table: String,
+    pub tier: String,
+    /// Line of its header (from 1).
+    pub line: usize,
+    /// Its lines `[start, end)` (0-based, header included).
+    lines: (usize, usize),
+}
+
+/// A rules file with its tier tables taken apart: `base` is the text with
+/// every `[rule.tiers.NAME]` table blanked (same line count, so every line
+/// number stays true), and `tier_text` makes, for one tier table, a text
+/// holding only its rule's table with the tier's fields over the base's, at
+/// their own lines. Each rule's own parser (`deny_unknown_fields`,
+/// spanned fields) then validates a tier as it validates its table, and
+/// every problem names the line it is on.
+pub struct TierSplit<'a> {
+    lines: Vec<&'a str>,
+    /// (name, [start, end)) of each `[header]` table.
+    sections: Vec<(String, (usize, usize))>,
+    pub base: String,
+    pub tiers: Vec<TierTable>,
+    pub problems: Vec<String>,
+}
+
+impl<'a> TierSplit<'a> {
+    pub fn new(text: &'a str) -> TierSplit<'a> {
+        let lines: Vec<&str> = text.split('\n').collect();
+        let mut sections: Vec<(String, (usize, usize))> = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') && !t.starts_with("[[") {
+                let name = t[1..].split(']').next().unwrap_or("").trim().to_string();
+                if let Some(last) = sections.last_mut() {
+                    last.1.1 = i;
+                }
+                sections.push((name, (i, lines.len())));
+            }
+        }
+        let mut tiers: Vec<TierTable> = Vec::new();
+        let mut problems = Vec::new();
+        let mut blank = vec![false; lines.len()];
+        for (name, (start, end)) in &sections {
+            let parts: Vec<&str> = name.split('.').map(str::trim).collect();
+            if parts.len() != 3 || parts[1] != "tiers" {
+                continue;
+            }
+            let (table, tier) = (parts[0].to_string(), parts[2].to_string());
+            let line = start + 1;
+            if tier.is_empty() || !tier.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                problems.push(format!("line {line}: [{name}]: a tier name is letters, digits, `_` and `-`"));
+            } else if let Some(first) = tiers.iter().find(|t| t.table == table && t.tier == tier) {
+                problems.push(format!("line {line}: [{name}] is already defined on line {}", first.line));
+            } else {
+                tiers.push(TierTable { table, tier, line, lines: (*start, *end) });
+            }
+            blank[*start..*end].iter_mut().for_each(|b| *b = true);
+        }
+        let base = lines.iter().zip(&blank).map(|(l, &b)| if b { "" } else { l }).collect::<Vec<_>>().join("\n");
+        TierSplit { lines, sections, base, tiers, problems }
+    }
+
+    /// The text `[table]` with the tier's fields over the base table's,
+    /// every field at its own line.
+    pub fn tier_text(&self, tier: &TierTable) -> String {
+        let key = |line: &str| {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                return None;
+            }
+            t.split('=').next().map(|k| k.trim().trim_matches('"').to_string())
+        };
+        let (start, end) = tier.lines;
+        let overridden: Vec<String> = (start + 1..end).filter_map(|i| key(self.lines[i])).collect();
+        let mut out = vec![""; self.lines.len()];
+        let mut header = start;
+        for (name, (b_start, b_end)) in &self.sections {
+            if *name != tier.table {
+                continue;
+            }
+            header = header.min(*b_start);
+            for (slot, line) in out.iter_mut().zip(&self.lines).take(*b_end).skip(b_start + 1) {
+                if key(line).is_some_and(|k| !overridden.contains(&k)) {
+                    *slot = line;
+                }
+            }
+        }
+        out[start + 1..end].copy_from_slice(&self.lines[start + 1..end]);
+        let header_text = format!("[{}]", tier.table);
+        out[header] = &header_text;
+        out.join("\n")
     }
 }
 
@@ -88,7 +187,10 @@ mod tests {
         let rules =
             Rules::parse("[excessive_cancel]\nwindow_ms = 500\nratio_pct = 80\n[self_trade]\nenabled = false\n")
                 .unwrap();
-        assert_eq!(rules.excessive_cancel, Some(Params { window_ns: 500 * MS, min_cancels: 20, ratio_pct: 80 }));
+        assert_eq!(
+            rules.excessive_cancel,
+            Some(Params { window_ns: 500 * MS, min_cancels: 20, ratio_pct: 80, cooldown_ns: 60_000 * MS })
+        );
         assert_eq!(rules.self_trade, None);
         assert_eq!(Rules::parse("[excessive_cancel]\nenabled = false\n").unwrap().excessive_cancel, None);
     }

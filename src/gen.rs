@@ -248,6 +248,9 @@ impl Shape {
     }
 }
 
+/// The default day's largest reordering delay (see `GenConfig::new`).
+pub const DEFAULT_MAX_DELAY_MS: u32 = 55;
+
 impl GenConfig {
     pub fn new(events: u64, seed: u64) -> GenConfig {
         let actors = default_actor_count(events);
@@ -256,8 +259,12 @@ impl GenConfig {
             seed,
             accounts: 20_000,
             instruments: 500,
+            // 3% of background steps arrive out of order by up to 55 ms:
+            // most within replay's default 50 ms lateness, about a tenth
+            // of them past it (~0.3% of records late, a realistic feed; 80
+            // ms made 1.06% late and tripped the 1% bad-records warning).
             late_pct: 3.0,
-            max_delay_ms: 80,
+            max_delay_ms: DEFAULT_MAX_DELAY_MS,
             date: (2026, 11, 2),
             cancel_abusers: actors,
             self_traders: actors,
@@ -329,16 +336,24 @@ pub fn generate_tape(cfg: &GenConfig) -> io::Result<DayInMemory> {
     let run = run(cfg, &mut tape)?;
     let mut instruments = Vec::new();
     write_instruments(&run.instrument_rows, &mut instruments)?;
-    Ok(DayInMemory { tape, planted: run.planted, group_rows: run.group_rows, instruments_csv: instruments })
+    Ok(DayInMemory {
+        tape,
+        planted: run.planted,
+        group_rows: run.group_rows,
+        instruments_csv: instruments,
+        makers: run.makers,
+    })
 }
 
 /// `generate_tape`'s result: the tape's bytes, the truth, accounts.csv rows
-/// (account, group), and the instruments.csv bytes.
+/// (account, group), the instruments.csv bytes, and the market makers'
+/// accounts (tests check that rules leave them alone).
 pub struct DayInMemory {
     pub tape: Vec<u8>,
     pub planted: Vec<Planted>,
     pub group_rows: Vec<(String, String)>,
     pub instruments_csv: Vec<u8>,
+    pub makers: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -2784,8 +2799,7 @@ struct Run {
     instrument_rows: Vec<(String, InstrumentSpec)>,
     #[cfg_attr(not(test), allow(dead_code))]
     stats: Stats,
-    /// Accounts of the market makers and institutions (tests check their flow).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Accounts of the market makers (tests check their flow and alerts).
     makers: Vec<String>,
     #[cfg_attr(not(test), allow(dead_code))]
     institutions: Vec<String>,
@@ -3286,7 +3300,7 @@ mod tests {
         assert_eq!((digest, tape.len()), GOLDEN_SEED_1, "tape begins:\n{head}");
     }
     /// (FNV-1a of the tape, its length) for 20,000 events, seed 1.
-    const GOLDEN_SEED_1: (u64, usize) = (17182950821732585660, 1313250);
+    const GOLDEN_SEED_1: (u64, usize) = (15972134482539337879, 1313250);
 
     #[test]
     fn exact_line_count_header_and_seq() {

@@ -135,6 +135,11 @@ impl Instruments {
         self.by_name.is_empty()
     }
 
+    /// The tiers the instruments are in.
+    pub fn tiers(&self) -> std::collections::BTreeSet<&str> {
+        self.by_name.values().filter_map(|i| i.tier.as_deref()).collect()
+    }
+
     /// Whether a file was loaded (an instrument missing from it is counted).
     pub fn loaded(&self) -> bool {
         self.loaded

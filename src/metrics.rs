@@ -86,6 +86,10 @@ pub struct Summary {
     pub checkpoints: Option<CheckpointSummary>,
     /// Set when the order book was kept (a rule reads it, or `--keep-book`).
     pub book: Option<BookSummary>,
+    /// Episodes opened and crossings suppressed per rule (registry order),
+    /// counted over the records this run applied (a resumed run's from the
+    /// checkpoint on).
+    pub episodes: crate::detect::registry::EpisodeTotals,
 }
 
 /// The order books of all shards at the end of the run.
@@ -195,6 +199,14 @@ impl Summary {
         let per_rule: Vec<String> =
             RULES.iter().zip(self.alerts).map(|(rule, n)| format!("{} {n}", rule.name)).collect();
         s += &format!("alerts      {} ({})\n", self.alerts_total(), per_rule.join(", "));
+        let episodes: Vec<String> = RULES
+            .iter()
+            .zip(&self.episodes)
+            .filter_map(|(rule, e)| e.map(|e| format!("{} {} ({} suppressed)", rule.name, e.episodes, e.suppressed)))
+            .collect();
+        if !episodes.is_empty() {
+            s += &format!("episodes    {}\n", episodes.join(", "));
+        }
         if self.evidence_dropped > 0 {
             s += &format!(
                 "evidence    {} list items dropped (over {} per alert)\n",

@@ -385,6 +385,7 @@ pub fn run_with<F: Feed + Send>(
         max_reorder_len: source.max_reorder_len,
         checkpoints: None,
         book: None,
+        episodes: [None; crate::detect::registry::RULE_COUNT],
     };
     let source_stall_max = source.stall.as_ref().map_or(0, |(h, _)| h.max());
     let mut shard_stall_max = 0;
@@ -396,6 +397,7 @@ pub fn run_with<F: Feed + Send>(
         summary.applied += shard.applied;
         summary.grew += shard.grew;
         summary.evidence_dropped += shard.list_dropped;
+        crate::detect::registry::add_episodes(&mut summary.episodes, &shard.episodes);
         if let Some(book) = shard.book.as_ref() {
             summary.book.get_or_insert_with(|| BookSummary::new(cfg.instruments.loaded())).stats.add(book);
         }

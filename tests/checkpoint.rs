@@ -16,10 +16,13 @@ use tapewatch::generator::{GenConfig, generate};
 use tempfile::TempDir;
 
 /// A generated day with some bad records spliced in (a repeated line, a
-/// malformed one), so the rejects file has content to get right.
+/// malformed one), so the rejects file has content to get right, and a long
+/// reordering tail (80 ms against the 50 ms lateness; the default day's 55
+/// ms makes few late records), so the late file does too.
 fn make_tape(dir: &Path, events: u64, seed: u64) -> PathBuf {
     let clean = dir.join("clean.csv");
-    generate(&GenConfig::new(events, seed), &clean).expect("generate a tape");
+    let cfg = GenConfig { max_delay_ms: 80, ..GenConfig::new(events, seed) };
+    generate(&cfg, &clean).expect("generate a tape");
     let text = std::fs::read_to_string(&clean).unwrap();
     let mut out = String::with_capacity(text.len() + 4096);
     for (i, line) in text.lines().enumerate() {

@@ -195,6 +195,8 @@ fn reference(records: &[Rec], lateness_ms: i64, window_ms: i64, min_cancels: u64
     let mut alerts = Vec::new();
     let mut by_key: HashMap<(String, String), Vec<&Rec>> = HashMap::new();
     let mut hot: HashMap<(String, String), bool> = HashMap::new();
+    // With `cooldown_ms = 0` every rising edge is an episode of its key.
+    let mut episodes: HashMap<(String, String), u64> = HashMap::new();
     for r in &applied {
         let key = (group(&r.account), r.instrument.clone());
         match r.kind {
@@ -207,6 +209,8 @@ fn reference(records: &[Rec], lateness_ms: i64, window_ms: i64, min_cancels: u64
                 let now_hot = c >= min_cancels && 100 * c >= ratio_pct * n;
                 let was_hot = hot.insert(key.clone(), now_hot).unwrap_or(false);
                 if now_hot && !was_hot {
+                    let episode = episodes.entry(key.clone()).or_default();
+                    *episode += 1;
                     alerts.push(json!({
                         "alert_id": format!("excessive-cancel:{}:{}:{}", r.instrument, key.0, r.seq),
                         "rule": "excessive-cancel", "group": key.0, "account": r.account,
@@ -214,7 +218,8 @@ fn reference(records: &[Rec], lateness_ms: i64, window_ms: i64, min_cancels: u64
                         "evidence": {"window_start_ns": t - window_ms * MS, "window_end_ns": t,
                                      "new_orders": n, "cancels": c,
                                      "cancel_ratio_pct": ratio(c, n), "min_cancels": min_cancels,
-                                     "min_ratio_pct": ratio_pct, "window_ms": window_ms},
+                                     "min_ratio_pct": ratio_pct, "window_ms": window_ms,
+                                     "episode": *episode},
                     }));
                 }
             }
@@ -267,7 +272,7 @@ fn check(seed: u64, len: usize, lateness_ms: i64, window_ms: i64, min_cancels: u
     std::fs::write(
         &rules,
         format!(
-            "[excessive_cancel]\nwindow_ms = {window_ms}\nmin_cancels = {min_cancels}\nratio_pct = {ratio_pct}\n{OTHER_RULES_OFF}"
+            "[excessive_cancel]\nwindow_ms = {window_ms}\nmin_cancels = {min_cancels}\nratio_pct = {ratio_pct}\ncooldown_ms = 0\n{OTHER_RULES_OFF}"
         ),
     )
     .unwrap();

@@ -211,7 +211,7 @@ fn play_schedule<S: Schedule + Sync>(
     let alerts_path = opts.out_dir.join("alerts.jsonl");
     let mut cfg = PipelineConfig::new(opts.shards, alerts_path.clone(), opts.out_dir.join("late.csv"));
     cfg.cores = opts.cores.clone();
-    cfg.rules = opts.rules;
+    cfg.rules = opts.rules.clone();
     cfg.lateness_ns = prepared.scenario.lateness_ns;
     let idle_after_ns = opts.idle_after_ns.unwrap_or(prepared.scenario.idle_after_ns as u64);
     cfg.live = LiveOptions { idle_after_ns: Some(idle_after_ns), clock: Some(clock) };

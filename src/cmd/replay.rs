@@ -182,6 +182,15 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
         .zip(summary.alerts)
         .map(|(rule, n)| (rule.name.to_string(), n.into()))
         .collect();
+    let episodes: serde_json::Map<String, serde_json::Value> = crate::detect::registry::RULES
+        .iter()
+        .zip(&summary.episodes)
+        .filter_map(|(rule, e)| {
+            e.map(|e| {
+                (rule.name.to_string(), serde_json::json!({ "episodes": e.episodes, "suppressed": e.suppressed }))
+            })
+        })
+        .collect();
     let feed = &summary.feed;
     serde_json::json!({
         "command": "replay",
@@ -210,6 +219,7 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
         "late": summary.late,
         "alerts": alerts,
         "alerts_total": summary.alerts_total(),
+        "episodes": episodes,
         "elapsed_s": summary.elapsed.as_secs_f64(),
         "events_per_s": summary.events_per_sec(),
         "shards": summary.shards,
@@ -282,6 +292,9 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         }),
         None => Rules::default(),
     };
+    if let Some(path) = &args.rules {
+        problems.extend(rules.check_tiers(&instruments).into_iter().map(|p| format!("{}: {p}", path.display())));
+    }
     // Beside the alerts unless they go to stdout, which has no directory.
     let named_alerts =
         if crate::outputs::is_special(&args.alerts) { PathBuf::from("alerts.jsonl") } else { args.alerts.clone() };

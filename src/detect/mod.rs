@@ -37,6 +37,8 @@ impl<F: FnMut(Alert, &[u64])> Emit for F {
 pub struct Detector {
     rules: Active,
     views: Views,
+    /// The instruments' tiers, when the rules have tier tables.
+    tiers: Option<TierLookup>,
     /// The newest watermark the rules were given.
     watermark_ns: i64,
     /// The image of the snapshot in progress.
@@ -44,6 +46,50 @@ pub struct Detector {
 }
 
 pub type DetectorStats = RuleStats;
+
+/// Each instrument's tier index (`Rules::tiers`), looked up in
+/// instruments.csv once per instrument id and kept by id: no hashing per record.
+struct TierLookup {
+    reference: views::book::Reference,
+    names: Vec<String>,
+    by_id: Vec<u8>,
+}
+
+const TIER_UNKNOWN: u8 = u8::MAX;
+
+impl TierLookup {
+    fn new(reference: views::book::Reference, names: Vec<String>) -> TierLookup {
+        TierLookup { reference, names, by_id: vec![TIER_UNKNOWN; 1024] }
+    }
+
+    #[inline]
+    fn of(&mut self, instrument: u32) -> u8 {
+        match self.by_id.get(instrument as usize) {
+            Some(&tier) if tier != TIER_UNKNOWN => tier,
+            _ => self.look_up(instrument),
+        }
+    }
+
+    /// An instrument not in instruments.csv, or without a tier, or in a tier
+    /// no rule names, is on the base tables (0).
+    #[cold]
+    fn look_up(&mut self, instrument: u32) -> u8 {
+        let (bytes, len) = self.reference.names.get(instrument);
+        let tier = self
+            .reference
+            .instruments
+            .get(crate::symbols::pack(&bytes[..len]))
+            .and_then(|info| info.tier.as_deref())
+            .and_then(|tier| self.names.iter().position(|n| n == tier))
+            .map_or(0, |i| i as u8 + 1);
+        let at = instrument as usize;
+        if at >= self.by_id.len() {
+            self.by_id.resize((at + 1).next_power_of_two(), TIER_UNKNOWN);
+        }
+        self.by_id[at] = tier;
+        tier
+    }
+}
 
 /// A detector's state as of a barrier: each enabled rule's and each view's.
 #[derive(Default)]
@@ -78,6 +124,9 @@ impl Detector {
         Detector {
             rules: Active::new(rules, &Sizing { window_capacity }),
             views: Views::new(rules.reads(), views),
+            tiers: (!rules.tiers.names.is_empty())
+                .then(|| views.reference.clone().map(|r| TierLookup::new(r, rules.tiers.names.clone())))
+                .flatten(),
             watermark_ns: i64::MIN,
             snapshot: None,
         }
@@ -109,7 +158,10 @@ impl Detector {
     /// Alerts are handed to `emit` without timing.
     #[inline(always)]
     pub fn apply(&mut self, event: &Event, emit: &mut impl Emit) {
-        let seen = self.views.update(event);
+        let mut seen = self.views.update(event);
+        if let Some(tiers) = self.tiers.as_mut() {
+            seen.tier = tiers.of(event.instrument);
+        }
         self.rules.on_record(event, &seen, emit);
     }
 
@@ -193,6 +245,11 @@ impl Detector {
         (s.hot_keys, s.window_entries)
     }
 
+    /// Episodes and suppressed crossings per rule (registry order).
+    pub fn episodes(&self) -> registry::EpisodeTotals {
+        self.rules.episodes()
+    }
+
     pub fn stats(&self) -> DetectorStats {
         let mut s = self.rules.stats();
         s.grew += self.views.grew();
@@ -210,7 +267,12 @@ mod tests {
 
     fn rules(min_cancels: u32) -> Rules {
         Rules {
-            excessive_cancel: Some(ExcessiveCancelParams { window_ns: 1_000, min_cancels, ratio_pct: 60 }),
+            excessive_cancel: Some(ExcessiveCancelParams {
+                window_ns: 1_000,
+                min_cancels,
+                ratio_pct: 60,
+                cooldown_ns: 0,
+            }),
             // These streams are not book-consistent (zero quantities, unknown
             // orders): the book rules and the book view they keep stay out.
             spoofing: None,

@@ -41,6 +41,21 @@ pub fn by_name(name: &str) -> Option<RuleId> {
 /// Alerts per rule, in registry order.
 pub type Counts = [u64; RULE_COUNT];
 
+/// Episodes and suppressed crossings per rule, in registry order (`None`:
+/// off, or a rule without episodes).
+pub type EpisodeTotals = [Option<crate::detect::state::episode::EpisodeCounts>; RULE_COUNT];
+
+/// Adds one shard's episode counts into `into`.
+pub fn add_episodes(into: &mut EpisodeTotals, from: &EpisodeTotals) {
+    for (a, b) in into.iter_mut().zip(from) {
+        if let Some(b) = b {
+            let a = a.get_or_insert_with(Default::default);
+            a.episodes += b.episodes;
+            a.suppressed += b.suppressed;
+        }
+    }
+}
+
 /// Writes a snapshot section: id, version, length, bytes.
 pub(crate) fn write_section(w: &mut Writer<'_>, id: u16, version: u16, body: impl FnOnce(&mut Writer<'_>)) {
     w.u32(id as u32 | (version as u32) << 16);
@@ -72,6 +87,66 @@ pub fn param_version<R: Rule>(params: &R::Params) -> u32 {
     xxhash_rust::xxh3::xxh3_64(&bytes) as u32
 }
 
+/// Validates one `[rule.tiers.NAME]` table: the rule's own parser over the
+/// base table's fields with the tier's on top (`TierSplit::tier_text`).
+/// `None` when it has problems (listed) or the rule is off.
+fn tier<R: Rule>(
+    split: &crate::config::TierSplit<'_>,
+    t: &crate::config::TierTable,
+    base: Option<&R::Params>,
+    list: &mut Vec<String>,
+) -> Option<R::Params> {
+    let label = format!("{}.tiers.{}", R::TABLE, t.tier);
+    if !R::TIERS {
+        list.push(format!(
+            "line {}: [{label}]: {} takes no tiers (its thresholds are the same for every instrument)",
+            t.line,
+            R::TABLE
+        ));
+        return None;
+    }
+    let text = split.tier_text(t);
+    let raw: std::collections::BTreeMap<String, R::Raw> = match toml::from_str(&text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            list.push(crate::config::toml_error(&text, &e));
+            return None;
+        }
+    };
+    let raw = raw.into_values().next().unwrap_or_default();
+    let params = R::validate(raw, &mut Problems::new(&text, &label, list));
+    let base = base?;
+    let Some(params) = params else {
+        list.push(format!("line {}: [{label}]: a tier cannot turn {} off", t.line, R::TABLE));
+        return None;
+    };
+    if let Some(why) = R::tier_check(base, &params) {
+        list.push(format!("line {}: [{label}]: {why}", t.line));
+        return None;
+    }
+    Some(params)
+}
+
+/// Where each tier table was written: (tier, line). Only for messages:
+/// two rule sets with the same tables elsewhere in the file are equal.
+#[derive(Clone, Debug, Default)]
+pub struct TierLines(pub Vec<(String, usize)>);
+
+impl PartialEq for TierLines {
+    fn eq(&self, _: &TierLines) -> bool {
+        true
+    }
+}
+
+impl Eq for TierLines {}
+
+/// A rule's parameters when its table says only `enabled = true`.
+fn default_params<R: Rule>() -> Option<R::Params> {
+    let raw: R::Raw = toml::from_str("enabled = true\n").ok()?;
+    let mut problems = Vec::new();
+    R::validate(raw, &mut Problems::new("", R::TABLE, &mut problems)).filter(|_| problems.is_empty())
+}
+
 /// Puts the rule's parameter version on each alert it emits.
 struct Stamp<'a, E: Emit> {
     out: &'a mut E,
@@ -94,9 +169,36 @@ macro_rules! registry {
         pub const RULE_COUNT: usize = RULES.len();
 
         /// The validated rule set: a rule whose field is `None` is off.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(Clone, Debug, PartialEq, Eq)]
         pub struct Rules {
             $( $(#[$attr])* pub $field: Option<<$rule as Rule>::Params>, )*
+            /// Per-tier overrides (`[rule.tiers.NAME]`).
+            pub tiers: Tiers,
+        }
+
+        /// The rules file's tiers: instruments whose instruments.csv `tier`
+        /// is NAME take a rule's `[rule.tiers.NAME]` parameters.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Tiers {
+            /// The tier names, sorted: tier index `i` (from 1) is `names[i - 1]`; 0 is the base table.
+            pub names: Vec<String>,
+            /// (tier, line of its table) of each tier table.
+            pub lines: TierLines,
+            $( $(#[$attr])* pub $field: Vec<(u8, <$rule as Rule>::Params)>, )*
+        }
+
+        /// Each enabled rule's parameters by tier index (0: the base
+        /// table; a tier the rule has no table for takes the base's), for
+        /// the rules that have tier tables.
+        #[derive(Default)]
+        struct TierTables {
+            $( $(#[$attr])* $field: Option<Box<[<$rule as Rule>::Params]>>, )*
+        }
+
+        /// The tier each rule's parameters are set for now.
+        #[derive(Default)]
+        struct TierNow {
+            $( $(#[$attr])* $field: u8, )*
         }
 
         #[derive(serde::Deserialize, Default)]
@@ -109,15 +211,61 @@ macro_rules! registry {
             /// Parses a rules file; a missing table or field takes the rule's
             /// defaults. Every problem is reported, each with its line.
             pub fn parse(text: &str) -> Result<Rules, Vec<String>> {
-                let raw: RawRules = toml::from_str(text).map_err(|e| vec![crate::config::toml_error(text, &e)])?;
+                let split = crate::config::TierSplit::new(text);
+                let base = split.base.as_str();
+                let raw: RawRules = toml::from_str(base).map_err(|e| vec![crate::config::toml_error(base, &e)])?;
                 let mut list = Vec::new();
-                let rules = Rules {
+                let mut rules = Rules {
                     $( $(#[$attr])* $field: <$rule as Rule>::validate(
                         raw.$field.unwrap_or_default(),
-                        &mut Problems::new(text, <$rule as Rule>::TABLE, &mut list),
+                        &mut Problems::new(base, <$rule as Rule>::TABLE, &mut list),
                     ), )*
+                    tiers: Tiers::default(),
                 };
+                list.extend(split.problems.iter().cloned());
+                let mut names: Vec<String> = split.tiers.iter().map(|t| t.tier.clone()).collect();
+                names.sort();
+                names.dedup();
+                if names.len() > crate::config::MAX_TIERS {
+                    list.push(format!("{} tiers: at most {}", names.len(), crate::config::MAX_TIERS));
+                }
+                for t in &split.tiers {
+                    let index = names.iter().position(|n| *n == t.tier).map_or(0, |i| i + 1) as u8;
+                    let mut known = false;
+                    $( $(#[$attr])* if t.table == <$rule as Rule>::TABLE {
+                        known = true;
+                        if let Some(params) = tier::<$rule>(&split, t, rules.$field.as_ref(), &mut list) {
+                            rules.tiers.$field.push((index, params));
+                        }
+                    } )*
+                    if !known {
+                        list.push(format!("line {}: [{}.tiers.{}]: there is no rule `{}`", t.line, t.table, t.tier, t.table));
+                    }
+                    rules.tiers.lines.0.push((t.tier.clone(), t.line));
+                }
+                rules.tiers.names = names;
                 if list.is_empty() { Ok(rules) } else { Err(list) }
+            }
+
+            /// Problems of the tiers against the instruments.csv loaded: a
+            /// tier no instrument is in (a typo would silently leave its
+            /// instruments on the base table), tiers without the file.
+            pub fn check_tiers(&self, instruments: &crate::instruments::Instruments) -> Vec<String> {
+                let mut problems = Vec::new();
+                if self.tiers.lines.0.is_empty() {
+                    return problems;
+                }
+                if !instruments.loaded() {
+                    problems.push("the rules file has tier tables: they need instruments.csv with a `tier` column (--instruments)".to_string());
+                    return problems;
+                }
+                let used = instruments.tiers();
+                for (tier, line) in &self.tiers.lines.0 {
+                    if !used.contains(tier.as_str()) {
+                        problems.push(format!("line {line}: tier `{tier}` is the tier of no instrument in instruments.csv"));
+                    }
+                }
+                problems
             }
 
             /// The views the enabled rules read.
@@ -134,7 +282,14 @@ macro_rules! registry {
                 let mut out = Vec::new();
                 let mut w = Writer::new(&mut out);
                 $( $(#[$attr])* if let Some(params) = self.$field.as_ref() {
-                    write_section(&mut w, <$rule as Rule>::ID, 0, |w| <$rule as Rule>::encode_params(params, w));
+                    write_section(&mut w, <$rule as Rule>::ID, 0, |w| {
+                        <$rule as Rule>::encode_params(params, w);
+                        // Tiers after the base: a rule without them encodes as before.
+                        for (index, params) in &self.tiers.$field {
+                            w.str(&self.tiers.names[*index as usize - 1]);
+                            <$rule as Rule>::encode_params(params, w);
+                        }
+                    });
                 } )*
                 out
             }
@@ -143,12 +298,31 @@ macro_rules! registry {
             pub fn versions(&self) -> Vec<(&'static str, u32)> {
                 let mut out = Vec::new();
                 $( $(#[$attr])* if let Some(params) = self.$field.as_ref() {
-                    out.push((<$rule as Rule>::NAME, param_version::<$rule>(params)));
+                    out.push((<$rule as Rule>::NAME, self.version_of::<$rule>(params, &self.tiers.$field)));
                 } )*
                 out
             }
 
-            /// The effective rules file: every rule's table, defaults filled in.
+            /// A rule's parameter version: of its base table, and its tiers when it has some.
+            fn version_of<R: Rule>(&self, params: &R::Params, tiers: &[(u8, R::Params)]) -> u32 {
+                if tiers.is_empty() {
+                    return param_version::<R>(params);
+                }
+                let mut bytes = Vec::new();
+                let mut w = Writer::new(&mut bytes);
+                w.u32(R::ID as u32);
+                R::encode_params(params, &mut w);
+                for (index, params) in tiers {
+                    w.str(&self.tiers.names[*index as usize - 1]);
+                    R::encode_params(params, &mut w);
+                }
+                xxhash_rust::xxh3::xxh3_64(&bytes) as u32
+            }
+
+            /// The effective rules file: every rule's table, defaults filled
+            /// in. A rule that is off shows `enabled = false` over its
+            /// default fields, so turning it on is one edit (and the text
+            /// reads back as the same rules).
             pub fn show(&self) -> String {
                 let mut out = String::new();
                 $( $(#[$attr])* {
@@ -157,9 +331,19 @@ macro_rules! registry {
                         Some(params) => {
                             out.push_str("enabled = true\n");
                             <$rule as Rule>::show(params, &mut out);
-                            out.push_str(&format!("# parameter version {:08x}\n", param_version::<$rule>(params)));
+                            let version = self.version_of::<$rule>(params, &self.tiers.$field);
+                            out.push_str(&format!("# parameter version {version:08x}\n"));
+                            for (index, params) in &self.tiers.$field {
+                                out.push_str(&format!("[{}.tiers.{}]\n", <$rule as Rule>::TABLE, self.tiers.names[*index as usize - 1]));
+                                <$rule as Rule>::show(params, &mut out);
+                            }
                         }
-                        None => out.push_str("enabled = false\n"),
+                        None => {
+                            out.push_str("enabled = false\n");
+                            if let Some(params) = default_params::<$rule>() {
+                                <$rule as Rule>::show(&params, &mut out);
+                            }
+                        }
                     }
                     out.push('\n');
                 } )*
@@ -186,6 +370,8 @@ macro_rules! registry {
         pub(crate) struct Active {
             $( $(#[$attr])* $field: Option<$rule>, )*
             versions: Versions,
+            tier_tables: TierTables,
+            tier_now: TierNow,
         }
 
         /// Each rule's parameter version (`param_version`), stamped on its alerts.
@@ -205,7 +391,15 @@ macro_rules! registry {
             pub(crate) fn new(rules: &Rules, sizing: &Sizing) -> Active {
                 Active {
                     $( $(#[$attr])* $field: rules.$field.as_ref().map(|p| <$rule as Rule>::new(p, sizing)), )*
-                    versions: Versions { $( $(#[$attr])* $field: rules.$field.as_ref().map_or(0, param_version::<$rule>), )* },
+                    versions: Versions { $( $(#[$attr])* $field: rules.$field.as_ref().map_or(0, |p| rules.version_of::<$rule>(p, &rules.tiers.$field)), )* },
+                    tier_tables: TierTables { $( $(#[$attr])* $field: rules.$field.as_ref().filter(|_| !rules.tiers.$field.is_empty()).map(|base| {
+                        let mut table = vec![*base; rules.tiers.names.len() + 1];
+                        for (index, params) in &rules.tiers.$field {
+                            table[*index as usize] = *params;
+                        }
+                        table.into_boxed_slice()
+                    }), )* },
+                    tier_now: TierNow::default(),
                 }
             }
 
@@ -222,6 +416,15 @@ macro_rules! registry {
             pub(crate) fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
                 $( $(#[$attr])* {
                     if let Some(rule) = self.$field.as_mut() && <$rule as Rule>::KINDS.has(event.kind) {
+                        // A rule with tiers gets its instrument's parameters
+                        // (set only when the tier changes from the last record's).
+                        if let Some(table) = self.tier_tables.$field.as_deref()
+                            && seen.tier != self.tier_now.$field
+                            && let Some(params) = table.get(seen.tier as usize)
+                        {
+                            Rule::set_params(rule, params);
+                            self.tier_now.$field = seen.tier;
+                        }
                         Rule::on_record(rule, event, seen, &mut Stamp { out: &mut *out, version: self.versions.$field });
                     }
                 } )*
@@ -249,6 +452,18 @@ macro_rules! registry {
                     all.grew += s.grew;
                 } )*
                 all
+            }
+
+            /// Each enabled rule's episode counts, in registry order.
+            pub(crate) fn episodes(&self) -> EpisodeTotals {
+                let mut out: EpisodeTotals = [None; RULE_COUNT];
+                let mut i = 0;
+                $( $(#[$attr])* {
+                    out[i] = self.$field.as_ref().and_then(Rule::episodes);
+                    i += 1;
+                } )*
+                debug_assert_eq!(i, RULE_COUNT);
+                out
             }
 
             pub(crate) fn begin_snapshot(&mut self, images: &mut Images) {
@@ -419,12 +634,109 @@ mod show_tests {
         let shown = rules.show();
         assert!(shown.contains("[ramping]\nenabled = true\nwindow_ms = 60000\nmin_move_bp = 250\n"), "{shown}");
         assert!(shown.contains("call_start = \"14:56:00\""), "{shown}");
-        assert!(shown.contains("[wash_trade]\nenabled = false\n"), "{shown}");
+        assert!(shown.contains("[wash_trade]\nenabled = false\nmin_share_pct = 10\nmin_trades = 3\n"), "{shown}");
+        // Every rule that is off shows its defaults, ready to turn on; the book rules too.
+        let off = Rules::parse(&RULES.iter().map(|r| format!("[{}]\nenabled = false\n", r.table)).collect::<String>())
+            .unwrap();
+        let shown_off = off.show();
+        assert_eq!(Rules::parse(&shown_off).unwrap(), off);
+        for (table, field) in [
+            ("spoofing", "max_levels_behind = 2"),
+            ("layering", "min_levels_behind = 3"),
+            ("momentum_ignition", "min_move_ticks = 5"),
+            ("excessive_cancel", "cooldown_ms = 60000"),
+        ] {
+            assert!(shown_off.contains(&format!("[{table}]\nenabled = false\n")), "{shown_off}");
+            assert!(
+                shown_off.split(&format!("[{table}]")).nth(1).unwrap().split("\n[").next().unwrap().contains(field),
+                "{table}: {shown_off}"
+            );
+        }
+        let on = shown_off.replace("enabled = false", "enabled = true");
+        let on = Rules::parse(&on).unwrap();
+        assert!(RULES.iter().all(|r| on.enabled(r.id)), "the shown tables turn on as they are");
         assert_eq!(Rules::parse(&shown).unwrap(), rules);
         // The parameter version follows the parameters.
         let version = |r: &Rules, name: &str| r.versions().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v);
         assert_ne!(version(&rules, "ramping"), version(&defaults, "ramping"));
         assert_eq!(version(&rules, "self-trade"), version(&defaults, "self-trade"));
         assert_eq!(version(&rules, "wash-trade"), None);
+    }
+}
+
+#[cfg(test)]
+mod tier_tests {
+    use super::*;
+
+    const TIERED: &str = "[ramping]\nenabled = true\nmin_move_bp = 400\nmin_share_pct = 30\n\
+                          [wash_trade]\nmin_share_pct = 10\n\
+                          [ramping.tiers.chinext]\nmin_move_bp = 800\n\
+                          [excessive_cancel.tiers.etf]\nratio_pct = 95\n";
+
+    #[test]
+    fn a_tier_table_overrides_the_base_table_field_by_field() {
+        let rules = Rules::parse(TIERED).unwrap();
+        assert_eq!(rules.tiers.names, vec!["chinext".to_string(), "etf".to_string()]);
+        assert_eq!(rules.tiers.lines.0, vec![("chinext".to_string(), 7), ("etf".to_string(), 9)]);
+        let base = rules.ramping.unwrap();
+        let [(index, chinext)] = rules.tiers.ramping[..] else { panic!("{:?}", rules.tiers) };
+        assert_eq!(index, 1);
+        assert_eq!(chinext.windows[0].unwrap().min_move_bp, 800);
+        assert_eq!(chinext.min_share_pct, base.min_share_pct, "the rest is the base table's");
+        let [(2, etf)] = rules.tiers.excessive_cancel[..] else { panic!("{:?}", rules.tiers) };
+        assert_eq!((etf.ratio_pct, etf.min_cancels), (95, 20));
+        // Shown, it reads back the same; the tiers are part of the identity and version.
+        assert_eq!(Rules::parse(&rules.show()).unwrap(), rules);
+        let untiered = Rules::parse("[ramping]\nenabled = true\n").unwrap();
+        assert_ne!(rules.canonical(), untiered.canonical());
+        let version = |r: &Rules| r.versions().into_iter().find(|(n, _)| *n == "ramping").map(|(_, v)| v);
+        assert_ne!(version(&rules), version(&untiered));
+        // A tier table before its base table, and the base table absent.
+        let first =
+            Rules::parse("[ramping.tiers.chinext]\nmin_move_bp = 900\n[ramping]\nenabled = true\nmin_share_pct = 40\n")
+                .unwrap();
+        assert_eq!(first.tiers.ramping[0].1.windows[0].unwrap().min_move_bp, 900);
+        assert_eq!(first.tiers.ramping[0].1.min_share_pct, 40);
+        let alone = Rules::parse("[wash_trade.tiers.thin]\nmin_trades = 5\n").unwrap();
+        assert_eq!(alone.tiers.wash_trade[0].1.min_trades, 5);
+    }
+
+    #[test]
+    fn every_tier_problem_is_reported_with_its_line() {
+        let text = "[ramping]\nenabled = true\n\
+                    [ramping.tiers.chinext]\nmin_move_bp = 0\nshare = 3\n\
+                    [ramping.tiers.star]\nwindow_ms = 60000\n\
+                    [self_trade.tiers.etf]\n\
+                    [nothing.tiers.etf]\n\
+                    [excessive_cancel.tiers.etf]\nmin_cancels = 0\n\
+                    [ramping.tiers.chinext]\n";
+        let problems = Rules::parse(text).unwrap_err();
+        let has = |p: &str| problems.iter().any(|x| x.starts_with(p));
+        assert!(has("line 5: unknown field `share`"), "{problems:#?}");
+        assert!(
+            has("line 6: [ramping.tiers.star]: window_ms and window2_ms must be the base table's"),
+            "{problems:#?}"
+        );
+        assert!(has("line 8: [self_trade.tiers.etf]: self_trade takes no tiers"), "{problems:#?}");
+        assert!(has("line 9: [nothing.tiers.etf]: there is no rule `nothing`"), "{problems:#?}");
+        assert!(has("line 11: excessive_cancel.tiers.etf.min_cancels = 0 is out of range"), "{problems:#?}");
+        assert!(has("line 12: [ramping.tiers.chinext] is already defined on line 3"), "{problems:#?}");
+        // The out-of-range field of a tier whose other field is unknown is
+        // not reached (toml stops at the unknown field): 6 problems.
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn tiers_are_checked_against_instruments_csv() {
+        let rules = Rules::parse(TIERED).unwrap();
+        let none = crate::instruments::Instruments::default();
+        assert!(rules.check_tiers(&none)[0].contains("need instruments.csv"));
+        let csv = "instrument,prev_close,limit_up,limit_down,tick,tier\nA,10,11,9,0.01,main\nB,10,12,8,0.01,chinext\n";
+        let instruments = crate::instruments::Instruments::parse(csv).unwrap();
+        assert_eq!(
+            rules.check_tiers(&instruments),
+            vec!["line 9: tier `etf` is the tier of no instrument in instruments.csv".to_string()]
+        );
+        assert!(Rules::default().check_tiers(&none).is_empty());
     }
 }

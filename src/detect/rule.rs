@@ -84,6 +84,9 @@ pub struct Seen<'a> {
     /// `Reads::BOOK`: what the record did to its instrument's order book,
     /// and the book just after it (`detect::views::book`).
     pub book: Option<crate::detect::views::BookSeen<'a>>,
+    /// The record's instrument's tier (0: none, or no tier tables); the
+    /// registry sets a tiered rule's parameters from it before `on_record`.
+    pub tier: u8,
     /// Keeps the lifetime for views borrowed from the shard (the book).
     pub _views: std::marker::PhantomData<&'a ()>,
 }
@@ -135,6 +138,19 @@ pub trait Rule: Sized + Send + 'static {
     /// Validates the raw table: `None` if the rule is off. Every problem
     /// goes to `problems` (the caller reports them all at once).
     fn validate(raw: Self::Raw, problems: &mut Problems<'_>) -> Option<Self::Params>;
+    /// Whether the rule takes `[rule.tiers.NAME]` tables: it evaluates
+    /// thresholds only in `on_record`, where `set_params` has put the
+    /// record's tier's (a rule with timers or state shared across
+    /// instruments cannot say which tier a threshold belongs to).
+    const TIERS: bool = false;
+    /// A tiered rule's thresholds for the records that follow.
+    fn set_params(&mut self, _params: &Self::Params) {}
+    /// Why a tier's parameters cannot go with the base's (e.g. a window
+    /// length: the window is one FIFO for every instrument), if so.
+    fn tier_check(_base: &Self::Params, _tier: &Self::Params) -> Option<&'static str> {
+        None
+    }
+
     /// The canonical bytes of `params`: part of the checkpoint identity.
     fn encode_params(params: &Self::Params, w: &mut Writer<'_>);
     /// The table's fields as TOML lines (`key = value`), defaults filled
@@ -156,6 +172,12 @@ pub trait Rule: Sized + Send + 'static {
 
     fn stats(&self) -> RuleStats {
         RuleStats::default()
+    }
+
+    /// Episodes opened and crossings suppressed so far (since the start or
+    /// the resume), for a rule that alerts per episode.
+    fn episodes(&self) -> Option<crate::detect::state::episode::EpisodeCounts> {
+        None
     }
 
     // Checkpoints. The defaults are those of a stateless rule.

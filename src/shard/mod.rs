@@ -88,6 +88,7 @@ pub(crate) struct ShardStats {
     pub(crate) list_dropped: u64,
     /// The order book's counters, when the book is kept.
     pub(crate) book: Option<crate::detect::views::book::BookStats>,
+    pub(crate) episodes: crate::detect::registry::EpisodeTotals,
 }
 
 /// Sends what the rules emit to the sink: the list into the evidence arena
@@ -247,6 +248,7 @@ pub(crate) fn run_shard(
         preempted,
         list_dropped,
         book: detector.book_stats(),
+        episodes: detector.episodes(),
     })
 }
 

@@ -2,6 +2,17 @@
 //! orders and cancels inside a sliding event-time window, and the hot/cold
 //! episode state that makes one alert per episode.
 //!
+//! Episodes: a key is hot while its counts cross the thresholds (evaluated
+//! at its own records; a key whose window empties is below from the moment
+//! it emptied). A rising edge opens a new episode, and alerts, unless the
+//! key fell below less than `cooldown_ms` ago (default 60 s): then the
+//! crossing belongs to the episode that already alerted (a market maker
+//! whose cancel ratio hovers around the threshold all day is one episode,
+//! not one alert per flicker). `cooldown_ms = 0`: every rising edge alerts.
+//! The episode state of the keys that ever alerted (when they last fell
+//! below, how many episodes) lives in a side table touched only at rising
+//! and falling edges, never per record.
+//!
 //! A shard applies records in `(ts_ns, seq)` order, so the window entries of
 //! all its keys form one FIFO sorted by time. Each record pushes one entry
 //! and expires the entries that fell out of `(t - window, t]`: O(1)
@@ -25,6 +36,7 @@ use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
+use crate::detect::state::episode::EpisodeCounts;
 use crate::event::{Event, Kind};
 use crate::flat_map::prefetch;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -238,13 +250,28 @@ pub struct Params {
     pub window_ns: i64,
     pub min_cancels: u32,
     pub ratio_pct: u32,
+    /// How long a key must stay below before a crossing opens a new episode.
+    pub cooldown_ns: i64,
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Params { window_ns: 10_000 * MS, min_cancels: 20, ratio_pct: 90 }
+        Params { window_ns: 10_000 * MS, min_cancels: 20, ratio_pct: 90, cooldown_ns: 60_000 * MS }
     }
 }
+
+/// The episode state of a key that has alerted: when it last fell below
+/// (valid while it is not hot) and its episodes so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Past {
+    below_since: i64,
+    count: u32,
+}
+
+/// Keys whose episodes are remembered, per shard. Past it, a key that was
+/// never hot before is refused (counted): each of its rising edges is an
+/// episode of its own, as with `cooldown_ms = 0`, numbered 1.
+pub const MAX_EPISODE_KEYS: usize = 1 << 20;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -253,13 +280,15 @@ pub struct Raw {
     window_ms: Option<Spanned<i64>>,
     min_cancels: Option<Spanned<i64>>,
     ratio_pct: Option<Spanned<i64>>,
+    cooldown_ms: Option<Spanned<i64>>,
 }
 
 impl Rule for ExcessiveCancel {
     const ID: u16 = 1;
     const NAME: &'static str = "excessive-cancel";
     const TABLE: &'static str = "excessive_cancel";
-    const VERSION: u16 = 1;
+    /// 2: the episodes of the keys that alerted follow the window entries.
+    const VERSION: u16 = 2;
     const KINDS: Kinds = Kinds::NEW.or(Kinds::CANCEL);
     type Raw = Raw;
     type Params = Params;
@@ -273,22 +302,54 @@ impl Rule for ExcessiveCancel {
         let window_ms = p.int(raw.window_ms, "window_ms", 1..=86_400_000, d.window_ns / MS);
         let min_cancels = p.int(raw.min_cancels, "min_cancels", 1..=1_000_000, d.min_cancels as i64);
         let ratio_pct = p.int(raw.ratio_pct, "ratio_pct", 0..=100_000, d.ratio_pct as i64);
-        Some(Params { window_ns: window_ms * MS, min_cancels: min_cancels as u32, ratio_pct: ratio_pct as u32 })
+        let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        Some(Params {
+            window_ns: window_ms * MS,
+            min_cancels: min_cancels as u32,
+            ratio_pct: ratio_pct as u32,
+            cooldown_ns: cooldown_ms * MS,
+        })
     }
 
     fn encode_params(params: &Params, w: &mut Writer<'_>) {
         w.i64(params.window_ns);
         w.u32(params.min_cancels);
         w.u32(params.ratio_pct);
+        // Added after the first three: a cooldown of 0 (the old behaviour)
+        // encodes as before, so its checkpoints' identity is unchanged.
+        if params.cooldown_ns != 0 {
+            w.i64(params.cooldown_ns);
+        }
     }
 
     fn show(p: &Params, out: &mut String) {
         out.push_str(&format!(
-            "window_ms = {}\nmin_cancels = {}\nratio_pct = {}\n",
+            "window_ms = {}\nmin_cancels = {}\nratio_pct = {}\ncooldown_ms = {}\n",
             p.window_ns / MS,
             p.min_cancels,
-            p.ratio_pct
+            p.ratio_pct,
+            p.cooldown_ns / MS
         ));
+    }
+
+    // Thresholds are evaluated at the key's own records; expiry uses only
+    // the window and whether min_cancels >= 2, which every tier shares.
+    const TIERS: bool = true;
+
+    fn set_params(&mut self, params: &Params) {
+        self.params = *params;
+    }
+
+    fn tier_check(base: &Params, tier: &Params) -> Option<&'static str> {
+        if base.window_ns != tier.window_ns {
+            Some("window_ms must be the base table's (the window is one FIFO for every instrument)")
+        } else if (base.min_cancels >= 2) != (tier.min_cancels >= 2) {
+            Some(
+                "min_cancels must be at least 2 in every tier or in none (a key whose window empties goes idle only then)",
+            )
+        } else {
+            None
+        }
     }
 
     fn new(params: &Params, sizing: &Sizing) -> Self {
@@ -308,7 +369,8 @@ impl Rule for ExcessiveCancel {
     }
 
     fn write_evidence(evidence: &Evidence, _list: &[u64], json: &mut EvidenceJson<'_>) {
-        let [start, end, new_orders, cancels, thresholds, window_ms] = evidence.0;
+        let [start, end, new_orders, cancels, thresholds, window] = evidence.0;
+        let (window_ms, episode) = (window & 0xffff_ffff, window >> 32);
         json.i64("window_start_ns", start as i64);
         json.i64("window_end_ns", end as i64);
         json.u64("new_orders", new_orders);
@@ -318,10 +380,15 @@ impl Rule for ExcessiveCancel {
         json.u64("min_cancels", thresholds & 0xffff_ffff);
         json.u64("min_ratio_pct", thresholds >> 32);
         json.u64("window_ms", window_ms);
+        json.u64("episode", episode);
     }
 
     fn stats(&self) -> RuleStats {
         ExcessiveCancel::stats(self)
+    }
+
+    fn episodes(&self) -> Option<EpisodeCounts> {
+        Some(self.counts)
     }
 
     fn prepare_image(image: &mut Image, keys: usize, entries: usize) {
@@ -362,8 +429,14 @@ impl Rule for ExcessiveCancel {
             keys.insert(r.u64()?);
             r.u8()?;
         }
+        let alerted = r.count(PAST_BYTES)?;
+        r.take(alerted * PAST_BYTES)?;
         r.finish()?;
-        Ok(vec![("active keys", keys.len() as u64), ("window entries", entries as u64)])
+        Ok(vec![
+            ("active keys", keys.len() as u64),
+            ("window entries", entries as u64),
+            ("keys that alerted", alerted as u64),
+        ])
     }
 }
 
@@ -379,6 +452,11 @@ pub struct ExcessiveCancel {
     hot_slots: Vec<u32>,
     /// Each hot bucket's index in `hot_keys` / `hot_slots`.
     hot_pos: FxHashMap<u32, u32>,
+    /// The episodes of the keys that alerted (rising and falling edges only).
+    past: FxHashMap<u64, Past>,
+    /// Keys refused by `past` (`MAX_EPISODE_KEYS`).
+    refused: u64,
+    pub counts: EpisodeCounts,
     /// The snapshot in progress (see `begin_snapshot`): the absolute window
     /// positions `[snap_next, snap_end)` not yet copied into `snap`. Equal
     /// when no copy is pending.
@@ -399,6 +477,9 @@ impl ExcessiveCancel {
             hot_keys: Vec::with_capacity(key_capacity),
             hot_slots: Vec::with_capacity(key_capacity),
             hot_pos: FxHashMap::with_capacity_and_hasher(key_capacity, Default::default()),
+            past: FxHashMap::with_capacity_and_hasher(key_capacity.min(1 << 12), Default::default()),
+            refused: 0,
+            counts: EpisodeCounts::default(),
             snap_next: 0,
             snap_end: 0,
             snap: None,
@@ -443,15 +524,19 @@ impl ExcessiveCancel {
         let (n, c) = (bucket.new_orders as u64, (bucket.cancels & !HOT) as u64);
         let hot = c >= self.params.min_cancels as u64 && 100 * c >= self.params.ratio_pct as u64 * n;
         let was_hot = bucket.hot();
-        if hot != was_hot {
-            bucket.cancels ^= HOT;
-            if hot {
-                self.hot_add(slot);
-            } else {
-                self.hot_remove(slot);
-            }
+        if hot == was_hot {
+            self.counts.suppressed += hot as u64;
+            return None;
         }
-        (hot && !was_hot).then(|| Alert {
+        bucket.cancels ^= HOT;
+        if !hot {
+            self.hot_remove(slot);
+            self.fell_below(key_of(event), t);
+            return None;
+        }
+        self.hot_add(slot);
+        let episode = self.rose(key_of(event), t)?;
+        Some(Alert {
             rule: Self::ID,
             seq: event.seq,
             ts_ns: t,
@@ -465,10 +550,46 @@ impl ExcessiveCancel {
                 n,
                 c,
                 self.params.min_cancels as u64 | (self.params.ratio_pct as u64) << 32,
-                (self.params.window_ns / MS) as u64,
+                (self.params.window_ns / MS) as u64 | (episode as u64) << 32,
             ]),
             ..Alert::default()
         })
+    }
+
+    /// A rising edge of `key` at `t`: the new episode's number, or `None`
+    /// when it is inside the cooldown of the key's last episode.
+    #[inline]
+    fn rose(&mut self, key: u64, t: i64) -> Option<u32> {
+        let cooldown_ns = self.params.cooldown_ns;
+        let (len, capacity) = (self.past.len(), self.past.capacity());
+        let past = match self.past.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if len >= MAX_EPISODE_KEYS => {
+                self.refused += 1;
+                self.counts.episodes += 1;
+                return Some(1);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.grew += (len == capacity) as u64;
+                e.insert(Past::default())
+            }
+        };
+        if past.count > 0 && t - past.below_since < cooldown_ns {
+            self.counts.suppressed += 1;
+            return None;
+        }
+        past.count += 1;
+        self.counts.episodes += 1;
+        Some(past.count)
+    }
+
+    /// A falling edge of `key` at `t` (a key that rose has its `Past`,
+    /// unless it was refused).
+    #[inline]
+    fn fell_below(&mut self, key: u64, t: i64) {
+        if let Some(past) = self.past.get_mut(&key) {
+            past.below_since = t;
+        }
     }
 
     /// Drops the entries at or before `horizon`. An entry that a snapshot in
@@ -497,7 +618,11 @@ impl ExcessiveCancel {
             // no longer matters and the key can go idle.
             if bucket.new_orders == 0 && bucket.cancels == HOT && self.params.min_cancels >= 2 {
                 bucket.cancels = 0;
+                let key = bucket.key;
                 self.hot_remove(slot);
+                // Below from the moment the window emptied (a time that
+                // does not depend on which record expired it).
+                self.fell_below(key, entry.ts_ns + self.params.window_ns);
             }
             if self.table.buckets[slot as usize].is_idle() {
                 self.table.live -= 1;
@@ -574,9 +699,14 @@ impl ExcessiveCancel {
         RuleStats {
             window_entries: self.window.len(),
             active_keys: self.table.live,
-            hot_keys: self.hot_keys.len(),
+            hot_keys: self.hot_keys.len() + self.past.len(),
             grew: self.grew,
         }
+    }
+
+    /// Keys refused by the episode table (`MAX_EPISODE_KEYS`).
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 }
 
@@ -602,6 +732,8 @@ struct ImageEntry {
 pub struct Image {
     hot: Vec<u64>,
     window: Vec<ImageEntry>,
+    /// The episodes of the keys that alerted, copied whole at the barrier.
+    past: Vec<(u64, Past)>,
 }
 
 impl Image {
@@ -621,6 +753,8 @@ impl Image {
         let entry_want = entries.max(2 * self.window.len());
         grow(&mut self.hot, hot_want, 0);
         grow(&mut self.window, entry_want, ImageEntry { ts_ns: 0, key: 0, cancel: false });
+        let past_want = keys.max(2 * self.past.len());
+        grow(&mut self.past, past_want, (0, Past::default()));
     }
 
     pub fn encode(&self, w: &mut Writer<'_>) {
@@ -637,16 +771,25 @@ impl Image {
             record[16] = entry.cancel as u8;
             w.out.extend_from_slice(&record);
         }
+        w.u64(self.past.len() as u64);
+        for (key, past) in &self.past {
+            w.u64(*key);
+            w.i64(past.below_since);
+            w.u32(past.count);
+        }
     }
 }
 
 /// Bytes of one window entry in a snapshot: `(ts_ns, key, cancel)`.
 pub const ENTRY_BYTES: usize = 17;
+/// Bytes of one key's episodes: `(key, below_since, count)`.
+const PAST_BYTES: usize = 20;
 
 /// Checkpoint hooks. Layout: the hot keys (u64 each, any order), then the
-/// window entries `(ts_ns, key, cancel)` oldest first. A key is in the
-/// snapshot exactly when it has window entries or is hot: an idle key is
-/// the same as a key never seen.
+/// window entries `(ts_ns, key, cancel)` oldest first, then the episodes
+/// of the keys that alerted `(key, below_since, count)`, sorted by key. A
+/// key is in the window part exactly when it has window entries or is hot:
+/// an idle key without episodes is the same as a key never seen.
 ///
 /// A snapshot is cut at a barrier in O(hot keys) (`begin_snapshot`) and
 /// copied between batches a slice at a time (`copy_slice`). It stays the
@@ -663,6 +806,10 @@ impl ExcessiveCancel {
         image.hot.clear();
         image.window.clear();
         image.hot.extend_from_slice(&self.hot_keys);
+        // O(keys that alerted): with a cooldown, a few per key a session.
+        image.past.clear();
+        image.past.extend(self.past.iter().map(|(&k, &p)| (k, p)));
+        image.past.sort_unstable_by_key(|&(k, _)| k);
         self.snap_next = self.popped;
         self.snap_end = self.popped + self.window.len() as u64;
         self.snap = Some(image);
@@ -743,6 +890,15 @@ impl ExcessiveCancel {
             }
             self.window.push_back(Entry { ts_ns, slot, cancel });
         }
+        for _ in 0..r.count(PAST_BYTES)? {
+            let (key, below_since, count) = (r.u64()?, r.i64()?, r.u32()?);
+            if !keep(key) {
+                continue;
+            }
+            if self.past.insert(key, Past { below_since, count }).is_some() {
+                return Err(DecodeError(format!("the episodes of key {key:#x} twice in the snapshots")));
+            }
+        }
         Ok(())
     }
 
@@ -775,20 +931,23 @@ mod tests {
         Event { seq, ts_ns, kind, group, account: group, instrument: 1, ..Event::default() }
     }
 
-    fn run(params: Params, records: &[Event]) -> Vec<(u64, u32, u32)> {
+    /// (seq, new orders, cancels, episode) of each alert.
+    fn run(params: Params, records: &[Event]) -> Vec<(u64, u32, u32, u32)> {
         let mut rule = ExcessiveCancel::new(params, 4);
         records
             .iter()
             .filter_map(|e| rule.apply(e))
             .map(|a| match a.evidence {
-                Evidence([_, _, new_orders, cancels, ..]) => (a.seq, new_orders as u32, cancels as u32),
+                Evidence([_, _, new_orders, cancels, _, window]) => {
+                    (a.seq, new_orders as u32, cancels as u32, (window >> 32) as u32)
+                }
             })
             .collect()
     }
 
     #[test]
     fn one_alert_per_episode() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 3, ratio_pct: 90 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 3, ratio_pct: 90, cooldown_ns: 0 };
         let mut records = Vec::new();
         for i in 0..3 {
             records.push(rec(records.len() as u64, i * SEC, Kind::New, 7));
@@ -797,12 +956,12 @@ mod tests {
             records.push(rec(records.len() as u64, (3 + i) * SEC, Kind::Cancel, 7));
         }
         // n = 3, c = 3 at seq 5: hot, one alert; later cancels stay in the episode.
-        assert_eq!(run(params, &records), vec![(5, 3, 3)]);
+        assert_eq!(run(params, &records), vec![(5, 3, 3, 1)]);
     }
 
     #[test]
     fn window_is_half_open_and_episodes_restart() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 100 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 100, cooldown_ns: 0 };
         let records = [
             rec(1, 0, Kind::Cancel, 1),
             rec(2, SEC, Kind::Cancel, 1),  // c = 2, n = 0: hot -> alert
@@ -814,7 +973,22 @@ mod tests {
             rec(7, 30 * SEC, Kind::Cancel, 1), // everything before expired: c = 1
             rec(8, 30 * SEC, Kind::Cancel, 1), // c = 2, n = 0: hot again -> alert
         ];
-        assert_eq!(run(params, &records), vec![(2, 0, 2), (8, 0, 2)]);
+        assert_eq!(run(params, &records), vec![(2, 0, 2, 1), (8, 0, 2, 2)]);
+        // With a cooldown: the key is below from t = 4 s (seq 5) until seq 8, 26 s later.
+        let cooling = |cooldown_s: i64| run(Params { cooldown_ns: cooldown_s * SEC, ..params }, &records);
+        assert_eq!(cooling(26), vec![(2, 0, 2, 1), (8, 0, 2, 2)], "below for 26 s >= 26 s");
+        assert_eq!(cooling(27), vec![(2, 0, 2, 1)], "below for 26 s < 27 s: the same episode");
+        // A hot key whose window empties is below from then: hot from seq 2
+        // (t = 1 s) to its window's end at t = 11 s; hot again at t = 30 s.
+        let flicker = [
+            rec(1, 0, Kind::Cancel, 1),
+            rec(2, SEC, Kind::Cancel, 1),
+            rec(3, 30 * SEC, Kind::Cancel, 1),
+            rec(4, 30 * SEC, Kind::Cancel, 1),
+        ];
+        let hot_to_empty = |cooldown_s: i64| run(Params { cooldown_ns: cooldown_s * SEC, ..params }, &flicker);
+        assert_eq!(hot_to_empty(19), vec![(2, 0, 2, 1), (4, 0, 2, 2)], "below since 11 s");
+        assert_eq!(hot_to_empty(20), vec![(2, 0, 2, 1)]);
     }
 
     fn encoded(image: &Image) -> Vec<u8> {
@@ -834,7 +1008,7 @@ mod tests {
     /// entries pushed after the barrier are not.
     #[test]
     fn a_sliced_snapshot_keeps_entries_that_expire_before_they_are_copied() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 1, ratio_pct: 50 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 1, ratio_pct: 50, cooldown_ns: 0 };
         let (mut sliced, mut whole) = (ExcessiveCancel::new(params, 4), ExcessiveCancel::new(params, 4));
         let mut records = Vec::new();
         for i in 0..40i64 {
@@ -863,7 +1037,7 @@ mod tests {
     /// rest are copied by later slices, from the right place.
     #[test]
     fn a_sliced_snapshot_copies_from_the_right_place_after_a_partial_expiry() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 50 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 50, cooldown_ns: 0 };
         let (mut sliced, mut whole) = (ExcessiveCancel::new(params, 4), ExcessiveCancel::new(params, 4));
         for i in 0..80i64 {
             let kind = if i % 4 == 0 { Kind::New } else { Kind::Cancel };
@@ -884,7 +1058,7 @@ mod tests {
 
     #[test]
     fn keys_are_separate_and_idle_buckets_are_reused() {
-        let params = Params { window_ns: SEC, min_cancels: 2, ratio_pct: 90 };
+        let params = Params { window_ns: SEC, min_cancels: 2, ratio_pct: 90, cooldown_ns: 0 };
         let mut rule = ExcessiveCancel::new(params, 4);
         for group in 0..100u32 {
             rule.apply(&rec(group as u64, group as i64 * SEC, Kind::Cancel, group));
@@ -907,7 +1081,7 @@ mod tests {
     /// and the alerts must come out as from a plain per-key count.
     #[test]
     fn rebuilds_keep_every_count() {
-        let params = Params { window_ns: 1_000, min_cancels: 3, ratio_pct: 100 };
+        let params = Params { window_ns: 1_000, min_cancels: 3, ratio_pct: 100, cooldown_ns: 0 };
         let mut rule = ExcessiveCancel::new(params, 4);
         let keys = 5 * MIN_BUCKETS as u32;
         let mut alerts = 0;
@@ -934,10 +1108,13 @@ mod tests {
     }
 
     /// The rule from its definition: counts over the records applied so
-    /// far, one alert when a key turns hot.
-    fn brute_force(params: Params, records: &[Event]) -> Vec<(u64, u32, u32)> {
+    /// far, evaluated at each of the key's records (`state::episode`), and
+    /// a key whose window emptied is below from then (when `min_cancels`
+    /// >= 2, no single record can make it cross).
+    fn brute_force(params: Params, records: &[Event]) -> Vec<(u64, u32, u32, u32)> {
+        use crate::detect::state::episode::{Episode, Outcome};
         let mut applied: Vec<&Event> = Vec::new();
-        let mut hot = std::collections::HashMap::new();
+        let mut episodes: std::collections::HashMap<(u32, u32), (Episode, i64)> = Default::default();
         let mut alerts = Vec::new();
         for e in records {
             if e.kind == Kind::Trade {
@@ -949,9 +1126,13 @@ mod tests {
             let n = applied.iter().filter(|x| same(x) && x.kind == Kind::New).count() as u64;
             let c = applied.iter().filter(|x| same(x) && x.kind == Kind::Cancel).count() as u64;
             let now = c >= params.min_cancels as u64 && 100 * c >= params.ratio_pct as u64 * n;
-            let was = hot.insert((e.group, e.instrument), now).unwrap_or(false);
-            if now && !was {
-                alerts.push((e.seq, n as u32, c as u32));
+            let (episode, last_ts) = episodes.entry((e.group, e.instrument)).or_insert((Episode::default(), i64::MIN));
+            if *last_ts != i64::MIN && *last_ts <= e.ts_ns - params.window_ns && params.min_cancels >= 2 {
+                episode.observe(*last_ts + params.window_ns, false, params.cooldown_ns);
+            }
+            *last_ts = e.ts_ns;
+            if let Outcome::New(number) = episode.observe(e.ts_ns, now, params.cooldown_ns) {
+                alerts.push((e.seq, n as u32, c as u32, number));
             }
         }
         alerts
@@ -968,8 +1149,13 @@ mod tests {
             ratio_pct in 0u32..150,
             // Short: keys come and go; long: they pile up and the table grows.
             window_ns in proptest::prop_oneof![proptest::strategy::Just(200i64), proptest::strategy::Just(1_000_000)],
+            cooldown_ns in proptest::prop_oneof![
+                proptest::strategy::Just(0i64),
+                proptest::strategy::Just(150),
+                proptest::strategy::Just(2_000),
+            ],
         ) {
-            let params = Params { window_ns, min_cancels, ratio_pct };
+            let params = Params { window_ns, min_cancels, ratio_pct, cooldown_ns };
             let mut ts = 0;
             let records: Vec<Event> = steps
                 .iter()

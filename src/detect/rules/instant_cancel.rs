@@ -185,6 +185,10 @@ impl Rule for InstantCancel {
         Involved::write(list, json);
     }
 
+    fn episodes(&self) -> Option<EpisodeCounts> {
+        Some(self.counts)
+    }
+
     fn stats(&self) -> RuleStats {
         RuleStats { active_keys: self.keys.len(), grew: self.keys.grew, ..RuleStats::default() }
     }

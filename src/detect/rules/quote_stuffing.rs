@@ -192,6 +192,10 @@ impl Rule for QuoteStuffing {
         json.u64_list("crossing_order_id", list.get(1..2).unwrap_or(&[]));
     }
 
+    fn episodes(&self) -> Option<EpisodeCounts> {
+        Some(self.counts)
+    }
+
     fn stats(&self) -> RuleStats {
         RuleStats { window_entries: self.window.len(), active_keys: self.keys.len(), hot_keys: 0, grew: self.grew }
     }

@@ -366,6 +366,23 @@ impl Rule for Ramping {
         Ramping { params: *params, trackers, counts: EpisodeCounts::default(), refused: 0, grew: 0, image: None }
     }
 
+    // Crossings are evaluated at the trade's own record only.
+    const TIERS: bool = true;
+
+    fn set_params(&mut self, params: &Params) {
+        self.params = *params;
+        for (tracker, window) in self.trackers.iter_mut().zip(params.windows.iter().flatten()) {
+            tracker.window = *window;
+        }
+    }
+
+    fn tier_check(base: &Params, tier: &Params) -> Option<&'static str> {
+        let lengths = |p: &Params| p.windows.map(|w| w.map(|w| w.window_ns));
+        (lengths(base) != lengths(tier)).then_some(
+            "window_ms and window2_ms must be the base table's (a tier changes thresholds; the trade window is one FIFO for every instrument)",
+        )
+    }
+
     #[inline(always)]
     fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
         for t in self.trackers.iter_mut() {
@@ -392,6 +409,10 @@ impl Rule for Ramping {
         json.u64("min_group_trades", packed >> 29 & 0xffff);
         json.u64("episode", packed >> 45);
         Involved::write(list, json);
+    }
+
+    fn episodes(&self) -> Option<EpisodeCounts> {
+        Some(self.counts)
     }
 
     fn stats(&self) -> RuleStats {

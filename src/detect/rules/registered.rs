@@ -112,6 +112,28 @@ fn describe_counts(section: &[u8], skip_instruments: bool) -> Result<Vec<(&'stat
     Ok(vec![("keys", r.u64()?)])
 }
 
+/// `rules show`: the fields spoofing and layering share, and the rule's
+/// own bound on the levels behind the touch.
+fn show_pattern(p: &super::spoof_pattern::PatternParams, out: &mut String) {
+    use super::params::MS;
+    let levels = match p.levels {
+        Levels::AtMost(n) => format!("max_levels_behind = {n}"),
+        Levels::AtLeast(n) => format!("min_levels_behind = {n}"),
+    };
+    out.push_str(&format!(
+        "window_ms = {}\nsize_pct = {}\ncancel_pct = {}\none_sided_k = {}\nmin_opposite_exec_qty = {}\n{levels}\n\
+         min_orders = {}\nmax_keys = {}\nmax_entries = {}\n",
+        p.window_ns / MS,
+        p.size_pct,
+        p.cancel_pct,
+        p.one_sided_k,
+        p.min_opposite_exec_qty,
+        p.min_orders,
+        p.max_keys,
+        p.max_entries
+    ));
+}
+
 macro_rules! spoof_rule {
     ($ty:ident, $module:ident, $id:expr, $name:expr, $table:expr, $book_rule:expr) => {
         impl Rule for $ty {
@@ -131,6 +153,10 @@ macro_rules! spoof_rule {
 
             fn encode_params(params: &Self::Params, w: &mut Writer<'_>) {
                 params.0.encode(w);
+            }
+
+            fn show(params: &Self::Params, out: &mut String) {
+                show_pattern(&params.0, out);
             }
 
             fn new(params: &Self::Params, _: &Sizing) -> Self {
@@ -208,6 +234,23 @@ impl Rule for MomentumIgnition {
 
     fn encode_params(params: &Self::Params, w: &mut Writer<'_>) {
         params.encode(w);
+    }
+
+    fn show(p: &Self::Params, out: &mut String) {
+        use super::params::MS;
+        out.push_str(&format!(
+            "window_ms = {}\nmin_move_ticks = {}\nfollow_ms = {}\nnear_ticks = {}\nmin_tick = {}\nmin_trades = {}\n\
+             max_keys = {}\nmax_entries = {}\nmax_instruments = {}\n",
+            p.window_ns / MS,
+            p.min_move_ticks,
+            p.follow_ns / MS,
+            p.near_ticks,
+            p.min_tick,
+            p.min_trades,
+            p.max_keys,
+            p.max_entries,
+            p.max_instruments
+        ));
     }
 
     fn new(params: &Self::Params, _: &Sizing) -> Self {

@@ -104,6 +104,13 @@ impl Rule for WashTrade {
         }
     }
 
+    // Thresholds are read at the trade's own record only.
+    const TIERS: bool = true;
+
+    fn set_params(&mut self, params: &Params) {
+        self.params = *params;
+    }
+
     #[inline(always)]
     fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
         let day = day_of(event.ts_ns);
