@@ -32,8 +32,15 @@
 //! - A hold is settled by the next well-formed record, after at most
 //!   `HOLD_LIMIT` lines, or at the end of the tape (then it is accepted).
 //!
-//! The same rules run on CSV and native tapes, with the same outcome. (A
-//! live feed cannot wait for a next record, so it accepts jumps at once.)
+//! The same rules run on CSV and native tapes, with the same outcome.
+//!
+//! A live feed cannot count on a next record: a quiet feed may send none
+//! for minutes. It holds a jump the same way (`Lookahead`), and when no
+//! record has come for `idle_release` after the hold began, nothing
+//! contradicted the jump in time: the held record is taken as a real gap
+//! (or time jump), checked and accepted. Records of the old sequence that
+//! come after that are repeats. A checkpoint or the end of the feed
+//! settles a hold the same way (`Lookahead::flush`).
 
 use super::{FeedStats, GAP_RANGES_KEPT, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -366,7 +373,11 @@ impl Sequencer {
     /// Judges a well-formed record (nothing may be held). A record that is
     /// held or rejected here moves nothing; `commit` moves the sequence.
     pub fn judge(&mut self, seq: u64, ts_ns: i64) -> Judged {
-        debug_assert!(self.held.is_none(), "judge while a record is held");
+        // While a record is held, only a repeat reaches here (`resolve` waits on it).
+        debug_assert!(
+            self.held.is_none() || self.expected_seq.is_some_and(|e| seq < e),
+            "judge while a record is held"
+        );
         if let Some(expected) = self.expected_seq
             && seq < expected
         {
@@ -517,6 +528,106 @@ impl Sequencer {
         s.day = (has_day && rules.one_day).then_some(day);
         s.unplaced = r.u64()?;
         Ok(s)
+    }
+}
+
+/// A well-formed record as the decoder read it, or why it could not be
+/// (with its seq, when its first field could be read).
+pub type Offered = Result<RawRecord, (Option<u64>, RejectReason)>;
+
+/// The look-ahead of a feed that cannot always wait for the next record (a
+/// live feed): at most one record held, with the caller's `tag` (what it
+/// needs to emit or reject the record later: the wire record, a line) and
+/// its place (line or seq, for the gap report). Fixed size, no allocation;
+/// every outcome goes to `settled`, in feed order.
+#[derive(Clone, Debug)]
+pub struct Lookahead<T: Copy> {
+    held: Option<(RawRecord, T, u64)>,
+    /// When the hold began (the caller's clock, nanoseconds).
+    since_ns: u64,
+    idle_release_ns: u64,
+}
+
+impl<T: Copy> Lookahead<T> {
+    /// `idle_release_ns`: how long a held record waits for a next one
+    /// before it is taken as a real jump (see the module doc).
+    pub fn new(idle_release_ns: u64) -> Lookahead<T> {
+        Lookahead { held: None, since_ns: 0, idle_release_ns }
+    }
+
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// When `on_idle` will release the held record, if one is held.
+    pub fn deadline_ns(&self) -> Option<u64> {
+        self.held.map(|_| self.since_ns.saturating_add(self.idle_release_ns))
+    }
+
+    /// One record from the feed, in feed order. A held record it settles is
+    /// reported first, then this record (unless it is held in turn). `now`
+    /// is read only when a hold begins.
+    pub fn offer(
+        &mut self,
+        v: &mut Validator,
+        record: Offered,
+        tag: T,
+        place: u64,
+        now_ns: impl FnOnce() -> u64,
+        settled: &mut impl FnMut(T, Result<Event, RejectReason>),
+    ) {
+        if let Some((raw, held_tag, held_place)) = self.held {
+            let next = record.as_ref().ok().map(|r| (r.seq, r.ts_ns));
+            let outcome = match v.seq.resolve(next) {
+                Resolved::Wait => None,
+                Resolved::Confirm => Some(v.admit(&raw, held_place)),
+                Resolved::Reject(reason) => Some(Err(reason)),
+            };
+            if let Some(outcome) = outcome {
+                self.held = None;
+                settled(held_tag, outcome);
+            }
+        }
+        let outcome = match record {
+            Ok(raw) => match v.seq.judge(raw.seq, raw.ts_ns) {
+                Judged::InLine => v.admit(&raw, place),
+                Judged::Hold => {
+                    self.held = Some((raw, tag, place));
+                    self.since_ns = now_ns();
+                    return;
+                }
+                Judged::Reject(reason) => Err(reason),
+            },
+            Err((seq, reason)) => {
+                v.seq.malformed(seq);
+                Err(reason)
+            }
+        };
+        settled(tag, outcome);
+    }
+
+    /// The feed is quiet: a record held for `idle_release_ns` or longer is
+    /// taken as a real jump. Returns whether one was released.
+    pub fn on_idle(
+        &mut self,
+        v: &mut Validator,
+        now_ns: u64,
+        settled: &mut impl FnMut(T, Result<Event, RejectReason>),
+    ) -> bool {
+        if self.deadline_ns().is_some_and(|deadline| now_ns >= deadline) {
+            self.flush(v, settled);
+            return true;
+        }
+        false
+    }
+
+    /// Settles a held record now (before a checkpoint, at the end of the
+    /// feed): nothing contradicted it, so it is checked and accepted.
+    pub fn flush(&mut self, v: &mut Validator, settled: &mut impl FnMut(T, Result<Event, RejectReason>)) {
+        if let Some((raw, tag, place)) = self.held.take() {
+            v.seq.resolve_at_end();
+            settled(tag, v.admit(&raw, place));
+        }
     }
 }
 
