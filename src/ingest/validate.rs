@@ -185,34 +185,38 @@ impl Lifecycle {
     }
 
     /// Checks `e` against the open orders and, if it is sound, applies it.
-    #[inline]
+    /// One probe per order named (`FlatMap::index_of`), as this runs for
+    /// every record of every feed.
+    #[inline(always)]
     pub fn apply(&mut self, e: &Event) -> Result<(), RejectReason> {
         match e.kind {
             Kind::New => {
-                if self.open.contains_key(e.order_id) {
-                    return Err(RejectReason::DuplicateOrder(e.order_id));
-                }
                 if self.open.len() >= self.limit {
-                    return Err(RejectReason::TableFull("open-order"));
+                    return Err(self.full_or_duplicate(e.order_id));
                 }
                 let order = OpenOrder { open_qty: e.qty, account: e.account, instrument: e.instrument, side: e.side };
-                self.open.insert(e.order_id, order);
+                if !self.open.insert_new(e.order_id, order) {
+                    return Err(RejectReason::DuplicateOrder(e.order_id));
+                }
             }
             Kind::Cancel => {
-                let order = *self.open.get(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
+                let at = self.open.index_of(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
+                let order = *self.open.at(at);
                 check_owner(&order, e.order_id, e.account, e.instrument, e.side)?;
                 if e.qty != order.open_qty {
                     let (order_id, qty, open) = (e.order_id, e.qty, order.open_qty);
                     return Err(RejectReason::CancelQty { order_id, qty, open });
                 }
-                self.open.remove(e.order_id);
+                self.open.remove_at(at);
             }
             Kind::Trade => {
                 if e.order_id == e.contra_order_id {
                     return Err(RejectReason::SelfMatch(e.order_id));
                 }
-                let buy = *self.open.get(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
-                let sell = *self.open.get(e.contra_order_id).ok_or(RejectReason::UnknownOrder(e.contra_order_id))?;
+                let buy_at = self.open.index_of(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
+                let sell_at =
+                    self.open.index_of(e.contra_order_id).ok_or(RejectReason::UnknownOrder(e.contra_order_id))?;
+                let (buy, sell) = (*self.open.at(buy_at), *self.open.at(sell_at));
                 check_owner(&buy, e.order_id, e.account, e.instrument, Side::Buy)?;
                 check_owner(&sell, e.contra_order_id, e.contra_account, e.instrument, Side::Sell)?;
                 for (order_id, order) in [(e.order_id, &buy), (e.contra_order_id, &sell)] {
@@ -220,17 +224,28 @@ impl Lifecycle {
                         return Err(RejectReason::Overfill { order_id, qty: e.qty, open: order.open_qty });
                     }
                 }
-                for order_id in [e.order_id, e.contra_order_id] {
-                    if let Some(order) = self.open.get_mut(order_id) {
-                        order.open_qty -= e.qty;
-                        if order.open_qty == 0 {
-                            self.open.remove(order_id);
-                        }
-                    }
+                self.open.at_mut(buy_at).open_qty -= e.qty;
+                self.open.at_mut(sell_at).open_qty -= e.qty;
+                // A removal moves other slots: the second one is found again.
+                if buy.open_qty == e.qty {
+                    self.open.remove_at(buy_at);
+                }
+                if sell.open_qty == e.qty {
+                    self.open.remove(e.contra_order_id);
                 }
             }
         }
         Ok(())
+    }
+
+    /// A new order with the table at its limit: a duplicate is still named as such.
+    #[cold]
+    fn full_or_duplicate(&self, order_id: u64) -> RejectReason {
+        if self.open.contains_key(order_id) {
+            RejectReason::DuplicateOrder(order_id)
+        } else {
+            RejectReason::TableFull("open-order")
+        }
     }
 
     /// Brings an order's slot into cache (a record a few ahead).
@@ -811,6 +826,14 @@ impl Validator {
     pub fn admit(&mut self, raw: &RawRecord, line_no: u64) -> Result<Event, RejectReason> {
         let outcome = self.accept(raw);
         self.seq.commit(raw.seq, raw.ts_ns, outcome.is_ok(), line_no, &mut self.stats);
+        outcome
+    }
+
+    /// `admit` for a record `Sequencer::in_line` passed.
+    #[inline]
+    pub fn admit_in_line(&mut self, raw: &RawRecord) -> Result<Event, RejectReason> {
+        let outcome = self.accept(raw);
+        self.seq.commit_in_line(raw.seq, raw.ts_ns, outcome.is_ok());
         outcome
     }
 
