@@ -859,6 +859,18 @@ fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), St
         }
         Ok(names)
     };
+    // The validator's stated limits: import never writes more, and a feed
+    // must not hold more names than a CSV tape's could.
+    let limits = crate::ingest::validate::Limits::default();
+    for (what, n, limit) in
+        [("accounts", n_accounts, limits.accounts), ("instruments", n_instruments, limits.instruments)]
+    {
+        if n > limit as u64 {
+            return Err(format!(
+                "symbol section (bytes {start}..{end}): {n} {what}, more than the {limit} a feed may have"
+            ));
+        }
+    }
     let accounts = read("account", n_accounts)?;
     let instruments = read("instrument", n_instruments)?;
     if at != end {
@@ -1392,6 +1404,22 @@ mod tests {
         }
     }
 
+    /// A tape naming more accounts than a feed may intern is refused at
+    /// open, as a CSV tape's extra accounts would be rejected.
+    #[test]
+    fn more_names_than_the_limits_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("many.tape");
+        let limit = crate::ingest::validate::Limits::default().accounts;
+        let names: Vec<Vec<u8>> = (0..=limit).map(|i| format!("A{i}").into_bytes()).collect();
+        let names: Vec<&[u8]> = names.iter().map(|n| &n[..]).collect();
+        let mut writer = TapeWriter::create(&path).expect("create");
+        writer.push(&rec(1, b'N', b'B', 0, 0)).expect("push");
+        writer.finish(&names, &[b"X"], TapeStats::default()).expect("finish");
+        let e = Tape::open(&path).expect_err("too many accounts").to_string();
+        assert!(e.contains(&format!("{} accounts, more than the {limit} a feed may have", limit + 1)), "{e}");
+    }
+
     #[test]
     fn inconsistent_headers_and_symbols_with_valid_checksums_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1405,7 +1433,8 @@ mod tests {
             (Box::new(|b| put_u32(b, H_RECORD_BYTES, 72)), "72-byte records"),
             (Box::new(|b| b[100] = 1), "header bytes 96..120 are reserved but not zero"),
             (Box::new(move |b| put_u64(b, symbols, 5)), "ends at instrument 2 of 3"),
-            (Box::new(move |b| put_u64(b, symbols + 8, 1_000_000)), "ends at instrument 3 of 1000000"),
+            (Box::new(move |b| put_u64(b, symbols + 8, 60_000)), "ends at instrument 3 of 60000"),
+            (Box::new(move |b| put_u64(b, symbols + 8, 1_000_000)), "1000000 instruments, more than the 65536"),
             (Box::new(move |b| put_u64(b, symbols + 8, 2)), "symbol section: 1 bytes of unexpected data"),
             (Box::new(move |b| b[symbols + 17] = 0xC3), "account 0's name at byte"),
         ];
