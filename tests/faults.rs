@@ -430,3 +430,31 @@ fn csv_and_native_reject_the_same_record_for_every_fault_class() {
         assert_eq!(native_rejects, csv_rejects, "{name}: the formats reject differently");
     }
 }
+
+/// The reference and output paths a native run has: `--rejects` equal to
+/// the tape (it died of SIGBUS and left the tape empty) and `--alerts`
+/// equal to the instruments file found beside the tape (overwritten, exit
+/// 0) are refused with exit 2, both inputs unchanged; the summary names the
+/// instruments file it used.
+#[test]
+fn every_input_is_named_and_none_is_an_output() {
+    let day = day();
+    let native = day.import(&day.tape);
+    let instruments = day.dir.path().join("g.instruments.csv");
+    std::fs::write(&instruments, "instrument,prev_close,limit_up,limit_down,tick\n").expect("write");
+    let before = (std::fs::read(&native).expect("tape"), std::fs::read(&instruments).expect("instruments"));
+    let run = |args: &[&std::ffi::OsStr]| Command::new(bin()).args(args).output().expect("run");
+    let (tape, inst) = (native.as_os_str(), instruments.as_os_str());
+    let out = run(&["replay".as_ref(), tape, "--rejects".as_ref(), tape, "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--rejects"), "{}", text(&out));
+    let out = run(&["replay".as_ref(), day.tape.as_os_str(), "--alerts".as_ref(), inst, "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("instruments file"), "{}", text(&out));
+    assert_eq!((std::fs::read(&native).expect("tape"), std::fs::read(&instruments).expect("instruments")), before);
+    let alerts = day.dir.path().join("named.jsonl");
+    let out =
+        run(&["replay".as_ref(), tape, "--alerts".as_ref(), alerts.as_os_str(), "--shards".as_ref(), "1".as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("instruments {}", instruments.display())), "{}", text(&out));
+}
