@@ -361,7 +361,8 @@ fn csv_and_native_reject_the_same_record_for_every_fault_class() {
     let other_side = if day.field(n, 6) == "B" { "S" } else { "B" };
     // (class, CSV field edits, the same on the native record, reason)
     type Edit = Box<dyn Fn(&mut TapeRecord)>;
-    let cases: Vec<(&str, Vec<(usize, String)>, Edit, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(usize, String)>, Edit, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "repeated seq",
             vec![(0, prev_seq.to_string())],
