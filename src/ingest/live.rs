@@ -104,8 +104,13 @@ pub fn wire_channel(slots: usize) -> (WireSender, Consumer<Vec<WireRecord>>) {
 const PREFETCH_AHEAD: usize = 12;
 
 /// How long a held jump waits for a next record on a quiet feed, by default
-/// (`LiveFeed::with_idle_release`): well under the default idle advance of
-/// event time, so a lone jumped record is not also made late.
+/// (`LiveFeed::with_idle_release`). While it waits, a quiet feed's event
+/// time runs on after `idle_after` (`time::IdleAdvance`), so a released
+/// record (its event time at or after the feed's) is on time only while
+/// `idle_release < lateness + idle_after`: 50 ms against the defaults'
+/// 50 + 10 ms. Longer tells more typos from gaps on a slow feed; but once
+/// released, a jump is taken as real and the old sequence's records are
+/// repeats.
 pub const IDLE_RELEASE_NS: u64 = 50_000_000;
 
 pub struct LiveFeed {
