@@ -459,3 +459,25 @@ fn every_input_is_named_and_none_is_an_output() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&format!("instruments {}", instruments.display())), "{}", text(&out));
 }
+
+/// A rules file or scenario is read through a limit: an endless device is
+/// refused naming it (exit 2), never read into memory.
+#[test]
+fn config_files_are_read_through_a_limit() {
+    let day = day();
+    let out = Command::new(bin())
+        .arg("replay")
+        .arg(&day.tape)
+        .args(["--rules", "/dev/zero", "--quiet"])
+        .output()
+        .expect("run replay");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("/dev/zero: rules file larger than 1 MiB"), "{}", text(&out));
+    let out = Command::new(bin())
+        .args(["gen", "--scenario", "/dev/zero", "--out"])
+        .arg(day.dir.path().join("s.csv"))
+        .output()
+        .expect("run gen");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("/dev/zero: scenario larger than 1 MiB"), "{}", text(&out));
+}
