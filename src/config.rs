@@ -153,12 +153,23 @@ impl<'a> TierSplit<'a> {
 
 /// Reads a TOML file and parses it; every problem comes back on its own
 /// line, prefixed with the file's path.
+/// The most a rules file or scenario may hold.
+pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
+
 pub(crate) fn load_file<T>(
     path: &Path,
     what: &str,
     parse: impl FnOnce(&str) -> Result<T, Vec<String>>,
 ) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read {what}: {e}", path.display()))?;
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("{}: cannot read {what}: {e}", path.display());
+    // Read through a limit: a rules file or scenario is a few KiB, and
+    // neither a device nor a huge file may size an allocation.
+    let mut text = String::new();
+    std::fs::File::open(path).and_then(|f| f.take(CONFIG_MAX_BYTES + 1).read_to_string(&mut text)).map_err(cannot)?;
+    if text.len() as u64 > CONFIG_MAX_BYTES {
+        return Err(format!("{}: {what} larger than {} MiB", path.display(), CONFIG_MAX_BYTES >> 20));
+    }
     parse(&text)
         .map_err(|problems| problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n"))
 }

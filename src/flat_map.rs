@@ -136,6 +136,70 @@ impl<K: FlatKey, V: Copy + Default> FlatMap<K, V> {
         }
     }
 
+    /// Where `key` is: a handle for `at`, `at_mut` and `remove_at`, valid
+    /// until the map next changes. One probe where `get` then `remove`
+    /// would take two.
+    #[inline]
+    pub fn index_of(&self, key: K) -> Option<usize> {
+        if key == K::EMPTY {
+            // The key kept on the side has the handle one past the slots.
+            return self.empty_key.map(|_| self.slots.len());
+        }
+        match self.find(key) {
+            (i, true) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The value at a handle from `index_of`.
+    #[inline]
+    pub fn at(&self, i: usize) -> &V {
+        match self.slots.get(i) {
+            Some((_, value)) => value,
+            None => self.empty_key.as_ref().expect("a handle from index_of"),
+        }
+    }
+
+    #[inline]
+    pub fn at_mut(&mut self, i: usize) -> &mut V {
+        match self.slots.get_mut(i) {
+            Some((_, value)) => value,
+            None => self.empty_key.as_mut().expect("a handle from index_of"),
+        }
+    }
+
+    /// Removes the entry at a handle from `index_of`.
+    #[inline]
+    pub fn remove_at(&mut self, i: usize) -> V {
+        if i >= self.slots.len() {
+            return self.empty_key.take().expect("a handle from index_of");
+        }
+        self.remove_slot(i)
+    }
+
+    /// Inserts `key` unless it is present; returns whether it was inserted
+    /// (one probe where `contains_key` then `insert` would take two).
+    #[inline]
+    pub fn insert_new(&mut self, key: K, value: V) -> bool {
+        if key == K::EMPTY {
+            if self.empty_key.is_some() {
+                return false;
+            }
+            self.empty_key = Some(value);
+            return true;
+        }
+        let (i, found) = self.find(key);
+        if found {
+            return false;
+        }
+        self.slots[i] = (key, value);
+        self.len += 1;
+        if self.len * 2 > self.slots.len() {
+            self.grow();
+        }
+        true
+    }
+
     pub fn contains_key(&self, key: K) -> bool {
         self.get(key).is_some()
     }
@@ -184,10 +248,14 @@ impl<K: FlatKey, V: Copy + Default> FlatMap<K, V> {
         if key == K::EMPTY {
             return self.empty_key.take();
         }
-        let (mut hole, found) = self.find(key);
+        let (hole, found) = self.find(key);
         if !found {
             return None;
         }
+        Some(self.remove_slot(hole))
+    }
+
+    fn remove_slot(&mut self, mut hole: usize) -> V {
         let value = self.slots[hole].1;
         // Backward shift: pull later entries of the probe run into the hole
         // when their home is not between the hole and where they sit, so no
@@ -209,7 +277,7 @@ impl<K: FlatKey, V: Copy + Default> FlatMap<K, V> {
         }
         self.slots[hole].0 = K::EMPTY;
         self.len -= 1;
-        Some(value)
+        value
     }
 
     fn grow(&mut self) {
@@ -244,7 +312,7 @@ mod tests {
         /// The map agrees with std's HashMap under any mix of operations,
         /// including growth, removal runs and the reserved key.
         #[test]
-        fn behaves_like_a_hash_map(ops in proptest::collection::vec((0u8..3, 0u64..64, any::<u32>()), 0..2000)) {
+        fn behaves_like_a_hash_map(ops in proptest::collection::vec((0u8..6, 0u64..64, any::<u32>()), 0..2000)) {
             let mut flat: FlatMap<u64, u32> = FlatMap::with_capacity(4);
             let mut model = HashMap::new();
             for (op, key, value) in ops {
@@ -253,6 +321,20 @@ mod tests {
                 match op {
                     0 => { flat.insert(key, value); model.insert(key, value); }
                     1 => prop_assert_eq!(flat.remove(key), model.remove(&key)),
+                    2 => {
+                        let inserted = !model.contains_key(&key);
+                        prop_assert_eq!(flat.insert_new(key, value), inserted);
+                        model.entry(key).or_insert(value);
+                    }
+                    3 => match flat.index_of(key) {
+                        Some(i) => prop_assert_eq!(Some(flat.remove_at(i)), model.remove(&key)),
+                        None => prop_assert!(!model.contains_key(&key)),
+                    },
+                    4 => if let Some(i) = flat.index_of(key) {
+                        *flat.at_mut(i) = value;
+                        prop_assert_eq!(*flat.at(i), value);
+                        model.insert(key, value);
+                    },
                     _ => prop_assert_eq!(flat.get(key).copied(), model.get(&key).copied()),
                 }
                 prop_assert_eq!(flat.len(), model.len());

@@ -36,7 +36,7 @@ const HEADER_TIER: &str = "instrument,prev_close,limit_up,limit_down,tick,tier";
 
 impl Instruments {
     pub fn load(path: &Path) -> Result<Instruments, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let bytes = crate::symbols::read_reference(path)?;
         let text = std::str::from_utf8(&bytes).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
         Instruments::parse(text)
             .map_err(|e| e.lines().map(|line| format!("{}: {line}", path.display())).collect::<Vec<_>>().join("\n"))
@@ -117,7 +117,7 @@ impl Instruments {
             by_name.insert(packed, info);
         }
         if !problems.is_empty() {
-            return Err(problems.join("\n"));
+            return Err(crate::symbols::list_problems(&problems));
         }
         Ok(Instruments { by_name, loaded: true, hash: hasher.digest() })
     }

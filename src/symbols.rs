@@ -155,10 +155,48 @@ pub struct Groups {
     names: Vec<String>,
 }
 
+/// The most a reference file (accounts.csv, instruments.csv) may hold: far
+/// above a market's (a million accounts take about 20 MiB), and a bound on
+/// what reading one allocates.
+pub const REFERENCE_MAX_BYTES: u64 = 64 << 20;
+
+/// Reads a reference file whole, refusing one past `REFERENCE_MAX_BYTES`
+/// (read through a limit, so a device or a growing file is bounded too).
+pub fn read_reference(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(REFERENCE_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if bytes.len() as u64 > REFERENCE_MAX_BYTES {
+        return Err(format!(
+            "{}: larger than {} MiB, the most a reference file may hold",
+            path.display(),
+            REFERENCE_MAX_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
+}
+
+/// At most this many problems of one file are listed; the rest are counted.
+const PROBLEMS_SHOWN: usize = 50;
+
+/// Every problem of a file, one a line, the first `PROBLEMS_SHOWN` in full.
+pub fn list_problems(problems: &[String]) -> String {
+    let mut text = problems[..problems.len().min(PROBLEMS_SHOWN)].join("\n");
+    if problems.len() > PROBLEMS_SHOWN {
+        text += &format!("\n... and {} more problems", problems.len() - PROBLEMS_SHOWN);
+    }
+    text
+}
+
 impl Groups {
     pub fn load(path: &Path) -> Result<Groups, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        Groups::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes = read_reference(path)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| format!("{}: not UTF-8: {e}", path.display()))?;
+        Groups::parse(text)
+            .map_err(|e| e.lines().map(|line| format!("{}: {line}", path.display())).collect::<Vec<_>>().join("\n"))
     }
 
     /// Parses `account,group` lines after the header; every problem is
@@ -213,7 +251,7 @@ impl Groups {
                 problems.push(format!("line {line_no}: account `{account}` is listed in two groups"));
             }
         }
-        if problems.is_empty() { Ok(groups) } else { Err(problems.join("\n")) }
+        if problems.is_empty() { Ok(groups) } else { Err(list_problems(&problems)) }
     }
 
     /// The group of an account: its accounts.csv group, or itself.
@@ -275,6 +313,26 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reference files are bounded before they are read whole: a huge file
+    /// (sparse here) or an endless device is refused naming the path, and a
+    /// file of many bad lines lists the first problems and counts the rest.
+    #[test]
+    fn reference_files_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge.accounts.csv");
+        let file = std::fs::File::create(&huge).unwrap();
+        file.set_len(REFERENCE_MAX_BYTES + 1).unwrap();
+        let e = Groups::load(&huge).err().expect("refused");
+        assert!(e.contains("huge.accounts.csv: larger than 64 MiB"), "{e}");
+        let e = crate::instruments::Instruments::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.contains("/dev/zero: larger than 64 MiB"), "{e}");
+        let bad = dir.path().join("bad.accounts.csv");
+        std::fs::write(&bad, format!("account,group\n{}", "A 1,G\n".repeat(1000))).unwrap();
+        let e = Groups::load(&bad).err().expect("refused");
+        assert_eq!(e.lines().count(), PROBLEMS_SHOWN + 1, "{e}");
+        assert!(e.ends_with("bad.accounts.csv: ... and 950 more problems"), "{e}");
+    }
 
     #[test]
     fn name_rules_of_feed_md() {

@@ -290,3 +290,194 @@ fn an_edited_tape_is_not_resumed() {
         text(&out)
     );
 }
+
+/// Recomputes every checksum of a forged native tape (the chain header ->
+/// table and symbols -> blocks), as anyone editing a tape can.
+fn reseal(b: &mut [u8]) {
+    use xxhash_rust::xxh3::xxh3_64;
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let block_records = u32::from_le_bytes(b[20..24].try_into().expect("4 bytes")) as usize;
+    let (table, symbols) = (u64_at(b, 32) as usize, u64_at(b, 40) as usize);
+    let sums: Vec<u64> = b[128..table].chunks(block_records * 64).map(xxh3_64).collect();
+    for (i, sum) in sums.iter().enumerate() {
+        b[table + i * 8..table + i * 8 + 8].copy_from_slice(&sum.to_le_bytes());
+    }
+    let (th, sh) = (xxh3_64(&b[table..symbols]), xxh3_64(&b[symbols..]));
+    b[80..88].copy_from_slice(&th.to_le_bytes());
+    b[88..96].copy_from_slice(&sh.to_le_bytes());
+    let hh = xxh3_64(&b[..120]);
+    b[120..128].copy_from_slice(&hh.to_le_bytes());
+}
+
+/// Writes record `i` of a native tape's bytes in the format's layout.
+fn put_record(b: &mut [u8], i: usize, r: &TapeRecord) {
+    let at = 128 + i * 64;
+    for (offset, v) in [(0, r.seq), (8, r.ts_ns as u64), (16, r.order_id), (24, r.contra_order_id)] {
+        b[at + offset..at + offset + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    for (offset, v) in [(32, r.price as u64), (40, r.qty)] {
+        b[at + offset..at + offset + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    for (offset, v) in [(48, r.account), (52, r.contra_account), (56, r.instrument)] {
+        b[at + offset..at + offset + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    b[at + 60] = r.kind;
+    b[at + 61] = r.side;
+}
+
+/// The rejects file as (place, reason, record) rows; a native tape names
+/// the record (1-based), which is CSV line minus one (the header).
+fn reject_rows(text: &str, native: bool) -> Vec<(u64, String, String)> {
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let mut cols = line.splitn(3, '\t');
+            let place: u64 = cols.next().and_then(|p| p.parse().ok()).expect("place");
+            let reason = cols.next().expect("reason").to_string();
+            (place + native as u64, reason, cols.next().expect("record").to_string())
+        })
+        .collect()
+}
+
+/// The fault matrix across formats: every fault class the seq and
+/// lifecycle rules catch (and the field and event-time classes), put into
+/// record `n` of the CSV tape and, forged and resealed, of the native tape
+/// imported from the clean one. Both runs complete with the alerts of the
+/// tape without that record, and reject the same record for the same
+/// reason: the native feed re-checks everything the CSV decoder checks.
+#[test]
+fn csv_and_native_reject_the_same_record_for_every_fault_class() {
+    let day = day();
+    // A cancel: leaving it out changes no later record's lifecycle.
+    let n = (150..day.lines.len()).find(|&n| day.field(n, 2) == "C").expect("a cancel");
+    let (_, expected) = day.replay(&day.without_line("ref.csv", n), &[]);
+    let clean = day.import(&day.tape);
+    let clean_bytes = std::fs::read(&clean).expect("read tape");
+    let original = Tape::open(&clean).expect("open").record(n - 2);
+    let prev_seq: u64 = day.field(n - 1, 0).parse().expect("seq");
+    let seq: u64 = day.field(n, 0).parse().expect("seq");
+    let ts: i64 = day.field(n, 1).parse().expect("ts");
+    let qty: u64 = day.field(n, 8).parse().expect("qty");
+    let other_side = if day.field(n, 6) == "B" { "S" } else { "B" };
+    // (class, CSV field edits, the same on the native record, reason)
+    type Edit = Box<dyn Fn(&mut TapeRecord)>;
+    type Case<'a> = (&'a str, Vec<(usize, String)>, Edit, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "repeated seq",
+            vec![(0, prev_seq.to_string())],
+            Box::new(move |r: &mut TapeRecord| r.seq = prev_seq),
+            "repeated or backward seq",
+        ),
+        ("seq jump", vec![(0, (seq * 10).to_string())], Box::new(move |r: &mut TapeRecord| r.seq *= 10), "out of line"),
+        (
+            "unknown order",
+            vec![(3, "987654321".into())],
+            Box::new(move |r: &mut TapeRecord| r.order_id = 987_654_321),
+            "order 987654321 unknown",
+        ),
+        (
+            "cancel qty",
+            vec![(8, (qty + 1).to_string())],
+            Box::new(move |r: &mut TapeRecord| r.qty += 1),
+            "is not its open qty",
+        ),
+        (
+            "wrong side",
+            vec![(6, other_side.into())],
+            Box::new(|r: &mut TapeRecord| r.side = if r.side == b'B' { b'S' } else { b'B' }),
+            "side differs",
+        ),
+        ("price -1", vec![(7, "-1.0000".into())], Box::new(move |r: &mut TapeRecord| r.price = -10_000), "bad price"),
+        ("qty 0", vec![(8, "0".into())], Box::new(move |r: &mut TapeRecord| r.qty = 0), "bad qty"),
+        (
+            "a day ahead",
+            vec![(1, (ts + 86_400_000_000_000).to_string())],
+            Box::new(|r: &mut TapeRecord| r.ts_ns += 86_400_000_000_000),
+            "outside the tape's trading day",
+        ),
+        (
+            "a minute ahead",
+            vec![(1, (ts + 60_000_000_000).to_string())],
+            Box::new(|r: &mut TapeRecord| r.ts_ns += 60_000_000_000),
+            "ahead of the feed",
+        ),
+    ];
+    for (name, csv_edits, native_edit, reason) in cases {
+        let mut fields: Vec<String> = day.lines[n - 1].split(',').map(str::to_string).collect();
+        for (i, value) in csv_edits {
+            fields[i] = value;
+        }
+        let csv = day.with_line("bad.csv", n, &fields.join(","));
+        let (out, csv_alerts) = day.replay(&csv, &[]);
+        assert!(out.status.success(), "{name} (CSV): {}", text(&out));
+        let csv_rejects = reject_rows(&day.last_rejects(), false);
+
+        let mut bytes = clean_bytes.clone();
+        let mut record = original;
+        native_edit(&mut record);
+        put_record(&mut bytes, n - 2, &record);
+        reseal(&mut bytes);
+        let native = day.dir.path().join("bad.tape");
+        std::fs::write(&native, &bytes).expect("write");
+        let (out, native_alerts) = day.replay(&native, &[]);
+        assert!(out.status.success(), "{name} (native): {}", text(&out));
+        let native_rejects = reject_rows(&day.last_rejects(), true);
+
+        assert_eq!(csv_alerts, expected, "{name}: CSV alerts differ from the tape without the record");
+        assert_eq!(native_alerts, expected, "{name}: native alerts differ from the tape without the record");
+        assert_eq!(csv_rejects.len(), 1, "{name}: {csv_rejects:?}");
+        assert!(csv_rejects[0].0 == n as u64 && csv_rejects[0].1.contains(reason), "{name}: {csv_rejects:?}");
+        assert_eq!(native_rejects, csv_rejects, "{name}: the formats reject differently");
+    }
+}
+
+/// The reference and output paths a native run has: `--rejects` equal to
+/// the tape (it died of SIGBUS and left the tape empty) and `--alerts`
+/// equal to the instruments file found beside the tape (overwritten, exit
+/// 0) are refused with exit 2, both inputs unchanged; the summary names the
+/// instruments file it used.
+#[test]
+fn every_input_is_named_and_none_is_an_output() {
+    let day = day();
+    let native = day.import(&day.tape);
+    let instruments = day.dir.path().join("g.instruments.csv");
+    std::fs::write(&instruments, "instrument,prev_close,limit_up,limit_down,tick\n").expect("write");
+    let before = (std::fs::read(&native).expect("tape"), std::fs::read(&instruments).expect("instruments"));
+    let run = |args: &[&std::ffi::OsStr]| Command::new(bin()).args(args).output().expect("run");
+    let (tape, inst) = (native.as_os_str(), instruments.as_os_str());
+    let out = run(&["replay".as_ref(), tape, "--rejects".as_ref(), tape, "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--rejects"), "{}", text(&out));
+    let out = run(&["replay".as_ref(), day.tape.as_os_str(), "--alerts".as_ref(), inst, "--quiet".as_ref()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("instruments file"), "{}", text(&out));
+    assert_eq!((std::fs::read(&native).expect("tape"), std::fs::read(&instruments).expect("instruments")), before);
+    let alerts = day.dir.path().join("named.jsonl");
+    let out =
+        run(&["replay".as_ref(), tape, "--alerts".as_ref(), alerts.as_os_str(), "--shards".as_ref(), "1".as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("instruments {}", instruments.display())), "{}", text(&out));
+}
+
+/// A rules file or scenario is read through a limit: an endless device is
+/// refused naming it (exit 2), never read into memory.
+#[test]
+fn config_files_are_read_through_a_limit() {
+    let day = day();
+    let out = Command::new(bin())
+        .arg("replay")
+        .arg(&day.tape)
+        .args(["--rules", "/dev/zero", "--quiet"])
+        .output()
+        .expect("run replay");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("/dev/zero: rules file larger than 1 MiB"), "{}", text(&out));
+    let out = Command::new(bin())
+        .args(["gen", "--scenario", "/dev/zero", "--out"])
+        .arg(day.dir.path().join("s.csv"))
+        .output()
+        .expect("run gen");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("/dev/zero: scenario larger than 1 MiB"), "{}", text(&out));
+}

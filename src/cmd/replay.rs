@@ -129,6 +129,8 @@ pub struct Inputs {
     pub tape: PathBuf,
     pub native: bool,
     pub accounts: Option<PathBuf>,
+    /// instruments.csv, given or found beside the tape.
+    pub instruments: Option<PathBuf>,
     pub rules: Option<PathBuf>,
     /// xxh3 of the effective rules (defaults included).
     pub rules_hash: u64,
@@ -153,6 +155,12 @@ impl Inputs {
         s += &format!(
             "accounts    {}\n",
             self.accounts.as_ref().map_or("none (every account is its own group)".to_string(), |p| shown(p))
+        );
+        s += &format!(
+            "instruments {}\n",
+            self.instruments
+                .as_ref()
+                .map_or("none (order books: a one-unit tick, no price limits)".to_string(), |p| shown(p))
         );
         s += &format!(
             "rules       {} (effective rules xxh3 {:016x}), lateness {} ms\n",
@@ -198,6 +206,7 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
             "tape": path(&inputs.tape),
             "format": if inputs.native { "native" } else { "csv" },
             "accounts": inputs.accounts.as_deref().map(path),
+            "instruments": inputs.instruments.as_deref().map(path),
             "rules": inputs.rules.as_deref().map(path),
             "rules_hash": format!("{:016x}", inputs.rules_hash),
             "lateness_ms": inputs.lateness_ms,
@@ -305,13 +314,17 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     if let Some(path) = &accounts_path {
         plan.input("accounts file", path);
     }
+    // Resolved as `book::load_instruments` resolves it.
+    let instruments_path =
+        args.instruments.clone().or_else(|| Some(beside(&args.tape, ".instruments.csv")).filter(|p| p.exists()));
+    if let Some(path) = &instruments_path {
+        plan.input("instruments file", path);
+    }
     if let Some(path) = &args.rules {
         plan.input("rules file", path);
     }
-    plan.output("--alerts", &args.alerts).output("--late", &late_path);
-    if !native {
-        plan.output("--rejects", &rejects_path);
-    }
+    // Both formats write rejects (a native tape's are re-checked records).
+    plan.output("--alerts", &args.alerts).output("--late", &late_path).output("--rejects", &rejects_path);
     if let Some(path) = &args.json {
         plan.output("--json", path);
     }
@@ -404,6 +417,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         tape: args.tape.clone(),
         native,
         accounts: accounts_path.clone(),
+        instruments: instruments_path,
         rules: args.rules.clone(),
         rules_hash: xxhash_rust::xxh3::xxh3_64(format!("{rules:?}").as_bytes()),
         lateness_ms: args.lateness_ms,

@@ -324,6 +324,8 @@ impl<R: Read + Send + 'static> CsvFeed<R> {
             *position = (chunk.base_offset + line.next as u64, line.line_no + 1);
             validator.stats.records_read += 1;
             let outcome = match &line.parsed {
+                // The common case: next in seq and in line in time.
+                Ok(raw) if validator.seq.in_line(raw.seq, raw.ts_ns) => validator.admit_in_line(raw),
                 Ok(raw) => match validator.seq.judge(raw.seq, raw.ts_ns) {
                     Judged::InLine => validator.admit(raw, line.line_no),
                     Judged::Hold => {

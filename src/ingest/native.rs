@@ -64,10 +64,14 @@
 //!                           62  [u8; 2] reserved, zero
 //! ```
 //!
-//! Besides the checksums, `open` requires strictly increasing seq, valid kind
-//! and side bytes, and account and instrument ids below the symbol counts;
-//! the writer refuses the same things, so it never makes a tape that will
-//! not open.
+//! Besides the checksums, `open` requires valid kind and side bytes, and
+//! account and instrument ids below the symbol counts; the writer refuses
+//! the same things, so it never makes a tape that will not open. The writer
+//! also refuses a seq not above the one before (import's validator never
+//! passes one), but a reader does not trust that: seq order, like the order
+//! lifecycle and FEED.md's field rules, is a rule about records, checked by
+//! the feed record by record (`native_feed`), and a record that breaks it is
+//! rejected, not the tape.
 //!
 //! The writer fills `<path>.partial`, starting with a zeroed header (no
 //! magic), and writes the real header only after the table and symbols,
@@ -560,7 +564,7 @@ impl Tape {
     /// Maps the file and verifies everything before returning: magic,
     /// version, sizes, that the file length matches the header, every
     /// checksum, that every record has a valid kind and side byte and ids
-    /// below the symbol counts, and that seq is strictly increasing.
+    /// below the symbol counts.
     pub fn open(path: &Path) -> Result<Tape, TapeError> {
         // Past a few threads hashing is bound by memory bandwidth.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
@@ -653,9 +657,7 @@ impl Tape {
 
     /// Checks block `b` against its checksum and every record in it against
     /// the rules `open` enforces, in one pass that leaves the block in
-    /// cache for the reads that follow. The seq order across the block's
-    /// start is checked against the record before it, which the block
-    /// before (already verified, when blocks are verified in order) holds.
+    /// cache for the reads that follow.
     ///
     /// Returns how many of the block's records break a field rule of
     /// FEED.md (`validate::check_fields`: price and qty above zero, seq below
@@ -857,6 +859,18 @@ fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), St
         }
         Ok(names)
     };
+    // The validator's stated limits: import never writes more, and a feed
+    // must not hold more names than a CSV tape's could.
+    let limits = crate::ingest::validate::Limits::default();
+    for (what, n, limit) in
+        [("accounts", n_accounts, limits.accounts), ("instruments", n_instruments, limits.instruments)]
+    {
+        if n > limit as u64 {
+            return Err(format!(
+                "symbol section (bytes {start}..{end}): {n} {what}, more than the {limit} a feed may have"
+            ));
+        }
+    }
     let accounts = read("account", n_accounts)?;
     let instruments = read("instrument", n_instruments)?;
     if at != end {
@@ -865,17 +879,12 @@ fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), St
     Ok((accounts, instruments))
 }
 
-/// What the verification pass learnt about a block's records, so that the
-/// feed can skip per-record checks on a sound block: how many break a field
-/// rule, and the event times (first, least, greatest, and the largest jump
-/// of a record above every record before it in the block).
+/// What the verification pass learnt about a block's records: how many
+/// break a field rule, so that the feed checks fields per record only in a
+/// block that has such records.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockCheck {
     pub bad_fields: u64,
-    pub first_ts: i64,
-    pub min_ts: i64,
-    pub max_ts: i64,
-    pub max_jump: i64,
 }
 
 /// Every check `Tape::open` makes, on a tape held in memory (fuzzing and
@@ -948,14 +957,7 @@ fn check_blocks(
     let (sums, _) = map[geo.table.clone()].as_chunks::<8>();
     let block_bytes = geo.block_records as usize * RECORD_BYTES;
     let records = &map[HEADER_BYTES..geo.table.start];
-    // The record before the run is read unverified: if it is damaged, an
-    // earlier run reports that first, and its message wins.
-    let mut prev_seq = (run.start > 0).then(|| u64_at(records, run.start * block_bytes - RECORD_BYTES + R_SEQ));
     let mut bad_fields = 0u64;
-    let at = run.start * block_bytes + R_TS;
-    let first_ts = records.get(at..at + 8).map_or(0, |r| u64_at(r, 0) as i64);
-    // The first record's jump is 0: jumps are measured within the block.
-    let (mut min_ts, mut max_ts, mut max_jump) = (i64::MAX, first_ts, i64::MIN);
     for b in run {
         let block_start = b * block_bytes;
         let block = &records[block_start..(block_start + block_bytes).min(records.len())];
@@ -964,31 +966,21 @@ fn check_blocks(
         // loop has no data-dependent branch; the cold path works out which
         // record and which rule.
         let mut ok = true;
-        let mut prev = prev_seq.unwrap_or(0);
-        let mut have_prev = prev_seq.is_some();
         for slice in block.chunks(SLICE_BYTES) {
             hasher.update(slice);
             let (recs, _) = slice.as_chunks::<RECORD_BYTES>();
             for r in recs {
-                let seq = u64_at(r, R_SEQ);
-                ok &= (seq > prev) | !have_prev;
                 ok &= valid_kind(r[R_KIND]) & valid_side(r[R_SIDE]);
                 ok &= ((u32_at(r, R_ACCOUNT) as u64) < n_accounts)
                     & ((u32_at(r, R_CONTRA_ACCOUNT) as u64) < n_accounts)
                     & ((u32_at(r, R_INSTRUMENT) as u64) < n_instruments);
                 ok &= (r[R_RESERVED.start] | r[R_RESERVED.start + 1]) == 0;
                 // validate::check_fields, branch-free (same rules; a test pins them together).
-                let fields_ok = (seq != u64::MAX)
+                let fields_ok = (u64_at(r, R_SEQ) != u64::MAX)
                     & ((u64_at(r, R_PRICE) as i64) > 0)
                     & (u64_at(r, R_QTY) != 0)
                     & ((r[R_KIND] == b'T') | (u64_at(r, R_CONTRA_ORDER) == 0));
                 bad_fields += (!fields_ok) as u64;
-                let ts = u64_at(r, R_TS) as i64;
-                max_jump = max_jump.max(ts.saturating_sub(max_ts));
-                min_ts = min_ts.min(ts);
-                max_ts = max_ts.max(ts);
-                prev = seq;
-                have_prev = true;
             }
         }
         // Damage on disk is reported as such even when it also breaks a
@@ -1000,13 +992,12 @@ fn check_blocks(
         if !ok {
             let (recs, _) = block.as_chunks::<RECORD_BYTES>();
             let first = b * geo.block_records as usize;
-            return Err(diagnose(recs, first, prev_seq, n_accounts, n_instruments));
+            return Err(diagnose(recs, first, n_accounts, n_instruments));
         }
-        prev_seq = have_prev.then_some(prev);
         let at = HEADER_BYTES + block_start;
         release(at..at + block.len());
     }
-    Ok(BlockCheck { bad_fields, first_ts, min_ts, max_ts, max_jump })
+    Ok(BlockCheck { bad_fields })
 }
 
 /// Drops the whole pages of `range` from this process's resident set once
@@ -1026,22 +1017,12 @@ fn release(map: &Mmap, range: Range<usize>) {
 }
 
 #[cold]
-fn diagnose(
-    recs: &[[u8; RECORD_BYTES]],
-    first: usize,
-    mut prev_seq: Option<u64>,
-    n_accounts: u64,
-    n_instruments: u64,
-) -> String {
+fn diagnose(recs: &[[u8; RECORD_BYTES]], first: usize, n_accounts: u64, n_instruments: u64) -> String {
     for (j, r) in recs.iter().enumerate() {
         let i = first + j;
         let at = HEADER_BYTES + i * RECORD_BYTES;
         let rec = decode(r);
-        let problem = if let Some(prev) = prev_seq
-            && rec.seq <= prev
-        {
-            Some(format!("seq {} is not greater than the previous record's seq {prev}", rec.seq))
-        } else if !valid_kind(rec.kind) {
+        let problem = if !valid_kind(rec.kind) {
             Some(format!("invalid kind byte {:#04x} (expected N, C or T)", rec.kind))
         } else if !valid_side(rec.side) {
             Some(format!("invalid side byte {:#04x} (expected B or S)", rec.side))
@@ -1065,7 +1046,6 @@ fn diagnose(
         if let Some(p) = problem {
             return format!("record {i} at byte {at}: {p}");
         }
-        prev_seq = Some(rec.seq);
     }
     // Unreachable unless the fast check and this one disagree.
     format!("block starting at record {first}: invalid record")
@@ -1393,21 +1373,6 @@ mod tests {
                 "record 7 at byte 576: instrument id 3 is not below the 3 instruments".into(),
             ),
             (
-                // Record 4 opens block 1: the seq check must span blocks.
-                Box::new(move |b| put_u64(b, at(4, R_SEQ), 16)),
-                "record 4 at byte 384: seq 16 is not greater than the previous record's seq 16".into(),
-            ),
-            (
-                Box::new(move |b| put_u64(b, at(6, R_SEQ), 5)),
-                "record 6 at byte 512: seq 5 is not greater than the previous record's seq 20".into(),
-            ),
-            (
-                // Record 8 opens the last block, and a run of its own when
-                // verification uses three threads.
-                Box::new(move |b| put_u64(b, at(8, R_SEQ), 5)),
-                "record 8 at byte 640: seq 5 is not greater than the previous record's seq 24".into(),
-            ),
-            (
                 // Of two problems, the first in the file is the one named.
                 Box::new(move |b| {
                     b[at(9, R_KIND)] = b'x';
@@ -1428,6 +1393,31 @@ mod tests {
         let mut b = bytes.clone();
         reseal(&mut b);
         assert_eq!(b, bytes);
+        // A repeated or backward seq is a bad record, rejected by the feed
+        // (`native_feed`), not a damaged tape: it opens.
+        for (i, seq) in [(4, 16), (6, 5), (8, 5)] {
+            let mut b = bytes.clone();
+            put_u64(&mut b, at(i, R_SEQ), seq);
+            reseal(&mut b);
+            std::fs::write(&path, &b).expect("write");
+            assert_eq!(Tape::open(&path).expect("opens").record(i).seq, seq);
+        }
+    }
+
+    /// A tape naming more accounts than a feed may intern is refused at
+    /// open, as a CSV tape's extra accounts would be rejected.
+    #[test]
+    fn more_names_than_the_limits_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("many.tape");
+        let limit = crate::ingest::validate::Limits::default().accounts;
+        let names: Vec<Vec<u8>> = (0..=limit).map(|i| format!("A{i}").into_bytes()).collect();
+        let names: Vec<&[u8]> = names.iter().map(|n| &n[..]).collect();
+        let mut writer = TapeWriter::create(&path).expect("create");
+        writer.push(&rec(1, b'N', b'B', 0, 0)).expect("push");
+        writer.finish(&names, &[b"X"], TapeStats::default()).expect("finish");
+        let e = Tape::open(&path).expect_err("too many accounts").to_string();
+        assert!(e.contains(&format!("{} accounts, more than the {limit} a feed may have", limit + 1)), "{e}");
     }
 
     #[test]
@@ -1443,7 +1433,8 @@ mod tests {
             (Box::new(|b| put_u32(b, H_RECORD_BYTES, 72)), "72-byte records"),
             (Box::new(|b| b[100] = 1), "header bytes 96..120 are reserved but not zero"),
             (Box::new(move |b| put_u64(b, symbols, 5)), "ends at instrument 2 of 3"),
-            (Box::new(move |b| put_u64(b, symbols + 8, 1_000_000)), "ends at instrument 3 of 1000000"),
+            (Box::new(move |b| put_u64(b, symbols + 8, 60_000)), "ends at instrument 3 of 60000"),
+            (Box::new(move |b| put_u64(b, symbols + 8, 1_000_000)), "1000000 instruments, more than the 65536"),
             (Box::new(move |b| put_u64(b, symbols + 8, 2)), "symbol section: 1 bytes of unexpected data"),
             (Box::new(move |b| b[symbols + 17] = 0xC3), "account 0's name at byte"),
         ];

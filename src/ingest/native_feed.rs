@@ -2,17 +2,20 @@
 //! verifying each checksum block just before its first record is used
 //! (`Tape::open_streaming`). Import validated sequence and lifecycle, but a
 //! checksum proves only that the tape is as written, not that what was
-//! written is sound: the verification pass also counts records that break
-//! FEED.md's field rules, and those are rejected one by one (rejects file,
-//! as for CSV), and every record's event time goes through the same
-//! `Sequencer` checks as a CSV record's. Seq order is the tape's own rule
-//! (strictly increasing, or the block fails); gaps were counted at import.
-//! The feed also resolves account groups (they come from accounts.csv at
-//! replay time) and turns stored records into events.
+//! written is sound (anyone can reseal a tape). So every record goes
+//! through the checks a CSV record does, with the same outcome: FEED.md's
+//! field rules (counted per block by the verification pass, checked per
+//! record only in a block that has a bad one), the `Sequencer` (seq and
+//! event time, jumps held for a look-ahead) and the order lifecycle
+//! (`Lifecycle`); a record that fails is rejected alone, into the rejects
+//! file, and counted. Gaps were counted at import (the header says how
+//! many) and are not counted again. The feed also resolves account groups
+//! (they come from accounts.csv at replay time) and turns stored records
+//! into events.
 
 use super::csv::FeedLine;
 use super::native::{Tape, TapeRecord};
-use super::validate::{Judged, RejectReason, Resolved, Sequencer, TimeRules, check_fields};
+use super::validate::{Judged, Lifecycle, Limits, RejectReason, Resolved, Sequencer, TimeRules, check_fields};
 use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, GroupId, Kind, Side};
@@ -21,6 +24,9 @@ use std::sync::Arc;
 
 /// Records handed to the pipeline per `pump`, between progress updates.
 const PUMP_RECORDS: usize = 64 * 1024;
+/// How many records ahead the feed prefetches open-order slots (as the CSV
+/// feed does: the table outgrows the cache).
+const PREFETCH_AHEAD: usize = 12;
 
 pub struct NativeFeed {
     tape: Tape,
@@ -32,11 +38,8 @@ pub struct NativeFeed {
     /// Whether the verified block being read holds records that break a
     /// field rule (then each of its records is checked).
     check_fields: bool,
-    /// The verified block being read is wholly in line (see
-    /// `Sequencer::block_in_line`): its records are emitted unchecked, and
-    /// the feed's time moves on by its greatest event time when it is done.
-    clean_block: Option<i64>,
     sequencer: Sequencer,
+    lifecycle: Lifecycle,
     /// A record held for a look-ahead (see `validate`), by index.
     held: Option<usize>,
     rejects: RejectLog,
@@ -63,8 +66,8 @@ impl NativeFeed {
             groups_by_account,
             stats,
             check_fields: false,
-            clean_block: None,
-            sequencer: Sequencer::time_only(TimeRules::default()),
+            sequencer: Sequencer::native(TimeRules::default()),
+            lifecycle: Lifecycle::new(Limits::default().open_orders),
             held: None,
             rejects: RejectLog::discard(),
             scratch: Vec::with_capacity(256),
@@ -74,7 +77,7 @@ impl NativeFeed {
 
     /// Sets the event-time rules and the rejects file (before the first pump).
     pub fn with_checks(mut self, time: TimeRules, rejects: RejectLog) -> NativeFeed {
-        self.sequencer = Sequencer::time_only(time);
+        self.sequencer = Sequencer::native(time);
         self.rejects = rejects;
         self
     }
@@ -91,8 +94,10 @@ impl NativeFeed {
         // the first pump reaches it.
         self.verified_end = 0;
         self.stats = decode_stats(r)?;
-        self.sequencer = Sequencer::restore_time_only(self.sequencer.rules(), r)?;
-        Ok(())
+        self.sequencer = Sequencer::restore_native(self.sequencer.rules(), r)?;
+        self.lifecycle = Lifecycle::new(Limits::default().open_orders);
+        let (accounts, instruments) = (self.tape.accounts().len(), self.tape.instruments().len());
+        self.lifecycle.restore(r, accounts, instruments)
     }
 
     pub fn rejected_at_import(&self) -> u64 {
@@ -140,6 +145,21 @@ impl NativeFeed {
         .write(&mut self.scratch);
         // A native tape has no lines: the rejects file names the record (1-based).
         self.rejects.write(i as u64 + 1, reason, &self.scratch)
+    }
+
+    /// Checks a record that is in line in seq and time against the open
+    /// orders; its seq then takes its place, and if it was accepted, its
+    /// event time moves the feed's. Returns the event if accepted.
+    #[inline]
+    fn admit(&mut self, i: usize, r: &TapeRecord) -> Result<Option<Event>, FeedError> {
+        let event = self.event(r);
+        let outcome = self.lifecycle.apply(&event);
+        // A native tape has no lines: the gap report's place is the record (1-based).
+        self.sequencer.commit(r.seq, r.ts_ns, outcome.is_ok(), i as u64 + 1, &mut self.stats);
+        match outcome {
+            Ok(()) => Ok(Some(event)),
+            Err(reason) => self.reject(i, r, &reason).map(|()| None),
+        }
     }
 
     #[inline]
@@ -191,17 +211,11 @@ impl Feed for NativeFeed {
     fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
         let end = (self.next + PUMP_RECORDS).min(self.tape.len());
         let mut i = self.next;
-        let mut stopped = false;
-        'pump: while i < end && !stopped {
+        'pump: while i < end {
             if i >= self.verified_end {
                 let block = i / self.tape.block_records();
                 match self.tape.verify_block(block) {
-                    Ok(check) => {
-                        self.check_fields = check.bad_fields > 0;
-                        let clean = check.bad_fields == 0
-                            && self.sequencer.block_in_line(check.first_ts, check.min_ts, check.max_ts, check.max_jump);
-                        self.clean_block = clean.then_some(check.max_ts);
-                    }
+                    Ok(check) => self.check_fields = check.bad_fields > 0,
                     Err(e) => {
                         self.count(i);
                         return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
@@ -211,36 +225,30 @@ impl Feed for NativeFeed {
             }
             debug_assert!(self.verified_end > i, "the record at {i} is in a verified block");
             let run_end = end.min(self.verified_end);
-            if let Some(block_max_ts) = self.clean_block {
-                // A block wholly in line: no per-record check at all.
-                let from = i;
-                while i < run_end {
-                    let event = self.event(&self.tape.record(i));
-                    i += 1;
-                    if !emit(&event) {
-                        stopped = true;
-                        break;
+            while i < run_end {
+                // Prefetching past the verified block reads unverified
+                // bytes only as a cache hint: no result depends on them.
+                if i + PREFETCH_AHEAD < self.tape.len() {
+                    let ahead = self.tape.record(i + PREFETCH_AHEAD);
+                    self.lifecycle.prefetch(ahead.order_id);
+                    if ahead.kind == b'T' {
+                        self.lifecycle.prefetch(ahead.contra_order_id);
                     }
                 }
-                if i == self.verified_end {
-                    self.sequencer.block_done(block_max_ts);
-                    self.clean_block = None;
-                } else {
-                    // Stopped inside the block (a barrier, or the end of a
-                    // pump): the feed's time as of the last record emitted.
-                    let emitted_max = (from..i).map(|j| self.tape.record(j).ts_ns).max().unwrap_or(i64::MIN);
-                    self.sequencer.block_done(emitted_max);
-                }
-                continue;
-            }
-            while i < run_end {
                 let record = self.tape.record(i);
-                if !self.check_fields && self.held.is_none() && self.sequencer.in_line_time(record.ts_ns) {
-                    // The common case: a sound record in line.
+                if !self.check_fields && self.sequencer.in_line(record.seq, record.ts_ns) {
+                    // The common case: a sound record next in line (nothing held).
                     i += 1;
-                    if !emit(&self.event(&record)) {
-                        stopped = true;
-                        break;
+                    let event = self.event(&record);
+                    let outcome = self.lifecycle.apply(&event);
+                    self.sequencer.commit_in_line(record.seq, record.ts_ns, outcome.is_ok());
+                    match outcome {
+                        Ok(()) => {
+                            if !emit(&event) {
+                                break 'pump;
+                            }
+                        }
+                        Err(reason) => self.reject(i - 1, &record, &reason)?,
                     }
                     continue;
                 }
@@ -261,11 +269,11 @@ impl Feed for NativeFeed {
                         let held = self.tape.record(h);
                         match outcome {
                             Ok(()) => {
-                                self.sequencer.commit(held.seq, held.ts_ns, true, 0, &mut self.stats);
-                                if !emit(&self.event(&held)) {
+                                if let Some(event) = self.admit(h, &held)?
+                                    && !emit(&event)
+                                {
                                     // Record i is read again by the next pump.
-                                    stopped = true;
-                                    continue 'pump;
+                                    break 'pump;
                                 }
                             }
                             Err(reason) => self.reject(h, &held, &reason)?,
@@ -274,15 +282,18 @@ impl Feed for NativeFeed {
                 }
                 i += 1;
                 if let Err(reason) = fields {
+                    // A seq of a record that breaks a field rule holds its
+                    // place only when it is the expected one (as on CSV).
+                    self.sequencer.malformed(Some(record.seq));
                     self.reject(i - 1, &record, &reason)?;
                     continue;
                 }
                 match self.sequencer.judge(record.seq, record.ts_ns) {
                     Judged::InLine => {
-                        self.sequencer.commit(record.seq, record.ts_ns, true, 0, &mut self.stats);
-                        if !emit(&self.event(&record)) {
-                            stopped = true;
-                            break;
+                        if let Some(event) = self.admit(i - 1, &record)?
+                            && !emit(&event)
+                        {
+                            break 'pump;
                         }
                     }
                     Judged::Hold => self.held = Some(i - 1),
@@ -299,9 +310,10 @@ impl Feed for NativeFeed {
             // it is cut once the feed returns.
             self.sequencer.resolve_at_end();
             let held = self.tape.record(h);
-            self.sequencer.commit(held.seq, held.ts_ns, true, 0, &mut self.stats);
-            self.stats.accepted += 1;
-            emit(&self.event(&held));
+            if let Some(event) = self.admit(h, &held)? {
+                self.stats.accepted += 1;
+                emit(&event);
+            }
         }
         if self.next == self.tape.len() {
             self.rejects.finish()?;
@@ -315,6 +327,7 @@ impl Feed for NativeFeed {
         w.u64(self.next as u64);
         encode_stats(w, &self.stats);
         self.sequencer.snapshot(w);
+        self.lifecycle.snapshot(w);
         Ok(FeedCheckpoint { offset: self.next as u64, line_no: 0, rejects: self.rejects.committed()? })
     }
 

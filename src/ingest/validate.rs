@@ -32,8 +32,15 @@
 //! - A hold is settled by the next well-formed record, after at most
 //!   `HOLD_LIMIT` lines, or at the end of the tape (then it is accepted).
 //!
-//! The same rules run on CSV and native tapes, with the same outcome. (A
-//! live feed cannot wait for a next record, so it accepts jumps at once.)
+//! The same rules run on CSV and native tapes, with the same outcome.
+//!
+//! A live feed cannot count on a next record: a quiet feed may send none
+//! for minutes. It holds a jump the same way (`Lookahead`), and when no
+//! record has come for `idle_release` after the hold began, nothing
+//! contradicted the jump in time: the held record is taken as a real gap
+//! (or time jump), checked and accepted. Records of the old sequence that
+//! come after that are repeats. A checkpoint or the end of the feed
+//! settles a hold the same way (`Lookahead::flush`).
 
 use super::{FeedStats, GAP_RANGES_KEPT, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -160,6 +167,143 @@ struct OpenOrder {
     side: Side,
 }
 
+/// The open orders of one feed and FEED.md's lifecycle rules over them, in
+/// feed order. Shared by the validator (CSV and wire records, after
+/// interning) and the native feed (ids from the tape), so a record is judged
+/// the same whatever carried it. Bounded: past `limit` open orders a new
+/// order is rejected ("open-order table full").
+pub struct Lifecycle {
+    open: FlatMap<u64, OpenOrder>,
+    limit: usize,
+}
+
+impl Lifecycle {
+    pub fn new(limit: usize) -> Lifecycle {
+        // Sized for a busy book, not the limit: a table much larger than
+        // the open orders spreads every lookup over cold cache lines.
+        Lifecycle { open: FlatMap::with_capacity(limit.min(1 << 16)), limit }
+    }
+
+    /// Checks `e` against the open orders and, if it is sound, applies it.
+    /// One probe per order named (`FlatMap::index_of`), as this runs for
+    /// every record of every feed.
+    #[inline(always)]
+    pub fn apply(&mut self, e: &Event) -> Result<(), RejectReason> {
+        match e.kind {
+            Kind::New => {
+                if self.open.len() >= self.limit {
+                    return Err(self.full_or_duplicate(e.order_id));
+                }
+                let order = OpenOrder { open_qty: e.qty, account: e.account, instrument: e.instrument, side: e.side };
+                if !self.open.insert_new(e.order_id, order) {
+                    return Err(RejectReason::DuplicateOrder(e.order_id));
+                }
+            }
+            Kind::Cancel => {
+                let at = self.open.index_of(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
+                let order = *self.open.at(at);
+                check_owner(&order, e.order_id, e.account, e.instrument, e.side)?;
+                if e.qty != order.open_qty {
+                    let (order_id, qty, open) = (e.order_id, e.qty, order.open_qty);
+                    return Err(RejectReason::CancelQty { order_id, qty, open });
+                }
+                self.open.remove_at(at);
+            }
+            Kind::Trade => {
+                if e.order_id == e.contra_order_id {
+                    return Err(RejectReason::SelfMatch(e.order_id));
+                }
+                let buy_at = self.open.index_of(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
+                let sell_at =
+                    self.open.index_of(e.contra_order_id).ok_or(RejectReason::UnknownOrder(e.contra_order_id))?;
+                let (buy, sell) = (*self.open.at(buy_at), *self.open.at(sell_at));
+                check_owner(&buy, e.order_id, e.account, e.instrument, Side::Buy)?;
+                check_owner(&sell, e.contra_order_id, e.contra_account, e.instrument, Side::Sell)?;
+                for (order_id, order) in [(e.order_id, &buy), (e.contra_order_id, &sell)] {
+                    if e.qty > order.open_qty {
+                        return Err(RejectReason::Overfill { order_id, qty: e.qty, open: order.open_qty });
+                    }
+                }
+                self.open.at_mut(buy_at).open_qty -= e.qty;
+                self.open.at_mut(sell_at).open_qty -= e.qty;
+                // A removal moves other slots: the second one is found again.
+                if buy.open_qty == e.qty {
+                    self.open.remove_at(buy_at);
+                }
+                if sell.open_qty == e.qty {
+                    self.open.remove(e.contra_order_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new order with the table at its limit: a duplicate is still named as such.
+    #[cold]
+    fn full_or_duplicate(&self, order_id: u64) -> RejectReason {
+        if self.open.contains_key(order_id) {
+            RejectReason::DuplicateOrder(order_id)
+        } else {
+            RejectReason::TableFull("open-order")
+        }
+    }
+
+    /// Brings an order's slot into cache (a record a few ahead).
+    #[inline]
+    pub fn prefetch(&self, order_id: u64) {
+        self.open.prefetch(order_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Times the table grew after start-up.
+    pub fn grew(&self) -> u64 {
+        self.open.grew
+    }
+
+    pub fn snapshot(&self, w: &mut Writer<'_>) {
+        w.u64(self.open.len() as u64);
+        for (order_id, order) in self.open.iter() {
+            w.u64(order_id);
+            w.u64(order.open_qty);
+            w.u32(order.account);
+            w.u32(order.instrument);
+            w.u8(order.side as u8);
+        }
+    }
+
+    /// The open orders as of a checkpoint; every id must be below the
+    /// name counts, and there may be no more orders than the limit.
+    pub fn restore(&mut self, r: &mut Reader<'_>, accounts: usize, instruments: usize) -> Result<(), DecodeError> {
+        let orders = r.count(25)?;
+        if orders > self.limit {
+            return Err(DecodeError(format!("{orders} open orders, more than the limit of {}", self.limit)));
+        }
+        self.open.reserve(orders);
+        for _ in 0..orders {
+            let order_id = r.u64()?;
+            let open_qty = r.u64()?;
+            let (account, instrument) = (r.u32()?, r.u32()?);
+            let side = match r.u8()? {
+                b'B' => Side::Buy,
+                b'S' => Side::Sell,
+                other => return Err(DecodeError(format!("bad side byte {other}"))),
+            };
+            if account as usize >= accounts || instrument as usize >= instruments {
+                return Err(DecodeError(format!("open order {order_id} refers to an unknown name")));
+            }
+            self.open.insert(order_id, OpenOrder { open_qty, account, instrument, side });
+        }
+        Ok(())
+    }
+}
+
 /// Stated limits of the validator's tables.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -255,11 +399,13 @@ pub struct Sequencer {
     day: Option<(i64, i64)>,
     rules: TimeRules,
     held: Option<Held>,
-    /// False for a native tape, whose seq order the tape itself guarantees
-    /// and whose gaps import counted: only event time is judged.
-    track_seq: bool,
-    /// Native fast path: event times in `fast_lo..=fast_hi` are in line
-    /// (inside the day, not too far ahead); empty until a record is accepted.
+    /// False for a native tape, whose gaps import counted (its header
+    /// says how many): a gap there is judged as on a CSV tape, not counted.
+    count_gaps: bool,
+    /// The fast path (`in_line`): a record with seq `fast_seq` and event
+    /// time in `fast_lo..=fast_hi` (inside the day, not too far ahead) is in
+    /// line; empty until a record is accepted, and while anything is unusual.
+    fast_seq: u64,
     fast_lo: i64,
     fast_hi: i64,
     /// Broken lines that stood in the seqs right after a held record that
@@ -279,7 +425,8 @@ impl Sequencer {
             day: None,
             rules,
             held: None,
-            track_seq: true,
+            count_gaps: true,
+            fast_seq: 0,
             fast_lo: 1,
             fast_hi: 0,
             placed_after_held: 0,
@@ -287,19 +434,28 @@ impl Sequencer {
         }
     }
 
-    /// Event time only (a native tape).
-    pub fn time_only(rules: TimeRules) -> Sequencer {
-        Sequencer { track_seq: false, ..Sequencer::new(rules) }
+    /// A native tape's: the same rules, but gaps are not counted again
+    /// (import counted them).
+    pub fn native(rules: TimeRules) -> Sequencer {
+        Sequencer { count_gaps: false, ..Sequencer::new(rules) }
     }
 
-    /// The native feed's per-record check (time only, nothing held): true
-    /// when `ts_ns` is in line, which then counts as committed and accepted.
-    /// Two compares and no branch on the data in the common case; anything
-    /// else takes `judge`.
+    /// The per-record fast path: true when the record is next in seq and in
+    /// line in time, so that `judge` would say `InLine`; the caller then
+    /// checks its lifecycle and calls `commit_in_line`. Three compares and
+    /// no branch on the data; anything else takes `judge`.
     #[inline(always)]
-    pub fn in_line_time(&mut self, ts_ns: i64) -> bool {
-        let ok = (ts_ns >= self.fast_lo) & (ts_ns <= self.fast_hi);
-        if ok {
+    pub fn in_line(&self, seq: u64, ts_ns: i64) -> bool {
+        (seq == self.fast_seq) & (ts_ns >= self.fast_lo) & (ts_ns <= self.fast_hi)
+    }
+
+    /// `commit` of a record `in_line` passed (no gap, nothing held or unplaced).
+    #[inline(always)]
+    pub fn commit_in_line(&mut self, seq: u64, ts_ns: i64, accepted: bool) {
+        debug_assert!(self.held.is_none() && self.unplaced == 0 && self.placed_after_held == 0);
+        self.expected_seq = Some(seq + 1);
+        self.fast_seq = seq + 1;
+        if accepted {
             self.recent_ts_ns = self.recent_ts_ns.max(ts_ns);
             let ahead = if self.rules.max_future_ns > 0 {
                 self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
@@ -308,35 +464,15 @@ impl Sequencer {
             };
             self.fast_hi = ahead.min(self.day.map_or(i64::MAX, |(_, end)| end.saturating_sub(1)));
         }
-        ok
-    }
-
-    /// Whether every record of a verified native block is in line, from
-    /// what the verification pass measured (`native::BlockCheck`): inside
-    /// the day, the first within the bound of the feed's time, and none
-    /// jumping more than the bound above the records before it. Such a
-    /// block is emitted with no per-record check; `block_done` then moves
-    /// the feed's time.
-    pub fn block_in_line(&self, first_ts: i64, min_ts: i64, max_ts: i64, max_jump: i64) -> bool {
-        if self.track_seq || self.held.is_some() || self.recent_ts_ns == i64::MIN {
-            return false;
-        }
-        let in_day = match self.day {
-            Some((start, end)) => min_ts >= start && max_ts < end,
-            None => !self.rules.one_day,
-        };
-        let bound = self.rules.max_future_ns;
-        in_day && (bound <= 0 || (first_ts <= self.recent_ts_ns.saturating_add(bound) && max_jump <= bound))
-    }
-
-    /// Records of an in-line block were emitted, the greatest event time `max_ts`.
-    pub fn block_done(&mut self, max_ts: i64) {
-        self.recent_ts_ns = self.recent_ts_ns.max(max_ts);
-        self.refresh_fast();
     }
 
     fn refresh_fast(&mut self) {
-        if self.track_seq || self.recent_ts_ns == i64::MIN || (self.rules.one_day && self.day.is_none()) {
+        let usable = self.held.is_none() && self.unplaced == 0 && self.placed_after_held == 0;
+        let (Some(expected), true) = (self.expected_seq, usable) else {
+            (self.fast_lo, self.fast_hi) = (1, 0);
+            return;
+        };
+        if self.recent_ts_ns == i64::MIN || (self.rules.one_day && self.day.is_none()) {
             (self.fast_lo, self.fast_hi) = (1, 0);
             return;
         }
@@ -346,6 +482,7 @@ impl Sequencer {
         } else {
             i64::MAX
         };
+        self.fast_seq = expected;
         (self.fast_lo, self.fast_hi) = (start, ahead.min(end.saturating_sub(1)));
     }
 
@@ -366,7 +503,11 @@ impl Sequencer {
     /// Judges a well-formed record (nothing may be held). A record that is
     /// held or rejected here moves nothing; `commit` moves the sequence.
     pub fn judge(&mut self, seq: u64, ts_ns: i64) -> Judged {
-        debug_assert!(self.held.is_none(), "judge while a record is held");
+        // While a record is held, only a repeat reaches here (`resolve` waits on it).
+        debug_assert!(
+            self.held.is_none() || self.expected_seq.is_some_and(|e| seq < e),
+            "judge while a record is held"
+        );
         if let Some(expected) = self.expected_seq
             && seq < expected
         {
@@ -382,6 +523,7 @@ impl Sequencer {
         let time_jump = self.time_ahead(ts_ns);
         if seq_jump || time_jump {
             self.held = Some(Held { seq, ts_ns, seq_jump, time_jump, waited: 0, placed_after: 0 });
+            self.refresh_fast();
             return Judged::Hold;
         }
         Judged::InLine
@@ -432,6 +574,7 @@ impl Sequencer {
                 self.placed_after_held = held.placed_after;
             }
         }
+        self.refresh_fast();
         verdict
     }
 
@@ -440,6 +583,7 @@ impl Sequencer {
         if let Some(held) = self.held.take() {
             self.placed_after_held = held.placed_after;
         }
+        self.refresh_fast();
     }
 
     /// A record in line (or confirmed) whose lifecycle was checked: its seq
@@ -448,6 +592,7 @@ impl Sequencer {
     pub fn commit(&mut self, seq: u64, ts_ns: i64, accepted: bool, line_no: u64, stats: &mut FeedStats) {
         if let Some(expected) = self.expected_seq
             && seq > expected.saturating_add(self.unplaced)
+            && self.count_gaps
         {
             stats.gaps += 1;
             stats.missing_records += seq - expected;
@@ -456,9 +601,7 @@ impl Sequencer {
             }
         }
         // `check_fields` refuses u64::MAX, so this cannot wrap.
-        if self.track_seq {
-            self.expected_seq = Some(seq.saturating_add(1).saturating_add(self.placed_after_held));
-        }
+        self.expected_seq = Some(seq.saturating_add(1).saturating_add(self.placed_after_held));
         self.unplaced = 0;
         self.placed_after_held = 0;
         if accepted {
@@ -466,8 +609,8 @@ impl Sequencer {
             if self.rules.one_day && self.day.is_none() {
                 self.day = Some(trading_day(ts_ns));
             }
-            self.refresh_fast();
         }
+        self.refresh_fast();
     }
 
     /// A line too broken to judge whose seq could be read: it holds its
@@ -484,6 +627,7 @@ impl Sequencer {
             (Some(seq), Some(expected)) if seq == expected => self.expected_seq = Some(expected.saturating_add(1)),
             _ => self.unplaced += 1,
         }
+        self.refresh_fast();
     }
 
     /// Only between records, never while one is held (checkpoints are cut
@@ -500,10 +644,8 @@ impl Sequencer {
         w.u64(self.unplaced);
     }
 
-    pub fn restore_time_only(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
-        let mut s = Sequencer { track_seq: false, ..Sequencer::restore(rules, r)? };
-        s.refresh_fast();
-        Ok(s)
+    pub fn restore_native(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
+        Ok(Sequencer { count_gaps: false, ..Sequencer::restore(rules, r)? })
     }
 
     pub fn restore(rules: TimeRules, r: &mut Reader<'_>) -> Result<Sequencer, DecodeError> {
@@ -516,7 +658,108 @@ impl Sequencer {
         let day = (r.i64()?, r.i64()?);
         s.day = (has_day && rules.one_day).then_some(day);
         s.unplaced = r.u64()?;
+        s.refresh_fast();
         Ok(s)
+    }
+}
+
+/// A well-formed record as the decoder read it, or why it could not be
+/// (with its seq, when its first field could be read).
+pub type Offered = Result<RawRecord, (Option<u64>, RejectReason)>;
+
+/// The look-ahead of a feed that cannot always wait for the next record (a
+/// live feed): at most one record held, with the caller's `tag` (what it
+/// needs to emit or reject the record later: the wire record, a line) and
+/// its place (line or seq, for the gap report). Fixed size, no allocation;
+/// every outcome goes to `settled`, in feed order.
+#[derive(Clone, Debug)]
+pub struct Lookahead<T: Copy> {
+    held: Option<(RawRecord, T, u64)>,
+    /// When the hold began (the caller's clock, nanoseconds).
+    since_ns: u64,
+    idle_release_ns: u64,
+}
+
+impl<T: Copy> Lookahead<T> {
+    /// `idle_release_ns`: how long a held record waits for a next one
+    /// before it is taken as a real jump (see the module doc).
+    pub fn new(idle_release_ns: u64) -> Lookahead<T> {
+        Lookahead { held: None, since_ns: 0, idle_release_ns }
+    }
+
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// When `on_idle` will release the held record, if one is held.
+    pub fn deadline_ns(&self) -> Option<u64> {
+        self.held.map(|_| self.since_ns.saturating_add(self.idle_release_ns))
+    }
+
+    /// One record from the feed, in feed order. A held record it settles is
+    /// reported first, then this record (unless it is held in turn). `now`
+    /// is read only when a hold begins.
+    pub fn offer(
+        &mut self,
+        v: &mut Validator,
+        record: Offered,
+        tag: T,
+        place: u64,
+        now_ns: impl FnOnce() -> u64,
+        settled: &mut impl FnMut(T, Result<Event, RejectReason>),
+    ) {
+        if let Some((raw, held_tag, held_place)) = self.held {
+            let next = record.as_ref().ok().map(|r| (r.seq, r.ts_ns));
+            let outcome = match v.seq.resolve(next) {
+                Resolved::Wait => None,
+                Resolved::Confirm => Some(v.admit(&raw, held_place)),
+                Resolved::Reject(reason) => Some(Err(reason)),
+            };
+            if let Some(outcome) = outcome {
+                self.held = None;
+                settled(held_tag, outcome);
+            }
+        }
+        let outcome = match record {
+            Ok(raw) => match v.seq.judge(raw.seq, raw.ts_ns) {
+                Judged::InLine => v.admit(&raw, place),
+                Judged::Hold => {
+                    self.held = Some((raw, tag, place));
+                    self.since_ns = now_ns();
+                    return;
+                }
+                Judged::Reject(reason) => Err(reason),
+            },
+            Err((seq, reason)) => {
+                v.seq.malformed(seq);
+                Err(reason)
+            }
+        };
+        settled(tag, outcome);
+    }
+
+    /// The feed is quiet: a record held for `idle_release_ns` or longer is
+    /// taken as a real jump. Returns whether one was released.
+    pub fn on_idle(
+        &mut self,
+        v: &mut Validator,
+        now_ns: u64,
+        settled: &mut impl FnMut(T, Result<Event, RejectReason>),
+    ) -> bool {
+        if self.deadline_ns().is_some_and(|deadline| now_ns >= deadline) {
+            self.flush(v, settled);
+            return true;
+        }
+        false
+    }
+
+    /// Settles a held record now (before a checkpoint, at the end of the
+    /// feed): nothing contradicted it, so it is checked and accepted.
+    pub fn flush(&mut self, v: &mut Validator, settled: &mut impl FnMut(T, Result<Event, RejectReason>)) {
+        if let Some((raw, tag, place)) = self.held.take() {
+            v.seq.resolve_at_end();
+            settled(tag, v.admit(&raw, place));
+        }
     }
 }
 
@@ -547,24 +790,19 @@ pub struct Validator {
     groups: Arc<Groups>,
     /// The group of each interned account, so groups are resolved once per account, not per record.
     account_groups: Vec<u32>,
-    open: FlatMap<u64, OpenOrder>,
-    open_limit: usize,
+    lifecycle: Lifecycle,
     pub seq: Sequencer,
     pub stats: FeedStats,
 }
 
 impl Validator {
     pub fn new(limits: Limits, groups: Arc<Groups>) -> Validator {
-        // Sized for a busy book, not the limit: a table much larger than
-        // the open orders spreads every lookup over cold cache lines.
-        let open = FlatMap::with_capacity(limits.open_orders.min(1 << 16));
         Validator {
             accounts: Interner::new(limits.accounts),
             instruments: Interner::new(limits.instruments),
             groups,
             account_groups: Vec::with_capacity(limits.accounts.min(1 << 20)),
-            open,
-            open_limit: limits.open_orders,
+            lifecycle: Lifecycle::new(limits.open_orders),
             seq: Sequencer::new(limits.time),
             stats: FeedStats::default(),
         }
@@ -591,6 +829,14 @@ impl Validator {
         outcome
     }
 
+    /// `admit` for a record `Sequencer::in_line` passed.
+    #[inline]
+    pub fn admit_in_line(&mut self, raw: &RawRecord) -> Result<Event, RejectReason> {
+        let outcome = self.accept(raw);
+        self.seq.commit_in_line(raw.seq, raw.ts_ns, outcome.is_ok());
+        outcome
+    }
+
     /// Interns and checks the order lifecycle; on success the event is
     /// accepted and the open-order table updated.
     pub fn accept(&mut self, raw: &RawRecord) -> Result<Event, RejectReason> {
@@ -612,54 +858,13 @@ impl Validator {
             side: raw.side,
             _pad: [0; 2],
         };
-        match raw.kind {
-            Kind::New => {
-                if self.open.contains_key(raw.order_id) {
-                    return Err(RejectReason::DuplicateOrder(raw.order_id));
-                }
-                if self.open.len() >= self.open_limit {
-                    return Err(RejectReason::TableFull("open-order"));
-                }
-                let order = OpenOrder { open_qty: raw.qty, account, instrument, side: raw.side };
-                self.open.insert(raw.order_id, order);
-            }
-            Kind::Cancel => {
-                let order = *self.open.get(raw.order_id).ok_or(RejectReason::UnknownOrder(raw.order_id))?;
-                check_owner(&order, raw.order_id, account, instrument, raw.side)?;
-                if raw.qty != order.open_qty {
-                    let (order_id, qty, open) = (raw.order_id, raw.qty, order.open_qty);
-                    return Err(RejectReason::CancelQty { order_id, qty, open });
-                }
-                self.open.remove(raw.order_id);
-            }
-            Kind::Trade => {
-                let contra_account = self.intern_account(raw.contra_account)?;
-                event.contra_account = contra_account;
-                event.contra_group = self.account_groups[contra_account as usize];
-                event.contra_order_id = raw.contra_order_id;
-                if raw.order_id == raw.contra_order_id {
-                    return Err(RejectReason::SelfMatch(raw.order_id));
-                }
-                let buy = *self.open.get(raw.order_id).ok_or(RejectReason::UnknownOrder(raw.order_id))?;
-                let sell =
-                    *self.open.get(raw.contra_order_id).ok_or(RejectReason::UnknownOrder(raw.contra_order_id))?;
-                check_owner(&buy, raw.order_id, account, instrument, Side::Buy)?;
-                check_owner(&sell, raw.contra_order_id, contra_account, instrument, Side::Sell)?;
-                for (order_id, order) in [(raw.order_id, &buy), (raw.contra_order_id, &sell)] {
-                    if raw.qty > order.open_qty {
-                        return Err(RejectReason::Overfill { order_id, qty: raw.qty, open: order.open_qty });
-                    }
-                }
-                for order_id in [raw.order_id, raw.contra_order_id] {
-                    if let Some(order) = self.open.get_mut(order_id) {
-                        order.open_qty -= raw.qty;
-                        if order.open_qty == 0 {
-                            self.open.remove(order_id);
-                        }
-                    }
-                }
-            }
+        if raw.kind == Kind::Trade {
+            let contra_account = self.intern_account(raw.contra_account)?;
+            event.contra_account = contra_account;
+            event.contra_group = self.account_groups[contra_account as usize];
+            event.contra_order_id = raw.contra_order_id;
         }
+        self.lifecycle.apply(&event)?;
         Ok(event)
     }
 
@@ -677,10 +882,10 @@ impl Validator {
     #[inline]
     pub fn prefetch_keys(&self, account: Packed, order_id: u64, contra: Option<(Packed, u64)>) {
         self.accounts.prefetch(account);
-        self.open.prefetch(order_id);
+        self.lifecycle.prefetch(order_id);
         if let Some((contra_account, contra_order_id)) = contra {
             self.accounts.prefetch(contra_account);
-            self.open.prefetch(contra_order_id);
+            self.lifecycle.prefetch(contra_order_id);
         }
     }
 
@@ -693,7 +898,7 @@ impl Validator {
     }
 
     pub fn open_orders(&self) -> usize {
-        self.open.len()
+        self.lifecycle.len()
     }
 
     /// Checkpoint: the expected seq, the counters and the open orders. The
@@ -705,14 +910,7 @@ impl Validator {
         encode_stats(w, &self.stats);
         w.u64(self.accounts.table().len() as u64);
         w.u64(self.instruments.table().len() as u64);
-        w.u64(self.open.len() as u64);
-        for (order_id, order) in self.open.iter() {
-            w.u64(order_id);
-            w.u64(order.open_qty);
-            w.u32(order.account);
-            w.u32(order.instrument);
-            w.u8(order.side as u8);
-        }
+        self.lifecycle.snapshot(w);
     }
 
     /// A validator as of a checkpoint; `accounts` and `instruments` are the
@@ -741,22 +939,7 @@ impl Validator {
                 return Err(DecodeError(format!("stored instrument {id} is bad or repeated")));
             }
         }
-        let orders = r.count(25)?;
-        v.open.reserve(orders);
-        for _ in 0..orders {
-            let order_id = r.u64()?;
-            let open_qty = r.u64()?;
-            let (account, instrument) = (r.u32()?, r.u32()?);
-            let side = match r.u8()? {
-                b'B' => Side::Buy,
-                b'S' => Side::Sell,
-                other => return Err(DecodeError(format!("bad side byte {other}"))),
-            };
-            if account as usize >= account_count || instrument as usize >= instrument_count {
-                return Err(DecodeError(format!("open order {order_id} refers to an unknown name")));
-            }
-            v.open.insert(order_id, OpenOrder { open_qty, account, instrument, side });
-        }
+        v.lifecycle.restore(r, account_count, instrument_count)?;
         Ok(v)
     }
 }
