@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod config;
 pub mod detect;
 pub mod event;
+pub mod export;
 pub mod flat_map;
 pub mod flow;
 #[path = "gen.rs"]

@@ -478,12 +478,9 @@ pub fn svg(report: &Report<'_>) -> String {
     }
     if !h.is_empty() {
         let (p50, p99) = (h.value_at_quantile(0.5), h.value_at_quantile(0.99));
-        latency = latency.rule(p50 as f64, format!("p50 {}", fmt_ns(p50)), "#333333", Some("6,4")).rule(
-            p99 as f64,
-            format!("p99 {}", fmt_ns(p99)),
-            palette::RED,
-            Some("2,3"),
-        );
+        latency = latency
+            .rule(p50 as f64, format!("p50 {}", chart::axis::nanos(p50 as f64)), "#333333", Some("6,4"))
+            .rule(p99 as f64, format!("p99 {}", chart::axis::nanos(p99 as f64)), palette::RED, Some("2,3"));
     }
 
     // Throughput panel: per window, offered from the schedule, achieved
