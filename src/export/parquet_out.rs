@@ -1,16 +1,18 @@
-//! A Parquet table written row by row: typed column buffers flushed as a
-//! row group every `ROW_GROUP_ROWS` rows, snappy-compressed, dictionary
-//! encoded where the writer finds it pays (the repeated accounts,
-//! instruments, kinds and fates of a day).
+//! A Parquet table written row by row: typed column buffers handed as a
+//! row group every `ROW_GROUP_ROWS` rows to an encoder thread (so filling
+//! and encoding overlap), snappy-compressed; names, kinds and fates are
+//! dictionary encoded, nearly sorted integers delta encoded.
 
-use parquet::basic::{Compression, DecimalType, IntType, LogicalType, Repetition, Type as PhysicalType};
+use parquet::basic::{Compression, DecimalType, Encoding, IntType, LogicalType, Repetition, Type as PhysicalType};
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::types::Type;
+use parquet::schema::types::{ColumnPath, Type};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 /// Rows per row group: a million rows of a day's records is a few tens of
 /// MB of buffers, and DuckDB reads row groups in parallel.
@@ -30,15 +32,37 @@ pub enum Ty {
     Price,
 }
 
+/// How a column is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enc {
+    /// Dictionary (falling back to plain): repeated values (names, kinds,
+    /// sides, prices, quantities).
+    Dict,
+    /// DELTA_BINARY_PACKED, no dictionary: nearly sorted integers (lines,
+    /// seqs, event times, order ids). A dictionary would hash every one of
+    /// them only to be abandoned.
+    Delta,
+    /// Plain, no dictionary: unique values in no order (lifetimes, notionals).
+    Plain,
+}
+
 #[derive(Clone, Debug)]
 pub struct Column {
     pub name: String,
     pub ty: Ty,
     pub nullable: bool,
+    pub enc: Enc,
 }
 
 pub fn col(name: &str, ty: Ty, nullable: bool) -> Column {
-    Column { name: name.to_string(), ty, nullable }
+    Column { name: name.to_string(), ty, nullable, enc: Enc::Dict }
+}
+
+impl Column {
+    pub fn enc(mut self, enc: Enc) -> Column {
+        self.enc = enc;
+        self
+    }
 }
 
 enum Values {
@@ -60,7 +84,10 @@ pub struct Table {
     path: PathBuf,
     columns: Vec<Column>,
     buffers: Vec<Buffer>,
-    writer: Option<SerializedFileWriter<File>>,
+    /// The encoder thread: row groups are encoded, compressed and written
+    /// there while the caller fills the next one (two cores, two stages).
+    to_writer: Option<SyncSender<Vec<Buffer>>>,
+    writer: Option<JoinHandle<Result<File, String>>>,
     /// Rows in the buffers, and written in all.
     pending: usize,
     rows: u64,
@@ -100,26 +127,44 @@ impl Table {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| err(path, e))?;
         let schema = Type::group_type_builder("schema").with_fields(fields).build().map_err(|e| err(path, e))?;
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_created_by(format!("tapewatch {}", env!("CARGO_PKG_VERSION")))
-            .build();
+            // Min/max per column chunk (row group) is what readers prune by.
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_created_by(format!("tapewatch {}", env!("CARGO_PKG_VERSION")));
+        for c in &columns {
+            let path = ColumnPath::from(c.name.as_str());
+            match c.enc {
+                Enc::Dict => {}
+                Enc::Delta => {
+                    props = props
+                        .set_column_dictionary_enabled(path.clone(), false)
+                        .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+                }
+                Enc::Plain => props = props.set_column_dictionary_enabled(path, false),
+            }
+        }
+        let props = props.build();
         let file = crate::outputs::create(path).map_err(|e| err(path, e))?;
         let writer = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).map_err(|e| err(path, e))?;
-        let buffers = columns
-            .iter()
-            .map(|c| Buffer {
-                values: match c.ty {
-                    Ty::U64 | Ty::I64 | Ty::Price => Values::I64(Vec::new()),
-                    Ty::F64 => Values::F64(Vec::new()),
-                    Ty::Bool => Values::Bool(Vec::new()),
-                    Ty::Str => Values::Bytes(Vec::new()),
-                },
-                defs: Vec::new(),
-                nullable: c.nullable,
-            })
-            .collect();
-        Ok(Table { path: path.to_path_buf(), columns, buffers, writer: Some(writer), pending: 0, rows: 0, next: 0 })
+        let buffers = empty_buffers(&columns);
+        // One row group queued while one is encoded and one filled.
+        let (to_writer, groups) = sync_channel::<Vec<Buffer>>(1);
+        let at = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("export-writer".into())
+            .spawn(move || write_groups(writer, groups, &at))
+            .map_err(|e| err(path, e))?;
+        Ok(Table {
+            path: path.to_path_buf(),
+            columns,
+            buffers,
+            to_writer: Some(to_writer),
+            writer: Some(writer),
+            pending: 0,
+            rows: 0,
+            next: 0,
+        })
     }
 
     fn slot(&mut self, ty: &[Ty]) -> &mut Buffer {
@@ -216,46 +261,71 @@ impl Table {
         if self.pending == 0 {
             return Ok(());
         }
-        let path = self.path.clone();
-        let writer = self.writer.as_mut().expect("a table is written until finished");
-        let mut group = writer.next_row_group().map_err(|e| err(&path, e))?;
-        for b in &mut self.buffers {
-            let mut column = group.next_column().map_err(|e| err(&path, e))?.expect("a writer per schema column");
-            let defs = b.nullable.then_some(&b.defs[..]);
-            match &mut b.values {
-                Values::I64(v) => {
-                    column.typed::<Int64Type>().write_batch(v, defs, None).map_err(|e| err(&path, e))?;
-                    v.clear();
-                }
-                Values::F64(v) => {
-                    column.typed::<DoubleType>().write_batch(v, defs, None).map_err(|e| err(&path, e))?;
-                    v.clear();
-                }
-                Values::Bool(v) => {
-                    column.typed::<BoolType>().write_batch(v, defs, None).map_err(|e| err(&path, e))?;
-                    v.clear();
-                }
-                Values::Bytes(v) => {
-                    column.typed::<ByteArrayType>().write_batch(v, defs, None).map_err(|e| err(&path, e))?;
-                    v.clear();
-                }
-            }
-            b.defs.clear();
-            column.close().map_err(|e| err(&path, e))?;
+        let full = std::mem::replace(&mut self.buffers, empty_buffers(&self.columns));
+        let sent = self.to_writer.as_ref().expect("a table is written until finished").send(full);
+        if sent.is_err() {
+            // The writer stopped on an error: it is in its result.
+            return Err(self.join().err().unwrap_or_else(|| err(&self.path, "the writer stopped")));
         }
-        group.close().map_err(|e| err(&path, e))?;
         self.rows += self.pending as u64;
         self.pending = 0;
         Ok(())
     }
 
-    /// Writes what is buffered and the footer; returns the rows written.
+    fn join(&mut self) -> Result<File, String> {
+        self.to_writer = None;
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(err(&self.path, "the writer thread panicked")),
+            None => Err(err(&self.path, "written already")),
+        }
+    }
+
     pub fn finish(mut self) -> Result<u64, String> {
         self.flush()?;
-        let path = self.path.clone();
-        let writer = self.writer.take().expect("finished once");
-        let file = writer.into_inner().map_err(|e| err(&path, e))?;
-        file.sync_all().map_err(|e| err(&path, e))?;
+        let file = self.join()?;
+        file.sync_all().map_err(|e| err(&self.path, e))?;
         Ok(self.rows)
     }
+}
+
+fn empty_buffers(columns: &[Column]) -> Vec<Buffer> {
+    columns
+        .iter()
+        .map(|c| Buffer {
+            values: match c.ty {
+                Ty::U64 | Ty::I64 | Ty::Price => Values::I64(Vec::new()),
+                Ty::F64 => Values::F64(Vec::new()),
+                Ty::Bool => Values::Bool(Vec::new()),
+                Ty::Str => Values::Bytes(Vec::new()),
+            },
+            defs: Vec::new(),
+            nullable: c.nullable,
+        })
+        .collect()
+}
+
+/// The encoder thread: each row group as it comes, then the footer.
+fn write_groups(
+    mut writer: SerializedFileWriter<File>,
+    groups: Receiver<Vec<Buffer>>,
+    path: &Path,
+) -> Result<File, String> {
+    for buffers in groups {
+        let mut group = writer.next_row_group().map_err(|e| err(path, e))?;
+        for b in &buffers {
+            let mut column = group.next_column().map_err(|e| err(path, e))?.expect("a writer per schema column");
+            let defs = b.nullable.then_some(&b.defs[..]);
+            match &b.values {
+                Values::I64(v) => column.typed::<Int64Type>().write_batch(v, defs, None),
+                Values::F64(v) => column.typed::<DoubleType>().write_batch(v, defs, None),
+                Values::Bool(v) => column.typed::<BoolType>().write_batch(v, defs, None),
+                Values::Bytes(v) => column.typed::<ByteArrayType>().write_batch(v, defs, None),
+            }
+            .map_err(|e| err(path, e))?;
+            column.close().map_err(|e| err(path, e))?;
+        }
+        group.close().map_err(|e| err(path, e))?;
+    }
+    writer.into_inner().map_err(|e| err(path, e))
 }

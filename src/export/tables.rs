@@ -7,7 +7,7 @@
 //! (its cancel happened) even though the rules did not count it.
 
 use super::Written;
-use super::parquet_out::{Column, Table, Ty, col};
+use super::parquet_out::{Column, Enc, Table, Ty, col};
 use crate::event::{GROUP_SELF, parse_px};
 use crate::symbols::{Groups, pack};
 use parquet::data_type::ByteArray;
@@ -52,12 +52,22 @@ impl Fates {
     }
 }
 
+/// Decimal digits only (as the tape's fields are), without a `str` detour.
 fn parse_u64(s: &[u8]) -> Option<u64> {
-    std::str::from_utf8(s).ok()?.parse().ok()
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    s.iter().try_fold(
+        0u64,
+        |v, &b| if b.is_ascii_digit() { v.checked_mul(10)?.checked_add((b - b'0') as u64) } else { None },
+    )
 }
 
 fn parse_i64(s: &[u8]) -> Option<i64> {
-    std::str::from_utf8(s).ok()?.parse().ok()
+    match s {
+        [b'-', rest @ ..] => parse_u64(rest).and_then(|v| 0i64.checked_sub_unsigned(v)),
+        _ => parse_u64(s).and_then(|v| i64::try_from(v).ok()),
+    }
 }
 
 /// One record's fields, each as far as it could be read (a malformed line
@@ -90,7 +100,8 @@ fn csv_fields(line: &[u8]) -> Fields<'_> {
         // A wrong column count: only the seq is worth showing.
         return Fields { seq: parse_u64(f[0]), ..Fields::default() };
     }
-    let text = |s: &[u8]| -> bool { !s.is_empty() && std::str::from_utf8(s).is_ok() };
+    // Names the tape's rules allow; anything else is shown only in `raw`.
+    let text = |s: &[u8]| -> bool { crate::symbols::valid_account(s) || crate::symbols::valid_instrument(s) };
     Fields {
         seq: parse_u64(f[0]),
         ts_ns: parse_i64(f[1]),
@@ -110,19 +121,38 @@ fn csv_fields(line: &[u8]) -> Fields<'_> {
 /// account's group.
 #[derive(Default)]
 struct Names {
-    ids: FxHashMap<Box<[u8]>, u32>,
+    /// Names of at most 16 bytes (every valid one) by their packed form:
+    /// one integer hash and compare per record, no byte compare.
+    packed: FxHashMap<crate::symbols::Packed, u32>,
+    /// Longer ones (group names).
+    long: FxHashMap<Box<[u8]>, u32>,
     values: Vec<ByteArray>,
 }
 
 impl Names {
     fn id(&mut self, name: &[u8]) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
+        let next = self.values.len() as u32;
+        let (id, new) = if !name.is_empty() && name.len() <= crate::symbols::NAME_MAX && !name.contains(&0) {
+            let e = self.packed.entry(pack(name));
+            let new = matches!(e, std::collections::hash_map::Entry::Vacant(_));
+            (*e.or_insert(next), new)
+        } else {
+            match self.long.get(name) {
+                Some(&id) => (id, false),
+                None => {
+                    self.long.insert(name.into(), next);
+                    (next, true)
+                }
+            }
+        };
+        if new {
+            self.values.push(ByteArray::from(String::from_utf8_lossy(name).into_owned().into_bytes()));
         }
-        let id = self.values.len() as u32;
-        self.ids.insert(name.into(), id);
-        self.values.push(ByteArray::from(String::from_utf8_lossy(name).into_owned().into_bytes()));
         id
+    }
+
+    fn name(&self, id: u32) -> &[u8] {
+        self.values[id as usize].data()
     }
 }
 
@@ -195,18 +225,18 @@ pub struct FateCounts {
 
 fn records_columns() -> Vec<Column> {
     vec![
-        col("line", Ty::U64, false),
-        col("seq", Ty::U64, true),
-        col("ts_ns", Ty::I64, true),
+        col("line", Ty::U64, false).enc(Enc::Delta),
+        col("seq", Ty::U64, true).enc(Enc::Delta),
+        col("ts_ns", Ty::I64, true).enc(Enc::Delta),
         col("kind", Ty::Str, true),
-        col("order_id", Ty::U64, true),
+        col("order_id", Ty::U64, true).enc(Enc::Delta),
         col("account", Ty::Str, true),
         col("account_group", Ty::Str, true),
         col("instrument", Ty::Str, true),
         col("side", Ty::Str, true),
         col("price", Ty::Price, true),
         col("qty", Ty::U64, true),
-        col("contra_order_id", Ty::U64, true),
+        col("contra_order_id", Ty::U64, true).enc(Enc::Delta),
         col("contra_account", Ty::Str, true),
         col("fate", Ty::Str, false),
         col("reason", Ty::Str, true),
@@ -226,9 +256,14 @@ pub fn write_tables(
     let mut records = Table::create(&dir.join("records.parquet"), records_columns())?;
     let mut accounts = Accounts { names: Names::default(), group: Vec::new(), groups_named: Names::default(), groups };
     let mut instruments = Names::default();
-    let mut orders: Vec<Order> = Vec::new();
+    // Sized from the tape (about 70 bytes a CSV record, 64 native; about
+    // half the records are orders) so the big tables do not rehash.
+    let expected = std::fs::metadata(tape).map_or(0, |m| m.len() / 64) as usize;
+    let mut orders: Vec<Order> = Vec::with_capacity(expected / 2);
     let mut order_index: FxHashMap<u64, u32> = FxHashMap::default();
+    order_index.reserve(expected / 2);
     let mut metrics: FxHashMap<(u32, u32), Metric> = FxHashMap::default();
+    metrics.reserve(expected / 8);
     let mut counts = FateCounts::default();
     let mut unmatched = 0u64;
     let fixed = |s: &'static str| ByteArray::from(s);
@@ -238,8 +273,8 @@ pub fn write_tables(
     let mut raw_text = Vec::new();
 
     let mut visit = |line: u64, f: Fields<'_>, raw: &dyn Fn(&mut Vec<u8>)| -> Result<(), String> {
-        let reason = fates.rejected.get(&line);
-        let late = reason.is_none() && f.seq.is_some_and(|s| fates.late.contains(&s));
+        let reason = if fates.rejected.is_empty() { None } else { fates.rejected.get(&line) };
+        let late = reason.is_none() && !fates.late.is_empty() && f.seq.is_some_and(|s| fates.late.contains(&s));
         let account = f.account.map(|a| accounts.id(a));
         let contra = f.contra_account.map(|a| accounts.id(a));
         let instrument = f.instrument.map(|i| instruments.id(i));
@@ -456,9 +491,9 @@ pub fn write_tables(
     let mut table = Table::create(
         &dir.join("orders.parquet"),
         vec![
-            col("order_id", Ty::U64, false),
-            col("entry_seq", Ty::U64, false),
-            col("entry_ts_ns", Ty::I64, false),
+            col("order_id", Ty::U64, false).enc(Enc::Delta),
+            col("entry_seq", Ty::U64, false).enc(Enc::Delta),
+            col("entry_ts_ns", Ty::I64, false).enc(Enc::Delta),
             col("account", Ty::Str, false),
             col("account_group", Ty::Str, false),
             col("instrument", Ty::Str, false),
@@ -470,9 +505,9 @@ pub fn write_tables(
             col("cancelled_qty", Ty::U64, false),
             col("open_qty", Ty::U64, false),
             col("trades", Ty::U64, false),
-            col("last_ts_ns", Ty::I64, false),
-            col("closed_ts_ns", Ty::I64, true),
-            col("lifetime_ns", Ty::I64, true),
+            col("last_ts_ns", Ty::I64, false).enc(Enc::Delta),
+            col("closed_ts_ns", Ty::I64, true).enc(Enc::Delta),
+            col("lifetime_ns", Ty::I64, true).enc(Enc::Plain),
         ],
     )?;
     let states = [fixed("open"), fixed("partially_filled"), fixed("filled"), fixed("cancelled")];
@@ -507,11 +542,11 @@ pub fn write_tables(
     written.push(Written { name: "orders.parquet", rows: table.finish()?, bytes: 0 });
 
     // Metrics, by group then instrument name.
-    let mut keys: Vec<(u32, u32)> = metrics.keys().copied().collect();
+    let mut rows: Vec<((u32, u32), Metric)> = metrics.into_iter().collect();
     let name_of = |names: &Names, id: u32| names.values[id as usize].clone();
-    keys.sort_by(|a, b| {
-        (name_of(&accounts.groups_named, a.0).data(), name_of(&instruments, a.1).data())
-            .cmp(&(name_of(&accounts.groups_named, b.0).data(), name_of(&instruments, b.1).data()))
+    rows.sort_unstable_by(|(a, _), (b, _)| {
+        (accounts.groups_named.name(a.0), instruments.name(a.1))
+            .cmp(&(accounts.groups_named.name(b.0), instruments.name(b.1)))
     });
     let mut table = Table::create(
         &dir.join("metrics.parquet"),
@@ -528,12 +563,11 @@ pub fn write_tables(
             col("cancelled_qty", Ty::U64, false),
             col("bought_qty", Ty::U64, false),
             col("sold_qty", Ty::U64, false),
-            col("traded_notional", Ty::F64, false),
+            col("traded_notional", Ty::F64, false).enc(Enc::Plain),
             col("cancel_ratio", Ty::F64, true),
         ],
     )?;
-    for key in keys {
-        let m = &metrics[&key];
+    for (key, m) in &rows {
         table.bytes(name_of(&accounts.groups_named, key.0));
         table.bytes(name_of(&instruments, key.1));
         for v in [
@@ -637,8 +671,8 @@ fn write_alerts(alerts: &Path, out: &Path) -> Result<u64, String> {
     let mut columns = vec![
         col("alert_id", Ty::Str, false),
         col("rule", Ty::Str, false),
-        col("seq", Ty::U64, false),
-        col("ts_ns", Ty::I64, false),
+        col("seq", Ty::U64, false).enc(Enc::Delta),
+        col("ts_ns", Ty::I64, false).enc(Enc::Delta),
         col("time", Ty::Str, false),
         col("account_group", Ty::Str, false),
         col("account", Ty::Str, false),
