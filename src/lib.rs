@@ -3,11 +3,13 @@
 
 pub mod alert;
 pub mod bench;
+pub mod chart;
 pub mod checkpoint;
 pub mod cmd;
 pub mod config;
 pub mod detect;
 pub mod event;
+pub mod export;
 pub mod flat_map;
 pub mod flow;
 #[path = "gen.rs"]

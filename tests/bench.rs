@@ -8,6 +8,8 @@
 mod common;
 
 use common::bin;
+use common::browser::{ERROR_HOOK, chromium, dump_dom, screenshot, script_errors};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -43,9 +45,22 @@ fn args(name: &str, scale: f64, out: &Path) -> BenchArgs {
 }
 
 fn run_scenario(name: &str, scale: f64) -> serde_json::Value {
+    run_scenario_with_plot(name, scale).0
+}
+
+/// The JSON report and the plot.
+fn run_scenario_with_plot(name: &str, scale: f64) -> (serde_json::Value, String) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let outcome = bench(&args(name, scale, dir.path())).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let mut args = args(name, scale, dir.path());
+    args.json = Some(dir.path().join("report.json"));
+    let outcome = bench(&args).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let text = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
+    // Text, not parsed values: serde_json's default float parsing may differ in the last bit.
+    let expected = format!("{}\n", serde_json::to_string_pretty(&outcome.json).unwrap());
+    assert_eq!(text, expected, "{name}: --json writes the report returned");
+    let written: Value = serde_json::from_str(&text).unwrap();
+    json_fields_are_typed(&written);
     assert!(outcome.unmet.is_empty(), "{name}: {:?}\n{}", outcome.unmet, outcome.text);
     let json = outcome.json;
     let records = &json["records"];
@@ -64,13 +79,108 @@ fn run_scenario(name: &str, scale: f64) -> serde_json::Value {
         assert_eq!(score["recall"], 1.0, "{name}: {pattern}");
         assert_eq!(score["precision"], 1.0, "{name}: {pattern}");
     }
-    let alerts = json["latency_ns"]["ingest_to_alert"]["count"].as_u64().unwrap();
-    assert!(alerts > 0 && json["latency_ns"]["ingest_to_alert"]["max"].as_u64().unwrap() > 0, "{name}");
+    let alerts = json["latency"]["ingest_to_alert"]["count"].as_u64().unwrap();
+    assert!(alerts > 0 && json["latency"]["ingest_to_alert"]["max_ns"].as_u64().unwrap() > 0, "{name}");
     let hist = std::fs::read_to_string(dir.path().join("hist.txt")).unwrap();
     assert!(hist.contains("Percentile") && hist.contains("#[Max"), "{name}: {hist}");
     let svg = std::fs::read_to_string(dir.path().join("plot.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.trim_end().ends_with("</svg>"), "{name}");
-    json
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{name}");
+    // Every rule that alerted is a legend entry and a series of points.
+    for (rule, score) in json["detection"]["patterns"].as_object().unwrap() {
+        let alerted = score["found"].as_u64().unwrap() + score["unexpected"].as_u64().unwrap() > 0;
+        let legend = svg.contains(&format!(r#"<g class="legend-item" data-series="{rule} ("#));
+        assert_eq!(legend, alerted, "{name}: {rule} in the plot's legend");
+    }
+    (json, svg)
+}
+
+/// The JSON report's fields are there with their types, and every
+/// measured quantity names its unit in its key.
+fn json_fields_are_typed(json: &Value) {
+    let field = |pointer: &str| json.pointer(pointer).unwrap_or_else(|| panic!("{pointer} missing in {json:#}"));
+    for pointer in [
+        "/layout",
+        "/records/offered",
+        "/records/applied",
+        "/records/late",
+        "/records/rejected",
+        "/records/dropped",
+        "/machine/cores",
+        "/latency/ingest_to_alert/count",
+        "/latency/ingest_to_alert/p50_ns",
+        "/latency/ingest_to_alert/p99_ns",
+        "/latency/ingest_to_alert/p999_ns",
+        "/latency/ingest_to_alert/max_ns",
+        "/setup/lateness_ns",
+        "/setup/idle_after_ns",
+        "/setup/shards",
+        "/watermark_lag/median_ns",
+        "/watermark_lag/max_ns",
+        "/backpressure/feeder_blocked_ns",
+        "/backpressure/ring_occupancy_max_slots",
+    ] {
+        assert!(field(pointer).is_u64(), "{pointer}: {}", field(pointer));
+    }
+    for pointer in [
+        "/wall_s",
+        "/scenario/scale",
+        "/detection/precision",
+        "/detection/recall",
+        "/backpressure/ring_occupancy_mean_slots",
+        "/throughput/phases/0/offered_per_s",
+        "/throughput/phases/0/achieved_per_s",
+        "/throughput/phases/0/scheduled_s",
+        "/throughput/phases/0/took_s",
+    ] {
+        assert!(field(pointer).is_f64(), "{pointer}: {}", field(pointer));
+    }
+    for pointer in [
+        "/version",
+        "/started_at",
+        "/machine/cpu_model",
+        "/machine/kernel",
+        "/scenario/name",
+        "/throughput/phases/0/name",
+    ] {
+        assert!(field(pointer).as_str().is_some_and(|s| !s.is_empty()), "{pointer}: {}", field(pointer));
+    }
+    assert_eq!(field("/version"), env!("CARGO_PKG_VERSION"));
+    // Built from a checkout here: the commit is a hash, not null.
+    let commit = field("/commit").as_str().unwrap_or_else(|| panic!("/commit: {}", field("/commit")));
+    assert!(commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit()), "{commit}");
+    assert!(field("/started_at").as_str().unwrap().ends_with("+08:00"));
+    assert!(field("/command_line").as_array().is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string)));
+    assert!(field("/detection/missed").is_array() && field("/detection/unexpected").is_array());
+    assert!(field("/expectations_met").is_boolean() && field("/unmet").is_array());
+    // No bare quantity: the old unitless keys are gone everywhere.
+    fn keys<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => map.iter().for_each(|(k, v)| {
+                out.push(k);
+                keys(v, out)
+            }),
+            Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    keys(json, &mut all);
+    for bare in [
+        "p50",
+        "p99",
+        "p999",
+        "max",
+        "median",
+        "offered_rps",
+        "achieved_rps",
+        "rate_rps",
+        "scheduled_secs",
+        "took_secs",
+        "latency_ns",
+        "watermark_lag_ns",
+    ] {
+        assert!(!all.contains(&bare), "key {bare} has no unit");
+    }
 }
 
 #[test]
@@ -83,15 +193,42 @@ fn steady_5k_finds_what_it_planted() {
 fn szse_peak_finds_what_it_planted_through_the_bursts() {
     let json = run_scenario("szse-peak", 0.02);
     assert_eq!(json["records"]["late"], 0);
-    let phases = json["throughput"]["per_phase"].as_array().unwrap();
+    let phases = json["throughput"]["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 7, "open, then three bursts each with its base stretch");
-    assert_eq!(phases[1]["offered_rps"], 1_200_000.0);
+    assert_eq!(phases[1]["offered_per_s"], 1_200_000.0);
 }
 
+/// The plot as a person sees it: rendered by Chromium without errors,
+/// with log latency ticks, a legend, the phases named and the bursts
+/// shaded; the screenshot is left under the target dir to look at.
 #[test]
-fn burst_3m_finds_what_it_planted() {
-    let json = run_scenario("burst-3m", 0.03);
+fn burst_3m_finds_what_it_planted_and_plots_it() {
+    let (json, svg) = run_scenario_with_plot("burst-3m", 0.03);
     assert_eq!(json["records"]["late"], 0);
+    assert_eq!(svg.matches(r#"<svg class="panel""#).count(), 2, "latency and throughput panels");
+    assert_eq!(svg.matches(r#"data-span="burst phase""#).count(), 6, "three bursts shaded in both panels");
+    for phase in ["open", "burst #1", "burst #2", "burst #3"] {
+        assert!(svg.contains(&format!(">{phase}</text>")), "{phase} named above the plot");
+    }
+    assert!(
+        svg.contains(r#"data-title="latency (log scale)""#) && svg.contains(" ms</text>"),
+        "log latency axis in ms"
+    );
+    assert!(svg.contains(r#"data-label="p99 "#) && svg.contains(r#"data-label="p50 "#));
+    assert!(svg.contains(r#"data-series="offered (schedule)""#) && svg.contains(r#"data-series="achieved (sent)""#));
+    let Some(chrome) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("plot.html");
+    std::fs::write(&page, format!("<!doctype html><html><head><meta charset=utf-8>{ERROR_HOOK}</head><body style=\"margin:0\">{svg}</body></html>")).unwrap();
+    let url = format!("file://{}", page.display());
+    let dom = dump_dom(&chrome, &url, 2000);
+    assert_eq!(script_errors(&dom), (0, String::new()));
+    assert_eq!(
+        dom.matches(r#"class="legend-item""#).count(),
+        svg.matches(r#"class="legend-item""#).count(),
+        "the browser parsed every legend entry"
+    );
+    screenshot(&chrome, &url, "bench-plot-burst-3m", 1000, 1000, 2000);
 }
 
 #[test]

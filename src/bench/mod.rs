@@ -358,6 +358,72 @@ pub fn score(truth: &[TruthRow], alerts: &[AlertSeen]) -> BTreeMap<String, Patte
     out
 }
 
+/// A planted (group, instrument) key of one pattern that no alert of that
+/// pattern named.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Missed {
+    pub rule: String,
+    pub group: String,
+    pub instrument: String,
+    /// The planted accounts of the group on that instrument.
+    pub accounts: Vec<String>,
+}
+
+/// An alerted (rule, group, instrument) key that was not planted.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Unexpected {
+    pub rule: String,
+    pub group: String,
+    pub instrument: String,
+    pub alerts: u64,
+    pub first_seq: u64,
+}
+
+/// The keys behind `score`'s `missed` and `unexpected` counts, sorted by
+/// rule, group and instrument.
+pub fn misses(truth: &[TruthRow], alerts: &[AlertSeen]) -> (Vec<Missed>, Vec<Unexpected>) {
+    let group = |a: &AlertSeen| if a.group.is_empty() { a.account.clone() } else { a.group.clone() };
+    let alerted: BTreeSet<(&str, String, &str)> =
+        alerts.iter().map(|a| (a.rule.as_str(), group(a), a.instrument.as_str())).collect();
+    let mut missed: BTreeMap<(&str, &str, &str), Vec<String>> = BTreeMap::new();
+    for t in truth {
+        if !alerted.contains(&(t.pattern.as_str(), t.group.clone(), t.instrument.as_str())) {
+            missed.entry((&t.pattern, &t.group, &t.instrument)).or_default().push(t.account.clone());
+        }
+    }
+    let planted: BTreeSet<(&str, &str, &str)> =
+        truth.iter().map(|t| (t.pattern.as_str(), t.group.as_str(), t.instrument.as_str())).collect();
+    let mut unexpected: BTreeMap<(&str, String, &str), (u64, u64)> = BTreeMap::new();
+    for a in alerts {
+        let g = group(a);
+        if !planted.contains(&(a.rule.as_str(), g.as_str(), a.instrument.as_str())) {
+            let e = unexpected.entry((&a.rule, g, &a.instrument)).or_insert((0, u64::MAX));
+            e.0 += 1;
+            e.1 = e.1.min(a.seq);
+        }
+    }
+    (
+        missed
+            .into_iter()
+            .map(|((rule, group, instrument), mut accounts)| {
+                accounts.sort();
+                accounts.dedup();
+                Missed { rule: rule.into(), group: group.into(), instrument: instrument.into(), accounts }
+            })
+            .collect(),
+        unexpected
+            .into_iter()
+            .map(|((rule, group, instrument), (alerts, first_seq))| Unexpected {
+                rule: rule.into(),
+                group,
+                instrument: instrument.into(),
+                alerts,
+                first_seq,
+            })
+            .collect(),
+    )
+}
+
 /// Overall (micro-averaged) precision and recall.
 pub fn overall(scores: &BTreeMap<String, PatternScore>) -> PatternScore {
     let mut total = PatternScore::default();
@@ -639,6 +705,24 @@ mod tests {
         assert_eq!((st.expected, st.found, st.missed, st.unexpected), (1, 1, 0, 1));
         let all = overall(&scores);
         assert_eq!((all.expected, all.found, all.unexpected), (3, 2, 2));
+        // The keys behind the counts.
+        let (missed, unexpected) = misses(&truth, &alerts);
+        assert_eq!(
+            missed,
+            [Missed {
+                rule: "excessive-cancel".into(),
+                group: "A2".into(),
+                instrument: "000002".into(),
+                accounts: vec!["A2".into()]
+            }]
+        );
+        let keys: Vec<(&str, &str, &str, u64, u64)> = unexpected
+            .iter()
+            .map(|u| (u.rule.as_str(), u.group.as_str(), u.instrument.as_str(), u.alerts, u.first_seq))
+            .collect();
+        assert_eq!(keys, [("excessive-cancel", "A2", "000009", 1, 7), ("self-trade", "A9", "000003", 1, 8)]);
+        assert_eq!(missed.len() as u64, all.missed);
+        assert_eq!(unexpected.len() as u64, all.unexpected);
         let none = score(&[], &[]);
         assert_eq!((none["self-trade"].recall(), none["self-trade"].precision()), (1.0, 1.0));
     }

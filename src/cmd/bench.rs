@@ -73,17 +73,6 @@ pub fn run(args: BenchArgs) -> Result<(), CmdError> {
     }
 }
 
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU".to_string(), |m| m.trim().to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{model}, {cores} cores")
-}
-
 /// Validates the options (all problems at once), prepares the day, plays it.
 pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
     let mut problems = Vec::new();
@@ -151,6 +140,12 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
         idle_after_ns: Some(idle_after_ns),
         rules: Rules::default(),
     };
+    let started_at = {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let mut text = Vec::new();
+        crate::alert::write_iso_time(&mut text, now);
+        String::from_utf8_lossy(&text).into_owned()
+    };
     let schedule_ms = prepared.records.last().map_or(0, |w| w.due_ns) / 1_000_000;
     let finished = std::sync::atomic::AtomicBool::new(false);
     let trial = std::thread::scope(|scope| {
@@ -169,6 +164,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
     })
     .map_err(CmdError::Failed)?;
     let scores = bench::score(&prepared.truth, &trial.alerts);
+    let (missed, unexpected) = bench::misses(&prepared.truth, &trial.alerts);
     let unmet = bench::check_expectations(&scenario, &trial, &scores);
     let (watermark_floor, pipeline_part) = bench::latency_split(&prepared, &trial, idle_after_ns);
     let phases = bench::per_phase(&prepared, &trial);
@@ -199,7 +195,11 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
         shards: args.shards,
         pinned: !cores.is_empty(),
         idle_after_ns,
-        machine: machine(),
+        machine: report::Machine::detect(),
+        command_line: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect(),
+        started_at,
+        missed,
+        unexpected,
         phases,
         scores,
         overall,

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod book;
 pub mod checkpoint;
+pub mod export;
 pub mod generate;
 pub mod import;
 pub mod replay;
@@ -38,6 +39,8 @@ pub enum Command {
     Book(book::BookArgs),
     /// Check a rules file, or show the effective rules with defaults filled in.
     Rules(rules::RulesArgs),
+    /// Replay a tape and write the day's layers (records, orders, metrics, alerts) as Parquet files.
+    Export(export::ExportArgs),
 }
 
 #[derive(Debug)]
@@ -129,6 +132,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Bench(args) => bench::run(args),
         Command::Book(args) => book::run(args),
         Command::Rules(args) => rules::run(args),
+        Command::Export(args) => export::run(args),
     }
 }
 
