@@ -6,6 +6,7 @@ pub mod csv;
 pub mod live;
 pub mod native;
 pub mod native_feed;
+pub mod tape_index;
 pub mod validate;
 
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
