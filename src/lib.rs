@@ -13,6 +13,7 @@ pub mod flow;
 #[path = "gen.rs"]
 pub mod generator;
 pub mod ingest;
+pub mod investigate;
 pub mod instruments;
 pub mod metrics;
 pub mod outputs;

@@ -5,11 +5,14 @@
 
 pub mod bench;
 pub mod book;
+pub mod cat;
 pub mod checkpoint;
 pub mod generate;
 pub mod import;
+pub mod investigate;
 pub mod replay;
 pub mod rules;
+pub mod slice;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -38,6 +41,12 @@ pub enum Command {
     Book(book::BookArgs),
     /// Check a rules file, or show the effective rules with defaults filled in.
     Rules(rules::RulesArgs),
+    /// Print a native tape's records (or those a filter selects) as FEED.md CSV.
+    Cat(cat::CatArgs),
+    /// Write the records of a tape that a filter selects as a FEED.md CSV excerpt.
+    Slice(slice::SliceArgs),
+    /// Write a self-contained HTML report on an alert, or on a group's trading in one instrument.
+    Investigate(Box<investigate::InvestigateArgs>),
 }
 
 #[derive(Debug)]
@@ -129,6 +138,9 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Bench(args) => bench::run(args),
         Command::Book(args) => book::run(args),
         Command::Rules(args) => rules::run(args),
+        Command::Cat(args) => cat::run(args),
+        Command::Slice(args) => slice::run(args),
+        Command::Investigate(args) => investigate::run(*args),
     }
 }
 
