@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod bench;
+pub mod chart;
 pub mod checkpoint;
 pub mod cmd;
 pub mod config;
