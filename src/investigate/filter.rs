@@ -8,7 +8,7 @@
 //! `C`, the buyer or the seller of a `T`) is a selected account or belongs
 //! to a selected group. Times are `HH:MM:SS[.fff]` in the trading day's
 //! zone (Asia/Shanghai) on the tape's day, nanoseconds since the epoch, or
-//! an ISO time (`2026-11-03T09:45:00`, zone Asia/Shanghai unless it ends in
+//! an ISO time (`2026-11-02T09:45:00`, zone Asia/Shanghai unless it ends in
 //! `Z` or `+HH:MM`).
 //!
 //! Names are matched, not ids: a CSV tape interns as it goes, so the ids of
@@ -24,7 +24,7 @@ use crate::symbols::{Groups, NameTable, pack, valid_account, valid_instrument};
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FilterArgs {
     /// Only records at or after this event time: `HH:MM:SS[.fff]` (Asia/Shanghai, on the tape's
-    /// day), nanoseconds since the epoch, or an ISO time (`2026-11-03T09:45:00[.fff][Z|+08:00]`).
+    /// day), nanoseconds since the epoch, or an ISO time (`2026-11-02T09:45:00[.fff][Z|+08:00]`).
     #[arg(long)]
     pub from: Option<String>,
     /// Only records at or before this event time (same forms as --from).
@@ -139,13 +139,13 @@ pub fn parse_time(text: &str) -> Result<At, String> {
     }
     At::parse(text).map_err(|_| {
         "expected HH:MM:SS[.fff] (Asia/Shanghai), nanoseconds since the epoch, or an ISO time \
-         (2026-11-03T09:45:00[.fff][Z|+08:00])"
+         (2026-11-02T09:45:00[.fff][Z|+08:00])"
             .to_string()
     })
 }
 
 fn parse_iso(text: &str) -> Result<i64, String> {
-    let bad = || "expected an ISO time such as 2026-11-03T09:45:00.250+08:00".to_string();
+    let bad = || "expected an ISO time such as 2026-11-02T09:45:00.250+08:00".to_string();
     let (date, rest) = text.split_once('T').ok_or_else(bad)?;
     let d: Vec<&str> = date.split('-').collect();
     let [y, m, d] = d[..] else { return Err(bad()) };
@@ -280,13 +280,13 @@ mod tests {
 
     #[test]
     fn times_parse_in_every_form() {
-        // 1793583000000000000 is 2026-11-03 01:30:00 UTC = 09:30:00 in Shanghai.
+        // 1793583000000000000 is 2026-11-02 01:30:00 UTC = 09:30:00 in Shanghai.
         let t = 1_793_583_000_000_000_000;
-        assert_eq!(parse_time("2026-11-03T09:30:00"), Ok(At::Raw(t)));
-        assert_eq!(parse_time("2026-11-03T09:30:00+08:00"), Ok(At::Raw(t)));
-        assert_eq!(parse_time("2026-11-03T01:30:00Z"), Ok(At::Raw(t)));
-        assert_eq!(parse_time("2026-11-02T20:30:00-05:00"), Ok(At::Raw(t)));
-        assert_eq!(parse_time("2026-11-03T09:30:00.25"), Ok(At::Raw(t + 250_000_000)));
+        assert_eq!(parse_time("2026-11-02T09:30:00"), Ok(At::Raw(t)));
+        assert_eq!(parse_time("2026-11-02T09:30:00+08:00"), Ok(At::Raw(t)));
+        assert_eq!(parse_time("2026-11-02T01:30:00Z"), Ok(At::Raw(t)));
+        assert_eq!(parse_time("2026-11-01T20:30:00-05:00"), Ok(At::Raw(t)));
+        assert_eq!(parse_time("2026-11-02T09:30:00.25"), Ok(At::Raw(t + 250_000_000)));
         assert_eq!(parse_time("09:30:00"), Ok(At::Clock(34_200 * NS_PER_SEC)));
         assert_eq!(parse_time("1793583000000000000"), Ok(At::Raw(t)));
         for bad in ["2026-13-03T09:30:00", "2026-11-03T9:30:00", "2026-11-03T09:30:00+8", "x", "9:30"] {
