@@ -79,7 +79,7 @@ pub fn write_selected(
     line.push(b'\n');
     let mut written = 0u64;
     let mut error = None;
-    let stats = source.walk(plan, |event, names| {
+    let stats = source.walk(plan, &mut |_| {}, |event, names| {
         if matcher.range().is_none() {
             matcher.start(event.ts_ns);
         }

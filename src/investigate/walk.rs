@@ -65,7 +65,7 @@ impl WalkStats {
 
 /// An opened tape, native or CSV.
 pub enum Source {
-    Native { tape: Tape, names: Names, groups_by_account: Vec<GroupId> },
+    Native { tape: Tape, names: Names, groups_by_account: Vec<GroupId>, use_index: bool },
     Csv { path: PathBuf, groups: Arc<Groups> },
 }
 
@@ -86,7 +86,15 @@ impl Source {
             instruments: Arc::new(NameTable::from_names(&tape.instruments())),
             groups,
         };
-        Ok(Source::Native { tape, names, groups_by_account })
+        Ok(Source::Native { tape, names, groups_by_account, use_index: true })
+    }
+
+    /// Reads as if the tape had no index (measurement: `investigate --no-index`).
+    pub fn without_index(mut self) -> Source {
+        if let Source::Native { use_index, .. } = &mut self {
+            *use_index = false;
+        }
+        self
     }
 
     pub fn is_native(&self) -> bool {
@@ -121,21 +129,28 @@ impl Source {
         }
     }
 
-    /// Calls `f` with each record of the blocks `plan` may need, in feed
-    /// order, and the tape's names; stops when `f` breaks.
+    /// Calls `f` with each record of the blocks `plan` may need that is
+    /// of a wanted instrument (any, when the plan names none), in feed
+    /// order, with the tape's names; stops when `f` breaks. `passed` gets
+    /// the event time of every other record read, and the greatest event
+    /// time of each block left unread, in feed order: what a watermark needs.
     pub fn walk(
         &self,
         plan: &BlockPlan,
+        passed: &mut dyn FnMut(i64),
         mut f: impl FnMut(&Event, &Names) -> ControlFlow<()>,
     ) -> Result<WalkStats, CmdError> {
         match self {
-            Source::Native { tape, names, groups_by_account } => {
-                let mut stats = WalkStats { blocks: tape.blocks(), indexed: tape.index().is_some(), ..WalkStats::default() };
+            Source::Native { tape, names, groups_by_account, use_index } => {
+                let index = tape.index().filter(|_| *use_index);
+                let mut stats = WalkStats { blocks: tape.blocks(), indexed: index.is_some(), ..WalkStats::default() };
                 let per = tape.block_records();
+                let wanted = |id: u32| plan.instruments.is_empty() || plan.instruments.contains(&id);
                 for b in 0..tape.blocks() {
-                    if let Some(index) = tape.index() {
+                    if let Some(index) = index {
                         let c = &index.block(b).check;
                         if c.max_ts < plan.from_ns || c.min_ts > plan.to_ns || !index.has_any(b, &plan.instruments) {
+                            passed(c.max_ts);
                             continue;
                         }
                     }
@@ -143,7 +158,12 @@ impl Source {
                     stats.blocks_read += 1;
                     for i in b * per..((b + 1) * per).min(tape.len()) {
                         stats.records_read += 1;
-                        let event = to_event(&tape.record(i), groups_by_account);
+                        let record = tape.record(i);
+                        if !wanted(record.instrument) {
+                            passed(record.ts_ns);
+                            continue;
+                        }
+                        let event = to_event(&record, groups_by_account);
                         if f(&event, names).is_break() {
                             return Ok(stats);
                         }
