@@ -14,8 +14,8 @@ pub mod flow;
 #[path = "gen.rs"]
 pub mod generator;
 pub mod ingest;
-pub mod investigate;
 pub mod instruments;
+pub mod investigate;
 pub mod metrics;
 pub mod outputs;
 pub mod ring;

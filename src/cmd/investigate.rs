@@ -89,11 +89,13 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     let to = time("--to", &args.to, &mut problems);
     match (&args.alert, &args.group, &args.account) {
         (Some(_), None, None) => {}
-        (Some(_), _, _) => problems.push("--alert reports on the alert's group: leave out --group and --account".into()),
-        (None, Some(_), Some(_)) => problems.push("--group and --account: give one of them".into()),
-        (None, None, None) => {
-            problems.push("what to report on: --alert ID, or --group G (or --account A) with --instrument, --from and --to".into())
+        (Some(_), _, _) => {
+            problems.push("--alert reports on the alert's group: leave out --group and --account".into())
         }
+        (None, Some(_), Some(_)) => problems.push("--group and --account: give one of them".into()),
+        (None, None, None) => problems.push(
+            "what to report on: --alert ID, or --group G (or --account A) with --instrument, --from and --to".into(),
+        ),
         (None, _, _) => {
             if args.instrument.is_none() || args.from.is_none() || args.to.is_none() {
                 problems.push("--group/--account needs --instrument, --from and --to".into());
@@ -151,7 +153,8 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     if args.no_index {
         source = source.without_index();
     }
-    let instrument = found.as_ref().map_or_else(|| args.instrument.clone().unwrap_or_default(), |f| f.instrument.clone());
+    let instrument =
+        found.as_ref().map_or_else(|| args.instrument.clone().unwrap_or_default(), |f| f.instrument.clone());
     let party_filter = match (&found, &args.group, &args.account) {
         (Some(f), _, _) => Filter { groups: vec![f.group.clone()], ..Filter::default() },
         (None, Some(g), _) => Filter { groups: vec![g.clone()], ..Filter::default() },
@@ -175,6 +178,8 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
         }
         None => (from.map_or(i64::MIN, |t| t.resolve(first_ts)), to.map_or(i64::MAX, |t| t.resolve(first_ts))),
     };
+    // A period reaching before the tape starts is drawn from its first record.
+    let from_ns = from_ns.max(first_ts.min(to_ns));
     if from_ns > to_ns {
         return Err(CmdError::Usage(format!("--from {} is after --to {}", clock(from_ns), clock(to_ns))));
     }
@@ -201,8 +206,11 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     let mut records: Vec<Judged> = Vec::new();
     let mut instrument_id = source.instrument_id(&instrument);
     let mut names = None;
-    let block_plan =
-        BlockPlan { instruments: instrument_id.into_iter().collect(), from_ns: i64::MIN, to_ns: to_ns.saturating_add(lateness_ns) };
+    let block_plan = BlockPlan {
+        instruments: instrument_id.into_iter().collect(),
+        from_ns: i64::MIN,
+        to_ns: to_ns.saturating_add(lateness_ns),
+    };
     // Records of other instruments (and skipped blocks) only move event
     // time on: their greatest time so far is all the watermark needs.
     let passed_max = std::cell::Cell::new(i64::MIN);
@@ -226,10 +234,8 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     };
     let mine_cache: Vec<bool> = (0..names.accounts.len() as u32).map(|a| party.account(a, &names.accounts)).collect();
     let mine = |a: u32| mine_cache.get(a as usize).copied().unwrap_or(false);
-    let accounts: Vec<String> = (0..names.accounts.len() as u32)
-        .filter(|&a| mine(a))
-        .map(|a| names.accounts.get_string(a))
-        .collect();
+    let accounts: Vec<String> =
+        (0..names.accounts.len() as u32).filter(|&a| mine(a)).map(|a| names.accounts.get_string(a)).collect();
     if accounts.is_empty() {
         let who = party_filter.groups.first().or(party_filter.accounts.first()).cloned().unwrap_or_default();
         return Err(CmdError::Usage(format!("{who}: no account of it on {}", args.tape.display())));
@@ -251,7 +257,8 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     }
 
     // The timeline: the party's records of the instrument in the period.
-    let by_id: std::collections::HashMap<u64, &overlay::OrderSpan> = all_spans.iter().map(|s| (s.order_id, s)).collect();
+    let by_id: std::collections::HashMap<u64, &overlay::OrderSpan> =
+        all_spans.iter().map(|s| (s.order_id, s)).collect();
     let mut theirs: Vec<&Judged> = records
         .iter()
         .filter(|r| (from_ns..=to_ns).contains(&r.event.ts_ns))
@@ -259,11 +266,8 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
         .collect();
     theirs.sort_by_key(|r| (r.event.ts_ns, r.event.seq));
     let rows_left_out = theirs.len().saturating_sub(report::MAX_ROWS);
-    let rows: Vec<Row> = theirs
-        .iter()
-        .take(report::MAX_ROWS)
-        .map(|r| row(&r.event, r.late, &names, &by_id, &mine))
-        .collect();
+    let rows: Vec<Row> =
+        theirs.iter().take(report::MAX_ROWS).map(|r| row(&r.event, r.late, &names, &by_id, &mine)).collect();
 
     let party_name = match (&found, &args.group, &args.account) {
         (Some(f), _, _) => format!("group {}", f.group),
@@ -309,7 +313,8 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
         read_note: read_note.clone(),
     });
     crate::investigate::write_atomically(&args.out, |out| {
-        out.write_all(page.as_bytes()).map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", args.out.display())))
+        out.write_all(page.as_bytes())
+            .map_err(|e| CmdError::Failed(format!("{}: cannot write: {e}", args.out.display())))
     })?;
     if !args.quiet {
         eprintln!(
@@ -353,9 +358,9 @@ fn row(
                     _ => "open at the end".to_string(),
                 }
             }),
-            Kind::Cancel => by_id
-                .get(&e.order_id)
-                .map_or("cancel".to_string(), |s| format!("cancelled {:.3} s after entry", (e.ts_ns - s.entry_ts) as f64 / 1e9)),
+            Kind::Cancel => by_id.get(&e.order_id).map_or("cancel".to_string(), |s| {
+                format!("cancelled {:.3} s after entry", (e.ts_ns - s.entry_ts) as f64 / 1e9)
+            }),
             Kind::Trade => {
                 let (b, s) = (mine(e.account), mine(e.contra_account));
                 match (b, s) {
@@ -411,7 +416,13 @@ fn headline(
             sold += r.event.qty;
         }
     }
-    let mut s = format!("{} placed {} {} order{}", capitalise(party), placed.len(), word(main), if placed.len() == 1 { "" } else { "s" });
+    let mut s = format!(
+        "{} placed {} {} order{}",
+        capitalise(party),
+        placed.len(),
+        word(main),
+        if placed.len() == 1 { "" } else { "s" }
+    );
     if !placed.is_empty() {
         s += &format!(" totalling {}", group_digits(placed.iter().map(|s| s.qty).sum()));
     }
@@ -479,7 +490,9 @@ fn find_alert(path: &Path, id: &str, rules: &Rules) -> Result<Found, String> {
             example.map_or(String::new(), |e| format!(" such as {e}"))
         ));
     };
-    let field = |k: &str| alert[k].as_str().map(str::to_string).ok_or_else(|| format!("{}: line {line}: no `{k}`", path.display()));
+    let field = |k: &str| {
+        alert[k].as_str().map(str::to_string).ok_or_else(|| format!("{}: line {line}: no `{k}`", path.display()))
+    };
     let rule = field("rule")?;
     let group = field("group")?;
     let instrument = field("instrument")?;
@@ -547,10 +560,15 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
         Value::String(s) => out.push((prefix.to_string(), s.clone())),
         Value::Array(items) if items.iter().all(|i| !i.is_object()) => out.push((
             prefix.to_string(),
-            items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string)).collect::<Vec<_>>().join(", "),
+            items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(", "),
         )),
         Value::Null => {}
-        other if prefix.ends_with("_ns") => {
+        // Epoch nanoseconds (not a duration such as `window_ns`) as a time of day.
+        other if prefix.ends_with("_ns") && other.as_i64().is_some_and(|v| v > 100_000_000_000_000_000) => {
             out.push((prefix.to_string(), other.as_i64().map_or_else(|| other.to_string(), clock)))
         }
         other => out.push((prefix.to_string(), other.to_string())),

@@ -5,8 +5,8 @@
 
 use super::CmdError;
 use crate::investigate::filter::FilterArgs;
-use crate::investigate::walk::{BlockPlan, Source, WalkStats};
 use crate::investigate::filter::Matcher;
+use crate::investigate::walk::{BlockPlan, Source, WalkStats};
 use crate::symbols::Groups;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -61,9 +61,9 @@ pub fn run(args: SliceArgs) -> Result<(), CmdError> {
 
 /// accounts.csv from the flag, else beside the tape when present.
 pub fn load_groups(path: Option<&Path>, tape: &Path, problems: &mut Vec<String>) -> Option<Groups> {
-    let path = path
-        .map(Path::to_path_buf)
-        .or_else(|| Some(super::beside(tape, ".accounts.csv")).filter(|p| !crate::outputs::is_stdio(tape) && p.exists()))?;
+    let path = path.map(Path::to_path_buf).or_else(|| {
+        Some(super::beside(tape, ".accounts.csv")).filter(|p| !crate::outputs::is_stdio(tape) && p.exists())
+    })?;
     Groups::load(&path).map_err(|e| problems.push(e)).ok()
 }
 

@@ -34,13 +34,21 @@ pub fn tape_span(source: &Source) -> Result<Option<(i64, i64, i64)>, CmdError> {
     let last = tape.blocks() - 1;
     let first_check = tape.verify_block(0).map_err(|e| CmdError::Usage(e.to_string()))?;
     let last_check = tape.verify_block(last).map_err(|e| CmdError::Usage(e.to_string()))?;
-    Ok(Some((first_check.first_ts, first_check.min_ts.min(last_check.min_ts), last_check.max_ts.max(first_check.max_ts))))
+    Ok(Some((
+        first_check.first_ts,
+        first_check.min_ts.min(last_check.min_ts),
+        last_check.max_ts.max(first_check.max_ts),
+    )))
 }
 
 /// Resolves a filter against an opened tape: names that are not on a
 /// native tape and times outside it are bad input (exit 2), every problem
 /// at once. Returns the record matcher and the block plan.
-pub fn resolve(source: &Source, filter: Filter, groups: Arc<crate::symbols::Groups>) -> Result<(Matcher, BlockPlan), CmdError> {
+pub fn resolve(
+    source: &Source,
+    filter: Filter,
+    groups: Arc<crate::symbols::Groups>,
+) -> Result<(Matcher, BlockPlan), CmdError> {
     let mut problems = Vec::new();
     let mut ids = Vec::new();
     if source.is_native() {
@@ -103,9 +111,9 @@ pub fn write_atomically(
         let file = crate::outputs::create(path).map_err(failed)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
         write(&mut out)?;
-        return out.flush().map_err(|e| {
-            if crate::outputs::is_stdout(path) { crate::cmd::stdout_error(&e) } else { failed(e) }
-        });
+        return out
+            .flush()
+            .map_err(|e| if crate::outputs::is_stdout(path) { crate::cmd::stdout_error(&e) } else { failed(e) });
     }
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");

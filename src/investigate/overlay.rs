@@ -237,12 +237,18 @@ mod tests {
                 let price = 100_000 + (next() % 9) as i64 * 100 - 400;
                 let qty = 100 * (1 + next() % 5);
                 let account = (next() % 4) as u32;
-                push(&mut out, Event { ts_ns: ts, kind: Kind::New, order_id: id, account, side, price, qty, ..Event::default() });
+                push(
+                    &mut out,
+                    Event { ts_ns: ts, kind: Kind::New, order_id: id, account, side, price, qty, ..Event::default() },
+                );
                 open.insert(id, (side, price, qty, account));
             } else if roll < 8 {
                 let k = *open.keys().nth((next() % open.len() as u64) as usize).unwrap();
                 let (side, price, qty, account) = open.remove(&k).unwrap();
-                push(&mut out, Event { ts_ns: ts, kind: Kind::Cancel, order_id: k, account, side, price, qty, ..Event::default() });
+                push(
+                    &mut out,
+                    Event { ts_ns: ts, kind: Kind::Cancel, order_id: k, account, side, price, qty, ..Event::default() },
+                );
             } else {
                 // A trade between one open buy and one open sell.
                 let buy = open.iter().find(|(_, o)| o.0 == Side::Buy).map(|(k, o)| (*k, *o));

@@ -177,8 +177,9 @@ impl<F: Feed> Feed for Selected<F> {
         if self.done {
             return Ok(false);
         }
-        let Selected { inner, matcher, applied, instruments, pending_ts, passed, left_out, skipped_blocks, done, .. } =
-            self;
+        let Selected {
+            inner, matcher, applied, instruments, pending_ts, passed, left_out, skipped_blocks, done, ..
+        } = self;
         let more = inner.pump_until(&mut |event| {
             if event.ts_ns > applied.stop_after_ns {
                 *done = true;
@@ -244,8 +245,8 @@ pub fn plan_replay(
     cfg: &crate::topology::PipelineConfig,
     groups: &Groups,
 ) -> Result<ReplayPlan, crate::cmd::CmdError> {
-    use crate::cmd::CmdError;
     use super::walk::Source;
+    use crate::cmd::CmdError;
     let (first_ts, ids) = if native {
         let source = Source::open(tape, Arc::new(Groups::default()))?;
         let mut problems = Vec::new();
@@ -322,11 +323,7 @@ impl ReplayPlan {
     pub fn describe(&self) -> String {
         use super::filter::clock;
         let when = |ns: i64, none: &str| if ns == i64::MIN || ns == i64::MAX { none.to_string() } else { clock(ns) };
-        let mut s = format!(
-            "alerts stamped {}..{}",
-            when(self.keep.from_ns, "start"),
-            when(self.keep.to_ns, "end")
-        );
+        let mut s = format!("alerts stamped {}..{}", when(self.keep.from_ns, "start"), when(self.keep.to_ns, "end"));
         if !self.filter.instruments.is_empty() {
             s += &format!(" on {}", self.filter.instruments.join(", "));
         }

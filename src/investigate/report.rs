@@ -135,7 +135,8 @@ fn price_chart(r: &Report) -> String {
         .series(Series::step("best bid", palette::BLUE, bids).width(1.5))
         .series(Series::step("best ask", palette::ORANGE, asks).width(1.5))
         .series(Series::points("trades", palette::GREY, b.trades.iter().map(|t| (t.0 as f64, px(t.1)))));
-    for (side, name, color) in [(Side::Buy, "group buy orders", palette::GREEN), (Side::Sell, "group sell orders", palette::RED)]
+    for (side, name, color) in
+        [(Side::Buy, "group buy orders", palette::GREEN), (Side::Sell, "group sell orders", palette::RED)]
     {
         let items: Vec<Item> = r
             .spans
@@ -337,7 +338,10 @@ fn timeline(r: &Report) -> String {
         );
     }
     if r.rows_left_out > 0 {
-        h += &format!("<tr><td colspan=\"9\">… and {} more records (first {MAX_ROWS} shown)</td></tr>\n", r.rows_left_out);
+        h += &format!(
+            "<tr><td colspan=\"9\">… and {} more records (first {MAX_ROWS} shown)</td></tr>\n",
+            r.rows_left_out
+        );
     }
     if r.rows.is_empty() {
         h += "<tr><td colspan=\"9\">The group has no record on this instrument in the period.</td></tr>\n";

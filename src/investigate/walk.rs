@@ -238,8 +238,8 @@ pub fn first_csv_ts(path: &Path) -> Result<Option<i64>, CmdError> {
     if crate::outputs::is_stdio(path) {
         return Ok(None);
     }
-    let file = std::fs::File::open(path)
-        .map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", path.display())))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", path.display())))?;
     let mut lines = std::io::BufReader::new(file).lines();
     let _header = lines.next();
     for line in lines.take(1000) {
