@@ -118,7 +118,7 @@ impl TapeIndex {
             let end = s.set_offset as usize + s.set_len as usize;
             let bitmap_len = instruments.div_ceil(8) as usize;
             let shape_ok = match s.set_kind {
-                SET_IDS => s.set_len % 4 == 0,
+                SET_IDS => s.set_len.is_multiple_of(4),
                 SET_BITMAP => s.set_len as usize == bitmap_len,
                 _ => false,
             };

@@ -117,7 +117,8 @@ fn price_chart(r: &Report) -> String {
     let (x0, x1) = (from as f64, to as f64);
     let b = &r.rebuilt;
     // The book's best prices before the period start hold into it.
-    let step = |pick: fn(&(i64, Option<Px>, Option<Px>)) -> Option<Px>| -> Vec<(f64, f64)> {
+    type Best = (i64, Option<Px>, Option<Px>);
+    let step = |pick: fn(&Best) -> Option<Px>| -> Vec<(f64, f64)> {
         let mut pts: Vec<(f64, f64)> =
             b.best.iter().filter_map(|p| pick(p).map(|v| ((p.0 as f64).max(x0), px(v)))).collect();
         if let Some(&(_, y)) = pts.last() {

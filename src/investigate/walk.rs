@@ -63,7 +63,9 @@ impl WalkStats {
     }
 }
 
-/// An opened tape, native or CSV.
+/// An opened tape, native or CSV. One per command, so the size of the
+/// native variant (the mapping's bookkeeping) costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     Native { tape: Tape, names: Names, groups_by_account: Vec<GroupId>, use_index: bool },
     Csv { path: PathBuf, groups: Arc<Groups> },
