@@ -405,6 +405,8 @@ fn headline(
     let main = if qty(Side::Sell) > qty(Side::Buy) { Side::Sell } else { Side::Buy };
     let word = |side: Side| if side == Side::Buy { "buy" } else { "sell" };
     let placed: Vec<&&overlay::OrderSpan> = entered.iter().filter(|s| s.side == main).collect();
+    let other = if main == Side::Buy { Side::Sell } else { Side::Buy };
+    let other_placed: Vec<&&overlay::OrderSpan> = entered.iter().filter(|s| s.side == other).collect();
     let (mut bought, mut sold, mut with_self) = (0u64, 0u64, 0u64);
     for r in theirs.iter().filter(|r| !r.late && r.event.kind == Kind::Trade) {
         let (b, s) = (mine(r.event.account), mine(r.event.contra_account));
@@ -426,6 +428,15 @@ fn headline(
     if !placed.is_empty() {
         s += &format!(" totalling {}", group_digits(placed.iter().map(|s| s.qty).sum()));
     }
+    if !other_placed.is_empty() {
+        s += &format!(
+            " and {} {} order{} totalling {}",
+            other_placed.len(),
+            word(other),
+            if other_placed.len() == 1 { "" } else { "s" },
+            group_digits(other_placed.iter().map(|s| s.qty).sum())
+        );
+    }
     s += &format!(" on {instrument} between {} and {}", clock(from), clock(to));
     let mut lives: Vec<i64> = placed
         .iter()
@@ -435,8 +446,9 @@ fn headline(
     lives.sort_unstable();
     if !lives.is_empty() {
         s += &format!(
-            " and cancelled {} of them within {:.2} s (median {:.2} s)",
+            ", cancelled {} of the {} orders within {:.2} s (median {:.2} s)",
             lives.len(),
+            word(main),
             *lives.last().unwrap_or(&0) as f64 / 1e9,
             lives[lives.len() / 2] as f64 / 1e9
         );

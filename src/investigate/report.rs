@@ -73,6 +73,9 @@ pub struct Report {
     pub read_note: String,
 }
 
+/// The shortest bar drawn, as a fraction of the period (1/400: a few pixels).
+const MIN_BAR: i64 = 400;
+
 /// The most rows the timeline and orders the chart show; beyond, a count.
 pub const MAX_ROWS: usize = 5_000;
 
@@ -99,7 +102,8 @@ pub fn render(r: &Report) -> String {
     h += "<section><h2>Price and the group's orders</h2>\n";
     h += &price_chart(r);
     h += "<p class=\"note\">Each bar is one of the group's orders at its limit price, from entry to cancel or fill \
-          (open at the period's end: to the right edge). Click a bar for its records in the timeline.</p></section>\n";
+          (open at the period's end: to the right edge; one that lived only a moment is drawn a few pixels long). \
+          Click a bar for its records in the timeline.</p></section>\n";
     h += "<div class=\"cols\">\n";
     h += &book_table(r);
     h += &evidence(r);
@@ -146,8 +150,11 @@ fn price_chart(r: &Report) -> String {
             .filter(|(s, _)| s.side == side)
             .take(MAX_ROWS)
             .map(|(s, account)| {
-                let end = s.end_ts.unwrap_or(to).min(to);
-                Item::segment((s.entry_ts.max(from)) as f64, end as f64, px(s.price))
+                // An order that lived a moment (filled or cancelled at once)
+                // is drawn at least MIN_BAR of the period long, or it would not show.
+                let start = s.entry_ts.max(from);
+                let end = s.end_ts.unwrap_or(to).min(to).max(start + (to - from) / MIN_BAR);
+                Item::segment(start as f64, end as f64, px(s.price))
                     .tip(format!(
                         "order {} ({account}): {} {} at {}, entered {}, {}",
                         s.order_id,
