@@ -54,8 +54,8 @@ impl WalkStats {
         } else if self.blocks > 0 {
             format!(
                 "no index on this tape (written before format version 2; import it again to get one): \
-                 read all {} blocks ({} records)",
-                self.blocks, self.records_read
+                 read {} of {} blocks ({} records), every one up to the period's end",
+                self.blocks_read, self.blocks, self.records_read
             )
         } else {
             format!("CSV tape: read {} records (import it for an indexed native tape)", self.records_read)
