@@ -16,6 +16,7 @@ pub mod flow;
 pub mod generator;
 pub mod ingest;
 pub mod instruments;
+pub mod investigate;
 pub mod metrics;
 pub mod outputs;
 pub mod ring;

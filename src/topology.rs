@@ -74,6 +74,8 @@ pub struct PipelineConfig {
     pub instruments: Arc<Instruments>,
     /// Keep the order book even when no enabled rule reads it (tests, measurement).
     pub keep_book: bool,
+    /// A filtered replay writes only these alerts (`investigate::replay_filter`).
+    pub alert_keep: Option<crate::investigate::replay_filter::AlertKeep>,
 }
 
 /// How the pipeline runs behind a live source (the bench's paced feeder, a
@@ -101,6 +103,7 @@ impl PipelineConfig {
             snapshot_slice: SNAPSHOT_SLICE,
             instruments: Arc::default(),
             keep_book: false,
+            alert_keep: None,
             alerts_path,
             late_path,
             live: LiveOptions::default(),
@@ -171,7 +174,7 @@ pub fn run_with<F: Feed + Send>(
     }
     let sink = match resumed {
         Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?,
-        None => Sink::create(&cfg.alerts_path, &cfg.late_path)?,
+        None => Sink::create(&cfg.alerts_path, &cfg.late_path)?.keeping(cfg.alert_keep.clone()),
     };
     let fresh = if checkpointing.is_none() { vec![cfg.alerts_path.clone(), cfg.late_path.clone()] } else { vec![] };
     let outputs = Outputs::remove_on_failure(fresh);

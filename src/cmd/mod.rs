@@ -5,12 +5,15 @@
 
 pub mod bench;
 pub mod book;
+pub mod cat;
 pub mod checkpoint;
 pub mod export;
 pub mod generate;
 pub mod import;
+pub mod investigate;
 pub mod replay;
 pub mod rules;
+pub mod slice;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -41,6 +44,12 @@ pub enum Command {
     Rules(rules::RulesArgs),
     /// Replay a tape and write the day's layers (records, orders, metrics, alerts) as Parquet files.
     Export(export::ExportArgs),
+    /// Print a native tape's records (or those a filter selects) as FEED.md CSV.
+    Cat(cat::CatArgs),
+    /// Write the records of a tape that a filter selects as a FEED.md CSV excerpt.
+    Slice(slice::SliceArgs),
+    /// Write a self-contained HTML report on an alert, or on a group's trading in one instrument.
+    Investigate(Box<investigate::InvestigateArgs>),
 }
 
 #[derive(Debug)]
@@ -133,6 +142,9 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Book(args) => book::run(args),
         Command::Rules(args) => rules::run(args),
         Command::Export(args) => export::run(args),
+        Command::Cat(args) => cat::run(args),
+        Command::Slice(args) => slice::run(args),
+        Command::Investigate(args) => investigate::run(*args),
     }
 }
 

@@ -97,6 +97,10 @@ pub struct ReplayArgs {
     /// flight, so checkpoints fall at exact record counts (stalls the source on the disk).
     #[arg(long, hide = true)]
     pub checkpoint_exact: bool,
+    /// Filters (--from/--to, --instrument, --account, --group): a replay of part of the tape
+    /// whose alerts are the full replay's alerts inside it (see docs/INVESTIGATE.md).
+    #[command(flatten)]
+    pub filter: crate::investigate::filter::FilterArgs,
 }
 
 impl ReplayArgs {
@@ -142,6 +146,8 @@ pub struct Inputs {
     pub state: Option<PathBuf>,
     /// Said on stderr at the start and again in the summary.
     pub warnings: Vec<String>,
+    /// A filtered replay: what it selected and what it skipped.
+    pub filter: Option<String>,
 }
 
 impl Inputs {
@@ -175,6 +181,9 @@ impl Inputs {
         s += "\n";
         if let Some(state) = &self.state {
             s += &format!("state       {}\n", state.display());
+        }
+        if let Some(filter) = &self.filter {
+            s += &format!("filter      {filter}\n");
         }
         for warning in &self.warnings {
             s += &format!("WARNING     {warning}\n");
@@ -211,6 +220,7 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
             "rules_hash": format!("{:016x}", inputs.rules_hash),
             "lateness_ms": inputs.lateness_ms,
             "state": inputs.state.as_deref().map(path),
+            "filter": inputs.filter,
         },
         "outputs": {
             "alerts": path(&inputs.alerts),
@@ -396,6 +406,11 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     if args.checkpoint_keep == Some(0) {
         problems.push("--checkpoint-keep 0: keep at least one checkpoint".to_string());
     }
+    let filter = args.filter.validate(&mut problems);
+    let filtered = !args.filter.is_empty();
+    if filtered && args.state.is_some() {
+        problems.push("--state with filters: a filtered replay is an investigation and takes no checkpoints".into());
+    }
     if !problems.is_empty() {
         return Err(CmdError::Usage(problems.join("\n")));
     }
@@ -426,7 +441,9 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         rejects: Some(rejects_path.clone()),
         state: args.state.clone(),
         warnings,
+        filter: None,
     };
+    let mut inputs = inputs;
     let mut cfg = PipelineConfig::new(shards, args.alerts.clone(), late_path.clone());
     cfg.cores = cores;
     cfg.rules = rules;
@@ -437,6 +454,14 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     cfg.lateness_ns = args.lateness_ms as i64 * MS;
     cfg.instruments = Arc::new(instruments);
     cfg.keep_book = args.keep_book;
+    let selection = if filtered {
+        let plan = crate::investigate::replay_filter::plan_replay(&args.tape, native, &filter, &cfg, &groups)?;
+        cfg.alert_keep = Some(plan.keep.clone());
+        inputs.filter = Some(plan.describe());
+        Some(plan)
+    } else {
+        None
+    };
     let limits = Limits {
         time: TimeRules { max_future_ns: args.max_future_ms as i64 * MS, ..TimeRules::default() },
         ..Limits::default()
@@ -502,9 +527,17 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         };
         let rejected_at_import = feed.rejected_at_import();
         let progress = ProgressLine::for_command("replay", "records", Some(feed.len() as u64), !args.quiet);
-        let mut summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
-            progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
-        })
+        let show = |p: &topology::Progress| progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed));
+        let mut summary = match &selection {
+            Some(plan) => {
+                let indexed = feed.indexed();
+                let feed = plan.wrap(feed.with_block_skip(plan.block_skip()), &names);
+                let summary = topology::run_with(feed, names, &cfg, None, show);
+                inputs.filter = Some(plan.describe_run(indexed));
+                summary
+            }
+            None => topology::run_with(feed, names, &cfg, checkpointing(resume), show),
+        }
         .map_err(|e| run_error(args, e))?;
         rejects_made.keep();
         progress.clear();
@@ -576,9 +609,16 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
             }
         };
         let progress = ProgressLine::for_command("replay", "records", None, !args.quiet);
-        let summary = topology::run_with(feed, names, &cfg, checkpointing(resume), |p| {
-            progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed))
-        })
+        let show = |p: &topology::Progress| progress.show(p.records_read.load(std::sync::atomic::Ordering::Relaxed));
+        let summary = match &selection {
+            Some(plan) => {
+                let feed = plan.wrap(feed, &names);
+                let summary = topology::run_with(feed, names, &cfg, None, show);
+                inputs.filter = Some(plan.describe_run(false));
+                summary
+            }
+            None => topology::run_with(feed, names, &cfg, checkpointing(resume), show),
+        }
         .map_err(|e| run_error(args, e))?;
         rejects_made.keep();
         progress.clear();

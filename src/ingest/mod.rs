@@ -6,6 +6,7 @@ pub mod csv;
 pub mod live;
 pub mod native;
 pub mod native_feed;
+pub mod tape_index;
 pub mod validate;
 
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -14,6 +15,17 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+/// The instrument id of a time-only event, which a filtered replay
+/// (`investigate::replay_filter`) sends for records it leaves out: the
+/// router moves the watermark by its `ts_ns` and routes nothing, so
+/// lateness is judged as if every record had come through.
+pub const TIME_ONLY: u32 = u32::MAX;
+
+/// A time-only event at `ts_ns`.
+pub fn time_only(ts_ns: i64) -> Event {
+    Event { ts_ns, instrument: TIME_ONLY, ..Event::default() }
+}
 
 /// A source of events in feed order. `pump` decodes the next chunk of the
 /// tape and calls `emit` for each accepted record; it returns `Ok(false)`

@@ -23,14 +23,22 @@
 //!       u64 account count, u64 instrument count, then the account names
 //!       and then the instrument names in id order, each a u8 length
 //!       (at most 16) followed by that many ASCII bytes
+//! X   version 2: the block index (`tape_index.rs`: per block its
+//!     instruments and event times), up to F; X = the end of the symbols
 //! F   end of file, exactly the header's file length
 //! ```
+//!
+//! The index is inside the tape, not a sidecar file: one file cannot be
+//! copied, renamed or replaced without its index, the index is covered by
+//! the same checksum chain, and the rename that makes the tape whole makes
+//! its index whole with it. A version 1 tape (written before the index)
+//! still reads; it has no index, which readers report, not refuse.
 //!
 //! Header:
 //!
 //! ```text
 //! 0    [u8; 8]   magic "TWTAPE01"
-//! 8    u32       format version, 1
+//! 8    u32       format version, 2 (1: no index; both read)
 //! 12   u32       header size, 128
 //! 16   u32       record size, 64
 //! 20   u32       block size in records (TapeWriter::create uses 4096;
@@ -44,7 +52,9 @@
 //! 72   u64       stats: records missing in those gaps
 //! 80   u64       xxh3_64 of the block checksum table
 //! 88   u64       xxh3_64 of the symbol section
-//! 96   [u8; 24]  reserved, zero
+//! 96   u64       version 2: X, offset of the block index (version 1: zero)
+//! 104  u64       version 2: xxh3_64 of the block index (version 1: zero)
+//! 112  [u8; 8]   reserved, zero
 //! 120  u64       xxh3_64 of header bytes 0..120
 //! ```
 //!
@@ -84,6 +94,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::tape_index::{IndexBuilder, TapeIndex};
 use memmap2::Mmap;
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
@@ -117,7 +128,9 @@ pub struct TapeStats {
 }
 
 pub const MAGIC: [u8; 8] = *b"TWTAPE01";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Tapes written before the block index; they read, without one.
+const VERSION_NO_INDEX: u32 = 1;
 const HEADER_BYTES: usize = 128;
 /// Bytes of the header that its own checksum covers.
 const HEADER_HASHED: usize = 120;
@@ -143,7 +156,11 @@ const H_GAPS: usize = 64;
 const H_MISSING: usize = 72;
 const H_TABLE_HASH: usize = 80;
 const H_SYMBOLS_HASH: usize = 88;
-const H_RESERVED: Range<usize> = 96..120;
+const H_INDEX_OFFSET: usize = 96;
+const H_INDEX_HASH: usize = 104;
+const H_RESERVED: Range<usize> = 112..120;
+/// Version 1 tapes have these bytes zero too.
+const H_RESERVED_V1: Range<usize> = 96..120;
 const H_HEADER_HASH: usize = 120;
 
 // Record field offsets.
@@ -184,6 +201,13 @@ fn put_u64(b: &mut [u8], at: usize, v: u64) {
 #[inline(always)]
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// FEED.md's field rules (`validate::check_fields`), as the verification
+/// pass folds them for a block.
+#[inline(always)]
+pub(crate) fn fields_ok(r: &TapeRecord) -> bool {
+    (r.seq != u64::MAX) & (r.price > 0) & (r.qty != 0) & ((r.kind == b'T') | (r.contra_order_id == 0))
 }
 
 #[inline(always)]
@@ -260,6 +284,7 @@ pub struct TapeWriter {
     /// Set once the rename has happened; until then `Drop` deletes the
     /// `.partial` file.
     done: bool,
+    index: IndexBuilder,
 }
 
 impl TapeWriter {
@@ -301,6 +326,7 @@ impl TapeWriter {
             instrument_bound: 0,
             broken: false,
             done: false,
+            index: IndexBuilder::default(),
         })
     }
 
@@ -323,6 +349,7 @@ impl TapeWriter {
         self.instrument_bound = self.instrument_bound.max(rec.instrument as u64 + 1);
 
         self.block.extend_from_slice(&encode(rec));
+        self.index.push(rec);
         self.records += 1;
         if self.block.len() >= self.block_records as usize * RECORD_BYTES {
             self.flush_block()?;
@@ -354,6 +381,7 @@ impl TapeWriter {
             return Ok(());
         }
         self.block_sums.push(xxh3_64(&self.block));
+        self.index.end_block();
         if let Err(e) = self.file.write_all(&self.block) {
             self.broken = true;
             return Err(e);
@@ -453,10 +481,13 @@ impl TapeWriter {
             }
         }
         self.file.write_all(&symbols)?;
+        let index = std::mem::take(&mut self.index).finish(instruments.len() as u64);
+        self.file.write_all(&index)?;
 
         let table_offset = HEADER_BYTES as u64 + self.records * RECORD_BYTES as u64;
         let symbols_offset = table_offset + table.len() as u64;
-        let file_bytes = symbols_offset + symbols.len() as u64;
+        let index_offset = symbols_offset + symbols.len() as u64;
+        let file_bytes = index_offset + index.len() as u64;
         let mut h = [0u8; HEADER_BYTES];
         h[..8].copy_from_slice(&MAGIC);
         put_u32(&mut h, H_VERSION, VERSION);
@@ -472,6 +503,8 @@ impl TapeWriter {
         put_u64(&mut h, H_MISSING, stats.missing_records);
         put_u64(&mut h, H_TABLE_HASH, xxh3_64(&table));
         put_u64(&mut h, H_SYMBOLS_HASH, xxh3_64(&symbols));
+        put_u64(&mut h, H_INDEX_OFFSET, index_offset);
+        put_u64(&mut h, H_INDEX_HASH, xxh3_64(&index));
         let header_hash = xxh3_64(&h[..HEADER_HASHED]);
         put_u64(&mut h, H_HEADER_HASH, header_hash);
         self.file.seek(SeekFrom::Start(0))?;
@@ -549,6 +582,7 @@ pub struct Tape {
     stats: TapeStats,
     accounts: Vec<Range<usize>>,
     instruments: Vec<Range<usize>>,
+    index: Option<TapeIndex>,
 }
 
 /// The header's geometry, every offset already checked against the others.
@@ -557,6 +591,8 @@ struct Geometry {
     block_records: u64,
     table: Range<usize>,
     symbols: Range<usize>,
+    /// Version 2: the block index section.
+    index: Option<Range<usize>>,
     file_bytes: u64,
 }
 
@@ -619,6 +655,21 @@ impl Tape {
             )));
         }
         let (accounts, instruments) = parse_symbols(&map, geo.symbols.clone()).map_err(bad)?;
+        let index = match &geo.index {
+            Some(range) => {
+                if u64_at(h, H_INDEX_HASH) != xxh3_64(&map[range.clone()]) {
+                    return Err(bad(format!(
+                        "corrupt block index (bytes {}..{}): checksum mismatch",
+                        range.start, range.end
+                    )));
+                }
+                let blocks = (geo.table.len() / 8) as u64;
+                let index = TapeIndex::parse(&map[range.clone()], blocks, instruments.len() as u64)
+                    .map_err(|e| bad(format!("block index (bytes {}..{}): {e}", range.start, range.end)))?;
+                Some(index)
+            }
+            None => None,
+        };
 
         if let Some(threads) = threads {
             check_records(
@@ -647,7 +698,19 @@ impl Tape {
             stats,
             accounts,
             instruments,
+            index,
         })
+    }
+
+    /// The block index (instruments and event times per block), when the
+    /// tape has one: tapes of format version 1 do not.
+    pub fn index(&self) -> Option<&TapeIndex> {
+        self.index.as_ref()
+    }
+
+    /// Number of checksum blocks.
+    pub fn blocks(&self) -> usize {
+        self.len.div_ceil(self.block_records().max(1))
     }
 
     /// Records per checksum block (the last block may be short).
@@ -742,9 +805,10 @@ fn check_header(map: &[u8]) -> Result<Geometry, String> {
     }
     let h = &map[..HEADER_BYTES];
     let version = u32_at(h, H_VERSION);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_NO_INDEX {
         return Err(format!(
-            "unsupported format version {version} at byte {H_VERSION} (this build reads version {VERSION})"
+            "unsupported format version {version} at byte {H_VERSION} \
+             (this build reads versions {VERSION_NO_INDEX} and {VERSION})"
         ));
     }
     if u64_at(h, H_HEADER_HASH) != xxh3_64(&h[..HEADER_HASHED]) {
@@ -760,8 +824,9 @@ fn check_header(map: &[u8]) -> Result<Geometry, String> {
              (this build reads {HEADER_BYTES} and {RECORD_BYTES})"
         ));
     }
-    if h[H_RESERVED].iter().any(|&b| b != 0) {
-        return Err(format!("header bytes {}..{} are reserved but not zero", H_RESERVED.start, H_RESERVED.end));
+    let reserved = if version == VERSION { H_RESERVED } else { H_RESERVED_V1 };
+    if h[reserved.clone()].iter().any(|&b| b != 0) {
+        return Err(format!("header bytes {}..{} are reserved but not zero", reserved.start, reserved.end));
     }
     let block_records = u32_at(h, H_BLOCK_RECORDS) as u64;
     if block_records == 0 {
@@ -771,17 +836,20 @@ fn check_header(map: &[u8]) -> Result<Geometry, String> {
     let table_offset = u64_at(h, H_TABLE_OFFSET);
     let symbols_offset = u64_at(h, H_SYMBOLS_OFFSET);
     let file_bytes = u64_at(h, H_FILE_BYTES);
+    // Version 1: the symbols run to the end of the file.
+    let index_offset = if version == VERSION { u64_at(h, H_INDEX_OFFSET) } else { file_bytes };
     let blocks = count.div_ceil(block_records);
     let want_table = count.checked_mul(RECORD_BYTES as u64).and_then(|b| b.checked_add(HEADER_BYTES as u64));
     let want_symbols = want_table.and_then(|t| t.checked_add(blocks.checked_mul(8)?));
     if want_table != Some(table_offset)
         || want_symbols != Some(symbols_offset)
-        || file_bytes < symbols_offset.saturating_add(16)
+        || index_offset < symbols_offset.saturating_add(16)
+        || file_bytes < index_offset
     {
         return Err(format!(
             "header is inconsistent: {count} records in blocks of {block_records} \
              but checksum table at byte {table_offset}, symbols at byte {symbols_offset}, \
-             file length {file_bytes}"
+             index at byte {index_offset}, file length {file_bytes}"
         ));
     }
 
@@ -800,10 +868,16 @@ fn check_header(map: &[u8]) -> Result<Geometry, String> {
              (bytes {table_offset}..{symbols_offset})"
         ));
     }
-    if actual < file_bytes {
+    if actual < index_offset {
         return Err(format!(
             "truncated: the file ends at byte {actual}, inside the symbol section \
-             (bytes {symbols_offset}..{file_bytes})"
+             (bytes {symbols_offset}..{index_offset})"
+        ));
+    }
+    if actual < file_bytes {
+        return Err(format!(
+            "truncated: the file ends at byte {actual}, inside the block index \
+             (bytes {index_offset}..{file_bytes})"
         ));
     }
     if actual > file_bytes {
@@ -818,7 +892,8 @@ fn check_header(map: &[u8]) -> Result<Geometry, String> {
     Ok(Geometry {
         block_records,
         table: to_usize(table_offset)?..to_usize(symbols_offset)?,
-        symbols: to_usize(symbols_offset)?..to_usize(file_bytes)?,
+        symbols: to_usize(symbols_offset)?..to_usize(index_offset)?,
+        index: if version == VERSION { Some(to_usize(index_offset)?..to_usize(file_bytes)?) } else { None },
         file_bytes,
     })
 }
@@ -901,6 +976,12 @@ pub fn verify_bytes(map: &[u8]) -> Result<u64, String> {
     }
     let (accounts, instruments) = parse_symbols(map, geo.symbols.clone())?;
     let blocks = geo.table.len() / 8;
+    if let Some(range) = &geo.index {
+        if u64_at(h, H_INDEX_HASH) != xxh3_64(&map[range.clone()]) {
+            return Err("corrupt block index".into());
+        }
+        TapeIndex::parse(&map[range.clone()], blocks as u64, instruments.len() as u64)?;
+    }
     check_blocks(map, &geo, 0..blocks, accounts.len() as u64, instruments.len() as u64, &|_| {}).map(|c| c.bad_fields)
 }
 
@@ -1132,8 +1213,17 @@ mod tests {
         }
         let th = xxh3_64(&b[table..symbols]);
         put_u64(b, H_TABLE_HASH, th);
-        let sh = xxh3_64(&b[symbols..]);
+        let index = if u32_at(b, H_VERSION) == VERSION_NO_INDEX {
+            b.len()
+        } else {
+            (u64_at(b, H_INDEX_OFFSET) as usize).clamp(symbols, b.len())
+        };
+        let sh = xxh3_64(&b[symbols..index]);
         put_u64(b, H_SYMBOLS_HASH, sh);
+        if index < b.len() {
+            let ih = xxh3_64(&b[index..]);
+            put_u64(b, H_INDEX_HASH, ih);
+        }
         let hh = xxh3_64(&b[..HEADER_HASHED]);
         put_u64(b, H_HEADER_HASH, hh);
     }
@@ -1200,9 +1290,79 @@ mod tests {
         assert_eq!(u32_at(&bytes, H_BLOCK_RECORDS), BLOCK_RECORDS);
         assert_eq!(
             bytes.len(),
-            // Two block sums; counts, then each name plus its length byte.
-            HEADER_BYTES + recs.len() * RECORD_BYTES + 2 * 8 + 16 + (5 + 5 + 17 + 3) + (5 + 5 + 1)
+            // Two block sums; counts, then each name plus its length byte;
+            // the index: its head, two entries, two one-byte bitmaps.
+            HEADER_BYTES + recs.len() * RECORD_BYTES + 2 * 8 + 16 + (5 + 5 + 17 + 3) + (5 + 5 + 1) + (16 + 2 * 48 + 2)
         );
+    }
+
+    /// The index says, per block, what reading the block would: the same
+    /// event-time summary as `verify_block`, and exactly the instruments
+    /// its records name (brute force over every block and id).
+    #[test]
+    fn the_index_matches_every_block() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        let names: Vec<Vec<u8>> = (0..40).map(|i| format!("I{i}").into_bytes()).collect();
+        let instruments: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+        // Blocks of 7: some hold one or two instruments (id lists), the
+        // middle ones many (bitmaps); times jump back and forth.
+        let recs: Vec<TapeRecord> = (0..90u64)
+            .map(|i| {
+                let instrument = if i < 21 { (i / 14) as u32 } else { (i * 7 % 40) as u32 };
+                let ts_ns = 1_000 + (i as i64 * 37 % 11) * 1_000 - (i as i64 % 3) * 5_000;
+                TapeRecord { instrument, ts_ns, qty: if i == 30 { 0 } else { 1 }, ..rec(i + 1, b'N', b'B', 0, 0) }
+            })
+            .collect();
+        write(&path, 7, &recs, ACCOUNTS, &instruments, STATS);
+        let tape = Tape::open(&path).expect("open");
+        let index = tape.index().expect("a new tape has an index");
+        assert_eq!(index.blocks(), tape.blocks());
+        assert_eq!(tape.blocks(), 13);
+        for b in 0..tape.blocks() {
+            let in_block = &recs[b * 7..((b + 1) * 7).min(recs.len())];
+            let check = index.block(b).check;
+            assert_eq!(check.bad_fields, tape.verify_block(b).expect("verify").bad_fields, "block {b}");
+            let times: Vec<i64> = in_block.iter().map(|r| r.ts_ns).collect();
+            assert_eq!(check.first_ts, times[0], "block {b}");
+            assert_eq!(check.min_ts, *times.iter().min().unwrap(), "block {b}");
+            assert_eq!(check.max_ts, *times.iter().max().unwrap(), "block {b}");
+            let mut running = times[0];
+            let mut jump = i64::MIN;
+            for &t in &times {
+                jump = jump.max(t - running);
+                running = running.max(t);
+            }
+            assert_eq!(check.max_jump, jump, "block {b}");
+            for id in 0..instruments.len() as u32 {
+                let there = in_block.iter().any(|r| r.instrument == id);
+                assert_eq!(index.has_instrument(b, id), there, "block {b} instrument {id}");
+            }
+        }
+        assert_eq!(index.block(4).check.bad_fields, 1, "the zero qty at record 30");
+    }
+
+    /// A tape written before the index (format version 1) still opens and
+    /// reads; it has no index.
+    #[test]
+    fn version_1_tapes_read_without_an_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, bytes) = sample_bytes(dir.path());
+        let index_at = u64_at(&bytes, H_INDEX_OFFSET) as usize;
+        let mut b = bytes[..index_at].to_vec();
+        put_u32(&mut b, H_VERSION, 1);
+        put_u64(&mut b, H_FILE_BYTES, index_at as u64);
+        b[H_RESERVED_V1].fill(0);
+        reseal(&mut b);
+        fs::write(&path, &b).expect("write v1");
+        let tape = Tape::open(&path).expect("a version 1 tape opens");
+        assert!(tape.index().is_none());
+        assert_eq!(tape.len(), 10);
+        assert_eq!(tape.record(9), sample(10)[9]);
+        // Version 1 keeps all of bytes 96..120 reserved.
+        b[100] = 1;
+        reseal(&mut b);
+        assert!(open_err(&path, &b).contains("header bytes 96..120 are reserved but not zero"));
     }
 
     #[test]
@@ -1277,7 +1437,8 @@ mod tests {
             (table + 12, "the file ends at byte 780, inside the block checksum table"),
             (symbols, "the file ends at byte 792, inside the symbol section (bytes 792.."),
             (symbols + 20, "the file ends at byte 812, inside the symbol section"),
-            (bytes.len() - 1, "inside the symbol section"),
+            (u64_at(&bytes, H_INDEX_OFFSET) as usize - 1, "inside the symbol section"),
+            (bytes.len() - 1, "inside the block index"),
         ];
         for (cut, want) in cases {
             let msg = open_err(&path, &bytes[..*cut]);
@@ -1294,6 +1455,7 @@ mod tests {
         let (path, bytes) = sample_bytes(dir.path());
         let table = u64_at(&bytes, H_TABLE_OFFSET) as usize;
         let symbols = u64_at(&bytes, H_SYMBOLS_OFFSET) as usize;
+        let index = u64_at(&bytes, H_INDEX_OFFSET) as usize;
         let end = bytes.len();
         let block = 4 * RECORD_BYTES;
         let cases: Vec<(usize, String)> = vec![
@@ -1303,8 +1465,10 @@ mod tests {
             (HEADER_BYTES + block + 70, "corrupt block 1 (bytes 384..640): checksum mismatch".into()),
             (table - 1, "corrupt block 2 (bytes 640..768): checksum mismatch".into()),
             (table + 9, format!("corrupt block checksum table (bytes {table}..{symbols}): checksum mismatch")),
-            (symbols + 17, format!("corrupt symbol section (bytes {symbols}..{end}): checksum mismatch")),
-            (end - 1, format!("corrupt symbol section (bytes {symbols}..{end}): checksum mismatch")),
+            (symbols + 17, format!("corrupt symbol section (bytes {symbols}..{index}): checksum mismatch")),
+            (index - 1, format!("corrupt symbol section (bytes {symbols}..{index}): checksum mismatch")),
+            (index + 3, format!("corrupt block index (bytes {index}..{end}): checksum mismatch")),
+            (end - 1, format!("corrupt block index (bytes {index}..{end}): checksum mismatch")),
         ];
         for (at, want) in cases {
             let mut b = bytes.clone();
@@ -1333,9 +1497,9 @@ mod tests {
         assert!(open_err(&path, &b).contains("bad magic"));
 
         let mut b = bytes.clone();
-        put_u32(&mut b, H_VERSION, 2);
+        put_u32(&mut b, H_VERSION, 3);
         let msg = open_err(&path, &b);
-        assert!(msg.contains("unsupported format version 2"), "{msg}");
+        assert!(msg.contains("unsupported format version 3"), "{msg}");
 
         let mut b = bytes.clone();
         b.extend_from_slice(b"junk");
@@ -1431,7 +1595,7 @@ mod tests {
             (Box::new(|b| put_u64(b, H_COUNT, u64::MAX)), "header is inconsistent"),
             (Box::new(|b| put_u32(b, H_BLOCK_RECORDS, 0)), "block size is 0 records"),
             (Box::new(|b| put_u32(b, H_RECORD_BYTES, 72)), "72-byte records"),
-            (Box::new(|b| b[100] = 1), "header bytes 96..120 are reserved but not zero"),
+            (Box::new(|b| b[114] = 1), "header bytes 112..120 are reserved but not zero"),
             (Box::new(move |b| put_u64(b, symbols, 5)), "ends at instrument 2 of 3"),
             (Box::new(move |b| put_u64(b, symbols + 8, 60_000)), "ends at instrument 3 of 60000"),
             (Box::new(move |b| put_u64(b, symbols + 8, 1_000_000)), "1000000 instruments, more than the 65536"),

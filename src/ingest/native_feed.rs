@@ -44,6 +44,20 @@ pub struct NativeFeed {
     held: Option<usize>,
     rejects: RejectLog,
     scratch: Vec<u8>,
+    /// A filtered replay's blocks to leave unread, by the tape's index.
+    skip: Option<BlockSkip>,
+    skipped_blocks: u64,
+}
+
+/// Which blocks a filtered replay does not need (`investigate::replay_filter`):
+/// those whose records are all of other instruments or all outside the
+/// time range, by the tape's index.
+#[derive(Clone, Debug)]
+pub struct BlockSkip {
+    /// Wanted instrument ids (empty: any).
+    pub instruments: Vec<u32>,
+    pub from_ns: i64,
+    pub to_ns: i64,
 }
 
 impl NativeFeed {
@@ -71,6 +85,8 @@ impl NativeFeed {
             held: None,
             rejects: RejectLog::discard(),
             scratch: Vec::with_capacity(256),
+            skip: None,
+            skipped_blocks: 0,
         };
         (feed, names)
     }
@@ -80,6 +96,46 @@ impl NativeFeed {
         self.sequencer = Sequencer::native(time);
         self.rejects = rejects;
         self
+    }
+
+    /// Leaves unread the blocks `skip` does not need, where the tape has an
+    /// index and a block is sound and in line by it (see `skippable`).
+    pub fn with_block_skip(mut self, skip: BlockSkip) -> NativeFeed {
+        self.skip = Some(skip);
+        self
+    }
+
+    /// Blocks left unread (`with_block_skip`).
+    pub fn skipped_blocks(&self) -> u64 {
+        self.skipped_blocks
+    }
+
+    /// Whether the tape has a block index (format version 2).
+    pub fn indexed(&self) -> bool {
+        self.tape.index().is_some()
+    }
+
+    /// The index's summary of the block starting at record `i`, when the
+    /// block can be left unread: no wanted record in it, no record the
+    /// feed would reject or hold (the index carries what verifying it
+    /// would report), and none held before it. Skipping it then changes
+    /// nothing but the time the feed has seen, which the caller moves on.
+    fn skippable(&self, i: usize) -> Option<super::tape_index::BlockCheck> {
+        let skip = self.skip.as_ref()?;
+        let index = self.tape.index()?;
+        let per = self.tape.block_records();
+        if !i.is_multiple_of(per) || self.held.is_some() {
+            return None;
+        }
+        let block = i / per;
+        let c = index.block(block).check;
+        let unwanted = c.max_ts < skip.from_ns || c.min_ts > skip.to_ns || !index.has_any(block, &skip.instruments);
+        let n = (self.tape.len() - i).min(per) as u64;
+        let (first_seq, last_seq) = (self.tape.record(i).seq, self.tape.record(i + n as usize - 1).seq);
+        let sound = c.bad_fields == 0
+            && last_seq.checked_sub(first_seq) == Some(n - 1)
+            && self.sequencer.block_in_line(first_seq, c.first_ts, c.min_ts, c.max_ts, c.max_jump);
+        (unwanted && sound).then_some(c)
     }
 
     /// Resumes at a checkpoint: the record index to read next and the
@@ -212,6 +268,21 @@ impl Feed for NativeFeed {
         let end = (self.next + PUMP_RECORDS).min(self.tape.len());
         let mut i = self.next;
         'pump: while i < end {
+            if i >= self.verified_end
+                && let Some(check) = self.skippable(i)
+            {
+                // Neither verified nor read: its pages stay untouched but
+                // for its first and last records' seqs.
+                let last = (i + self.tape.block_records()).min(self.tape.len());
+                self.sequencer.skip_past(self.tape.record(last - 1).seq, check.max_ts);
+                // Orders entered in it are not known to the lifecycle check.
+                self.lifecycle.set_partial();
+                self.skipped_blocks += 1;
+                i = last;
+                // Time-only: no barrier can be due (filtered runs take none).
+                let _ = emit(&super::time_only(check.max_ts));
+                continue;
+            }
             if i >= self.verified_end {
                 let block = i / self.tape.block_records();
                 match self.tape.verify_block(block) {

@@ -175,13 +175,17 @@ struct OpenOrder {
 pub struct Lifecycle {
     open: FlatMap<u64, OpenOrder>,
     limit: usize,
+    /// Set once a filtered replay left blocks unread: an order it never
+    /// saw enter may be named later, and the record is taken as the tape
+    /// (checked by import) says instead of rejected.
+    partial: bool,
 }
 
 impl Lifecycle {
     pub fn new(limit: usize) -> Lifecycle {
         // Sized for a busy book, not the limit: a table much larger than
         // the open orders spreads every lookup over cold cache lines.
-        Lifecycle { open: FlatMap::with_capacity(limit.min(1 << 16)), limit }
+        Lifecycle { open: FlatMap::with_capacity(limit.min(1 << 16)), limit, partial: false }
     }
 
     /// Checks `e` against the open orders and, if it is sound, applies it.
@@ -200,7 +204,9 @@ impl Lifecycle {
                 }
             }
             Kind::Cancel => {
-                let at = self.open.index_of(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
+                let Some(at) = self.open.index_of(e.order_id) else {
+                    return self.unknown(e, e.order_id);
+                };
                 let order = *self.open.at(at);
                 check_owner(&order, e.order_id, e.account, e.instrument, e.side)?;
                 if e.qty != order.open_qty {
@@ -213,9 +219,12 @@ impl Lifecycle {
                 if e.order_id == e.contra_order_id {
                     return Err(RejectReason::SelfMatch(e.order_id));
                 }
-                let buy_at = self.open.index_of(e.order_id).ok_or(RejectReason::UnknownOrder(e.order_id))?;
-                let sell_at =
-                    self.open.index_of(e.contra_order_id).ok_or(RejectReason::UnknownOrder(e.contra_order_id))?;
+                let Some(buy_at) = self.open.index_of(e.order_id) else {
+                    return self.unknown(e, e.order_id);
+                };
+                let Some(sell_at) = self.open.index_of(e.contra_order_id) else {
+                    return self.unknown(e, e.contra_order_id);
+                };
                 let (buy, sell) = (*self.open.at(buy_at), *self.open.at(sell_at));
                 check_owner(&buy, e.order_id, e.account, e.instrument, Side::Buy)?;
                 check_owner(&sell, e.contra_order_id, e.contra_account, e.instrument, Side::Sell)?;
@@ -232,6 +241,32 @@ impl Lifecycle {
                 }
                 if sell.open_qty == e.qty {
                     self.open.remove(e.contra_order_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the open orders as incomplete (see `partial`).
+    pub fn set_partial(&mut self) {
+        self.partial = true;
+    }
+
+    /// A cancel or trade naming an order not open. Where blocks were left
+    /// unread the record is taken as it is, and a trade still fills the
+    /// side that is known.
+    #[cold]
+    fn unknown(&mut self, e: &Event, order_id: u64) -> Result<(), RejectReason> {
+        if !self.partial {
+            return Err(RejectReason::UnknownOrder(order_id));
+        }
+        let named: &[u64] = if e.kind == Kind::Trade { &[e.order_id, e.contra_order_id] } else { &[e.order_id] };
+        for &id in named {
+            if let Some(at) = self.open.index_of(id) {
+                let order = self.open.at_mut(at);
+                order.open_qty = order.open_qty.saturating_sub(e.qty);
+                if e.kind == Kind::Cancel || order.open_qty == 0 {
+                    self.open.remove_at(at);
                 }
             }
         }
@@ -484,6 +519,30 @@ impl Sequencer {
         };
         self.fast_seq = expected;
         (self.fast_lo, self.fast_hi) = (start, ahead.min(end.saturating_sub(1)));
+    }
+
+    /// Whether a whole block, by its index summary, would be judged in
+    /// line record by record (seq `first_seq` next and its records
+    /// consecutive, checked by the caller; every time in the day, none too
+    /// far ahead), so that a filtered replay may leave it unread.
+    pub fn block_in_line(&self, first_seq: u64, first_ts: i64, min_ts: i64, max_ts: i64, max_jump: i64) -> bool {
+        let usable = self.held.is_none() && self.unplaced == 0 && self.placed_after_held == 0;
+        if !usable || self.expected_seq != Some(first_seq) || self.recent_ts_ns == i64::MIN {
+            return false;
+        }
+        let in_day = match self.day {
+            Some((start, end)) => min_ts >= start && max_ts < end,
+            None => !self.rules.one_day,
+        };
+        let bound = self.rules.max_future_ns;
+        in_day && (bound <= 0 || (first_ts <= self.recent_ts_ns.saturating_add(bound) && max_jump <= bound))
+    }
+
+    /// Moves past a block `block_in_line` approved, left unread.
+    pub fn skip_past(&mut self, last_seq: u64, max_ts: i64) {
+        self.expected_seq = Some(last_seq + 1);
+        self.recent_ts_ns = self.recent_ts_ns.max(max_ts);
+        self.refresh_fast();
     }
 
     pub fn rules(&self) -> TimeRules {

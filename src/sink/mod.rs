@@ -129,6 +129,8 @@ pub struct Sink {
     /// Counts carried over from the checkpoint a run resumed from.
     alerts_base: Counts,
     late_base: u64,
+    /// A filtered replay's alert filter (`investigate::replay_filter`).
+    keep: Option<crate::investigate::replay_filter::AlertKeep>,
 }
 
 impl Sink {
@@ -143,7 +145,7 @@ impl Sink {
         });
         // The caller's `Outputs` guard does not exist yet: undo here.
         let late_out = late_out.inspect_err(|_| crate::outputs::remove_created(alerts))?;
-        Ok(Sink { alerts_out, late_out, alerts_base: [0; registry::RULE_COUNT], late_base: 0 })
+        Ok(Sink { alerts_out, late_out, alerts_base: [0; registry::RULE_COUNT], late_base: 0, keep: None })
     }
 
     /// Reopens both outputs at the lengths a checkpoint committed.
@@ -153,7 +155,15 @@ impl Sink {
             late_out: Out::resume(late, manifest.late_bytes)?,
             alerts_base: manifest.counts()?,
             late_base: manifest.late,
+            keep: None,
         })
+    }
+
+    /// Writes only the alerts `keep` keeps (a filtered replay); the others
+    /// are neither written nor counted.
+    pub fn keeping(mut self, keep: Option<crate::investigate::replay_filter::AlertKeep>) -> Sink {
+        self.keep = keep;
+        self
     }
 
     pub fn run(
@@ -221,6 +231,13 @@ impl Sink {
                         };
                         list.push(item);
                         ring.arena.release();
+                    }
+                    if let Some(keep) = &self.keep {
+                        line.clear();
+                        names.write_group(&mut line, alert.group);
+                        if !keep.keeps(alert.ts_ns, &line) {
+                            continue;
+                        }
                     }
                     let now = clock.now_ns();
                     let timing = Timing {

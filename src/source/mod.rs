@@ -323,6 +323,11 @@ impl Router {
     /// right after it (the feed then stops so the source can cut it).
     #[inline(always)]
     fn route(&mut self, event: &Event) -> bool {
+        if event.instrument == crate::ingest::TIME_ONLY {
+            // A filtered replay's stand-in for records it left out.
+            self.watermark.advance_to(event.ts_ns);
+            return true;
+        }
         if self.until_stamp == 0 {
             self.stamp_ns = self.clock.now_ns();
             self.until_stamp = STAMP_EVERY;
