@@ -46,6 +46,10 @@ pub struct HttpOptions {
     /// A comment line on idle SSE streams, so proxies and clients see the
     /// stream is alive.
     pub heartbeat: Duration,
+    /// An SSE stream is ended after this long; the client reconnects with
+    /// `Last-Event-ID` and loses nothing. It bounds how long one client
+    /// holds a slot, and lets proxies and load balancers recycle it.
+    pub max_stream: Duration,
     /// Most alerts one `GET /alerts` answers (`limit` is capped to it).
     pub max_page: usize,
     /// How long shutdown waits for open connections before closing them.
@@ -62,6 +66,7 @@ impl Default for HttpOptions {
             max_sse_clients: 32,
             header_read_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(15),
+            max_stream: Duration::from_secs(600),
             max_page: 10_000,
             shutdown_grace: Duration::from_secs(2),
         }
@@ -378,7 +383,7 @@ fn alert_stream(
     }
     let client = SseClient(hub.clone());
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(stream_alerts(client, since, opts.heartbeat, opts.max_page, tx, shutdown));
+    tokio::spawn(stream_alerts(client, since, opts.clone(), tx, shutdown));
     let mut r = Response::new(ChannelBody(rx).boxed());
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
@@ -421,12 +426,14 @@ async fn catch_up(hub: &Hub, last: &mut u64, chunk: usize, tx: &mpsc::Sender<Byt
 async fn stream_alerts(
     client: SseClient,
     since: u64,
-    heartbeat: Duration,
-    chunk: usize,
+    opts: HttpOptions,
     tx: mpsc::Sender<Bytes>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let hub = client.0.clone();
+    let (heartbeat, chunk) = (opts.heartbeat, opts.max_page);
+    let end = tokio::time::sleep(opts.max_stream);
+    tokio::pin!(end);
     // Subscribed before reading the log: every alert after `since` is in
     // one or the other; ids already sent are skipped.
     let mut live = hub.subscribe();
@@ -465,6 +472,7 @@ async fn stream_alerts(
                 }
             }
             _ = tx.closed() => return,
+            _ = &mut end => return,
             _ = stopped(&mut shutdown) => return,
         }
     }
