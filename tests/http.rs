@@ -211,6 +211,75 @@ fn the_stream_delivers_each_alert_once_across_a_reconnect_and_live_ones_as_they_
 
 use hub_run::Event;
 
+/// Publishes `n` alerts after `from` (the run's lines, cycled) while the
+/// client reads nothing, so its socket, its channel and the broadcast all
+/// fill up.
+fn flood(hub: &Hub, from: u64, n: u64) {
+    let run = sample_run();
+    for id in from + 1..=from + n {
+        let line = &run.alert_lines[id as usize % run.alert_lines.len()];
+        hub.publish_alert(StoredAlert { id, json: Arc::from(line.as_str()) });
+    }
+}
+
+#[test]
+fn a_client_behind_the_live_stream_is_served_from_the_log() {
+    // More than the broadcast keeps (1024) and than loopback buffers hold.
+    let n = 30_000;
+    let (hub, control) = Hub::new(BuildInfo::this_build("test"), n as usize);
+    let server = Server::start(hub.clone(), control, HttpOptions::default());
+    let mut stream = Stream::open(server.addr, "/alerts/stream", None);
+    flood(&hub, 0, n);
+    let events = stream.alerts(n as usize, Duration::from_secs(60));
+    assert_eq!(events.len(), n as usize, "last: {:?}", events.last().map(|e| e.id));
+    assert!(events.iter().all(|e| e.event == "alert"), "nothing lost: the log had it all");
+    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "each alert once, in order");
+    let m = get(server.addr, "/metrics").body;
+    assert!(metric(&m, "tapewatch_sse_lagged_total") >= 1.0, "the client did fall behind the live alerts");
+    drop(stream);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_client_behind_the_log_is_told_what_it_lost_and_goes_on() {
+    let n = 30_000;
+    let (hub, control) = Hub::new(BuildInfo::this_build("test"), 2_000);
+    let server = Server::start(hub.clone(), control, HttpOptions::default());
+    let mut stream = Stream::open(server.addr, "/alerts/stream", None);
+    flood(&hub, 0, n);
+    let mut events = Vec::new();
+    while events.last().and_then(|e: &Event| e.id) != Some(n) {
+        match stream.next(Duration::from_secs(60)) {
+            Some(e) => events.push(e),
+            None => panic!("the stream stopped after {:?}", events.last()),
+        }
+    }
+    let lost: Vec<&Event> = events.iter().filter(|e| e.event == "lost").collect();
+    assert!(!lost.is_empty(), "a client 28,000 alerts behind a 2,000-alert log lost some");
+    // Ids only go up; every alert not reported lost came, once.
+    let mut last = 0;
+    let mut delivered = 0;
+    for e in &events {
+        let id = e.id.unwrap();
+        assert!(id > last, "id {id} after {last}");
+        if e.event == "lost" {
+            let v: Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(v["after"].as_u64(), Some(last), "the loss starts where the client was");
+            assert_eq!(v["through"].as_u64(), Some(id));
+        } else {
+            assert_eq!(id, last + 1, "after a loss or an alert comes the next alert");
+            delivered += 1;
+        }
+        last = id;
+    }
+    assert!(delivered >= 2_000, "at least the log's worth came");
+    let m = get(server.addr, "/metrics").body;
+    assert_eq!(metric(&m, "tapewatch_sse_lost_total") as usize, lost.len());
+    drop(stream);
+    server.stop().unwrap();
+}
+
 #[test]
 fn stream_clients_beyond_the_limit_are_refused_and_counted() {
     let (hub, control) = Hub::new(BuildInfo::this_build("test"), 10);

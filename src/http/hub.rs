@@ -189,11 +189,21 @@ impl Tally {
         true
     }
 
+    /// The `n` names with the most alerts (ties by name), in one pass with
+    /// no allocation beyond the result: it runs under the alerts lock.
     fn top(&self, n: usize) -> Vec<(Arc<str>, u64)> {
-        let mut all: Vec<(Arc<str>, u64)> = self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        all.truncate(n);
-        all
+        let mut best: Vec<(&Arc<str>, u64)> = Vec::with_capacity(n + 1);
+        let before = |a: &(&Arc<str>, u64), b: &(&Arc<str>, u64)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
+        for (name, &count) in &self.counts {
+            let entry = (name, count);
+            if best.len() == n && !best.last().is_some_and(|last| before(&entry, last)) {
+                continue;
+            }
+            let at = best.partition_point(|e| before(e, &entry));
+            best.insert(at, entry);
+            best.truncate(n);
+        }
+        best.into_iter().map(|(name, count)| (name.clone(), count)).collect()
     }
 }
 
@@ -229,6 +239,7 @@ pub(crate) struct EdgeCounters {
     pub sse_clients: AtomicU64,
     pub sse_refused: AtomicU64,
     pub sse_lost: AtomicU64,
+    pub sse_lagged: AtomicU64,
     pub connections_refused: AtomicU64,
 }
 
@@ -370,6 +381,8 @@ impl Hub {
     /// counted and ignored). Counts it by rule, and for its day by group and
     /// instrument, then hands it to the live SSE clients.
     pub fn publish_alert(&self, alert: StoredAlert) {
+        // Parsed before taking the lock, so readers never wait on it.
+        let fields = AlertFields::parse(&alert.json);
         let alert = Arc::new(alert);
         {
             let mut a = lock(&self.alerts);
@@ -379,7 +392,7 @@ impl Hub {
             }
             a.last_id = Some(alert.id);
             a.total += 1;
-            a.count(&alert.json);
+            a.count(fields);
             if a.log.len() == a.capacity
                 && let Some(old) = a.log.pop_front()
             {
@@ -587,6 +600,11 @@ impl Hub {
             ),
             ("tapewatch_sse_refused_total", "SSE clients refused (too many connected).", &e.sse_refused),
             ("tapewatch_sse_lost_total", "SSE clients told they fell off the alert log.", &e.sse_lost),
+            (
+                "tapewatch_sse_lagged_total",
+                "Times an SSE client fell behind the live alerts and was served from the log.",
+                &e.sse_lagged,
+            ),
         ] {
             m.family(name, "counter", help);
             m.sample(name, &[], v.load(Ordering::Relaxed) as f64);
@@ -608,25 +626,35 @@ impl Hub {
             .iter()
             .map(|s| json!({"t": s.unix_ms, "in": s.records_in, "alerts": s.alerts, "alerts_other": s.alerts_extra}))
             .collect();
-        let a = lock(&self.alerts);
+        // Copied under the lock; parsed and formatted after it.
+        let (total, last_id, day, by_rule, extra_rules, top_groups, top_instruments, recent) = {
+            let a = lock(&self.alerts);
+            (
+                a.total,
+                a.last_id,
+                a.day.clone(),
+                a.by_rule,
+                a.extra_rules.clone(),
+                a.by_group.top(10),
+                a.by_instrument.top(10),
+                a.log.iter().rev().take(20).cloned().collect::<Vec<_>>(),
+            )
+        };
         let mut rules: Vec<Value> = RULES
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                json!({"rule": r.name, "alerts": a.by_rule[i], "episodes": counts.episodes[i], "suppressed": counts.suppressed[i]})
+                json!({"rule": r.name, "alerts": by_rule[i], "episodes": counts.episodes[i], "suppressed": counts.suppressed[i]})
             })
             .collect();
-        for (name, n) in &a.extra_rules {
+        for (name, n) in &extra_rules {
             rules.push(json!({"rule": name, "alerts": n, "episodes": 0, "suppressed": 0}));
         }
-        let top = |t: &Tally| -> Vec<Value> {
-            t.top(10).into_iter().map(|(name, n)| json!({"name": &*name, "alerts": n})).collect()
+        let top = |t: Vec<(Arc<str>, u64)>| -> Vec<Value> {
+            t.into_iter().map(|(name, n)| json!({"name": &*name, "alerts": n})).collect()
         };
-        let recent: Vec<Value> = a
-            .log
+        let recent: Vec<Value> = recent
             .iter()
-            .rev()
-            .take(20)
             .map(|s| {
                 let mut v = serde_json::from_str::<Value>(&s.json).unwrap_or(Value::Null);
                 if let Some(o) = v.as_object_mut() {
@@ -654,12 +682,12 @@ impl Hub {
             "rings": counts.rings.iter().map(|r| json!({"name": r.name, "used": r.used, "capacity": r.capacity})).collect::<Vec<_>>(),
             "active_accounts": counts.active_accounts,
             "alerts": {
-                "total": a.total,
-                "last_id": a.last_id,
-                "day": a.day,
+                "total": total,
+                "last_id": last_id,
+                "day": day,
                 "rules": rules,
-                "top_groups": top(&a.by_group),
-                "top_instruments": top(&a.by_instrument),
+                "top_groups": top(top_groups),
+                "top_instruments": top(top_instruments),
                 "recent": recent,
             },
             "latency": {
@@ -696,41 +724,58 @@ impl Hub {
     }
 }
 
+/// What the hub counts an alert by, read from its JSON line.
+struct AlertFields {
+    rule: String,
+    /// The exchange date of the alert (`time` is local RFC 3339).
+    day: Option<String>,
+    group: Option<String>,
+    instrument: Option<String>,
+}
+
+impl AlertFields {
+    /// `None` for a line that is not a JSON object with a `rule`.
+    fn parse(json: &str) -> Option<AlertFields> {
+        let v = serde_json::from_str::<Value>(json).ok()?;
+        let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+        Some(AlertFields {
+            rule: text("rule")?,
+            day: v.get("time").and_then(Value::as_str).and_then(|t| t.get(..10)).map(str::to_string),
+            group: text("group"),
+            instrument: text("instrument"),
+        })
+    }
+}
+
 impl Alerts {
     /// Counts an alert by rule, and for its day by group and instrument.
-    /// Alerts are rare, so parsing the JSON here costs nothing that matters.
-    fn count(&mut self, json: &str) {
-        let Ok(v) = serde_json::from_str::<Value>(json) else {
+    fn count(&mut self, fields: Option<AlertFields>) {
+        let Some(f) = fields else {
             self.malformed += 1;
             return;
         };
-        let Some(rule) = v.get("rule").and_then(Value::as_str) else {
-            self.malformed += 1;
-            return;
-        };
-        if let Some(i) = RULES.iter().position(|r| r.name == rule) {
+        if let Some(i) = RULES.iter().position(|r| r.name == f.rule) {
             self.by_rule[i] += 1;
-        } else if let Some(entry) = self.extra_rules.iter_mut().find(|(name, _)| name == rule) {
+        } else if let Some(entry) = self.extra_rules.iter_mut().find(|(name, _)| *name == f.rule) {
             entry.1 += 1;
         } else if self.extra_rules.len() < EXTRA_RULE_LIMIT {
-            self.extra_rules.push((rule.to_string(), 1));
+            self.extra_rules.push((f.rule, 1));
         } else {
             self.unknown_rule += 1;
         }
-        // The exchange date of the alert ("time" is local RFC 3339): the
-        // tallies are the day's, and start again with the next day.
-        if let Some(day) = v.get("time").and_then(Value::as_str).and_then(|t| t.get(..10))
+        // The tallies are the day's, and start again with the next day.
+        if let Some(day) = f.day
             && day != self.day
         {
-            self.day = day.to_string();
+            self.day = day;
             self.by_group = Tally::default();
             self.by_instrument = Tally::default();
         }
-        if let Some(group) = v.get("group").and_then(Value::as_str) {
-            self.by_group.add(group);
+        if let Some(group) = f.group {
+            self.by_group.add(&group);
         }
-        if let Some(instrument) = v.get("instrument").and_then(Value::as_str) {
-            self.by_instrument.add(instrument);
+        if let Some(instrument) = f.instrument {
+            self.by_instrument.add(&instrument);
         }
     }
 }
@@ -874,6 +919,25 @@ mod tests {
         assert!(text.contains("tapewatch_ingest_to_alert_seconds_count 3\n"));
         let s = hub.status_json();
         assert!(s["latency"]["p50_ns"].as_u64().unwrap() >= 2_990_000);
+    }
+
+    #[test]
+    fn the_top_names_are_the_most_alerted_ties_by_name_and_the_tally_is_bounded() {
+        let mut t = Tally::default();
+        for (name, n) in [("d", 1), ("b", 3), ("a", 3), ("c", 2), ("e", 5)] {
+            for _ in 0..n {
+                assert!(t.add(name));
+            }
+        }
+        let top: Vec<(String, u64)> = t.top(3).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(top, [("e".to_string(), 5), ("a".to_string(), 3), ("b".to_string(), 3)]);
+        assert_eq!(t.top(10).len(), 5);
+        for i in t.counts.len()..TALLY_LIMIT {
+            assert!(t.add(&format!("n{i}")));
+        }
+        assert!(!t.add("one-too-many"), "a full tally refuses new names");
+        assert!(t.add("e"), "and still counts the ones it has");
+        assert_eq!(t.overflow, 1);
     }
 
     #[test]

@@ -10,4 +10,4 @@ mod server;
 pub use hub::{
     BuildInfo, CheckpointStatus, Control, FeedStatus, Hub, KINDS, PipelineCounts, RingOccupancy, StoredAlert,
 };
-pub use server::{HttpOptions, serve_http};
+pub use server::{HttpOptions, MIN_TOKEN_LEN, read_token_file, serve_http};

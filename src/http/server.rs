@@ -73,6 +73,41 @@ impl Default for HttpOptions {
     }
 }
 
+/// Shortest bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The bearer token for `HttpOptions::token`, read from the file the config
+/// names: one line (surrounding whitespace ignored), at least
+/// `MIN_TOKEN_LEN` characters, no inner whitespace, and on Unix readable by
+/// its owner only (as ssh insists of a private key). The error names the
+/// file and what to do.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("token file {shown}: cannot read it: {e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(|e| format!("token file {shown}: {e}"))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "token file {shown}: readable or writable by other users (mode {:o}); chmod 600 it",
+                mode & 0o777
+            ));
+        }
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("token file {shown}: empty"));
+    }
+    if token.chars().any(char::is_whitespace) {
+        return Err(format!("token file {shown}: the token must be one line without spaces"));
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!("token file {shown}: the token is shorter than {MIN_TOKEN_LEN} characters"));
+    }
+    Ok(token.to_string())
+}
+
 type ResponseBody = BoxBody<Bytes, Infallible>;
 
 /// Serves `hub` on `listener` until `shutdown` turns true (or its sender
@@ -459,6 +494,7 @@ async fn stream_alerts(
                 // Fell behind the broadcast: the log has what was missed
                 // (or says it is lost).
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    hub.edge.sse_lagged.fetch_add(1, Ordering::Relaxed);
                     live = live.resubscribe();
                     if catch_up(&hub, &mut last, chunk, &tx).await.is_err() {
                         return;
@@ -475,5 +511,50 @@ async fn stream_alerts(
             _ = &mut end => return,
             _ = stopped(&mut shutdown) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_is_read_only_when_it_is_private_and_plausible() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            path
+        };
+        let good = write("good", "  0123456789abcdef-token\n", 0o600);
+        assert_eq!(read_token_file(&good).unwrap(), "0123456789abcdef-token");
+        let cases = [
+            (write("empty", "\n", 0o600), "empty"),
+            (write("short", "abc\n", 0o600), "shorter than 16"),
+            (write("two", "0123456789abcdef\nsecond-line-here\n", 0o600), "one line without spaces"),
+            (dir.path().join("missing"), "cannot read it"),
+        ];
+        for (path, says) in cases {
+            let e = read_token_file(&path).unwrap_err();
+            assert!(e.contains(says) && e.contains(&path.display().to_string()), "{e}");
+        }
+        #[cfg(unix)]
+        {
+            let open = write("open", "0123456789abcdef-token\n", 0o644);
+            assert!(read_token_file(&open).unwrap_err().contains("mode 644); chmod 600"));
+        }
+    }
+
+    #[test]
+    fn query_numbers_are_parsed_or_named() {
+        assert_eq!(number_param("since=5&limit=2", "limit"), Ok(Some(2)));
+        assert_eq!(number_param("since=5", "limit"), Ok(None));
+        assert!(number_param("since=x", "since").unwrap_err().contains("since=\"x\""));
+        assert!(same_token(b"abc", b"abc") && !same_token(b"abc", b"abd") && !same_token(b"abc", b"abcd"));
     }
 }

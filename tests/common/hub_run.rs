@@ -311,6 +311,7 @@ pub struct Stream {
     pub status: u16,
     /// Comment lines seen (the heartbeat).
     pub comments: Vec<String>,
+    pending: std::collections::VecDeque<Event>,
 }
 
 impl Stream {
@@ -322,7 +323,14 @@ impl Stream {
             format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{resume}\r\n").as_bytes(),
         )
         .expect("send");
-        let mut s = Stream { sock, raw: Vec::new(), text: String::new(), status: 0, comments: Vec::new() };
+        let mut s = Stream {
+            sock,
+            raw: Vec::new(),
+            text: String::new(),
+            status: 0,
+            comments: Vec::new(),
+            pending: std::collections::VecDeque::new(),
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while s.status == 0 {
             assert!(std::time::Instant::now() < deadline, "no response head");
@@ -337,7 +345,7 @@ impl Stream {
     }
 
     fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 8192];
+        let mut buf = [0u8; 65536];
         match self.sock.read(&mut buf) {
             Ok(0) => false,
             Ok(n) => {
@@ -353,20 +361,25 @@ impl Stream {
     pub fn next(&mut self, timeout: Duration) -> Option<Event> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
             if self.status == 200 {
                 let (more, used) = dechunk(&self.raw);
                 self.raw.drain(..used);
                 self.text.push_str(&more);
             }
-            while let Some(end) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..end + 2).collect();
+            // Every complete event at once, then one drain: a stream can
+            // bring many megabytes.
+            let mut consumed = 0;
+            while let Some(end) = self.text[consumed..].find("\n\n") {
+                let block = &self.text[consumed..consumed + end];
+                consumed += end + 2;
                 let mut ev = Event { id: None, event: "message".into(), data: String::new() };
-                let mut any = false;
                 for line in block.lines() {
                     if let Some(c) = line.strip_prefix(':') {
                         self.comments.push(c.trim().to_string());
                     } else if let Some((k, v)) = line.split_once(": ") {
-                        any = true;
                         match k {
                             "id" => ev.id = v.parse().ok(),
                             "event" => ev.event = v.to_string(),
@@ -375,9 +388,13 @@ impl Stream {
                         }
                     }
                 }
-                if any && (ev.id.is_some() || ev.event != "message" || !ev.data.is_empty()) {
-                    return Some(ev);
+                if ev.id.is_some() || ev.event != "message" || !ev.data.is_empty() {
+                    self.pending.push_back(ev);
                 }
+            }
+            self.text.drain(..consumed);
+            if !self.pending.is_empty() {
+                continue;
             }
             if std::time::Instant::now() >= deadline || !self.fill() {
                 return None;
@@ -389,10 +406,14 @@ impl Stream {
     pub fn alerts(&mut self, n: usize, timeout: Duration) -> Vec<Event> {
         let deadline = std::time::Instant::now() + timeout;
         let mut out = Vec::new();
-        while out.iter().filter(|e: &&Event| e.event == "alert").count() < n {
+        let mut alerts = 0;
+        while alerts < n {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.next(left) {
-                Some(e) => out.push(e),
+                Some(e) => {
+                    alerts += usize::from(e.event == "alert");
+                    out.push(e);
+                }
                 None => break,
             }
         }
