@@ -74,6 +74,12 @@ fn metrics_pass_promtool_and_carry_the_runs_counts() {
     assert_eq!(metric(m, "tapewatch_feed_connected"), 1.0);
     assert!(m.contains("tapewatch_build_info{version=\"0.1.0\",commit=\"test\"} 1\n"));
     assert_eq!(metric(m, "tapewatch_alert_last_id") as usize, run.alert_lines.len());
+    // docs/HTTP.md names every family (without the prefix).
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/HTTP.md")).unwrap();
+    for line in m.lines().filter_map(|l| l.strip_prefix("# TYPE tapewatch_")) {
+        let name = line.split(' ').next().unwrap();
+        assert!(doc.contains(&format!("`{name}`")), "metric tapewatch_{name} is not in docs/HTTP.md");
+    }
     server.stop().unwrap();
 }
 
