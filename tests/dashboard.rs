@@ -10,9 +10,9 @@ mod hub_run;
 
 use common::browser::{chromium, dump_dom, screenshot, script_errors};
 use hub_run::{Server, get, sample_run};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tapewatch::http::{HttpOptions, StoredAlert};
+use tapewatch::http::HttpOptions;
 
 /// The text of the element with `id` in a dumped DOM.
 fn text_of(dom: &str, id: &str) -> String {
@@ -43,7 +43,7 @@ fn the_dashboard_shows_the_runs_figures_without_script_errors() {
     // streams here end after a second (EventSource reconnects at once, with
     // Last-Event-ID) and the page's time can run between them.
     let opts = HttpOptions { max_stream: Duration::from_secs(1), ..HttpOptions::default() };
-    let server = Server::sample(opts);
+    let server = Server::sample(opts.clone());
     let page = get(server.addr, "/");
     assert_eq!(page.status, 200);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
@@ -72,20 +72,24 @@ fn the_dashboard_shows_the_runs_figures_without_script_errors() {
     assert!(dom.contains("<rect"), "the alerts-by-rule chart was drawn");
     assert!(dom.contains("alert stream <b>live</b>"), "the SSE stream connected");
 
-    // Alerts arriving while the page is open come over the stream.
-    let publishing = std::sync::atomic::AtomicBool::new(true);
+    server.stop().unwrap();
+
+    // A hub that goes on live while the page is open: alerts arrive over
+    // the stream, and the screenshots show a running day.
+    let server = Server::sample(opts);
+    let stop = AtomicBool::new(false);
+    // Stops the live thread however the checks end, so a failed assertion
+    // fails the test instead of waiting on the thread forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let mut id = total as u64;
-            while publishing.load(std::sync::atomic::Ordering::Relaxed) && id < total as u64 + 200 {
-                id += 1;
-                let line = &run.alert_lines[id as usize % total];
-                server.hub.publish_alert(StoredAlert { id, json: Arc::from(line.as_str()) });
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        });
+        let _stop = StopOnDrop(&stop);
+        scope.spawn(|| run.keep_live(&server.hub, server.filled.clone().unwrap(), &stop));
         let dom = dump_dom(&chrome, &server.url("/"), 4000);
-        publishing.store(false, std::sync::atomic::Ordering::Relaxed);
         let (errors, text) = script_errors(&dom);
         assert_eq!(errors, 0, "script errors: {text}");
         let streamed: u32 = dom
@@ -94,11 +98,18 @@ fn the_dashboard_shows_the_runs_figures_without_script_errors() {
             .and_then(|s| s.split('"').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        assert!(streamed > 0, "no alert came over the stream");
+        assert!(
+            streamed > 0,
+            "no alert came over the stream: {} / {} / {}",
+            text_of(&dom, "p-stream"),
+            text_of(&dom, "k-alerts"),
+            dom.matches("class=\"id\"").count()
+        );
+        let rate = text_of(&dom, "k-rate-sub");
+        assert!(rate.starts_with("new "), "a live hub is not shown as stalled: {rate}");
+        for (name, w, h) in [("dashboard-1920x1080", 1920, 1080), ("dashboard-1280x800", 1280, 800)] {
+            screenshot(&chrome, &server.url("/"), name, w, h, 4000);
+        }
     });
-
-    for (name, w, h) in [("dashboard-1920x1080", 1920, 1080), ("dashboard-1280x800", 1280, 800)] {
-        screenshot(&chrome, &server.url("/"), name, w, h, 4000);
-    }
     server.stop().unwrap();
 }

@@ -396,6 +396,17 @@ fn bad_requests_get_a_clear_answer_and_the_server_keeps_running() {
     let _ = half.read_to_end(&mut buf);
     assert!(t.elapsed() < Duration::from_secs(5));
 
+    // Kept alive after a request, then idle: closed too, so idle clients
+    // cannot hold every connection slot.
+    let mut idle = std::net::TcpStream::connect(server.addr).unwrap();
+    std::io::Write::write_all(&mut idle, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    let mut answer = Vec::new();
+    let _ = idle.read_to_end(&mut answer);
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(t.elapsed() < Duration::from_secs(5), "an idle kept-alive client was held {:?}", t.elapsed());
+
     // Still serving, and it counted what it answered.
     assert_eq!(get(server.addr, "/health").status, 200);
     let m = get(server.addr, "/metrics").body;

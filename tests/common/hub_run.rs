@@ -117,7 +117,7 @@ impl Run {
 
     /// Publishes the whole run into `hub` as a daemon would have over the
     /// last `STEPS` seconds, and marks it ready.
-    pub fn fill(&self, hub: &Hub) {
+    pub fn fill(&self, hub: &Hub) -> PipelineCounts {
         let s = &self.summary;
         let now = now_unix_ms();
         let mut counts = PipelineCounts {
@@ -163,6 +163,38 @@ impl Run {
             ..FeedStatus::default()
         });
         hub.set_ready(true);
+        counts
+    }
+
+    /// Goes on as a live daemon would until `stop`: every second the next
+    /// step of the day again (counts and its alerts, with new ids), and an
+    /// alert of the run every 250 ms so a client has something to stream.
+    pub fn keep_live(&self, hub: &Hub, mut counts: PipelineCounts, stop: &std::sync::atomic::AtomicBool) {
+        let mut id = hub.last_alert_id().unwrap_or(0);
+        let mut publish = |i: usize| {
+            id += 1;
+            hub.publish_alert(StoredAlert { id, json: Arc::from(self.alert_lines[i].as_str()) });
+        };
+        let mut step = 0;
+        let mut tick = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            tick += 1;
+            publish(tick as usize % self.alert_lines.len());
+            if tick.is_multiple_of(4) {
+                let (records, late, alerts) = &self.steps[step % STEPS];
+                for k in 0..3 {
+                    counts.records_in[k] += records[k];
+                    counts.late[k] += late[k];
+                    counts.applied[k] += records[k] - late[k];
+                }
+                for &a in alerts {
+                    publish(a);
+                }
+                hub.publish_counts(&counts);
+                step += 1;
+            }
+        }
     }
 }
 
@@ -172,6 +204,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
     pub control: Option<tokio::sync::mpsc::UnboundedReceiver<Control>>,
+    /// The counts `sample` published last (to go on from).
+    pub filled: Option<PipelineCounts>,
     shutdown: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -190,14 +224,16 @@ impl Server {
             })
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("server did not start");
-        Server { addr, hub, control: Some(control), shutdown, thread: Some(thread) }
+        Server { addr, hub, control: Some(control), filled: None, shutdown, thread: Some(thread) }
     }
 
     /// A server over a hub filled from the sample run.
     pub fn sample(opts: HttpOptions) -> Server {
         let (hub, control) = Hub::new(BuildInfo::this_build("test"), 10_000);
-        sample_run().fill(&hub);
-        Server::start(hub, control, opts)
+        let counts = sample_run().fill(&hub);
+        let mut server = Server::start(hub, control, opts);
+        server.filled = Some(counts);
+        server
     }
 
     /// Asks the server to stop and waits for `serve_http` to return.
