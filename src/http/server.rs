@@ -110,6 +110,19 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
 
 type ResponseBody = BoxBody<Bytes, Infallible>;
 
+impl HttpOptions {
+    /// The options with values that would make the server misbehave
+    /// raised to the least that works: a zero heartbeat (a busy loop; tokio
+    /// refuses it), a zero page, a header limit below a request line.
+    fn usable(mut self) -> HttpOptions {
+        self.heartbeat = self.heartbeat.max(Duration::from_millis(100));
+        self.max_page = self.max_page.max(1);
+        self.max_header_bytes = self.max_header_bytes.max(1024);
+        self.max_headers = self.max_headers.max(8);
+        self
+    }
+}
+
 /// Serves `hub` on `listener` until `shutdown` turns true (or its sender
 /// is dropped): then stops accepting, ends the SSE streams, lets requests in
 /// flight finish for `shutdown_grace`, and returns.
@@ -119,7 +132,7 @@ pub async fn serve_http(
     opts: HttpOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let opts = Arc::new(opts);
+    let opts = Arc::new(opts.usable());
     let mut connections = JoinSet::new();
     let mut builder = http1::Builder::new();
     builder
@@ -548,6 +561,23 @@ mod tests {
             let open = write("open", "0123456789abcdef-token\n", 0o644);
             assert!(read_token_file(&open).unwrap_err().contains("mode 644); chmod 600"));
         }
+    }
+
+    #[test]
+    fn options_that_would_break_the_server_are_raised_to_what_works() {
+        let zero = HttpOptions {
+            heartbeat: Duration::ZERO,
+            max_page: 0,
+            max_header_bytes: 0,
+            max_headers: 0,
+            ..HttpOptions::default()
+        }
+        .usable();
+        assert_eq!(zero.heartbeat, Duration::from_millis(100));
+        assert_eq!((zero.max_page, zero.max_header_bytes, zero.max_headers), (1, 1024, 8));
+        let defaults = HttpOptions::default();
+        let kept = defaults.clone().usable();
+        assert_eq!((kept.heartbeat, kept.max_page), (defaults.heartbeat, defaults.max_page));
     }
 
     #[test]
