@@ -6,10 +6,12 @@
 pub mod bench;
 pub mod book;
 pub mod checkpoint;
+pub mod feed;
 pub mod generate;
 pub mod import;
 pub mod replay;
 pub mod rules;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -38,6 +40,10 @@ pub enum Command {
     Book(book::BookArgs),
     /// Check a rules file, or show the effective rules with defaults filled in.
     Rules(rules::RulesArgs),
+    /// Run the surveillance daemon on a live TCP feed (docs/WIRE.md, ops/RUNBOOK.md).
+    Serve(Box<serve::ServeArgs>),
+    /// Send a tape to a daemon's feed port, resuming where the daemon stands.
+    Feed(feed::FeedArgs),
 }
 
 #[derive(Debug)]
@@ -129,6 +135,8 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Bench(args) => bench::run(args),
         Command::Book(args) => book::run(args),
         Command::Rules(args) => rules::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Feed(args) => feed::run(args),
     }
 }
 

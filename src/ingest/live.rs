@@ -9,12 +9,16 @@
 //! shared state with the pipeline.
 
 use super::csv::FeedLine;
+use super::validate::Limits;
 use super::validate::{RawRecord, RejectReason, Validator, check_fields};
-use super::{Feed, FeedError, FeedStats, RejectLog};
+use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, Kind, Side};
 use crate::ring::Idle;
 use crate::ring::spsc::{self, Consumer, Producer};
+use crate::symbols::Groups;
 use crate::symbols::{pack, valid_account, valid_instrument};
+use std::sync::Arc;
 
 pub const ACCOUNT_BYTES: usize = 16;
 pub const INSTRUMENT_BYTES: usize = 12;
@@ -40,6 +44,10 @@ pub struct WireRecord {
     pub account: [u8; ACCOUNT_BYTES],
     pub instrument: [u8; INSTRUMENT_BYTES],
     pub contra_account: [u8; ACCOUNT_BYTES],
+    /// Not a record: the sender's exchange clock (`ts_ns`), which lets
+    /// event time move on without records. A sender puts a heartbeat
+    /// first in a slot of its own (see `LiveFeed::pump_live`).
+    pub heartbeat: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<WireRecord>() <= 112);
@@ -109,11 +117,60 @@ pub struct LiveFeed {
     drained: bool,
     idle: Idle,
     scratch: Vec<u8>,
+    /// The seq after the newest record taken from the ring (accepted or
+    /// rejected; 0 before any): a live feed's position, which a checkpoint
+    /// saves and a resumed daemon asks its sender for.
+    next_seq: u64,
+    /// A heartbeat's exchange clock not yet handed to the router.
+    clock: Option<i64>,
+    /// Event time of the first record taken (`i64::MIN`: none yet): which
+    /// trading day this feed serves, saved with its position.
+    first_ts_ns: i64,
 }
 
 impl LiveFeed {
     pub fn new(rx: Consumer<Vec<WireRecord>>, validator: Validator, rejects: RejectLog) -> LiveFeed {
-        LiveFeed { rx, validator, rejects, drained: false, idle: Idle::default(), scratch: Vec::with_capacity(256) }
+        LiveFeed {
+            rx,
+            validator,
+            rejects,
+            drained: false,
+            idle: Idle::default(),
+            scratch: Vec::with_capacity(256),
+            next_seq: 0,
+            clock: None,
+            first_ts_ns: i64::MIN,
+        }
+    }
+
+    /// A feed resuming from a checkpoint: `r` reads what `checkpoint`
+    /// wrote (the position, then the validator).
+    pub fn resume(
+        rx: Consumer<Vec<WireRecord>>,
+        limits: Limits,
+        groups: Arc<Groups>,
+        r: &mut Reader<'_>,
+        names: (&[Vec<u8>], &[Vec<u8>]),
+        rejects: RejectLog,
+    ) -> Result<LiveFeed, DecodeError> {
+        let next_seq = r.u64()?;
+        let first_ts_ns = r.i64()?;
+        let validator = Validator::restore(limits, groups, r, names.0, names.1)?;
+        Ok(LiveFeed { next_seq, first_ts_ns, ..LiveFeed::new(rx, validator, rejects) })
+    }
+
+    /// The seq the feed needs next (0: none seen yet).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Event time of the first record taken (`i64::MIN`: none yet).
+    pub fn first_ts_ns(&self) -> i64 {
+        self.first_ts_ns
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.validator
     }
 }
 
@@ -181,10 +238,22 @@ impl Feed for LiveFeed {
 
     fn pump_live(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<bool, FeedError> {
         let mut slots = 0;
-        let LiveFeed { rx, validator, rejects, scratch, .. } = self;
+        let LiveFeed { rx, validator, rejects, scratch, next_seq, clock, first_ts_ns, .. } = self;
         while slots < PUMP_SLOTS {
             // Read in place: one cursor publish per slot, no copy.
             let Some(batch) = rx.peek() else { break };
+            // A heartbeat comes alone in its slot and ends the pump, so the
+            // router moves event time on exactly between the records before
+            // and after it.
+            if let Some(beat) = batch.first().filter(|w| w.heartbeat) {
+                if slots > 0 {
+                    break;
+                }
+                *clock = Some(beat.ts_ns);
+                rx.release();
+                slots += 1;
+                break;
+            }
             for (index, w) in batch.iter().enumerate() {
                 // The account and open-order tables outgrow the cache: start
                 // the misses of a record a few ahead (as the CSV feed does).
@@ -194,6 +263,10 @@ impl Feed for LiveFeed {
                     let contra = (ahead.kind == Kind::Trade && !ahead.contra_account().is_empty())
                         .then(|| (pack(ahead.contra_account()), ahead.contra_order_id));
                     validator.prefetch_keys(pack(ahead.account()), ahead.order_id, contra);
+                }
+                *next_seq = (*next_seq).max(w.seq.saturating_add(1));
+                if *first_ts_ns == i64::MIN {
+                    *first_ts_ns = w.ts_ns;
                 }
                 if let Some(event) = accept(validator, rejects, scratch, w)? {
                     emit(&event, w.due_ns);
@@ -222,6 +295,19 @@ impl Feed for LiveFeed {
         self.drained
     }
 
+    fn take_clock(&mut self) -> Option<i64> {
+        self.clock.take()
+    }
+
+    /// The position is the next seq, not a byte offset: a live sender is
+    /// asked for it on connect.
+    fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        w.u64(self.next_seq);
+        w.i64(self.first_ts_ns);
+        self.validator.snapshot(w);
+        Ok(FeedCheckpoint { offset: self.next_seq, line_no: 0, rejects: self.rejects.committed()? })
+    }
+
     fn stats(&self) -> FeedStats {
         self.validator.stats.clone()
     }
@@ -230,9 +316,6 @@ impl Feed for LiveFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::validate::Limits;
-    use crate::symbols::Groups;
-    use std::sync::Arc;
 
     fn wire(seq: u64, kind: Kind, order_id: u64, account: &str, due_ns: u64) -> WireRecord {
         let mut w = WireRecord {
