@@ -12,6 +12,7 @@ pub mod flat_map;
 pub mod flow;
 #[path = "gen.rs"]
 pub mod generator;
+pub mod http;
 pub mod ingest;
 pub mod instruments;
 pub mod metrics;
