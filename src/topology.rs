@@ -132,6 +132,10 @@ impl PipelineConfig {
 #[derive(Default)]
 pub struct Progress {
     pub records_read: AtomicU64,
+    /// The feed's rejected records, seq gaps and the records missing in them.
+    pub rejected: AtomicU64,
+    pub gaps: AtomicU64,
+    pub missing_records: AtomicU64,
     /// The source's watermark after its latest pump (for watermark lag).
     pub watermark_ns: AtomicI64,
 }

@@ -7,6 +7,7 @@
 //! pushes back on the sender). Bad input ends the connection with a log
 //! line and a counted outcome, never the daemon.
 
+use crate::event::Kind;
 use crate::ingest::csv::HEADER;
 use crate::ingest::live::{WIRE_BATCH, WireRecord, WireSender};
 use crate::metrics::Clock;
@@ -43,6 +44,8 @@ pub struct EdgeCounters {
     /// CSV lines that are not FEED.md records (logged, not forwarded).
     pub malformed_lines: AtomicU64,
     pub records: AtomicU64,
+    /// Records received by kind (N, C, T).
+    pub by_kind: [AtomicU64; 3],
     pub heartbeats: AtomicU64,
     pub bytes: AtomicU64,
 }
@@ -68,8 +71,9 @@ pub struct EdgeShared {
     /// Rung when the daemon puts a sender back (a new day's).
     pub sender_ready: tokio::sync::Notify,
     busy: AtomicBool,
-    /// The connected sender, if any.
+    /// The connected sender, if any, and its format once known.
     pub peer: Mutex<Option<SocketAddr>>,
+    pub format: Mutex<Option<&'static str>>,
 }
 
 impl EdgeShared {
@@ -85,6 +89,7 @@ impl EdgeShared {
             sender_ready: tokio::sync::Notify::new(),
             busy: AtomicBool::new(false),
             peer: Mutex::new(None),
+            format: Mutex::new(None),
         }
     }
 
@@ -198,6 +203,9 @@ pub async fn run(
                     }
                     if let Ok(mut p) = shared.peer.lock() {
                         *p = None;
+                    }
+                    if let Ok(mut f) = shared.format.lock() {
+                        *f = None;
                     }
                     if let Some(tx) = conn.tx.take() {
                         shared.put_sender(tx);
@@ -316,6 +324,12 @@ impl<'a> Connection<'a> {
                 Ok(Ok(_)) => {}
             }
         };
+        if let Ok(mut f) = self.shared.format.lock() {
+            *f = Some(match format {
+                Format::Csv { .. } => "csv",
+                Format::Binary { .. } => "binary",
+            });
+        }
         let mut start = 0usize;
         loop {
             // Decode what there is, pushing whenever the staging buffer fills.
@@ -571,7 +585,19 @@ impl<'a> Connection<'a> {
             }
             tx.publish();
         }
-        let records = staged.iter().filter(|w| !w.heartbeat).count() as u64;
+        let mut by_kind = [0u64; 3];
+        for w in staged.iter().filter(|w| !w.heartbeat) {
+            let kind = match w.kind {
+                Kind::New => 0,
+                Kind::Cancel => 1,
+                Kind::Trade => 2,
+            };
+            by_kind[kind] += 1;
+        }
+        for (counter, n) in self.shared.counters.by_kind.iter().zip(by_kind) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+        let records = by_kind.iter().sum::<u64>();
         self.records += records;
         self.shared.counters.records.fetch_add(records, Ordering::Relaxed);
         if let Some(seq) = newest {

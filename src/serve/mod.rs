@@ -28,6 +28,7 @@
 pub mod config;
 pub mod edge;
 pub mod notify;
+pub mod publish;
 
 use crate::checkpoint::codec::Reader;
 use crate::checkpoint::recover;
@@ -61,6 +62,26 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
     if !feed_addr.ip().is_loopback() {
         tracing::warn!(%feed_addr, "the feed port listens beyond loopback: anyone who reaches it can send records");
     }
+    let http_listener = std::net::TcpListener::bind(cfg.http_listen)
+        .map_err(|e| CmdError::Failed(format!("http_listen {}: cannot listen: {e}", cfg.http_listen)))?;
+    http_listener.set_nonblocking(true).map_err(|e| CmdError::Failed(format!("http listener: {e}")))?;
+    let http_addr = http_listener.local_addr().map_err(|e| CmdError::Failed(format!("http listener: {e}")))?;
+    if !http_addr.ip().is_loopback() {
+        tracing::warn!(%http_addr, "the HTTP port listens beyond loopback");
+    }
+    let token = match &cfg.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| CmdError::Failed(format!("{}: cannot read the token: {e}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (hub, hub_control) = crate::http::Hub::new(
+        crate::http::BuildInfo::this_build(option_env!("TAPEWATCH_COMMIT").unwrap_or("unknown")),
+        100_000,
+    );
     std::fs::create_dir_all(&cfg.state)
         .map_err(|e| CmdError::Failed(format!("{}: cannot create the state directory: {e}", cfg.state.display())))?;
     finish_close(&cfg)?;
@@ -71,6 +92,9 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
     let control = Arc::new(LiveControl::default());
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut net = None;
+    let mut tailer = None;
+    let mut hub_control = Some(hub_control);
+    let mut checkpoints = crate::http::CheckpointStatus::default();
     let mut first = true;
     let result = loop {
         let (feed, names, checkpointing, pcfg) = match open_day(&cfg, rx, clock, &control) {
@@ -86,19 +110,35 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
             // The network thread: the edge and the signals.
             let options = edge::EdgeOptions { handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms) };
             let (net_shared, net_control, net_done) = (shared.clone(), control.clone(), done.clone());
-            let listener = match listener.try_clone() {
-                Ok(l) => l,
-                Err(e) => break Err(CmdError::Failed(format!("feed listener: {e}"))),
+            let (Ok(listener), Ok(http_listener)) = (listener.try_clone(), http_listener.try_clone()) else {
+                break Err(CmdError::Failed("cannot hand the listeners to the network thread".into()));
             };
-            let spawned = std::thread::Builder::new()
-                .name("tw-net".into())
-                .spawn(move || net_thread(listener, clock, net_shared, net_control, options, net_done));
+            let parts = Net {
+                listener,
+                http_listener,
+                hub: hub.clone(),
+                hub_control: hub_control.take(),
+                token: token.clone(),
+                clock,
+                shared: net_shared,
+                control: net_control,
+                options,
+                done: net_done,
+            };
+            let spawned = std::thread::Builder::new().name("tw-net".into()).spawn(move || net_thread(parts));
+            let (tail_hub, tail_done, alerts, boundary) =
+                (hub.clone(), done.clone(), cfg.alerts.clone(), cfg.day_boundary_ns);
+            tailer = std::thread::Builder::new()
+                .name("tw-alerts".into())
+                .spawn(move || publish::tail_alerts(alerts, tail_hub, boundary, tail_done))
+                .ok();
             match spawned {
                 Ok(handle) => net = Some(handle),
                 Err(e) => break Err(CmdError::Failed(format!("cannot start the network thread: {e}"))),
             }
             tracing::info!(
                 feed = %feed_addr,
+                http = %http_addr,
                 state = %cfg.state.display(),
                 alerts = %cfg.alerts.display(),
                 shards = cfg.shards,
@@ -108,7 +148,16 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
             );
             notify::ready();
         }
-        let result = topology::run_with(feed, names, &pcfg, Some(checkpointing), |_| {});
+        hub.set_ready(true);
+        let mut ticks = 0u64;
+        let result = topology::run_with(feed, names, &pcfg, Some(checkpointing), |progress| {
+            // Called every 200 ms: a sample a second.
+            ticks += 1;
+            if ticks.is_multiple_of(5) {
+                publish::sample(&hub, &shared, progress, &control, &mut checkpoints);
+            }
+        });
+        hub.set_ready(false);
         match result {
             Ok(summary) if shared.day_over.load(Ordering::Acquire) => {
                 let end_ns = shared.day_end_ns.load(Ordering::Acquire);
@@ -151,6 +200,9 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
     done.store(true, Ordering::Release);
     if let Some(net) = net {
         let _ = net.join();
+    }
+    if let Some(tailer) = tailer {
+        let _ = tailer.join();
     }
     result
 }
@@ -315,17 +367,25 @@ fn finish_close(cfg: &ServeConfig) -> Result<(), CmdError> {
     Ok(())
 }
 
-/// The tokio runtime: runs the edge until a stop signal (or the pipeline's
-/// end), then tells the source to take its final checkpoint, and lives on
-/// until the pipeline has stopped.
-fn net_thread(
+/// What the network thread runs.
+struct Net {
     listener: std::net::TcpListener,
+    http_listener: std::net::TcpListener,
+    hub: Arc<crate::http::Hub>,
+    hub_control: Option<tokio::sync::mpsc::UnboundedReceiver<crate::http::Control>>,
+    token: Option<String>,
     clock: Clock,
     shared: Arc<edge::EdgeShared>,
     control: Arc<LiveControl>,
     options: edge::EdgeOptions,
     done: Arc<std::sync::atomic::AtomicBool>,
-) {
+}
+
+/// The tokio runtime: runs the edge and the HTTP server until a stop
+/// signal (or the pipeline's end), then tells the source to take its final
+/// checkpoint, and lives on until the pipeline has stopped.
+fn net_thread(net: Net) {
+    let Net { listener, http_listener, hub, hub_control, token, clock, shared, control, options, done } = net;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -344,7 +404,35 @@ fn net_thread(
             }
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let edge = tokio::spawn(edge::run(listener, clock, shared, options, stop_rx));
+        let edge = tokio::spawn(edge::run(listener, clock, shared, options, stop_rx.clone()));
+        match tokio::net::TcpListener::from_std(http_listener) {
+            Ok(http_listener) => {
+                let opts = crate::http::HttpOptions { token, ..crate::http::HttpOptions::default() };
+                let (hub, stop_rx) = (hub.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::http::serve_http(http_listener, hub, opts, stop_rx).await {
+                        tracing::error!("http: {e}");
+                    }
+                });
+            }
+            Err(e) => tracing::error!("http listener: {e}"),
+        }
+        if let Some(mut requests) = hub_control {
+            let control = control.clone();
+            tokio::spawn(async move {
+                while let Some(request) = requests.recv().await {
+                    match request {
+                        crate::http::Control::Checkpoint => {
+                            tracing::info!("POST /checkpoint: a checkpoint at the next pump");
+                            control.checkpoint_now.store(true, Ordering::Release);
+                        }
+                        crate::http::Control::Reload => tracing::warn!(
+                            "POST /reload: reloading rules is not supported yet; the rules stay as they are"
+                        ),
+                    }
+                }
+            });
+        }
         signals(&control).await;
         notify::stopping();
         let _ = stop_tx.send(true);

@@ -70,7 +70,11 @@ pub(crate) fn run_source<F: Feed>(
                 Err(e) => break Err(e),
             }
         }
-        progress.records_read.store(feed.stats().records_read, Ordering::Relaxed);
+        let stats = feed.stats();
+        progress.records_read.store(stats.records_read, Ordering::Relaxed);
+        progress.rejected.store(stats.rejected, Ordering::Relaxed);
+        progress.gaps.store(stats.gaps, Ordering::Relaxed);
+        progress.missing_records.store(stats.missing_records, Ordering::Relaxed);
         progress.watermark_ns.store(router.watermark.current(), Ordering::Relaxed);
         if stop.raised() {
             break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
