@@ -195,8 +195,9 @@ pub async fn run(
                 shared.counters.connections.fetch_add(1, Ordering::Relaxed);
                 let (shared, options, shutdown) = (shared.clone(), options.clone(), shutdown.clone());
                 current = Some(tokio::spawn(async move {
+                    let mut stream = stream;
                     let mut conn = Connection::new(clock, &shared, peer);
-                    let outcome = conn.serve(stream, &options, shutdown).await;
+                    let outcome = conn.serve(&mut stream, &options, shutdown).await;
                     match &outcome {
                         Ok(end) => tracing::info!(%peer, records = conn.records, "feed disconnected: {end}"),
                         Err(e) => tracing::warn!(%peer, records = conn.records, "feed connection closed: {e}"),
@@ -211,6 +212,9 @@ pub async fn run(
                         shared.put_sender(tx);
                     }
                     shared.busy.store(false, Ordering::Release);
+                    // Closed only now: a sender that reconnects as soon as it
+                    // sees the close finds the slot free.
+                    drop(stream);
                 }));
             }
             _ = shutdown.changed() => {
@@ -281,7 +285,7 @@ impl<'a> Connection<'a> {
     /// bad input that ended it (already counted).
     async fn serve(
         &mut self,
-        mut stream: TcpStream,
+        stream: &mut TcpStream,
         options: &EdgeOptions,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<String, String> {
@@ -303,7 +307,7 @@ impl<'a> Connection<'a> {
                 break format;
             }
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, self.read_more(&mut stream)) => r,
+                r = tokio::time::timeout_at(deadline, self.read_more(stream)) => r,
                 _ = shutdown.changed() => return Ok("daemon stopping".into()),
             };
             match read {
@@ -353,7 +357,7 @@ impl<'a> Connection<'a> {
             self.consume(start);
             start = 0;
             let read = tokio::select! {
-                r = self.read_more(&mut stream) => r,
+                r = self.read_more(stream) => r,
                 _ = shutdown.changed() => return Ok("daemon stopping".into()),
             };
             match read {

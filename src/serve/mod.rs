@@ -168,8 +168,15 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
                     late = summary.late,
                     rejected = summary.feed.rejected,
                     gaps = summary.feed.gaps,
+                    ingest_to_alert_p50_us = summary.ingest_to_alert.value_at_quantile(0.5) / 1000,
+                    ingest_to_alert_p99_us = summary.ingest_to_alert.value_at_quantile(0.99) / 1000,
+                    ingest_to_applied_p99_us = summary.ingest_to_applied.value_at_quantile(0.99) / 1000,
+                    records_per_s = summary.events_per_sec() as u64,
                     "day ended"
                 );
+                if summary.ingest_to_alert.len() > 0 {
+                    hub.publish_latency(&summary.ingest_to_alert);
+                }
                 if let Err(e) = close_day(&cfg, end_ns) {
                     break Err(e);
                 }
