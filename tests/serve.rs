@@ -356,3 +356,101 @@ fn check_reports_every_problem_and_accepts_the_shipped_example() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("line 3: unknown key `feed`") && text.contains("line 4: unknown key `shard`"), "{text}");
 }
+
+/// `curl -N` on the alert stream; ids (and data lines) as they arrive.
+struct Stream {
+    child: Child,
+    events: Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl Stream {
+    fn open(daemon: &Daemon, last_event_id: Option<u64>) -> Stream {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sN", "--max-time", "60"]);
+        if let Some(id) = last_event_id {
+            cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child =
+            cmd.arg(format!("http://{}/alerts/stream", daemon.http)).stdout(Stdio::piped()).spawn().expect("curl");
+        let stdout = child.stdout.take().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            let mut id = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.trim().parse::<u64>().ok();
+                } else if let Some(data) = line.strip_prefix("data: ")
+                    && let Some(id) = id.take()
+                {
+                    sink.lock().unwrap().push((id, data.to_string()));
+                }
+            }
+        });
+        Stream { child, events }
+    }
+
+    fn wait_for(&self, n: usize) -> Vec<(u64, String)> {
+        let started = Instant::now();
+        loop {
+            let events = self.events.lock().unwrap().clone();
+            if events.len() >= n {
+                return events;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{} of {n} events", events.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_alert_stream_delivers_each_alert_once_across_a_reconnect_and_a_restart() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: no curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 40_000, 9, "");
+    let reference = replay(dir, &tape);
+    let total = alerts(&reference.join("alerts.jsonl")).len();
+    assert!(total > 20, "{total}");
+
+    let daemon = Daemon::start(&config);
+    let stream = Stream::open(&daemon, None);
+    feed(&daemon, &tape, &["--limit", "25000"]);
+    let first = stream.wait_for(5);
+    drop(stream);
+    // Reconnect with the last id seen, across a restart of the daemon.
+    let last = first.last().unwrap().0;
+    daemon.stop();
+    let daemon = Daemon::start(&config);
+    let stream = Stream::open(&daemon, Some(last));
+    feed(&daemon, &tape, &["--end-of-day"]);
+    let rest = stream.wait_for(total - first.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let rest = rest.len().max(stream.events.lock().unwrap().len());
+    let rest = stream.events.lock().unwrap()[..rest].to_vec();
+    let all: Vec<(u64, String)> = first.into_iter().chain(rest).collect();
+    let ids: Vec<u64> = all.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not strictly increasing: {ids:?}");
+    assert_eq!(all.len(), total, "each alert exactly once");
+    let streamed: Vec<Value> = all
+        .iter()
+        .map(|(_, data)| {
+            let mut v: Value = serde_json::from_str(data).unwrap();
+            v.as_object_mut().unwrap().remove("timing");
+            v
+        })
+        .collect();
+    let (day_file, _) = closed_day(dir);
+    assert!(streamed == alerts(&day_file), "the stream differs from the day's alerts file");
+    daemon.stop();
+}
