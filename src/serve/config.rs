@@ -129,6 +129,17 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<ServeConfig, Vec<Strin
     })
 }
 
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("feed_listen", &self.feed_listen)
+            .field("state", &self.state)
+            .field("alerts", &self.alerts)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `load` on text; problems from the file start with `line N:`, those of
 /// flags with the flag.
 pub fn parse(text: &str, base: &Path, o: &Overrides) -> Result<ServeConfig, Vec<String>> {
@@ -329,7 +340,7 @@ mod tests {
     use super::*;
 
     fn problems(text: &str) -> Vec<String> {
-        parse(text, Path::new("/nonexistent"), &Overrides::default()).err().expect("problems")
+        parse(text, Path::new("/nonexistent"), &Overrides::default()).expect_err("problems")
     }
 
     #[test]
@@ -353,15 +364,13 @@ mod tests {
     #[test]
     fn flags_win_over_the_file_and_paths_follow_it() {
         let o = Overrides { shards: Some(2), feed_listen: Some("127.0.0.1:9".into()), ..Overrides::default() };
-        let c = parse("state = \"st\"\nalerts = \"out/a.jsonl\"\nshards = 7\n", Path::new("/etc/tw"), &o)
-            .ok()
-            .expect("valid");
+        let c =
+            parse("state = \"st\"\nalerts = \"out/a.jsonl\"\nshards = 7\n", Path::new("/etc/tw"), &o).expect("valid");
         assert_eq!((c.shards, c.feed_listen.port()), (2, 9));
         assert_eq!(c.state, Path::new("/etc/tw/st"));
         assert_eq!(c.late, Path::new("/etc/tw/out/a.late.csv"));
         let bad = parse("state = \"s\"\nalerts = \"a\"\n", Path::new("."), &Overrides { shards: Some(0), ..o })
-            .err()
-            .expect("problems");
+            .expect_err("problems");
         assert_eq!(bad, vec!["--shards 0: must be between 1 and 256".to_string()]);
     }
 }

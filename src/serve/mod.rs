@@ -174,7 +174,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
                     records_per_s = summary.events_per_sec() as u64,
                     "day ended"
                 );
-                if summary.ingest_to_alert.len() > 0 {
+                if !summary.ingest_to_alert.is_empty() {
                     hub.publish_latency(&summary.ingest_to_alert);
                 }
                 if let Err(e) = close_day(&cfg, end_ns) {
@@ -301,7 +301,7 @@ fn open_day(
     };
     let mut pcfg = PipelineConfig::new(cfg.shards, cfg.alerts.clone(), cfg.late.clone());
     pcfg.cores = cfg.cores.clone();
-    pcfg.rules = cfg.rules.clone();
+    pcfg.rules = cfg.rules;
     pcfg.lateness_ns = lateness_ns;
     pcfg.instruments = Arc::new(instruments);
     pcfg.live = LiveOptions {
