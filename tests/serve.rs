@@ -454,3 +454,23 @@ fn the_alert_stream_delivers_each_alert_once_across_a_reconnect_and_a_restart() 
     assert!(streamed == alerts(&day_file), "the stream differs from the day's alerts file");
     daemon.stop();
 }
+
+#[test]
+fn sighup_refuses_an_invalid_rules_file_and_keeps_the_old_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 30_000, 3, "");
+    let reference = replay(dir, &tape);
+    let daemon = Daemon::start(&config);
+    std::fs::write(dir.join("rules.toml"), "[excessive_cancel]\nwindow_ms = 0\nbogus = 1\n").unwrap();
+    // SAFETY: a plain kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    daemon.wait_log("SIGHUP: refused, the old rules stay");
+    // The day runs on under the old rules: it equals the replay with them.
+    std::fs::write(dir.join("rules.toml"), "[excessive_cancel]\nwindow_ms = 30000\nmin_cancels = 2\nratio_pct = 60\n")
+        .unwrap();
+    feed(&daemon, &tape, &["--end-of-day"]);
+    daemon.wait_log("day closed");
+    assert_same_day(dir, &reference);
+    daemon.stop();
+}

@@ -124,6 +124,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
                 control: net_control,
                 options,
                 done: net_done,
+                rules_path: cfg.rules_path.clone(),
             };
             let spawned = std::thread::Builder::new().name("tw-net".into()).spawn(move || net_thread(parts));
             let (tail_hub, tail_done, alerts, boundary) =
@@ -386,13 +387,32 @@ struct Net {
     control: Arc<LiveControl>,
     options: edge::EdgeOptions,
     done: Arc<std::sync::atomic::AtomicBool>,
+    rules_path: Option<std::path::PathBuf>,
+}
+
+/// A reload request: the rules file is read and validated; the running
+/// rules stay either way (applying new rules at a barrier is not built).
+fn check_rules(path: Option<&std::path::Path>, by: &str) {
+    let Some(path) = path else {
+        tracing::warn!("{by}: no rules file is configured (the defaults run); nothing to reload");
+        return;
+    };
+    match crate::config::Rules::load(path) {
+        Err(problems) => tracing::error!("{by}: refused, the old rules stay: {}", problems.replace('\n', "; ")),
+        Ok(rules) => tracing::warn!(
+            params = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&rules.canonical())),
+            "{by}: {} is valid, but rules are not reloaded live yet: the old rules stay until a restart",
+            path.display()
+        ),
+    }
 }
 
 /// The tokio runtime: runs the edge and the HTTP server until a stop
 /// signal (or the pipeline's end), then tells the source to take its final
 /// checkpoint, and lives on until the pipeline has stopped.
 fn net_thread(net: Net) {
-    let Net { listener, http_listener, hub, hub_control, token, clock, shared, control, options, done } = net;
+    let Net { listener, http_listener, hub, hub_control, token, clock, shared, control, options, done, rules_path } =
+        net;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -425,7 +445,7 @@ fn net_thread(net: Net) {
             Err(e) => tracing::error!("http listener: {e}"),
         }
         if let Some(mut requests) = hub_control {
-            let control = control.clone();
+            let (control, rules_path) = (control.clone(), rules_path.clone());
             tokio::spawn(async move {
                 while let Some(request) = requests.recv().await {
                     match request {
@@ -433,14 +453,12 @@ fn net_thread(net: Net) {
                             tracing::info!("POST /checkpoint: a checkpoint at the next pump");
                             control.checkpoint_now.store(true, Ordering::Release);
                         }
-                        crate::http::Control::Reload => tracing::warn!(
-                            "POST /reload: reloading rules is not supported yet; the rules stay as they are"
-                        ),
+                        crate::http::Control::Reload => check_rules(rules_path.as_deref(), "POST /reload"),
                     }
                 }
             });
         }
-        signals(&control).await;
+        signals(&control, rules_path.as_deref()).await;
         notify::stopping();
         let _ = stop_tx.send(true);
         let _ = edge.await;
@@ -453,7 +471,10 @@ fn net_thread(net: Net) {
 }
 
 /// Waits for SIGTERM or SIGINT (or the pipeline stopping on its own).
-async fn signals(control: &LiveControl) {
+/// SIGHUP checks the rules file: an invalid one is refused with its
+/// problems; a valid one is named with its parameter hash, but not applied
+/// yet (rules change with a restart, see the runbook).
+async fn signals(control: &LiveControl, rules_path: Option<&std::path::Path>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
@@ -466,9 +487,7 @@ async fn signals(control: &LiveControl) {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); return; }
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: reloading rules is not supported yet; the rules stay as they are (restart to change them)");
-            }
+            _ = hup.recv() => check_rules(rules_path, "SIGHUP"),
             _ = tick.tick() => {
                 if control.shutdown.load(Ordering::Acquire) {
                     return;
