@@ -4,9 +4,12 @@
 # 1. sustained binary feed rate, flat out (nothing is ever dropped: a full
 #    ring pushes back on the sender; the daemon's day summary says
 #    records = sent);
-# 2. szse-peak played over the socket at its own rate: p99 ingest-to-alert
-#    from the daemon's "day ended" line (ingest = when the daemon read the
-#    bytes off the socket);
+# 2. szse-peak played over the socket at its average rate: p99
+#    ingest-to-alert from the daemon's "day ended" line (ingest = when the
+#    daemon read the bytes off the socket). Caveat: `feed --rate` paces by
+#    record count, not by the tape's own clock, so the scenario's quiet
+#    phases run ahead of or behind event time and records wait longer in
+#    the reorder buffer than on a real feed (pacing by ts_ns is a follow-up);
 # 3. SIGTERM to exit, and restart to ready.
 set -euo pipefail
 RECORDS=${1:-5000000}
