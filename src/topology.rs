@@ -46,7 +46,7 @@ use crate::symbols::Names;
 use crate::time::IdleAdvance;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::time::Instant;
 
@@ -80,7 +80,7 @@ pub struct PipelineConfig {
 
 /// How the pipeline runs behind a live source (the bench's paced feeder, a
 /// network feed).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LiveOptions {
     /// Move event time on with the wall clock after the feed has been quiet
     /// this long (`time::IdleAdvance`). `None`: only records move it.
@@ -88,6 +88,26 @@ pub struct LiveOptions {
     /// The clock the source stamps its due times with, so they compare with
     /// the pipeline's stamps. `None`: a clock started with the pipeline.
     pub clock: Option<Clock>,
+    /// The daemon's handle (`serve`): checkpoints on request and the
+    /// shutdown sequence. `None`: the feed's end ends the run.
+    pub control: Option<Arc<LiveControl>>,
+}
+
+/// What a daemon asks of a running live pipeline, and what it learns back.
+/// Read by the source once per pump, never per record.
+#[derive(Debug, Default)]
+pub struct LiveControl {
+    /// Cut a checkpoint at the next pump (`POST /checkpoint`, a day's end);
+    /// cleared when it is cut.
+    pub checkpoint_now: AtomicBool,
+    /// Stop: once the input ring is drained, cut a final checkpoint, and
+    /// when it is durable stop the pipeline without ending the feed.
+    pub shutdown: AtomicBool,
+    /// The newest durable checkpoint's id (0: none yet).
+    pub completed: AtomicU64,
+    /// The shutdown's final checkpoint is durable and the pipeline stopped
+    /// on it: the run's "pipeline stopped" error is the clean end.
+    pub stopped_clean: AtomicBool,
 }
 
 impl PipelineConfig {
@@ -115,6 +135,10 @@ impl PipelineConfig {
 #[derive(Default)]
 pub struct Progress {
     pub records_read: AtomicU64,
+    /// The feed's rejected records, seq gaps and the records missing in them.
+    pub rejected: AtomicU64,
+    pub gaps: AtomicU64,
+    pub missing_records: AtomicU64,
     /// The source's watermark after its latest pump (for watermark lag).
     pub watermark_ns: AtomicI64,
 }
@@ -319,6 +343,7 @@ pub fn run_with<F: Feed + Send>(
             let (stop, progress) = (stop.clone(), &progress);
             let (lateness_ns, reorder_capacity) = (cfg.lateness_ns, cfg.reorder_capacity);
             let idle_after_ns = cfg.live.idle_after_ns;
+            let control = cfg.live.control.clone();
             std::thread::Builder::new()
                 .name("tw-source".into())
                 .spawn_scoped(scope, move || {
@@ -332,6 +357,7 @@ pub fn run_with<F: Feed + Send>(
                     }
                     router.ckpt = source_ckpt;
                     router.idle = idle_after_ns.map(IdleAdvance::new);
+                    router.control = control;
                     run_source(feed, router, progress, &stop)
                 })
                 .expect("spawn source thread")

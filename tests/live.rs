@@ -45,7 +45,7 @@ fn lone_self_trade(idle_after_ns: Option<u64>, wait: Duration) -> bool {
     let mut cfg = PipelineConfig::new(1, alerts_path.clone(), dir.path().join("late.csv"));
     cfg.lateness_ns = 1_000_000;
     let clock = Clock::new();
-    cfg.live = LiveOptions { idle_after_ns, clock: Some(clock) };
+    cfg.live = LiveOptions { idle_after_ns, clock: Some(clock), control: None };
     let (mut tx, rx) = wire_channel(4);
     let groups = Arc::new(Groups::default());
     let validator = Validator::new(Limits::default(), groups.clone());

@@ -214,7 +214,7 @@ fn play_schedule<S: Schedule + Sync>(
     cfg.rules = opts.rules.clone();
     cfg.lateness_ns = prepared.scenario.lateness_ns;
     let idle_after_ns = opts.idle_after_ns.unwrap_or(prepared.scenario.idle_after_ns as u64);
-    cfg.live = LiveOptions { idle_after_ns: Some(idle_after_ns), clock: Some(clock) };
+    cfg.live = LiveOptions { idle_after_ns: Some(idle_after_ns), clock: Some(clock), control: None };
     let (tx, rx) = wire_channel(FEED_RING_SLOTS);
     let validator = Validator::new(Limits::default(), prepared.groups.clone());
     let names = Names {

@@ -53,7 +53,7 @@ pub struct Settings {
 /// rules, the account groups and the lateness. A mismatch is refused with a clear error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Identity {
-    /// 0: FEED.md CSV, 1: native tape.
+    /// 0: FEED.md CSV, 1: native tape, 2: a live feed (`Identity::LIVE`).
     pub format: u8,
     /// xxh3 of the tape's first 64 KiB.
     pub tape_head_hash: u64,
@@ -91,9 +91,20 @@ impl Identity {
         Ok(Identity { format: native as u8, tape_head_hash: xxh3_64(&head), lateness_ns, rules_hash: reference_hash })
     }
 
+    /// A live feed (`serve`): no tape to hash; its position is the next
+    /// seq, which the sender is asked for on connect.
+    pub fn for_live(lateness_ns: i64, reference_hash: u64) -> Identity {
+        Identity { format: Identity::LIVE, tape_head_hash: 0, lateness_ns, rules_hash: reference_hash }
+    }
+
+    /// `format` of a live feed's checkpoints.
+    pub const LIVE: u8 = 2;
+
     /// Why a checkpoint cannot be resumed under this identity, if it cannot.
     pub fn mismatch(&self, saved: &Identity) -> Option<&'static str> {
-        if self.format != saved.format || self.tape_head_hash != saved.tape_head_hash {
+        if (self.format == Identity::LIVE) != (saved.format == Identity::LIVE) {
+            Some("it was taken by a replay of a tape, not by the daemon (or the other way round)")
+        } else if self.format != saved.format || self.tape_head_hash != saved.tape_head_hash {
             Some("it was taken on another tape")
         } else if self.lateness_ns != saved.lateness_ns {
             Some("it was taken with another --lateness-ms")

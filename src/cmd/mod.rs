@@ -8,12 +8,14 @@ pub mod book;
 pub mod cat;
 pub mod checkpoint;
 pub mod export;
+pub mod feed;
 pub mod generate;
 pub mod import;
 pub mod investigate;
 pub mod replay;
 pub mod rules;
 pub mod slice;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -50,6 +52,10 @@ pub enum Command {
     Slice(slice::SliceArgs),
     /// Write a self-contained HTML report on an alert, or on a group's trading in one instrument.
     Investigate(Box<investigate::InvestigateArgs>),
+    /// Run the surveillance daemon on a live TCP feed (docs/WIRE.md, ops/RUNBOOK.md).
+    Serve(Box<serve::ServeArgs>),
+    /// Send a tape to a daemon's feed port, resuming where the daemon stands.
+    Feed(feed::FeedArgs),
 }
 
 #[derive(Debug)]
@@ -145,6 +151,8 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Cat(args) => cat::run(args),
         Command::Slice(args) => slice::run(args),
         Command::Investigate(args) => investigate::run(*args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Feed(args) => feed::run(args),
     }
 }
 

@@ -9,13 +9,16 @@
 //! shared state with the pipeline.
 
 use super::csv::FeedLine;
-use super::validate::{Lookahead, Offered, RawRecord, RejectReason, Validator, check_fields};
-use super::{Feed, FeedError, FeedStats, RejectLog};
+use super::validate::Limits;
+use super::validate::{RawRecord, RejectReason, Validator, check_fields};
+use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog};
+use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, Kind, Side};
-use crate::metrics::Clock;
 use crate::ring::Idle;
 use crate::ring::spsc::{self, Consumer, Producer};
+use crate::symbols::Groups;
 use crate::symbols::{pack, valid_account, valid_instrument};
+use std::sync::Arc;
 
 pub const ACCOUNT_BYTES: usize = 16;
 pub const INSTRUMENT_BYTES: usize = 12;
@@ -41,6 +44,10 @@ pub struct WireRecord {
     pub account: [u8; ACCOUNT_BYTES],
     pub instrument: [u8; INSTRUMENT_BYTES],
     pub contra_account: [u8; ACCOUNT_BYTES],
+    /// Not a record: the sender's exchange clock (`ts_ns`), which lets
+    /// event time move on without records. A sender puts a heartbeat
+    /// first in a slot of its own (see `LiveFeed::pump_live`).
+    pub heartbeat: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<WireRecord>() <= 112);
@@ -103,16 +110,6 @@ pub fn wire_channel(slots: usize) -> (WireSender, Consumer<Vec<WireRecord>>) {
 /// How many wire records ahead the feed prefetches table slots.
 const PREFETCH_AHEAD: usize = 12;
 
-/// How long a held jump waits for a next record on a quiet feed, by default
-/// (`LiveFeed::with_idle_release`). While it waits, a quiet feed's event
-/// time runs on after `idle_after` (`time::IdleAdvance`), so a released
-/// record (its event time at or after the feed's) is on time only while
-/// `idle_release < lateness + idle_after`: 50 ms against the defaults'
-/// 50 + 10 ms. Longer tells more typos from gaps on a slow feed; but once
-/// released, a jump is taken as real and the old sequence's records are
-/// repeats.
-pub const IDLE_RELEASE_NS: u64 = 50_000_000;
-
 pub struct LiveFeed {
     rx: Consumer<Vec<WireRecord>>,
     validator: Validator,
@@ -120,10 +117,15 @@ pub struct LiveFeed {
     drained: bool,
     idle: Idle,
     scratch: Vec<u8>,
-    /// A seq or time jump held for one record of look-ahead (`validate`).
-    lookahead: Lookahead<WireRecord>,
-    /// Read only when a hold begins and while one waits on a quiet feed.
-    clock: Clock,
+    /// The seq after the newest record taken from the ring (accepted or
+    /// rejected; 0 before any): a live feed's position, which a checkpoint
+    /// saves and a resumed daemon asks its sender for.
+    next_seq: u64,
+    /// A heartbeat's exchange clock not yet handed to the router.
+    clock: Option<i64>,
+    /// Event time of the first record taken (`i64::MIN`: none yet): which
+    /// trading day this feed serves, saved with its position.
+    first_ts_ns: i64,
 }
 
 impl LiveFeed {
@@ -135,23 +137,54 @@ impl LiveFeed {
             drained: false,
             idle: Idle::default(),
             scratch: Vec::with_capacity(256),
-            lookahead: Lookahead::new(IDLE_RELEASE_NS),
-            clock: Clock::new(),
+            next_seq: 0,
+            clock: None,
+            first_ts_ns: i64::MIN,
         }
     }
 
-    /// How long a held jump waits for the next record before it is taken
-    /// as a real gap.
-    pub fn with_idle_release(mut self, idle_release_ns: u64) -> LiveFeed {
-        self.lookahead = Lookahead::new(idle_release_ns);
-        self
+    /// A feed resuming from a checkpoint: `r` reads what `checkpoint`
+    /// wrote (the position, then the validator).
+    pub fn resume(
+        rx: Consumer<Vec<WireRecord>>,
+        limits: Limits,
+        groups: Arc<Groups>,
+        r: &mut Reader<'_>,
+        names: (&[Vec<u8>], &[Vec<u8>]),
+        rejects: RejectLog,
+    ) -> Result<LiveFeed, DecodeError> {
+        let next_seq = r.u64()?;
+        let first_ts_ns = r.i64()?;
+        let validator = Validator::restore(limits, groups, r, names.0, names.1)?;
+        Ok(LiveFeed { next_seq, first_ts_ns, ..LiveFeed::new(rx, validator, rejects) })
+    }
+
+    /// The seq the feed needs next (0: none seen yet).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Event time of the first record taken (`i64::MIN`: none yet).
+    pub fn first_ts_ns(&self) -> i64 {
+        self.first_ts_ns
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.validator
     }
 }
 
-/// Checks one wire record's fields and names, as the CSV decoder checks
-/// a line's: a bad one goes to the look-ahead as malformed (its seq read).
+/// Validates and interns one wire record; a bad one is counted and written
+/// to the rejects file. (A free function so the ring slot it reads from
+/// can stay borrowed.)
 #[inline]
-fn offered(w: &WireRecord) -> Offered {
+fn accept(
+    validator: &mut Validator,
+    rejects: &mut RejectLog,
+    scratch: &mut Vec<u8>,
+    w: &WireRecord,
+) -> Result<Option<Event>, FeedError> {
+    validator.stats.records_read += 1;
     // Names on the wire are checked as the CSV decoder checks them; an
     // empty contra account (N and C records) packs to 0.
     let names = if !valid_account(w.account()) {
@@ -163,11 +196,8 @@ fn offered(w: &WireRecord) -> Offered {
     } else {
         Ok(())
     };
-    check_fields(w.seq, w.kind, w.price, w.qty, w.contra_order_id)
-        .and(names)
-        .map_err(|reason| (Some(w.seq), reason))?;
     let packed = |name: &[u8]| if name.is_empty() { 0 } else { pack(name) };
-    Ok(RawRecord {
+    let raw = RawRecord {
         seq: w.seq,
         ts_ns: w.ts_ns,
         kind: w.kind,
@@ -179,36 +209,22 @@ fn offered(w: &WireRecord) -> Offered {
         qty: w.qty,
         contra_order_id: w.contra_order_id,
         contra_account: packed(w.contra_account()),
-    })
-}
-
-/// What became of one wire record, counted in `counts` (accepted,
-/// rejected): an accepted one is emitted with its due
-/// time, a rejected one written to the rejects file (the wire
-/// has no line numbers: a record's place is its seq). The first write
-/// error is kept in `failed`.
-fn settle(
-    counts: &mut (u64, u64),
-    rejects: &mut RejectLog,
-    scratch: &mut Vec<u8>,
-    failed: &mut Option<FeedError>,
-    emit: &mut impl FnMut(&Event, u64),
-    w: WireRecord,
-    outcome: Result<Event, RejectReason>,
-) {
+    };
+    // The wire has no line numbers: a record's place is its seq.
+    let outcome = check_fields(w.seq, w.kind, w.price, w.qty, w.contra_order_id)
+        .and(names)
+        .and_then(|()| validator.check_seq_now(w.seq, w.ts_ns))
+        .and_then(|()| validator.admit(&raw, w.seq));
     match outcome {
         Ok(event) => {
-            counts.0 += 1;
-            emit(&event, w.due_ns);
+            validator.stats.accepted += 1;
+            Ok(Some(event))
         }
         Err(reason) => {
-            counts.1 += 1;
+            validator.stats.rejected += 1;
             w.write_csv(scratch);
-            if let Err(e) = rejects.write(w.seq, &reason, scratch)
-                && failed.is_none()
-            {
-                *failed = Some(e);
-            }
+            rejects.write(w.seq, &reason, scratch)?;
+            Ok(None)
         }
     }
 }
@@ -222,11 +238,22 @@ impl Feed for LiveFeed {
 
     fn pump_live(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<bool, FeedError> {
         let mut slots = 0;
-        let mut failed = None;
-        let LiveFeed { rx, validator, rejects, scratch, lookahead, clock, .. } = self;
+        let LiveFeed { rx, validator, rejects, scratch, next_seq, clock, first_ts_ns, .. } = self;
         while slots < PUMP_SLOTS {
             // Read in place: one cursor publish per slot, no copy.
             let Some(batch) = rx.peek() else { break };
+            // A heartbeat comes alone in its slot and ends the pump, so the
+            // router moves event time on exactly between the records before
+            // and after it.
+            if let Some(beat) = batch.first().filter(|w| w.heartbeat) {
+                if slots > 0 {
+                    break;
+                }
+                *clock = Some(beat.ts_ns);
+                rx.release();
+                slots += 1;
+                break;
+            }
             for (index, w) in batch.iter().enumerate() {
                 // The account and open-order tables outgrow the cache: start
                 // the misses of a record a few ahead (as the CSV feed does).
@@ -237,20 +264,16 @@ impl Feed for LiveFeed {
                         .then(|| (pack(ahead.contra_account()), ahead.contra_order_id));
                     validator.prefetch_keys(pack(ahead.account()), ahead.order_id, contra);
                 }
-                let mut counts = (0, 0);
-                let now = || clock.now_ns();
-                lookahead.offer(validator, offered(w), *w, w.seq, now, &mut |w, outcome| {
-                    settle(&mut counts, rejects, scratch, &mut failed, emit, w, outcome)
-                });
-                validator.stats.records_read += 1;
-                validator.stats.accepted += counts.0;
-                validator.stats.rejected += counts.1;
+                *next_seq = (*next_seq).max(w.seq.saturating_add(1));
+                if *first_ts_ns == i64::MIN {
+                    *first_ts_ns = w.ts_ns;
+                }
+                if let Some(event) = accept(validator, rejects, scratch, w)? {
+                    emit(&event, w.due_ns);
+                }
             }
             rx.release();
             slots += 1;
-        }
-        if let Some(e) = failed {
-            return Err(e);
         }
         if slots > 0 {
             self.idle.reset();
@@ -258,25 +281,7 @@ impl Feed for LiveFeed {
             return Ok(true);
         }
         self.drained = true;
-        let finished = self.rx.is_finished();
-        if self.lookahead.is_holding() {
-            // A quiet feed: a held jump waits at most `idle_release`, and
-            // none at all once the sender is gone.
-            let LiveFeed { validator, rejects, scratch, lookahead, clock, .. } = self;
-            let mut counts = (0, 0);
-            let mut settled = |w, outcome| settle(&mut counts, rejects, scratch, &mut failed, emit, w, outcome);
-            if finished {
-                lookahead.flush(validator, &mut settled);
-            } else {
-                lookahead.on_idle(validator, clock.now_ns(), &mut settled);
-            }
-            validator.stats.accepted += counts.0;
-            validator.stats.rejected += counts.1;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-        }
-        if finished {
+        if self.rx.is_finished() {
             self.rejects.finish()?;
             return Ok(false);
         }
@@ -290,6 +295,19 @@ impl Feed for LiveFeed {
         self.drained
     }
 
+    fn take_clock(&mut self) -> Option<i64> {
+        self.clock.take()
+    }
+
+    /// The position is the next seq, not a byte offset: a live sender is
+    /// asked for it on connect.
+    fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        w.u64(self.next_seq);
+        w.i64(self.first_ts_ns);
+        self.validator.snapshot(w);
+        Ok(FeedCheckpoint { offset: self.next_seq, line_no: 0, rejects: self.rejects.committed()? })
+    }
+
     fn stats(&self) -> FeedStats {
         self.validator.stats.clone()
     }
@@ -298,9 +316,6 @@ impl Feed for LiveFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::validate::Limits;
-    use crate::symbols::Groups;
-    use std::sync::Arc;
 
     fn wire(seq: u64, kind: Kind, order_id: u64, account: &str, due_ns: u64) -> WireRecord {
         let mut w = WireRecord {
@@ -337,73 +352,6 @@ mod tests {
         assert_eq!((feed.stats().accepted, feed.stats().rejected), (2, 2));
         drop(tx);
         assert!(!feed.pump_live(&mut |_, _| panic!("nothing left")).unwrap(), "sender gone: the feed ends");
-    }
-
-    fn live(rx: Consumer<Vec<WireRecord>>, idle_release_ns: u64) -> LiveFeed {
-        let validator = Validator::new(Limits::default(), Arc::new(Groups::default()));
-        LiveFeed::new(rx, validator, RejectLog::discard()).with_idle_release(idle_release_ns)
-    }
-
-    fn send(tx: &mut WireSender, records: &[WireRecord]) {
-        let slot = tx.claim().unwrap();
-        slot.clear();
-        slot.extend_from_slice(records);
-        tx.publish();
-    }
-
-    /// A seq jump on a live feed is held for the next record, as on a tape:
-    /// a next record that goes on from the old sequence makes the jump a
-    /// single bad record; one that goes on from the jump makes it a gap.
-    #[test]
-    fn a_live_jump_waits_for_the_next_record() {
-        let (mut tx, rx) = wire_channel(4);
-        let mut feed = live(rx, u64::MAX);
-        let mut got = Vec::new();
-        // 1000 is a mistyped 3: the records after it go on from 3.
-        send(
-            &mut tx,
-            &[wire(1, Kind::New, 1, "A1", 10), wire(2, Kind::New, 2, "A1", 20), wire(1000, Kind::New, 3, "A1", 30)],
-        );
-        feed.pump_live(&mut |e, due| got.push((e.seq, due))).unwrap();
-        assert_eq!(got, vec![(1, 10), (2, 20)], "the jump is held");
-        // Quiet: with no deadline passed, the hold stays.
-        feed.pump_live(&mut |e, due| got.push((e.seq, due))).unwrap();
-        assert_eq!(got.len(), 2);
-        send(&mut tx, &[wire(3, Kind::New, 4, "A1", 40), wire(10, Kind::New, 5, "A1", 50)]);
-        feed.pump_live(&mut |e, due| got.push((e.seq, due))).unwrap();
-        assert_eq!(got, vec![(1, 10), (2, 20), (3, 40)], "1000 rejected alone; 10 held in turn");
-        let stats = feed.stats();
-        assert_eq!((stats.records_read, stats.accepted, stats.rejected, stats.gaps), (5, 3, 1, 0));
-        // 11 follows 10: the jump to 10 was a real gap of 4..=9.
-        send(&mut tx, &[wire(11, Kind::New, 6, "A1", 60)]);
-        feed.pump_live(&mut |e, due| got.push((e.seq, due))).unwrap();
-        assert_eq!(got[3..], [(10, 50), (11, 60)], "a held record keeps its own due time");
-        let stats = feed.stats();
-        assert_eq!((stats.accepted, stats.rejected, stats.gaps, stats.missing_records), (5, 1, 1, 6));
-    }
-
-    /// A quiet feed: a held jump is released as a gap once `idle_release`
-    /// passed with no next record (0 here: at the first quiet pump), and at
-    /// once when the sender is gone; records of the old sequence after the
-    /// release are repeats.
-    #[test]
-    fn a_quiet_feed_releases_a_held_jump() {
-        let (mut tx, rx) = wire_channel(4);
-        let mut feed = live(rx, 0);
-        let mut got = Vec::new();
-        send(&mut tx, &[wire(1, Kind::New, 1, "A1", 10), wire(5, Kind::New, 2, "A1", 20)]);
-        feed.pump_live(&mut |e, _| got.push(e.seq)).unwrap();
-        assert_eq!(got, vec![1]);
-        assert!(feed.pump_live(&mut |e, _| got.push(e.seq)).unwrap(), "quiet, not ended");
-        assert_eq!(got, vec![1, 5], "released as a gap");
-        assert_eq!((feed.stats().gaps, feed.stats().missing_records), (1, 3));
-        send(&mut tx, &[wire(2, Kind::New, 3, "A1", 30), wire(20, Kind::New, 4, "A1", 40)]);
-        feed.pump_live(&mut |e, _| got.push(e.seq)).unwrap();
-        assert_eq!((got.len(), feed.stats().rejected), (2, 1), "2 is a repeat now; 20 held");
-        drop(tx);
-        assert!(!feed.pump_live(&mut |e, _| got.push(e.seq)).unwrap(), "the sender is gone");
-        assert_eq!(got, vec![1, 5, 20], "the end settles the hold");
-        assert_eq!(feed.stats().records_read, feed.stats().accepted + feed.stats().rejected);
     }
 
     #[test]

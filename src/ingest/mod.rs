@@ -70,6 +70,12 @@ pub trait Feed {
     fn drained(&self) -> bool {
         false
     }
+
+    /// Live feeds only: the exchange clock of a heartbeat the last
+    /// `pump_live` ended on, for the router to move event time to.
+    fn take_clock(&mut self) -> Option<i64> {
+        None
+    }
 }
 
 /// What a feed reports at a checkpoint besides its snapshot.

@@ -35,12 +35,14 @@
 //! The same rules run on CSV and native tapes, with the same outcome.
 //!
 //! A live feed cannot count on a next record: a quiet feed may send none
-//! for minutes. It holds a jump the same way (`Lookahead`), and when no
+//! for minutes. `Lookahead` holds a jump the same way, and when no
 //! record has come for `idle_release` after the hold began, nothing
 //! contradicted the jump in time: the held record is taken as a real gap
 //! (or time jump), checked and accepted. Records of the old sequence that
 //! come after that are repeats. A checkpoint or the end of the feed
-//! settles a hold the same way (`Lookahead::flush`).
+//! settles a hold the same way (`Lookahead::flush`). The daemon's network
+//! feed (`ingest/live.rs`) does not use it yet: there a seq jump is a gap
+//! at once (docs/WIRE.md).
 
 use super::{FeedStats, GAP_RANGES_KEPT, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};

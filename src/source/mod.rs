@@ -14,7 +14,7 @@ use crate::ring::Idle;
 use crate::ring::spsc::Producer;
 use crate::symbols::Names;
 use crate::time::{IdleAdvance, Pending, ReorderBuffer, Watermark};
-use crate::topology::Progress;
+use crate::topology::{LiveControl, Progress};
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,9 +60,21 @@ pub(crate) fn run_source<F: Feed>(
             break Err(e);
         }
         if F::LIVE {
+            if let Some(ts_ns) = feed.take_clock() {
+                router.heartbeat(ts_ns, pump_started_ns);
+            }
             router.live_tick(feed.drained(), pump_started_ns);
+            match router.live_control(&mut feed, pump_started_ns) {
+                Ok(false) => {}
+                Ok(true) => break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() }),
+                Err(e) => break Err(e),
+            }
         }
-        progress.records_read.store(feed.stats().records_read, Ordering::Relaxed);
+        let stats = feed.stats();
+        progress.records_read.store(stats.records_read, Ordering::Relaxed);
+        progress.rejected.store(stats.rejected, Ordering::Relaxed);
+        progress.gaps.store(stats.gaps, Ordering::Relaxed);
+        progress.missing_records.store(stats.missing_records, Ordering::Relaxed);
         progress.watermark_ns.store(router.watermark.current(), Ordering::Relaxed);
         if stop.raised() {
             break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
@@ -136,6 +148,10 @@ pub(crate) struct Router {
     /// Live sources only: event time from the wall clock while quiet.
     pub(crate) idle: Option<IdleAdvance>,
     pub(crate) ckpt: Option<SourceCkpt>,
+    /// Live sources run by the daemon: checkpoint requests and shutdown.
+    pub(crate) control: Option<Arc<LiveControl>>,
+    /// The shutdown's final checkpoint, once cut.
+    final_id: Option<u64>,
 }
 
 /// The source's side of checkpointing: when the next barrier is due, and
@@ -190,7 +206,57 @@ impl Router {
             released: vec![i64::MIN; n],
             ckpt: None,
             idle: None,
+            control: None,
+            final_id: None,
         }
+    }
+
+    /// A heartbeat: the exchange clock says event time is at least
+    /// `ts_ns`, records or not. It counts as activity for the idle advance.
+    #[cold]
+    fn heartbeat(&mut self, ts_ns: i64, now_ns: u64) {
+        self.watermark.advance_to(ts_ns);
+        if let Some(idle) = self.idle.as_mut() {
+            idle.active(now_ns, self.watermark.max_ts());
+        }
+        self.flush();
+    }
+
+    /// Live sources under a daemon, once per pump: checkpoints by time (a
+    /// live pump never reaches `route`'s clock read) or on request, and
+    /// the shutdown sequence: once the input is drained, a final
+    /// checkpoint; once it is durable, true: stop without ending the feed,
+    /// so no end-of-feed timer fires and a resumed run goes on as if never
+    /// stopped.
+    fn live_control<F: Feed>(&mut self, feed: &mut F, now_ns: u64) -> Result<bool, FeedError> {
+        let Some(control) = self.control.clone() else { return Ok(false) };
+        let shutdown = control.shutdown.load(Ordering::Acquire);
+        let Some(ck) = self.ckpt.as_mut() else { return Ok(shutdown && feed.drained()) };
+        let completed = ck.progress.completed.load(Ordering::Acquire);
+        control.completed.store(completed, Ordering::Release);
+        let idle = completed + 1 == ck.next_id;
+        if let Some(id) = self.final_id {
+            if completed >= id {
+                control.stopped_clean.store(true, Ordering::Release);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let want = if shutdown {
+            feed.drained()
+        } else {
+            let by_time = ck.interval_ns > 0 && ck.since > 0 && now_ns.saturating_sub(ck.last_cut_ns) >= ck.interval_ns;
+            by_time || control.checkpoint_now.load(Ordering::Acquire)
+        };
+        if want && idle {
+            let id = ck.next_id;
+            control.checkpoint_now.store(false, Ordering::Release);
+            self.cut_barrier(feed)?;
+            if shutdown {
+                self.final_id = Some(id);
+            }
+        }
+        Ok(false)
     }
 
     /// Routes a record from a live source, whose due time stands in for the

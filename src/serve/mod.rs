@@ -1,0 +1,498 @@
+//! The daemon (`tapewatch serve`): the pipeline behind a live TCP feed,
+//! with exactly-once checkpoints and a clean stop on a signal.
+//!
+//! Threads: the pipeline's own (source, shards, sink, checkpoint writer,
+//! unchanged from replay), and `tw-net`, one tokio runtime on one thread
+//! holding everything asynchronous: the feed listener (`edge`), signals.
+//! They meet only at the live ingest ring (records) and `LiveControl`
+//! (checkpoint requests, shutdown; read by the source once per pump).
+//!
+//! Stop (SIGTERM, SIGINT): the edge stops reading and puts what it read
+//! into the ring; the source drains it, cuts a final checkpoint and, once
+//! it is durable, stops the pipeline without ending the feed (end-of-feed
+//! timers do not fire: the day is not over). A restart with the same state
+//! resumes from that checkpoint and greets the sender with the next seq.
+//! A kill -9 loses only what came after the last checkpoint, which the
+//! sender sends again.
+//!
+//! Trading days: one pipeline run per day. When a record or heartbeat
+//! crosses the day's end (`day_boundary`, exchange clock), the edge drops
+//! the ring's sending half, so the day's pipeline drains and ends as a
+//! replay of the day's tape ends (every timer fires, every alert is out).
+//! Then the day is closed: a marker in the state directory, the day's
+//! files renamed to dated names, the day's checkpoints removed, the marker
+//! removed (a restart finishes a close the marker shows was cut short).
+//! The next day's pipeline starts with fresh state, the reference data
+//! read again, and the records that crossed the boundary.
+
+pub mod config;
+pub mod edge;
+pub mod notify;
+pub mod publish;
+
+use crate::checkpoint::codec::Reader;
+use crate::checkpoint::recover;
+use crate::checkpoint::store::Store;
+use crate::checkpoint::{Identity, RouterState, Settings};
+use crate::cmd::CmdError;
+use crate::config::MS;
+use crate::ingest::RejectLog;
+use crate::ingest::live::{LiveFeed, wire_channel};
+use crate::ingest::validate::{Limits, TimeRules, Validator};
+use crate::metrics::Clock;
+use crate::symbols::Names;
+use crate::topology::{self, Checkpointing, LiveControl, LiveOptions, PipelineConfig, Resumed};
+use config::ServeConfig;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Slots of the ring between the edge and the source (512 records each):
+/// about 65 ms of a 2M records/s feed, so a checkpoint's stall or a
+/// scheduling hiccup does not push back on the sender at once.
+const FEED_RING_SLOTS: usize = 256;
+
+pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
+    let started = Instant::now();
+    // Bind first: a port in use fails the start with nothing touched.
+    let listener = std::net::TcpListener::bind(cfg.feed_listen)
+        .map_err(|e| CmdError::Failed(format!("feed_listen {}: cannot listen: {e}", cfg.feed_listen)))?;
+    listener.set_nonblocking(true).map_err(|e| CmdError::Failed(format!("feed listener: {e}")))?;
+    let feed_addr = listener.local_addr().map_err(|e| CmdError::Failed(format!("feed listener: {e}")))?;
+    if !feed_addr.ip().is_loopback() {
+        tracing::warn!(%feed_addr, "the feed port listens beyond loopback: anyone who reaches it can send records");
+    }
+    let http_listener = std::net::TcpListener::bind(cfg.http_listen)
+        .map_err(|e| CmdError::Failed(format!("http_listen {}: cannot listen: {e}", cfg.http_listen)))?;
+    http_listener.set_nonblocking(true).map_err(|e| CmdError::Failed(format!("http listener: {e}")))?;
+    let http_addr = http_listener.local_addr().map_err(|e| CmdError::Failed(format!("http listener: {e}")))?;
+    if !http_addr.ip().is_loopback() {
+        tracing::warn!(%http_addr, "the HTTP port listens beyond loopback");
+    }
+    let token = match &cfg.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| CmdError::Failed(format!("{}: cannot read the token: {e}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (hub, hub_control) = crate::http::Hub::new(
+        crate::http::BuildInfo::this_build(option_env!("TAPEWATCH_COMMIT").unwrap_or("unknown")),
+        100_000,
+    );
+    std::fs::create_dir_all(&cfg.state)
+        .map_err(|e| CmdError::Failed(format!("{}: cannot create the state directory: {e}", cfg.state.display())))?;
+    finish_close(&cfg)?;
+
+    let (tx, mut rx) = wire_channel(FEED_RING_SLOTS);
+    let shared = Arc::new(edge::EdgeShared::new(tx, cfg.day_boundary_ns));
+    let clock = Clock::new();
+    let control = Arc::new(LiveControl::default());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut net = None;
+    let mut tailer = None;
+    let mut hub_control = Some(hub_control);
+    let mut checkpoints = crate::http::CheckpointStatus::default();
+    let mut first = true;
+    let result = loop {
+        let (feed, names, checkpointing, pcfg) = match open_day(&cfg, rx, clock, &control) {
+            Ok(day) => day,
+            Err(e) => break Err(e),
+        };
+        shared.next_seq.store(feed.next_seq(), Ordering::Release);
+        if feed.first_ts_ns() != i64::MIN {
+            shared.set_day(feed.first_ts_ns());
+        }
+        if first {
+            first = false;
+            // The network thread: the edge and the signals.
+            let options = edge::EdgeOptions { handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms) };
+            let (net_shared, net_control, net_done) = (shared.clone(), control.clone(), done.clone());
+            let (Ok(listener), Ok(http_listener)) = (listener.try_clone(), http_listener.try_clone()) else {
+                break Err(CmdError::Failed("cannot hand the listeners to the network thread".into()));
+            };
+            let parts = Net {
+                listener,
+                http_listener,
+                hub: hub.clone(),
+                hub_control: hub_control.take(),
+                token: token.clone(),
+                clock,
+                shared: net_shared,
+                control: net_control,
+                options,
+                done: net_done,
+                rules_path: cfg.rules_path.clone(),
+            };
+            let spawned = std::thread::Builder::new().name("tw-net".into()).spawn(move || net_thread(parts));
+            let (tail_hub, tail_done, alerts, boundary) =
+                (hub.clone(), done.clone(), cfg.alerts.clone(), cfg.day_boundary_ns);
+            tailer = std::thread::Builder::new()
+                .name("tw-alerts".into())
+                .spawn(move || publish::tail_alerts(alerts, tail_hub, boundary, tail_done))
+                .ok();
+            match spawned {
+                Ok(handle) => net = Some(handle),
+                Err(e) => break Err(CmdError::Failed(format!("cannot start the network thread: {e}"))),
+            }
+            tracing::info!(
+                feed = %feed_addr,
+                http = %http_addr,
+                state = %cfg.state.display(),
+                alerts = %cfg.alerts.display(),
+                shards = cfg.shards,
+                next_seq = shared.next_seq.load(Ordering::Acquire),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "ready"
+            );
+            notify::ready();
+        }
+        hub.set_ready(true);
+        let mut ticks = 0u64;
+        let result = topology::run_with(feed, names, &pcfg, Some(checkpointing), |progress| {
+            // Called every 200 ms: a sample a second.
+            ticks += 1;
+            if ticks.is_multiple_of(5) {
+                publish::sample(&hub, &shared, progress, &control, &mut checkpoints);
+            }
+        });
+        hub.set_ready(false);
+        match result {
+            Ok(summary) if shared.day_over.load(Ordering::Acquire) => {
+                let end_ns = shared.day_end_ns.load(Ordering::Acquire);
+                tracing::info!(
+                    day = %edge::day_name(end_ns),
+                    records = summary.feed.records_read,
+                    alerts = summary.alerts_total(),
+                    late = summary.late,
+                    rejected = summary.feed.rejected,
+                    gaps = summary.feed.gaps,
+                    ingest_to_alert_p50_us = summary.ingest_to_alert.value_at_quantile(0.5) / 1000,
+                    ingest_to_alert_p99_us = summary.ingest_to_alert.value_at_quantile(0.99) / 1000,
+                    ingest_to_applied_p99_us = summary.ingest_to_applied.value_at_quantile(0.99) / 1000,
+                    records_per_s = summary.events_per_sec() as u64,
+                    "day ended"
+                );
+                if !summary.ingest_to_alert.is_empty() {
+                    hub.publish_latency(&summary.ingest_to_alert);
+                }
+                if let Err(e) = close_day(&cfg, end_ns) {
+                    break Err(e);
+                }
+                let (tx, next_rx) = wire_channel(FEED_RING_SLOTS);
+                rx = next_rx;
+                control.completed.store(0, Ordering::Release);
+                shared.next_seq.store(0, Ordering::Release);
+                shared.new_day(tx);
+            }
+            Ok(summary) => {
+                // The edge keeps the ring open but at a day's end: the feed
+                // ended otherwise only if the edge failed.
+                tracing::error!(records = summary.feed.records_read, "the feed ended unexpectedly");
+                break Err(CmdError::Failed("the network edge stopped".into()));
+            }
+            Err(_) if control.stopped_clean.load(Ordering::Acquire) => {
+                tracing::info!(
+                    checkpoint = control.completed.load(Ordering::Acquire),
+                    "stopped after a final checkpoint"
+                );
+                break Ok(());
+            }
+            Err(e) => break Err(CmdError::Failed(e)),
+        }
+    };
+    // Whatever ended the pipeline, the network thread ends too.
+    control.shutdown.store(true, Ordering::Release);
+    done.store(true, Ordering::Release);
+    if let Some(net) = net {
+        let _ = net.join();
+    }
+    if let Some(tailer) = tailer {
+        let _ = tailer.join();
+    }
+    result
+}
+
+type Day = (LiveFeed, Names, Checkpointing, PipelineConfig);
+
+/// Sets up one day's pipeline: reads the reference data (again, each day),
+/// opens the state and resumes from its newest checkpoint, if any.
+fn open_day(
+    cfg: &ServeConfig,
+    rx: crate::ring::spsc::Consumer<Vec<crate::ingest::live::WireRecord>>,
+    clock: Clock,
+    control: &Arc<LiveControl>,
+) -> Result<Day, CmdError> {
+    let lateness_ns = cfg.lateness_ms as i64 * MS;
+    let load = |what: &str, e: String| CmdError::Failed(format!("{what}: {e}"));
+    let groups = match &cfg.accounts {
+        Some(path) => crate::symbols::Groups::load(path).map_err(|e| load("accounts", e))?,
+        None => Default::default(),
+    };
+    let instruments = match &cfg.instruments_path {
+        Some(path) => crate::instruments::Instruments::load(path).map_err(|e| load("instruments", e))?,
+        None => Default::default(),
+    };
+    // The rules and the reference data shape the state; the feed has no
+    // tape to hash (`Identity::for_live`).
+    let accounts_text = match &cfg.accounts {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| CmdError::Failed(format!("{}: cannot read: {e}", path.display())))?
+        }
+        None => Vec::new(),
+    };
+    let instruments_hash = instruments.hash().to_le_bytes();
+    let instruments_bytes: &[u8] = if instruments.loaded() { &instruments_hash } else { &[] };
+    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, instruments_bytes);
+    let identity = Identity::for_live(lateness_ns, reference);
+
+    let store = Store::open(&cfg.state).map_err(CmdError::Failed)?;
+    let loaded = recover::newest(&store, &identity, &mut |line| tracing::warn!("{line}")).map_err(CmdError::Failed)?;
+    if let Some(l) = &loaded {
+        let m = &l.manifest;
+        let outputs = [
+            ("alerts", cfg.alerts.as_path(), m.alerts_bytes),
+            ("late", cfg.late.as_path(), m.late_bytes),
+            ("rejects", cfg.rejects.as_path(), m.rejects_bytes),
+        ];
+        let problems = crate::outputs::check_resumable(&outputs);
+        if !problems.is_empty() {
+            return Err(CmdError::Failed(problems.join("\n")));
+        }
+    }
+    // The daemon's days are cut by `day_boundary`, not by the validator's
+    // calendar day (a boundary other than midnight spans two).
+    let limits = Limits {
+        time: TimeRules { max_future_ns: cfg.max_future_ms as i64 * MS, one_day: false },
+        ..Limits::default()
+    };
+    let groups = Arc::new(groups);
+    let bad = |id: u64, e: crate::checkpoint::codec::DecodeError| {
+        CmdError::Failed(format!("checkpoint {id} in {}: bad source snapshot: {e}", cfg.state.display()))
+    };
+    let (feed, resume) = match loaded {
+        None => {
+            let rejects = RejectLog::create(&cfg.rejects).map_err(|e| CmdError::Failed(e.to_string()))?;
+            (LiveFeed::new(rx, Validator::new(limits, groups.clone()), rejects), None)
+        }
+        Some(l) => {
+            let id = l.manifest.id;
+            let rejects = RejectLog::resume(&cfg.rejects, l.manifest.rejects_bytes)
+                .map_err(|e| CmdError::Failed(e.to_string()))?;
+            let mut r = Reader::new(&l.source);
+            let feed = LiveFeed::resume(rx, limits, groups.clone(), &mut r, (&l.accounts, &l.instruments), rejects)
+                .map_err(|e| bad(id, e))?;
+            let router = RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
+            tracing::info!(
+                checkpoint = id,
+                next_seq = feed.next_seq(),
+                records = l.manifest.records_read,
+                "resuming from checkpoint {id} in {}",
+                cfg.state.display()
+            );
+            (feed, Some(Resumed { manifest: l.manifest, router, shards: l.shards }))
+        }
+    };
+    let names = Names {
+        accounts: feed.validator().accounts.table().clone(),
+        instruments: feed.validator().instruments.table().clone(),
+        groups,
+    };
+    let mut pcfg = PipelineConfig::new(cfg.shards, cfg.alerts.clone(), cfg.late.clone());
+    pcfg.cores = cfg.cores.clone();
+    pcfg.rules = cfg.rules.clone();
+    pcfg.lateness_ns = lateness_ns;
+    pcfg.instruments = Arc::new(instruments);
+    pcfg.live = LiveOptions {
+        idle_after_ns: (cfg.idle_after_ms > 0).then(|| cfg.idle_after_ms * 1_000_000),
+        clock: Some(clock),
+        control: Some(control.clone()),
+    };
+    let checkpointing = Checkpointing {
+        store,
+        settings: Settings {
+            dir: cfg.state.clone(),
+            every_records: cfg.checkpoint_every_records,
+            interval_ns: cfg.checkpoint_interval_ms * 1_000_000,
+            keep: cfg.checkpoint_keep,
+            abort_after: None,
+            exact: false,
+            identity,
+            tape: None,
+        },
+        resume,
+    };
+    Ok((feed, names, checkpointing, pcfg))
+}
+
+/// The marker of a day being closed: the day's end (exchange ns).
+const CLOSING: &str = "DAY_CLOSING";
+
+/// Closes a finished day: marker first (synced), then the files renamed
+/// to dated names and the day's checkpoints removed, then the marker.
+fn close_day(cfg: &ServeConfig, end_ns: i64) -> Result<(), CmdError> {
+    let marker = cfg.state.join(CLOSING);
+    let fail = |what: &str, e: std::io::Error| CmdError::Failed(format!("{}: cannot {what}: {e}", marker.display()));
+    let mut file = std::fs::File::create(&marker).map_err(|e| fail("create", e))?;
+    std::io::Write::write_all(&mut file, format!("{end_ns}\n").as_bytes()).map_err(|e| fail("write", e))?;
+    file.sync_all().map_err(|e| fail("sync", e))?;
+    finish_close(cfg)
+}
+
+/// Finishes a close the marker names (a crash may have cut it short): the
+/// renames and removals are each done once, whichever were done before.
+fn finish_close(cfg: &ServeConfig) -> Result<(), CmdError> {
+    let marker = cfg.state.join(CLOSING);
+    let Ok(text) = std::fs::read_to_string(&marker) else { return Ok(()) };
+    let Ok(end_ns) = text.trim().parse::<i64>() else {
+        return Err(CmdError::Failed(format!("{}: not a day's end: `{}`", marker.display(), text.trim())));
+    };
+    let day = edge::day_name(end_ns);
+    for path in [&cfg.alerts, &cfg.late, &cfg.rejects] {
+        if !path.exists() {
+            continue;
+        }
+        let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let dated = crate::cmd::beside(path, &format!(".{day}{ext}"));
+        std::fs::rename(path, &dated)
+            .map_err(|e| CmdError::Failed(format!("cannot rename {} to {}: {e}", path.display(), dated.display())))?;
+        tracing::info!(file = %dated.display(), "closed the day's file");
+    }
+    let entries = std::fs::read_dir(&cfg.state)
+        .map_err(|e| CmdError::Failed(format!("{}: cannot list: {e}", cfg.state.display())))?;
+    for entry in entries.flatten() {
+        if entry.file_name() == CLOSING {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|e| CmdError::Failed(format!("{}: cannot remove: {e}", path.display())))?;
+    }
+    std::fs::remove_file(&marker).map_err(|e| CmdError::Failed(format!("{}: cannot remove: {e}", marker.display())))?;
+    tracing::info!(day = %day, "day closed: its checkpoints removed; the next day starts fresh");
+    Ok(())
+}
+
+/// What the network thread runs.
+struct Net {
+    listener: std::net::TcpListener,
+    http_listener: std::net::TcpListener,
+    hub: Arc<crate::http::Hub>,
+    hub_control: Option<tokio::sync::mpsc::UnboundedReceiver<crate::http::Control>>,
+    token: Option<String>,
+    clock: Clock,
+    shared: Arc<edge::EdgeShared>,
+    control: Arc<LiveControl>,
+    options: edge::EdgeOptions,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    rules_path: Option<std::path::PathBuf>,
+}
+
+/// A reload request: the rules file is read and validated; the running
+/// rules stay either way (applying new rules at a barrier is not built).
+fn check_rules(path: Option<&std::path::Path>, by: &str) {
+    let Some(path) = path else {
+        tracing::warn!("{by}: no rules file is configured (the defaults run); nothing to reload");
+        return;
+    };
+    match crate::config::Rules::load(path) {
+        Err(problems) => tracing::error!("{by}: refused, the old rules stay: {}", problems.replace('\n', "; ")),
+        Ok(rules) => tracing::warn!(
+            params = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&rules.canonical())),
+            "{by}: {} is valid, but rules are not reloaded live yet: the old rules stay until a restart",
+            path.display()
+        ),
+    }
+}
+
+/// The tokio runtime: runs the edge and the HTTP server until a stop
+/// signal (or the pipeline's end), then tells the source to take its final
+/// checkpoint, and lives on until the pipeline has stopped.
+fn net_thread(net: Net) {
+    let Net { listener, http_listener, hub, hub_control, token, clock, shared, control, options, done, rules_path } =
+        net;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the network runtime: {e}");
+            control.shutdown.store(true, Ordering::Release);
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("feed listener: {e}");
+                control.shutdown.store(true, Ordering::Release);
+                return;
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let edge = tokio::spawn(edge::run(listener, clock, shared, options, stop_rx.clone()));
+        match tokio::net::TcpListener::from_std(http_listener) {
+            Ok(http_listener) => {
+                let opts = crate::http::HttpOptions { token, ..crate::http::HttpOptions::default() };
+                let (hub, stop_rx) = (hub.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::http::serve_http(http_listener, hub, opts, stop_rx).await {
+                        tracing::error!("http: {e}");
+                    }
+                });
+            }
+            Err(e) => tracing::error!("http listener: {e}"),
+        }
+        if let Some(mut requests) = hub_control {
+            let (control, rules_path) = (control.clone(), rules_path.clone());
+            tokio::spawn(async move {
+                while let Some(request) = requests.recv().await {
+                    match request {
+                        crate::http::Control::Checkpoint => {
+                            tracing::info!("POST /checkpoint: a checkpoint at the next pump");
+                            control.checkpoint_now.store(true, Ordering::Release);
+                        }
+                        crate::http::Control::Reload => check_rules(rules_path.as_deref(), "POST /reload"),
+                    }
+                }
+            });
+        }
+        signals(&control, rules_path.as_deref()).await;
+        notify::stopping();
+        let _ = stop_tx.send(true);
+        let _ = edge.await;
+        tracing::info!("feed closed; final checkpoint");
+        control.shutdown.store(true, Ordering::Release);
+        while !done.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+}
+
+/// Waits for SIGTERM or SIGINT (or the pipeline stopping on its own).
+/// SIGHUP checks the rules file: an invalid one is refused with its
+/// problems; a valid one is named with its parameter hash, but not applied
+/// yet (rules change with a restart, see the runbook).
+async fn signals(control: &LiveControl, rules_path: Option<&std::path::Path>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); return; }
+            _ = hup.recv() => check_rules(rules_path, "SIGHUP"),
+            _ = tick.tick() => {
+                if control.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The daemon end to end, with the built binary on loopback: `serve` fed
+//! by `feed`, stopped by SIGTERM and killed with -9 at seeded points,
+//! restarted on the same state, the day ended by the exchange clock: the
+//! day's alerts file equals a `replay` of the same tape (outside `timing`)
+//! and its late file is byte for byte the replay's. Also: a second feed
+//! refused, bad bytes on the socket, the config check, metrics and alerts
+//! over HTTP.
+
+mod common;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tapewatch::generator::{GenConfig, generate};
+use tapewatch::wire;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tapewatch")
+}
+
+/// A running daemon; its log lines are collected as they come.
+struct Daemon {
+    child: Child,
+    feed: String,
+    http: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains(" ready ") {
+                        let _ = tx.send(line.clone());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => panic!("no ready line; log:\n{}", log.lock().unwrap().join("\n")),
+        };
+        let field = |name: &str| {
+            let at = ready.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {ready}"));
+            ready[at + name.len() + 1..].split_whitespace().next().unwrap().to_string()
+        };
+        Daemon { feed: field("feed"), http: field("http"), child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let started = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(started.elapsed() < Duration::from_secs(60), "no `{needle}` in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM: a final checkpoint and exit 0.
+    fn stop(mut self) -> String {
+        // SAFETY: a plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let log = self.log();
+        assert!(status.success(), "serve exited with {status} after SIGTERM:\n{log}");
+        assert!(log.contains("stopped after a final checkpoint"), "{log}");
+        log
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
+    fn get(&self, path: &str) -> String {
+        let mut stream = TcpStream::connect(&self.http).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn feed(daemon: &Daemon, tape: &Path, extra: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("feed")
+        .arg(tape)
+        .args(["--to", &daemon.feed, "--quiet"])
+        .args(extra)
+        .output()
+        .expect("run feed");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "feed failed: {text}\ndaemon log:\n{}", daemon.log());
+    text
+}
+
+/// A generated day, rules with low thresholds (many alerts, much window
+/// state), and the daemon's config for it.
+fn setup(dir: &Path, events: u64, seed: u64, extra: &str) -> (PathBuf, PathBuf) {
+    let tape = dir.join("day.csv");
+    generate(&GenConfig::new(events, seed), &tape).expect("generate");
+    std::fs::write(dir.join("rules.toml"), "[excessive_cancel]\nwindow_ms = 30000\nmin_cancels = 2\nratio_pct = 60\n")
+        .unwrap();
+    let config = dir.join("tw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "feed_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nstate = \"state\"\nalerts = \"out/alerts.jsonl\"\n\
+             accounts = \"day.accounts.csv\"\ninstruments = \"day.instruments.csv\"\nrules = \"rules.toml\"\n\
+             idle_after_ms = 0\ncheckpoint_interval_ms = 20\ncheckpoint_every_records = 4000\ncores = \"none\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    (tape, config)
+}
+
+fn replay(dir: &Path, tape: &Path) -> PathBuf {
+    let out = dir.join("ref");
+    std::fs::create_dir_all(&out).unwrap();
+    let status = Command::new(bin())
+        .arg("replay")
+        .arg(tape)
+        .args(["--quiet", "--shards", "1", "--cores", "none", "--rules"])
+        .arg(dir.join("rules.toml"))
+        .arg("--alerts")
+        .arg(out.join("alerts.jsonl"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+/// Alert lines in file order without `timing`.
+fn alerts(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            v.as_object_mut().unwrap().remove("timing");
+            v
+        })
+        .collect()
+}
+
+/// The dated files of the closed day, once the day is closed.
+fn closed_day(dir: &Path) -> (PathBuf, PathBuf) {
+    let started = Instant::now();
+    loop {
+        let mut dated: Vec<PathBuf> = std::fs::read_dir(dir.join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("alerts.20"))
+            .collect();
+        dated.sort();
+        if dated.len() == 1 {
+            let day = dated[0].file_name().unwrap().to_string_lossy().replace("alerts.", "").replace(".jsonl", "");
+            return (dated[0].clone(), dir.join(format!("out/alerts.late.{day}.csv")));
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the day was not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_same_day(dir: &Path, reference: &Path) {
+    let (alerts_file, late_file) = closed_day(dir);
+    let (got, want) = (alerts(&alerts_file), alerts(&reference.join("alerts.jsonl")));
+    assert!(want.len() > 20, "too few alerts to compare: {}", want.len());
+    assert_eq!(got.len(), want.len(), "alert count differs");
+    assert!(got == want, "the daemon's alerts differ from the replay's");
+    let (got_late, want_late) =
+        (std::fs::read(&late_file).unwrap(), std::fs::read(reference.join("alerts.late.csv")).unwrap());
+    assert!(got_late == want_late, "late files differ");
+}
+
+#[test]
+fn sigterm_and_kill9_resume_exactly_once_and_the_day_equals_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 60_000, 11, "");
+    let reference = replay(dir, &tape);
+
+    // SIGTERM midway.
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--limit", "17000"]);
+    let log = daemon.stop();
+    assert!(log.contains("feed disconnected"), "{log}");
+
+    // Restarts at seeded points, each killed with -9 after a seeded number
+    // of records: what came after the last checkpoint is sent again.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..3 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let daemon = Daemon::start(&config);
+        assert!(daemon.log().contains("resuming from checkpoint"), "{}", daemon.log());
+        let limit = 3_000 + seed % 9_000;
+        feed(&daemon, &tape, &["--limit", &limit.to_string()]);
+        std::thread::sleep(Duration::from_millis(seed % 200));
+        daemon.kill9();
+    }
+
+    // The rest, in CSV this time, then the exchange clock ends the day.
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--format", "csv"]);
+    feed(&daemon, &tape, &["--end-of-day"]);
+    daemon.wait_log("day closed");
+    assert_same_day(dir, &reference);
+    // The next day starts fresh: an empty alerts file, no checkpoints of the old day.
+    let log = daemon.stop();
+    assert!(log.contains("day ended"), "{log}");
+    assert_eq!(std::fs::read_to_string(dir.join("out/alerts.jsonl")).unwrap(), "");
+}
+
+#[test]
+fn one_feed_at_a_time_and_bad_bytes_end_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 30_000, 5, "handshake_timeout_ms = 300\n");
+    let reference = replay(dir, &tape);
+    let daemon = Daemon::start(&config);
+
+    let greet = |stream: &mut TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream.try_clone().unwrap()).read_line(&mut line).unwrap();
+        line
+    };
+    // A second connection is refused while one is open, with a reason.
+    let mut first = TcpStream::connect(&daemon.feed).unwrap();
+    assert!(greet(&mut first).starts_with("TAPEWATCH 1 NEXT_SEQ 0 "), "greeting");
+    let mut second = TcpStream::connect(&daemon.feed).unwrap();
+    let refused = greet(&mut second);
+    assert!(refused.starts_with("TAPEWATCH BUSY another feed is connected"), "{refused}");
+    // The first one says nothing: dropped after the handshake timeout.
+    daemon.wait_log("no complete header within 300 ms");
+    drop(first);
+
+    // Each bad input ends its connection with a clear line in the log.
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"\x00\xffgarbage\n".to_vec(), "not a FEED.md header nor the binary magic"),
+        (b"seq,ts,kind\n".to_vec(), "line 1: not a FEED.md header"),
+        ([&wire::MAGIC[..], &u32::MAX.to_le_bytes()].concat(), "frame 1: frame length 4294967295 outside"),
+        ([&wire::MAGIC[..], &[201, 0, 0, 0, 1, 7, 7]].concat(), "disconnected inside frame 1"),
+    ];
+    for (bytes, message) in cases {
+        let mut stream = TcpStream::connect(&daemon.feed).unwrap();
+        greet(&mut stream);
+        stream.write_all(&bytes).unwrap();
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut rest = String::new();
+        let _ = stream.read_to_string(&mut rest);
+        daemon.wait_log(message);
+    }
+    // Malformed CSV lines are counted and logged; the good ones go on.
+    let mut stream = TcpStream::connect(&daemon.feed).unwrap();
+    greet(&mut stream);
+    stream.write_all(format!("{}\nnot,a,record\n", tapewatch::ingest::csv::HEADER).as_bytes()).unwrap();
+    drop(stream);
+    daemon.wait_log("malformed feed line");
+
+    // The daemon still takes a whole day, and loses nothing of it.
+    feed(&daemon, &tape, &["--end-of-day"]);
+    daemon.wait_log("day closed");
+    assert_same_day(dir, &reference);
+    // The hub is sampled once a second.
+    let started = Instant::now();
+    let mut metrics = daemon.get("/metrics");
+    while !metrics.contains("tapewatch_feed_refused_total 1") {
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = daemon.get("/metrics");
+    }
+    assert!(metrics.contains("tapewatch_feed_connections_total"), "{metrics}");
+    if let Some(result) = common::browser::promtool_check(&metrics) {
+        result.expect("promtool check metrics");
+    }
+    daemon.stop();
+}
+
+#[test]
+fn alerts_over_http_keep_their_ids_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 40_000, 7, "");
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--limit", "30000"]);
+    // The tailer publishes within a fraction of a second of each checkpoint.
+    std::thread::sleep(Duration::from_millis(800));
+    let before: Value = serde_json::from_str(&daemon.get("/alerts?since=0")).unwrap();
+    let before = before["alerts"].as_array().unwrap().clone();
+    assert!(!before.is_empty(), "no alerts over HTTP");
+    daemon.stop();
+    let daemon = Daemon::start(&config);
+    std::thread::sleep(Duration::from_millis(800));
+    let after: Value = serde_json::from_str(&daemon.get("/alerts?since=0")).unwrap();
+    let after = after["alerts"].as_array().unwrap();
+    let ids =
+        |list: &[Value]| list.iter().map(|a| (a["id"].as_u64().unwrap(), a["alert_id"].clone())).collect::<Vec<_>>();
+    assert_eq!(ids(&after[..before.len()]), ids(&before), "the refilled log has other ids");
+    daemon.stop();
+}
+
+#[test]
+fn check_reports_every_problem_and_accepts_the_shipped_example() {
+    let ok = Command::new(bin()).args(["serve", "--check", "--config", "ops/tapewatch.toml"]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(": OK"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "state = \"s\"\nalerts = \"a.jsonl\"\nshards = 0\nlateness_ms = -5\nday_boundary = \"7pm\"\nrules = \"missing.toml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin()).args(["serve", "--check", "--config"]).arg(&bad).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    for needle in ["line 3: shards = 0", "line 4: lateness_ms = -5", "line 5: day_boundary = `7pm`", "missing.toml"] {
+        assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+    }
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "state = \"s\"\nalerts = \"a\"\nfeed = 1\nshard = 2\n").unwrap();
+    let out = Command::new(bin()).args(["serve", "--check", "--config"]).arg(&unknown).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("line 3: unknown key `feed`") && text.contains("line 4: unknown key `shard`"), "{text}");
+}
+
+/// `curl -N` on the alert stream; ids (and data lines) as they arrive.
+struct Stream {
+    child: Child,
+    events: Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl Stream {
+    fn open(daemon: &Daemon, last_event_id: Option<u64>) -> Stream {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sN", "--max-time", "60"]);
+        if let Some(id) = last_event_id {
+            cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child =
+            cmd.arg(format!("http://{}/alerts/stream", daemon.http)).stdout(Stdio::piped()).spawn().expect("curl");
+        let stdout = child.stdout.take().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            let mut id = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.trim().parse::<u64>().ok();
+                } else if let Some(data) = line.strip_prefix("data: ")
+                    && let Some(id) = id.take()
+                {
+                    sink.lock().unwrap().push((id, data.to_string()));
+                }
+            }
+        });
+        Stream { child, events }
+    }
+
+    fn wait_for(&self, n: usize) -> Vec<(u64, String)> {
+        let started = Instant::now();
+        loop {
+            let events = self.events.lock().unwrap().clone();
+            if events.len() >= n {
+                return events;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{} of {n} events", events.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_alert_stream_delivers_each_alert_once_across_a_reconnect_and_a_restart() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: no curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 40_000, 9, "");
+    let reference = replay(dir, &tape);
+    let total = alerts(&reference.join("alerts.jsonl")).len();
+    assert!(total > 20, "{total}");
+
+    let daemon = Daemon::start(&config);
+    let stream = Stream::open(&daemon, None);
+    feed(&daemon, &tape, &["--limit", "25000"]);
+    let first = stream.wait_for(5);
+    drop(stream);
+    // Reconnect with the last id seen, across a restart of the daemon.
+    let last = first.last().unwrap().0;
+    daemon.stop();
+    let daemon = Daemon::start(&config);
+    let stream = Stream::open(&daemon, Some(last));
+    feed(&daemon, &tape, &["--end-of-day"]);
+    let rest = stream.wait_for(total - first.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let rest = rest.len().max(stream.events.lock().unwrap().len());
+    let rest = stream.events.lock().unwrap()[..rest].to_vec();
+    let all: Vec<(u64, String)> = first.into_iter().chain(rest).collect();
+    let ids: Vec<u64> = all.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not strictly increasing: {ids:?}");
+    assert_eq!(all.len(), total, "each alert exactly once");
+    let streamed: Vec<Value> = all
+        .iter()
+        .map(|(_, data)| {
+            let mut v: Value = serde_json::from_str(data).unwrap();
+            v.as_object_mut().unwrap().remove("timing");
+            v
+        })
+        .collect();
+    let (day_file, _) = closed_day(dir);
+    assert!(streamed == alerts(&day_file), "the stream differs from the day's alerts file");
+    daemon.stop();
+}
+
+#[test]
+fn sighup_refuses_an_invalid_rules_file_and_keeps_the_old_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 30_000, 3, "");
+    let reference = replay(dir, &tape);
+    let daemon = Daemon::start(&config);
+    std::fs::write(dir.join("rules.toml"), "[excessive_cancel]\nwindow_ms = 0\nbogus = 1\n").unwrap();
+    // SAFETY: a plain kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    daemon.wait_log("SIGHUP: refused, the old rules stay");
+    // The day runs on under the old rules: it equals the replay with them.
+    std::fs::write(dir.join("rules.toml"), "[excessive_cancel]\nwindow_ms = 30000\nmin_cancels = 2\nratio_pct = 60\n")
+        .unwrap();
+    feed(&daemon, &tape, &["--end-of-day"]);
+    daemon.wait_log("day closed");
+    assert_same_day(dir, &reference);
+    daemon.stop();
+}
