@@ -302,9 +302,19 @@ fn reseal(b: &mut [u8]) {
     for (i, sum) in sums.iter().enumerate() {
         b[table + i * 8..table + i * 8 + 8].copy_from_slice(&sum.to_le_bytes());
     }
-    let (th, sh) = (xxh3_64(&b[table..symbols]), xxh3_64(&b[symbols..]));
+    // Version 2 ends the symbols at the block index, which has its own sum
+    // (its block summaries are left as they were: only filters read them).
+    let index = match u64_at(b, 96) as usize {
+        0 => b.len(),
+        at => at,
+    };
+    let (th, sh) = (xxh3_64(&b[table..symbols]), xxh3_64(&b[symbols..index]));
     b[80..88].copy_from_slice(&th.to_le_bytes());
     b[88..96].copy_from_slice(&sh.to_le_bytes());
+    if index < b.len() {
+        let ih = xxh3_64(&b[index..]);
+        b[104..112].copy_from_slice(&ih.to_le_bytes());
+    }
     let hh = xxh3_64(&b[..120]);
     b[120..128].copy_from_slice(&hh.to_le_bytes());
 }

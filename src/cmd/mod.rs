@@ -14,8 +14,8 @@ pub mod import;
 pub mod investigate;
 pub mod replay;
 pub mod rules;
-pub mod slice;
 pub mod serve;
+pub mod slice;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};

@@ -36,9 +36,8 @@ pub fn tape_span(source: &Source) -> Result<Option<(i64, i64, i64)>, CmdError> {
     tape.verify_block(last).map_err(|e| CmdError::Usage(e.to_string()))?;
     let per = tape.block_records();
     let ends = (0..per.min(tape.len())).chain(last * per..tape.len());
-    let (min, max) = ends
-        .map(|i| tape.record(i).ts_ns)
-        .fold((i64::MAX, i64::MIN), |(lo, hi), ts| (lo.min(ts), hi.max(ts)));
+    let (min, max) =
+        ends.map(|i| tape.record(i).ts_ns).fold((i64::MAX, i64::MIN), |(lo, hi), ts| (lo.min(ts), hi.max(ts)));
     Ok(Some((tape.record(0).ts_ns, min, max)))
 }
 
