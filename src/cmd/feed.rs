@@ -280,12 +280,8 @@ fn native_records(path: &std::path::Path) -> Result<impl Iterator<Item = Result<
             contra_order_id: r.contra_order_id,
             price: r.price,
             qty: r.qty,
-            kind: match r.kind {
-                b'C' => crate::event::Kind::Cancel,
-                b'T' => crate::event::Kind::Trade,
-                _ => crate::event::Kind::New,
-            },
-            side: if r.side == b'S' { crate::event::Side::Sell } else { crate::event::Side::Buy },
+            kind: r.kind(),
+            side: r.side(),
             ..WireRecord::default()
         };
         let _ = WireRecord::set_name(&mut w.account, &mut w.account_len, tape.account(r.account));

@@ -95,6 +95,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::tape_index::{IndexBuilder, TapeIndex};
+use crate::event::{Event, GroupId, Kind, Side};
+use crate::symbols::{Groups, pack};
 use memmap2::Mmap;
 use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
 
@@ -114,6 +116,47 @@ pub struct TapeRecord {
     pub kind: u8,
     /// `b'B'` or `b'S'`.
     pub side: u8,
+}
+
+impl TapeRecord {
+    /// `open` and `verify_block` checked the kind and side bytes, so any
+    /// byte but `N` and `C` is a trade here.
+    #[inline(always)]
+    pub fn kind(&self) -> Kind {
+        match self.kind {
+            b'N' => Kind::New,
+            b'C' => Kind::Cancel,
+            _ => Kind::Trade,
+        }
+    }
+
+    #[inline(always)]
+    pub fn side(&self) -> Side {
+        if self.side == b'B' { Side::Buy } else { Side::Sell }
+    }
+
+    /// The record as the pipeline's event; `groups_by_account` from
+    /// `Tape::groups_by_account` (the tape's ids index it).
+    #[inline(always)]
+    pub fn to_event(&self, groups_by_account: &[GroupId]) -> Event {
+        let kind = self.kind();
+        Event {
+            seq: self.seq,
+            ts_ns: self.ts_ns,
+            order_id: self.order_id,
+            contra_order_id: self.contra_order_id,
+            price: self.price,
+            qty: self.qty,
+            account: self.account,
+            contra_account: self.contra_account,
+            group: groups_by_account[self.account as usize],
+            contra_group: if kind == Kind::Trade { groups_by_account[self.contra_account as usize] } else { 0 },
+            instrument: self.instrument,
+            kind,
+            side: self.side(),
+            _pad: [0; 2],
+        }
+    }
 }
 
 pub const RECORD_BYTES: usize = 64;
@@ -765,6 +808,11 @@ impl Tape {
     /// Account names, indexed by account id.
     pub fn accounts(&self) -> Vec<&[u8]> {
         self.accounts.iter().map(|r| &self.map[r.clone()]).collect()
+    }
+
+    /// Each account id's group under accounts.csv (`TapeRecord::to_event`).
+    pub fn groups_by_account(&self, groups: &Groups) -> Vec<GroupId> {
+        self.accounts().iter().enumerate().map(|(id, name)| groups.group_of(pack(name), id as u32)).collect()
     }
 
     /// Instrument names, indexed by instrument id.

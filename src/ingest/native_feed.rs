@@ -19,7 +19,7 @@ use super::validate::{Judged, Lifecycle, Limits, RejectReason, Resolved, Sequenc
 use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, GroupId, Kind, Side};
-use crate::symbols::{Groups, NameTable, Names, pack};
+use crate::symbols::{Groups, NameTable, Names};
 use std::sync::Arc;
 
 /// Records handed to the pipeline per `pump`, between progress updates.
@@ -67,8 +67,7 @@ impl NativeFeed {
         let instruments_list = tape.instruments();
         let accounts = NameTable::from_names(&accounts_list);
         let instruments = NameTable::from_names(&instruments_list);
-        let groups_by_account =
-            accounts_list.iter().enumerate().map(|(id, name)| groups.group_of(pack(name), id as u32)).collect();
+        let groups_by_account = tape.groups_by_account(&groups);
         let tape_stats = tape.stats();
         let stats =
             FeedStats { gaps: tape_stats.gaps, missing_records: tape_stats.missing_records, ..FeedStats::default() };
@@ -181,11 +180,7 @@ impl NativeFeed {
     fn reject(&mut self, i: usize, r: &TapeRecord, reason: &RejectReason) -> Result<(), FeedError> {
         self.stats.rejected += 1;
         self.scratch.clear();
-        let kind = match r.kind {
-            b'N' => Kind::New,
-            b'C' => Kind::Cancel,
-            _ => Kind::Trade,
-        };
+        let kind = r.kind();
         FeedLine {
             seq: r.seq,
             ts_ns: r.ts_ns,
@@ -220,39 +215,7 @@ impl NativeFeed {
 
     #[inline]
     fn event(&self, r: &TapeRecord) -> Event {
-        // verify_block checked every kind and side byte and every id.
-        let kind = match r.kind {
-            b'N' => Kind::New,
-            b'C' => Kind::Cancel,
-            _ => Kind::Trade,
-        };
-        let side = if r.side == b'B' { Side::Buy } else { Side::Sell };
-        let is_trade = kind == Kind::Trade;
-        Event {
-            seq: r.seq,
-            ts_ns: r.ts_ns,
-            order_id: r.order_id,
-            contra_order_id: r.contra_order_id,
-            price: r.price,
-            qty: r.qty,
-            account: r.account,
-            contra_account: r.contra_account,
-            group: self.groups_by_account[r.account as usize],
-            contra_group: if is_trade { self.groups_by_account[r.contra_account as usize] } else { 0 },
-            instrument: r.instrument,
-            kind,
-            side,
-            _pad: [0; 2],
-        }
-    }
-}
-
-#[inline]
-fn kind_of(kind: u8) -> Kind {
-    match kind {
-        b'N' => Kind::New,
-        b'C' => Kind::Cancel,
-        _ => Kind::Trade,
+        r.to_event(&self.groups_by_account)
     }
 }
 
@@ -324,7 +287,7 @@ impl Feed for NativeFeed {
                     continue;
                 }
                 let fields = if self.check_fields {
-                    check_fields(record.seq, kind_of(record.kind), record.price, record.qty, record.contra_order_id)
+                    check_fields(record.seq, record.kind(), record.price, record.qty, record.contra_order_id)
                 } else {
                     Ok(())
                 };

@@ -6,12 +6,12 @@
 //! replay does (rejected records are not part of it).
 
 use crate::cmd::CmdError;
-use crate::event::{Event, GroupId, Kind, Side};
+use crate::event::{Event, GroupId};
 use crate::ingest::csv::CsvFeed;
-use crate::ingest::native::{Tape, TapeRecord};
+use crate::ingest::native::Tape;
 use crate::ingest::validate::{Limits, Validator};
 use crate::ingest::{Feed, RejectLog};
-use crate::symbols::{Groups, NameTable, Names, pack};
+use crate::symbols::{Groups, NameTable, Names};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,8 +81,7 @@ impl Source {
         }
         let tape = Tape::open_streaming(path).map_err(|e| CmdError::Usage(e.to_string()))?;
         let accounts = tape.accounts();
-        let groups_by_account =
-            accounts.iter().enumerate().map(|(id, name)| groups.group_of(pack(name), id as u32)).collect();
+        let groups_by_account = tape.groups_by_account(&groups);
         let names = Names {
             accounts: Arc::new(NameTable::from_names(&accounts)),
             instruments: Arc::new(NameTable::from_names(&tape.instruments())),
@@ -165,7 +164,7 @@ impl Source {
                             passed(record.ts_ns);
                             continue;
                         }
-                        let event = to_event(&record, groups_by_account);
+                        let event = record.to_event(groups_by_account);
                         if f(&event, names).is_break() {
                             return Ok(stats);
                         }
@@ -202,33 +201,6 @@ impl Source {
                 Ok(stats)
             }
         }
-    }
-}
-
-/// A stored record as the pipeline's event (groups from accounts.csv).
-pub fn to_event(r: &TapeRecord, groups_by_account: &[GroupId]) -> Event {
-    let kind = match r.kind {
-        b'N' => Kind::New,
-        b'C' => Kind::Cancel,
-        _ => Kind::Trade,
-    };
-    let is_trade = kind == Kind::Trade;
-    let group_of = |a: u32| groups_by_account.get(a as usize).copied().unwrap_or(0);
-    Event {
-        seq: r.seq,
-        ts_ns: r.ts_ns,
-        order_id: r.order_id,
-        contra_order_id: r.contra_order_id,
-        price: r.price,
-        qty: r.qty,
-        account: r.account,
-        contra_account: r.contra_account,
-        group: group_of(r.account),
-        contra_group: if is_trade { group_of(r.contra_account) } else { 0 },
-        instrument: r.instrument,
-        kind,
-        side: if r.side == b'B' { Side::Buy } else { Side::Sell },
-        _pad: [0; 2],
     }
 }
 
