@@ -46,6 +46,7 @@ use config::ServeConfig;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::Signal;
 
 /// Slots of the ring between the edge and the source (512 records each):
 /// about 65 ms of a 2M records/s feed, so a checkpoint's stall or a
@@ -113,7 +114,9 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
             let (Ok(listener), Ok(http_listener)) = (listener.try_clone(), http_listener.try_clone()) else {
                 break Err(CmdError::Failed("cannot hand the listeners to the network thread".into()));
             };
+            let (handlers, handlers_installed) = std::sync::mpsc::sync_channel(1);
             let parts = Net {
+                handlers,
                 listener,
                 http_listener,
                 hub: hub.clone(),
@@ -137,6 +140,9 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
                 Ok(handle) => net = Some(handle),
                 Err(e) => break Err(CmdError::Failed(format!("cannot start the network thread: {e}"))),
             }
+            // A failed install is logged by the thread and leaves the
+            // default actions; ready is said either way.
+            let _ = handlers_installed.recv_timeout(Duration::from_secs(10));
             tracing::info!(
                 feed = %feed_addr,
                 http = %http_addr,
@@ -388,6 +394,9 @@ struct Net {
     options: edge::EdgeOptions,
     done: Arc<std::sync::atomic::AtomicBool>,
     rules_path: Option<std::path::PathBuf>,
+    /// Told once the signal handlers are in place: the daemon says it is
+    /// ready only then, or a SIGHUP right after "ready" would kill it.
+    handlers: std::sync::mpsc::SyncSender<()>,
 }
 
 /// A reload request: the rules file is read and validated; the running
@@ -411,8 +420,20 @@ fn check_rules(path: Option<&std::path::Path>, by: &str) {
 /// signal (or the pipeline's end), then tells the source to take its final
 /// checkpoint, and lives on until the pipeline has stopped.
 fn net_thread(net: Net) {
-    let Net { listener, http_listener, hub, hub_control, token, clock, shared, control, options, done, rules_path } =
-        net;
+    let Net {
+        listener,
+        http_listener,
+        hub,
+        hub_control,
+        token,
+        clock,
+        shared,
+        control,
+        options,
+        done,
+        rules_path,
+        handlers,
+    } = net;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -422,6 +443,10 @@ fn net_thread(net: Net) {
         }
     };
     runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let installed =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
+        let _ = handlers.send(());
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
@@ -458,7 +483,7 @@ fn net_thread(net: Net) {
                 }
             });
         }
-        signals(&control, rules_path.as_deref()).await;
+        signals(installed, &control, rules_path.as_deref()).await;
         notify::stopping();
         let _ = stop_tx.send(true);
         let _ = edge.await;
@@ -474,11 +499,12 @@ fn net_thread(net: Net) {
 /// SIGHUP checks the rules file: an invalid one is refused with its
 /// problems; a valid one is named with its parameter hash, but not applied
 /// yet (rules change with a restart, see the runbook).
-async fn signals(control: &LiveControl, rules_path: Option<&std::path::Path>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+async fn signals(
+    installed: (std::io::Result<Signal>, std::io::Result<Signal>, std::io::Result<Signal>),
+    control: &LiveControl,
+    rules_path: Option<&std::path::Path>,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = installed else {
         tracing::error!("cannot install signal handlers");
         return;
     };
