@@ -130,7 +130,7 @@ impl Rule for InstantCancel {
 
     #[inline(always)]
     fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
-        let instant = match (event.kind, seen.book.map(|b| b.change)) {
+        let instant = match (event.kind, seen.book.map(|b| *b.change)) {
             (Kind::New, _) => false,
             (_, Some(Change::Cancelled { order, .. })) => event.ts_ns - order.entry_ts_ns <= self.params.within_ns,
             // A cancel the book did not apply: its entry time is unknown.

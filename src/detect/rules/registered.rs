@@ -171,7 +171,7 @@ macro_rules! spoof_rule {
             #[inline(always)]
             fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
                 if let Some(book) = seen.book.as_ref() {
-                    $ty::on_record(self, event, &book.change, book.book, &mut |f| emit(Self::ID, f, out));
+                    $ty::on_record(self, event, book.change, book.book, &mut |f| emit(Self::ID, f, out));
                 }
             }
 
@@ -260,7 +260,7 @@ impl Rule for MomentumIgnition {
     #[inline(always)]
     fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
         if let Some(book) = seen.book.as_ref() {
-            MomentumIgnition::on_record(self, event, &book.change, book.book, &mut |f| emit(Self::ID, f, out));
+            MomentumIgnition::on_record(self, event, book.change, book.book, &mut |f| emit(Self::ID, f, out));
         }
     }
 

@@ -386,6 +386,8 @@ pub struct Books {
     grew: u64,
     /// The most orders resting at once.
     peak_orders: usize,
+    /// What the last record did (`apply_and_view` lends it to the rules).
+    change: Change,
 }
 
 impl Books {
@@ -398,6 +400,7 @@ impl Books {
             limits,
             grew: 0,
             peak_orders: 0,
+            change: Change::Skipped(SkipCause::UnknownOrder),
         }
     }
 
@@ -412,11 +415,22 @@ impl Books {
     #[inline]
     fn book_mut(&mut self, instrument: InstrumentId) -> &mut InstrumentBook {
         let index = instrument as usize;
+        if index >= self.books.len() || self.books[index].is_none() {
+            self.create_book(instrument);
+        }
+        match self.books[index].as_deref_mut() {
+            Some(book) => book,
+            None => unreachable!("the book was just created"),
+        }
+    }
+
+    #[cold]
+    fn create_book(&mut self, instrument: InstrumentId) {
+        let index = instrument as usize;
         if index >= self.books.len() {
             self.books.resize_with(index + 1, || None);
         }
-        let reference = &self.reference;
-        self.books[index].get_or_insert_with(|| Box::new(InstrumentBook::new(reference, instrument)))
+        self.books[index] = Some(Box::new(InstrumentBook::new(&self.reference, instrument)));
     }
 
     /// Brings the order slots `apply` will touch for `event` into cache.
@@ -432,125 +446,33 @@ impl Books {
     /// instrument come in `(ts_ns, seq)` order.
     #[inline]
     pub fn apply(&mut self, event: &Event) -> Change {
-        let change = match event.kind {
-            Kind::New => self.enter(event),
-            Kind::Cancel => self.cancel(event),
-            Kind::Trade => self.trade(event),
-        };
-        if let Change::Skipped(cause) = change {
-            self.book_mut(event.instrument).skipped[cause_index(cause)] += 1;
-        }
-        change
+        *self.apply_and_view(event).0
     }
 
     /// `apply`, and the record's instrument's book just after it (every
-    /// record, skipped or not, leaves its instrument with a book).
+    /// record, skipped or not, leaves its instrument with a book). The
+    /// instrument's book is looked up once; the `Change` is built in place
+    /// (it is 144 bytes: the rules borrow it rather than copy it).
     #[inline]
-    pub fn apply_and_view(&mut self, event: &Event) -> (Change, &InstrumentBook) {
-        let change = self.apply(event);
-        (change, self.book_mut(event.instrument))
+    pub fn apply_and_view(&mut self, e: &Event) -> (&Change, &InstrumentBook) {
+        self.book_mut(e.instrument);
+        let Books { orders, books, limits, grew, peak_orders, change, .. } = self;
+        let Some(book) = books[e.instrument as usize].as_deref_mut() else { unreachable!("book_mut created it") };
+        let mut table = Table { orders, grew, peak_orders };
+        *change = match e.kind {
+            Kind::New => table.enter(book, limits, e),
+            Kind::Cancel => table.cancel(book, e),
+            Kind::Trade => table.trade(book, e),
+        };
+        if let Change::Skipped(cause) = *change {
+            book.skipped[cause_index(cause)] += 1;
+        }
+        (change, book)
     }
 
     /// Growth counted so far (tables and ladders), for the summary.
     pub fn stats_grew(&self) -> u64 {
         self.grew
-    }
-
-    fn enter(&mut self, e: &Event) -> Change {
-        if self.orders.contains_key(e.order_id) {
-            return Change::Skipped(SkipCause::DuplicateOrder);
-        }
-        let orders_full = self.orders.len() >= self.limits.orders;
-        let levels_per_side = self.limits.levels_per_side;
-        let book = self.book_mut(e.instrument);
-        if let Some((down, up)) = book.limits
-            && !(down..=up).contains(&e.price)
-        {
-            return Change::Skipped(SkipCause::OutsideLimits);
-        }
-        let own = book.ladder(e.side);
-        if orders_full || (own.levels.len() >= levels_per_side && own.needs_level(e.side, e.price)) {
-            return Change::Skipped(SkipCause::BookFull);
-        }
-        let depth5_before = own.depth(5);
-        let opposite_best = book.ladder(opposite(e.side)).best();
-        let grew = book.ladder_mut(e.side).add(e.side, e.price, e.qty);
-        book.resting += 1;
-        self.grew += grew as u64;
-        let resting = Resting {
-            instrument: e.instrument,
-            account: e.account,
-            group: e.group,
-            side: e.side,
-            price: e.price,
-            entry_ts_ns: e.ts_ns,
-            entered_qty: e.qty,
-            open_qty: e.qty,
-        };
-        let before = self.orders.grew;
-        self.orders.insert(e.order_id, resting);
-        self.grew += self.orders.grew - before;
-        self.peak_orders = self.peak_orders.max(self.orders.len());
-        Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before }
-    }
-
-    /// The resting order `order_id` if it is `instrument`'s and on `side`.
-    #[inline]
-    fn held(&self, order_id: u64, instrument: InstrumentId, side: Side) -> Option<Resting> {
-        self.orders.get(order_id).copied().filter(|o| o.instrument == instrument && o.side == side)
-    }
-
-    fn cancel(&mut self, e: &Event) -> Change {
-        let Some(mut order) = self.held(e.order_id, e.instrument, e.side) else {
-            return Change::Skipped(SkipCause::UnknownOrder);
-        };
-        if e.qty > order.open_qty {
-            return Change::Skipped(SkipCause::OverExecution);
-        }
-        // A `C` removes what is open, whatever its qty says (FEED.md: the
-        // two agree in feed order; a reordered `T` may come between).
-        let qty = order.open_qty;
-        self.orders.remove(e.order_id);
-        let book = self.book_mut(e.instrument);
-        book.ladder_mut(order.side).remove(order.side, order.price, qty, true);
-        book.resting -= 1;
-        order.open_qty = 0;
-        Change::Cancelled { order: order.order_ref(e.order_id), qty }
-    }
-
-    fn trade(&mut self, e: &Event) -> Change {
-        let buy = self.held(e.order_id, e.instrument, Side::Buy);
-        let sell = self.held(e.contra_order_id, e.instrument, Side::Sell);
-        if buy.is_some_and(|o| e.qty > o.open_qty) || sell.is_some_and(|o| e.qty > o.open_qty) {
-            return Change::Skipped(SkipCause::OverExecution);
-        }
-        let buy = buy.map(|o| self.execute(e.order_id, o, e.qty));
-        let sell = sell.map(|o| self.execute(e.contra_order_id, o, e.qty));
-        if buy.is_none() && sell.is_none() {
-            return Change::Skipped(SkipCause::UnknownOrder);
-        }
-        self.book_mut(e.instrument).last_trade = Some(e.price);
-        match (buy, sell) {
-            (Some(buy), Some(sell)) => Change::Traded { buy, sell, aggressor: e.side, price: e.price, qty: e.qty },
-            // One side executed (see the module doc): counted as unknown.
-            _ => Change::Skipped(SkipCause::UnknownOrder),
-        }
-    }
-
-    /// Executes `qty` of a held order; returns it as it stands after.
-    #[inline]
-    fn execute(&mut self, order_id: u64, mut order: Resting, qty: u64) -> OrderRef {
-        order.open_qty -= qty;
-        let closed = order.open_qty == 0;
-        if closed {
-            self.orders.remove(order_id);
-        } else if let Some(slot) = self.orders.get_mut(order_id) {
-            slot.open_qty = order.open_qty;
-        }
-        let book = self.book_mut(order.instrument);
-        book.ladder_mut(order.side).remove(order.side, order.price, qty, closed);
-        book.resting -= closed as u64;
-        order.order_ref(order_id)
     }
 
     /// The resting orders of `instrument`, in no particular order (cold:
@@ -700,6 +622,113 @@ impl Books {
         }
         self.peak_orders = self.peak_orders.max(self.orders.len());
         Ok(())
+    }
+}
+
+/// The order table and its counters, borrowed apart from the books so
+/// that a record's instrument book is looked up once.
+struct Table<'a> {
+    orders: &'a mut CowMap<Resting>,
+    grew: &'a mut u64,
+    peak_orders: &'a mut usize,
+}
+
+impl Table<'_> {
+    #[inline]
+    fn enter(&mut self, book: &mut InstrumentBook, limits: &BookLimits, e: &Event) -> Change {
+        if self.orders.contains_key(e.order_id) {
+            return Change::Skipped(SkipCause::DuplicateOrder);
+        }
+        if let Some((down, up)) = book.limits
+            && !(down..=up).contains(&e.price)
+        {
+            return Change::Skipped(SkipCause::OutsideLimits);
+        }
+        let orders_full = self.orders.len() >= limits.orders;
+        let own = book.ladder(e.side);
+        if orders_full || (own.levels.len() >= limits.levels_per_side && own.needs_level(e.side, e.price)) {
+            return Change::Skipped(SkipCause::BookFull);
+        }
+        let depth5_before = own.depth(5);
+        let opposite_best = book.ladder(opposite(e.side)).best();
+        let grew = book.ladder_mut(e.side).add(e.side, e.price, e.qty);
+        book.resting += 1;
+        *self.grew += grew as u64;
+        let resting = Resting {
+            instrument: e.instrument,
+            account: e.account,
+            group: e.group,
+            side: e.side,
+            price: e.price,
+            entry_ts_ns: e.ts_ns,
+            entered_qty: e.qty,
+            open_qty: e.qty,
+        };
+        let before = self.orders.grew;
+        self.orders.insert(e.order_id, resting);
+        *self.grew += self.orders.grew - before;
+        *self.peak_orders = (*self.peak_orders).max(self.orders.len());
+        Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before }
+    }
+
+    /// The resting order `order_id` if it is `instrument`'s and on `side`.
+    #[inline]
+    fn held(&self, order_id: u64, instrument: InstrumentId, side: Side) -> Option<Resting> {
+        self.orders.get(order_id).copied().filter(|o| o.instrument == instrument && o.side == side)
+    }
+
+    #[inline]
+    fn cancel(&mut self, book: &mut InstrumentBook, e: &Event) -> Change {
+        let Some(mut order) = self.held(e.order_id, e.instrument, e.side) else {
+            return Change::Skipped(SkipCause::UnknownOrder);
+        };
+        if e.qty > order.open_qty {
+            return Change::Skipped(SkipCause::OverExecution);
+        }
+        // A `C` removes what is open, whatever its qty says (FEED.md: the
+        // two agree in feed order; a reordered `T` may come between).
+        let qty = order.open_qty;
+        self.orders.remove(e.order_id);
+        book.ladder_mut(order.side).remove(order.side, order.price, qty, true);
+        book.resting -= 1;
+        order.open_qty = 0;
+        Change::Cancelled { order: order.order_ref(e.order_id), qty }
+    }
+
+    #[inline]
+    fn trade(&mut self, book: &mut InstrumentBook, e: &Event) -> Change {
+        let buy = self.held(e.order_id, e.instrument, Side::Buy);
+        let sell = self.held(e.contra_order_id, e.instrument, Side::Sell);
+        if buy.is_some_and(|o| e.qty > o.open_qty) || sell.is_some_and(|o| e.qty > o.open_qty) {
+            return Change::Skipped(SkipCause::OverExecution);
+        }
+        let buy = buy.map(|o| self.execute(book, e.order_id, o, e.qty));
+        let sell = sell.map(|o| self.execute(book, e.contra_order_id, o, e.qty));
+        if buy.is_none() && sell.is_none() {
+            return Change::Skipped(SkipCause::UnknownOrder);
+        }
+        book.last_trade = Some(e.price);
+        match (buy, sell) {
+            (Some(buy), Some(sell)) => Change::Traded { buy, sell, aggressor: e.side, price: e.price, qty: e.qty },
+            // One side executed (see the module doc): counted as unknown.
+            _ => Change::Skipped(SkipCause::UnknownOrder),
+        }
+    }
+
+    /// Executes `qty` of a held order (of `book`'s instrument); returns it
+    /// as it stands after.
+    #[inline]
+    fn execute(&mut self, book: &mut InstrumentBook, order_id: u64, mut order: Resting, qty: u64) -> OrderRef {
+        order.open_qty -= qty;
+        let closed = order.open_qty == 0;
+        if closed {
+            self.orders.remove(order_id);
+        } else if let Some(slot) = self.orders.get_mut(order_id) {
+            slot.open_qty = order.open_qty;
+        }
+        book.ladder_mut(order.side).remove(order.side, order.price, qty, closed);
+        book.resting -= closed as u64;
+        order.order_ref(order_id)
     }
 }
 

@@ -95,7 +95,7 @@ use last_trade::LastTrade;
 /// what it did to its instrument's book, and that book just after it.
 #[derive(Clone, Copy, Debug)]
 pub struct BookSeen<'a> {
-    pub change: Change,
+    pub change: &'a Change,
     pub book: &'a InstrumentBook,
 }
 
