@@ -194,7 +194,10 @@ pub struct MomentumIgnition {
     window: Window<Run, KeyState>,
     /// When each ignition lapses, in time order: (deadline, key, side).
     deadlines: VecDeque<(i64, u64, Side)>,
-    last_px: FxHashMap<InstrumentId, Px>,
+    /// The last trade price by instrument id (dense: ids are interned from
+    /// 0), `NO_PX` for none; `priced` of them are set.
+    last_px: Vec<Px>,
+    priced: usize,
     instruments_refused: u64,
     grew: u64,
     /// The snapshot cut at a barrier, until the registry takes it.
@@ -207,6 +210,13 @@ pub struct MomentumIgnition {
 /// The fewest bytes of a key (arms without ids) and of an entry in a snapshot.
 const MIN_KEY_BYTES: usize = 8 * 3 + 2 * (1 + 8 * 7 + 4 + 1);
 const ENTRY_BYTES: usize = 8 * 6 + 1;
+
+/// No last price yet (a price is positive).
+const NO_PX: Px = Px::MIN;
+
+/// Instrument ids are below the validator's instrument limit; a larger one
+/// in a snapshot is damage, not a reason to allocate.
+const MAX_INSTRUMENT_ID: InstrumentId = 1 << 24;
 
 fn side_byte(side: Side) -> u8 {
     side as u8
@@ -222,13 +232,13 @@ fn read_side(r: &mut Reader<'_>) -> Result<Side, DecodeError> {
 
 impl MomentumIgnition {
     pub fn new(params: Params) -> MomentumIgnition {
-        let mut last_px = FxHashMap::default();
-        last_px.reserve(1024.min(params.max_instruments));
+        let last_px = Vec::with_capacity(1024.min(params.max_instruments));
         MomentumIgnition {
             params,
             window: Window::new(params.max_keys, params.max_entries),
             deadlines: VecDeque::with_capacity(1024.min(params.max_entries)),
             last_px,
+            priced: 0,
             instruments_refused: 0,
             grew: 0,
             snapshot: None,
@@ -244,8 +254,8 @@ impl MomentumIgnition {
     /// seq, key, order_id, start_px, qty, side)`. Pending ignitions' lapse
     /// times follow from the arms.
     pub fn encode(&self, w: &mut Writer<'_>) {
-        w.u64(self.last_px.len() as u64);
-        for (&instrument, &px) in &self.last_px {
+        w.u64(self.priced as u64);
+        for (instrument, px) in self.last_prices() {
             w.u64(instrument as u64);
             w.i64(px);
         }
@@ -288,7 +298,10 @@ impl MomentumIgnition {
             let (instrument, px) = (r.u64()?, r.i64()?);
             let id = InstrumentId::try_from(instrument)
                 .map_err(|_| DecodeError(format!("momentum-ignition: instrument {instrument} out of range")))?;
-            if keep(instrument) && self.last_px.insert(id, px).is_some() {
+            if px == NO_PX || id >= MAX_INSTRUMENT_ID {
+                return Err(DecodeError(format!("momentum-ignition: bad last price of instrument {instrument}")));
+            }
+            if keep(instrument) && self.set_last_px(id, px) != NO_PX {
                 return Err(DecodeError(format!("momentum-ignition: instrument {instrument} in two snapshots")));
             }
         }
@@ -428,6 +441,26 @@ impl MomentumIgnition {
         }
     }
 
+    /// Sets an instrument's last price; returns the one it replaced
+    /// (`NO_PX` for none). A new id past the vector grows it (counted).
+    fn set_last_px(&mut self, instrument: InstrumentId, px: Px) -> Px {
+        let index = instrument as usize;
+        if index >= self.last_px.len() {
+            if index >= self.last_px.capacity() {
+                self.grew += 1;
+            }
+            self.last_px.resize(index + 1, NO_PX);
+        }
+        let old = std::mem::replace(&mut self.last_px[index], px);
+        self.priced += (old == NO_PX) as usize;
+        old
+    }
+
+    /// The instruments with a last price, in id order.
+    fn last_prices(&self) -> impl Iterator<Item = (InstrumentId, Px)> + '_ {
+        self.last_px.iter().enumerate().filter(|(_, px)| **px != NO_PX).map(|(i, px)| (i as InstrumentId, *px))
+    }
+
     fn pop_deadline(&mut self) {
         let Some((deadline, key, side)) = self.deadlines.pop_front() else { return };
         let Some(slot) = self.window.find(key) else { return };
@@ -446,14 +479,11 @@ impl MomentumIgnition {
         self.expire(e.ts_ns);
         let Change::Traded { buy, sell, aggressor, price, qty } = *change else { return };
         let tick = book.tick().max(self.params.min_tick);
-        let start_px = match self.last_px.get_mut(&e.instrument) {
-            Some(last) => std::mem::replace(last, price),
-            None => {
-                if self.last_px.len() < self.params.max_instruments {
-                    if self.last_px.len() == self.last_px.capacity() {
-                        self.grew += 1;
-                    }
-                    self.last_px.insert(e.instrument, price);
+        let start_px = match self.last_px.get_mut(e.instrument as usize) {
+            Some(last) if *last != NO_PX => std::mem::replace(last, price),
+            _ => {
+                if self.priced < self.params.max_instruments {
+                    self.set_last_px(e.instrument, price);
                 } else {
                     self.instruments_refused += 1;
                 }
@@ -769,8 +799,7 @@ mod tests {
             .flat_map(|(_, k)| k.state.first.map(|f| (f != NONE).then(|| rule.window.entry(f).seq)))
             .map(|f| format!("{f:?}"))
             .collect();
-        let mut last: Vec<_> = rule.last_px.iter().collect();
-        last.sort();
+        let last: Vec<_> = rule.last_prices().collect();
         let mut deadlines: Vec<_> = rule
             .deadlines
             .iter()
