@@ -381,3 +381,171 @@ fn bad_input_is_refused_and_nothing_is_half_written() {
     ok(&run(d, &["export", "day.csv", "--out", "empty", "--cores", "none", "--quiet"]));
     assert!(d.join("empty/records.parquet").exists());
 }
+
+/// Every table of an export directory, read back.
+fn tables(dir: &Path) -> BTreeMap<&'static str, Vec<Row>> {
+    ["records", "orders", "metrics", "alerts"]
+        .into_iter()
+        .map(|t| (t, read(&dir.join(format!("{t}.parquet")))))
+        .collect()
+}
+
+#[test]
+fn replay_export_writes_the_same_tables_as_export_in_one_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    faulty_day(d);
+    ok(&run(d, &["import", "faulty.csv", "--out", "faulty.tape", "--quiet"]));
+    for tape in ["faulty.csv", "faulty.tape"] {
+        let (by_export, by_replay) = (format!("{tape}.export"), format!("{tape}.replay"));
+        export(d, tape, &by_export);
+        std::fs::create_dir_all(d.join("rr")).unwrap();
+        let said = ok(&run(
+            d,
+            &["replay", tape, "--alerts", "rr/alerts.jsonl", "--cores", "none", "--quiet", "--export", &by_replay],
+        ));
+        assert!(said.contains("alerts") && said.contains("records.parquet"), "{said}");
+        // The replay's own outputs are where it was told to write them.
+        assert!(d.join("rr/alerts.jsonl").exists() && d.join("rr/alerts.late.csv").exists());
+        let (a, b) = (tables(&d.join(&by_export)), tables(&d.join(&by_replay)));
+        for (name, rows) in &a {
+            assert!(!rows.is_empty(), "{tape}: {name}");
+            assert_eq!(rows, &b[name], "{tape}: {name}");
+        }
+        let summary = |p: &str| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join(p).join("summary.json")).unwrap()).unwrap()
+        };
+        let (a, b) = (summary(&by_export), summary(&by_replay));
+        for key in ["records_read", "applied", "late", "rejected", "rejected_at_import", "records_rows", "alerts_total"]
+        {
+            assert_eq!(a[key], b[key], "{tape}: {key}");
+        }
+    }
+}
+
+#[test]
+fn replay_export_refuses_what_it_cannot_write_before_replaying() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&run(d, &["gen", "--events", "500", "--seed", "1", "--out", "day.csv"]));
+    std::fs::create_dir(d.join("full")).unwrap();
+    std::fs::write(d.join("full/keep.txt"), "mine").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--export", "full"], "--out full: exists and is not empty"),
+        (vec!["--export", "no/such/dir"], "no/such"),
+        (vec!["--export", "x", "--alerts", "-"], "--alerts file back: it cannot go to stdout"),
+        (vec!["--export", "x", "--instrument", "000001"], "not with --from/--to"),
+        (vec!["--export", "x", "--state", "st"], "not with --state"),
+        (vec!["--export", "x", "--import-rejects", "day.csv"], "the tape is CSV"),
+        (vec!["--import-rejects", "day.csv"], "--export"),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["replay", "day.csv", "--alerts", "a/alerts.jsonl", "--cores", "none", "--quiet"];
+        if flags.contains(&"-") {
+            args.truncate(1);
+            args.extend(["day.csv", "--cores", "none", "--quiet"]);
+        }
+        args.extend(&flags);
+        std::fs::create_dir_all(d.join("a")).unwrap();
+        let out = run(d, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!d.join("x").exists(), "{flags:?}: an export was written");
+        assert!(
+            !std::fs::read_dir(d).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".export-")),
+            "{flags:?}: scratch left"
+        );
+        // Refused before the replay ran: it wrote nothing.
+        assert!(!d.join("a/alerts.jsonl").exists(), "{flags:?}: the replay ran");
+    }
+    assert_eq!(std::fs::read_to_string(d.join("full/keep.txt")).unwrap(), "mine");
+}
+
+#[test]
+fn a_native_tape_export_has_the_records_rejected_at_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, lines) = faulty_day(d);
+    ok(&run(d, &["import", "faulty.csv", "--out", "faulty.tape", "--quiet"]));
+    let import_rejects: BTreeMap<u64, (String, String)> = std::fs::read_to_string(d.join("faulty.rejects.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            let line = parts.next().unwrap().parse().unwrap();
+            (line, (parts.next().unwrap().to_string(), parts.next().unwrap_or("").to_string()))
+        })
+        .collect();
+    assert!(import_rejects.len() >= 5, "{import_rejects:?}");
+    export(d, "faulty.csv", "csv");
+    let said = export(d, "faulty.tape", "native");
+    assert!(said.contains("rejected at import, from"), "{said}");
+    let (csv, native) = (read(&d.join("csv/records.parquet")), read(&d.join("native/records.parquet")));
+    assert_eq!(native.len(), csv.len(), "as many rows as the CSV export");
+    assert_eq!(native.len(), lines.len() - 1, "one row per line of the imported CSV");
+    let rejected: BTreeMap<u64, &Row> =
+        native.iter().filter(|r| r["fate"] == "rejected").map(|r| (r["line"].parse().unwrap(), r)).collect();
+    for (line, (reason, record)) in &import_rejects {
+        let row = rejected.get(line).unwrap_or_else(|| panic!("line {line} ({reason}) is not in records.parquet"));
+        assert_eq!(&row["reason"], reason, "line {line}");
+        assert_eq!(&row["raw"], record, "line {line}");
+        assert_eq!(row["raw"], lines[*line as usize - 1], "line {line}");
+    }
+    // The CSV export rejected the same lines for the same reasons.
+    let csv_rejected: BTreeMap<u64, (&str, &str)> = csv
+        .iter()
+        .filter(|r| r["fate"] == "rejected")
+        .map(|r| (r["line"].parse().unwrap(), (r["reason"].as_str(), r["raw"].as_str())))
+        .collect();
+    let native_rejected: BTreeMap<u64, (&str, &str)> =
+        rejected.iter().map(|(l, r)| (*l, (r["reason"].as_str(), r["raw"].as_str()))).collect();
+    assert_eq!(native_rejected, csv_rejected);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("native/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rejected_at_import_in_records"], import_rejects.len() as u64);
+    assert_eq!(summary["records_rows"], native.len() as u64);
+    assert_eq!(summary["warnings"], serde_json::json!([]));
+
+    // Given by --import-rejects from elsewhere: the same rows.
+    std::fs::rename(d.join("faulty.rejects.tsv"), d.join("kept.tsv")).unwrap();
+    ok(&run(
+        d,
+        &["export", "faulty.tape", "--out", "given", "--import-rejects", "kept.tsv", "--cores", "none", "--quiet"],
+    ));
+    assert_eq!(read(&d.join("given/records.parquet")), native);
+
+    // Without it: the tape's records only, and said on stderr and in the summary.
+    let out = run(d, &["export", "faulty.tape", "--out", "without", "--cores", "none", "--quiet"]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rejected at import are not in records.parquet"), "{err}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("without/summary.json")).unwrap()).unwrap();
+    assert!(summary["warnings"][0].as_str().unwrap().contains("--import-rejects"), "{summary}");
+    assert_eq!(read(&d.join("without/records.parquet")).len(), native.len() - import_rejects.len());
+
+    // Another import's rejects file is refused, naming it.
+    std::fs::write(d.join("other.tsv"), "line\treason\trecord\n5\tbad price\tx\n").unwrap();
+    let out = run(d, &["export", "faulty.tape", "--out", "other", "--import-rejects", "other.tsv"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("other.tsv: 1 rejected records, but the tape says its import rejected"), "{err}");
+    assert!(!d.join("other").exists());
+}
+
+#[test]
+fn a_tape_without_an_index_exports_the_same_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&run(d, &["gen", "--events", "2000", "--seed", "5", "--out", "day.csv"]));
+    ok(&run(d, &["import", "day.csv", "--out", "day.tape", "--quiet"]));
+    common::native_v1::strip_index(&d.join("day.tape"), &d.join("old.tape"));
+    std::fs::copy(d.join("day.accounts.csv"), d.join("old.accounts.csv")).unwrap();
+    std::fs::copy(d.join("day.rejects.tsv"), d.join("old.rejects.tsv")).unwrap();
+    export(d, "day.tape", "new");
+    export(d, "old.tape", "old");
+    assert_eq!(tables(&d.join("new")), tables(&d.join("old")));
+}

@@ -38,6 +38,11 @@ pub struct ExportArgs {
     /// Print only the summary (no progress line).
     #[arg(long)]
     pub quiet: bool,
+    /// A native tape: the import's rejects file, whose records join records.parquet
+    /// (fate `rejected`, `line` their CSV line). Default: `<tape stem>.rejects.tsv`
+    /// beside the tape, if present.
+    #[arg(long)]
+    pub import_rejects: Option<PathBuf>,
 }
 
 pub fn run(args: ExportArgs) -> Result<(), CmdError> {
@@ -52,27 +57,9 @@ pub fn run(args: ExportArgs) -> Result<(), CmdError> {
         shards: args.shards,
         cores: args.cores,
         quiet: args.quiet,
+        import_rejects: args.import_rejects,
     };
     let done = export(&opts)?;
-    let s = &done.summary;
-    let mut text = format!(
-        "exported    {} records ({} applied, {} late, {} rejected) and {} alerts in {:.2} s to {}\n",
-        s.feed.records_read,
-        s.applied,
-        s.late,
-        s.feed.rejected,
-        s.alerts_total(),
-        done.secs,
-        opts.out.display()
-    );
-    if s.rejected_at_import > 0 {
-        text += &format!(
-            "            {} records rejected at import are not on the native tape: see the import's rejects file\n",
-            s.rejected_at_import
-        );
-    }
-    for f in &done.files {
-        text += &format!("file        {:<16} {:>10} rows {:>12} bytes\n", f.name, f.rows, f.bytes);
-    }
-    super::print(&text)
+    done.warn();
+    super::print(&done.render(&opts.out))
 }

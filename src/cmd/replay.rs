@@ -97,6 +97,14 @@ pub struct ReplayArgs {
     /// flight, so checkpoints fall at exact record counts (stalls the source on the disk).
     #[arg(long, hide = true)]
     pub checkpoint_exact: bool,
+    /// Also write the day's layers as Parquet into this new (or empty) directory, from this
+    /// replay's own outputs, as `tapewatch export` does (docs/EXPORT.md).
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// With --export, a native tape: the import's rejects file, whose records join
+    /// records.parquet. Default: `<tape stem>.rejects.tsv` beside the tape, if present.
+    #[arg(long, requires = "export")]
+    pub import_rejects: Option<PathBuf>,
     /// Filters (--from/--to, --instrument, --account, --group): a replay of part of the tape
     /// whose alerts are the full replay's alerts inside it (see docs/INVESTIGATE.md).
     #[command(flatten)]
@@ -120,10 +128,18 @@ impl ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
+    let started = std::time::Instant::now();
+    // --export is checked before the replay runs, written after it.
+    let export = args.export.as_deref().map(|out| crate::export::prepare_for_replay(&args, out)).transpose()?;
     let (summary, inputs) = replay_described(&args)?;
     let text = format!("{}{}\n", inputs.render(), summary.render().trim_end());
     let json = summary_json(&summary, &inputs);
     super::emit_summary(&text, &json, args.json.as_deref(), crate::outputs::is_stdout(&args.alerts))?;
+    if let (Some(target), Some(out)) = (export, args.export.as_deref()) {
+        let done = target.write(&summary, &inputs, args.import_rejects.as_deref(), started)?;
+        done.warn();
+        super::print(&done.render(out))?;
+    }
     bad_share_check(&summary, args.max_bad_pct)
 }
 

@@ -1,22 +1,45 @@
-//! A Parquet table written row by row: typed column buffers handed as a
-//! row group every `ROW_GROUP_ROWS` rows to an encoder thread (so filling
-//! and encoding overlap), snappy-compressed; names, kinds and fates are
-//! dictionary encoded, nearly sorted integers delta encoded.
+//! A Parquet table written row by row into typed column buffers; every
+//! `ROW_GROUP_ROWS` rows the buffers go to the table's writer thread,
+//! which encodes the row group's columns on several threads at once (each
+//! into memory) and splices them into the file while the caller fills the
+//! next group. Buffers come back for reuse, so a table's memory is two row
+//! groups whatever the row count.
+//!
+//! Names (accounts, instruments, groups, kinds, sides, fates) are
+//! dictionary columns: the caller hands a small integer id with its text,
+//! and this module writes the dictionary page and the bit-packed ids
+//! itself. The parquet crate's own dictionary encoder hashes every value's
+//! bytes again (with statistics, it also compares every value's bytes with
+//! the running min and max): that was half the export's time. Other
+//! columns go through the parquet crate's column writer, snappy-compressed;
+//! nearly sorted integers are delta encoded.
 
-use parquet::basic::{Compression, DecimalType, Encoding, IntType, LogicalType, Repetition, Type as PhysicalType};
+use bytes::Bytes;
+use parquet::basic::{
+    Compression, DecimalType, Encoding, IntType, LogicalType, PageType, Repetition, Type as PhysicalType,
+};
+use parquet::column::page::{CompressedPage, Page, PageWriter};
+use parquet::column::writer::{ColumnCloseResult, get_column_writer, get_typed_column_writer_mut};
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::types::{ColumnPath, Type};
+use parquet::file::metadata::{ColumnChunkMetaData, PageEncodingStats};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesPtr};
+use parquet::file::statistics::Statistics;
+use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
+use parquet::schema::types::{ColumnDescPtr, ColumnPath, Type};
+use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// Rows per row group: a million rows of a day's records is a few tens of
-/// MB of buffers, and DuckDB reads row groups in parallel.
+/// Rows per row group: a million rows of a day's records is about 130 MB
+/// of buffers, and DuckDB reads row groups in parallel.
 pub const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Values per data page of a dictionary column.
+const DICT_PAGE_VALUES: usize = 1 << 16;
 
 /// A column's type as a reader sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,14 +58,16 @@ pub enum Ty {
 /// How a column is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enc {
-    /// Dictionary (falling back to plain): repeated values (names, kinds,
-    /// sides, prices, quantities).
+    /// Dictionary: repeated values. For text, this module's own dictionary
+    /// writer (ids from the caller, or interned here by `str`); for
+    /// numbers, the parquet crate's.
     Dict,
     /// DELTA_BINARY_PACKED, no dictionary: nearly sorted integers (lines,
     /// seqs, event times, order ids). A dictionary would hash every one of
     /// them only to be abandoned.
     Delta,
-    /// Plain, no dictionary: unique values in no order (lifetimes, notionals).
+    /// Plain, no dictionary: unique values in no order (lifetimes,
+    /// notionals), and free text (reasons, raw records, evidence).
     Plain,
 }
 
@@ -63,13 +88,20 @@ impl Column {
         self.enc = enc;
         self
     }
+
+    fn names(&self) -> bool {
+        self.ty == Ty::Str && self.enc == Enc::Dict
+    }
 }
 
 enum Values {
     I64(Vec<i64>),
     F64(Vec<f64>),
     Bool(Vec<bool>),
-    Bytes(Vec<ByteArray>),
+    /// Free text.
+    Text(Vec<ByteArray>),
+    /// Dictionary ids of a names column.
+    Ids(Vec<u32>),
 }
 
 struct Buffer {
@@ -79,15 +111,50 @@ struct Buffer {
     nullable: bool,
 }
 
+impl Buffer {
+    fn clear(&mut self) {
+        match &mut self.values {
+            Values::I64(v) => v.clear(),
+            Values::F64(v) => v.clear(),
+            Values::Bool(v) => v.clear(),
+            Values::Text(v) => v.clear(),
+            Values::Ids(v) => v.clear(),
+        }
+        self.defs.clear();
+    }
+}
+
+/// A names column's dictionary: id -> text. Ids are the caller's (dense
+/// from 0), so the table sees each id once per distinct name.
+#[derive(Clone, Default)]
+struct Names {
+    values: Vec<Option<ByteArray>>,
+    /// For `Table::str` on a names column: text -> id.
+    interned: FxHashMap<Box<[u8]>, u32>,
+}
+
+/// One row group on its way to the writer thread.
+struct Group {
+    buffers: Vec<Buffer>,
+    /// Each names column's dictionary as it stood (None for other columns).
+    names: Vec<Option<Arc<[Option<ByteArray>]>>>,
+}
+
 /// One Parquet file being written.
 pub struct Table {
     path: PathBuf,
     columns: Vec<Column>,
     buffers: Vec<Buffer>,
-    /// The encoder thread: row groups are encoded, compressed and written
-    /// there while the caller fills the next one (two cores, two stages).
-    to_writer: Option<SyncSender<Vec<Buffer>>>,
+    names: Vec<Names>,
+    /// Set when a names column learned a name since the last row group.
+    names_changed: bool,
+    names_sent: Vec<Option<Arc<[Option<ByteArray>]>>>,
+    to_writer: Option<SyncSender<Group>>,
+    /// Emptied buffers coming back from the writer.
+    recycled: Receiver<Vec<Buffer>>,
     writer: Option<JoinHandle<Result<File, String>>>,
+    /// Rows a fresh set of buffers is allocated for.
+    capacity: usize,
     /// Rows in the buffers, and written in all.
     pending: usize,
     rows: u64,
@@ -101,6 +168,12 @@ fn err(path: &Path, e: impl std::fmt::Display) -> String {
 
 impl Table {
     pub fn create(path: &Path, columns: Vec<Column>) -> Result<Table, String> {
+        Table::create_sized(path, 0, columns)
+    }
+
+    /// A table of about `rows` rows: its buffers are allocated for them
+    /// (up to a row group) at the start, not grown row by row.
+    pub fn create_sized(path: &Path, rows: usize, columns: Vec<Column>) -> Result<Table, String> {
         let fields = columns
             .iter()
             .map(|c| {
@@ -144,22 +217,29 @@ impl Table {
                 Enc::Plain => props = props.set_column_dictionary_enabled(path, false),
             }
         }
-        let props = props.build();
+        let props = Arc::new(props.build());
         let file = crate::outputs::create(path).map_err(|e| err(path, e))?;
-        let writer = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).map_err(|e| err(path, e))?;
-        let buffers = empty_buffers(&columns);
-        // One row group queued while one is encoded and one filled.
-        let (to_writer, groups) = sync_channel::<Vec<Buffer>>(1);
+        let writer = SerializedFileWriter::new(file, Arc::new(schema), props.clone()).map_err(|e| err(path, e))?;
+        // A rendezvous: the caller fills one group while the writer encodes
+        // the other.
+        let (to_writer, groups) = sync_channel::<Group>(0);
+        let (give_back, recycled) = sync_channel::<Vec<Buffer>>(2);
         let at = path.to_path_buf();
+        let kinds: Vec<bool> = columns.iter().map(Column::names).collect();
         let writer = std::thread::Builder::new()
             .name("export-writer".into())
-            .spawn(move || write_groups(writer, groups, &at))
+            .spawn(move || write_groups(writer, props, kinds, groups, give_back, &at))
             .map_err(|e| err(path, e))?;
         Ok(Table {
             path: path.to_path_buf(),
+            buffers: empty_buffers(&columns, rows.min(ROW_GROUP_ROWS)),
+            capacity: rows.min(ROW_GROUP_ROWS),
+            names: vec![Names::default(); columns.len()],
+            names_changed: true,
+            names_sent: vec![None; columns.len()],
             columns,
-            buffers,
             to_writer: Some(to_writer),
+            recycled,
             writer: Some(writer),
             pending: 0,
             rows: 0,
@@ -167,15 +247,10 @@ impl Table {
         })
     }
 
-    fn slot(&mut self, ty: &[Ty]) -> &mut Buffer {
+    #[inline]
+    fn slot(&mut self) -> &mut Buffer {
         let i = self.next;
-        assert!(i < self.columns.len(), "{}: more values than columns in a row", self.path.display());
-        assert!(
-            ty.contains(&self.columns[i].ty),
-            "column {} is {:?}, not {ty:?}",
-            self.columns[i].name,
-            self.columns[i].ty
-        );
+        assert!(i < self.buffers.len(), "{}: more values than columns in a row", self.path.display());
         self.next += 1;
         let b = &mut self.buffers[i];
         if b.nullable {
@@ -184,41 +259,78 @@ impl Table {
         b
     }
 
-    pub fn u64(&mut self, v: u64) {
-        // UINT_64 is stored as the same 64 bits in an INT64.
-        if let Values::I64(values) = &mut self.slot(&[Ty::U64]).values {
-            values.push(v as i64);
-        }
+    fn wrong(&self, what: &str) -> ! {
+        let c = &self.columns[self.next - 1];
+        panic!("{}: column {} is {:?} ({:?}), not {what}", self.path.display(), c.name, c.ty, c.enc)
     }
 
+    #[inline]
+    pub fn u64(&mut self, v: u64) {
+        // UINT_64 is stored as the same 64 bits in an INT64.
+        self.i64(v as i64)
+    }
+
+    #[inline]
     pub fn i64(&mut self, v: i64) {
-        if let Values::I64(values) = &mut self.slot(&[Ty::I64, Ty::Price]).values {
-            values.push(v);
+        match &mut self.slot().values {
+            Values::I64(values) => values.push(v),
+            _ => self.wrong("an integer"),
         }
     }
 
     pub fn f64(&mut self, v: f64) {
-        if let Values::F64(values) = &mut self.slot(&[Ty::F64]).values {
-            values.push(v);
+        match &mut self.slot().values {
+            Values::F64(values) => values.push(v),
+            _ => self.wrong("a double"),
         }
     }
 
     pub fn bool(&mut self, v: bool) {
-        if let Values::Bool(values) = &mut self.slot(&[Ty::Bool]).values {
-            values.push(v);
+        match &mut self.slot().values {
+            Values::Bool(values) => values.push(v),
+            _ => self.wrong("a boolean"),
         }
     }
 
-    /// A text value; `ByteArray` clones share their bytes, so a caller may
-    /// keep one per distinct name and hand out clones.
-    pub fn bytes(&mut self, v: ByteArray) {
-        if let Values::Bytes(values) = &mut self.slot(&[Ty::Str]).values {
-            values.push(v);
+    /// A name in a names column by the caller's id for it (dense from 0;
+    /// the same id must always come with the same text).
+    #[inline]
+    pub fn name(&mut self, id: u32, text: &ByteArray) {
+        let i = self.next;
+        match &mut self.slot().values {
+            Values::Ids(values) => values.push(id),
+            _ => self.wrong("a name"),
+        }
+        let names = &mut self.names[i].values;
+        if names.get(id as usize).is_none_or(Option::is_none) {
+            if names.len() <= id as usize {
+                names.resize(id as usize + 1, None);
+            }
+            names[id as usize] = Some(text.clone());
+            self.names_changed = true;
         }
     }
 
+    /// Text: free text, or a name interned here (a names column fed only
+    /// through this; the small tables).
     pub fn str(&mut self, v: &str) {
-        self.bytes(ByteArray::from(v));
+        let i = self.next;
+        if self.columns.get(i).is_some_and(Column::names) {
+            let names = &mut self.names[i];
+            let id = match names.interned.get(v.as_bytes()) {
+                Some(&id) => id,
+                None => {
+                    let id = names.values.len() as u32;
+                    names.interned.insert(v.as_bytes().into(), id);
+                    id
+                }
+            };
+            return self.name(id, &ByteArray::from(v));
+        }
+        match &mut self.slot().values {
+            Values::Text(values) => values.push(ByteArray::from(v)),
+            _ => self.wrong("text"),
+        }
     }
 
     pub fn opt_u64(&mut self, v: Option<u64>) {
@@ -235,13 +347,14 @@ impl Table {
         }
     }
 
-    pub fn opt_bytes(&mut self, v: Option<ByteArray>) {
+    pub fn opt_name(&mut self, v: Option<(u32, &ByteArray)>) {
         match v {
-            Some(v) => self.bytes(v),
+            Some((id, text)) => self.name(id, text),
             None => self.null(),
         }
     }
 
+    #[inline]
     pub fn null(&mut self) {
         let i = self.next;
         assert!(self.columns[i].nullable, "column {} is not nullable", self.columns[i].name);
@@ -250,6 +363,7 @@ impl Table {
     }
 
     /// Ends a row; every column must have had a value.
+    #[inline]
     pub fn end_row(&mut self) -> Result<(), String> {
         assert_eq!(self.next, self.columns.len(), "{}: a row short of values", self.path.display());
         self.next = 0;
@@ -261,8 +375,21 @@ impl Table {
         if self.pending == 0 {
             return Ok(());
         }
-        let full = std::mem::replace(&mut self.buffers, empty_buffers(&self.columns));
-        let sent = self.to_writer.as_ref().expect("a table is written until finished").send(full);
+        if self.names_changed {
+            for (i, names) in self.names.iter().enumerate() {
+                if self.columns[i].names() {
+                    self.names_sent[i] = Some(names.values.as_slice().into());
+                }
+            }
+            self.names_changed = false;
+        }
+        let fresh = match self.recycled.try_recv() {
+            Ok(buffers) => buffers,
+            Err(_) => empty_buffers(&self.columns, self.capacity),
+        };
+        let full = std::mem::replace(&mut self.buffers, fresh);
+        let group = Group { buffers: full, names: self.names_sent.clone() };
+        let sent = self.to_writer.as_ref().expect("a table is written until finished").send(group);
         if sent.is_err() {
             // The writer stopped on an error: it is in its result.
             return Err(self.join().err().unwrap_or_else(|| err(&self.path, "the writer stopped")));
@@ -281,6 +408,7 @@ impl Table {
         }
     }
 
+    /// Writes the last row group and the footer; returns the rows written.
     pub fn finish(mut self) -> Result<u64, String> {
         self.flush()?;
         let file = self.join()?;
@@ -289,43 +417,335 @@ impl Table {
     }
 }
 
-fn empty_buffers(columns: &[Column]) -> Vec<Buffer> {
+fn empty_buffers(columns: &[Column], rows: usize) -> Vec<Buffer> {
     columns
         .iter()
         .map(|c| Buffer {
             values: match c.ty {
-                Ty::U64 | Ty::I64 | Ty::Price => Values::I64(Vec::new()),
-                Ty::F64 => Values::F64(Vec::new()),
-                Ty::Bool => Values::Bool(Vec::new()),
-                Ty::Str => Values::Bytes(Vec::new()),
+                Ty::U64 | Ty::I64 | Ty::Price => Values::I64(Vec::with_capacity(rows)),
+                Ty::F64 => Values::F64(Vec::with_capacity(rows)),
+                Ty::Bool => Values::Bool(Vec::with_capacity(rows)),
+                Ty::Str if c.names() => Values::Ids(Vec::with_capacity(rows)),
+                // Free text is mostly null (reasons, raw records).
+                Ty::Str => Values::Text(Vec::new()),
             },
-            defs: Vec::new(),
+            defs: Vec::with_capacity(if c.nullable { rows } else { 0 }),
             nullable: c.nullable,
         })
         .collect()
 }
 
-/// The encoder thread: each row group as it comes, then the footer.
+/// Threads that encode one row group's columns.
+fn encoders() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4)
+}
+
+/// One column chunk encoded into memory.
+type Chunk = (Bytes, ColumnCloseResult);
+
+/// The writer thread: each row group as it comes (its columns encoded in
+/// parallel, then spliced into the file in order), then the footer.
 fn write_groups(
     mut writer: SerializedFileWriter<File>,
-    groups: Receiver<Vec<Buffer>>,
+    props: WriterPropertiesPtr,
+    names: Vec<bool>,
+    groups: Receiver<Group>,
+    give_back: SyncSender<Vec<Buffer>>,
     path: &Path,
 ) -> Result<File, String> {
-    for buffers in groups {
-        let mut group = writer.next_row_group().map_err(|e| err(path, e))?;
-        for b in &buffers {
-            let mut column = group.next_column().map_err(|e| err(path, e))?.expect("a writer per schema column");
-            let defs = b.nullable.then_some(&b.defs[..]);
-            match &b.values {
-                Values::I64(v) => column.typed::<Int64Type>().write_batch(v, defs, None),
-                Values::F64(v) => column.typed::<DoubleType>().write_batch(v, defs, None),
-                Values::Bool(v) => column.typed::<BoolType>().write_batch(v, defs, None),
-                Values::Bytes(v) => column.typed::<ByteArrayType>().write_batch(v, defs, None),
+    let descrs: Vec<ColumnDescPtr> = (0..names.len()).map(|i| writer.schema_descr().column(i)).collect();
+    for mut group in groups {
+        let next = AtomicUsize::new(0);
+        let chunks: Vec<Mutex<Option<Result<Chunk, String>>>> = (0..names.len()).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..encoders().min(names.len()) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= names.len() {
+                            break;
+                        }
+                        let b = &group.buffers[i];
+                        let chunk = match (&b.values, &group.names[i]) {
+                            (Values::Ids(ids), Some(dict)) => encode_names(&descrs[i], ids, b, dict),
+                            _ => encode_column(&descrs[i], &props, b),
+                        };
+                        *chunks[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(chunk.map_err(|e| err(path, e)));
+                    }
+                });
             }
-            .map_err(|e| err(path, e))?;
-            column.close().map_err(|e| err(path, e))?;
+        });
+        let mut row_group = writer.next_row_group().map_err(|e| err(path, e))?;
+        for chunk in chunks {
+            let (bytes, close) =
+                chunk.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every column encoded")?;
+            row_group.append_column(&bytes, close).map_err(|e| err(path, e))?;
         }
-        group.close().map_err(|e| err(path, e))?;
+        row_group.close().map_err(|e| err(path, e))?;
+        group.buffers.iter_mut().for_each(Buffer::clear);
+        // The table may have finished and gone: then the buffers just drop.
+        let _ = give_back.try_send(group.buffers);
     }
     writer.into_inner().map_err(|e| err(path, e))
+}
+
+/// A column through the parquet crate's writer, into memory.
+fn encode_column(descr: &ColumnDescPtr, props: &WriterPropertiesPtr, b: &Buffer) -> Result<Chunk, String> {
+    // Room for the chunk as most columns encode (a few bytes a value), so
+    // the buffer is not copied as it grows.
+    let values = b.defs.len().max(match &b.values {
+        Values::I64(v) => v.len(),
+        Values::F64(v) => v.len(),
+        Values::Bool(v) => v.len(),
+        Values::Text(v) => v.len(),
+        Values::Ids(v) => v.len(),
+    });
+    let mut sink = TrackedWrite::new(Vec::with_capacity(values * 4 + 4096));
+    let page_writer = SerializedPageWriter::new(&mut sink);
+    let mut column = get_column_writer(descr.clone(), props.clone(), Box::new(page_writer));
+    let defs = b.nullable.then_some(&b.defs[..]);
+    let written = match &b.values {
+        Values::I64(v) => get_typed_column_writer_mut::<Int64Type>(&mut column).write_batch(v, defs, None),
+        Values::F64(v) => get_typed_column_writer_mut::<DoubleType>(&mut column).write_batch(v, defs, None),
+        Values::Bool(v) => get_typed_column_writer_mut::<BoolType>(&mut column).write_batch(v, defs, None),
+        Values::Text(v) => get_typed_column_writer_mut::<ByteArrayType>(&mut column).write_batch(v, defs, None),
+        Values::Ids(_) => return Err("a names column without its dictionary".into()),
+    };
+    written.map_err(|e| e.to_string())?;
+    let close = column.close().map_err(|e| e.to_string())?;
+    let bytes = sink.into_inner().map_err(|e| e.to_string())?;
+    Ok((Bytes::from(bytes), close))
+}
+
+/// A names column chunk: a PLAIN dictionary page of the names this row
+/// group uses (in order of first use), then data pages of bit-packed
+/// indices (RLE_DICTIONARY), uncompressed (random small indices do not
+/// compress). Statistics are the min and max of the names used.
+fn encode_names(descr: &ColumnDescPtr, ids: &[u32], b: &Buffer, dict: &[Option<ByteArray>]) -> Result<Chunk, String> {
+    // Caller id -> index in this chunk's dictionary.
+    let mut local = vec![u32::MAX; dict.len()];
+    let mut used: Vec<u32> = Vec::new();
+    let mut indices: Vec<u32> = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let slot = local.get_mut(id as usize).ok_or("a name id without its text")?;
+        if *slot == u32::MAX {
+            *slot = used.len() as u32;
+            used.push(id);
+        }
+        indices.push(*slot);
+    }
+    let text = |id: u32| dict[id as usize].as_ref().map(ByteArray::data).ok_or("a name id without its text");
+    let mut page = Vec::new();
+    let (mut min, mut max): (Option<&[u8]>, Option<&[u8]>) = (None, None);
+    for &id in &used {
+        let t = text(id)?;
+        page.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        page.extend_from_slice(t);
+        min = Some(min.map_or(t, |m| m.min(t)));
+        max = Some(max.map_or(t, |m| m.max(t)));
+    }
+    let levels = if b.nullable { b.defs.len() } else { ids.len() };
+    let nulls = (levels - ids.len()) as u64;
+    let bit_width = (32 - (used.len().max(2) as u32 - 1).leading_zeros()) as u8;
+
+    let data_bytes = levels.div_ceil(8) * (bit_width as usize + b.nullable as usize);
+    let mut sink = TrackedWrite::new(Vec::with_capacity(page.len() + data_bytes + 4096));
+    let mut pages = SerializedPageWriter::new(&mut sink);
+    let mut total = (0i64, 0i64);
+    let mut add = |spec: parquet::column::page::PageWriteSpec| {
+        total.0 += spec.compressed_size as i64;
+        total.1 += spec.uncompressed_size as i64;
+        spec.offset as i64
+    };
+    let size = page.len();
+    let dict_page = Page::DictionaryPage {
+        buf: Bytes::from(page),
+        num_values: used.len() as u32,
+        encoding: Encoding::PLAIN,
+        is_sorted: false,
+    };
+    let dict_offset = add(pages.write_page(CompressedPage::new(dict_page, size)).map_err(|e| e.to_string())?);
+    let mut data_offset = None;
+    let (mut level, mut value) = (0usize, 0usize);
+    while level < levels {
+        let n = DICT_PAGE_VALUES.min(levels - level);
+        let mut buf = Vec::with_capacity(n.div_ceil(8) * (bit_width as usize + 1) + 16);
+        let present = if b.nullable {
+            let defs = &b.defs[level..level + n];
+            let mut packed = Vec::with_capacity(n.div_ceil(8) + 8);
+            bit_pack(defs.iter().map(|&d| d as u32), 1, &mut packed);
+            buf.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&packed);
+            defs.iter().filter(|&&d| d == 1).count()
+        } else {
+            n
+        };
+        buf.push(bit_width);
+        bit_pack(indices[value..value + present].iter().copied(), bit_width, &mut buf);
+        let size = buf.len();
+        let data = Page::DataPage {
+            buf: Bytes::from(buf),
+            num_values: n as u32,
+            encoding: Encoding::RLE_DICTIONARY,
+            def_level_encoding: Encoding::RLE,
+            rep_level_encoding: Encoding::RLE,
+            statistics: None,
+        };
+        let offset = add(pages.write_page(CompressedPage::new(data, size)).map_err(|e| e.to_string())?);
+        data_offset.get_or_insert(offset);
+        level += n;
+        value += present;
+    }
+    pages.close().map_err(|e| e.to_string())?;
+    let statistics = Statistics::new(
+        min.map(|m| ByteArray::from(m.to_vec())),
+        max.map(|m| ByteArray::from(m.to_vec())),
+        None,
+        Some(nulls),
+        false,
+    );
+    let metadata = ColumnChunkMetaData::builder(descr.clone())
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_encodings(vec![Encoding::PLAIN, Encoding::RLE, Encoding::RLE_DICTIONARY])
+        .set_page_encoding_stats(vec![
+            PageEncodingStats { page_type: PageType::DICTIONARY_PAGE, encoding: Encoding::PLAIN, count: 1 },
+            PageEncodingStats {
+                page_type: PageType::DATA_PAGE,
+                encoding: Encoding::RLE_DICTIONARY,
+                count: levels.div_ceil(DICT_PAGE_VALUES) as i32,
+            },
+        ])
+        .set_total_compressed_size(total.0)
+        .set_total_uncompressed_size(total.1)
+        .set_num_values(levels as i64)
+        .set_data_page_offset(data_offset.unwrap_or(dict_offset))
+        .set_dictionary_page_offset(Some(dict_offset))
+        .set_statistics(statistics)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let bytes = sink.into_inner().map_err(|e| e.to_string())?;
+    let close = ColumnCloseResult {
+        bytes_written: bytes.len() as u64,
+        rows_written: levels as u64,
+        metadata,
+        bloom_filter: None,
+        column_index: None,
+        offset_index: None,
+    };
+    Ok((Bytes::from(bytes), close))
+}
+
+/// Values as one bit-packed run of Parquet's RLE/bit-packing hybrid: a
+/// ULEB128 header (groups of 8 << 1 | 1), then the values LSB first, the
+/// last group padded with zeros (the page's value count says where they end).
+fn bit_pack(values: impl ExactSizeIterator<Item = u32>, bit_width: u8, out: &mut Vec<u8>) {
+    let n = values.len();
+    let groups = n.div_ceil(8);
+    let mut header = (groups as u64) << 1 | 1;
+    loop {
+        let byte = (header & 0x7f) as u8;
+        header >>= 7;
+        if header == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.reserve(groups * bit_width as usize);
+    let (mut acc, mut bits) = (0u64, 0u32);
+    for v in values.chain(std::iter::repeat_n(0, groups * 8 - n)) {
+        debug_assert!(bit_width == 32 || v < 1 << bit_width);
+        acc |= (v as u64) << bits;
+        bits += bit_width as u32;
+        while bits >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    debug_assert_eq!(bits, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+
+    #[test]
+    fn bit_packing_is_lsb_first_in_groups_of_eight() {
+        let mut out = Vec::new();
+        bit_pack([1u32, 0, 1, 1, 0, 0, 0, 1, 1].into_iter(), 1, &mut out);
+        // Two groups: header (2 << 1 | 1), then 0b1000_1101, then 0b0000_0001.
+        assert_eq!(out, [5, 0b1000_1101, 0b0000_0001]);
+        let mut out = Vec::new();
+        bit_pack([3u32, 1, 2].into_iter(), 2, &mut out);
+        assert_eq!(out, [3, 0b10_01_11, 0]);
+    }
+
+    /// Names columns (nullable or not, more than a page, a dictionary per
+    /// row group) and the crate-written columns read back as written.
+    #[test]
+    fn names_columns_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let mut t = Table::create(
+            &path,
+            vec![
+                col("n", Ty::U64, false).enc(Enc::Delta),
+                col("name", Ty::Str, false),
+                col("maybe", Ty::Str, true),
+                col("small", Ty::Str, true),
+                col("text", Ty::Str, true).enc(Enc::Plain),
+            ],
+        )
+        .unwrap();
+        let names: Vec<ByteArray> = (0..300).map(|i| ByteArray::from(format!("name{i}").as_str())).collect();
+        let rows = ROW_GROUP_ROWS + 70_000;
+        let name_of = |i: usize| (i * 7919 % 300) as u32;
+        for i in 0..rows {
+            t.u64(i as u64);
+            let id = name_of(i);
+            t.name(id, &names[id as usize]);
+            if i % 3 == 0 {
+                t.null()
+            } else {
+                t.name(id / 2, &names[id as usize / 2])
+            }
+            if i % 5 == 0 {
+                t.str("five")
+            } else {
+                t.null()
+            }
+            if i % 100_000 == 1 {
+                t.str(&format!("text {i}"))
+            } else {
+                t.null()
+            }
+            t.end_row().unwrap();
+        }
+        assert_eq!(t.finish().unwrap(), rows as u64);
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        assert_eq!(reader.metadata().num_row_groups(), 2);
+        let mut n = 0;
+        for (i, row) in reader.get_row_iter(None).unwrap().enumerate() {
+            let row = row.unwrap();
+            let cells: Vec<&Field> = row.get_column_iter().map(|(_, f)| f).collect();
+            let id = name_of(i);
+            assert_eq!(cells[0], &Field::ULong(i as u64));
+            assert_eq!(cells[1], &Field::Str(format!("name{id}")), "row {i}");
+            let maybe = if i % 3 == 0 { Field::Null } else { Field::Str(format!("name{}", id / 2)) };
+            assert_eq!(cells[2], &maybe, "row {i}");
+            assert_eq!(cells[3], &if i % 5 == 0 { Field::Str("five".into()) } else { Field::Null }, "row {i}");
+            let text = if i % 100_000 == 1 { Field::Str(format!("text {i}")) } else { Field::Null };
+            assert_eq!(cells[4], &text, "row {i}");
+            n += 1;
+        }
+        assert_eq!(n, rows);
+        // The names columns carry their row group's min and max.
+        let stats = reader.metadata().row_group(0).column(1).statistics().unwrap();
+        assert_eq!(stats.min_bytes_opt(), Some(&b"name0"[..]));
+        assert_eq!(stats.max_bytes_opt(), Some(&b"name99"[..]));
+        assert_eq!(reader.metadata().row_group(0).column(2).statistics().unwrap().null_count_opt(), Some(349_526));
+    }
 }

@@ -22,22 +22,36 @@ pub struct Fates {
     late: FxHashSet<u64>,
 }
 
+/// Each entry of a rejects file (`line<TAB>reason<TAB>record` after a
+/// header line, as replay and import write it): `f(line, reason, record)`.
+pub fn for_each_reject(path: &Path, mut f: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>) -> Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = text.split(|&b| b == b'\n');
+    if let Some(header) = lines.next()
+        && !header.is_empty()
+        && !header.starts_with(b"line\t")
+    {
+        return Err(format!("{}: not a rejects file (its header is not `line<TAB>reason<TAB>record`)", path.display()));
+    }
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.is_empty()) {
+        let mut parts = line.splitn(3, |&b| b == b'\t');
+        let (Some(no), Some(reason)) = (parts.next(), parts.next()) else {
+            return Err(format!("{}: line {}: not `line<TAB>reason<TAB>record`", path.display(), i + 2));
+        };
+        let no = parse_u64(no).ok_or_else(|| format!("{}: line {}: bad line number", path.display(), i + 2))?;
+        f(no, reason, parts.next().unwrap_or_default())?;
+    }
+    Ok(())
+}
+
 impl Fates {
     pub fn load(late: &Path, rejects: Option<&Path>) -> Result<Fates, String> {
         let mut fates = Fates { rejected: FxHashMap::default(), late: FxHashSet::default() };
         if let Some(path) = rejects.filter(|p| p.exists()) {
-            let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            for (i, line) in text.split(|&b| b == b'\n').enumerate().skip(1).filter(|(_, l)| !l.is_empty()) {
-                let mut parts = line.splitn(3, |&b| b == b'\t');
-                let (Some(no), Some(reason)) = (parts.next(), parts.next()) else {
-                    return Err(format!("{}: line {}: not `line<TAB>reason<TAB>record`", path.display(), i + 1));
-                };
-                let no = std::str::from_utf8(no)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("{}: line {}: bad line number", path.display(), i + 1))?;
+            for_each_reject(path, |no, reason, _| {
                 fates.rejected.insert(no, String::from_utf8_lossy(reason).into_owned());
-            }
+                Ok(())
+            })?;
         }
         let text = std::fs::read(late).map_err(|e| format!("{}: {e}", late.display()))?;
         for (i, line) in text.split(|&b| b == b'\n').enumerate().skip(1).filter(|(_, l)| !l.is_empty()) {
@@ -117,8 +131,8 @@ fn csv_fields(line: &[u8]) -> Fields<'_> {
     }
 }
 
-/// Interned names as Parquet values (clones share bytes), with each
-/// account's group.
+/// Interned names as Parquet values (clones share bytes): dense ids from
+/// 0, which the tables' names columns take as their dictionary ids.
 #[derive(Default)]
 struct Names {
     /// Names of at most 16 bytes (every valid one) by their packed form:
@@ -154,6 +168,17 @@ impl Names {
     fn name(&self, id: u32) -> &[u8] {
         self.values[id as usize].data()
     }
+
+    /// Each id's place in name order.
+    fn ranks(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = (0..self.values.len() as u32).collect();
+        ids.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
+        let mut ranks = vec![0; ids.len()];
+        for (rank, id) in ids.into_iter().enumerate() {
+            ranks[id as usize] = rank as u32;
+        }
+        ranks
+    }
 }
 
 struct Accounts<'g> {
@@ -187,7 +212,8 @@ struct Order {
     order_id: u64,
     entry_seq: u64,
     entry_ts_ns: i64,
-    closed_ts_ns: Option<i64>,
+    /// `i64::MIN` while open.
+    closed_ts_ns: i64,
     last_ts_ns: i64,
     price: i64,
     qty: u64,
@@ -221,6 +247,8 @@ pub struct FateCounts {
     pub applied: u64,
     pub late: u64,
     pub rejected: u64,
+    /// Rows from the import's rejects file (a native tape).
+    pub rejected_at_import: u64,
 }
 
 fn records_columns() -> Vec<Column> {
@@ -239,99 +267,149 @@ fn records_columns() -> Vec<Column> {
         col("contra_order_id", Ty::U64, true).enc(Enc::Delta),
         col("contra_account", Ty::Str, true),
         col("fate", Ty::Str, false),
-        col("reason", Ty::Str, true),
-        col("raw", Ty::Str, true),
+        col("reason", Ty::Str, true).enc(Enc::Plain),
+        col("raw", Ty::Str, true).enc(Enc::Plain),
     ]
 }
 
-/// Writes records, orders, metrics and alerts into `dir`.
-pub fn write_tables(
-    tape: &Path,
-    native: bool,
-    groups: &Groups,
-    fates: &Fates,
-    alerts: &Path,
-    dir: &Path,
-) -> Result<(Vec<Written>, FateCounts), String> {
-    let mut records = Table::create(&dir.join("records.parquet"), records_columns())?;
-    let mut accounts = Accounts { names: Names::default(), group: Vec::new(), groups_named: Names::default(), groups };
-    let mut instruments = Names::default();
-    // Sized from the tape (about 70 bytes a CSV record, 64 native; about
-    // half the records are orders) so the big tables do not rehash.
-    let expected = std::fs::metadata(tape).map_or(0, |m| m.len() / 64) as usize;
-    let mut orders: Vec<Order> = Vec::with_capacity(expected / 2);
-    let mut order_index: FxHashMap<u64, u32> = FxHashMap::default();
-    order_index.reserve(expected / 2);
-    let mut metrics: FxHashMap<(u32, u32), Metric> = FxHashMap::default();
-    metrics.reserve(expected / 8);
-    let mut counts = FateCounts::default();
-    let mut unmatched = 0u64;
-    let fixed = |s: &'static str| ByteArray::from(s);
-    let (kind_n, kind_c, kind_t) = (fixed("N"), fixed("C"), fixed("T"));
-    let (side_b, side_s) = (fixed("B"), fixed("S"));
-    let (applied_v, late_v, rejected_v) = (fixed("applied"), fixed("late"), fixed("rejected"));
-    let mut raw_text = Vec::new();
+/// One record with its names resolved to ids (`Accounts`, instruments).
+#[derive(Clone, Copy, Default)]
+struct Rec {
+    seq: Option<u64>,
+    ts_ns: Option<i64>,
+    kind: Option<u8>,
+    order_id: Option<u64>,
+    account: Option<u32>,
+    instrument: Option<u32>,
+    side: Option<u8>,
+    price: Option<i64>,
+    qty: Option<u64>,
+    contra_order_id: Option<u64>,
+    contra_account: Option<u32>,
+}
 
-    let mut visit = |line: u64, f: Fields<'_>, raw: &dyn Fn(&mut Vec<u8>)| -> Result<(), String> {
+/// Fixed words of a names column, ids in order.
+fn words(list: &[&str]) -> Vec<ByteArray> {
+    list.iter().map(|&w| ByteArray::from(w)).collect()
+}
+
+const KINDS: [u8; 3] = [b'N', b'C', b'T'];
+const APPLIED: u32 = 0;
+const LATE: u32 = 1;
+const REJECTED: u32 = 2;
+
+/// The records table being written and the fold into orders and metrics.
+struct Build<'a> {
+    records: Table,
+    fates: &'a Fates,
+    accounts: Accounts<'a>,
+    instruments: Names,
+    orders: Vec<Order>,
+    order_index: FxHashMap<u64, u32>,
+    /// (group, instrument) -> index in `metric_rows`: a small map (12
+    /// bytes an entry) that stays in cache better than the rows.
+    metrics: FxHashMap<(u32, u32), u32>,
+    metric_rows: Vec<((u32, u32), Metric)>,
+    counts: FateCounts,
+    unmatched: u64,
+    kinds: Vec<ByteArray>,
+    sides: Vec<ByteArray>,
+    fate_words: Vec<ByteArray>,
+}
+
+impl Build<'_> {
+    fn rec(&mut self, f: &Fields<'_>) -> Rec {
+        Rec {
+            seq: f.seq,
+            ts_ns: f.ts_ns,
+            kind: f.kind,
+            order_id: f.order_id,
+            account: f.account.map(|a| self.accounts.id(a)),
+            instrument: f.instrument.map(|i| self.instruments.id(i)),
+            side: f.side,
+            price: f.price,
+            qty: f.qty,
+            contra_order_id: f.contra_order_id,
+            contra_account: f.contra_account.map(|a| self.accounts.id(a)),
+        }
+    }
+
+    /// One record read: its row, then (accepted) its part of the fold.
+    /// `raw` is the record as received, for a rejected one.
+    fn visit(&mut self, line: u64, f: Rec, raw: &dyn Fn() -> Vec<u8>) -> Result<(), String> {
+        let fates = self.fates;
         let reason = if fates.rejected.is_empty() { None } else { fates.rejected.get(&line) };
         let late = reason.is_none() && !fates.late.is_empty() && f.seq.is_some_and(|s| fates.late.contains(&s));
-        let account = f.account.map(|a| accounts.id(a));
-        let contra = f.contra_account.map(|a| accounts.id(a));
-        let instrument = f.instrument.map(|i| instruments.id(i));
-        records.u64(line);
-        records.opt_u64(f.seq);
-        records.opt_i64(f.ts_ns);
-        match f.kind {
-            Some(b'N') => records.bytes(kind_n.clone()),
-            Some(b'C') => records.bytes(kind_c.clone()),
-            Some(_) => records.bytes(kind_t.clone()),
-            None => records.null(),
+        let fate = match (reason, late) {
+            (Some(_), _) => REJECTED,
+            (None, true) => LATE,
+            (None, false) => APPLIED,
+        };
+        match fate {
+            REJECTED => self.counts.rejected += 1,
+            LATE => self.counts.late += 1,
+            _ => self.counts.applied += 1,
         }
-        records.opt_u64(f.order_id);
-        match account {
+        self.row(line, &f, fate, reason.map(|r| (r.as_bytes(), raw())))?;
+        if fate != REJECTED {
+            self.fold(&f, late);
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, line: u64, f: &Rec, fate: u32, rejected: Option<(&[u8], Vec<u8>)>) -> Result<(), String> {
+        let r = &mut self.records;
+        let names = &self.accounts.names.values;
+        r.u64(line);
+        r.opt_u64(f.seq);
+        r.opt_i64(f.ts_ns);
+        // A kind is N, C or T once parsed (`csv_fields`, the native tape).
+        let kind = f.kind.map(|k| KINDS.iter().position(|&x| x == k).unwrap_or(2) as u32);
+        r.opt_name(kind.map(|id| (id, &self.kinds[id as usize])));
+        r.opt_u64(f.order_id);
+        match f.account {
             Some(a) => {
-                records.bytes(accounts.names.values[a as usize].clone());
-                records.bytes(accounts.groups_named.values[accounts.group[a as usize] as usize].clone());
+                r.name(a, &names[a as usize]);
+                let g = self.accounts.group[a as usize];
+                r.name(g, &self.accounts.groups_named.values[g as usize]);
             }
             None => {
-                records.null();
-                records.null();
+                r.null();
+                r.null();
             }
         }
-        records.opt_bytes(instrument.map(|i| instruments.values[i as usize].clone()));
-        match f.side {
-            Some(b'B') => records.bytes(side_b.clone()),
-            Some(_) => records.bytes(side_s.clone()),
-            None => records.null(),
-        }
-        records.opt_i64(f.price);
-        records.opt_u64(f.qty);
-        records.opt_u64(f.contra_order_id);
-        records.opt_bytes(contra.map(|a| accounts.names.values[a as usize].clone()));
-        match (reason, late) {
-            (Some(reason), _) => {
-                counts.rejected += 1;
-                records.bytes(rejected_v.clone());
-                records.str(reason);
-                raw_text.clear();
-                raw(&mut raw_text);
-                records.str(&String::from_utf8_lossy(&raw_text));
-                return records.end_row();
+        r.opt_name(f.instrument.map(|i| (i, &self.instruments.values[i as usize])));
+        let side = f.side.map(|s| (s != b'B') as u32);
+        r.opt_name(side.map(|id| (id, &self.sides[id as usize])));
+        r.opt_i64(f.price);
+        r.opt_u64(f.qty);
+        r.opt_u64(f.contra_order_id);
+        r.opt_name(f.contra_account.map(|a| (a, &names[a as usize])));
+        r.name(fate, &self.fate_words[fate as usize]);
+        match rejected {
+            Some((reason, raw)) => {
+                r.str(&String::from_utf8_lossy(reason));
+                r.str(&String::from_utf8_lossy(&raw));
             }
-            (None, true) => {
-                counts.late += 1;
-                records.bytes(late_v.clone());
-            }
-            (None, false) => {
-                counts.applied += 1;
-                records.bytes(applied_v.clone());
+            None => {
+                r.null();
+                r.null();
             }
         }
-        records.null();
-        records.null();
-        records.end_row()?;
+        r.end_row()
+    }
 
-        // The fold: an accepted record is complete (the validator said so).
+    fn metric(&mut self, group: u32, instrument: u32) -> &mut Metric {
+        let next = self.metric_rows.len() as u32;
+        let i = *self.metrics.entry((group, instrument)).or_insert(next);
+        if i == next {
+            self.metric_rows.push(((group, instrument), Metric::default()));
+        }
+        &mut self.metric_rows[i as usize].1
+    }
+
+    /// The fold: an accepted record is complete (the validator said so).
+    fn fold(&mut self, f: &Rec, late: bool) {
         let (
             Some(seq),
             Some(ts),
@@ -342,25 +420,27 @@ pub fn write_tables(
             Some(side),
             Some(price),
             Some(qty),
-        ) = (f.seq, f.ts_ns, f.kind, f.order_id, account, instrument, f.side, f.price, f.qty)
+        ) = (f.seq, f.ts_ns, f.kind, f.order_id, f.account, f.instrument, f.side, f.price, f.qty)
         else {
-            unmatched += 1;
-            return Ok(());
+            self.unmatched += 1;
+            return;
         };
-        let group = accounts.group[account as usize];
-        let m = metrics.entry((group, instrument)).or_default();
+        let group = self.accounts.group[account as usize];
+        // A trade's seller is `contra` (the buyer `account`).
+        let seller_group = f.contra_account.map(|c| self.accounts.group[c as usize]);
+        let m = self.metric(group, instrument);
         m.records += 1;
         m.late += late as u64;
         match kind {
             b'N' => {
                 m.orders += 1;
                 m.order_qty += qty;
-                order_index.insert(order_id, orders.len() as u32);
-                orders.push(Order {
+                self.order_index.insert(order_id, self.orders.len() as u32);
+                self.orders.push(Order {
                     order_id,
                     entry_seq: seq,
                     entry_ts_ns: ts,
-                    closed_ts_ns: None,
+                    closed_ts_ns: i64::MIN,
                     last_ts_ns: ts,
                     price,
                     qty,
@@ -375,91 +455,128 @@ pub fn write_tables(
             b'C' => {
                 m.cancels += 1;
                 m.cancelled_qty += qty;
-                match order_index.get(&order_id) {
+                match self.order_index.get(&order_id) {
                     Some(&i) => {
-                        let o = &mut orders[i as usize];
+                        let o = &mut self.orders[i as usize];
                         o.cancelled += qty;
                         o.last_ts_ns = ts;
-                        o.closed_ts_ns = Some(ts);
+                        o.closed_ts_ns = ts;
                     }
-                    None => unmatched += 1,
+                    None => self.unmatched += 1,
                 }
             }
             _ => {
-                // A trade: the buyer is `account`, the seller `contra`.
-                let seller_group = contra.map(|c| accounts.group[c as usize]);
+                let notional = price as f64 / crate::event::PX_SCALE as f64 * qty as f64;
                 m.trades += 1;
                 m.bought_qty += qty;
-                m.traded_notional += price as f64 / crate::event::PX_SCALE as f64 * qty as f64;
+                m.traded_notional += notional;
                 if seller_group == Some(group) {
                     m.self_trades += 1;
                     m.sold_qty += qty;
                 } else if let Some(sg) = seller_group {
-                    let s = metrics.entry((sg, instrument)).or_default();
+                    let s = self.metric(sg, instrument);
                     s.records += 1;
                     s.late += late as u64;
                     s.trades += 1;
                     s.sold_qty += qty;
-                    s.traded_notional += price as f64 / crate::event::PX_SCALE as f64 * qty as f64;
+                    s.traded_notional += notional;
                 }
                 for id in [Some(order_id), f.contra_order_id] {
-                    match id.and_then(|id| order_index.get(&id)) {
+                    match id.and_then(|id| self.order_index.get(&id)) {
                         Some(&i) => {
-                            let o = &mut orders[i as usize];
+                            let o = &mut self.orders[i as usize];
                             o.filled += qty;
                             o.trades += 1;
                             o.last_ts_ns = o.last_ts_ns.max(ts);
                             if o.filled + o.cancelled >= o.qty {
-                                o.closed_ts_ns = Some(ts);
+                                o.closed_ts_ns = ts;
                             }
                         }
-                        None => unmatched += 1,
+                        None => self.unmatched += 1,
                     }
                 }
             }
         }
-        Ok(())
+    }
+}
+
+/// Writes records, orders, metrics and alerts into `dir`.
+pub fn write_tables(
+    tape: &Path,
+    native: bool,
+    groups: &Groups,
+    fates: &Fates,
+    import_rejects: Option<&Path>,
+    alerts: &Path,
+    dir: &Path,
+) -> Result<(Vec<Written>, FateCounts), String> {
+    // Sized from the tape (about 70 bytes a CSV record, 64 native; about
+    // half the records are orders) so the big tables do not rehash.
+    let expected = std::fs::metadata(tape).map_or(0, |m| m.len() / 64) as usize;
+    let mut b = Build {
+        records: Table::create_sized(&dir.join("records.parquet"), expected, records_columns())?,
+        fates,
+        accounts: Accounts { names: Names::default(), group: Vec::new(), groups_named: Names::default(), groups },
+        instruments: Names::default(),
+        orders: Vec::with_capacity(expected / 2),
+        order_index: FxHashMap::default(),
+        metrics: FxHashMap::default(),
+        metric_rows: Vec::with_capacity(expected / 8),
+        counts: FateCounts::default(),
+        unmatched: 0,
+        kinds: words(&["N", "C", "T"]),
+        sides: words(&["B", "S"]),
+        fate_words: words(&["applied", "late", "rejected"]),
     };
+    b.order_index.reserve(expected / 2);
+    b.metrics.reserve(expected / 8);
 
     if native {
         let t = crate::ingest::native::Tape::open(tape).map_err(|e| e.to_string())?;
-        let name = |bytes: &[u8]| bytes.to_vec();
+        // The tape's ids -> ours: no name is looked up per record.
+        let accounts: Vec<u32> = t.accounts().into_iter().map(|a| b.accounts.id(a)).collect();
+        let instruments: Vec<u32> = t.instruments().into_iter().map(|i| b.instruments.id(i)).collect();
+        let bad = |i: usize| format!("{}: record {}: a name id beyond the tape's symbols", tape.display(), i + 1);
         for i in 0..t.len() {
             let r = t.record(i);
-            let account = name(t.account(r.account));
-            let instrument = name(t.instrument(r.instrument));
-            let contra = (r.kind == b'T').then(|| name(t.account(r.contra_account)));
-            let f = Fields {
+            let trade = r.kind == b'T';
+            let f = Rec {
                 seq: Some(r.seq),
                 ts_ns: Some(r.ts_ns),
                 kind: Some(r.kind),
                 order_id: Some(r.order_id),
-                account: Some(&account),
-                instrument: Some(&instrument),
+                account: Some(*accounts.get(r.account as usize).ok_or_else(|| bad(i))?),
+                instrument: Some(*instruments.get(r.instrument as usize).ok_or_else(|| bad(i))?),
                 side: Some(r.side),
                 price: Some(r.price),
                 qty: Some(r.qty),
-                contra_order_id: (r.kind == b'T').then_some(r.contra_order_id),
-                contra_account: contra.as_deref(),
+                contra_order_id: trade.then_some(r.contra_order_id),
+                contra_account: if trade {
+                    Some(*accounts.get(r.contra_account as usize).ok_or_else(|| bad(i))?)
+                } else {
+                    None
+                },
             };
             // A native record is shown in FEED.md form.
-            let raw = |out: &mut Vec<u8>| {
+            let raw = || {
                 use std::io::Write;
+                let mut out = Vec::new();
                 let _ = write!(out, "{},{},{},{},", r.seq, r.ts_ns, r.kind as char, r.order_id);
-                out.extend_from_slice(&account);
+                out.extend_from_slice(t.account(r.account));
                 out.push(b',');
-                out.extend_from_slice(&instrument);
+                out.extend_from_slice(t.instrument(r.instrument));
                 let _ = write!(out, ",{},", r.side as char);
-                crate::event::write_px(out, r.price);
+                crate::event::write_px(&mut out, r.price);
                 let _ = write!(out, ",{},", r.qty);
-                if let Some(c) = &contra {
+                if trade {
                     let _ = write!(out, "{},", r.contra_order_id);
-                    out.extend_from_slice(c);
+                    out.extend_from_slice(t.account(r.contra_account));
                 } else {
                     out.push(b',');
                 }
+                out
             };
-            visit(i as u64 + 1, f, &raw)?;
+            b.visit(i as u64 + 1, f, &raw)?;
         }
     } else {
         let file = std::fs::File::open(tape).map_err(|e| format!("{}: {e}", tape.display()))?;
@@ -475,21 +592,35 @@ pub fn write_tables(
             let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |n| start + n);
             let line = &bytes[start..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            visit(line_no, csv_fields(line), &|out: &mut Vec<u8>| out.extend_from_slice(line))?;
+            let f = b.rec(&csv_fields(line));
+            b.visit(line_no, f, &|| line.to_vec())?;
             line_no += 1;
             start = end + 1;
         }
     }
-    if unmatched > 0 {
+    if let Some(path) = import_rejects {
+        // Records the import refused are not on the tape: their rows come
+        // from its rejects file, `line` their line in the imported CSV.
+        for_each_reject(path, |line, reason, record| {
+            let f = b.rec(&csv_fields(record));
+            b.counts.rejected_at_import += 1;
+            b.row(line, &f, REJECTED, Some((reason, record.to_vec())))
+        })?;
+    }
+    if b.unmatched > 0 {
         return Err(format!(
-            "{unmatched} accepted records could not be folded into orders (a bug: the validator admits only complete records about known orders)"
+            "{} accepted records could not be folded into orders (a bug: the validator admits only complete records about known orders)",
+            b.unmatched
         ));
     }
+    let Build { records, accounts, instruments, orders, metrics, metric_rows: rows, counts, sides, .. } = b;
+    drop(metrics);
     let mut written = vec![Written { name: "records.parquet", rows: records.finish()?, bytes: 0 }];
 
     // Orders, in order of entry.
-    let mut table = Table::create(
+    let mut table = Table::create_sized(
         &dir.join("orders.parquet"),
+        orders.len(),
         vec![
             col("order_id", Ty::U64, false).enc(Enc::Delta),
             col("entry_seq", Ty::U64, false).enc(Enc::Delta),
@@ -510,46 +641,52 @@ pub fn write_tables(
             col("lifetime_ns", Ty::I64, true).enc(Enc::Plain),
         ],
     )?;
-    let states = [fixed("open"), fixed("partially_filled"), fixed("filled"), fixed("cancelled")];
+    let states = words(&["open", "partially_filled", "filled", "cancelled"]);
     for o in &orders {
+        let g = accounts.group[o.account as usize];
+        let side = (o.side != b'B') as u32;
+        let state = order_state(o.qty, o.filled, o.cancelled);
         table.u64(o.order_id);
         table.u64(o.entry_seq);
         table.i64(o.entry_ts_ns);
-        table.bytes(accounts.names.values[o.account as usize].clone());
-        table.bytes(accounts.groups_named.values[accounts.group[o.account as usize] as usize].clone());
-        table.bytes(instruments.values[o.instrument as usize].clone());
-        table.bytes(if o.side == b'B' { side_b.clone() } else { side_s.clone() });
+        table.name(o.account, &accounts.names.values[o.account as usize]);
+        table.name(g, &accounts.groups_named.values[g as usize]);
+        table.name(o.instrument, &instruments.values[o.instrument as usize]);
+        table.name(side, &sides[side as usize]);
         table.i64(o.price);
         table.u64(o.qty);
-        table.bytes(states[order_state(o.qty, o.filled, o.cancelled)].clone());
+        table.name(state as u32, &states[state]);
         table.u64(o.filled);
         table.u64(o.cancelled);
         table.u64(o.qty.saturating_sub(o.filled + o.cancelled));
         table.u64(o.trades as u64);
         table.i64(o.last_ts_ns);
-        match o.closed_ts_ns {
-            Some(t) => {
-                table.i64(t);
-                table.i64(t - o.entry_ts_ns);
-            }
-            None => {
-                table.null();
-                table.null();
-            }
+        if o.closed_ts_ns == i64::MIN {
+            table.null();
+            table.null();
+        } else {
+            table.i64(o.closed_ts_ns);
+            table.i64(o.closed_ts_ns - o.entry_ts_ns);
         }
         table.end_row()?;
     }
+    drop(orders);
     written.push(Written { name: "orders.parquet", rows: table.finish()?, bytes: 0 });
 
-    // Metrics, by group then instrument name.
-    let mut rows: Vec<((u32, u32), Metric)> = metrics.into_iter().collect();
-    let name_of = |names: &Names, id: u32| names.values[id as usize].clone();
-    rows.sort_unstable_by(|(a, _), (b, _)| {
-        (accounts.groups_named.name(a.0), instruments.name(a.1))
-            .cmp(&(accounts.groups_named.name(b.0), instruments.name(b.1)))
-    });
-    let mut table = Table::create(
+    // Metrics, by group then instrument name (ranks: integer compares).
+    let (group_rank, instrument_rank) = (accounts.groups_named.ranks(), instruments.ranks());
+    // Sort (rank, row) pairs, not the rows: a row is about 100 bytes.
+    let mut order: Vec<(u64, u32)> = rows
+        .iter()
+        .enumerate()
+        .map(|(n, ((g, i), _))| {
+            ((group_rank[*g as usize] as u64) << 32 | instrument_rank[*i as usize] as u64, n as u32)
+        })
+        .collect();
+    order.sort_unstable();
+    let mut table = Table::create_sized(
         &dir.join("metrics.parquet"),
+        rows.len(),
         vec![
             col("account_group", Ty::Str, false),
             col("instrument", Ty::Str, false),
@@ -567,9 +704,10 @@ pub fn write_tables(
             col("cancel_ratio", Ty::F64, true),
         ],
     )?;
-    for (key, m) in &rows {
-        table.bytes(name_of(&accounts.groups_named, key.0));
-        table.bytes(name_of(&instruments, key.1));
+    for &(_, n) in &order {
+        let ((g, i), m) = &rows[n as usize];
+        table.name(*g, &accounts.groups_named.values[*g as usize]);
+        table.name(*i, &instruments.values[*i as usize]);
         for v in [
             m.records,
             m.late,
