@@ -567,13 +567,16 @@ fn encode_names(descr: &ColumnDescPtr, ids: &[u32], b: &Buffer, dict: &[Option<B
     let dict_offset = add(pages.write_page(CompressedPage::new(dict_page, size)).map_err(|e| e.to_string())?);
     let mut data_offset = None;
     let (mut level, mut value) = (0usize, 0usize);
+    let mut levels32 = Vec::with_capacity(DICT_PAGE_VALUES);
     while level < levels {
         let n = DICT_PAGE_VALUES.min(levels - level);
         let mut buf = Vec::with_capacity(n.div_ceil(8) * (bit_width as usize + 1) + 16);
         let present = if b.nullable {
             let defs = &b.defs[level..level + n];
             let mut packed = Vec::with_capacity(n.div_ceil(8) + 8);
-            bit_pack(defs.iter().map(|&d| d as u32), 1, &mut packed);
+            levels32.clear();
+            levels32.extend(defs.iter().map(|&d| d as u32));
+            hybrid(&levels32, 1, &mut packed);
             buf.extend_from_slice(&(packed.len() as u32).to_le_bytes());
             buf.extend_from_slice(&packed);
             defs.iter().filter(|&&d| d == 1).count()
@@ -581,7 +584,7 @@ fn encode_names(descr: &ColumnDescPtr, ids: &[u32], b: &Buffer, dict: &[Option<B
             n
         };
         buf.push(bit_width);
-        bit_pack(indices[value..value + present].iter().copied(), bit_width, &mut buf);
+        hybrid(&indices[value..value + present], bit_width, &mut buf);
         let size = buf.len();
         let data = Page::DataPage {
             buf: Bytes::from(buf),
@@ -635,22 +638,55 @@ fn encode_names(descr: &ColumnDescPtr, ids: &[u32], b: &Buffer, dict: &[Option<B
     Ok((Bytes::from(bytes), close))
 }
 
-/// Values as one bit-packed run of Parquet's RLE/bit-packing hybrid: a
-/// ULEB128 header (groups of 8 << 1 | 1), then the values LSB first, the
-/// last group padded with zeros (the page's value count says where they end).
-fn bit_pack(values: impl ExactSizeIterator<Item = u32>, bit_width: u8, out: &mut Vec<u8>) {
-    let n = values.len();
-    let groups = n.div_ceil(8);
-    let mut header = (groups as u64) << 1 | 1;
+fn uleb128(mut v: u64, out: &mut Vec<u8>) {
     loop {
-        let byte = (header & 0x7f) as u8;
-        header >>= 7;
-        if header == 0 {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
             out.push(byte);
             break;
         }
         out.push(byte | 0x80);
     }
+}
+
+/// Values in Parquet's RLE/bit-packing hybrid: a run of 8 or more equal
+/// values (a day's fates, present fields' definition levels) as one RLE
+/// run, the rest bit-packed. A bit-packed run holds whole groups of 8, so a
+/// repeat run starts where the values before it fill their last group.
+fn hybrid(values: &[u32], bit_width: u8, out: &mut Vec<u8>) {
+    let (mut packed_from, mut i) = (0, 0);
+    while i < values.len() {
+        let v = values[i];
+        let mut end = i + 1;
+        while end < values.len() && values[end] == v {
+            end += 1;
+        }
+        // The first index a repeat run may start at.
+        let from = i + (8 - (i - packed_from) % 8) % 8;
+        if end >= from + 8 {
+            if from > packed_from {
+                bit_pack(values[packed_from..from].iter().copied(), bit_width, out);
+            }
+            uleb128(((end - from) as u64) << 1, out);
+            out.extend_from_slice(&v.to_le_bytes()[..(bit_width as usize).div_ceil(8)]);
+            packed_from = end;
+        }
+        i = end;
+    }
+    if packed_from < values.len() {
+        bit_pack(values[packed_from..].iter().copied(), bit_width, out);
+    }
+}
+
+/// Values as one bit-packed run of the hybrid: a ULEB128 header (groups of
+/// 8 << 1 | 1), then the values LSB first, the last group padded with zeros
+/// (the page's value count says where they end; only the last run of a
+/// page may be padded).
+fn bit_pack(values: impl ExactSizeIterator<Item = u32>, bit_width: u8, out: &mut Vec<u8>) {
+    let n = values.len();
+    let groups = n.div_ceil(8);
+    uleb128((groups as u64) << 1 | 1, out);
     out.reserve(groups * bit_width as usize);
     let (mut acc, mut bits) = (0u64, 0u32);
     for v in values.chain(std::iter::repeat_n(0, groups * 8 - n)) {
@@ -683,6 +719,24 @@ mod tests {
         assert_eq!(out, [3, 0b10_01_11, 0]);
     }
 
+    #[test]
+    fn repeats_become_rle_runs_after_whole_groups() {
+        // 3 distinct values, then 20 of one: the first 3 and 5 of the 20
+        // fill a bit-packed group, the other 15 are one RLE run.
+        let mut values = vec![0u32, 1, 2];
+        values.extend([1; 20]);
+        let mut out = Vec::new();
+        hybrid(&values, 2, &mut out);
+        let mut want = Vec::new();
+        bit_pack([0u32, 1, 2, 1, 1, 1, 1, 1].into_iter(), 2, &mut want);
+        want.extend([15 << 1, 1]);
+        assert_eq!(out, want);
+        // Too short a repeat stays bit-packed.
+        let mut out = Vec::new();
+        hybrid(&[1, 1, 1, 1, 1, 1, 1, 0, 1], 1, &mut out);
+        assert_eq!(out, [5, 0b0111_1111, 0b0000_0001]);
+    }
+
     /// Names columns (nullable or not, more than a page, a dictionary per
     /// row group) and the crate-written columns read back as written.
     #[test]
@@ -697,6 +751,7 @@ mod tests {
                 col("maybe", Ty::Str, true),
                 col("small", Ty::Str, true),
                 col("text", Ty::Str, true).enc(Enc::Plain),
+                col("runs", Ty::Str, true),
             ],
         )
         .unwrap();
@@ -722,6 +777,13 @@ mod tests {
             } else {
                 t.null()
             }
+            // Runs of names and of nulls, of every length around a group's 8.
+            let run = (i / 13 + i / 1000) % 4;
+            if run == 3 {
+                t.null()
+            } else {
+                t.name(run as u32, &names[run])
+            }
             t.end_row().unwrap();
         }
         assert_eq!(t.finish().unwrap(), rows as u64);
@@ -739,6 +801,9 @@ mod tests {
             assert_eq!(cells[3], &if i % 5 == 0 { Field::Str("five".into()) } else { Field::Null }, "row {i}");
             let text = if i % 100_000 == 1 { Field::Str(format!("text {i}")) } else { Field::Null };
             assert_eq!(cells[4], &text, "row {i}");
+            let run = (i / 13 + i / 1000) % 4;
+            let want = if run == 3 { Field::Null } else { Field::Str(format!("name{run}")) };
+            assert_eq!(cells[5], &want, "row {i}");
             n += 1;
         }
         assert_eq!(n, rows);

@@ -806,17 +806,18 @@ fn write_alerts(alerts: &Path, out: &Path) -> Result<u64, String> {
     }
     // A key holding different kinds of value stays in the JSON only.
     evidence.retain(|k, _| !mixed.contains(k));
+    // Text unique to an alert is plain (snappy-compressed), not a dictionary.
     let mut columns = vec![
-        col("alert_id", Ty::Str, false),
+        col("alert_id", Ty::Str, false).enc(Enc::Plain),
         col("rule", Ty::Str, false),
         col("seq", Ty::U64, false).enc(Enc::Delta),
         col("ts_ns", Ty::I64, false).enc(Enc::Delta),
-        col("time", Ty::Str, false),
+        col("time", Ty::Str, false).enc(Enc::Plain),
         col("account_group", Ty::Str, false),
         col("account", Ty::Str, false),
         col("instrument", Ty::Str, false),
         col("params", Ty::Str, true),
-        col("evidence", Ty::Str, false),
+        col("evidence", Ty::Str, false).enc(Enc::Plain),
     ];
     columns.extend(evidence.iter().map(|(k, &ty)| col(&format!("evidence_{k}"), ty, true)));
     let mut table = Table::create(out, columns)?;
