@@ -122,6 +122,10 @@ pub struct Shape {
     pub max_delay_ns: i64,
     /// The actors to plant, instead of the classic day's alternating mix.
     pub actors: Vec<ActorPlan>,
+    /// A closing call auction after the continuous day, as epoch-ns
+    /// `[start, end)`: orders collected, then one uncross stamped `end`
+    /// (`Agenda::closing_call`). Marking-close actors act in it.
+    pub closing_call: Option<(i64, i64)>,
 }
 
 /// A batch of planted actors of one pattern.
@@ -155,17 +159,63 @@ pub enum PlantPattern {
     /// trade on the other side at the moved price within 30 s (by a related
     /// account with `paired`).
     MomentumIgnition { paired: bool },
+    /// 拉抬打压: a group (two accounts with `paired`) lifting (or pressing)
+    /// a stock 6-8.5% along a path over 2-3 minutes, buying every 1.2-3.5 s
+    /// everything offered up to the path (an ordinary trader adds an offer
+    /// there when none rests), so it takes most of the buying; it never sells.
+    Ramping { paired: bool },
+    /// 尾市拉抬/打压: in the scenario's closing call, large buys (or sells)
+    /// at a target 4.8-5.8% from the last continuous trade, sized to half
+    /// the orders against it, topped up near the call's end to 1.1x them
+    /// (by the related account with `paired`): the close lands ~5% away.
+    MarkingClose { paired: bool },
+    /// 自买自卖/互为对手方: two accounts of one group, 4-8 times 10-40 s
+    /// apart: one sells inside the spread (or joins a one-tick offer), the
+    /// other buys it 3-40 ms later; each trade 12-25% of the instrument's
+    /// volume so far in the day.
+    WashTrade,
+    /// 高频申报: one account, 2-4 bursts 1-3 minutes apart, each 155-190
+    /// orders 5-15 ticks behind the touch, every one cancelled 1-4 ms after
+    /// it was placed: 310-380 orders and cancels within a second.
+    QuoteStuffing,
+    /// 频繁瞬时撤单: a group (two accounts alternating with `paired`)
+    /// placing 60-80 orders 1-3 ticks behind the touch, one at a time, each
+    /// cancelled 100-900 ms after entry, the next 1-6 s later.
+    InstantCancel { paired: bool },
 }
 
 impl PlantPattern {
+    /// The truth rows of a book-aware actor: its pattern's rule name, then
+    /// every other rule whose definition its shape meets by construction
+    /// (each wash trade is a self-trade; a stuffing burst is 155+ cancels
+    /// within a second of entry, so excessive and instant cancelling too).
+    fn truth_names(&self) -> &'static [&'static str] {
+        match self {
+            PlantPattern::Spoofing { .. } => &[PATTERN_SPOOFING],
+            PlantPattern::Layering { .. } => &[PATTERN_LAYERING],
+            PlantPattern::MomentumIgnition { .. } => &[PATTERN_MOMENTUM_IGNITION],
+            PlantPattern::Ramping { .. } => &[PATTERN_RAMPING],
+            PlantPattern::MarkingClose { .. } => &[PATTERN_MARKING_CLOSE],
+            PlantPattern::WashTrade => &[PATTERN_WASH_TRADE, PATTERN_SELF_TRADE],
+            PlantPattern::QuoteStuffing => &[PATTERN_QUOTE_STUFFING, PATTERN_EXCESSIVE_CANCEL, PATTERN_INSTANT_CANCEL],
+            PlantPattern::InstantCancel { .. } => &[PATTERN_INSTANT_CANCEL],
+            PlantPattern::ExcessiveCancel { .. } => &[PATTERN_EXCESSIVE_CANCEL],
+            PlantPattern::SelfTrade { .. } => &[PATTERN_SELF_TRADE],
+        }
+    }
+
     /// Accounts one actor takes.
     pub fn accounts(&self) -> u32 {
         match self {
             PlantPattern::SelfTrade { paired, .. }
             | PlantPattern::Spoofing { paired }
             | PlantPattern::Layering { paired }
-            | PlantPattern::MomentumIgnition { paired } => 1 + u32::from(*paired),
-            PlantPattern::ExcessiveCancel { .. } => 1,
+            | PlantPattern::MomentumIgnition { paired }
+            | PlantPattern::Ramping { paired }
+            | PlantPattern::MarkingClose { paired }
+            | PlantPattern::InstantCancel { paired } => 1 + u32::from(*paired),
+            PlantPattern::WashTrade => 2,
+            PlantPattern::ExcessiveCancel { .. } | PlantPattern::QuoteStuffing => 1,
         }
     }
 }
@@ -234,6 +284,7 @@ impl Shape {
             delay_unit_ns: NS_PER_MS,
             max_delay_ns: 80 * NS_PER_MS,
             actors: Vec::new(),
+            closing_call: None,
         }
     }
 
@@ -408,6 +459,11 @@ const PATTERN_SELF_TRADE: &str = "self-trade";
 const PATTERN_SPOOFING: &str = "spoofing";
 const PATTERN_LAYERING: &str = "layering";
 const PATTERN_MOMENTUM_IGNITION: &str = "momentum-ignition";
+const PATTERN_RAMPING: &str = "ramping";
+const PATTERN_MARKING_CLOSE: &str = "marking-close";
+const PATTERN_WASH_TRADE: &str = "wash-trade";
+const PATTERN_QUOTE_STUFFING: &str = "quote-stuffing";
+const PATTERN_INSTANT_CANCEL: &str = "instant-cancel";
 
 /// PRNG streams, one per concern (see the module invariants).
 const STREAM_UNIVERSE: u64 = 1;
@@ -1014,6 +1070,8 @@ struct Emitter<W: Write> {
     instruments: NameTable,
     late: LateShift,
     stats: Stats,
+    /// The latest `ts_ns` written (the closing call starts after it).
+    last_ns: i64,
 }
 
 impl<W: Write> Emitter<W> {
@@ -1043,6 +1101,7 @@ impl<W: Write> Emitter<W> {
             }
         }
         self.seq += 1;
+        self.last_ns = self.last_ns.max(record.ts_ns);
         match record.kind {
             b'N' => self.stats.new_orders += 1,
             b'C' => self.stats.cancels += 1,
@@ -1316,6 +1375,13 @@ struct Market {
     resting_doublings: u64,
     marketable_doublings: u64,
     min_cancel_age_ns: i64,
+    /// Shares traded per instrument so far (a wash trader sizes its trades by it).
+    volume: Vec<u64>,
+    /// The last trade's price per instrument (the previous close before any).
+    last_px: Vec<i64>,
+    /// While set, `submit` matches this group's own resting orders (the
+    /// planted wash trades); otherwise it steps over them.
+    wash_group: Option<u32>,
 }
 
 impl Market {
@@ -1362,6 +1428,9 @@ impl Market {
             resting_doublings: knobs.resting_doublings,
             marketable_doublings: knobs.marketable_doublings,
             min_cancel_age_ns: knobs.min_cancel_age_ns,
+            volume: vec![0; specs.len()],
+            last_px: specs.iter().map(|s| s.prev_close).collect(),
+            wash_group: None,
         }
     }
 
@@ -1628,6 +1697,8 @@ impl Market {
             book.insert(side, Resting { entry_ns, qty: open, ..aggressor });
         }
         book.ref_px = limit;
+        self.volume[instrument as usize] += self.fills.iter().map(|f| f.1).sum::<u64>();
+        self.last_px[instrument as usize] = limit;
         Ok(1 + self.fills.len() as u64)
     }
 
@@ -1702,7 +1773,7 @@ impl Market {
             if !crosses || open == 0 {
                 break;
             }
-            if resting.group == group {
+            if resting.group == group && self.wash_group != Some(group) {
                 stepped_over = true;
                 continue;
             }
@@ -1735,6 +1806,7 @@ impl Market {
             };
             em.emit(trade, ts_ns, false)?;
             book.ref_px = hit.price;
+            self.last_px[instrument as usize] = hit.price;
         }
         // Descending indices: removals keep the rest valid.
         for &(j, fill) in &self.fills {
@@ -1748,6 +1820,7 @@ impl Market {
         if rests {
             book.insert(side, Resting { qty: open, ..placed });
         }
+        self.volume[instrument as usize] += wanted - open;
         Ok(Some(Placed { order_id, records: 1 + self.fills.len() as u64, executed: wanted - open, resting: rests }))
     }
 
@@ -1779,6 +1852,30 @@ impl Market {
             }
         }
         Ok(0)
+    }
+
+    /// A planted wash trade: `taker` trades through the resting `order_id`
+    /// on `side` of its own group (what rests ahead of it included), which
+    /// self-trade prevention would otherwise step over. Returns the records
+    /// written.
+    fn wash_through<W: Write>(
+        &mut self,
+        instrument: u32,
+        side: usize,
+        order_id: u64,
+        taker: u32,
+        ts_ns: i64,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        let Some(j) = self.find(instrument, side, order_id) else { return Ok(0) };
+        let ahead = &self.books[instrument as usize].sides[side][j..];
+        let price = ahead[0].price;
+        let qty: u64 = ahead.iter().map(|r| r.qty).sum();
+        self.wash_group = Some(self.group_of[taker as usize]);
+        let order = Submit { instrument, side: 1 - side, account: taker, price, qty, rest: false };
+        let placed = self.submit(order, ts_ns, em);
+        self.wash_group = None;
+        Ok(placed?.map_or(0, |p| p.records))
     }
 
     /// The instrument's best prices and band, for planting near the market.
@@ -2086,10 +2183,18 @@ impl Schedule {
             for _ in 0..plan.count {
                 let account = Self::take_account(&mut reserved, cfg.accounts, &mut rng);
                 let draw = |rng: &mut Rng, (lo, hi): (u32, u32)| rng.range(u64::from(lo), u64::from(hi)) as u32;
-                if let PlantPattern::Spoofing { paired }
-                | PlantPattern::Layering { paired }
-                | PlantPattern::MomentumIgnition { paired } = plan.pattern
-                {
+                let book_aware = match plan.pattern {
+                    PlantPattern::Spoofing { paired }
+                    | PlantPattern::Layering { paired }
+                    | PlantPattern::MomentumIgnition { paired }
+                    | PlantPattern::Ramping { paired }
+                    | PlantPattern::MarkingClose { paired }
+                    | PlantPattern::InstantCancel { paired } => Some(paired),
+                    PlantPattern::WashTrade => Some(true),
+                    PlantPattern::QuoteStuffing => Some(false),
+                    PlantPattern::ExcessiveCancel { .. } | PlantPattern::SelfTrade { .. } => None,
+                };
+                if let Some(paired) = book_aware {
                     let partner = paired.then(|| Self::take_account(&mut reserved, cfg.accounts, &mut rng));
                     let start_ns = shape.start_ns + rng.between_ns(plan.from_ns, plan.to_ns.max(plan.from_ns + 1));
                     let instrument = Self::free_instrument(&book_actors, cfg.instruments, &mut rng);
@@ -2105,9 +2210,7 @@ impl Schedule {
                         seller: paired.then(|| Self::take_account(&mut reserved, cfg.accounts, &mut rng)),
                         gap_ns,
                     },
-                    PlantPattern::Spoofing { .. }
-                    | PlantPattern::Layering { .. }
-                    | PlantPattern::MomentumIgnition { .. } => unreachable!("book-aware actors are planned above"),
+                    _ => unreachable!("book-aware actors are planned above"),
                 };
                 records += pattern.records();
                 let start_ns = shape.start_ns + rng.between_ns(plan.from_ns, plan.to_ns.max(plan.from_ns + 1));
@@ -2296,7 +2399,7 @@ enum Task {
     MakerRefresh { quote: u32 },
     InstitutionPlace { institution: u32 },
     InstitutionCancel { institution: u32 },
-    Actor { actor: u32, step: u8 },
+    Actor { actor: u32, step: u16 },
 }
 
 /// One market maker's two-sided quote on one instrument: the open order
@@ -2339,8 +2442,26 @@ struct BookActor {
     /// The igniter: the opposite touch it started from, sweeps planned,
     /// quantity bought or sold.
     base_px: i64,
-    sweeps: u8,
+    sweeps: u16,
     traded: u64,
+    /// The window-metric actors: the ramp's target price and its span,
+    /// orders to place and placed (this burst, for a stuffer), bursts
+    /// planned and done.
+    target_px: i64,
+    from_ns: i64,
+    until_ns: i64,
+    orders_wanted: u32,
+    orders_done: u32,
+    bursts: u32,
+    bursts_done: u32,
+}
+
+/// One order of the closing call: collected, never matched, until the
+/// uncross at the call's end.
+#[derive(Clone, Copy, Debug)]
+struct CallOrder {
+    order: Resting,
+    side: usize,
 }
 
 /// The timed actions that act on the live books, in time order. Every
@@ -2411,10 +2532,50 @@ impl Agenda {
                 base_px: 0,
                 sweeps: 0,
                 traded: 0,
+                target_px: 0,
+                from_ns: 0,
+                until_ns: 0,
+                orders_wanted: 0,
+                orders_done: 0,
+                bursts: 0,
+                bursts_done: 0,
             });
-            agenda.push(plan.start_ns, Task::Actor { actor, step: 0 });
+            // A marker acts in the closing call only (`closing_call`).
+            if !matches!(plan.pattern, PlantPattern::MarkingClose { .. }) {
+                agenda.push(plan.start_ns, Task::Actor { actor, step: 0 });
+            }
         }
+        agenda.own_instruments(market);
         agenda
+    }
+
+    /// Ramping, marking and wash-trade actors get an instrument of their
+    /// own in the quieter half (thin stocks, as such cases mostly are:
+    /// where no single group could take most of the volume it would not
+    /// try), while there are enough: their truth is a share of an
+    /// instrument's volume, which another actor would blur.
+    fn own_instruments(&mut self, market: &Market) {
+        let instruments = market.books.len() as u32;
+        let skip = instruments / 2;
+        for i in 0..self.actors.len() {
+            if !matches!(
+                self.actors[i].plan.pattern,
+                PlantPattern::Ramping { .. } | PlantPattern::MarkingClose { .. } | PlantPattern::WashTrade
+            ) {
+                continue;
+            }
+            let taken = |agenda: &Agenda, instrument: u32| {
+                agenda.actors.iter().enumerate().any(|(j, a)| j != i && a.plan.instrument == instrument)
+            };
+            for _ in 0..64 {
+                let rank = skip + self.rng.below(u64::from(instruments - skip)) as u32;
+                let instrument = market.instrument_by_rank[rank as usize];
+                self.actors[i].plan.instrument = instrument;
+                if !taken(self, instrument) {
+                    break;
+                }
+            }
+        }
     }
 
     fn push(&mut self, ts_ns: i64, task: Task) {
@@ -2569,7 +2730,7 @@ impl Agenda {
     fn actor_step<W: Write>(
         &mut self,
         index: u32,
-        step: u8,
+        step: u16,
         ts_ns: i64,
         market: &mut Market,
         em: &mut Emitter<W>,
@@ -2579,7 +2740,7 @@ impl Agenda {
         let spec = market.books[instrument as usize].spec;
         let genuine_account = a.plan.partner.unwrap_or(a.plan.account);
         let mut written = 0;
-        let mut next: Option<(i64, u8)> = None;
+        let mut next: Option<(i64, u16)> = None;
         match (a.plan.pattern, step) {
             // Coscia: the small genuine order at its side's touch first.
             (PlantPattern::Spoofing { .. }, 0) => {
@@ -2690,7 +2851,7 @@ impl Agenda {
                     a.started = true;
                     a.side = side;
                     a.base_px = base;
-                    a.sweeps = self.rng.range(3, 4) as u8;
+                    a.sweeps = self.rng.range(3, 4) as u16;
                     written += self.sweep(&mut a, 0, ts_ns, market, em)?;
                     next = Some((ts_ns + self.rng.between_ns(50 * NS_PER_MS, 300 * NS_PER_MS), 1));
                 }
@@ -2719,6 +2880,142 @@ impl Agenda {
             (PlantPattern::MomentumIgnition { .. }, _) => {
                 written += market.fill_through(instrument, 1 - a.side, a.genuine, ts_ns, &mut self.rng, em)?;
             }
+            // Ramping: the path from the last price to 6-8.5% away over 2-3 minutes.
+            (PlantPattern::Ramping { .. }, 0) => {
+                let base = market.quote(instrument).ref_px;
+                let move_bp = self.rng.range(600, 850) as i64;
+                let target = |side: usize| {
+                    let moved = base * move_bp / 10_000 / spec.tick * spec.tick;
+                    if side == BUY {
+                        (base + moved).min(spec.limit_up - 2 * spec.tick)
+                    } else {
+                        (base - moved).max(spec.limit_down + 2 * spec.tick)
+                    }
+                };
+                // The side with room for at least a 5% move (near a limit, the other).
+                let mut side = self.rng.side();
+                if (target(side) - base).abs() * 10_000 < 500 * base {
+                    side = 1 - side;
+                }
+                a.started = true;
+                a.side = side;
+                a.base_px = base;
+                a.target_px = target(side);
+                a.from_ns = ts_ns;
+                a.until_ns = ts_ns + self.rng.between_ns(120 * NS_PER_S, 170 * NS_PER_S);
+                next = Some((ts_ns + self.rng.between_ns(1_200 * NS_PER_MS, 3_500 * NS_PER_MS), 1));
+            }
+            (PlantPattern::Ramping { .. }, k) => {
+                let account = if k % 2 == 0 { genuine_account } else { a.plan.account };
+                let done = ((ts_ns - a.from_ns) as f64 / (a.until_ns - a.from_ns) as f64).min(1.0);
+                let path = a.base_px + ((a.target_px - a.base_px) as f64 * done) as i64 / spec.tick * spec.tick;
+                written += self.lift(&mut a, account, path, ts_ns, market, em)?;
+                if ts_ns < a.until_ns {
+                    next = Some((ts_ns + self.rng.between_ns(1_200 * NS_PER_MS, 3_500 * NS_PER_MS), k + 1));
+                }
+            }
+            // Wash trades: one of the pair sells, the other buys it.
+            (PlantPattern::WashTrade, k) if k % 2 == 0 => {
+                if k == 0 {
+                    a.orders_wanted = self.rng.range(4, 8) as u32;
+                }
+                let partner = a.plan.partner.unwrap_or(a.plan.account);
+                let (seller, buyer) =
+                    if self.rng.coin() { (a.plan.account, partner) } else { (partner, a.plan.account) };
+                // Inside the spread at the price nearest the last trade, or
+                // (a one-tick spread) joining either touch: the price walks
+                // nowhere on purpose. The side that rests is drawn.
+                let quote = market.quote(instrument);
+                let last = market.last_px[instrument as usize];
+                let resting_side = self.rng.side();
+                let price = match (quote.bid, quote.ask) {
+                    (Some(bid), Some(ask)) if ask - bid >= 2 * spec.tick => {
+                        last.clamp(bid + spec.tick, ask - spec.tick)
+                    }
+                    (Some(bid), Some(ask)) => {
+                        if resting_side == SELL {
+                            ask
+                        } else {
+                            bid
+                        }
+                    }
+                    _ => last,
+                }
+                .clamp(spec.limit_down, spec.limit_up);
+                let (maker, taker) = if resting_side == SELL { (seller, buyer) } else { (buyer, seller) };
+                let lot = market.lot;
+                let share = self.rng.range(12, 25);
+                let lots = (market.volume[instrument as usize] * share / 100 / lot).clamp(50, 5_000);
+                let order =
+                    Submit { instrument, side: resting_side, account: maker, price, qty: lots * lot, rest: true };
+                if let Some(p) = market.submit(order, ts_ns, em)? {
+                    written += p.records;
+                    a.started = true;
+                    a.side = resting_side;
+                    a.genuine = if p.resting { p.order_id } else { 0 };
+                    a.orders[0] = u64::from(taker);
+                }
+                next = Some((ts_ns + self.rng.between_ns(3 * NS_PER_MS, 40 * NS_PER_MS), k + 1));
+            }
+            (PlantPattern::WashTrade, k) => {
+                let taker = a.orders[0] as u32;
+                written += market.wash_through(instrument, a.side, a.genuine, taker, ts_ns, em)?;
+                a.orders_done += 1;
+                if a.orders_done < a.orders_wanted {
+                    next = Some((ts_ns + self.rng.between_ns(10 * NS_PER_S, 40 * NS_PER_S), k + 1));
+                }
+            }
+            // Quote stuffing and instant cancels: one order at a time, each
+            // cancelled at once (stuffing, bursts) or within a second.
+            (PlantPattern::QuoteStuffing | PlantPattern::InstantCancel { .. }, k) if k % 2 == 0 => {
+                let stuffing = matches!(a.plan.pattern, PlantPattern::QuoteStuffing);
+                if k == 0 {
+                    a.orders_wanted = if stuffing { self.rng.range(155, 190) } else { self.rng.range(60, 80) } as u32;
+                    a.bursts = if stuffing { self.rng.range(2, 4) as u32 } else { 1 };
+                }
+                let account = if k / 2 % 2 == 1 { genuine_account } else { a.plan.account };
+                let side = self.rng.side();
+                let ticks = if stuffing { self.rng.range(5, 15) } else { self.rng.range(1, 3) } as i64;
+                a.side = side;
+                a.genuine = 0;
+                if let Some(touch) = market.touch(instrument, side) {
+                    let price = Self::behind(side, touch, ticks, spec.tick).clamp(spec.limit_down, spec.limit_up);
+                    let qty = self.rng.range(1, if stuffing { 3 } else { 5 }) * market.lot;
+                    let order = Submit { instrument, side, account, price, qty, rest: true };
+                    if let Some(p) = market.submit(order, ts_ns, em)? {
+                        written += p.records;
+                        a.started = true;
+                        a.genuine = if p.resting { p.order_id } else { 0 };
+                    }
+                }
+                let cancel_after = if stuffing {
+                    self.rng.between_ns(NS_PER_MS, 4 * NS_PER_MS)
+                } else {
+                    self.rng.between_ns(100 * NS_PER_MS, 900 * NS_PER_MS)
+                };
+                next = Some((ts_ns + cancel_after, k + 1));
+            }
+            (PlantPattern::QuoteStuffing | PlantPattern::InstantCancel { .. }, k) => {
+                let stuffing = matches!(a.plan.pattern, PlantPattern::QuoteStuffing);
+                written += market.cancel_scheduled(instrument, a.side, a.genuine, ts_ns, em)?;
+                a.orders_done += 1;
+                if a.orders_done < a.orders_wanted {
+                    let gap = if stuffing {
+                        self.rng.between_ns(300_000, 1_500_000)
+                    } else {
+                        self.rng.between_ns(NS_PER_S, 6 * NS_PER_S)
+                    };
+                    next = Some((ts_ns + gap, k + 1));
+                } else {
+                    a.bursts_done += 1;
+                    if a.bursts_done < a.bursts {
+                        a.orders_done = 0;
+                        a.orders_wanted = self.rng.range(155, 190) as u32;
+                        next = Some((ts_ns + self.rng.between_ns(60 * NS_PER_S, 180 * NS_PER_S), k + 1));
+                    }
+                }
+            }
+            (PlantPattern::MarkingClose { .. }, _) => unreachable!("a marker acts in the closing call"),
             (PlantPattern::ExcessiveCancel { .. } | PlantPattern::SelfTrade { .. }, _)
             | (PlantPattern::Spoofing { .. } | PlantPattern::Layering { .. }, _) => {
                 unreachable!("not a book-aware step: {:?} {step}", a.plan.pattern)
@@ -2739,7 +3036,7 @@ impl Agenda {
     fn sweep<W: Write>(
         &mut self,
         a: &mut BookActor,
-        k: u8,
+        k: u16,
         ts_ns: i64,
         market: &mut Market,
         em: &mut Emitter<W>,
@@ -2776,6 +3073,215 @@ impl Agenda {
             .sum();
         if qty > 0 {
             let order = Submit { instrument, side: a.side, account: a.plan.account, price: limit, qty, rest: false };
+            if let Some(p) = market.submit(order, ts_ns, em)? {
+                written += p.records;
+                a.traded += p.executed;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// The closing call's uncrossing price: the most executable volume, then
+/// the least surplus, then the side of the surplus (a buy surplus takes the
+/// higher price), then the nearest to the last price. `None` when nothing
+/// crosses. Returns (price, volume).
+fn uncross(bids: &[CallOrder], asks: &[CallOrder], last_px: i64) -> Option<(i64, u64)> {
+    let mut best: Option<((u64, i64, i64), i64)> = None;
+    for p in bids.iter().chain(asks).map(|o| o.order.price) {
+        let demand: u64 = bids.iter().filter(|o| o.order.price >= p).map(|o| o.order.qty).sum();
+        let supply: u64 = asks.iter().filter(|o| o.order.price <= p).map(|o| o.order.qty).sum();
+        let volume = demand.min(supply);
+        let surplus = demand as i64 - supply as i64;
+        let lean = match surplus.signum() {
+            1 => p,
+            -1 => -p,
+            _ => -(p - last_px).abs(),
+        };
+        let key = (volume, -surplus.abs(), lean);
+        if volume > 0 && best.is_none_or(|(b, _)| key > b) {
+            best = Some((key, p));
+        }
+    }
+    best.map(|((volume, _, _), p)| (p, volume))
+}
+
+impl Agenda {
+    /// The closing call auction (Shenzhen 14:57-15:00 when the scenario
+    /// says so): orders are collected, never matched, and nothing is
+    /// cancelled; at `end_ns` one uncrossing price per instrument
+    /// (`uncross`), every execution at that price, stamped `end_ns`, its
+    /// side the later order's. Resting orders take part. Ordinary traders
+    /// send 4-10 orders per instrument: half near the last price (up to 1%
+    /// through it), half away from it (up to 6.5%). Each marker buys (or
+    /// sells) at a target 4.8-5.8% from the last continuous trade, half of
+    /// what other groups offer up to it, 20-90 s into the call, and tops
+    /// up to 1.1x that 4 s before the end (the related account with
+    /// `paired`), so the close lands on the target. Returns the records.
+    fn closing_call<W: Write>(
+        &mut self,
+        market: &mut Market,
+        (start_ns, end_ns): (i64, i64),
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        let seq_before = em.seq;
+        let from_ns = start_ns.max(em.last_ns);
+        // (time, actor + 1 or 0 for an ordinary trader, instrument): in time order.
+        let mut plan: Vec<(i64, u32, u32)> = Vec::new();
+        for instrument in 0..market.books.len() as u32 {
+            for _ in 0..self.rng.range(4, 10) {
+                plan.push((self.rng.between_ns(from_ns, end_ns - 1), 0, instrument));
+            }
+        }
+        for i in 0..self.actors.len() {
+            if let PlantPattern::MarkingClose { .. } = self.actors[i].plan.pattern {
+                let instrument = self.actors[i].plan.instrument;
+                let first = (start_ns + self.rng.between_ns(20 * NS_PER_S, 90 * NS_PER_S)).max(from_ns);
+                plan.push((first.min(end_ns - 5 * NS_PER_S), i as u32 + 1, instrument));
+                plan.push(((end_ns - 4 * NS_PER_S).max(first), i as u32 + 1, instrument));
+            }
+        }
+        plan.sort_by_key(|&(ts, actor, instrument)| (ts, instrument, actor));
+        let mut orders: Vec<Vec<CallOrder>> = vec![Vec::new(); market.books.len()];
+        for (ts_ns, actor, instrument) in plan {
+            let book = &market.books[instrument as usize];
+            let spec = book.spec;
+            let last = market.last_px[instrument as usize];
+            let call = &orders[instrument as usize];
+            let (account, side, price, qty) = if actor == 0 {
+                let account = market.background[market.account_pick.sample(&mut self.rng)];
+                let side = self.rng.side();
+                // Toward crossing (buys up, sells down) or away, in basis points.
+                let (away, bp) =
+                    if self.rng.coin() { (true, self.rng.range(0, 650)) } else { (false, self.rng.range(0, 100)) };
+                let up = (side == SELL) == away;
+                let moved = last * bp as i64 / 10_000 / spec.tick * spec.tick;
+                let price = if up { last + moved } else { last - moved };
+                (account, side, price, self.rng.range(1, 10) * market.lot)
+            } else {
+                let a = &mut self.actors[actor as usize - 1];
+                let group = market.group_of[a.plan.account as usize];
+                let first = !a.started;
+                if first {
+                    let bp = self.rng.range(480, 580) as i64;
+                    let moved = last * bp / 10_000 / spec.tick * spec.tick;
+                    // The side with room for the move (near a limit, the other).
+                    a.side = self.rng.side();
+                    let target = |side: usize| if side == BUY { last + moved } else { last - moved };
+                    if !Self::in_band(&spec, target(a.side)) {
+                        a.side = 1 - a.side;
+                    }
+                    a.target_px = target(a.side).clamp(spec.limit_down, spec.limit_up);
+                    a.started = true;
+                }
+                let (side, target) = (a.side, a.target_px);
+                let against: u64 = book.sides[1 - side]
+                    .iter()
+                    .map(|r| (r.price, r.group, r.qty))
+                    .chain(call.iter().filter(|o| o.side != side).map(|o| (o.order.price, o.order.group, o.order.qty)))
+                    .filter(|&(price, g, _)| g != group && !Book::worse(1 - side, price, target))
+                    .map(|(_, _, qty)| qty)
+                    .sum();
+                let lots = against.div_ceil(market.lot);
+                let lots = if first { lots.div_ceil(2) } else { (lots * 11).div_ceil(10).saturating_sub(a.traded) };
+                let account = if first { a.plan.account } else { a.plan.partner.unwrap_or(a.plan.account) };
+                a.traded += lots;
+                (account, side, target, lots.max(1) * market.lot)
+            };
+            let price = price.clamp(spec.limit_down, spec.limit_up);
+            let order_id = em.next_order_id();
+            let group = market.group_of[account as usize];
+            let order = Resting { order_id, entry_ns: ts_ns, price, qty, account, group, owner: Owner::Scheduled };
+            em.emit(order.record(b'N', ts_ns, instrument, side), ts_ns, false)?;
+            orders[instrument as usize].push(CallOrder { order, side });
+        }
+        for (instrument, call) in orders.iter_mut().enumerate() {
+            let book = &market.books[instrument];
+            let mut sides: [Vec<CallOrder>; 2] = [Vec::new(), Vec::new()];
+            for side in [BUY, SELL] {
+                // Resting orders first (they are older), best-first.
+                sides[side].extend(book.sides[side].iter().rev().map(|&order| CallOrder { order, side }));
+                sides[side].extend(call.iter().filter(|o| o.side == side).copied());
+                // Price, then time (a stable sort keeps the arrival order).
+                sides[side].sort_by_key(|o| if side == BUY { -o.order.price } else { o.order.price });
+            }
+            let [bids, asks] = &mut sides;
+            let Some((price, mut volume)) = uncross(bids, asks, market.last_px[instrument]) else { continue };
+            for bid in bids.iter_mut().filter(|o| o.order.price >= price) {
+                for ask in asks.iter_mut().filter(|o| o.order.price <= price) {
+                    if volume == 0 || bid.order.qty == 0 {
+                        break;
+                    }
+                    // Never within a group: the call rejects such a match.
+                    if ask.order.qty == 0 || ask.order.group == bid.order.group {
+                        continue;
+                    }
+                    let fill = bid.order.qty.min(ask.order.qty).min(volume);
+                    let later = if bid.order.order_id > ask.order.order_id { BUY } else { SELL };
+                    let trade = Record {
+                        ts_ns: end_ns,
+                        kind: b'T',
+                        order_id: bid.order.order_id,
+                        account: bid.order.account,
+                        instrument: instrument as u32,
+                        side: SIDE_BYTE[later],
+                        price,
+                        qty: fill,
+                        contra_order_id: ask.order.order_id,
+                        contra_account: ask.order.account,
+                    };
+                    em.emit(trade, end_ns, false)?;
+                    bid.order.qty -= fill;
+                    ask.order.qty -= fill;
+                    volume -= fill;
+                }
+            }
+            call.clear();
+        }
+        Ok(em.seq - seq_before)
+    }
+
+    /// One buy (sell) of a ramp: everything other groups offer (bid) up to
+    /// `path`; an ordinary trader first adds an order at `path` when none
+    /// of another group rests there, so each step prints the path's price
+    /// (however much the crowd offers on the way).
+    fn lift<W: Write>(
+        &mut self,
+        a: &mut BookActor,
+        account: u32,
+        path: i64,
+        ts_ns: i64,
+        market: &mut Market,
+        em: &mut Emitter<W>,
+    ) -> io::Result<u64> {
+        let instrument = a.plan.instrument;
+        let opposite = 1 - a.side;
+        let group = market.group_of[a.plan.account as usize];
+        let mut written = 0;
+        let book = &market.books[instrument as usize];
+        let offered = book.sides[opposite].iter().any(|r| r.group != group && r.price == path);
+        if !offered {
+            // Orders on the ramp's side already through the price are taken
+            // first, so the rest of the provider's order shows at it.
+            let through: u64 =
+                book.sides[a.side].iter().filter(|r| !Book::worse(a.side, r.price, path)).map(|r| r.qty).sum();
+            // Sellers (buyers) meet a ramp: the crowd takes the other side
+            // of it at the new prices.
+            let provider = market.background[market.account_pick.sample(&mut self.rng)];
+            let qty = through + self.rng.range(10, 40) * market.lot;
+            let order = Submit { instrument, side: opposite, account: provider, price: path, qty, rest: true };
+            if let Some(p) = market.submit(order, ts_ns, em)? {
+                written += p.records;
+            }
+        }
+        let book = &market.books[instrument as usize];
+        let qty: u64 = book.sides[opposite]
+            .iter()
+            .filter(|r| r.group != group && !Book::worse(opposite, r.price, path))
+            .map(|r| r.qty)
+            .sum();
+        if qty > 0 {
+            let order = Submit { instrument, side: a.side, account, price: path, qty, rest: false };
             if let Some(p) = market.submit(order, ts_ns, em)? {
                 written += p.records;
                 a.traded += p.executed;
@@ -2930,6 +3436,7 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
         instruments: instrument_names,
         late,
         stats: Stats::default(),
+        last_ns: i64::MIN,
     };
     em.header()?;
 
@@ -2977,22 +3484,24 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
         agenda.run_next(&mut market, 0, &mut em)?;
     }
     schedule.release_due(i64::MAX, &market, &mut em)?;
+    let call_records = match shape.and_then(|s| s.closing_call) {
+        Some(call) => agenda.closing_call(&mut market, call, &mut em)?,
+        None => 0,
+    };
     em.finish()?;
     assert_eq!(
         em.seq,
-        background + schedule.records + agenda.overdraw,
+        background + schedule.records + agenda.overdraw + call_records,
         "the generator wrote the wrong number of records"
     );
     for actor in agenda.actors.iter().filter(|a| a.started) {
-        planted.push(Planted {
-            account: em.accounts.string(actor.plan.account),
-            pattern: match actor.plan.pattern {
-                PlantPattern::Spoofing { .. } => PATTERN_SPOOFING,
-                PlantPattern::Layering { .. } => PATTERN_LAYERING,
-                _ => PATTERN_MOMENTUM_IGNITION,
-            },
-            instrument: em.instruments.string(actor.plan.instrument),
-        });
+        for &pattern in actor.plan.pattern.truth_names() {
+            planted.push(Planted {
+                account: em.accounts.string(actor.plan.account),
+                pattern,
+                instrument: em.instruments.string(actor.plan.instrument),
+            });
+        }
     }
     Ok(Run { records: em.seq, planted, group_rows, instrument_rows, stats: em.stats, makers, institutions })
 }
@@ -3632,6 +4141,65 @@ mod tests {
 
     fn behind_px(side: u8, touch: i64, ticks: i64) -> i64 {
         if side == b'B' { touch - ticks * TICK_PX } else { touch + ticks * TICK_PX }
+    }
+
+    /// window-day at a tenth of its rate: the closing call prints every
+    /// instrument's uncross at one price stamped at the call's end, nothing
+    /// trades inside the call, each marker's close is 4.5-6% from the last
+    /// continuous trade, and every trade within a group is a planted wash
+    /// trade's; the tape passes the lifecycle checks.
+    #[test]
+    fn window_day_closing_call_markers_and_wash_trades() {
+        let mut scenario = crate::scenario::Scenario::parse(include_str!("../scenarios/window-day.toml")).unwrap();
+        for seg in &mut scenario.segments {
+            seg.rate_from /= 10.0;
+            seg.rate_to /= 10.0;
+        }
+        let (call_start, call_end) = scenario.closing_call.unwrap();
+        let out = generate_in_memory(&scenario.gen_config());
+        let lines = parse(&out.tape);
+        // A call trade is at the uncross price, not the resting order's.
+        let uncross: BTreeSet<u64> =
+            lines.iter().filter(|l| l.kind == b'T' && l.ts_ns == call_end).map(|l| l.seq).collect();
+        let seq_of = |v: &str| v.strip_prefix("seq ").and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok());
+        let bad: Vec<String> = lifecycle_violations(&lines)
+            .into_iter()
+            .filter(|v| {
+                !(v.ends_with("price is the resting order's") && seq_of(v).is_some_and(|s| uncross.contains(&s)))
+            })
+            .collect();
+        assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(8)]);
+        assert!(!uncross.is_empty(), "the call uncrossed");
+        let groups = group_map(&out.run.group_rows);
+        let mut last_continuous: HashMap<&str, i64> = HashMap::new();
+        let mut close: HashMap<&str, BTreeSet<i64>> = HashMap::new();
+        let mut wash: BTreeSet<(String, String)> = BTreeSet::new();
+        for l in lines.iter().filter(|l| l.kind == b'T') {
+            assert!(l.ts_ns < call_start || l.ts_ns == call_end, "a trade inside the call: {}", l.seq);
+            if l.ts_ns < call_start {
+                last_continuous.insert(&l.instrument, l.price);
+            } else {
+                close.entry(&l.instrument).or_default().insert(l.price);
+            }
+            let group = group_of(&groups, &l.account);
+            if group == group_of(&groups, &l.contra_account) {
+                wash.insert((group.to_string(), l.instrument.clone()));
+            }
+        }
+        assert!(close.values().all(|prices| prices.len() == 1), "one uncross price per instrument");
+        let truth = |pattern: &str| -> BTreeSet<(String, String)> {
+            let rows = out.run.planted.iter().filter(|p| p.pattern == pattern);
+            rows.map(|p| (group_of(&groups, &p.account).to_string(), p.instrument.clone())).collect()
+        };
+        assert_eq!(wash, truth("wash-trade"), "only planted wash traders trade within a group");
+        let markers = truth("marking-close");
+        assert_eq!(markers.len(), 3);
+        for (_, instrument) in &markers {
+            let reference = last_continuous[instrument.as_str()];
+            let price = *close[instrument.as_str()].iter().next().unwrap();
+            let bp = (price - reference).abs() * 10_000 / reference;
+            assert!((450..=600).contains(&bp), "{instrument}: close {price} vs {reference}: {bp} bp");
+        }
     }
 
     #[test]

@@ -47,7 +47,20 @@ const MAX_RECORDS: f64 = 200_000_000.0;
 /// The excessive-cancel rule's window that a planted burst must fit in.
 const RULE_WINDOW_NS: i64 = 10 * SEC;
 /// The patterns `[[abuse]]` can plant: the rules' JSON names.
-const PATTERNS: &str = "excessive-cancel, self-trade, spoofing, layering or momentum-ignition";
+const PATTERNS: &str = "excessive-cancel, self-trade, spoofing, layering, momentum-ignition, ramping, marking-close, wash-trade, quote-stuffing or instant-cancel";
+/// The patterns `[expect]` takes a table for (the rules' JSON names).
+const EXPECTED: [&str; 10] = [
+    "excessive-cancel",
+    "self-trade",
+    "spoofing",
+    "layering",
+    "momentum-ignition",
+    "ramping",
+    "marking-close",
+    "wash-trade",
+    "quote-stuffing",
+    "instant-cancel",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +68,7 @@ struct RawScenario {
     name: Option<Spanned<String>>,
     description: Option<String>,
     seed: Option<Spanned<i64>>,
+    rules: Option<String>,
     #[serde(default)]
     market: RawMarket,
     #[serde(default)]
@@ -87,6 +101,8 @@ struct RawMarket {
     institution_size: Option<Spanned<[i64; 2]>>,
     institution_hold: Option<Spanned<[String; 2]>>,
     institution_pause: Option<Spanned<[String; 2]>>,
+    start: Option<Spanned<String>>,
+    closing_call: Option<Spanned<[String; 2]>>,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +171,15 @@ struct RawExpect {
     layering: Option<RawExpectation>,
     #[serde(rename = "momentum-ignition")]
     momentum_ignition: Option<RawExpectation>,
+    ramping: Option<RawExpectation>,
+    #[serde(rename = "marking-close")]
+    marking_close: Option<RawExpectation>,
+    #[serde(rename = "wash-trade")]
+    wash_trade: Option<RawExpectation>,
+    #[serde(rename = "quote-stuffing")]
+    quote_stuffing: Option<RawExpectation>,
+    #[serde(rename = "instant-cancel")]
+    instant_cancel: Option<RawExpectation>,
     max_late: Option<Spanned<i64>>,
 }
 
@@ -195,6 +220,15 @@ pub struct Scenario {
     pub segments: Vec<Segment>,
     pub abuse: Vec<Abuse>,
     pub expect: Expect,
+    /// Event time of the first record (epoch ns): `[market] start`, by
+    /// default 09:30 of 2026-11-02 (`DAY_START_NS`).
+    pub start_ns: i64,
+    /// The closing call auction, epoch ns `[start, end)` (`[market]
+    /// closing_call`); the continuous day must end before it.
+    pub closing_call: Option<(i64, i64)>,
+    /// The rules file `bench` runs with (`rules`, relative to the scenario
+    /// file); the default rules without one.
+    pub rules: Option<String>,
 }
 
 /// One stretch of the rate profile: `rate_from` to `rate_to` (equal when
@@ -436,6 +470,28 @@ impl Scenario {
             ),
         };
 
+        // Times of day on the scenario's date (Asia/Shanghai).
+        let day = crate::detect::state::episode::day_of(DAY_START_NS);
+        let time_of_day = |p: &mut Problems, v: &Spanned<String>, field: &str| {
+            let tod = crate::detect::state::episode::parse_time_of_day(v.get_ref());
+            if tod.is_none() {
+                p.at(v, field, format!("{:?} is not a time of day HH:MM[:SS] (Asia/Shanghai)", v.get_ref()));
+            }
+            tod.map(|tod| crate::detect::state::episode::at(day, tod))
+        };
+        let start_ns = m.start.as_ref().and_then(|v| time_of_day(&mut p, v, "market.start")).unwrap_or(DAY_START_NS);
+        let closing_call = m.closing_call.as_ref().and_then(|v| {
+            let [from, to] = v.get_ref();
+            let from = time_of_day(&mut p, &Spanned::new(v.span(), from.clone()), "market.closing_call")?;
+            let to = time_of_day(&mut p, &Spanned::new(v.span(), to.clone()), "market.closing_call")?;
+            if from >= to {
+                p.at(v, "market.closing_call", "the call must start before it ends");
+                return None;
+            }
+            Some((from, to))
+        });
+        let call_line = m.closing_call.as_ref().map(|v| Spanned::new(v.span(), ()));
+
         let f = raw.flow;
         let flow_line = f.new.as_ref().or(f.cancel.as_ref()).or(f.trade.as_ref()).map(|s| s.span());
         let new_share = p.ranged(f.new, "flow.new", 0.1..=1.0, 0.5);
@@ -484,6 +540,11 @@ impl Scenario {
             Some(phases) => expand_phases(&mut p, phases.into_inner()),
         };
         let span_ns = segments.last().map_or(0, Segment::end_ns);
+        if let (Some((call_start, _)), Some(line)) = (closing_call, &call_line)
+            && start_ns + span_ns > call_start
+        {
+            p.at(line, "market.closing_call", "the phases must end before the call starts (market.start + phases)");
+        }
         let records = offered_records(&segments);
         p.list.extend(size_problems(span_ns, records));
         if !segments.is_empty() && records < 1.0 && p.list.len() == problems_before_phases {
@@ -507,6 +568,7 @@ impl Scenario {
                 }
                 Some(v) => *v.get_ref() as u32,
             };
+            let has_at = a.at.is_some();
             let window = p.duration_range(a.at, &field("at"), (0, span_ns.max(1)));
             let pattern = match a.pattern.as_ref().map(|s| s.get_ref().as_str()) {
                 Some("excessive-cancel") => {
@@ -552,6 +614,36 @@ impl Scenario {
                         _ => PlantPattern::MomentumIgnition { paired },
                     })
                 }
+                Some(name @ ("ramping" | "marking-close" | "wash-trade" | "quote-stuffing" | "instant-cancel")) => {
+                    // Their shapes follow the published rule text and the
+                    // live book, not the file (src/gen.rs, PlantPattern).
+                    if a.orders.is_some() || a.cancel_after.is_some() || a.trades.is_some() || a.gap.is_some() {
+                        p.at(&here, &field("pattern"), format!("{name} takes only `actors`, `at` and `paired`"));
+                    }
+                    let paired = a.paired.unwrap_or(false);
+                    if a.paired.is_some() && matches!(name, "wash-trade" | "quote-stuffing") {
+                        p.at(
+                            &here,
+                            &field("paired"),
+                            format!("{name} takes no `paired` (wash trades always use two accounts, stuffing one)"),
+                        );
+                    }
+                    if name == "marking-close" {
+                        if closing_call.is_none() {
+                            p.at(&here, &field("pattern"), "marking-close needs `[market] closing_call`");
+                        }
+                        if has_at {
+                            p.at(&here, &field("at"), "marking-close acts in the closing call: it takes no `at`");
+                        }
+                    }
+                    Some(match name {
+                        "ramping" => PlantPattern::Ramping { paired },
+                        "marking-close" => PlantPattern::MarkingClose { paired },
+                        "wash-trade" => PlantPattern::WashTrade,
+                        "quote-stuffing" => PlantPattern::QuoteStuffing,
+                        _ => PlantPattern::InstantCancel { paired },
+                    })
+                }
                 Some(other) => {
                     let v = a.pattern.as_ref().expect("matched Some");
                     p.at(v, &field("pattern"), format!("unknown pattern `{other}` ({PATTERNS})"));
@@ -591,13 +683,19 @@ impl Scenario {
         };
         let e = raw.expect;
         let mut patterns = BTreeMap::new();
-        for (pattern, raw) in [
-            ("excessive-cancel", e.excessive_cancel),
-            ("self-trade", e.self_trade),
-            ("spoofing", e.spoofing),
-            ("layering", e.layering),
-            ("momentum-ignition", e.momentum_ignition),
-        ] {
+        let tables = [
+            e.excessive_cancel,
+            e.self_trade,
+            e.spoofing,
+            e.layering,
+            e.momentum_ignition,
+            e.ramping,
+            e.marking_close,
+            e.wash_trade,
+            e.quote_stuffing,
+            e.instant_cancel,
+        ];
+        for (pattern, raw) in EXPECTED.into_iter().zip(tables) {
             if raw.is_some() {
                 patterns.insert(pattern.to_string(), expectation(raw, pattern));
             }
@@ -641,6 +739,9 @@ impl Scenario {
             segments,
             abuse,
             expect: Expect { patterns, max_late },
+            start_ns,
+            closing_call,
+            rules: raw.rules,
         })
     }
 
@@ -715,7 +816,8 @@ impl Scenario {
                 *rate += r * (hi - lo) as f64 / bucket_ns as f64;
             }
         }
-        let mut shape = Shape::classic(DAY_START_NS, bucket_ns, rates);
+        let mut shape = Shape::classic(self.start_ns, bucket_ns, rates);
+        shape.closing_call = self.closing_call;
         shape.account_skew = self.account_skew;
         shape.instrument_skew = self.instrument_skew;
         shape.grouped_divisor =
@@ -834,14 +936,70 @@ fn expand_phases(p: &mut Problems<'_>, phases: Vec<Spanned<RawPhase>>) -> Vec<Se
 mod tests {
     use super::*;
 
-    const SHIPPED: [(&str, &str); 6] = [
+    const SHIPPED: [(&str, &str); 7] = [
         ("steady-5k", include_str!("../scenarios/steady-5k.toml")),
         ("szse-peak", include_str!("../scenarios/szse-peak.toml")),
         ("burst-3m", include_str!("../scenarios/burst-3m.toml")),
         ("skew", include_str!("../scenarios/skew.toml")),
         ("late-heavy", include_str!("../scenarios/late-heavy.toml")),
         ("book-day", include_str!("../scenarios/book-day.toml")),
+        ("window-day", include_str!("../scenarios/window-day.toml")),
     ];
+
+    #[test]
+    fn window_patterns_start_and_closing_call() {
+        let s = Scenario::parse(include_str!("../scenarios/window-day.toml")).unwrap();
+        let day = crate::detect::state::episode::day_of(DAY_START_NS);
+        let at = |tod: &str| {
+            crate::detect::state::episode::at(day, crate::detect::state::episode::parse_time_of_day(tod).unwrap())
+        };
+        assert_eq!(s.start_ns, at("14:45:00"));
+        assert_eq!(s.closing_call, Some((at("14:57:00"), at("15:00:00"))));
+        assert_eq!(s.rules.as_deref(), Some("window-day.rules.toml"));
+        let cfg = s.gen_config();
+        let shape = cfg.shape.as_ref().unwrap();
+        assert_eq!((shape.start_ns, shape.closing_call), (s.start_ns, s.closing_call));
+        let patterns: Vec<PlantPattern> = s.abuse.iter().map(|a| a.pattern).collect();
+        assert!(matches!(
+            patterns[..],
+            [
+                PlantPattern::Ramping { paired: true },
+                PlantPattern::Ramping { paired: false },
+                PlantPattern::MarkingClose { paired: true },
+                PlantPattern::MarkingClose { paired: false },
+                PlantPattern::WashTrade,
+                PlantPattern::QuoteStuffing,
+                PlantPattern::InstantCancel { paired: true },
+                PlantPattern::InstantCancel { paired: false },
+            ]
+        ));
+
+        // Phases past the call, a marker without a call or with `at`, a
+        // stuffer with `paired`, a bad time: each reported with its line.
+        let bad = "phases = [ { rate = 100, for = \"20m\" } ]\n\
+                   [market]\n\
+                   start = \"14:45:00\"\n\
+                   closing_call = [\"14:57:00\", \"15:00:00\"]\n\
+                   [[abuse]]\n\
+                   pattern = \"marking-close\"\n\
+                   actors = 1\n\
+                   at = [\"1s\", \"2s\"]\n\
+                   [[abuse]]\n\
+                   pattern = \"quote-stuffing\"\n\
+                   actors = 1\n\
+                   paired = true\n";
+        let problems = Scenario::parse(bad).unwrap_err().join("\n");
+        assert!(
+            problems.contains("line 4: market.closing_call: the phases must end before the call starts"),
+            "{problems}"
+        );
+        assert!(problems.contains("abuse[0].at: marking-close acts in the closing call"), "{problems}");
+        assert!(problems.contains("abuse[1].paired: quote-stuffing takes no `paired`"), "{problems}");
+        let no_call = "phases = [ { rate = 100, for = \"1m\" } ]\n[market]\nstart = \"9:45\"\n[[abuse]]\npattern = \"marking-close\"\nactors = 1\n";
+        let problems = Scenario::parse(no_call).unwrap_err().join("\n");
+        assert!(problems.contains("line 3: market.start: \"9:45\" is not a time of day"), "{problems}");
+        assert!(problems.contains("abuse[0].pattern: marking-close needs `[market] closing_call`"), "{problems}");
+    }
 
     #[test]
     fn shipped_scenarios_parse_and_single_feeds_keep_a_tight_bound() {

@@ -113,6 +113,12 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
         return Err(CmdError::Usage(problems.join("\n")));
     };
     let scenario = scenario.scaled_within_limits(args.scale).map_err(CmdError::Usage)?;
+    // The scenario's rules file (e.g. turning on the rules off by default), beside it.
+    let rules = match &scenario.rules {
+        Some(file) => Rules::load(&args.scenario.parent().unwrap_or(std::path::Path::new(".")).join(file))
+            .map_err(CmdError::Usage)?,
+        None => Rules::default(),
+    };
     let out_dir = args.out_dir.clone().unwrap_or_else(|| PathBuf::from("bench-out").join(&scenario.name));
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| CmdError::Usage(format!("{}: cannot create: {e}", out_dir.display())))?;
@@ -138,7 +144,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchOutcome, CmdError> {
         cores: cores.clone(),
         out_dir: out_dir.clone(),
         idle_after_ns: Some(idle_after_ns),
-        rules: Rules::default(),
+        rules,
     };
     let started_at = {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
