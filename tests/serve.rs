@@ -656,3 +656,38 @@ fn malformed_lines_on_the_socket_go_to_the_rejects_file() {
     let alerts = std::fs::read_to_string(dir.join("out/alerts.jsonl")).unwrap();
     assert!(!alerts.contains("feed-gap"), "{alerts}");
 }
+
+/// `feed --replay-speed`: records go out at the tape's own pace (scaled),
+/// and while the tape is quiet heartbeats carry its clock.
+#[test]
+fn replay_speed_paces_by_the_tapes_clock_with_heartbeats_in_quiet_stretches() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (full, config) = setup(dir, 2_000, 23, "");
+    // 300 records 1 ms apart, with 100 ms of quiet after the 150th: 400 ms
+    // of exchange time, 200 ms at speed 2.
+    let text = std::fs::read_to_string(&full).unwrap();
+    let mut lines = text.lines();
+    let mut tape = format!("{}\n", lines.next().unwrap());
+    let base: i64 = 1_793_590_000_000_000_000;
+    for (i, line) in lines.take(300).enumerate() {
+        let quiet = if i >= 150 { 100_000_000 } else { 0 };
+        let (seq, rest) = line.split_once(',').unwrap();
+        let (_, rest) = rest.split_once(',').unwrap();
+        tape += &format!("{seq},{},{rest}\n", base + i as i64 * 1_000_000 + quiet);
+    }
+    let paced = dir.join("paced.csv");
+    std::fs::write(&paced, tape).unwrap();
+    let daemon = Daemon::start(&config);
+    let started = Instant::now();
+    let out = feed(&daemon, &paced, &["--replay-speed", "2"]);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(195), "sent in {took:?}: not paced by ts_ns");
+    assert!(out.contains("sent 300 records"), "{out}");
+    let beats: u64 = out
+        .split("; ")
+        .find_map(|part| part.trim().strip_suffix(" heartbeats while the tape was quiet")?.parse().ok())
+        .unwrap_or_else(|| panic!("no heartbeats: {out}"));
+    assert!((5..=60).contains(&beats), "{beats} heartbeats in a 50 ms quiet stretch: {out}");
+    daemon.stop();
+}
