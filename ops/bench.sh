@@ -4,12 +4,13 @@
 # 1. sustained binary feed rate, flat out (nothing is ever dropped: a full
 #    ring pushes back on the sender; the daemon's day summary says
 #    records = sent);
-# 2. szse-peak played over the socket at its average rate: p99
-#    ingest-to-alert from the daemon's "day ended" line (ingest = when the
-#    daemon read the bytes off the socket). Caveat: `feed --rate` paces by
-#    record count, not by the tape's own clock, so the scenario's quiet
-#    phases run ahead of or behind event time and records wait longer in
-#    the reorder buffer than on a real feed (pacing by ts_ns is a follow-up);
+# 2. szse-peak played over the socket at the tape's own pace (`feed
+#    --replay-speed 1`: each record sent when its ts_ns is due, and while
+#    the tape is quiet a heartbeat every 1 ms carrying its clock), with the
+#    scenario's pipeline settings (lateness 1 ms, idle advance after 50 ms):
+#    p99 ingest-to-alert from the daemon's "day ended" line (ingest = when
+#    the daemon read the bytes off the socket, not when the sender wrote
+#    them);
 # 3. SIGTERM to exit, and restart to ready.
 set -euo pipefail
 RECORDS=${1:-5000000}
@@ -55,15 +56,13 @@ kill -TERM $PID; wait $PID
 
 echo "== szse-peak over the socket (scale $SCALE)"
 rm -rf "$WORK/state" "$WORK"/alerts*
+# The scenario's [pipeline]: a 1 ms lateness bound, idle advance after 50 ms.
+sed -i -e '/^idle_after_ms/d' "$WORK/tw.toml"
+printf 'lateness_ms = 1\nidle_after_ms = 50\n' >> "$WORK/tw.toml"
 "$BIN" gen --scenario scenarios/szse-peak.toml --scale "$SCALE" --out "$WORK/peak.csv" --quiet >/dev/null
 cp "$WORK/peak.accounts.csv" "$WORK/day.accounts.csv" 2>/dev/null || true
 : > "$WORK/serve.log"; start
-RATE=$(python3 -c "
-import sys
-f=open('$WORK/peak.csv'); next(f); ts=[int(l.split(',')[1]) for l in f]
-print(int(len(ts)/max((max(ts)-min(ts))/1e9,1e-3)))")
-echo "average rate of the scenario: $RATE records/s"
-"$BIN" feed "$WORK/peak.csv" --to "$FEED" --rate "$RATE" --end-of-day --quiet
+"$BIN" feed "$WORK/peak.csv" --to "$FEED" --replay-speed 1 --end-of-day --quiet
 until grep -q 'day ended' "$WORK/serve.log"; do sleep 0.05; done
 grep 'day ended' "$WORK/serve.log" | tail -1
 kill -TERM $PID; wait $PID

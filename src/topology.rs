@@ -108,6 +108,13 @@ pub struct LiveControl {
     /// The shutdown's final checkpoint is durable and the pipeline stopped
     /// on it: the run's "pipeline stopped" error is the clean end.
     pub stopped_clean: AtomicBool,
+    /// What the sink measured so far this run, copied about once a second
+    /// while it is idle (never per alert): the ingest-to-alert histogram,
+    /// and the late records by kind (N, C, T), for the daemon's metrics.
+    pub latency: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
+    pub late_by_kind: [AtomicU64; 3],
+    /// Records the shards applied, by kind: added once per batch.
+    pub applied_by_kind: [AtomicU64; 3],
 }
 
 impl PipelineConfig {
@@ -199,7 +206,8 @@ pub fn run_with<F: Feed + Send>(
     let sink = match resumed {
         Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?,
         None => Sink::create(&cfg.alerts_path, &cfg.late_path)?.keeping(cfg.alert_keep.clone()),
-    };
+    }
+    .publishing(cfg.live.control.clone());
     let fresh = if checkpointing.is_none() { vec![cfg.alerts_path.clone(), cfg.late_path.clone()] } else { vec![] };
     let outputs = Outputs::remove_on_failure(fresh);
     let applied_base = resumed.map_or(0, |r| r.manifest.applied);
@@ -327,13 +335,14 @@ pub fn run_with<F: Feed + Send>(
         for (index, (((rx, alerts), detector), ckpt)) in shard_parts.enumerate() {
             let core = cfg.cores.get(index + 1).copied();
             let stop = stop.clone();
+            let live = cfg.live.control.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tw-shard-{index}"))
                 .spawn_scoped(scope, move || {
                     if let Some(core) = core {
                         pin_current(core);
                     }
-                    run_shard(rx, alerts, detector, clock, &stop, ckpt)
+                    run_shard(rx, alerts, detector, clock, &stop, ckpt, live)
                 })
                 .expect("spawn shard thread");
             shard_handles.push(handle);

@@ -474,3 +474,220 @@ fn sighup_refuses_an_invalid_rules_file_and_keeps_the_old_rules() {
     assert_same_day(dir, &reference);
     daemon.stop();
 }
+
+/// Issue 11: records missing from the live feed are one `feed-gap` alert
+/// naming the range, committed exactly once across a SIGTERM and a kill -9;
+/// a resend of records already taken is one repeat alert, and they are not
+/// applied again; every other alert equals the replay of the same tape.
+#[test]
+fn a_removed_block_is_one_feed_gap_alert_and_a_resend_is_counted_not_reapplied() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (full, config) = setup(dir, 20_000, 13, "");
+    // The tape with the records 5001..=5200 removed.
+    let text = std::fs::read_to_string(&full).unwrap();
+    let seq_of = |line: &str| line.split(',').next().and_then(|s| s.parse::<u64>().ok());
+    let kept: String = text
+        .lines()
+        .filter(|line| seq_of(line).is_none_or(|seq| !(5001..=5200).contains(&seq)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let tape = dir.join("gap.csv");
+    std::fs::write(&tape, kept).unwrap();
+    // The replay finds the reference data beside its tape.
+    for what in ["accounts", "instruments"] {
+        std::fs::copy(dir.join(format!("day.{what}.csv")), dir.join(format!("gap.{what}.csv"))).unwrap();
+    }
+    let reference = replay(dir, &tape);
+
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--limit", "4000"]);
+    daemon.stop();
+    // Across the gap, then killed at a seeded point: the gap's alert may or
+    // may not be committed yet; either way it is in the day once.
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--limit", "2000"]);
+    std::thread::sleep(Duration::from_millis(70));
+    daemon.kill9();
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--limit", "1000"]);
+    // A sender that ignores the greeting resends seqs 100..=149.
+    let mut stream = TcpStream::connect(&daemon.feed).unwrap();
+    let resent: String = text
+        .lines()
+        .filter(|line| seq_of(line).is_some_and(|seq| (100..=149).contains(&seq)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    stream.write_all(format!("{}\n{resent}\n", tapewatch::ingest::csv::HEADER).as_bytes()).unwrap();
+    drop(stream);
+    let started = Instant::now();
+    while !std::fs::read_to_string(dir.join("out/alerts.jsonl")).unwrap().contains("\"kind\":\"repeat\"") {
+        assert!(started.elapsed() < Duration::from_secs(60), "no repeat alert:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.stop();
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--end-of-day"]);
+    daemon.wait_log("day closed");
+
+    let (day_file, late_file) = closed_day(dir);
+    let (findings, got): (Vec<Value>, Vec<Value>) =
+        alerts(&day_file).into_iter().partition(|a| a["rule"] == "feed-gap");
+    let gaps: Vec<&Value> = findings.iter().filter(|a| a["kind"] == "gap").collect();
+    assert_eq!(gaps.len(), 1, "one gap alert: {findings:?}");
+    let e = &gaps[0]["evidence"];
+    assert_eq!((e["expected_seq"].as_u64(), e["received_seq"].as_u64()), (Some(5001), Some(5201)), "{e}");
+    assert_eq!((e["missing"].as_u64(), e["last_missing"].as_u64()), (Some(200), Some(5200)), "{e}");
+    assert!(gaps[0]["time"].as_str().is_some_and(|t| t.starts_with("20")), "{}", gaps[0]);
+    let repeats: Vec<&Value> = findings.iter().filter(|a| a["kind"] == "repeat").collect();
+    assert_eq!(repeats.len(), 1, "one repeat alert: {findings:?}");
+    let e = &repeats[0]["evidence"];
+    assert_eq!((e["repeated"].as_u64(), e["first_repeated"].as_u64()), (Some(50), Some(100)), "{e}");
+    assert_eq!(e["last_repeated"].as_u64(), Some(149), "{e}");
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    // The repeats changed nothing: the rest is the replay's, late file included.
+    let want = alerts(&reference.join("alerts.jsonl"));
+    assert!(want.len() > 10, "too few alerts to compare: {}", want.len());
+    assert_eq!(got.len(), want.len(), "alert count differs");
+    assert!(got == want, "the daemon's alerts differ from the replay's");
+    assert!(std::fs::read(&late_file).unwrap() == std::fs::read(reference.join("alerts.late.csv")).unwrap());
+    // The resent records are kept aside as repeats, as a replay would.
+    let rejects_file = late_file.to_string_lossy().replace(".late.", ".rejects.").replace(".csv", ".tsv");
+    let rejects = std::fs::read_to_string(&rejects_file).unwrap_or_else(|e| panic!("{rejects_file}: {e}"));
+    assert_eq!(rejects.matches("repeated or backward seq").count(), 50, "{rejects}");
+    // Counted on /metrics by rule, with the gap itself.
+    let started = Instant::now();
+    let mut metrics = daemon.get("/metrics");
+    while !metrics.contains("tapewatch_alerts_total{rule=\"feed-gap\"} 2") {
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = daemon.get("/metrics");
+    }
+    daemon.stop();
+}
+
+/// The value of an unlabelled sample, or the sum of a family's samples.
+fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 11: `/metrics` shows the ingest-to-alert histogram and the records
+/// applied and late by kind while the day runs, not only at its end.
+#[test]
+fn metrics_are_live_while_the_day_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // A tight lateness bound: some of the generated day's delayed records are late.
+    let (tape, config) = setup(dir, 30_000, 17, "lateness_ms = 2\n");
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--limit", "20000"]);
+    // The day has not ended; the sink publishes about twice a second, the
+    // hub samples once a second: the histogram catches up with the file.
+    let started = Instant::now();
+    let alerts_file = dir.join("out/alerts.jsonl");
+    let metrics = loop {
+        let metrics = daemon.get("/metrics");
+        let count = metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_count");
+        let lines = std::fs::read_to_string(&alerts_file).unwrap().lines().count();
+        if count > 0.0 && count as usize == lines {
+            break metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{count} in the histogram, {lines} alerts:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!daemon.log().contains("day ended"), "{}", daemon.log());
+    let applied = metric_sum(&metrics, "tapewatch_records_applied_total");
+    let late = metric_sum(&metrics, "tapewatch_records_late_total");
+    let read = metric_sum(&metrics, "tapewatch_records_in_total");
+    assert!(metrics.contains("tapewatch_records_applied_total{kind=\"cancel\"}"), "{metrics}");
+    assert!(late > 0.0, "no late records counted:\n{metrics}");
+    // Records still in the reorder buffer are neither applied nor late yet.
+    assert!(applied > read * 0.5 && applied + late <= read, "applied {applied} late {late} of {read}:\n{metrics}");
+    assert!(metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_sum") > 0.0, "{metrics}");
+    if let Some(result) = common::browser::promtool_check(&metrics) {
+        result.expect("promtool check metrics");
+    }
+    daemon.stop();
+}
+
+/// Issue 11: a malformed CSV line on the socket goes into the day's rejects
+/// file with its reason and its text as received, in its place: one whose
+/// first field is the expected seq holds that place (no gap), as on a tape.
+#[test]
+fn malformed_lines_on_the_socket_go_to_the_rejects_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 3_000, 19, "");
+    let text = std::fs::read_to_string(&tape).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // Line 1001 is seq 1000: its ts field broken; a garbage line after it.
+    assert!(lines[1000].starts_with("1000,"), "{}", lines[1000]);
+    let broken = lines[1000].replacen(',', ",not-a-time,", 1);
+    let broken = {
+        let mut fields: Vec<&str> = broken.split(',').collect();
+        fields.remove(2);
+        fields.join(",")
+    };
+    lines[1000] = broken.clone();
+    lines.insert(1001, "garbage\twith a tab".to_string());
+    let daemon = Daemon::start(&config);
+    let mut stream = TcpStream::connect(&daemon.feed).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut greeting = String::new();
+    BufReader::new(stream.try_clone().unwrap()).read_line(&mut greeting).unwrap();
+    stream.write_all(format!("{}\n", lines.join("\r\n")).as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = stream.read_to_string(&mut String::new());
+    daemon.wait_log("feed disconnected");
+    let log = daemon.stop();
+    assert!(log.contains("malformed feed line"), "{log}");
+    let rejects = std::fs::read_to_string(dir.join("out/alerts.rejects.tsv")).unwrap();
+    let row = |prefix: &str| rejects.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+    let first = row("1000\t").unwrap_or_else(|| panic!("no reject for seq 1000:\n{rejects}"));
+    assert!(first.ends_with(&format!("\t{broken}")), "{first}");
+    assert!(first.contains("bad ts_ns"), "{first}");
+    let second = row("0\t").unwrap_or_else(|| panic!("no reject for the garbage line:\n{rejects}"));
+    assert!(second.ends_with("\tgarbage\\twith a tab"), "{second}");
+    // Seq 1000 held its place: no gap, no feed-gap alert.
+    let alerts = std::fs::read_to_string(dir.join("out/alerts.jsonl")).unwrap();
+    assert!(!alerts.contains("feed-gap"), "{alerts}");
+}
+
+/// `feed --replay-speed`: records go out at the tape's own pace (scaled),
+/// and while the tape is quiet heartbeats carry its clock.
+#[test]
+fn replay_speed_paces_by_the_tapes_clock_with_heartbeats_in_quiet_stretches() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (full, config) = setup(dir, 2_000, 23, "");
+    // 300 records 1 ms apart, with 100 ms of quiet after the 150th: 400 ms
+    // of exchange time, 200 ms at speed 2.
+    let text = std::fs::read_to_string(&full).unwrap();
+    let mut lines = text.lines();
+    let mut tape = format!("{}\n", lines.next().unwrap());
+    let base: i64 = 1_793_590_000_000_000_000;
+    for (i, line) in lines.take(300).enumerate() {
+        let quiet = if i >= 150 { 100_000_000 } else { 0 };
+        let (seq, rest) = line.split_once(',').unwrap();
+        let (_, rest) = rest.split_once(',').unwrap();
+        tape += &format!("{seq},{},{rest}\n", base + i as i64 * 1_000_000 + quiet);
+    }
+    let paced = dir.join("paced.csv");
+    std::fs::write(&paced, tape).unwrap();
+    let daemon = Daemon::start(&config);
+    let started = Instant::now();
+    let out = feed(&daemon, &paced, &["--replay-speed", "2"]);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(195), "sent in {took:?}: not paced by ts_ns");
+    assert!(out.contains("sent 300 records"), "{out}");
+    let beats: u64 = out
+        .split("; ")
+        .find_map(|part| part.trim().strip_suffix(" heartbeats while the tape was quiet")?.parse().ok())
+        .unwrap_or_else(|| panic!("no heartbeats: {out}"));
+    assert!((5..=60).contains(&beats), "{beats} heartbeats in a 50 ms quiet stretch: {out}");
+    daemon.stop();
+}

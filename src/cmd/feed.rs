@@ -23,6 +23,12 @@ pub struct FeedArgs {
     /// Send this many records per second (paced in steps of a millisecond).
     #[arg(long, conflicts_with = "as_fast_as_possible")]
     pub rate: Option<f64>,
+    /// Pace by the tape's own clock: send each record when its `ts_ns` is due, counted from
+    /// the first record sent and divided by this speed (1 = as the exchange sent them, 10 = ten
+    /// times faster), in steps of 0.2 ms. A record behind one already sent (late) goes at once.
+    /// Binary: while the tape is quiet, a heartbeat every millisecond carries its clock.
+    #[arg(long, conflicts_with_all = ["as_fast_as_possible", "rate"])]
+    pub replay_speed: Option<f64>,
     /// Send as fast as the daemon takes them (the default).
     #[arg(long)]
     pub as_fast_as_possible: bool,
@@ -41,6 +47,10 @@ pub struct FeedArgs {
     #[arg(long, hide = true)]
     pub limit: Option<u64>,
 }
+
+/// With `--replay-speed` (binary): how often a heartbeat carries the
+/// exchange clock while the tape is quiet.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(1);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -62,6 +72,11 @@ pub fn run(args: FeedArgs) -> Result<(), CmdError> {
         && !(rate.is_finite() && rate > 0.0)
     {
         problems.push(format!("--rate {rate}: must be a positive number of records per second"));
+    }
+    if let Some(speed) = args.replay_speed
+        && !(speed.is_finite() && speed > 0.0)
+    {
+        problems.push(format!("--replay-speed {speed}: must be a positive factor (1 = the tape's own pace)"));
     }
     let native = match is_native_tape(&args.tape) {
         Ok(native) => native,
@@ -113,6 +128,8 @@ pub fn run(args: FeedArgs) -> Result<(), CmdError> {
         out.write_all(bytes)
     };
     let mut newest_ts = i64::MIN;
+    let mut ts_paced_from: Option<(i64, Instant)> = None;
+    let mut heartbeats = 0u64;
     for item in records {
         let item = item?;
         newest_ts = newest_ts.max(item.ts_ns.unwrap_or(i64::MIN));
@@ -129,13 +146,44 @@ pub fn run(args: FeedArgs) -> Result<(), CmdError> {
             }
             return Ok(());
         }
-        if let Some(rate) = args.rate {
-            let due = Duration::from_secs_f64(sent as f64 / rate);
-            let elapsed = started.elapsed();
-            if due > elapsed + Duration::from_millis(1) {
+        // When this record is due, counted from the first one sent, and how
+        // far ahead of that the sender may run before it sleeps.
+        let pace = match (args.rate, args.replay_speed) {
+            (Some(rate), _) => Some((Duration::from_secs_f64(sent as f64 / rate), Duration::from_millis(1))),
+            (None, Some(speed)) => item.ts_ns.map(|ts_ns| {
+                // Counted from the first record sent (not from the start,
+                // which may have spent a while skipping what the daemon had).
+                let (first, _) = *ts_paced_from.get_or_insert((ts_ns, Instant::now()));
+                let ahead_ns = ts_ns.saturating_sub(first).max(0) as f64 / speed;
+                (Duration::from_nanos(ahead_ns as u64), Duration::from_micros(200))
+            }),
+            (None, None) => None,
+        };
+        if let Some((due, step)) = pace {
+            let from = ts_paced_from.map_or(started, |(_, at)| at);
+            let mut elapsed = from.elapsed();
+            if due > elapsed + step {
                 flush_frame(&mut frame, &mut bytes, &mut out).map_err(io_err(&args.to))?;
                 out.flush().map_err(io_err(&args.to))?;
-                std::thread::sleep(due - elapsed);
+                // At the tape's pace the exchange clock runs on while the
+                // tape is quiet: heartbeats carry it, as an exchange feed's
+                // would, so the daemon's event time follows it and what it
+                // holds is released without waiting for the next record.
+                let clock = ts_paced_from.filter(|_| format == Format::Binary).map(|(first, _)| first);
+                let nap = if clock.is_some() { HEARTBEAT_EVERY } else { Duration::MAX };
+                while due > elapsed + step {
+                    std::thread::sleep((due - elapsed).min(nap));
+                    elapsed = from.elapsed();
+                    if let (Some(first), Some(speed)) = (clock, args.replay_speed)
+                        && due > elapsed + step
+                    {
+                        let now_ts = first.saturating_add((elapsed.as_nanos() as f64 * speed) as i64);
+                        bytes.clear();
+                        wire::encode_heartbeat(now_ts, &mut bytes);
+                        out.write_all(&bytes).and_then(|()| out.flush()).map_err(io_err(&args.to))?;
+                        heartbeats += 1;
+                    }
+                }
             }
         }
         match format {
@@ -180,6 +228,9 @@ pub fn run(args: FeedArgs) -> Result<(), CmdError> {
         "sent {sent} records in {secs:.3} s ({:.0} records/s); skipped {skipped} the daemon already had",
         sent as f64 / secs.max(1e-9)
     );
+    if heartbeats > 0 {
+        summary += &format!("; {heartbeats} heartbeats while the tape was quiet");
+    }
     if unsendable > 0 {
         summary += &format!(
             "; {unsendable} malformed lines not sendable in the binary format (the daemon sees their seqs as gaps)"

@@ -207,6 +207,9 @@ impl Tally {
     }
 }
 
+/// The rule name of the daemon's feed-integrity alerts (gaps, repeats).
+pub const FEED_GAP_RULE: &str = "feed-gap";
+
 /// The alert log and what is counted from the alerts.
 #[derive(Debug)]
 struct Alerts {
@@ -295,7 +298,9 @@ impl Hub {
                 evicted_max_id: None,
                 total: 0,
                 by_rule: [0; RULE_COUNT],
-                extra_rules: Vec::new(),
+                // The daemon's own rule (a live feed's gaps and repeats,
+                // `ingest::live::Integrity`), shown at 0 before any.
+                extra_rules: vec![(FEED_GAP_RULE.to_string(), 0)],
                 unknown_rule: 0,
                 out_of_order: 0,
                 malformed: 0,

@@ -10,15 +10,16 @@
 
 use super::csv::FeedLine;
 use super::validate::Limits;
-use super::validate::{RawRecord, RejectReason, Validator, check_fields};
-use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog};
+use super::validate::{Lookahead, Offered, RawRecord, RejectReason, Validator, check_fields};
+use super::{FEED_INTEGRITY, Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::event::{Event, Kind, Side};
 use crate::ring::Idle;
 use crate::ring::spsc::{self, Consumer, Producer};
 use crate::symbols::Groups;
 use crate::symbols::{pack, valid_account, valid_instrument};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub const ACCOUNT_BYTES: usize = 16;
 pub const INSTRUMENT_BYTES: usize = 12;
@@ -48,6 +49,12 @@ pub struct WireRecord {
     /// event time move on without records. A sender puts a heartbeat
     /// first in a slot of its own (see `LiveFeed::pump_live`).
     pub heartbeat: bool,
+    /// Not a record: a CSV line on the socket that is not a FEED.md record.
+    /// Its text waits in the line ring (`line_channel`) when `line_kept`;
+    /// the feed rejects it in its place, with its reason, into the rejects
+    /// file, as a replay rejects a malformed line.
+    pub malformed: bool,
+    pub line_kept: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<WireRecord>() <= 112);
@@ -93,6 +100,23 @@ impl WireRecord {
     }
 }
 
+/// Malformed CSV lines that may wait between the network edge and the
+/// feed; a line that finds the ring full is rejected without its text
+/// (counted, and said in the rejects file).
+pub const LINE_SLOTS: usize = 64;
+
+/// The edge's half of the ring of malformed lines.
+pub type LineSender = Producer<Vec<u8>>;
+/// The feed's half; one ring for the daemon's life, handed from each day's
+/// feed to the next (a lock taken only for a malformed line).
+pub type LineReceiver = Arc<Mutex<Consumer<Vec<u8>>>>;
+
+/// The ring of malformed lines, each slot preallocated to a whole line.
+pub fn line_channel() -> (LineSender, LineReceiver) {
+    let (tx, rx) = spsc::channel(LINE_SLOTS, || Vec::with_capacity(crate::wire::MAX_LINE_BYTES));
+    (tx, Arc::new(Mutex::new(rx)))
+}
+
 /// Records per ring slot: one cursor publish per this many records.
 pub const WIRE_BATCH: usize = 512;
 /// Slots the feed takes per pump before it lets the router look at the
@@ -126,6 +150,143 @@ pub struct LiveFeed {
     /// Event time of the first record taken (`i64::MIN`: none yet): which
     /// trading day this feed serves, saved with its position.
     first_ts_ns: i64,
+    /// One record of look-ahead: a seq (or time) jump waits for the next
+    /// record to tell a bad record from a real gap, as on a tape; at most
+    /// `HOLD_RELEASE_NS` when nothing follows (see `validate`'s module doc).
+    lookahead: Lookahead<WireRecord>,
+    /// A run of repeated records not yet reported (one `feed-gap` alert per run).
+    repeats: Option<RepeatRun>,
+    /// The hold's clock (read only when a hold begins or the feed is idle).
+    epoch: Instant,
+    /// The text of malformed CSV lines (`WireRecord::malformed`), and the
+    /// current one.
+    lines: Option<LineReceiver>,
+    line: Vec<u8>,
+}
+
+/// How long a record whose seq jumps waits for the next record before it
+/// is taken as a real gap. A live feed's next record is microseconds away
+/// while it runs; when it is quiet, this bounds the delay of that one
+/// record (and of event time) to a fraction of the 10 ms latency budget.
+pub const HOLD_RELEASE_NS: u64 = 2_000_000;
+
+/// A feed-integrity finding of a live feed, raised as a `feed-gap` alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Integrity {
+    /// The records `first..=last` never came: `received` (at `ts_ns`) came
+    /// where `first` was expected.
+    Gap { first: u64, last: u64, received: u64, ts_ns: i64 },
+    /// `count` records with seqs in `first..=last` came again while `expected`
+    /// was due: rejected (kept in the rejects file), not applied again.
+    Repeat { expected: u64, first: u64, last: u64, count: u64, ts_ns: i64 },
+}
+
+impl Integrity {
+    /// The finding as an event the router passes to the sink
+    /// (`instrument` = `FEED_INTEGRITY`).
+    pub fn to_event(self) -> Event {
+        match self {
+            Integrity::Gap { first, last, received, ts_ns } => Event {
+                seq: received,
+                ts_ns,
+                order_id: first,
+                contra_order_id: last,
+                qty: last - first + 1,
+                instrument: FEED_INTEGRITY,
+                kind: Kind::New,
+                ..Event::default()
+            },
+            Integrity::Repeat { expected, first, last, count, ts_ns } => Event {
+                seq: first,
+                ts_ns,
+                order_id: expected,
+                contra_order_id: last,
+                qty: count,
+                instrument: FEED_INTEGRITY,
+                kind: Kind::Cancel,
+                ..Event::default()
+            },
+        }
+    }
+
+    /// The finding an event carries, if it is one.
+    pub fn of_event(e: &Event) -> Option<Integrity> {
+        if e.instrument != FEED_INTEGRITY {
+            return None;
+        }
+        Some(match e.kind {
+            Kind::Cancel => Integrity::Repeat {
+                expected: e.order_id,
+                first: e.seq,
+                last: e.contra_order_id,
+                count: e.qty,
+                ts_ns: e.ts_ns,
+            },
+            _ => Integrity::Gap { first: e.order_id, last: e.contra_order_id, received: e.seq, ts_ns: e.ts_ns },
+        })
+    }
+
+    /// The `feed-gap` alert's JSON line (docs/WIRE.md), newline included.
+    pub fn write_json(&self, out: &mut Vec<u8>, detected_unix_ns: i64) {
+        let mut num = itoa::Buffer::new();
+        let mut field = |out: &mut Vec<u8>, key: &str, v: u64| {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(num.format(v).as_bytes());
+        };
+        let (kind, seq, ts_ns, first, last) = match *self {
+            Integrity::Gap { first, last, received, ts_ns } => ("gap", received, ts_ns, first, last),
+            Integrity::Repeat { first, last, ts_ns, .. } => ("repeat", first, ts_ns, first, last),
+        };
+        out.extend_from_slice(b"{\"alert_id\":\"feed-gap:");
+        out.extend_from_slice(kind.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(itoa::Buffer::new().format(first).as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(itoa::Buffer::new().format(last).as_bytes());
+        out.extend_from_slice(b"\",\"rule\":\"feed-gap\",\"kind\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.push(b'"');
+        field(out, "seq", seq);
+        out.extend_from_slice(b",\"ts_ns\":");
+        out.extend_from_slice(itoa::Buffer::new().format(ts_ns).as_bytes());
+        out.extend_from_slice(b",\"time\":\"");
+        crate::alert::write_iso_time(out, ts_ns);
+        out.extend_from_slice(b"\",\"evidence\":{");
+        match *self {
+            Integrity::Gap { first, last, received, .. } => {
+                out.extend_from_slice(b"\"expected_seq\":");
+                out.extend_from_slice(itoa::Buffer::new().format(first).as_bytes());
+                field(out, "received_seq", received);
+                field(out, "missing", last - first + 1);
+                field(out, "first_missing", first);
+                field(out, "last_missing", last);
+            }
+            Integrity::Repeat { expected, first, last, count, .. } => {
+                out.extend_from_slice(b"\"expected_seq\":");
+                out.extend_from_slice(itoa::Buffer::new().format(expected).as_bytes());
+                field(out, "received_seq", first);
+                field(out, "repeated", count);
+                field(out, "first_repeated", first);
+                field(out, "last_repeated", last);
+            }
+        }
+        out.extend_from_slice(b"},\"timing\":{\"detected_unix_ns\":");
+        out.extend_from_slice(itoa::Buffer::new().format(detected_unix_ns).as_bytes());
+        out.extend_from_slice(b"}}\n");
+    }
+}
+
+/// Consecutive repeated records, reported as one finding when the run ends
+/// (a record that is not a repeat, the end of a pump, a checkpoint).
+#[derive(Clone, Copy, Debug)]
+struct RepeatRun {
+    expected: u64,
+    first: u64,
+    last: u64,
+    count: u64,
+    ts_ns: i64,
 }
 
 impl LiveFeed {
@@ -140,7 +301,18 @@ impl LiveFeed {
             next_seq: 0,
             clock: None,
             first_ts_ns: i64::MIN,
+            lookahead: Lookahead::new(HOLD_RELEASE_NS),
+            repeats: None,
+            epoch: Instant::now(),
+            lines: None,
+            line: Vec::with_capacity(crate::wire::MAX_LINE_BYTES),
         }
+    }
+
+    /// Where the edge puts the text of malformed CSV lines.
+    pub fn with_lines(mut self, lines: LineReceiver) -> LiveFeed {
+        self.lines = Some(lines);
+        self
     }
 
     /// A feed resuming from a checkpoint: `r` reads what `checkpoint`
@@ -174,19 +346,11 @@ impl LiveFeed {
     }
 }
 
-/// Validates and interns one wire record; a bad one is counted and written
-/// to the rejects file. (A free function so the ring slot it reads from
-/// can stay borrowed.)
+/// A wire record's field and name checks (as the CSV decoder's): the raw
+/// record to judge in feed order, or why it is rejected outright.
 #[inline]
-fn accept(
-    validator: &mut Validator,
-    rejects: &mut RejectLog,
-    scratch: &mut Vec<u8>,
-    w: &WireRecord,
-) -> Result<Option<Event>, FeedError> {
-    validator.stats.records_read += 1;
-    // Names on the wire are checked as the CSV decoder checks them; an
-    // empty contra account (N and C records) packs to 0.
+fn offered(w: &WireRecord) -> Offered {
+    // An empty contra account (N and C records) packs to 0.
     let names = if !valid_account(w.account()) {
         Err(RejectReason::BadField("account"))
     } else if !valid_instrument(w.instrument()) {
@@ -197,36 +361,138 @@ fn accept(
         Ok(())
     };
     let packed = |name: &[u8]| if name.is_empty() { 0 } else { pack(name) };
-    let raw = RawRecord {
-        seq: w.seq,
-        ts_ns: w.ts_ns,
-        kind: w.kind,
-        order_id: w.order_id,
-        account: packed(w.account()),
-        instrument: packed(w.instrument()),
-        side: w.side,
-        price: w.price,
-        qty: w.qty,
-        contra_order_id: w.contra_order_id,
-        contra_account: packed(w.contra_account()),
-    };
-    // The wire has no line numbers: a record's place is its seq.
-    let outcome = check_fields(w.seq, w.kind, w.price, w.qty, w.contra_order_id)
+    check_fields(w.seq, w.kind, w.price, w.qty, w.contra_order_id)
         .and(names)
-        .and_then(|()| validator.check_seq_now(w.seq, w.ts_ns))
-        .and_then(|()| validator.admit(&raw, w.seq));
-    match outcome {
-        Ok(event) => {
-            validator.stats.accepted += 1;
-            Ok(Some(event))
-        }
-        Err(reason) => {
-            validator.stats.rejected += 1;
-            w.write_csv(scratch);
-            rejects.write(w.seq, &reason, scratch)?;
-            Ok(None)
+        .map(|()| RawRecord {
+            seq: w.seq,
+            ts_ns: w.ts_ns,
+            kind: w.kind,
+            order_id: w.order_id,
+            account: packed(w.account()),
+            instrument: packed(w.instrument()),
+            side: w.side,
+            price: w.price,
+            qty: w.qty,
+            contra_order_id: w.contra_order_id,
+            contra_account: packed(w.contra_account()),
+        })
+        .map_err(|reason| (Some(w.seq), reason))
+}
+
+/// Where settled records go while the look-ahead holds the validator
+/// borrowed: accepted ones to `emit`, rejected ones to the rejects file,
+/// repeats into the open run. Counts reach the validator's stats after.
+struct Settler<'a, E> {
+    rejects: &'a mut RejectLog,
+    scratch: &'a mut Vec<u8>,
+    /// The malformed line being rejected (`WireRecord::malformed`).
+    line: &'a mut Vec<u8>,
+    repeats: &'a mut Option<RepeatRun>,
+    emit: &'a mut E,
+    accepted: u64,
+    rejected: u64,
+    error: Option<FeedError>,
+}
+
+impl<E: FnMut(&Event, u64)> Settler<'_, E> {
+    #[inline]
+    fn settled(&mut self, w: WireRecord, outcome: Result<Event, RejectReason>) {
+        match outcome {
+            Ok(event) => {
+                self.end_repeats(w.due_ns);
+                self.accepted += 1;
+                (self.emit)(&event, w.due_ns);
+            }
+            Err(reason) => self.rejected(&w, reason),
         }
     }
+
+    #[cold]
+    fn rejected(&mut self, w: &WireRecord, reason: RejectReason) {
+        self.rejected += 1;
+        match (&reason, self.repeats.as_mut()) {
+            (RejectReason::RepeatedSeq { seq, .. }, Some(run)) => {
+                run.first = run.first.min(*seq);
+                run.last = run.last.max(*seq);
+                run.count += 1;
+            }
+            (RejectReason::RepeatedSeq { seq, expected }, None) => {
+                *self.repeats =
+                    Some(RepeatRun { expected: *expected, first: *seq, last: *seq, count: 1, ts_ns: w.ts_ns });
+            }
+            _ => self.end_repeats(w.due_ns),
+        }
+        if self.error.is_none() {
+            let written = if w.malformed {
+                // The line as received; its place is its seq, 0 when it has none.
+                self.rejects.write(w.seq, &reason, self.line.as_slice())
+            } else {
+                w.write_csv(self.scratch);
+                self.rejects.write(w.seq, &reason, self.scratch)
+            };
+            if let Err(e) = written {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// Reports the open run of repeats, if any.
+    fn end_repeats(&mut self, due_ns: u64) {
+        if let Some(run) = self.repeats.take() {
+            let RepeatRun { expected, first, last, count, ts_ns } = run;
+            (self.emit)(&Integrity::Repeat { expected, first, last, count, ts_ns }.to_event(), due_ns);
+        }
+    }
+
+    /// Adds the counts to the validator's and reports the gap the settled
+    /// records made, if any; the first write error, if any.
+    #[inline]
+    fn finish(&mut self, validator: &mut Validator, due_ns: u64) -> Result<(), FeedError> {
+        validator.stats.accepted += std::mem::take(&mut self.accepted);
+        validator.stats.rejected += std::mem::take(&mut self.rejected);
+        if let Some((first, received, ts_ns)) = validator.seq.take_gap() {
+            let gap = Integrity::Gap { first, last: received - 1, received, ts_ns };
+            (self.emit)(&gap.to_event(), due_ns);
+        }
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A malformed CSV line's text (from the line ring, into `line`), and how
+/// it is offered: with its seq when its first field reads as one (so it
+/// holds its place, as on a tape), and the reason the CSV decoder gives.
+#[cold]
+fn malformed_line(w: &mut WireRecord, lines: Option<&LineReceiver>, line: &mut Vec<u8>) -> Offered {
+    line.clear();
+    let popped = w.line_kept
+        && lines.and_then(|l| l.lock().ok()).is_some_and(|mut rx| match rx.peek() {
+            Some(text) => {
+                line.extend_from_slice(text);
+                rx.release();
+                true
+            }
+            None => false,
+        });
+    if !popped {
+        line.extend_from_slice(b"(the line's text was not kept: too many malformed lines at once)");
+        w.seq = 0;
+        return Err((None, RejectReason::BadField("line")));
+    }
+    let seq = line.split(|&b| b == b',').next().and_then(|f| std::str::from_utf8(f).ok()?.parse::<u64>().ok());
+    w.seq = seq.unwrap_or(0);
+    let reason = match super::csv::parse_line(line) {
+        Err(reason) => reason,
+        // The edge found it malformed; the decoder agrees, or this says so.
+        Ok(_) => RejectReason::BadField("line"),
+    };
+    Err((seq, reason))
+}
+
+fn elapsed_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
 }
 
 impl Feed for LiveFeed {
@@ -238,7 +504,24 @@ impl Feed for LiveFeed {
 
     fn pump_live(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<bool, FeedError> {
         let mut slots = 0;
-        let LiveFeed { rx, validator, rejects, scratch, next_seq, clock, first_ts_ns, .. } = self;
+        let LiveFeed {
+            rx,
+            validator,
+            rejects,
+            scratch,
+            next_seq,
+            clock,
+            first_ts_ns,
+            lookahead,
+            repeats,
+            epoch,
+            lines,
+            line,
+            ..
+        } = self;
+        let epoch = *epoch;
+        let mut settler = Settler { rejects, scratch, line, repeats, emit, accepted: 0, rejected: 0, error: None };
+        let mut last_due_ns = 0;
         while slots < PUMP_SLOTS {
             // Read in place: one cursor publish per slot, no copy.
             let Some(batch) = rx.peek() else { break };
@@ -249,6 +532,12 @@ impl Feed for LiveFeed {
                 if slots > 0 {
                     break;
                 }
+                // The sender's clock moved on and no record came meanwhile:
+                // a held record is settled before event time moves past it.
+                let due_ns = beat.due_ns;
+                lookahead.flush(validator, &mut |w, outcome| settler.settled(w, outcome));
+                settler.end_repeats(due_ns);
+                settler.finish(validator, due_ns)?;
                 *clock = Some(beat.ts_ns);
                 rx.release();
                 slots += 1;
@@ -264,27 +553,54 @@ impl Feed for LiveFeed {
                         .then(|| (pack(ahead.contra_account()), ahead.contra_order_id));
                     validator.prefetch_keys(pack(ahead.account()), ahead.order_id, contra);
                 }
+                validator.stats.records_read += 1;
+                last_due_ns = w.due_ns;
+                if w.malformed {
+                    let mut w = *w;
+                    let offer = malformed_line(&mut w, lines.as_ref(), settler.line);
+                    lookahead.offer(validator, offer, w, w.seq, || elapsed_ns(epoch), &mut |w, outcome| {
+                        settler.settled(w, outcome)
+                    });
+                    settler.finish(validator, w.due_ns)?;
+                    continue;
+                }
                 *next_seq = (*next_seq).max(w.seq.saturating_add(1));
                 if *first_ts_ns == i64::MIN {
                     *first_ts_ns = w.ts_ns;
                 }
-                if let Some(event) = accept(validator, rejects, scratch, w)? {
-                    emit(&event, w.due_ns);
-                }
+                // The wire has no line numbers: a record's place is its seq.
+                lookahead.offer(validator, offered(w), *w, w.seq, || elapsed_ns(epoch), &mut |w, outcome| {
+                    settler.settled(w, outcome)
+                });
+                settler.finish(validator, w.due_ns)?;
             }
             rx.release();
             slots += 1;
         }
         if slots > 0 {
+            // A run of repeats is reported at the latest at the pump's end.
+            settler.end_repeats(last_due_ns);
             self.idle.reset();
             self.drained = self.rx.peek().is_none();
             return Ok(true);
         }
-        self.drained = true;
         if self.rx.is_finished() {
+            // The sender is gone for good: nothing will contradict a held record.
+            lookahead.flush(validator, &mut |w, outcome| settler.settled(w, outcome));
+            settler.end_repeats(last_due_ns);
+            settler.finish(validator, last_due_ns)?;
+            self.drained = true;
             self.rejects.finish()?;
             return Ok(false);
         }
+        // Nothing arrived: a held record waits no longer than `HOLD_RELEASE_NS`.
+        if lookahead.on_idle(validator, elapsed_ns(epoch), &mut |w, outcome| settler.settled(w, outcome)) {
+            settler.finish(validator, last_due_ns)?;
+            self.idle.reset();
+            self.drained = true;
+            return Ok(true);
+        }
+        self.drained = true;
         // Nothing arrived: back off (spin, yield, then short naps) so an
         // idle source leaves the cores to the feeder and the shards.
         self.idle.wait();
@@ -293,6 +609,16 @@ impl Feed for LiveFeed {
 
     fn drained(&self) -> bool {
         self.drained
+    }
+
+    /// Before a checkpoint: a held record is taken as what it looks like (a
+    /// gap, a time jump), and an open run of repeats is reported.
+    fn settle(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<(), FeedError> {
+        let LiveFeed { validator, rejects, scratch, lookahead, repeats, line, .. } = self;
+        let mut settler = Settler { rejects, scratch, line, repeats, emit, accepted: 0, rejected: 0, error: None };
+        lookahead.flush(validator, &mut |w, outcome| settler.settled(w, outcome));
+        settler.end_repeats(0);
+        settler.finish(validator, 0)
     }
 
     fn take_clock(&mut self) -> Option<i64> {
@@ -352,6 +678,111 @@ mod tests {
         assert_eq!((feed.stats().accepted, feed.stats().rejected), (2, 2));
         drop(tx);
         assert!(!feed.pump_live(&mut |_, _| panic!("nothing left")).unwrap(), "sender gone: the feed ends");
+    }
+
+    /// Pumps `records` (one slot) through a fresh feed; what was emitted.
+    fn pump_all(records: &[WireRecord]) -> (Vec<Event>, FeedStats) {
+        let (mut tx, rx) = wire_channel(4);
+        let slot = tx.claim().unwrap();
+        slot.clear();
+        slot.extend_from_slice(records);
+        tx.publish();
+        drop(tx);
+        let mut feed =
+            LiveFeed::new(rx, Validator::new(Limits::default(), Arc::new(Groups::default())), RejectLog::discard());
+        let mut got = Vec::new();
+        while feed.pump_live(&mut |e, _| got.push(*e)).unwrap() {}
+        (got, feed.stats())
+    }
+
+    fn seqs(events: &[Event]) -> Vec<u64> {
+        events.iter().filter(|e| e.instrument != FEED_INTEGRITY).map(|e| e.seq).collect()
+    }
+
+    fn findings(events: &[Event]) -> Vec<Integrity> {
+        events.iter().filter_map(Integrity::of_event).collect()
+    }
+
+    #[test]
+    fn a_gap_is_one_finding_naming_the_missing_range() {
+        let records: Vec<_> = [1, 2, 3, 7, 8].iter().map(|&s| wire(s, Kind::New, s, "A1", s * 10)).collect();
+        let (got, stats) = pump_all(&records);
+        assert_eq!(seqs(&got), vec![1, 2, 3, 7, 8]);
+        assert_eq!(findings(&got), vec![Integrity::Gap { first: 4, last: 6, received: 7, ts_ns: 1_007 }]);
+        assert_eq!((stats.gaps, stats.missing_records), (1, 3));
+    }
+
+    #[test]
+    fn one_bad_seq_then_the_old_sequence_is_no_gap() {
+        // The look-ahead: seq 900 is a typo, 4 goes on from 3.
+        let records: Vec<_> = [1, 2, 3, 900, 4, 5].iter().map(|&s| wire(s, Kind::New, s, "A1", 0)).collect();
+        let (got, stats) = pump_all(&records);
+        assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
+        assert_eq!(findings(&got), vec![]);
+        assert_eq!((stats.gaps, stats.rejected), (0, 1));
+    }
+
+    #[test]
+    fn a_jump_at_the_end_of_the_feed_is_a_gap() {
+        // Nothing follows the jump: it is settled when the sender goes.
+        let records: Vec<_> = [1, 2, 10].iter().map(|&s| wire(s, Kind::New, s, "A1", 0)).collect();
+        let (got, _) = pump_all(&records);
+        assert_eq!(seqs(&got), vec![1, 2, 10]);
+        assert_eq!(findings(&got), vec![Integrity::Gap { first: 3, last: 9, received: 10, ts_ns: 1_010 }]);
+    }
+
+    #[test]
+    fn a_resend_is_one_repeat_finding_and_not_applied_again() {
+        let seqs_sent = [1, 2, 3, 4, 5, 2, 3, 4, 6];
+        let records: Vec<_> = seqs_sent.iter().map(|&s| wire(s, Kind::New, s, "A1", 0)).collect();
+        let (got, stats) = pump_all(&records);
+        assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(findings(&got), vec![Integrity::Repeat { expected: 6, first: 2, last: 4, count: 3, ts_ns: 1_002 }]);
+        assert_eq!(stats.rejected, 3);
+    }
+
+    #[test]
+    fn a_held_jump_is_released_when_the_feed_stays_quiet() {
+        let (mut tx, rx) = wire_channel(4);
+        let slot = tx.claim().unwrap();
+        slot.clear();
+        slot.extend([1, 2, 9].iter().map(|&s| wire(s, Kind::New, s, "A1", 0)));
+        tx.publish();
+        let mut feed =
+            LiveFeed::new(rx, Validator::new(Limits::default(), Arc::new(Groups::default())), RejectLog::discard());
+        let mut got = Vec::new();
+        feed.pump_live(&mut |e, _| got.push(*e)).unwrap();
+        assert_eq!(seqs(&got), vec![1, 2], "9 waits for the next record");
+        let started = Instant::now();
+        while seqs(&got).len() < 3 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "never released");
+            feed.pump_live(&mut |e, _| got.push(*e)).unwrap();
+        }
+        assert!(started.elapsed().as_nanos() as u64 >= HOLD_RELEASE_NS / 2);
+        assert_eq!(findings(&got).len(), 1);
+        drop(tx);
+    }
+
+    #[test]
+    fn findings_round_trip_through_an_event_and_write_json() {
+        let gap = Integrity::Gap { first: 5001, last: 5200, received: 5201, ts_ns: 1_793_583_000_000_000_000 };
+        assert_eq!(Integrity::of_event(&gap.to_event()), Some(gap));
+        let repeat = Integrity::Repeat { expected: 90, first: 10, last: 12, count: 3, ts_ns: 7 };
+        assert_eq!(Integrity::of_event(&repeat.to_event()), Some(repeat));
+        let mut out = Vec::new();
+        gap.write_json(&mut out, 42);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["rule"], "feed-gap");
+        assert_eq!(v["kind"], "gap");
+        assert_eq!(v["evidence"]["expected_seq"], 5001);
+        assert_eq!(v["evidence"]["received_seq"], 5201);
+        assert_eq!(v["evidence"]["missing"], 200);
+        assert_eq!(v["evidence"]["last_missing"], 5200);
+        assert_eq!(v["timing"]["detected_unix_ns"], 42);
+        out.clear();
+        repeat.write_json(&mut out, 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((v["kind"].as_str(), v["evidence"]["repeated"].as_u64()), (Some("repeat"), Some(3)));
     }
 
     #[test]

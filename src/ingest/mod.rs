@@ -22,6 +22,12 @@ use std::path::{Path, PathBuf};
 /// lateness is judged as if every record had come through.
 pub const TIME_ONLY: u32 = u32::MAX;
 
+/// The instrument id of a feed-integrity event (`live::Integrity`): a live
+/// feed's gap or run of repeats, which the router hands to the sink with
+/// the late records (so it is committed with the checkpoint it precedes)
+/// and the sink writes as a `feed-gap` alert.
+pub const FEED_INTEGRITY: u32 = u32::MAX - 1;
+
 /// A time-only event at `ts_ns`.
 pub fn time_only(ts_ns: i64) -> Event {
     Event { ts_ns, instrument: TIME_ONLY, ..Event::default() }
@@ -64,6 +70,15 @@ pub trait Feed {
     fn pump_live(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<bool, FeedError> {
         let _ = emit;
         unreachable!("only a feed with LIVE = true is pumped live")
+    }
+
+    /// Live feeds only, right before a checkpoint barrier: settles what the
+    /// feed holds back (a record waiting for the next to tell a typo from a
+    /// gap, a run of repeats not yet reported), so the checkpoint stands
+    /// between two records.
+    fn settle(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<(), FeedError> {
+        let _ = emit;
+        Ok(())
     }
 
     /// Live feeds only: whether the last `pump_live` left the input empty.

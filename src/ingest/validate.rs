@@ -41,8 +41,8 @@
 //! (or time jump), checked and accepted. Records of the old sequence that
 //! come after that are repeats. A checkpoint or the end of the feed
 //! settles a hold the same way (`Lookahead::flush`). The daemon's network
-//! feed (`ingest/live.rs`) does not use it yet: there a seq jump is a gap
-//! at once (docs/WIRE.md).
+//! feed (`ingest/live.rs`) uses it, released after 2 ms, by a heartbeat,
+//! or before a checkpoint (docs/WIRE.md).
 
 use super::{FeedStats, GAP_RANGES_KEPT, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -452,6 +452,10 @@ pub struct Sequencer {
     /// believed: they may stand for the seqs they displaced, so the next
     /// record being that many ahead is no gap.
     unplaced: u64,
+    /// The newest gap `commit` counted, `(first missing seq, seq after the
+    /// gap, its ts_ns)`, until a live feed takes it to raise a `feed-gap`
+    /// alert (`take_gap`). Replays never take it.
+    last_gap: Option<(u64, u64, i64)>,
 }
 
 impl Sequencer {
@@ -468,6 +472,7 @@ impl Sequencer {
             fast_hi: 0,
             placed_after_held: 0,
             unplaced: 0,
+            last_gap: None,
         }
     }
 
@@ -657,6 +662,7 @@ impl Sequencer {
         {
             stats.gaps += 1;
             stats.missing_records += seq - expected;
+            self.last_gap = Some((expected, seq, ts_ns));
             if stats.gap_ranges.len() < GAP_RANGES_KEPT {
                 stats.gap_ranges.push((expected, seq - 1, line_no));
             }
@@ -672,6 +678,12 @@ impl Sequencer {
             }
         }
         self.refresh_fast();
+    }
+
+    /// The gap the last `commit` counted, once (live feeds: a `feed-gap` alert).
+    #[inline]
+    pub fn take_gap(&mut self) -> Option<(u64, u64, i64)> {
+        self.last_gap.take()
     }
 
     /// A line too broken to judge whose seq could be read: it holds its

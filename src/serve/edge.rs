@@ -9,7 +9,7 @@
 
 use crate::event::Kind;
 use crate::ingest::csv::HEADER;
-use crate::ingest::live::{WIRE_BATCH, WireRecord, WireSender};
+use crate::ingest::live::{LineReceiver, LineSender, WIRE_BATCH, WireRecord, WireSender, line_channel};
 use crate::metrics::Clock;
 use crate::wire::{self, Frame, MAGIC, MAX_FRAME_BYTES, MAX_LINE_BYTES};
 use std::net::SocketAddr;
@@ -41,8 +41,12 @@ pub struct EdgeCounters {
     /// Connections that ended inside a frame or a line (those bytes are lost:
     /// the sender resumes from the greeting's seq).
     pub truncated: AtomicU64,
-    /// CSV lines that are not FEED.md records (logged, not forwarded).
+    /// CSV lines that are not FEED.md records (logged, and rejected by the
+    /// pipeline into the rejects file in their place).
     pub malformed_lines: AtomicU64,
+    /// Of those, lines whose text found the line ring full (rejected
+    /// without it).
+    pub lines_not_kept: AtomicU64,
     pub records: AtomicU64,
     /// Records received by kind (N, C, T).
     pub by_kind: [AtomicU64; 3],
@@ -74,11 +78,18 @@ pub struct EdgeShared {
     /// The connected sender, if any, and its format once known.
     pub peer: Mutex<Option<SocketAddr>>,
     pub format: Mutex<Option<&'static str>>,
+    /// The text of malformed CSV lines, for the feed's rejects file; the
+    /// daemon hands `malformed_lines` to each day's `LiveFeed`.
+    lines: Mutex<LineSender>,
+    pub malformed_lines: LineReceiver,
 }
 
 impl EdgeShared {
     pub fn new(tx: WireSender, boundary_ns: i64) -> EdgeShared {
+        let (lines, malformed_lines) = line_channel();
         EdgeShared {
+            lines: Mutex::new(lines),
+            malformed_lines,
             counters: EdgeCounters::default(),
             next_seq: AtomicU64::new(0),
             day_start_ns: AtomicI64::new(i64::MIN),
@@ -545,7 +556,7 @@ impl<'a> Connection<'a> {
         let mut newest = None;
         let mut day_end = self.shared.day_end_ns.load(Ordering::Acquire);
         while i < staged.len() {
-            if day_end == i64::MAX {
+            if day_end == i64::MAX && !staged[i].malformed {
                 self.shared.set_day(staged[i].ts_ns);
                 day_end = self.shared.day_end_ns.load(Ordering::Acquire);
             }
@@ -583,14 +594,16 @@ impl<'a> Connection<'a> {
             } else {
                 while i < staged.len() && !staged[i].heartbeat && staged[i].ts_ns < day_end && slot.len() < WIRE_BATCH {
                     slot.push(staged[i]);
-                    newest = Some(staged[i].seq);
+                    if !staged[i].malformed {
+                        newest = Some(staged[i].seq);
+                    }
                     i += 1;
                 }
             }
             tx.publish();
         }
         let mut by_kind = [0u64; 3];
-        for w in staged.iter().filter(|w| !w.heartbeat) {
+        for w in staged.iter().filter(|w| !w.heartbeat && !w.malformed) {
             let kind = match w.kind {
                 Kind::New => 0,
                 Kind::Cancel => 1,
@@ -647,6 +660,22 @@ fn csv_line(
         Err(reason) => {
             *malformed += 1;
             shared.counters.malformed_lines.fetch_add(1, Ordering::Relaxed);
+            // The line goes to the rejects file in its place: its text by
+            // the line ring (never waited on), a marker by the record ring.
+            let text = line.strip_suffix(b"\r").unwrap_or(line);
+            let line_kept = shared.lines.lock().ok().is_some_and(|mut tx| match tx.claim() {
+                Some(slot) => {
+                    slot.clear();
+                    slot.extend_from_slice(text);
+                    tx.publish();
+                    true
+                }
+                None => false,
+            });
+            if !line_kept {
+                shared.counters.lines_not_kept.fetch_add(1, Ordering::Relaxed);
+            }
+            staged.push(WireRecord { due_ns: stamp, malformed: true, line_kept, ..WireRecord::default() });
             if *malformed <= LOGGED_LINES {
                 let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
                 tracing::warn!(%peer, line = line_no, "malformed feed line ({reason}): {shown}");

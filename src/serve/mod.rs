@@ -102,6 +102,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
             Ok(day) => day,
             Err(e) => break Err(e),
         };
+        let feed = feed.with_lines(shared.malformed_lines.clone());
         shared.next_seq.store(feed.next_seq(), Ordering::Release);
         if feed.first_ts_ns() != i64::MIN {
             shared.set_day(feed.first_ts_ns());

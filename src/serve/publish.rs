@@ -122,8 +122,16 @@ pub fn sample(hub: &Hub, edge: &EdgeShared, progress: &Progress, control: &LiveC
         repeats: 0,
     });
     let end = edge.day_end_ns.load(Ordering::Acquire);
+    // The sink's figures so far this run (a day's run, since the start or
+    // the last restart): the latency histogram and the late records.
+    let latency = control.latency.lock().ok().and_then(|h| h.as_ref().filter(|h| !h.is_empty()).cloned());
+    if let Some(h) = latency {
+        hub.publish_latency(&h);
+    }
     hub.publish_counts(&PipelineCounts {
         records_in: std::array::from_fn(|k| c.by_kind[k].load(Ordering::Relaxed)),
+        late: std::array::from_fn(|k| control.late_by_kind[k].load(Ordering::Relaxed)),
+        applied: std::array::from_fn(|k| control.applied_by_kind[k].load(Ordering::Relaxed)),
         rejected: vec![("rejected".to_string(), progress.rejected.load(Ordering::Relaxed))],
         trading_day: if end == i64::MAX { String::new() } else { super::edge::day_name(end) },
         ..PipelineCounts::default()

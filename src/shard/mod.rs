@@ -151,6 +151,7 @@ pub(crate) fn run_shard(
     clock: Clock,
     stop: &Stop,
     mut ckpt: Option<ShardCkpt>,
+    live: Option<std::sync::Arc<crate::topology::LiveControl>>,
 ) -> Result<ShardStats, String> {
     let mut applied = 0u64;
     let mut idle = Idle::default();
@@ -206,6 +207,21 @@ pub(crate) fn run_shard(
             detector.apply(&pending.event, &mut out);
         }
         applied += batch.events.len() as u64;
+        if let Some(live) = &live {
+            // A daemon's live metrics: once per batch, a pass over records
+            // still in cache.
+            let mut by_kind = [0u64; 3];
+            for pending in &batch.events {
+                by_kind[match pending.event.kind {
+                    crate::event::Kind::New => 0,
+                    crate::event::Kind::Cancel => 1,
+                    crate::event::Kind::Trade => 2,
+                }] += 1;
+            }
+            for (counter, n) in live.applied_by_kind.iter().zip(by_kind) {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         // Every record of this shard below the batch's watermark has now
         // been applied (the source's promise, see `source::Router::release`).
         out.ingest_ns = clock.now_ns();

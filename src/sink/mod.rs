@@ -17,14 +17,18 @@ use crate::detect::registry::{self, Counts};
 use crate::event::{Event, Kind};
 use crate::flow::{Batch, BatchKind, ShardRx, Stop, ToSink};
 use crate::ingest::csv::{FeedLine, HEADER};
+use crate::ingest::live::Integrity;
 use crate::metrics::{Clock, latency_histogram};
 use crate::ring::Idle;
 use crate::ring::spsc::Consumer;
 use crate::symbols::Names;
+use crate::topology::LiveControl;
 use hdrhistogram::Histogram;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -69,6 +73,9 @@ pub struct SinkOutput {
     pub late: u64,
     pub ingest_to_alert: Histogram<u64>,
     pub ingest_to_applied: Histogram<u64>,
+    /// `feed-gap` alerts written (a live feed's gaps and repeats) by this
+    /// run; not carried across a resume.
+    pub feed_gap_alerts: u64,
 }
 
 struct Out {
@@ -131,7 +138,12 @@ pub struct Sink {
     late_base: u64,
     /// A filtered replay's alert filter (`investigate::replay_filter`).
     keep: Option<crate::investigate::replay_filter::AlertKeep>,
+    /// The daemon's handle: the latency and late counts, published live.
+    live: Option<Arc<LiveControl>>,
 }
+
+/// How often the sink publishes its figures to a daemon (when idle).
+const PUBLISH_EVERY_NS: u64 = 500_000_000;
 
 impl Sink {
     /// Creates both output files; called before any thread starts, so a
@@ -145,7 +157,7 @@ impl Sink {
         });
         // The caller's `Outputs` guard does not exist yet: undo here.
         let late_out = late_out.inspect_err(|_| crate::outputs::remove_created(alerts))?;
-        Ok(Sink { alerts_out, late_out, alerts_base: [0; registry::RULE_COUNT], late_base: 0, keep: None })
+        Ok(Sink { alerts_out, late_out, alerts_base: [0; registry::RULE_COUNT], late_base: 0, keep: None, live: None })
     }
 
     /// Reopens both outputs at the lengths a checkpoint committed.
@@ -156,7 +168,29 @@ impl Sink {
             alerts_base: manifest.counts()?,
             late_base: manifest.late,
             keep: None,
+            live: None,
         })
+    }
+
+    /// A daemon's run: the figures it shows while the day runs are
+    /// published to `live` (see `LiveControl::latency`).
+    pub fn publishing(mut self, live: Option<Arc<LiveControl>>) -> Sink {
+        self.live = live;
+        self
+    }
+
+    /// Copies the latency histogram for the daemon, without waiting on it.
+    fn publish(&self, output: &SinkOutput) {
+        let Some(live) = &self.live else { return };
+        if let Ok(mut slot) = live.latency.try_lock() {
+            match slot.as_mut() {
+                Some(h) => {
+                    h.reset();
+                    let _ = h.add(&output.ingest_to_alert);
+                }
+                None => *slot = Some(output.ingest_to_alert.clone()),
+            }
+        }
     }
 
     /// Writes only the alerts `keep` keeps (a filtered replay); the others
@@ -196,6 +230,7 @@ impl Sink {
             late: self.late_base,
             ingest_to_alert: latency_histogram(),
             ingest_to_applied: latency_histogram(),
+            feed_gap_alerts: 0,
         };
         // Unix time is read once; per-alert detection times are derived from
         // the monotonic clock so they never go backwards.
@@ -203,6 +238,8 @@ impl Sink {
             - clock.now_ns() as i64;
         let mut line = Vec::with_capacity(512);
         let mut list = Vec::with_capacity(crate::alert::MAX_LIST);
+        let mut finding_line = Vec::with_capacity(512);
+        let mut published_ns = 0u64;
         let mut idle = Idle::default();
         // The barrier each input is held at (alignment), if any.
         let mut held: Vec<Option<u64>> = vec![None; alert_rings.len()];
@@ -264,10 +301,30 @@ impl Sink {
                     break;
                 }
                 line.clear();
+                let mut late_by_kind = [0u64; 3];
                 for pending in &batch.events {
+                    // A live feed's gap or repeats rides with the late
+                    // records: a `feed-gap` alert, not a late line.
+                    if let Some(finding) = Integrity::of_event(&pending.event) {
+                        finding_line.clear();
+                        finding.write_json(&mut finding_line, unix_at_start + clock.now_ns() as i64);
+                        self.alerts_out.write(&finding_line)?;
+                        output.feed_gap_alerts += 1;
+                        continue;
+                    }
                     write_feed_line(&mut line, &pending.event, names);
+                    output.late += 1;
+                    late_by_kind[match pending.event.kind {
+                        Kind::New => 0,
+                        Kind::Cancel => 1,
+                        Kind::Trade => 2,
+                    }] += 1;
                 }
-                output.late += batch.events.len() as u64;
+                if let Some(live) = &self.live {
+                    for (counter, n) in live.late_by_kind.iter().zip(late_by_kind) {
+                        counter.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
                 late_ring.release();
                 worked = true;
                 self.late_out.write(&line)?;
@@ -305,6 +362,10 @@ impl Sink {
             }
             self.alerts_out.flush()?;
             self.late_out.flush()?;
+            if self.live.is_some() && clock.now_ns().saturating_sub(published_ns) >= PUBLISH_EVERY_NS {
+                published_ns = clock.now_ns();
+                self.publish(&output);
+            }
             if late_ring.is_finished() && alert_rings.iter_mut().all(|r| r.alerts.is_finished()) {
                 break;
             }

@@ -313,6 +313,10 @@ impl Router {
     /// writer's.
     #[cold]
     fn cut_barrier<F: Feed>(&mut self, feed: &mut F) -> Result<(), FeedError> {
+        if F::LIVE {
+            // What a live feed holds back goes out before the barrier.
+            feed.settle(&mut |event, due_ns| self.route_stamped(event, due_ns))?;
+        }
         // Publishing what is ready may wait for ring space: that is
         // back-pressure, which the run has anyway, not the barrier's cost.
         self.flush();
@@ -389,9 +393,8 @@ impl Router {
     /// right after it (the feed then stops so the source can cut it).
     #[inline(always)]
     fn route(&mut self, event: &Event) -> bool {
-        if event.instrument == crate::ingest::TIME_ONLY {
-            // A filtered replay's stand-in for records it left out.
-            self.watermark.advance_to(event.ts_ns);
+        if event.instrument >= crate::ingest::FEED_INTEGRITY {
+            self.not_a_record(event);
             return true;
         }
         if self.until_stamp == 0 {
@@ -430,6 +433,30 @@ impl Router {
                     want && (ck.wait_for_previous || ck.progress.completed.load(Ordering::Acquire) + 1 == ck.next_id);
                 !ck.due
             }
+        }
+    }
+
+    /// Events that stand for no record: a filtered replay's time-only
+    /// stand-in for records it left out moves the watermark; a live feed's
+    /// integrity finding (a gap, repeats) goes to the sink with the late
+    /// records, in feed order, so the barrier after it commits it.
+    #[cold]
+    fn not_a_record(&mut self, event: &Event) {
+        if event.instrument == crate::ingest::TIME_ONLY {
+            self.watermark.advance_to(event.ts_ns);
+            return;
+        }
+        let pending = Pending { event: *event, ingest_ns: self.stamp_ns };
+        let watermark_ns = self.watermark.current();
+        push(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure_waits, &pending, watermark_ns);
+        // Out at once (a run of repeats routes no record that would flush
+        // it), and a checkpoint by time commits it soon.
+        if self.late_open {
+            self.late.publish();
+            self.late_open = false;
+        }
+        if let Some(ck) = self.ckpt.as_mut() {
+            ck.since += 1;
         }
     }
 
