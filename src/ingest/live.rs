@@ -126,6 +126,26 @@ pub struct LiveFeed {
     /// Event time of the first record taken (`i64::MIN`: none yet): which
     /// trading day this feed serves, saved with its position.
     first_ts_ns: i64,
+    /// Where the ring goes when the feed is dropped (`return_ring_to`).
+    ring_back: Option<RingBack>,
+}
+
+/// A slot the ring's receiving half is put back into when its `LiveFeed`
+/// is dropped: the daemon's ring outlives one pipeline run (a rules reload
+/// starts the next run on the same ring, the records after the reload's
+/// barrier still in it).
+pub type RingBack = Arc<std::sync::Mutex<Option<Consumer<Vec<WireRecord>>>>>;
+
+impl Drop for LiveFeed {
+    fn drop(&mut self) {
+        if let Some(back) = self.ring_back.take() {
+            let (_, empty) = spsc::channel(1, Vec::new);
+            let rx = std::mem::replace(&mut self.rx, empty);
+            if let Ok(mut slot) = back.lock() {
+                *slot = Some(rx);
+            }
+        }
+    }
 }
 
 impl LiveFeed {
@@ -140,7 +160,16 @@ impl LiveFeed {
             next_seq: 0,
             clock: None,
             first_ts_ns: i64::MIN,
+            ring_back: None,
         }
+    }
+
+    /// When dropped, the feed puts its ring into `back` instead of dropping
+    /// it (the sender then does not see the receiver gone). The feed takes
+    /// whole ring slots per pump, so the ring holds exactly the records the
+    /// feed has not taken.
+    pub fn return_ring_to(&mut self, back: RingBack) {
+        self.ring_back = Some(back);
     }
 
     /// A feed resuming from a checkpoint: `r` reads what `checkpoint`
@@ -156,7 +185,10 @@ impl LiveFeed {
         let next_seq = r.u64()?;
         let first_ts_ns = r.i64()?;
         let validator = Validator::restore(limits, groups, r, names.0, names.1)?;
-        Ok(LiveFeed { next_seq, first_ts_ns, ..LiveFeed::new(rx, validator, rejects) })
+        let mut feed = LiveFeed::new(rx, validator, rejects);
+        feed.next_seq = next_seq;
+        feed.first_ts_ns = first_ts_ns;
+        Ok(feed)
     }
 
     /// The seq the feed needs next (0: none seen yet).
