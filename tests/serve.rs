@@ -648,9 +648,32 @@ fn a_reload_keeps_the_state_of_unchanged_rules_and_the_feed_connection() {
         })
     };
     std::thread::sleep(Duration::from_millis(900));
+    // `/ready` is polled through the reload: the daemon stays ready.
+    let polling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let (http, polling) = (daemon.http.clone(), polling.clone());
+        std::thread::spawn(move || {
+            let (mut polls, mut not_ready) = (0, Vec::new());
+            while polling.load(std::sync::atomic::Ordering::Acquire) {
+                let mut stream = TcpStream::connect(&http).unwrap();
+                write!(stream, "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let mut text = String::new();
+                stream.read_to_string(&mut text).unwrap();
+                if !text.starts_with("HTTP/1.1 200") {
+                    not_ready.push(text);
+                }
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (polls, not_ready)
+        })
+    };
     std::fs::write(dir.join("rules.toml"), RULES_B).unwrap();
     sighup(&daemon);
     daemon.wait_log("rules reloaded");
+    polling.store(false, std::sync::atomic::Ordering::Release);
+    let (polls, not_ready) = poller.join().unwrap();
+    assert!(polls > 10 && not_ready.is_empty(), "{polls} polls; not ready during the reload: {not_ready:?}");
     let out = sender.join().unwrap();
     assert!(out.status.success(), "feed: {}", String::from_utf8_lossy(&out.stderr));
     daemon.wait_log("day closed");

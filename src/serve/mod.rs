@@ -216,7 +216,15 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 }
             }
         });
-        hub.set_ready(false);
+        // A reload stopped the run: the next starts at once, and the feed
+        // is taken all along (into the ring), so the daemon stays ready.
+        let reloading = result.is_err()
+            && control.stopped_clean.load(Ordering::Acquire)
+            && control.reload.load(Ordering::Acquire)
+            && !control.shutdown.load(Ordering::Acquire);
+        if !reloading {
+            hub.set_ready(false);
+        }
         match result {
             Ok(summary) if shared.day_over.load(Ordering::Acquire) => {
                 let end_ns = shared.day_end_ns.load(Ordering::Acquire);
@@ -251,11 +259,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 tracing::error!(records = summary.feed.records_read, "the feed ended unexpectedly");
                 break Err(CmdError::Failed("the network edge stopped".into()));
             }
-            Err(_)
-                if control.stopped_clean.load(Ordering::Acquire)
-                    && control.reload.load(Ordering::Acquire)
-                    && !control.shutdown.load(Ordering::Acquire) =>
-            {
+            Err(_) if reloading => {
                 // The reload's checkpoint is durable: the next run resumes
                 // from it with the new rules, on the same ring (the records
                 // after the barrier are still in it) and the same day.
