@@ -247,6 +247,14 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 if let Err(e) = close_day(&cfg, end_ns) {
                     break Err(e);
                 }
+                if let Some(rules) = pending.take() {
+                    // The day ended before the reload's barrier was cut (or
+                    // with it): the next day starts afresh with the new rules.
+                    control.reload.store(false, Ordering::Release);
+                    cfg.rules = rules;
+                    reloads += 1;
+                    tracing::info!(params = %params_hash(&cfg.rules), "rules reloaded: the next day starts with them");
+                }
                 let (tx, next_rx) = wire_channel(FEED_RING_SLOTS);
                 rx = next_rx;
                 control.completed.store(0, Ordering::Release);
