@@ -115,6 +115,13 @@ pub struct LiveControl {
     pub late_by_kind: [AtomicU64; 3],
     /// Records the shards applied, by kind: added once per batch.
     pub applied_by_kind: [AtomicU64; 3],
+    /// Reload the rules (`serve`, SIGHUP): at the next pump, without
+    /// waiting for the input to drain, cut a checkpoint marked as handing
+    /// over to the rules whose reference hash is `reload_to`
+    /// (`Manifest::reload_to`), then stop as a shutdown does. The daemon
+    /// starts the next run from that checkpoint with the new rules.
+    pub reload: AtomicBool,
+    pub reload_to: AtomicU64,
 }
 
 impl PipelineConfig {
@@ -164,6 +171,12 @@ pub struct Resumed {
     pub router: RouterState,
     /// The shard snapshots, one per shard of the run that took them.
     pub shards: Vec<Vec<u8>>,
+    /// `None`: the checkpoint was cut under this run's rules; every section
+    /// is restored. `Some(ids)`: it was cut for a reload to this run's
+    /// rules: only the sections of these rules (same parameter version
+    /// before and after) are restored, the views this run keeps too; every
+    /// other section is dropped and its rule starts empty.
+    pub carry: Option<Vec<crate::alert::RuleId>>,
 }
 
 /// Runs a feed through the pipeline to its end. `on_tick` is called on the
@@ -198,9 +211,12 @@ pub fn run_with<F: Feed + Send>(
         let n = cfg.shards;
         for (index, detector) in detectors.iter_mut().enumerate() {
             // Window keys are (group << 32 | instrument); shard = instrument % n.
-            detector
-                .restore(&resumed.shards, |key| (key as u32) as usize % n == index)
-                .map_err(|e| format!("checkpoint {}: bad shard snapshot: {e}", resumed.manifest.id))?;
+            let keep = |key: u64| (key as u32) as usize % n == index;
+            match &resumed.carry {
+                None => detector.restore(&resumed.shards, keep),
+                Some(carry) => detector.restore_carrying(&resumed.shards, keep, carry),
+            }
+            .map_err(|e| format!("checkpoint {}: bad shard snapshot: {e}", resumed.manifest.id))?;
         }
     }
     let sink = match resumed {
@@ -284,6 +300,7 @@ pub fn run_with<F: Feed + Send>(
             time_due: false,
             due: false,
             last_seq: c.resume.as_ref().map_or(0, |r| r.manifest.last_seq),
+            reload_to: 0,
             wait_for_previous: c.settings.exact,
             stall: latency_histogram(),
             stall_cpu: latency_histogram(),

@@ -691,3 +691,223 @@ fn replay_speed_paces_by_the_tapes_clock_with_heartbeats_in_quiet_stretches() {
     assert!((5..=60).contains(&beats), "{beats} heartbeats in a 50 ms quiet stretch: {out}");
     daemon.stop();
 }
+
+// ---- Rules reload (SIGHUP): the new rules take effect at a barrier ----
+
+/// Rules A: excessive-cancel with a threshold the planted cancellers stay
+/// under; B: a low one that finds them. Self-trade and wash-trade (on by
+/// default) are the same in both.
+const RULES_A: &str = "[excessive_cancel]\nwindow_ms = 30000\nmin_cancels = 40\nratio_pct = 90\n";
+const RULES_B: &str = "[excessive_cancel]\nwindow_ms = 30000\nmin_cancels = 2\nratio_pct = 60\n";
+const HALF: u64 = 30_000;
+
+fn sighup(daemon: &Daemon) {
+    // SAFETY: a plain kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+}
+
+/// The replay of the whole tape under `rules`, in `dir/<name>/alerts.jsonl`.
+fn replay_with(dir: &Path, tape: &Path, rules: &str, name: &str) -> Vec<Value> {
+    std::fs::write(dir.join("rules.toml"), rules).unwrap();
+    let out = replay(dir, tape);
+    let kept = dir.join(name);
+    std::fs::rename(out, &kept).unwrap();
+    alerts(&kept.join("alerts.jsonl"))
+}
+
+/// A field of the first log line holding `needle`.
+fn log_field(log: &str, needle: &str, name: &str) -> u64 {
+    let line = log.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no `{needle}` in:\n{log}"));
+    let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name} in {line}"));
+    line[at + name.len() + 1..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Waits until the edge has put `seq` records into the ring and the source
+/// has had time to take them, so the reload's barrier follows exactly them.
+fn settle(daemon: &Daemon, seq: u64) {
+    let started = Instant::now();
+    loop {
+        let status: Value = serde_json::from_str(&daemon.get("/api/status")).unwrap_or(Value::Null);
+        if status["feed"]["next_seq"].as_u64() == Some(seq) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the edge never reached seq {seq}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Serves the first `HALF` records under A, reloads B with SIGHUP, then
+/// (with `kill9`) kills the daemon right after the reload and again after
+/// 5000 more records, restarting each time, and feeds the rest to the
+/// day's end. Returns the day's alerts (without `timing`) and the number
+/// of alerts committed at the reload's barrier.
+fn reload_at_half(dir: &Path, tape: &Path, config: &Path, kill9: bool) -> (Vec<Value>, usize) {
+    std::fs::write(dir.join("rules.toml"), RULES_A).unwrap();
+    let daemon = Daemon::start(config);
+    feed(&daemon, tape, &["--limit", &HALF.to_string()]);
+    settle(&daemon, HALF + 1);
+    std::fs::write(dir.join("rules.toml"), RULES_B).unwrap();
+    sighup(&daemon);
+    daemon.wait_log("rules reloaded");
+    let log = daemon.log();
+    // Seqs start at 1: the barrier is right after seq HALF.
+    assert_eq!(log_field(&log, "are reloaded", "next_seq"), HALF + 1, "the barrier follows the first half:\n{log}");
+    let committed = log_field(&log, "are reloaded", "alerts") as usize;
+    assert!(log.contains("reload: excessive-cancel: parameters"), "{log}");
+    assert!(log.contains("starts with empty state"), "{log}");
+    assert!(log.contains("reload: self-trade: parameters") && log.contains("unchanged: its state is kept"), "{log}");
+    let daemon = if kill9 {
+        // Nothing was checkpointed under B yet: the restart reads B from
+        // the rules file and resumes from the reload's checkpoint.
+        daemon.kill9();
+        let daemon = Daemon::start(config);
+        let log = daemon.log();
+        assert_eq!(log_field(&log, "are reloaded", "next_seq"), HALF + 1, "{log}");
+        feed(&daemon, tape, &["--limit", "5000"]);
+        std::thread::sleep(Duration::from_millis(100));
+        daemon.kill9();
+        Daemon::start(config)
+    } else {
+        daemon
+    };
+    feed(&daemon, tape, &["--end-of-day"]);
+    daemon.wait_log("day closed");
+    let (day, _) = closed_day(dir);
+    daemon.stop();
+    (alerts(&day), committed)
+}
+
+/// The alerts of every rule but excessive-cancel (the one A and B change).
+fn unchanged_rules(list: &[Value]) -> Vec<Value> {
+    list.iter().filter(|a| a["rule"] != "excessive-cancel").cloned().collect()
+}
+
+/// What is compared: the alerts committed before the reload's barrier are
+/// exactly the first lines of a replay under A (same alerts, same order,
+/// A's parameter versions); after it, the unchanged rules' alerts are
+/// exactly the replay's (their state carried over), and excessive-cancel's
+/// all carry B's parameter version, none repeated; B finds a planted
+/// canceller A did not. Every line is one of these.
+#[test]
+fn a_reload_takes_effect_at_a_barrier_alerts_before_it_follow_the_old_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 60_000, 11, "");
+    let under_b = replay_with(dir, &tape, RULES_B, "ref-b");
+    let under_a = replay_with(dir, &tape, RULES_A, "ref-a");
+    let b_version = under_b.iter().find(|a| a["rule"] == "excessive-cancel").unwrap()["params"].clone();
+    assert!(under_a.iter().all(|a| a["rule"] != "excessive-cancel"), "A should find no canceller");
+
+    let (got, committed) = reload_at_half(dir, &tape, &config, false);
+    assert!(committed > 0 && committed < got.len(), "{committed} of {}", got.len());
+    assert!(got[..committed] == under_a[..committed], "the alerts before the barrier are not A's");
+    let after = &got[committed..];
+    assert!(
+        unchanged_rules(after) == unchanged_rules(&under_a[committed..]),
+        "the unchanged rules' alerts after the barrier differ from the replay's"
+    );
+    let cancels: Vec<&Value> = after.iter().filter(|a| a["rule"] == "excessive-cancel").collect();
+    assert!(!cancels.is_empty(), "B found nothing after the barrier");
+    assert!(cancels.iter().all(|a| a["params"] == b_version), "an excessive-cancel alert without B's version");
+    let mut ids: Vec<&str> = got.iter().map(|a| a["alert_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "an alert repeated");
+    assert_eq!(got.len(), committed + unchanged_rules(&under_a[committed..]).len() + cancels.len());
+    let truth = std::fs::read_to_string(dir.join("day.truth.csv")).unwrap();
+    let planted: Vec<&str> =
+        truth.lines().filter(|l| l.contains(",excessive-cancel,")).map(|l| l.split(',').next().unwrap()).collect();
+    assert!(cancels.iter().any(|a| planted.contains(&a["group"].as_str().unwrap())), "no planted canceller found");
+}
+
+/// kill -9 right after a reload (before any checkpoint under the new
+/// rules), and again later: the restarts resume exactly, and the day is
+/// the same as without the kills.
+#[test]
+fn kill9_right_after_a_reload_resumes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 60_000, 11, "");
+    let (straight, committed) = reload_at_half(dir, &tape, &config, false);
+    std::fs::remove_dir_all(dir.join("state")).unwrap();
+    std::fs::remove_dir_all(dir.join("out")).unwrap();
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    let (killed, committed_killed) = reload_at_half(dir, &tape, &config, true);
+    assert_eq!(committed, committed_killed);
+    assert_eq!(killed.len(), straight.len(), "alerts lost or repeated across the kills");
+    assert!(killed == straight, "the day differs from the one without kills");
+}
+
+/// The feed connection lives through the reload, and the state of the
+/// rules that did not change is kept: a paced feed, SIGHUP midway; every
+/// alert of the unchanged rules equals the replay's. The rules in effect
+/// are published (`/api/status`, `tapewatch_rules_info`).
+#[test]
+fn a_reload_keeps_the_state_of_unchanged_rules_and_the_feed_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 60_000, 11, "");
+    let under_a = replay_with(dir, &tape, RULES_A, "ref-a");
+    let daemon = Daemon::start(&config);
+    let status: Value = serde_json::from_str(&daemon.get("/api/status")).unwrap();
+    let params_a = status["rules"]["params"].as_str().unwrap().to_string();
+    let sender = {
+        let (to, tape) = (daemon.feed.clone(), tape.clone());
+        std::thread::spawn(move || {
+            Command::new(bin())
+                .arg("feed")
+                .arg(&tape)
+                .args(["--to", &to, "--quiet", "--rate", "30000", "--end-of-day"])
+                .output()
+                .expect("run feed")
+        })
+    };
+    std::thread::sleep(Duration::from_millis(900));
+    // `/ready` is polled through the reload: the daemon stays ready.
+    let polling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let (http, polling) = (daemon.http.clone(), polling.clone());
+        std::thread::spawn(move || {
+            let (mut polls, mut not_ready) = (0, Vec::new());
+            while polling.load(std::sync::atomic::Ordering::Acquire) {
+                let mut stream = TcpStream::connect(&http).unwrap();
+                write!(stream, "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let mut text = String::new();
+                stream.read_to_string(&mut text).unwrap();
+                if !text.starts_with("HTTP/1.1 200") {
+                    not_ready.push(text);
+                }
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (polls, not_ready)
+        })
+    };
+    std::fs::write(dir.join("rules.toml"), RULES_B).unwrap();
+    sighup(&daemon);
+    daemon.wait_log("rules reloaded");
+    polling.store(false, std::sync::atomic::Ordering::Release);
+    let (polls, not_ready) = poller.join().unwrap();
+    assert!(polls > 10 && not_ready.is_empty(), "{polls} polls; not ready during the reload: {not_ready:?}");
+    let out = sender.join().unwrap();
+    assert!(out.status.success(), "feed: {}", String::from_utf8_lossy(&out.stderr));
+    daemon.wait_log("day closed");
+    let log = daemon.log();
+    let reloaded_at = log_field(&log, "are reloaded", "next_seq");
+    assert!(reloaded_at > 0 && reloaded_at < 60_000, "the reload was not midway: {reloaded_at}");
+    assert_eq!(log.matches("feed connected").count(), 1, "the sender reconnected:\n{log}");
+    let (day, _) = closed_day(dir);
+    let got = alerts(&day);
+    assert!(unchanged_rules(&got) == unchanged_rules(&under_a), "the unchanged rules' alerts differ");
+    assert!(got.iter().any(|a| a["rule"] == "excessive-cancel"), "B never took effect");
+    let status: Value = serde_json::from_str(&daemon.get("/api/status")).unwrap();
+    let params_b = status["rules"]["params"].as_str().unwrap();
+    assert_ne!(params_b, params_a);
+    assert_eq!(status["rules"]["reloads"], 1);
+    let metrics = daemon.get("/metrics");
+    assert!(metrics.contains(&format!("tapewatch_rules_info{{params=\"{params_b}\"}} 1")), "{metrics}");
+    assert!(log.contains(&format!("params={params_b}")), "{log}");
+    daemon.stop();
+}

@@ -22,8 +22,10 @@ use xxhash_rust::xxh3::xxh3_64;
 
 /// Manifest layout version; a different one is refused, not misread.
 /// 2: alert counts keyed by rule id (sections per rule); 3: also
-/// `tape_prefix_hash`, and the validator's sequencer state in the source snapshot.
-const MANIFEST_VERSION: u32 = 3;
+/// `tape_prefix_hash`, and the validator's sequencer state in the source
+/// snapshot; 4: also the rules' parameter versions and `reload_to` (a
+/// version 3 manifest is still read: no rules listed, no reload).
+const MANIFEST_VERSION: u32 = 4;
 
 /// When to cut checkpoints and how many to keep.
 #[derive(Clone, Debug)]
@@ -43,6 +45,9 @@ pub struct Settings {
     /// k * `every_records` records (`--checkpoint-exact`, hidden).
     pub exact: bool,
     pub identity: Identity,
+    /// The parameter version of each enabled rule (`Rules::versions_by_id`),
+    /// written into every manifest.
+    pub rules: Vec<(RuleId, u32)>,
     /// A CSV tape: the writer hashes the bytes consumed up to each
     /// checkpoint's position (`Manifest::tape_prefix_hash`). None for a
     /// native tape, whose header checksum (in the identity) covers all of it.
@@ -203,6 +208,13 @@ pub struct Manifest {
     /// a resume refuses a tape edited anywhere before where it goes on.
     pub tape_prefix_hash: u64,
     pub shard_files: Vec<ShardFile>,
+    /// The enabled rules and their parameter versions at the barrier.
+    pub rules: Vec<(RuleId, u32)>,
+    /// 0, or a reload's checkpoint (`serve`, SIGHUP): the reference hash
+    /// (`Identity::rules_hash`) of the rules it hands over to. It may be
+    /// resumed under those rules as well as under its own
+    /// (`Manifest::resumable_under`).
+    pub reload_to: u64,
 }
 
 impl Manifest {
@@ -227,6 +239,47 @@ impl Manifest {
     /// Counts keyed by rule id, from counts in registry order.
     pub fn keyed(counts: &Counts) -> Vec<(RuleId, u64)> {
         registry::RULES.iter().zip(counts).map(|(r, &n)| (r.id, n)).collect()
+    }
+
+    /// Why this checkpoint cannot be resumed under `identity`, if it
+    /// cannot: it must have been cut under it, or be a reload's checkpoint
+    /// handing over to `identity`'s rules (everything else the same).
+    pub fn resumable_under(&self, identity: &Identity) -> Option<&'static str> {
+        let why = identity.mismatch(&self.identity)?;
+        let reloaded = Identity { rules_hash: identity.rules_hash, ..self.identity };
+        if self.reload_to != 0 && self.reload_to == identity.rules_hash && identity.mismatch(&reloaded).is_none() {
+            None
+        } else {
+            Some(why)
+        }
+    }
+
+    /// For a resume under other rules than the checkpoint's (a reload's):
+    /// the ids of the rules whose state carries over (enabled before and
+    /// after with the same parameter version), and one line per rule that
+    /// changed, is new or was removed.
+    pub fn carry(&self, now: &[(RuleId, u32)]) -> (Vec<RuleId>, Vec<String>) {
+        let mut carry = Vec::new();
+        let mut lines = Vec::new();
+        for &(id, version) in now {
+            let name = registry::name(id);
+            match self.rules.iter().find(|r| r.0 == id) {
+                Some(&(_, before)) if before == version => {
+                    carry.push(id);
+                    lines.push(format!("{name}: parameters {version:08x} unchanged: its state is kept"));
+                }
+                Some(&(_, before)) => {
+                    lines.push(format!("{name}: parameters {before:08x} -> {version:08x}: starts with empty state"))
+                }
+                None => lines.push(format!("{name}: new (parameters {version:08x}): starts with empty state")),
+            }
+        }
+        for &(id, before) in &self.rules {
+            if !now.iter().any(|r| r.0 == id) {
+                lines.push(format!("{}: removed (parameters {before:08x}): its state is dropped", registry::name(id)));
+            }
+        }
+        (carry, lines)
     }
 
     pub fn bytes(&self) -> u64 {
@@ -264,6 +317,12 @@ impl Manifest {
             w.u64(f.len);
             w.u64(f.hash);
         }
+        w.u64(self.rules.len() as u64);
+        for &(id, version) in &self.rules {
+            w.u32(id as u32);
+            w.u32(version);
+        }
+        w.u64(self.reload_to);
         let hash = xxh3_64(w.out);
         w.u64(hash);
         out
@@ -281,7 +340,7 @@ impl Manifest {
         }
         let mut r = Reader::new(body);
         let version = r.u32()?;
-        if version != MANIFEST_VERSION {
+        if version != MANIFEST_VERSION && version != 3 {
             return Err(DecodeError(format!("manifest version {version}, this build reads {MANIFEST_VERSION}")));
         }
         let mut m = Manifest {
@@ -312,9 +371,17 @@ impl Manifest {
             source_hash: r.u64()?,
             tape_prefix_hash: r.u64()?,
             shard_files: Vec::new(),
+            rules: Vec::new(),
+            reload_to: 0,
         };
         for _ in 0..r.count(16)? {
             m.shard_files.push(ShardFile { len: r.u64()?, hash: r.u64()? });
+        }
+        if version >= 4 {
+            for _ in 0..r.count(8)? {
+                m.rules.push((r.u32()? as RuleId, r.u32()?));
+            }
+            m.reload_to = r.u64()?;
         }
         r.finish()?;
         if m.shard_files.len() != m.shards as usize || m.shards == 0 {
@@ -428,6 +495,51 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_reload_checkpoint_resumes_under_its_own_rules_or_those_it_hands_over_to() {
+        let (a, b, c) = (Identity::for_live(5, 0xa), Identity::for_live(5, 0xb), Identity::for_live(5, 0xc));
+        let plain = Manifest { identity: a, ..Manifest::default() };
+        assert_eq!(plain.resumable_under(&a), None);
+        assert!(plain.resumable_under(&b).is_some(), "a plain checkpoint refuses other rules");
+        let reload = Manifest { reload_to: 0xb, ..plain.clone() };
+        assert_eq!(reload.resumable_under(&a), None);
+        assert_eq!(reload.resumable_under(&b), None);
+        assert!(reload.resumable_under(&c).is_some(), "only the rules it hands over to");
+        let other_lateness = Identity::for_live(6, 0xb);
+        assert!(reload.resumable_under(&other_lateness).is_some(), "only the rules change");
+    }
+
+    #[test]
+    fn the_state_of_rules_with_unchanged_parameters_carries_over() {
+        let m = Manifest { rules: vec![(1, 10), (2, 20), (6, 60)], ..Manifest::default() };
+        let (carry, lines) = m.carry(&[(1, 10), (2, 21), (7, 70)]);
+        assert_eq!(carry, vec![1]);
+        let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(has("0000000a unchanged: its state is kept"), "{lines:?}");
+        assert!(has("00000014 -> 00000015: starts with empty state"), "{lines:?}");
+        assert!(has("new (parameters 00000046): starts with empty state"), "{lines:?}");
+        assert!(has("removed (parameters 0000003c): its state is dropped"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_version_3_manifest_is_read_without_rules() {
+        let m = Manifest { id: 4, shards: 1, shard_files: vec![ShardFile { len: 9, hash: 3 }], ..Manifest::default() };
+        let v4 = m.encode();
+        // Version 3: no rule list and no reload_to (the last 16 bytes of the body).
+        let mut body = v4[..v4.len() - 8 - 16].to_vec();
+        body[..4].copy_from_slice(&3u32.to_le_bytes());
+        let hash = xxh3_64(&body);
+        body.extend_from_slice(&hash.to_le_bytes());
+        assert_eq!(Manifest::decode(&body).unwrap(), m);
+        let mut v5 = v4.clone();
+        v5[..4].copy_from_slice(&5u32.to_le_bytes());
+        let n = v5.len() - 8;
+        let hash = xxh3_64(&v5[..n]);
+        v5[n..].copy_from_slice(&hash.to_le_bytes());
+        assert!(Manifest::decode(&v5).unwrap_err().0.contains("manifest version 5"));
+    }
+
     proptest! {
         #[test]
         fn router_state_round_trips(max_ts_ns in any::<i64>(), pending in proptest::collection::vec(any_event(), 0..50)) {
@@ -453,6 +565,8 @@ mod tests {
                 last_seq: seq,
                 shards: shards as u32,
                 alerts: vec![(1, 3), (2, 4)],
+                rules: vec![(1, seq as u32), (6, 7)],
+                reload_to: seq ^ 5,
                 shard_files: (0..shards as u64).map(|i| ShardFile { len: i * 10, hash: i ^ seq }).collect(),
                 ..Manifest::default()
             };

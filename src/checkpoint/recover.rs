@@ -45,13 +45,15 @@ pub fn load(store: &Store, id: u64) -> Result<Loaded, String> {
 /// The newest checkpoint that verifies. Each newer one that does not is
 /// reported through `log` and deleted (it could only mislead a later run).
 /// A checkpoint taken on another tape or with other rules is an error: the
-/// operator pointed `--state` at the wrong directory.
+/// operator pointed `--state` at the wrong directory (or changed the rules
+/// file without a reload). A reload's checkpoint may be resumed under the
+/// rules it hands over to (`Manifest::resumable_under`).
 pub fn newest(store: &Store, identity: &Identity, log: &mut dyn FnMut(String)) -> Result<Option<Loaded>, String> {
     let ids = store.checkpoint_ids()?;
     for (index, &id) in ids.iter().enumerate().rev() {
         match load(store, id) {
             Ok(loaded) => {
-                if let Some(why) = identity.mismatch(&loaded.manifest.identity) {
+                if let Some(why) = loaded.manifest.resumable_under(identity) {
                     return Err(format!(
                         "{}: checkpoint {id} cannot be resumed: {why}; use another --state directory",
                         store.dir.display()

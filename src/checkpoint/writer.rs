@@ -44,6 +44,8 @@ pub enum Msg {
         accounts: u64,
         instruments: u64,
         snapshot: Vec<u8>,
+        /// `Manifest::reload_to` (0: an ordinary checkpoint).
+        reload_to: u64,
     },
     Shard {
         id: u64,
@@ -197,6 +199,7 @@ impl CheckpointWriter {
             accounts,
             instruments,
             snapshot: source,
+            reload_to,
             ..
         }) = parts.source
         else {
@@ -271,6 +274,8 @@ impl CheckpointWriter {
             source_hash: xxh3_64(&source),
             tape_prefix_hash,
             shard_files,
+            rules: self.settings.rules.clone(),
+            reload_to,
         };
         self.store.commit(id, &manifest.encode(), &source, &new_names)?;
         self.saved_accounts = self.saved_accounts.max(accounts);

@@ -506,7 +506,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         state.take().map(|((store, settings), _)| Checkpointing {
             store,
             settings,
-            resume: loaded.map(|(manifest, router, shards)| Resumed { manifest, router, shards }),
+            resume: loaded.map(|(manifest, router, shards)| Resumed { manifest, router, shards, carry: None }),
         })
     };
     let bad = |id: u64, e: DecodeError| CmdError::Failed(format!("checkpoint {id}: bad source snapshot: {e}"));
@@ -703,6 +703,7 @@ fn open_state(
         abort_after: args.exit_after_checkpoint,
         exact: args.checkpoint_exact || args.exit_after_checkpoint.is_some(),
         identity,
+        rules: cfg.rules.versions_by_id(),
         tape: (!native).then(|| args.tape.clone()),
     };
     if let Some(loaded) = &loaded {

@@ -17,7 +17,7 @@ pub mod rules;
 pub mod state;
 pub mod views;
 
-use crate::alert::Alert;
+use crate::alert::{Alert, RuleId};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::Rules;
 use crate::event::Event;
@@ -232,6 +232,46 @@ impl Detector {
                 return Err(DecodeError(format!(
                     "sections {found:x?}, the enabled rules and views need {want:x?}: the checkpoint was taken with other rules"
                 )));
+            }
+        }
+        self.rules.restored();
+        Ok(())
+    }
+
+    /// Restores a checkpoint cut under other rules (a reload,
+    /// `topology::Resumed::carry`): the sections of the rules in `carry`
+    /// (enabled here, with the parameters they had) and of the views this
+    /// detector keeps are restored; every other section is dropped, and a
+    /// rule or view without one starts empty. Each carried rule must have
+    /// its section in every snapshot.
+    pub fn restore_carrying(
+        &mut self,
+        snapshots: &[Vec<u8>],
+        keep: impl Fn(u64) -> bool,
+        carry: &[RuleId],
+    ) -> Result<(), DecodeError> {
+        let mut want = carry.to_vec();
+        want.sort_unstable();
+        let views = self.views.ids();
+        for snapshot in snapshots {
+            let mut r = Reader::new(snapshot);
+            let mut found = Vec::with_capacity(want.len());
+            for _ in 0..r.u32()? {
+                let section = read_section(&mut r)?;
+                let id = section.0;
+                if views.contains(&id) {
+                    self.views.restore(section, &keep)?;
+                } else if want.binary_search(&id).is_ok() {
+                    if !self.rules.restore(section, &keep)? {
+                        return Err(DecodeError(format!("section {id:#x} is no rule of this build")));
+                    }
+                    found.push(id);
+                }
+            }
+            r.finish()?;
+            found.sort_unstable();
+            if found != want {
+                return Err(DecodeError(format!("rule sections {found:x?}, the rules carried over need {want:x?}")));
             }
         }
         self.rules.restored();

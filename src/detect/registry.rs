@@ -303,6 +303,18 @@ macro_rules! registry {
                 out
             }
 
+            /// The parameter version of each enabled rule by id: what a
+            /// checkpoint records of the rules it was cut under
+            /// (`Manifest::rules`), so a reload can tell which rules' state
+            /// still applies.
+            pub fn versions_by_id(&self) -> Vec<(RuleId, u32)> {
+                let mut out = Vec::new();
+                $( $(#[$attr])* if let Some(params) = self.$field.as_ref() {
+                    out.push((<$rule as Rule>::ID, self.version_of::<$rule>(params, &self.tiers.$field)));
+                } )*
+                out
+            }
+
             /// A rule's parameter version: of its base table, and its tiers when it has some.
             fn version_of<R: Rule>(&self, params: &R::Params, tiers: &[(u8, R::Params)]) -> u32 {
                 if tiers.is_empty() {

@@ -262,6 +262,20 @@ pub struct Hub {
     alerts: Mutex<Alerts>,
     live: broadcast::Sender<Arc<StoredAlert>>,
     pub(crate) edge: EdgeCounters,
+    rules: Mutex<RulesStatus>,
+}
+
+/// The rules in effect (set by the daemon at each run's start: the first,
+/// and after each reload).
+#[derive(Clone, Debug, Default)]
+pub struct RulesStatus {
+    /// xxh3 of the enabled rules' canonical encoding, 16 hex digits.
+    pub params: String,
+    /// Each enabled rule's parameter version (8 hex digits, as its alerts'
+    /// `params` carry it).
+    pub rules: Vec<(&'static str, String)>,
+    /// Reloads that took effect since the daemon started.
+    pub reloads: u64,
 }
 
 /// A poisoned lock only means a writer panicked mid-copy of plain data:
@@ -310,6 +324,7 @@ impl Hub {
             }),
             live,
             edge: EdgeCounters::default(),
+            rules: Mutex::new(RulesStatus::default()),
         };
         (Arc::new(hub), requests)
     }
@@ -321,6 +336,10 @@ impl Hub {
     /// Ready: recovered and accepting the feed (`GET /ready` answers 200).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn set_rules(&self, rules: RulesStatus) {
+        *lock(&self.rules) = rules;
     }
 
     pub fn is_ready(&self) -> bool {
@@ -472,6 +491,19 @@ impl Hub {
 
         m.family("tapewatch_build_info", "gauge", "The running build (always 1).");
         m.sample("tapewatch_build_info", &[("version", self.build.version), ("commit", &self.build.commit)], 1.0);
+        let rules = lock(&self.rules).clone();
+        m.family("tapewatch_rules_info", "gauge", "The rules in effect: the hash of their parameters (always 1).");
+        m.sample("tapewatch_rules_info", &[("params", &rules.params)], 1.0);
+        m.family(
+            "tapewatch_rule_params_info",
+            "gauge",
+            "Each enabled rule's parameter version, as its alerts' `params` carry it (always 1).",
+        );
+        for (rule, version) in &rules.rules {
+            m.sample("tapewatch_rule_params_info", &[("rule", rule), ("params", version)], 1.0);
+        }
+        m.family("tapewatch_rules_reloads_total", "counter", "Rules reloads that took effect since the start.");
+        m.sample("tapewatch_rules_reloads_total", &[], rules.reloads as f64);
         m.family("tapewatch_start_time_seconds", "gauge", "When the daemon started (unix seconds).");
         m.sample("tapewatch_start_time_seconds", &[], self.started_unix_ms as f64 / 1e3);
         m.family("tapewatch_ready", "gauge", "1 once recovered and accepting the feed.");
@@ -626,6 +658,7 @@ impl Hub {
         let feed = lock(&self.feed).clone();
         let latency = lock(&self.latency).clone();
         let checkpoint = lock(&self.checkpoint).clone();
+        let in_effect = lock(&self.rules).clone();
         let now_ms = now_unix_ms();
         let history: Vec<Value> = lock(&self.history)
             .iter()
@@ -675,6 +708,11 @@ impl Hub {
             "started_unix_ms": self.started_unix_ms,
             "ready": self.is_ready(),
             "trading_day": counts.trading_day,
+            "rules": {
+                "params": in_effect.params,
+                "reloads": in_effect.reloads,
+                "rules": in_effect.rules.iter().map(|(r, v)| json!({"rule": r, "params": v})).collect::<Vec<_>>(),
+            },
             "records": {
                 "kinds": KINDS,
                 "in": counts.records_in,

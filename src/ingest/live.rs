@@ -162,6 +162,8 @@ pub struct LiveFeed {
     /// current one.
     lines: Option<LineReceiver>,
     line: Vec<u8>,
+    /// Where the ring goes when the feed is dropped (`return_ring_to`).
+    ring_back: Option<RingBack>,
 }
 
 /// How long a record whose seq jumps waits for the next record before it
@@ -289,6 +291,24 @@ struct RepeatRun {
     ts_ns: i64,
 }
 
+/// A slot the ring's receiving half is put back into when its `LiveFeed`
+/// is dropped: the daemon's ring outlives one pipeline run (a rules reload
+/// starts the next run on the same ring, the records after the reload's
+/// barrier still in it).
+pub type RingBack = Arc<std::sync::Mutex<Option<Consumer<Vec<WireRecord>>>>>;
+
+impl Drop for LiveFeed {
+    fn drop(&mut self) {
+        if let Some(back) = self.ring_back.take() {
+            let (_, empty) = spsc::channel(1, Vec::new);
+            let rx = std::mem::replace(&mut self.rx, empty);
+            if let Ok(mut slot) = back.lock() {
+                *slot = Some(rx);
+            }
+        }
+    }
+}
+
 impl LiveFeed {
     pub fn new(rx: Consumer<Vec<WireRecord>>, validator: Validator, rejects: RejectLog) -> LiveFeed {
         LiveFeed {
@@ -306,6 +326,7 @@ impl LiveFeed {
             epoch: Instant::now(),
             lines: None,
             line: Vec::with_capacity(crate::wire::MAX_LINE_BYTES),
+            ring_back: None,
         }
     }
 
@@ -313,6 +334,14 @@ impl LiveFeed {
     pub fn with_lines(mut self, lines: LineReceiver) -> LiveFeed {
         self.lines = Some(lines);
         self
+    }
+
+    /// When dropped, the feed puts its ring into `back` instead of dropping
+    /// it (the sender then does not see the receiver gone). The feed takes
+    /// whole ring slots per pump, so the ring holds exactly the records the
+    /// feed has not taken.
+    pub fn return_ring_to(&mut self, back: RingBack) {
+        self.ring_back = Some(back);
     }
 
     /// A feed resuming from a checkpoint: `r` reads what `checkpoint`
@@ -328,7 +357,10 @@ impl LiveFeed {
         let next_seq = r.u64()?;
         let first_ts_ns = r.i64()?;
         let validator = Validator::restore(limits, groups, r, names.0, names.1)?;
-        Ok(LiveFeed { next_seq, first_ts_ns, ..LiveFeed::new(rx, validator, rejects) })
+        let mut feed = LiveFeed::new(rx, validator, rejects);
+        feed.next_seq = next_seq;
+        feed.first_ts_ns = first_ts_ns;
+        Ok(feed)
     }
 
     /// The seq the feed needs next (0: none seen yet).

@@ -15,6 +15,16 @@
 //! A kill -9 loses only what came after the last checkpoint, which the
 //! sender sends again.
 //!
+//! Rules reload (SIGHUP, `POST /reload`): the main thread reads the rules
+//! file (`check_rules`); valid new rules make the source cut a barrier
+//! marked as handing over to them (`Manifest::reload_to`) and stop, as a
+//! stop does but without draining the ring; the feed hands the ring back
+//! (`RingBack`) and the next run resumes from that checkpoint with the new
+//! rules, on the same ring and connection. The state of each rule whose
+//! parameters did not change carries over; a changed or new rule starts
+//! empty. A restart resumes from the reload's checkpoint too: it reads
+//! the new rules file.
+//!
 //! Trading days: one pipeline run per day. When a record or heartbeat
 //! crosses the day's end (`day_boundary`, exchange clock), the edge drops
 //! the ring's sending half, so the day's pipeline drains and ends as a
@@ -37,14 +47,14 @@ use crate::checkpoint::{Identity, RouterState, Settings};
 use crate::cmd::CmdError;
 use crate::config::MS;
 use crate::ingest::RejectLog;
-use crate::ingest::live::{LiveFeed, wire_channel};
+use crate::ingest::live::{LiveFeed, RingBack, wire_channel};
 use crate::ingest::validate::{Limits, TimeRules, Validator};
 use crate::metrics::Clock;
 use crate::symbols::Names;
 use crate::topology::{self, Checkpointing, LiveControl, LiveOptions, PipelineConfig, Resumed};
 use config::ServeConfig;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::Signal;
 
@@ -53,7 +63,7 @@ use tokio::signal::unix::Signal;
 /// scheduling hiccup does not push back on the sender at once.
 const FEED_RING_SLOTS: usize = 256;
 
-pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
+pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
     let started = Instant::now();
     // Bind first: a port in use fails the start with nothing touched.
     let listener = std::net::TcpListener::bind(cfg.feed_listen)
@@ -92,18 +102,46 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
     let clock = Clock::new();
     let control = Arc::new(LiveControl::default());
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reload_asked = Arc::new(AtomicU8::new(NO_RELOAD));
+    let ring_back: RingBack = Arc::default();
+    // The day's reference data, kept across a reload (read again each day).
+    let mut day_reference: Option<Reference> = None;
+    // The rules a reload is handing over to, once its barrier is asked for.
+    let mut pending: Option<crate::config::Rules> = None;
+    let mut reloads = 0u64;
+    let mut reloaded = false;
     let mut net = None;
     let mut tailer = None;
     let mut hub_control = Some(hub_control);
     let mut checkpoints = crate::http::CheckpointStatus::default();
     let mut first = true;
     let result = loop {
-        let (feed, names, checkpointing, pcfg) = match open_day(&cfg, rx, clock, &control) {
+        let reference = match day_reference.take() {
+            Some(r) => r,
+            None => match Reference::load(&cfg) {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            },
+        };
+        let (feed, names, checkpointing, pcfg) = match open_day(&cfg, &reference, rx, clock, &control) {
             Ok(day) => day,
             Err(e) => break Err(e),
         };
-        let feed = feed.with_lines(shared.malformed_lines.clone());
-        shared.next_seq.store(feed.next_seq(), Ordering::Release);
+        let mut feed = feed.with_lines(shared.malformed_lines.clone());
+        feed.return_ring_to(ring_back.clone());
+        hub.set_rules(rules_status(&cfg.rules, reloads));
+        if std::mem::take(&mut reloaded) {
+            // The edge is ahead of the reload's checkpoint: the records
+            // after it are in the ring, and the connection goes on.
+            tracing::info!(
+                checkpoint = control.completed.load(Ordering::Acquire),
+                params = %params_hash(&cfg.rules),
+                reloads,
+                "rules reloaded: the new rules apply from the reload's checkpoint on"
+            );
+        } else {
+            shared.next_seq.store(feed.next_seq(), Ordering::Release);
+        }
         if feed.first_ts_ns() != i64::MIN {
             shared.set_day(feed.first_ts_ns());
         }
@@ -128,7 +166,7 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
                 control: net_control,
                 options,
                 done: net_done,
-                rules_path: cfg.rules_path.clone(),
+                reload_asked: reload_asked.clone(),
             };
             let spawned = std::thread::Builder::new().name("tw-net".into()).spawn(move || net_thread(parts));
             let (tail_hub, tail_done, alerts, boundary) =
@@ -164,8 +202,30 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
             if ticks.is_multiple_of(5) {
                 publish::sample(&hub, &shared, progress, &control, &mut checkpoints);
             }
+            // A reload asked for: the new rules file is checked here (off
+            // the pipeline threads), and a valid one is handed to the
+            // source, which cuts the reload's barrier at its next pump.
+            if pending.is_none() {
+                let by = reload_asked.swap(NO_RELOAD, Ordering::AcqRel);
+                if by != NO_RELOAD
+                    && let Some(rules) =
+                        check_rules(&cfg, &reference, if by == BY_HTTP { "POST /reload" } else { "SIGHUP" })
+                {
+                    control.reload_to.store(reference.hash(&rules), Ordering::Release);
+                    control.reload.store(true, Ordering::Release);
+                    pending = Some(rules);
+                }
+            }
         });
-        hub.set_ready(false);
+        // A reload stopped the run: the next starts at once, and the feed
+        // is taken all along (into the ring), so the daemon stays ready.
+        let reloading = result.is_err()
+            && control.stopped_clean.load(Ordering::Acquire)
+            && control.reload.load(Ordering::Acquire)
+            && !control.shutdown.load(Ordering::Acquire);
+        if !reloading {
+            hub.set_ready(false);
+        }
         match result {
             Ok(summary) if shared.day_over.load(Ordering::Acquire) => {
                 let end_ns = shared.day_end_ns.load(Ordering::Acquire);
@@ -188,6 +248,14 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
                 if let Err(e) = close_day(&cfg, end_ns) {
                     break Err(e);
                 }
+                if let Some(rules) = pending.take() {
+                    // The day ended before the reload's barrier was cut (or
+                    // with it): the next day starts afresh with the new rules.
+                    control.reload.store(false, Ordering::Release);
+                    cfg.rules = rules;
+                    reloads += 1;
+                    tracing::info!(params = %params_hash(&cfg.rules), "rules reloaded: the next day starts with them");
+                }
                 let (tx, next_rx) = wire_channel(FEED_RING_SLOTS);
                 rx = next_rx;
                 control.completed.store(0, Ordering::Release);
@@ -199,6 +267,24 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
                 // ended otherwise only if the edge failed.
                 tracing::error!(records = summary.feed.records_read, "the feed ended unexpectedly");
                 break Err(CmdError::Failed("the network edge stopped".into()));
+            }
+            Err(_) if reloading => {
+                // The reload's checkpoint is durable: the next run resumes
+                // from it with the new rules, on the same ring (the records
+                // after the barrier are still in it) and the same day.
+                let Some(rules) = pending.take() else {
+                    break Err(CmdError::Failed("a reload stopped the pipeline without new rules".into()));
+                };
+                let Some(next_rx) = ring_back.lock().ok().and_then(|mut slot| slot.take()) else {
+                    break Err(CmdError::Failed("the feed ring was not handed back after the reload".into()));
+                };
+                rx = next_rx;
+                cfg.rules = rules;
+                reloads += 1;
+                reloaded = true;
+                day_reference = Some(reference);
+                control.reload.store(false, Ordering::Release);
+                control.stopped_clean.store(false, Ordering::Release);
             }
             Err(_) if control.stopped_clean.load(Ordering::Acquire) => {
                 tracing::info!(
@@ -224,36 +310,55 @@ pub fn run(cfg: ServeConfig) -> Result<(), CmdError> {
 
 type Day = (LiveFeed, Names, Checkpointing, PipelineConfig);
 
+/// A day's reference data: read at the day's start, kept across a reload
+/// (a reload changes the rules only), part of the checkpoint identity.
+struct Reference {
+    groups: Arc<crate::symbols::Groups>,
+    instruments: Arc<crate::instruments::Instruments>,
+    accounts_text: Vec<u8>,
+}
+
+impl Reference {
+    fn load(cfg: &ServeConfig) -> Result<Reference, CmdError> {
+        let load = |what: &str, e: String| CmdError::Failed(format!("{what}: {e}"));
+        let groups = match &cfg.accounts {
+            Some(path) => crate::symbols::Groups::load(path).map_err(|e| load("accounts", e))?,
+            None => Default::default(),
+        };
+        let instruments = match &cfg.instruments_path {
+            Some(path) => crate::instruments::Instruments::load(path).map_err(|e| load("instruments", e))?,
+            None => Default::default(),
+        };
+        let accounts_text = match &cfg.accounts {
+            Some(path) => {
+                std::fs::read(path).map_err(|e| CmdError::Failed(format!("{}: cannot read: {e}", path.display())))?
+            }
+            None => Vec::new(),
+        };
+        Ok(Reference { groups: Arc::new(groups), instruments: Arc::new(instruments), accounts_text })
+    }
+
+    /// `Identity::rules_hash` of `rules` with this reference data.
+    fn hash(&self, rules: &crate::config::Rules) -> u64 {
+        let instruments_hash = self.instruments.hash().to_le_bytes();
+        let instruments_bytes: &[u8] = if self.instruments.loaded() { &instruments_hash } else { &[] };
+        Identity::reference_hash(rules, &self.accounts_text, instruments_bytes)
+    }
+}
+
 /// Sets up one day's pipeline: reads the reference data (again, each day),
 /// opens the state and resumes from its newest checkpoint, if any.
 fn open_day(
     cfg: &ServeConfig,
+    reference: &Reference,
     rx: crate::ring::spsc::Consumer<Vec<crate::ingest::live::WireRecord>>,
     clock: Clock,
     control: &Arc<LiveControl>,
 ) -> Result<Day, CmdError> {
     let lateness_ns = cfg.lateness_ms as i64 * MS;
-    let load = |what: &str, e: String| CmdError::Failed(format!("{what}: {e}"));
-    let groups = match &cfg.accounts {
-        Some(path) => crate::symbols::Groups::load(path).map_err(|e| load("accounts", e))?,
-        None => Default::default(),
-    };
-    let instruments = match &cfg.instruments_path {
-        Some(path) => crate::instruments::Instruments::load(path).map_err(|e| load("instruments", e))?,
-        None => Default::default(),
-    };
     // The rules and the reference data shape the state; the feed has no
     // tape to hash (`Identity::for_live`).
-    let accounts_text = match &cfg.accounts {
-        Some(path) => {
-            std::fs::read(path).map_err(|e| CmdError::Failed(format!("{}: cannot read: {e}", path.display())))?
-        }
-        None => Vec::new(),
-    };
-    let instruments_hash = instruments.hash().to_le_bytes();
-    let instruments_bytes: &[u8] = if instruments.loaded() { &instruments_hash } else { &[] };
-    let reference = Identity::reference_hash(&cfg.rules, &accounts_text, instruments_bytes);
-    let identity = Identity::for_live(lateness_ns, reference);
+    let identity = Identity::for_live(lateness_ns, reference.hash(&cfg.rules));
 
     let store = Store::open(&cfg.state).map_err(CmdError::Failed)?;
     let loaded = recover::newest(&store, &identity, &mut |line| tracing::warn!("{line}")).map_err(CmdError::Failed)?;
@@ -275,7 +380,7 @@ fn open_day(
         time: TimeRules { max_future_ns: cfg.max_future_ms as i64 * MS, one_day: false },
         ..Limits::default()
     };
-    let groups = Arc::new(groups);
+    let groups = reference.groups.clone();
     let bad = |id: u64, e: crate::checkpoint::codec::DecodeError| {
         CmdError::Failed(format!("checkpoint {id} in {}: bad source snapshot: {e}", cfg.state.display()))
     };
@@ -292,6 +397,25 @@ fn open_day(
             let feed = LiveFeed::resume(rx, limits, groups.clone(), &mut r, (&l.accounts, &l.instruments), rejects)
                 .map_err(|e| bad(id, e))?;
             let router = RouterState::decode(&mut r).and_then(|s| r.finish().map(|()| s)).map_err(|e| bad(id, e))?;
+            // A reload's checkpoint resumed under the rules it hands over
+            // to (in this process, or by a restart after it): the state of
+            // each rule with the same parameters carries over, the rest
+            // starts empty.
+            let carry = (l.manifest.identity.rules_hash != identity.rules_hash).then(|| {
+                let (carry, lines) = l.manifest.carry(&cfg.rules.versions_by_id());
+                tracing::info!(
+                    checkpoint = id,
+                    next_seq = feed.next_seq(),
+                    alerts = l.manifest.alerts.iter().map(|(_, n)| n).sum::<u64>(),
+                    params = %params_hash(&cfg.rules),
+                    "the rules of checkpoint {id} are reloaded: {}",
+                    cfg.rules_path.as_deref().map_or("(defaults)".into(), |p| p.display().to_string())
+                );
+                for line in lines {
+                    tracing::info!(checkpoint = id, "reload: {line}");
+                }
+                carry
+            });
             tracing::info!(
                 checkpoint = id,
                 next_seq = feed.next_seq(),
@@ -299,7 +423,7 @@ fn open_day(
                 "resuming from checkpoint {id} in {}",
                 cfg.state.display()
             );
-            (feed, Some(Resumed { manifest: l.manifest, router, shards: l.shards }))
+            (feed, Some(Resumed { manifest: l.manifest, router, shards: l.shards, carry }))
         }
     };
     let names = Names {
@@ -311,7 +435,7 @@ fn open_day(
     pcfg.cores = cfg.cores.clone();
     pcfg.rules = cfg.rules.clone();
     pcfg.lateness_ns = lateness_ns;
-    pcfg.instruments = Arc::new(instruments);
+    pcfg.instruments = reference.instruments.clone();
     pcfg.live = LiveOptions {
         idle_after_ns: (cfg.idle_after_ms > 0).then(|| cfg.idle_after_ms * 1_000_000),
         clock: Some(clock),
@@ -327,6 +451,7 @@ fn open_day(
             abort_after: None,
             exact: false,
             identity,
+            rules: cfg.rules.versions_by_id(),
             tape: None,
         },
         resume,
@@ -394,27 +519,62 @@ struct Net {
     control: Arc<LiveControl>,
     options: edge::EdgeOptions,
     done: Arc<std::sync::atomic::AtomicBool>,
-    rules_path: Option<std::path::PathBuf>,
+    /// Who asked for a reload not yet looked at (`NO_RELOAD`: nobody).
+    reload_asked: Arc<AtomicU8>,
     /// Told once the signal handlers are in place: the daemon says it is
     /// ready only then, or a SIGHUP right after "ready" would kill it.
     handlers: std::sync::mpsc::SyncSender<()>,
 }
 
-/// A reload request: the rules file is read and validated; the running
-/// rules stay either way (applying new rules at a barrier is not built).
-fn check_rules(path: Option<&std::path::Path>, by: &str) {
-    let Some(path) = path else {
-        tracing::warn!("{by}: no rules file is configured (the defaults run); nothing to reload");
-        return;
-    };
-    match crate::config::Rules::load(path) {
-        Err(problems) => tracing::error!("{by}: refused, the old rules stay: {}", problems.replace('\n', "; ")),
-        Ok(rules) => tracing::warn!(
-            params = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&rules.canonical())),
-            "{by}: {} is valid, but rules are not reloaded live yet: the old rules stay until a restart",
-            path.display()
-        ),
+/// `reload_asked`: nobody, SIGHUP, `POST /reload`.
+const NO_RELOAD: u8 = 0;
+const BY_SIGHUP: u8 = 1;
+const BY_HTTP: u8 = 2;
+
+/// The parameter hash of a rule set: xxh3 of its canonical encoding.
+fn params_hash(rules: &crate::config::Rules) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&rules.canonical()))
+}
+
+fn rules_status(rules: &crate::config::Rules, reloads: u64) -> crate::http::hub::RulesStatus {
+    crate::http::hub::RulesStatus {
+        params: params_hash(rules),
+        rules: rules.versions().into_iter().map(|(name, v)| (name, format!("{v:08x}"))).collect(),
+        reloads,
     }
+}
+
+/// A reload request: the rules file is read and validated (its tiers
+/// against the day's instruments.csv). An invalid one is refused with its
+/// problems and the running rules stay; so do the same rules. New valid
+/// rules are returned, to take effect at a barrier.
+fn check_rules(cfg: &ServeConfig, reference: &Reference, by: &str) -> Option<crate::config::Rules> {
+    let Some(path) = cfg.rules_path.as_deref() else {
+        tracing::warn!("{by}: no rules file is configured (the defaults run); nothing to reload");
+        return None;
+    };
+    let rules = match crate::config::Rules::load(path) {
+        Ok(rules) => rules,
+        Err(problems) => {
+            tracing::error!("{by}: refused, the old rules stay: {}", problems.replace('\n', "; "));
+            return None;
+        }
+    };
+    let tiers = rules.check_tiers(&reference.instruments);
+    if !tiers.is_empty() {
+        tracing::error!("{by}: refused, the old rules stay: {}: {}", path.display(), tiers.join("; "));
+        return None;
+    }
+    if rules == cfg.rules {
+        tracing::info!(params = %params_hash(&rules), "{by}: {} holds the rules in effect; nothing to reload", path.display());
+        return None;
+    }
+    tracing::info!(
+        params = %params_hash(&rules),
+        "{by}: {} is valid: the new rules take effect at a checkpoint barrier cut now",
+        path.display()
+    );
+    Some(rules)
 }
 
 /// The tokio runtime: runs the edge and the HTTP server until a stop
@@ -432,7 +592,7 @@ fn net_thread(net: Net) {
         control,
         options,
         done,
-        rules_path,
+        reload_asked,
         handlers,
     } = net;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -471,7 +631,7 @@ fn net_thread(net: Net) {
             Err(e) => tracing::error!("http listener: {e}"),
         }
         if let Some(mut requests) = hub_control {
-            let (control, rules_path) = (control.clone(), rules_path.clone());
+            let (control, reload_asked) = (control.clone(), reload_asked.clone());
             tokio::spawn(async move {
                 while let Some(request) = requests.recv().await {
                     match request {
@@ -479,12 +639,15 @@ fn net_thread(net: Net) {
                             tracing::info!("POST /checkpoint: a checkpoint at the next pump");
                             control.checkpoint_now.store(true, Ordering::Release);
                         }
-                        crate::http::Control::Reload => check_rules(rules_path.as_deref(), "POST /reload"),
+                        crate::http::Control::Reload => {
+                            tracing::info!("POST /reload: the rules file is read at the next tick");
+                            reload_asked.store(BY_HTTP, Ordering::Release);
+                        }
                     }
                 }
             });
         }
-        signals(installed, &control, rules_path.as_deref()).await;
+        signals(installed, &control, &reload_asked).await;
         notify::stopping();
         let _ = stop_tx.send(true);
         let _ = edge.await;
@@ -497,13 +660,13 @@ fn net_thread(net: Net) {
 }
 
 /// Waits for SIGTERM or SIGINT (or the pipeline stopping on its own).
-/// SIGHUP checks the rules file: an invalid one is refused with its
-/// problems; a valid one is named with its parameter hash, but not applied
-/// yet (rules change with a restart, see the runbook).
+/// SIGHUP asks for a reload: the daemon's main thread reads the rules
+/// file within 200 ms (`check_rules`) and, if it is valid and new, the
+/// source cuts the reload's barrier.
 async fn signals(
     installed: (std::io::Result<Signal>, std::io::Result<Signal>, std::io::Result<Signal>),
     control: &LiveControl,
-    rules_path: Option<&std::path::Path>,
+    reload_asked: &AtomicU8,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = installed else {
         tracing::error!("cannot install signal handlers");
@@ -514,7 +677,10 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); return; }
-            _ = hup.recv() => check_rules(rules_path, "SIGHUP"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: the rules file is read at the next tick");
+                reload_asked.store(BY_SIGHUP, Ordering::Release);
+            }
             _ = tick.tick() => {
                 if control.shutdown.load(Ordering::Acquire) {
                     return;

@@ -45,7 +45,14 @@ pub(crate) fn run_source<F: Feed>(
         // counts the stall as quiet time (which would make late the records
         // that queued up meanwhile).
         let pump_started_ns = if F::LIVE { router.clock.now_ns() } else { 0 };
-        let pumped = if F::LIVE {
+        // Past a final barrier (a stop's, a reload's) nothing more is taken
+        // in or released: what comes after it belongs to the next run, and
+        // an alert written now would not be committed (yet could be read).
+        let holding = F::LIVE && router.final_id.is_some();
+        let pumped = if holding {
+            std::thread::sleep(std::time::Duration::from_micros(500));
+            Ok(true)
+        } else if F::LIVE {
             feed.pump_live(&mut |event, due_ns| router.route_stamped(event, due_ns))
         } else {
             feed.pump_until(&mut |event| router.route(event))
@@ -59,11 +66,13 @@ pub(crate) fn run_source<F: Feed>(
         {
             break Err(e);
         }
-        if F::LIVE {
+        if F::LIVE && !holding {
             if let Some(ts_ns) = feed.take_clock() {
                 router.heartbeat(ts_ns, pump_started_ns);
             }
             router.live_tick(feed.drained(), pump_started_ns);
+        }
+        if F::LIVE {
             match router.live_control(&mut feed, pump_started_ns) {
                 Ok(false) => {}
                 Ok(true) => break Err(FeedError { path: PathBuf::new(), message: STOPPED.into() }),
@@ -150,7 +159,7 @@ pub(crate) struct Router {
     pub(crate) ckpt: Option<SourceCkpt>,
     /// Live sources run by the daemon: checkpoint requests and shutdown.
     pub(crate) control: Option<Arc<LiveControl>>,
-    /// The shutdown's final checkpoint, once cut.
+    /// The final checkpoint (a shutdown's or a reload's), once cut.
     final_id: Option<u64>,
 }
 
@@ -171,6 +180,8 @@ pub(crate) struct SourceCkpt {
     /// A barrier is due: the feed stops after this record.
     pub(crate) due: bool,
     pub(crate) last_seq: u64,
+    /// The next barrier is a reload's: `Manifest::reload_to`.
+    pub(crate) reload_to: u64,
     /// Wait for the previous checkpoint rather than skip the barrier (test
     /// runs only: it stalls the source on the writer).
     pub(crate) wait_for_previous: bool,
@@ -227,7 +238,8 @@ impl Router {
     /// the shutdown sequence: once the input is drained, a final
     /// checkpoint; once it is durable, true: stop without ending the feed,
     /// so no end-of-feed timer fires and a resumed run goes on as if never
-    /// stopped.
+    /// stopped. A reload is the same without waiting for the drain, its
+    /// checkpoint marked `reload_to`.
     fn live_control<F: Feed>(&mut self, feed: &mut F, now_ns: u64) -> Result<bool, FeedError> {
         let Some(control) = self.control.clone() else { return Ok(false) };
         let shutdown = control.shutdown.load(Ordering::Acquire);
@@ -242,8 +254,13 @@ impl Router {
             }
             return Ok(false);
         }
+        // A reload does not wait for the input to drain: what is in the
+        // ring stays there for the next run.
+        let reload = control.reload.load(Ordering::Acquire);
         let want = if shutdown {
             feed.drained()
+        } else if reload {
+            true
         } else {
             let by_time = ck.interval_ns > 0 && ck.since > 0 && now_ns.saturating_sub(ck.last_cut_ns) >= ck.interval_ns;
             by_time || control.checkpoint_now.load(Ordering::Acquire)
@@ -251,8 +268,13 @@ impl Router {
         if want && idle {
             let id = ck.next_id;
             control.checkpoint_now.store(false, Ordering::Release);
+            if reload && let Some(ck) = self.ckpt.as_mut() {
+                // A stop's final checkpoint hands over too when a reload is
+                // pending: a restart reads the new rules file.
+                ck.reload_to = control.reload_to.load(Ordering::Acquire);
+            }
             self.cut_barrier(feed)?;
-            if shutdown {
+            if shutdown || reload {
                 self.final_id = Some(id);
             }
         }
@@ -371,6 +393,7 @@ impl Router {
             accounts: ck.names.accounts.len() as u64,
             instruments: ck.names.instruments.len() as u64,
             snapshot: buffer,
+            reload_to: std::mem::take(&mut ck.reload_to),
         };
         let (sent_ns, sent_cpu_ns) = (self.clock.now_ns(), thread_cpu_ns());
         if ck.tx.send(message).is_err() {
@@ -505,6 +528,11 @@ impl Router {
     /// Releases everything, then sends `End` to every shard; dropping the
     /// producers then tells the sink that the late ring is done.
     fn finish(&mut self) {
+        if self.stop.raised() {
+            // A stopped run commits nothing more: releasing what it holds
+            // would only write alerts past its last barrier.
+            return;
+        }
         for shard in 0..self.shards.len() {
             self.release(shard, i64::MAX);
         }
