@@ -82,6 +82,19 @@ fn faulty_day(dir: &Path) -> (PathBuf, Vec<String>) {
     (tape, lines)
 }
 
+/// A rejects file (header, then `line<TAB>reason<TAB>record`): line ->
+/// (reason, record).
+fn rejects_file(text: &str) -> BTreeMap<u64, (String, String)> {
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            let line = parts.next().unwrap().parse().unwrap();
+            (line, (parts.next().unwrap().to_string(), parts.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
 /// The replay's own verdicts: its summary JSON, rejects (line -> (reason,
 /// record)) and late seqs.
 fn replay(dir: &Path, tape: &str) -> (Value, BTreeMap<u64, (String, String)>, BTreeSet<u64>) {
@@ -90,17 +103,7 @@ fn replay(dir: &Path, tape: &str) -> (Value, BTreeMap<u64, (String, String)>, BT
         &["replay", tape, "--alerts", "r/alerts.jsonl", "--json", "r/summary.json", "--cores", "none", "--quiet"],
     ));
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("r/summary.json")).unwrap()).unwrap();
-    let rejects_path = dir.join("r/alerts.rejects.tsv");
-    let rejects = std::fs::read_to_string(&rejects_path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let mut parts = l.splitn(3, '\t');
-            let line = parts.next().unwrap().parse().unwrap();
-            (line, (parts.next().unwrap().to_string(), parts.next().unwrap_or("").to_string()))
-        })
-        .collect();
+    let rejects = rejects_file(&std::fs::read_to_string(dir.join("r/alerts.rejects.tsv")).unwrap_or_default());
     let late = std::fs::read_to_string(dir.join("r/alerts.late.csv"))
         .unwrap()
         .lines()
@@ -469,16 +472,7 @@ fn a_native_tape_export_has_the_records_rejected_at_import() {
     let d = dir.path();
     let (_, lines) = faulty_day(d);
     ok(&run(d, &["import", "faulty.csv", "--out", "faulty.tape", "--quiet"]));
-    let import_rejects: BTreeMap<u64, (String, String)> = std::fs::read_to_string(d.join("faulty.rejects.tsv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let mut parts = l.splitn(3, '\t');
-            let line = parts.next().unwrap().parse().unwrap();
-            (line, (parts.next().unwrap().to_string(), parts.next().unwrap_or("").to_string()))
-        })
-        .collect();
+    let import_rejects = rejects_file(&std::fs::read_to_string(d.join("faulty.rejects.tsv")).unwrap());
     assert!(import_rejects.len() >= 5, "{import_rejects:?}");
     export(d, "faulty.csv", "csv");
     let said = export(d, "faulty.tape", "native");
