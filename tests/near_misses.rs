@@ -72,7 +72,20 @@ fn replay(dir: &Path, rules: &str, alerts: &str, near: &str) -> String {
     let rules_file = format!("{alerts}.toml");
     let out = tapewatch(
         dir,
-        &["replay", "day.csv", "--rules", &rules_file, "--alerts", alerts, "--near-misses", near, "--shards", "2"],
+        &[
+            "replay",
+            "day.csv",
+            "--rules",
+            &rules_file,
+            "--alerts",
+            alerts,
+            "--near-misses",
+            near,
+            "--shards",
+            "2",
+            "--json",
+            &format!("{alerts}.summary.json"),
+        ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -86,6 +99,8 @@ fn a_key_at_85_pct_is_a_near_miss_not_an_alert_and_the_alerts_do_not_change() {
 
     let summary = replay(d, "[wash_trade]\nnear_miss_pct = 80\n", "on.jsonl", "on.near.jsonl");
     assert!(summary.contains("near-misses wash-trade 1\n"), "{summary}");
+    let json = |name: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(d.join(name)).unwrap()).unwrap() };
+    assert_eq!(json("on.jsonl.summary.json")["near_misses"], serde_json::json!({ "wash-trade": 1 }));
     let near = lines(&d.join("on.near.jsonl"));
     assert_eq!(near.len(), 1, "{near:?}");
     let n = &near[0];
@@ -109,6 +124,7 @@ fn a_key_at_85_pct_is_a_near_miss_not_an_alert_and_the_alerts_do_not_change() {
     // parameter version that of a rules file without the option.
     let summary = replay(d, "[wash_trade]\nmin_trades = 3\n", "off.jsonl", "off.near.jsonl");
     assert!(!summary.contains("near-misses"), "{summary}");
+    assert_eq!(json("off.jsonl.summary.json")["near_misses"], serde_json::json!({}));
     assert_eq!(std::fs::read_to_string(d.join("off.near.jsonl")).unwrap(), "");
     assert_eq!(alert_set(&d.join("off.jsonl")), on);
     replay(d, "", "plain.jsonl", "plain.near.jsonl");
