@@ -70,6 +70,8 @@ pub struct Summary {
     pub applied: u64,
     /// Alerts per rule, in registry order.
     pub alerts: Counts,
+    /// Near-misses per rule (`near_miss_pct`), this run's.
+    pub near_misses: Counts,
     /// Evidence list items dropped (lists longer than `alert::MAX_LIST`).
     pub evidence_dropped: u64,
     pub elapsed: Duration,
@@ -206,6 +208,15 @@ impl Summary {
             .collect();
         if !episodes.is_empty() {
             s += &format!("episodes    {}\n", episodes.join(", "));
+        }
+        if self.near_misses.iter().any(|&n| n > 0) {
+            let per_rule: Vec<String> = RULES
+                .iter()
+                .zip(self.near_misses)
+                .filter(|(_, n)| *n > 0)
+                .map(|(rule, n)| format!("{} {n}", rule.name))
+                .collect();
+            s += &format!("near-misses {}\n", per_rule.join(", "));
         }
         if self.evidence_dropped > 0 {
             s += &format!(

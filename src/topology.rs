@@ -68,6 +68,8 @@ pub struct PipelineConfig {
     pub snapshot_slice: usize,
     pub alerts_path: PathBuf,
     pub late_path: PathBuf,
+    /// Where near-misses go (`replay --near-misses`); none: counted only.
+    pub near_miss_path: Option<PathBuf>,
     /// Live sources only (see `Feed::LIVE`); the defaults are replay's.
     pub live: LiveOptions,
     /// instruments.csv, for the order book (empty: none loaded).
@@ -140,6 +142,7 @@ impl PipelineConfig {
             alert_keep: None,
             alerts_path,
             late_path,
+            near_miss_path: None,
             live: LiveOptions::default(),
         }
     }
@@ -220,11 +223,22 @@ pub fn run_with<F: Feed + Send>(
         }
     }
     let sink = match resumed {
-        Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?,
-        None => Sink::create(&cfg.alerts_path, &cfg.late_path)?.keeping(cfg.alert_keep.clone()),
+        Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?
+            .near_misses(cfg.near_miss_path.as_deref(), true)?,
+        None => Sink::create(&cfg.alerts_path, &cfg.late_path)?
+            .keeping(cfg.alert_keep.clone())
+            .near_misses(cfg.near_miss_path.as_deref(), false)?,
     }
     .publishing(cfg.live.control.clone());
-    let fresh = if checkpointing.is_none() { vec![cfg.alerts_path.clone(), cfg.late_path.clone()] } else { vec![] };
+    let fresh = if checkpointing.is_none() {
+        [Some(&cfg.alerts_path), Some(&cfg.late_path), cfg.near_miss_path.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    } else {
+        vec![]
+    };
     let outputs = Outputs::remove_on_failure(fresh);
     let applied_base = resumed.map_or(0, |r| r.manifest.applied);
     let resumed_from = resumed.map(|r| (r.manifest.id, r.manifest.last_seq));
@@ -429,6 +443,7 @@ pub fn run_with<F: Feed + Send>(
         late: sink.late,
         applied: applied_base,
         alerts: sink.alerts,
+        near_misses: sink.near_misses,
         evidence_dropped: 0,
         elapsed,
         ingest_to_alert: sink.ingest_to_alert,

@@ -49,6 +49,9 @@ pub struct Alert {
     /// triggering record's batch left the source, and when the shard applied it.
     pub ingest_ns: u64,
     pub applied_ns: u64,
+    /// A near-miss (`near_miss_pct`): the key reached that share of every
+    /// threshold without crossing. Written to the near-miss file, not the alerts.
+    pub near_miss: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<Alert>() <= 112);
@@ -207,7 +210,11 @@ pub fn write_json(out: &mut Vec<u8>, alert: &Alert, list: &[u64], names: &Names,
     out.extend_from_slice(num.format(alert.seq).as_bytes());
     out.extend_from_slice(b"\",\"rule\":\"");
     out.extend_from_slice(rule.as_bytes());
-    out.extend_from_slice(b"\",\"group\":\"");
+    if alert.near_miss {
+        out.extend_from_slice(b"\",\"near_miss\":true,\"group\":\"");
+    } else {
+        out.extend_from_slice(b"\",\"group\":\"");
+    }
     names.write_group(out, alert.group);
     out.extend_from_slice(b"\",\"account\":\"");
     names.write_account(out, alert.account);

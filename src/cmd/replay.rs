@@ -46,6 +46,10 @@ pub struct ReplayArgs {
     /// (`alerts.late.csv` when the alerts go to stdout).
     #[arg(long)]
     pub late: Option<PathBuf>,
+    /// Near-misses (JSON Lines, as alerts with `"near_miss":true`) of the rules whose table sets
+    /// `near_miss_pct`. Default: none written (they are still counted in the summary).
+    #[arg(long)]
+    pub near_misses: Option<PathBuf>,
     /// Rejected records (line, reason, record). Default: `<alerts stem>.rejects.tsv` beside the alerts file
     /// (`alerts.rejects.tsv` when the alerts go to stdout).
     #[arg(long)]
@@ -215,6 +219,12 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
         .zip(summary.alerts)
         .map(|(rule, n)| (rule.name.to_string(), n.into()))
         .collect();
+    let near_misses: serde_json::Map<String, serde_json::Value> = crate::detect::registry::RULES
+        .iter()
+        .zip(summary.near_misses)
+        .filter(|(_, n)| *n > 0)
+        .map(|(rule, n)| (rule.name.to_string(), n.into()))
+        .collect();
     let episodes: serde_json::Map<String, serde_json::Value> = crate::detect::registry::RULES
         .iter()
         .zip(&summary.episodes)
@@ -255,6 +265,7 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
         "alerts": alerts,
         "alerts_total": summary.alerts_total(),
         "episodes": episodes,
+        "near_misses": near_misses,
         "elapsed_s": summary.elapsed.as_secs_f64(),
         "events_per_s": summary.events_per_sec(),
         "shards": summary.shards,
@@ -353,6 +364,12 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     plan.output("--alerts", &args.alerts).output("--late", &late_path).output("--rejects", &rejects_path);
     if let Some(path) = &args.json {
         plan.output("--json", path);
+    }
+    if let Some(path) = &args.near_misses {
+        plan.output("--near-misses", path);
+        if is_stdio(path) {
+            problems.push("--near-misses -: only the alerts (or --json) can go to stdout".to_string());
+        }
     }
     if let Some(dir) = &args.state {
         plan.reserved_dir("state directory", dir);
@@ -463,6 +480,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     let mut cfg = PipelineConfig::new(shards, args.alerts.clone(), late_path.clone());
     cfg.cores = cores;
     cfg.rules = rules;
+    cfg.near_miss_path = args.near_misses.clone();
     // A test knob, undocumented for users: the shards' snapshot slice size.
     if let Some(slice) = std::env::var("TAPEWATCH_SNAPSHOT_SLICE").ok().and_then(|v| v.parse().ok()) {
         cfg.snapshot_slice = slice;

@@ -70,6 +70,9 @@ impl Drop for Outputs {
 pub struct SinkOutput {
     /// Alerts per rule, in registry order.
     pub alerts: Counts,
+    /// Near-misses per rule, in registry order (this run's only: they are
+    /// not in a checkpoint's counts).
+    pub near_misses: Counts,
     pub late: u64,
     pub ingest_to_alert: Histogram<u64>,
     pub ingest_to_applied: Histogram<u64>,
@@ -133,6 +136,8 @@ impl Out {
 pub struct Sink {
     alerts_out: Out,
     late_out: Out,
+    /// The near-miss file (`--near-misses`), if any.
+    near_out: Option<Out>,
     /// Counts carried over from the checkpoint a run resumed from.
     alerts_base: Counts,
     late_base: u64,
@@ -157,7 +162,52 @@ impl Sink {
         });
         // The caller's `Outputs` guard does not exist yet: undo here.
         let late_out = late_out.inspect_err(|_| crate::outputs::remove_created(alerts))?;
-        Ok(Sink { alerts_out, late_out, alerts_base: [0; registry::RULE_COUNT], late_base: 0, keep: None, live: None })
+        Ok(Sink {
+            alerts_out,
+            late_out,
+            near_out: None,
+            alerts_base: [0; registry::RULE_COUNT],
+            late_base: 0,
+            keep: None,
+            live: None,
+        })
+    }
+
+    /// Writes near-misses to `path` (`--near-misses`): created afresh, or on
+    /// a resume appended to (best-effort: near-misses are not part of the
+    /// checkpoint, so those after the last checkpoint may appear twice).
+    pub fn near_misses(mut self, path: Option<&Path>, resumed: bool) -> Result<Sink, String> {
+        let Some(path) = path else {
+            return Ok(self);
+        };
+        let out = if resumed && path.is_file() {
+            let fail = |e: std::io::Error| format!("{}: cannot open to resume: {e}", path.display());
+            crate::outputs::reopen(path).map_err(fail).and_then(|mut file| {
+                let written = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(fail)?;
+                Ok(Out {
+                    writer: BufWriter::with_capacity(1 << 16, file),
+                    path: path.to_path_buf(),
+                    dirty: false,
+                    written,
+                })
+            })
+        } else {
+            Out::create(path)
+        };
+        match out {
+            Ok(out) => {
+                self.near_out = Some(out);
+                Ok(self)
+            }
+            Err(e) => {
+                if !resumed {
+                    // The caller's `Outputs` guard does not exist yet: undo here.
+                    crate::outputs::remove_created(&self.alerts_out.path);
+                    crate::outputs::remove_created(&self.late_out.path);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Reopens both outputs at the lengths a checkpoint committed.
@@ -165,6 +215,7 @@ impl Sink {
         Ok(Sink {
             alerts_out: Out::resume(alerts, manifest.alerts_bytes)?,
             late_out: Out::resume(late, manifest.late_bytes)?,
+            near_out: None,
             alerts_base: manifest.counts()?,
             late_base: manifest.late,
             keep: None,
@@ -227,6 +278,7 @@ impl Sink {
     ) -> Result<SinkOutput, String> {
         let mut output = SinkOutput {
             alerts: self.alerts_base,
+            near_misses: [0; registry::RULE_COUNT],
             late: self.late_base,
             ingest_to_alert: latency_histogram(),
             ingest_to_applied: latency_histogram(),
@@ -284,10 +336,20 @@ impl Sink {
                     };
                     output.ingest_to_alert.saturating_record(timing.ingest_to_alert_ns.max(1));
                     output.ingest_to_applied.saturating_record(timing.ingest_to_applied_ns.max(1));
-                    match registry::index_of(alert.rule) {
-                        Some(i) => output.alerts[i] += 1,
-                        None => return Err(format!("an alert of rule id {} that this build lacks", alert.rule)),
+                    let Some(i) = registry::index_of(alert.rule) else {
+                        return Err(format!("an alert of rule id {} that this build lacks", alert.rule));
+                    };
+                    if alert.near_miss {
+                        // Counted in any case; written when there is a near-miss file.
+                        output.near_misses[i] += 1;
+                        if let Some(near_out) = &mut self.near_out {
+                            line.clear();
+                            write_json(&mut line, &alert, &list, names, &timing);
+                            near_out.write(&line)?;
+                        }
+                        continue;
                     }
+                    output.alerts[i] += 1;
                     line.clear();
                     write_json(&mut line, &alert, &list, names, &timing);
                     self.alerts_out.write(&line)?;
@@ -362,6 +424,9 @@ impl Sink {
             }
             self.alerts_out.flush()?;
             self.late_out.flush()?;
+            if let Some(near_out) = &mut self.near_out {
+                near_out.flush()?;
+            }
             if self.live.is_some() && clock.now_ns().saturating_sub(published_ns) >= PUBLISH_EVERY_NS {
                 published_ns = clock.now_ns();
                 self.publish(&output);

@@ -3,6 +3,9 @@
 //! `min_share_pct` or more of the instrument's volume so far in the
 //! trading day, with at least `min_trades` such trades. One alert per key
 //! per day, when first crossed (`self-trade` stays the per-trade rule).
+//! With `near_miss_pct` set, a key whose count and share both reach that
+//! share of their thresholds without crossing is one near-miss per key per
+//! day (not written once the key has alerted that day).
 //!
 //! The share only rises at the group's own wash trades (every other trade
 //! lowers it), so evaluating it there finds the first crossing exactly.
@@ -24,11 +27,13 @@ use toml::Spanned;
 pub struct Params {
     pub min_share_pct: u32,
     pub min_trades: u32,
+    /// Near-misses: the share of each threshold (1-99) that makes one; none: off.
+    pub near_miss_pct: Option<u32>,
 }
 
 impl Default for Params {
     fn default() -> Params {
-        Params { min_share_pct: 10, min_trades: 3 }
+        Params { min_share_pct: 10, min_trades: 3, near_miss_pct: None }
     }
 }
 
@@ -38,6 +43,7 @@ pub struct Raw {
     enabled: Option<bool>,
     min_share_pct: Option<Spanned<i64>>,
     min_trades: Option<Spanned<i64>>,
+    near_miss_pct: Option<Spanned<i64>>,
 }
 
 /// Keys (group, instrument) a shard tracks; past it new keys are refused and counted.
@@ -54,6 +60,8 @@ struct Key {
     day: i64,
     trades: u32,
     alerted: bool,
+    /// A near-miss was written today (checkpointed as bit 1 of `alerted`'s byte).
+    near: bool,
     qty: u64,
     involved: Involved,
 }
@@ -81,16 +89,24 @@ impl Rule for WashTrade {
         let d = Params::default();
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 1..=100, d.min_share_pct as i64) as u32;
         let min_trades = p.int(raw.min_trades, "min_trades", 1..=1_000_000, d.min_trades as i64) as u32;
-        raw.enabled.unwrap_or(true).then_some(Params { min_share_pct, min_trades })
+        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
+        raw.enabled.unwrap_or(true).then_some(Params { min_share_pct, min_trades, near_miss_pct })
     }
 
     fn encode_params(p: &Params, w: &mut Writer<'_>) {
         w.u32(p.min_share_pct);
         w.u32(p.min_trades);
+        // Only when set: the parameter version of a rule without it is unchanged.
+        if let Some(pct) = p.near_miss_pct {
+            w.u32(pct);
+        }
     }
 
     fn show(p: &Params, out: &mut String) {
         out.push_str(&format!("min_share_pct = {}\nmin_trades = {}\n", p.min_share_pct, p.min_trades));
+        if let Some(pct) = p.near_miss_pct {
+            out.push_str(&format!("near_miss_pct = {pct}\n"));
+        }
     }
 
     fn new(params: &Params, _: &Sizing) -> WashTrade {
@@ -148,17 +164,37 @@ impl Rule for WashTrade {
                 Evidence([state.trades as u64, state.qty, volume, p.min_trades as u64, p.min_share_pct as u64, 0]);
             let (list, n) = state.involved.list();
             out.alert(Alert::about(Self::ID, event, evidence), &list[..n]);
+        } else if let Some(pct) = p.near_miss_pct
+            && !state.alerted
+            && !state.near
+            && near(&p, pct, state.trades, state.qty, volume)
+        {
+            // Rare: goes out the way alerts do (no allocation).
+            state.near = true;
+            let evidence = Evidence([
+                state.trades as u64,
+                state.qty,
+                volume,
+                p.min_trades as u64,
+                p.min_share_pct as u64,
+                pct as u64,
+            ]);
+            let (list, n) = state.involved.list();
+            out.alert(Alert { near_miss: true, ..Alert::about(Self::ID, event, evidence) }, &list[..n]);
         }
     }
 
     fn write_evidence(evidence: &Evidence, list: &[u64], json: &mut EvidenceJson<'_>) {
-        let [trades, qty, volume, min_trades, min_share_pct, _] = evidence.0;
+        let [trades, qty, volume, min_trades, min_share_pct, near_miss_pct] = evidence.0;
         json.u64("wash_trades", trades);
         json.u64("min_trades", min_trades);
         json.u64("wash_qty", qty);
         json.u64("day_volume", volume);
         json.pct("share_pct", qty, volume);
         json.u64("min_share_pct", min_share_pct);
+        if near_miss_pct > 0 {
+            json.u64("near_miss_pct", near_miss_pct);
+        }
         json.u64("episode", 1);
         Involved::write(list, json);
     }
@@ -183,7 +219,7 @@ impl Rule for WashTrade {
             w.u64(*k);
             w.i64(s.day);
             w.u32(s.trades);
-            w.u8(s.alerted as u8);
+            w.u8(s.alerted as u8 | (s.near as u8) << 1);
             w.u64(s.qty);
             s.involved.encode(&mut w);
         }
@@ -207,10 +243,12 @@ impl Rule for WashTrade {
         }
         for _ in 0..r.count(33)? {
             let k = r.u64()?;
+            let (day, trades, flags) = (r.i64()?, r.u32()?, r.u8()?);
             let s = Key {
-                day: r.i64()?,
-                trades: r.u32()?,
-                alerted: r.u8()? != 0,
+                day,
+                trades,
+                alerted: flags & 1 != 0,
+                near: flags & 2 != 0,
                 qty: r.u64()?,
                 involved: Involved::decode(r)?,
             };
@@ -229,6 +267,13 @@ impl Rule for WashTrade {
 #[inline]
 fn crosses(p: &Params, trades: u32, qty: u64, volume: u64) -> bool {
     trades >= p.min_trades && qty as u128 * 100 >= p.min_share_pct as u128 * volume as u128
+}
+
+/// Whether both measures reach `pct`% of their thresholds (the caller has
+/// checked that the key does not cross).
+fn near(p: &Params, pct: u32, trades: u32, qty: u64, volume: u64) -> bool {
+    trades as u64 * 100 >= pct as u64 * p.min_trades as u64
+        && qty as u128 * 100 * 100 >= pct as u128 * p.min_share_pct as u128 * volume as u128
 }
 
 #[cfg(test)]
@@ -295,6 +340,28 @@ mod tests {
         assert!(fired(&e).is_empty());
     }
 
+    #[test]
+    fn a_key_at_85_pct_of_the_share_is_one_near_miss_per_day_not_an_alert() {
+        // 3 wash trades of 100 after 3,230 of other volume: 8.5% of 10%.
+        let mut e = vec![trade(1, at(9, 31, 0), 5, (100, 10, 10), (200, 11, 11), Buy, px(1000), 3_230)];
+        for i in 0..3 {
+            e.push(trade(2 + i, at(10, i as i64, 0), 5, (1 + i, 1, 7), (50 + i, 2, 7), Buy, px(1000), 100));
+        }
+        // Others' volume, then a fourth: 400 of 6,730, still no alert and no second near-miss.
+        e.push(trade(5, at(10, 5, 0), 5, (120, 10, 10), (220, 11, 11), Buy, px(1000), 3_000));
+        e.push(trade(6, at(10, 6, 0), 5, (4, 1, 7), (54, 2, 7), Buy, px(1000), 100));
+        let near = Params { near_miss_pct: Some(80), ..Params::default() };
+        let got = run::<WashTrade>(&near, &e);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (alert, list) = &got[0];
+        assert!(alert.near_miss);
+        assert_eq!(alert.seq, 4, "at the third wash trade (the second is 2 of 3 trades: under 80%)");
+        assert_eq!(alert.evidence.0, [3, 300, 3_530, 3, 10, 80]);
+        assert_eq!(&list[..3], &[2, 1, 2]);
+        assert!(run::<WashTrade>(&Params::default(), &e).is_empty(), "off by default");
+        assert!(run::<WashTrade>(&Params { near_miss_pct: Some(90), ..near }, &e).is_empty(), "8.5% < 90% of 10%");
+    }
+
     fn brute_force(p: &Params, events: &[Event]) -> Vec<u64> {
         let mut out = Vec::new();
         let mut alerted = std::collections::HashSet::new();
@@ -318,9 +385,9 @@ mod tests {
         #[test]
         fn agrees_with_the_definition(
             recs in prop::collection::vec((0u32..3, 0u32..3, 0u32..2, 1u64..50, 0i64..40), 1..120),
-            min_trades in 1u32..4, min_share_pct in 1u32..60, cut in 0usize..120,
+            min_trades in 1u32..4, min_share_pct in 1u32..60, cut in 0usize..120, near_pct in 1u32..100,
         ) {
-            let p = Params { min_share_pct, min_trades };
+            let p = Params { min_share_pct, min_trades, near_miss_pct: None };
             let mut ts = at(9, 30, 0);
             let events: Vec<Event> = recs.iter().enumerate().map(|(i, &(bg, sg, inst, qty, dt))| {
                 ts += dt * 3600 * SEC / 10;
@@ -330,6 +397,21 @@ mod tests {
             prop_assert_eq!(&got, &brute_force(&p, &events));
             let restored: Vec<u64> = run_restored::<WashTrade>(&p, &events, cut.min(events.len())).iter().map(|(a, _)| a.seq).collect();
             prop_assert_eq!(&restored, &got);
+            // Near-misses on: the same alerts, and at most one near-miss per
+            // key and day, never for a key that alerted before it that day.
+            let with = Params { near_miss_pct: Some(near_pct), ..p };
+            let all = run::<WashTrade>(&with, &events);
+            let alerts: Vec<u64> = all.iter().filter(|(a, _)| !a.near_miss).map(|(a, _)| a.seq).collect();
+            prop_assert_eq!(&alerts, &got);
+            let mut seen = std::collections::HashSet::new();
+            for (a, _) in all.iter().filter(|(a, _)| a.near_miss) {
+                prop_assert!(seen.insert((a.group, a.instrument, day_of(a.ts_ns))));
+                prop_assert!(!all.iter().any(|(b, _)| !b.near_miss && b.seq < a.seq
+                    && (b.group, b.instrument, day_of(b.ts_ns)) == (a.group, a.instrument, day_of(a.ts_ns))));
+            }
+            let restored = run_restored::<WashTrade>(&with, &events, cut.min(events.len()));
+            prop_assert_eq!(restored.iter().map(|(a, _)| (a.seq, a.near_miss)).collect::<Vec<_>>(),
+                all.iter().map(|(a, _)| (a.seq, a.near_miss)).collect::<Vec<_>>());
         }
     }
 }
