@@ -254,16 +254,7 @@ pub fn write_iso_time(out: &mut Vec<u8>, ts_ns: i64) {
     let local = ts_ns + ZONE_OFFSET_NS;
     let days = local.div_euclid(NS_PER_DAY);
     let tod = local.rem_euclid(NS_PER_DAY);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
+    let (y, m, d) = crate::time::civil_from_days(days);
     let s = tod / NS_PER_SEC;
     // Digits by hand: this runs per alert on the sink, which does not allocate.
     let digits = |out: &mut Vec<u8>, v: i64, n: u32| {

@@ -148,16 +148,7 @@ pub fn day_of(ts_ns: i64, boundary_ns: i64) -> (i64, i64) {
 /// The name of the day ending at `end_ns`: its Asia/Shanghai date, `YYYY-MM-DD`.
 pub fn day_name(end_ns: i64) -> String {
     let days = (end_ns as i128 - 1 + SHANGHAI_NS as i128).div_euclid(DAY_NS as i128) as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::time::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
