@@ -114,9 +114,35 @@ const TIMELINE_STEP_NS: u64 = 100_000;
 /// the feeder leaves the cores to the pipeline instead of spinning.
 const SLEEP_ABOVE_NS: u64 = 20_000;
 
+/// The feeder's time: the pipeline clock and real waits, or in tests a
+/// virtual clock, so that pacing is checked exactly whatever the load.
+pub trait Pace {
+    /// Now, on the pipeline clock.
+    fn now_ns(&self) -> u64;
+    /// Waits for `due_ns` (later than `now_ns`); may return early or late:
+    /// the feeder reads the clock again.
+    fn wait(&self, now_ns: u64, due_ns: u64);
+}
+
+impl Pace for Clock {
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        Clock::now_ns(self)
+    }
+
+    fn wait(&self, now_ns: u64, due_ns: u64) {
+        let ahead = due_ns - now_ns;
+        if ahead > SLEEP_ABOVE_NS {
+            std::thread::sleep(Duration::from_nanos(ahead));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// Sends every record of `schedule` at its due time. Stops early only when
 /// the consumer is gone (the pipeline failed).
-pub fn run<S: Schedule>(schedule: &S, clock: Clock, mut tx: WireSender) -> FeederStats {
+pub fn run<S: Schedule, P: Pace>(schedule: &S, clock: P, mut tx: WireSender) -> FeederStats {
     let n = schedule.len();
     let mut stats = FeederStats {
         offered: 0,
@@ -141,12 +167,7 @@ pub fn run<S: Schedule>(schedule: &S, clock: Clock, mut tx: WireSender) -> Feede
     while let Some(first) = next {
         let mut now = clock.now_ns();
         if first.due_ns > now {
-            let ahead = first.due_ns - now;
-            if ahead > SLEEP_ABOVE_NS {
-                std::thread::sleep(Duration::from_nanos(ahead));
-            } else {
-                std::thread::yield_now();
-            }
+            clock.wait(now, first.due_ns);
             continue;
         }
         if tx.claim().is_none() {
@@ -198,36 +219,85 @@ mod tests {
         (0..count).map(|i| WireRecord { seq: i + 1, due_ns: i * gap_ns, ..WireRecord::default() }).collect()
     }
 
-    /// Every record is offered, none before it is due, and at 2 ms apart
-    /// they go out one by one, not bunched.
+    /// A virtual clock: waiting moves it to the due time plus `late_ns`
+    /// (a sleep that oversleeps), and nothing else moves it.
+    struct Virtual {
+        now_ns: std::cell::Cell<u64>,
+        late_ns: u64,
+    }
+
+    impl Pace for &Virtual {
+        fn now_ns(&self) -> u64 {
+            self.now_ns.get()
+        }
+
+        fn wait(&self, now_ns: u64, due_ns: u64) {
+            assert!(due_ns > now_ns && now_ns == self.now_ns.get(), "waits only for a record still ahead");
+            self.now_ns.set(due_ns + self.late_ns);
+        }
+    }
+
+    /// Plays `count` records `gap_ns` apart on a virtual clock that wakes
+    /// `late_ns` late; returns each send's records with the send time, and
+    /// the stats. The ring holds every send, so the consumer reads after.
+    fn play(count: u64, gap_ns: u64, late_ns: u64) -> (Vec<(u64, Vec<WireRecord>)>, FeederStats) {
+        let recs = records(count, gap_ns);
+        let clock = Virtual { now_ns: std::cell::Cell::new(0), late_ns };
+        let (tx, mut rx) = wire_channel(256);
+        let stats = run(&Playback { records: &recs, start_ns: 1_000_000 }, &clock, tx);
+        let mut batches = Vec::new();
+        while let Some(batch) = rx.peek() {
+            batches.push(batch.to_vec());
+            rx.release();
+        }
+        assert!(rx.is_finished(), "the feeder hung up once done");
+        // Every send is on the timeline (sends here are at least 100 us apart).
+        assert_eq!(stats.timeline.len(), batches.len());
+        let sends = stats.timeline.iter().map(|&(at_ns, _)| at_ns).zip(batches).collect();
+        (sends, stats)
+    }
+
+    /// Every record went out once, in order, and each send carried exactly
+    /// the records that fell due since the send before: none early, none
+    /// held back.
+    fn assert_sent_when_due(sends: &[(u64, Vec<WireRecord>)], count: u64) {
+        let seqs: Vec<u64> = sends.iter().flat_map(|(_, batch)| batch.iter().map(|w| w.seq)).collect();
+        assert_eq!(seqs, (1..=count).collect::<Vec<_>>());
+        let mut previous_ns = 0;
+        for (at_ns, batch) in sends {
+            for w in batch {
+                assert!(w.due_ns <= *at_ns, "record {} due at {} ns went out early, at {at_ns}", w.seq, w.due_ns);
+                assert!(w.due_ns > previous_ns, "record {} due at {} ns was held back to {at_ns}", w.seq, w.due_ns);
+            }
+            previous_ns = *at_ns;
+        }
+    }
+
+    /// On time, records 2 ms apart go out one by one, each when it is due.
     #[test]
     fn records_go_out_when_due_and_not_before() {
-        let recs = records(20, 2_000_000);
-        let clock = Clock::new();
-        let start_ns = clock.now_ns() + 1_000_000;
-        let (tx, mut rx) = wire_channel(64);
-        let stats = std::thread::scope(|s| {
-            let feeder = s.spawn(|| run(&Playback { records: &recs, start_ns }, clock, tx));
-            let mut seen = Vec::new();
-            loop {
-                if let Some(batch) = rx.peek() {
-                    let now = clock.now_ns();
-                    for w in batch {
-                        assert!(w.due_ns <= now, "record {} arrived {} ns early", w.seq, w.due_ns - now);
-                        seen.push(w.seq);
-                    }
-                    rx.release();
-                } else if rx.is_finished() {
-                    break;
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-            assert_eq!(seen, (1..=20).collect::<Vec<_>>());
-            feeder.join().unwrap()
-        });
-        assert_eq!(stats.offered, 20);
-        assert!(stats.sends >= 10, "2 ms apart records were bunched into {} sends", stats.sends);
+        let (sends, stats) = play(20, 2_000_000, 0);
+        assert_sent_when_due(&sends, 20);
+        assert!(sends.iter().all(|(at_ns, batch)| batch.len() == 1 && batch[0].due_ns == *at_ns), "bunched or late");
+        assert_eq!((stats.offered, stats.sends, stats.send_lag.max()), (20, 20, 1));
+    }
+
+    /// A feeder that wakes late sends everything due by then at once, and
+    /// still nothing early; the oversleep shows as send lag.
+    #[test]
+    fn a_late_wake_bunches_what_is_due_but_sends_nothing_early() {
+        // Records 1 ms apart, every wake 2.5 ms late: each send carries the
+        // record it waited for and the two that fell due meanwhile.
+        let (sends, stats) = play(30, 1_000_000, 2_500_000);
+        assert_sent_when_due(&sends, 30);
+        assert!(
+            sends.iter().all(|(_, batch)| batch.len() == 3),
+            "{:?}",
+            sends.iter().map(|s| s.1.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(stats.offered, 30);
+        let lag = stats.send_lag.max();
+        assert!((2_490_000..=2_510_000).contains(&lag), "send lag max {lag} ns, the oversleep is 2.5 ms");
     }
 
     /// A consumer that stalls for 50 ms: the records due meanwhile carry
