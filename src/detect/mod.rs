@@ -212,30 +212,7 @@ impl Detector {
     /// shard (`keep`), whatever the old shard count was. Each snapshot must
     /// hold one section per enabled rule and per view kept, and no other.
     pub fn restore(&mut self, snapshots: &[Vec<u8>], keep: impl Fn(u64) -> bool) -> Result<(), DecodeError> {
-        let mut want = self.rules.ids();
-        want.extend(self.views.ids());
-        want.sort_unstable();
-        for snapshot in snapshots {
-            let mut r = Reader::new(snapshot);
-            let mut found = Vec::with_capacity(want.len());
-            for _ in 0..r.u32()? {
-                let section = read_section(&mut r)?;
-                let id = section.0;
-                if !self.rules.restore(section, &keep)? && !self.views.restore(section, &keep)? {
-                    return Err(DecodeError(format!("section {id:#x} is no rule or view of this build")));
-                }
-                found.push(id);
-            }
-            r.finish()?;
-            found.sort_unstable();
-            if found != want {
-                return Err(DecodeError(format!(
-                    "sections {found:x?}, the enabled rules and views need {want:x?}: the checkpoint was taken with other rules"
-                )));
-            }
-        }
-        self.rules.restored();
-        Ok(())
+        self.restore_sections(snapshots, &keep, None)
     }
 
     /// Restores a checkpoint cut under other rules (a reload,
@@ -250,28 +227,59 @@ impl Detector {
         keep: impl Fn(u64) -> bool,
         carry: &[RuleId],
     ) -> Result<(), DecodeError> {
-        let mut want = carry.to_vec();
-        want.sort_unstable();
+        self.restore_sections(snapshots, &keep, Some(carry))
+    }
+
+    /// The one walk over the snapshots' sections of `restore` (`carry`
+    /// `None`: every section restored, and every enabled rule and kept view
+    /// required) and `restore_carrying` (the carried rules required, views
+    /// restored where present, other rules' sections dropped).
+    fn restore_sections(
+        &mut self,
+        snapshots: &[Vec<u8>],
+        keep: &dyn Fn(u64) -> bool,
+        carry: Option<&[RuleId]>,
+    ) -> Result<(), DecodeError> {
         let views = self.views.ids();
+        let mut want = match carry {
+            None => self.rules.ids().into_iter().chain(views.iter().copied()).collect(),
+            Some(carry) => carry.to_vec(),
+        };
+        want.sort_unstable();
         for snapshot in snapshots {
             let mut r = Reader::new(snapshot);
             let mut found = Vec::with_capacity(want.len());
             for _ in 0..r.u32()? {
                 let section = read_section(&mut r)?;
                 let id = section.0;
-                if views.contains(&id) {
-                    self.views.restore(section, &keep)?;
-                } else if want.binary_search(&id).is_ok() {
-                    if !self.rules.restore(section, &keep)? {
-                        return Err(DecodeError(format!("section {id:#x} is no rule of this build")));
+                match carry {
+                    None => {
+                        if !self.rules.restore(section, keep)? && !self.views.restore(section, keep)? {
+                            return Err(DecodeError(format!("section {id:#x} is no rule or view of this build")));
+                        }
                     }
-                    found.push(id);
+                    Some(_) if views.contains(&id) => {
+                        self.views.restore(section, keep)?;
+                        continue;
+                    }
+                    Some(_) if want.binary_search(&id).is_err() => continue,
+                    Some(_) => {
+                        if !self.rules.restore(section, keep)? {
+                            return Err(DecodeError(format!("section {id:#x} is no rule of this build")));
+                        }
+                    }
                 }
+                found.push(id);
             }
             r.finish()?;
             found.sort_unstable();
             if found != want {
-                return Err(DecodeError(format!("rule sections {found:x?}, the rules carried over need {want:x?}")));
+                return Err(DecodeError(match carry {
+                    None => format!(
+                        "sections {found:x?}, the enabled rules and views need {want:x?}: the checkpoint was taken with other rules"
+                    ),
+                    Some(_) => format!("rule sections {found:x?}, the rules carried over need {want:x?}"),
+                }));
             }
         }
         self.rules.restored();
@@ -469,6 +477,33 @@ mod tests {
             live.sort_by_key(|a| (a.seq, a.rule));
             prop_assert_eq!(live, expected);
         }
+    }
+
+    /// A reload (`restore_carrying`): a carried rule's state goes on as if
+    /// uninterrupted, a rule not carried starts empty, and a carried rule
+    /// whose section the snapshot lacks is an error.
+    #[test]
+    fn a_reload_carries_the_named_rules_and_drops_the_rest() {
+        let rules = rules(2);
+        // A new order and a cancel, then the cut, then the cancel that makes two.
+        let events = events(&[(1, 0, 1, 1), (1, 1, 1, 1), (1, 1, 1, 1)]);
+        let seqs = |alerts: &[Alert]| alerts.iter().map(|a| a.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&uninterrupted(&rules, &events)), [2]);
+        let mut before = shards(&rules, 1);
+        alerts(&mut before, &events[..2], &mut Vec::new());
+        let snapshot = whole_snapshot(&mut before[0]);
+        let id_of = |name: &str| registry::RULES.iter().find(|r| r.name == name).expect("a rule").id;
+        let resumed = |carry: &[RuleId]| -> Result<Vec<u64>, DecodeError> {
+            let mut after = shards(&rules, 1);
+            after[0].restore_carrying(std::slice::from_ref(&snapshot), |_| true, carry)?;
+            let mut got = Vec::new();
+            alerts(&mut after, &events[2..], &mut got);
+            Ok(seqs(&got))
+        };
+        assert_eq!(resumed(&[id_of("excessive-cancel")]), Ok(vec![2]), "carried: the window goes on");
+        assert_eq!(resumed(&[]), Ok(vec![]), "not carried: one cancel in an empty window");
+        let err = resumed(&[id_of("excessive-cancel"), id_of("spoofing")]).expect_err("spoofing has no section");
+        assert!(err.0.contains("the rules carried over need"), "{}", err.0);
     }
 
     #[test]
