@@ -282,7 +282,7 @@ fn planted_shapes_are_found_the_same_for_any_shard_count_and_format() {
             let out = dir.path().join(format!("out-{shards}-{}", tape.extension().unwrap().to_string_lossy()));
             std::fs::create_dir_all(&out).unwrap();
             let mut args = replay_args(tape, &out, shards);
-            args.rules = Some(dir.path().join(BOOK_ON));
+            args.reference.rules = Some(dir.path().join(BOOK_ON));
             let summary = run_replay(&args);
             assert_eq!(summary.feed.rejected, 0, "the tape is well formed");
             let alerts = read_alerts(&out.join("alerts.jsonl"));
@@ -335,7 +335,7 @@ fn a_crash_and_resume_under_another_shard_count_gives_the_same_alerts() {
     let want_dir = dir.path().join("want");
     std::fs::create_dir_all(&want_dir).unwrap();
     let mut args = replay_args(&csv, &want_dir, 2);
-    args.rules = Some(dir.path().join(BOOK_ON));
+    args.reference.rules = Some(dir.path().join(BOOK_ON));
     run_replay(&args);
     let want = read_alerts(&want_dir.join("alerts.jsonl"));
     assert!(want.iter().filter(|a| book_rule(a)).count() >= 5);

@@ -61,12 +61,9 @@ fn replay_with(dir: &Path, tape: &Path, name: &str, rules: &str) -> (Vec<Value>,
     let rules_path = out.join("rules.toml");
     std::fs::write(&rules_path, rules).unwrap();
     let json = out.join("summary.json");
-    let args = tapewatch::cmd::replay::ReplayArgs {
-        rules: Some(rules_path),
-        json: Some(json.clone()),
-        lateness_ms: 1,
-        ..replay_args(tape, &out, 2)
-    };
+    let mut args = tapewatch::cmd::replay::ReplayArgs { json: Some(json.clone()), ..replay_args(tape, &out, 2) };
+    args.reference.rules = Some(rules_path);
+    args.pipeline.lateness_ms = 1;
     // The command itself, so its JSON summary is checked too.
     tapewatch::cmd::replay::run(args).unwrap_or_else(|e| panic!("replay: {e:?}"));
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

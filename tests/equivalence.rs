@@ -247,9 +247,9 @@ fn engine(dir: &Path, tape: &Path, shards: usize, lateness_ms: i64, rules: &Path
     let out = dir.join(format!("out-{shards}-{}", tape.extension().unwrap().to_string_lossy()));
     std::fs::create_dir_all(&out).unwrap();
     let mut args = replay_args(tape, &out, shards);
-    args.accounts = Some(dir.join("accounts.csv"));
-    args.lateness_ms = lateness_ms as u64;
-    args.rules = Some(rules.to_path_buf());
+    args.reference.accounts = Some(dir.join("accounts.csv"));
+    args.pipeline.lateness_ms = lateness_ms as u64;
+    args.reference.rules = Some(rules.to_path_buf());
     args.keep_book = true;
     let summary = run_replay(&args);
     let book = summary.book.expect("--keep-book keeps the book").stats;

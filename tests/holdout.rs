@@ -53,7 +53,7 @@ fn holdout_days_recall_precision_and_market_makers() {
         .unwrap();
         let args = |dir: &Path, shards| {
             let mut args = replay_args(&tape, dir, shards);
-            args.rules = Some(rules.clone());
+            args.reference.rules = Some(rules.clone());
             args
         };
         run_replay(&args(out.path(), 1));

@@ -204,8 +204,8 @@ fn a_sliced_replay_finds_the_full_replays_alerts_inside_the_slice() {
 
     let full_dir = dir.path().join("full");
     std::fs::create_dir(&full_dir).unwrap();
-    let args =
-        tapewatch::cmd::replay::ReplayArgs { rules: Some(day.rules.clone()), ..replay_args(&day.tape, &full_dir, 2) };
+    let mut args = replay_args(&day.tape, &full_dir, 2);
+    args.reference.rules = Some(day.rules.clone());
     replay_described(&args).expect("full replay");
     let full = read_alerts(&full_dir.join("alerts.jsonl"));
     let ts = |a: &Value| a["ts_ns"].as_i64().unwrap();
@@ -263,12 +263,9 @@ fn a_sliced_replay_finds_the_full_replays_alerts_inside_the_slice() {
         for (format, tape) in [("indexed", &day.tape), ("no index", &old), ("csv", &day.csv)] {
             let out = dir.path().join(format!("{name}-{format}"));
             std::fs::create_dir(&out).unwrap();
-            let args = tapewatch::cmd::replay::ReplayArgs {
-                rules: Some(day.rules.clone()),
-                accounts: Some(day.accounts.clone()),
-                filter: filter.clone(),
-                ..replay_args(tape, &out, 2)
-            };
+            let mut args = tapewatch::cmd::replay::ReplayArgs { filter: filter.clone(), ..replay_args(tape, &out, 2) };
+            args.reference.rules = Some(day.rules.clone());
+            args.reference.accounts = Some(day.accounts.clone());
             let (_, inputs) = replay_described(&args).unwrap_or_else(|e| panic!("{name} {format}: {e:?}"));
             let got = read_alerts(&out.join("alerts.jsonl"));
             assert!(got == want, "{name}, {format} tape: {} alerts, want {}", got.len(), want.len());
@@ -307,7 +304,8 @@ fn skipping_blocks_by_the_index_is_exact() {
     .unwrap();
     let full_dir = dir.path().join("full");
     std::fs::create_dir(&full_dir).unwrap();
-    let args = tapewatch::cmd::replay::ReplayArgs { rules: Some(rules.clone()), ..replay_args(&tape, &full_dir, 1) };
+    let mut args = replay_args(&tape, &full_dir, 1);
+    args.reference.rules = Some(rules.clone());
     replay_described(&args).expect("full replay");
     let full = read_alerts(&full_dir.join("alerts.jsonl"));
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -322,12 +320,12 @@ fn skipping_blocks_by_the_index_is_exact() {
         let out = dir.path().join(format);
         std::fs::create_dir(&out).unwrap();
         // The old tape has no accounts.csv beside it: named here for both.
-        let args = tapewatch::cmd::replay::ReplayArgs {
-            rules: Some(rules.clone()),
-            accounts: Some(dir.path().join("day.accounts.csv")),
+        let mut args = tapewatch::cmd::replay::ReplayArgs {
             filter: FilterArgs { from: Some(from.to_string()), to: Some(to.to_string()), ..FilterArgs::default() },
             ..replay_args(t, &out, 1)
         };
+        args.reference.rules = Some(rules.clone());
+        args.reference.accounts = Some(dir.path().join("day.accounts.csv"));
         let (summary, inputs) = replay_described(&args).unwrap_or_else(|e| panic!("{format}: {e:?}"));
         assert_eq!(read_alerts(&out.join("alerts.jsonl")), want, "{format}");
         let said = inputs.filter.expect("the summary describes the filter");

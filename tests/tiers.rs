@@ -82,8 +82,8 @@ fn run(dir: &Path, tape: &Path, name: &str, rules: &str, shards: usize) -> Vec<V
     let out = dir.join(name);
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("rules.toml"), rules).unwrap();
-    let args =
-        tapewatch::cmd::replay::ReplayArgs { rules: Some(out.join("rules.toml")), ..replay_args(tape, &out, shards) };
+    let mut args = replay_args(tape, &out, shards);
+    args.reference.rules = Some(out.join("rules.toml"));
     run_replay(&args);
     read_alerts(&out.join("alerts.jsonl"))
 }

@@ -47,7 +47,7 @@ fn window_day_finds_every_planted_actor_and_spares_the_makers() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let mut args = replay_args(&tape, &out, 1);
-    args.rules = Some(root.join(scenario.rules.as_deref().expect("the scenario names its rules file")));
+    args.reference.rules = Some(root.join(scenario.rules.as_deref().expect("the scenario names its rules file")));
     run_replay(&args);
     let alerts = read_alerts(&out.join("alerts.jsonl"));
     let mut found: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();

@@ -2,7 +2,7 @@
 //! day's layers (records with their fates, orders, metrics, alerts) as
 //! Parquet files into a new directory (`crate::export`).
 
-use super::CmdError;
+use super::{CmdError, PipelineArgs, ReferenceArgs};
 use crate::export::{ExportOptions, export};
 use std::path::PathBuf;
 
@@ -14,27 +14,10 @@ pub struct ExportArgs {
     /// metrics.parquet, alerts.parquet and summary.json. Never overwritten.
     #[arg(long)]
     pub out: PathBuf,
-    /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
-    #[arg(long)]
-    pub accounts: Option<PathBuf>,
-    /// instruments.csv. Default: `<tape stem>.instruments.csv` beside the tape, if present.
-    #[arg(long)]
-    pub instruments: Option<PathBuf>,
-    /// Rule thresholds (TOML), as for replay.
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
-    /// As for replay: how far behind the newest record an event may arrive and still count.
-    #[arg(long, default_value_t = 50)]
-    pub lateness_ms: u64,
-    /// As for replay: the bound on a record's event time ahead of the feed (0: none).
-    #[arg(long, default_value_t = 10_000)]
-    pub max_future_ms: u64,
-    /// Shard threads for the replay (default as for replay).
-    #[arg(long)]
-    pub shards: Option<usize>,
-    /// Core pinning for the replay: `auto`, `none` or a list.
-    #[arg(long, default_value = "auto")]
-    pub cores: String,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
     /// Print only the summary (no progress line).
     #[arg(long)]
     pub quiet: bool,
@@ -49,13 +32,13 @@ pub fn run(args: ExportArgs) -> Result<(), CmdError> {
     let opts = ExportOptions {
         tape: args.tape,
         out: args.out,
-        accounts: args.accounts,
-        instruments: args.instruments,
-        rules: args.rules,
-        lateness_ms: args.lateness_ms,
-        max_future_ms: args.max_future_ms,
-        shards: args.shards,
-        cores: args.cores,
+        accounts: args.reference.accounts,
+        instruments: args.reference.instruments,
+        rules: args.reference.rules,
+        lateness_ms: args.pipeline.lateness_ms,
+        max_future_ms: args.pipeline.max_future_ms,
+        shards: args.pipeline.shards,
+        cores: args.pipeline.cores,
         quiet: args.quiet,
         import_rejects: args.import_rejects,
     };

@@ -51,15 +51,8 @@ pub struct InvestigateArgs {
     /// The report (HTML), written whole or not at all.
     #[arg(long)]
     pub out: PathBuf,
-    /// accounts.csv. Default: `<tape stem>.accounts.csv` beside the tape, if present.
-    #[arg(long)]
-    pub accounts: Option<PathBuf>,
-    /// instruments.csv. Default: `<tape stem>.instruments.csv` beside the tape, if present.
-    #[arg(long)]
-    pub instruments: Option<PathBuf>,
-    /// The rules file the thresholds are shown from (default: the built-in defaults).
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
+    #[command(flatten)]
+    pub reference: super::ReferenceArgs,
     /// As for replay: records more than this behind the newest are late and not applied.
     #[arg(long, default_value_t = 50)]
     pub lateness_ms: u64,
@@ -115,12 +108,14 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     if args.lateness_ms > 3_600_000 {
         problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
     }
-    let groups = super::slice::load_groups(args.accounts.as_deref(), &args.tape, &mut problems).unwrap_or_default();
-    let instruments = super::book::load_instruments(args.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
-        problems.push(e);
-        Default::default()
-    });
-    let rules = match &args.rules {
+    let groups =
+        super::slice::load_groups(args.reference.accounts.as_deref(), &args.tape, &mut problems).unwrap_or_default();
+    let instruments =
+        super::book::load_instruments(args.reference.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
+            problems.push(e);
+            Default::default()
+        });
+    let rules = match &args.reference.rules {
         Some(path) => Rules::load(path).unwrap_or_else(|e| {
             problems.push(e);
             Rules::default()

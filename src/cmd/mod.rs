@@ -58,6 +58,45 @@ pub enum Command {
     Feed(feed::FeedArgs),
 }
 
+/// The reference data and the rules a command reads a tape with: one
+/// declaration for `replay`, `export` and `investigate` (`serve` takes them
+/// as overrides of its config file), so their flags cannot drift apart.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct ReferenceArgs {
+    /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
+    #[arg(long)]
+    pub accounts: Option<PathBuf>,
+    /// instruments.csv (prev_close, price limits, tick; FEED.md). Default:
+    /// `<tape stem>.instruments.csv` beside the tape, if present.
+    #[arg(long)]
+    pub instruments: Option<PathBuf>,
+    /// Rule thresholds (TOML); defaults apply to anything not set.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+}
+
+/// How the pipeline runs a tape: one declaration for `replay` and `export`
+/// (which replays the tape with them).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct PipelineArgs {
+    /// Shard threads (partitioned by instrument). Default: cores - 1 for a native tape, cores - 2
+    /// for CSV (its decoder thread needs a core too), at least 1.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Core pinning: `auto` (pin when every busy thread gets a core of its own: the source, every
+    /// shard, and for CSV the decoder), `none`, or a list `0,2,3` (source first, then one per shard).
+    #[arg(long, default_value = "auto")]
+    pub cores: String,
+    /// How far behind the newest record an event may arrive and still count.
+    #[arg(long, default_value_t = 50)]
+    pub lateness_ms: u64,
+    /// A record this far ahead of the feed's newest event time is held, and rejected if the
+    /// records after it are not ahead too (one bad timestamp must not make the rest late).
+    /// 0: no bound.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_future_ms: u64,
+}
+
 #[derive(Debug)]
 pub enum CmdError {
     /// Bad flags, files or config: the operator must fix something (exit 2).
@@ -272,5 +311,54 @@ impl ProgressLine {
         if self.enabled && self.terminal {
             let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(79));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &[&str]) -> Command {
+        Cli::try_parse_from(["tapewatch"].iter().chain(line)).unwrap_or_else(|e| panic!("{line:?}: {e}")).command
+    }
+
+    /// The shared flags mean the same in every command that takes them,
+    /// with the same defaults.
+    #[test]
+    fn shared_flags_parse_alike_in_every_command() {
+        let reference = ["--accounts", "a.csv", "--instruments", "i.csv", "--rules", "r.toml"];
+        let pipeline = ["--shards", "3", "--cores", "none", "--lateness-ms", "7", "--max-future-ms", "9"];
+        let given = ReferenceArgs {
+            accounts: Some("a.csv".into()),
+            instruments: Some("i.csv".into()),
+            rules: Some("r.toml".into()),
+        };
+        let set = PipelineArgs { shards: Some(3), cores: "none".into(), lateness_ms: 7, max_future_ms: 9 };
+        let defaults = PipelineArgs { shards: None, cores: "auto".into(), lateness_ms: 50, max_future_ms: 10_000 };
+        let with = |head: &[&'static str], tail: &[&[&'static str]]| -> Vec<&'static str> {
+            head.iter().chain(tail.iter().flat_map(|t| t.iter())).copied().collect()
+        };
+
+        let replay = ["replay", "t.csv"];
+        let Command::Replay(args) = parse(&with(&replay, &[&reference, &pipeline])) else { panic!("replay") };
+        assert_eq!((args.reference, args.pipeline), (given.clone(), set.clone()));
+        let Command::Replay(args) = parse(&replay) else { panic!("replay") };
+        assert_eq!((args.reference, args.pipeline), (ReferenceArgs::default(), defaults.clone()));
+
+        let export = ["export", "t.csv", "--out", "o"];
+        let Command::Export(args) = parse(&with(&export, &[&reference, &pipeline])) else { panic!("export") };
+        assert_eq!((args.reference, args.pipeline), (given.clone(), set));
+        let Command::Export(args) = parse(&export) else { panic!("export") };
+        assert_eq!((args.reference, args.pipeline), (ReferenceArgs::default(), defaults));
+
+        let investigate = ["investigate", "t.tape", "--out", "r.html", "--lateness-ms", "7"];
+        let Command::Investigate(args) = parse(&with(&investigate, &[&reference])) else { panic!("investigate") };
+        assert_eq!((args.reference, args.lateness_ms), (given.clone(), 7));
+
+        let serve = ["serve", "--config", "c.toml"];
+        let Command::Serve(args) = parse(&with(&serve, &[&reference])) else { panic!("serve") };
+        assert_eq!(args.reference, given);
+        let Command::Serve(args) = parse(&serve) else { panic!("serve") };
+        assert_eq!(args.reference, ReferenceArgs::default());
     }
 }

@@ -1,7 +1,7 @@
 //! `tapewatch replay`: a tape (CSV or native) through the full pipeline,
 //! alerts to JSON Lines, a summary at the end.
 
-use super::{CmdError, ProgressLine, beside, is_native_tape};
+use super::{CmdError, PipelineArgs, ProgressLine, ReferenceArgs, beside, is_native_tape};
 use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
@@ -26,16 +26,8 @@ pub struct ReplayArgs {
     /// The tape: a FEED.md CSV file or a native tape from `tapewatch import`; `-`: a CSV tape on stdin.
     #[arg(default_value = "feeds/sample.csv")]
     pub tape: PathBuf,
-    /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
-    #[arg(long)]
-    pub accounts: Option<PathBuf>,
-    /// instruments.csv (prev_close, price limits, tick; FEED.md). Default:
-    /// `<tape stem>.instruments.csv` beside the tape, if present.
-    #[arg(long)]
-    pub instruments: Option<PathBuf>,
-    /// Rule thresholds (TOML); defaults apply to anything not set.
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
+    #[command(flatten)]
+    pub reference: ReferenceArgs,
     /// Alerts output, JSON Lines; `-`: stdout (the summary then goes to stderr).
     #[arg(long, default_value = "alerts.jsonl")]
     pub alerts: PathBuf,
@@ -54,22 +46,8 @@ pub struct ReplayArgs {
     /// (`alerts.rejects.tsv` when the alerts go to stdout).
     #[arg(long)]
     pub rejects: Option<PathBuf>,
-    /// Shard threads (partitioned by instrument). Default: cores - 1 for a native tape, cores - 2
-    /// for CSV (its decoder thread needs a core too), at least 1.
-    #[arg(long)]
-    pub shards: Option<usize>,
-    /// Core pinning: `auto` (pin when every busy thread gets a core of its own: the source, every
-    /// shard, and for CSV the decoder), `none`, or a list `0,2,3` (source first, then one per shard).
-    #[arg(long, default_value = "auto")]
-    pub cores: String,
-    /// How far behind the newest record an event may arrive and still count.
-    #[arg(long, default_value_t = 50)]
-    pub lateness_ms: u64,
-    /// A record this far ahead of the feed's newest event time is held, and rejected if the
-    /// records after it are not ahead too (one bad timestamp must not make the rest late).
-    /// 0: no bound.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_future_ms: u64,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
     /// Fail (exit 1, after writing every output) when more than this percentage of the records
     /// read were rejected or late. The summary warns above 1% whatever this is.
     #[arg(long)]
@@ -317,6 +295,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         }
     };
     let accounts_path = args
+        .reference
         .accounts
         .clone()
         .or_else(|| Some(beside(&args.tape, ".accounts.csv")).filter(|p| !is_stdio(&args.tape) && p.exists()));
@@ -327,18 +306,19 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         }),
         None => Groups::default(),
     };
-    let instruments = super::book::load_instruments(args.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
-        problems.push(e);
-        Instruments::default()
-    });
-    let rules = match &args.rules {
+    let instruments =
+        super::book::load_instruments(args.reference.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
+            problems.push(e);
+            Instruments::default()
+        });
+    let rules = match &args.reference.rules {
         Some(path) => Rules::load(path).unwrap_or_else(|e| {
             problems.push(e);
             Rules::default()
         }),
         None => Rules::default(),
     };
-    if let Some(path) = &args.rules {
+    if let Some(path) = &args.reference.rules {
         problems.extend(rules.check_tiers(&instruments).into_iter().map(|p| format!("{}: {p}", path.display())));
     }
     // Beside the alerts unless they go to stdout, which has no directory.
@@ -352,12 +332,15 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         plan.input("accounts file", path);
     }
     // Resolved as `book::load_instruments` resolves it.
-    let instruments_path =
-        args.instruments.clone().or_else(|| Some(beside(&args.tape, ".instruments.csv")).filter(|p| p.exists()));
+    let instruments_path = args
+        .reference
+        .instruments
+        .clone()
+        .or_else(|| Some(beside(&args.tape, ".instruments.csv")).filter(|p| p.exists()));
     if let Some(path) = &instruments_path {
         plan.input("instruments file", path);
     }
-    if let Some(path) = &args.rules {
+    if let Some(path) = &args.reference.rules {
         plan.input("rules file", path);
     }
     // Both formats write rejects (a native tape's are re-checked records).
@@ -405,22 +388,22 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     // and unpinned at 5.6-6.0 M/s: the decoder could not leave the
     // source's core).
     let helpers = usize::from(!native);
-    let shards = args.shards.unwrap_or(available.saturating_sub(1 + helpers).max(1));
+    let shards = args.pipeline.shards.unwrap_or(available.saturating_sub(1 + helpers).max(1));
     if !(1..=256).contains(&shards) {
         problems.push(format!("--shards {shards}: must be between 1 and 256"));
     }
-    let cores = match pin_plan(&args.cores, shards, helpers, available) {
+    let cores = match pin_plan(&args.pipeline.cores, shards, helpers, available) {
         Ok(cores) => cores,
         Err(e) => {
             problems.push(e);
             Vec::new()
         }
     };
-    if args.lateness_ms > 3_600_000 {
-        problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
+    if args.pipeline.lateness_ms > 3_600_000 {
+        problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.pipeline.lateness_ms));
     }
-    if args.max_future_ms > 86_400_000 {
-        problems.push(format!("--max-future-ms {}: at most one day (86400000)", args.max_future_ms));
+    if args.pipeline.max_future_ms > 86_400_000 {
+        problems.push(format!("--max-future-ms {}: at most one day (86400000)", args.pipeline.max_future_ms));
     }
     if let Some(pct) = args.max_bad_pct
         && !(0.0..=100.0).contains(&pct)
@@ -466,9 +449,9 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         native,
         accounts: accounts_path.clone(),
         instruments: instruments_path,
-        rules: args.rules.clone(),
+        rules: args.reference.rules.clone(),
         rules_hash: xxhash_rust::xxh3::xxh3_64(format!("{rules:?}").as_bytes()),
-        lateness_ms: args.lateness_ms,
+        lateness_ms: args.pipeline.lateness_ms,
         alerts: args.alerts.clone(),
         late: late_path.clone(),
         rejects: Some(rejects_path.clone()),
@@ -485,7 +468,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     if let Some(slice) = std::env::var("TAPEWATCH_SNAPSHOT_SLICE").ok().and_then(|v| v.parse().ok()) {
         cfg.snapshot_slice = slice;
     }
-    cfg.lateness_ns = args.lateness_ms as i64 * MS;
+    cfg.lateness_ns = args.pipeline.lateness_ms as i64 * MS;
     cfg.instruments = Arc::new(instruments);
     cfg.keep_book = args.keep_book;
     let selection = if filtered {
@@ -497,7 +480,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         None
     };
     let limits = Limits {
-        time: TimeRules { max_future_ns: args.max_future_ms as i64 * MS, ..TimeRules::default() },
+        time: TimeRules { max_future_ns: args.pipeline.max_future_ms as i64 * MS, ..TimeRules::default() },
         ..Limits::default()
     };
     let groups = Arc::new(groups);

@@ -8,6 +8,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
+// The shared flags' help names the defaults beside a tape; the daemon's
+// come from its config file.
+#[command(
+    mut_arg("accounts", |a| a.help("accounts.csv (account,group); overrides the config file's `accounts`")),
+    mut_arg("instruments", |a| a.help("instruments.csv; overrides the config file's `instruments`")),
+    mut_arg("rules", |a| a.help("Rule thresholds (TOML); overrides the config file's `rules`")),
+)]
 pub struct ServeArgs {
     /// The daemon's configuration (TOML; ops/tapewatch.toml is a commented example).
     #[arg(long)]
@@ -27,12 +34,8 @@ pub struct ServeArgs {
     /// The alerts file (JSON Lines); the late and rejects files go beside it.
     #[arg(long)]
     pub alerts: Option<PathBuf>,
-    #[arg(long)]
-    pub accounts: Option<PathBuf>,
-    #[arg(long)]
-    pub instruments: Option<PathBuf>,
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
+    #[command(flatten)]
+    pub reference: super::ReferenceArgs,
     #[arg(long)]
     pub shards: Option<usize>,
     /// Core pinning: `auto`, `none`, or a list (source first, then one per shard).
@@ -44,24 +47,30 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<(), CmdError> {
-    let overrides = Overrides {
-        feed_listen: args.feed_listen.clone(),
-        http_listen: args.http.clone(),
-        state: args.state.clone(),
-        alerts: args.alerts.clone(),
-        accounts: args.accounts.clone(),
-        instruments: args.instruments.clone(),
-        rules: args.rules.clone(),
-        shards: args.shards,
-        cores: args.cores.clone(),
-        log_format: args.log_format.clone(),
-    };
-    let cfg = config::load(&args.config, &overrides).map_err(|problems| CmdError::Usage(problems.join("\n")))?;
+    let cfg = load(&args)?;
     if args.check {
         return super::print(&describe(&args, &cfg));
     }
     init_logging(cfg.log_format);
     crate::serve::run(cfg)
+}
+
+/// The config file with the flags given on top: a flag not given leaves
+/// the file's setting (or its default) alone.
+fn load(args: &ServeArgs) -> Result<ServeConfig, CmdError> {
+    let overrides = Overrides {
+        feed_listen: args.feed_listen.clone(),
+        http_listen: args.http.clone(),
+        state: args.state.clone(),
+        alerts: args.alerts.clone(),
+        accounts: args.reference.accounts.clone(),
+        instruments: args.reference.instruments.clone(),
+        rules: args.reference.rules.clone(),
+        shards: args.shards,
+        cores: args.cores.clone(),
+        log_format: args.log_format.clone(),
+    };
+    config::load(&args.config, &overrides).map_err(|problems| CmdError::Usage(problems.join("\n")))
 }
 
 fn describe(args: &ServeArgs, cfg: &ServeConfig) -> String {
@@ -97,4 +106,53 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::{Cli, Command};
+    use clap::Parser;
+
+    fn serve_args(line: &[&str]) -> ServeArgs {
+        match Cli::try_parse_from(["tapewatch", "serve"].iter().chain(line)).expect("parses").command {
+            Command::Serve(args) => *args,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    /// The shared flags (`--rules`, `--accounts`, `--instruments`) and
+    /// serve's own (`--shards`, `--cores`) override the file when given and
+    /// leave it alone when not: none of them may carry a default.
+    #[test]
+    fn flags_override_the_config_file_only_when_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("file-rules.toml"), "").unwrap();
+        std::fs::write(path("flag-rules.toml"), "").unwrap();
+        std::fs::write(path("file.accounts.csv"), "account,group\nA1,G1\n").unwrap();
+        std::fs::write(path("flag.accounts.csv"), "account,group\nA1,G2\n").unwrap();
+        std::fs::write(
+            path("tapewatch.toml"),
+            "state = \"state\"\nalerts = \"alerts.jsonl\"\nrules = \"file-rules.toml\"\n\
+             accounts = \"file.accounts.csv\"\nshards = 2\ncores = \"none\"\n",
+        )
+        .unwrap();
+        let config = path("tapewatch.toml").display().to_string();
+
+        let file = load(&serve_args(&["--config", &config])).expect("valid");
+        assert_eq!(file.rules_path, Some(path("file-rules.toml")));
+        assert_eq!(file.accounts, Some(path("file.accounts.csv")));
+        assert_eq!(file.instruments_path, None);
+        assert_eq!((file.shards, file.cores.clone()), (2, Vec::new()));
+
+        let rules = path("flag-rules.toml").display().to_string();
+        let accounts = path("flag.accounts.csv").display().to_string();
+        let line =
+            ["--config", &config, "--rules", &rules, "--accounts", &accounts, "--shards", "3", "--cores", "0,0,0,0"];
+        let flags = load(&serve_args(&line)).expect("valid");
+        assert_eq!(flags.rules_path, Some(path("flag-rules.toml")));
+        assert_eq!(flags.accounts, Some(path("flag.accounts.csv")));
+        assert_eq!((flags.shards, flags.cores), (3, vec![0, 0, 0, 0]));
+    }
 }

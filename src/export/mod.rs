@@ -334,15 +334,19 @@ pub fn export(opts: &ExportOptions) -> Result<Exported, CmdError> {
     let target = Target::prepare(&opts.out, &opts.tape)?;
     let replay_dir = target.replay_dir()?;
     let args = ReplayArgs {
-        accounts: opts.accounts.clone(),
-        instruments: opts.instruments.clone(),
-        rules: opts.rules.clone(),
+        reference: crate::cmd::ReferenceArgs {
+            accounts: opts.accounts.clone(),
+            instruments: opts.instruments.clone(),
+            rules: opts.rules.clone(),
+        },
         late: Some(replay_dir.join("late.csv")),
         rejects: Some(replay_dir.join("rejects.tsv")),
-        shards: opts.shards,
-        cores: opts.cores.clone(),
-        lateness_ms: opts.lateness_ms,
-        max_future_ms: opts.max_future_ms,
+        pipeline: crate::cmd::PipelineArgs {
+            shards: opts.shards,
+            cores: opts.cores.clone(),
+            lateness_ms: opts.lateness_ms,
+            max_future_ms: opts.max_future_ms,
+        },
         quiet: opts.quiet,
         ..ReplayArgs::for_tape(&opts.tape, &replay_dir.join("alerts.jsonl"))
     };

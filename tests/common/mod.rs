@@ -12,12 +12,10 @@ use tapewatch::cmd::replay::{ReplayArgs, replay};
 use tapewatch::metrics::Summary;
 
 pub fn replay_args(tape: &Path, out_dir: &Path, shards: usize) -> ReplayArgs {
-    ReplayArgs {
-        shards: Some(shards),
-        cores: "none".to_string(),
-        quiet: true,
-        ..ReplayArgs::for_tape(tape, &out_dir.join("alerts.jsonl"))
-    }
+    let mut args = ReplayArgs { quiet: true, ..ReplayArgs::for_tape(tape, &out_dir.join("alerts.jsonl")) };
+    args.pipeline.shards = Some(shards);
+    args.pipeline.cores = "none".to_string();
+    args
 }
 
 pub fn run_replay(args: &ReplayArgs) -> Summary {

@@ -295,13 +295,11 @@ mod tests {
     }
 
     fn args(dir: &Path, tape: &Path, rules: &Path, shards: usize, out: &str) -> ReplayArgs {
-        ReplayArgs {
-            rules: Some(rules.to_path_buf()),
-            shards: Some(shards),
-            cores: "none".to_string(),
-            quiet: true,
-            ..ReplayArgs::for_tape(tape, &dir.join(out))
-        }
+        let mut args = ReplayArgs { quiet: true, ..ReplayArgs::for_tape(tape, &dir.join(out)) };
+        args.reference.rules = Some(rules.to_path_buf());
+        args.pipeline.shards = Some(shards);
+        args.pipeline.cores = "none".to_string();
+        args
     }
 
     /// Alerts without `timing`, sorted.
@@ -362,14 +360,14 @@ mod tests {
         let summary = replay(&with_state).unwrap();
         assert!(summary.checkpoints.as_ref().is_some_and(|c| c.taken >= 5));
         assert_eq!(alerts(&dir.path().join("ckpt.jsonl")), expected, "with checkpoints");
-        with_state.shards = Some(3);
+        with_state.pipeline.shards = Some(3);
         let resumed = replay(&with_state).unwrap();
         assert!(resumed.checkpoints.as_ref().is_some_and(|c| c.resumed_from.is_some()), "it resumed");
         assert_eq!(alerts(&dir.path().join("ckpt.jsonl")), expected, "resumed under 3 shards");
 
         // A checkpoint taken with the probe on is refused with it off.
         let mut off = with_state;
-        off.rules = Some(without);
+        off.reference.rules = Some(without);
         assert!(replay(&off).is_err(), "the identity includes the enabled rules");
     }
 }
