@@ -161,6 +161,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 hub: hub.clone(),
                 hub_control: hub_control.take(),
                 token: token.clone(),
+                sse_max: Duration::from_secs(cfg.sse_max_secs),
                 clock,
                 shared: net_shared,
                 control: net_control,
@@ -514,6 +515,8 @@ struct Net {
     hub: Arc<crate::http::Hub>,
     hub_control: Option<tokio::sync::mpsc::UnboundedReceiver<crate::http::Control>>,
     token: Option<String>,
+    /// How long one SSE stream lasts (`sse_max_secs`).
+    sse_max: Duration,
     clock: Clock,
     shared: Arc<edge::EdgeShared>,
     control: Arc<LiveControl>,
@@ -587,6 +590,7 @@ fn net_thread(net: Net) {
         hub,
         hub_control,
         token,
+        sse_max,
         clock,
         shared,
         control,
@@ -620,7 +624,8 @@ fn net_thread(net: Net) {
         let edge = tokio::spawn(edge::run(listener, clock, shared, options, stop_rx.clone()));
         match tokio::net::TcpListener::from_std(http_listener) {
             Ok(http_listener) => {
-                let opts = crate::http::HttpOptions { token, ..crate::http::HttpOptions::default() };
+                let opts =
+                    crate::http::HttpOptions { token, max_stream: sse_max, ..crate::http::HttpOptions::default() };
                 let (hub, stop_rx) = (hub.clone(), stop_rx.clone());
                 tokio::spawn(async move {
                     if let Err(e) = crate::http::serve_http(http_listener, hub, opts, stop_rx).await {
