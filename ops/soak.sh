@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Memory soak: the daemon fed at a steady rate for a while, its RSS sampled.
 #   ops/soak.sh [MINUTES=30] [RATE=50000]
+#   TAPE=day.csv ops/soak.sh ...   (a tape made before, its
+#                                   day.accounts.csv beside it: no gen)
 # Writes rss.csv (seconds, rss_kib, records_in) in the current directory and
 # prints the 5-minute means. The tape is generated to last the whole soak
 # (MINUTES * 60 * RATE records; 30 min at 50k/s is 90M records, about
@@ -19,7 +21,12 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/tapewatch}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tw-soak.XXXXXX")
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 RECORDS=$((MINUTES * 60 * RATE))
-"$BIN" gen --events "$RECORDS" --seed 2 --out "$WORK/day.csv" --quiet >/dev/null
+if [ -n "${TAPE:-}" ]; then
+  ln -s "$(realpath "$TAPE")" "$WORK/day.csv"
+  cp "${TAPE%.csv}.accounts.csv" "$WORK/day.accounts.csv"
+else
+  "$BIN" gen --events "$RECORDS" --seed 2 --out "$WORK/day.csv" --quiet >/dev/null
+fi
 cat > "$WORK/tw.toml" <<CONF
 feed_listen = "127.0.0.1:0"
 http_listen = "127.0.0.1:0"
