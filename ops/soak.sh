@@ -39,7 +39,9 @@ PID=$!
 until grep -q ' ready ' "$WORK/serve.log"; do sleep 0.05; done
 FEED=$(grep ' ready ' "$WORK/serve.log" | sed 's/.*feed=\([^ ]*\).*/\1/')
 HTTP=$(grep ' ready ' "$WORK/serve.log" | sed 's/.*http=\([^ ]*\).*/\1/')
-curl -sN "http://$HTTP/alerts/stream" >/dev/null 2>&1 &
+# The daemon ends a stream after sse_max_secs (600 s): reconnect, as
+# EventSource does.
+(while kill -0 $PID 2>/dev/null; do curl -sN "http://$HTTP/alerts/stream" >/dev/null 2>&1; sleep 1; done) &
 "$BIN" feed "$WORK/day.csv" --to "$FEED" --rate "$RATE" --quiet &
 FEEDER=$!
 echo "seconds,rss_kib,records_in" > rss.csv
