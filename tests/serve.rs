@@ -525,6 +525,23 @@ fn a_removed_block_is_one_feed_gap_alert_and_a_resend_is_counted_not_reapplied()
         assert!(started.elapsed() < Duration::from_secs(60), "no repeat alert:\n{}", daemon.log());
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Counted on /metrics: as repeats, and as rejects by reason and by kind.
+    let started = Instant::now();
+    let metrics = loop {
+        let metrics = daemon.get("/metrics");
+        if metric_sum(&metrics, "tapewatch_feed_repeats_total") == 50.0 {
+            break metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metrics.contains("tapewatch_records_rejected_total{reason=\"repeated-seq\"} 50"), "{metrics}");
+    // (Records after the removed block that name its orders are rejects too.)
+    let by_kind = metric_sum(&metrics, "tapewatch_records_rejected_by_kind_total");
+    assert!(by_kind >= 50.0 && by_kind == metric_sum(&metrics, "tapewatch_records_rejected_total"), "{metrics}");
+    if let Some(result) = common::browser::promtool_check(&metrics) {
+        result.expect("promtool check metrics");
+    }
     daemon.stop();
     let daemon = Daemon::start(&config);
     feed(&daemon, &tape, &["--end-of-day"]);
@@ -909,5 +926,88 @@ fn a_reload_keeps_the_state_of_unchanged_rules_and_the_feed_connection() {
     let metrics = daemon.get("/metrics");
     assert!(metrics.contains(&format!("tapewatch_rules_info{{params=\"{params_b}\"}} 1")), "{metrics}");
     assert!(log.contains(&format!("params={params_b}")), "{log}");
+    // The latency histogram counts from the daemon's start: the alerts of
+    // the run before the reload as well as after (it restarted with each
+    // pipeline run).
+    let started = Instant::now();
+    loop {
+        let metrics = daemon.get("/metrics");
+        let count = metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_count");
+        if count as usize == got.len() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{count} in the histogram, {} alerts", got.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.stop();
+}
+
+/// Connects as a raw CSV sender: the greeting's NEXT_SEQ, and the stream.
+fn raw_sender(daemon: &Daemon) -> (u64, TcpStream) {
+    let stream = TcpStream::connect(&daemon.feed).unwrap();
+    let mut greeting = String::new();
+    BufReader::new(stream.try_clone().unwrap()).read_line(&mut greeting).unwrap();
+    let next = greeting
+        .split_whitespace()
+        .skip_while(|w| *w != "NEXT_SEQ")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no NEXT_SEQ in `{greeting}`"));
+    (next, stream)
+}
+
+/// Issue 11: a rejected record must never move the seq the daemon asks a
+/// sender for (it raised NEXT_SEQ, so a sender resuming from it skipped
+/// records).
+#[test]
+fn a_rejected_wild_seq_never_moves_the_seq_a_reconnecting_sender_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 20_000, 17, "");
+    let reference = replay(dir, &tape);
+    let text = std::fs::read_to_string(&tape).unwrap();
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    let daemon = Daemon::start(&config);
+
+    // Records 1..=300, a record whose seq is wild (a mistyped copy of
+    // record 301), then 301..=400: the next record goes on from 300, so
+    // the wild one alone is rejected; then the sender disconnects.
+    let (next, mut stream) = raw_sender(&daemon);
+    assert_eq!(next, 0, "a new day asks for everything");
+    let wild = lines[300].replacen("301,", "9000000,", 1);
+    assert_ne!(wild, lines[300]);
+    let mut sent = format!("{}\n", tapewatch::ingest::csv::HEADER);
+    for line in lines[..300].iter().chain([&wild.as_str()]).chain(&lines[300..400]) {
+        sent.push_str(line);
+        sent.push('\n');
+    }
+    stream.write_all(sent.as_bytes()).unwrap();
+    drop(stream);
+    daemon.wait_log("feed disconnected");
+
+    // Reconnecting at once: asked for 401, not 9000001.
+    let (next, stream) = raw_sender(&daemon);
+    assert_eq!(next, 401, "the greeting after a rejected wild seq:\n{}", daemon.log());
+    drop(stream);
+    // And after a restart, from the final checkpoint's position.
+    daemon.stop();
+    let daemon = Daemon::start(&config);
+    let (next, stream) = raw_sender(&daemon);
+    assert_eq!(next, 401, "the greeting after a restart:\n{}", daemon.log());
+    drop(stream);
+    // The sender resumes from the greeting to the day's end: nothing was
+    // skipped, no gap is reported, and the day is the replay's.
+    feed(&daemon, &tape, &["--end-of-day"]);
+    daemon.wait_log("day closed");
+    let (day_file, late_file) = closed_day(dir);
+    let (findings, got): (Vec<Value>, Vec<Value>) =
+        alerts(&day_file).into_iter().partition(|a| a["rule"] == "feed-gap");
+    assert!(findings.is_empty(), "no gap and no repeat: {findings:?}");
+    let want = alerts(&reference.join("alerts.jsonl"));
+    assert!(want.len() > 10, "too few alerts to compare: {}", want.len());
+    assert!(got == want, "the daemon's alerts differ from the replay's ({} vs {})", got.len(), want.len());
+    let rejects_file = late_file.to_string_lossy().replace(".late.", ".rejects.").replace(".csv", ".tsv");
+    let rejects = std::fs::read_to_string(&rejects_file).unwrap_or_else(|e| panic!("{rejects_file}: {e}"));
+    assert!(rejects.contains("9000000"), "the wild record is kept aside: {rejects}");
     daemon.stop();
 }

@@ -37,6 +37,11 @@ fn key(prefix: u8, id: u64) -> [u8; 9] {
     k
 }
 
+/// The checkpoint database's memtable, and how many may exist at once (the
+/// active one and those being flushed): its memory bound.
+const MEMTABLE_BYTES: usize = 4 << 20;
+const MEMTABLES: i32 = 2;
+
 pub const MANIFEST: u8 = b'm';
 pub const SOURCE: u8 = b's';
 pub const ACCOUNT: u8 = b'a';
@@ -59,6 +64,15 @@ impl Store {
         opts.create_if_missing(true);
         opts.set_keep_log_file_num(2);
         opts.set_max_total_wal_size(64 << 20);
+        // Memory: the database holds a few checkpoints' source snapshots
+        // (the newest `checkpoint_keep`), but every checkpoint writes one
+        // (open orders included: hundreds of KB a second on a busy day),
+        // and RocksDB's default memtable (64 MiB, two of them while one is
+        // flushed) keeps them all until it fills: a daemon's RSS climbed and
+        // sawed by tens of MiB. A small memtable bounds that at
+        // `MEMTABLE_BYTES * MEMTABLES`.
+        opts.set_write_buffer_size(MEMTABLE_BYTES);
+        opts.set_max_write_buffer_number(MEMTABLES);
         let db_path = dir.join("db");
         let db = DB::open(&opts, &db_path).map_err(|e| {
             let text = e.into_string();

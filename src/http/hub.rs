@@ -21,6 +21,8 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Record kinds, in the order of every by-kind array here.
 pub const KINDS: [&str; 3] = ["new", "cancel", "trade"];
+/// The kinds of rejected records: `KINDS`, and lines whose kind could not be read.
+pub const REJECTED_KINDS: [&str; 4] = ["new", "cancel", "trade", "unreadable"];
 /// Names kept per day in each of the by-group and by-instrument tallies.
 pub const TALLY_LIMIT: usize = 10_000;
 /// Rule names outside the registry (the daemon's own, such as `feed-gap`).
@@ -106,9 +108,12 @@ pub struct PipelineCounts {
     /// Records the shards applied, and late records set aside, by kind.
     pub applied: [u64; 3],
     pub late: [u64; 3],
-    /// Rejected records by reason (a short label such as `bad-field` or
-    /// `unknown-order`), each reason once.
+    /// Rejected records by reason (a short label such as `malformed` or
+    /// `lifecycle`), each reason once.
     pub rejected: Vec<(String, u64)>,
+    /// Rejected records by kind (`REJECTED_KINDS` order: `KINDS`, then
+    /// lines too broken to tell their kind).
+    pub rejected_by_kind: [u64; 4],
     /// Records lost inside the daemon (a full live ring with a drop policy).
     pub dropped: u64,
     pub rings: Vec<RingOccupancy>,
@@ -527,6 +532,14 @@ impl Hub {
         for (reason, v) in &counts.rejected {
             m.sample("tapewatch_records_rejected_total", &[("reason", reason)], *v as f64);
         }
+        m.family(
+            "tapewatch_records_rejected_by_kind_total",
+            "counter",
+            "Records rejected and written to the rejects file, by kind (unreadable: a line too broken to tell).",
+        );
+        for (kind, v) in REJECTED_KINDS.iter().zip(counts.rejected_by_kind) {
+            m.sample("tapewatch_records_rejected_by_kind_total", &[("kind", kind)], v as f64);
+        }
         m.family("tapewatch_records_dropped_total", "counter", "Records lost inside the daemon.");
         m.sample("tapewatch_records_dropped_total", &[], counts.dropped as f64);
         m.family("tapewatch_ring_used_slots", "gauge", "Slots in use, by ring.");
@@ -720,6 +733,7 @@ impl Hub {
                 "late": counts.late,
                 "rejected": counts.rejected_total(),
                 "rejected_by_reason": counts.rejected.iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
+                "rejected_by_kind": REJECTED_KINDS.iter().zip(counts.rejected_by_kind).map(|(k, n)| json!({"kind": k, "count": n})).collect::<Vec<_>>(),
                 "dropped": counts.dropped,
             },
             "rings": counts.rings.iter().map(|r| json!({"name": r.name, "used": r.used, "capacity": r.capacity})).collect::<Vec<_>>(),

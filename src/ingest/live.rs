@@ -18,6 +18,7 @@ use crate::ring::Idle;
 use crate::ring::spsc::{self, Consumer, Producer};
 use crate::symbols::Groups;
 use crate::symbols::{pack, valid_account, valid_instrument};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -141,10 +142,9 @@ pub struct LiveFeed {
     drained: bool,
     idle: Idle,
     scratch: Vec<u8>,
-    /// The seq after the newest record taken from the ring (accepted or
-    /// rejected; 0 before any): a live feed's position, which a checkpoint
-    /// saves and a resumed daemon asks its sender for.
-    next_seq: u64,
+    /// Where the feed tells the edge how far it has settled the ring.
+    position: Option<Arc<FeedPosition>>,
+    counts: RejectCounts,
     /// A heartbeat's exchange clock not yet handed to the router.
     clock: Option<i64>,
     /// Event time of the first record taken (`i64::MIN`: none yet): which
@@ -164,6 +164,80 @@ pub struct LiveFeed {
     line: Vec<u8>,
     /// Where the ring goes when the feed is dropped (`return_ring_to`).
     ring_back: Option<RingBack>,
+}
+
+/// How far the live feed has settled its ring, shared with the edge so
+/// that a reconnecting sender is greeted with the seq the pipeline needs
+/// (not the newest seq the edge saw: that may be a rejected wild seq).
+#[derive(Debug, Default)]
+pub struct FeedPosition {
+    /// Ring slots the feed has taken since the daemon started (the edge
+    /// counts the slots it published; equal: the ring is drained).
+    pub slots_taken: AtomicU64,
+    /// `LiveFeed::next_seq` as of `slots_taken`.
+    pub next_seq: AtomicU64,
+    /// A record is held for a look-ahead: `next_seq` may still move.
+    pub holding: AtomicBool,
+    /// Records rejected since the daemon started, by kind (`REJECT_KINDS`)
+    /// and by reason (`REJECT_REASONS`); added once per pump.
+    pub rejected_by_kind: [AtomicU64; 4],
+    pub rejected_by_reason: [AtomicU64; 7],
+    /// Distinct accounts the current day's feed has named.
+    pub accounts: AtomicU64,
+}
+
+/// The kinds of rejected records, as /metrics labels them: a line too
+/// broken to tell its kind is `unreadable`.
+pub const REJECT_KINDS: [&str; 4] = ["new", "cancel", "trade", "unreadable"];
+
+/// Reject reasons, grouped as /metrics labels them (the rejects file has
+/// each record's full reason).
+pub const REJECT_REASONS: [&str; 7] =
+    ["malformed", "repeated-seq", "seq-out-of-line", "outside-day", "time-ahead", "lifecycle", "table-full"];
+
+/// `REJECT_REASONS`' index of `repeated-seq`: `tapewatch_feed_repeats_total`.
+pub const REPEATED_SEQ: usize = 1;
+
+fn reason_index(reason: &RejectReason) -> usize {
+    match reason {
+        RejectReason::EmptyLine
+        | RejectReason::LineTooLong(_)
+        | RejectReason::ColumnCount(_)
+        | RejectReason::BadField(_)
+        | RejectReason::ContraOnOrder(_)
+        | RejectReason::MissingContra(_) => 0,
+        RejectReason::RepeatedSeq { .. } => REPEATED_SEQ,
+        RejectReason::SeqOutOfLine { .. } => 2,
+        RejectReason::OutsideDay { .. } => 3,
+        RejectReason::TimeAhead { .. } => 4,
+        RejectReason::DuplicateOrder(_)
+        | RejectReason::UnknownOrder(_)
+        | RejectReason::SelfMatch(_)
+        | RejectReason::Mismatch { .. }
+        | RejectReason::CancelQty { .. }
+        | RejectReason::Overfill { .. } => 5,
+        RejectReason::TableFull(_) => 6,
+    }
+}
+
+/// Rejected records counted by the feed and not yet added to its
+/// `FeedPosition` (once per pump).
+#[derive(Debug, Default)]
+struct RejectCounts {
+    by_kind: [u64; 4],
+    by_reason: [u64; 7],
+}
+
+impl FeedPosition {
+    /// Whether the feed has settled every record of the first `published`
+    /// slots (taken them and holds none back).
+    pub fn settled(&self, published: u64) -> bool {
+        self.slots_taken.load(Ordering::Acquire) >= published && !self.holding.load(Ordering::Relaxed)
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Acquire)
+    }
 }
 
 /// How long a record whose seq jumps waits for the next record before it
@@ -318,7 +392,8 @@ impl LiveFeed {
             drained: false,
             idle: Idle::default(),
             scratch: Vec::with_capacity(256),
-            next_seq: 0,
+            position: None,
+            counts: RejectCounts::default(),
             clock: None,
             first_ts_ns: i64::MIN,
             lookahead: Lookahead::new(HOLD_RELEASE_NS),
@@ -354,18 +429,45 @@ impl LiveFeed {
         names: (&[Vec<u8>], &[Vec<u8>]),
         rejects: RejectLog,
     ) -> Result<LiveFeed, DecodeError> {
-        let next_seq = r.u64()?;
+        // The position saved beside the validator (what older checkpoints
+        // saved there may count a rejected wild seq: the sequencer's is used).
+        let _saved_next_seq = r.u64()?;
         let first_ts_ns = r.i64()?;
         let validator = Validator::restore(limits, groups, r, names.0, names.1)?;
         let mut feed = LiveFeed::new(rx, validator, rejects);
-        feed.next_seq = next_seq;
         feed.first_ts_ns = first_ts_ns;
         Ok(feed)
     }
 
-    /// The seq the feed needs next (0: none seen yet).
+    /// The seq the feed needs next (0: none yet): the seq after the newest
+    /// record the sequencer took in line or as a real jump. A rejected
+    /// record (a wild seq the next record contradicted, a repeat) never
+    /// moves it, so a sender resuming from it skips nothing.
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.validator.seq.expected_seq().unwrap_or(0)
+    }
+
+    /// Shares the feed's position with the edge (the greeting's NEXT_SEQ),
+    /// published at the end of every pump.
+    pub fn share_position(&mut self, position: Arc<FeedPosition>) {
+        position.next_seq.store(self.next_seq(), Ordering::Release);
+        self.position = Some(position);
+    }
+
+    fn publish_position(&mut self, slots: u64) {
+        if let Some(p) = &self.position {
+            let counts = std::mem::take(&mut self.counts);
+            for (counter, n) in p.rejected_by_kind.iter().zip(counts.by_kind).filter(|(_, n)| *n > 0) {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+            for (counter, n) in p.rejected_by_reason.iter().zip(counts.by_reason).filter(|(_, n)| *n > 0) {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+            p.accounts.store(self.validator.accounts.table().len() as u64, Ordering::Relaxed);
+            p.next_seq.store(self.next_seq(), Ordering::Relaxed);
+            p.holding.store(self.lookahead.is_holding(), Ordering::Relaxed);
+            p.slots_taken.fetch_add(slots, Ordering::Release);
+        }
     }
 
     /// Event time of the first record taken (`i64::MIN`: none yet).
@@ -420,6 +522,7 @@ struct Settler<'a, E> {
     /// The malformed line being rejected (`WireRecord::malformed`).
     line: &'a mut Vec<u8>,
     repeats: &'a mut Option<RepeatRun>,
+    counts: &'a mut RejectCounts,
     emit: &'a mut E,
     accepted: u64,
     rejected: u64,
@@ -442,6 +545,16 @@ impl<E: FnMut(&Event, u64)> Settler<'_, E> {
     #[cold]
     fn rejected(&mut self, w: &WireRecord, reason: RejectReason) {
         self.rejected += 1;
+        self.counts.by_kind[if w.malformed {
+            3
+        } else {
+            match w.kind {
+                Kind::New => 0,
+                Kind::Cancel => 1,
+                Kind::Trade => 2,
+            }
+        }] += 1;
+        self.counts.by_reason[reason_index(&reason)] += 1;
         match (&reason, self.repeats.as_mut()) {
             (RejectReason::RepeatedSeq { seq, .. }, Some(run)) => {
                 run.first = run.first.min(*seq);
@@ -527,41 +640,36 @@ fn elapsed_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
 
-impl Feed for LiveFeed {
-    const LIVE: bool = true;
-
-    fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError> {
-        self.pump_live(&mut |event, _| emit(event))
-    }
-
-    fn pump_live(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<bool, FeedError> {
-        let mut slots = 0;
+impl LiveFeed {
+    /// Takes up to `PUMP_SLOTS` ring slots (`slots` counts them).
+    fn pump_ring(&mut self, emit: &mut impl FnMut(&Event, u64), slots: &mut usize) -> Result<bool, FeedError> {
         let LiveFeed {
             rx,
             validator,
             rejects,
             scratch,
-            next_seq,
             clock,
             first_ts_ns,
             lookahead,
             repeats,
+            counts,
             epoch,
             lines,
             line,
             ..
         } = self;
         let epoch = *epoch;
-        let mut settler = Settler { rejects, scratch, line, repeats, emit, accepted: 0, rejected: 0, error: None };
+        let mut settler =
+            Settler { rejects, scratch, line, repeats, counts, emit, accepted: 0, rejected: 0, error: None };
         let mut last_due_ns = 0;
-        while slots < PUMP_SLOTS {
+        while *slots < PUMP_SLOTS {
             // Read in place: one cursor publish per slot, no copy.
             let Some(batch) = rx.peek() else { break };
             // A heartbeat comes alone in its slot and ends the pump, so the
             // router moves event time on exactly between the records before
             // and after it.
             if let Some(beat) = batch.first().filter(|w| w.heartbeat) {
-                if slots > 0 {
+                if *slots > 0 {
                     break;
                 }
                 // The sender's clock moved on and no record came meanwhile:
@@ -572,7 +680,7 @@ impl Feed for LiveFeed {
                 settler.finish(validator, due_ns)?;
                 *clock = Some(beat.ts_ns);
                 rx.release();
-                slots += 1;
+                *slots += 1;
                 break;
             }
             for (index, w) in batch.iter().enumerate() {
@@ -596,7 +704,6 @@ impl Feed for LiveFeed {
                     settler.finish(validator, w.due_ns)?;
                     continue;
                 }
-                *next_seq = (*next_seq).max(w.seq.saturating_add(1));
                 if *first_ts_ns == i64::MIN {
                     *first_ts_ns = w.ts_ns;
                 }
@@ -607,9 +714,9 @@ impl Feed for LiveFeed {
                 settler.finish(validator, w.due_ns)?;
             }
             rx.release();
-            slots += 1;
+            *slots += 1;
         }
-        if slots > 0 {
+        if *slots > 0 {
             // A run of repeats is reported at the latest at the pump's end.
             settler.end_repeats(last_due_ns);
             self.idle.reset();
@@ -638,6 +745,21 @@ impl Feed for LiveFeed {
         self.idle.wait();
         Ok(true)
     }
+}
+
+impl Feed for LiveFeed {
+    const LIVE: bool = true;
+
+    fn pump(&mut self, emit: &mut impl FnMut(&Event)) -> Result<bool, FeedError> {
+        self.pump_live(&mut |event, _| emit(event))
+    }
+
+    fn pump_live(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<bool, FeedError> {
+        let mut slots = 0;
+        let pumped = self.pump_ring(emit, &mut slots);
+        self.publish_position(slots as u64);
+        pumped
+    }
 
     fn drained(&self) -> bool {
         self.drained
@@ -646,11 +768,14 @@ impl Feed for LiveFeed {
     /// Before a checkpoint: a held record is taken as what it looks like (a
     /// gap, a time jump), and an open run of repeats is reported.
     fn settle(&mut self, emit: &mut impl FnMut(&Event, u64)) -> Result<(), FeedError> {
-        let LiveFeed { validator, rejects, scratch, lookahead, repeats, line, .. } = self;
-        let mut settler = Settler { rejects, scratch, line, repeats, emit, accepted: 0, rejected: 0, error: None };
+        let LiveFeed { validator, rejects, scratch, lookahead, repeats, counts, line, .. } = self;
+        let mut settler =
+            Settler { rejects, scratch, line, repeats, counts, emit, accepted: 0, rejected: 0, error: None };
         lookahead.flush(validator, &mut |w, outcome| settler.settled(w, outcome));
         settler.end_repeats(0);
-        settler.finish(validator, 0)
+        let settled = settler.finish(validator, 0);
+        self.publish_position(0);
+        settled
     }
 
     fn take_clock(&mut self) -> Option<i64> {
@@ -660,10 +785,11 @@ impl Feed for LiveFeed {
     /// The position is the next seq, not a byte offset: a live sender is
     /// asked for it on connect.
     fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
-        w.u64(self.next_seq);
+        let next_seq = self.next_seq();
+        w.u64(next_seq);
         w.i64(self.first_ts_ns);
         self.validator.snapshot(w);
-        Ok(FeedCheckpoint { offset: self.next_seq, line_no: 0, rejects: self.rejects.committed()? })
+        Ok(FeedCheckpoint { offset: next_seq, line_no: 0, rejects: self.rejects.committed()? })
     }
 
     fn stats(&self) -> FeedStats {
@@ -752,6 +878,39 @@ mod tests {
         assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
         assert_eq!(findings(&got), vec![]);
         assert_eq!((stats.gaps, stats.rejected), (0, 1));
+    }
+
+    #[test]
+    fn a_rejected_wild_seq_does_not_move_the_position() {
+        // 900 is contradicted by 4 and rejected: the feed needs 6, and says
+        // so to the edge once it has taken the slot and holds nothing.
+        let (mut tx, rx) = wire_channel(4);
+        let slot = tx.claim().unwrap();
+        slot.clear();
+        slot.extend([1, 2, 3, 900, 4, 5].iter().map(|&s| wire(s, Kind::New, s, "A1", 0)));
+        tx.publish();
+        let mut feed =
+            LiveFeed::new(rx, Validator::new(Limits::default(), Arc::new(Groups::default())), RejectLog::discard());
+        let position = Arc::new(FeedPosition::default());
+        feed.share_position(position.clone());
+        assert!(position.settled(0) && !position.settled(1));
+        feed.pump_live(&mut |_, _| {}).unwrap();
+        assert_eq!(feed.next_seq(), 6);
+        assert!(position.settled(1));
+        assert_eq!(position.next_seq(), 6);
+        // A jump nothing contradicts is held: not settled until released.
+        let slot = tx.claim().unwrap();
+        slot.clear();
+        slot.push(wire(20, Kind::New, 20, "A1", 0));
+        tx.publish();
+        feed.pump_live(&mut |_, _| {}).unwrap();
+        assert!(!position.settled(2), "the jump is held");
+        let started = Instant::now();
+        while !position.settled(2) {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "never released");
+            feed.pump_live(&mut |_, _| {}).unwrap();
+        }
+        assert_eq!(position.next_seq(), 21, "a released jump is a real gap: the feed goes on after it");
     }
 
     #[test]

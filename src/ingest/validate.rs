@@ -560,6 +560,12 @@ impl Sequencer {
         self.held.is_some()
     }
 
+    /// The seq the feed needs next (`None` before any record), held record
+    /// aside: a rejected record never moves it.
+    pub fn expected_seq(&self) -> Option<u64> {
+        self.expected_seq
+    }
+
     fn time_ahead(&self, ts_ns: i64) -> bool {
         self.rules.max_future_ns > 0
             && self.recent_ts_ns != i64::MIN

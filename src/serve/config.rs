@@ -35,6 +35,7 @@ pub struct RawConfig {
     pub checkpoint_every_records: Option<Spanned<i64>>,
     pub checkpoint_keep: Option<Spanned<i64>>,
     pub handshake_timeout_ms: Option<Spanned<i64>>,
+    pub sse_max_secs: Option<Spanned<i64>>,
     pub token_file: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub day_boundary: Option<Spanned<String>>,
@@ -61,6 +62,7 @@ const KEYS: &[&str] = &[
     "checkpoint_every_records",
     "checkpoint_keep",
     "handshake_timeout_ms",
+    "sse_max_secs",
     "token_file",
     "log_format",
     "day_boundary",
@@ -111,6 +113,9 @@ pub struct ServeConfig {
     pub checkpoint_every_records: u64,
     pub checkpoint_keep: usize,
     pub handshake_timeout_ms: u64,
+    /// How long one `GET /alerts/stream` lasts before the server ends it
+    /// (the client reconnects with `Last-Event-ID` and loses nothing).
+    pub sse_max_secs: u64,
     pub token_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// Where one trading day ends and the next begins: an offset into the
@@ -183,6 +188,7 @@ pub fn parse(text: &str, base: &Path, o: &Overrides) -> Result<ServeConfig, Vec<
         int(&raw.checkpoint_every_records, "checkpoint_every_records", 0..=i64::MAX, 1_000_000) as u64;
     let checkpoint_keep = int(&raw.checkpoint_keep, "checkpoint_keep", 1..=1000, 3) as usize;
     let handshake_timeout_ms = int(&raw.handshake_timeout_ms, "handshake_timeout_ms", 1..=3_600_000, 5000) as u64;
+    let sse_max_secs = int(&raw.sse_max_secs, "sse_max_secs", 1..=86_400, 600) as u64;
     let file_shards = raw.shards.as_ref().map(|s| (*s.get_ref(), Some(at(s.span()))));
     let shards = match o.shards.map(|n| (n as i64, None)).or(file_shards) {
         None => 1,
@@ -322,6 +328,7 @@ pub fn parse(text: &str, base: &Path, o: &Overrides) -> Result<ServeConfig, Vec<
         checkpoint_every_records,
         checkpoint_keep,
         handshake_timeout_ms,
+        sse_max_secs,
         token_file,
         log_format,
         day_boundary_ns,

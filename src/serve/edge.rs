@@ -9,7 +9,7 @@
 
 use crate::event::Kind;
 use crate::ingest::csv::HEADER;
-use crate::ingest::live::{LineReceiver, LineSender, WIRE_BATCH, WireRecord, WireSender, line_channel};
+use crate::ingest::live::{FeedPosition, LineReceiver, LineSender, WIRE_BATCH, WireRecord, WireSender, line_channel};
 use crate::metrics::Clock;
 use crate::wire::{self, Frame, MAGIC, MAX_FRAME_BYTES, MAX_LINE_BYTES};
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ use tokio::sync::watch;
 
 /// Bytes read at a time; a whole frame (at most `MAX_FRAME_BYTES`) always fits.
 const READ_BYTES: usize = 256 * 1024;
+/// How long a greeting waits for the pipeline to settle the ring.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 /// Malformed CSV lines logged one by one per connection; the rest are counted.
 const LOGGED_LINES: u64 = 20;
 
@@ -57,9 +59,13 @@ pub struct EdgeCounters {
 /// State the edge shares with the daemon.
 pub struct EdgeShared {
     pub counters: EdgeCounters,
-    /// The seq after the newest record put into the ring (0: none yet): the
-    /// greeting's NEXT_SEQ. Set from the checkpoint at start, 0 on a new day.
-    pub next_seq: AtomicU64,
+    /// How far the pipeline has settled the ring, and the seq it needs
+    /// next: the greeting's NEXT_SEQ (`FeedPosition`). The day's `LiveFeed`
+    /// publishes it; the daemon sets 0 on a new day.
+    pub position: Arc<FeedPosition>,
+    /// Ring slots the edge has published (the feed's `slots_taken` catches
+    /// up when the ring is drained).
+    slots_published: AtomicU64,
     /// The trading day the ring's pipeline serves, `[start, end)` by the
     /// exchange clock; `i64::MIN..i64::MAX` until a record says which.
     pub day_start_ns: AtomicI64,
@@ -91,7 +97,8 @@ impl EdgeShared {
             lines: Mutex::new(lines),
             malformed_lines,
             counters: EdgeCounters::default(),
-            next_seq: AtomicU64::new(0),
+            position: Arc::default(),
+            slots_published: AtomicU64::new(0),
             day_start_ns: AtomicI64::new(i64::MIN),
             day_end_ns: AtomicI64::new(i64::MAX),
             boundary_ns,
@@ -295,7 +302,7 @@ impl<'a> Connection<'a> {
         // Between two days the next day's ring is being set up: the sender
         // is greeted once it is (with that day's position).
         self.take_sender(&mut shutdown).await?;
-        let next = self.shared.next_seq.load(Ordering::Acquire);
+        let next = self.settled_next_seq().await;
         let day_from = self.shared.day_start_ns.load(Ordering::Acquire);
         if let Err(e) = stream.write_all(wire::greeting(next, day_from).as_bytes()).await {
             return Err(format!("cannot greet: {e}"));
@@ -518,6 +525,31 @@ impl<'a> Connection<'a> {
         }
     }
 
+    /// The seq to greet with: the pipeline's next seq once it has settled
+    /// every record put into the ring before (a previous connection's), so
+    /// a record it rejected (a wild seq, a repeat) never moves it and a
+    /// resuming sender skips nothing. The feed settles a ring of records in
+    /// well under a second and holds a record at most `HOLD_RELEASE_NS`; if
+    /// the pipeline is stalled longer, the seq it has reached so far is
+    /// asked for: what comes again is counted as repeats, nothing is lost.
+    async fn settled_next_seq(&self) -> u64 {
+        let published = self.shared.slots_published.load(Ordering::Acquire);
+        let position = &self.shared.position;
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        while !position.settled(published) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    peer = %self.peer,
+                    waited_ms = SETTLE_WAIT.as_millis() as u64,
+                    "the pipeline has not settled the previous connection's records: greeting with the seq it reached"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        position.next_seq()
+    }
+
     /// Takes the ring's sending half, waiting while the daemon sets up a
     /// new day's ring.
     async fn take_sender(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), String> {
@@ -544,7 +576,6 @@ impl<'a> Connection<'a> {
     async fn push(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), String> {
         let mut i = 0;
         let staged = std::mem::take(&mut self.staged);
-        let mut newest = None;
         let mut day_end = self.shared.day_end_ns.load(Ordering::Acquire);
         while i < staged.len() {
             if day_end == i64::MAX && !staged[i].malformed {
@@ -552,7 +583,7 @@ impl<'a> Connection<'a> {
                 day_end = self.shared.day_end_ns.load(Ordering::Acquire);
             }
             if staged[i].ts_ns >= day_end {
-                self.end_day(&mut newest);
+                self.end_day();
                 if let Err(e) = self.take_sender(shutdown).await {
                     self.staged = staged;
                     return Err(e);
@@ -585,13 +616,11 @@ impl<'a> Connection<'a> {
             } else {
                 while i < staged.len() && !staged[i].heartbeat && staged[i].ts_ns < day_end && slot.len() < WIRE_BATCH {
                     slot.push(staged[i]);
-                    if !staged[i].malformed {
-                        newest = Some(staged[i].seq);
-                    }
                     i += 1;
                 }
             }
             tx.publish();
+            self.shared.slots_published.fetch_add(1, Ordering::Release);
         }
         let mut by_kind = [0u64; 3];
         for w in staged.iter().filter(|w| !w.heartbeat && !w.malformed) {
@@ -608,9 +637,6 @@ impl<'a> Connection<'a> {
         let records = by_kind.iter().sum::<u64>();
         self.records += records;
         self.shared.counters.records.fetch_add(records, Ordering::Relaxed);
-        if let Some(seq) = newest {
-            self.shared.next_seq.fetch_max(seq.saturating_add(1), Ordering::AcqRel);
-        }
         self.staged = staged;
         self.staged.clear();
         Ok(())
@@ -619,10 +645,7 @@ impl<'a> Connection<'a> {
     /// The day is over by the exchange clock: drops the sending half, so
     /// the day's pipeline drains, ends the day and stops; the daemon then
     /// rotates the day's files and puts the next day's sender in place.
-    fn end_day(&mut self, newest: &mut Option<u64>) {
-        if let Some(seq) = newest.take() {
-            self.shared.next_seq.fetch_max(seq.saturating_add(1), Ordering::AcqRel);
-        }
+    fn end_day(&mut self) {
         let end = self.shared.day_end_ns.load(Ordering::Acquire);
         tracing::info!(peer = %self.peer, day = %day_name(end), "the exchange clock passed the day's end: ending the day");
         self.shared.day_over.store(true, Ordering::Release);

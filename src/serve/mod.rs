@@ -114,6 +114,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
     let mut tailer = None;
     let mut hub_control = Some(hub_control);
     let mut checkpoints = crate::http::CheckpointStatus::default();
+    let mut latency_base: publish::LatencyBase = None;
     let mut first = true;
     let result = loop {
         let reference = match day_reference.take() {
@@ -129,6 +130,9 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
         };
         let mut feed = feed.with_lines(shared.malformed_lines.clone());
         feed.return_ring_to(ring_back.clone());
+        // The greeting's NEXT_SEQ from now on: this run's position (the
+        // checkpoint's, then what the feed settles).
+        feed.share_position(shared.position.clone());
         hub.set_rules(rules_status(&cfg.rules, reloads));
         if std::mem::take(&mut reloaded) {
             // The edge is ahead of the reload's checkpoint: the records
@@ -139,8 +143,6 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 reloads,
                 "rules reloaded: the new rules apply from the reload's checkpoint on"
             );
-        } else {
-            shared.next_seq.store(feed.next_seq(), Ordering::Release);
         }
         if feed.first_ts_ns() != i64::MIN {
             shared.set_day(feed.first_ts_ns());
@@ -161,6 +163,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 hub: hub.clone(),
                 hub_control: hub_control.take(),
                 token: token.clone(),
+                sse_max: Duration::from_secs(cfg.sse_max_secs),
                 clock,
                 shared: net_shared,
                 control: net_control,
@@ -188,7 +191,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 state = %cfg.state.display(),
                 alerts = %cfg.alerts.display(),
                 shards = cfg.shards,
-                next_seq = shared.next_seq.load(Ordering::Acquire),
+                next_seq = shared.position.next_seq(),
                 startup_ms = started.elapsed().as_millis() as u64,
                 "ready"
             );
@@ -200,7 +203,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
             // Called every 200 ms: a sample a second.
             ticks += 1;
             if ticks.is_multiple_of(5) {
-                publish::sample(&hub, &shared, progress, &control, &mut checkpoints);
+                publish::sample(&hub, &shared, progress, &control, &mut checkpoints, &latency_base);
             }
             // A reload asked for: the new rules file is checked here (off
             // the pipeline threads), and a valid one is handed to the
@@ -217,6 +220,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 }
             }
         });
+        publish::end_run_latency(&control, &mut latency_base);
         // A reload stopped the run: the next starts at once, and the feed
         // is taken all along (into the ring), so the daemon stays ready.
         let reloading = result.is_err()
@@ -242,8 +246,8 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                     records_per_s = summary.events_per_sec() as u64,
                     "day ended"
                 );
-                if !summary.ingest_to_alert.is_empty() {
-                    hub.publish_latency(&summary.ingest_to_alert);
+                if let Some(h) = latency_base.as_ref().filter(|h| !h.is_empty()) {
+                    hub.publish_latency(h);
                 }
                 if let Err(e) = close_day(&cfg, end_ns) {
                     break Err(e);
@@ -259,7 +263,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 let (tx, next_rx) = wire_channel(FEED_RING_SLOTS);
                 rx = next_rx;
                 control.completed.store(0, Ordering::Release);
-                shared.next_seq.store(0, Ordering::Release);
+                shared.position.next_seq.store(0, Ordering::Release);
                 shared.new_day(tx);
             }
             Ok(summary) => {
@@ -514,6 +518,8 @@ struct Net {
     hub: Arc<crate::http::Hub>,
     hub_control: Option<tokio::sync::mpsc::UnboundedReceiver<crate::http::Control>>,
     token: Option<String>,
+    /// How long one SSE stream lasts (`sse_max_secs`).
+    sse_max: Duration,
     clock: Clock,
     shared: Arc<edge::EdgeShared>,
     control: Arc<LiveControl>,
@@ -587,6 +593,7 @@ fn net_thread(net: Net) {
         hub,
         hub_control,
         token,
+        sse_max,
         clock,
         shared,
         control,
@@ -620,7 +627,8 @@ fn net_thread(net: Net) {
         let edge = tokio::spawn(edge::run(listener, clock, shared, options, stop_rx.clone()));
         match tokio::net::TcpListener::from_std(http_listener) {
             Ok(http_listener) => {
-                let opts = crate::http::HttpOptions { token, ..crate::http::HttpOptions::default() };
+                let opts =
+                    crate::http::HttpOptions { token, max_stream: sse_max, ..crate::http::HttpOptions::default() };
                 let (hub, stop_rx) = (hub.clone(), stop_rx.clone());
                 tokio::spawn(async move {
                     if let Err(e) = crate::http::serve_http(http_listener, hub, opts, stop_rx).await {

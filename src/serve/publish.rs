@@ -12,6 +12,7 @@
 
 use super::edge::{DAY_NS, EdgeShared, day_of};
 use crate::http::{CheckpointStatus, FeedStatus, Hub, PipelineCounts, StoredAlert};
+use crate::ingest::live::{REJECT_REASONS, REPEATED_SEQ};
 use crate::topology::{LiveControl, Progress};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -103,14 +104,41 @@ pub fn tail_alerts(path: PathBuf, hub: Arc<Hub>, boundary_ns: i64, done: Arc<Ato
     }
 }
 
+/// The ingest-to-alert histogram of the runs that ended (a reload restarts
+/// the pipeline, a day's end starts the next day's): the published one is
+/// these plus the current run's, so it counts from the daemon's start.
+pub type LatencyBase = Option<hdrhistogram::Histogram<u64>>;
+
+/// Adds the run that just ended to `base` (the sink's last copy, taken so
+/// the next run starts its own).
+pub fn end_run_latency(control: &LiveControl, base: &mut LatencyBase) {
+    let last = control.latency.lock().ok().and_then(|mut h| h.take());
+    if let Some(h) = last {
+        match base {
+            Some(b) => {
+                let _ = b.add(&h);
+            }
+            None => *base = Some(h),
+        }
+    }
+}
+
 /// One status sample: the feed, the pipeline's counts, the checkpoints.
-pub fn sample(hub: &Hub, edge: &EdgeShared, progress: &Progress, control: &LiveControl, last: &mut CheckpointStatus) {
+pub fn sample(
+    hub: &Hub,
+    edge: &EdgeShared,
+    progress: &Progress,
+    control: &LiveControl,
+    last: &mut CheckpointStatus,
+    latency_base: &LatencyBase,
+) {
     let c = &edge.counters;
+    let position = &edge.position;
     hub.set_feed(FeedStatus {
         connected: edge.peer.lock().ok().is_some_and(|p| p.is_some()),
         peer: edge.peer.lock().ok().and_then(|p| p.map(|a| a.to_string())),
         format: edge.format.lock().ok().and_then(|f| f.map(str::to_string)),
-        next_seq: edge.next_seq.load(Ordering::Acquire),
+        next_seq: edge.position.next_seq(),
         connections: c.connections.load(Ordering::Relaxed),
         refused: c.refused.load(Ordering::Relaxed),
         bad_frames: c.bad_frames.load(Ordering::Relaxed)
@@ -119,20 +147,33 @@ pub fn sample(hub: &Hub, edge: &EdgeShared, progress: &Progress, control: &LiveC
             + c.malformed_lines.load(Ordering::Relaxed),
         gaps: progress.gaps.load(Ordering::Relaxed),
         missing_records: progress.missing_records.load(Ordering::Relaxed),
-        repeats: 0,
+        repeats: position.rejected_by_reason[REPEATED_SEQ].load(Ordering::Relaxed),
     });
     let end = edge.day_end_ns.load(Ordering::Acquire);
     // The sink's figures so far this run (a day's run, since the start or
     // the last restart): the latency histogram and the late records.
-    let latency = control.latency.lock().ok().and_then(|h| h.as_ref().filter(|h| !h.is_empty()).cloned());
-    if let Some(h) = latency {
+    let current = control.latency.lock().ok().and_then(|h| h.as_ref().filter(|h| !h.is_empty()).cloned());
+    let latency = match (latency_base, current) {
+        (Some(base), Some(mut h)) => {
+            let _ = h.add(base);
+            Some(h)
+        }
+        (base, current) => current.or_else(|| base.clone()),
+    };
+    if let Some(h) = latency.filter(|h| !h.is_empty()) {
         hub.publish_latency(&h);
     }
     hub.publish_counts(&PipelineCounts {
         records_in: std::array::from_fn(|k| c.by_kind[k].load(Ordering::Relaxed)),
         late: std::array::from_fn(|k| control.late_by_kind[k].load(Ordering::Relaxed)),
         applied: std::array::from_fn(|k| control.applied_by_kind[k].load(Ordering::Relaxed)),
-        rejected: vec![("rejected".to_string(), progress.rejected.load(Ordering::Relaxed))],
+        rejected: REJECT_REASONS
+            .iter()
+            .zip(&position.rejected_by_reason)
+            .map(|(reason, n)| (reason.to_string(), n.load(Ordering::Relaxed)))
+            .collect(),
+        rejected_by_kind: std::array::from_fn(|k| position.rejected_by_kind[k].load(Ordering::Relaxed)),
+        active_accounts: position.accounts.load(Ordering::Relaxed),
         trading_day: if end == i64::MAX { String::new() } else { super::edge::day_name(end) },
         ..PipelineCounts::default()
     });

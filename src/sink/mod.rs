@@ -230,6 +230,16 @@ impl Sink {
         self
     }
 
+    /// The run's last copy (it ends, or a reload stops it): the daemon adds
+    /// it to the figures of the runs before, so waiting on the lock is fine.
+    fn publish_final(&self, output: &SinkOutput) {
+        if let Some(live) = &self.live
+            && let Ok(mut slot) = live.latency.lock()
+        {
+            *slot = Some(output.ingest_to_alert.clone());
+        }
+    }
+
     /// Copies the latency histogram for the daemon, without waiting on it.
     fn publish(&self, output: &SinkOutput) {
         let Some(live) = &self.live else { return };
@@ -432,9 +442,11 @@ impl Sink {
                 self.publish(&output);
             }
             if late_ring.is_finished() && alert_rings.iter_mut().all(|r| r.alerts.is_finished()) {
+                self.publish_final(&output);
                 break;
             }
             if stop.raised() {
+                self.publish_final(&output);
                 return Err("pipeline stopped".to_string());
             }
             idle.wait();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod daemon;
 pub mod native_v1;
 
 use serde_json::Value;
