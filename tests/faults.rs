@@ -354,7 +354,11 @@ fn reject_rows(text: &str, native: bool) -> Vec<(u64, String, String)> {
 /// record `n` of the CSV tape and, forged and resealed, of the native tape
 /// imported from the clean one. Both runs complete with the alerts of the
 /// tape without that record, and reject the same record for the same
-/// reason: the native feed re-checks everything the CSV decoder checks.
+/// reason: the native feed re-checks every record rule the CSV decoder
+/// checks, and with `--verify-lifecycle` the order lifecycle too. Without
+/// it, a resealed tape keeps import's mark and its lifecycle is taken as
+/// import checked it (docs/FEED.md): a forged lifecycle fault then reaches
+/// the order books, which skip it and count it, and the run completes.
 #[test]
 fn csv_and_native_reject_the_same_record_for_every_fault_class() {
     let day = day();
@@ -372,6 +376,15 @@ fn csv_and_native_reject_the_same_record_for_every_fault_class() {
     // (class, CSV field edits, the same on the native record, reason)
     type Edit = Box<dyn Fn(&mut TapeRecord)>;
     type Case<'a> = (&'a str, Vec<(usize, String)>, Edit, &'a str);
+    // The classes only the order lifecycle catches, with what the order
+    // books count them as when a trusted tape carries them.
+    let lifecycle_classes =
+        [("unknown order", "unknown order"), ("cancel qty", "over-execution"), ("wrong side", "unknown order")];
+    // The book is kept (a test hook) so that its counters are in the summary.
+    let (out, _) = day.replay(&clean, &["--keep-book"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("order lifecycle as checked at import"), "{}", text(&out));
+    let clean_skipped = book_skipped(&text(&out));
     let cases: Vec<Case> = vec![
         (
             "repeated seq",
@@ -430,8 +443,9 @@ fn csv_and_native_reject_the_same_record_for_every_fault_class() {
         reseal(&mut bytes);
         let native = day.dir.path().join("bad.tape");
         std::fs::write(&native, &bytes).expect("write");
-        let (out, native_alerts) = day.replay(&native, &[]);
+        let (out, native_alerts) = day.replay(&native, &["--verify-lifecycle"]);
         assert!(out.status.success(), "{name} (native): {}", text(&out));
+        assert!(text(&out).contains("order lifecycle re-checked"), "{name}: {}", text(&out));
         let native_rejects = reject_rows(&day.last_rejects(), true);
 
         assert_eq!(csv_alerts, expected, "{name}: CSV alerts differ from the tape without the record");
@@ -439,7 +453,91 @@ fn csv_and_native_reject_the_same_record_for_every_fault_class() {
         assert_eq!(csv_rejects.len(), 1, "{name}: {csv_rejects:?}");
         assert!(csv_rejects[0].0 == n as u64 && csv_rejects[0].1.contains(reason), "{name}: {csv_rejects:?}");
         assert_eq!(native_rejects, csv_rejects, "{name}: the formats reject differently");
+
+        // The same tape, import's lifecycle check trusted (the default).
+        let (out, trusted_alerts) = day.replay(&native, &["--keep-book"]);
+        assert!(out.status.success(), "{name} (native, trusted): {}", text(&out));
+        let trusted_rejects = reject_rows(&day.last_rejects(), true);
+        match lifecycle_classes.iter().find(|(class, _)| *class == name) {
+            None => {
+                assert_eq!(trusted_alerts, expected, "{name}: trusted native alerts differ");
+                assert_eq!(trusted_rejects, csv_rejects, "{name}: a record rule was not applied");
+            }
+            Some((_, cause)) => {
+                assert!(trusted_rejects.is_empty(), "{name}: {trusted_rejects:?}");
+                let skipped = book_skipped(&text(&out));
+                assert_eq!(skipped[*cause], clean_skipped[*cause] + 1, "{name}: not counted: {}", text(&out));
+            }
+        }
     }
+}
+
+/// A resealed tape that keeps import's mark (a forger can set it as easily
+/// as the checksums) with an unknown cancel and an over-execution: replayed
+/// trusting import's lifecycle check, the run completes, rejects nothing,
+/// and the order books skip both and count them; with
+/// `--verify-lifecycle` both are rejected exactly as on the CSV tape.
+#[test]
+fn a_trusted_resealed_tape_with_lifecycle_faults_is_skipped_by_the_books() {
+    let day = day();
+    let cancel = (150..day.lines.len()).find(|&n| day.field(n, 2) == "C").expect("a cancel");
+    let trade = (150..day.lines.len()).find(|&n| day.field(n, 2) == "T").expect("a trade");
+    let qty: u64 = day.field(trade, 8).parse().expect("qty");
+    let clean = day.import(&day.tape);
+    let (out, _) = day.replay(&clean, &["--keep-book"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let clean_skipped = book_skipped(&text(&out));
+
+    let mut bytes = std::fs::read(&clean).expect("read tape");
+    let tape = Tape::open(&clean).expect("open");
+    let mut unknown = tape.record(cancel - 2);
+    unknown.order_id = 987_654_321;
+    put_record(&mut bytes, cancel - 2, &unknown);
+    let mut overfill = tape.record(trade - 2);
+    overfill.qty = qty + 1_000_000;
+    put_record(&mut bytes, trade - 2, &overfill);
+    reseal(&mut bytes);
+    let forged = day.dir.path().join("forged.tape");
+    std::fs::write(&forged, &bytes).expect("write");
+    assert!(Tape::open(&forged).expect("a resealed tape opens").stats().lifecycle_checked);
+
+    let (out, alerts) = day.replay(&forged, &["--keep-book"]);
+    assert!(out.status.success() && alerts.is_some(), "{}", text(&out));
+    assert!(text(&out).contains("order lifecycle as checked at import"), "{}", text(&out));
+    assert!(reject_rows(&day.last_rejects(), true).is_empty(), "{}", day.last_rejects());
+    let skipped = book_skipped(&text(&out));
+    assert_eq!(skipped["unknown order"], clean_skipped["unknown order"] + 1, "{}", text(&out));
+    assert_eq!(skipped["over-execution"], clean_skipped["over-execution"] + 1, "{}", text(&out));
+
+    let mut lines = day.lines.clone();
+    lines[cancel - 1] = day.replace_field(cancel, 3, "987654321");
+    lines[trade - 1] = day.replace_field(trade, 8, &(qty + 1_000_000).to_string());
+    let csv = day.write("forged.csv", &lines);
+    let (out, csv_alerts) = day.replay(&csv, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let csv_rejects = reject_rows(&day.last_rejects(), false);
+    let reasons: Vec<&str> = csv_rejects.iter().map(|r| r.1.as_str()).collect();
+    assert!(reasons.iter().any(|r| r.contains("order 987654321 unknown")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("exceeds")), "{reasons:?}");
+    let (out, verified_alerts) = day.replay(&forged, &["--verify-lifecycle"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(reject_rows(&day.last_rejects(), true), csv_rejects);
+    assert_eq!(verified_alerts, csv_alerts);
+}
+
+/// The summary's `book ... skipped N (cause n, ...)` line: the count of
+/// each cause.
+fn book_skipped(summary: &str) -> std::collections::HashMap<String, u64> {
+    let line = summary.lines().find(|l| l.starts_with("book ") && l.contains("skipped")).expect("a book line");
+    let skipped = line.split_once("skipped ").expect("skipped").1;
+    let causes = skipped.split_once(" (").and_then(|(_, rest)| rest.split_once(')')).expect("causes").0;
+    causes
+        .split(", ")
+        .map(|cause| {
+            let (name, n) = cause.rsplit_once(' ').expect("cause count");
+            (name.to_string(), n.parse().expect("a count"))
+        })
+        .collect()
 }
 
 /// The reference and output paths a native run has: `--rejects` equal to

@@ -154,7 +154,15 @@ fn import_with(
     let (validator, _) = feed.into_parts();
     let accounts = validator.accounts.names();
     let instruments = validator.instruments.names();
-    let tape_stats = TapeStats { rejected: stats.rejected, gaps: stats.gaps, missing_records: stats.missing_records };
+    // The validator ran FEED.md's order lifecycle over every record it
+    // passed, against an open-order table that saw every one of them (an
+    // import never skips a record), so the tape says so (`native_feed`).
+    let tape_stats = TapeStats {
+        rejected: stats.rejected,
+        gaps: stats.gaps,
+        missing_records: stats.missing_records,
+        lifecycle_checked: true,
+    };
     writer.finish(&as_slices(&accounts), &as_slices(&instruments), tape_stats).map_err(fail)?;
     rejects_made.keep();
     Ok(ImportSummary { feed: stats, elapsed: started.elapsed() })

@@ -48,6 +48,11 @@ pub struct ReplayArgs {
     pub rejects: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    /// A native tape: check the order lifecycle record by record even when the tape says
+    /// import checked it (a tape of unknown origin; see docs/FEED.md). Tapes without import's
+    /// mark are always checked.
+    #[arg(long)]
+    pub verify_lifecycle: bool,
     /// Fail (exit 1, after writing every output) when more than this percentage of the records
     /// read were rejected or late. The summary warns above 1% whatever this is.
     #[arg(long)]
@@ -130,6 +135,9 @@ pub fn run(args: ReplayArgs) -> Result<(), CmdError> {
 pub struct Inputs {
     pub tape: PathBuf,
     pub native: bool,
+    /// A native tape: whether this run checked the order lifecycle (else
+    /// it took import's check, as the tape's header says).
+    pub lifecycle_rechecked: Option<bool>,
     pub accounts: Option<PathBuf>,
     /// instruments.csv, given or found beside the tape.
     pub instruments: Option<PathBuf>,
@@ -154,7 +162,11 @@ impl Inputs {
         let mut s = format!(
             "tape        {} ({})\n",
             if is_stdio(&self.tape) { "stdin".to_string() } else { self.tape.display().to_string() },
-            if self.native { "native" } else { "FEED.md CSV" }
+            match (self.native, self.lifecycle_rechecked) {
+                (false, _) => "FEED.md CSV",
+                (true, Some(false)) => "native; order lifecycle as checked at import, --verify-lifecycle re-checks it",
+                (true, _) => "native; order lifecycle re-checked",
+            }
         );
         s += &format!(
             "accounts    {}\n",
@@ -218,6 +230,7 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
         "inputs": {
             "tape": path(&inputs.tape),
             "format": if inputs.native { "native" } else { "csv" },
+            "lifecycle_rechecked": inputs.lifecycle_rechecked,
             "accounts": inputs.accounts.as_deref().map(path),
             "instruments": inputs.instruments.as_deref().map(path),
             "rules": inputs.rules.as_deref().map(path),
@@ -447,6 +460,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     let inputs = Inputs {
         tape: args.tape.clone(),
         native,
+        lifecycle_rechecked: None,
         accounts: accounts_path.clone(),
         instruments: instruments_path,
         rules: args.reference.rules.clone(),
@@ -516,6 +530,8 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         // A damaged or truncated tape is a bad input file (exit 2).
         let tape = Tape::open_streaming(&args.tape).map_err(|e| CmdError::Usage(e.to_string()))?;
         let (feed, names) = NativeFeed::new(tape, groups);
+        let feed = feed.verify_lifecycle(args.verify_lifecycle);
+        inputs.lifecycle_rechecked = Some(feed.rechecks_lifecycle());
         // A native tape's bad records (field rules, event time) are kept
         // aside as a CSV tape's are; a failed run without --state leaves no
         // rejects file.

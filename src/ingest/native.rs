@@ -54,7 +54,9 @@
 //! 88   u64       xxh3_64 of the symbol section
 //! 96   u64       version 2: X, offset of the block index (version 1: zero)
 //! 104  u64       version 2: xxh3_64 of the block index (version 1: zero)
-//! 112  [u8; 8]   reserved, zero
+//! 112  u64       version 2: flags (version 1: zero); bit 0: every record
+//!                passed the order lifecycle at import (`import` sets it);
+//!                any other bit set is refused
 //! 120  u64       xxh3_64 of header bytes 0..120
 //! ```
 //!
@@ -168,6 +170,12 @@ pub struct TapeStats {
     pub rejected: u64,
     pub gaps: u64,
     pub missing_records: u64,
+    /// Every record passed FEED.md's order lifecycle when it was written
+    /// (import's validator rejected those that did not): the header flag
+    /// `FLAG_LIFECYCLE_CHECKED`. A statement of the writer, covered by the
+    /// checksums like any byte, so only as trustworthy as whoever sealed
+    /// the tape (see `native_feed`).
+    pub lifecycle_checked: bool,
 }
 
 pub const MAGIC: [u8; 8] = *b"TWTAPE01";
@@ -201,8 +209,10 @@ const H_TABLE_HASH: usize = 80;
 const H_SYMBOLS_HASH: usize = 88;
 const H_INDEX_OFFSET: usize = 96;
 const H_INDEX_HASH: usize = 104;
-const H_RESERVED: Range<usize> = 112..120;
-/// Version 1 tapes have these bytes zero too.
+const H_FLAGS: usize = 112;
+/// Header flag: the records passed the order lifecycle at import.
+const FLAG_LIFECYCLE_CHECKED: u64 = 1;
+/// Version 1 tapes have these bytes zero.
 const H_RESERVED_V1: Range<usize> = 96..120;
 const H_HEADER_HASH: usize = 120;
 
@@ -548,6 +558,7 @@ impl TapeWriter {
         put_u64(&mut h, H_SYMBOLS_HASH, xxh3_64(&symbols));
         put_u64(&mut h, H_INDEX_OFFSET, index_offset);
         put_u64(&mut h, H_INDEX_HASH, xxh3_64(&index));
+        put_u64(&mut h, H_FLAGS, if stats.lifecycle_checked { FLAG_LIFECYCLE_CHECKED } else { 0 });
         let header_hash = xxh3_64(&h[..HEADER_HASHED]);
         put_u64(&mut h, H_HEADER_HASH, header_hash);
         self.file.seek(SeekFrom::Start(0))?;
@@ -730,6 +741,8 @@ impl Tape {
             rejected: u64_at(h, H_REJECTED),
             gaps: u64_at(h, H_GAPS),
             missing_records: u64_at(h, H_MISSING),
+            // `check_header` refused unknown flags; version 1 has none.
+            lifecycle_checked: geo.index.is_some() && u64_at(h, H_FLAGS) & FLAG_LIFECYCLE_CHECKED != 0,
         };
         debug_assert_eq!(geo.file_bytes, map.len() as u64);
         Ok(Tape {
@@ -872,9 +885,16 @@ fn check_header(map: &[u8]) -> Result<Geometry, String> {
              (this build reads {HEADER_BYTES} and {RECORD_BYTES})"
         ));
     }
-    let reserved = if version == VERSION { H_RESERVED } else { H_RESERVED_V1 };
-    if h[reserved.clone()].iter().any(|&b| b != 0) {
-        return Err(format!("header bytes {}..{} are reserved but not zero", reserved.start, reserved.end));
+    if version == VERSION {
+        let flags = u64_at(h, H_FLAGS);
+        if flags & !FLAG_LIFECYCLE_CHECKED != 0 {
+            return Err(format!(
+                "header flags {flags:#x} at byte {H_FLAGS}: bits this build does not know \
+                 (it knows {FLAG_LIFECYCLE_CHECKED:#x}, lifecycle checked at import)"
+            ));
+        }
+    } else if h[H_RESERVED_V1].iter().any(|&b| b != 0) {
+        return Err(format!("header bytes {}..{} are reserved but not zero", H_RESERVED_V1.start, H_RESERVED_V1.end));
     }
     let block_records = u32_at(h, H_BLOCK_RECORDS) as u64;
     if block_records == 0 {
@@ -1217,7 +1237,7 @@ mod tests {
 
     const ACCOUNTS: &[&[u8]] = &[b"ACC0", b"ACC1", b"ACCOUNT_SIXTEEN_", b"A3"];
     const INSTRUMENTS: &[&[u8]] = &[b"AAPL", b"MSFT", b""];
-    const STATS: TapeStats = TapeStats { rejected: 3, gaps: 2, missing_records: 17 };
+    const STATS: TapeStats = TapeStats { rejected: 3, gaps: 2, missing_records: 17, lifecycle_checked: true };
 
     fn write(
         path: &Path,
@@ -1643,7 +1663,8 @@ mod tests {
             (Box::new(|b| put_u64(b, H_COUNT, u64::MAX)), "header is inconsistent"),
             (Box::new(|b| put_u32(b, H_BLOCK_RECORDS, 0)), "block size is 0 records"),
             (Box::new(|b| put_u32(b, H_RECORD_BYTES, 72)), "72-byte records"),
-            (Box::new(|b| b[114] = 1), "header bytes 112..120 are reserved but not zero"),
+            (Box::new(|b| b[114] = 1), "header flags 0x10001 at byte 112: bits this build does not know"),
+            (Box::new(|b| b[112] = 3), "header flags 0x3 at byte 112: bits this build does not know"),
             (Box::new(move |b| put_u64(b, symbols, 5)), "ends at instrument 2 of 3"),
             (Box::new(move |b| put_u64(b, symbols + 8, 60_000)), "ends at instrument 3 of 60000"),
             (Box::new(move |b| put_u64(b, symbols + 8, 1_000_000)), "1000000 instruments, more than the 65536"),
@@ -1781,7 +1802,7 @@ mod tests {
                         }
                     })
                     .collect();
-                let stats = TapeStats { rejected, gaps, missing_records: missing };
+                let stats = TapeStats { rejected, gaps, missing_records: missing, lifecycle_checked: gaps % 2 == 0 };
                 (recs, accounts, instruments, stats, block)
             })
     }

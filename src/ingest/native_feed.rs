@@ -3,15 +3,38 @@
 //! (`Tape::open_streaming`). Import validated sequence and lifecycle, but a
 //! checksum proves only that the tape is as written, not that what was
 //! written is sound (anyone can reseal a tape). So every record goes
-//! through the checks a CSV record does, with the same outcome: FEED.md's
-//! field rules (counted per block by the verification pass, checked per
-//! record only in a block that has a bad one), the `Sequencer` (seq and
-//! event time, jumps held for a look-ahead) and the order lifecycle
-//! (`Lifecycle`); a record that fails is rejected alone, into the rejects
-//! file, and counted. Gaps were counted at import (the header says how
-//! many) and are not counted again. The feed also resolves account groups
-//! (they come from accounts.csv at replay time) and turns stored records
-//! into events.
+//! through the record rules a CSV record does, with the same outcome:
+//! FEED.md's field rules (counted per block by the verification pass,
+//! checked per record only in a block that has a bad one) and the
+//! `Sequencer` (seq and event time, jumps held for a look-ahead); a record
+//! that fails is rejected alone, into the rejects file, and counted. Gaps
+//! were counted at import (the header says how many) and are not counted
+//! again. The feed also resolves account groups (they come from
+//! accounts.csv at replay time) and turns stored records into events.
+//!
+//! # The order lifecycle: checked at import, re-checked on request
+//!
+//! The lifecycle (`Lifecycle`: an order announced once, cancelled or
+//! traded only while open, for no more than is open, by its owner) is a
+//! rule across records, and the open-order table it needs was most of the
+//! cost of a native replay. Import runs it over every record and writes
+//! only those that pass, and says so in the header (`lifecycle_checked`,
+//! covered by the checksums). A tape with that mark is replayed without
+//! re-running it; one without (written by anything but import), or any
+//! tape with `--verify-lifecycle`, is checked record by record as a CSV
+//! tape is, with the same rejects.
+//!
+//! This trusts whoever sealed the tape for the lifecycle alone: a forger
+//! can set the mark as easily as reseal the checksums. What such a tape
+//! can then do is bounded: its records still pass the field, seq and time
+//! rules (nothing that panics or poisons time reaches the pipeline), and
+//! the order books count and skip what the lifecycle would have rejected
+//! (an unknown order, a duplicate, an over-execution: the summary's `book
+//! ... skipped` line), so the book state stays sound. Rules that count
+//! records without the book (excessive-cancel counts cancels, self-trade
+//! trades) see such records as they are, as they did before any native
+//! re-check existed; `--verify-lifecycle` is the way to hold a tape of
+//! unknown origin to the full rules.
 
 use super::csv::FeedLine;
 use super::native::{Tape, TapeRecord};
@@ -40,6 +63,9 @@ pub struct NativeFeed {
     check_fields: bool,
     sequencer: Sequencer,
     lifecycle: Lifecycle,
+    /// Whether the order lifecycle is checked here (see the module doc):
+    /// the tape lacks import's mark, or `verify_lifecycle` asked for it.
+    recheck_lifecycle: bool,
     /// A record held for a look-ahead (see `validate`), by index.
     held: Option<usize>,
     rejects: RejectLog,
@@ -47,6 +73,12 @@ pub struct NativeFeed {
     /// A filtered replay's blocks to leave unread, by the tape's index.
     skip: Option<BlockSkip>,
     skipped_blocks: u64,
+}
+
+/// The open-order table of a feed that checks the lifecycle, or an empty
+/// one that is never consulted.
+fn lifecycle_for(recheck: bool) -> Lifecycle {
+    Lifecycle::new(if recheck { Limits::default().open_orders } else { 0 })
 }
 
 /// Which blocks a filtered replay does not need (`investigate::replay_filter`):
@@ -69,6 +101,7 @@ impl NativeFeed {
         let instruments = NameTable::from_names(&instruments_list);
         let groups_by_account = tape.groups_by_account(&groups);
         let tape_stats = tape.stats();
+        let recheck_lifecycle = !tape_stats.lifecycle_checked;
         let stats =
             FeedStats { gaps: tape_stats.gaps, missing_records: tape_stats.missing_records, ..FeedStats::default() };
         let names = Names { accounts: Arc::new(accounts), instruments: Arc::new(instruments), groups };
@@ -80,7 +113,8 @@ impl NativeFeed {
             stats,
             check_fields: false,
             sequencer: Sequencer::native(TimeRules::default()),
-            lifecycle: Lifecycle::new(Limits::default().open_orders),
+            lifecycle: lifecycle_for(recheck_lifecycle),
+            recheck_lifecycle,
             held: None,
             rejects: RejectLog::discard(),
             scratch: Vec::with_capacity(256),
@@ -95,6 +129,21 @@ impl NativeFeed {
         self.sequencer = Sequencer::native(time);
         self.rejects = rejects;
         self
+    }
+
+    /// Checks the order lifecycle record by record even where import's
+    /// mark says it was checked (`--verify-lifecycle`; before the first pump).
+    pub fn verify_lifecycle(mut self, always: bool) -> NativeFeed {
+        if always && !self.recheck_lifecycle {
+            self.recheck_lifecycle = true;
+            self.lifecycle = lifecycle_for(true);
+        }
+        self
+    }
+
+    /// Whether this feed checks the order lifecycle (else import did).
+    pub fn rechecks_lifecycle(&self) -> bool {
+        self.recheck_lifecycle
     }
 
     /// Leaves unread the blocks `skip` does not need, where the tape has an
@@ -150,9 +199,23 @@ impl NativeFeed {
         self.verified_end = 0;
         self.stats = decode_stats(r)?;
         self.sequencer = Sequencer::restore_native(self.sequencer.rules(), r)?;
+        let tracked = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(DecodeError(format!("bad lifecycle byte {other}"))),
+        };
         self.lifecycle = Lifecycle::new(Limits::default().open_orders);
         let (accounts, instruments) = (self.tape.accounts().len(), self.tape.instruments().len());
-        self.lifecycle.restore(r, accounts, instruments)
+        self.lifecycle.restore(r, accounts, instruments)?;
+        if !self.recheck_lifecycle {
+            self.lifecycle = lifecycle_for(false);
+        } else if !tracked {
+            // The run that cut the checkpoint trusted import's check and
+            // kept no open orders: those entered before it are unknown
+            // here, and records naming them are taken as the tape says.
+            self.lifecycle.set_partial();
+        }
+        Ok(())
     }
 
     pub fn rejected_at_import(&self) -> u64 {
@@ -204,7 +267,7 @@ impl NativeFeed {
     #[inline]
     fn admit(&mut self, i: usize, r: &TapeRecord) -> Result<Option<Event>, FeedError> {
         let event = self.event(r);
-        let outcome = self.lifecycle.apply(&event);
+        let outcome = if self.recheck_lifecycle { self.lifecycle.apply(&event) } else { Ok(()) };
         // A native tape has no lines: the gap report's place is the record (1-based).
         self.sequencer.commit(r.seq, r.ts_ns, outcome.is_ok(), i as u64 + 1, &mut self.stats);
         match outcome {
@@ -228,41 +291,43 @@ impl Feed for NativeFeed {
     }
 
     fn pump_until(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
-        let end = (self.next + PUMP_RECORDS).min(self.tape.len());
+        self.pump_with(emit)
+    }
+
+    fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
+        // Barriers follow an emitted record, which settles any hold first.
+        assert!(self.held.is_none(), "a checkpoint with a record held for look-ahead");
+        w.u64(self.next as u64);
+        encode_stats(w, &self.stats);
+        self.sequencer.snapshot(w);
+        // Whether the open orders were kept (empty when import's check was trusted).
+        w.u8(self.recheck_lifecycle as u8);
+        self.lifecycle.snapshot(w);
+        Ok(FeedCheckpoint { offset: self.next as u64, line_no: 0, rejects: self.rejects.committed()? })
+    }
+
+    fn stats(&self) -> FeedStats {
+        self.stats.clone()
+    }
+}
+
+impl NativeFeed {
+    /// `Feed::pump_until`. Every event leaves through one call of `emit`,
+    /// so that the compiler inlines the router's closure into this loop
+    /// (with a call site per case it did not, and each record then cost a
+    /// call and an event written out to memory). For the same reason the
+    /// lifecycle check is a branch, not a second copy of the loop.
+    #[inline(always)]
+    fn pump_with(&mut self, emit: &mut impl FnMut(&Event) -> bool) -> Result<bool, FeedError> {
+        let lifecycle = self.recheck_lifecycle;
+        let len = self.tape.len();
+        let end = (self.next + PUMP_RECORDS).min(len);
         let mut i = self.next;
-        'pump: while i < end {
-            if i >= self.verified_end
-                && let Some(check) = self.skippable(i)
-            {
-                // Neither verified nor read: its pages stay untouched but
-                // for its first and last records' seqs.
-                let last = (i + self.tape.block_records()).min(self.tape.len());
-                self.sequencer.skip_past(self.tape.record(last - 1).seq, check.max_ts);
-                // Orders entered in it are not known to the lifecycle check.
-                self.lifecycle.set_partial();
-                self.skipped_blocks += 1;
-                i = last;
-                // Time-only: no barrier can be due (filtered runs take none).
-                let _ = emit(&super::time_only(check.max_ts));
-                continue;
-            }
-            if i >= self.verified_end {
-                let block = i / self.tape.block_records();
-                match self.tape.verify_block(block) {
-                    Ok(check) => self.check_fields = check.bad_fields > 0,
-                    Err(e) => {
-                        self.count(i);
-                        return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
-                    }
-                }
-                self.verified_end = ((block + 1) * self.tape.block_records()).min(self.tape.len());
-            }
-            debug_assert!(self.verified_end > i, "the record at {i} is in a verified block");
-            let run_end = end.min(self.verified_end);
-            while i < run_end {
+        loop {
+            let event = if i < end && i < self.verified_end {
                 // Prefetching past the verified block reads unverified
                 // bytes only as a cache hint: no result depends on them.
-                if i + PREFETCH_AHEAD < self.tape.len() {
+                if lifecycle && i + PREFETCH_AHEAD < len {
                     let ahead = self.tape.record(i + PREFETCH_AHEAD);
                     self.lifecycle.prefetch(ahead.order_id);
                     if ahead.kind == b'T' {
@@ -274,99 +339,142 @@ impl Feed for NativeFeed {
                     // The common case: a sound record next in line (nothing held).
                     i += 1;
                     let event = self.event(&record);
-                    let outcome = self.lifecycle.apply(&event);
+                    let outcome = if lifecycle { self.lifecycle.apply(&event) } else { Ok(()) };
                     self.sequencer.commit_in_line(record.seq, record.ts_ns, outcome.is_ok());
                     match outcome {
-                        Ok(()) => {
-                            if !emit(&event) {
-                                break 'pump;
-                            }
+                        Ok(()) => event,
+                        Err(reason) => {
+                            self.reject(i - 1, &record, &reason)?;
+                            continue;
                         }
-                        Err(reason) => self.reject(i - 1, &record, &reason)?,
                     }
-                    continue;
-                }
-                let fields = if self.check_fields {
-                    check_fields(record.seq, record.kind(), record.price, record.qty, record.contra_order_id)
                 } else {
-                    Ok(())
-                };
-                if let Some(h) = self.held {
-                    let next = fields.is_ok().then_some((record.seq, record.ts_ns));
-                    let settled = match self.sequencer.resolve(next) {
-                        Resolved::Wait => None,
-                        Resolved::Confirm => Some(Ok(())),
-                        Resolved::Reject(reason) => Some(Err(reason)),
-                    };
-                    if let Some(outcome) = settled {
-                        self.held = None;
-                        let held = self.tape.record(h);
-                        match outcome {
-                            Ok(()) => {
-                                if let Some(event) = self.admit(h, &held)?
-                                    && !emit(&event)
-                                {
-                                    // Record i is read again by the next pump.
-                                    break 'pump;
-                                }
-                            }
-                            Err(reason) => self.reject(h, &held, &reason)?,
-                        }
+                    let (next, event) = self.step(i, &record)?;
+                    i = next;
+                    match event {
+                        Some(event) => event,
+                        None => continue,
                     }
                 }
-                i += 1;
-                if let Err(reason) = fields {
-                    // A seq of a record that breaks a field rule holds its
-                    // place only when it is the expected one (as on CSV).
-                    self.sequencer.malformed(Some(record.seq));
-                    self.reject(i - 1, &record, &reason)?;
-                    continue;
-                }
-                match self.sequencer.judge(record.seq, record.ts_ns) {
-                    Judged::InLine => {
-                        if let Some(event) = self.admit(i - 1, &record)?
-                            && !emit(&event)
-                        {
-                            break 'pump;
-                        }
+            } else if i < end {
+                match self.enter_block(i)? {
+                    // A block left unread: a time-only event stands for it.
+                    Some((next, event)) => {
+                        i = next;
+                        event
                     }
-                    Judged::Hold => self.held = Some(i - 1),
-                    Judged::Reject(reason) => self.reject(i - 1, &record, &reason)?,
+                    None => continue,
                 }
+            } else if i == len && self.held.is_some() {
+                match self.settle_at_end()? {
+                    Some(event) => event,
+                    None => continue,
+                }
+            } else {
+                break;
+            };
+            if !emit(&event) {
+                break;
             }
         }
         self.tape.release_before(i);
         self.count(i);
-        if self.next == self.tape.len()
-            && let Some(h) = self.held.take()
-        {
-            // Nothing came after it to contradict it; a barrier due after
-            // it is cut once the feed returns.
-            self.sequencer.resolve_at_end();
-            let held = self.tape.record(h);
-            if let Some(event) = self.admit(h, &held)? {
-                self.stats.accepted += 1;
-                emit(&event);
-            }
-        }
-        if self.next == self.tape.len() {
+        if self.next == len && self.held.is_none() {
             self.rejects.finish()?;
         }
-        Ok(self.next < self.tape.len())
+        Ok(self.next < len || self.held.is_some())
     }
 
-    fn checkpoint(&mut self, w: &mut Writer<'_>) -> Result<FeedCheckpoint, FeedError> {
-        // Barriers follow an emitted record, which settles any hold first.
-        assert!(self.held.is_none(), "a checkpoint with a record held for look-ahead");
-        w.u64(self.next as u64);
-        encode_stats(w, &self.stats);
-        self.sequencer.snapshot(w);
-        self.lifecycle.snapshot(w);
-        Ok(FeedCheckpoint { offset: self.next as u64, line_no: 0, rejects: self.rejects.committed()? })
+    /// The first record of a block not yet verified: leaves the block
+    /// unread where a filtered replay may (see `skippable`; returns where
+    /// to go on and the time-only event that stands for the block), or
+    /// verifies it.
+    #[inline(never)]
+    fn enter_block(&mut self, i: usize) -> Result<Option<(usize, Event)>, FeedError> {
+        if let Some(check) = self.skippable(i) {
+            // Neither verified nor read: its pages stay untouched but
+            // for its first and last records' seqs.
+            let last = (i + self.tape.block_records()).min(self.tape.len());
+            self.sequencer.skip_past(self.tape.record(last - 1).seq, check.max_ts);
+            // Orders entered in it are not known to the lifecycle check.
+            self.lifecycle.set_partial();
+            self.skipped_blocks += 1;
+            // Time-only: no barrier can be due (filtered runs take none).
+            return Ok(Some((last, super::time_only(check.max_ts))));
+        }
+        let block = i / self.tape.block_records();
+        match self.tape.verify_block(block) {
+            Ok(check) => self.check_fields = check.bad_fields > 0,
+            Err(e) => {
+                self.count(i);
+                return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
+            }
+        }
+        self.verified_end = ((block + 1) * self.tape.block_records()).min(self.tape.len());
+        debug_assert!(self.verified_end > i, "the record at {i} is in a verified block");
+        Ok(None)
     }
 
-    fn stats(&self) -> FeedStats {
-        self.stats.clone()
+    /// Record `i`, when it is not simply next in line: a field rule
+    /// broken, a record held for a look-ahead, or a jump. Returns the
+    /// index to read next and the event to hand on, if any. When the
+    /// record settles a held one that is accepted, that one is the event
+    /// and record `i` is read again (nothing is held then).
+    #[inline(never)]
+    fn step(&mut self, i: usize, record: &TapeRecord) -> Result<(usize, Option<Event>), FeedError> {
+        let fields = if self.check_fields {
+            check_fields(record.seq, record.kind(), record.price, record.qty, record.contra_order_id)
+        } else {
+            Ok(())
+        };
+        if let Some(h) = self.held {
+            let next = fields.is_ok().then_some((record.seq, record.ts_ns));
+            let settled = match self.sequencer.resolve(next) {
+                Resolved::Wait => None,
+                Resolved::Confirm => Some(Ok(())),
+                Resolved::Reject(reason) => Some(Err(reason)),
+            };
+            if let Some(outcome) = settled {
+                self.held = None;
+                let held = self.tape.record(h);
+                match outcome {
+                    Ok(()) => {
+                        if let Some(event) = self.admit(h, &held)? {
+                            return Ok((i, Some(event)));
+                        }
+                    }
+                    Err(reason) => self.reject(h, &held, &reason)?,
+                }
+            }
+        }
+        if let Err(reason) = fields {
+            // A seq of a record that breaks a field rule holds its
+            // place only when it is the expected one (as on CSV).
+            self.sequencer.malformed(Some(record.seq));
+            self.reject(i, record, &reason)?;
+            return Ok((i + 1, None));
+        }
+        match self.sequencer.judge(record.seq, record.ts_ns) {
+            Judged::InLine => Ok((i + 1, self.admit(i, record)?)),
+            Judged::Hold => {
+                self.held = Some(i);
+                Ok((i + 1, None))
+            }
+            Judged::Reject(reason) => {
+                self.reject(i, record, &reason)?;
+                Ok((i + 1, None))
+            }
+        }
+    }
+
+    /// The tape ended with a record held: nothing came after it to
+    /// contradict it (a barrier due after it is cut once the feed returns).
+    #[cold]
+    fn settle_at_end(&mut self) -> Result<Option<Event>, FeedError> {
+        let Some(h) = self.held.take() else { return Ok(None) };
+        self.sequencer.resolve_at_end();
+        let held = self.tape.record(h);
+        self.admit(h, &held)
     }
 }
 
@@ -392,6 +500,84 @@ mod tests {
             }
         }
         panic!("the feed made no progress after {} records", seqs.len());
+    }
+
+    /// A day of `n` orders, each entered then cancelled 10 records later,
+    /// and one cancel of an order never entered after the 100th record.
+    fn lifecycle_day(path: &std::path::Path, lifecycle_checked: bool) {
+        let mut records = Vec::new();
+        let order = |seq: u64, kind: u8, order_id: u64| TapeRecord {
+            seq,
+            ts_ns: seq as i64,
+            kind,
+            side: b'B',
+            order_id,
+            price: 1,
+            qty: 1,
+            ..TapeRecord::default()
+        };
+        for id in 1..=200u64 {
+            records.push((b'N', id));
+            if id > 10 {
+                records.push((b'C', id - 10));
+            }
+            if id == 100 {
+                records.push((b'C', 1_000_000));
+            }
+        }
+        let mut writer = TapeWriter::create(path).expect("create");
+        for (i, &(kind, id)) in records.iter().enumerate() {
+            writer.push(&order(i as u64 + 1, kind, id)).expect("push");
+        }
+        let stats = TapeStats { lifecycle_checked, ..TapeStats::default() };
+        writer.finish(&[b"A"], &[b"X"], stats).expect("finish");
+    }
+
+    /// A tape without import's mark, or any with `verify_lifecycle`, is
+    /// checked against the open orders (the unknown cancel is rejected);
+    /// one with the mark is taken as import checked it.
+    #[test]
+    fn lifecycle_is_rechecked_unless_import_checked_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (marked, verify, rechecked) in [(false, false, true), (true, false, false), (true, true, true)] {
+            let path = dir.path().join(format!("day-{marked}-{verify}.tape"));
+            lifecycle_day(&path, marked);
+            let mut feed = feed(&path).verify_lifecycle(verify);
+            assert_eq!(feed.rechecks_lifecycle(), rechecked);
+            let seqs = rest(&mut feed);
+            assert_eq!(seqs.len() as u64 + feed.stats().rejected, feed.stats().records_read);
+            assert_eq!(feed.stats().rejected, rechecked as u64, "marked {marked}, verify {verify}");
+        }
+    }
+
+    /// A checkpoint of a run that trusted import's check holds no open
+    /// orders: resumed with `verify_lifecycle`, an order the feed does not
+    /// know may have been entered before it, so records naming one are
+    /// taken as the tape says (as in a filtered replay), not rejected: the
+    /// cancels of orders entered before the checkpoint, and the cancel of
+    /// the order never entered too. A checkpoint of a checking run resumes
+    /// from its open orders and rejects only the latter.
+    #[test]
+    fn a_resume_switching_lifecycle_checks_keeps_what_is_known() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        lifecycle_day(&path, true);
+        for first_verifies in [false, true] {
+            let mut first = feed(&path).verify_lifecycle(first_verifies);
+            let mut seen = 0;
+            first
+                .pump_until(&mut |_| {
+                    seen += 1;
+                    seen < 50
+                })
+                .expect("pump");
+            let mut position = Vec::new();
+            first.checkpoint(&mut Writer::new(&mut position)).expect("checkpoint");
+            let mut resumed = feed(&path).verify_lifecycle(true);
+            resumed.resume(&mut Reader::new(&position)).expect("resume");
+            rest(&mut resumed);
+            assert_eq!(resumed.stats().rejected, first_verifies as u64, "first run verifies: {first_verifies}");
+        }
     }
 
     /// Checkpoints stop a replay anywhere, mostly inside a checksum block

@@ -445,6 +445,12 @@ pub struct Sequencer {
     fast_seq: u64,
     fast_lo: i64,
     fast_hi: i64,
+    /// What `commit_in_line` needs to move `fast_hi`, worked out once: the
+    /// future bound (`i64::MAX` for none; added to a negative time it ends
+    /// a little short of `i64::MAX`, which only sends such a record to
+    /// `judge`) and the day's last nanosecond.
+    future_bound_ns: i64,
+    fast_cap: i64,
     /// Broken lines that stood in the seqs right after a held record that
     /// was then confirmed: its commit moves the expected seq past them.
     placed_after_held: u64,
@@ -470,6 +476,8 @@ impl Sequencer {
             fast_seq: 0,
             fast_lo: 1,
             fast_hi: 0,
+            future_bound_ns: if rules.max_future_ns > 0 { rules.max_future_ns } else { i64::MAX },
+            fast_cap: i64::MAX,
             placed_after_held: 0,
             unplaced: 0,
             last_gap: None,
@@ -498,13 +506,10 @@ impl Sequencer {
         self.expected_seq = Some(seq + 1);
         self.fast_seq = seq + 1;
         if accepted {
+            // As `refresh_fast` would, with the day unchanged (it was fixed
+            // before any record could take this path).
             self.recent_ts_ns = self.recent_ts_ns.max(ts_ns);
-            let ahead = if self.rules.max_future_ns > 0 {
-                self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
-            } else {
-                i64::MAX
-            };
-            self.fast_hi = ahead.min(self.day.map_or(i64::MAX, |(_, end)| end.saturating_sub(1)));
+            self.fast_hi = self.recent_ts_ns.saturating_add(self.future_bound_ns).min(self.fast_cap);
         }
     }
 
@@ -519,13 +524,10 @@ impl Sequencer {
             return;
         }
         let (start, end) = self.day.unwrap_or((i64::MIN, i64::MAX));
-        let ahead = if self.rules.max_future_ns > 0 {
-            self.recent_ts_ns.saturating_add(self.rules.max_future_ns)
-        } else {
-            i64::MAX
-        };
+        self.fast_cap = end.saturating_sub(1);
         self.fast_seq = expected;
-        (self.fast_lo, self.fast_hi) = (start, ahead.min(end.saturating_sub(1)));
+        (self.fast_lo, self.fast_hi) =
+            (start, self.recent_ts_ns.saturating_add(self.future_bound_ns).min(self.fast_cap));
     }
 
     /// Whether a whole block, by its index summary, would be judged in
