@@ -123,7 +123,7 @@ impl Detector {
     pub fn with_views(rules: &Rules, window_capacity: usize, views: &ViewConfig) -> Detector {
         Detector {
             rules: Active::new(rules, &Sizing { window_capacity }),
-            views: Views::new(rules.reads(), views),
+            views: Views::for_rules(rules, views),
             tiers: (!rules.tiers.names.is_empty())
                 .then(|| views.reference.clone().map(|r| TierLookup::new(r, rules.tiers.names.clone())))
                 .flatten(),
@@ -301,6 +301,11 @@ impl Detector {
     pub fn stats(&self) -> DetectorStats {
         let mut s = self.rules.stats();
         s.grew += self.views.grew();
+        // The spoof stream is spoofing's and layering's state.
+        if let Some((keys, entries)) = self.views.spoof_footprint() {
+            s.active_keys += keys;
+            s.window_entries += entries;
+        }
         s
     }
 }

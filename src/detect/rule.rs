@@ -64,6 +64,9 @@ impl Reads {
     pub const LAST_TRADE: Reads = Reads(1);
     /// The instrument's order book and what the record did to it (the book view).
     pub const BOOK: Reads = Reads(2);
+    /// The window stream spoofing and layering share (`detect::views::spoof`):
+    /// what it found for the rule at this record. Needs `BOOK`.
+    pub const SPOOF: Reads = Reads(4);
 
     pub const fn or(self, other: Reads) -> Reads {
         Reads(self.0 | other.0)
@@ -84,6 +87,8 @@ pub struct Seen<'a> {
     /// `Reads::BOOK`: what the record did to its instrument's order book,
     /// and the book just after it (`detect::views::book`).
     pub book: Option<crate::detect::views::BookSeen<'a>>,
+    /// `Reads::SPOOF`: the spoof stream's findings at this record.
+    pub spoof: Option<crate::detect::views::spoof::SpoofSeen<'a>>,
     /// The record's instrument's tier (0: none, or no tier tables); the
     /// registry sets a tiered rule's parameters from it before `on_record`.
     pub tier: u8,

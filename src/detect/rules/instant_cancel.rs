@@ -52,14 +52,16 @@ pub struct Raw {
 
 pub const MAX_KEYS: usize = 1 << 20;
 
-/// One (group, instrument) key's day: orders, instant cancels, its episode and evidence.
+/// One (group, instrument) key's day: orders, instant cancels and its
+/// episode. Every key of the day has one, so it is kept small (the table
+/// doubles as the day goes on, moving every slot); the evidence lists are
+/// in `involved`, only for the keys that cancelled instantly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Key {
     day: i64,
     orders: u32,
     instant: u32,
     episode: Episode,
-    involved: Involved,
 }
 
 pub struct InstantCancel {
@@ -68,20 +70,36 @@ pub struct InstantCancel {
     /// records ahead; a checkpoint cuts it in O(1) and copies it in slices
     /// (copy-on-write, `state::cow::CowMap`).
     keys: CowMap<Key>,
+    /// The accounts and orders of each key's instant cancels (the alert's
+    /// evidence), for the keys that have some; cut like `keys`.
+    involved: CowMap<Involved>,
+    /// The snapshot in progress: each table's image once copied.
+    copying: (Option<KeysImage>, Option<InvolvedImage>),
     pub counts: EpisodeCounts,
     refused: u64,
+}
+
+type KeysImage = Vec<(u64, Key)>;
+type InvolvedImage = Vec<(u64, Involved)>;
+
+/// The rule's state as of a barrier: the keys and the evidence lists.
+#[derive(Default)]
+pub struct Image {
+    keys: KeysImage,
+    involved: InvolvedImage,
 }
 
 impl Rule for InstantCancel {
     const ID: u16 = 0x12;
     const NAME: &'static str = "instant-cancel";
     const TABLE: &'static str = "instant_cancel";
-    const VERSION: u16 = 1;
+    /// 2: the evidence lists after the keys, in a table of their own.
+    const VERSION: u16 = 2;
     const KINDS: Kinds = Kinds::NEW.or(Kinds::CANCEL);
     const READS: Reads = Reads::BOOK;
     type Raw = Raw;
     type Params = Params;
-    type Image = Vec<(u64, Key)>;
+    type Image = Image;
 
     fn validate(raw: Raw, p: &mut Problems<'_>) -> Option<Params> {
         let d = Params::default();
@@ -118,6 +136,8 @@ impl Rule for InstantCancel {
         InstantCancel {
             params: *params,
             keys: CowMap::with_capacity(1024),
+            involved: CowMap::with_capacity(64),
+            copying: (None, None),
             counts: EpisodeCounts::default(),
             refused: 0,
         }
@@ -152,23 +172,29 @@ impl Rule for InstantCancel {
             s.orders += 1;
         } else if instant {
             s.instant += 1;
-            s.involved.account(event.account);
-            s.involved.order(event.order_id);
         }
         let p = self.params;
         let crossing = crosses(&p, s.instant, s.orders);
         let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
+        let instant_count = s.instant;
+        let orders = s.orders;
         self.counts.count(outcome);
+        if instant {
+            let involved = self.involved.get_or_insert_default(k);
+            involved.account(event.account);
+            involved.order(event.order_id);
+        }
         if let Outcome::New(n) = outcome {
             let evidence = Evidence([
-                s.instant as u64,
-                s.orders as u64,
+                instant_count as u64,
+                orders as u64,
                 p.min_cancels as u64,
                 p.min_share_pct as u64,
                 (p.within_ns / MS) as u64,
                 n as u64,
             ]);
-            let (list, len) = s.involved.list();
+            // A new episode needs an instant cancel (`min_cancels` >= 1), so the key has its list.
+            let (list, len) = self.involved.get(k).copied().unwrap_or_default().list();
             out.alert(Alert::about(Self::ID, event, evidence), &list[..len]);
         }
     }
@@ -190,41 +216,60 @@ impl Rule for InstantCancel {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats { active_keys: self.keys.len(), grew: self.keys.grew, ..RuleStats::default() }
+        RuleStats { active_keys: self.keys.len(), grew: self.keys.grew + self.involved.grew, ..RuleStats::default() }
     }
 
-    fn begin_snapshot(&mut self, image: Vec<(u64, Key)>) {
-        self.keys.begin_snapshot(image);
+    fn begin_snapshot(&mut self, image: Image) {
+        self.keys.begin_snapshot(image.keys);
+        self.involved.begin_snapshot(image.involved);
+        self.copying = (None, None);
     }
 
-    fn copy_slice(&mut self, max: usize) -> Option<Vec<(u64, Key)>> {
-        self.keys.copy_slice(slice_slots(max))
+    fn copy_slice(&mut self, max: usize) -> Option<Image> {
+        if self.copying.0.is_none() {
+            self.copying.0 = self.keys.copy_slice(slice_slots(max));
+        }
+        if self.copying.1.is_none() {
+            self.copying.1 = self.involved.copy_slice(slice_slots(max));
+        }
+        match std::mem::take(&mut self.copying) {
+            (Some(keys), Some(involved)) => Some(Image { keys, involved }),
+            partial => {
+                self.copying = partial;
+                None
+            }
+        }
     }
 
-    fn encode_image(image: &Vec<(u64, Key)>, w: &mut Writer<'_>) {
-        w.u64(image.len() as u64);
-        for (k, s) in image {
+    fn encode_image(image: &Image, w: &mut Writer<'_>) {
+        w.u64(image.keys.len() as u64);
+        for (k, s) in &image.keys {
             w.u64(*k);
             w.i64(s.day);
             w.u32(s.orders);
             w.u32(s.instant);
             s.episode.encode(w);
-            s.involved.encode(w);
+        }
+        w.u64(image.involved.len() as u64);
+        for (k, involved) in &image.involved {
+            w.u64(*k);
+            involved.encode(w);
         }
     }
 
     fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
         for _ in 0..r.count(24)? {
             let k = r.u64()?;
-            let s = Key {
-                day: r.i64()?,
-                orders: r.u32()?,
-                instant: r.u32()?,
-                episode: Episode::decode(r)?,
-                involved: Involved::decode(r)?,
-            };
+            let s = Key { day: r.i64()?, orders: r.u32()?, instant: r.u32()?, episode: Episode::decode(r)? };
             if keep(k) {
                 self.keys.insert(k, s);
+            }
+        }
+        for _ in 0..r.count(8)? {
+            let k = r.u64()?;
+            let involved = Involved::decode(r)?;
+            if keep(k) {
+                self.involved.insert(k, involved);
             }
         }
         Ok(())

@@ -22,12 +22,9 @@
 //! | `max_entries` | 2097152 | window entries (limit: the oldest expire early, counted) |
 
 use super::params::MS;
-use super::spoof_pattern::{Levels, MAX_LEVELS, Pattern, PatternParams, SharedRaw};
-use super::{BookRule, Finding, RuleStats};
+use super::spoof_pattern::{Levels, MAX_LEVELS, PatternParams, SharedRaw};
 use crate::checkpoint::codec::Writer;
 use crate::config::Problems;
-use crate::detect::views::{BookView, Change};
-use crate::event::Event;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -100,31 +97,14 @@ impl Params {
     }
 }
 
+/// The rule's state is the spoof stream's (`detect::views::spoof`, shared
+/// with spoofing): the rule emits what the stream found for it.
 pub struct Layering {
-    pattern: Pattern,
-    /// The snapshot cut at a barrier, until the registry takes it.
-    pub(super) snapshot: Option<Vec<u8>>,
+    pub params: Params,
 }
 
 impl Layering {
     pub fn new(params: Params) -> Layering {
-        Layering { pattern: Pattern::new(BookRule::Layering, params.0), snapshot: None }
-    }
-
-    #[inline]
-    pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
-        self.pattern.on_record(e, change, book, emit);
-    }
-
-    pub fn stats(&self) -> RuleStats {
-        self.pattern.stats()
-    }
-
-    pub fn pattern(&self) -> &Pattern {
-        &self.pattern
-    }
-
-    pub fn pattern_mut(&mut self) -> &mut Pattern {
-        &mut self.pattern
+        Layering { params }
     }
 }

@@ -33,7 +33,7 @@ mod test_book;
 mod tests;
 
 pub use finding::*;
-pub use spoof_pattern::{Levels, SpoofEvidence};
+pub use spoof_pattern::{Levels, MAX_RULES as MAX_SPOOF_RULES, Pattern as SpoofPattern, PatternParams, SpoofEvidence};
 #[cfg(test)]
 pub mod testkit;
 pub mod wash_trade;

@@ -140,12 +140,15 @@ macro_rules! spoof_rule {
             const ID: u16 = $id;
             const NAME: &'static str = $name;
             const TABLE: &'static str = $table;
-            const VERSION: u16 = 1;
-            const KINDS: Kinds = Kinds::ALL;
-            const READS: Reads = Reads::BOOK;
+            /// 2: the state moved to the spoof stream's section (the rule's is empty).
+            const VERSION: u16 = 2;
+            /// Only a cancel or a trade completes the pattern (the stream
+            /// sees every record).
+            const KINDS: Kinds = Kinds::CANCEL.or(Kinds::TRADE);
+            const READS: Reads = Reads::BOOK.or(Reads::SPOOF);
             type Raw = $module::RawParams;
             type Params = $module::Params;
-            type Image = Vec<u8>;
+            type Image = ();
 
             fn validate(raw: Self::Raw, problems: &mut Problems<'_>) -> Option<Self::Params> {
                 $module::Params::validate(raw, problems)
@@ -164,49 +167,16 @@ macro_rules! spoof_rule {
             }
 
             #[inline(always)]
-            fn prefetch(&self, event: &Event) {
-                self.pattern().prefetch(event);
-            }
-
-            #[inline(always)]
-            fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
-                if let Some(book) = seen.book.as_ref() {
-                    $ty::on_record(self, event, book.change, book.book, &mut |f| emit(Self::ID, f, out));
+            fn on_record(&mut self, _event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
+                if let Some(spoof) = seen.spoof {
+                    for f in spoof.of($book_rule) {
+                        emit(Self::ID, *f, out);
+                    }
                 }
             }
 
             fn write_evidence(evidence: &Evidence, list: &[u64], json: &mut EvidenceJson<'_>) {
                 write($book_rule, evidence, list, json);
-            }
-
-            fn stats(&self) -> RuleStats {
-                stats($ty::stats(self))
-            }
-
-            fn begin_snapshot(&mut self, mut image: Vec<u8>) {
-                image.clear();
-                self.pattern().encode(&mut Writer::new(&mut image));
-                self.snapshot = Some(image);
-            }
-
-            fn copy_slice(&mut self, _max: usize) -> Option<Vec<u8>> {
-                self.snapshot.take()
-            }
-
-            fn encode_image(image: &Vec<u8>, w: &mut Writer<'_>) {
-                w.out.extend_from_slice(image);
-            }
-
-            fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
-                self.pattern_mut().restore(r, keep)
-            }
-
-            fn restored(&mut self) {
-                self.pattern_mut().restored();
-            }
-
-            fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
-                describe_counts(section, false)
             }
         }
     };

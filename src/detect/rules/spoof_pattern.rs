@@ -47,6 +47,13 @@
 //! orders on side X (checked for S = the other side of X; a trade adds both
 //! parties' entries before either is checked). The first record at which
 //! every condition holds alerts.
+//!
+//! One `Pattern` serves spoofing and layering together (the shard keeps it
+//! as the spoof-stream view, `detect::views::spoof`): the entries do not
+//! depend on either rule's parameters, so they are pushed once and kept for
+//! the longer window; each rule has its own window start, sums and `since`
+//! per key, and alerts exactly as it would on a stream of its own (the
+//! property tests below check both against the definition).
 
 use super::window::{NONE, Window};
 use super::{BookRule, Evidence, Finding, OrderIds, RuleStats, key_of, opposite, side_index};
@@ -203,12 +210,15 @@ struct Entry {
     price: Px,
     /// `NEW`: the entered quantity; `EXEC`: the executed quantity.
     qty: u64,
-    /// `NEW`: cancelled so far (counted entries only).
+    /// `NEW`: cancelled so far (while the order counted for some rule).
     cancelled: u64,
-    /// `EXEC`: a fill of a counted spoof order.
+    /// `EXEC`: a fill of a non-marketable order of the same key whose
+    /// `NEW` entry is `of_new` (whether it is a counted spoof order is
+    /// each rule's question, asked when it walks).
     spoof_fill: bool,
     /// `CANCEL` and spoof-fill `EXEC`: the index of the order's `NEW`
-    /// entry (once that has left the window, so has this one's quantity).
+    /// entry (once that has left a rule's window, so has this one's
+    /// quantity for that rule).
     of_new: u64,
     depth5: u64,
     kind: u8,
@@ -217,33 +227,89 @@ struct Entry {
     behind: bool,
 }
 
+/// One rule's sums for one key.
 #[derive(Clone, Copy, Debug)]
-struct KeyState {
-    /// `(ts_ns, seq)` of the last alert: entries up to it are spent.
+struct Sums {
+    /// `(ts_ns, seq)` of the rule's last alert: entries up to it are spent.
     since: (i64, u64),
-    /// Sums over counted entries, per side.
+    /// Sums over the rule's counted entries, per side.
     spoof_qty: [u64; 2],
     cancelled: [u64; 2],
     new_qty: [u64; 2],
     exec_qty: [u64; 2],
 }
 
-impl Default for KeyState {
-    fn default() -> KeyState {
-        KeyState { since: (i64::MIN, 0), spoof_qty: [0; 2], cancelled: [0; 2], new_qty: [0; 2], exec_qty: [0; 2] }
+impl Default for Sums {
+    fn default() -> Sums {
+        Sums { since: (i64::MIN, 0), spoof_qty: [0; 2], cancelled: [0; 2], new_qty: [0; 2], exec_qty: [0; 2] }
     }
 }
 
-impl KeyState {
+impl Sums {
     #[inline]
     fn counts(&self, ts_ns: i64, seq: u64) -> bool {
         (ts_ns, seq) > self.since
     }
+
+    /// Adds (`add`) or takes away a counted entry.
+    #[inline]
+    fn apply(&mut self, d: &Entry, add: bool) {
+        let s = side_index(d.side);
+        let (field, qty) = match d.kind {
+            NEW => {
+                if d.non_marketable {
+                    if add {
+                        self.spoof_qty[s] += d.qty;
+                        self.cancelled[s] += d.cancelled;
+                    } else {
+                        self.spoof_qty[s] -= d.qty;
+                        self.cancelled[s] -= d.cancelled;
+                    }
+                }
+                (&mut self.new_qty[s], d.qty)
+            }
+            EXEC => (&mut self.exec_qty[s], d.qty),
+            _ => return,
+        };
+        if add {
+            *field += qty;
+        } else {
+            *field -= qty;
+        }
+    }
 }
 
-pub struct Pattern {
+/// The most rules one stream serves (spoofing and layering).
+pub const MAX_RULES: usize = 2;
+
+/// A key's state: each rule's sums, in the stream's rule order.
+type KeyState = [Sums; MAX_RULES];
+
+/// One rule the stream serves: its thresholds and where its window starts.
+#[derive(Clone, Copy, Debug)]
+struct RuleSlot {
     rule: BookRule,
     params: PatternParams,
+    /// Absolute index of the oldest entry inside this rule's window (the
+    /// stream keeps the longest window; a shorter one starts later).
+    head: u64,
+}
+
+/// The pattern's state for one or more rules (spoofing and layering, each
+/// with its own parameters): one stream of entries, one key table and one
+/// order map, kept for the longest window; per rule and key only the sums
+/// and `since`, and per rule the index where its window starts. So a
+/// record costs one push, one key lookup and one expiry, whichever rules
+/// are on; each rule's alerts are those it would raise on its own.
+///
+/// Limits: the stream holds the largest `max_keys` and `max_entries` of
+/// its rules (an overloaded stream refuses keys and evicts entries for all
+/// of them at once; counted).
+pub struct Pattern {
+    rules: [Option<RuleSlot>; MAX_RULES],
+    n_rules: usize,
+    /// The longest window of the rules.
+    window_ns: i64,
     window: Window<Entry, KeyState>,
     /// Order id -> absolute index of its `NEW` entry, while it is live.
     /// (An open-addressing table: its slot follows from the id, so the
@@ -251,41 +317,88 @@ pub struct Pattern {
     orders: FlatMap<u64, u64>,
     /// Restored entries waiting for `restored` (from every old shard).
     pending: Vec<Restored>,
-    pending_since: FxHashMap<u64, (i64, u64)>,
+    /// Restored keys: each rule's `since` (`None`: the rule was not in the
+    /// snapshot with these parameters, so it starts empty).
+    pending_since: FxHashMap<u64, [Option<(i64, u64)>; MAX_RULES]>,
 }
 
 /// An entry read back from a snapshot: (ts, seq, key, entry, whether it
 /// refers to a live `NEW`).
 type Restored = (i64, u64, u64, Entry, bool);
 
-/// Bytes of one key and of one entry in a snapshot.
-const KEY_BYTES: usize = 24;
+/// Bytes of one key (before its rules' `since`s), of one `since` and of
+/// one entry in a snapshot.
+const KEY_BYTES: usize = 8;
+const SINCE_BYTES: usize = 16;
 const ENTRY_BYTES: usize = 8 * 8 + 3;
 
 impl Pattern {
+    /// The pattern for one rule.
     pub fn new(rule: BookRule, params: PatternParams) -> Pattern {
-        let orders = FlatMap::with_capacity(1024.min(params.max_entries));
+        Pattern::shared(&[(rule, params)])
+    }
+
+    /// One stream for `rules` (at least one, at most `MAX_RULES`, distinct).
+    pub fn shared(rules: &[(BookRule, PatternParams)]) -> Pattern {
+        assert!(!rules.is_empty() && rules.len() <= MAX_RULES, "a spoof stream serves 1..={MAX_RULES} rules");
+        let mut slots = [None; MAX_RULES];
+        for (i, &(rule, params)) in rules.iter().enumerate() {
+            assert!(rules[..i].iter().all(|r| r.0 != rule), "{} twice in one stream", rule.name());
+            slots[i] = Some(RuleSlot { rule, params, head: 0 });
+        }
+        let max_keys = rules.iter().map(|r| r.1.max_keys).max().unwrap_or(1);
+        let max_entries = rules.iter().map(|r| r.1.max_entries).max().unwrap_or(1);
+        let window_ns = rules.iter().map(|r| r.1.window_ns).max().unwrap_or(0);
         Pattern {
-            rule,
-            params,
-            window: Window::new(params.max_keys, params.max_entries),
-            orders,
+            rules: slots,
+            n_rules: rules.len(),
+            window_ns,
+            window: Window::new(max_keys, max_entries),
+            orders: FlatMap::with_capacity(1024.min(max_entries)),
             pending: Vec::new(),
             pending_since: FxHashMap::default(),
         }
     }
 
-    /// The whole state, for a checkpoint. Layout: the keys `(key, since
-    /// ts, since seq)`, then the entries oldest first `(ts, seq, key,
+    #[inline(always)]
+    fn slot(&self, r: usize) -> &RuleSlot {
+        match &self.rules[r] {
+            Some(slot) => slot,
+            None => unreachable!("rule slots 0..n_rules are set"),
+        }
+    }
+
+    #[inline(always)]
+    fn slot_mut(&mut self, r: usize) -> &mut RuleSlot {
+        match &mut self.rules[r] {
+            Some(slot) => slot,
+            None => unreachable!("rule slots 0..n_rules are set"),
+        }
+    }
+
+    /// The whole state, for a checkpoint. Layout: the rules `(rule,
+    /// canonical parameters)`; the keys `(key, then each rule's since ts,
+    /// since seq)`; then the entries oldest first `(ts, seq, key,
     /// order_id, price, qty, cancelled, depth5, kind, side, flags)`; flags:
     /// non-marketable, behind, spoof fill, refers to a live `NEW`.
     pub fn encode(&self, w: &mut Writer<'_>) {
-        w.out.reserve(16 + self.window.key_count() * KEY_BYTES + self.window.len() * ENTRY_BYTES);
+        let n = self.n_rules;
+        w.out.reserve(64 + self.window.key_count() * (KEY_BYTES + n * SINCE_BYTES) + self.window.len() * ENTRY_BYTES);
+        w.u64(n as u64);
+        for r in 0..n {
+            let slot = self.slot(r);
+            w.u8(slot.rule as u8);
+            let mut params = Vec::new();
+            slot.params.encode(&mut Writer::new(&mut params));
+            w.bytes(&params);
+        }
         w.u64(self.window.key_count() as u64);
         for (_, key) in self.window.keys() {
             w.u64(key.key);
-            w.i64(key.state.since.0);
-            w.u64(key.state.since.1);
+            for sums in &key.state[..n] {
+                w.i64(sums.since.0);
+                w.u64(sums.since.1);
+            }
         }
         w.u64(self.window.len() as u64);
         for slot in self.window.entries() {
@@ -305,13 +418,47 @@ impl Pattern {
         }
     }
 
+    /// A name for messages: the rules served.
+    fn name(&self) -> String {
+        (0..self.n_rules).map(|r| self.slot(r).rule.name()).collect::<Vec<_>>().join("+")
+    }
+
     /// Reads one old shard's snapshot, keeping the keys `keep` accepts;
-    /// `restored` builds the state once every snapshot was read.
+    /// `restored` builds the state once every snapshot was read. A rule of
+    /// this stream that the snapshot does not hold with the same
+    /// parameters starts empty (its `since` is put at each key's newest
+    /// entry): what a rules reload wants of a rule it does not carry over.
     pub fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
-        for _ in 0..r.count(KEY_BYTES)? {
-            let (key, since) = (r.u64()?, (r.i64()?, r.u64()?));
+        let n_old = r.count(1)?;
+        if n_old > MAX_RULES {
+            return Err(DecodeError(format!("{}: {n_old} rules in one stream", self.name())));
+        }
+        // Which old rule's `since` each of ours takes.
+        let mut from: [Option<usize>; MAX_RULES] = [None; MAX_RULES];
+        for j in 0..n_old {
+            let rule = r.u8()?;
+            let params = r.bytes()?;
+            for (i, from) in from.iter_mut().enumerate().take(self.n_rules) {
+                let slot = self.slot(i);
+                let mut ours = Vec::new();
+                slot.params.encode(&mut Writer::new(&mut ours));
+                if slot.rule as u8 == rule && ours == params {
+                    *from = Some(j);
+                }
+            }
+        }
+        for _ in 0..r.count(KEY_BYTES + n_old * SINCE_BYTES)? {
+            let key = r.u64()?;
+            let mut old = [(i64::MIN, 0u64); MAX_RULES];
+            for since in old.iter_mut().take(n_old) {
+                *since = (r.i64()?, r.u64()?);
+            }
+            let mut since = [None; MAX_RULES];
+            for (i, since) in since.iter_mut().enumerate() {
+                *since = from[i].map(|j| old[j]);
+            }
             if keep(key) && self.pending_since.insert(key, since).is_some() {
-                return Err(DecodeError(format!("{}: key {key:#x} in two snapshots", self.rule.name())));
+                return Err(DecodeError(format!("{}: key {key:#x} in two snapshots", self.name())));
             }
         }
         for _ in 0..r.count(ENTRY_BYTES)? {
@@ -329,16 +476,16 @@ impl Pattern {
             d.side = match r.u8()? {
                 b'B' => Side::Buy,
                 b'S' => Side::Sell,
-                other => return Err(DecodeError(format!("{}: bad side {other}", self.rule.name()))),
+                other => return Err(DecodeError(format!("{}: bad side {other}", self.name()))),
             };
             let flags = r.u8()?;
             if d.kind > CANCEL || flags > 15 {
-                return Err(DecodeError(format!("{}: bad entry kind {} or flags {flags}", self.rule.name(), d.kind)));
+                return Err(DecodeError(format!("{}: bad entry kind {} or flags {flags}", self.name(), d.kind)));
             }
             (d.non_marketable, d.behind, d.spoof_fill) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
             if keep(key) {
                 if !self.pending_since.contains_key(&key) {
-                    return Err(DecodeError(format!("{}: entry of unlisted key {key:#x}", self.rule.name())));
+                    return Err(DecodeError(format!("{}: entry of unlisted key {key:#x}", self.name())));
                 }
                 self.pending.push((ts, seq, key, d, flags & 8 != 0));
             }
@@ -346,39 +493,46 @@ impl Pattern {
         Ok(())
     }
 
+    /// Whether restored snapshots wait for `restored`.
+    pub fn restore_pending(&self) -> bool {
+        !self.pending_since.is_empty()
+    }
+
     /// Builds the state from the snapshots read: entries in time order
     /// (a stable sort keeps each snapshot's own order), the sums recomputed
-    /// from the counted ones.
+    /// from the counted ones. Every rule's window starts at the oldest
+    /// entry: the next record's expiry takes each back to its own length.
     pub fn restored(&mut self) {
         let mut pending = std::mem::take(&mut self.pending);
         pending.sort_by_key(|x| (x.0, x.1));
+        // A rule that starts empty: its `since` is the key's newest entry.
+        let mut newest: FxHashMap<u64, (i64, u64)> = FxHashMap::default();
+        for &(ts, seq, key, _, _) in &pending {
+            newest.insert(key, (ts, seq));
+        }
+        let n = self.n_rules;
+        let head = self.window.head();
+        for r in 0..n {
+            self.slot_mut(r).head = head;
+        }
         for (ts, seq, key, mut d, live) in pending.drain(..) {
+            // Room first: the eviction may release a key, never the one pushed to.
+            self.make_room();
             let Some(slot) = self.window.find_or_insert(key) else { continue };
-            let state = &mut self.window.key_mut(slot).state;
             if let Some(since) = self.pending_since.get(&key) {
-                state.since = *since;
+                let state = &mut self.window.key_mut(slot).state;
+                for (sums, since) in state.iter_mut().zip(since).take(n) {
+                    sums.since = since.unwrap_or_else(|| newest.get(&key).copied().unwrap_or((i64::MIN, 0)));
+                }
             }
             if d.kind != NEW && live {
                 d.of_new = self.orders.get(d.order_id).copied().unwrap_or(NONE);
             }
-            if self.window.must_evict() {
-                self.window.entries_evicted += 1;
-                self.pop_oldest();
-            }
             let abs = self.window.push(slot, ts, seq, d);
             let state = &mut self.window.key_mut(slot).state;
-            if state.counts(ts, seq) {
-                let s = side_index(d.side);
-                match d.kind {
-                    NEW => {
-                        state.new_qty[s] += d.qty;
-                        if d.non_marketable {
-                            state.spoof_qty[s] += d.qty;
-                            state.cancelled[s] += d.cancelled;
-                        }
-                    }
-                    EXEC => state.exec_qty[s] += d.qty,
-                    _ => {}
+            for sums in &mut state[..n] {
+                if sums.counts(ts, seq) {
+                    sums.apply(&d, true);
                 }
             }
             if d.kind == NEW {
@@ -389,8 +543,9 @@ impl Pattern {
         self.pending_since.clear();
     }
 
+    /// The first rule's thresholds.
     pub fn params(&self) -> &PatternParams {
-        &self.params
+        &self.slot(0).params
     }
 
     pub fn stats(&self) -> RuleStats {
@@ -417,10 +572,28 @@ impl Pattern {
         }
     }
 
-    /// Drops the entries that left the window at `now_ns`.
+    /// Drops the entries that left each rule's window at `now_ns`, and
+    /// the stream's entries that left the longest.
     #[inline]
     fn expire(&mut self, now_ns: i64) {
-        let cutoff = now_ns.saturating_sub(self.params.window_ns);
+        let tail = self.window.tail();
+        for r in 0..self.n_rules {
+            let cutoff = now_ns.saturating_sub(self.slot(r).params.window_ns);
+            let mut head = self.slot(r).head;
+            while head < tail {
+                let entry = *self.window.entry(head);
+                if entry.ts_ns > cutoff {
+                    break;
+                }
+                let sums = &mut self.window.key_mut(entry.key).state[r];
+                if sums.counts(entry.ts_ns, entry.seq) {
+                    sums.apply(&entry.data, false);
+                }
+                head += 1;
+            }
+            self.slot_mut(r).head = head;
+        }
+        let cutoff = now_ns.saturating_sub(self.window_ns);
         while let Some(front) = self.window.front() {
             if front.ts_ns > cutoff {
                 break;
@@ -430,6 +603,21 @@ impl Pattern {
     }
 
     fn pop_oldest(&mut self) {
+        let abs = self.window.head();
+        if abs == self.window.tail() {
+            return;
+        }
+        // A rule whose window still holds the entry (an eviction) lets it go first.
+        for r in 0..self.n_rules {
+            if self.slot(r).head <= abs {
+                let entry = *self.window.entry(abs);
+                let sums = &mut self.window.key_mut(entry.key).state[r];
+                if sums.counts(entry.ts_ns, entry.seq) {
+                    sums.apply(&entry.data, false);
+                }
+                self.slot_mut(r).head = abs + 1;
+            }
+        }
         let Some((abs, slot)) = self.window.pop_front() else { return };
         let e = slot.data;
         // One probe: the id is put back in the rare case it names a newer
@@ -440,22 +628,7 @@ impl Pattern {
         {
             self.orders.insert(e.order_id, newer);
         }
-        let key = self.window.key_mut(slot.key);
-        if key.state.counts(slot.ts_ns, slot.seq) {
-            let s = side_index(e.side);
-            match e.kind {
-                NEW => {
-                    key.state.new_qty[s] -= e.qty;
-                    if e.non_marketable {
-                        key.state.spoof_qty[s] -= e.qty;
-                        key.state.cancelled[s] -= e.cancelled;
-                    }
-                }
-                EXEC => key.state.exec_qty[s] -= e.qty,
-                _ => {}
-            }
-        }
-        if key.entries == 0 {
+        if self.window.key(slot.key).entries == 0 {
             self.window.release(slot.key);
         }
     }
@@ -469,23 +642,28 @@ impl Pattern {
         }
     }
 
+    /// Pushes an entry of `order`'s key; every rule counts it (it is the newest).
     fn push(&mut self, e: &Event, order: &OrderRef, data: Entry) -> Option<(u32, u64)> {
         self.make_room();
         let slot = self.window.find_or_insert(key_of(order.group, e.instrument))?;
         let abs = self.window.push(slot, e.ts_ns, e.seq, data);
-        let s = side_index(data.side);
+        let n = self.n_rules;
         let state = &mut self.window.key_mut(slot).state;
-        match data.kind {
-            NEW => {
-                state.new_qty[s] += data.qty;
-                if data.non_marketable {
-                    state.spoof_qty[s] += data.qty;
-                }
-            }
-            EXEC => state.exec_qty[s] += data.qty,
-            _ => {}
+        for sums in &mut state[..n] {
+            sums.apply(&data, true);
         }
         Some((slot, abs))
+    }
+
+    /// Whether the `NEW` entry at `abs` is a counted spoof order of rule `r`:
+    /// inside its window and after its last alert on the key.
+    #[inline]
+    fn counted_for(&self, r: usize, abs: u64) -> bool {
+        if abs < self.slot(r).head || !self.window.is_live(abs) {
+            return false;
+        }
+        let entry = self.window.entry(abs);
+        entry.data.non_marketable && self.window.key(entry.key).state[r].counts(entry.ts_ns, entry.seq)
     }
 
     #[inline]
@@ -525,13 +703,19 @@ impl Pattern {
                 if self.window.key(slot).key != key_of(order.group, e.instrument) {
                     return;
                 }
-                let entry = *self.window.entry(abs);
-                let state = self.window.key(slot).state;
-                if !entry.data.non_marketable || !state.counts(entry.ts_ns, entry.seq) {
+                // The rules for which it is a counted spoof order.
+                let mut counted = [false; MAX_RULES];
+                for (r, counted) in counted.iter_mut().enumerate().take(self.n_rules) {
+                    *counted = self.counted_for(r, abs);
+                }
+                if !counted.contains(&true) {
                     return;
                 }
                 self.window.entry_mut(abs).data.cancelled += qty;
-                self.window.key_mut(slot).state.cancelled[side_index(order.side)] += qty;
+                let state = &mut self.window.key_mut(slot).state;
+                for (sums, _) in state.iter_mut().zip(counted).filter(|(_, c)| *c) {
+                    sums.cancelled[side_index(order.side)] += qty;
+                }
                 let data = Entry {
                     order_id: order.order_id,
                     qty,
@@ -541,22 +725,22 @@ impl Pattern {
                     ..Entry::default()
                 };
                 if let Some((slot, _)) = self.push(e, &order, data) {
-                    self.check(slot, order.side, e, order.account, emit);
+                    for (r, _) in counted.iter().enumerate().filter(|(_, c)| **c) {
+                        self.check(r, slot, order.side, e, order.account, emit);
+                    }
                 }
             }
             Change::Traded { buy, sell, price, qty, .. } => {
                 let mut checks = [None, None];
                 for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
-                    let of_new = self.counted_spoof(&order, e);
-                    let spoof_fill = of_new.is_some();
-                    let of_new = of_new.unwrap_or(NONE);
+                    let of_new = self.spoof_new(&order, e).unwrap_or(NONE);
                     let data = Entry {
                         order_id: order.order_id,
                         price,
                         qty,
                         kind: EXEC,
                         side,
-                        spoof_fill,
+                        spoof_fill: of_new != NONE,
                         of_new,
                         ..Entry::default()
                     };
@@ -564,33 +748,33 @@ impl Pattern {
                         checks[i] = Some((slot, opposite(side), order.account));
                     }
                 }
-                for (slot, spoof_side, account) in checks.into_iter().flatten() {
-                    self.check(slot, spoof_side, e, account, emit);
+                for r in 0..self.n_rules {
+                    for &(slot, spoof_side, account) in checks.iter().flatten() {
+                        self.check(r, slot, spoof_side, e, account, emit);
+                    }
                 }
             }
             Change::Skipped(_) => {}
         }
     }
 
-    /// The `NEW` entry of `order` if it is a counted spoof order of its key.
+    /// The live `NEW` entry of `order` if it is non-marketable and of the
+    /// same key (whether it counts is each rule's question).
     #[inline]
-    fn counted_spoof(&self, order: &OrderRef, e: &Event) -> Option<u64> {
+    fn spoof_new(&self, order: &OrderRef, e: &Event) -> Option<u64> {
         let &abs = self.orders.get(order.order_id)?;
         let entry = self.window.entry(abs);
         let key = self.window.key(entry.key);
-        (key.key == key_of(order.group, e.instrument)
-            && entry.data.non_marketable
-            && key.state.counts(entry.ts_ns, entry.seq))
-        .then_some(abs)
+        (key.key == key_of(order.group, e.instrument) && entry.data.non_marketable).then_some(abs)
     }
 
-    /// Checks the pattern for the key in `slot` with spoof orders on `side`,
-    /// cheapest conditions first: the key's entries are walked only when
-    /// the sums already hold.
-    fn check(&mut self, slot: u32, side: Side, e: &Event, account: u32, emit: &mut impl FnMut(Finding)) {
-        let p = self.params;
+    /// Checks rule `r`'s pattern for the key in `slot` with spoof orders
+    /// on `side`, cheapest conditions first: the key's entries are walked
+    /// only when the sums already hold.
+    fn check(&mut self, r: usize, slot: u32, side: Side, e: &Event, account: u32, emit: &mut impl FnMut(Finding)) {
+        let RuleSlot { rule, params: p, head } = *self.slot(r);
         let key = self.window.key(slot);
-        let state = key.state;
+        let state = key.state[r];
         let (s, o) = (side_index(side), side_index(opposite(side)));
         let spoof_qty = state.spoof_qty[s];
         if spoof_qty == 0
@@ -605,9 +789,9 @@ impl Pattern {
         let mut n_levels = 0usize;
         let mut first_order_ns = e.ts_ns;
         let (mut open, mut peak, mut cancelled_orders) = (0u64, 0u64, 0u32);
-        for (_, entry) in self.window.walk(slot) {
+        for (abs, entry) in self.window.walk(slot) {
             let d = entry.data;
-            if d.side != side || !state.counts(entry.ts_ns, entry.seq) {
+            if abs < head || d.side != side || !state.counts(entry.ts_ns, entry.seq) {
                 continue;
             }
             match d.kind {
@@ -615,7 +799,7 @@ impl Pattern {
                     open += d.qty;
                     peak = peak.max(open);
                 }
-                CANCEL | EXEC if (d.kind == CANCEL || d.spoof_fill) && self.window.is_live(d.of_new) => open -= d.qty,
+                CANCEL | EXEC if (d.kind == CANCEL || d.spoof_fill) && self.counted_for(r, d.of_new) => open -= d.qty,
                 _ => continue,
             }
             if d.kind != NEW {
@@ -641,7 +825,7 @@ impl Pattern {
         {
             return;
         }
-        let ids = self.order_ids(slot, side, &state);
+        let ids = self.order_ids(slot, side, &state, head);
         let evidence = SpoofEvidence {
             side,
             window_ns: p.window_ns,
@@ -663,7 +847,7 @@ impl Pattern {
             min_orders: p.min_orders,
         };
         emit(Finding {
-            rule: self.rule,
+            rule,
             seq: e.seq,
             ts_ns: e.ts_ns,
             group: (key.key >> 32) as u32,
@@ -672,19 +856,19 @@ impl Pattern {
             evidence: Evidence::Spoof(evidence),
             order_ids: ids.0,
         });
-        let state = &mut self.window.key_mut(slot).state;
-        *state = KeyState { since: (e.ts_ns, e.seq), ..KeyState::default() };
+        self.window.key_mut(slot).state[r] = Sums { since: (e.ts_ns, e.seq), ..Sums::default() };
     }
 
     /// The cancelled spoof orders, then the distinct opposite orders that
     /// executed; with the two counts. Alert time only (quadratic in the
     /// key's executions).
-    fn order_ids(&self, slot: u32, side: Side, state: &KeyState) -> (OrderIds, u32, u32) {
+    fn order_ids(&self, slot: u32, side: Side, state: &Sums, head: u64) -> (OrderIds, u32, u32) {
         let mut ids = OrderIds::default();
         let mut spoof = 0;
-        for (_, entry) in self.window.walk(slot) {
+        for (abs, entry) in self.window.walk(slot) {
             let d = entry.data;
-            if d.kind == NEW
+            if abs >= head
+                && d.kind == NEW
                 && d.side == side
                 && d.non_marketable
                 && d.cancelled > 0
@@ -695,19 +879,19 @@ impl Pattern {
             }
         }
         let other = opposite(side);
-        let counted_exec = |entry: &super::window::Slot<Entry>| {
-            entry.data.kind == EXEC && entry.data.side == other && state.counts(entry.ts_ns, entry.seq)
+        let counted_exec = |abs: u64, entry: &super::window::Slot<Entry>| {
+            abs >= head && entry.data.kind == EXEC && entry.data.side == other && state.counts(entry.ts_ns, entry.seq)
         };
         let mut opposite_orders = 0;
         for (abs, entry) in self.window.walk(slot) {
-            if !counted_exec(entry) {
+            if !counted_exec(abs, entry) {
                 continue;
             }
             let seen = self
                 .window
                 .walk(slot)
                 .take_while(|(a, _)| *a < abs)
-                .any(|(_, earlier)| counted_exec(earlier) && earlier.data.order_id == entry.data.order_id);
+                .any(|(a, earlier)| counted_exec(a, earlier) && earlier.data.order_id == entry.data.order_id);
             if !seen {
                 opposite_orders += 1;
                 ids.add(entry.data.order_id, true);
@@ -999,6 +1183,84 @@ mod tests {
             let cut = cut.index(tape.applied.len() + 1);
             let (want, _) = engine(&tape.applied, BookRule::Layering, params);
             prop_assert_eq!(resumed(&tape.applied, BookRule::Layering, params, cut), want);
+        }
+    }
+
+    /// Spoofing and layering on one shared stream, each with its own parameters.
+    fn pair(sp: PatternParams, ly: PatternParams) -> Pattern {
+        Pattern::shared(&[(BookRule::Spoofing, sp), (BookRule::Layering, ly)])
+    }
+
+    /// Runs `recs` through `pattern` from `from` on (the book from the start).
+    fn run_from(recs: &[Applied], pattern: &mut Pattern, from: usize, out: &mut Vec<Finding>) {
+        let mut book = NaiveBook::new(TICK);
+        for (i, r) in recs.iter().enumerate() {
+            let change = book.apply(&r.e);
+            if i >= from {
+                pattern.on_record(&r.e, &change, &book, &mut |f| out.push(f));
+            }
+        }
+    }
+
+    fn of_rule(findings: &[Finding], rule: BookRule) -> Vec<Finding> {
+        findings.iter().filter(|f| f.rule == rule).copied().collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// One stream for both rules (different windows, thresholds and
+        /// level bounds) alerts as each rule on its own, straight through
+        /// and across a snapshot restored from two old shards; a rule the
+        /// snapshot lacks (a reload turned it on) starts empty at the cut.
+        #[test]
+        fn a_shared_stream_alerts_as_each_rule_alone(
+            steps in steps(),
+            sp in params(),
+            ly in params(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let tape = random_tape(&steps);
+            let recs = &tape.applied;
+            let mut whole = pair(sp, ly);
+            let mut got = Vec::new();
+            run_from(recs, &mut whole, 0, &mut got);
+            prop_assert_eq!(of_rule(&got, BookRule::Spoofing), reference(recs, BookRule::Spoofing, sp));
+            prop_assert_eq!(of_rule(&got, BookRule::Layering), reference(recs, BookRule::Layering, ly));
+            prop_assert_eq!(whole.window.key_count(), whole.window.keys_map_len_with_entries());
+
+            let cut = cut.index(recs.len() + 1);
+            let restore = |before: &Pattern, after: &mut Pattern| {
+                let mut snapshot = Vec::new();
+                before.encode(&mut Writer::new(&mut snapshot));
+                for parity in [0, 1] {
+                    let mut r = Reader::new(&snapshot);
+                    after.restore(&mut r, &|key| key.count_ones() % 2 == parity).unwrap();
+                    r.finish().unwrap();
+                }
+                after.restored();
+            };
+            let mut before = pair(sp, ly);
+            let mut resumed = Vec::new();
+            run_from(&recs[..cut], &mut before, 0, &mut resumed);
+            let mut after = pair(sp, ly);
+            restore(&before, &mut after);
+            run_from(recs, &mut after, cut, &mut resumed);
+            prop_assert_eq!(of_rule(&resumed, BookRule::Spoofing), of_rule(&got, BookRule::Spoofing));
+            prop_assert_eq!(of_rule(&resumed, BookRule::Layering), of_rule(&got, BookRule::Layering));
+
+            // Spoofing alone before the cut; both after: layering starts empty.
+            let mut alone = Pattern::new(BookRule::Spoofing, sp);
+            let mut reloaded = Vec::new();
+            run_from(&recs[..cut], &mut alone, 0, &mut reloaded);
+            let mut after = pair(sp, ly);
+            restore(&alone, &mut after);
+            run_from(recs, &mut after, cut, &mut reloaded);
+            prop_assert_eq!(of_rule(&reloaded, BookRule::Spoofing), of_rule(&got, BookRule::Spoofing));
+            let mut fresh = Pattern::new(BookRule::Layering, ly);
+            let mut want = Vec::new();
+            run_from(recs, &mut fresh, cut, &mut want);
+            prop_assert_eq!(of_rule(&reloaded, BookRule::Layering), want);
         }
     }
 

@@ -24,12 +24,9 @@
 //! | `max_entries` | 2097152 | window entries (limit: the oldest expire early, counted) |
 
 use super::params::MS;
-use super::spoof_pattern::{Levels, MAX_LEVELS, Pattern, PatternParams, SharedRaw};
-use super::{BookRule, Finding, RuleStats};
+use super::spoof_pattern::{Levels, MAX_LEVELS, PatternParams, SharedRaw};
 use crate::checkpoint::codec::Writer;
 use crate::config::Problems;
-use crate::detect::views::{BookView, Change};
-use crate::event::Event;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -102,31 +99,14 @@ impl Params {
     }
 }
 
+/// The rule's state is the spoof stream's (`detect::views::spoof`, shared
+/// with layering): the rule emits what the stream found for it.
 pub struct Spoofing {
-    pattern: Pattern,
-    /// The snapshot cut at a barrier, until the registry takes it.
-    pub(super) snapshot: Option<Vec<u8>>,
+    pub params: Params,
 }
 
 impl Spoofing {
     pub fn new(params: Params) -> Spoofing {
-        Spoofing { pattern: Pattern::new(BookRule::Spoofing, params.0), snapshot: None }
-    }
-
-    #[inline]
-    pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
-        self.pattern.on_record(e, change, book, emit);
-    }
-
-    pub fn stats(&self) -> RuleStats {
-        self.pattern.stats()
-    }
-
-    pub fn pattern(&self) -> &Pattern {
-        &self.pattern
-    }
-
-    pub fn pattern_mut(&mut self) -> &mut Pattern {
-        &mut self.pattern
+        Spoofing { params }
     }
 }

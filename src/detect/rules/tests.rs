@@ -16,16 +16,22 @@ fn px(ticks: i64) -> Px {
 }
 
 pub struct Rules {
-    pub spoofing: spoofing::Spoofing,
-    pub layering: layering::Layering,
+    /// Spoofing and layering, on their shared stream (as the shard runs them).
+    pub spoof: super::spoof_pattern::Pattern,
     pub ignition: momentum_ignition::MomentumIgnition,
 }
 
 impl Rules {
     pub fn defaults() -> Rules {
+        Rules::with(spoofing::Params::default(), layering::Params::default())
+    }
+
+    pub fn with(spoofing: spoofing::Params, layering: layering::Params) -> Rules {
         Rules {
-            spoofing: spoofing::Spoofing::new(spoofing::Params::default()),
-            layering: layering::Layering::new(layering::Params::default()),
+            spoof: super::spoof_pattern::Pattern::shared(&[
+                (BookRule::Spoofing, spoofing.0),
+                (BookRule::Layering, layering.0),
+            ]),
             ignition: momentum_ignition::MomentumIgnition::new(momentum_ignition::Params::default()),
         }
     }
@@ -36,8 +42,7 @@ impl Rules {
         for e in events {
             let change = book.apply(e);
             let mut emit = |f: Finding| out.push(f);
-            self.spoofing.on_record(e, &change, &book, &mut emit);
-            self.layering.on_record(e, &change, &book, &mut emit);
+            self.spoof.on_record(e, &change, &book, &mut emit);
             self.ignition.on_record(e, &change, &book, &mut emit);
         }
         out
@@ -469,10 +474,12 @@ fn spoofing_and_layering_params() {
 
 #[test]
 fn a_full_key_table_refuses_and_counts() {
+    // The stream's key table holds the larger limit of the two rules.
     let mut params = spoofing::Params::default();
     params.0.max_keys = 1;
-    let mut rules = Rules::defaults();
-    rules.spoofing = spoofing::Spoofing::new(params);
+    let mut layering = layering::Params::default();
+    layering.0.max_keys = 1;
+    let mut rules = Rules::with(params, layering);
     let mut tape = Tape::new();
     tape.relate(1, 1);
     tape.relate(2, 1);
@@ -483,8 +490,8 @@ fn a_full_key_table_refuses_and_counts() {
     let events: Vec<Event> = tape.applied.iter().map(|a| a.e).collect();
     let findings = rules.run(&events);
     assert_eq!(summary(&findings), vec![], "{findings:#?}");
-    assert!(rules.spoofing.stats().keys_refused > 0);
-    assert_eq!(rules.spoofing.stats().keys, 1);
+    assert!(rules.spoof.stats().keys_refused > 0);
+    assert_eq!(rules.spoof.stats().keys, 1);
 }
 
 #[test]

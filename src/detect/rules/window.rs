@@ -87,6 +87,18 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
         }
     }
 
+    /// The absolute index of the oldest live entry (`tail()` when empty).
+    #[inline]
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The absolute index the next entry pushed will take.
+    #[inline]
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
     pub fn len(&self) -> usize {
         (self.tail - self.head) as usize
     }

@@ -10,6 +10,7 @@
 //! the `Change`.
 
 pub mod book;
+pub mod spoof;
 
 use crate::event::{AccountId, GroupId, Px, Side};
 
@@ -90,6 +91,7 @@ use crate::detect::rule::{Reads, Seen};
 use crate::event::Event;
 use book::{BookImage, BookLimits, BookStats, Books, InstrumentBook, Reference};
 use last_trade::LastTrade;
+use spoof::SpoofStream;
 
 /// What a rule that reads the book (`Reads::BOOK`) sees of a record:
 /// what it did to its instrument's book, and that book just after it.
@@ -104,6 +106,8 @@ pub struct BookSeen<'a> {
 pub struct Views {
     last_trade: Option<LastTrade>,
     book: Option<Books>,
+    /// The window stream spoofing and layering share (`Reads::SPOOF`).
+    spoof: Option<SpoofStream>,
 }
 
 /// The views' state as of a barrier.
@@ -111,6 +115,7 @@ pub struct Views {
 pub struct ViewImages {
     last_trade: Option<last_trade::Image>,
     book: Option<BookImage>,
+    spoof: Option<Vec<u8>>,
 }
 
 /// How the views are set up beyond what the enabled rules read.
@@ -132,6 +137,25 @@ const BOOK_VERSION: u16 = 1;
 const INSTRUMENTS: usize = 1024;
 
 impl Views {
+    /// The views `rules` read (the spoof stream with the parameters of
+    /// spoofing and layering, whichever are on).
+    pub fn for_rules(rules: &crate::config::Rules, config: &ViewConfig) -> Views {
+        use crate::detect::rules::BookRule;
+        let mut views = Views::new(rules.reads(), config);
+        let spoof: Vec<_> =
+            [rules.spoofing.map(|p| (BookRule::Spoofing, p.0)), rules.layering.map(|p| (BookRule::Layering, p.0))]
+                .into_iter()
+                .flatten()
+                .collect();
+        if rules.reads().has(Reads::SPOOF) && !spoof.is_empty() {
+            assert!(views.book.is_some(), "the spoof stream reads the book");
+            views.spoof = Some(SpoofStream::new(&spoof));
+        }
+        views
+    }
+
+    /// The views `reads` names, without the spoof stream (it needs its
+    /// rules' parameters: `for_rules`).
     pub fn new(reads: Reads, config: &ViewConfig) -> Views {
         let book = (reads.has(Reads::BOOK) || config.keep_book).then(|| {
             let reference = config.reference.clone().unwrap_or_else(|| Reference {
@@ -140,7 +164,7 @@ impl Views {
             });
             Books::new(config.book_limits, reference)
         });
-        Views { last_trade: reads.has(Reads::LAST_TRADE).then(|| LastTrade::new(INSTRUMENTS)), book }
+        Views { last_trade: reads.has(Reads::LAST_TRADE).then(|| LastTrade::new(INSTRUMENTS)), book, spoof: None }
     }
 
     /// Brings what `update` will need for `event` into cache.
@@ -148,6 +172,9 @@ impl Views {
     pub fn prefetch(&self, event: &Event) {
         if let Some(book) = self.book.as_ref() {
             book.prefetch(event);
+        }
+        if let Some(spoof) = self.spoof.as_ref() {
+            spoof.prefetch(event);
         }
     }
 
@@ -161,15 +188,26 @@ impl Views {
         let book = match self.book.as_mut() {
             Some(books) => {
                 let (change, book) = books.apply_and_view(event);
+                if let Some(spoof) = self.spoof.as_mut() {
+                    spoof.update(event, change, book);
+                }
                 Some(BookSeen { change, book })
             }
             None => None,
         };
-        Seen { last_trade, book, ..Seen::default() }
+        let spoof = self.spoof.as_ref().map(SpoofStream::seen);
+        Seen { last_trade, book, spoof, ..Seen::default() }
     }
 
     pub fn grew(&self) -> u64 {
-        self.last_trade.as_ref().map_or(0, |v| v.grew()) + self.book.as_ref().map_or(0, |b| b.stats_grew())
+        self.last_trade.as_ref().map_or(0, |v| v.grew())
+            + self.book.as_ref().map_or(0, |b| b.stats_grew())
+            + self.spoof.as_ref().map_or(0, |s| s.grew())
+    }
+
+    /// (keys, window entries) of the spoof stream, if it is kept.
+    pub fn spoof_footprint(&self) -> Option<(usize, usize)> {
+        self.spoof.as_ref().map(|s| s.footprint())
     }
 
     /// The books' counters, if the book is kept.
@@ -192,6 +230,11 @@ impl Views {
             Some(books) => books.begin_snapshot(images.book.get_or_insert_with(Default::default)),
             None => images.book = None,
         }
+        // The spoof stream: encoded whole at the barrier.
+        match self.spoof.as_mut() {
+            Some(spoof) => spoof.begin_snapshot(images.spoof.take().unwrap_or_default()),
+            None => images.spoof = None,
+        }
     }
 
     /// One slice of each view's snapshot not yet complete; true once all are.
@@ -207,6 +250,11 @@ impl Views {
             && let Some(image) = images.book.as_mut()
         {
             done &= books.copy_slice(max, image);
+        }
+        if let Some(spoof) = self.spoof.as_mut()
+            && let Some(image) = spoof.take_snapshot()
+        {
+            images.spoof = Some(image);
         }
         done
     }
@@ -229,6 +277,21 @@ impl Views {
             r.finish()?;
             return Ok(true);
         }
+        if id == SpoofStream::ID {
+            let Some(spoof) = self.spoof.as_mut() else {
+                return Err(DecodeError("a spoof-stream section, and neither spoofing nor layering is on".into()));
+            };
+            if version != SpoofStream::VERSION {
+                return Err(DecodeError(format!(
+                    "spoof-stream section version {version}, this build reads {}",
+                    SpoofStream::VERSION
+                )));
+            }
+            let mut r = Reader::new(body);
+            spoof.restore(&mut r, keep)?;
+            r.finish()?;
+            return Ok(true);
+        }
         if id != LastTrade::ID {
             return Ok(false);
         }
@@ -247,7 +310,11 @@ impl Views {
     /// Section ids of the views kept (a restore must find each).
     pub fn ids(&self) -> Vec<u16> {
         let last_trade = self.last_trade.as_ref().map(|_| LastTrade::ID);
-        last_trade.into_iter().chain(self.book.as_ref().map(|_| BOOK_ID)).collect()
+        last_trade
+            .into_iter()
+            .chain(self.book.as_ref().map(|_| BOOK_ID))
+            .chain(self.spoof.as_ref().map(|_| SpoofStream::ID))
+            .collect()
     }
 }
 
@@ -261,6 +328,10 @@ impl ViewImages {
         }
         if let Some(image) = self.book.as_ref() {
             write_section(w, BOOK_ID, BOOK_VERSION, |w| image.encode(w));
+            n += 1;
+        }
+        if let Some(image) = self.spoof.as_ref() {
+            write_section(w, SpoofStream::ID, SpoofStream::VERSION, |w| w.out.extend_from_slice(image));
             n += 1;
         }
         n
