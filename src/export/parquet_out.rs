@@ -129,6 +129,8 @@ impl Buffer {
 #[derive(Clone, Default)]
 struct Names {
     values: Vec<Option<ByteArray>>,
+    /// A bit per id in `values`.
+    known: Vec<u64>,
     /// For `Table::str` on a names column: text -> id.
     interned: FxHashMap<Box<[u8]>, u32>,
 }
@@ -301,12 +303,18 @@ impl Table {
             Values::Ids(values) => values.push(id),
             _ => self.wrong("a name"),
         }
-        let names = &mut self.names[i].values;
-        if names.get(id as usize).is_none_or(Option::is_none) {
-            if names.len() <= id as usize {
-                names.resize(id as usize + 1, None);
+        // A bit per id known: a few kB to check per value, not the texts.
+        let names = &mut self.names[i];
+        let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+        if names.known.get(word).is_none_or(|w| w & bit == 0) {
+            if names.known.len() <= word {
+                names.known.resize(word + 1, 0);
             }
-            names[id as usize] = Some(text.clone());
+            names.known[word] |= bit;
+            if names.values.len() <= id as usize {
+                names.values.resize(id as usize + 1, None);
+            }
+            names.values[id as usize] = Some(text.clone());
             self.names_changed = true;
         }
     }
