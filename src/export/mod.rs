@@ -25,6 +25,7 @@
 //! Nothing is half-written: the files are built in a scratch directory
 //! beside `--out` and renamed into place at the end.
 
+mod fold;
 pub mod parquet_out;
 pub mod tables;
 

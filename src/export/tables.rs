@@ -7,12 +7,14 @@
 //! (its cancel happened) even though the rules did not count it.
 
 use super::Written;
+use super::fold::{Accepted, Fold, Metric, Order};
 use super::parquet_out::{Column, Enc, Table, Ty, col};
 use crate::event::{GROUP_SELF, parse_px};
 use crate::symbols::{Groups, pack};
 use parquet::data_type::ByteArray;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Replay's verdict on the records it did not apply.
 pub struct Fates {
@@ -207,40 +209,6 @@ impl Accounts<'_> {
     }
 }
 
-/// One order as the accepted records left it.
-struct Order {
-    order_id: u64,
-    entry_seq: u64,
-    entry_ts_ns: i64,
-    /// `i64::MIN` while open.
-    closed_ts_ns: i64,
-    last_ts_ns: i64,
-    price: i64,
-    qty: u64,
-    filled: u64,
-    cancelled: u64,
-    trades: u32,
-    account: u32,
-    instrument: u32,
-    side: u8,
-}
-
-/// Per (group, instrument) counts over the accepted records.
-#[derive(Default)]
-struct Metric {
-    records: u64,
-    late: u64,
-    orders: u64,
-    cancels: u64,
-    trades: u64,
-    self_trades: u64,
-    order_qty: u64,
-    cancelled_qty: u64,
-    bought_qty: u64,
-    sold_qty: u64,
-    traded_notional: f64,
-}
-
 /// Rows of each fate, for the check against the run's summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FateCounts {
@@ -298,19 +266,22 @@ const APPLIED: u32 = 0;
 const LATE: u32 = 1;
 const REJECTED: u32 = 2;
 
-/// The records table being written and the fold into orders and metrics.
+/// Accepted records per message to the fold thread.
+const FOLD_BATCH: usize = 2048;
+
+/// The records table being written; the accepted records go, in batches,
+/// to the fold (`fold::Fold`) on its own thread.
 struct Build<'a> {
     records: Table,
     fates: &'a Fates,
     accounts: Accounts<'a>,
     instruments: Names,
-    orders: Vec<Order>,
-    order_index: FxHashMap<u64, u32>,
-    /// (group, instrument) -> index in `metric_rows`: a small map (12
-    /// bytes an entry) that stays in cache better than the rows.
-    metrics: FxHashMap<(u32, u32), u32>,
-    metric_rows: Vec<((u32, u32), Metric)>,
+    batch: Vec<Accepted>,
+    to_fold: SyncSender<Vec<Accepted>>,
+    /// Batches the fold is done with.
+    batches: Receiver<Vec<Accepted>>,
     counts: FateCounts,
+    /// Accepted records missing a field (a bug if not 0).
     unmatched: u64,
     kinds: Vec<ByteArray>,
     sides: Vec<ByteArray>,
@@ -352,7 +323,7 @@ impl Build<'_> {
         }
         self.row(line, &f, fate, reason.map(|r| (r.as_bytes(), raw())))?;
         if fate != REJECTED {
-            self.fold(&f, late);
+            self.accept(&f, late)?;
         }
         Ok(())
     }
@@ -399,20 +370,12 @@ impl Build<'_> {
         r.end_row()
     }
 
-    fn metric(&mut self, group: u32, instrument: u32) -> &mut Metric {
-        let next = self.metric_rows.len() as u32;
-        let i = *self.metrics.entry((group, instrument)).or_insert(next);
-        if i == next {
-            self.metric_rows.push(((group, instrument), Metric::default()));
-        }
-        &mut self.metric_rows[i as usize].1
-    }
-
-    /// The fold: an accepted record is complete (the validator said so).
-    fn fold(&mut self, f: &Rec, late: bool) {
+    /// An accepted record, for the fold: it is complete (the validator
+    /// said so).
+    fn accept(&mut self, f: &Rec, late: bool) -> Result<(), String> {
         let (
             Some(seq),
-            Some(ts),
+            Some(ts_ns),
             Some(kind),
             Some(order_id),
             Some(account),
@@ -423,84 +386,47 @@ impl Build<'_> {
         ) = (f.seq, f.ts_ns, f.kind, f.order_id, f.account, f.instrument, f.side, f.price, f.qty)
         else {
             self.unmatched += 1;
-            return;
+            return Ok(());
         };
-        let group = self.accounts.group[account as usize];
-        // A trade's seller is `contra` (the buyer `account`).
-        let seller_group = f.contra_account.map(|c| self.accounts.group[c as usize]);
-        let m = self.metric(group, instrument);
-        m.records += 1;
-        m.late += late as u64;
-        match kind {
-            b'N' => {
-                m.orders += 1;
-                m.order_qty += qty;
-                self.order_index.insert(order_id, self.orders.len() as u32);
-                self.orders.push(Order {
-                    order_id,
-                    entry_seq: seq,
-                    entry_ts_ns: ts,
-                    closed_ts_ns: i64::MIN,
-                    last_ts_ns: ts,
-                    price,
-                    qty,
-                    filled: 0,
-                    cancelled: 0,
-                    trades: 0,
-                    account,
-                    instrument,
-                    side,
-                });
-            }
-            b'C' => {
-                m.cancels += 1;
-                m.cancelled_qty += qty;
-                match self.order_index.get(&order_id) {
-                    Some(&i) => {
-                        let o = &mut self.orders[i as usize];
-                        o.cancelled += qty;
-                        o.last_ts_ns = ts;
-                        o.closed_ts_ns = ts;
-                    }
-                    None => self.unmatched += 1,
-                }
-            }
-            _ => {
-                let notional = price as f64 / crate::event::PX_SCALE as f64 * qty as f64;
-                m.trades += 1;
-                m.bought_qty += qty;
-                m.traded_notional += notional;
-                if seller_group == Some(group) {
-                    m.self_trades += 1;
-                    m.sold_qty += qty;
-                } else if let Some(sg) = seller_group {
-                    let s = self.metric(sg, instrument);
-                    s.records += 1;
-                    s.late += late as u64;
-                    s.trades += 1;
-                    s.sold_qty += qty;
-                    s.traded_notional += notional;
-                }
-                for id in [Some(order_id), f.contra_order_id] {
-                    match id.and_then(|id| self.order_index.get(&id)) {
-                        Some(&i) => {
-                            let o = &mut self.orders[i as usize];
-                            o.filled += qty;
-                            o.trades += 1;
-                            o.last_ts_ns = o.last_ts_ns.max(ts);
-                            if o.filled + o.cancelled >= o.qty {
-                                o.closed_ts_ns = ts;
-                            }
-                        }
-                        None => self.unmatched += 1,
-                    }
-                }
-            }
+        let group = &self.accounts.group;
+        self.batch.push(Accepted {
+            seq,
+            ts_ns,
+            order_id,
+            contra_order_id: f.contra_order_id,
+            price,
+            qty,
+            account,
+            group: group[account as usize],
+            seller_group: f.contra_account.map(|c| group[c as usize]),
+            instrument,
+            kind,
+            side,
+            late,
+        });
+        if self.batch.len() >= FOLD_BATCH { self.send() } else { Ok(()) }
+    }
+
+    /// The batch to the fold thread.
+    fn send(&mut self) -> Result<(), String> {
+        if self.batch.is_empty() {
+            return Ok(());
         }
+        let fresh = self.batches.try_recv().unwrap_or_else(|_| Vec::with_capacity(FOLD_BATCH));
+        assert!(fresh.is_empty(), "a batch comes back from the fold emptied");
+        let full = std::mem::replace(&mut self.batch, fresh);
+        // The fold stops early only on an error, which its result says.
+        self.to_fold.send(full).map_err(|_| "the fold stopped".to_string())
     }
 }
 
 /// Writes records, orders, metrics and alerts into `dir`.
+///
+/// Threads: this one reads the tape and fills the records table; the
+/// fold thread folds the accepted records into orders and metrics as they
+/// come; each table's writer thread encodes its row groups. After the
+/// tape, the records table's last row group is encoded while this thread
+/// fills the orders table and another the metrics table.
 pub fn write_tables(
     tape: &Path,
     native: bool,
@@ -511,26 +437,82 @@ pub fn write_tables(
     dir: &Path,
 ) -> Result<(Vec<Written>, FateCounts), String> {
     // Sized from the tape (about 70 bytes a CSV record, 64 native; about
-    // half the records are orders) so the big tables do not rehash.
+    // half the records are orders) so the big tables do not grow.
     let expected = std::fs::metadata(tape).map_or(0, |m| m.len() / 64) as usize;
+    let (to_fold, batches_in) = sync_channel::<Vec<Accepted>>(4);
+    let (batches_back, batches) = sync_channel::<Vec<Accepted>>(8);
     let mut b = Build {
         records: Table::create_sized(&dir.join("records.parquet"), expected, records_columns())?,
         fates,
         accounts: Accounts { names: Names::default(), group: Vec::new(), groups_named: Names::default(), groups },
         instruments: Names::default(),
-        orders: Vec::with_capacity(expected / 2),
-        order_index: FxHashMap::default(),
-        metrics: FxHashMap::default(),
-        metric_rows: Vec::with_capacity(expected / 8),
+        batch: Vec::with_capacity(FOLD_BATCH),
+        to_fold,
+        batches,
         counts: FateCounts::default(),
         unmatched: 0,
         kinds: words(&["N", "C", "T"]),
         sides: words(&["B", "S"]),
         fate_words: words(&["applied", "late", "rejected"]),
     };
-    b.order_index.reserve(expected / 2);
-    b.metrics.reserve(expected / 8);
+    let (scanned, fold) = std::thread::scope(|s| {
+        let folding = std::thread::Builder::new()
+            .name("export-fold".into())
+            .spawn_scoped(s, move || {
+                let mut fold = Fold::new(expected);
+                for mut batch in batches_in {
+                    fold.batch(&batch)?;
+                    batch.clear();
+                    let _ = batches_back.try_send(batch);
+                }
+                Ok::<Fold, String>(fold)
+            })
+            .map_err(|e| format!("cannot start the fold thread: {e}"))?;
+        let scanned = scan(&mut b, tape, native, import_rejects).and_then(|()| b.send());
+        // The fold ends with the batches.
+        let (to_fold, _) = sync_channel(0);
+        drop(std::mem::replace(&mut b.to_fold, to_fold));
+        let fold = folding.join().unwrap_or_else(|_| Err("the fold thread panicked".to_string()));
+        Ok::<_, String>((scanned, fold))
+    })?;
+    // The scan's error first: a fold error after it is its echo.
+    scanned?;
+    let fold = fold?;
+    let Build { records, accounts, instruments, counts, sides, unmatched, .. } = b;
+    if unmatched + fold.unmatched > 0 {
+        return Err(format!(
+            "{} accepted records could not be folded into orders (a bug: the validator admits only complete records about known orders)",
+            unmatched + fold.unmatched
+        ));
+    }
+    let Fold { orders, metric_keys, metrics, .. } = fold;
+    let (records, orders, metrics) = std::thread::scope(|s| {
+        // The records' last row group is encoded while the orders and
+        // metrics tables are filled.
+        let records = s.spawn(move || records.finish());
+        let metrics =
+            s.spawn(|| write_metrics(&dir.join("metrics.parquet"), &metric_keys, &metrics, &accounts, &instruments));
+        let orders = write_orders(&dir.join("orders.parquet"), orders, &accounts, &instruments, &sides);
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<u64, String>>| {
+            h.join().unwrap_or_else(|_| Err("an export thread panicked".to_string()))
+        };
+        (joined(records), orders, joined(metrics))
+    });
+    let mut written = vec![
+        Written { name: "records.parquet", rows: records?, bytes: 0 },
+        Written { name: "orders.parquet", rows: orders?, bytes: 0 },
+        Written { name: "metrics.parquet", rows: metrics?, bytes: 0 },
+        Written { name: "alerts.parquet", rows: write_alerts(alerts, &dir.join("alerts.parquet"))?, bytes: 0 },
+    ];
+    for w in &mut written {
+        w.bytes = std::fs::metadata(dir.join(w.name)).map(|m| m.len()).unwrap_or(0);
+    }
+    Ok((written, counts))
+}
 
+/// Reads the tape (and the import's rejects): each record's row, and the
+/// accepted ones to the fold.
+fn scan(b: &mut Build<'_>, tape: &Path, native: bool, import_rejects: Option<&Path>) -> Result<(), String> {
     if native {
         let t = crate::ingest::native::Tape::open(tape).map_err(|e| e.to_string())?;
         // The tape's ids -> ours: no name is looked up per record.
@@ -607,19 +589,19 @@ pub fn write_tables(
             b.row(line, &f, REJECTED, Some((reason, record.to_vec())))
         })?;
     }
-    if b.unmatched > 0 {
-        return Err(format!(
-            "{} accepted records could not be folded into orders (a bug: the validator admits only complete records about known orders)",
-            b.unmatched
-        ));
-    }
-    let Build { records, accounts, instruments, orders, metrics, metric_rows: rows, counts, sides, .. } = b;
-    drop(metrics);
-    let mut written = vec![Written { name: "records.parquet", rows: records.finish()?, bytes: 0 }];
+    Ok(())
+}
 
-    // Orders, in order of entry.
+/// The orders table, in order of entry.
+fn write_orders(
+    path: &Path,
+    orders: Vec<Order>,
+    accounts: &Accounts<'_>,
+    instruments: &Names,
+    sides: &[ByteArray],
+) -> Result<u64, String> {
     let mut table = Table::create_sized(
-        &dir.join("orders.parquet"),
+        path,
         orders.len(),
         vec![
             col("order_id", Ty::U64, false).enc(Enc::Delta),
@@ -671,21 +653,28 @@ pub fn write_tables(
         table.end_row()?;
     }
     drop(orders);
-    written.push(Written { name: "orders.parquet", rows: table.finish()?, bytes: 0 });
+    table.finish()
+}
 
-    // Metrics, by group then instrument name (ranks: integer compares).
+/// The metrics table, by group then instrument name.
+fn write_metrics(
+    path: &Path,
+    keys: &[(u32, u32)],
+    rows: &[Metric],
+    accounts: &Accounts<'_>,
+    instruments: &Names,
+) -> Result<u64, String> {
+    // By group then instrument name (ranks: integer compares).
     let (group_rank, instrument_rank) = (accounts.groups_named.ranks(), instruments.ranks());
-    // Sort (rank, row) pairs, not the rows: a row is about 100 bytes.
-    let mut order: Vec<(u64, u32)> = rows
+    // Sort (rank, row) pairs, not the rows.
+    let mut order: Vec<(u64, u32)> = keys
         .iter()
         .enumerate()
-        .map(|(n, ((g, i), _))| {
-            ((group_rank[*g as usize] as u64) << 32 | instrument_rank[*i as usize] as u64, n as u32)
-        })
+        .map(|(n, (g, i))| ((group_rank[*g as usize] as u64) << 32 | instrument_rank[*i as usize] as u64, n as u32))
         .collect();
     order.sort_unstable();
     let mut table = Table::create_sized(
-        &dir.join("metrics.parquet"),
+        path,
         rows.len(),
         vec![
             col("account_group", Ty::Str, false),
@@ -705,16 +694,16 @@ pub fn write_tables(
         ],
     )?;
     for &(_, n) in &order {
-        let ((g, i), m) = &rows[n as usize];
-        table.name(*g, &accounts.groups_named.values[*g as usize]);
-        table.name(*i, &instruments.values[*i as usize]);
+        let ((g, i), m) = (keys[n as usize], &rows[n as usize]);
+        table.name(g, &accounts.groups_named.values[g as usize]);
+        table.name(i, &instruments.values[i as usize]);
         for v in [
-            m.records,
-            m.late,
-            m.orders,
-            m.cancels,
-            m.trades,
-            m.self_trades,
+            m.records as u64,
+            m.late as u64,
+            m.orders as u64,
+            m.cancels as u64,
+            m.trades as u64,
+            m.self_trades as u64,
             m.order_qty,
             m.cancelled_qty,
             m.bought_qty,
@@ -730,17 +719,7 @@ pub fn write_tables(
         }
         table.end_row()?;
     }
-    written.push(Written { name: "metrics.parquet", rows: table.finish()?, bytes: 0 });
-
-    written.push(Written {
-        name: "alerts.parquet",
-        rows: write_alerts(alerts, &dir.join("alerts.parquet"))?,
-        bytes: 0,
-    });
-    for w in &mut written {
-        w.bytes = std::fs::metadata(dir.join(w.name)).map(|m| m.len()).unwrap_or(0);
-    }
-    Ok((written, counts))
+    table.finish()
 }
 
 /// 0 open, 1 partially filled, 2 filled, 3 cancelled (whatever was filled first).
