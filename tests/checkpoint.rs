@@ -522,7 +522,8 @@ fn a_native_tape_resumes_by_record_index() {
 #[test]
 fn checkpoints_are_also_cut_by_wall_time() {
     let root = tempfile::tempdir().unwrap();
-    let tape = make_tape(root.path(), 100_000, 19);
+    // Long enough that a loaded machine, where one checkpoint can take 150 ms, still cuts several.
+    let tape = make_tape(root.path(), 400_000, 19);
     let out_dir = root.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let state = root.path().join("state");

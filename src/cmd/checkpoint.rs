@@ -173,10 +173,7 @@ fn age(created_unix_ms: u64) -> String {
 
 /// A section's name: its rule's, or its view's.
 fn section_name(id: u16) -> &'static str {
-    match id {
-        crate::detect::views::last_trade::LastTrade::ID => "view last-trade",
-        id => registry::name(id),
-    }
+    crate::detect::views::section_name(id).unwrap_or_else(|| registry::name(id))
 }
 
 /// A section id, its bytes and its counts, summed over the shards.

@@ -133,6 +133,16 @@ pub struct ViewConfig {
 const BOOK_ID: u16 = 0x8002;
 const BOOK_VERSION: u16 = 1;
 
+/// A view's snapshot section name (`checkpoint show`), or `None` for a rule's id.
+pub fn section_name(id: u16) -> Option<&'static str> {
+    match id {
+        last_trade::LastTrade::ID => Some("view last-trade"),
+        BOOK_ID => Some("view book"),
+        spoof::SpoofStream::ID => Some("view spoof-stream"),
+        _ => None,
+    }
+}
+
 /// Instruments a view table is sized for at start-up (it grows past that, counted).
 const INSTRUMENTS: usize = 1024;
 
@@ -335,5 +345,19 @@ impl ViewImages {
             n += 1;
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_view_section_has_a_name_and_no_rule_shares_its_id() {
+        for id in [last_trade::LastTrade::ID, BOOK_ID, spoof::SpoofStream::ID] {
+            assert!(section_name(id).is_some(), "view section {id:#x} has no name");
+            assert!(crate::detect::registry::index_of(id).is_none(), "view section {id:#x} is also a rule id");
+        }
+        assert_eq!(section_name(0x7fff), None);
     }
 }
