@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::daemon::Daemon;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -20,93 +22,6 @@ use tapewatch::wire;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tapewatch")
-}
-
-/// A running daemon; its log lines are collected as they come.
-struct Daemon {
-    child: Child,
-    feed: String,
-    http: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(bin())
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start serve");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains(" ready ") {
-                        let _ = tx.send(line.clone());
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => panic!("no ready line; log:\n{}", log.lock().unwrap().join("\n")),
-        };
-        let field = |name: &str| {
-            let at = ready.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {ready}"));
-            ready[at + name.len() + 1..].split_whitespace().next().unwrap().to_string()
-        };
-        Daemon { feed: field("feed"), http: field("http"), child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let started = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(started.elapsed() < Duration::from_secs(60), "no `{needle}` in the log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM: a final checkpoint and exit 0.
-    fn stop(mut self) -> String {
-        // SAFETY: a plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let log = self.log();
-        assert!(status.success(), "serve exited with {status} after SIGTERM:\n{log}");
-        assert!(log.contains("stopped after a final checkpoint"), "{log}");
-        log
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
-    }
-
-    fn get(&self, path: &str) -> String {
-        let mut stream = TcpStream::connect(&self.http).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn feed(daemon: &Daemon, tape: &Path, extra: &[&str]) -> String {
@@ -463,8 +378,7 @@ fn sighup_refuses_an_invalid_rules_file_and_keeps_the_old_rules() {
     let reference = replay(dir, &tape);
     let daemon = Daemon::start(&config);
     std::fs::write(dir.join("rules.toml"), "[excessive_cancel]\nwindow_ms = 0\nbogus = 1\n").unwrap();
-    // SAFETY: a plain kill(2) on our own child's pid.
-    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    daemon.hup();
     daemon.wait_log("SIGHUP: refused, the old rules stay");
     // The day runs on under the old rules: it equals the replay with them.
     std::fs::write(dir.join("rules.toml"), "[excessive_cancel]\nwindow_ms = 30000\nmin_cancels = 2\nratio_pct = 60\n")
@@ -719,8 +633,7 @@ const RULES_B: &str = "[excessive_cancel]\nwindow_ms = 30000\nmin_cancels = 2\nr
 const HALF: u64 = 30_000;
 
 fn sighup(daemon: &Daemon) {
-    // SAFETY: a plain kill(2) on our own child's pid.
-    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    daemon.hup();
 }
 
 /// The replay of the whole tape under `rules`, in `dir/<name>/alerts.jsonl`.

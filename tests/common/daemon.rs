@@ -90,6 +90,27 @@ impl Daemon {
         }
     }
 
+    /// Waits (at most 60 s) until the log holds `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let started = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(started.elapsed() < Duration::from_secs(60), "no `{needle}` in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGHUP: reload the rules file.
+    pub fn hup(&self) {
+        // SAFETY: a plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+
+    /// kill -9: no final checkpoint, no flush.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM: a final checkpoint and exit 0.
     pub fn stop(mut self) -> String {
         // SAFETY: a plain kill(2) on our own child's pid.
@@ -98,6 +119,7 @@ impl Daemon {
         std::thread::sleep(Duration::from_millis(50));
         let log = self.log();
         assert!(status.success(), "serve exited with {status} after SIGTERM:\n{log}");
+        assert!(log.contains("stopped after a final checkpoint"), "{log}");
         log
     }
 }
