@@ -107,6 +107,10 @@ pub struct LiveControl {
     pub shutdown: AtomicBool,
     /// The newest durable checkpoint's id (0: none yet).
     pub completed: AtomicU64,
+    /// Its bytes written and its duration (cut to durable manifest), stored
+    /// before `completed`.
+    pub checkpoint_bytes: AtomicU64,
+    pub checkpoint_duration_ns: AtomicU64,
     /// The shutdown's final checkpoint is durable and the pipeline stopped
     /// on it: the run's "pipeline stopped" error is the clean end.
     pub stopped_clean: AtomicBool,

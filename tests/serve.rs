@@ -539,6 +539,17 @@ fn metrics_are_live_while_the_day_runs() {
     // Records still in the reorder buffer are neither applied nor late yet.
     assert!(applied > read * 0.5 && applied + late <= read, "applied {applied} late {late} of {read}:\n{metrics}");
     assert!(metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_sum") > 0.0, "{metrics}");
+    // The last checkpoint's size and duration, once one is durable.
+    let metrics = loop {
+        let metrics = daemon.get("/metrics");
+        if metric_sum(&metrics, "tapewatch_checkpoints_total") >= 1.0 {
+            break metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no checkpoint:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(metric_sum(&metrics, "tapewatch_checkpoint_size_bytes") > 0.0, "{metrics}");
+    assert!(metric_sum(&metrics, "tapewatch_checkpoint_duration_seconds") > 0.0, "{metrics}");
     if let Some(result) = common::browser::promtool_check(&metrics) {
         result.expect("promtool check metrics");
     }

@@ -108,6 +108,11 @@ impl ImageSlot {
 #[derive(Default)]
 pub struct Progress {
     pub completed: AtomicU64,
+    /// The bytes the newest durable checkpoint wrote, and how long it took
+    /// from its cut to the durable manifest (the daemon's metrics); stored
+    /// before `completed`, so a reader that sees the id sees these.
+    pub last_bytes: AtomicU64,
+    pub last_duration_ns: AtomicU64,
 }
 
 pub struct WriterOutput {
@@ -177,7 +182,10 @@ impl CheckpointWriter {
                 let (bytes, cut_ns) = self.commit(id, parts)?;
                 out.taken += 1;
                 out.bytes += bytes;
-                out.duration.saturating_record(clock.now_ns().saturating_sub(cut_ns).max(1));
+                let took_ns = clock.now_ns().saturating_sub(cut_ns).max(1);
+                out.duration.saturating_record(took_ns);
+                self.progress.last_bytes.store(bytes, Ordering::Relaxed);
+                self.progress.last_duration_ns.store(took_ns, Ordering::Relaxed);
                 self.progress.completed.store(id, Ordering::Release);
                 if self.settings.abort_after == Some(id) {
                     eprintln!("tapewatch: checkpoint {id} is durable; aborting as --exit-after-checkpoint asks");

@@ -182,6 +182,8 @@ pub fn sample(
         last.last_id = completed;
         last.taken += 1;
         last.last_unix_ms = Some(crate::http::hub::now_unix_ms());
+        last.last_bytes = control.checkpoint_bytes.load(Ordering::Relaxed);
+        last.last_duration_ns = control.checkpoint_duration_ns.load(Ordering::Relaxed);
         hub.publish_checkpoint(last);
     }
 }

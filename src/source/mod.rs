@@ -245,6 +245,8 @@ impl Router {
         let shutdown = control.shutdown.load(Ordering::Acquire);
         let Some(ck) = self.ckpt.as_mut() else { return Ok(shutdown && feed.drained()) };
         let completed = ck.progress.completed.load(Ordering::Acquire);
+        control.checkpoint_bytes.store(ck.progress.last_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        control.checkpoint_duration_ns.store(ck.progress.last_duration_ns.load(Ordering::Relaxed), Ordering::Relaxed);
         control.completed.store(completed, Ordering::Release);
         let idle = completed + 1 == ck.next_id;
         if let Some(id) = self.final_id {
