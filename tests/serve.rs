@@ -208,14 +208,7 @@ fn one_feed_at_a_time_and_bad_bytes_end_only_their_connection() {
     feed(&daemon, &tape, &["--end-of-day"]);
     daemon.wait_log("day closed");
     assert_same_day(dir, &reference);
-    // The hub is sampled once a second.
-    let started = Instant::now();
-    let mut metrics = daemon.get("/metrics");
-    while !metrics.contains("tapewatch_feed_refused_total 1") {
-        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-        metrics = daemon.get("/metrics");
-    }
+    let metrics = daemon.wait_metrics("a refused feed", |m| m.contains("tapewatch_feed_refused_total 1"));
     assert!(metrics.contains("tapewatch_feed_connections_total"), "{metrics}");
     if let Some(result) = common::browser::promtool_check(&metrics) {
         result.expect("promtool check metrics");
@@ -440,15 +433,7 @@ fn a_removed_block_is_one_feed_gap_alert_and_a_resend_is_counted_not_reapplied()
         std::thread::sleep(Duration::from_millis(20));
     }
     // Counted on /metrics: as repeats, and as rejects by reason and by kind.
-    let started = Instant::now();
-    let metrics = loop {
-        let metrics = daemon.get("/metrics");
-        if metric_sum(&metrics, "tapewatch_feed_repeats_total") == 50.0 {
-            break metrics;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let metrics = daemon.wait_metrics("50 repeats", |m| metric_sum(m, "tapewatch_feed_repeats_total") == 50.0);
     assert!(metrics.contains("tapewatch_records_rejected_total{reason=\"repeated-seq\"} 50"), "{metrics}");
     // (Records after the removed block that name its orders are rejects too.)
     let by_kind = metric_sum(&metrics, "tapewatch_records_rejected_by_kind_total");
@@ -487,13 +472,7 @@ fn a_removed_block_is_one_feed_gap_alert_and_a_resend_is_counted_not_reapplied()
     let rejects = std::fs::read_to_string(&rejects_file).unwrap_or_else(|e| panic!("{rejects_file}: {e}"));
     assert_eq!(rejects.matches("repeated or backward seq").count(), 50, "{rejects}");
     // Counted on /metrics by rule, with the gap itself.
-    let started = Instant::now();
-    let mut metrics = daemon.get("/metrics");
-    while !metrics.contains("tapewatch_alerts_total{rule=\"feed-gap\"} 2") {
-        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-        metrics = daemon.get("/metrics");
-    }
+    daemon.wait_metrics("two feed-gap alerts", |m| m.contains("tapewatch_alerts_total{rule=\"feed-gap\"} 2"));
     daemon.stop();
 }
 
@@ -518,18 +497,12 @@ fn metrics_are_live_while_the_day_runs() {
     feed(&daemon, &tape, &["--limit", "20000"]);
     // The day has not ended; the sink publishes about twice a second, the
     // hub samples once a second: the histogram catches up with the file.
-    let started = Instant::now();
     let alerts_file = dir.join("out/alerts.jsonl");
-    let metrics = loop {
-        let metrics = daemon.get("/metrics");
-        let count = metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_count");
+    let metrics = daemon.wait_metrics("every alert in the histogram", |m| {
+        let count = metric_sum(m, "tapewatch_ingest_to_alert_seconds_count");
         let lines = std::fs::read_to_string(&alerts_file).unwrap().lines().count();
-        if count > 0.0 && count as usize == lines {
-            break metrics;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{count} in the histogram, {lines} alerts:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        count > 0.0 && count as usize == lines
+    });
     assert!(!daemon.log().contains("day ended"), "{}", daemon.log());
     let applied = metric_sum(&metrics, "tapewatch_records_applied_total");
     let late = metric_sum(&metrics, "tapewatch_records_late_total");
@@ -540,14 +513,7 @@ fn metrics_are_live_while_the_day_runs() {
     assert!(applied > read * 0.5 && applied + late <= read, "applied {applied} late {late} of {read}:\n{metrics}");
     assert!(metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_sum") > 0.0, "{metrics}");
     // The last checkpoint's size and duration, once one is durable.
-    let metrics = loop {
-        let metrics = daemon.get("/metrics");
-        if metric_sum(&metrics, "tapewatch_checkpoints_total") >= 1.0 {
-            break metrics;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no checkpoint:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let metrics = daemon.wait_metrics("a checkpoint", |m| metric_sum(m, "tapewatch_checkpoints_total") >= 1.0);
     assert!(metric_sum(&metrics, "tapewatch_checkpoint_size_bytes") > 0.0, "{metrics}");
     assert!(metric_sum(&metrics, "tapewatch_checkpoint_duration_seconds") > 0.0, "{metrics}");
     if let Some(result) = common::browser::promtool_check(&metrics) {
@@ -853,16 +819,9 @@ fn a_reload_keeps_the_state_of_unchanged_rules_and_the_feed_connection() {
     // The latency histogram counts from the daemon's start: the alerts of
     // the run before the reload as well as after (it restarted with each
     // pipeline run).
-    let started = Instant::now();
-    loop {
-        let metrics = daemon.get("/metrics");
-        let count = metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_count");
-        if count as usize == got.len() {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{count} in the histogram, {} alerts", got.len());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.wait_metrics("every alert of the day in the histogram", |m| {
+        metric_sum(m, "tapewatch_ingest_to_alert_seconds_count") as usize == got.len()
+    });
     daemon.stop();
 }
 

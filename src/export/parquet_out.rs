@@ -583,18 +583,7 @@ fn encode_names(descr: &ColumnDescPtr, ids: &[u32], b: &Buffer, dict: &[Option<B
     while level < levels {
         let n = DICT_PAGE_VALUES.min(levels - level);
         let mut buf = Vec::with_capacity(n.div_ceil(8) * (bit_width as usize + 1) + 16);
-        let present = if b.nullable {
-            let defs = &b.defs[level..level + n];
-            let mut packed = Vec::with_capacity(n.div_ceil(8) + 8);
-            levels32.clear();
-            levels32.extend(defs.iter().map(|&d| d as u32));
-            hybrid(&levels32, 1, &mut packed);
-            buf.extend_from_slice(&(packed.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&packed);
-            defs.iter().filter(|&&d| d == 1).count()
-        } else {
-            n
-        };
+        let present = page_def_levels(b, level, n, &mut levels32, &mut buf);
         buf.push(bit_width);
         hybrid(&indices[value..value + present], bit_width, &mut buf);
         let size = buf.len();
@@ -638,16 +627,7 @@ fn encode_names(descr: &ColumnDescPtr, ids: &[u32], b: &Buffer, dict: &[Option<B
         .set_statistics(statistics)
         .build()
         .map_err(|e| e.to_string())?;
-    let bytes = sink.into_inner().map_err(|e| e.to_string())?;
-    let close = ColumnCloseResult {
-        bytes_written: bytes.len() as u64,
-        rows_written: levels as u64,
-        metadata,
-        bloom_filter: None,
-        column_index: None,
-        offset_index: None,
-    };
-    Ok((Bytes::from(bytes), close))
+    closed_chunk(sink, levels, metadata)
 }
 
 /// An integer column chunk written here, not by the parquet crate (whose
@@ -677,18 +657,7 @@ fn encode_delta(descr: &ColumnDescPtr, values: &[i64], b: &Buffer, unsigned: boo
     while level < levels || count == 0 {
         let n = DICT_PAGE_VALUES.min(levels - level);
         buf.clear();
-        let present = if b.nullable {
-            let defs = &b.defs[level..level + n];
-            let mut packed = Vec::with_capacity(n.div_ceil(8) + 8);
-            levels32.clear();
-            levels32.extend(defs.iter().map(|&d| d as u32));
-            hybrid(&levels32, 1, &mut packed);
-            buf.extend_from_slice(&(packed.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&packed);
-            defs.iter().filter(|&&d| d == 1).count()
-        } else {
-            n
-        };
+        let present = page_def_levels(b, level, n, &mut levels32, &mut buf);
         delta_binary_packed(&values[value..value + present], &mut buf);
         let size = buf.len();
         let data = Page::DataPage {
@@ -727,6 +696,29 @@ fn encode_delta(descr: &ColumnDescPtr, values: &[i64], b: &Buffer, unsigned: boo
         .set_statistics(statistics)
         .build()
         .map_err(|e| e.to_string())?;
+    closed_chunk(sink, levels, metadata)
+}
+
+/// A data page's definition levels (`levels[level..level + n]` of a
+/// nullable column), RLE/bit-packed behind their byte length, appended to
+/// `buf`; returns how many of those levels hold a value (all `n` for a
+/// required column, which has no levels).
+fn page_def_levels(b: &Buffer, level: usize, n: usize, levels32: &mut Vec<u32>, buf: &mut Vec<u8>) -> usize {
+    if !b.nullable {
+        return n;
+    }
+    let defs = &b.defs[level..level + n];
+    let mut packed = Vec::with_capacity(n.div_ceil(8) + 8);
+    levels32.clear();
+    levels32.extend(defs.iter().map(|&d| d as u32));
+    hybrid(levels32, 1, &mut packed);
+    buf.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&packed);
+    defs.iter().filter(|&&d| d == 1).count()
+}
+
+/// A column chunk written here, as the row group writer takes it.
+fn closed_chunk(sink: TrackedWrite<Vec<u8>>, levels: usize, metadata: ColumnChunkMetaData) -> Result<Chunk, String> {
     let bytes = sink.into_inner().map_err(|e| e.to_string())?;
     let close = ColumnCloseResult {
         bytes_written: bytes.len() as u64,

@@ -111,6 +111,20 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Polls `/metrics` (the hub samples once a second) until `done` holds
+    /// (at most 30 s); returns that exposition.
+    pub fn wait_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let metrics = self.get("/metrics");
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "never {what}:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGTERM: a final checkpoint and exit 0.
     pub fn stop(mut self) -> String {
         // SAFETY: a plain kill(2) on our own child's pid.

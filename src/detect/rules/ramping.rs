@@ -577,14 +577,16 @@ mod tests {
         events
     }
 
-    #[test]
-    fn a_group_lifting_a_stock_seven_percent_in_three_minutes() {
-        let mut e = Vec::new();
+    /// From 10:00, group 7's `accounts` (1 or 2, taking turns) buy every 2 s
+    /// for 150 s, 3,000 a time, the price 10.00 -> 10.75, in a crowd trading
+    /// 9:40-10:20 that follows the rise; `aggressor` initiates each of
+    /// group 7's trades (`Buy`: it lifts the offers; `Sell`: its bid is hit).
+    fn a_rise_bought_by_group_7(accounts: u32, aggressor: crate::event::Side) -> Vec<Event> {
         let start = at(10, 0, 0);
-        // Two accounts of group 7 buy every 2 s for 150 s, 3,000 a time, the price 10.00 -> 10.75.
+        let mut e = Vec::new();
         for i in 0..75i64 {
             let p = px(1000) + i * px(75) / 74;
-            let account = 1 + (i % 2) as u32;
+            let account = 1 + (i as u32 % accounts);
             let seller = 70 + (i % 10) as u32;
             e.push(trade(
                 0,
@@ -592,7 +594,7 @@ mod tests {
                 4,
                 (i as u64 + 1, account, 7),
                 (10_000 + i as u64, seller, seller),
-                Buy,
+                aggressor,
                 p,
                 3000,
             ));
@@ -603,7 +605,13 @@ mod tests {
             at(10, 20, 0),
             |t| if t < start { px(1000) } else { px(1000) + (t - start) / SEC / 2 },
         );
-        let alerts = run::<Ramping>(&Params::default(), &sorted(e));
+        sorted(e)
+    }
+
+    #[test]
+    fn a_group_lifting_a_stock_seven_percent_in_three_minutes() {
+        let start = at(10, 0, 0);
+        let alerts = run::<Ramping>(&Params::default(), &a_rise_bought_by_group_7(2, Buy));
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         let (a, list) = &alerts[0];
         assert_eq!(a.group, 7);
@@ -644,30 +652,8 @@ mod tests {
     /// buyer) is not ramping it; `"side"` (the default) counts those buys too.
     #[test]
     fn passive_buys_in_a_rise_count_only_with_side_volume() {
-        let start = at(10, 0, 0);
-        let mut e = Vec::new();
-        for i in 0..75i64 {
-            let p = px(1000) + i * px(75) / 74;
-            let seller = 70 + (i % 10) as u32;
-            // The seller initiates: group 7's bid is hit.
-            e.push(trade(
-                0,
-                start + i * 2 * SEC,
-                4,
-                (i as u64 + 1, 1, 7),
-                (10_000 + i as u64, seller, seller),
-                Sell,
-                p,
-                3000,
-            ));
-        }
-        crowd(
-            &mut e,
-            at(9, 40, 0),
-            at(10, 20, 0),
-            |t| if t < start { px(1000) } else { px(1000) + (t - start) / SEC / 2 },
-        );
-        let e = sorted(e);
+        // The sellers initiate: group 7's bid is hit.
+        let e = a_rise_bought_by_group_7(1, Sell);
         let aggressive = Params { side_volume: false, ..Params::default() };
         let alerts = run::<Ramping>(&aggressive, &e);
         assert!(alerts.iter().all(|(a, _)| a.group != 7), "passive buys, volume = \"aggressive\": {alerts:?}");
