@@ -114,7 +114,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
     let mut tailer = None;
     let mut hub_control = Some(hub_control);
     let mut checkpoints = crate::http::CheckpointStatus::default();
-    let mut latency_base: publish::LatencyBase = None;
+    let mut latency = publish::Latency::default();
     let mut first = true;
     let result = loop {
         let reference = match day_reference.take() {
@@ -203,7 +203,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
             // Called every 200 ms: a sample a second.
             ticks += 1;
             if ticks.is_multiple_of(5) {
-                publish::sample(&hub, &shared, progress, &control, &mut checkpoints, &latency_base);
+                publish::sample(&hub, &shared, progress, &control, &mut checkpoints, &mut latency);
             }
             // A reload asked for: the new rules file is checked here (off
             // the pipeline threads), and a valid one is handed to the
@@ -220,7 +220,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                 }
             }
         });
-        publish::end_run_latency(&control, &mut latency_base);
+        latency.end_run(&control);
         // A reload stopped the run: the next starts at once, and the feed
         // is taken all along (into the ring), so the daemon stays ready.
         let reloading = result.is_err()
@@ -246,7 +246,7 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                     records_per_s = summary.events_per_sec() as u64,
                     "day ended"
                 );
-                if let Some(h) = latency_base.as_ref().filter(|h| !h.is_empty()) {
+                if let Some(h) = latency.base.as_ref().filter(|h| !h.is_empty()) {
                     hub.publish_latency(h);
                 }
                 if let Err(e) = close_day(&cfg, end_ns) {
