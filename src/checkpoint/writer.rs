@@ -305,6 +305,28 @@ impl CheckpointWriter {
     }
 }
 
+/// The allocation threshold `fix_mmap_threshold` sets.
+pub const MMAP_THRESHOLD_BYTES: usize = 256 << 10;
+
+/// glibc malloc: blocks of `MMAP_THRESHOLD_BYTES` and more each get their
+/// own mapping, returned to the system when freed. Glibc's default
+/// threshold rises to the largest block freed, so RocksDB's copies of each
+/// checkpoint's source snapshot (a write batch, a memtable block, blocks
+/// read back: hundreds of KB a second, growing through the day with the
+/// open orders) were carved from this thread's arena, which fragmented
+/// and kept growing: a daemon's RSS climbed 1 MiB a minute
+/// (docs/PERFORMANCE.md, the soak). No reuse here reaches RocksDB's own
+/// copies, nor would an allocator crate (C++ allocations bypass Rust's
+/// global allocator). Called by `main` before any thread starts;
+/// `MALLOC_MMAP_THRESHOLD_` set in the environment wins.
+pub fn fix_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets a malloc parameter.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES as libc::c_int) };
+    }
+}
+
 fn collect_names(out: &mut Vec<(u8, u64, Vec<u8>)>, prefix: u8, table: &NameTable, from: u64, to: u64) {
     for id in from..to {
         let (bytes, len) = table.get(id as u32);
