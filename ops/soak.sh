@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Memory soak: the daemon fed at a steady rate for a while, its RSS sampled.
 #   ops/soak.sh [MINUTES=30] [RATE=50000]
-#   TAPE=day.csv ops/soak.sh ...   (a tape made before, MINUTES * RATE
-#                                   records of it sent; its
-#                                   day.accounts.csv beside it: no gen)
+#   TAPE=day.csv ops/soak.sh ...   (a tape made before, its
+#                                   day.accounts.csv beside it: no gen;
+#                                   the feed is cut at MINUTES)
 #   CONF='checkpoint_interval_ms = 0' ops/soak.sh ...   (more config lines)
 #   RSS=rss-a.csv ops/soak.sh ...  (where the samples go; default rss.csv)
 # Writes rss.csv (seconds, rss_kib, records_in) in the current directory and
