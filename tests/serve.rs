@@ -825,6 +825,45 @@ fn a_reload_keeps_the_state_of_unchanged_rules_and_the_feed_connection() {
     daemon.stop();
 }
 
+/// A reload that turns on a rule reading a view no rule read before (the
+/// order book, spoofing's stream): the view has no state in the reload's
+/// checkpoint and starts empty, which the log says; turning it off again
+/// says the view is dropped. A reload that changes no view's readers says
+/// nothing of views.
+#[test]
+fn a_reload_that_starts_a_view_logs_that_it_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (tape, config) = setup(dir, 20_000, 11, "");
+    std::fs::write(dir.join("rules.toml"), RULES_A).unwrap();
+    let daemon = Daemon::start(&config);
+    feed(&daemon, &tape, &["--limit", "5000"]);
+    settle(&daemon, 5001);
+    let reload = |rules: &str, reloads: usize| {
+        std::fs::write(dir.join("rules.toml"), rules).unwrap();
+        sighup(&daemon);
+        let started = Instant::now();
+        while daemon.log().matches("rules reloaded").count() < reloads {
+            assert!(started.elapsed() < Duration::from_secs(30), "no reload {reloads}:\n{}", daemon.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    reload(RULES_B, 1);
+    assert!(!daemon.log().contains("reload: view "), "{}", daemon.log());
+    reload(&format!("{RULES_B}[spoofing]\nenabled = true\n"), 2);
+    let log = daemon.log();
+    for view in ["book", "spoof-stream"] {
+        let line = format!("reload: view {view}: read by the new rules and by none before: it starts empty");
+        assert!(log.contains(&line), "no `{line}` in:\n{log}");
+    }
+    assert!(!log.contains("view last-trade"), "{log}");
+    reload(RULES_B, 3);
+    let log = daemon.log();
+    assert!(log.contains("reload: view book: read by none of the new rules: dropped"), "{log}");
+    assert_eq!(log.matches("it starts empty at the barrier").count(), 2, "{log}");
+    daemon.stop();
+}
+
 /// Connects as a raw CSV sender: the greeting's NEXT_SEQ, and the stream.
 fn raw_sender(daemon: &Daemon) -> (u64, TcpStream) {
     let stream = TcpStream::connect(&daemon.feed).unwrap();

@@ -283,6 +283,9 @@ pub fn run(mut cfg: ServeConfig) -> Result<(), CmdError> {
                     break Err(CmdError::Failed("the feed ring was not handed back after the reload".into()));
                 };
                 rx = next_rx;
+                for line in view_changes(&cfg.rules, &rules) {
+                    tracing::info!(checkpoint = control.completed.load(Ordering::Acquire), "reload: {line}");
+                }
                 cfg.rules = rules;
                 reloads += 1;
                 reloaded = true;
@@ -540,6 +543,25 @@ const BY_HTTP: u8 = 2;
 /// The parameter hash of a rule set: xxh3 of its canonical encoding.
 fn params_hash(rules: &crate::config::Rules) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&rules.canonical()))
+}
+
+/// The shared views (`detect::views`) a reload starts or drops: a view is
+/// kept while an enabled rule reads it, and one the old rules did not
+/// read has no state in the reload's checkpoint, so it starts empty and
+/// the rules reading it see only what comes after the barrier.
+fn view_changes(old: &crate::config::Rules, new: &crate::config::Rules) -> Vec<String> {
+    use crate::detect::rule::Reads;
+    let (before, after) = (old.reads(), new.reads());
+    let mut lines = Vec::new();
+    for (view, reads) in [("last-trade", Reads::LAST_TRADE), ("book", Reads::BOOK), ("spoof-stream", Reads::SPOOF)] {
+        match (before.has(reads), after.has(reads)) {
+            (false, true) => lines
+                .push(format!("view {view}: read by the new rules and by none before: it starts empty at the barrier")),
+            (true, false) => lines.push(format!("view {view}: read by none of the new rules: dropped")),
+            _ => {}
+        }
+    }
+    lines
 }
 
 fn rules_status(rules: &crate::config::Rules, reloads: u64) -> crate::http::hub::RulesStatus {
