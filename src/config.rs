@@ -200,7 +200,13 @@ mod tests {
                 .unwrap();
         assert_eq!(
             rules.excessive_cancel,
-            Some(Params { window_ns: 500 * MS, min_cancels: 20, ratio_pct: 80, cooldown_ns: 60_000 * MS })
+            Some(Params {
+                window_ns: 500 * MS,
+                min_cancels: 20,
+                ratio_pct: 80,
+                cooldown_ns: 60_000 * MS,
+                near_miss_pct: None
+            })
         );
         assert_eq!(rules.self_trade, None);
         assert_eq!(Rules::parse("[excessive_cancel]\nenabled = false\n").unwrap().excessive_cancel, None);

@@ -227,11 +227,16 @@ pub fn run_with<F: Feed + Send>(
         }
     }
     let sink = match resumed {
-        Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?
-            .near_misses(cfg.near_miss_path.as_deref(), true)?,
-        None => Sink::create(&cfg.alerts_path, &cfg.late_path)?
-            .keeping(cfg.alert_keep.clone())
-            .near_misses(cfg.near_miss_path.as_deref(), false)?,
+        Some(r) => Sink::resume(&cfg.alerts_path, &cfg.late_path, &r.manifest)?.near_misses(
+            cfg.near_miss_path.as_deref(),
+            true,
+            r.manifest.near_bytes,
+        )?,
+        None => Sink::create(&cfg.alerts_path, &cfg.late_path)?.keeping(cfg.alert_keep.clone()).near_misses(
+            cfg.near_miss_path.as_deref(),
+            false,
+            None,
+        )?,
     }
     .publishing(cfg.live.control.clone());
     let fresh = if checkpointing.is_none() {

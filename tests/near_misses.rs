@@ -142,6 +142,70 @@ fn a_key_at_85_pct_is_a_near_miss_not_an_alert_and_the_alerts_do_not_change() {
     assert_eq!(alert_set(&d.join("high.jsonl")), on);
 }
 
+/// Instrument I0..I59 in turn: 3,230 of other volume, then B trades 100
+/// with itself three times: 60 wash-trade near-misses through the tape.
+fn many_near_misses() -> String {
+    let mut s = format!("{HEADER}\n");
+    let mut ts = 1_793_583_000_000_000_000i64;
+    let (mut seq, mut order) = (0, 0);
+    for k in 0..60 {
+        let inst = format!("I{k}");
+        for (buyer, seller, qty) in [("C", "D", 3_230), ("B", "B", 100), ("B", "B", 100), ("B", "B", 100)] {
+            let (sell, buy) = (order + 1, order + 2);
+            order += 2;
+            ts += 1_000_000_000;
+            for body in [
+                format!("{ts},N,{sell},{seller},{inst},S,5.0000,{qty},,"),
+                format!("{},N,{buy},{buyer},{inst},B,5.0000,{qty},,", ts + 1),
+                format!("{},T,{buy},{buyer},{inst},B,5.0000,{qty},{sell},{seller}", ts + 1),
+            ] {
+                seq += 1;
+                s.push_str(&format!("{seq},{body}\n"));
+            }
+        }
+    }
+    s
+}
+
+/// The near-miss file is cut back to the checkpoint on resume, as the
+/// alerts are: across a crash each near-miss is written once, none lost.
+#[test]
+fn a_crash_and_resume_write_each_near_miss_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("day.csv"), many_near_misses()).unwrap();
+    std::fs::write(d.join("r.toml"), "[wash_trade]\nnear_miss_pct = 80\n").unwrap();
+    let args = |alerts: &str, near: &str| -> Vec<String> {
+        ["replay", "day.csv", "--rules", "r.toml", "--alerts", alerts, "--near-misses", near]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |extra: &[&str], alerts: &str, near: &str| {
+        let mut all = args(alerts, near);
+        all.extend(extra.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        tapewatch(d, &all)
+    };
+    let straight = run(&[], "s.jsonl", "s.near.jsonl");
+    assert!(straight.status.success(), "{}", String::from_utf8_lossy(&straight.stderr));
+    let expected = alert_set(&d.join("s.near.jsonl"));
+    assert_eq!(expected.len(), 60);
+
+    let state = ["--state", "st", "--checkpoint-every-records", "200"];
+    let crashed = run(&[&state[..], &["--exit-after-checkpoint", "2"]].concat(), "c.jsonl", "c.near.jsonl");
+    assert!(!crashed.status.success(), "the test hook aborts the run");
+    let written = alert_set(&d.join("c.near.jsonl")).len();
+    assert!(written > 0, "near-misses before the crash");
+    // What a crash leaves after the checkpoint: written, not committed.
+    let mut file = std::fs::OpenOptions::new().append(true).open(d.join("c.near.jsonl")).unwrap();
+    std::io::Write::write_all(&mut file, b"{\"after\":\"the checkpoint\"}\n").unwrap();
+    let resumed = run(&state, "c.jsonl", "c.near.jsonl");
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(alert_set(&d.join("c.near.jsonl")), expected, "each near-miss once, none lost");
+    assert_eq!(alert_set(&d.join("c.jsonl")), alert_set(&d.join("s.jsonl")));
+}
+
 #[test]
 fn bad_near_miss_values_are_refused_with_their_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,8 +24,9 @@ use xxhash_rust::xxh3::xxh3_64;
 /// 2: alert counts keyed by rule id (sections per rule); 3: also
 /// `tape_prefix_hash`, and the validator's sequencer state in the source
 /// snapshot; 4: also the rules' parameter versions and `reload_to` (a
-/// version 3 manifest is still read: no rules listed, no reload).
-const MANIFEST_VERSION: u32 = 4;
+/// version 3 manifest is still read: no rules listed, no reload); 5: also
+/// the near-miss file's committed length (versions 3 and 4 read as none).
+const MANIFEST_VERSION: u32 = 5;
 
 /// When to cut checkpoints and how many to keep.
 #[derive(Clone, Debug)]
@@ -215,6 +216,8 @@ pub struct Manifest {
     /// resumed under those rules as well as under its own
     /// (`Manifest::resumable_under`).
     pub reload_to: u64,
+    /// The near-miss file's committed length (`--near-misses`; none: no file).
+    pub near_bytes: Option<u64>,
 }
 
 impl Manifest {
@@ -323,6 +326,8 @@ impl Manifest {
             w.u32(version);
         }
         w.u64(self.reload_to);
+        w.u8(self.near_bytes.is_some() as u8);
+        w.u64(self.near_bytes.unwrap_or(0));
         let hash = xxh3_64(w.out);
         w.u64(hash);
         out
@@ -340,7 +345,7 @@ impl Manifest {
         }
         let mut r = Reader::new(body);
         let version = r.u32()?;
-        if version != MANIFEST_VERSION && version != 3 {
+        if !(3..=MANIFEST_VERSION).contains(&version) {
             return Err(DecodeError(format!("manifest version {version}, this build reads {MANIFEST_VERSION}")));
         }
         let mut m = Manifest {
@@ -373,6 +378,7 @@ impl Manifest {
             shard_files: Vec::new(),
             rules: Vec::new(),
             reload_to: 0,
+            near_bytes: None,
         };
         for _ in 0..r.count(16)? {
             m.shard_files.push(ShardFile { len: r.u64()?, hash: r.u64()? });
@@ -382,6 +388,10 @@ impl Manifest {
                 m.rules.push((r.u32()? as RuleId, r.u32()?));
             }
             m.reload_to = r.u64()?;
+        }
+        if version >= 5 {
+            let (has, len) = (r.u8()?, r.u64()?);
+            m.near_bytes = (has != 0).then_some(len);
         }
         r.finish()?;
         if m.shard_files.len() != m.shards as usize || m.shards == 0 {
@@ -525,19 +535,21 @@ mod tests {
     #[test]
     fn a_version_3_manifest_is_read_without_rules() {
         let m = Manifest { id: 4, shards: 1, shard_files: vec![ShardFile { len: 9, hash: 3 }], ..Manifest::default() };
-        let v4 = m.encode();
-        // Version 3: no rule list and no reload_to (the last 16 bytes of the body).
-        let mut body = v4[..v4.len() - 8 - 16].to_vec();
-        body[..4].copy_from_slice(&3u32.to_le_bytes());
-        let hash = xxh3_64(&body);
-        body.extend_from_slice(&hash.to_le_bytes());
-        assert_eq!(Manifest::decode(&body).unwrap(), m);
-        let mut v5 = v4.clone();
-        v5[..4].copy_from_slice(&5u32.to_le_bytes());
-        let n = v5.len() - 8;
-        let hash = xxh3_64(&v5[..n]);
-        v5[n..].copy_from_slice(&hash.to_le_bytes());
-        assert!(Manifest::decode(&v5).unwrap_err().0.contains("manifest version 5"));
+        let v5 = m.encode();
+        // An older version: the body without its last `cut` bytes.
+        let older = |version: u32, cut: usize| {
+            let mut body = v5[..v5.len() - 8 - cut].to_vec();
+            body[..4].copy_from_slice(&version.to_le_bytes());
+            let hash = xxh3_64(&body);
+            body.extend_from_slice(&hash.to_le_bytes());
+            body
+        };
+        // Version 4: no near-miss length (9 bytes); 3: no rule list and no reload_to either (16 more).
+        assert_eq!(Manifest::decode(&older(4, 9)).unwrap(), m);
+        assert_eq!(Manifest::decode(&older(3, 25)).unwrap(), m);
+        let with_near = Manifest { near_bytes: Some(1234), ..m.clone() };
+        assert_eq!(Manifest::decode(&with_near.encode()).unwrap(), with_near);
+        assert!(Manifest::decode(&older(6, 0)).unwrap_err().0.contains("manifest version 6"));
     }
 
     proptest! {
@@ -567,6 +579,7 @@ mod tests {
                 alerts: vec![(1, 3), (2, 4)],
                 rules: vec![(1, seq as u32), (6, 7)],
                 reload_to: seq ^ 5,
+                near_bytes: (seq % 2 == 0).then_some(seq / 3),
                 shard_files: (0..shards as u64).map(|i| ShardFile { len: i * 10, hash: i ^ seq }).collect(),
                 ..Manifest::default()
             };

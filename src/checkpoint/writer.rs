@@ -59,6 +59,8 @@ pub enum Msg {
         id: u64,
         alerts: (PathBuf, u64),
         late: (PathBuf, u64),
+        /// The near-miss file, if any (`--near-misses`).
+        near: Option<(PathBuf, u64)>,
         counts: Counts,
         late_count: u64,
     },
@@ -213,7 +215,7 @@ impl CheckpointWriter {
         else {
             unreachable!("a complete checkpoint has its source part")
         };
-        let Some(Msg::Sink { alerts, late, counts, late_count, .. }) = parts.sink else {
+        let Some(Msg::Sink { alerts, late, near, counts, late_count, .. }) = parts.sink else {
             unreachable!("a complete checkpoint has its sink part")
         };
         // Shard files first, each durable, then their directory.
@@ -246,6 +248,9 @@ impl CheckpointWriter {
         // The outputs up to their committed lengths.
         store::sync_file(&alerts.0)?;
         store::sync_file(&late.0)?;
+        if let Some((path, _)) = &near {
+            store::sync_file(path)?;
+        }
         if let Some((path, _)) = &rejects {
             store::sync_file(path)?;
         }
@@ -284,6 +289,7 @@ impl CheckpointWriter {
             shard_files,
             rules: self.settings.rules.clone(),
             reload_to,
+            near_bytes: near.map(|n| n.1),
         };
         self.store.commit(id, &manifest.encode(), &source, &new_names)?;
         self.saved_accounts = self.saved_accounts.max(accounts);

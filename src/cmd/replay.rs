@@ -512,6 +512,9 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         let mut outputs =
             vec![("--alerts", args.alerts.as_path(), m.alerts_bytes), ("--late", &late_path, m.late_bytes)];
         outputs.push(("--rejects", &rejects_path, m.rejects_bytes));
+        if let (Some(path), Some(committed)) = (&args.near_misses, m.near_bytes) {
+            outputs.push(("--near-misses", path.as_path(), committed));
+        }
         let problems = crate::outputs::check_resumable(&outputs);
         if !problems.is_empty() {
             return Err(CmdError::Failed(problems.join("\n")));

@@ -325,6 +325,7 @@ mod tests {
                 min_cancels,
                 ratio_pct: 60,
                 cooldown_ns: 0,
+                near_miss_pct: None,
             }),
             // These streams are not book-consistent (zero quantities, unknown
             // orders): the book rules and the book view they keep stay out.

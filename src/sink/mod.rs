@@ -174,13 +174,17 @@ impl Sink {
     }
 
     /// Writes near-misses to `path` (`--near-misses`): created afresh, or on
-    /// a resume appended to (best-effort: near-misses are not part of the
-    /// checkpoint, so those after the last checkpoint may appear twice).
-    pub fn near_misses(mut self, path: Option<&Path>, resumed: bool) -> Result<Sink, String> {
+    /// a resume cut back to the length the checkpoint committed (`committed`,
+    /// as the alerts: a near-miss is written once across a crash and a
+    /// resume). A checkpoint without that length (the run it was cut from
+    /// wrote none, or an older build's) appends to the file as it is.
+    pub fn near_misses(mut self, path: Option<&Path>, resumed: bool, committed: Option<u64>) -> Result<Sink, String> {
         let Some(path) = path else {
             return Ok(self);
         };
-        let out = if resumed && path.is_file() {
+        let out = if let (true, Some(committed)) = (resumed, committed) {
+            Out::resume(path, committed)
+        } else if resumed && path.is_file() {
             let fail = |e: std::io::Error| format!("{}: cannot open to resume: {e}", path.display());
             crate::outputs::reopen(path).map_err(fail).and_then(|mut file| {
                 let written = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(fail)?;
@@ -408,11 +412,15 @@ impl Sink {
                 // is exactly the output of the records before it.
                 self.alerts_out.flush()?;
                 self.late_out.flush()?;
+                if let Some(near_out) = &mut self.near_out {
+                    near_out.flush()?;
+                }
                 if let Some(tx) = to_writer {
                     let message = Msg::Sink {
                         id,
                         alerts: (self.alerts_out.path.clone(), self.alerts_out.written),
                         late: (self.late_out.path.clone(), self.late_out.written),
+                        near: self.near_out.as_ref().map(|o| (o.path.clone(), o.written)),
                         counts: output.alerts,
                         late_count: output.late,
                     };

@@ -31,6 +31,14 @@
 //! burst (szse-peak grows to a million buckets in its first half second)
 //! then costs one pass over the keys, not a 16 MB allocation and its page
 //! faults on the shard (which put 14 ms stalls into alert latency).
+//!
+//! Near-misses (`near_miss_pct`, off by default): a key whose cancels and
+//! cancel ratio reach that share of `min_cancels` and `ratio_pct` without
+//! crossing. They have episodes of their own, kept like the alerts' (a
+//! `NEAR` bit in the bucket, edges in a side table, the same cooldown, a
+//! key whose window empties below from then when no single record can make
+//! it near): one near-miss per near episode, at its first record, unless
+//! that record crosses. With near-misses off none of this runs.
 
 use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -54,6 +62,11 @@ struct Entry {
 
 /// The hot flag, kept in the top bit of `Bucket::cancels`.
 const HOT: u32 = 1 << 31;
+/// The near flag (near-misses on: the key reaches `near_miss_pct` of the
+/// thresholds, crossing included), the next bit.
+const NEAR: u32 = 1 << 30;
+/// The count bits of `Bucket::cancels`.
+const COUNT: u32 = !(HOT | NEAR);
 
 /// One key and its counts inside the window: 16 bytes, four to a line.
 #[derive(Clone, Copy)]
@@ -252,12 +265,30 @@ pub struct Params {
     pub ratio_pct: u32,
     /// How long a key must stay below before a crossing opens a new episode.
     pub cooldown_ns: i64,
+    /// Near-misses: the share of each threshold (1-99) that makes one; none: off.
+    pub near_miss_pct: Option<u32>,
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Params { window_ns: 10_000 * MS, min_cancels: 20, ratio_pct: 90, cooldown_ns: 60_000 * MS }
+        Params { window_ns: 10_000 * MS, min_cancels: 20, ratio_pct: 90, cooldown_ns: 60_000 * MS, near_miss_pct: None }
     }
+}
+
+impl Params {
+    /// The fewest cancels that are near (`pct`% of `min_cancels`, rounded up).
+    fn near_cancels(&self, pct: u32) -> u64 {
+        (pct as u64 * self.min_cancels as u64).div_ceil(100)
+    }
+}
+
+/// The near-miss episodes of a key that has been near: as `Past`, and
+/// whether it is near now (its bucket's `NEAR`, kept here for checkpoints).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct NearPast {
+    below_since: i64,
+    count: u32,
+    near: bool,
 }
 
 /// The episode state of a key that has alerted: when it last fell below
@@ -281,6 +312,7 @@ pub struct Raw {
     min_cancels: Option<Spanned<i64>>,
     ratio_pct: Option<Spanned<i64>>,
     cooldown_ms: Option<Spanned<i64>>,
+    near_miss_pct: Option<Spanned<i64>>,
 }
 
 impl Rule for ExcessiveCancel {
@@ -303,11 +335,13 @@ impl Rule for ExcessiveCancel {
         let min_cancels = p.int(raw.min_cancels, "min_cancels", 1..=1_000_000, d.min_cancels as i64);
         let ratio_pct = p.int(raw.ratio_pct, "ratio_pct", 0..=100_000, d.ratio_pct as i64);
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
         Some(Params {
             window_ns: window_ms * MS,
             min_cancels: min_cancels as u32,
             ratio_pct: ratio_pct as u32,
             cooldown_ns: cooldown_ms * MS,
+            near_miss_pct,
         })
     }
 
@@ -320,6 +354,14 @@ impl Rule for ExcessiveCancel {
         if params.cooldown_ns != 0 {
             w.i64(params.cooldown_ns);
         }
+        // Only when set: the parameter version of a rule without it is
+        // unchanged (a 0 cooldown first, so the layout stays unambiguous).
+        if let Some(pct) = params.near_miss_pct {
+            if params.cooldown_ns == 0 {
+                w.i64(0);
+            }
+            w.u32(pct);
+        }
     }
 
     fn show(p: &Params, out: &mut String) {
@@ -330,6 +372,9 @@ impl Rule for ExcessiveCancel {
             p.ratio_pct,
             p.cooldown_ns / MS
         ));
+        if let Some(pct) = p.near_miss_pct {
+            out.push_str(&format!("near_miss_pct = {pct}\n"));
+        }
     }
 
     // Thresholds are evaluated at the key's own records; expiry uses only
@@ -346,6 +391,16 @@ impl Rule for ExcessiveCancel {
         } else if (base.min_cancels >= 2) != (tier.min_cancels >= 2) {
             Some(
                 "min_cancels must be at least 2 in every tier or in none (a key whose window empties goes idle only then)",
+            )
+        } else if base.near_miss_pct.is_some() != tier.near_miss_pct.is_some() {
+            Some(
+                "near_miss_pct: set it in the base table (a tier may change its value, not turn near-misses on or off)",
+            )
+        } else if let (Some(b), Some(t)) = (base.near_miss_pct, tier.near_miss_pct)
+            && (base.near_cancels(b) >= 2) != (tier.near_cancels(t) >= 2)
+        {
+            Some(
+                "near_miss_pct of min_cancels must be at least 2 cancels in every tier or in none (a near key whose window empties goes idle only then)",
             )
         } else {
             None
@@ -378,9 +433,13 @@ impl Rule for ExcessiveCancel {
         // The measured values next to the thresholds they crossed.
         json.pct("cancel_ratio_pct", cancels, new_orders);
         json.u64("min_cancels", thresholds & 0xffff_ffff);
-        json.u64("min_ratio_pct", thresholds >> 32);
+        json.u64("min_ratio_pct", thresholds >> 32 & 0xff_ffff);
         json.u64("window_ms", window_ms);
-        json.u64("episode", episode);
+        if thresholds >> 56 != 0 {
+            json.u64("near_miss_pct", thresholds >> 56);
+        } else {
+            json.u64("episode", episode);
+        }
     }
 
     fn stats(&self) -> RuleStats {
@@ -431,6 +490,10 @@ impl Rule for ExcessiveCancel {
         }
         let alerted = r.count(PAST_BYTES)?;
         r.take(alerted * PAST_BYTES)?;
+        if !r.is_empty() {
+            let near = r.count(NEAR_BYTES)?;
+            r.take(near * NEAR_BYTES)?;
+        }
         r.finish()?;
         Ok(vec![
             ("active keys", keys.len() as u64),
@@ -454,6 +517,9 @@ pub struct ExcessiveCancel {
     hot_pos: FxHashMap<u32, u32>,
     /// The episodes of the keys that alerted (rising and falling edges only).
     past: FxHashMap<u64, Past>,
+    /// Near-misses on: the near episodes of the keys that have been near
+    /// (near edges only; empty when off).
+    near_past: FxHashMap<u64, NearPast>,
     /// Keys refused by `past` (`MAX_EPISODE_KEYS`).
     refused: u64,
     pub counts: EpisodeCounts,
@@ -478,6 +544,10 @@ impl ExcessiveCancel {
             hot_slots: Vec::with_capacity(key_capacity),
             hot_pos: FxHashMap::with_capacity_and_hasher(key_capacity, Default::default()),
             past: FxHashMap::with_capacity_and_hasher(key_capacity.min(1 << 12), Default::default()),
+            near_past: FxHashMap::with_capacity_and_hasher(
+                if params.near_miss_pct.is_some() { key_capacity.min(1 << 12) } else { 0 },
+                Default::default(),
+            ),
             refused: 0,
             counts: EpisodeCounts::default(),
             snap_next: 0,
@@ -521,39 +591,110 @@ impl ExcessiveCancel {
         } else {
             bucket.new_orders += 1;
         }
-        let (n, c) = (bucket.new_orders as u64, (bucket.cancels & !HOT) as u64);
+        let (n, c) = (bucket.new_orders as u64, (bucket.cancels & COUNT) as u64);
         let hot = c >= self.params.min_cancels as u64 && 100 * c >= self.params.ratio_pct as u64 * n;
         let was_hot = bucket.hot();
+        // Near-misses on: the near edges, before the hot ones (a near-miss
+        // never crosses, so at most one of the two alerts).
+        let near_miss = match self.params.near_miss_pct {
+            Some(pct) => self.near_edge(slot, event, pct, (n, c), hot, horizon),
+            None => None,
+        };
         if hot == was_hot {
             self.counts.suppressed += hot as u64;
-            return None;
+            return near_miss;
         }
-        bucket.cancels ^= HOT;
+        self.table.buckets[slot as usize].cancels ^= HOT;
         if !hot {
             self.hot_remove(slot);
             self.fell_below(key_of(event), t);
-            return None;
+            return near_miss;
         }
         self.hot_add(slot);
         let episode = self.rose(key_of(event), t)?;
-        Some(Alert {
+        Some(self.alert(event, horizon, (n, c), episode, 0))
+    }
+
+    /// An alert (`near_miss_pct` 0) or a near-miss of `event`'s key with
+    /// counts `(n, c)` in `(horizon, t]`.
+    #[inline]
+    fn alert(&self, event: &Event, horizon: i64, (n, c): (u64, u64), episode: u32, near_miss_pct: u32) -> Alert {
+        let p = &self.params;
+        Alert {
             rule: Self::ID,
             seq: event.seq,
-            ts_ns: t,
+            ts_ns: event.ts_ns,
             group: event.group,
             account: event.account,
             instrument: event.instrument,
             // (window_start_ns, window_end_ns]: the counts' window.
             evidence: Evidence([
                 horizon as u64,
-                t as u64,
+                event.ts_ns as u64,
                 n,
                 c,
-                self.params.min_cancels as u64 | (self.params.ratio_pct as u64) << 32,
-                (self.params.window_ns / MS) as u64 | (episode as u64) << 32,
+                p.min_cancels as u64 | (p.ratio_pct as u64) << 32 | (near_miss_pct as u64) << 56,
+                (p.window_ns / MS) as u64 | (episode as u64) << 32,
             ]),
+            near_miss: near_miss_pct > 0,
             ..Alert::default()
-        })
+        }
+    }
+
+    /// Near-misses on: the key in `slot` has counts `(n, c)` after `event`;
+    /// a rising near edge outside the cooldown of its last near episode
+    /// that does not cross is a near-miss.
+    #[inline]
+    fn near_edge(
+        &mut self,
+        slot: u32,
+        event: &Event,
+        pct: u32,
+        (n, c): (u64, u64),
+        hot: bool,
+        horizon: i64,
+    ) -> Option<Alert> {
+        let p = &self.params;
+        let near =
+            hot || (c >= p.near_cancels(pct) && 100 * 100 * c as u128 >= pct as u128 * p.ratio_pct as u128 * n as u128);
+        let bucket = &mut self.table.buckets[slot as usize];
+        if near == (bucket.cancels & NEAR != 0) {
+            return None;
+        }
+        bucket.cancels ^= NEAR;
+        let (key, t) = (key_of(event), event.ts_ns);
+        if !near {
+            self.near_fell_below(key, t);
+            return None;
+        }
+        let (len, capacity) = (self.near_past.len(), self.near_past.capacity());
+        let past = match self.near_past.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            // Past the limit each rising edge is an episode (as for alerts).
+            std::collections::hash_map::Entry::Vacant(_) if len >= MAX_EPISODE_KEYS => {
+                self.refused += 1;
+                return (!hot).then(|| self.alert(event, horizon, (n, c), 0, pct));
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.grew += (len == capacity) as u64;
+                e.insert(NearPast::default())
+            }
+        };
+        past.near = true;
+        if past.count > 0 && t - past.below_since < self.params.cooldown_ns {
+            return None;
+        }
+        past.count += 1;
+        (!hot).then(|| self.alert(event, horizon, (n, c), 0, pct))
+    }
+
+    /// A falling near edge of `key` at `t`.
+    #[inline]
+    fn near_fell_below(&mut self, key: u64, t: i64) {
+        if let Some(past) = self.near_past.get_mut(&key) {
+            past.below_since = t;
+            past.near = false;
+        }
     }
 
     /// A rising edge of `key` at `t`: the new episode's number, or `None`
@@ -616,19 +757,39 @@ impl ExcessiveCancel {
             // With an empty window the next record alone makes c <= 1; when
             // min_cancels >= 2 it cannot be hot, so whether the key was hot
             // no longer matters and the key can go idle.
-            if bucket.new_orders == 0 && bucket.cancels == HOT && self.params.min_cancels >= 2 {
-                bucket.cancels = 0;
+            if bucket.new_orders == 0 && bucket.cancels & !NEAR == HOT && self.params.min_cancels >= 2 {
+                bucket.cancels &= NEAR;
                 let key = bucket.key;
                 self.hot_remove(slot);
                 // Below from the moment the window emptied (a time that
                 // does not depend on which record expired it).
                 self.fell_below(key, entry.ts_ns + self.params.window_ns);
             }
+            // Near-misses on, the same for the near flag (when no single
+            // record can make the key near); the hot flag went first.
+            let bucket = &self.table.buckets[slot as usize];
+            if bucket.new_orders == 0 && bucket.cancels == NEAR {
+                self.near_emptied(slot, entry.ts_ns + self.params.window_ns);
+            }
             if self.table.buckets[slot as usize].is_idle() {
                 self.table.live -= 1;
                 self.table.release(slot as usize);
             }
         }
+    }
+
+    /// A near key's window emptied at `t`: it goes below (and idle, unless
+    /// hot) when one record cannot make it near.
+    #[cold]
+    fn near_emptied(&mut self, slot: u32, t: i64) {
+        let Some(pct) = self.params.near_miss_pct else { return };
+        if self.params.near_cancels(pct) < 2 {
+            return;
+        }
+        let bucket = &mut self.table.buckets[slot as usize];
+        bucket.cancels &= !NEAR;
+        let key = bucket.key;
+        self.near_fell_below(key, t);
     }
 
     /// The front entry, about to expire, is the next one the snapshot in
@@ -734,6 +895,9 @@ pub struct Image {
     window: Vec<ImageEntry>,
     /// The episodes of the keys that alerted, copied whole at the barrier.
     past: Vec<(u64, Past)>,
+    /// Near-misses on: the near episodes, copied whole at the barrier
+    /// (written after `past` only then, so a rule without them reads as before).
+    near: Option<Vec<(u64, NearPast)>>,
 }
 
 impl Image {
@@ -777,6 +941,15 @@ impl Image {
             w.i64(past.below_since);
             w.u32(past.count);
         }
+        if let Some(near) = &self.near {
+            w.u64(near.len() as u64);
+            for (key, past) in near {
+                w.u64(*key);
+                w.i64(past.below_since);
+                w.u32(past.count);
+                w.u8(past.near as u8);
+            }
+        }
     }
 }
 
@@ -784,10 +957,14 @@ impl Image {
 pub const ENTRY_BYTES: usize = 17;
 /// Bytes of one key's episodes: `(key, below_since, count)`.
 const PAST_BYTES: usize = 20;
+/// Bytes of one key's near episodes: `(key, below_since, count, near)`.
+const NEAR_BYTES: usize = 21;
 
 /// Checkpoint hooks. Layout: the hot keys (u64 each, any order), then the
 /// window entries `(ts_ns, key, cancel)` oldest first, then the episodes
-/// of the keys that alerted `(key, below_since, count)`, sorted by key. A
+/// of the keys that alerted `(key, below_since, count)`, sorted by key,
+/// then, near-misses on only, the near episodes `(key, below_since, count,
+/// near)` sorted by key (a near key's bucket is restored with `NEAR`). A
 /// key is in the window part exactly when it has window entries or is hot:
 /// an idle key without episodes is the same as a key never seen.
 ///
@@ -810,6 +987,16 @@ impl ExcessiveCancel {
         image.past.clear();
         image.past.extend(self.past.iter().map(|(&k, &p)| (k, p)));
         image.past.sort_unstable_by_key(|&(k, _)| k);
+        // Near-misses on: O(keys that have been near), like `past`.
+        match (self.params.near_miss_pct, image.near.as_mut()) {
+            (None, _) => image.near = None,
+            (Some(_), Some(near)) => near.clear(),
+            (Some(_), None) => image.near = Some(Vec::with_capacity(self.near_past.len())),
+        }
+        if let Some(near) = image.near.as_mut() {
+            near.extend(self.near_past.iter().map(|(&k, &p)| (k, p)));
+            near.sort_unstable_by_key(|&(k, _)| k);
+        }
         self.snap_next = self.popped;
         self.snap_end = self.popped + self.window.len() as u64;
         self.snap = Some(image);
@@ -899,6 +1086,28 @@ impl ExcessiveCancel {
                 return Err(DecodeError(format!("the episodes of key {key:#x} twice in the snapshots")));
             }
         }
+        if r.is_empty() {
+            return Ok(());
+        }
+        for _ in 0..r.count(NEAR_BYTES)? {
+            let (key, below_since, count, near) = (r.u64()?, r.i64()?, r.u32()?, r.u8()?);
+            if near > 1 {
+                return Err(DecodeError(format!("near episodes of key {key:#x}: bad flag {near}")));
+            }
+            if !keep(key) {
+                continue;
+            }
+            let near = near != 0;
+            if self.near_past.insert(key, NearPast { below_since, count, near }).is_some() {
+                return Err(DecodeError(format!("the near episodes of key {key:#x} twice in the snapshots")));
+            }
+            if near {
+                let slot = self.restore_slot(key, &earlier)?;
+                let bucket = &mut self.table.buckets[slot as usize];
+                self.table.live += bucket.is_idle() as usize;
+                bucket.cancels |= NEAR;
+            }
+        }
         Ok(())
     }
 
@@ -947,7 +1156,7 @@ mod tests {
 
     #[test]
     fn one_alert_per_episode() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 3, ratio_pct: 90, cooldown_ns: 0 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 3, ratio_pct: 90, cooldown_ns: 0, near_miss_pct: None };
         let mut records = Vec::new();
         for i in 0..3 {
             records.push(rec(records.len() as u64, i * SEC, Kind::New, 7));
@@ -961,7 +1170,8 @@ mod tests {
 
     #[test]
     fn window_is_half_open_and_episodes_restart() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 100, cooldown_ns: 0 };
+        let params =
+            Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 100, cooldown_ns: 0, near_miss_pct: None };
         let records = [
             rec(1, 0, Kind::Cancel, 1),
             rec(2, SEC, Kind::Cancel, 1),  // c = 2, n = 0: hot -> alert
@@ -991,6 +1201,37 @@ mod tests {
         assert_eq!(hot_to_empty(20), vec![(2, 0, 2, 1)]);
     }
 
+    #[test]
+    fn a_key_at_80_pct_is_one_near_miss_per_near_episode() {
+        // min_cancels 5, ratio 100%: near at 4 cancels and 80%. Key 7: 4
+        // cancels (near: a near-miss at seq 3), an order (4 of 5 = 80%: still
+        // near), then everything expires; 30 s later 5 cancels: a near-miss
+        // at the 4th, the alert at the 5th.
+        let params =
+            Params { window_ns: 10 * SEC, min_cancels: 5, ratio_pct: 100, cooldown_ns: 0, near_miss_pct: None };
+        let near = Params { near_miss_pct: Some(80), ..params };
+        let mut records = Vec::new();
+        for i in 0..4 {
+            records.push(rec(records.len() as u64, i * SEC, Kind::Cancel, 7));
+        }
+        records.push(rec(records.len() as u64, 5 * SEC, Kind::New, 7));
+        for i in 0..5 {
+            records.push(rec(records.len() as u64, (30 + i) * SEC, Kind::Cancel, 7));
+        }
+        let near_misses = |p: Params| -> Vec<(u64, bool, u64)> {
+            let mut rule = ExcessiveCancel::new(p, 4);
+            records.iter().filter_map(|e| rule.apply(e)).map(|a| (a.seq, a.near_miss, a.evidence.0[4] >> 56)).collect()
+        };
+        assert_eq!(near_misses(near), vec![(3, true, 80), (8, true, 80), (9, false, 0)]);
+        assert_eq!(run(params, &records), vec![(9, 0, 5, 1)], "off: the alert alone");
+        assert_eq!(near_misses(Params { near_miss_pct: Some(81), ..near }), vec![(9, false, 0)], "4 < 81% of 5");
+        // The key's window emptied at 15 s (its last entry, at 5 s, left):
+        // below since then; near again at 33 s.
+        let cooling = |s: i64| near_misses(Params { cooldown_ns: s * SEC, ..near });
+        assert_eq!(cooling(18), vec![(3, true, 80), (8, true, 80), (9, false, 0)], "below from 15 s to 33 s");
+        assert_eq!(cooling(19), vec![(3, true, 80), (9, false, 0)], "below for 18 s < 19 s");
+    }
+
     fn encoded(image: &Image) -> Vec<u8> {
         let mut buf = Vec::new();
         image.encode(&mut Writer::new(&mut buf));
@@ -1008,7 +1249,7 @@ mod tests {
     /// entries pushed after the barrier are not.
     #[test]
     fn a_sliced_snapshot_keeps_entries_that_expire_before_they_are_copied() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 1, ratio_pct: 50, cooldown_ns: 0 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 1, ratio_pct: 50, cooldown_ns: 0, near_miss_pct: None };
         let (mut sliced, mut whole) = (ExcessiveCancel::new(params, 4), ExcessiveCancel::new(params, 4));
         let mut records = Vec::new();
         for i in 0..40i64 {
@@ -1037,7 +1278,7 @@ mod tests {
     /// rest are copied by later slices, from the right place.
     #[test]
     fn a_sliced_snapshot_copies_from_the_right_place_after_a_partial_expiry() {
-        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 50, cooldown_ns: 0 };
+        let params = Params { window_ns: 10 * SEC, min_cancels: 2, ratio_pct: 50, cooldown_ns: 0, near_miss_pct: None };
         let (mut sliced, mut whole) = (ExcessiveCancel::new(params, 4), ExcessiveCancel::new(params, 4));
         for i in 0..80i64 {
             let kind = if i % 4 == 0 { Kind::New } else { Kind::Cancel };
@@ -1058,7 +1299,7 @@ mod tests {
 
     #[test]
     fn keys_are_separate_and_idle_buckets_are_reused() {
-        let params = Params { window_ns: SEC, min_cancels: 2, ratio_pct: 90, cooldown_ns: 0 };
+        let params = Params { window_ns: SEC, min_cancels: 2, ratio_pct: 90, cooldown_ns: 0, near_miss_pct: None };
         let mut rule = ExcessiveCancel::new(params, 4);
         for group in 0..100u32 {
             rule.apply(&rec(group as u64, group as i64 * SEC, Kind::Cancel, group));
@@ -1081,7 +1322,7 @@ mod tests {
     /// and the alerts must come out as from a plain per-key count.
     #[test]
     fn rebuilds_keep_every_count() {
-        let params = Params { window_ns: 1_000, min_cancels: 3, ratio_pct: 100, cooldown_ns: 0 };
+        let params = Params { window_ns: 1_000, min_cancels: 3, ratio_pct: 100, cooldown_ns: 0, near_miss_pct: None };
         let mut rule = ExcessiveCancel::new(params, 4);
         let keys = 5 * MIN_BUCKETS as u32;
         let mut alerts = 0;
@@ -1112,7 +1353,19 @@ mod tests {
     /// a key whose window emptied is below from then (when `min_cancels`
     /// >= 2, no single record can make it cross).
     fn brute_force(params: Params, records: &[Event]) -> Vec<(u64, u32, u32, u32)> {
+        brute_force_near(params, records, None)
+    }
+
+    /// With `near` (a share of the thresholds): the near-misses instead, as
+    /// (seq, n, c, 0): near episodes of reaching that share of both
+    /// thresholds (a key whose window emptied is below from then when one
+    /// record cannot make it near), at a record that does not cross.
+    fn brute_force_near(params: Params, records: &[Event], near: Option<u32>) -> Vec<(u64, u32, u32, u32)> {
         use crate::detect::state::episode::{Episode, Outcome};
+        let min = match near {
+            None => params.min_cancels as u64,
+            Some(pct) => params.near_cancels(pct),
+        };
         let mut applied: Vec<&Event> = Vec::new();
         let mut episodes: std::collections::HashMap<(u32, u32), (Episode, i64)> = Default::default();
         let mut alerts = Vec::new();
@@ -1127,12 +1380,22 @@ mod tests {
             let c = applied.iter().filter(|x| same(x) && x.kind == Kind::Cancel).count() as u64;
             let now = c >= params.min_cancels as u64 && 100 * c >= params.ratio_pct as u64 * n;
             let (episode, last_ts) = episodes.entry((e.group, e.instrument)).or_insert((Episode::default(), i64::MIN));
-            if *last_ts != i64::MIN && *last_ts <= e.ts_ns - params.window_ns && params.min_cancels >= 2 {
+            if *last_ts != i64::MIN && *last_ts <= e.ts_ns - params.window_ns && min >= 2 {
                 episode.observe(*last_ts + params.window_ns, false, params.cooldown_ns);
             }
             *last_ts = e.ts_ns;
-            if let Outcome::New(number) = episode.observe(e.ts_ns, now, params.cooldown_ns) {
-                alerts.push((e.seq, n as u32, c as u32, number));
+            match near {
+                None => {
+                    if let Outcome::New(number) = episode.observe(e.ts_ns, now, params.cooldown_ns) {
+                        alerts.push((e.seq, n as u32, c as u32, number));
+                    }
+                }
+                Some(pct) => {
+                    let reaches = c >= min && 100 * 100 * c >= (pct * params.ratio_pct) as u64 * n;
+                    if episode.near_miss(e.ts_ns, reaches, now, params.cooldown_ns) {
+                        alerts.push((e.seq, n as u32, c as u32, 0));
+                    }
+                }
             }
         }
         alerts
@@ -1145,8 +1408,9 @@ mod tests {
         #[test]
         fn many_short_lived_keys_match_the_definition(
             steps in proptest::collection::vec((0i64..40, 0u8..3, 0u32..3000), 1..2500),
-            min_cancels in 1u32..4,
+            min_cancels in 1u32..6,
             ratio_pct in 0u32..150,
+            near_pct in 1u32..100,
             // Short: keys come and go; long: they pile up and the table grows.
             window_ns in proptest::prop_oneof![proptest::strategy::Just(200i64), proptest::strategy::Just(1_000_000)],
             cooldown_ns in proptest::prop_oneof![
@@ -1155,7 +1419,7 @@ mod tests {
                 proptest::strategy::Just(2_000),
             ],
         ) {
-            let params = Params { window_ns, min_cancels, ratio_pct, cooldown_ns };
+            let params = Params { window_ns, min_cancels, ratio_pct, cooldown_ns, near_miss_pct: None };
             let mut ts = 0;
             let records: Vec<Event> = steps
                 .iter()
@@ -1169,7 +1433,27 @@ mod tests {
                     e
                 })
                 .collect();
-            proptest::prop_assert_eq!(run(params, &records), brute_force(params, &records));
+            let alerts = run(params, &records);
+            proptest::prop_assert_eq!(&alerts, &brute_force(params, &records));
+            // Near-misses on: the same alerts, the near-misses of the
+            // definition, and the same across a checkpoint (cut mid-run).
+            let with = Params { near_miss_pct: Some(near_pct), ..params };
+            let mut rule = ExcessiveCancel::new(with, 4);
+            let all: Vec<Alert> = records.iter().filter_map(|e| rule.apply(e)).collect();
+            let split = |all: &[Alert], near: bool| -> Vec<(u64, u32, u32, u32)> {
+                all.iter()
+                    .filter(|a| a.near_miss == near)
+                    .map(|a| (a.seq, a.evidence.0[2] as u32, a.evidence.0[3] as u32, (a.evidence.0[5] >> 32) as u32))
+                    .collect()
+            };
+            proptest::prop_assert_eq!(&split(&all, false), &alerts);
+            proptest::prop_assert_eq!(split(&all, true), brute_force_near(params, &records, Some(near_pct)));
+            let restored: Vec<Alert> = crate::detect::rules::testkit::run_restored::<ExcessiveCancel>(&with, &records, records.len() / 2)
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect();
+            proptest::prop_assert_eq!(split(&restored, true), split(&all, true));
+            proptest::prop_assert_eq!(split(&restored, false), alerts);
         }
     }
 }

@@ -8,6 +8,13 @@
 //! cancel the book could not apply (an unknown order) is not counted.
 //! Limit: `MAX_KEYS` keys per shard, past it a new key is counted
 //! (`refused`) and not tracked.
+//!
+//! Near-misses (`near_miss_pct`, off by default): a key whose instant
+//! cancels reach that share of `min_cancels` and whose share of its orders
+//! reaches that share of `min_share_pct`, without crossing. The counts are
+//! the day's, so this is a day rule for near-misses: at most one per key
+//! and day, and none once the key has crossed that day (a flag in the
+//! key's episode, so the table's slot does not grow).
 
 use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -32,11 +39,19 @@ pub struct Params {
     pub min_cancels: u32,
     pub min_share_pct: u32,
     pub cooldown_ns: i64,
+    /// Near-misses: the share of each threshold (1-99) that makes one; none: off.
+    pub near_miss_pct: Option<u32>,
 }
 
 impl Default for Params {
     fn default() -> Params {
-        Params { within_ns: 1000 * MS, min_cancels: 50, min_share_pct: 50, cooldown_ns: 60_000 * MS }
+        Params {
+            within_ns: 1000 * MS,
+            min_cancels: 50,
+            min_share_pct: 50,
+            cooldown_ns: 60_000 * MS,
+            near_miss_pct: None,
+        }
     }
 }
 
@@ -48,6 +63,7 @@ pub struct Raw {
     min_cancels: Option<Spanned<i64>>,
     min_share_pct: Option<Spanned<i64>>,
     cooldown_ms: Option<Spanned<i64>>,
+    near_miss_pct: Option<Spanned<i64>>,
 }
 
 pub const MAX_KEYS: usize = 1 << 20;
@@ -107,11 +123,13 @@ impl Rule for InstantCancel {
         let min_cancels = p.int(raw.min_cancels, "min_cancels", 1..=10_000_000, d.min_cancels as i64);
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 0..=100, d.min_share_pct as i64);
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
         raw.enabled.unwrap_or(ENABLED_BY_DEFAULT).then_some(Params {
             within_ns: within_ms * MS,
             min_cancels: min_cancels as u32,
             min_share_pct: min_share_pct as u32,
             cooldown_ns: cooldown_ms * MS,
+            near_miss_pct,
         })
     }
 
@@ -120,6 +138,10 @@ impl Rule for InstantCancel {
         w.u32(p.min_cancels);
         w.u32(p.min_share_pct);
         w.i64(p.cooldown_ns);
+        // Only when set: the parameter version of a rule without it is unchanged.
+        if let Some(pct) = p.near_miss_pct {
+            w.u32(pct);
+        }
     }
 
     fn show(p: &Params, out: &mut String) {
@@ -130,6 +152,9 @@ impl Rule for InstantCancel {
             p.min_share_pct,
             p.cooldown_ns / MS
         ));
+        if let Some(pct) = p.near_miss_pct {
+            out.push_str(&format!("near_miss_pct = {pct}\n"));
+        }
     }
 
     fn new(params: &Params, _: &Sizing) -> InstantCancel {
@@ -167,6 +192,7 @@ impl Rule for InstantCancel {
             s.day = day;
             s.orders = 0;
             s.instant = 0;
+            s.episode.near_today = false;
         }
         if event.kind == Kind::New {
             s.orders += 1;
@@ -178,6 +204,15 @@ impl Rule for InstantCancel {
         let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
         let instant_count = s.instant;
         let orders = s.orders;
+        // Day near-misses: the first record of the day that is near and does not cross.
+        let mut near_miss = None;
+        if let Some(pct) = p.near_miss_pct
+            && !s.episode.near_today
+            && (crossing || near(&p, pct, instant_count, orders))
+        {
+            s.episode.near_today = true;
+            near_miss = (!crossing).then_some(pct);
+        }
         self.counts.count(outcome);
         if instant {
             let involved = self.involved.get_or_insert_default(k);
@@ -197,6 +232,21 @@ impl Rule for InstantCancel {
             let (list, len) = self.involved.get(k).copied().unwrap_or_default().list();
             out.alert(Alert::about(Self::ID, event, evidence), &list[..len]);
         }
+        if let Some(pct) = near_miss {
+            // Rare: goes out the way alerts do (no allocation). The share
+            // rides with `min_share_pct`; a near-miss has no episode (0).
+            let evidence = Evidence([
+                instant_count as u64,
+                orders as u64,
+                p.min_cancels as u64,
+                p.min_share_pct as u64 | (pct as u64) << 32,
+                (p.within_ns / MS) as u64,
+                0,
+            ]);
+            // Near needs an instant cancel (`pct` and `min_cancels` >= 1): the key has its list.
+            let (list, len) = self.involved.get(k).copied().unwrap_or_default().list();
+            out.alert(Alert { near_miss: true, ..Alert::about(Self::ID, event, evidence) }, &list[..len]);
+        }
     }
 
     fn write_evidence(evidence: &Evidence, list: &[u64], json: &mut EvidenceJson<'_>) {
@@ -205,9 +255,13 @@ impl Rule for InstantCancel {
         json.u64("orders", orders);
         json.pct("share_pct", instant, orders);
         json.u64("min_cancels", min_cancels);
-        json.u64("min_share_pct", min_share_pct);
+        json.u64("min_share_pct", min_share_pct & 0xffff_ffff);
         json.u64("within_ms", within_ms);
-        json.u64("episode", episode);
+        if min_share_pct >> 32 != 0 {
+            json.u64("near_miss_pct", min_share_pct >> 32);
+        } else {
+            json.u64("episode", episode);
+        }
         Involved::write(list, json);
     }
 
@@ -285,6 +339,13 @@ fn crosses(p: &Params, instant: u32, orders: u32) -> bool {
     instant >= p.min_cancels && instant as u64 * 100 >= p.min_share_pct as u64 * orders as u64
 }
 
+/// Whether both measures reach `pct`% of their thresholds.
+#[inline]
+fn near(p: &Params, pct: u32, instant: u32, orders: u32) -> bool {
+    instant as u64 * 100 >= pct as u64 * p.min_cancels as u64
+        && instant as u64 * 100 * 100 >= pct as u64 * p.min_share_pct as u64 * orders as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,8 +402,49 @@ mod tests {
         assert!(run::<InstantCancel>(&Params::default(), &sorted(all)).is_empty(), "50 of 170 = 29%");
     }
 
-    fn brute_force(p: &Params, events: &[Event]) -> Vec<u64> {
+    #[test]
+    fn a_group_at_80_pct_of_both_thresholds_is_one_near_miss_a_day() {
+        // Group 5: 40 orders each cancelled 200 ms after entry, then 10 it
+        // leaves: 40 instant cancels (80% of 50), 40 of 50 orders (80% of
+        // 100%: with min_share_pct 100). The same the next day.
+        let mut e = Vec::new();
+        for day in 0..2i64 {
+            for i in 0..50u64 {
+                let ts = at(10, 0, 0) + day * 86_400 * SEC + i as i64 * 2 * SEC;
+                let id = 1000 * (day as u64 + 1) + i;
+                e.push(new_order(0, ts, id, 1 + (i % 2) as u32, 5, 3, Buy, px(1000), 100));
+                if i < 40 {
+                    e.push(cancel(0, ts + 200 * MS, id, 1 + (i % 2) as u32, 5, 3, Buy, px(1000), 100));
+                }
+            }
+        }
+        let e = sorted(e);
+        let p = Params { min_share_pct: 100, ..Params::default() };
+        let near = Params { near_miss_pct: Some(80), ..p };
+        let got = run::<InstantCancel>(&near, &e);
+        assert_eq!(got.len(), 2, "one a day: {got:?}");
+        for (n, list) in &got {
+            assert!(n.near_miss);
+            assert_eq!((n.group, n.evidence.0[0], n.evidence.0[1]), (5, 40, 40), "the 40th cancel, of 40 orders");
+            assert_eq!(n.evidence.0[3], 100 | 80 << 32, "the share rides with min_share_pct");
+            assert_eq!(&list[..3], &[2, 1, 2], "both accounts");
+        }
+        assert!(run::<InstantCancel>(&p, &e).is_empty(), "off by default");
+        assert!(run::<InstantCancel>(&Params { near_miss_pct: Some(81), ..near }, &e).is_empty(), "40 < 81% of 50");
+        // At min_cancels 40 the key is near at 32 (a near-miss), then crosses at 40.
+        let kinds = |p: &Params| run::<InstantCancel>(p, &e).iter().map(|(a, _)| a.near_miss).collect::<Vec<_>>();
+        assert_eq!(kinds(&Params { min_cancels: 40, ..near }), vec![true, false, true, false]);
+        // At min_cancels 1 it crosses at its first cancel; later it is near
+        // (4 of 5, ..., 40 of 50) without crossing, but it crossed that day: no near-miss.
+        assert_eq!(kinds(&Params { min_cancels: 1, ..near }), vec![false, false]);
+    }
+
+    /// The alerts (`near` none) or the near-misses (the first record of a
+    /// key's day that reaches that share of both thresholds, unless it or
+    /// an earlier record of that day crossed).
+    fn brute_force(p: &Params, events: &[Event], near_pct: Option<u32>) -> Vec<u64> {
         let mut out = Vec::new();
+        let mut days = std::collections::HashSet::new();
         let mut episodes: FxHashMap<u64, Episode> = FxHashMap::default();
         for (i, e) in events.iter().enumerate() {
             let day = day_of(e.ts_ns);
@@ -363,6 +465,16 @@ mod tests {
                         })
                 })
                 .count() as u32;
+            if let Some(pct) = near_pct {
+                let crossing = crosses(p, instant, orders);
+                // A crossing uses up the day too.
+                let first_of_day =
+                    (crossing || near(p, pct, instant, orders)) && days.insert((e.group, e.instrument, day));
+                if first_of_day && !crossing {
+                    out.push(e.seq);
+                }
+                continue;
+            }
             let outcome = episodes.entry(key(e.group, e.instrument)).or_default().observe(
                 e.ts_ns,
                 crosses(p, instant, orders),
@@ -378,14 +490,16 @@ mod tests {
     proptest! {
         #[test]
         fn agrees_with_the_definition(
-            recs in prop::collection::vec((0u32..3, 0u32..2, 0i64..1500, prop::bool::ANY), 1..120),
-            min_cancels in 1u32..5, min_share_pct in 0u32..100, cooldown_ms in 0i64..5000,
+            recs in prop::collection::vec((0u32..3, 0u32..2, 0i64..1500, prop::bool::ANY, 0u8..40), 1..120),
+            min_cancels in 1u32..8, min_share_pct in 0u32..100, cooldown_ms in 0i64..5000, near_pct in 1u32..100,
+            cut in 0usize..240,
         ) {
-            let p = Params { within_ns: 1000 * MS, min_cancels, min_share_pct, cooldown_ns: cooldown_ms * MS };
+            let p = Params { within_ns: 1000 * MS, min_cancels, min_share_pct, cooldown_ns: cooldown_ms * MS, near_miss_pct: None };
             let mut e = Vec::new();
             let mut ts = at(10, 0, 0);
-            for (i, &(group, inst, delay, cancelled)) in recs.iter().enumerate() {
-                ts += 300 * MS;
+            for (i, &(group, inst, delay, cancelled, next_day)) in recs.iter().enumerate() {
+                // Now and then the next trading day.
+                ts += 300 * MS + if next_day == 0 { 86_400 * SEC } else { 0 };
                 let id = i as u64 + 1;
                 e.push(new_order(0, ts, id, group, group, inst, Buy, px(1000), 100));
                 if cancelled {
@@ -394,9 +508,19 @@ mod tests {
             }
             let events = sorted(e);
             let got: Vec<u64> = run::<InstantCancel>(&p, &events).iter().map(|(a, _)| a.seq).collect();
-            prop_assert_eq!(&got, &brute_force(&p, &events));
+            prop_assert_eq!(&got, &brute_force(&p, &events, None));
             let restored: Vec<u64> = run_restored::<InstantCancel>(&p, &events, events.len() / 2).iter().map(|(a, _)| a.seq).collect();
             prop_assert_eq!(&restored, &got);
+            // Near-misses on: the same alerts, the near-misses of the definition, and the same after a restore.
+            let with = Params { near_miss_pct: Some(near_pct), ..p };
+            let split = |all: &[(Alert, Vec<u64>)], near: bool| -> Vec<u64> {
+                all.iter().filter(|(a, _)| a.near_miss == near).map(|(a, _)| a.seq).collect()
+            };
+            let all = run::<InstantCancel>(&with, &events);
+            prop_assert_eq!(&split(&all, false), &got);
+            prop_assert_eq!(&split(&all, true), &brute_force(&p, &events, Some(near_pct)));
+            let restored = run_restored::<InstantCancel>(&with, &events, cut.min(events.len()));
+            prop_assert_eq!(split(&restored, true), split(&all, true));
         }
     }
 }

@@ -14,6 +14,13 @@
 //! record of the shard, a watermark, or the end of input), and each alert
 //! carries the time of its group's last call trade, so alerts do not
 //! depend on when the judging runs. One alert per key and day.
+//!
+//! Near-misses (`near_miss_pct`, off by default): when the call is judged, a
+//! group that does not cross but whose moving-side share reaches that share
+//! of `min_share_pct` while the price deviates by that share of
+//! `min_deviation_bp` (in either direction: the moving side is that
+//! direction's) is one near-miss, with the alert's evidence: one per key and
+//! day, like the alerts (the call is judged once).
 
 use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -66,6 +73,8 @@ pub struct Params {
     pub settle_ns: i64,
     pub min_deviation_bp: i64,
     pub min_share_pct: u32,
+    /// Near-misses: the share of each threshold (1-99) that makes one; none: off.
+    pub near_miss_pct: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -77,6 +86,7 @@ pub struct Raw {
     settle_ms: Option<Spanned<i64>>,
     min_deviation_bp: Option<Spanned<i64>>,
     min_share_pct: Option<Spanned<i64>>,
+    near_miss_pct: Option<Spanned<i64>>,
 }
 
 /// Groups trading in one instrument's call that are tracked; past it they are counted (`refused`).
@@ -142,39 +152,52 @@ impl<C: Call> Marking<C> {
         }
         s.judged = true;
         let Some(reference) = s.reference else { return };
-        let Some(side) = moving_side(&p, reference, s.call_price) else { return };
+        let side = moving_side(&p, reference, s.call_price, 100);
+        // With near-misses on, the side the price moved by that share of the deviation.
+        let near_side = p.near_miss_pct.and_then(|pct| moving_side(&p, reference, s.call_price, pct));
+        if side.is_none() && near_side.is_none() {
+            return;
+        }
         for g in &s.groups {
-            if g.qty[side] as u128 * 100 >= p.min_share_pct as u128 * s.call_volume as u128 {
-                let alert = Alert {
-                    rule: C::ID,
-                    seq: g.last_seq,
-                    ts_ns: g.last_ts,
-                    group: g.group,
-                    account: g.last_account,
-                    instrument: id,
-                    evidence: Evidence([
-                        reference as u64,
-                        s.call_price as u64,
-                        g.qty[side],
-                        s.call_volume,
-                        p.min_deviation_bp as u64 | (p.min_share_pct as u64) << 32,
-                        side as u64 | ((p.call_start / MS) as u64) << 8 | ((p.call_end / MS) as u64) << 36,
-                    ]),
-                    ..Alert::default()
-                };
-                let (list, len) = g.involved.list();
-                out.alert(alert, &list[..len]);
-            }
+            let share = |side: usize, pct: u32| {
+                g.qty[side] as u128 * 100 * 100 >= pct as u128 * p.min_share_pct as u128 * s.call_volume as u128
+            };
+            let (side, near_miss_pct) = match (side, near_side, p.near_miss_pct) {
+                (Some(side), _, _) if share(side, 100) => (side, 0),
+                (_, Some(side), Some(pct)) if share(side, pct) => (side, pct),
+                _ => continue,
+            };
+            let alert = Alert {
+                rule: C::ID,
+                seq: g.last_seq,
+                ts_ns: g.last_ts,
+                group: g.group,
+                account: g.last_account,
+                instrument: id,
+                evidence: Evidence([
+                    reference as u64,
+                    s.call_price as u64,
+                    g.qty[side],
+                    s.call_volume,
+                    p.min_deviation_bp as u64 | (p.min_share_pct as u64) << 32 | (near_miss_pct as u64) << 48,
+                    side as u64 | ((p.call_start / MS) as u64) << 8 | ((p.call_end / MS) as u64) << 36,
+                ]),
+                near_miss: near_miss_pct > 0,
+                ..Alert::default()
+            };
+            let (list, len) = g.involved.list();
+            out.alert(alert, &list[..len]);
         }
     }
 }
 
-/// 0 (buy) when the price was lifted enough, 1 (sell) when pressed, else none.
-fn moving_side(p: &Params, reference: Px, price: Px) -> Option<usize> {
-    let need = p.min_deviation_bp as i128 * reference as i128;
-    if (price - reference) as i128 * 10_000 >= need {
+/// 0 (buy) when the price was lifted by `pct`% of the deviation, 1 (sell)
+/// when pressed, else none.
+fn moving_side(p: &Params, reference: Px, price: Px, pct: u32) -> Option<usize> {
+    let need = p.min_deviation_bp as i128 * reference as i128 * pct as i128;
+    if (price - reference) as i128 * 10_000 * 100 >= need {
         Some(0)
-    } else if (reference - price) as i128 * 10_000 >= need {
+    } else if (reference - price) as i128 * 10_000 * 100 >= need {
         Some(1)
     } else {
         None
@@ -213,12 +236,14 @@ impl<C: Call> Rule for Marking<C> {
         let settle_ms = p.int(raw.settle_ms, "settle_ms", 0..=600_000, 1000);
         let min_deviation_bp = p.int(raw.min_deviation_bp, "min_deviation_bp", 1..=100_000, 300);
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 1..=100, 30) as u32;
+        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
         raw.enabled.unwrap_or(!C::PREV_CLOSE || crate::detect::views::BOOK_RULES_ON_BY_DEFAULT).then_some(Params {
             call_start,
             call_end,
             settle_ns: settle_ms * MS,
             min_deviation_bp,
             min_share_pct,
+            near_miss_pct,
         })
     }
 
@@ -228,6 +253,10 @@ impl<C: Call> Rule for Marking<C> {
         w.i64(p.settle_ns);
         w.i64(p.min_deviation_bp);
         w.u32(p.min_share_pct);
+        // Only when set: the parameter version of a rule without it is unchanged.
+        if let Some(pct) = p.near_miss_pct {
+            w.u32(pct);
+        }
     }
 
     fn show(p: &Params, out: &mut String) {
@@ -239,6 +268,9 @@ impl<C: Call> Rule for Marking<C> {
             p.min_deviation_bp,
             p.min_share_pct
         ));
+        if let Some(pct) = p.near_miss_pct {
+            out.push_str(&format!("near_miss_pct = {pct}\n"));
+        }
     }
 
     fn new(params: &Params, _: &Sizing) -> Self {
@@ -331,12 +363,17 @@ impl<C: Call> Rule for Marking<C> {
         json.px(if C::PREV_CLOSE { "open_price" } else { "close_price" }, price);
         json.bp_as_pct("deviation_pct", if reference == 0 { 0 } else { (price - reference) * 10_000 / reference });
         json.bp_as_pct("min_deviation_pct", (thresholds & 0xffff_ffff) as i64);
+        let near_miss_pct = thresholds >> 48;
         json.text("group_side", if side == 0 { "buy" } else { "sell" });
         json.u64("group_call_volume", group);
         json.u64("call_volume", volume);
         json.pct("group_share_pct", group, volume);
-        json.u64("min_share_pct", thresholds >> 32);
-        json.u64("episode", 1);
+        json.u64("min_share_pct", thresholds >> 32 & 0xffff);
+        if near_miss_pct > 0 {
+            json.u64("near_miss_pct", near_miss_pct);
+        } else {
+            json.u64("episode", 1);
+        }
         Involved::write(list, json);
     }
 
@@ -498,6 +535,32 @@ mod tests {
     }
 
     #[test]
+    fn a_group_near_the_share_or_a_close_near_the_deviation_is_one_near_miss() {
+        let near = Params { near_miss_pct: Some(80), ..params::<Close>() };
+        // 27% of the call (90% of 30%) with a 5% close: a near-miss of group 7 only.
+        let e = close_day(px(1050), 27_000, 100_000);
+        let got = run::<MarkingClose>(&near, &e);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (a, list) = &got[0];
+        assert!(a.near_miss);
+        assert_eq!((a.group, a.seq, a.evidence.0[2], a.evidence.0[3]), (7, 22, 27_000, 100_000));
+        assert_eq!(a.evidence.0[4] >> 48, 80, "the share in the evidence");
+        assert_eq!(&list[..3], &[2, 1, 2], "both accounts");
+        assert!(run::<MarkingClose>(&params::<Close>(), &e).is_empty(), "off by default");
+        assert!(run::<MarkingClose>(&Params { near_miss_pct: Some(95), ..near }, &e).is_empty(), "27% < 95% of 30%");
+        // A 2.5% close (83% of 3%) with 60% of the call: a near-miss; at 90%, none.
+        let e = close_day(px(1025), 60_000, 100_000);
+        let got = run::<MarkingClose>(&near, &e);
+        assert_eq!(got.iter().map(|(a, _)| (a.group, a.near_miss)).collect::<Vec<_>>(), vec![(7, true)]);
+        assert!(run::<MarkingClose>(&Params { near_miss_pct: Some(90), ..near }, &e).is_empty());
+        // A crossing group alerts and is no near-miss; the alerts are the same with near-misses on.
+        let e = close_day(px(1050), 60_000, 100_000);
+        let got = run::<MarkingClose>(&near, &e);
+        assert_eq!(got.iter().map(|(a, _)| (a.group, a.near_miss)).collect::<Vec<_>>(), vec![(7, false)]);
+        assert_eq!(got, run::<MarkingClose>(&params::<Close>(), &e));
+    }
+
+    #[test]
     fn the_opening_call_against_the_previous_close() {
         let instruments = crate::instruments::Instruments::parse(
             "instrument,prev_close,limit_up,limit_down,tick\nS000,10.0000,11.0000,9.0000,0.0100\n",
@@ -537,7 +600,9 @@ mod tests {
         );
     }
 
-    fn brute_force(p: &Params, events: &[Event]) -> Vec<(u64, u32)> {
+    /// Alerts (`pct` 100) or near-misses (`pct` < 100: reaching that share
+    /// of both thresholds, not crossing) as (seq, group).
+    fn brute_force(p: &Params, events: &[Event], pct: u32) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
         let mut days: Vec<(u32, i64)> = events.iter().map(|e| (e.instrument, day_of(e.ts_ns))).collect();
         days.sort();
@@ -550,7 +615,8 @@ mod tests {
                 .filter(|e| (p.call_end..=p.call_end + p.settle_ns).contains(&time_of_day(e.ts_ns)))
                 .collect();
             let (Some(reference), Some(last)) = (reference, call.last()) else { continue };
-            let Some(side) = moving_side(p, reference, last.price) else { continue };
+            let close = last.price;
+            let Some(side) = moving_side(p, reference, close, pct) else { continue };
             let volume: u64 = call.iter().map(|e| e.qty).sum();
             let mut groups: Vec<u32> = Vec::new();
             for e in &call {
@@ -567,7 +633,10 @@ mod tests {
                     .map(|e| e.qty)
                     .sum();
                 let last = call.iter().rfind(|e| e.group == g || e.contra_group == g).unwrap();
-                if qty * 100 >= p.min_share_pct as u64 * volume {
+                let crosses = |qty: u64| {
+                    moving_side(p, reference, close, 100) == Some(side) && qty * 100 >= p.min_share_pct as u64 * volume
+                };
+                if qty * 100 * 100 >= (pct * p.min_share_pct) as u64 * volume && (pct == 100 || !crosses(qty)) {
                     out.push((last.seq, g));
                 }
             }
@@ -580,7 +649,7 @@ mod tests {
         #[test]
         fn agrees_with_the_definition(
             recs in prop::collection::vec((0u32..3, 0u32..3, 0u32..2, -80i64..80, 1u64..50, 0u8..3), 1..80),
-            min_deviation_bp in 1i64..600, min_share_pct in 1u32..80, cut in 0usize..80,
+            min_deviation_bp in 1i64..600, min_share_pct in 1u32..80, cut in 0usize..80, near_pct in 1u32..100,
         ) {
             let p = Params { min_deviation_bp, min_share_pct, ..params::<Close>() };
             let events = sorted(recs.iter().enumerate().map(|(i, &(bg, sg, inst, dp, qty, when))| {
@@ -597,8 +666,18 @@ mod tests {
                 v
             };
             let got = key_of(run::<MarkingClose>(&p, &events));
-            prop_assert_eq!(&got, &brute_force(&p, &events));
+            prop_assert_eq!(&got, &brute_force(&p, &events, 100));
             prop_assert_eq!(&key_of(run_restored::<MarkingClose>(&p, &events, cut.min(events.len()))), &got);
+            // Near-misses on: the same alerts, and the near-misses of the definition.
+            let with = Params { near_miss_pct: Some(near_pct), ..p };
+            let all = run::<MarkingClose>(&with, &events);
+            let split = |all: &[(Alert, Vec<u64>)], near: bool| {
+                key_of(all.iter().filter(|(a, _)| a.near_miss == near).cloned().collect())
+            };
+            prop_assert_eq!(&split(&all, false), &got);
+            prop_assert_eq!(&split(&all, true), &brute_force(&with, &events, near_pct));
+            let restored = run_restored::<MarkingClose>(&with, &events, cut.min(events.len()));
+            prop_assert_eq!(split(&restored, true), split(&all, true));
         }
     }
 }

@@ -9,6 +9,13 @@
 //! records, and it falls below when an entry leaving the window takes its
 //! count under the threshold (at the time the entry left). Limit: `MAX_KEYS` keys per shard, past it a new key is counted
 //! (`refused`) and not tracked.
+//!
+//! Near-misses (`near_miss_pct`, off by default): a key whose window count
+//! reaches that share of `min_in_window`, or whose day count reaches that
+//! share of `min_in_day` (the rule crosses on either), without crossing.
+//! They have episodes of their own, kept like the alerts' (same cooldown,
+//! falling below when an entry leaves): one near-miss per near episode, at
+//! its first record, unless that record crosses.
 
 use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -33,12 +40,34 @@ pub struct Params {
     pub min_in_window: u32,
     pub min_in_day: u64,
     pub cooldown_ns: i64,
+    /// Near-misses: the share of each threshold (1-99) that makes one; none: off.
+    pub near_miss_pct: Option<u32>,
 }
 
 impl Default for Params {
     fn default() -> Params {
-        Params { window_ns: 1000 * MS, min_in_window: 300, min_in_day: 20_000, cooldown_ns: 60_000 * MS }
+        Params {
+            window_ns: 1000 * MS,
+            min_in_window: 300,
+            min_in_day: 20_000,
+            cooldown_ns: 60_000 * MS,
+            near_miss_pct: None,
+        }
     }
+}
+
+impl Params {
+    /// The near-miss levels: the window count that reaches `pct`% of
+    /// `min_in_window` (rounded up), and `pct`.
+    fn near(&self) -> Option<(u32, u32)> {
+        self.near_miss_pct.map(|pct| ((pct as u64 * self.min_in_window as u64).div_ceil(100) as u32, pct))
+    }
+}
+
+/// Whether a day count reaches `pct`% of `min_in_day`.
+#[inline]
+fn near_day(p: &Params, pct: u32, in_day: u64) -> bool {
+    in_day as u128 * 100 >= pct as u128 * p.min_in_day as u128
 }
 
 #[derive(Deserialize, Default)]
@@ -49,6 +78,7 @@ pub struct Raw {
     min_in_window: Option<Spanned<i64>>,
     min_in_day: Option<Spanned<i64>>,
     cooldown_ms: Option<Spanned<i64>>,
+    near_miss_pct: Option<Spanned<i64>>,
 }
 
 pub const MAX_KEYS: usize = 1 << 20;
@@ -60,6 +90,8 @@ struct Key {
     day: i64,
     in_day: u64,
     episode: Episode,
+    /// Near-miss episodes (`near_miss_pct`; checkpointed only then).
+    near: Episode,
 }
 
 pub struct QuoteStuffing {
@@ -88,11 +120,13 @@ impl Rule for QuoteStuffing {
         let min_in_window = p.int(raw.min_in_window, "min_in_window", 1..=10_000_000, d.min_in_window as i64);
         let min_in_day = p.int(raw.min_in_day, "min_in_day", 1..=1_000_000_000, d.min_in_day as i64);
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
         raw.enabled.unwrap_or(ENABLED_BY_DEFAULT).then_some(Params {
             window_ns: window_ms * MS,
             min_in_window: min_in_window as u32,
             min_in_day: min_in_day as u64,
             cooldown_ns: cooldown_ms * MS,
+            near_miss_pct,
         })
     }
 
@@ -101,6 +135,10 @@ impl Rule for QuoteStuffing {
         w.u32(p.min_in_window);
         w.u64(p.min_in_day);
         w.i64(p.cooldown_ns);
+        // Only when set: the parameter version of a rule without it is unchanged.
+        if let Some(pct) = p.near_miss_pct {
+            w.u32(pct);
+        }
     }
 
     fn show(p: &Params, out: &mut String) {
@@ -111,6 +149,9 @@ impl Rule for QuoteStuffing {
             p.min_in_day,
             p.cooldown_ns / MS
         ));
+        if let Some(pct) = p.near_miss_pct {
+            out.push_str(&format!("near_miss_pct = {pct}\n"));
+        }
     }
 
     fn new(params: &Params, sizing: &Sizing) -> QuoteStuffing {
@@ -140,6 +181,12 @@ impl Rule for QuoteStuffing {
                 // (a time that does not depend on when this runs).
                 if s.in_window + 1 == self.params.min_in_window && s.in_day < self.params.min_in_day {
                     s.episode.observe(ts + self.params.window_ns, false, self.params.cooldown_ns);
+                }
+                if let Some((near_window, pct)) = self.params.near()
+                    && s.in_window + 1 == near_window
+                    && !near_day(&self.params, pct, s.in_day)
+                {
+                    s.near.observe(ts + self.params.window_ns, false, self.params.cooldown_ns);
                 }
             }
         }
@@ -177,6 +224,23 @@ impl Rule for QuoteStuffing {
             // (the key is kept small: it is probed on every order and cancel).
             out.alert(Alert::about(Self::ID, event, evidence), &[event.account as u64, event.order_id]);
         }
+        if let Some((near_window, pct)) = p.near() {
+            let near = s.in_window >= near_window || near_day(&p, pct, s.in_day);
+            if s.near.near_miss(t, near, crossing, p.cooldown_ns) {
+                // Rare: goes out the way alerts do (no allocation). The
+                // episode word says the share instead (a near-miss has none).
+                let evidence = Evidence([
+                    s.in_window as u64,
+                    (p.window_ns / MS) as u64,
+                    p.min_in_window as u64,
+                    s.in_day,
+                    p.min_in_day,
+                    (pct as u64) << 32,
+                ]);
+                let alert = Alert { near_miss: true, ..Alert::about(Self::ID, event, evidence) };
+                out.alert(alert, &[event.account as u64, event.order_id]);
+            }
+        }
     }
 
     fn write_evidence(evidence: &Evidence, list: &[u64], json: &mut EvidenceJson<'_>) {
@@ -186,7 +250,11 @@ impl Rule for QuoteStuffing {
         json.u64("min_in_window", min_in_window);
         json.u64("orders_and_cancels_in_day", in_day);
         json.u64("min_in_day", min_in_day);
-        json.u64("episode", episode);
+        if episode >> 32 != 0 {
+            json.u64("near_miss_pct", episode >> 32);
+        } else {
+            json.u64("episode", episode);
+        }
         // The list: the key's account, then the order that crossed.
         json.accounts("accounts", list.get(..1).unwrap_or(&[]));
         json.u64_list("crossing_order_id", list.get(1..2).unwrap_or(&[]));
@@ -217,6 +285,9 @@ impl Rule for QuoteStuffing {
             w.i64(s.day);
             w.u64(s.in_day);
             s.episode.encode(&mut w);
+            if self.params.near_miss_pct.is_some() {
+                s.near.encode(&mut w);
+            }
         }
         self.image = Some(image);
     }
@@ -236,6 +307,7 @@ impl Rule for QuoteStuffing {
                 self.window.push_back((ts, k));
             }
         }
+        let near = self.params.near_miss_pct.is_some();
         for _ in 0..r.count(40)? {
             let k = r.u64()?;
             let s = Key {
@@ -244,6 +316,7 @@ impl Rule for QuoteStuffing {
                 day: r.i64()?,
                 in_day: r.u64()?,
                 episode: Episode::decode(r)?,
+                near: if near { Episode::decode(r)? } else { Episode::default() },
             };
             if keep(k) {
                 self.keys.insert(k, s);
@@ -311,10 +384,48 @@ mod tests {
         assert!(run::<QuoteStuffing>(&Params::default(), &sorted(e)).is_empty());
     }
 
+    #[test]
+    fn bursts_at_80_pct_are_one_near_miss_per_near_episode() {
+        // Bursts A (10:00:00) and B (10:00:30) of 240 records in 0.6 s: 80%
+        // of 300. C (10:05:00): 340 in 0.51 s, which passes 240, then 300.
+        let mut e = Vec::new();
+        burst(&mut e, at(10, 0, 0), 120, 5 * MS, 1, 3);
+        burst(&mut e, at(10, 0, 30), 120, 5 * MS, 1, 3);
+        let ab = sorted(e.clone());
+        burst(&mut e, at(10, 5, 0), 170, 3 * MS, 1, 3);
+        let abc = sorted(e);
+        let near = Params { near_miss_pct: Some(80), ..Params::default() };
+        let got = run::<QuoteStuffing>(&near, &ab);
+        assert_eq!(got.len(), 1, "B is inside A's 60 s cooldown: one near episode: {got:?}");
+        let (n, list) = &got[0];
+        assert!(n.near_miss);
+        assert_eq!((n.account, n.seq, n.evidence.0[0], n.evidence.0[5]), (1, 240, 240, 80 << 32));
+        assert_eq!((list.len(), list[0]), (2, 1), "the account and the order, as an alert's");
+        let count = |p: &Params| run::<QuoteStuffing>(p, &ab).iter().filter(|(a, _)| a.near_miss).count();
+        assert_eq!(count(&Params { cooldown_ns: 10_000 * MS, ..near }), 2, "a 10 s cooldown: two near episodes");
+        assert_eq!(count(&Params { near_miss_pct: Some(81), ..near }), 0, "240 < 81% of 300");
+        assert!(run::<QuoteStuffing>(&Params::default(), &ab).is_empty(), "off by default");
+        // C: a near-miss at its 240th record, then its alert; the alerts are those without near-misses.
+        let got = run::<QuoteStuffing>(&near, &abc);
+        let kinds: Vec<(bool, u64)> = got.iter().map(|(a, _)| (a.near_miss, a.evidence.0[0])).collect();
+        assert_eq!(kinds, vec![(true, 240), (true, 240), (false, 300)]);
+        let alerts: Vec<Alert> = got.iter().filter(|(a, _)| !a.near_miss).map(|(a, _)| *a).collect();
+        let plain: Vec<Alert> = run::<QuoteStuffing>(&Params::default(), &abc).iter().map(|(a, _)| *a).collect();
+        assert_eq!(alerts, plain, "the alerts do not change");
+    }
+
     /// Evaluation points per key: its records (counts up to and with the
     /// record) and the moments an entry leaves its window (counts of what
     /// is strictly before, as a later record's arrival expires them first).
-    fn brute_force(p: &Params, events: &[Event]) -> Vec<u64> {
+    /// With `near` (a share of the thresholds), the near-misses instead.
+    fn brute_force(p: &Params, events: &[Event], near: Option<u32>) -> Vec<u64> {
+        let reaches = |in_window: usize, in_day: usize| match near {
+            None => in_window as u32 >= p.min_in_window || in_day as u64 >= p.min_in_day,
+            Some(pct) => {
+                in_window as u64 * 100 >= (pct * p.min_in_window) as u64
+                    || in_day as u64 * 100 >= pct as u64 * p.min_in_day
+            }
+        };
         let mut out = Vec::new();
         let mut episodes: FxHashMap<u64, Episode> = FxHashMap::default();
         let mut points: Vec<(i64, u8, usize)> = Vec::new();
@@ -333,7 +444,14 @@ mod tests {
                 let in_window = events[..=i].iter().filter(same).filter(|x| x.ts_ns > t - p.window_ns).count();
                 let in_day = events[..=i].iter().filter(same).filter(|x| day_of(x.ts_ns) == day_of(t)).count();
                 let crossing = in_window as u32 >= p.min_in_window || in_day as u64 >= p.min_in_day;
-                if let Outcome::New(_) = episode.observe(t, crossing, p.cooldown_ns) {
+                let new = match near {
+                    None => matches!(episode.observe(t, crossing, p.cooldown_ns), Outcome::New(_)),
+                    Some(_) => {
+                        matches!(episode.observe(t, reaches(in_window, in_day), p.cooldown_ns), Outcome::New(_))
+                            && !crossing
+                    }
+                };
+                if new {
                     out.push(e.seq);
                 }
             } else {
@@ -341,7 +459,7 @@ mod tests {
                 let in_window = before.iter().filter(|x| x.ts_ns > t - p.window_ns).count();
                 let last_day = before.last().map_or(0, |x| day_of(x.ts_ns));
                 let in_day = before.iter().filter(|x| day_of(x.ts_ns) == last_day).count();
-                if (in_window as u32) < p.min_in_window && (in_day as u64) < p.min_in_day {
+                if !reaches(in_window, in_day) {
                     episode.observe(t, false, p.cooldown_ns);
                 }
             }
@@ -353,18 +471,29 @@ mod tests {
         #[test]
         fn agrees_with_the_definition(
             recs in prop::collection::vec((0u32..3, 0u32..2, 0i64..400), 1..200),
-            min_in_window in 1u32..6, min_in_day in 1u64..40, cooldown_ms in 0i64..3000, cut in 0usize..200,
+            min_in_window in 1u32..12, min_in_day in 1u64..40, cooldown_ms in 0i64..3000, cut in 0usize..200,
+            near_pct in 1u32..100,
         ) {
-            let p = Params { window_ns: 1000 * MS, min_in_window, min_in_day, cooldown_ns: cooldown_ms * MS };
+            let p = Params { window_ns: 1000 * MS, min_in_window, min_in_day, cooldown_ns: cooldown_ms * MS, near_miss_pct: None };
             let mut ts = at(14, 50, 0);
             let events: Vec<Event> = recs.iter().enumerate().map(|(i, &(account, inst, dt))| {
                 ts += dt * MS * if dt > 390 { 1000 } else { 1 };
                 new_order(i as u64 + 1, ts, i as u64, account, account, inst, Buy, px(1000), 100)
             }).collect();
             let got: Vec<u64> = run::<QuoteStuffing>(&p, &events).iter().map(|(a, _)| a.seq).collect();
-            prop_assert_eq!(&got, &brute_force(&p, &events));
+            prop_assert_eq!(&got, &brute_force(&p, &events, None));
             let restored: Vec<u64> = run_restored::<QuoteStuffing>(&p, &events, cut.min(events.len())).iter().map(|(a, _)| a.seq).collect();
             prop_assert_eq!(&restored, &got);
+            // Near-misses on: the same alerts, the near-misses of the definition, and the same after a restore.
+            let with = Params { near_miss_pct: Some(near_pct), ..p };
+            let split = |all: &[(Alert, Vec<u64>)], near: bool| -> Vec<u64> {
+                all.iter().filter(|(a, _)| a.near_miss == near).map(|(a, _)| a.seq).collect()
+            };
+            let all = run::<QuoteStuffing>(&with, &events);
+            prop_assert_eq!(&split(&all, false), &got);
+            prop_assert_eq!(&split(&all, true), &brute_force(&p, &events, Some(near_pct)));
+            let restored = run_restored::<QuoteStuffing>(&with, &events, cut.min(events.len()));
+            prop_assert_eq!(split(&restored, true), split(&all, true));
         }
     }
 }

@@ -18,6 +18,12 @@
 //! order); per key the aggressive volume in the window, by side.
 //! Limit: `MAX_KEYS` keys per shard (refused keys are counted).
 //!
+//! Near-misses (`near_miss_pct`, off by default): a key whose trades, move
+//! and share each reach that share of `min_group_trades`, `min_move_bp` and
+//! `min_share_pct` without crossing. They have episodes of their own, kept
+//! like the alerts' (per window, same cooldown): one near-miss per near
+//! episode, at its first record, unless that record crosses.
+//!
 //! Why `"side"` is the default although the rule's text says aggressive
 //! volume (checked 2026-12-03): `"aggressive"` keeps recall 1.0 on
 //! `window-day` (seeds 10-13) and removes its one unplanted alert (seed 13,
@@ -62,6 +68,8 @@ pub struct Params {
     /// doc says why this is the default).
     pub side_volume: bool,
     pub cooldown_ns: i64,
+    /// Near-misses: the share of each threshold (1-99) that makes one; none: off.
+    pub near_miss_pct: Option<u32>,
 }
 
 impl Default for Params {
@@ -72,6 +80,7 @@ impl Default for Params {
             min_group_trades: 5,
             side_volume: true,
             cooldown_ns: 60_000 * MS,
+            near_miss_pct: None,
         }
     }
 }
@@ -89,6 +98,7 @@ pub struct Raw {
     /// "side" (default: the group's volume on the moving side) or "aggressive".
     volume: Option<Spanned<String>>,
     cooldown_ms: Option<Spanned<i64>>,
+    near_miss_pct: Option<Spanned<i64>>,
 }
 
 pub const MAX_KEYS: usize = 1 << 20;
@@ -127,6 +137,8 @@ struct Key {
     /// Aggressive trades in the window: buys, sells.
     trades: [u32; 2],
     episode: Episode,
+    /// Near-miss episodes (`near_miss_pct`; checkpointed only then).
+    near: Episode,
     involved: Involved,
 }
 
@@ -152,6 +164,9 @@ pub struct Ramping {
     refused: u64,
     grew: u64,
     image: Option<Vec<u8>>,
+    /// Whether the keys' near-miss episodes are kept (and checkpointed):
+    /// `near_miss_pct` is set (a tier may change it, not turn it on or off).
+    near: bool,
 }
 
 impl Tracker {
@@ -202,32 +217,46 @@ impl Tracker {
             s.involved.account(account);
             s.involved.order(order);
             let crossing = s.trades[i] >= p.min_group_trades
-                && crosses(&self.window, p, start, event.price, side, s.volume[i], volume);
+                && crosses(&self.window, p, start, event.price, side, s.volume[i], volume, 100);
             let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
             counts.count(outcome);
-            if let Outcome::New(n) = outcome {
-                let w = &self.window;
-                let mut alert = Alert::about(
-                    Ramping::ID,
-                    event,
-                    Evidence([
-                        start as u64,
-                        event.price as u64,
-                        s.volume[i],
-                        volume,
-                        (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32,
-                        p.min_share_pct as u64
-                            | (i as u64) << 8
-                            | (s.trades[i].min(0xf_ffff) as u64) << 9
-                            | (p.min_group_trades.min(0xffff) as u64) << 29
-                            | (n.min(0x7_ffff) as u64) << 45,
-                    ]),
-                );
-                alert.account = account;
-                alert.group = group;
-                let (list, len) = s.involved.list();
-                out.alert(alert, &list[..len]);
+            // The near-miss episodes see every evaluation, crossing ones included.
+            let mut near_miss_pct = 0;
+            if let Some(pct) = p.near_miss_pct {
+                let near = s.trades[i] as u64 * 100 >= pct as u64 * p.min_group_trades as u64
+                    && crosses(&self.window, p, start, event.price, side, s.volume[i], volume, pct);
+                if s.near.near_miss(event.ts_ns, near, crossing, p.cooldown_ns) {
+                    near_miss_pct = pct;
+                }
             }
+            // A near-miss (never a crossing) has episode number 0 and says its share.
+            let n = match outcome {
+                Outcome::New(n) => n,
+                _ if near_miss_pct > 0 => 0,
+                _ => continue,
+            };
+            let w = &self.window;
+            let mut alert = Alert::about(
+                Ramping::ID,
+                event,
+                Evidence([
+                    start as u64,
+                    event.price as u64,
+                    s.volume[i],
+                    volume,
+                    (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32 | (near_miss_pct as u64) << 56,
+                    p.min_share_pct as u64
+                        | (i as u64) << 8
+                        | (s.trades[i].min(0xf_ffff) as u64) << 9
+                        | (p.min_group_trades.min(0xffff) as u64) << 29
+                        | (n.min(0x7_ffff) as u64) << 45,
+                ]),
+            );
+            alert.account = account;
+            alert.group = group;
+            alert.near_miss = near_miss_pct > 0;
+            let (list, len) = s.involved.list();
+            out.alert(alert, &list[..len]);
         }
         self.push(trade);
     }
@@ -280,14 +309,17 @@ impl Tracker {
     }
 }
 
+/// Whether the move and the group's share reach `pct`% of their thresholds
+/// (100: cross them).
 #[inline]
-fn crosses(w: &Window, p: &Params, start: Px, end: Px, side: Side, group: u64, volume: u64) -> bool {
+#[allow(clippy::too_many_arguments)]
+fn crosses(w: &Window, p: &Params, start: Px, end: Px, side: Side, group: u64, volume: u64, pct: u32) -> bool {
     let moved = match side {
         Side::Buy => end - start,
         Side::Sell => start - end,
     };
-    moved as i128 * 10_000 >= w.min_move_bp as i128 * start as i128
-        && group as u128 * 100 >= p.min_share_pct as u128 * volume as u128
+    moved as i128 * 10_000 * 100 >= w.min_move_bp as i128 * start as i128 * pct as i128
+        && group as u128 * 100 * 100 >= p.min_share_pct as u128 * volume as u128 * pct as u128
 }
 
 impl Rule for Ramping {
@@ -321,6 +353,7 @@ impl Rule for Ramping {
         let min_group_trades =
             p.int(raw.min_group_trades, "min_group_trades", 1..=1_000_000, d.min_group_trades as i64) as u32;
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
+        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
         let side_volume = match raw.volume.as_ref().map(|v| v.get_ref().as_str()) {
             None => d.side_volume,
             Some("aggressive") => false,
@@ -337,6 +370,7 @@ impl Rule for Ramping {
             min_share_pct,
             min_group_trades,
             cooldown_ns: cooldown_ms * MS,
+            near_miss_pct,
         })
     }
 
@@ -350,6 +384,10 @@ impl Rule for Ramping {
         w.u32(p.min_group_trades);
         w.u8(p.side_volume as u8);
         w.i64(p.cooldown_ns);
+        // Only when set: the parameter version of a rule without it is unchanged.
+        if let Some(pct) = p.near_miss_pct {
+            w.u32(pct);
+        }
     }
 
     fn show(p: &Params, out: &mut String) {
@@ -366,6 +404,9 @@ impl Rule for Ramping {
             if p.side_volume { "side" } else { "aggressive" },
             p.cooldown_ns / MS
         ));
+        if let Some(pct) = p.near_miss_pct {
+            out.push_str(&format!("near_miss_pct = {pct}\n"));
+        }
     }
 
     fn new(params: &Params, _: &Sizing) -> Ramping {
@@ -381,7 +422,15 @@ impl Rule for Ramping {
                 keys: FxHashMap::default(),
             })
             .collect();
-        Ramping { params: *params, trackers, counts: EpisodeCounts::default(), refused: 0, grew: 0, image: None }
+        Ramping {
+            params: *params,
+            trackers,
+            counts: EpisodeCounts::default(),
+            refused: 0,
+            grew: 0,
+            image: None,
+            near: params.near_miss_pct.is_some(),
+        }
     }
 
     // Crossings are evaluated at the trade's own record only.
@@ -396,9 +445,17 @@ impl Rule for Ramping {
 
     fn tier_check(base: &Params, tier: &Params) -> Option<&'static str> {
         let lengths = |p: &Params| p.windows.map(|w| w.map(|w| w.window_ns));
-        (lengths(base) != lengths(tier)).then_some(
-            "window_ms and window2_ms must be the base table's (a tier changes thresholds; the trade window is one FIFO for every instrument)",
-        )
+        if lengths(base) != lengths(tier) {
+            Some(
+                "window_ms and window2_ms must be the base table's (a tier changes thresholds; the trade window is one FIFO for every instrument)",
+            )
+        } else if base.near_miss_pct.is_some() != tier.near_miss_pct.is_some() {
+            Some(
+                "near_miss_pct: set it in the base table (a tier may change its value, not turn near-misses on or off)",
+            )
+        } else {
+            None
+        }
     }
 
     #[inline(always)]
@@ -412,12 +469,13 @@ impl Rule for Ramping {
 
     fn write_evidence(evidence: &Evidence, list: &[u64], json: &mut EvidenceJson<'_>) {
         let [start, end, group, volume, window, packed] = evidence.0;
+        let near_miss_pct = window >> 56;
         let (start, end) = (start as i64, end as i64);
         json.text("direction", if (packed >> 8) & 1 == 0 { "up" } else { "down" });
         json.px("start_price", start);
         json.px("end_price", end);
         json.bp_as_pct("move_pct", if start == 0 { 0 } else { (end - start) * 10_000 / start });
-        json.bp_as_pct("min_move_pct", (window >> 32) as i64);
+        json.bp_as_pct("min_move_pct", (window >> 32 & 0xff_ffff) as i64);
         json.u64("window_ms", window & 0xffff_ffff);
         json.u64("group_aggressive_volume", group);
         json.u64("window_volume", volume);
@@ -425,7 +483,11 @@ impl Rule for Ramping {
         json.u64("min_share_pct", packed & 0xff);
         json.u64("group_trades", packed >> 9 & 0xf_ffff);
         json.u64("min_group_trades", packed >> 29 & 0xffff);
-        json.u64("episode", packed >> 45);
+        if near_miss_pct > 0 {
+            json.u64("near_miss_pct", near_miss_pct);
+        } else {
+            json.u64("episode", packed >> 45);
+        }
         Involved::write(list, json);
     }
 
@@ -466,6 +528,9 @@ impl Rule for Ramping {
                 w.u32(s.trades[0]);
                 w.u32(s.trades[1]);
                 s.episode.encode(&mut w);
+                if self.near {
+                    s.near.encode(&mut w);
+                }
                 s.involved.encode(&mut w);
             }
         }
@@ -513,6 +578,7 @@ impl Rule for Ramping {
                     volume: [r.u64()?, r.u64()?],
                     trades: [r.u32()?, r.u32()?],
                     episode: Episode::decode(r)?,
+                    near: if self.near { Episode::decode(r)? } else { Episode::default() },
                     involved: Involved::decode(r)?,
                 };
                 if keep(k) {
@@ -663,6 +729,43 @@ mod tests {
     }
 
     #[test]
+    fn a_rise_at_83_pct_of_the_move_is_one_near_miss_not_an_alert() {
+        // The 7.5% rise against a 9% threshold: 83%.
+        let e = a_rise_bought_by_group_7(2, Buy);
+        let nine =
+            Params { windows: [Some(Window { window_ns: 180_000 * MS, min_move_bp: 900 }), None], ..Params::default() };
+        let near = Params { near_miss_pct: Some(80), ..nine };
+        let got = run::<Ramping>(&near, &e);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (n, list) = &got[0];
+        assert!(n.near_miss);
+        assert_eq!(n.group, 7);
+        let [s, end, g, v, window, packed] = n.evidence.0;
+        assert!((end as i64 - s as i64) * 10_000 * 100 >= 80 * 900 * s as i64, "7.2% at least");
+        assert!((end as i64 - s as i64) * 10_000 < 900 * s as i64, "under 9%");
+        assert!(g * 100 >= 30 * v);
+        assert_eq!((window >> 56, packed >> 45), (80, 0), "the share, and no episode number");
+        assert_eq!(list[0], 2, "both accounts");
+        assert!(run::<Ramping>(&nine, &e).is_empty(), "off by default");
+        assert!(run::<Ramping>(&Params { near_miss_pct: Some(84), ..near }, &e).is_empty(), "7.5% < 84% of 9%");
+        // At the default 4%, the key passes 3.2% first: a near-miss, then the
+        // alert, which is the alert without near-misses.
+        let with = run::<Ramping>(&Params { near_miss_pct: Some(80), ..Params::default() }, &e);
+        let kinds: Vec<(u32, bool)> = with.iter().map(|(a, _)| (a.group, a.near_miss)).collect();
+        assert_eq!(kinds, vec![(7, true), (7, false)]);
+        assert_eq!(with[1], run::<Ramping>(&Params::default(), &e)[0]);
+    }
+
+    #[test]
+    fn a_tier_cannot_turn_near_misses_on_or_off() {
+        let base = Params::default();
+        let on = Params { near_miss_pct: Some(80), ..base };
+        assert!(Ramping::tier_check(&base, &on).is_some());
+        assert!(Ramping::tier_check(&on, &base).is_some());
+        assert!(Ramping::tier_check(&on, &Params { near_miss_pct: Some(90), ..base }).is_none());
+    }
+
+    #[test]
     fn selling_down_and_a_second_window() {
         let mut e = Vec::new();
         let start = at(13, 30, 0);
@@ -678,7 +781,9 @@ mod tests {
         assert_eq!(run::<Ramping>(&two, &e).len(), 2, "one episode per window");
     }
 
-    fn brute_force(p: &Params, events: &[Event]) -> Vec<(u64, i64)> {
+    /// The alerts (`near` none) or the near-misses (episodes of reaching
+    /// that share of every threshold, at a record that does not cross).
+    fn brute_force(p: &Params, events: &[Event], near: Option<u32>) -> Vec<(u64, i64)> {
         let mut out = Vec::new();
         for w in p.windows.iter().flatten() {
             let mut episodes: FxHashMap<u64, Episode> = FxHashMap::default();
@@ -699,11 +804,20 @@ mod tests {
                         in_window.iter().filter(|x| credited(x, side) && group_of(x, side) == g).collect();
                     let group: u64 = mine.iter().map(|x| x.qty).sum();
                     let trades = mine.len() as u32;
-                    let crossing =
-                        trades >= p.min_group_trades && crosses(w, p, in_window[0].price, e.price, side, group, volume);
-                    if let Outcome::New(_) =
-                        episodes.entry(key(g, e.instrument)).or_default().observe(e.ts_ns, crossing, p.cooldown_ns)
-                    {
+                    let reaches = |pct: u32| {
+                        trades as u64 * 100 >= pct as u64 * p.min_group_trades as u64
+                            && crosses(w, p, in_window[0].price, e.price, side, group, volume, pct)
+                    };
+                    let crossing = reaches(100);
+                    let episode = episodes.entry(key(g, e.instrument)).or_default();
+                    let new = match near {
+                        None => matches!(episode.observe(e.ts_ns, crossing, p.cooldown_ns), Outcome::New(_)),
+                        Some(pct) => {
+                            matches!(episode.observe(e.ts_ns, reaches(pct), p.cooldown_ns), Outcome::New(_))
+                                && !crossing
+                        }
+                    };
+                    if new {
                         out.push((e.seq, w.window_ns));
                     }
                 }
@@ -718,7 +832,7 @@ mod tests {
         fn agrees_with_the_definition(
             recs in prop::collection::vec((0u32..3, 0u32..3, 0u32..2, prop::bool::ANY, -30i64..30, 1u64..50, 0i64..40), 1..150),
             min_move_bp in 1i64..500, min_share_pct in 1u32..80, cooldown_s in 0i64..30, cut in 0usize..150,
-            min_group_trades in 1u32..4, side_volume in prop::bool::ANY,
+            min_group_trades in 1u32..4, side_volume in prop::bool::ANY, near_pct in 1u32..100,
         ) {
             let p = Params {
                 windows: [Some(Window { window_ns: 20 * SEC, min_move_bp }), Some(Window { window_ns: 7 * SEC, min_move_bp: min_move_bp / 2 + 1 })],
@@ -726,6 +840,7 @@ mod tests {
                 min_group_trades,
                 side_volume,
                 cooldown_ns: cooldown_s * SEC,
+                near_miss_pct: None,
             };
             let mut ts = at(10, 0, 0);
             let mut price = px(1000);
@@ -734,14 +849,22 @@ mod tests {
                 price = (price + dp * 100).max(px(500));
                 trade(i as u64 + 1, ts, inst, (i as u64, bg, bg), (1000 + i as u64, sg, sg), if buy { Buy } else { Sell }, price, qty)
             }).collect();
-            let key_of = |alerts: Vec<(Alert, Vec<u64>)>| {
-                let mut v: Vec<(u64, i64)> = alerts.iter().map(|(a, _)| (a.seq, (a.evidence.0[4] & 0xffff_ffff) as i64 * MS)).collect();
+            let key_of = |alerts: Vec<(Alert, Vec<u64>)>, near: bool| {
+                let mut v: Vec<(u64, i64)> = alerts.iter().filter(|(a, _)| a.near_miss == near)
+                    .map(|(a, _)| (a.seq, (a.evidence.0[4] & 0xffff_ffff) as i64 * MS)).collect();
                 v.sort();
                 v
             };
-            let got = key_of(run::<Ramping>(&p, &events));
-            prop_assert_eq!(&got, &brute_force(&p, &events));
-            prop_assert_eq!(&key_of(run_restored::<Ramping>(&p, &events, cut.min(events.len()))), &got);
+            let got = key_of(run::<Ramping>(&p, &events), false);
+            prop_assert_eq!(&got, &brute_force(&p, &events, None));
+            prop_assert_eq!(&key_of(run_restored::<Ramping>(&p, &events, cut.min(events.len())), false), &got);
+            // Near-misses on: the same alerts, the near-misses of the definition, and the same after a restore.
+            let with = Params { near_miss_pct: Some(near_pct), ..p };
+            let all = run::<Ramping>(&with, &events);
+            prop_assert_eq!(&key_of(all.clone(), false), &got);
+            let near = key_of(all, true);
+            prop_assert_eq!(&near, &brute_force(&p, &events, Some(near_pct)));
+            prop_assert_eq!(&key_of(run_restored::<Ramping>(&with, &events, cut.min(events.len())), true), &near);
         }
     }
 }

@@ -15,6 +15,10 @@ pub struct Episode {
     /// Episodes so far (the current one's number while hot).
     count: u32,
     hot: bool,
+    /// A day rule's near-miss flag (`near_miss_pct`): the key had a
+    /// near-miss or crossed today; the rule clears it at the day change.
+    /// Kept here, where the struct has room (bit 1 of `hot`'s byte).
+    pub near_today: bool,
 }
 
 /// What one evaluation of a key did.
@@ -48,14 +52,26 @@ impl Episode {
         Outcome::New(self.count)
     }
 
+    /// A window rule's near-miss episodes (`near_miss_pct`): `self` tracks
+    /// whether the key reaches that share of every threshold (`near`,
+    /// crossing included) as `observe` tracks crossing, with the alerts'
+    /// cooldown. A near-miss is a new near episode at a record that does not
+    /// cross: at most one per key per near episode, and none for an episode
+    /// that began by crossing (it alerted).
+    #[inline]
+    pub fn near_miss(&mut self, ts_ns: i64, near: bool, crossing: bool, cooldown_ns: i64) -> bool {
+        matches!(self.observe(ts_ns, near || crossing, cooldown_ns), Outcome::New(_)) && !crossing
+    }
+
     pub fn encode(&self, w: &mut Writer<'_>) {
         w.i64(self.below_since);
         w.u32(self.count);
-        w.u8(self.hot as u8);
+        w.u8(self.hot as u8 | (self.near_today as u8) << 1);
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Episode, DecodeError> {
-        Ok(Episode { below_since: r.i64()?, count: r.u32()?, hot: r.u8()? != 0 })
+        let (below_since, count, flags) = (r.i64()?, r.u32()?, r.u8()?);
+        Ok(Episode { below_since, count, hot: flags & 1 != 0, near_today: flags & 2 != 0 })
     }
 }
 
@@ -258,6 +274,26 @@ mod tests {
         assert_eq!(edge.observe(0, true, 0), Outcome::New(1));
         assert_eq!(edge.observe(0, false, 0), Outcome::Below);
         assert_eq!(edge.observe(0, true, 0), Outcome::New(2), "cooldown 0: every rising edge");
+    }
+
+    #[test]
+    fn a_near_miss_opens_a_near_episode_that_did_not_cross() {
+        let mut n = Episode::default();
+        assert!(n.near_miss(0, true, false, 100), "first near record");
+        assert!(!n.near_miss(10, true, false, 100), "same near episode");
+        assert!(!n.near_miss(20, true, true, 100), "crossing later: the alert's, not a near-miss");
+        assert!(!n.near_miss(30, false, false, 100));
+        assert!(!n.near_miss(129, true, false, 100), "below for 99 < 100");
+        assert!(!n.near_miss(140, false, false, 100));
+        assert!(n.near_miss(240, true, false, 100), "below for 100: a new near episode");
+        let mut crossed = Episode::default();
+        assert!(!crossed.near_miss(0, true, true, 0), "an episode that began by crossing");
+        assert!(!crossed.near_miss(1, true, false, 0));
+        let mut e = Episode { near_today: true, ..Episode::default() };
+        e.observe(5, true, 0);
+        let mut bytes = Vec::new();
+        e.encode(&mut Writer::new(&mut bytes));
+        assert_eq!(Episode::decode(&mut Reader::new(&bytes)).unwrap(), e, "the day flag round-trips");
     }
 
     #[test]
