@@ -4,26 +4,13 @@
 
 mod common;
 
-use common::bin;
-use std::path::Path;
-use std::process::{Command, Output};
+use common::{bin, stderr, stdout, tapewatch};
+use std::process::Command;
 
 const HEADER: &str = "seq,ts_ns,kind,order_id,account,instrument,side,price,qty,contra_order_id,contra_account";
 /// 2026-11-03 09:30:00 Asia/Shanghai.
 const T0: i64 = 1_793_583_000_000_000_000;
 const MS: i64 = 1_000_000;
-
-fn tapewatch(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).args(args).current_dir(dir).output().expect("run tapewatch")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The tape, in feed order. N 6 arrives after a later trade (reordered,
 /// still in time); N 10 arrives 1 s behind the newest record (late: never
@@ -153,6 +140,33 @@ fn bad_options_are_clear_errors_with_exit_2() {
     let err = stderr(&out);
     assert!(err.contains("bad.instruments.csv: line 3: instrument `X` already listed on line 2"), "{err}");
     assert!(err.contains("bad.instruments.csv: line 4: expected 5 columns"), "{err}");
+}
+
+/// A CSV tape on stdin, as replay reads one. `-` has no directory, so
+/// no reference file is looked for beside it: `-.accounts.csv` and
+/// `-.instruments.csv` in the working directory are not the tape's and
+/// must not be read (they are not even valid); named, a file is read.
+#[test]
+fn a_tape_on_stdin_reads_only_the_reference_files_it_is_given() {
+    let dir = setup();
+    std::fs::write(dir.path().join("-.accounts.csv"), "not an accounts file\n").unwrap();
+    std::fs::write(dir.path().join("-.instruments.csv"), "not an instruments file\n").unwrap();
+    let book = |args: &[&str]| {
+        let tape = std::fs::File::open(dir.path().join("day.csv")).unwrap();
+        Command::new(bin()).arg("book").args(args).current_dir(dir.path()).stdin(tape).output().unwrap()
+    };
+    let out = book(&["-", "--instrument", "X", "--at", "09:30:02"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // No instruments.csv: the default tick, no limits, so N 11 at 11.50 rests.
+    assert!(text.contains("tick 0.0001; no instruments.csv"), "{text}");
+    assert!(text.contains("ask       3        11.5000           10       1       1"), "{text}");
+    let out = book(&["-", "--instrument", "X", "--at", "09:30:02", "--instruments", "day.instruments.csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("tick 0.0100; limits 9.0000..11.0000"), "{}", stdout(&out));
+    let out = book(&["-", "--instrument", "X", "--at", "09:30:02", "--accounts", "./-.accounts.csv"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("-.accounts.csv"), "{}", stderr(&out));
 }
 
 #[test]

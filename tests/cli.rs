@@ -4,23 +4,11 @@
 
 mod common;
 
-use common::bin;
+use common::{stderr, stdout, tapewatch};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const HEADER: &str = "seq,ts_ns,kind,order_id,account,instrument,side,price,qty,contra_order_id,contra_account";
-
-fn tapewatch(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).args(args).current_dir(dir).output().expect("run tapewatch")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A small valid tape: A cancels a lot on X, B trades with itself on Y.
 fn small_tape() -> String {

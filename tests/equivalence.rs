@@ -247,7 +247,7 @@ fn engine(dir: &Path, tape: &Path, shards: usize, lateness_ms: i64, rules: &Path
     let out = dir.join(format!("out-{shards}-{}", tape.extension().unwrap().to_string_lossy()));
     std::fs::create_dir_all(&out).unwrap();
     let mut args = replay_args(tape, &out, shards);
-    args.reference.accounts = Some(dir.join("accounts.csv"));
+    args.reference.files.accounts = Some(dir.join("accounts.csv"));
     args.pipeline.lateness_ms = lateness_ms as u64;
     args.reference.rules = Some(rules.to_path_buf());
     args.keep_book = true;

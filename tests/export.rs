@@ -7,13 +7,13 @@
 
 mod common;
 
-use common::bin;
+use common::tapewatch as run;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 type Row = BTreeMap<String, String>;
 
@@ -41,10 +41,6 @@ fn read(path: &Path) -> Vec<Row> {
         .collect();
     assert_eq!(rows.len(), declared, "{}", path.display());
     rows
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).args(args).current_dir(dir).output().expect("run tapewatch")
 }
 
 fn ok(out: &Output) -> String {

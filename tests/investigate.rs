@@ -121,23 +121,15 @@ fn a_report_on_a_planted_spoofer() {
     let id = alert["alert_id"].as_str().unwrap();
     let ts = alert["ts_ns"].as_i64().unwrap();
     let (from, to) = (ts - 20_000_000_000, ts + 5_000_000_000);
+    let (from_arg, to_arg) = (from.to_string(), to.to_string());
+    let investigate = |alert: &str, report: &Path, more: &[&str]| {
+        let mut args = vec!["investigate", s(&tape), "--alert", alert, "--alerts", s(&alerts), "--rules", s(&rules)];
+        args.extend(["--from", &from_arg, "--to", &to_arg, "--out", s(report)]);
+        args.extend(more);
+        run_ok(&args)
+    };
     let report = dir.path().join("spoofer.html");
-    let said = run_ok(&[
-        "investigate",
-        s(&tape),
-        "--alert",
-        id,
-        "--alerts",
-        s(&alerts),
-        "--rules",
-        s(&rules),
-        "--from",
-        &from.to_string(),
-        "--to",
-        &to.to_string(),
-        "--out",
-        s(&report),
-    ]);
+    let said = investigate(id, &report, &[]);
     assert!(said.contains("index: read"), "{said}");
     let group = alert["group"].as_str().unwrap();
     let members = members_of(&dir.path().join("day.accounts.csv"), group);
@@ -150,23 +142,7 @@ fn a_report_on_a_planted_spoofer() {
     // The same report by line number instead of id.
     let line = all.iter().position(|a| a["alert_id"] == id).unwrap() + 1;
     let again = dir.path().join("again.html");
-    run_ok(&[
-        "investigate",
-        s(&tape),
-        "--alert",
-        &format!("#{line}"),
-        "--alerts",
-        s(&alerts),
-        "--rules",
-        s(&rules),
-        "--from",
-        &from.to_string(),
-        "--to",
-        &to.to_string(),
-        "--out",
-        s(&again),
-        "--quiet",
-    ]);
+    investigate(&format!("#{line}"), &again, &["--quiet"]);
     let strip = |h: String| h.lines().filter(|l| !l.contains("class=\"meta\"")).collect::<Vec<_>>().join("\n");
     assert_eq!(strip(std::fs::read_to_string(&again).unwrap()), strip(html));
 }

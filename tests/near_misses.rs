@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::bin;
+use common::tapewatch;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
 
 const HEADER: &str = "seq,ts_ns,kind,order_id,account,instrument,side,price,qty,contra_order_id,contra_account";
 
@@ -41,10 +40,6 @@ fn tape() -> String {
         trade(&mut s, "E", "E", "Z", 100);
     }
     s
-}
-
-fn tapewatch(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).args(args).current_dir(dir).output().expect("run tapewatch")
 }
 
 fn lines(path: &Path) -> Vec<Value> {

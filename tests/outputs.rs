@@ -6,23 +6,11 @@
 
 mod common;
 
-use common::{bin, read_alerts};
+use common::{bin, read_alerts, stderr, stdout, tapewatch};
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn tapewatch(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).args(args).current_dir(dir).output().expect("run tapewatch")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The alerts of `g.csv` with its accounts: 12 of the two classic rules
 /// and 3 wash-trade (its self-traders' trades are a large share of their
@@ -218,6 +206,8 @@ fn alerts_to_stdout_and_a_csv_tape_from_stdin() {
     assert!(stderr(&out).contains(&format!("alerts      {DAY_ALERTS} (")), "{}", stderr(&out));
     assert!(d.join("alerts.late.csv").exists(), "late file beside the default alerts name");
     // The tape on stdin, as `-` and as /dev/stdin: sniffing must not eat its header.
+    // `-` has no directory: nothing is looked for beside it (this is no instruments.csv).
+    std::fs::write(d.join("-.instruments.csv"), "not an instruments file\n").unwrap();
     for tape in ["-", "/dev/stdin"] {
         let out = Command::new(bin())
             .args(["replay", tape, "--accounts", "g.accounts.csv", "--alerts", "in.jsonl", "--quiet"])

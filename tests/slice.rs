@@ -265,7 +265,7 @@ fn a_sliced_replay_finds_the_full_replays_alerts_inside_the_slice() {
             std::fs::create_dir(&out).unwrap();
             let mut args = tapewatch::cmd::replay::ReplayArgs { filter: filter.clone(), ..replay_args(tape, &out, 2) };
             args.reference.rules = Some(day.rules.clone());
-            args.reference.accounts = Some(day.accounts.clone());
+            args.reference.files.accounts = Some(day.accounts.clone());
             let (_, inputs) = replay_described(&args).unwrap_or_else(|e| panic!("{name} {format}: {e:?}"));
             let got = read_alerts(&out.join("alerts.jsonl"));
             assert!(got == want, "{name}, {format} tape: {} alerts, want {}", got.len(), want.len());
@@ -325,7 +325,7 @@ fn skipping_blocks_by_the_index_is_exact() {
             ..replay_args(t, &out, 1)
         };
         args.reference.rules = Some(rules.clone());
-        args.reference.accounts = Some(dir.path().join("day.accounts.csv"));
+        args.reference.files.accounts = Some(dir.path().join("day.accounts.csv"));
         let (summary, inputs) = replay_described(&args).unwrap_or_else(|e| panic!("{format}: {e:?}"));
         assert_eq!(read_alerts(&out.join("alerts.jsonl")), want, "{format}");
         let said = inputs.filter.expect("the summary describes the filter");

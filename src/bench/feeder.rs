@@ -300,6 +300,38 @@ mod tests {
         assert!((2_490_000..=2_510_000).contains(&lag), "send lag max {lag} ns, the oversleep is 2.5 ms");
     }
 
+    /// Plays `recs` (due from 1 ms from now) on the real clock into a ring
+    /// of `slots`, handing every batch to `consume` on this thread, until
+    /// the feeder hangs up; returns the feeder's stats. The consumer's end
+    /// of the ring lives inside the scope: a `consume` that panics drops it
+    /// while unwinding, so a feeder blocked on the full ring sees the
+    /// consumer gone and stops, and the test fails with the panic's
+    /// message instead of waiting for the feeder forever.
+    fn play_live(
+        recs: &[WireRecord],
+        slots: usize,
+        clock: Clock,
+        mut consume: impl FnMut(&[WireRecord]),
+    ) -> FeederStats {
+        let start_ns = clock.now_ns() + 1_000_000;
+        let (tx, rx) = wire_channel(slots);
+        std::thread::scope(|s| {
+            let mut rx = rx;
+            let feeder = s.spawn(move || run(&Playback { records: recs, start_ns }, clock, tx));
+            loop {
+                if let Some(batch) = rx.peek() {
+                    consume(batch);
+                    rx.release();
+                } else if rx.is_finished() {
+                    break;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            feeder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// A consumer that stalls for 50 ms: the records due meanwhile carry
     /// their scheduled times, so the stall shows up as send lag and as
     /// latency from `due_ns`, instead of vanishing.
@@ -308,30 +340,18 @@ mod tests {
         const STALL_NS: u64 = 50_000_000;
         let recs = records(400, 250_000); // 4k/s for 100 ms
         let clock = Clock::new();
-        let start_ns = clock.now_ns() + 1_000_000;
-        let (tx, mut rx) = wire_channel(2);
         let mut latency = latency_histogram();
-        let stats = std::thread::scope(|s| {
-            let feeder = s.spawn(|| run(&Playback { records: &recs, start_ns }, clock, tx));
-            let mut stalled = false;
-            loop {
-                if let Some(batch) = rx.peek() {
-                    if !stalled && batch.iter().any(|w| w.seq >= 100) {
-                        stalled = true;
-                        std::thread::sleep(Duration::from_nanos(STALL_NS));
-                    }
-                    let now = clock.now_ns();
-                    for w in batch {
-                        latency.record(now - w.due_ns).unwrap();
-                    }
-                    rx.release();
-                } else if rx.is_finished() {
-                    break;
-                } else {
-                    std::thread::yield_now();
-                }
+        let mut stalled = false;
+        // With 2 slots the feeder blocks on the ring while the consumer stalls.
+        let stats = play_live(&recs, 2, clock, |batch| {
+            if !stalled && batch.iter().any(|w| w.seq >= 100) {
+                stalled = true;
+                std::thread::sleep(Duration::from_nanos(STALL_NS));
             }
-            feeder.join().unwrap()
+            let now = clock.now_ns();
+            for w in batch {
+                latency.record(now - w.due_ns).unwrap();
+            }
         });
         assert_eq!(stats.offered, 400);
         // With 2 slots the feeder blocked for most of the stall.
@@ -341,6 +361,33 @@ mod tests {
         // (A sender that stamped on send would report ~0 here.)
         assert!(latency.value_at_quantile(0.99) >= STALL_NS / 2, "p99 {} ns", latency.value_at_quantile(0.99));
         assert!(latency.len() == 400);
+    }
+
+    /// A consumer that panics while the feeder is blocked on the full ring
+    /// fails its test with the panic's message; it used to hang it (the
+    /// feeder waited for a ring the dead consumer still held). A watchdog
+    /// turns a hang back into a failure here.
+    #[test]
+    fn a_consumer_that_panics_fails_the_test_instead_of_hanging_it() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let recs = records(400, 250_000); // 4k/s for 100 ms
+            let played = std::panic::catch_unwind(|| {
+                play_live(&recs, 2, Clock::new(), |batch| {
+                    // Let the feeder fill the ring and block on it first.
+                    std::thread::sleep(Duration::from_millis(20));
+                    panic!("the consumer broke at record {}", batch[0].seq);
+                })
+            });
+            let message = match played {
+                Ok(_) => "no panic".to_string(),
+                Err(panic) => panic.downcast_ref::<String>().cloned().unwrap_or_default(),
+            };
+            let _ = done_tx.send(message);
+        });
+        let message =
+            done_rx.recv_timeout(Duration::from_secs(30)).expect("the feeder hung on the dead consumer's ring");
+        assert!(message.contains("the consumer broke at record"), "{message}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::ingest::live::{LiveFeed, WireRecord, wire_channel};
 use crate::ingest::validate::{Limits, Validator};
 use crate::metrics::{Clock, Summary, latency_histogram};
 use crate::scenario::Scenario;
-use crate::symbols::{Groups, Names};
+use crate::symbols::Groups;
 use crate::topology::{self, LiveOptions, PipelineConfig};
 use feeder::{FeederStats, Playback, Schedule, Steady};
 use hdrhistogram::Histogram;
@@ -217,11 +217,7 @@ fn play_schedule<S: Schedule + Sync>(
     cfg.live = LiveOptions { idle_after_ns: Some(idle_after_ns), clock: Some(clock), control: None };
     let (tx, rx) = wire_channel(FEED_RING_SLOTS);
     let validator = Validator::new(Limits::default(), prepared.groups.clone());
-    let names = Names {
-        accounts: validator.accounts.table().clone(),
-        instruments: validator.instruments.table().clone(),
-        groups: prepared.groups.clone(),
-    };
+    let names = crate::cmd::validator_names(&validator, prepared.groups.clone());
     let rejects = RejectLog::create(&opts.out_dir.join("rejects.tsv")).map_err(|e| e.to_string())?;
     let feed = LiveFeed::new(rx, validator, rejects);
     let first_ts_ns = prepared.first_ts_ns;

@@ -4,7 +4,7 @@
 //! instrument's records are applied in `(ts_ns, seq)` order through the
 //! same reorder buffer and `Books` a shard uses, on this one thread.
 
-use super::{CmdError, beside, is_native_tape};
+use super::{CmdError, is_native_tape};
 use crate::config::MS;
 use crate::detect::views::BookView;
 use crate::detect::views::book::{BookLimits, Books, InstrumentBook, Level, Reference, SKIP_CAUSES, cause_name};
@@ -15,7 +15,7 @@ use crate::ingest::native_feed::NativeFeed;
 use crate::ingest::validate::{Limits, Validator};
 use crate::ingest::{Feed, RejectLog};
 use crate::instruments::{Instruments, px_string};
-use crate::symbols::{Groups, NameTable, Names, valid_instrument};
+use crate::symbols::{NameTable, Names, valid_instrument};
 use crate::time::{Pending, ReorderBuffer, Watermark};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BookArgs {
-    /// The tape: a FEED.md CSV file or a native tape.
+    /// The tape: a FEED.md CSV file or a native tape; `-`: a CSV tape on stdin.
     pub tape: PathBuf,
     /// The instrument, as named on the tape.
     #[arg(long)]
@@ -35,12 +35,8 @@ pub struct BookArgs {
     /// Print one JSON object: instrument, ts_ns, bids and asks as lists of {price, qty, orders}.
     #[arg(long)]
     pub json: bool,
-    /// accounts.csv. Default: `<tape stem>.accounts.csv` beside the tape, if present.
-    #[arg(long)]
-    pub accounts: Option<PathBuf>,
-    /// instruments.csv. Default: `<tape stem>.instruments.csv` beside the tape, if present.
-    #[arg(long)]
-    pub instruments: Option<PathBuf>,
+    #[command(flatten)]
+    pub reference: super::ReferenceFiles,
     /// Price levels to print per side, best first.
     #[arg(long, default_value_t = 10)]
     pub levels: usize,
@@ -172,23 +168,12 @@ pub fn book_at(args: &BookArgs) -> Result<BookAt, CmdError> {
     if args.lateness_ms > 3_600_000 {
         problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
     }
-    let accounts_path =
-        args.accounts.clone().or_else(|| Some(beside(&args.tape, ".accounts.csv")).filter(|p| p.exists()));
-    let groups = accounts_path.map_or_else(Groups::default, |path| {
-        Groups::load(&path).unwrap_or_else(|e| {
-            problems.push(e);
-            Groups::default()
-        })
-    });
-    let instruments = load_instruments(args.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
-        problems.push(e);
-        Instruments::default()
-    });
+    let reference = args.reference.load(&args.tape, &mut problems);
     if !problems.is_empty() {
         return Err(CmdError::Usage(problems.join("\n")));
     }
-    let groups = Arc::new(groups);
-    let instruments = Arc::new(instruments);
+    let groups = Arc::new(reference.groups);
+    let instruments = Arc::new(reference.instruments);
     let lateness_ns = args.lateness_ms as i64 * MS;
     let failed = |e: crate::ingest::FeedError| CmdError::Failed(e.to_string());
     if native {
@@ -196,26 +181,12 @@ pub fn book_at(args: &BookArgs) -> Result<BookAt, CmdError> {
         let (feed, names) = NativeFeed::new(tape, groups);
         replay_to(feed, names, instruments, args, at, lateness_ns)
     } else {
-        let file = std::fs::File::open(&args.tape)
+        let file = super::open_tape(&args.tape)
             .map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", args.tape.display())))?;
         let validator = Validator::new(Limits::default(), groups.clone());
-        let names = Names {
-            accounts: validator.accounts.table().clone(),
-            instruments: validator.instruments.table().clone(),
-            groups,
-        };
+        let names = super::validator_names(&validator, groups);
         let feed = CsvFeed::new(file, &args.tape, validator, RejectLog::discard()).map_err(failed)?;
         replay_to(feed, names, instruments, args, at, lateness_ns)
-    }
-}
-
-/// instruments.csv from `--instruments`, else `<tape stem>.instruments.csv`
-/// beside the tape when it exists, else none.
-pub fn load_instruments(path: Option<&std::path::Path>, tape: &std::path::Path) -> Result<Instruments, String> {
-    let path = path.map(|p| p.to_path_buf()).or_else(|| Some(beside(tape, ".instruments.csv")).filter(|p| p.exists()));
-    match path {
-        Some(path) => Instruments::load(&path),
-        None => Ok(Instruments::default()),
     }
 }
 

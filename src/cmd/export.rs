@@ -3,7 +3,7 @@
 //! Parquet files into a new directory (`crate::export`).
 
 use super::{CmdError, PipelineArgs, ReferenceArgs};
-use crate::export::{ExportOptions, export};
+use crate::export::export;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -29,20 +29,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<(), CmdError> {
-    let opts = ExportOptions {
-        tape: args.tape,
-        out: args.out,
-        accounts: args.reference.accounts,
-        instruments: args.reference.instruments,
-        rules: args.reference.rules,
-        lateness_ms: args.pipeline.lateness_ms,
-        max_future_ms: args.pipeline.max_future_ms,
-        shards: args.pipeline.shards,
-        cores: args.pipeline.cores,
-        quiet: args.quiet,
-        import_rejects: args.import_rejects,
-    };
-    let done = export(&opts)?;
+    let done = export(&args)?;
     done.warn();
-    super::print(&done.render(&opts.out))
+    super::print(&done.render(&args.out))
 }

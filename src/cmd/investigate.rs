@@ -108,20 +108,7 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     if args.lateness_ms > 3_600_000 {
         problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
     }
-    let groups =
-        super::slice::load_groups(args.reference.accounts.as_deref(), &args.tape, &mut problems).unwrap_or_default();
-    let instruments =
-        super::book::load_instruments(args.reference.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
-            problems.push(e);
-            Default::default()
-        });
-    let rules = match &args.reference.rules {
-        Some(path) => Rules::load(path).unwrap_or_else(|e| {
-            problems.push(e);
-            Rules::default()
-        }),
-        None => Rules::default(),
-    };
+    let super::ReferenceData { groups, instruments, rules, .. } = args.reference.load(&args.tape, &mut problems);
     let mut plan = crate::outputs::Plan::default();
     plan.input("tape", &args.tape);
     if args.alert.is_some() {

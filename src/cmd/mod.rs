@@ -58,11 +58,10 @@ pub enum Command {
     Feed(feed::FeedArgs),
 }
 
-/// The reference data and the rules a command reads a tape with: one
-/// declaration for `replay`, `export` and `investigate` (`serve` takes them
-/// as overrides of its config file), so their flags cannot drift apart.
+/// The reference data a command reads a tape with: one declaration for
+/// `book` and (inside `ReferenceArgs`) for the commands that also take rules.
 #[derive(clap::Args, Debug, Clone, Default, PartialEq)]
-pub struct ReferenceArgs {
+pub struct ReferenceFiles {
     /// accounts.csv (account,group). Default: `<tape stem>.accounts.csv` beside the tape, if present.
     #[arg(long)]
     pub accounts: Option<PathBuf>,
@@ -70,9 +69,85 @@ pub struct ReferenceArgs {
     /// `<tape stem>.instruments.csv` beside the tape, if present.
     #[arg(long)]
     pub instruments: Option<PathBuf>,
+}
+
+/// The reference data and the rules a command reads a tape with: one
+/// declaration for `replay`, `export` and `investigate` (`serve` takes them
+/// as overrides of its config file), so their flags cannot drift apart.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct ReferenceArgs {
+    #[command(flatten)]
+    pub files: ReferenceFiles,
     /// Rule thresholds (TOML); defaults apply to anything not set.
     #[arg(long)]
     pub rules: Option<PathBuf>,
+}
+
+/// What `ReferenceFiles::load` and `ReferenceArgs::load` read, and from
+/// where: a file that is missing or bad leaves its default here and its
+/// problem in the caller's list.
+#[derive(Default)]
+pub struct ReferenceData {
+    /// accounts.csv, given or found beside the tape.
+    pub accounts_path: Option<PathBuf>,
+    pub groups: crate::symbols::Groups,
+    /// instruments.csv, given or found beside the tape.
+    pub instruments_path: Option<PathBuf>,
+    pub instruments: crate::instruments::Instruments,
+    pub rules: crate::config::Rules,
+}
+
+/// The reference file a flag names, else `<tape stem><suffix>` beside the
+/// tape when it exists. A tape on stdin (`-`, `/dev/stdin`) has no
+/// directory: its reference files must be named.
+pub fn reference_path(given: Option<&Path>, tape: &Path, suffix: &str) -> Option<PathBuf> {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| Some(beside(tape, suffix)).filter(|p| !crate::outputs::is_stdio(tape) && p.exists()))
+}
+
+impl ReferenceFiles {
+    pub fn accounts_path(&self, tape: &Path) -> Option<PathBuf> {
+        reference_path(self.accounts.as_deref(), tape, ".accounts.csv")
+    }
+
+    pub fn instruments_path(&self, tape: &Path) -> Option<PathBuf> {
+        reference_path(self.instruments.as_deref(), tape, ".instruments.csv")
+    }
+
+    /// Loads accounts.csv and instruments.csv (given, or beside the tape),
+    /// every problem pushed onto `problems`, named by file and line.
+    pub fn load(&self, tape: &Path, problems: &mut Vec<String>) -> ReferenceData {
+        let accounts_path = self.accounts_path(tape);
+        let groups = accounts_path.as_deref().map_or_else(Default::default, |path| {
+            crate::symbols::Groups::load(path).unwrap_or_else(|e| {
+                problems.push(e);
+                Default::default()
+            })
+        });
+        let instruments_path = self.instruments_path(tape);
+        let instruments = instruments_path.as_deref().map_or_else(Default::default, |path| {
+            crate::instruments::Instruments::load(path).unwrap_or_else(|e| {
+                problems.push(e);
+                Default::default()
+            })
+        });
+        ReferenceData { accounts_path, groups, instruments_path, instruments, rules: Default::default() }
+    }
+}
+
+impl ReferenceArgs {
+    /// `ReferenceFiles::load`, and the rules file (else the defaults).
+    pub fn load(&self, tape: &Path, problems: &mut Vec<String>) -> ReferenceData {
+        let mut data = self.files.load(tape, problems);
+        if let Some(path) = &self.rules {
+            data.rules = crate::config::Rules::load(path).unwrap_or_else(|e| {
+                problems.push(e);
+                Default::default()
+            });
+        }
+        data
+    }
 }
 
 /// How the pipeline runs a tape: one declaration for `replay` and `export`
@@ -199,6 +274,28 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
 pub fn beside(path: &Path, suffix: &str) -> PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The names a CSV (or live) feed's validator interns, with the groups:
+/// what the pipeline's outputs print records with.
+pub fn validator_names(
+    validator: &crate::ingest::validate::Validator,
+    groups: std::sync::Arc<crate::symbols::Groups>,
+) -> crate::symbols::Names {
+    crate::symbols::Names {
+        accounts: validator.accounts.table().clone(),
+        instruments: validator.instruments.table().clone(),
+        groups,
+    }
+}
+
+/// A CSV tape as a file; `-` is stdin (a CSV tape streams from it).
+pub fn open_tape(path: &Path) -> std::io::Result<std::fs::File> {
+    if crate::outputs::is_stdio(path) {
+        use std::os::fd::AsFd;
+        return std::io::stdin().as_fd().try_clone_to_owned().map(std::fs::File::from);
+    }
+    std::fs::File::open(path)
 }
 
 /// Whether a file starts with the native tape's magic. Only a regular file
@@ -329,8 +426,7 @@ mod tests {
         let reference = ["--accounts", "a.csv", "--instruments", "i.csv", "--rules", "r.toml"];
         let pipeline = ["--shards", "3", "--cores", "none", "--lateness-ms", "7", "--max-future-ms", "9"];
         let given = ReferenceArgs {
-            accounts: Some("a.csv".into()),
-            instruments: Some("i.csv".into()),
+            files: ReferenceFiles { accounts: Some("a.csv".into()), instruments: Some("i.csv".into()) },
             rules: Some("r.toml".into()),
         };
         let set = PipelineArgs { shards: Some(3), cores: "none".into(), lateness_ms: 7, max_future_ms: 9 };
@@ -354,6 +450,12 @@ mod tests {
         let investigate = ["investigate", "t.tape", "--out", "r.html", "--lateness-ms", "7"];
         let Command::Investigate(args) = parse(&with(&investigate, &[&reference])) else { panic!("investigate") };
         assert_eq!((args.reference, args.lateness_ms), (given.clone(), 7));
+
+        let book = ["book", "t.csv", "--instrument", "X", "--at", "1", "--accounts", "a.csv", "--instruments", "i.csv"];
+        let Command::Book(args) = parse(&book) else { panic!("book") };
+        assert_eq!(args.reference, given.files);
+        let Command::Book(args) = parse(&book[..6]) else { panic!("book") };
+        assert_eq!(args.reference, ReferenceFiles::default());
 
         let serve = ["serve", "--config", "c.toml"];
         let Command::Serve(args) = parse(&with(&serve, &[&reference])) else { panic!("serve") };

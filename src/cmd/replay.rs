@@ -6,7 +6,7 @@ use crate::checkpoint::codec::{DecodeError, Reader};
 use crate::checkpoint::recover::{self, Loaded};
 use crate::checkpoint::store::Store;
 use crate::checkpoint::{Identity, Manifest, PrefixHasher, RouterState, Settings};
-use crate::config::{MS, Rules};
+use crate::config::MS;
 use crate::ingest::RejectLog;
 use crate::ingest::csv::CsvFeed;
 use crate::ingest::native::Tape;
@@ -16,7 +16,6 @@ use crate::instruments::Instruments;
 use crate::metrics::Summary;
 use crate::outputs::{Plan, is_stdio};
 use crate::sink::Outputs;
-use crate::symbols::{Groups, Names};
 use crate::topology::{self, Checkpointing, PipelineConfig, Resumed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -307,30 +306,8 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
             false
         }
     };
-    let accounts_path = args
-        .reference
-        .accounts
-        .clone()
-        .or_else(|| Some(beside(&args.tape, ".accounts.csv")).filter(|p| !is_stdio(&args.tape) && p.exists()));
-    let groups = match &accounts_path {
-        Some(path) => Groups::load(path).unwrap_or_else(|e| {
-            problems.push(e);
-            Groups::default()
-        }),
-        None => Groups::default(),
-    };
-    let instruments =
-        super::book::load_instruments(args.reference.instruments.as_deref(), &args.tape).unwrap_or_else(|e| {
-            problems.push(e);
-            Instruments::default()
-        });
-    let rules = match &args.reference.rules {
-        Some(path) => Rules::load(path).unwrap_or_else(|e| {
-            problems.push(e);
-            Rules::default()
-        }),
-        None => Rules::default(),
-    };
+    let super::ReferenceData { accounts_path, groups, instruments_path, instruments, rules } =
+        args.reference.load(&args.tape, &mut problems);
     if let Some(path) = &args.reference.rules {
         problems.extend(rules.check_tiers(&instruments).into_iter().map(|p| format!("{}: {p}", path.display())));
     }
@@ -344,12 +321,6 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     if let Some(path) = &accounts_path {
         plan.input("accounts file", path);
     }
-    // Resolved as `book::load_instruments` resolves it.
-    let instruments_path = args
-        .reference
-        .instruments
-        .clone()
-        .or_else(|| Some(beside(&args.tape, ".instruments.csv")).filter(|p| p.exists()));
     if let Some(path) = &instruments_path {
         plan.input("instruments file", path);
     }
@@ -580,7 +551,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         summary.rejected_at_import = rejected_at_import;
         Ok((summary, inputs))
     } else {
-        let mut file = open_tape(&args.tape)
+        let mut file = super::open_tape(&args.tape)
             .map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", args.tape.display())))?;
         // A failed run without --state leaves no rejects file (the sink does
         // the same for the alerts and late files).
@@ -588,11 +559,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         let (feed, names, resume) = match loaded {
             None => {
                 let validator = Validator::new(limits, groups.clone());
-                let names = Names {
-                    accounts: validator.accounts.table().clone(),
-                    instruments: validator.instruments.table().clone(),
-                    groups,
-                };
+                let names = super::validator_names(&validator, groups);
                 // Header first: a file that is no tape fails before any output
                 // exists, as bad input (exit 2).
                 let feed = CsvFeed::new(file, &args.tape, validator, RejectLog::discard())
@@ -633,11 +600,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
                 }
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
                     .map_err(|e| CmdError::Failed(format!("{}: cannot seek: {e}", args.tape.display())))?;
-                let names = Names {
-                    accounts: validator.accounts.table().clone(),
-                    instruments: validator.instruments.table().clone(),
-                    groups,
-                };
+                let names = super::validator_names(&validator, groups);
                 let rejects = RejectLog::resume(&rejects_path, loaded.manifest.rejects_bytes)
                     .map_err(|e| CmdError::Failed(e.to_string()))?;
                 let feed = CsvFeed::resume(file, &args.tape, validator, rejects, (offset, line_no));
@@ -660,15 +623,6 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
         progress.clear();
         Ok((summary, inputs))
     }
-}
-
-/// The tape as a file; `-` is stdin (a CSV tape streams from it).
-fn open_tape(path: &Path) -> std::io::Result<std::fs::File> {
-    if is_stdio(path) {
-        use std::os::fd::AsFd;
-        return std::io::stdin().as_fd().try_clone_to_owned().map(std::fs::File::from);
-    }
-    std::fs::File::open(path)
 }
 
 /// The exit code of a failed pipeline: damage found in the tape part-way

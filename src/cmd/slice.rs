@@ -61,9 +61,7 @@ pub fn run(args: SliceArgs) -> Result<(), CmdError> {
 
 /// accounts.csv from the flag, else beside the tape when present.
 pub fn load_groups(path: Option<&Path>, tape: &Path, problems: &mut Vec<String>) -> Option<Groups> {
-    let path = path.map(Path::to_path_buf).or_else(|| {
-        Some(super::beside(tape, ".accounts.csv")).filter(|p| !crate::outputs::is_stdio(tape) && p.exists())
-    })?;
+    let path = super::reference_path(path, tape, ".accounts.csv")?;
     Groups::load(&path).map_err(|e| problems.push(e)).ok()
 }
 

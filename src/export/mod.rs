@@ -30,26 +30,10 @@ pub mod parquet_out;
 pub mod tables;
 
 use crate::cmd::CmdError;
+use crate::cmd::export::ExportArgs;
 use crate::cmd::replay::{Inputs, ReplayArgs, replay_described};
 use crate::metrics::Summary;
 use std::path::{Path, PathBuf};
-
-/// What to export and how to replay it.
-#[derive(Clone, Debug)]
-pub struct ExportOptions {
-    pub tape: PathBuf,
-    pub out: PathBuf,
-    pub accounts: Option<PathBuf>,
-    pub instruments: Option<PathBuf>,
-    pub rules: Option<PathBuf>,
-    pub lateness_ms: u64,
-    pub max_future_ms: u64,
-    pub shards: Option<usize>,
-    pub cores: String,
-    pub quiet: bool,
-    /// The import's rejects file of a native tape (default: beside the tape).
-    pub import_rejects: Option<PathBuf>,
-}
 
 /// One file written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,7 +303,7 @@ impl ImportRejects {
 
 /// Replays the tape into scratch outputs, then writes the tables from them
 /// (`Target::write`, which `replay --export` shares).
-pub fn export(opts: &ExportOptions) -> Result<Exported, CmdError> {
+pub fn export(opts: &ExportArgs) -> Result<Exported, CmdError> {
     let started = std::time::Instant::now();
     let mut problems = Vec::new();
     if crate::outputs::is_stdio(&opts.tape) {
@@ -335,19 +319,10 @@ pub fn export(opts: &ExportOptions) -> Result<Exported, CmdError> {
     let target = Target::prepare(&opts.out, &opts.tape)?;
     let replay_dir = target.replay_dir()?;
     let args = ReplayArgs {
-        reference: crate::cmd::ReferenceArgs {
-            accounts: opts.accounts.clone(),
-            instruments: opts.instruments.clone(),
-            rules: opts.rules.clone(),
-        },
+        reference: opts.reference.clone(),
         late: Some(replay_dir.join("late.csv")),
         rejects: Some(replay_dir.join("rejects.tsv")),
-        pipeline: crate::cmd::PipelineArgs {
-            shards: opts.shards,
-            cores: opts.cores.clone(),
-            lateness_ms: opts.lateness_ms,
-            max_future_ms: opts.max_future_ms,
-        },
+        pipeline: opts.pipeline.clone(),
         quiet: opts.quiet,
         ..ReplayArgs::for_tape(&opts.tape, &replay_dir.join("alerts.jsonl"))
     };

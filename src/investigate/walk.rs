@@ -177,11 +177,7 @@ impl Source {
                 let file = std::fs::File::open(path)
                     .map_err(|e| CmdError::Usage(format!("{}: cannot open tape: {e}", path.display())))?;
                 let validator = Validator::new(Limits::default(), groups.clone());
-                let names = Names {
-                    accounts: validator.accounts.table().clone(),
-                    instruments: validator.instruments.table().clone(),
-                    groups: groups.clone(),
-                };
+                let names = crate::cmd::validator_names(&validator, groups.clone());
                 let mut feed = CsvFeed::new(file, path, validator, RejectLog::discard())
                     .map_err(|e| CmdError::Usage(e.to_string()))?;
                 let mut stats = WalkStats::default();

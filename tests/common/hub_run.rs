@@ -54,8 +54,8 @@ pub fn sample_run() -> &'static Run {
         let tape = root.join("feeds/sample.csv");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args = replay_args(&tape, dir.path(), 2);
-        args.reference.accounts = Some(root.join("feeds/sample.accounts.csv"));
-        args.reference.instruments = Some(root.join("feeds/sample.instruments.csv"));
+        args.reference.files.accounts = Some(root.join("feeds/sample.accounts.csv"));
+        args.reference.files.instruments = Some(root.join("feeds/sample.instruments.csv"));
         args.state = Some(dir.path().join("state"));
         args.checkpoint_every_records = Some(50_000);
         let summary = run_replay(&args);

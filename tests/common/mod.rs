@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: run replay/import in-process
-//! and read alerts back without their wall-clock `timing`.
+//! or the binary, and read alerts back without their wall-clock `timing`.
 
 #![allow(dead_code)]
 
@@ -45,4 +45,17 @@ pub fn read_alerts(path: &Path) -> Vec<Value> {
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tapewatch"))
+}
+
+/// The binary run in `dir` with `args`, as an operator would.
+pub fn tapewatch(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin()).args(args).current_dir(dir).output().expect("run tapewatch")
+}
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
