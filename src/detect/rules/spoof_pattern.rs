@@ -656,7 +656,14 @@ impl Pattern {
 
     fn pop_oldest(&mut self) {
         let abs = self.window.head();
-        if abs == self.window.tail() {
+        let Some(front) = self.window.front() else { return };
+        if front.hot == COLD {
+            // In no key's sums and no list: only the rules' window starts move.
+            for r in 0..self.n_rules {
+                let slot = self.slot_mut(r);
+                slot.head = slot.head.max(abs + 1);
+            }
+            self.window.skip_cold_front();
             return;
         }
         // A rule whose window still holds the entry (an eviction) lets it go first.
@@ -704,7 +711,14 @@ impl Pattern {
     #[inline]
     fn push(&mut self, e: &Event, order: &OrderRef, data: Entry) -> (u64, Option<u32>) {
         self.make_room();
-        let (abs, hot) = self.window.push(key_of(order.group, e.instrument), e.ts_ns, e.seq, data);
+        let key = key_of(order.group, e.instrument);
+        self.push_as(key, self.window.hot(key), e, data)
+    }
+
+    /// `push` after `make_room` and `hot(key)` (nothing popped or promoted since).
+    #[inline]
+    fn push_as(&mut self, key: u64, hot: Option<u32>, e: &Event, data: Entry) -> (u64, Option<u32>) {
+        let (abs, hot) = self.window.push_as(key, hot, e.ts_ns, e.seq, data);
         if let Some(slot) = hot {
             let n = self.n_rules;
             let state = &mut self.window.key_mut(slot).state;
@@ -832,7 +846,7 @@ impl Pattern {
                     of_new: abs,
                     ..Entry::default()
                 };
-                let (_, pushed) = self.push(e, &order, data);
+                let (_, pushed) = self.push_as(key, Some(slot), e, data);
                 debug_assert_eq!(pushed, Some(slot));
                 for (r, _) in counted.iter().enumerate().filter(|(_, c)| **c) {
                     self.check(r, slot, order.side, e, order.account, emit);
@@ -841,7 +855,10 @@ impl Pattern {
             Change::Traded { buy, sell, price, qty, .. } => {
                 let mut checks = [None, None];
                 for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
-                    let of_new = self.spoof_new(&order, e).unwrap_or(NONE);
+                    self.make_room();
+                    let key = key_of(order.group, e.instrument);
+                    let hot = self.window.hot(key);
+                    let of_new = self.spoof_new(&order, key, hot).unwrap_or(NONE);
                     let data = Entry {
                         order_id: order.order_id,
                         price,
@@ -853,7 +870,7 @@ impl Pattern {
                         ..Entry::default()
                     };
                     // A cold key has no counted cancel: the pattern cannot complete.
-                    if let (_, Some(slot)) = self.push(e, &order, data) {
+                    if let (_, Some(slot)) = self.push_as(key, hot, e, data) {
                         checks[i] = Some((slot, opposite(side), order.account));
                     }
                 }
@@ -870,9 +887,8 @@ impl Pattern {
     /// The live `NEW` entry of `order` if it is non-marketable and of the
     /// same key (whether it counts is each rule's question).
     #[inline]
-    fn spoof_new(&self, order: &OrderRef, e: &Event) -> Option<u64> {
-        let key = key_of(order.group, e.instrument);
-        let abs = match self.window.hot(key) {
+    fn spoof_new(&self, order: &OrderRef, key: u64, hot: Option<u32>) -> Option<u64> {
+        let abs = match hot {
             Some(_) => *self.orders.get(order.order_id)?,
             None => self.cold_new(key, order.order_id, order.entry_ts_ns)?,
         };

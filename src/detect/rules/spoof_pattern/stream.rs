@@ -277,6 +277,13 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         Some((abs, slot))
     }
 
+    /// Drops the oldest entry, which must be cold (nothing to unlink).
+    #[inline]
+    pub fn skip_cold_front(&mut self) {
+        debug_assert!(self.head < self.tail && self.ring[(self.head & self.mask) as usize].hot == COLD);
+        self.head += 1;
+    }
+
     /// Whether the ring is at its limit: the caller must pop (and account
     /// for) the oldest entry before pushing.
     #[inline]
@@ -289,11 +296,18 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// `(ts_ns, seq)` order.
     #[inline]
     pub fn push(&mut self, key: u64, ts_ns: i64, seq: u64, data: T) -> (u64, Option<u32>) {
+        self.push_as(key, self.hot(key), ts_ns, seq, data)
+    }
+
+    /// `push` for a caller that has just asked `hot(key)` (nothing popped
+    /// or promoted since).
+    #[inline]
+    pub fn push_as(&mut self, key: u64, hot: Option<u32>, ts_ns: i64, seq: u64, data: T) -> (u64, Option<u32>) {
+        debug_assert_eq!(hot, self.hot(key), "push_as with a stale hot slot");
         assert!(!self.must_evict(), "push into a full window ring");
         if self.len() == self.ring.len() {
             self.grow();
         }
-        let hot = self.hot(key);
         let bucket = self.bucket(key);
         let abs = self.tail;
         let prev = std::mem::replace(&mut self.chain[bucket], abs);
