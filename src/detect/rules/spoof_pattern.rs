@@ -48,6 +48,16 @@
 //! parties' entries before either is checked). The first record at which
 //! every condition holds alerts.
 //!
+//! Only *hot* keys keep sums and a list of entries (`spoof_pattern/stream.rs`):
+//! a key turns hot at a counted cancel of one of its non-marketable orders
+//! and stays hot until its last entry expires. A check needs
+//! `cancelled_qty > 0` (`cancel_pct >= 1`), so only a hot key can complete
+//! the pattern; the entries a cold key pushed earlier in the window (its
+//! executions and its quantities on the other side count too) are found on
+//! its hash chain when it turns hot, and summed then. An alert's `since`
+//! needs no cold keeping: the alerting record has an entry of the key, so
+//! the key stays hot until every entry up to `since` has expired.
+//!
 //! One `Pattern` serves spoofing and layering together (the shard keeps it
 //! as the spoof-stream view, `detect::views::spoof`): the entries do not
 //! depend on either rule's parameters, so they are pushed once and kept for
@@ -55,13 +65,15 @@
 //! per key, and alerts exactly as it would on a stream of its own (the
 //! property tests below check both against the definition).
 
-use super::window::{NONE, Window};
+mod stream;
+
 use super::{BookRule, Evidence, Finding, OrderIds, RuleStats, key_of, opposite, side_index};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::detect::views::{BookView, Change, OrderRef};
 use crate::event::{Event, Kind, Px, Side};
 use crate::flat_map::FlatMap;
 use rustc_hash::FxHashMap;
+use stream::{COLD, NONE, Stream};
 
 /// How a rule bounds the number of levels behind the touch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,16 +322,22 @@ pub struct Pattern {
     n_rules: usize,
     /// The longest window of the rules.
     window_ns: i64,
-    window: Window<Entry, KeyState>,
-    /// Order id -> absolute index of its `NEW` entry, while it is live.
-    /// (An open-addressing table: its slot follows from the id, so the
-    /// shard prefetches it records ahead.)
+    /// Every entry; sums and lists for the hot keys only (`stream.rs`).
+    window: Stream<Entry, KeyState>,
+    /// Order id -> absolute index of its `NEW` entry, for the live `NEW`s
+    /// of hot keys (a cold key's are found on its chain). An
+    /// open-addressing table: its slot follows from the id, so the shard
+    /// prefetches it records ahead.
     orders: FlatMap<u64, u64>,
     /// Restored entries waiting for `restored` (from every old shard).
     pending: Vec<Restored>,
-    /// Restored keys: each rule's `since` (`None`: the rule was not in the
-    /// snapshot with these parameters, so it starts empty).
+    /// Restored hot keys: each rule's `since` (`None`: the rule was not in
+    /// the snapshot with these parameters, so it starts empty).
     pending_since: FxHashMap<u64, [Option<(i64, u64)>; MAX_RULES]>,
+    /// Whether a snapshot was read and waits for `restored`; per rule,
+    /// whether the snapshot carried it (else it starts empty at the cut).
+    restoring: bool,
+    carried: [bool; MAX_RULES],
 }
 
 /// An entry read back from a snapshot: (ts, seq, key, entry, whether it
@@ -353,10 +371,12 @@ impl Pattern {
             rules: slots,
             n_rules: rules.len(),
             window_ns,
-            window: Window::new(max_keys, max_entries),
+            window: Stream::new(max_keys, max_entries),
             orders: FlatMap::with_capacity(1024.min(max_entries)),
             pending: Vec::new(),
             pending_since: FxHashMap::default(),
+            restoring: false,
+            carried: [false; MAX_RULES],
         }
     }
 
@@ -377,8 +397,8 @@ impl Pattern {
     }
 
     /// The whole state, for a checkpoint. Layout: the rules `(rule,
-    /// canonical parameters)`; the keys `(key, then each rule's since ts,
-    /// since seq)`; then the entries oldest first `(ts, seq, key,
+    /// canonical parameters)`; the hot keys `(key, then each rule's since
+    /// ts, since seq)`; then every entry oldest first `(ts, seq, key,
     /// order_id, price, qty, cancelled, depth5, kind, side, flags)`; flags:
     /// non-marketable, behind, spoof fill, refers to a live `NEW`.
     pub fn encode(&self, w: &mut Writer<'_>) {
@@ -405,7 +425,7 @@ impl Pattern {
             let d = slot.data;
             w.i64(slot.ts_ns);
             w.u64(slot.seq);
-            w.u64(self.window.key(slot.key).key);
+            w.u64(slot.key);
             w.u64(d.order_id);
             w.i64(d.price);
             w.u64(d.qty);
@@ -426,8 +446,11 @@ impl Pattern {
     /// Reads one old shard's snapshot, keeping the keys `keep` accepts;
     /// `restored` builds the state once every snapshot was read. A rule of
     /// this stream that the snapshot does not hold with the same
-    /// parameters starts empty (its `since` is put at each key's newest
-    /// entry): what a rules reload wants of a rule it does not carry over.
+    /// parameters starts empty (its window starts at the cut): what a
+    /// rules reload wants of a rule it does not carry over. A key the
+    /// snapshot lists is hot; the others' entries restore cold (a
+    /// version-1 section listed every key with entries: all restore hot,
+    /// which is as exact, only slower).
     pub fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
         let n_old = r.count(1)?;
         if n_old > MAX_RULES {
@@ -447,6 +470,10 @@ impl Pattern {
                 }
             }
         }
+        for (i, carried) in self.carried.iter_mut().enumerate() {
+            *carried = from[i].is_some();
+        }
+        self.restoring = true;
         for _ in 0..r.count(KEY_BYTES + n_old * SINCE_BYTES)? {
             let key = r.u64()?;
             let mut old = [(i64::MIN, 0u64); MAX_RULES];
@@ -484,9 +511,6 @@ impl Pattern {
             }
             (d.non_marketable, d.behind, d.spoof_fill) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
             if keep(key) {
-                if !self.pending_since.contains_key(&key) {
-                    return Err(DecodeError(format!("{}: entry of unlisted key {key:#x}", self.name())));
-                }
                 self.pending.push((ts, seq, key, d, flags & 8 != 0));
             }
         }
@@ -495,52 +519,77 @@ impl Pattern {
 
     /// Whether restored snapshots wait for `restored`.
     pub fn restore_pending(&self) -> bool {
-        !self.pending_since.is_empty()
+        self.restoring
     }
 
     /// Builds the state from the snapshots read: entries in time order
-    /// (a stable sort keeps each snapshot's own order), the sums recomputed
-    /// from the counted ones. Every rule's window starts at the oldest
-    /// entry: the next record's expiry takes each back to its own length.
+    /// (a stable sort keeps each snapshot's own order), pushed cold; then
+    /// the hot keys promoted with their `since` and their sums recomputed
+    /// from the counted entries. Every carried rule's window starts at the
+    /// oldest entry (the next record's expiry takes each back to its own
+    /// length); a rule the snapshot did not carry starts at the cut.
     pub fn restored(&mut self) {
         let mut pending = std::mem::take(&mut self.pending);
         pending.sort_by_key(|x| (x.0, x.1));
-        // A rule that starts empty: its `since` is the key's newest entry.
-        let mut newest: FxHashMap<u64, (i64, u64)> = FxHashMap::default();
-        for &(ts, seq, key, _, _) in &pending {
-            newest.insert(key, (ts, seq));
-        }
-        let n = self.n_rules;
-        let head = self.window.head();
-        for r in 0..n {
-            self.slot_mut(r).head = head;
-        }
+        // The newest `NEW` of each (key, order id) pushed so far: what a
+        // cancel or a spoof fill refers to.
+        let mut news: FxHashMap<(u64, u64), u64> = FxHashMap::default();
         for (ts, seq, key, mut d, live) in pending.drain(..) {
-            // Room first: the eviction may release a key, never the one pushed to.
             self.make_room();
-            let Some(slot) = self.window.find_or_insert(key) else { continue };
-            if let Some(since) = self.pending_since.get(&key) {
-                let state = &mut self.window.key_mut(slot).state;
-                for (sums, since) in state.iter_mut().zip(since).take(n) {
-                    sums.since = since.unwrap_or_else(|| newest.get(&key).copied().unwrap_or((i64::MIN, 0)));
-                }
-            }
             if d.kind != NEW && live {
-                d.of_new = self.orders.get(d.order_id).copied().unwrap_or(NONE);
+                d.of_new = news.get(&(key, d.order_id)).copied().filter(|&a| self.window.is_live(a)).unwrap_or(NONE);
             }
-            let abs = self.window.push(slot, ts, seq, d);
-            let state = &mut self.window.key_mut(slot).state;
-            for sums in &mut state[..n] {
-                if sums.counts(ts, seq) {
-                    sums.apply(&d, true);
-                }
-            }
+            let (abs, _) = self.window.push(key, ts, seq, d);
             if d.kind == NEW {
-                self.orders.insert(d.order_id, abs);
+                news.insert((key, d.order_id), abs);
             }
+        }
+        let (head, tail) = (self.window.head(), self.window.tail());
+        for r in 0..self.n_rules {
+            self.slot_mut(r).head = if self.carried[r] { head } else { tail };
+        }
+        let mut keys: Vec<_> = self.pending_since.drain().collect();
+        keys.sort_unstable_by_key(|k| k.0);
+        for (key, since) in keys {
+            // A key whose entries were all evicted on the way has nothing to keep.
+            if self.window.walk_back(key).next().is_none() {
+                continue;
+            }
+            let Some(slot) = self.window.promote(key) else { continue };
+            let state = &mut self.window.key_mut(slot).state;
+            for (sums, since) in state.iter_mut().zip(since) {
+                sums.since = since.unwrap_or((i64::MIN, 0));
+            }
+            self.sum_promoted(slot);
         }
         self.pending = pending;
-        self.pending_since.clear();
+        self.restoring = false;
+    }
+
+    /// After `promote`: each rule's sums over the key's counted entries,
+    /// and its live `NEW`s in the order map (where no newer `NEW` of the
+    /// same id is).
+    fn sum_promoted(&mut self, slot: u32) {
+        let n = self.n_rules;
+        let mut heads = [0u64; MAX_RULES];
+        for (r, head) in heads.iter_mut().enumerate().take(n) {
+            *head = self.slot(r).head;
+        }
+        let mut state = self.window.key(slot).state;
+        for (abs, entry) in self.window.walk(slot) {
+            for (sums, &head) in state.iter_mut().zip(&heads).take(n) {
+                if abs >= head && sums.counts(entry.ts_ns, entry.seq) {
+                    sums.apply(&entry.data, true);
+                }
+            }
+            if entry.data.kind == NEW {
+                match self.orders.get(entry.data.order_id) {
+                    Some(&newer) if newer > abs => {}
+                    _ => self.orders.insert(entry.data.order_id, abs),
+                }
+            }
+        }
+        self.window.key_mut(slot).state = state;
     }
 
     /// The first rule's thresholds.
@@ -581,13 +630,16 @@ impl Pattern {
             let cutoff = now_ns.saturating_sub(self.slot(r).params.window_ns);
             let mut head = self.slot(r).head;
             while head < tail {
-                let entry = *self.window.entry(head);
+                let entry = self.window.entry(head);
                 if entry.ts_ns > cutoff {
                     break;
                 }
-                let sums = &mut self.window.key_mut(entry.key).state[r];
-                if sums.counts(entry.ts_ns, entry.seq) {
-                    sums.apply(&entry.data, false);
+                if entry.hot != COLD {
+                    let entry = *entry;
+                    let sums = &mut self.window.key_mut(entry.hot).state[r];
+                    if sums.counts(entry.ts_ns, entry.seq) {
+                        sums.apply(&entry.data, false);
+                    }
                 }
                 head += 1;
             }
@@ -604,21 +656,33 @@ impl Pattern {
 
     fn pop_oldest(&mut self) {
         let abs = self.window.head();
-        if abs == self.window.tail() {
+        let Some(front) = self.window.front() else { return };
+        if front.hot == COLD {
+            // In no key's sums and no list: only the rules' window starts move.
+            for r in 0..self.n_rules {
+                let slot = self.slot_mut(r);
+                slot.head = slot.head.max(abs + 1);
+            }
+            self.window.skip_cold_front();
             return;
         }
         // A rule whose window still holds the entry (an eviction) lets it go first.
         for r in 0..self.n_rules {
             if self.slot(r).head <= abs {
                 let entry = *self.window.entry(abs);
-                let sums = &mut self.window.key_mut(entry.key).state[r];
-                if sums.counts(entry.ts_ns, entry.seq) {
-                    sums.apply(&entry.data, false);
+                if entry.hot != COLD {
+                    let sums = &mut self.window.key_mut(entry.hot).state[r];
+                    if sums.counts(entry.ts_ns, entry.seq) {
+                        sums.apply(&entry.data, false);
+                    }
                 }
                 self.slot_mut(r).head = abs + 1;
             }
         }
         let Some((abs, slot)) = self.window.pop_front() else { return };
+        if slot.hot == COLD {
+            return;
+        }
         let e = slot.data;
         // One probe: the id is put back in the rare case it names a newer
         // entry (a reused order id took the map over).
@@ -628,8 +692,8 @@ impl Pattern {
         {
             self.orders.insert(e.order_id, newer);
         }
-        if self.window.key(slot.key).entries == 0 {
-            self.window.release(slot.key);
+        if self.window.key(slot.hot).entries == 0 {
+            self.window.release(slot.hot);
         }
     }
 
@@ -642,17 +706,48 @@ impl Pattern {
         }
     }
 
-    /// Pushes an entry of `order`'s key; every rule counts it (it is the newest).
-    fn push(&mut self, e: &Event, order: &OrderRef, data: Entry) -> Option<(u32, u64)> {
+    /// Pushes an entry of `order`'s key; if the key is hot every rule
+    /// counts it (it is the newest). Its index and the key's hot slot.
+    #[inline]
+    fn push(&mut self, e: &Event, order: &OrderRef, data: Entry) -> (u64, Option<u32>) {
         self.make_room();
-        let slot = self.window.find_or_insert(key_of(order.group, e.instrument))?;
-        let abs = self.window.push(slot, e.ts_ns, e.seq, data);
-        let n = self.n_rules;
-        let state = &mut self.window.key_mut(slot).state;
-        for sums in &mut state[..n] {
-            sums.apply(&data, true);
+        let key = key_of(order.group, e.instrument);
+        self.push_as(key, self.window.hot(key), e, data)
+    }
+
+    /// `push` after `make_room` and `hot(key)` (nothing popped or promoted since).
+    #[inline]
+    fn push_as(&mut self, key: u64, hot: Option<u32>, e: &Event, data: Entry) -> (u64, Option<u32>) {
+        let (abs, hot) = self.window.push_as(key, hot, e.ts_ns, e.seq, data);
+        if let Some(slot) = hot {
+            let n = self.n_rules;
+            let state = &mut self.window.key_mut(slot).state;
+            for sums in &mut state[..n] {
+                sums.apply(&data, true);
+            }
         }
-        Some((slot, abs))
+        (abs, hot)
+    }
+
+    /// The live `NEW` entry of `order_id` of the cold `key` (entered at
+    /// `entry_ts_ns`), found on the key's chain: the newest `NEW` of that
+    /// id, as the order map would give (the book holds one open order per
+    /// id, so no other key entered it since).
+    #[inline]
+    fn cold_new(&self, key: u64, order_id: u64, entry_ts_ns: i64) -> Option<u64> {
+        // Expired already: nothing to walk.
+        if self.window.front().is_none_or(|oldest| oldest.ts_ns > entry_ts_ns) {
+            return None;
+        }
+        for (abs, entry) in self.window.walk_back(key) {
+            if entry.ts_ns < entry_ts_ns {
+                return None;
+            }
+            if entry.data.kind == NEW && entry.data.order_id == order_id {
+                return Some(abs);
+            }
+        }
+        None
     }
 
     /// Whether the `NEW` entry at `abs` is a counted spoof order of rule `r`:
@@ -663,7 +758,8 @@ impl Pattern {
             return false;
         }
         let entry = self.window.entry(abs);
-        entry.data.non_marketable && self.window.key(entry.key).state[r].counts(entry.ts_ns, entry.seq)
+        entry.data.non_marketable
+            && (entry.hot == COLD || self.window.key(entry.hot).state[r].counts(entry.ts_ns, entry.seq))
     }
 
     #[inline]
@@ -692,17 +788,28 @@ impl Pattern {
                 // A reused order id (the book refuses a duplicate open one)
                 // takes the map over: the older entry keeps its counts but
                 // no longer takes cancels.
-                if let Some((_, abs)) = self.push(e, &order, data) {
+                let (abs, hot) = self.push(e, &order, data);
+                if hot.is_some() {
                     self.orders.insert(order.order_id, abs);
                 }
             }
             Change::Cancelled { order, qty } => {
-                let Some(&abs) = self.orders.get(order.order_id) else { return };
-                debug_assert!(self.window.is_live(abs), "the order map outlived its entry");
-                let slot = self.window.entry(abs).key;
-                if self.window.key(slot).key != key_of(order.group, e.instrument) {
-                    return;
-                }
+                let key = key_of(order.group, e.instrument);
+                let hot = self.window.hot(key);
+                let abs = match hot {
+                    Some(_) => {
+                        let Some(&abs) = self.orders.get(order.order_id) else { return };
+                        debug_assert!(self.window.is_live(abs), "the order map outlived its entry");
+                        if self.window.entry(abs).key != key {
+                            return;
+                        }
+                        abs
+                    }
+                    None => match self.cold_new(key, order.order_id, order.entry_ts_ns) {
+                        Some(abs) => abs,
+                        None => return,
+                    },
+                };
                 // The rules for which it is a counted spoof order.
                 let mut counted = [false; MAX_RULES];
                 for (r, counted) in counted.iter_mut().enumerate().take(self.n_rules) {
@@ -711,6 +818,21 @@ impl Pattern {
                 if !counted.contains(&true) {
                     return;
                 }
+                // Room for the cancel's entry first (under overload the
+                // oldest goes now: never this order's, which is counted).
+                self.make_room();
+                if !self.window.is_live(abs) {
+                    return;
+                }
+                // A counted cancel makes the key hot: it can complete the pattern now.
+                let slot = match hot {
+                    Some(slot) => slot,
+                    None => {
+                        let Some(slot) = self.window.promote(key) else { return };
+                        self.sum_promoted(slot);
+                        slot
+                    }
+                };
                 self.window.entry_mut(abs).data.cancelled += qty;
                 let state = &mut self.window.key_mut(slot).state;
                 for (sums, _) in state.iter_mut().zip(counted).filter(|(_, c)| *c) {
@@ -724,16 +846,19 @@ impl Pattern {
                     of_new: abs,
                     ..Entry::default()
                 };
-                if let Some((slot, _)) = self.push(e, &order, data) {
-                    for (r, _) in counted.iter().enumerate().filter(|(_, c)| **c) {
-                        self.check(r, slot, order.side, e, order.account, emit);
-                    }
+                let (_, pushed) = self.push_as(key, Some(slot), e, data);
+                debug_assert_eq!(pushed, Some(slot));
+                for (r, _) in counted.iter().enumerate().filter(|(_, c)| **c) {
+                    self.check(r, slot, order.side, e, order.account, emit);
                 }
             }
             Change::Traded { buy, sell, price, qty, .. } => {
                 let mut checks = [None, None];
                 for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
-                    let of_new = self.spoof_new(&order, e).unwrap_or(NONE);
+                    self.make_room();
+                    let key = key_of(order.group, e.instrument);
+                    let hot = self.window.hot(key);
+                    let of_new = self.spoof_new(&order, key, hot).unwrap_or(NONE);
                     let data = Entry {
                         order_id: order.order_id,
                         price,
@@ -744,7 +869,8 @@ impl Pattern {
                         of_new,
                         ..Entry::default()
                     };
-                    if let Some((slot, _)) = self.push(e, &order, data) {
+                    // A cold key has no counted cancel: the pattern cannot complete.
+                    if let (_, Some(slot)) = self.push_as(key, hot, e, data) {
                         checks[i] = Some((slot, opposite(side), order.account));
                     }
                 }
@@ -761,11 +887,13 @@ impl Pattern {
     /// The live `NEW` entry of `order` if it is non-marketable and of the
     /// same key (whether it counts is each rule's question).
     #[inline]
-    fn spoof_new(&self, order: &OrderRef, e: &Event) -> Option<u64> {
-        let &abs = self.orders.get(order.order_id)?;
+    fn spoof_new(&self, order: &OrderRef, key: u64, hot: Option<u32>) -> Option<u64> {
+        let abs = match hot {
+            Some(_) => *self.orders.get(order.order_id)?,
+            None => self.cold_new(key, order.order_id, order.entry_ts_ns)?,
+        };
         let entry = self.window.entry(abs);
-        let key = self.window.key(entry.key);
-        (key.key == key_of(order.group, e.instrument) && entry.data.non_marketable).then_some(abs)
+        (entry.key == key && entry.data.non_marketable).then_some(abs)
     }
 
     /// Checks rule `r`'s pattern for the key in `slot` with spoof orders
@@ -879,7 +1007,7 @@ impl Pattern {
             }
         }
         let other = opposite(side);
-        let counted_exec = |abs: u64, entry: &super::window::Slot<Entry>| {
+        let counted_exec = |abs: u64, entry: &stream::Slot<Entry>| {
             abs >= head && entry.data.kind == EXEC && entry.data.side == other && state.counts(entry.ts_ns, entry.seq)
         };
         let mut opposite_orders = 0;
@@ -1137,14 +1265,14 @@ mod tests {
         // Entries of one record under different keys may come back in
         // either order (from different old shards): nothing depends on it.
         let mut sorted: Vec<_> = p.window.entries().collect();
-        sorted.sort_by_key(|e| (e.ts_ns, e.seq, p.window.key(e.key).key));
+        sorted.sort_by_key(|e| (e.ts_ns, e.seq, e.key));
         let entries: Vec<String> = sorted
             .into_iter()
             .map(|e| {
                 let mut d = e.data;
                 let live = p.window.is_live(d.of_new).then(|| p.window.entry(d.of_new).data.order_id);
                 d.of_new = 0;
-                format!("{} {} {:x} {:?} {:?}", e.ts_ns, e.seq, p.window.key(e.key).key, d, live)
+                format!("{} {} {:x} {} {:?} {:?}", e.ts_ns, e.seq, e.key, e.hot != COLD, d, live)
             })
             .collect();
         format!("{keys:#?}\n{entries:#?}\n{}", p.orders.len())

@@ -20,7 +20,7 @@
 //! | `min_opposite_exec_qty` | 1 | the group's executed quantity on the other side |
 //! | `max_levels_behind` | 2 | distinct cancelled price levels behind the touch, at most |
 //! | `min_orders` | 2 | spoof orders (partly) cancelled, at least |
-//! | `max_keys` | 262144 | keys with state (limit: new keys refused, counted) |
+//! | `max_keys` | 262144 | hot keys: those with a counted cancel in the window (limit: a key that would turn hot is refused and cannot alert, counted) |
 //! | `max_entries` | 2097152 | window entries (limit: the oldest expire early, counted) |
 
 use super::params::MS;

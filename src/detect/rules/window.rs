@@ -63,6 +63,8 @@ pub struct Window<T, S> {
 
 const INITIAL: usize = 1 << 10;
 
+// Momentum-ignition uses part of it; the spoof pattern has its own stream.
+#[allow(dead_code)]
 impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     /// Limits are rounded up to powers of two (the ring's) and at least 1.
     pub fn new(key_limit: usize, ring_limit: usize) -> Window<T, S> {

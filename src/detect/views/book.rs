@@ -636,24 +636,30 @@ struct Table<'a> {
 impl Table<'_> {
     #[inline]
     fn enter(&mut self, book: &mut InstrumentBook, limits: &BookLimits, e: &Event) -> Change {
-        if self.orders.contains_key(e.order_id) {
-            return Change::Skipped(SkipCause::DuplicateOrder);
-        }
-        if let Some((down, up)) = book.limits
-            && !(down..=up).contains(&e.price)
-        {
-            return Change::Skipped(SkipCause::OutsideLimits);
-        }
+        let outside = book.limits.is_some_and(|(down, up)| !(down..=up).contains(&e.price));
         let orders_full = self.orders.len() >= limits.orders;
         let own = book.ladder(e.side);
-        if orders_full || (own.levels.len() >= limits.levels_per_side && own.needs_level(e.side, e.price)) {
-            return Change::Skipped(SkipCause::BookFull);
+        let full = orders_full || (own.levels.len() >= limits.levels_per_side && own.needs_level(e.side, e.price));
+        if outside || full {
+            // Rare: the causes in their order, a duplicate first.
+            return Change::Skipped(if self.orders.contains_key(e.order_id) {
+                SkipCause::DuplicateOrder
+            } else if outside {
+                SkipCause::OutsideLimits
+            } else {
+                SkipCause::BookFull
+            });
         }
         let depth5_before = own.depth(5);
         let opposite_best = book.ladder(opposite(e.side)).best();
-        let grew = book.ladder_mut(e.side).add(e.side, e.price, e.qty);
-        book.resting += 1;
-        *self.grew += grew as u64;
+        // One probe for the duplicate check and the insert: a resting
+        // order's open quantity is never 0 (the validator rejects a zero
+        // quantity), a new slot's is.
+        let before = self.orders.grew;
+        let slot = self.orders.get_or_insert_default(e.order_id);
+        if slot.open_qty != 0 {
+            return Change::Skipped(SkipCause::DuplicateOrder);
+        }
         let resting = Resting {
             instrument: e.instrument,
             account: e.account,
@@ -664,9 +670,11 @@ impl Table<'_> {
             entered_qty: e.qty,
             open_qty: e.qty,
         };
-        let before = self.orders.grew;
-        self.orders.insert(e.order_id, resting);
+        *slot = resting;
         *self.grew += self.orders.grew - before;
+        let grew = book.ladder_mut(e.side).add(e.side, e.price, e.qty);
+        book.resting += 1;
+        *self.grew += grew as u64;
         *self.peak_orders = (*self.peak_orders).max(self.orders.len());
         Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before }
     }
@@ -679,16 +687,23 @@ impl Table<'_> {
 
     #[inline]
     fn cancel(&mut self, book: &mut InstrumentBook, e: &Event) -> Change {
-        let Some(mut order) = self.held(e.order_id, e.instrument, e.side) else {
+        // One probe: removed first, put back in the rare case it is not
+        // this instrument's and side's or the cancel is for more than is open.
+        let Some(mut order) = self.orders.remove(e.order_id) else {
             return Change::Skipped(SkipCause::UnknownOrder);
         };
-        if e.qty > order.open_qty {
-            return Change::Skipped(SkipCause::OverExecution);
+        if order.instrument != e.instrument || order.side != e.side || e.qty > order.open_qty {
+            self.orders.insert(e.order_id, order);
+            let cause = if e.qty > order.open_qty && order.instrument == e.instrument && order.side == e.side {
+                SkipCause::OverExecution
+            } else {
+                SkipCause::UnknownOrder
+            };
+            return Change::Skipped(cause);
         }
         // A `C` removes what is open, whatever its qty says (FEED.md: the
         // two agree in feed order; a reordered `T` may come between).
         let qty = order.open_qty;
-        self.orders.remove(e.order_id);
         book.ladder_mut(order.side).remove(order.side, order.price, qty, true);
         book.resting -= 1;
         order.open_qty = 0;

@@ -291,9 +291,10 @@ impl Views {
             let Some(spoof) = self.spoof.as_mut() else {
                 return Err(DecodeError("a spoof-stream section, and neither spoofing nor layering is on".into()));
             };
-            if version != SpoofStream::VERSION {
+            // Version 1 listed every key with entries (all restore hot: as exact).
+            if version != SpoofStream::VERSION && version != 1 {
                 return Err(DecodeError(format!(
-                    "spoof-stream section version {version}, this build reads {}",
+                    "spoof-stream section version {version}, this build reads 1 and {}",
                     SpoofStream::VERSION
                 )));
             }

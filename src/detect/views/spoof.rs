@@ -45,7 +45,7 @@ impl<'a> SpoofSeen<'a> {
 
 impl SpoofStream {
     pub const ID: u16 = 0x8003;
-    pub const VERSION: u16 = 1;
+    pub const VERSION: u16 = 2;
 
     pub fn new(rules: &[(BookRule, PatternParams)]) -> SpoofStream {
         SpoofStream { pattern: SpoofPattern::shared(rules), found: [None; MAX_FOUND], len: 0, snapshot: None }

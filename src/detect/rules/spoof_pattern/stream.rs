@@ -1,0 +1,460 @@
+//! The spoof pattern's bounded state: one time-ordered ring of window
+//! entries for every (group, instrument) key, and a table of the *hot*
+//! keys only, those that can complete the pattern now (a counted cancel of
+//! a non-marketable order in the window), each holding the rules' sums and
+//! a list of its entries.
+//!
+//! Most keys never get there: on a synthetic day 0.6 keys a record are new
+//! to the window and live for one record's entries. Their entries are
+//! pushed (a ring slot and a hash-chain link: a bucket per hash of the key
+//! holds the newest entry, each entry the bucket's previous one, as the
+//! LZ77 match finders do) and expire by moving the ring's head, with no key
+//! table insert, release or sums. When a key turns hot its live entries
+//! are found by walking its bucket's chain back to the ring's head
+//! (`promote`), linked into its list and summed; from then on it is kept as
+//! before until its last entry expires.
+//!
+//! Limits and policies (as `window.rs`): a full hot-key table refuses a
+//! promotion (counted in `keys_refused`; the key stays cold and cannot
+//! alert until a later promotion succeeds); a full ring expires its oldest
+//! entry early (counted in `entries_evicted` by the caller). Both tables
+//! start small and grow by doubling up to their limit (counted), never
+//! shrink, so once warm nothing allocates.
+
+use crate::flat_map::FlatMap;
+
+/// No entry / no slot.
+pub const NONE: u64 = u64::MAX;
+/// A cold entry (its key has no slot).
+pub const COLD: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot<T> {
+    pub ts_ns: i64,
+    pub seq: u64,
+    /// The (group, instrument) key.
+    pub key: u64,
+    /// The key's slot in the hot table, or `COLD`.
+    pub hot: u32,
+    /// Hot keys: the absolute index of the key's next entry, or `NONE`.
+    pub next: u64,
+    /// The previous entry of the same hash bucket (any key), or `NONE`.
+    prev: u64,
+    pub data: T,
+}
+
+/// A hot key: its list of entries and the rules' state.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyEntry<S> {
+    pub key: u64,
+    pub head: u64,
+    pub tail: u64,
+    pub entries: u32,
+    pub state: S,
+}
+
+pub struct Stream<T, S> {
+    ring: Vec<Slot<T>>,
+    mask: u64,
+    /// Absolute indexes: entries `head..tail` are live.
+    head: u64,
+    tail: u64,
+    ring_limit: usize,
+    /// Per hash bucket the newest entry pushed to it (possibly expired).
+    chain: Vec<u64>,
+    chain_shift: u32,
+    map: FlatMap<u64, u32>,
+    keys: Vec<KeyEntry<S>>,
+    free: Vec<u32>,
+    key_limit: usize,
+    pub keys_refused: u64,
+    pub entries_evicted: u64,
+    pub grew: u64,
+}
+
+const INITIAL: usize = 1 << 10;
+/// Chain buckets per ring slot (the ring is at least as long as the
+/// window): few buckets hold a live entry of another key.
+const BUCKETS_PER_SLOT: usize = 2;
+
+impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
+    /// Limits are rounded up to powers of two (the ring's) and at least 1.
+    pub fn new(key_limit: usize, ring_limit: usize) -> Stream<T, S> {
+        let ring_limit = ring_limit.max(1).next_power_of_two();
+        let key_limit = key_limit.max(1);
+        let ring_cap = INITIAL.min(ring_limit);
+        let key_cap = INITIAL.min(key_limit);
+        let buckets = ring_cap * BUCKETS_PER_SLOT;
+        Stream {
+            ring: vec![Slot::default(); ring_cap],
+            mask: ring_cap as u64 - 1,
+            head: 0,
+            tail: 0,
+            ring_limit,
+            chain: vec![NONE; buckets],
+            chain_shift: 64 - buckets.trailing_zeros(),
+            map: FlatMap::with_capacity(key_cap),
+            keys: Vec::with_capacity(key_cap),
+            free: Vec::with_capacity(key_cap),
+            key_limit,
+            keys_refused: 0,
+            entries_evicted: 0,
+            grew: 0,
+        }
+    }
+
+    /// The absolute index of the oldest live entry (`tail()` when empty).
+    #[inline]
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The absolute index the next entry pushed will take.
+    #[inline]
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    pub fn len(&self) -> usize {
+        (self.tail - self.head) as usize
+    }
+
+    /// Hot keys.
+    pub fn key_count(&self) -> usize {
+        self.map.len()
+    }
+
+    #[inline]
+    fn bucket(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.chain_shift) as usize
+    }
+
+    /// Brings `key`'s bucket into cache; no effect on results.
+    #[inline]
+    pub fn prefetch_key(&self, key: u64) {
+        crate::flat_map::prefetch(&self.chain[self.bucket(key)]);
+    }
+
+    /// The hot slot of `key`, if it is hot. The newest entry of its bucket
+    /// answers without the table when it is the key's (or expired: then
+    /// the key has no live entry and no slot).
+    #[inline]
+    pub fn hot(&self, key: u64) -> Option<u32> {
+        let newest = self.chain[self.bucket(key)];
+        if newest == NONE || newest < self.head {
+            return None;
+        }
+        let slot = &self.ring[(newest & self.mask) as usize];
+        if slot.key == key {
+            return (slot.hot != COLD).then_some(slot.hot);
+        }
+        self.map.get(key).copied()
+    }
+
+    /// The live entries of `key`, newest first (its bucket's chain).
+    #[inline]
+    pub fn walk_back(&self, key: u64) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
+        let mut abs = self.chain[self.bucket(key)];
+        std::iter::from_fn(move || {
+            loop {
+                if abs == NONE || abs < self.head {
+                    return None;
+                }
+                let at = abs;
+                let slot = &self.ring[(at & self.mask) as usize];
+                abs = slot.prev;
+                if slot.key == key {
+                    return Some((at, slot));
+                }
+            }
+        })
+    }
+
+    /// Makes the cold `key` hot: a slot with default state, its live
+    /// entries linked into the slot's list, oldest first. `None` (counted)
+    /// when the table is at its limit.
+    pub fn promote(&mut self, key: u64) -> Option<u32> {
+        debug_assert!(self.hot(key).is_none(), "promote of a hot key");
+        if self.map.len() >= self.key_limit {
+            self.keys_refused += 1;
+            return None;
+        }
+        let before = self.map.grew;
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                if self.keys.len() == self.keys.capacity() {
+                    self.grew += 1;
+                }
+                self.keys.push(KeyEntry { key, head: NONE, tail: NONE, entries: 0, state: S::default() });
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.map.insert(key, slot);
+        self.grew += self.map.grew - before;
+        let (mut abs, mut next, mut tail, mut entries) = (self.chain[self.bucket(key)], NONE, NONE, 0u32);
+        while abs != NONE && abs >= self.head {
+            let entry = &mut self.ring[(abs & self.mask) as usize];
+            if entry.key == key {
+                entry.hot = slot;
+                entry.next = next;
+                next = abs;
+                if tail == NONE {
+                    tail = abs;
+                }
+                entries += 1;
+            }
+            abs = entry.prev;
+        }
+        self.keys[slot as usize] = KeyEntry { key, head: next, tail, entries, state: S::default() };
+        Some(slot)
+    }
+
+    /// Gives a hot key's slot back; it must have no entries.
+    pub fn release(&mut self, slot: u32) {
+        let entry = &self.keys[slot as usize];
+        assert_eq!(entry.entries, 0, "a key released with window entries");
+        self.map.remove(entry.key);
+        if self.free.len() == self.free.capacity() {
+            self.grew += 1;
+        }
+        self.free.push(slot);
+    }
+
+    #[inline]
+    pub fn key(&self, slot: u32) -> &KeyEntry<S> {
+        &self.keys[slot as usize]
+    }
+
+    #[inline]
+    pub fn key_mut(&mut self, slot: u32) -> &mut KeyEntry<S> {
+        &mut self.keys[slot as usize]
+    }
+
+    #[inline]
+    pub fn entry(&self, abs: u64) -> &Slot<T> {
+        debug_assert!(abs >= self.head && abs < self.tail);
+        &self.ring[(abs & self.mask) as usize]
+    }
+
+    #[inline]
+    pub fn entry_mut(&mut self, abs: u64) -> &mut Slot<T> {
+        debug_assert!(abs >= self.head && abs < self.tail);
+        &mut self.ring[(abs & self.mask) as usize]
+    }
+
+    /// Whether `abs` names a live entry.
+    #[inline]
+    pub fn is_live(&self, abs: u64) -> bool {
+        abs >= self.head && abs < self.tail
+    }
+
+    /// The oldest entry, if any.
+    #[inline]
+    pub fn front(&self) -> Option<&Slot<T>> {
+        (self.head < self.tail).then(|| &self.ring[(self.head & self.mask) as usize])
+    }
+
+    /// Removes the oldest entry (the oldest of its key too) and returns it
+    /// with its absolute index.
+    #[inline]
+    pub fn pop_front(&mut self) -> Option<(u64, Slot<T>)> {
+        if self.head == self.tail {
+            return None;
+        }
+        let abs = self.head;
+        let slot = self.ring[(abs & self.mask) as usize];
+        self.head += 1;
+        if slot.hot != COLD {
+            let key = &mut self.keys[slot.hot as usize];
+            debug_assert_eq!(key.head, abs);
+            key.head = slot.next;
+            if key.head == NONE {
+                key.tail = NONE;
+            }
+            key.entries -= 1;
+        }
+        Some((abs, slot))
+    }
+
+    /// Drops the oldest entry, which must be cold (nothing to unlink).
+    #[inline]
+    pub fn skip_cold_front(&mut self) {
+        debug_assert!(self.head < self.tail && self.ring[(self.head & self.mask) as usize].hot == COLD);
+        self.head += 1;
+    }
+
+    /// Whether the ring is at its limit: the caller must pop (and account
+    /// for) the oldest entry before pushing.
+    #[inline]
+    pub fn must_evict(&self) -> bool {
+        self.len() >= self.ring_limit
+    }
+
+    /// Appends an entry of `key` (to its list if it is hot); returns its
+    /// absolute index and the key's hot slot. Entries must be pushed in
+    /// `(ts_ns, seq)` order.
+    #[inline]
+    pub fn push(&mut self, key: u64, ts_ns: i64, seq: u64, data: T) -> (u64, Option<u32>) {
+        self.push_as(key, self.hot(key), ts_ns, seq, data)
+    }
+
+    /// `push` for a caller that has just asked `hot(key)` (nothing popped
+    /// or promoted since).
+    #[inline]
+    pub fn push_as(&mut self, key: u64, hot: Option<u32>, ts_ns: i64, seq: u64, data: T) -> (u64, Option<u32>) {
+        debug_assert_eq!(hot, self.hot(key), "push_as with a stale hot slot");
+        assert!(!self.must_evict(), "push into a full window ring");
+        if self.len() == self.ring.len() {
+            self.grow();
+        }
+        let bucket = self.bucket(key);
+        let abs = self.tail;
+        let prev = std::mem::replace(&mut self.chain[bucket], abs);
+        let hot_slot = hot.unwrap_or(COLD);
+        self.ring[(abs & self.mask) as usize] = Slot { ts_ns, seq, key, hot: hot_slot, next: NONE, prev, data };
+        self.tail += 1;
+        if let Some(slot) = hot {
+            let key = &mut self.keys[slot as usize];
+            let prev = key.tail;
+            key.tail = abs;
+            key.entries += 1;
+            if prev == NONE {
+                key.head = abs;
+            } else {
+                self.ring[(prev & self.mask) as usize].next = abs;
+            }
+        }
+        (abs, hot)
+    }
+
+    /// Doubles the ring, and the chain buckets with it (rebuilt from the
+    /// live entries, oldest first).
+    #[cold]
+    fn grow(&mut self) {
+        let cap = self.ring.len() * 2;
+        let mut ring = vec![Slot::default(); cap];
+        let mask = cap as u64 - 1;
+        for abs in self.head..self.tail {
+            ring[(abs & mask) as usize] = self.ring[(abs & self.mask) as usize];
+        }
+        self.ring = ring;
+        self.mask = mask;
+        let buckets = cap * BUCKETS_PER_SLOT;
+        self.chain = vec![NONE; buckets];
+        self.chain_shift = 64 - buckets.trailing_zeros();
+        for abs in self.head..self.tail {
+            let bucket = self.bucket(self.ring[(abs & mask) as usize].key);
+            self.ring[(abs & mask) as usize].prev = std::mem::replace(&mut self.chain[bucket], abs);
+        }
+        self.grew += 1;
+    }
+
+    /// The absolute indexes of a hot key's entries, oldest first.
+    pub fn walk(&self, slot: u32) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
+        let mut abs = self.keys[slot as usize].head;
+        std::iter::from_fn(move || {
+            if abs == NONE {
+                return None;
+            }
+            let at = abs;
+            let entry = self.entry(at);
+            abs = entry.next;
+            Some((at, entry))
+        })
+    }
+
+    /// Hot keys whose entry count is not zero (tests: a key without
+    /// entries must have been released).
+    #[cfg(test)]
+    pub fn keys_map_len_with_entries(&self) -> usize {
+        self.keys().filter(|(_, k)| k.entries > 0).count()
+    }
+
+    /// Every hot key's slot and entry (for snapshots and tests), in no
+    /// particular order.
+    pub fn keys(&self) -> impl Iterator<Item = (u32, &KeyEntry<S>)> + '_ {
+        self.map.iter().map(|(_, slot)| (slot, &self.keys[slot as usize]))
+    }
+
+    /// Every live entry, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = &Slot<T>> + '_ {
+        (self.head..self.tail).map(|abs| &self.ring[(abs & self.mask) as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hot key's list and a cold key's chain hold exactly its live
+    /// entries, across ring growth (which rebuilds the chains) and expiry;
+    /// a promotion links what was pushed while the key was cold.
+    #[test]
+    fn chains_and_lists_follow_pushes_promotion_and_expiry() {
+        let mut w: Stream<u64, u32> = Stream::new(4, 1 << 14);
+        let (a, b) = (1u64, 2u64);
+        for i in 0..3000u64 {
+            w.push(if i % 3 == 0 { a } else { b }, i as i64, i, i);
+        }
+        assert!(w.grew >= 2);
+        assert_eq!(w.hot(a), None);
+        let back: Vec<u64> = w.walk_back(a).map(|(_, s)| s.data).collect();
+        assert_eq!(back, (0..3000).rev().filter(|i| i % 3 == 0).collect::<Vec<_>>());
+        let slot = w.promote(a).unwrap();
+        assert_eq!(w.hot(a), Some(slot));
+        assert_eq!(w.hot(b), None);
+        for i in 3000..3300u64 {
+            w.push(if i % 3 == 0 { a } else { b }, i as i64, i, i);
+        }
+        let listed: Vec<u64> = w.walk(slot).map(|(_, s)| s.data).collect();
+        assert_eq!(listed, (0..3300).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+        for _ in 0..1500 {
+            w.pop_front().unwrap();
+        }
+        let listed: Vec<u64> = w.walk(slot).map(|(_, s)| s.data).collect();
+        assert_eq!(listed, (1500..3300).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+        assert_eq!(w.key(slot).entries as usize, listed.len());
+        let back: Vec<u64> = w.walk_back(b).map(|(_, s)| s.data).collect();
+        assert_eq!(back, (1500..3300).rev().filter(|i| i % 3 != 0).collect::<Vec<_>>());
+        // Once its entries expire the key is released and reads cold.
+        while w.key(slot).entries > 0 {
+            w.pop_front().unwrap();
+        }
+        w.release(slot);
+        assert_eq!(w.hot(a), None);
+        assert_eq!(w.key_count(), 0);
+    }
+
+    /// Many keys in few buckets: the walk skips the other keys' entries,
+    /// and `hot` falls back to the table when a bucket's newest is another's.
+    #[test]
+    fn colliding_keys_keep_apart() {
+        // 40 keys in 128 buckets: several share one.
+        let mut w: Stream<u64, u32> = Stream::new(64, 64);
+        for i in 0..64u64 {
+            w.push(i % 40, i as i64, i, i);
+        }
+        let hot: Vec<u32> = (0..40).step_by(7).map(|k| w.promote(k).unwrap()).collect();
+        for k in 0..40u64 {
+            let back: Vec<u64> = w.walk_back(k).map(|(_, s)| s.data).collect();
+            assert_eq!(back, (0..64).rev().filter(|i| i % 40 == k).collect::<Vec<_>>());
+            let want = (k % 7 == 0).then(|| hot[(k / 7) as usize]);
+            assert_eq!(w.hot(k), want, "key {k}");
+        }
+    }
+
+    #[test]
+    fn limits_refuse_promotions_and_ask_for_eviction() {
+        let mut w: Stream<u8, u8> = Stream::new(1, 4);
+        for i in 0..4 {
+            w.push(10 + i as u64 % 2, i, i as u64, 0);
+        }
+        assert!(w.promote(10).is_some());
+        assert_eq!(w.promote(11), None);
+        assert_eq!(w.keys_refused, 1);
+        assert!(w.must_evict());
+        w.pop_front();
+        assert!(!w.must_evict());
+    }
+}
