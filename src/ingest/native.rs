@@ -122,19 +122,17 @@ pub struct TapeRecord {
 
 impl TapeRecord {
     /// `open` and `verify_block` checked the kind and side bytes, so any
-    /// byte but `N` and `C` is a trade here.
+    /// byte but `N` and `C` is a trade here. By table: one load, no
+    /// compare, on a path taken for every record.
     #[inline(always)]
     pub fn kind(&self) -> Kind {
-        match self.kind {
-            b'N' => Kind::New,
-            b'C' => Kind::Cancel,
-            _ => Kind::Trade,
-        }
+        KIND_OF[self.kind as usize]
     }
 
+    /// Any byte but `B` is a sell here (see `kind`).
     #[inline(always)]
     pub fn side(&self) -> Side {
-        if self.side == b'B' { Side::Buy } else { Side::Sell }
+        SIDE_OF[self.side as usize]
     }
 
     /// The record as the pipeline's event; `groups_by_account` from
@@ -162,6 +160,35 @@ impl TapeRecord {
 }
 
 pub const RECORD_BYTES: usize = 64;
+
+/// `TapeRecord::kind` by byte.
+static KIND_OF: [Kind; 256] = {
+    let mut t = [Kind::Trade; 256];
+    t[b'N' as usize] = Kind::New;
+    t[b'C' as usize] = Kind::Cancel;
+    t
+};
+
+/// `TapeRecord::side` by byte.
+static SIDE_OF: [Side; 256] = {
+    let mut t = [Side::Sell; 256];
+    t[b'B' as usize] = Side::Buy;
+    t
+};
+
+/// Whether a record's kind and side bytes, read as one little-endian u16
+/// (kind low), are valid: the verification pass checks both with one load.
+static KIND_SIDE_OK: [bool; 1 << 16] = {
+    let mut t = [false; 1 << 16];
+    let kinds = [b'N', b'C', b'T'];
+    let mut k = 0;
+    while k < kinds.len() {
+        t[kinds[k] as usize | (b'B' as usize) << 8] = true;
+        t[kinds[k] as usize | (b'S' as usize) << 8] = true;
+        k += 1;
+    }
+    t
+};
 
 /// What import found wrong with the CSV, carried in the header so replay of
 /// a native tape can report it.
@@ -349,7 +376,7 @@ impl TapeWriter {
 
     /// Tests use tiny blocks to exercise multi-block tapes cheaply; the
     /// reader takes the block size from the header.
-    fn with_block_records(path: &Path, block_records: u32) -> io::Result<TapeWriter> {
+    pub(crate) fn with_block_records(path: &Path, block_records: u32) -> io::Result<TapeWriter> {
         if block_records == 0 {
             return Err(invalid_input("block size must be at least one record".into()));
         }
@@ -1022,12 +1049,27 @@ fn parse_symbols(map: &[u8], section: Range<usize>) -> Result<(Names, Names), St
     Ok((accounts, instruments))
 }
 
-/// What the verification pass learnt about a block's records: how many
-/// break a field rule, so that the feed checks fields per record only in a
-/// block that has such records.
+/// What the verification pass learnt about a run of blocks' records, in
+/// record order: how many break a field rule (the feed checks fields per
+/// record only in a block that has such records), whether their seqs run
+/// on one by one, and their event times folded as the block index folds
+/// them (`tape_index::BlockCheck`). With these the feed can tell that a
+/// whole block is in line without judging each record (`NativeFeed`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockCheck {
     pub bad_fields: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Every seq is the one before it plus one (no wrap).
+    pub consecutive: bool,
+    pub first_ts: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// The largest step of a record's event time past the newest before
+    /// it in the run (0 for a run of one record), or `i64::MAX` when the
+    /// run's times span more than an i64 holds (the index saturates each
+    /// step instead; both only ever over-state a step).
+    pub max_jump: i64,
 }
 
 /// Every check `Tape::open` makes, on a tape held in memory (fuzzing and
@@ -1107,6 +1149,13 @@ fn check_blocks(
     let block_bytes = geo.block_records as usize * RECORD_BYTES;
     let records = &map[HEADER_BYTES..geo.table.start];
     let mut bad_fields = 0u64;
+    // The run's first record starts the seq and time folds (read before
+    // its checksum is judged: a mismatch discards what was folded).
+    let first = records.get(run.start * block_bytes..).and_then(|r| r.first_chunk::<RECORD_BYTES>());
+    let (first_seq, first_ts) = first.map_or((0, 0), |r| (u64_at(r, R_SEQ), u64_at(r, R_TS) as i64));
+    let mut prev_seq = first_seq.wrapping_sub(1);
+    let mut consecutive = true;
+    let (mut min_ts, mut max_ts, mut max_jump) = (i64::MAX, first_ts, i64::MIN);
     for b in run {
         let block_start = b * block_bytes;
         let block = &records[block_start..(block_start + block_bytes).min(records.len())];
@@ -1115,21 +1164,33 @@ fn check_blocks(
         // loop has no data-dependent branch; the cold path works out which
         // record and which rule.
         let mut ok = true;
+        let mut fields_ok_all = true;
         for slice in block.chunks(SLICE_BYTES) {
             hasher.update(slice);
             let (recs, _) = slice.as_chunks::<RECORD_BYTES>();
             for r in recs {
-                ok &= valid_kind(r[R_KIND]) & valid_side(r[R_SIDE]);
+                // Kind, side and the two reserved bytes, in one word.
+                let tail = u32_at(r, R_KIND);
+                ok &= KIND_SIDE_OK[(tail & 0xffff) as usize] & (tail >> 16 == 0);
                 ok &= ((u32_at(r, R_ACCOUNT) as u64) < n_accounts)
                     & ((u32_at(r, R_CONTRA_ACCOUNT) as u64) < n_accounts)
                     & ((u32_at(r, R_INSTRUMENT) as u64) < n_instruments);
-                ok &= (r[R_RESERVED.start] | r[R_RESERVED.start + 1]) == 0;
+                let seq = u64_at(r, R_SEQ);
                 // validate::check_fields, branch-free (same rules; a test pins them together).
-                let fields_ok = (u64_at(r, R_SEQ) != u64::MAX)
+                let fields_ok = (seq != u64::MAX)
                     & ((u64_at(r, R_PRICE) as i64) > 0)
                     & (u64_at(r, R_QTY) != 0)
                     & ((r[R_KIND] == b'T') | (u64_at(r, R_CONTRA_ORDER) == 0));
-                bad_fields += (!fields_ok) as u64;
+                // Counted after the loop, in the rare block that has any.
+                fields_ok_all &= fields_ok;
+                // The seq and time folds (`BlockCheck`), as the index folds
+                // times. The step may wrap here: see after the loop.
+                consecutive &= seq == prev_seq.wrapping_add(1);
+                prev_seq = seq;
+                let ts = u64_at(r, R_TS) as i64;
+                max_jump = max_jump.max(ts.wrapping_sub(max_ts));
+                min_ts = min_ts.min(ts);
+                max_ts = max_ts.max(ts);
             }
         }
         // Damage on disk is reported as such even when it also breaks a
@@ -1143,10 +1204,25 @@ fn check_blocks(
             let first = b * geo.block_records as usize;
             return Err(diagnose(recs, first, n_accounts, n_instruments));
         }
+        if !fields_ok_all {
+            bad_fields += count_bad_fields(block);
+        }
         let at = HEADER_BYTES + block_start;
         release(at..at + block.len());
     }
-    Ok(BlockCheck { bad_fields })
+    // Every step lies within `min_ts..=max_ts`: when that span fits an
+    // i64 no step wrapped, else the largest step is taken as unbounded.
+    if max_ts.checked_sub(min_ts).is_none() {
+        max_jump = i64::MAX;
+    }
+    Ok(BlockCheck { bad_fields, first_seq, last_seq: prev_seq, consecutive, first_ts, min_ts, max_ts, max_jump })
+}
+
+/// How many of a block's records break a field rule (`fields_ok`).
+#[cold]
+fn count_bad_fields(block: &[u8]) -> u64 {
+    let (recs, _) = block.as_chunks::<RECORD_BYTES>();
+    recs.iter().filter(|r| !fields_ok(&decode(r))).count() as u64
 }
 
 /// Drops the whole pages of `range` from this process's resident set once
@@ -1390,7 +1466,12 @@ mod tests {
         for b in 0..tape.blocks() {
             let in_block = &recs[b * 7..((b + 1) * 7).min(recs.len())];
             let check = index.block(b).check;
-            assert_eq!(check.bad_fields, tape.verify_block(b).expect("verify").bad_fields, "block {b}");
+            let verified = tape.verify_block(b).expect("verify");
+            assert_eq!(check.bad_fields, verified.bad_fields, "block {b}");
+            let folded = (verified.first_ts, verified.min_ts, verified.max_ts, verified.max_jump);
+            assert_eq!((check.first_ts, check.min_ts, check.max_ts, check.max_jump), folded, "block {b}");
+            let seqs = (in_block[0].seq, in_block[in_block.len() - 1].seq, true);
+            assert_eq!((verified.first_seq, verified.last_seq, verified.consecutive), seqs, "block {b}");
             let times: Vec<i64> = in_block.iter().map(|r| r.ts_ns).collect();
             assert_eq!(check.first_ts, times[0], "block {b}");
             assert_eq!(check.min_ts, *times.iter().min().unwrap(), "block {b}");

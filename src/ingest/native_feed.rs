@@ -12,6 +12,23 @@
 //! again. The feed also resolves account groups (they come from
 //! accounts.csv at replay time) and turns stored records into events.
 //!
+//! # Blocks wholly in line
+//!
+//! The verification pass also folds each block's seqs (first, last, and
+//! whether each is the one before plus one) and event times (first,
+//! extremes, largest step past the newest before it), as the block index
+//! does. When the lifecycle is not re-checked, a block that starts at its
+//! first record with nothing held or unplaced, every field rule passed,
+//! seqs consecutive from the expected one, every time inside the trading
+//! day, its first within the future bound of the feed's event time and no
+//! step past the newest before it larger than that bound, would pass
+//! `Sequencer::in_line` record by record, each record moving the sequence
+//! by one and the event time to the newest so far. Such a block is read
+//! with no per-record check (a *fast run*), and the sequencer is moved past
+//! what was read at once where the run ends or the pump returns
+//! (`settle_fast`). Any other block takes the per-record path, so a forged
+//! or damaged tape gets exactly what judging each record would give.
+//!
 //! # The order lifecycle: checked at import, re-checked on request
 //!
 //! The lifecycle (`Lifecycle`: an order announced once, cancelled or
@@ -37,7 +54,7 @@
 //! unknown origin to the full rules.
 
 use super::csv::FeedLine;
-use super::native::{Tape, TapeRecord};
+use super::native::{BlockCheck, Tape, TapeRecord};
 use super::validate::{Judged, Lifecycle, Limits, RejectReason, Resolved, Sequencer, TimeRules, check_fields};
 use super::{Feed, FeedCheckpoint, FeedError, FeedStats, RejectLog, decode_stats, encode_stats};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
@@ -73,6 +90,18 @@ pub struct NativeFeed {
     /// A filtered replay's blocks to leave unread, by the tape's index.
     skip: Option<BlockSkip>,
     skipped_blocks: u64,
+    /// The fast run (see the module doc): records `fast_from..fast_end`
+    /// are in line as a block, and those below the read position have not
+    /// yet moved the sequencer; `fast_max_ts` is the newest time of the
+    /// whole run (`fast_from` is its first record until the run is settled
+    /// part way).
+    fast_from: usize,
+    fast_end: usize,
+    fast_max_ts: i64,
+    /// Whether blocks wholly in line take the fast run (tests turn it off
+    /// to compare with the per-record path).
+    fast_runs: bool,
+    fast_blocks: u64,
 }
 
 /// The open-order table of a feed that checks the lifecycle, or an empty
@@ -120,6 +149,11 @@ impl NativeFeed {
             scratch: Vec::with_capacity(256),
             skip: None,
             skipped_blocks: 0,
+            fast_from: 0,
+            fast_end: 0,
+            fast_max_ts: i64::MIN,
+            fast_runs: true,
+            fast_blocks: 0,
         };
         (feed, names)
     }
@@ -156,6 +190,19 @@ impl NativeFeed {
     /// Blocks left unread (`with_block_skip`).
     pub fn skipped_blocks(&self) -> u64 {
         self.skipped_blocks
+    }
+
+    /// Blocks read as a fast run (see the module doc).
+    pub fn fast_blocks(&self) -> u64 {
+        self.fast_blocks
+    }
+
+    /// Judges every record one by one, as if no block were wholly in line
+    /// (tests: the fast run must give exactly what this gives).
+    #[doc(hidden)]
+    pub fn without_fast_runs(mut self) -> NativeFeed {
+        self.fast_runs = false;
+        self
     }
 
     /// Whether the tape has a block index (format version 2).
@@ -195,8 +242,10 @@ impl NativeFeed {
         }
         self.next = next as usize;
         // Nothing is verified yet: the block holding `next` is, whole, when
-        // the first pump reaches it.
+        // the first pump reaches it (and, resumed inside it, is read record
+        // by record: a fast run starts only at a block's first record).
         self.verified_end = 0;
+        (self.fast_from, self.fast_end) = (self.next, self.next);
         self.stats = decode_stats(r)?;
         self.sequencer = Sequencer::restore_native(self.sequencer.rules(), r)?;
         let tracked = match r.u8()? {
@@ -323,8 +372,14 @@ impl NativeFeed {
         let len = self.tape.len();
         let end = (self.next + PUMP_RECORDS).min(len);
         let mut i = self.next;
+        let mut fast_end = self.fast_end.min(end);
         loop {
-            let event = if i < end && i < self.verified_end {
+            let event = if i < fast_end {
+                // A block wholly in line: nothing to judge per record.
+                let event = self.event(&self.tape.record(i));
+                i += 1;
+                event
+            } else if i < end && i < self.verified_end {
                 // Prefetching past the verified block reads unverified
                 // bytes only as a cache hint: no result depends on them.
                 if lifecycle && i + PREFETCH_AHEAD < len {
@@ -357,7 +412,9 @@ impl NativeFeed {
                     }
                 }
             } else if i < end {
-                match self.enter_block(i)? {
+                let entered = self.enter_block(i);
+                fast_end = self.fast_end.min(end);
+                match entered? {
                     // A block left unread: a time-only event stands for it.
                     Some((next, event)) => {
                         i = next;
@@ -377,6 +434,7 @@ impl NativeFeed {
                 break;
             }
         }
+        self.settle_fast(i);
         self.tape.release_before(i);
         self.count(i);
         if self.next == len && self.held.is_none() {
@@ -391,6 +449,7 @@ impl NativeFeed {
     /// verifies it.
     #[inline(never)]
     fn enter_block(&mut self, i: usize) -> Result<Option<(usize, Event)>, FeedError> {
+        self.settle_fast(i);
         if let Some(check) = self.skippable(i) {
             // Neither verified nor read: its pages stay untouched but
             // for its first and last records' seqs.
@@ -403,16 +462,55 @@ impl NativeFeed {
             return Ok(Some((last, super::time_only(check.max_ts))));
         }
         let block = i / self.tape.block_records();
-        match self.tape.verify_block(block) {
-            Ok(check) => self.check_fields = check.bad_fields > 0,
+        let check = match self.tape.verify_block(block) {
+            Ok(check) => check,
             Err(e) => {
                 self.count(i);
                 return Err(FeedError { path: e.path().to_path_buf(), message: e.detail() });
             }
-        }
+        };
+        self.check_fields = check.bad_fields > 0;
         self.verified_end = ((block + 1) * self.tape.block_records()).min(self.tape.len());
         debug_assert!(self.verified_end > i, "the record at {i} is in a verified block");
+        if self.in_line_whole(i, &check) {
+            (self.fast_from, self.fast_end, self.fast_max_ts) = (i, self.verified_end, check.max_ts);
+            self.fast_blocks += 1;
+        }
         Ok(None)
+    }
+
+    /// Whether the block just verified, starting at record `i`, would pass
+    /// `Sequencer::in_line` record by record (see the module doc): then
+    /// each record would move the sequence by one and, all accepted, the
+    /// event time to the newest so far, which `settle_fast` does at once.
+    fn in_line_whole(&self, i: usize, check: &BlockCheck) -> bool {
+        self.fast_runs
+            && !self.recheck_lifecycle
+            && i.is_multiple_of(self.tape.block_records())
+            && self.held.is_none()
+            && check.bad_fields == 0
+            && check.consecutive
+            && self.sequencer.block_in_line(check.first_seq, check.first_ts, check.min_ts, check.max_ts, check.max_jump)
+    }
+
+    /// Moves the sequencer past the records of the fast run read before
+    /// `i`, as committing each in line would have: the expected seq after
+    /// the last, the event time to the newest. The newest is the run's
+    /// when it was read to its end, else found again (a pump that stopped
+    /// part way: a barrier, the pump's end).
+    #[inline(never)]
+    fn settle_fast(&mut self, i: usize) {
+        let read_to = i.min(self.fast_end);
+        if read_to <= self.fast_from {
+            return;
+        }
+        let max_ts = if read_to == self.fast_end {
+            self.fast_max_ts
+        } else {
+            (self.fast_from..read_to).map(|j| self.tape.record(j).ts_ns).max().unwrap_or(i64::MIN)
+        };
+        self.sequencer.skip_past(self.tape.record(read_to - 1).seq, max_ts);
+        self.fast_from = read_to;
     }
 
     /// Record `i`, when it is not simply next in line: a field rule
@@ -577,6 +675,170 @@ mod tests {
             resumed.resume(&mut Reader::new(&position)).expect("resume");
             rest(&mut resumed);
             assert_eq!(resumed.stats().rejected, first_verifies as u64, "first run verifies: {first_verifies}");
+        }
+    }
+
+    /// Event time of a Shanghai trading morning (2023-11-15 01:33 UTC).
+    const MORNING_NS: i64 = 1_700_011_980_000_000_000;
+
+    /// Writes `recs` in blocks of `per` records with their seqs and times
+    /// as given (the writer wants rising seqs: they are patched in after,
+    /// and every checksum resealed, as anyone editing a tape can), with
+    /// import's lifecycle mark, so that the feed judges only the record
+    /// rules.
+    fn forged(path: &std::path::Path, per: u32, recs: &[(u64, i64, u64)]) {
+        let mut writer = TapeWriter::with_block_records(path, per).expect("create");
+        for (i, _) in recs.iter().enumerate() {
+            let r = TapeRecord { seq: i as u64 + 1, kind: b'N', side: b'B', price: 1, qty: 1, ..TapeRecord::default() };
+            writer.push(&r).expect("push");
+        }
+        let stats = TapeStats { lifecycle_checked: true, ..TapeStats::default() };
+        writer.finish(&[b"A"], &[b"X"], stats).expect("finish");
+        let mut b = std::fs::read(path).expect("read");
+        for (i, &(seq, ts_ns, qty)) in recs.iter().enumerate() {
+            let at = 128 + i * 64;
+            b[at..at + 8].copy_from_slice(&seq.to_le_bytes());
+            b[at + 8..at + 16].copy_from_slice(&ts_ns.to_le_bytes());
+            b[at + 40..at + 48].copy_from_slice(&qty.to_le_bytes());
+        }
+        reseal(&mut b);
+        std::fs::write(path, b).expect("write");
+    }
+
+    /// Recomputes a tape's checksums (header -> table and symbols and
+    /// index -> blocks), the layout of native.rs.
+    fn reseal(b: &mut [u8]) {
+        use xxhash_rust::xxh3::xxh3_64;
+        let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        let per = u32::from_le_bytes(b[20..24].try_into().expect("4 bytes")) as usize;
+        let (table, symbols, index) = (u64_at(b, 32) as usize, u64_at(b, 40) as usize, u64_at(b, 96) as usize);
+        let sums: Vec<u64> = b[128..table].chunks(per * 64).map(xxh3_64).collect();
+        for (k, sum) in sums.iter().enumerate() {
+            b[table + k * 8..table + k * 8 + 8].copy_from_slice(&sum.to_le_bytes());
+        }
+        let (th, sh, ih) = (xxh3_64(&b[table..symbols]), xxh3_64(&b[symbols..index]), xxh3_64(&b[index..]));
+        b[80..88].copy_from_slice(&th.to_le_bytes());
+        b[88..96].copy_from_slice(&sh.to_le_bytes());
+        b[104..112].copy_from_slice(&ih.to_le_bytes());
+        let hh = xxh3_64(&b[..120]);
+        b[120..128].copy_from_slice(&hh.to_le_bytes());
+    }
+
+    /// What a feed hands on, read straight through but stopped after each
+    /// count of events in `stops` for a checkpoint: the events, the
+    /// checkpoints' bytes (sequencer included), the counters, the rejects
+    /// file, and the blocks read as fast runs.
+    type Run = (Vec<Event>, Vec<Vec<u8>>, FeedStats, String, u64);
+
+    fn run(path: &std::path::Path, fast: bool, stops: &[usize]) -> Run {
+        let rejects_path = path.with_extension(format!("rejects-{fast}"));
+        let rejects = RejectLog::create(&rejects_path).expect("rejects");
+        let mut feed = feed(path).with_checks(TimeRules::default(), rejects);
+        if !fast {
+            feed = feed.without_fast_runs();
+        }
+        let (mut events, mut checkpoints) = (Vec::new(), Vec::new());
+        let mut stops = stops.iter().copied().peekable();
+        for _ in 0..10_000 {
+            let target = stops.peek().copied().unwrap_or(usize::MAX);
+            let more = feed
+                .pump_until(&mut |e| {
+                    events.push(*e);
+                    events.len() != target
+                })
+                .expect("pump");
+            if events.len() == target {
+                let mut position = Vec::new();
+                feed.checkpoint(&mut Writer::new(&mut position)).expect("checkpoint");
+                checkpoints.push(position);
+                stops.next();
+            }
+            if !more {
+                let rejects = std::fs::read_to_string(&rejects_path).expect("rejects");
+                return (events, checkpoints, feed.stats(), rejects, feed.fast_blocks());
+            }
+        }
+        panic!("the feed made no progress");
+    }
+
+    /// A clean day in blocks of 8: every block but the first (no event
+    /// time yet to judge the future bound by) is read as a fast run, with
+    /// exactly what the per-record path gives, checkpoints included.
+    #[test]
+    fn blocks_wholly_in_line_are_read_as_fast_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        let recs: Vec<(u64, i64, u64)> = (0..100).map(|i| (i + 1, MORNING_NS + i as i64 * 1_000, 1)).collect();
+        forged(&path, 8, &recs);
+        let stops = [3, 8, 12, 16, 17, 99];
+        let fast = run(&path, true, &stops);
+        let slow = run(&path, false, &stops);
+        assert_eq!(fast.0.len(), 100);
+        assert_eq!((fast.4, slow.4), (12, 0), "13 blocks, all but the first fast");
+        assert_eq!(fast.0, slow.0);
+        assert_eq!(fast.1, slow.1);
+        assert_eq!(fast.2, slow.2);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Forged and damaged tapes: repeats, jumps (gaps, and single
+        /// seqs out of line), times too far ahead (one record, or the feed
+        /// really jumping), back in time, outside the day, broken fields
+        /// and seq `u64::MAX`, a few to a tape in blocks of 8. The fast
+        /// runs give exactly what judging each record gives: the events,
+        /// the checkpoints wherever the replay stops (their sequencer state
+        /// included), the counters and the rejects file. Every checkpoint
+        /// resumes to the same rest of the day.
+        #[test]
+        fn fast_runs_equal_the_per_record_path(
+            faults in proptest::collection::vec((0u32..400, 0u32..3_000), 1..160),
+            stops in proptest::collection::btree_set(1usize..160, 0..5),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("day.tape");
+            let (mut seq, mut ts) = (1u64, MORNING_NS);
+            let mut recs = Vec::new();
+            for &(fault, step_us) in &faults {
+                ts += step_us as i64 * 1_000;
+                let record = match fault {
+                    0 => (seq.saturating_sub(3), ts, 1),
+                    1 => (seq + 40, ts, 1),
+                    2 => {
+                        seq += 40;
+                        (seq, ts, 1)
+                    }
+                    3 => (seq, ts + 60_000_000_000, 1),
+                    4 => {
+                        ts += 60_000_000_000;
+                        (seq, ts, 1)
+                    }
+                    5 => (seq, ts - 2_000_000_000, 1),
+                    6 => (seq, ts + 2 * 86_400_000_000_000, 1),
+                    7 => (seq, ts, 0),
+                    8 => (u64::MAX, ts, 1),
+                    9 => (seq, ts + 9_000_000_000, 1),
+                    _ => (seq, ts, 1),
+                };
+                recs.push(record);
+                seq += 1;
+            }
+            forged(&path, 8, &recs);
+            let stops: Vec<usize> = stops.into_iter().collect();
+            let fast = run(&path, true, &stops);
+            let slow = run(&path, false, &stops);
+            proptest::prop_assert_eq!(&fast.0, &slow.0);
+            proptest::prop_assert_eq!(&fast.1, &slow.1);
+            proptest::prop_assert_eq!(&fast.2, &slow.2);
+            proptest::prop_assert_eq!(&fast.3, &slow.3);
+            for (k, position) in fast.1.iter().enumerate() {
+                let mut resumed = feed(&path).with_checks(TimeRules::default(), RejectLog::discard());
+                resumed.resume(&mut Reader::new(position)).expect("resume");
+                let mut rest = Vec::new();
+                while resumed.pump(&mut |e| rest.push(*e)).expect("pump") {}
+                proptest::prop_assert_eq!(&rest[..], &fast.0[stops[k]..], "resumed at stop {}", k);
+            }
         }
     }
 

@@ -547,9 +547,13 @@ impl Sequencer {
         in_day && (bound <= 0 || (first_ts <= self.recent_ts_ns.saturating_add(bound) && max_jump <= bound))
     }
 
-    /// Moves past a block `block_in_line` approved, left unread.
+    /// Moves past a run of records `block_in_line` approved, left unread
+    /// or read without a check each (`NativeFeed`'s fast runs), as
+    /// committing each in line would: the sequence after the last, the
+    /// event time to the newest.
     pub fn skip_past(&mut self, last_seq: u64, max_ts: i64) {
-        self.expected_seq = Some(last_seq + 1);
+        // `check_fields` refuses u64::MAX; an index that lies saturates.
+        self.expected_seq = Some(last_seq.saturating_add(1));
         self.recent_ts_ns = self.recent_ts_ns.max(max_ts);
         self.refresh_fast();
     }
