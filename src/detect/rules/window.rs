@@ -63,8 +63,6 @@ pub struct Window<T, S> {
 
 const INITIAL: usize = 1 << 10;
 
-// Momentum-ignition uses part of it; the spoof pattern has its own stream.
-#[allow(dead_code)]
 impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     /// Limits are rounded up to powers of two (the ring's) and at least 1.
     pub fn new(key_limit: usize, ring_limit: usize) -> Window<T, S> {
@@ -89,18 +87,6 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
         }
     }
 
-    /// The absolute index of the oldest live entry (`tail()` when empty).
-    #[inline]
-    pub fn head(&self) -> u64 {
-        self.head
-    }
-
-    /// The absolute index the next entry pushed will take.
-    #[inline]
-    pub fn tail(&self) -> u64 {
-        self.tail
-    }
-
     pub fn len(&self) -> usize {
         (self.tail - self.head) as usize
     }
@@ -113,12 +99,6 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     #[inline]
     pub fn find(&self, key: u64) -> Option<u32> {
         self.map.get(key).copied()
-    }
-
-    /// Brings `key`'s slot in the key table into cache; no effect on results.
-    #[inline]
-    pub fn prefetch_key(&self, key: u64) {
-        self.map.prefetch(key);
     }
 
     /// The slot of `key`, taking one with default state if it has none;
@@ -181,18 +161,6 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     pub fn entry(&self, abs: u64) -> &Slot<T> {
         debug_assert!(abs >= self.head && abs < self.tail);
         &self.ring[(abs & self.mask) as usize]
-    }
-
-    #[inline]
-    pub fn entry_mut(&mut self, abs: u64) -> &mut Slot<T> {
-        debug_assert!(abs >= self.head && abs < self.tail);
-        &mut self.ring[(abs & self.mask) as usize]
-    }
-
-    /// Whether `abs` names a live entry.
-    #[inline]
-    pub fn is_live(&self, abs: u64) -> bool {
-        abs >= self.head && abs < self.tail
     }
 
     /// The oldest entry, if any.
@@ -265,6 +233,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     }
 
     /// The absolute indexes of `slot`'s entries, oldest first.
+    #[cfg(test)]
     pub fn walk(&self, slot: u32) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
         let mut abs = self.keys[slot as usize].head;
         std::iter::from_fn(move || {
@@ -276,13 +245,6 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
             abs = entry.next;
             Some((at, entry))
         })
-    }
-
-    /// Keys whose entry count is not zero (tests: a key without entries
-    /// must have been released).
-    #[cfg(test)]
-    pub fn keys_map_len_with_entries(&self) -> usize {
-        self.keys().filter(|(_, k)| k.entries > 0).count()
     }
 
     /// Every key's slot and entry (for snapshots and tests), in no
