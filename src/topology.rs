@@ -121,6 +121,10 @@ pub struct LiveControl {
     pub late_by_kind: [AtomicU64; 3],
     /// Records the shards applied, by kind: added once per batch.
     pub applied_by_kind: [AtomicU64; 3],
+    /// Alert episodes opened and crossings suppressed, by rule (registry
+    /// order): each shard adds what its rules counted since its last batch.
+    pub episodes_by_rule: [AtomicU64; crate::detect::registry::RULE_COUNT],
+    pub suppressed_by_rule: [AtomicU64; crate::detect::registry::RULE_COUNT],
     /// Reload the rules (`serve`, SIGHUP): at the next pump, without
     /// waiting for the input to drain, cut a checkpoint marked as handing
     /// over to the rules whose reference hash is `reload_to`

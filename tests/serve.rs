@@ -512,6 +512,17 @@ fn metrics_are_live_while_the_day_runs() {
     // Records still in the reorder buffer are neither applied nor late yet.
     assert!(applied > read * 0.5 && applied + late <= read, "applied {applied} late {late} of {read}:\n{metrics}");
     assert!(metric_sum(&metrics, "tapewatch_ingest_to_alert_seconds_sum") > 0.0, "{metrics}");
+    // Episodes by rule while the day runs: each excessive-cancel episode is
+    // one alert in the file.
+    daemon.wait_metrics("excessive-cancel's episodes", |m| {
+        let episodes = m
+            .lines()
+            .find_map(|l| l.strip_prefix("tapewatch_episodes_total{rule=\"excessive-cancel\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        let file = std::fs::read_to_string(&alerts_file).unwrap();
+        let alerted = file.lines().filter(|l| l.contains("\"rule\":\"excessive-cancel\"")).count() as u64;
+        alerted > 0 && episodes == Some(alerted)
+    });
     // The last checkpoint's size and duration, once one is durable.
     let metrics = daemon.wait_metrics("a checkpoint", |m| metric_sum(m, "tapewatch_checkpoints_total") >= 1.0);
     assert!(metric_sum(&metrics, "tapewatch_checkpoint_size_bytes") > 0.0, "{metrics}");

@@ -204,6 +204,8 @@ pub fn sample(
         rejected_by_kind: std::array::from_fn(|k| position.rejected_by_kind[k].load(Ordering::Relaxed)),
         active_accounts: position.accounts.load(Ordering::Relaxed),
         trading_day: if end == i64::MAX { String::new() } else { super::edge::day_name(end) },
+        episodes: std::array::from_fn(|r| control.episodes_by_rule[r].load(Ordering::Relaxed)),
+        suppressed: std::array::from_fn(|r| control.suppressed_by_rule[r].load(Ordering::Relaxed)),
         ..PipelineCounts::default()
     });
     let completed = control.completed.load(Ordering::Acquire);

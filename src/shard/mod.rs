@@ -156,6 +156,8 @@ pub(crate) fn run_shard(
     let mut applied = 0u64;
     let mut idle = Idle::default();
     let mut list_dropped = 0;
+    // What this shard has added to the daemon's episode counters so far.
+    let mut published: crate::detect::registry::EpisodeTotals = [None; crate::detect::registry::RULE_COUNT];
     loop {
         let Some(batch) = rx.peek() else {
             if let Some(ck) = ckpt.as_mut()
@@ -230,6 +232,20 @@ pub(crate) fn run_shard(
             detector.end(&mut out);
         } else {
             detector.watermark(batch.watermark_ns, &mut out);
+        }
+        if let Some(live) = &live {
+            // The run's counts start at 0 and only grow: publish the growth,
+            // once per batch, timers' episodes included.
+            let now = detector.episodes();
+            for (i, (n, before)) in now.iter().zip(&published).enumerate() {
+                if let Some(n) = n {
+                    let before = before.unwrap_or_default();
+                    live.episodes_by_rule[i].fetch_add(n.episodes.saturating_sub(before.episodes), Ordering::Relaxed);
+                    live.suppressed_by_rule[i]
+                        .fetch_add(n.suppressed.saturating_sub(before.suppressed), Ordering::Relaxed);
+                }
+            }
+            published = now;
         }
         let mut delivered = out.delivered;
         list_dropped += out.list_dropped;
