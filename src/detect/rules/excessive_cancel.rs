@@ -595,20 +595,22 @@ impl ExcessiveCancel {
         let hot = c >= self.params.min_cancels as u64 && 100 * c >= self.params.ratio_pct as u64 * n;
         let was_hot = bucket.hot();
         // Near-misses on: the near edges, before the hot ones (a near-miss
-        // never crosses, so at most one of the two alerts).
+        // never crosses, so at most one of the two alerts). Only its pct
+        // travels to the returns: the alert is built in the return slot,
+        // not moved into it (off, a None costs a discriminant).
         let near_miss = match self.params.near_miss_pct {
-            Some(pct) => self.near_edge(slot, event, pct, (n, c), hot, horizon),
+            Some(pct) => self.near_edge(slot, event, pct, (n, c), hot),
             None => None,
         };
         if hot == was_hot {
             self.counts.suppressed += hot as u64;
-            return near_miss;
+            return near_miss.map(|pct| self.alert(event, horizon, (n, c), 0, pct));
         }
         self.table.buckets[slot as usize].cancels ^= HOT;
         if !hot {
             self.hot_remove(slot);
             self.fell_below(key_of(event), t);
-            return near_miss;
+            return near_miss.map(|pct| self.alert(event, horizon, (n, c), 0, pct));
         }
         self.hot_add(slot);
         let episode = self.rose(key_of(event), t)?;
@@ -643,17 +645,9 @@ impl ExcessiveCancel {
 
     /// Near-misses on: the key in `slot` has counts `(n, c)` after `event`;
     /// a rising near edge outside the cooldown of its last near episode
-    /// that does not cross is a near-miss.
+    /// that does not cross is a near-miss (`Some(pct)`).
     #[inline]
-    fn near_edge(
-        &mut self,
-        slot: u32,
-        event: &Event,
-        pct: u32,
-        (n, c): (u64, u64),
-        hot: bool,
-        horizon: i64,
-    ) -> Option<Alert> {
+    fn near_edge(&mut self, slot: u32, event: &Event, pct: u32, (n, c): (u64, u64), hot: bool) -> Option<u32> {
         let p = &self.params;
         let near =
             hot || (c >= p.near_cancels(pct) && 100 * 100 * c as u128 >= pct as u128 * p.ratio_pct as u128 * n as u128);
@@ -673,7 +667,7 @@ impl ExcessiveCancel {
             // Past the limit each rising edge is an episode (as for alerts).
             std::collections::hash_map::Entry::Vacant(_) if len >= MAX_EPISODE_KEYS => {
                 self.refused += 1;
-                return (!hot).then(|| self.alert(event, horizon, (n, c), 0, pct));
+                return (!hot).then_some(pct);
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 self.grew += (len == capacity) as u64;
@@ -685,7 +679,7 @@ impl ExcessiveCancel {
             return None;
         }
         past.count += 1;
-        (!hot).then(|| self.alert(event, horizon, (n, c), 0, pct))
+        (!hot).then_some(pct)
     }
 
     /// A falling near edge of `key` at `t`.
