@@ -14,14 +14,20 @@ const HEADER: &str = "seq,ts_ns,kind,order_id,account,instrument,side,price,qty,
 /// 300 of 3,530 = 8.5%, 85% of wash-trade's 10% (3 trades, its minimum).
 /// On Z, E trades only with itself: a wash-trade alert.
 fn tape() -> String {
+    let mut trades = vec![("C", "D", "Y", 3_230)];
+    trades.extend([("B", "B", "Y", 100); 3]);
+    trades.extend([("E", "E", "Z", 100); 3]);
+    trades_tape(&trades)
+}
+
+/// A tape of trades `(buyer, seller, instrument, qty)`, one a second: each
+/// a sell order, a buy order a nanosecond later, and the buy lifting it.
+fn trades_tape(trades: &[(&str, &str, &str, u64)]) -> String {
     let mut s = format!("{HEADER}\n");
-    let t0 = 1_793_583_000_000_000_000i64;
+    let mut ts = 1_793_583_000_000_000_000i64;
     let mut seq = 0;
-    let mut order = 0;
-    let mut ts = t0;
-    let mut trade = |s: &mut String, buyer: &str, seller: &str, inst: &str, qty: u64| {
+    for (order, &(buyer, seller, inst, qty)) in (0u64..).step_by(2).zip(trades) {
         let (sell, buy) = (order + 1, order + 2);
-        order += 2;
         ts += 1_000_000_000;
         for body in [
             format!("{ts},N,{sell},{seller},{inst},S,5.0000,{qty},,"),
@@ -31,13 +37,6 @@ fn tape() -> String {
             seq += 1;
             s.push_str(&format!("{seq},{body}\n"));
         }
-    };
-    trade(&mut s, "C", "D", "Y", 3_230);
-    for _ in 0..3 {
-        trade(&mut s, "B", "B", "Y", 100);
-    }
-    for _ in 0..3 {
-        trade(&mut s, "E", "E", "Z", 100);
     }
     s
 }
@@ -140,26 +139,14 @@ fn a_key_at_85_pct_is_a_near_miss_not_an_alert_and_the_alerts_do_not_change() {
 /// Instrument I0..I59 in turn: 3,230 of other volume, then B trades 100
 /// with itself three times: 60 wash-trade near-misses through the tape.
 fn many_near_misses() -> String {
-    let mut s = format!("{HEADER}\n");
-    let mut ts = 1_793_583_000_000_000_000i64;
-    let (mut seq, mut order) = (0, 0);
-    for k in 0..60 {
-        let inst = format!("I{k}");
-        for (buyer, seller, qty) in [("C", "D", 3_230), ("B", "B", 100), ("B", "B", 100), ("B", "B", 100)] {
-            let (sell, buy) = (order + 1, order + 2);
-            order += 2;
-            ts += 1_000_000_000;
-            for body in [
-                format!("{ts},N,{sell},{seller},{inst},S,5.0000,{qty},,"),
-                format!("{},N,{buy},{buyer},{inst},B,5.0000,{qty},,", ts + 1),
-                format!("{},T,{buy},{buyer},{inst},B,5.0000,{qty},{sell},{seller}", ts + 1),
-            ] {
-                seq += 1;
-                s.push_str(&format!("{seq},{body}\n"));
-            }
-        }
-    }
-    s
+    let instruments: Vec<String> = (0..60).map(|k| format!("I{k}")).collect();
+    let trades: Vec<(&str, &str, &str, u64)> = instruments
+        .iter()
+        .flat_map(|inst| {
+            [("C", "D", inst.as_str(), 3_230), ("B", "B", inst, 100), ("B", "B", inst, 100), ("B", "B", inst, 100)]
+        })
+        .collect();
+    trades_tape(&trades)
 }
 
 /// The near-miss file is cut back to the checkpoint on resume, as the

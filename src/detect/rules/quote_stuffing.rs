@@ -211,15 +211,19 @@ impl Rule for QuoteStuffing {
         let crossing = s.in_window >= p.min_in_window || s.in_day >= p.min_in_day;
         let outcome = s.episode.observe(t, crossing, p.cooldown_ns);
         self.counts.count(outcome);
-        if let Outcome::New(n) = outcome {
-            let evidence = Evidence([
+        // The last word is the episode, or for a near-miss the share.
+        let evidence = |s: &Key, last: u64| {
+            Evidence([
                 s.in_window as u64,
                 (p.window_ns / MS) as u64,
                 p.min_in_window as u64,
                 s.in_day,
                 p.min_in_day,
-                n as u64,
-            ]);
+                last,
+            ])
+        };
+        if let Outcome::New(n) = outcome {
+            let evidence = evidence(s, n as u64);
             // The key is one account; the order that crossed is the one named
             // (the key is kept small: it is probed on every order and cancel).
             out.alert(Alert::about(Self::ID, event, evidence), &[event.account as u64, event.order_id]);
@@ -229,14 +233,7 @@ impl Rule for QuoteStuffing {
             if s.near.near_miss(t, near, crossing, p.cooldown_ns) {
                 // Rare: goes out the way alerts do (no allocation). The
                 // episode word says the share instead (a near-miss has none).
-                let evidence = Evidence([
-                    s.in_window as u64,
-                    (p.window_ns / MS) as u64,
-                    p.min_in_window as u64,
-                    s.in_day,
-                    p.min_in_day,
-                    (pct as u64) << 32,
-                ]);
+                let evidence = evidence(s, (pct as u64) << 32);
                 let alert = Alert { near_miss: true, ..Alert::about(Self::ID, event, evidence) };
                 out.alert(alert, &[event.account as u64, event.order_id]);
             }
