@@ -434,20 +434,17 @@ impl Hub {
         }
     }
 
-    /// Up to `limit` alerts with an id above `id`, oldest first (the log
-    /// keeps the newest `alert_capacity`).
-    pub fn alerts_since(&self, id: u64, limit: usize) -> Vec<Arc<StoredAlert>> {
+    /// What a reader that has seen every alert up to `id` gets next, read
+    /// under one lock: the range that fell off the log, `(id, lost]`, if
+    /// any, then up to `limit` alerts after it, oldest first (the log keeps
+    /// the newest `alert_capacity`). One read, because the log may evict
+    /// between two: a reader told nothing was lost must get the next alert.
+    pub fn page_after(&self, id: u64, limit: usize) -> (Option<u64>, Vec<Arc<StoredAlert>>) {
         let a = lock(&self.alerts);
-        let start = a.log.partition_point(|s| s.id <= id);
-        a.log.range(start..).take(limit).cloned().collect()
-    }
-
-    /// Whether a reader that has seen every alert up to `id` missed some that
-    /// already fell off the log; the range it can no longer get is
-    /// `(id, returned]`.
-    pub fn lost_after(&self, id: u64) -> Option<u64> {
-        let a = lock(&self.alerts);
-        a.evicted_max_id.filter(|&evicted| evicted > id)
+        let lost = a.evicted_max_id.filter(|&evicted| evicted > id);
+        let from = lost.unwrap_or(id);
+        let start = a.log.partition_point(|s| s.id <= from);
+        (lost, a.log.range(start..).take(limit).cloned().collect())
     }
 
     /// The id of the newest alert, if any.
@@ -899,13 +896,15 @@ mod tests {
             hub.publish_alert(alert(id, "self-trade", "G1", "000001", "2026-11-02"));
         }
         hub.publish_alert(alert(4, "self-trade", "G1", "000001", "2026-11-02"));
-        let ids = |v: Vec<Arc<StoredAlert>>| v.iter().map(|a| a.id).collect::<Vec<_>>();
-        assert_eq!(ids(hub.alerts_since(0, 10)), [3, 4, 5]);
-        assert_eq!(ids(hub.alerts_since(3, 10)), [4, 5]);
-        assert_eq!(ids(hub.alerts_since(3, 1)), [4]);
-        assert_eq!(ids(hub.alerts_since(5, 10)), Vec::<u64>::new());
-        assert_eq!(hub.lost_after(0), Some(2), "1 and 2 fell off");
-        assert_eq!(hub.lost_after(2), None);
+        let page = |id, limit| {
+            let (lost, page) = hub.page_after(id, limit);
+            (lost, page.iter().map(|a| a.id).collect::<Vec<_>>())
+        };
+        assert_eq!(page(0, 10), (Some(2), vec![3, 4, 5]), "1 and 2 fell off");
+        assert_eq!(page(2, 10), (None, vec![3, 4, 5]));
+        assert_eq!(page(3, 10), (None, vec![4, 5]));
+        assert_eq!(page(3, 1), (None, vec![4]));
+        assert_eq!(page(5, 10), (None, vec![]));
         let text = hub.metrics_text();
         assert!(text.contains("tapewatch_alerts_total{rule=\"self-trade\"} 5\n"), "{text}");
         assert!(text.contains("tapewatch_hub_ignored_alerts_total{cause=\"out-of-order\"} 1\n"), "{text}");

@@ -304,11 +304,10 @@ fn alerts_page(hub: &Hub, opts: &HttpOptions, query: &str) -> Response<ResponseB
         Err(e) => return bad_request(hub, e),
     };
     // One more than asked says whether there are more.
-    let mut page = hub.alerts_since(since, limit + 1);
+    let (lost, mut page) = hub.page_after(since, limit + 1);
     let more = page.len() > limit;
     page.truncate(limit);
-    let next = page.last().map_or(since, |a| a.id);
-    let lost = hub.lost_after(since);
+    let next = page.last().map_or(lost.unwrap_or(since), |a| a.id);
     let mut body = String::with_capacity(64 + page.iter().map(|a| a.json.len() + 16).sum::<usize>());
     body.push_str("{\"alerts\":[");
     for (i, a) in page.iter().enumerate() {
@@ -450,17 +449,19 @@ struct Gone;
 /// Sends what the stream owes after `*last`: an `event: lost` if some of
 /// it fell off the log, then the log from there, in chunks.
 async fn catch_up(hub: &Hub, last: &mut u64, chunk: usize, tx: &mpsc::Sender<Bytes>) -> Result<(), Gone> {
-    if let Some(through) = hub.lost_after(*last) {
-        hub.edge.sse_lost.fetch_add(1, Ordering::Relaxed);
-        let event = format!(
-            "id: {through}\nevent: lost\ndata: {{\"after\":{},\"through\":{through},\"reason\":\"alerts after {} up to {through} fell off the alert log; read them from the alerts file\"}}\n\n",
-            *last, *last
-        );
-        tx.send(Bytes::from(event)).await.map_err(|_| Gone)?;
-        *last = through;
-    }
     loop {
-        let page = hub.alerts_since(*last, chunk);
+        // The log may evict while this client is sent a page: each page
+        // says afresh what fell off before it.
+        let (lost, page) = hub.page_after(*last, chunk);
+        if let Some(through) = lost {
+            hub.edge.sse_lost.fetch_add(1, Ordering::Relaxed);
+            let event = format!(
+                "id: {through}\nevent: lost\ndata: {{\"after\":{},\"through\":{through},\"reason\":\"alerts after {} up to {through} fell off the alert log; read them from the alerts file\"}}\n\n",
+                *last, *last
+            );
+            tx.send(Bytes::from(event)).await.map_err(|_| Gone)?;
+            *last = through;
+        }
         for a in &page {
             tx.send(alert_event(a)).await.map_err(|_| Gone)?;
             *last = a.id;
