@@ -46,6 +46,12 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// `near_miss_pct` (the window rules' near-misses): 1-99 when set, off
+    /// when absent.
+    pub fn near_miss_pct(&mut self, value: Option<Spanned<i64>>) -> Option<u32> {
+        value.map(|v| self.int(Some(v), "near_miss_pct", 1..=99, 80) as u32)
+    }
+
     /// A problem with field `message` at byte `offset` of the file.
     pub fn at(&mut self, offset: usize, message: String) {
         self.list.push(format!("line {}: {}.{message}", line_of(self.text, offset), self.table));
@@ -184,6 +190,14 @@ pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => format!("line {}: {message}", line_of(text, span.start)),
         None => message.to_string(),
+    }
+}
+
+/// `rules show`'s line for `near_miss_pct`, written only when set (a rules
+/// file without it shows as before).
+pub fn show_near_miss_pct(pct: Option<u32>, out: &mut String) {
+    if let Some(pct) = pct {
+        out.push_str(&format!("near_miss_pct = {pct}\n"));
     }
 }
 

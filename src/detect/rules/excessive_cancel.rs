@@ -335,7 +335,7 @@ impl Rule for ExcessiveCancel {
         let min_cancels = p.int(raw.min_cancels, "min_cancels", 1..=1_000_000, d.min_cancels as i64);
         let ratio_pct = p.int(raw.ratio_pct, "ratio_pct", 0..=100_000, d.ratio_pct as i64);
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
-        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
+        let near_miss_pct = p.near_miss_pct(raw.near_miss_pct);
         Some(Params {
             window_ns: window_ms * MS,
             min_cancels: min_cancels as u32,
@@ -372,9 +372,7 @@ impl Rule for ExcessiveCancel {
             p.ratio_pct,
             p.cooldown_ns / MS
         ));
-        if let Some(pct) = p.near_miss_pct {
-            out.push_str(&format!("near_miss_pct = {pct}\n"));
-        }
+        crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
     // Thresholds are evaluated at the key's own records; expiry uses only

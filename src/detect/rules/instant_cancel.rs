@@ -123,7 +123,7 @@ impl Rule for InstantCancel {
         let min_cancels = p.int(raw.min_cancels, "min_cancels", 1..=10_000_000, d.min_cancels as i64);
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 0..=100, d.min_share_pct as i64);
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
-        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
+        let near_miss_pct = p.near_miss_pct(raw.near_miss_pct);
         raw.enabled.unwrap_or(ENABLED_BY_DEFAULT).then_some(Params {
             within_ns: within_ms * MS,
             min_cancels: min_cancels as u32,
@@ -152,9 +152,7 @@ impl Rule for InstantCancel {
             p.min_share_pct,
             p.cooldown_ns / MS
         ));
-        if let Some(pct) = p.near_miss_pct {
-            out.push_str(&format!("near_miss_pct = {pct}\n"));
-        }
+        crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
     fn new(params: &Params, _: &Sizing) -> InstantCancel {

@@ -236,7 +236,7 @@ impl<C: Call> Rule for Marking<C> {
         let settle_ms = p.int(raw.settle_ms, "settle_ms", 0..=600_000, 1000);
         let min_deviation_bp = p.int(raw.min_deviation_bp, "min_deviation_bp", 1..=100_000, 300);
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 1..=100, 30) as u32;
-        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
+        let near_miss_pct = p.near_miss_pct(raw.near_miss_pct);
         raw.enabled.unwrap_or(!C::PREV_CLOSE || crate::detect::views::BOOK_RULES_ON_BY_DEFAULT).then_some(Params {
             call_start,
             call_end,
@@ -268,9 +268,7 @@ impl<C: Call> Rule for Marking<C> {
             p.min_deviation_bp,
             p.min_share_pct
         ));
-        if let Some(pct) = p.near_miss_pct {
-            out.push_str(&format!("near_miss_pct = {pct}\n"));
-        }
+        crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
     fn new(params: &Params, _: &Sizing) -> Self {

@@ -120,7 +120,7 @@ impl Rule for QuoteStuffing {
         let min_in_window = p.int(raw.min_in_window, "min_in_window", 1..=10_000_000, d.min_in_window as i64);
         let min_in_day = p.int(raw.min_in_day, "min_in_day", 1..=1_000_000_000, d.min_in_day as i64);
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
-        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
+        let near_miss_pct = p.near_miss_pct(raw.near_miss_pct);
         raw.enabled.unwrap_or(ENABLED_BY_DEFAULT).then_some(Params {
             window_ns: window_ms * MS,
             min_in_window: min_in_window as u32,
@@ -149,9 +149,7 @@ impl Rule for QuoteStuffing {
             p.min_in_day,
             p.cooldown_ns / MS
         ));
-        if let Some(pct) = p.near_miss_pct {
-            out.push_str(&format!("near_miss_pct = {pct}\n"));
-        }
+        crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
     fn new(params: &Params, sizing: &Sizing) -> QuoteStuffing {

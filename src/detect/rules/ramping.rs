@@ -353,7 +353,7 @@ impl Rule for Ramping {
         let min_group_trades =
             p.int(raw.min_group_trades, "min_group_trades", 1..=1_000_000, d.min_group_trades as i64) as u32;
         let cooldown_ms = p.int(raw.cooldown_ms, "cooldown_ms", 0..=86_400_000, d.cooldown_ns / MS);
-        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
+        let near_miss_pct = p.near_miss_pct(raw.near_miss_pct);
         let side_volume = match raw.volume.as_ref().map(|v| v.get_ref().as_str()) {
             None => d.side_volume,
             Some("aggressive") => false,
@@ -404,9 +404,7 @@ impl Rule for Ramping {
             if p.side_volume { "side" } else { "aggressive" },
             p.cooldown_ns / MS
         ));
-        if let Some(pct) = p.near_miss_pct {
-            out.push_str(&format!("near_miss_pct = {pct}\n"));
-        }
+        crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
     fn new(params: &Params, _: &Sizing) -> Ramping {

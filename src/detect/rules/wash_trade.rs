@@ -89,7 +89,7 @@ impl Rule for WashTrade {
         let d = Params::default();
         let min_share_pct = p.int(raw.min_share_pct, "min_share_pct", 1..=100, d.min_share_pct as i64) as u32;
         let min_trades = p.int(raw.min_trades, "min_trades", 1..=1_000_000, d.min_trades as i64) as u32;
-        let near_miss_pct = raw.near_miss_pct.map(|v| p.int(Some(v), "near_miss_pct", 1..=99, 80) as u32);
+        let near_miss_pct = p.near_miss_pct(raw.near_miss_pct);
         raw.enabled.unwrap_or(true).then_some(Params { min_share_pct, min_trades, near_miss_pct })
     }
 
@@ -104,9 +104,7 @@ impl Rule for WashTrade {
 
     fn show(p: &Params, out: &mut String) {
         out.push_str(&format!("min_share_pct = {}\nmin_trades = {}\n", p.min_share_pct, p.min_trades));
-        if let Some(pct) = p.near_miss_pct {
-            out.push_str(&format!("near_miss_pct = {pct}\n"));
-        }
+        crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
     fn new(params: &Params, _: &Sizing) -> WashTrade {
