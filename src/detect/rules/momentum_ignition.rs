@@ -155,18 +155,25 @@ struct Arm {
     ids: OrderIds,
 }
 
+/// A key's state. Small on purpose: the window writes a default one for
+/// each new key and most keys live for one trade; a side's pending
+/// ignition (an `Arm`, 128 bytes, rare) lives apart in `MomentumIgnition::arms`.
 #[derive(Clone, Copy, Debug)]
 struct KeyState {
     since: (i64, u64),
     /// Per side: the counted run entries, and the oldest one's index.
     trades: [u32; 2],
     first: [u64; 2],
-    arms: [Arm; 2],
+    /// Per side: its pending ignition's index in the arm pool, `NO_ARM` for none.
+    arms: [u32; 2],
 }
+
+/// No pending ignition on a side.
+const NO_ARM: u32 = u32::MAX;
 
 impl Default for KeyState {
     fn default() -> KeyState {
-        KeyState { since: (i64::MIN, 0), trades: [0; 2], first: [NONE; 2], arms: [Arm::default(); 2] }
+        KeyState { since: (i64::MIN, 0), trades: [0; 2], first: [NONE; 2], arms: [NO_ARM; 2] }
     }
 }
 
@@ -177,7 +184,7 @@ impl KeyState {
     }
 
     fn idle(&self) -> bool {
-        !self.arms[0].active && !self.arms[1].active
+        self.arms == [NO_ARM; 2]
     }
 }
 
@@ -202,14 +209,25 @@ pub struct MomentumIgnition {
     grew: u64,
     /// The snapshot cut at a barrier, until the registry takes it.
     pub(super) snapshot: Option<Vec<u8>>,
-    /// Restored keys and entries waiting for `restored`.
-    pending_keys: FxHashMap<u64, KeyState>,
+    /// The pending ignitions (always `active`), by the index a key's side
+    /// holds; `free_arms` lists the unused ones.
+    arms: Vec<Arm>,
+    free_arms: Vec<u32>,
+    /// Pending ignitions by instrument id: a trade of an instrument with
+    /// none cannot complete one, so it looks no key up for that.
+    armed: Vec<u32>,
+    /// Restored keys (`since` and the arms per side) and entries waiting for `restored`.
+    pending_keys: FxHashMap<u64, ((i64, u64), [Arm; 2])>,
     pending_entries: Vec<(i64, u64, u64, Run)>,
 }
 
 /// The fewest bytes of a key (arms without ids) and of an entry in a snapshot.
 const MIN_KEY_BYTES: usize = 8 * 3 + 2 * (1 + 8 * 7 + 4 + 1);
 const ENTRY_BYTES: usize = 8 * 6 + 1;
+
+/// Pending ignitions the arm pool has room for at start-up (it grows past
+/// that, counted; at most two per key).
+const ARMS_RESERVED: usize = 256;
 
 /// No last price yet (a price is positive).
 const NO_PX: Px = Px::MIN;
@@ -242,6 +260,9 @@ impl MomentumIgnition {
             instruments_refused: 0,
             grew: 0,
             snapshot: None,
+            arms: Vec::with_capacity(ARMS_RESERVED),
+            free_arms: Vec::with_capacity(ARMS_RESERVED),
+            armed: Vec::new(),
             pending_keys: FxHashMap::default(),
             pending_entries: Vec::new(),
         }
@@ -264,7 +285,8 @@ impl MomentumIgnition {
             w.u64(key.key);
             w.i64(key.state.since.0);
             w.u64(key.state.since.1);
-            for arm in &key.state.arms {
+            for &index in &key.state.arms {
+                let arm = self.arm(index);
                 w.u8(arm.active as u8);
                 for v in [arm.ts_ns, arm.start_px, arm.moved_px, arm.tick, arm.run_start_ns] {
                     w.i64(v);
@@ -307,8 +329,9 @@ impl MomentumIgnition {
         }
         for _ in 0..r.count(MIN_KEY_BYTES)? {
             let key = r.u64()?;
-            let mut state = KeyState { since: (r.i64()?, r.u64()?), ..KeyState::default() };
-            for arm in &mut state.arms {
+            let since = (r.i64()?, r.u64()?);
+            let mut arms = [Arm::default(); 2];
+            for arm in &mut arms {
                 arm.active = match r.u8()? {
                     0 => false,
                     1 => true,
@@ -329,7 +352,7 @@ impl MomentumIgnition {
                 }
                 arm.ids.total = total as u32;
             }
-            if keep(key) && self.pending_keys.insert(key, state).is_some() {
+            if keep(key) && self.pending_keys.insert(key, (since, arms)).is_some() {
                 return Err(DecodeError(format!("momentum-ignition: key {key:#x} in two snapshots")));
             }
         }
@@ -348,11 +371,12 @@ impl MomentumIgnition {
     /// order, the per-side counts recomputed from the counted ones.
     pub fn restored(&mut self) {
         let mut keys = std::mem::take(&mut self.pending_keys);
-        for (&key, &state) in &keys {
+        for (&key, &(since, arms)) in &keys {
             let Some(slot) = self.window.find_or_insert(key) else { continue };
-            self.window.key_mut(slot).state = KeyState { since: state.since, arms: state.arms, ..KeyState::default() };
-            for (side, arm) in [Side::Buy, Side::Sell].into_iter().zip(state.arms) {
+            self.window.key_mut(slot).state = KeyState { since, ..KeyState::default() };
+            for (side, arm) in [Side::Buy, Side::Sell].into_iter().zip(arms) {
                 if arm.active {
+                    self.set_arm(slot, side_index(side), arm);
                     self.deadlines.push_back((arm.ts_ns.saturating_add(self.params.follow_ns), key, side));
                 }
             }
@@ -415,28 +439,31 @@ impl MomentumIgnition {
         let Some((abs, slot)) = self.window.pop_front() else { return };
         let s = side_index(slot.data.side);
         let key = self.window.key(slot.key);
-        let (mut state, entries) = (key.state, key.entries);
+        let (state, entries) = (&key.state, key.entries);
         if state.counts(slot.ts_ns, slot.seq) {
-            state.trades[s] -= 1;
-            if state.first[s] == abs {
+            let (trades, first) = (state.trades[s] - 1, state.first[s]);
+            let mut next_first = first;
+            if first == abs {
                 // The next counted entry of the same side, if any.
-                state.first[s] = NONE;
-                if state.trades[s] > 0 {
+                next_first = NONE;
+                if trades > 0 {
                     let side = slot.data.side;
                     let mut at = slot.next;
                     while at != NONE {
                         let next = self.window.entry(at);
                         if next.data.side == side {
-                            state.first[s] = at;
+                            next_first = at;
                             break;
                         }
                         at = next.next;
                     }
                 }
             }
+            let state = &mut self.window.key_mut(slot.key).state;
+            state.trades[s] = trades;
+            state.first[s] = next_first;
         }
-        self.window.key_mut(slot.key).state = state;
-        if entries == 0 && state.idle() {
+        if entries == 0 && self.window.key(slot.key).state.idle() {
             self.window.release(slot.key);
         }
     }
@@ -464,20 +491,73 @@ impl MomentumIgnition {
     fn pop_deadline(&mut self) {
         let Some((deadline, key, side)) = self.deadlines.pop_front() else { return };
         let Some(slot) = self.window.find(key) else { return };
-        let entry = self.window.key_mut(slot);
-        let arm = &mut entry.state.arms[side_index(side)];
-        if arm.active && arm.ts_ns.saturating_add(self.params.follow_ns) == deadline {
-            arm.active = false;
+        let s = side_index(side);
+        let index = self.window.key(slot).state.arms[s];
+        if index != NO_ARM && self.arms[index as usize].ts_ns.saturating_add(self.params.follow_ns) == deadline {
+            self.clear_arm(slot, s);
+            let entry = self.window.key(slot);
             if entry.entries == 0 && entry.state.idle() {
                 self.window.release(slot);
             }
         }
     }
 
+    /// A side's pending ignition (`Arm::default()`, not active, for none).
+    fn arm(&self, index: u32) -> Arm {
+        if index == NO_ARM { Arm::default() } else { self.arms[index as usize] }
+    }
+
+    /// Arms side `s` of the key in `slot` (re-arms it when it is armed).
+    #[cold]
+    fn set_arm(&mut self, slot: u32, s: usize, arm: Arm) {
+        let entry = self.window.key(slot);
+        let (index, instrument) = (entry.state.arms[s], entry.key as u32 as usize);
+        if index != NO_ARM {
+            self.arms[index as usize] = arm;
+            return;
+        }
+        let index = match self.free_arms.pop() {
+            Some(index) => {
+                self.arms[index as usize] = arm;
+                index
+            }
+            None => {
+                if self.arms.len() == self.arms.capacity() {
+                    self.grew += 1;
+                }
+                self.arms.push(arm);
+                (self.arms.len() - 1) as u32
+            }
+        };
+        self.window.key_mut(slot).state.arms[s] = index;
+        if instrument >= self.armed.len() {
+            if instrument >= self.armed.capacity() {
+                self.grew += 1;
+            }
+            self.armed.resize(instrument + 1, 0);
+        }
+        self.armed[instrument] += 1;
+    }
+
+    /// Ends side `s`'s pending ignition of the key in `slot`, if any.
+    fn clear_arm(&mut self, slot: u32, s: usize) {
+        let entry = self.window.key(slot);
+        let (index, instrument) = (entry.state.arms[s], entry.key as u32 as usize);
+        if index == NO_ARM {
+            return;
+        }
+        if self.free_arms.len() == self.free_arms.capacity() {
+            self.grew += 1;
+        }
+        self.free_arms.push(index);
+        self.window.key_mut(slot).state.arms[s] = NO_ARM;
+        self.armed[instrument] -= 1;
+    }
+
     #[inline]
     pub fn on_record(&mut self, e: &Event, change: &Change, book: &impl BookView, emit: &mut impl FnMut(Finding)) {
         self.expire(e.ts_ns);
-        let Change::Traded { buy, sell, aggressor, price, qty } = *change else { return };
+        let &Change::Traded { ref buy, ref sell, aggressor, price, qty } = change else { return };
         let tick = book.tick().max(self.params.min_tick);
         let start_px = match self.last_px.get_mut(e.instrument as usize) {
             Some(last) if *last != NO_PX => std::mem::replace(last, price),
@@ -491,12 +571,21 @@ impl MomentumIgnition {
             }
         };
         let mut spent = [false; 2];
+        // Only an instrument with a pending ignition has keys to look up.
+        let armed = self.armed.get(e.instrument as usize).is_some_and(|&n| n > 0);
         for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
+            if !armed {
+                break;
+            }
             let key = key_of(order.group, e.instrument);
             let Some(slot) = self.window.find(key) else { continue };
             let ignited = opposite(side);
-            let arm = self.window.key(slot).state.arms[side_index(ignited)];
-            if !arm.active || dir(ignited) * (price - arm.moved_px) < -self.params.near_ticks * arm.tick {
+            let index = self.window.key(slot).state.arms[side_index(ignited)];
+            if index == NO_ARM {
+                continue;
+            }
+            let arm = &self.arms[index as usize];
+            if dir(ignited) * (price - arm.moved_px) < -self.params.near_ticks * arm.tick {
                 continue;
             }
             let mut ids = arm.ids;
@@ -529,6 +618,8 @@ impl MomentumIgnition {
                 }),
                 order_ids: ids,
             });
+            self.clear_arm(slot, 0);
+            self.clear_arm(slot, 1);
             let entry = self.window.key_mut(slot);
             entry.state = KeyState { since: (e.ts_ns, e.seq), ..KeyState::default() };
             if entry.entries == 0 {
@@ -596,7 +687,7 @@ impl MomentumIgnition {
             }
             at = entry.next;
         }
-        self.window.key_mut(slot).state.arms[a] = arm;
+        self.set_arm(slot, a, arm);
         if self.deadlines.len() >= self.params.max_entries {
             self.window.entries_evicted += 1;
             self.pop_deadline();
@@ -781,7 +872,7 @@ mod tests {
                     "{:x} {:?} {:?} {}",
                     k.key,
                     k.state.since,
-                    k.state.arms,
+                    k.state.arms.map(|index| rule.arm(index)),
                     k.state.trades[0] * 1000 + k.state.trades[1]
                 )
             })
@@ -800,12 +891,15 @@ mod tests {
             .map(|f| format!("{f:?}"))
             .collect();
         let last: Vec<_> = rule.last_prices().collect();
+        // The pending ignitions counted by instrument (kept as they come and
+        // go; a restore counts them afresh).
+        let armed: Vec<_> = rule.armed.iter().enumerate().filter(|(_, n)| **n > 0).collect();
         let mut deadlines: Vec<_> = rule
             .deadlines
             .iter()
             .filter(|(d, key, side)| {
                 rule.window.find(*key).is_some_and(|slot| {
-                    let arm = rule.window.key(slot).state.arms[side_index(*side)];
+                    let arm = rule.arm(rule.window.key(slot).state.arms[side_index(*side)]);
                     arm.active && arm.ts_ns + rule.params.follow_ns == *d
                 })
             })
@@ -814,7 +908,7 @@ mod tests {
         // A side re-armed at the same time has its lapse queued twice; the
         // restored queue holds it once, which lapses it all the same.
         deadlines.dedup();
-        format!("{keys:#?}\n{entries:#?}\n{}\n{last:?}\n{deadlines:?}", firsts.len())
+        format!("{keys:#?}\n{entries:#?}\n{}\n{last:?}\n{armed:?}\n{deadlines:?}", firsts.len())
     }
 
     proptest! {
