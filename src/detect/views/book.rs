@@ -134,6 +134,27 @@ pub struct Level {
 /// Levels from the best that `Ladder::find` scans before it bisects.
 const NEAR_TOUCH: usize = 8;
 
+/// `Ladder::find` for one side (`BUY`: ascending prices, else descending),
+/// monomorphized so that the scan does not ask the side per level.
+#[inline(always)]
+fn find_level<const BUY: bool>(levels: &[Level], price: Px) -> Result<usize, usize> {
+    let near = levels.len().saturating_sub(NEAR_TOUCH);
+    let mut i = levels.len();
+    while i > near {
+        i -= 1;
+        let p = levels[i].price;
+        if p == price {
+            return Ok(i);
+        }
+        // Not better than `price`: it goes just above this level.
+        if if BUY { p < price } else { p > price } {
+            return Err(i + 1);
+        }
+    }
+    let deep = &levels[..near];
+    if BUY { deep.binary_search_by(|l| l.price.cmp(&price)) } else { deep.binary_search_by(|l| price.cmp(&l.price)) }
+}
+
 /// One side's levels, sorted so that the best is last (bids ascending,
 /// asks descending).
 #[derive(Clone, Debug, Default)]
@@ -145,26 +166,11 @@ impl Ladder {
     /// Where `price` is (Ok) or would go (Err), for `side`'s ordering.
     /// Most records are at or near the touch: the best few levels are
     /// scanned from the best down, the rest binary-searched.
-    #[inline]
+    #[inline(always)]
     fn find(&self, side: Side, price: Px) -> Result<usize, usize> {
-        let better = |l: &Level| match side {
-            Side::Buy => l.price > price,
-            Side::Sell => l.price < price,
-        };
-        let near = self.levels.len().saturating_sub(NEAR_TOUCH);
-        for i in (near..self.levels.len()).rev() {
-            let level = &self.levels[i];
-            if level.price == price {
-                return Ok(i);
-            }
-            if !better(level) {
-                return Err(i + 1);
-            }
-        }
-        let deep = &self.levels[..near];
         match side {
-            Side::Buy => deep.binary_search_by(|l| l.price.cmp(&price)),
-            Side::Sell => deep.binary_search_by(|l| price.cmp(&l.price)),
+            Side::Buy => find_level::<true>(&self.levels, price),
+            Side::Sell => find_level::<false>(&self.levels, price),
         }
     }
 
@@ -186,7 +192,7 @@ impl Ladder {
     }
 
     /// Adds a resting order; returns whether the vector had to grow.
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, side: Side, price: Px, qty: u64) -> bool {
         match self.find(side, price) {
             Ok(i) => {
@@ -197,14 +203,26 @@ impl Ladder {
             }
             Err(i) => {
                 let grows = self.levels.len() == self.levels.capacity();
-                self.levels.insert(i, Level { price, qty, orders: 1 });
+                let level = Level { price, qty, orders: 1 };
+                if self.levels.len() - i <= NEAR_TOUCH {
+                    // Near the touch: moved into place by swaps (a
+                    // `memmove` call costs more than a few 24-byte moves).
+                    self.levels.push(level);
+                    let mut j = self.levels.len() - 1;
+                    while j > i {
+                        self.levels.swap(j, j - 1);
+                        j -= 1;
+                    }
+                } else {
+                    self.levels.insert(i, level);
+                }
                 grows
             }
         }
     }
 
     /// Takes `qty` off the level at `price`, and one order when `closed`.
-    #[inline]
+    #[inline(always)]
     fn remove(&mut self, side: Side, price: Px, qty: u64, closed: bool) {
         let Ok(i) = self.find(side, price) else {
             // Every resting order is on its level: a miss is a bug here.
@@ -215,7 +233,16 @@ impl Ladder {
         level.orders -= closed as u32;
         if level.orders == 0 {
             debug_assert_eq!(level.qty, 0);
-            self.levels.remove(i);
+            let last = self.levels.len() - 1;
+            if last - i <= NEAR_TOUCH {
+                // Near the touch, as in `add`.
+                for j in i..last {
+                    self.levels.swap(j, j + 1);
+                }
+                self.levels.pop();
+            } else {
+                self.levels.remove(i);
+            }
         }
     }
 }
@@ -459,11 +486,12 @@ impl Books {
         let Books { orders, books, limits, grew, peak_orders, change, .. } = self;
         let Some(book) = books[e.instrument as usize].as_deref_mut() else { unreachable!("book_mut created it") };
         let mut table = Table { orders, grew, peak_orders };
-        *change = match e.kind {
-            Kind::New => table.enter(book, limits, e),
-            Kind::Cancel => table.cancel(book, e),
-            Kind::Trade => table.trade(book, e),
-        };
+        // Each writes the `Change` in place (no 144-byte temporary to copy).
+        match e.kind {
+            Kind::New => table.enter(book, limits, e, change),
+            Kind::Cancel => table.cancel(book, e, change),
+            Kind::Trade => table.trade(book, e, change),
+        }
         if let Change::Skipped(cause) = *change {
             book.skipped[cause_index(cause)] += 1;
         }
@@ -634,21 +662,22 @@ struct Table<'a> {
 }
 
 impl Table<'_> {
-    #[inline]
-    fn enter(&mut self, book: &mut InstrumentBook, limits: &BookLimits, e: &Event) -> Change {
+    #[inline(always)]
+    fn enter(&mut self, book: &mut InstrumentBook, limits: &BookLimits, e: &Event, out: &mut Change) {
         let outside = book.limits.is_some_and(|(down, up)| !(down..=up).contains(&e.price));
         let orders_full = self.orders.len() >= limits.orders;
         let own = book.ladder(e.side);
         let full = orders_full || (own.levels.len() >= limits.levels_per_side && own.needs_level(e.side, e.price));
         if outside || full {
             // Rare: the causes in their order, a duplicate first.
-            return Change::Skipped(if self.orders.contains_key(e.order_id) {
+            *out = Change::Skipped(if self.orders.contains_key(e.order_id) {
                 SkipCause::DuplicateOrder
             } else if outside {
                 SkipCause::OutsideLimits
             } else {
                 SkipCause::BookFull
             });
+            return;
         }
         let depth5_before = own.depth(5);
         let opposite_best = book.ladder(opposite(e.side)).best();
@@ -658,7 +687,8 @@ impl Table<'_> {
         let before = self.orders.grew;
         let slot = self.orders.get_or_insert_default(e.order_id);
         if slot.open_qty != 0 {
-            return Change::Skipped(SkipCause::DuplicateOrder);
+            *out = Change::Skipped(SkipCause::DuplicateOrder);
+            return;
         }
         let resting = Resting {
             instrument: e.instrument,
@@ -676,7 +706,7 @@ impl Table<'_> {
         book.resting += 1;
         *self.grew += grew as u64;
         *self.peak_orders = (*self.peak_orders).max(self.orders.len());
-        Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before }
+        *out = Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before };
     }
 
     /// The resting order `order_id` if it is `instrument`'s and on `side`.
@@ -685,12 +715,13 @@ impl Table<'_> {
         self.orders.get(order_id).copied().filter(|o| o.instrument == instrument && o.side == side)
     }
 
-    #[inline]
-    fn cancel(&mut self, book: &mut InstrumentBook, e: &Event) -> Change {
+    #[inline(always)]
+    fn cancel(&mut self, book: &mut InstrumentBook, e: &Event, out: &mut Change) {
         // One probe: removed first, put back in the rare case it is not
         // this instrument's and side's or the cancel is for more than is open.
         let Some(mut order) = self.orders.remove(e.order_id) else {
-            return Change::Skipped(SkipCause::UnknownOrder);
+            *out = Change::Skipped(SkipCause::UnknownOrder);
+            return;
         };
         if order.instrument != e.instrument || order.side != e.side || e.qty > order.open_qty {
             self.orders.insert(e.order_id, order);
@@ -699,7 +730,8 @@ impl Table<'_> {
             } else {
                 SkipCause::UnknownOrder
             };
-            return Change::Skipped(cause);
+            *out = Change::Skipped(cause);
+            return;
         }
         // A `C` removes what is open, whatever its qty says (FEED.md: the
         // two agree in feed order; a reordered `T` may come between).
@@ -707,32 +739,34 @@ impl Table<'_> {
         book.ladder_mut(order.side).remove(order.side, order.price, qty, true);
         book.resting -= 1;
         order.open_qty = 0;
-        Change::Cancelled { order: order.order_ref(e.order_id), qty }
+        *out = Change::Cancelled { order: order.order_ref(e.order_id), qty };
     }
 
-    #[inline]
-    fn trade(&mut self, book: &mut InstrumentBook, e: &Event) -> Change {
+    #[inline(always)]
+    fn trade(&mut self, book: &mut InstrumentBook, e: &Event, out: &mut Change) {
         let buy = self.held(e.order_id, e.instrument, Side::Buy);
         let sell = self.held(e.contra_order_id, e.instrument, Side::Sell);
         if buy.is_some_and(|o| e.qty > o.open_qty) || sell.is_some_and(|o| e.qty > o.open_qty) {
-            return Change::Skipped(SkipCause::OverExecution);
+            *out = Change::Skipped(SkipCause::OverExecution);
+            return;
         }
         let buy = buy.map(|o| self.execute(book, e.order_id, o, e.qty));
         let sell = sell.map(|o| self.execute(book, e.contra_order_id, o, e.qty));
         if buy.is_none() && sell.is_none() {
-            return Change::Skipped(SkipCause::UnknownOrder);
+            *out = Change::Skipped(SkipCause::UnknownOrder);
+            return;
         }
         book.last_trade = Some(e.price);
-        match (buy, sell) {
+        *out = match (buy, sell) {
             (Some(buy), Some(sell)) => Change::Traded { buy, sell, aggressor: e.side, price: e.price, qty: e.qty },
             // One side executed (see the module doc): counted as unknown.
             _ => Change::Skipped(SkipCause::UnknownOrder),
-        }
+        };
     }
 
     /// Executes `qty` of a held order (of `book`'s instrument); returns it
     /// as it stands after.
-    #[inline]
+    #[inline(always)]
     fn execute(&mut self, book: &mut InstrumentBook, order_id: u64, mut order: Resting, qty: u64) -> OrderRef {
         order.open_qty -= qty;
         let closed = order.open_qty == 0;
