@@ -22,6 +22,7 @@ pub mod spoofing;
 pub mod test_probe;
 
 mod finding;
+mod key_slots;
 mod params;
 mod registered;
 mod spoof_pattern;
