@@ -383,7 +383,9 @@ struct RuleSlot {
 /// its rules (an overloaded stream refuses keys and evicts entries for all
 /// of them at once; counted).
 pub struct Pattern {
-    rules: [Option<RuleSlot>; MAX_RULES],
+    /// The rules served: `rules[..n_rules]` (the others copy the first and
+    /// are never read).
+    rules: [RuleSlot; MAX_RULES],
     n_rules: usize,
     /// The longest window of the rules.
     window_ns: i64,
@@ -424,10 +426,11 @@ impl Pattern {
     /// One stream for `rules` (at least one, at most `MAX_RULES`, distinct).
     pub fn shared(rules: &[(BookRule, PatternParams)]) -> Pattern {
         assert!(!rules.is_empty() && rules.len() <= MAX_RULES, "a spoof stream serves 1..={MAX_RULES} rules");
-        let mut slots = [None; MAX_RULES];
+        let first = RuleSlot { rule: rules[0].0, params: rules[0].1, head: 0 };
+        let mut slots = [first; MAX_RULES];
         for (i, &(rule, params)) in rules.iter().enumerate() {
             assert!(rules[..i].iter().all(|r| r.0 != rule), "{} twice in one stream", rule.name());
-            slots[i] = Some(RuleSlot { rule, params, head: 0 });
+            slots[i] = RuleSlot { rule, params, head: 0 };
         }
         let max_keys = rules.iter().map(|r| r.1.max_keys).max().unwrap_or(1);
         let max_entries = rules.iter().map(|r| r.1.max_entries).max().unwrap_or(1);
@@ -447,18 +450,14 @@ impl Pattern {
 
     #[inline(always)]
     fn slot(&self, r: usize) -> &RuleSlot {
-        match &self.rules[r] {
-            Some(slot) => slot,
-            None => unreachable!("rule slots 0..n_rules are set"),
-        }
+        debug_assert!(r < self.n_rules);
+        &self.rules[r]
     }
 
     #[inline(always)]
     fn slot_mut(&mut self, r: usize) -> &mut RuleSlot {
-        match &mut self.rules[r] {
-            Some(slot) => slot,
-            None => unreachable!("rule slots 0..n_rules are set"),
-        }
+        debug_assert!(r < self.n_rules);
+        &mut self.rules[r]
     }
 
     /// The whole state, for a checkpoint. Layout: the rules `(rule,
@@ -699,12 +698,11 @@ impl Pattern {
     fn expire(&mut self, now_ns: i64) {
         let tail = self.window.tail();
         for r in 0..self.n_rules {
-            let RuleSlot { params, head, .. } = *self.slot(r);
-            if params.window_ns == self.window_ns {
+            let (window_ns, mut head) = (self.slot(r).params.window_ns, self.slot(r).head);
+            if window_ns == self.window_ns {
                 continue;
             }
-            let cutoff = now_ns.saturating_sub(params.window_ns);
-            let mut head = head;
+            let cutoff = now_ns.saturating_sub(window_ns);
             while head < tail {
                 let entry = self.window.entry(head);
                 if entry.ts_ns > cutoff {

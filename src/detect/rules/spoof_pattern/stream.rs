@@ -134,9 +134,38 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         self.keys.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn bucket(&self, key: u64) -> usize {
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.chain_shift) as usize
+    }
+
+    /// The newest entry pushed to `key`'s bucket (possibly expired), or `NONE`.
+    #[inline(always)]
+    fn newest(&self, key: u64) -> u64 {
+        let bucket = self.bucket(key);
+        debug_assert!(bucket < self.chain.len());
+        // SAFETY: `chain.len()` is `1 << (64 - chain_shift)` (set together
+        // in `new` and `grow`), and `bucket` is a 64-bit value shifted
+        // right by `chain_shift`, so it is below that.
+        unsafe { *self.chain.get_unchecked(bucket) }
+    }
+
+    /// The ring slot of the absolute index `abs` (live or not).
+    #[inline(always)]
+    fn at(&self, abs: u64) -> &Slot<T> {
+        let i = (abs & self.mask) as usize;
+        debug_assert!(i < self.ring.len());
+        // SAFETY: `ring.len()` is `mask + 1` (set together in `new` and
+        // `grow`), and `i` is masked by `mask`.
+        unsafe { self.ring.get_unchecked(i) }
+    }
+
+    #[inline(always)]
+    fn at_mut(&mut self, abs: u64) -> &mut Slot<T> {
+        let i = (abs & self.mask) as usize;
+        debug_assert!(i < self.ring.len());
+        // SAFETY: as in `at`.
+        unsafe { self.ring.get_unchecked_mut(i) }
     }
 
     /// Brings `key`'s bucket into cache; no effect on results.
@@ -150,11 +179,11 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// the key has no live entry and no slot).
     #[inline(always)]
     pub fn hot(&self, key: u64) -> Option<u32> {
-        let newest = self.chain[self.bucket(key)];
+        let newest = self.newest(key);
         if newest == NONE || newest < self.head {
             return None;
         }
-        let slot = &self.ring[(newest & self.mask) as usize];
+        let slot = self.at(newest);
         if slot.key == key {
             return (slot.hot != COLD).then_some(slot.hot);
         }
@@ -164,14 +193,14 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// The live entries of `key`, newest first (its bucket's chain).
     #[inline]
     pub fn walk_back(&self, key: u64) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
-        let mut abs = self.chain[self.bucket(key)];
+        let mut abs = self.newest(key);
         std::iter::from_fn(move || {
             loop {
                 if abs == NONE || abs < self.head {
                     return None;
                 }
                 let at = abs;
-                let slot = &self.ring[(at & self.mask) as usize];
+                let slot = self.at(at);
                 abs = back(at, slot.prev);
                 if slot.key == key {
                     return Some((at, slot));
@@ -189,9 +218,9 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
             self.keys_refused += 1;
             return None;
         };
-        let (mut abs, mut next, mut tail, mut entries) = (self.chain[self.bucket(key)], NONE, NONE, 0u32);
+        let (mut abs, mut next, mut tail, mut entries) = (self.newest(key), NONE, NONE, 0u32);
         while abs != NONE && abs >= self.head {
-            let entry = &mut self.ring[(abs & self.mask) as usize];
+            let entry = self.at_mut(abs);
             if entry.key == key {
                 entry.hot = slot;
                 entry.next = if next == NONE { 0 } else { (next - abs) as u32 };
@@ -227,20 +256,22 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     #[inline(always)]
     pub fn entry_and_key_mut(&mut self, abs: u64) -> (&Slot<T>, &mut KeyEntry<S>) {
         debug_assert!(abs >= self.head && abs < self.tail);
-        let entry = &self.ring[(abs & self.mask) as usize];
+        let i = (abs & self.mask) as usize;
+        // SAFETY: as in `at` (the ring and the keys are borrowed apart).
+        let entry = unsafe { self.ring.get_unchecked(i) };
         (entry, self.keys.key_mut(entry.hot))
     }
 
     #[inline(always)]
     pub fn entry(&self, abs: u64) -> &Slot<T> {
         debug_assert!(abs >= self.head && abs < self.tail);
-        &self.ring[(abs & self.mask) as usize]
+        self.at(abs)
     }
 
     #[inline]
     pub fn entry_mut(&mut self, abs: u64) -> &mut Slot<T> {
         debug_assert!(abs >= self.head && abs < self.tail);
-        &mut self.ring[(abs & self.mask) as usize]
+        self.at_mut(abs)
     }
 
     /// Whether `abs` names a live entry.
@@ -252,7 +283,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// The oldest entry, if any.
     #[inline(always)]
     pub fn front(&self) -> Option<&Slot<T>> {
-        (self.head < self.tail).then(|| &self.ring[(self.head & self.mask) as usize])
+        (self.head < self.tail).then(|| self.at(self.head))
     }
 
     /// Removes the oldest entry (the oldest of its key too) and returns it
@@ -263,7 +294,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
             return None;
         }
         let abs = self.head;
-        let slot = self.ring[(abs & self.mask) as usize];
+        let slot = *self.at(abs);
         self.head += 1;
         if slot.hot != COLD {
             let key = self.keys.key_mut(slot.hot);
@@ -318,9 +349,12 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         }
         let bucket = self.bucket(key);
         let abs = self.tail;
-        let prev = distance_back(abs, std::mem::replace(&mut self.chain[bucket], abs));
+        debug_assert!(bucket < self.chain.len());
+        // SAFETY: as in `newest`.
+        let newest = unsafe { self.chain.get_unchecked_mut(bucket) };
+        let prev = distance_back(abs, std::mem::replace(newest, abs));
         let hot_slot = hot.unwrap_or(COLD);
-        self.ring[(abs & self.mask) as usize] = Slot { ts_ns, seq, key, hot: hot_slot, next: 0, prev, tag, data };
+        *self.at_mut(abs) = Slot { ts_ns, seq, key, hot: hot_slot, next: 0, prev, tag, data };
         self.tail += 1;
         if let Some(slot) = hot {
             let key = self.keys.key_mut(slot);
@@ -330,7 +364,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
             if prev == NONE {
                 key.head = abs;
             } else {
-                self.ring[(prev & self.mask) as usize].next = (abs - prev) as u32;
+                self.at_mut(prev).next = (abs - prev) as u32;
             }
         }
         (abs, hot)
