@@ -426,11 +426,11 @@ impl Pattern {
     /// One stream for `rules` (at least one, at most `MAX_RULES`, distinct).
     pub fn shared(rules: &[(BookRule, PatternParams)]) -> Pattern {
         assert!(!rules.is_empty() && rules.len() <= MAX_RULES, "a spoof stream serves 1..={MAX_RULES} rules");
-        let first = RuleSlot { rule: rules[0].0, params: rules[0].1, head: 0 };
+        let first = RuleSlot { rule: rules[0].0, params: rules[0].1, head: stream::FIRST };
         let mut slots = [first; MAX_RULES];
         for (i, &(rule, params)) in rules.iter().enumerate() {
             assert!(rules[..i].iter().all(|r| r.0 != rule), "{} twice in one stream", rule.name());
-            slots[i] = RuleSlot { rule, params, head: 0 };
+            slots[i] = RuleSlot { rule, params, head: stream::FIRST };
         }
         let max_keys = rules.iter().map(|r| r.1.max_keys).max().unwrap_or(1);
         let max_entries = rules.iter().map(|r| r.1.max_entries).max().unwrap_or(1);

@@ -72,10 +72,17 @@ const INITIAL: usize = 1 << 10;
 /// window): few buckets hold a live entry of another key.
 const BUCKETS_PER_SLOT: usize = 2;
 
-/// The absolute index `distance` entries before `abs` (`NONE` for 0).
+/// The first absolute index: the indexes below it (`BEFORE`, what an
+/// empty chain bucket holds) are never live, so a chain walk stops at the
+/// ring's head without asking for "none" apart.
+pub const FIRST: u64 = 1 << 32;
+/// An index before every entry.
+const BEFORE: u64 = 0;
+
+/// The absolute index `distance` entries before `abs` (`BEFORE` for 0).
 #[inline(always)]
 fn back(abs: u64, distance: u32) -> u64 {
-    if distance == 0 { NONE } else { abs - distance as u64 }
+    if distance == 0 { BEFORE } else { abs - distance as u64 }
 }
 
 /// The absolute index `distance` entries after `abs` (`NONE` for 0).
@@ -84,10 +91,12 @@ fn on(abs: u64, distance: u32) -> u64 {
     if distance == 0 { NONE } else { abs + distance as u64 }
 }
 
-/// The link from `abs` back to `older` (`NONE`, or too far to be live: 0).
+/// The link from `abs` back to `older` (0 when it is too far back to be
+/// live, as `BEFORE` is).
 #[inline(always)]
 fn distance_back(abs: u64, older: u64) -> u32 {
-    if older == NONE { 0 } else { u32::try_from(abs - older).unwrap_or(0) }
+    let distance = abs - older;
+    if distance > u32::MAX as u64 { 0 } else { distance as u32 }
 }
 
 impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
@@ -101,10 +110,10 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         Stream {
             ring: vec![Slot::default(); ring_cap],
             mask: ring_cap as u64 - 1,
-            head: 0,
-            tail: 0,
+            head: FIRST,
+            tail: FIRST,
             ring_limit,
-            chain: vec![NONE; buckets],
+            chain: vec![BEFORE; buckets],
             chain_shift: 64 - buckets.trailing_zeros(),
             keys: KeySlots::new(key_limit),
             keys_refused: 0,
@@ -139,7 +148,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.chain_shift) as usize
     }
 
-    /// The newest entry pushed to `key`'s bucket (possibly expired), or `NONE`.
+    /// The newest entry pushed to `key`'s bucket (possibly expired), or `BEFORE`.
     #[inline(always)]
     fn newest(&self, key: u64) -> u64 {
         let bucket = self.bucket(key);
@@ -180,7 +189,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     #[inline(always)]
     pub fn hot(&self, key: u64) -> Option<u32> {
         let newest = self.newest(key);
-        if newest == NONE || newest < self.head {
+        if newest < self.head {
             return None;
         }
         let slot = self.at(newest);
@@ -196,7 +205,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         let mut abs = self.newest(key);
         std::iter::from_fn(move || {
             loop {
-                if abs == NONE || abs < self.head {
+                if abs < self.head {
                     return None;
                 }
                 let at = abs;
@@ -219,7 +228,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
             return None;
         };
         let (mut abs, mut next, mut tail, mut entries) = (self.newest(key), NONE, NONE, 0u32);
-        while abs != NONE && abs >= self.head {
+        while abs >= self.head {
             let entry = self.at_mut(abs);
             if entry.key == key {
                 entry.hot = slot;
@@ -343,7 +352,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         data: T,
     ) -> (u64, Option<u32>) {
         debug_assert_eq!(hot, self.hot(key), "push_as with a stale hot slot");
-        assert!(!self.must_evict(), "push into a full window ring");
+        // A full ring grows; one at its limit refuses (in `grow`).
         if self.len() == self.ring.len() {
             self.grow();
         }
@@ -374,6 +383,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// live entries, oldest first).
     #[cold]
     fn grow(&mut self) {
+        assert!(!self.must_evict(), "push into a full window ring");
         let cap = self.ring.len() * 2;
         let mut ring = vec![Slot::default(); cap];
         let mask = cap as u64 - 1;
@@ -383,7 +393,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         self.ring = ring;
         self.mask = mask;
         let buckets = cap * BUCKETS_PER_SLOT;
-        self.chain = vec![NONE; buckets];
+        self.chain = vec![BEFORE; buckets];
         self.chain_shift = 64 - buckets.trailing_zeros();
         for abs in self.head..self.tail {
             let bucket = self.bucket(self.ring[(abs & mask) as usize].key);
@@ -484,6 +494,22 @@ mod tests {
             let want = (k % 7 == 0).then(|| hot[(k / 7) as usize]);
             assert_eq!(w.hot(k), want, "key {k}");
         }
+    }
+
+    /// Links are distances: 0 and one too far back to be live (more
+    /// than 32 bits, or back to an empty bucket) both read as "none".
+    #[test]
+    fn links_too_far_back_read_as_none() {
+        assert_eq!(distance_back(FIRST + 5, FIRST + 2), 3);
+        assert_eq!(back(FIRST + 5, 3), FIRST + 2);
+        assert_eq!(distance_back(FIRST + 5, BEFORE), 0);
+        assert_eq!(distance_back(FIRST + (1 << 33), FIRST), 0);
+        assert_eq!(distance_back(FIRST + u32::MAX as u64, FIRST), u32::MAX);
+        assert_eq!(back(FIRST + 5, 0), BEFORE);
+        assert_eq!((on(FIRST, 0), on(FIRST, 7)), (NONE, FIRST + 7));
+        // An empty stream's buckets hold `BEFORE`, which is never live.
+        let w: Stream<u8, u8> = Stream::new(4, 4);
+        assert_eq!((w.head(), w.walk_back(9).count(), w.hot(9)), (FIRST, 0, None));
     }
 
     #[test]
