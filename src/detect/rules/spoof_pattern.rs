@@ -290,6 +290,9 @@ struct Entry {
     depth5_or_new: u64,
 }
 
+/// A ring slot: 40 bytes of header (`stream.rs`) and the entry's 40.
+const _: () = assert!(std::mem::size_of::<stream::Slot<Entry>>() == 80);
+
 impl Entry {
     /// `NEW`: the best-5 depth of its side before it.
     #[inline(always)]

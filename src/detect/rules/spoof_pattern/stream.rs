@@ -14,6 +14,11 @@
 //! (`promote`), linked into its list and summed; from then on it is kept as
 //! before until its last entry expires.
 //!
+//! The hot-key table is `key_slots.rs` (shared with `window.rs`). A ring
+//! slot's links (the key's next entry, the bucket's previous one) are
+//! 32-bit distances and its header has a byte for the caller, so a slot is
+//! 40 bytes and the caller's data.
+//!
 //! Limits and policies (as `window.rs`): a full hot-key table refuses a
 //! promotion (counted in `keys_refused`; the key stays cold and cannot
 //! alert until a later promotion succeeds); a full ring expires its oldest
