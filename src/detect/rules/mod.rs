@@ -4,10 +4,10 @@
 //! The book rules (spoofing, layering, momentum ignition) read a record
 //! with what the order book made of it (`views::Change`) and the
 //! instrument's book after it (`BookView`). Their shared parts: `finding.rs`
-//! (the `Finding` record and its packing into an alert), `window.rs` (the
-//! bounded key table and time-ordered window ring), `spoof_pattern.rs` (the
-//! pattern spoofing and layering share), `params.rs`, and `registered.rs`
-//! (their `Rule` implementations).
+//! (the `Finding` record and its packing into an alert), `key_slots.rs` (the
+//! bounded key table), `window.rs` (the time-ordered window ring),
+//! `spoof_pattern.rs` (the pattern spoofing and layering share),
+//! `params.rs`, and `registered.rs` (their `Rule` implementations).
 
 pub mod excessive_cancel;
 pub mod instant_cancel;
@@ -22,6 +22,7 @@ pub mod spoofing;
 pub mod test_probe;
 
 mod finding;
+mod key_slots;
 mod params;
 mod registered;
 mod spoof_pattern;

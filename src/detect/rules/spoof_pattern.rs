@@ -216,27 +216,95 @@ const EXEC: u8 = 1;
 /// A cancel of a counted spoof order (kept only for the walk's peak).
 const CANCEL: u8 = 2;
 
-#[derive(Clone, Copy, Debug, Default)]
+/// An entry's kind and flags, one byte kept in its ring slot's header
+/// (`Slot::tag`): the kind in the low two bits, then the side (set: sell),
+/// non-marketable on entry and behind the touch once placed (`NEW`), and
+/// spoof fill (`EXEC`: a fill of a non-marketable order of the same key
+/// whose `NEW` entry is `of_new`; whether it is a counted spoof order is
+/// each rule's question, asked when it walks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flags(u8);
+
+const KIND: u8 = 0b11;
+const SELL: u8 = 1 << 2;
+const NON_MARKETABLE: u8 = 1 << 3;
+const BEHIND: u8 = 1 << 4;
+const SPOOF_FILL: u8 = 1 << 5;
+
+impl Flags {
+    #[inline(always)]
+    fn new(kind: u8, side: Side, non_marketable: bool, behind: bool, spoof_fill: bool) -> Flags {
+        Flags(
+            kind | if side == Side::Sell { SELL } else { 0 }
+                | if non_marketable { NON_MARKETABLE } else { 0 }
+                | if behind { BEHIND } else { 0 }
+                | if spoof_fill { SPOOF_FILL } else { 0 },
+        )
+    }
+
+    #[inline(always)]
+    fn of(slot: &stream::Slot<Entry>) -> Flags {
+        Flags(slot.tag)
+    }
+
+    #[inline(always)]
+    fn kind(self) -> u8 {
+        self.0 & KIND
+    }
+
+    #[inline(always)]
+    fn side(self) -> Side {
+        if self.0 & SELL != 0 { Side::Sell } else { Side::Buy }
+    }
+
+    #[inline(always)]
+    fn non_marketable(self) -> bool {
+        self.0 & NON_MARKETABLE != 0
+    }
+
+    #[inline(always)]
+    fn behind(self) -> bool {
+        self.0 & BEHIND != 0
+    }
+
+    #[inline(always)]
+    fn spoof_fill(self) -> bool {
+        self.0 & SPOOF_FILL != 0
+    }
+}
+
+/// An entry's numbers (40 bytes; with the slot's header 80 a ring slot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Entry {
     order_id: u64,
     price: Px,
-    /// `NEW`: the entered quantity; `EXEC`: the executed quantity.
+    /// `NEW`: the entered quantity; `EXEC`: the executed quantity;
+    /// `CANCEL`: the cancelled quantity.
     qty: u64,
     /// `NEW`: cancelled so far (while the order counted for some rule).
     cancelled: u64,
-    /// `EXEC`: a fill of a non-marketable order of the same key whose
-    /// `NEW` entry is `of_new` (whether it is a counted spoof order is
-    /// each rule's question, asked when it walks).
-    spoof_fill: bool,
-    /// `CANCEL` and spoof-fill `EXEC`: the index of the order's `NEW`
-    /// entry (once that has left a rule's window, so has this one's
-    /// quantity for that rule).
-    of_new: u64,
-    depth5: u64,
-    kind: u8,
-    side: Side,
-    non_marketable: bool,
-    behind: bool,
+    /// `NEW`: the resting best-5 depth of its side just before it.
+    /// `CANCEL` and spoof-fill `EXEC`: the absolute index of the order's
+    /// `NEW` entry (once that has left a rule's window, so has this one's
+    /// quantity for that rule); `NONE` otherwise.
+    depth5_or_new: u64,
+}
+
+/// A ring slot: 40 bytes of header (`stream.rs`) and the entry's 40.
+const _: () = assert!(std::mem::size_of::<stream::Slot<Entry>>() == 80);
+
+impl Entry {
+    /// `NEW`: the best-5 depth of its side before it.
+    #[inline(always)]
+    fn depth5(&self) -> u64 {
+        self.depth5_or_new
+    }
+
+    /// `CANCEL`, `EXEC`: the index of the order's `NEW` entry, or `NONE`.
+    #[inline(always)]
+    fn of_new(&self) -> u64 {
+        self.depth5_or_new
+    }
 }
 
 /// One rule's sums for one key.
@@ -265,11 +333,11 @@ impl Sums {
 
     /// Adds (`add`) or takes away a counted entry.
     #[inline]
-    fn apply(&mut self, d: &Entry, add: bool) {
-        let s = side_index(d.side);
-        let (field, qty) = match d.kind {
+    fn apply(&mut self, f: Flags, d: &Entry, add: bool) {
+        let s = side_index(f.side());
+        let (field, qty) = match f.kind() {
             NEW => {
-                if d.non_marketable {
+                if f.non_marketable() {
                     if add {
                         self.spoof_qty[s] += d.qty;
                         self.cancelled[s] += d.cancelled;
@@ -318,7 +386,9 @@ struct RuleSlot {
 /// its rules (an overloaded stream refuses keys and evicts entries for all
 /// of them at once; counted).
 pub struct Pattern {
-    rules: [Option<RuleSlot>; MAX_RULES],
+    /// The rules served: `rules[..n_rules]` (the others copy the first and
+    /// are never read).
+    rules: [RuleSlot; MAX_RULES],
     n_rules: usize,
     /// The longest window of the rules.
     window_ns: i64,
@@ -340,9 +410,9 @@ pub struct Pattern {
     carried: [bool; MAX_RULES],
 }
 
-/// An entry read back from a snapshot: (ts, seq, key, entry, whether it
-/// refers to a live `NEW`).
-type Restored = (i64, u64, u64, Entry, bool);
+/// An entry read back from a snapshot: (ts, seq, key, flags, entry,
+/// whether it refers to a live `NEW`).
+type Restored = (i64, u64, u64, Flags, Entry, bool);
 
 /// Bytes of one key (before its rules' `since`s), of one `since` and of
 /// one entry in a snapshot.
@@ -359,10 +429,11 @@ impl Pattern {
     /// One stream for `rules` (at least one, at most `MAX_RULES`, distinct).
     pub fn shared(rules: &[(BookRule, PatternParams)]) -> Pattern {
         assert!(!rules.is_empty() && rules.len() <= MAX_RULES, "a spoof stream serves 1..={MAX_RULES} rules");
-        let mut slots = [None; MAX_RULES];
+        let first = RuleSlot { rule: rules[0].0, params: rules[0].1, head: stream::FIRST };
+        let mut slots = [first; MAX_RULES];
         for (i, &(rule, params)) in rules.iter().enumerate() {
             assert!(rules[..i].iter().all(|r| r.0 != rule), "{} twice in one stream", rule.name());
-            slots[i] = Some(RuleSlot { rule, params, head: 0 });
+            slots[i] = RuleSlot { rule, params, head: stream::FIRST };
         }
         let max_keys = rules.iter().map(|r| r.1.max_keys).max().unwrap_or(1);
         let max_entries = rules.iter().map(|r| r.1.max_entries).max().unwrap_or(1);
@@ -382,18 +453,14 @@ impl Pattern {
 
     #[inline(always)]
     fn slot(&self, r: usize) -> &RuleSlot {
-        match &self.rules[r] {
-            Some(slot) => slot,
-            None => unreachable!("rule slots 0..n_rules are set"),
-        }
+        debug_assert!(r < self.n_rules);
+        &self.rules[r]
     }
 
     #[inline(always)]
     fn slot_mut(&mut self, r: usize) -> &mut RuleSlot {
-        match &mut self.rules[r] {
-            Some(slot) => slot,
-            None => unreachable!("rule slots 0..n_rules are set"),
-        }
+        debug_assert!(r < self.n_rules);
+        &mut self.rules[r]
     }
 
     /// The whole state, for a checkpoint. Layout: the rules `(rule,
@@ -422,7 +489,7 @@ impl Pattern {
         }
         w.u64(self.window.len() as u64);
         for slot in self.window.entries() {
-            let d = slot.data;
+            let (d, f) = (slot.data, Flags::of(slot));
             w.i64(slot.ts_ns);
             w.u64(slot.seq);
             w.u64(slot.key);
@@ -430,11 +497,12 @@ impl Pattern {
             w.i64(d.price);
             w.u64(d.qty);
             w.u64(d.cancelled);
-            w.u64(d.depth5);
-            w.u8(d.kind);
-            w.u8(d.side as u8);
-            let live = d.kind != NEW && self.window.is_live(d.of_new);
-            w.u8(d.non_marketable as u8 | (d.behind as u8) << 1 | (d.spoof_fill as u8) << 2 | (live as u8) << 3);
+            let new = f.kind() == NEW;
+            w.u64(if new { d.depth5() } else { 0 });
+            w.u8(f.kind());
+            w.u8(f.side() as u8);
+            let live = !new && self.window.is_live(d.of_new());
+            w.u8(f.non_marketable() as u8 | (f.behind() as u8) << 1 | (f.spoof_fill() as u8) << 2 | (live as u8) << 3);
         }
     }
 
@@ -495,23 +563,24 @@ impl Pattern {
                 price: r.i64()?,
                 qty: r.u64()?,
                 cancelled: r.u64()?,
-                depth5: r.u64()?,
-                of_new: NONE,
-                ..Entry::default()
+                depth5_or_new: r.u64()?,
             };
-            d.kind = r.u8()?;
-            d.side = match r.u8()? {
+            let kind = r.u8()?;
+            let side = match r.u8()? {
                 b'B' => Side::Buy,
                 b'S' => Side::Sell,
                 other => return Err(DecodeError(format!("{}: bad side {other}", self.name()))),
             };
             let flags = r.u8()?;
-            if d.kind > CANCEL || flags > 15 {
-                return Err(DecodeError(format!("{}: bad entry kind {} or flags {flags}", self.name(), d.kind)));
+            if kind > CANCEL || flags > 15 {
+                return Err(DecodeError(format!("{}: bad entry kind {kind} or flags {flags}", self.name())));
             }
-            (d.non_marketable, d.behind, d.spoof_fill) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+            if kind != NEW {
+                d.depth5_or_new = NONE;
+            }
+            let f = Flags::new(kind, side, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
             if keep(key) {
-                self.pending.push((ts, seq, key, d, flags & 8 != 0));
+                self.pending.push((ts, seq, key, f, d, flags & 8 != 0));
             }
         }
         Ok(())
@@ -534,13 +603,14 @@ impl Pattern {
         // The newest `NEW` of each (key, order id) pushed so far: what a
         // cancel or a spoof fill refers to.
         let mut news: FxHashMap<(u64, u64), u64> = FxHashMap::default();
-        for (ts, seq, key, mut d, live) in pending.drain(..) {
+        for (ts, seq, key, f, mut d, live) in pending.drain(..) {
             self.make_room();
-            if d.kind != NEW && live {
-                d.of_new = news.get(&(key, d.order_id)).copied().filter(|&a| self.window.is_live(a)).unwrap_or(NONE);
+            if f.kind() != NEW && live {
+                d.depth5_or_new =
+                    news.get(&(key, d.order_id)).copied().filter(|&a| self.window.is_live(a)).unwrap_or(NONE);
             }
-            let (abs, _) = self.window.push(key, ts, seq, d);
-            if d.kind == NEW {
+            let (abs, _) = self.window.push(key, ts, seq, f.0, d);
+            if f.kind() == NEW {
                 news.insert((key, d.order_id), abs);
             }
         }
@@ -577,12 +647,13 @@ impl Pattern {
         }
         let mut state = self.window.key(slot).state;
         for (abs, entry) in self.window.walk(slot) {
+            let f = Flags::of(entry);
             for (sums, &head) in state.iter_mut().zip(&heads).take(n) {
                 if abs >= head && sums.counts(entry.ts_ns, entry.seq) {
-                    sums.apply(&entry.data, true);
+                    sums.apply(f, &entry.data, true);
                 }
             }
-            if entry.data.kind == NEW {
+            if f.kind() == NEW {
                 match self.orders.get(entry.data.order_id) {
                     Some(&newer) if newer > abs => {}
                     _ => self.orders.insert(entry.data.order_id, abs),
@@ -622,75 +693,101 @@ impl Pattern {
     }
 
     /// Drops the entries that left each rule's window at `now_ns`, and
-    /// the stream's entries that left the longest.
+    /// the stream's entries that left the longest. A rule whose window is
+    /// the stream's has no walk of its own: the stream's expiry takes its
+    /// hot entries out of its sums (`pop_hot`), and a cold entry costs a
+    /// compare and a step.
     #[inline]
     fn expire(&mut self, now_ns: i64) {
         let tail = self.window.tail();
         for r in 0..self.n_rules {
-            let cutoff = now_ns.saturating_sub(self.slot(r).params.window_ns);
-            let mut head = self.slot(r).head;
+            let (window_ns, mut head) = (self.slot(r).params.window_ns, self.slot(r).head);
+            if window_ns == self.window_ns {
+                continue;
+            }
+            let cutoff = now_ns.saturating_sub(window_ns);
             while head < tail {
                 let entry = self.window.entry(head);
                 if entry.ts_ns > cutoff {
                     break;
                 }
                 if entry.hot != COLD {
-                    let entry = *entry;
-                    let sums = &mut self.window.key_mut(entry.hot).state[r];
-                    if sums.counts(entry.ts_ns, entry.seq) {
-                        sums.apply(&entry.data, false);
-                    }
+                    self.take_out(r, head);
                 }
                 head += 1;
             }
             self.slot_mut(r).head = head;
         }
         let cutoff = now_ns.saturating_sub(self.window_ns);
+        let mut popped = false;
         while let Some(front) = self.window.front() {
             if front.ts_ns > cutoff {
                 break;
             }
-            self.pop_oldest();
+            if front.hot == COLD {
+                self.window.skip_cold_front();
+            } else {
+                self.pop_hot();
+            }
+            popped = true;
+        }
+        if popped {
+            self.follow_head();
         }
     }
 
+    /// Takes the hot entry at `abs` out of rule `r`'s sums (if it counted).
+    #[inline]
+    fn take_out(&mut self, r: usize, abs: u64) {
+        let (entry, key) = self.window.entry_and_key_mut(abs);
+        let sums = &mut key.state[r];
+        if sums.counts(entry.ts_ns, entry.seq) {
+            sums.apply(Flags::of(entry), &entry.data, false);
+        }
+    }
+
+    /// No rule's window starts before the stream's oldest entry.
+    #[inline]
+    fn follow_head(&mut self) {
+        let head = self.window.head();
+        for r in 0..self.n_rules {
+            let slot = self.slot_mut(r);
+            slot.head = slot.head.max(head);
+        }
+    }
+
+    /// Drops the oldest entry (under overload: early).
     fn pop_oldest(&mut self) {
-        let abs = self.window.head();
         let Some(front) = self.window.front() else { return };
         if front.hot == COLD {
-            // In no key's sums and no list: only the rules' window starts move.
-            for r in 0..self.n_rules {
-                let slot = self.slot_mut(r);
-                slot.head = slot.head.max(abs + 1);
-            }
             self.window.skip_cold_front();
-            return;
+        } else {
+            self.pop_hot();
         }
-        // A rule whose window still holds the entry (an eviction) lets it go first.
+        self.follow_head();
+    }
+
+    /// Drops the oldest entry, which is hot: out of the sums of each rule
+    /// whose window still holds it, out of its key's list and the order
+    /// map; the key is released with its last entry.
+    #[inline(never)]
+    fn pop_hot(&mut self) {
+        let abs = self.window.head();
         for r in 0..self.n_rules {
             if self.slot(r).head <= abs {
-                let entry = *self.window.entry(abs);
-                if entry.hot != COLD {
-                    let sums = &mut self.window.key_mut(entry.hot).state[r];
-                    if sums.counts(entry.ts_ns, entry.seq) {
-                        sums.apply(&entry.data, false);
-                    }
-                }
+                self.take_out(r, abs);
                 self.slot_mut(r).head = abs + 1;
             }
         }
         let Some((abs, slot)) = self.window.pop_front() else { return };
-        if slot.hot == COLD {
-            return;
-        }
-        let e = slot.data;
+        debug_assert!(slot.hot != COLD);
         // One probe: the id is put back in the rare case it names a newer
         // entry (a reused order id took the map over).
-        if e.kind == NEW
-            && let Some(newer) = self.orders.remove(e.order_id)
+        if Flags::of(&slot).kind() == NEW
+            && let Some(newer) = self.orders.remove(slot.data.order_id)
             && newer != abs
         {
-            self.orders.insert(e.order_id, newer);
+            self.orders.insert(slot.data.order_id, newer);
         }
         if self.window.key(slot.hot).entries == 0 {
             self.window.release(slot.hot);
@@ -708,25 +805,31 @@ impl Pattern {
 
     /// Pushes an entry of `order`'s key; if the key is hot every rule
     /// counts it (it is the newest). Its index and the key's hot slot.
-    #[inline]
-    fn push(&mut self, e: &Event, order: &OrderRef, data: Entry) -> (u64, Option<u32>) {
+    #[inline(always)]
+    fn push(&mut self, e: &Event, order: &OrderRef, f: Flags, data: Entry) -> (u64, Option<u32>) {
         self.make_room();
         let key = key_of(order.group, e.instrument);
-        self.push_as(key, self.window.hot(key), e, data)
+        self.push_as(key, self.window.hot(key), e, f, data)
     }
 
     /// `push` after `make_room` and `hot(key)` (nothing popped or promoted since).
-    #[inline]
-    fn push_as(&mut self, key: u64, hot: Option<u32>, e: &Event, data: Entry) -> (u64, Option<u32>) {
-        let (abs, hot) = self.window.push_as(key, hot, e.ts_ns, e.seq, data);
+    #[inline(always)]
+    fn push_as(&mut self, key: u64, hot: Option<u32>, e: &Event, f: Flags, data: Entry) -> (u64, Option<u32>) {
+        let (abs, hot) = self.window.push_as(key, hot, e.ts_ns, e.seq, f.0, data);
         if let Some(slot) = hot {
-            let n = self.n_rules;
-            let state = &mut self.window.key_mut(slot).state;
-            for sums in &mut state[..n] {
-                sums.apply(&data, true);
-            }
+            self.add_to_sums(slot, f, &data);
         }
         (abs, hot)
+    }
+
+    /// A hot key's new entry counts for every rule (it is the newest).
+    #[inline(never)]
+    fn add_to_sums(&mut self, slot: u32, f: Flags, data: &Entry) {
+        let n = self.n_rules;
+        let state = &mut self.window.key_mut(slot).state;
+        for sums in &mut state[..n] {
+            sums.apply(f, data, true);
+        }
     }
 
     /// The live `NEW` entry of `order_id` of the cold `key` (entered at
@@ -743,7 +846,7 @@ impl Pattern {
             if entry.ts_ns < entry_ts_ns {
                 return None;
             }
-            if entry.data.kind == NEW && entry.data.order_id == order_id {
+            if Flags::of(entry).kind() == NEW && entry.data.order_id == order_id {
                 return Some(abs);
             }
         }
@@ -758,7 +861,7 @@ impl Pattern {
             return false;
         }
         let entry = self.window.entry(abs);
-        entry.data.non_marketable
+        Flags::of(entry).non_marketable()
             && (entry.hot == COLD || self.window.key(entry.hot).state[r].counts(entry.ts_ns, entry.seq))
     }
 
@@ -777,18 +880,14 @@ impl Pattern {
                     price: order.price,
                     qty: order.entered_qty,
                     cancelled: 0,
-                    spoof_fill: false,
-                    of_new: NONE,
-                    depth5: depth5_before,
-                    kind: NEW,
-                    side: order.side,
-                    non_marketable,
-                    behind: book.best(order.side) != Some(order.price),
+                    depth5_or_new: depth5_before,
                 };
+                let behind = book.best(order.side) != Some(order.price);
+                let f = Flags::new(NEW, order.side, non_marketable, behind, false);
                 // A reused order id (the book refuses a duplicate open one)
                 // takes the map over: the older entry keeps its counts but
                 // no longer takes cancels.
-                let (abs, hot) = self.push(e, &order, data);
+                let (abs, hot) = self.push(e, &order, f, data);
                 if hot.is_some() {
                     self.orders.insert(order.order_id, abs);
                 }
@@ -838,15 +937,9 @@ impl Pattern {
                 for (sums, _) in state.iter_mut().zip(counted).filter(|(_, c)| *c) {
                     sums.cancelled[side_index(order.side)] += qty;
                 }
-                let data = Entry {
-                    order_id: order.order_id,
-                    qty,
-                    kind: CANCEL,
-                    side: order.side,
-                    of_new: abs,
-                    ..Entry::default()
-                };
-                let (_, pushed) = self.push_as(key, Some(slot), e, data);
+                let data = Entry { order_id: order.order_id, qty, depth5_or_new: abs, ..Entry::default() };
+                let f = Flags::new(CANCEL, order.side, false, false, false);
+                let (_, pushed) = self.push_as(key, Some(slot), e, f, data);
                 debug_assert_eq!(pushed, Some(slot));
                 for (r, _) in counted.iter().enumerate().filter(|(_, c)| **c) {
                     self.check(r, slot, order.side, e, order.account, emit);
@@ -859,18 +952,10 @@ impl Pattern {
                     let key = key_of(order.group, e.instrument);
                     let hot = self.window.hot(key);
                     let of_new = self.spoof_new(&order, key, hot).unwrap_or(NONE);
-                    let data = Entry {
-                        order_id: order.order_id,
-                        price,
-                        qty,
-                        kind: EXEC,
-                        side,
-                        spoof_fill: of_new != NONE,
-                        of_new,
-                        ..Entry::default()
-                    };
+                    let data = Entry { order_id: order.order_id, price, qty, cancelled: 0, depth5_or_new: of_new };
+                    let f = Flags::new(EXEC, side, false, false, of_new != NONE);
                     // A cold key has no counted cancel: the pattern cannot complete.
-                    if let (_, Some(slot)) = self.push_as(key, hot, e, data) {
+                    if let (_, Some(slot)) = self.push_as(key, hot, e, f, data) {
                         checks[i] = Some((slot, opposite(side), order.account));
                     }
                 }
@@ -893,7 +978,7 @@ impl Pattern {
             None => self.cold_new(key, order.order_id, order.entry_ts_ns)?,
         };
         let entry = self.window.entry(abs);
-        (entry.key == key && entry.data.non_marketable).then_some(abs)
+        (entry.key == key && Flags::of(entry).non_marketable()).then_some(abs)
     }
 
     /// Checks rule `r`'s pattern for the key in `slot` with spoof orders
@@ -918,27 +1003,29 @@ impl Pattern {
         let mut first_order_ns = e.ts_ns;
         let (mut open, mut peak, mut cancelled_orders) = (0u64, 0u64, 0u32);
         for (abs, entry) in self.window.walk(slot) {
-            let d = entry.data;
-            if abs < head || d.side != side || !state.counts(entry.ts_ns, entry.seq) {
+            let (d, f) = (entry.data, Flags::of(entry));
+            if abs < head || f.side() != side || !state.counts(entry.ts_ns, entry.seq) {
                 continue;
             }
-            match d.kind {
-                NEW if d.non_marketable => {
+            match f.kind() {
+                NEW if f.non_marketable() => {
                     open += d.qty;
                     peak = peak.max(open);
                 }
-                CANCEL | EXEC if (d.kind == CANCEL || d.spoof_fill) && self.counted_for(r, d.of_new) => open -= d.qty,
+                CANCEL | EXEC if (f.kind() == CANCEL || f.spoof_fill()) && self.counted_for(r, d.of_new()) => {
+                    open -= d.qty
+                }
                 _ => continue,
             }
-            if d.kind != NEW {
+            if f.kind() != NEW {
                 continue;
             }
             if depth5.is_none() {
-                depth5 = Some(d.depth5);
+                depth5 = Some(d.depth5());
                 first_order_ns = entry.ts_ns;
             }
             cancelled_orders += (d.cancelled > 0) as u32;
-            if d.cancelled > 0 && d.behind && n_levels < MAX_LEVELS && !levels[..n_levels].contains(&d.price) {
+            if d.cancelled > 0 && f.behind() && n_levels < MAX_LEVELS && !levels[..n_levels].contains(&d.price) {
                 levels[n_levels] = d.price;
                 n_levels += 1;
             }
@@ -994,11 +1081,11 @@ impl Pattern {
         let mut ids = OrderIds::default();
         let mut spoof = 0;
         for (abs, entry) in self.window.walk(slot) {
-            let d = entry.data;
+            let (d, f) = (entry.data, Flags::of(entry));
             if abs >= head
-                && d.kind == NEW
-                && d.side == side
-                && d.non_marketable
+                && f.kind() == NEW
+                && f.side() == side
+                && f.non_marketable()
                 && d.cancelled > 0
                 && state.counts(entry.ts_ns, entry.seq)
             {
@@ -1008,7 +1095,8 @@ impl Pattern {
         }
         let other = opposite(side);
         let counted_exec = |abs: u64, entry: &stream::Slot<Entry>| {
-            abs >= head && entry.data.kind == EXEC && entry.data.side == other && state.counts(entry.ts_ns, entry.seq)
+            let f = Flags::of(entry);
+            abs >= head && f.kind() == EXEC && f.side() == other && state.counts(entry.ts_ns, entry.seq)
         };
         let mut opposite_orders = 0;
         for (abs, entry) in self.window.walk(slot) {
@@ -1269,10 +1357,13 @@ mod tests {
         let entries: Vec<String> = sorted
             .into_iter()
             .map(|e| {
-                let mut d = e.data;
-                let live = p.window.is_live(d.of_new).then(|| p.window.entry(d.of_new).data.order_id);
-                d.of_new = 0;
-                format!("{} {} {:x} {} {:?} {:?}", e.ts_ns, e.seq, e.key, e.hot != COLD, d, live)
+                let (mut d, f) = (e.data, Flags::of(e));
+                let live =
+                    (f.kind() != NEW && p.window.is_live(d.of_new())).then(|| p.window.entry(d.of_new()).data.order_id);
+                if f.kind() != NEW {
+                    d.depth5_or_new = 0;
+                }
+                format!("{} {} {:x} {} {:?} {:?} {:?}", e.ts_ns, e.seq, e.key, e.hot != COLD, f, d, live)
             })
             .collect();
         format!("{keys:#?}\n{entries:#?}\n{}", p.orders.len())

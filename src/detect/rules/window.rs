@@ -1,6 +1,7 @@
-//! The bounded state of the book rules: a table of keys ((group,
-//! instrument)) each holding its rule's counts, and one time-ordered ring of
-//! window entries per rule, threaded into a list per key.
+//! The bounded state of the window rules: a table of keys ((group,
+//! instrument)) each holding its rule's counts (`key_slots.rs`), and one
+//! time-ordered ring of window entries per rule, threaded into a list per
+//! key.
 //!
 //! A shard applies records in `(ts_ns, seq)` order, so a rule's entries are
 //! pushed in time order and expire from the front: O(1) per entry. Each
@@ -10,19 +11,13 @@
 //! doubling up to their stated limit (each growth counted), and never
 //! shrink, so once warm nothing allocates.
 //!
-//! The key table is the open-addressing `FlatMap` (a key's slot address
-//! follows from the key, so the shard prefetches it records ahead; no
-//! tombstones, so keys that come and go do not slow it down).
-//!
 //! Limits and policies: a full key table refuses new keys (the record is
 //! not tracked for that rule; counted in `keys_refused`); a full ring
 //! expires its oldest entry early (counted in `entries_evicted`), so the
 //! rule sees a shorter window under overload rather than none.
 
-use crate::flat_map::FlatMap;
-
-/// No entry / no slot.
-pub const NONE: u64 = u64::MAX;
+use super::key_slots::KeySlots;
+pub use super::key_slots::{KeyEntry, NONE};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Slot<T> {
@@ -35,16 +30,6 @@ pub struct Slot<T> {
     pub data: T,
 }
 
-/// A key's place in the table: its list of entries and the rule's state.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyEntry<S> {
-    pub key: u64,
-    pub head: u64,
-    pub tail: u64,
-    pub entries: u32,
-    pub state: S,
-}
-
 pub struct Window<T, S> {
     ring: Vec<Slot<T>>,
     mask: u64,
@@ -52,10 +37,7 @@ pub struct Window<T, S> {
     head: u64,
     tail: u64,
     ring_limit: usize,
-    map: FlatMap<u64, u32>,
-    keys: Vec<KeyEntry<S>>,
-    free: Vec<u32>,
-    key_limit: usize,
+    keys: KeySlots<S>,
     pub keys_refused: u64,
     pub entries_evicted: u64,
     pub grew: u64,
@@ -67,20 +49,14 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     /// Limits are rounded up to powers of two (the ring's) and at least 1.
     pub fn new(key_limit: usize, ring_limit: usize) -> Window<T, S> {
         let ring_limit = ring_limit.max(1).next_power_of_two();
-        let key_limit = key_limit.max(1);
         let ring_cap = INITIAL.min(ring_limit);
-        let key_cap = INITIAL.min(key_limit);
-        let map = FlatMap::with_capacity(key_cap);
         Window {
             ring: vec![Slot::default(); ring_cap],
             mask: ring_cap as u64 - 1,
             head: 0,
             tail: 0,
             ring_limit,
-            map,
-            keys: Vec::with_capacity(key_cap),
-            free: Vec::with_capacity(key_cap),
-            key_limit,
+            keys: KeySlots::new(key_limit),
             keys_refused: 0,
             entries_evicted: 0,
             grew: 0,
@@ -92,69 +68,37 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     }
 
     pub fn key_count(&self) -> usize {
-        self.map.len()
+        self.keys.len()
     }
 
     /// The slot of `key`, if it has state.
     #[inline]
     pub fn find(&self, key: u64) -> Option<u32> {
-        self.map.get(key).copied()
+        self.keys.find(key)
     }
 
     /// The slot of `key`, taking one with default state if it has none;
     /// `None` (counted) when the table is at its limit.
     #[inline]
     pub fn find_or_insert(&mut self, key: u64) -> Option<u32> {
-        if self.map.len() >= self.key_limit {
-            if let Some(&slot) = self.map.get(key) {
-                return Some(slot);
-            }
-            self.keys_refused += 1;
-            return None;
-        }
-        let before = self.map.grew;
-        let (value, inserted) = self.map.get_or_insert_default(key);
-        if !inserted {
-            return Some(*value);
-        }
-        let entry = KeyEntry { key, head: NONE, tail: NONE, entries: 0, state: S::default() };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.keys[slot as usize] = entry;
-                slot
-            }
-            None => {
-                if self.keys.len() == self.keys.capacity() {
-                    self.grew += 1;
-                }
-                self.keys.push(entry);
-                (self.keys.len() - 1) as u32
-            }
-        };
-        *value = slot;
-        self.grew += self.map.grew - before;
-        Some(slot)
+        let slot = self.keys.find_or_insert(key, &mut self.grew);
+        self.keys_refused += slot.is_none() as u64;
+        slot
     }
 
     /// Gives a key's slot back; it must have no entries.
     pub fn release(&mut self, slot: u32) {
-        let entry = &self.keys[slot as usize];
-        assert_eq!(entry.entries, 0, "a key released with window entries");
-        self.map.remove(entry.key);
-        if self.free.len() == self.free.capacity() {
-            self.grew += 1;
-        }
-        self.free.push(slot);
+        self.keys.release(slot, &mut self.grew);
     }
 
     #[inline]
     pub fn key(&self, slot: u32) -> &KeyEntry<S> {
-        &self.keys[slot as usize]
+        self.keys.key(slot)
     }
 
     #[inline]
     pub fn key_mut(&mut self, slot: u32) -> &mut KeyEntry<S> {
-        &mut self.keys[slot as usize]
+        self.keys.key_mut(slot)
     }
 
     #[inline]
@@ -179,7 +123,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
         let abs = self.head;
         let slot = self.ring[(abs & self.mask) as usize];
         self.head += 1;
-        let key = &mut self.keys[slot.key as usize];
+        let key = self.keys.key_mut(slot.key);
         debug_assert_eq!(key.head, abs);
         key.head = slot.next;
         if key.head == NONE {
@@ -207,7 +151,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
         let abs = self.tail;
         self.ring[(abs & self.mask) as usize] = Slot { ts_ns, seq, key: slot, next: NONE, data };
         self.tail += 1;
-        let key = &mut self.keys[slot as usize];
+        let key = self.keys.key_mut(slot);
         let prev = key.tail;
         key.tail = abs;
         key.entries += 1;
@@ -235,7 +179,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     /// The absolute indexes of `slot`'s entries, oldest first.
     #[cfg(test)]
     pub fn walk(&self, slot: u32) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
-        let mut abs = self.keys[slot as usize].head;
+        let mut abs = self.keys.key(slot).head;
         std::iter::from_fn(move || {
             if abs == NONE {
                 return None;
@@ -250,7 +194,7 @@ impl<T: Copy + Default, S: Copy + Default> Window<T, S> {
     /// Every key's slot and entry (for snapshots and tests), in no
     /// particular order.
     pub fn keys(&self) -> impl Iterator<Item = (u32, &KeyEntry<S>)> + '_ {
-        self.map.iter().map(|(_, slot)| (slot, &self.keys[slot as usize]))
+        self.keys.iter()
     }
 
     /// Every live entry, oldest first.

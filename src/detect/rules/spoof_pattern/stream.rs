@@ -14,6 +14,11 @@
 //! (`promote`), linked into its list and summed; from then on it is kept as
 //! before until its last entry expires.
 //!
+//! The hot-key table is `key_slots.rs` (shared with `window.rs`). A ring
+//! slot's links (the key's next entry, the bucket's previous one) are
+//! 32-bit distances and its header has a byte for the caller, so a slot is
+//! 40 bytes and the caller's data.
+//!
 //! Limits and policies (as `window.rs`): a full hot-key table refuses a
 //! promotion (counted in `keys_refused`; the key stays cold and cannot
 //! alert until a later promotion succeeds); a full ring expires its oldest
@@ -21,13 +26,15 @@
 //! start small and grow by doubling up to their limit (counted), never
 //! shrink, so once warm nothing allocates.
 
-use crate::flat_map::FlatMap;
+use crate::detect::rules::key_slots::KeySlots;
+pub use crate::detect::rules::key_slots::{KeyEntry, NONE};
 
-/// No entry / no slot.
-pub const NONE: u64 = u64::MAX;
 /// A cold entry (its key has no slot).
 pub const COLD: u32 = u32::MAX;
 
+/// One entry: 40 bytes of header and the caller's data. Links are
+/// distances, not absolute indexes: the ring holds at most `MAX_RING`
+/// entries, so a live link fits in 32 bits.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Slot<T> {
     pub ts_ns: i64,
@@ -36,22 +43,18 @@ pub struct Slot<T> {
     pub key: u64,
     /// The key's slot in the hot table, or `COLD`.
     pub hot: u32,
-    /// Hot keys: the absolute index of the key's next entry, or `NONE`.
-    pub next: u64,
-    /// The previous entry of the same hash bucket (any key), or `NONE`.
-    prev: u64,
+    /// Hot keys: how many entries later the key's next entry is (0: none).
+    next: u32,
+    /// How many entries earlier the previous entry of the same hash bucket
+    /// (any key) is; 0: none, or too far back to be live.
+    prev: u32,
+    /// The caller's byte (kept where the header would have padding).
+    pub tag: u8,
     pub data: T,
 }
 
-/// A hot key: its list of entries and the rules' state.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyEntry<S> {
-    pub key: u64,
-    pub head: u64,
-    pub tail: u64,
-    pub entries: u32,
-    pub state: S,
-}
+/// The most entries the ring holds (links are 32-bit distances).
+pub const MAX_RING: usize = 1 << 31;
 
 pub struct Stream<T, S> {
     ring: Vec<Slot<T>>,
@@ -63,10 +66,7 @@ pub struct Stream<T, S> {
     /// Per hash bucket the newest entry pushed to it (possibly expired).
     chain: Vec<u64>,
     chain_shift: u32,
-    map: FlatMap<u64, u32>,
-    keys: Vec<KeyEntry<S>>,
-    free: Vec<u32>,
-    key_limit: usize,
+    keys: KeySlots<S>,
     pub keys_refused: u64,
     pub entries_evicted: u64,
     pub grew: u64,
@@ -77,26 +77,50 @@ const INITIAL: usize = 1 << 10;
 /// window): few buckets hold a live entry of another key.
 const BUCKETS_PER_SLOT: usize = 2;
 
+/// The first absolute index: the indexes below it (`BEFORE`, what an
+/// empty chain bucket holds) are never live, so a chain walk stops at the
+/// ring's head without asking for "none" apart.
+pub const FIRST: u64 = 1 << 32;
+/// An index before every entry.
+const BEFORE: u64 = 0;
+
+/// The absolute index `distance` entries before `abs` (`BEFORE` for 0).
+#[inline(always)]
+fn back(abs: u64, distance: u32) -> u64 {
+    if distance == 0 { BEFORE } else { abs - distance as u64 }
+}
+
+/// The absolute index `distance` entries after `abs` (`NONE` for 0).
+#[inline(always)]
+fn on(abs: u64, distance: u32) -> u64 {
+    if distance == 0 { NONE } else { abs + distance as u64 }
+}
+
+/// The link from `abs` back to `older` (0 when it is too far back to be
+/// live, as `BEFORE` is).
+#[inline(always)]
+fn distance_back(abs: u64, older: u64) -> u32 {
+    let distance = abs - older;
+    if distance > u32::MAX as u64 { 0 } else { distance as u32 }
+}
+
 impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
-    /// Limits are rounded up to powers of two (the ring's) and at least 1.
+    /// Limits are rounded up to powers of two (the ring's) and at least 1;
+    /// the ring's is at most `MAX_RING`.
     pub fn new(key_limit: usize, ring_limit: usize) -> Stream<T, S> {
         let ring_limit = ring_limit.max(1).next_power_of_two();
-        let key_limit = key_limit.max(1);
+        assert!(ring_limit <= MAX_RING, "a spoof stream ring over {MAX_RING} entries");
         let ring_cap = INITIAL.min(ring_limit);
-        let key_cap = INITIAL.min(key_limit);
         let buckets = ring_cap * BUCKETS_PER_SLOT;
         Stream {
             ring: vec![Slot::default(); ring_cap],
             mask: ring_cap as u64 - 1,
-            head: 0,
-            tail: 0,
+            head: FIRST,
+            tail: FIRST,
             ring_limit,
-            chain: vec![NONE; buckets],
+            chain: vec![BEFORE; buckets],
             chain_shift: 64 - buckets.trailing_zeros(),
-            map: FlatMap::with_capacity(key_cap),
-            keys: Vec::with_capacity(key_cap),
-            free: Vec::with_capacity(key_cap),
-            key_limit,
+            keys: KeySlots::new(key_limit),
             keys_refused: 0,
             entries_evicted: 0,
             grew: 0,
@@ -121,12 +145,41 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
 
     /// Hot keys.
     pub fn key_count(&self) -> usize {
-        self.map.len()
+        self.keys.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn bucket(&self, key: u64) -> usize {
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.chain_shift) as usize
+    }
+
+    /// The newest entry pushed to `key`'s bucket (possibly expired), or `BEFORE`.
+    #[inline(always)]
+    fn newest(&self, key: u64) -> u64 {
+        let bucket = self.bucket(key);
+        debug_assert!(bucket < self.chain.len());
+        // SAFETY: `chain.len()` is `1 << (64 - chain_shift)` (set together
+        // in `new` and `grow`), and `bucket` is a 64-bit value shifted
+        // right by `chain_shift`, so it is below that.
+        unsafe { *self.chain.get_unchecked(bucket) }
+    }
+
+    /// The ring slot of the absolute index `abs` (live or not).
+    #[inline(always)]
+    fn at(&self, abs: u64) -> &Slot<T> {
+        let i = (abs & self.mask) as usize;
+        debug_assert!(i < self.ring.len());
+        // SAFETY: `ring.len()` is `mask + 1` (set together in `new` and
+        // `grow`), and `i` is masked by `mask`.
+        unsafe { self.ring.get_unchecked(i) }
+    }
+
+    #[inline(always)]
+    fn at_mut(&mut self, abs: u64) -> &mut Slot<T> {
+        let i = (abs & self.mask) as usize;
+        debug_assert!(i < self.ring.len());
+        // SAFETY: as in `at`.
+        unsafe { self.ring.get_unchecked_mut(i) }
     }
 
     /// Brings `key`'s bucket into cache; no effect on results.
@@ -138,31 +191,31 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// The hot slot of `key`, if it is hot. The newest entry of its bucket
     /// answers without the table when it is the key's (or expired: then
     /// the key has no live entry and no slot).
-    #[inline]
+    #[inline(always)]
     pub fn hot(&self, key: u64) -> Option<u32> {
-        let newest = self.chain[self.bucket(key)];
-        if newest == NONE || newest < self.head {
+        let newest = self.newest(key);
+        if newest < self.head {
             return None;
         }
-        let slot = &self.ring[(newest & self.mask) as usize];
+        let slot = self.at(newest);
         if slot.key == key {
             return (slot.hot != COLD).then_some(slot.hot);
         }
-        self.map.get(key).copied()
+        self.keys.find(key)
     }
 
     /// The live entries of `key`, newest first (its bucket's chain).
     #[inline]
     pub fn walk_back(&self, key: u64) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
-        let mut abs = self.chain[self.bucket(key)];
+        let mut abs = self.newest(key);
         std::iter::from_fn(move || {
             loop {
-                if abs == NONE || abs < self.head {
+                if abs < self.head {
                     return None;
                 }
                 let at = abs;
-                let slot = &self.ring[(at & self.mask) as usize];
-                abs = slot.prev;
+                let slot = self.at(at);
+                abs = back(at, slot.prev);
                 if slot.key == key {
                     return Some((at, slot));
                 }
@@ -175,72 +228,64 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// when the table is at its limit.
     pub fn promote(&mut self, key: u64) -> Option<u32> {
         debug_assert!(self.hot(key).is_none(), "promote of a hot key");
-        if self.map.len() >= self.key_limit {
+        let Some(slot) = self.keys.insert(key, &mut self.grew) else {
             self.keys_refused += 1;
             return None;
-        }
-        let before = self.map.grew;
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                if self.keys.len() == self.keys.capacity() {
-                    self.grew += 1;
-                }
-                self.keys.push(KeyEntry { key, head: NONE, tail: NONE, entries: 0, state: S::default() });
-                (self.keys.len() - 1) as u32
-            }
         };
-        self.map.insert(key, slot);
-        self.grew += self.map.grew - before;
-        let (mut abs, mut next, mut tail, mut entries) = (self.chain[self.bucket(key)], NONE, NONE, 0u32);
-        while abs != NONE && abs >= self.head {
-            let entry = &mut self.ring[(abs & self.mask) as usize];
+        let (mut abs, mut next, mut tail, mut entries) = (self.newest(key), NONE, NONE, 0u32);
+        while abs >= self.head {
+            let entry = self.at_mut(abs);
             if entry.key == key {
                 entry.hot = slot;
-                entry.next = next;
+                entry.next = if next == NONE { 0 } else { (next - abs) as u32 };
                 next = abs;
                 if tail == NONE {
                     tail = abs;
                 }
                 entries += 1;
             }
-            abs = entry.prev;
+            abs = back(abs, entry.prev);
         }
-        self.keys[slot as usize] = KeyEntry { key, head: next, tail, entries, state: S::default() };
+        let k = self.keys.key_mut(slot);
+        (k.head, k.tail, k.entries) = (next, tail, entries);
         Some(slot)
     }
 
     /// Gives a hot key's slot back; it must have no entries.
     pub fn release(&mut self, slot: u32) {
-        let entry = &self.keys[slot as usize];
-        assert_eq!(entry.entries, 0, "a key released with window entries");
-        self.map.remove(entry.key);
-        if self.free.len() == self.free.capacity() {
-            self.grew += 1;
-        }
-        self.free.push(slot);
+        self.keys.release(slot, &mut self.grew);
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn key(&self, slot: u32) -> &KeyEntry<S> {
-        &self.keys[slot as usize]
+        self.keys.key(slot)
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn key_mut(&mut self, slot: u32) -> &mut KeyEntry<S> {
-        &mut self.keys[slot as usize]
+        self.keys.key_mut(slot)
     }
 
-    #[inline]
+    /// The entry at `abs` and its hot key's slot (the entry must be hot).
+    #[inline(always)]
+    pub fn entry_and_key_mut(&mut self, abs: u64) -> (&Slot<T>, &mut KeyEntry<S>) {
+        debug_assert!(abs >= self.head && abs < self.tail);
+        let i = (abs & self.mask) as usize;
+        // SAFETY: as in `at` (the ring and the keys are borrowed apart).
+        let entry = unsafe { self.ring.get_unchecked(i) };
+        (entry, self.keys.key_mut(entry.hot))
+    }
+
+    #[inline(always)]
     pub fn entry(&self, abs: u64) -> &Slot<T> {
         debug_assert!(abs >= self.head && abs < self.tail);
-        &self.ring[(abs & self.mask) as usize]
+        self.at(abs)
     }
 
     #[inline]
     pub fn entry_mut(&mut self, abs: u64) -> &mut Slot<T> {
         debug_assert!(abs >= self.head && abs < self.tail);
-        &mut self.ring[(abs & self.mask) as usize]
+        self.at_mut(abs)
     }
 
     /// Whether `abs` names a live entry.
@@ -250,9 +295,9 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     }
 
     /// The oldest entry, if any.
-    #[inline]
+    #[inline(always)]
     pub fn front(&self) -> Option<&Slot<T>> {
-        (self.head < self.tail).then(|| &self.ring[(self.head & self.mask) as usize])
+        (self.head < self.tail).then(|| self.at(self.head))
     }
 
     /// Removes the oldest entry (the oldest of its key too) and returns it
@@ -263,12 +308,12 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
             return None;
         }
         let abs = self.head;
-        let slot = self.ring[(abs & self.mask) as usize];
+        let slot = *self.at(abs);
         self.head += 1;
         if slot.hot != COLD {
-            let key = &mut self.keys[slot.hot as usize];
+            let key = self.keys.key_mut(slot.hot);
             debug_assert_eq!(key.head, abs);
-            key.head = slot.next;
+            key.head = on(abs, slot.next);
             if key.head == NONE {
                 key.tail = NONE;
             }
@@ -278,7 +323,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     }
 
     /// Drops the oldest entry, which must be cold (nothing to unlink).
-    #[inline]
+    #[inline(always)]
     pub fn skip_cold_front(&mut self) {
         debug_assert!(self.head < self.tail && self.ring[(self.head & self.mask) as usize].hot == COLD);
         self.head += 1;
@@ -294,35 +339,46 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// Appends an entry of `key` (to its list if it is hot); returns its
     /// absolute index and the key's hot slot. Entries must be pushed in
     /// `(ts_ns, seq)` order.
-    #[inline]
-    pub fn push(&mut self, key: u64, ts_ns: i64, seq: u64, data: T) -> (u64, Option<u32>) {
-        self.push_as(key, self.hot(key), ts_ns, seq, data)
+    #[inline(always)]
+    pub fn push(&mut self, key: u64, ts_ns: i64, seq: u64, tag: u8, data: T) -> (u64, Option<u32>) {
+        self.push_as(key, self.hot(key), ts_ns, seq, tag, data)
     }
 
     /// `push` for a caller that has just asked `hot(key)` (nothing popped
     /// or promoted since).
-    #[inline]
-    pub fn push_as(&mut self, key: u64, hot: Option<u32>, ts_ns: i64, seq: u64, data: T) -> (u64, Option<u32>) {
+    #[inline(always)]
+    pub fn push_as(
+        &mut self,
+        key: u64,
+        hot: Option<u32>,
+        ts_ns: i64,
+        seq: u64,
+        tag: u8,
+        data: T,
+    ) -> (u64, Option<u32>) {
         debug_assert_eq!(hot, self.hot(key), "push_as with a stale hot slot");
-        assert!(!self.must_evict(), "push into a full window ring");
+        // A full ring grows; one at its limit refuses (in `grow`).
         if self.len() == self.ring.len() {
             self.grow();
         }
         let bucket = self.bucket(key);
         let abs = self.tail;
-        let prev = std::mem::replace(&mut self.chain[bucket], abs);
+        debug_assert!(bucket < self.chain.len());
+        // SAFETY: as in `newest`.
+        let newest = unsafe { self.chain.get_unchecked_mut(bucket) };
+        let prev = distance_back(abs, std::mem::replace(newest, abs));
         let hot_slot = hot.unwrap_or(COLD);
-        self.ring[(abs & self.mask) as usize] = Slot { ts_ns, seq, key, hot: hot_slot, next: NONE, prev, data };
+        *self.at_mut(abs) = Slot { ts_ns, seq, key, hot: hot_slot, next: 0, prev, tag, data };
         self.tail += 1;
         if let Some(slot) = hot {
-            let key = &mut self.keys[slot as usize];
+            let key = self.keys.key_mut(slot);
             let prev = key.tail;
             key.tail = abs;
             key.entries += 1;
             if prev == NONE {
                 key.head = abs;
             } else {
-                self.ring[(prev & self.mask) as usize].next = abs;
+                self.at_mut(prev).next = (abs - prev) as u32;
             }
         }
         (abs, hot)
@@ -332,6 +388,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// live entries, oldest first).
     #[cold]
     fn grow(&mut self) {
+        assert!(!self.must_evict(), "push into a full window ring");
         let cap = self.ring.len() * 2;
         let mut ring = vec![Slot::default(); cap];
         let mask = cap as u64 - 1;
@@ -341,25 +398,25 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         self.ring = ring;
         self.mask = mask;
         let buckets = cap * BUCKETS_PER_SLOT;
-        self.chain = vec![NONE; buckets];
+        self.chain = vec![BEFORE; buckets];
         self.chain_shift = 64 - buckets.trailing_zeros();
         for abs in self.head..self.tail {
             let bucket = self.bucket(self.ring[(abs & mask) as usize].key);
-            self.ring[(abs & mask) as usize].prev = std::mem::replace(&mut self.chain[bucket], abs);
+            self.ring[(abs & mask) as usize].prev = distance_back(abs, std::mem::replace(&mut self.chain[bucket], abs));
         }
         self.grew += 1;
     }
 
     /// The absolute indexes of a hot key's entries, oldest first.
     pub fn walk(&self, slot: u32) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
-        let mut abs = self.keys[slot as usize].head;
+        let mut abs = self.keys.key(slot).head;
         std::iter::from_fn(move || {
             if abs == NONE {
                 return None;
             }
             let at = abs;
             let entry = self.entry(at);
-            abs = entry.next;
+            abs = on(at, entry.next);
             Some((at, entry))
         })
     }
@@ -374,7 +431,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// Every hot key's slot and entry (for snapshots and tests), in no
     /// particular order.
     pub fn keys(&self) -> impl Iterator<Item = (u32, &KeyEntry<S>)> + '_ {
-        self.map.iter().map(|(_, slot)| (slot, &self.keys[slot as usize]))
+        self.keys.iter()
     }
 
     /// Every live entry, oldest first.
@@ -395,7 +452,7 @@ mod tests {
         let mut w: Stream<u64, u32> = Stream::new(4, 1 << 14);
         let (a, b) = (1u64, 2u64);
         for i in 0..3000u64 {
-            w.push(if i % 3 == 0 { a } else { b }, i as i64, i, i);
+            w.push(if i % 3 == 0 { a } else { b }, i as i64, i, 0, i);
         }
         assert!(w.grew >= 2);
         assert_eq!(w.hot(a), None);
@@ -405,7 +462,7 @@ mod tests {
         assert_eq!(w.hot(a), Some(slot));
         assert_eq!(w.hot(b), None);
         for i in 3000..3300u64 {
-            w.push(if i % 3 == 0 { a } else { b }, i as i64, i, i);
+            w.push(if i % 3 == 0 { a } else { b }, i as i64, i, 0, i);
         }
         let listed: Vec<u64> = w.walk(slot).map(|(_, s)| s.data).collect();
         assert_eq!(listed, (0..3300).filter(|i| i % 3 == 0).collect::<Vec<_>>());
@@ -433,7 +490,7 @@ mod tests {
         // 40 keys in 128 buckets: several share one.
         let mut w: Stream<u64, u32> = Stream::new(64, 64);
         for i in 0..64u64 {
-            w.push(i % 40, i as i64, i, i);
+            w.push(i % 40, i as i64, i, 0, i);
         }
         let hot: Vec<u32> = (0..40).step_by(7).map(|k| w.promote(k).unwrap()).collect();
         for k in 0..40u64 {
@@ -444,11 +501,27 @@ mod tests {
         }
     }
 
+    /// Links are distances: 0 and one too far back to be live (more
+    /// than 32 bits, or back to an empty bucket) both read as "none".
+    #[test]
+    fn links_too_far_back_read_as_none() {
+        assert_eq!(distance_back(FIRST + 5, FIRST + 2), 3);
+        assert_eq!(back(FIRST + 5, 3), FIRST + 2);
+        assert_eq!(distance_back(FIRST + 5, BEFORE), 0);
+        assert_eq!(distance_back(FIRST + (1 << 33), FIRST), 0);
+        assert_eq!(distance_back(FIRST + u32::MAX as u64, FIRST), u32::MAX);
+        assert_eq!(back(FIRST + 5, 0), BEFORE);
+        assert_eq!((on(FIRST, 0), on(FIRST, 7)), (NONE, FIRST + 7));
+        // An empty stream's buckets hold `BEFORE`, which is never live.
+        let w: Stream<u8, u8> = Stream::new(4, 4);
+        assert_eq!((w.head(), w.walk_back(9).count(), w.hot(9)), (FIRST, 0, None));
+    }
+
     #[test]
     fn limits_refuse_promotions_and_ask_for_eviction() {
         let mut w: Stream<u8, u8> = Stream::new(1, 4);
         for i in 0..4 {
-            w.push(10 + i as u64 % 2, i, i as u64, 0);
+            w.push(10 + i as u64 % 2, i, i as u64, 0, 0);
         }
         assert!(w.promote(10).is_some());
         assert_eq!(w.promote(11), None);
