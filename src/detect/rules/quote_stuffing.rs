@@ -30,10 +30,12 @@ use serde::Deserialize;
 use std::collections::VecDeque;
 use toml::Spanned;
 
-/// Off unless the rules file turns it on (`enabled = true`): its per-key
-/// tables are hash maps, several lookups a record, which would cut a
-/// default replay's speed several-fold (docs/PERFORMANCE.md). On by default
-/// once they move to excessive-cancel's table design.
+/// Off unless the rules file turns it on (`enabled = true`): about 240
+/// shard instructions a new order or cancel (a hash probe, a map insert
+/// for each new key of the day, a `VecDeque` window), which would cut a
+/// default replay's speed by about a third (the default rules execute
+/// about 365 a record: docs/PERFORMANCE.md). On by default
+/// once it costs about what excessive-cancel does.
 pub const ENABLED_BY_DEFAULT: bool = false;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
