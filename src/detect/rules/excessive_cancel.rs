@@ -158,7 +158,7 @@ impl KeyTable {
     /// The bucket of `key`, taking one for it if it has none: the first idle
     /// bucket on its probe path, else the empty one that ends the path.
     /// `None` when the table must be rebuilt first (nothing was changed).
-    #[inline]
+    #[inline(always)]
     fn find_or_take(&mut self, key: u64) -> Option<u32> {
         debug_assert_ne!(key, EMPTY_KEY);
         let mut i = self.home(key);
@@ -210,17 +210,23 @@ impl KeyTable {
     }
 
     /// Fills a few more buckets of the next (twice as large) table.
-    #[inline]
+    #[inline(always)]
     fn prepare_next(&mut self) {
-        let want = 2 * self.buckets.len();
-        if self.next.len() < want {
-            if self.next.capacity() < want {
-                // Reserving maps the memory; the pages are touched as filled.
-                self.next = Vec::with_capacity(want);
-            }
-            let fill = PREPARE_PER_KEY.min(want - self.next.len());
-            self.next.extend(std::iter::repeat_n(Bucket::EMPTY, fill));
+        if self.next.len() < 2 * self.buckets.len() {
+            self.fill_next();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fill_next(&mut self) {
+        let want = 2 * self.buckets.len();
+        if self.next.capacity() < want {
+            // Reserving maps the memory; the pages are touched as filled.
+            self.next = Vec::with_capacity(want);
+        }
+        let fill = PREPARE_PER_KEY.min(want - self.next.len());
+        self.next.extend(std::iter::repeat_n(Bucket::EMPTY, fill));
     }
 
     /// Re-inserts the live keys into a table sized for them (four buckets
@@ -568,6 +574,14 @@ impl ExcessiveCancel {
 
     #[inline]
     pub fn apply(&mut self, event: &Event) -> Option<Alert> {
+        // One predictable branch a record: with near-misses off the near
+        // flag's masks and the expiry's second look are compiled out.
+        if self.params.near_miss_pct.is_none() { self.apply_as::<false>(event) } else { self.apply_as::<true>(event) }
+    }
+
+    /// `apply`, compiled once with near-misses on (`NEAR_ON`) and once off.
+    #[inline(always)]
+    fn apply_as<const NEAR_ON: bool>(&mut self, event: &Event) -> Option<Alert> {
         let cancel = match event.kind {
             Kind::New => false,
             Kind::Cancel => true,
@@ -575,9 +589,10 @@ impl ExcessiveCancel {
         };
         let t = event.ts_ns;
         let horizon = t.saturating_sub(self.params.window_ns);
-        self.expire(horizon);
+        self.expire::<NEAR_ON>(horizon);
 
-        let slot = self.slot(key_of(event));
+        let key = key_of(event);
+        let slot = self.slot(key);
         if self.window.len() == self.window.capacity() {
             self.grew += 1;
         }
@@ -589,29 +604,33 @@ impl ExcessiveCancel {
         } else {
             bucket.new_orders += 1;
         }
-        let (n, c) = (bucket.new_orders as u64, (bucket.cancels & COUNT) as u64);
+        let count = if NEAR_ON { COUNT } else { !HOT };
+        let (n, c) = (bucket.new_orders as u64, (bucket.cancels & count) as u64);
         let hot = c >= self.params.min_cancels as u64 && 100 * c >= self.params.ratio_pct as u64 * n;
         let was_hot = bucket.hot();
         // Near-misses on: the near edges, before the hot ones (a near-miss
         // never crosses, so at most one of the two alerts). Only its pct
         // travels to the returns: the alert is built in the return slot,
-        // not moved into it (off, a None costs a discriminant).
+        // not moved into it.
         let near_miss = match self.params.near_miss_pct {
-            Some(pct) => self.near_edge(slot, event, pct, (n, c), hot),
-            None => None,
+            Some(pct) if NEAR_ON => self.near_edge(slot, event, pct, (n, c), hot),
+            _ => None,
         };
         if hot == was_hot {
             self.counts.suppressed += hot as u64;
+            if !NEAR_ON {
+                return None;
+            }
             return near_miss.map(|pct| self.alert(event, horizon, (n, c), 0, pct));
         }
         self.table.buckets[slot as usize].cancels ^= HOT;
         if !hot {
             self.hot_remove(slot);
-            self.fell_below(key_of(event), t);
+            self.fell_below(key, t);
             return near_miss.map(|pct| self.alert(event, horizon, (n, c), 0, pct));
         }
         self.hot_add(slot);
-        let episode = self.rose(key_of(event), t)?;
+        let episode = self.rose(key, t)?;
         Some(self.alert(event, horizon, (n, c), episode, 0))
     }
 
@@ -727,14 +746,16 @@ impl ExcessiveCancel {
 
     /// Drops the entries at or before `horizon`. An entry that a snapshot in
     /// progress has not copied yet is copied now, before it goes.
-    #[inline]
-    fn expire(&mut self, horizon: i64) {
+    #[inline(always)]
+    fn expire<const NEAR_ON: bool>(&mut self, horizon: i64) {
         while let Some(front) = self.window.front() {
             if front.ts_ns > horizon {
                 break;
             }
             let entry = *front;
-            if self.snap_next != self.snap_end && self.popped == self.snap_next {
+            // Usually false at the first test: `popped` passes a finished
+            // snapshot's `snap_next` once.
+            if self.popped == self.snap_next && self.snap_next != self.snap_end {
                 self.save_expiring(entry);
             }
             self.window.pop_front();
@@ -746,28 +767,43 @@ impl ExcessiveCancel {
             } else {
                 bucket.new_orders -= 1;
             }
-            // With an empty window the next record alone makes c <= 1; when
-            // min_cancels >= 2 it cannot be hot, so whether the key was hot
-            // no longer matters and the key can go idle.
-            if bucket.new_orders == 0 && bucket.cancels & !NEAR == HOT && self.params.min_cancels >= 2 {
-                bucket.cancels &= NEAR;
-                let key = bucket.key;
-                self.hot_remove(slot);
-                // Below from the moment the window emptied (a time that
-                // does not depend on which record expired it).
-                self.fell_below(key, entry.ts_ns + self.params.window_ns);
+            if bucket.new_orders != 0 {
+                continue;
             }
-            // Near-misses on, the same for the near flag (when no single
-            // record can make the key near); the hot flag went first.
-            let bucket = &self.table.buckets[slot as usize];
-            if bucket.new_orders == 0 && bucket.cancels == NEAR {
-                self.near_emptied(slot, entry.ts_ns + self.params.window_ns);
+            // The window holds only cancels of the key, or none.
+            if bucket.cancels != 0 {
+                // With an empty window the next record alone makes c <= 1;
+                // when min_cancels >= 2 it cannot be hot, so whether the key
+                // was hot no longer matters and the key can go idle.
+                let flags = if NEAR_ON { bucket.cancels & !NEAR } else { bucket.cancels };
+                if flags == HOT && self.params.min_cancels >= 2 {
+                    self.hot_emptied(slot, entry.ts_ns + self.params.window_ns);
+                }
+                // Near-misses on, the same for the near flag (when no single
+                // record can make the key near); the hot flag went first.
+                if NEAR_ON && self.table.buckets[slot as usize].cancels == NEAR {
+                    self.near_emptied(slot, entry.ts_ns + self.params.window_ns);
+                }
+                if !self.table.buckets[slot as usize].is_idle() {
+                    continue;
+                }
             }
-            if self.table.buckets[slot as usize].is_idle() {
-                self.table.live -= 1;
-                self.table.release(slot as usize);
-            }
+            self.table.live -= 1;
+            self.table.release(slot as usize);
         }
+    }
+
+    /// A hot key's window emptied at `t` (and min_cancels >= 2): it goes
+    /// below from then (a time that does not depend on which record expired
+    /// it), and idle unless near.
+    #[cold]
+    #[inline(never)]
+    fn hot_emptied(&mut self, slot: u32, t: i64) {
+        let bucket = &mut self.table.buckets[slot as usize];
+        bucket.cancels &= NEAR;
+        let key = bucket.key;
+        self.hot_remove(slot);
+        self.fell_below(key, t);
     }
 
     /// A near key's window emptied at `t`: it goes below (and idle, unless
@@ -818,7 +854,7 @@ impl ExcessiveCancel {
     /// The bucket of `key`, taken for it if new (idle keys are reused in
     /// place). A key never moves while it has entries in the window, except
     /// in a rebuild, which rewrites the entries too.
-    #[inline]
+    #[inline(always)]
     fn slot(&mut self, key: u64) -> u32 {
         match self.table.find_or_take(key) {
             Some(slot) => slot,
@@ -887,9 +923,12 @@ pub struct Image {
     window: Vec<ImageEntry>,
     /// The episodes of the keys that alerted, copied whole at the barrier.
     past: Vec<(u64, Past)>,
-    /// Near-misses on: the near episodes, copied whole at the barrier
-    /// (written after `past` only then, so a rule without them reads as before).
-    near: Option<Vec<(u64, NearPast)>>,
+    /// Near-misses on (`near_on`): the near episodes, copied whole at the
+    /// barrier (written after `past` only then, so a rule without them
+    /// reads as before). Grown by `prepare` like `past`, on or off, so the
+    /// first snapshot with near-misses on does not allocate on the shard.
+    near: Vec<(u64, NearPast)>,
+    near_on: bool,
 }
 
 impl Image {
@@ -911,6 +950,8 @@ impl Image {
         grow(&mut self.window, entry_want, ImageEntry { ts_ns: 0, key: 0, cancel: false });
         let past_want = keys.max(2 * self.past.len());
         grow(&mut self.past, past_want, (0, Past::default()));
+        let near_want = keys.max(2 * self.near.len());
+        grow(&mut self.near, near_want, (0, NearPast::default()));
     }
 
     pub fn encode(&self, w: &mut Writer<'_>) {
@@ -933,9 +974,9 @@ impl Image {
             w.i64(past.below_since);
             w.u32(past.count);
         }
-        if let Some(near) = &self.near {
-            w.u64(near.len() as u64);
-            for (key, past) in near {
+        if self.near_on {
+            w.u64(self.near.len() as u64);
+            for (key, past) in &self.near {
                 w.u64(*key);
                 w.i64(past.below_since);
                 w.u32(past.count);
@@ -980,14 +1021,11 @@ impl ExcessiveCancel {
         image.past.extend(self.past.iter().map(|(&k, &p)| (k, p)));
         image.past.sort_unstable_by_key(|&(k, _)| k);
         // Near-misses on: O(keys that have been near), like `past`.
-        match (self.params.near_miss_pct, image.near.as_mut()) {
-            (None, _) => image.near = None,
-            (Some(_), Some(near)) => near.clear(),
-            (Some(_), None) => image.near = Some(Vec::with_capacity(self.near_past.len())),
-        }
-        if let Some(near) = image.near.as_mut() {
-            near.extend(self.near_past.iter().map(|(&k, &p)| (k, p)));
-            near.sort_unstable_by_key(|&(k, _)| k);
+        image.near.clear();
+        image.near_on = self.params.near_miss_pct.is_some();
+        if image.near_on {
+            image.near.extend(self.near_past.iter().map(|(&k, &p)| (k, p)));
+            image.near.sort_unstable_by_key(|&(k, _)| k);
         }
         self.snap_next = self.popped;
         self.snap_end = self.popped + self.window.len() as u64;
@@ -1222,6 +1260,33 @@ mod tests {
         let cooling = |s: i64| near_misses(Params { cooldown_ns: s * SEC, ..near });
         assert_eq!(cooling(18), vec![(3, true, 80), (8, true, 80), (9, false, 0)], "below from 15 s to 33 s");
         assert_eq!(cooling(19), vec![(3, true, 80), (9, false, 0)], "below for 18 s < 19 s");
+    }
+
+    /// Near-misses on, a snapshot's near list is grown by `prepare` with the
+    /// other parts: cutting one does not allocate it on the shard.
+    #[test]
+    fn a_prepared_image_holds_the_near_episodes_without_growing() {
+        let near =
+            Params { window_ns: 10 * SEC, min_cancels: 5, ratio_pct: 100, cooldown_ns: 0, near_miss_pct: Some(80) };
+        let mut rule = ExcessiveCancel::new(near, 4);
+        // Ten keys, each near (4 cancels of 5).
+        let mut seq = 0;
+        for group in 0..10 {
+            for _ in 0..4 {
+                seq += 1;
+                rule.apply(&rec(seq, seq as i64 * MS, Kind::Cancel, group));
+            }
+        }
+        assert_eq!(rule.near_past.len(), 10);
+        let mut image = Image::default();
+        image.prepare(16, 64);
+        let (at, capacity) = (image.near.as_ptr(), image.near.capacity());
+        assert!(capacity >= 16, "prepare grows the near list");
+        rule.begin_snapshot(image);
+        assert!(rule.copy_slice(usize::MAX));
+        let image = rule.take_snapshot().expect("complete");
+        assert_eq!(image.near.len(), 10);
+        assert_eq!((image.near.as_ptr(), image.near.capacity()), (at, capacity), "the near list did not move");
     }
 
     fn encoded(image: &Image) -> Vec<u8> {

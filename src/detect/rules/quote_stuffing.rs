@@ -5,7 +5,9 @@
 //!
 //! The window entries of all keys form one time-ordered FIFO (the shard
 //! applies records in time order); each record pushes one and expires those
-//! that left `(t - window, t]`. A key's crossing is evaluated at its own
+//! that left `(t - window, t]`. An entry names its key's place in a dense
+//! array (`slots`), so an expiry probes no table: a record costs one probe
+//! (key to place), an expiry none. A key's crossing is evaluated at its own
 //! records, and it falls below when an entry leaving the window takes its
 //! count under the threshold (at the time the entry left). Limit: `MAX_KEYS` keys per shard, past it a new key is counted
 //! (`refused`) and not tracked.
@@ -28,10 +30,12 @@ use serde::Deserialize;
 use std::collections::VecDeque;
 use toml::Spanned;
 
-/// Off unless the rules file turns it on (`enabled = true`): its per-key
-/// tables are hash maps, several lookups a record, which would cut a
-/// default replay's speed several-fold (docs/PERFORMANCE.md). On by default
-/// once they move to excessive-cancel's table design.
+/// Off unless the rules file turns it on (`enabled = true`): about 240
+/// shard instructions a new order or cancel (a hash probe, a map insert
+/// for each new key of the day, a `VecDeque` window), which would cut a
+/// default replay's speed by about a third (the default rules execute
+/// about 365 a record: docs/PERFORMANCE.md). On by default
+/// once it costs about what excessive-cancel does.
 pub const ENABLED_BY_DEFAULT: bool = false;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,8 +100,12 @@ struct Key {
 
 pub struct QuoteStuffing {
     params: Params,
-    window: VecDeque<(i64, u64)>,
-    keys: FxHashMap<u64, Key>,
+    /// (ts_ns, the key's index in `slots`), oldest first.
+    window: VecDeque<(i64, u32)>,
+    /// Each key's index in `slots` (keys stay for the day's counts).
+    keys: FxHashMap<u64, u32>,
+    /// The keys and their state, in the order first seen.
+    slots: Vec<(u64, Key)>,
     pub counts: EpisodeCounts,
     refused: u64,
     grew: u64,
@@ -157,6 +165,7 @@ impl Rule for QuoteStuffing {
             params: *params,
             window: VecDeque::with_capacity(sizing.window_capacity.min(1 << 20)),
             keys: FxHashMap::default(),
+            slots: Vec::new(),
             counts: EpisodeCounts::default(),
             refused: 0,
             grew: 0,
@@ -168,12 +177,12 @@ impl Rule for QuoteStuffing {
     fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
         let t = event.ts_ns;
         let horizon = t - self.params.window_ns;
-        while let Some(&(ts, k)) = self.window.front() {
+        while let Some(&(ts, at)) = self.window.front() {
             if ts > horizon {
                 break;
             }
             self.window.pop_front();
-            if let Some(s) = self.keys.get_mut(&k) {
+            if let Some((_, s)) = self.slots.get_mut(at as usize) {
                 s.in_window -= 1;
                 // The key fell below at the time the entry left the window
                 // (a time that does not depend on when this runs).
@@ -189,14 +198,16 @@ impl Rule for QuoteStuffing {
             }
         }
         let k = key(event.account, event.instrument);
-        if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(&k) {
-            self.refused += 1;
-            return;
-        }
-        self.grew += (self.keys.len() == self.keys.capacity() && !self.keys.contains_key(&k)) as u64;
+        let at = match self.keys.get(&k) {
+            Some(&at) => at,
+            None => match self.add_key(k) {
+                Some(at) => at,
+                None => return,
+            },
+        };
         self.grew += (self.window.len() == self.window.capacity()) as u64;
-        self.window.push_back((t, k));
-        let s = self.keys.entry(k).or_default();
+        self.window.push_back((t, at));
+        let s = &mut self.slots[at as usize].1;
         let day = day_of(t);
         if s.day != day {
             s.day = day;
@@ -260,7 +271,7 @@ impl Rule for QuoteStuffing {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats { window_entries: self.window.len(), active_keys: self.keys.len(), hot_keys: 0, grew: self.grew }
+        RuleStats { window_entries: self.window.len(), active_keys: self.slots.len(), hot_keys: 0, grew: self.grew }
     }
 
     // Copied whole at the barrier: O(entries in the 1 s window + keys).
@@ -268,12 +279,12 @@ impl Rule for QuoteStuffing {
         image.clear();
         let mut w = Writer::new(&mut image);
         w.u64(self.window.len() as u64);
-        for &(ts, k) in &self.window {
+        for &(ts, at) in &self.window {
             w.i64(ts);
-            w.u64(k);
+            w.u64(self.slots[at as usize].0);
         }
-        w.u64(self.keys.len() as u64);
-        for (k, s) in &self.keys {
+        w.u64(self.slots.len() as u64);
+        for (k, s) in &self.slots {
             w.u64(*k);
             w.u32(s.in_window);
             w.u32(s.group);
@@ -296,10 +307,12 @@ impl Rule for QuoteStuffing {
     }
 
     fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
+        // The window names keys; their places are known once the keys are read.
+        let mut window = Vec::new();
         for _ in 0..r.count(16)? {
             let (ts, k) = (r.i64()?, r.u64()?);
             if keep(k) {
-                self.window.push_back((ts, k));
+                window.push((ts, k));
             }
         }
         let near = self.params.near_miss_pct.is_some();
@@ -313,9 +326,23 @@ impl Rule for QuoteStuffing {
                 episode: Episode::decode(r)?,
                 near: if near { Episode::decode(r)? } else { Episode::default() },
             };
-            if keep(k) {
-                self.keys.insert(k, s);
+            if !keep(k) {
+                continue;
             }
+            // A key in two snapshots keeps the last, as a map insert would.
+            match self.keys.get(&k) {
+                Some(&at) => self.slots[at as usize].1 = s,
+                None => {
+                    self.keys.insert(k, self.slots.len() as u32);
+                    self.slots.push((k, s));
+                }
+            }
+        }
+        for (ts, k) in window {
+            let Some(&at) = self.keys.get(&k) else {
+                return Err(DecodeError(format!("a quote-stuffing window entry of key {k:#x}, which has no state")));
+            };
+            self.window.push_back((ts, at));
         }
         Ok(())
     }
@@ -327,6 +354,25 @@ impl Rule for QuoteStuffing {
 
     fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
         Ok(vec![("window entries", Reader::new(section).u64()?)])
+    }
+}
+
+impl QuoteStuffing {
+    /// A key seen for the first time: its place in `slots`, or `None` when
+    /// `MAX_KEYS` are tracked already (counted in `refused`).
+    #[cold]
+    #[inline(never)]
+    fn add_key(&mut self, k: u64) -> Option<u32> {
+        if self.slots.len() >= MAX_KEYS {
+            self.refused += 1;
+            return None;
+        }
+        let at = self.slots.len() as u32;
+        self.grew +=
+            (self.keys.len() == self.keys.capacity()) as u64 + (self.slots.len() == self.slots.capacity()) as u64;
+        self.keys.insert(k, at);
+        self.slots.push((k, Key::default()));
+        Some(at)
     }
 }
 

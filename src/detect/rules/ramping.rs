@@ -113,6 +113,9 @@ struct Trade {
     instrument: u32,
     /// Whether the buyer's and the seller's group were credited with it.
     credit: [bool; 2],
+    /// The credited groups' places in the tracker's `slots` (so an expiry
+    /// probes no table; set when credited).
+    slot: [u32; 2],
     /// Absolute index of the instrument's next trade in the FIFO (`NONE`: none yet).
     next: u64,
 }
@@ -151,10 +154,12 @@ struct Tracker {
     /// By instrument id (dense: ids are interned from 0; grown on a new
     /// id, counted).
     instruments: Vec<InstrumentWindow>,
-    /// Every key of the day (never removed: episodes), so a hash map at
-    /// its high load factor: an open-addressing `FlatMap` at half load
-    /// measured more instructions (its growth rehashes 150-byte values).
-    keys: FxHashMap<u64, Key>,
+    /// Every key of the day (never removed: episodes): its place in
+    /// `slots`. A hash map of small values at its high load factor, so its
+    /// growth moves 12-byte entries, not the 150-byte keys.
+    keys: FxHashMap<u64, u32>,
+    /// The keys and their state, in the order first seen.
+    slots: Vec<(u64, Key)>,
 }
 
 pub struct Ramping {
@@ -191,6 +196,7 @@ impl Tracker {
             sell_group: event.contra_group,
             instrument: event.instrument,
             credit,
+            slot: [0; 2],
             next: NONE,
         };
         let inst = self.instruments.get(event.instrument as usize).copied().unwrap_or_default();
@@ -205,13 +211,20 @@ impl Tracker {
                 continue;
             }
             let k = key(group, event.instrument);
-            // Past the limit the trade still counts in its instrument's volume.
-            if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(&k) {
-                *refused += 1;
-                trade.credit[i] = false;
-                continue;
-            }
-            let s = self.keys.entry(k).or_default();
+            let at = match self.keys.get(&k) {
+                Some(&at) => at,
+                None => match self.add_key(k) {
+                    Some(at) => at,
+                    // Past the limit the trade still counts in its instrument's volume.
+                    None => {
+                        *refused += 1;
+                        trade.credit[i] = false;
+                        continue;
+                    }
+                },
+            };
+            trade.slot[i] = at;
+            let s = &mut self.slots[at as usize].1;
             s.volume[i] += event.qty;
             s.trades[i] += 1;
             s.involved.account(account);
@@ -275,15 +288,28 @@ impl Tracker {
                 inst.count -= 1;
                 inst.head = old.next;
             }
-            for (i, group) in [old.buy_group, old.sell_group].into_iter().enumerate() {
-                if old.credit[i]
-                    && let Some(s) = self.keys.get_mut(&key(group, old.instrument))
-                {
+            for i in 0..2 {
+                if old.credit[i] {
+                    let s = &mut self.slots[old.slot[i] as usize].1;
                     s.volume[i] -= old.qty;
                     s.trades[i] -= 1;
                 }
             }
         }
+    }
+
+    /// A key seen for the first time: its place in `slots`, or `None` past
+    /// `MAX_KEYS`.
+    #[cold]
+    #[inline(never)]
+    fn add_key(&mut self, k: u64) -> Option<u32> {
+        if self.slots.len() >= MAX_KEYS {
+            return None;
+        }
+        let at = self.slots.len() as u32;
+        self.keys.insert(k, at);
+        self.slots.push((k, Key::default()));
+        Some(at)
     }
 
     /// Appends a trade to the FIFO and to its instrument's list.
@@ -418,6 +444,7 @@ impl Rule for Ramping {
                 base: 0,
                 instruments: Vec::with_capacity(1024),
                 keys: FxHashMap::default(),
+                slots: Vec::new(),
             })
             .collect();
         Ramping {
@@ -459,9 +486,10 @@ impl Rule for Ramping {
     #[inline(always)]
     fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
         for t in self.trackers.iter_mut() {
-            let caps = (t.keys.capacity(), t.instruments.capacity(), t.trades.capacity());
+            let caps = (t.keys.capacity(), t.slots.capacity(), t.instruments.capacity(), t.trades.capacity());
             t.on_trade(event, &self.params, &mut self.counts, &mut self.refused, out);
-            self.grew += (caps != (t.keys.capacity(), t.instruments.capacity(), t.trades.capacity())) as u64;
+            self.grew +=
+                (caps != (t.keys.capacity(), t.slots.capacity(), t.instruments.capacity(), t.trades.capacity())) as u64;
         }
     }
 
@@ -496,7 +524,7 @@ impl Rule for Ramping {
     fn stats(&self) -> RuleStats {
         let mut s = RuleStats { grew: self.grew, ..RuleStats::default() };
         for t in &self.trackers {
-            s.active_keys += t.keys.len();
+            s.active_keys += t.slots.len();
             s.window_entries += t.trades.len();
         }
         s
@@ -518,8 +546,8 @@ impl Rule for Ramping {
                 w.u32(tr.instrument);
                 w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
             }
-            w.u64(t.keys.len() as u64);
-            for (k, s) in &t.keys {
+            w.u64(t.slots.len() as u64);
+            for (k, s) in &t.slots {
                 w.u64(*k);
                 w.u64(s.volume[0]);
                 w.u64(s.volume[1]);
@@ -566,6 +594,7 @@ impl Rule for Ramping {
                         sell_group,
                         instrument,
                         credit: [c & 1 != 0, c & 2 != 0],
+                        slot: [0; 2],
                         next: NONE,
                     });
                 }
@@ -579,8 +608,16 @@ impl Rule for Ramping {
                     near: if self.near { Episode::decode(r)? } else { Episode::default() },
                     involved: Involved::decode(r)?,
                 };
-                if keep(k) {
-                    t.keys.insert(k, s);
+                if !keep(k) {
+                    continue;
+                }
+                // A key in two snapshots keeps the last, as a map insert would.
+                match t.keys.get(&k) {
+                    Some(&at) => t.slots[at as usize].1 = s,
+                    None => {
+                        t.keys.insert(k, t.slots.len() as u32);
+                        t.slots.push((k, s));
+                    }
                 }
             }
         }
@@ -594,7 +631,15 @@ impl Rule for Ramping {
             all.sort_by_key(|tr| tr.ts_ns);
             t.base = 0;
             t.instruments.clear();
-            for tr in all {
+            for mut tr in all {
+                // The credited groups' places (a credited group without
+                // state could not be debited: it stays uncredited).
+                for (i, group) in [tr.buy_group, tr.sell_group].into_iter().enumerate() {
+                    match t.keys.get(&key(group, tr.instrument)) {
+                        Some(&at) if tr.credit[i] => tr.slot[i] = at,
+                        _ => tr.credit[i] = false,
+                    }
+                }
                 t.push(tr);
             }
         }
