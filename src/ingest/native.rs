@@ -842,6 +842,20 @@ impl Tape {
         decode(&records[i])
     }
 
+    /// Whether the seqs of records `range` run on one by one (each the one
+    /// before plus one, without wrapping), read straight from the mapping,
+    /// unverified: what a filtered replay checks before it leaves a block
+    /// unread (`NativeFeed::skippable`; the block index has no seqs).
+    pub fn seqs_consecutive(&self, range: Range<usize>) -> bool {
+        let (records, _) = self.map[HEADER_BYTES..self.records_end].as_chunks::<RECORD_BYTES>();
+        let records = &records[range];
+        let Some(first) = records.first().map(|r| u64_at(r, R_SEQ)) else { return true };
+        // One fold, no branch per record: any seq off its place sets a bit.
+        let off =
+            records.iter().enumerate().fold(0, |off, (k, r)| off | (u64_at(r, R_SEQ) ^ first.wrapping_add(k as u64)));
+        off == 0 && first.checked_add(records.len() as u64 - 1).is_some()
+    }
+
     /// Tells the OS that records before `end` will not be read again (see `release`).
     pub fn release_before(&self, end: usize) {
         release(&self.map, HEADER_BYTES..HEADER_BYTES + end.min(self.len) * RECORD_BYTES);
