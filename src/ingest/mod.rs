@@ -2,6 +2,7 @@
 //! one file per format, plus the checks that every format shares (sequence
 //! gaps and repeats, the order lifecycle) in `validate`.
 
+pub mod block_hash;
 pub mod csv;
 pub mod live;
 pub mod native;

@@ -96,11 +96,12 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::block_hash;
 use super::tape_index::{IndexBuilder, TapeIndex};
 use crate::event::{Event, GroupId, Kind, Side};
 use crate::symbols::{Groups, pack};
 use memmap2::Mmap;
-use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// One record as stored: all integers, little-endian, 64 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -177,14 +178,15 @@ static SIDE_OF: [Side; 256] = {
 };
 
 /// Whether a record's kind and side bytes, read as one little-endian u16
-/// (kind low), are valid: the verification pass checks both with one load.
-static KIND_SIDE_OK: [bool; 1 << 16] = {
-    let mut t = [false; 1 << 16];
+/// (kind low), are valid, as a sign (-1: valid, 0: not): the verification
+/// pass checks both with one load and folds the sign (`RecordFolds`).
+static KIND_SIDE_SIGN: [i8; 1 << 16] = {
+    let mut t = [0; 1 << 16];
     let kinds = [b'N', b'C', b'T'];
     let mut k = 0;
     while k < kinds.len() {
-        t[kinds[k] as usize | (b'B' as usize) << 8] = true;
-        t[kinds[k] as usize | (b'S' as usize) << 8] = true;
+        t[kinds[k] as usize | (b'B' as usize) << 8] = -1;
+        t[kinds[k] as usize | (b'S' as usize) << 8] = -1;
         k += 1;
     }
     t
@@ -840,6 +842,20 @@ impl Tape {
         decode(&records[i])
     }
 
+    /// Whether the seqs of records `range` run on one by one (each the one
+    /// before plus one, without wrapping), read straight from the mapping,
+    /// unverified: what a filtered replay checks before it leaves a block
+    /// unread (`NativeFeed::skippable`; the block index has no seqs).
+    pub fn seqs_consecutive(&self, range: Range<usize>) -> bool {
+        let (records, _) = self.map[HEADER_BYTES..self.records_end].as_chunks::<RECORD_BYTES>();
+        let records = &records[range];
+        let Some(first) = records.first().map(|r| u64_at(r, R_SEQ)) else { return true };
+        // One fold, no branch per record: any seq off its place sets a bit.
+        let off =
+            records.iter().enumerate().fold(0, |off, (k, r)| off | (u64_at(r, R_SEQ) ^ first.wrapping_add(k as u64)));
+        off == 0 && first.checked_add(records.len() as u64 - 1).is_some()
+    }
+
     /// Tells the OS that records before `end` will not be read again (see `release`).
     pub fn release_before(&self, end: usize) {
         release(&self.map, HEADER_BYTES..HEADER_BYTES + end.min(self.len) * RECORD_BYTES);
@@ -1153,59 +1169,56 @@ fn check_blocks(
     // its checksum is judged: a mismatch discards what was folded).
     let first = records.get(run.start * block_bytes..).and_then(|r| r.first_chunk::<RECORD_BYTES>());
     let (first_seq, first_ts) = first.map_or((0, 0), |r| (u64_at(r, R_SEQ), u64_at(r, R_TS) as i64));
-    let mut prev_seq = first_seq.wrapping_sub(1);
+    let mut last_seq = first_seq.wrapping_sub(1);
     let mut consecutive = true;
     let (mut min_ts, mut max_ts, mut max_jump) = (i64::MAX, first_ts, i64::MIN);
     for b in run {
         let block_start = b * block_bytes;
         let block = &records[block_start..(block_start + block_bytes).min(records.len())];
-        let mut hasher = Xxh3Default::new();
-        // Validity is folded into one flag with non-short-circuit `&` so the
-        // loop has no data-dependent branch; the cold path works out which
-        // record and which rule.
-        let mut ok = true;
-        let mut fields_ok_all = true;
-        for slice in block.chunks(SLICE_BYTES) {
-            hasher.update(slice);
-            let (recs, _) = slice.as_chunks::<RECORD_BYTES>();
-            for r in recs {
-                // Kind, side and the two reserved bytes, in one word.
-                let tail = u32_at(r, R_KIND);
-                ok &= KIND_SIDE_OK[(tail & 0xffff) as usize] & (tail >> 16 == 0);
-                ok &= ((u32_at(r, R_ACCOUNT) as u64) < n_accounts)
-                    & ((u32_at(r, R_CONTRA_ACCOUNT) as u64) < n_accounts)
-                    & ((u32_at(r, R_INSTRUMENT) as u64) < n_instruments);
-                let seq = u64_at(r, R_SEQ);
-                // validate::check_fields, branch-free (same rules; a test pins them together).
-                let fields_ok = (seq != u64::MAX)
-                    & ((u64_at(r, R_PRICE) as i64) > 0)
-                    & (u64_at(r, R_QTY) != 0)
-                    & ((r[R_KIND] == b'T') | (u64_at(r, R_CONTRA_ORDER) == 0));
-                // Counted after the loop, in the rare block that has any.
-                fields_ok_all &= fields_ok;
-                // The seq and time folds (`BlockCheck`), as the index folds
-                // times. The step may wrap here: see after the loop.
-                consecutive &= seq == prev_seq.wrapping_add(1);
-                prev_seq = seq;
-                let ts = u64_at(r, R_TS) as i64;
-                max_jump = max_jump.max(ts.wrapping_sub(max_ts));
-                min_ts = min_ts.min(ts);
-                max_ts = max_ts.max(ts);
-            }
-        }
+        // Every record is folded without a data-dependent branch
+        // (`RecordFolds`); a block whose folds are not all clean takes the
+        // exact pass, which finds the record and the rule.
+        let block_first_seq = block.first_chunk::<RECORD_BYTES>().map_or(0, |r| u64_at(r, R_SEQ));
+        let mut folds = RecordFolds {
+            ids_ok: -1,
+            odd: 0,
+            min_price_qty: i64::MAX,
+            next_seq: block_first_seq,
+            min_ts,
+            max_ts,
+            max_jump,
+        };
+        let digest = block_hash::xxh3_64_by_slices(block, SLICE_BYTES, |slice| {
+            folds.fold(slice.as_chunks::<RECORD_BYTES>().0, n_accounts, n_instruments);
+        });
+        (min_ts, max_ts, max_jump) = (folds.min_ts, folds.max_ts, folds.max_jump);
         // Damage on disk is reported as such even when it also breaks a
         // record rule, so the checksum is judged first.
-        if hasher.digest() != u64::from_le_bytes(sums[b]) {
+        if digest != u64::from_le_bytes(sums[b]) {
             let at = HEADER_BYTES + block_start;
             return Err(format!("corrupt block {b} (bytes {at}..{}): checksum mismatch", at + block.len()));
         }
-        if !ok {
-            let (recs, _) = block.as_chunks::<RECORD_BYTES>();
-            let first = b * geo.block_records as usize;
-            return Err(diagnose(recs, first, n_accounts, n_instruments));
-        }
-        if !fields_ok_all {
-            bad_fields += count_bad_fields(block);
+        let (recs, _) = block.as_chunks::<RECORD_BYTES>();
+        let block_consecutive = if folds.odd == 0 && folds.ids_ok < 0 {
+            // Seqs consecutive from the block's first, so `u64::MAX` is
+            // among them only if they reach it.
+            let seqs_ok = block_first_seq.checked_add(recs.len() as u64).is_some();
+            if folds.min_price_qty <= 0 || !seqs_ok {
+                bad_fields += count_bad_fields(block);
+            }
+            true
+        } else {
+            let exact = exact_folds(recs, n_accounts, n_instruments);
+            if !exact.ok {
+                let first = b * geo.block_records as usize;
+                return Err(diagnose(recs, first, n_accounts, n_instruments));
+            }
+            bad_fields += exact.bad_fields;
+            exact.consecutive
+        };
+        if let Some(last) = recs.last() {
+            consecutive &= block_consecutive && block_first_seq == last_seq.wrapping_add(1);
+            last_seq = u64_at(last, R_SEQ);
         }
         let at = HEADER_BYTES + block_start;
         release(at..at + block.len());
@@ -1215,7 +1228,90 @@ fn check_blocks(
     if max_ts.checked_sub(min_ts).is_none() {
         max_jump = i64::MAX;
     }
-    Ok(BlockCheck { bad_fields, first_seq, last_seq: prev_seq, consecutive, first_ts, min_ts, max_ts, max_jump })
+    Ok(BlockCheck { bad_fields, first_seq, last_seq, consecutive, first_ts, min_ts, max_ts, max_jump })
+}
+
+/// What the verification pass folds over a block's records, one loop with
+/// no data-dependent branch (`check_blocks`). Clean folds prove a block
+/// sound, its seqs consecutive and, with a price and qty above zero, its
+/// fields unbroken; any other outcome (a damaged or forged block, a seq
+/// gap or repeat, a possible broken field) only sends the block to the
+/// exact pass (`exact_folds`, `count_bad_fields`), so a fold may raise a
+/// false alarm but never miss a fault.
+#[derive(Clone, Copy)]
+struct RecordFolds {
+    /// Negative while every kind and side byte pair is valid and every id
+    /// is below its count (the sign bits of `id - count` and of
+    /// `KIND_SIDE_SIGN`, and'ed).
+    ids_ok: i64,
+    /// Or'ed: the reserved bytes, each record's seq off its place were the
+    /// block's seqs consecutive, and contra order ids of records that are
+    /// not trades (FEED.md: none).
+    odd: u64,
+    /// The smallest price or qty (a qty of 2^63 or more reads negative
+    /// here: a false alarm, which only costs the exact count).
+    min_price_qty: i64,
+    /// The seq the next record has if the block's seqs are consecutive.
+    next_seq: u64,
+    /// The time folds (`BlockCheck`), as the index folds them. The step may
+    /// wrap here: see the end of `check_blocks`.
+    min_ts: i64,
+    max_ts: i64,
+    max_jump: i64,
+}
+
+impl RecordFolds {
+    /// Folds records into `self`, kept in registers for the loop.
+    #[inline(always)]
+    fn fold(&mut self, recs: &[[u8; RECORD_BYTES]], n_accounts: u64, n_instruments: u64) {
+        let mut f = *self;
+        for r in recs {
+            // Kind, side and the two reserved bytes, in one word.
+            let tail = u32_at(r, R_KIND);
+            let ids = (u32_at(r, R_ACCOUNT) as u64).wrapping_sub(n_accounts)
+                & (u32_at(r, R_CONTRA_ACCOUNT) as u64).wrapping_sub(n_accounts)
+                & (u32_at(r, R_INSTRUMENT) as u64).wrapping_sub(n_instruments);
+            f.ids_ok &= ids as i64 & KIND_SIDE_SIGN[(tail & 0xffff) as usize] as i64;
+            let not_trade = (tail as u8 != b'T') as u64;
+            let seq = u64_at(r, R_SEQ);
+            f.odd |= (tail >> 16) as u64 | (u64_at(r, R_CONTRA_ORDER) & not_trade.wrapping_neg()) | (seq ^ f.next_seq);
+            f.next_seq = f.next_seq.wrapping_add(1);
+            f.min_price_qty = f.min_price_qty.min((u64_at(r, R_PRICE) as i64).min(u64_at(r, R_QTY) as i64));
+            let ts = u64_at(r, R_TS) as i64;
+            f.max_jump = f.max_jump.max(ts.wrapping_sub(f.max_ts));
+            f.min_ts = f.min_ts.min(ts);
+            f.max_ts = f.max_ts.max(ts);
+        }
+        *self = f;
+    }
+}
+
+/// The exact pass over a block whose folds were not all clean.
+struct ExactFolds {
+    /// Every record sound as stored (else the tape is damaged: `diagnose`).
+    ok: bool,
+    bad_fields: u64,
+    /// Every seq the one before plus one (wrapping, as `BlockCheck`).
+    consecutive: bool,
+}
+
+#[cold]
+fn exact_folds(recs: &[[u8; RECORD_BYTES]], n_accounts: u64, n_instruments: u64) -> ExactFolds {
+    let mut exact = ExactFolds { ok: true, bad_fields: 0, consecutive: true };
+    let mut prev_seq = recs.first().map_or(0, |r| u64_at(r, R_SEQ).wrapping_sub(1));
+    for r in recs {
+        let rec = decode(r);
+        exact.ok &= valid_kind(rec.kind)
+            && valid_side(rec.side)
+            && r[R_RESERVED] == [0, 0]
+            && (rec.account as u64) < n_accounts
+            && (rec.contra_account as u64) < n_accounts
+            && (rec.instrument as u64) < n_instruments;
+        exact.bad_fields += !fields_ok(&rec) as u64;
+        exact.consecutive &= rec.seq == prev_seq.wrapping_add(1);
+        prev_seq = rec.seq;
+    }
+    exact
 }
 
 /// How many of a block's records break a field rule (`fields_ok`).

@@ -213,8 +213,10 @@ impl NativeFeed {
     /// The index's summary of the block starting at record `i`, when the
     /// block can be left unread: no wanted record in it, no record the
     /// feed would reject or hold (the index carries what verifying it
-    /// would report), and none held before it. Skipping it then changes
-    /// nothing but the time the feed has seen, which the caller moves on.
+    /// would report of fields and times; it has no seqs, so those are read
+    /// and must run on one by one from the expected one), and none held
+    /// before it. Skipping it then changes nothing but the time the feed
+    /// has seen, which the caller moves on.
     fn skippable(&self, i: usize) -> Option<super::tape_index::BlockCheck> {
         let skip = self.skip.as_ref()?;
         let index = self.tape.index()?;
@@ -225,12 +227,14 @@ impl NativeFeed {
         let block = i / per;
         let c = index.block(block).check;
         let unwanted = c.max_ts < skip.from_ns || c.min_ts > skip.to_ns || !index.has_any(block, &skip.instruments);
-        let n = (self.tape.len() - i).min(per) as u64;
-        let (first_seq, last_seq) = (self.tape.record(i).seq, self.tape.record(i + n as usize - 1).seq);
-        let sound = c.bad_fields == 0
-            && last_seq.checked_sub(first_seq) == Some(n - 1)
-            && self.sequencer.block_in_line(first_seq, c.first_ts, c.min_ts, c.max_ts, c.max_jump);
-        (unwanted && sound).then_some(c)
+        let end = (i + per).min(self.tape.len());
+        // First and last seq alone prove nothing (1, 2, 2, 4 spans 3 too):
+        // a block whose seqs do not all run on takes the exact path.
+        let sound = unwanted
+            && c.bad_fields == 0
+            && self.sequencer.block_in_line(self.tape.record(i).seq, c.first_ts, c.min_ts, c.max_ts, c.max_jump)
+            && self.tape.seqs_consecutive(i..end);
+        sound.then_some(c)
     }
 
     /// Resumes at a checkpoint: the record index to read next and the
@@ -451,8 +455,7 @@ impl NativeFeed {
     fn enter_block(&mut self, i: usize) -> Result<Option<(usize, Event)>, FeedError> {
         self.settle_fast(i);
         if let Some(check) = self.skippable(i) {
-            // Neither verified nor read: its pages stay untouched but
-            // for its first and last records' seqs.
+            // Not verified, and of its records only the seqs were read.
             let last = (i + self.tape.block_records()).min(self.tape.len());
             self.sequencer.skip_past(self.tape.record(last - 1).seq, check.max_ts);
             // Orders entered in it are not known to the lifecycle check.
@@ -722,6 +725,46 @@ mod tests {
         b[104..112].copy_from_slice(&ih.to_le_bytes());
         let hh = xxh3_64(&b[..120]);
         b[120..128].copy_from_slice(&hh.to_le_bytes());
+    }
+
+    /// Regression: a filtered replay left a block unread when its first
+    /// and last seqs were `n - 1` apart, which a forged block with seqs
+    /// 9, 10, 10, 12, ... passes (the index has no seqs). Such a block must
+    /// be read record by record: its repeat rejected, as without the skip.
+    #[test]
+    fn a_block_with_a_repeat_inside_is_not_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("day.tape");
+        let mut writer = TapeWriter::with_block_records(&path, 8).expect("create");
+        // Three blocks of 8: instrument 0, then 1 (not wanted), then 0.
+        for seq in 1..=24u64 {
+            let instrument = u32::from((9..=16).contains(&seq));
+            let ts_ns = MORNING_NS + seq as i64 * 1_000;
+            let r =
+                TapeRecord { seq, ts_ns, kind: b'N', side: b'B', price: 1, qty: 1, instrument, ..Default::default() };
+            writer.push(&r).expect("push");
+        }
+        let stats = TapeStats { lifecycle_checked: true, ..TapeStats::default() };
+        writer.finish(&[b"A"], &[b"X", b"Y"], stats).expect("finish");
+        let clean = std::fs::read(&path).expect("read");
+        let skip = BlockSkip { instruments: vec![0], from_ns: i64::MIN, to_ns: i64::MAX };
+        let read = |skip: Option<&BlockSkip>| {
+            let mut feed = feed(&path).with_checks(TimeRules::default(), RejectLog::discard());
+            if let Some(skip) = skip {
+                feed = feed.with_block_skip(skip.clone());
+            }
+            while feed.pump(&mut |_| {}).expect("pump") {}
+            (feed.stats().rejected, feed.skipped_blocks())
+        };
+        assert_eq!(read(Some(&skip)), (0, 1), "a sound unwanted block is skipped");
+        // The 11th record repeats seq 10 and the 12th is 12: first 9, last 16.
+        let mut b = clean;
+        let at = 128 + 10 * 64;
+        b[at..at + 8].copy_from_slice(&10u64.to_le_bytes());
+        reseal(&mut b);
+        std::fs::write(&path, b).expect("write");
+        assert_eq!(read(None).0, 1, "the repeat is rejected");
+        assert_eq!(read(Some(&skip)), (1, 0), "the forged block is read, not skipped");
     }
 
     /// What a feed hands on, read straight through but stopped after each

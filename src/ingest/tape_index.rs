@@ -2,8 +2,8 @@
 //! 256 KiB), the instruments it holds and the event times of its records.
 //! `TapeWriter` builds it as records are pushed and stores it as the tape's
 //! last section (format version 2, `native.rs`); readers use it to leave
-//! whole blocks unread, pages untouched, when a filter (instrument, time)
-//! cannot match any record in them.
+//! whole blocks unread (but for their seqs, which the index does not fold)
+//! when a filter (instrument, time) cannot match any record in them.
 //!
 //! A tape written before the index (version 1) has none: `Tape::index`
 //! returns `None`, which readers report ("no index: every block read")
