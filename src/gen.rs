@@ -36,7 +36,9 @@
 //!   maker, institution and actor.
 //! - With the book knobs off, the classic day and every earlier scenario
 //!   keep their bytes: the new populations draw from their own stream and
-//!   their accounts are taken after everything else.
+//!   their accounts are taken after everything else. The opening call
+//!   (`Shape::opening_call`) draws only when a scenario has one, and the
+//!   closing call draws as it did before the opening call existed.
 
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -124,8 +126,14 @@ pub struct Shape {
     pub actors: Vec<ActorPlan>,
     /// A closing call auction after the continuous day, as epoch-ns
     /// `[start, end)`: orders collected, then one uncross stamped `end`
-    /// (`Agenda::closing_call`). Marking-close actors act in it.
+    /// (`Agenda::call_auction`). Marking-close actors act in it.
     pub closing_call: Option<(i64, i64)>,
+    /// An opening call auction before the continuous day (which starts at
+    /// or after its end), as epoch-ns `[start, end)`: the same auction,
+    /// against the previous close of instruments.csv, with the market
+    /// makers' first quotes in it; what it leaves open rests into the
+    /// continuous book. Marking-open actors act in it.
+    pub opening_call: Option<(i64, i64)>,
 }
 
 /// A batch of planted actors of one pattern.
@@ -169,6 +177,11 @@ pub enum PlantPattern {
     /// the orders against it, topped up near the call's end to 1.1x them
     /// (by the related account with `paired`): the close lands ~5% away.
     MarkingClose { paired: bool },
+    /// 开盘集合竞价拉抬/打压: the same in the scenario's opening call, against
+    /// the previous close (instruments.csv), the first order 5-8 minutes
+    /// into the call (after the 09:20 cancel cut-off on the Shenzhen
+    /// schedule): the open lands ~5% away.
+    MarkingOpen { paired: bool },
     /// 自买自卖/互为对手方: two accounts of one group, 4-8 times 10-40 s
     /// apart: one sells inside the spread (or joins a one-tick offer), the
     /// other buys it 3-40 ms later; each trade 12-25% of the instrument's
@@ -196,6 +209,7 @@ impl PlantPattern {
             PlantPattern::MomentumIgnition { .. } => &[PATTERN_MOMENTUM_IGNITION],
             PlantPattern::Ramping { .. } => &[PATTERN_RAMPING],
             PlantPattern::MarkingClose { .. } => &[PATTERN_MARKING_CLOSE],
+            PlantPattern::MarkingOpen { .. } => &[PATTERN_MARKING_OPEN],
             PlantPattern::WashTrade => &[PATTERN_WASH_TRADE, PATTERN_SELF_TRADE],
             PlantPattern::QuoteStuffing => &[PATTERN_QUOTE_STUFFING, PATTERN_EXCESSIVE_CANCEL, PATTERN_INSTANT_CANCEL],
             PlantPattern::InstantCancel { .. } => &[PATTERN_INSTANT_CANCEL],
@@ -213,6 +227,7 @@ impl PlantPattern {
             | PlantPattern::MomentumIgnition { paired }
             | PlantPattern::Ramping { paired }
             | PlantPattern::MarkingClose { paired }
+            | PlantPattern::MarkingOpen { paired }
             | PlantPattern::InstantCancel { paired } => 1 + u32::from(*paired),
             PlantPattern::WashTrade => 2,
             PlantPattern::ExcessiveCancel { .. } | PlantPattern::QuoteStuffing => 1,
@@ -285,6 +300,7 @@ impl Shape {
             max_delay_ns: 80 * NS_PER_MS,
             actors: Vec::new(),
             closing_call: None,
+            opening_call: None,
         }
     }
 
@@ -461,6 +477,7 @@ const PATTERN_LAYERING: &str = "layering";
 const PATTERN_MOMENTUM_IGNITION: &str = "momentum-ignition";
 const PATTERN_RAMPING: &str = "ramping";
 const PATTERN_MARKING_CLOSE: &str = "marking-close";
+const PATTERN_MARKING_OPEN: &str = "marking-open";
 const PATTERN_WASH_TRADE: &str = "wash-trade";
 const PATTERN_QUOTE_STUFFING: &str = "quote-stuffing";
 const PATTERN_INSTANT_CANCEL: &str = "instant-cancel";
@@ -2189,6 +2206,7 @@ impl Schedule {
                     | PlantPattern::MomentumIgnition { paired }
                     | PlantPattern::Ramping { paired }
                     | PlantPattern::MarkingClose { paired }
+                    | PlantPattern::MarkingOpen { paired }
                     | PlantPattern::InstantCancel { paired } => Some(paired),
                     PlantPattern::WashTrade => Some(true),
                     PlantPattern::QuoteStuffing => Some(false),
@@ -2540,8 +2558,8 @@ impl Agenda {
                 bursts: 0,
                 bursts_done: 0,
             });
-            // A marker acts in the closing call only (`closing_call`).
-            if !matches!(plan.pattern, PlantPattern::MarkingClose { .. }) {
+            // A marker acts in its call auction only (`call_auction`).
+            if !matches!(plan.pattern, PlantPattern::MarkingClose { .. } | PlantPattern::MarkingOpen { .. }) {
                 agenda.push(plan.start_ns, Task::Actor { actor, step: 0 });
             }
         }
@@ -2560,7 +2578,10 @@ impl Agenda {
         for i in 0..self.actors.len() {
             if !matches!(
                 self.actors[i].plan.pattern,
-                PlantPattern::Ramping { .. } | PlantPattern::MarkingClose { .. } | PlantPattern::WashTrade
+                PlantPattern::Ramping { .. }
+                    | PlantPattern::MarkingClose { .. }
+                    | PlantPattern::MarkingOpen { .. }
+                    | PlantPattern::WashTrade
             ) {
                 continue;
             }
@@ -3015,7 +3036,9 @@ impl Agenda {
                     }
                 }
             }
-            (PlantPattern::MarkingClose { .. }, _) => unreachable!("a marker acts in the closing call"),
+            (PlantPattern::MarkingClose { .. } | PlantPattern::MarkingOpen { .. }, _) => {
+                unreachable!("a marker acts in its call auction")
+            }
             (PlantPattern::ExcessiveCancel { .. } | PlantPattern::SelfTrade { .. }, _)
             | (PlantPattern::Spoofing { .. } | PlantPattern::Layering { .. }, _) => {
                 unreachable!("not a book-aware step: {:?} {step}", a.plan.pattern)
@@ -3106,139 +3129,248 @@ fn uncross(bids: &[CallOrder], asks: &[CallOrder], last_px: i64) -> Option<(i64,
     best.map(|((volume, _, _), p)| (p, volume))
 }
 
+/// Which call auction `Agenda::call_auction` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Open,
+    Close,
+}
+
+/// Who sends one order of a call auction, in the order sent at equal times
+/// and instruments (the closing call's order of ordinary traders, then
+/// markers, is that of the days generated before the opening call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Caller {
+    Trader,
+    /// A market maker's quote (`Agenda::quotes`) on one side, `lots` a side.
+    Maker {
+        quote: u32,
+        side: u32,
+        lots: u64,
+    },
+    /// A marking actor (`Agenda::actors`).
+    Marker {
+        actor: u32,
+    },
+}
+
 impl Agenda {
-    /// The closing call auction (Shenzhen 14:57-15:00 when the scenario
-    /// says so): orders are collected, never matched, and nothing is
-    /// cancelled; at `end_ns` one uncrossing price per instrument
-    /// (`uncross`), every execution at that price, stamped `end_ns`, its
-    /// side the later order's. Resting orders take part. Ordinary traders
-    /// send 4-10 orders per instrument: half near the last price (up to 1%
-    /// through it), half away from it (up to 6.5%). Each marker buys (or
-    /// sells) at a target 4.8-5.8% from the last continuous trade, half of
-    /// what other groups offer up to it, 20-90 s into the call, and tops
-    /// up to 1.1x that 4 s before the end (the related account with
-    /// `paired`), so the close lands on the target. Returns the records.
-    fn closing_call<W: Write>(
+    /// A call auction (Shenzhen: the open 09:15-09:25, the close
+    /// 14:57-15:00, when the scenario says so): orders are collected, never
+    /// matched, and nothing is cancelled; at `end_ns` one uncrossing price
+    /// per instrument (`uncross`), every execution at that price, stamped
+    /// `end_ns`, its side the later order's. Resting orders take part.
+    /// Ordinary traders send 4-10 orders per instrument (10-30 at the
+    /// open, the busier call, into empty books): half near the last
+    /// price (up to 1% through it), half away from it (up to 6.5%); the
+    /// last price is the previous close at the open. Each marker buys (or
+    /// sells) at a target 4.8-5.8% from that price, half of what other
+    /// groups offer up to it (20-90 s into the closing call, 5-8 minutes
+    /// into the opening one), and tops up to 1.1x that 4 s before the end
+    /// (the related account with `paired`), so the call's price lands on
+    /// the target. At the open each market maker also quotes one tick
+    /// either side of the previous close, and what the call leaves open
+    /// rests into the continuous book (the newer of two orders of one group
+    /// left crossed is cancelled at `end_ns`), the call's price its last
+    /// price. Returns the records.
+    fn call_auction<W: Write>(
         &mut self,
         market: &mut Market,
+        call: Call,
         (start_ns, end_ns): (i64, i64),
         em: &mut Emitter<W>,
     ) -> io::Result<u64> {
         let seq_before = em.seq;
         let from_ns = start_ns.max(em.last_ns);
-        // (time, actor + 1 or 0 for an ordinary trader, instrument): in time order.
-        let mut plan: Vec<(i64, u32, u32)> = Vec::new();
+        // (time, instrument, who): in time order.
+        let mut plan: Vec<(i64, u32, Caller)> = Vec::new();
+        // The open is the busier call, and its books start empty.
+        let (fewest, most) = if call == Call::Open { (10, 30) } else { (4, 10) };
         for instrument in 0..market.books.len() as u32 {
-            for _ in 0..self.rng.range(4, 10) {
-                plan.push((self.rng.between_ns(from_ns, end_ns - 1), 0, instrument));
+            for _ in 0..self.rng.range(fewest, most) {
+                plan.push((self.rng.between_ns(from_ns, end_ns - 1), instrument, Caller::Trader));
             }
         }
+        if call == Call::Open {
+            for quote in 0..self.quotes.len() as u32 {
+                let at = self.rng.between_ns(from_ns, end_ns - 1);
+                let lots = self.rng.range(self.flow.maker_lots.0, self.flow.maker_lots.1);
+                let instrument = self.quotes[quote as usize].instrument;
+                for side in [BUY, SELL] {
+                    plan.push((at, instrument, Caller::Maker { quote, side: side as u32, lots }));
+                }
+            }
+        }
+        let first_order_ns = match call {
+            Call::Close => (20 * NS_PER_S, 90 * NS_PER_S),
+            Call::Open => (300 * NS_PER_S, 480 * NS_PER_S),
+        };
         for i in 0..self.actors.len() {
-            if let PlantPattern::MarkingClose { .. } = self.actors[i].plan.pattern {
+            let marks = match self.actors[i].plan.pattern {
+                PlantPattern::MarkingClose { .. } => call == Call::Close,
+                PlantPattern::MarkingOpen { .. } => call == Call::Open,
+                _ => false,
+            };
+            if marks {
                 let instrument = self.actors[i].plan.instrument;
-                let first = (start_ns + self.rng.between_ns(20 * NS_PER_S, 90 * NS_PER_S)).max(from_ns);
-                plan.push((first.min(end_ns - 5 * NS_PER_S), i as u32 + 1, instrument));
-                plan.push(((end_ns - 4 * NS_PER_S).max(first), i as u32 + 1, instrument));
+                let first = (start_ns + self.rng.between_ns(first_order_ns.0, first_order_ns.1)).max(from_ns);
+                let actor = i as u32;
+                plan.push((first.min(end_ns - 5 * NS_PER_S), instrument, Caller::Marker { actor }));
+                plan.push(((end_ns - 4 * NS_PER_S).max(first), instrument, Caller::Marker { actor }));
             }
         }
-        plan.sort_by_key(|&(ts, actor, instrument)| (ts, instrument, actor));
+        plan.sort();
         let mut orders: Vec<Vec<CallOrder>> = vec![Vec::new(); market.books.len()];
-        for (ts_ns, actor, instrument) in plan {
+        for (ts_ns, instrument, caller) in plan {
             let book = &market.books[instrument as usize];
             let spec = book.spec;
             let last = market.last_px[instrument as usize];
-            let call = &orders[instrument as usize];
-            let (account, side, price, qty) = if actor == 0 {
-                let account = market.background[market.account_pick.sample(&mut self.rng)];
-                let side = self.rng.side();
-                // Toward crossing (buys up, sells down) or away, in basis points.
-                let (away, bp) =
-                    if self.rng.coin() { (true, self.rng.range(0, 650)) } else { (false, self.rng.range(0, 100)) };
-                let up = (side == SELL) == away;
-                let moved = last * bp as i64 / 10_000 / spec.tick * spec.tick;
-                let price = if up { last + moved } else { last - moved };
-                (account, side, price, self.rng.range(1, 10) * market.lot)
-            } else {
-                let a = &mut self.actors[actor as usize - 1];
-                let group = market.group_of[a.plan.account as usize];
-                let first = !a.started;
-                if first {
-                    let bp = self.rng.range(480, 580) as i64;
-                    let moved = last * bp / 10_000 / spec.tick * spec.tick;
-                    // The side with room for the move (near a limit, the other).
-                    a.side = self.rng.side();
-                    let target = |side: usize| if side == BUY { last + moved } else { last - moved };
-                    if !Self::in_band(&spec, target(a.side)) {
-                        a.side = 1 - a.side;
-                    }
-                    a.target_px = target(a.side).clamp(spec.limit_down, spec.limit_up);
-                    a.started = true;
+            let call_orders = &orders[instrument as usize];
+            let (account, side, price, qty, owner) = match caller {
+                Caller::Trader => {
+                    let account = market.background[market.account_pick.sample(&mut self.rng)];
+                    let side = self.rng.side();
+                    // Toward crossing (buys up, sells down) or away, in basis points.
+                    let (away, bp) =
+                        if self.rng.coin() { (true, self.rng.range(0, 650)) } else { (false, self.rng.range(0, 100)) };
+                    let up = (side == SELL) == away;
+                    let moved = last * bp as i64 / 10_000 / spec.tick * spec.tick;
+                    let price = if up { last + moved } else { last - moved };
+                    (account, side, price, self.rng.range(1, 10) * market.lot, Owner::Background)
                 }
-                let (side, target) = (a.side, a.target_px);
-                let against: u64 = book.sides[1 - side]
-                    .iter()
-                    .map(|r| (r.price, r.group, r.qty))
-                    .chain(call.iter().filter(|o| o.side != side).map(|o| (o.order.price, o.order.group, o.order.qty)))
-                    .filter(|&(price, g, _)| g != group && !Book::worse(1 - side, price, target))
-                    .map(|(_, _, qty)| qty)
-                    .sum();
-                let lots = against.div_ceil(market.lot);
-                let lots = if first { lots.div_ceil(2) } else { (lots * 11).div_ceil(10).saturating_sub(a.traded) };
-                let account = if first { a.plan.account } else { a.plan.partner.unwrap_or(a.plan.account) };
-                a.traded += lots;
-                (account, side, target, lots.max(1) * market.lot)
+                Caller::Maker { quote, side, lots } => {
+                    let side = side as usize;
+                    let price = if side == BUY { last - spec.tick } else { last + spec.tick };
+                    (self.quotes[quote as usize].account, side, price, lots * market.lot, Owner::Scheduled)
+                }
+                Caller::Marker { actor } => {
+                    let a = &mut self.actors[actor as usize];
+                    let group = market.group_of[a.plan.account as usize];
+                    let first = !a.started;
+                    if first {
+                        let bp = self.rng.range(480, 580) as i64;
+                        let moved = last * bp / 10_000 / spec.tick * spec.tick;
+                        // The side with room for the move (near a limit, the other).
+                        a.side = self.rng.side();
+                        let target = |side: usize| if side == BUY { last + moved } else { last - moved };
+                        if !Self::in_band(&spec, target(a.side)) {
+                            a.side = 1 - a.side;
+                        }
+                        a.target_px = target(a.side).clamp(spec.limit_down, spec.limit_up);
+                        a.started = true;
+                    }
+                    let (side, target) = (a.side, a.target_px);
+                    let against: u64 = book.sides[1 - side]
+                        .iter()
+                        .map(|r| (r.price, r.group, r.qty))
+                        .chain(
+                            call_orders
+                                .iter()
+                                .filter(|o| o.side != side)
+                                .map(|o| (o.order.price, o.order.group, o.order.qty)),
+                        )
+                        .filter(|&(price, g, _)| g != group && !Book::worse(1 - side, price, target))
+                        .map(|(_, _, qty)| qty)
+                        .sum();
+                    let lots = against.div_ceil(market.lot);
+                    let lots = if first { lots.div_ceil(2) } else { (lots * 11).div_ceil(10).saturating_sub(a.traded) };
+                    let account = if first { a.plan.account } else { a.plan.partner.unwrap_or(a.plan.account) };
+                    a.traded += lots;
+                    (account, side, target, lots.max(1) * market.lot, Owner::Scheduled)
+                }
             };
             let price = price.clamp(spec.limit_down, spec.limit_up);
             let order_id = em.next_order_id();
             let group = market.group_of[account as usize];
-            let order = Resting { order_id, entry_ns: ts_ns, price, qty, account, group, owner: Owner::Scheduled };
+            let order = Resting { order_id, entry_ns: ts_ns, price, qty, account, group, owner };
             em.emit(order.record(b'N', ts_ns, instrument, side), ts_ns, false)?;
+            if let Caller::Maker { quote, .. } = caller {
+                self.quotes[quote as usize].ids[side] = order_id;
+            }
             orders[instrument as usize].push(CallOrder { order, side });
         }
-        for (instrument, call) in orders.iter_mut().enumerate() {
+        for (instrument, call_orders) in orders.iter_mut().enumerate() {
             let book = &market.books[instrument];
             let mut sides: [Vec<CallOrder>; 2] = [Vec::new(), Vec::new()];
             for side in [BUY, SELL] {
                 // Resting orders first (they are older), best-first.
                 sides[side].extend(book.sides[side].iter().rev().map(|&order| CallOrder { order, side }));
-                sides[side].extend(call.iter().filter(|o| o.side == side).copied());
+                sides[side].extend(call_orders.iter().filter(|o| o.side == side).copied());
                 // Price, then time (a stable sort keeps the arrival order).
                 sides[side].sort_by_key(|o| if side == BUY { -o.order.price } else { o.order.price });
             }
+            call_orders.clear();
             let [bids, asks] = &mut sides;
-            let Some((price, mut volume)) = uncross(bids, asks, market.last_px[instrument]) else { continue };
-            for bid in bids.iter_mut().filter(|o| o.order.price >= price) {
-                for ask in asks.iter_mut().filter(|o| o.order.price <= price) {
-                    if volume == 0 || bid.order.qty == 0 {
-                        break;
+            let uncrossed = uncross(bids, asks, market.last_px[instrument]);
+            if let Some((price, mut volume)) = uncrossed {
+                for bid in bids.iter_mut().filter(|o| o.order.price >= price) {
+                    for ask in asks.iter_mut().filter(|o| o.order.price <= price) {
+                        if volume == 0 || bid.order.qty == 0 {
+                            break;
+                        }
+                        // Never within a group: the call rejects such a match.
+                        if ask.order.qty == 0 || ask.order.group == bid.order.group {
+                            continue;
+                        }
+                        let fill = bid.order.qty.min(ask.order.qty).min(volume);
+                        let later = if bid.order.order_id > ask.order.order_id { BUY } else { SELL };
+                        let trade = Record {
+                            ts_ns: end_ns,
+                            kind: b'T',
+                            order_id: bid.order.order_id,
+                            account: bid.order.account,
+                            instrument: instrument as u32,
+                            side: SIDE_BYTE[later],
+                            price,
+                            qty: fill,
+                            contra_order_id: ask.order.order_id,
+                            contra_account: ask.order.account,
+                        };
+                        em.emit(trade, end_ns, false)?;
+                        bid.order.qty -= fill;
+                        ask.order.qty -= fill;
+                        volume -= fill;
+                        market.volume[instrument] += fill;
                     }
-                    // Never within a group: the call rejects such a match.
-                    if ask.order.qty == 0 || ask.order.group == bid.order.group {
-                        continue;
-                    }
-                    let fill = bid.order.qty.min(ask.order.qty).min(volume);
-                    let later = if bid.order.order_id > ask.order.order_id { BUY } else { SELL };
-                    let trade = Record {
-                        ts_ns: end_ns,
-                        kind: b'T',
-                        order_id: bid.order.order_id,
-                        account: bid.order.account,
-                        instrument: instrument as u32,
-                        side: SIDE_BYTE[later],
-                        price,
-                        qty: fill,
-                        contra_order_id: ask.order.order_id,
-                        contra_account: ask.order.account,
-                    };
-                    em.emit(trade, end_ns, false)?;
-                    bid.order.qty -= fill;
-                    ask.order.qty -= fill;
-                    volume -= fill;
                 }
             }
-            call.clear();
+            if call == Call::Open {
+                if let Some((price, _)) = uncrossed {
+                    market.last_px[instrument] = price;
+                    market.books[instrument].ref_px = price;
+                }
+                Self::rest_after_the_call(market, instrument, sides, end_ns, em)?;
+            }
         }
         Ok(em.seq - seq_before)
+    }
+
+    /// What the opening call left open (`sides`: best-first, older first at
+    /// a price) becomes the instrument's book. Two orders of one group may
+    /// be left crossed (the call never matches a group with itself): the
+    /// newer is cancelled at `end_ns`, so the book keeps bid < ask.
+    fn rest_after_the_call<W: Write>(
+        market: &mut Market,
+        instrument: usize,
+        sides: [Vec<CallOrder>; 2],
+        end_ns: i64,
+        em: &mut Emitter<W>,
+    ) -> io::Result<()> {
+        let [mut bids, mut asks] = sides.map(|side| side.into_iter().filter(|o| o.order.qty > 0).collect::<Vec<_>>());
+        loop {
+            let newer_bid = match (bids.first(), asks.first()) {
+                (Some(bid), Some(ask)) if bid.order.price >= ask.order.price => bid.order.order_id > ask.order.order_id,
+                _ => break,
+            };
+            let gone = if newer_bid { bids.remove(0) } else { asks.remove(0) };
+            em.emit(gone.order.record(b'C', end_ns, instrument as u32, gone.side), end_ns, false)?;
+        }
+        let book = &mut market.books[instrument];
+        for (side, open) in [(BUY, bids), (SELL, asks)] {
+            // The book keeps each side worst-to-best, the older order nearer the end at a price.
+            book.sides[side] = open.into_iter().rev().map(|o| o.order).collect();
+        }
+        Ok(())
     }
 
     /// One buy (sell) of a ramp: everything other groups offer (bid) up to
@@ -3338,6 +3470,11 @@ fn validate(cfg: &GenConfig) -> io::Result<()> {
         }
         if !(0.0 < shape.cancel_share && 0.0 < shape.trade_share && shape.cancel_share + shape.trade_share <= 0.9) {
             problems.push("cancel and trade shares must be positive and leave new orders at least 10%".to_string());
+        }
+        if let Some((from, to)) = shape.opening_call
+            && !(from < to && to <= shape.start_ns)
+        {
+            problems.push("the opening call must start before it ends, and end by the day's start".to_string());
         }
         let actor_accounts: u64 =
             shape.actors.iter().map(|a| u64::from(a.count) * u64::from(a.pattern.accounts())).sum::<u64>()
@@ -3451,6 +3588,11 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
         None => cfg.events - schedule.records,
     };
     let mut background_left = background;
+    // The opening call comes before the continuous day; its records are on top.
+    let open_records = match shape.and_then(|s| s.opening_call) {
+        Some(call) => agenda.call_auction(&mut market, Call::Open, call, &mut em)?,
+        None => 0,
+    };
     // A step writes one record or several (an order and its fills), so the
     // clock, which spaces steps, must count steps left, not records left,
     // or the day runs slow early and fast late. A scenario's rates must
@@ -3485,13 +3627,13 @@ fn run<W: Write>(cfg: &GenConfig, tape: W) -> io::Result<Run> {
     }
     schedule.release_due(i64::MAX, &market, &mut em)?;
     let call_records = match shape.and_then(|s| s.closing_call) {
-        Some(call) => agenda.closing_call(&mut market, call, &mut em)?,
+        Some(call) => agenda.call_auction(&mut market, Call::Close, call, &mut em)?,
         None => 0,
     };
     em.finish()?;
     assert_eq!(
         em.seq,
-        background + schedule.records + agenda.overdraw + call_records,
+        background + schedule.records + agenda.overdraw + open_records + call_records,
         "the generator wrote the wrong number of records"
     );
     for actor in agenda.actors.iter().filter(|a| a.started) {
@@ -4200,6 +4342,91 @@ mod tests {
             let bp = (price - reference).abs() * 10_000 / reference;
             assert!((450..=600).contains(&bp), "{instrument}: close {price} vs {reference}: {bp} bp");
         }
+    }
+
+    /// open-day at a tenth of its length: the opening call prints every
+    /// instrument's uncross at one price stamped at the call's end, nothing
+    /// trades inside the call or between it and the continuous day; each
+    /// marker's open is 4.5-6% from the previous close of instruments.csv,
+    /// its group on the moving side of at least half the call's volume;
+    /// every other open is within 1.5% of it; every maker quotes both sides
+    /// into the call; what the call left open rests into the continuous
+    /// book (continuous trades fill call orders); the tape passes the
+    /// lifecycle checks.
+    #[test]
+    fn open_day_marks_the_open_against_the_previous_close() {
+        let scenario =
+            crate::scenario::Scenario::parse(include_str!("../scenarios/open-day.toml")).unwrap().scaled(0.1);
+        let (call_start, call_end) = scenario.opening_call.unwrap();
+        let out = generate_in_memory(&scenario.gen_config());
+        let lines = parse(&out.tape);
+        let uncross: BTreeSet<u64> =
+            lines.iter().filter(|l| l.kind == b'T' && l.ts_ns == call_end).map(|l| l.seq).collect();
+        let seq_of = |v: &str| v.strip_prefix("seq ").and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok());
+        let bad: Vec<String> = lifecycle_violations(&lines)
+            .into_iter()
+            .filter(|v| {
+                !(v.ends_with("price is the resting order's") && seq_of(v).is_some_and(|s| uncross.contains(&s)))
+            })
+            .collect();
+        assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(8)]);
+        let reference = instruments_csv(&out.run);
+        let groups = group_map(&out.run.group_rows);
+        let makers: BTreeSet<&str> = out.run.makers.iter().map(String::as_str).collect();
+        let call_orders: BTreeSet<u64> =
+            lines.iter().filter(|l| l.kind == b'N' && l.ts_ns < call_end).map(|l| l.order_id).collect();
+        let maker_quotes = lines
+            .iter()
+            .filter(|l| l.kind == b'N' && l.ts_ns >= call_start && l.ts_ns < call_end)
+            .filter(|l| makers.contains(l.account.as_str()))
+            .count();
+        assert_eq!(maker_quotes, makers.len() * 2 * 2, "each maker quotes both sides of its two instruments");
+        let mut open: HashMap<&str, BTreeSet<i64>> = HashMap::new();
+        let mut volume: HashMap<&str, u64> = HashMap::new();
+        // (instrument, group, side): quantity bought (0) or sold (1) in the call.
+        let mut traded: HashMap<(&str, &str, usize), u64> = HashMap::new();
+        let mut rested = 0;
+        for l in lines.iter().filter(|l| l.kind == b'T') {
+            assert!(
+                l.ts_ns == call_end || l.ts_ns >= scenario.start_ns,
+                "a trade before the continuous day: {}",
+                l.seq
+            );
+            if l.ts_ns == call_end {
+                open.entry(&l.instrument).or_default().insert(l.price);
+                *volume.entry(&l.instrument).or_default() += l.qty;
+                *traded.entry((&l.instrument, group_of(&groups, &l.account), BUY)).or_default() += l.qty;
+                *traded.entry((&l.instrument, group_of(&groups, &l.contra_account), SELL)).or_default() += l.qty;
+            } else if call_orders.contains(&l.order_id) || l.contra_order_id.is_some_and(|id| call_orders.contains(&id))
+            {
+                rested += 1;
+            }
+        }
+        assert!(open.values().all(|prices| prices.len() == 1), "one uncross price per instrument");
+        assert!(rested > 0, "no continuous trade filled an order left open by the call");
+        let markers: BTreeSet<(String, String)> = out
+            .run
+            .planted
+            .iter()
+            .filter(|p| p.pattern == "marking-open")
+            .map(|p| (group_of(&groups, &p.account).to_string(), p.instrument.clone()))
+            .collect();
+        assert_eq!(markers.len(), 3);
+        for (instrument, prices) in &open {
+            let price = *prices.iter().next().unwrap();
+            let prev_close = reference[*instrument].0;
+            let bp = (price - prev_close) * 10_000 / prev_close;
+            match markers.iter().find(|(_, i)| i == instrument) {
+                Some((group, _)) => {
+                    assert!((450..=600).contains(&bp.abs()), "{instrument}: open {price} vs {prev_close}: {bp} bp");
+                    let side = if bp > 0 { BUY } else { SELL };
+                    let share = traded.get(&(*instrument, group.as_str(), side)).copied().unwrap_or(0);
+                    assert!(share * 2 >= volume[instrument], "{instrument}: {group} {share} of {}", volume[instrument]);
+                }
+                None => assert!(bp.abs() <= 150, "{instrument}: unmarked open {price} vs {prev_close}: {bp} bp"),
+            }
+        }
+        assert!(markers.iter().all(|(_, i)| open.contains_key(i.as_str())), "every marked instrument opened");
     }
 
     #[test]

@@ -47,9 +47,9 @@ const MAX_RECORDS: f64 = 200_000_000.0;
 /// The excessive-cancel rule's window that a planted burst must fit in.
 const RULE_WINDOW_NS: i64 = 10 * SEC;
 /// The patterns `[[abuse]]` can plant: the rules' JSON names.
-const PATTERNS: &str = "excessive-cancel, self-trade, spoofing, layering, momentum-ignition, ramping, marking-close, wash-trade, quote-stuffing or instant-cancel";
+const PATTERNS: &str = "excessive-cancel, self-trade, spoofing, layering, momentum-ignition, ramping, marking-close, marking-open, wash-trade, quote-stuffing or instant-cancel";
 /// The patterns `[expect]` takes a table for (the rules' JSON names).
-const EXPECTED: [&str; 10] = [
+const EXPECTED: [&str; 11] = [
     "excessive-cancel",
     "self-trade",
     "spoofing",
@@ -57,6 +57,7 @@ const EXPECTED: [&str; 10] = [
     "momentum-ignition",
     "ramping",
     "marking-close",
+    "marking-open",
     "wash-trade",
     "quote-stuffing",
     "instant-cancel",
@@ -103,6 +104,7 @@ struct RawMarket {
     institution_pause: Option<Spanned<[String; 2]>>,
     start: Option<Spanned<String>>,
     closing_call: Option<Spanned<[String; 2]>>,
+    opening_call: Option<Spanned<[String; 2]>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +176,8 @@ struct RawExpect {
     ramping: Option<RawExpectation>,
     #[serde(rename = "marking-close")]
     marking_close: Option<RawExpectation>,
+    #[serde(rename = "marking-open")]
+    marking_open: Option<RawExpectation>,
     #[serde(rename = "wash-trade")]
     wash_trade: Option<RawExpectation>,
     #[serde(rename = "quote-stuffing")]
@@ -226,6 +230,9 @@ pub struct Scenario {
     /// The closing call auction, epoch ns `[start, end)` (`[market]
     /// closing_call`); the continuous day must end before it.
     pub closing_call: Option<(i64, i64)>,
+    /// The opening call auction, epoch ns `[start, end)` (`[market]
+    /// opening_call`); the continuous day starts at or after its end.
+    pub opening_call: Option<(i64, i64)>,
     /// The rules file `bench` runs with (`rules`, relative to the scenario
     /// file); the default rules without one.
     pub rules: Option<String>,
@@ -480,17 +487,25 @@ impl Scenario {
             tod.map(|tod| crate::detect::state::episode::at(day, tod))
         };
         let start_ns = m.start.as_ref().and_then(|v| time_of_day(&mut p, v, "market.start")).unwrap_or(DAY_START_NS);
-        let closing_call = m.closing_call.as_ref().and_then(|v| {
+        let call = |p: &mut Problems, v: &Option<Spanned<[String; 2]>>, field: &str| {
+            let v = v.as_ref()?;
             let [from, to] = v.get_ref();
-            let from = time_of_day(&mut p, &Spanned::new(v.span(), from.clone()), "market.closing_call")?;
-            let to = time_of_day(&mut p, &Spanned::new(v.span(), to.clone()), "market.closing_call")?;
+            let from = time_of_day(p, &Spanned::new(v.span(), from.clone()), field)?;
+            let to = time_of_day(p, &Spanned::new(v.span(), to.clone()), field)?;
             if from >= to {
-                p.at(v, "market.closing_call", "the call must start before it ends");
+                p.at(v, field, "the call must start before it ends");
                 return None;
             }
             Some((from, to))
-        });
+        };
+        let closing_call = call(&mut p, &m.closing_call, "market.closing_call");
+        let opening_call = call(&mut p, &m.opening_call, "market.opening_call");
         let call_line = m.closing_call.as_ref().map(|v| Spanned::new(v.span(), ()));
+        if let (Some((_, call_end)), Some(v)) = (opening_call, &m.opening_call)
+            && start_ns < call_end
+        {
+            p.at(v, "market.opening_call", "the call must end by the day's start (market.start)");
+        }
 
         let f = raw.flow;
         let flow_line = f.new.as_ref().or(f.cancel.as_ref()).or(f.trade.as_ref()).map(|s| s.span());
@@ -614,7 +629,10 @@ impl Scenario {
                         _ => PlantPattern::MomentumIgnition { paired },
                     })
                 }
-                Some(name @ ("ramping" | "marking-close" | "wash-trade" | "quote-stuffing" | "instant-cancel")) => {
+                Some(
+                    name @ ("ramping" | "marking-close" | "marking-open" | "wash-trade" | "quote-stuffing"
+                    | "instant-cancel"),
+                ) => {
                     // Their shapes follow the published rule text and the
                     // live book, not the file (src/gen.rs, PlantPattern).
                     if a.orders.is_some() || a.cancel_after.is_some() || a.trades.is_some() || a.gap.is_some() {
@@ -628,17 +646,24 @@ impl Scenario {
                             format!("{name} takes no `paired` (wash trades always use two accounts, stuffing one)"),
                         );
                     }
-                    if name == "marking-close" {
-                        if closing_call.is_none() {
-                            p.at(&here, &field("pattern"), "marking-close needs `[market] closing_call`");
+                    for (marking, call, table, which) in [
+                        ("marking-close", closing_call, "closing_call", "closing"),
+                        ("marking-open", opening_call, "opening_call", "opening"),
+                    ] {
+                        if name != marking {
+                            continue;
+                        }
+                        if call.is_none() {
+                            p.at(&here, &field("pattern"), format!("{name} needs `[market] {table}`"));
                         }
                         if has_at {
-                            p.at(&here, &field("at"), "marking-close acts in the closing call: it takes no `at`");
+                            p.at(&here, &field("at"), format!("{name} acts in the {which} call: it takes no `at`"));
                         }
                     }
                     Some(match name {
                         "ramping" => PlantPattern::Ramping { paired },
                         "marking-close" => PlantPattern::MarkingClose { paired },
+                        "marking-open" => PlantPattern::MarkingOpen { paired },
                         "wash-trade" => PlantPattern::WashTrade,
                         "quote-stuffing" => PlantPattern::QuoteStuffing,
                         _ => PlantPattern::InstantCancel { paired },
@@ -691,6 +716,7 @@ impl Scenario {
             e.momentum_ignition,
             e.ramping,
             e.marking_close,
+            e.marking_open,
             e.wash_trade,
             e.quote_stuffing,
             e.instant_cancel,
@@ -741,6 +767,7 @@ impl Scenario {
             expect: Expect { patterns, max_late },
             start_ns,
             closing_call,
+            opening_call,
             rules: raw.rules,
         })
     }
@@ -818,6 +845,7 @@ impl Scenario {
         }
         let mut shape = Shape::classic(self.start_ns, bucket_ns, rates);
         shape.closing_call = self.closing_call;
+        shape.opening_call = self.opening_call;
         shape.account_skew = self.account_skew;
         shape.instrument_skew = self.instrument_skew;
         shape.grouped_divisor =
@@ -936,7 +964,7 @@ fn expand_phases(p: &mut Problems<'_>, phases: Vec<Spanned<RawPhase>>) -> Vec<Se
 mod tests {
     use super::*;
 
-    const SHIPPED: [(&str, &str); 7] = [
+    const SHIPPED: [(&str, &str); 8] = [
         ("steady-5k", include_str!("../scenarios/steady-5k.toml")),
         ("szse-peak", include_str!("../scenarios/szse-peak.toml")),
         ("burst-3m", include_str!("../scenarios/burst-3m.toml")),
@@ -944,6 +972,7 @@ mod tests {
         ("late-heavy", include_str!("../scenarios/late-heavy.toml")),
         ("book-day", include_str!("../scenarios/book-day.toml")),
         ("window-day", include_str!("../scenarios/window-day.toml")),
+        ("open-day", include_str!("../scenarios/open-day.toml")),
     ];
 
     #[test]
@@ -999,6 +1028,48 @@ mod tests {
         let problems = Scenario::parse(no_call).unwrap_err().join("\n");
         assert!(problems.contains("line 3: market.start: \"9:45\" is not a time of day"), "{problems}");
         assert!(problems.contains("abuse[0].pattern: marking-close needs `[market] closing_call`"), "{problems}");
+    }
+
+    #[test]
+    fn opening_call_and_marking_open() {
+        let s = Scenario::parse(include_str!("../scenarios/open-day.toml")).unwrap();
+        let day = crate::detect::state::episode::day_of(DAY_START_NS);
+        let at = |tod: &str| {
+            crate::detect::state::episode::at(day, crate::detect::state::episode::parse_time_of_day(tod).unwrap())
+        };
+        assert_eq!(s.start_ns, at("09:30:00"));
+        assert_eq!((s.opening_call, s.closing_call), (Some((at("09:15:00"), at("09:25:00"))), None));
+        let cfg = s.gen_config();
+        let shape = cfg.shape.as_ref().unwrap();
+        assert_eq!(shape.opening_call, s.opening_call);
+        let patterns: Vec<PlantPattern> = s.abuse.iter().map(|a| a.pattern).collect();
+        assert!(matches!(
+            patterns[..],
+            [PlantPattern::MarkingOpen { paired: true }, PlantPattern::MarkingOpen { paired: false }]
+        ));
+
+        // A call past the day's start, a marker with `at`, a marker without a call.
+        let bad = "phases = [ { rate = 100, for = \"1m\" } ]\n\
+                   [market]\n\
+                   start = \"09:20:00\"\n\
+                   opening_call = [\"09:15:00\", \"09:25:00\"]\n\
+                   [[abuse]]\n\
+                   pattern = \"marking-open\"\n\
+                   actors = 1\n\
+                   at = [\"1s\", \"2s\"]\n";
+        let problems = Scenario::parse(bad).unwrap_err().join("\n");
+        assert!(problems.contains("line 4: market.opening_call: the call must end by the day's start"), "{problems}");
+        assert!(problems.contains("abuse[0].at: marking-open acts in the opening call"), "{problems}");
+        let no_call = "phases = [ { rate = 100, for = \"1m\" } ]\n[[abuse]]\npattern = \"marking-open\"\nactors = 1\n";
+        let problems = Scenario::parse(no_call).unwrap_err().join("\n");
+        assert!(problems.contains("abuse[0].pattern: marking-open needs `[market] opening_call`"), "{problems}");
+        let text = "[expect.marking-open]\nmin_recall = 0.5\n";
+        let s = Scenario::parse(&format!(
+            "{}\n{text}",
+            include_str!("../scenarios/open-day.toml").replace("[expect]\nmax_late = 0\n", "")
+        ))
+        .unwrap();
+        assert_eq!(s.expect.of("marking-open").min_recall, 0.5);
     }
 
     #[test]

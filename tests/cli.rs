@@ -89,6 +89,37 @@ fn bad_rules_and_options_are_all_reported() {
     );
 }
 
+/// `--lateness-ms` is checked by one helper for replay, book and
+/// investigate: an hour is the most, past it the same message, listed with
+/// the command's other problems (exit 2).
+#[test]
+fn lateness_past_an_hour_is_refused_alike_by_replay_book_and_investigate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("day.csv"), small_tape()).unwrap();
+    let commands: [&[&str]; 3] = [
+        &["replay", "day.csv", "--shards", "0"],
+        &["book", "day.csv", "--instrument", "X", "--at", "09:30:00", "--levels", "0"],
+        &["investigate", "day.csv", "--group", "A", "--instrument", "X", "--out", "r.html", "--from", "x"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--lateness-ms", "3600001"]);
+        let out = tapewatch(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        let other = ["--shards 0", "--levels 0", "--from x"];
+        assert!(other.iter().any(|o| err.contains(o)), "{args:?}: the other problem is listed too: {err}");
+        assert_clean_failure(&out, dir.path(), &["--lateness-ms 3600001: at most one hour (3600000)"]);
+    }
+    let out = tapewatch(dir.path(), &["replay", "day.csv", "--lateness-ms", "3600000", "--quiet"]);
+    assert!(out.status.success(), "an hour is allowed: {}", stderr(&out));
+    let out = tapewatch(
+        dir.path(),
+        &["book", "day.csv", "--instrument", "X", "--at", "23:59:59", "--lateness-ms", "3600000"],
+    );
+    assert!(out.status.success(), "an hour is allowed: {}", stderr(&out));
+}
+
 #[test]
 fn a_file_that_is_not_a_tape_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -165,9 +165,7 @@ pub fn book_at(args: &BookArgs) -> Result<BookAt, CmdError> {
     if !(1..=1000).contains(&args.levels) {
         problems.push(format!("--levels {}: must be between 1 and 1000", args.levels));
     }
-    if args.lateness_ms > 3_600_000 {
-        problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
-    }
+    super::check_lateness_ms(args.lateness_ms, &mut problems);
     let reference = args.reference.load(&args.tape, &mut problems);
     if !problems.is_empty() {
         return Err(CmdError::Usage(problems.join("\n")));

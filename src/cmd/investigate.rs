@@ -105,9 +105,7 @@ pub fn run(args: InvestigateArgs) -> Result<(), CmdError> {
     {
         problems.push(format!("--account {a}: not an account name (1-16 bytes of [A-Za-z0-9_-])"));
     }
-    if args.lateness_ms > 3_600_000 {
-        problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.lateness_ms));
-    }
+    super::check_lateness_ms(args.lateness_ms, &mut problems);
     let super::ReferenceData { groups, instruments, rules, .. } = args.reference.load(&args.tape, &mut problems);
     let mut plan = crate::outputs::Plan::default();
     plan.input("tape", &args.tape);

@@ -276,6 +276,16 @@ pub fn beside(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{stem}{suffix}"))
 }
 
+/// The longest lateness bound (`--lateness-ms`; serve's `lateness_ms` takes the same range).
+pub const MAX_LATENESS_MS: u64 = 3_600_000;
+
+/// `--lateness-ms`'s range check: one message for replay, book and investigate.
+pub fn check_lateness_ms(lateness_ms: u64, problems: &mut Vec<String>) {
+    if lateness_ms > MAX_LATENESS_MS {
+        problems.push(format!("--lateness-ms {lateness_ms}: at most one hour ({MAX_LATENESS_MS})"));
+    }
+}
+
 /// The names a CSV (or live) feed's validator interns, with the groups:
 /// what the pipeline's outputs print records with.
 pub fn validator_names(

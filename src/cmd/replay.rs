@@ -383,9 +383,7 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
             Vec::new()
         }
     };
-    if args.pipeline.lateness_ms > 3_600_000 {
-        problems.push(format!("--lateness-ms {}: at most one hour (3600000)", args.pipeline.lateness_ms));
-    }
+    super::check_lateness_ms(args.pipeline.lateness_ms, &mut problems);
     if args.pipeline.max_future_ms > 86_400_000 {
         problems.push(format!("--max-future-ms {}: at most one day (86400000)", args.pipeline.max_future_ms));
     }

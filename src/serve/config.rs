@@ -180,7 +180,7 @@ pub fn parse(text: &str, base: &Path, o: &Overrides) -> Result<ServeConfig, Vec<
             default
         }
     };
-    let lateness_ms = int(&raw.lateness_ms, "lateness_ms", 0..=3_600_000, 50) as u64;
+    let lateness_ms = int(&raw.lateness_ms, "lateness_ms", 0..=crate::cmd::MAX_LATENESS_MS as i64, 50) as u64;
     let max_future_ms = int(&raw.max_future_ms, "max_future_ms", 0..=86_400_000, 10_000) as u64;
     let idle_after_ms = int(&raw.idle_after_ms, "idle_after_ms", 0..=3_600_000, 1000) as u64;
     let checkpoint_interval_ms = int(&raw.checkpoint_interval_ms, "checkpoint_interval_ms", 0..=3_600_000, 1000) as u64;

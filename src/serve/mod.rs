@@ -433,11 +433,7 @@ fn open_day(
             (feed, Some(Resumed { manifest: l.manifest, router, shards: l.shards, carry }))
         }
     };
-    let names = Names {
-        accounts: feed.validator().accounts.table().clone(),
-        instruments: feed.validator().instruments.table().clone(),
-        groups,
-    };
+    let names = crate::cmd::validator_names(feed.validator(), groups);
     let mut pcfg = PipelineConfig::new(cfg.shards, cfg.alerts.clone(), cfg.late.clone());
     pcfg.cores = cfg.cores.clone();
     pcfg.rules = cfg.rules.clone();
