@@ -4301,16 +4301,8 @@ mod tests {
         let out = generate_in_memory(&scenario.gen_config());
         let lines = parse(&out.tape);
         // A call trade is at the uncross price, not the resting order's.
-        let uncross: BTreeSet<u64> =
-            lines.iter().filter(|l| l.kind == b'T' && l.ts_ns == call_end).map(|l| l.seq).collect();
-        let seq_of = |v: &str| v.strip_prefix("seq ").and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok());
-        let bad: Vec<String> = lifecycle_violations(&lines)
-            .into_iter()
-            .filter(|v| {
-                !(v.ends_with("price is the resting order's") && seq_of(v).is_some_and(|s| uncross.contains(&s)))
-            })
-            .collect();
-        assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(8)]);
+        let uncross = uncross_seqs(&lines, call_end);
+        assert_lifecycle_outside_the_uncross(&lines, &uncross);
         assert!(!uncross.is_empty(), "the call uncrossed");
         let groups = group_map(&out.run.group_rows);
         let mut last_continuous: HashMap<&str, i64> = HashMap::new();
@@ -4344,6 +4336,24 @@ mod tests {
         }
     }
 
+    /// The seqs of the trades a call auction prints at its end.
+    fn uncross_seqs(lines: &[Line], call_end: i64) -> BTreeSet<u64> {
+        lines.iter().filter(|l| l.kind == b'T' && l.ts_ns == call_end).map(|l| l.seq).collect()
+    }
+
+    /// The tape passes the lifecycle checks, except that an uncross trade is
+    /// at the call's price, not the resting order's.
+    fn assert_lifecycle_outside_the_uncross(lines: &[Line], uncross: &BTreeSet<u64>) {
+        let seq_of = |v: &str| v.strip_prefix("seq ").and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok());
+        let bad: Vec<String> = lifecycle_violations(lines)
+            .into_iter()
+            .filter(|v| {
+                !(v.ends_with("price is the resting order's") && seq_of(v).is_some_and(|s| uncross.contains(&s)))
+            })
+            .collect();
+        assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(8)]);
+    }
+
     /// open-day at a tenth of its length: the opening call prints every
     /// instrument's uncross at one price stamped at the call's end, nothing
     /// trades inside the call or between it and the continuous day; each
@@ -4360,16 +4370,8 @@ mod tests {
         let (call_start, call_end) = scenario.opening_call.unwrap();
         let out = generate_in_memory(&scenario.gen_config());
         let lines = parse(&out.tape);
-        let uncross: BTreeSet<u64> =
-            lines.iter().filter(|l| l.kind == b'T' && l.ts_ns == call_end).map(|l| l.seq).collect();
-        let seq_of = |v: &str| v.strip_prefix("seq ").and_then(|r| r.split(':').next()).and_then(|n| n.parse().ok());
-        let bad: Vec<String> = lifecycle_violations(&lines)
-            .into_iter()
-            .filter(|v| {
-                !(v.ends_with("price is the resting order's") && seq_of(v).is_some_and(|s| uncross.contains(&s)))
-            })
-            .collect();
-        assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(8)]);
+        let uncross = uncross_seqs(&lines, call_end);
+        assert_lifecycle_outside_the_uncross(&lines, &uncross);
         let reference = instruments_csv(&out.run);
         let groups = group_map(&out.run.group_rows);
         let makers: BTreeSet<&str> = out.run.makers.iter().map(String::as_str).collect();

@@ -9,8 +9,8 @@
 
 mod common;
 
-use common::{read_alerts, replay_args, run_replay};
-use std::collections::{BTreeMap, BTreeSet};
+use common::{WrittenDay, read_alerts, replay_args, run_replay};
+use std::collections::BTreeSet;
 use std::path::Path;
 use tapewatch::generator::generate_tape;
 use tapewatch::scenario::Scenario;
@@ -20,18 +20,10 @@ fn open_day_finds_every_marked_open_and_spares_the_makers() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let scenario = Scenario::load(&root.join("open-day.toml")).unwrap().scaled(0.2);
     let day = generate_tape(&scenario.gen_config()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let tape = dir.path().join("day.csv");
-    std::fs::write(&tape, &day.tape).unwrap();
-    std::fs::write(dir.path().join("day.instruments.csv"), &day.instruments_csv).unwrap();
-    let mut accounts = String::from("account,group\n");
-    for (account, group) in &day.group_rows {
-        accounts.push_str(&format!("{account},{group}\n"));
-    }
-    std::fs::write(dir.path().join("day.accounts.csv"), accounts).unwrap();
-    let group: BTreeMap<&str, &str> = day.group_rows.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
-    let group_of = |account: &str| group.get(account).copied().unwrap_or(account).to_string();
-    let makers: BTreeSet<String> = day.makers.iter().map(|m| group_of(m)).collect();
+    let written = WrittenDay::write(&day);
+    let (dir, tape) = (&written.dir, &written.tape);
+    let group_of = |account: &str| written.group_of(account);
+    let makers = written.maker_groups(&day);
     assert_eq!(makers.len(), 6, "the scenario's six makers");
     let truth: BTreeSet<(String, String)> = day
         .planted
@@ -55,7 +47,7 @@ fn open_day_finds_every_marked_open_and_spares_the_makers() {
 
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let mut args = replay_args(&tape, &out, 1);
+    let mut args = replay_args(tape, &out, 1);
     args.reference.rules = Some(root.join(scenario.rules.as_deref().expect("the scenario names its rules file")));
     run_replay(&args);
     let alerts = read_alerts(&out.join("alerts.jsonl"));

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{read_alerts, replay_args, run_replay};
+use common::{WrittenDay, read_alerts, replay_args, run_replay};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use tapewatch::generator::generate_tape;
@@ -26,18 +26,10 @@ fn window_day_finds_every_planted_actor_and_spares_the_makers() {
         segment.rate_to /= 2.0;
     }
     let day = generate_tape(&scenario.gen_config()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let tape = dir.path().join("day.csv");
-    std::fs::write(&tape, &day.tape).unwrap();
-    std::fs::write(dir.path().join("day.instruments.csv"), &day.instruments_csv).unwrap();
-    let mut accounts = String::from("account,group\n");
-    for (account, group) in &day.group_rows {
-        accounts.push_str(&format!("{account},{group}\n"));
-    }
-    std::fs::write(dir.path().join("day.accounts.csv"), accounts).unwrap();
-    let group: BTreeMap<&str, &str> = day.group_rows.iter().map(|(a, g)| (a.as_str(), g.as_str())).collect();
-    let group_of = |account: &str| group.get(account).copied().unwrap_or(account).to_string();
-    let makers: BTreeSet<String> = day.makers.iter().map(|m| group_of(m)).collect();
+    let written = WrittenDay::write(&day);
+    let (dir, tape) = (&written.dir, &written.tape);
+    let group_of = |account: &str| written.group_of(account);
+    let makers = written.maker_groups(&day);
     assert_eq!(makers.len(), 6, "the scenario's six makers");
 
     let mut truth: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
@@ -46,7 +38,7 @@ fn window_day_finds_every_planted_actor_and_spares_the_makers() {
     }
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let mut args = replay_args(&tape, &out, 1);
+    let mut args = replay_args(tape, &out, 1);
     args.reference.rules = Some(root.join(scenario.rules.as_deref().expect("the scenario names its rules file")));
     run_replay(&args);
     let alerts = read_alerts(&out.join("alerts.jsonl"));

@@ -59,3 +59,37 @@ pub fn stdout(out: &std::process::Output) -> String {
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A generated day written out as `day.csv` with its `day.instruments.csv`
+/// and `day.accounts.csv` beside it (so replay finds both by the tape's
+/// stem), and the day's account-to-group map.
+pub struct WrittenDay {
+    pub dir: tempfile::TempDir,
+    pub tape: PathBuf,
+    groups: std::collections::BTreeMap<String, String>,
+}
+
+impl WrittenDay {
+    pub fn write(day: &tapewatch::generator::DayInMemory) -> WrittenDay {
+        let dir = tempfile::tempdir().unwrap();
+        let tape = dir.path().join("day.csv");
+        std::fs::write(&tape, &day.tape).unwrap();
+        std::fs::write(dir.path().join("day.instruments.csv"), &day.instruments_csv).unwrap();
+        let mut accounts = String::from("account,group\n");
+        for (account, group) in &day.group_rows {
+            accounts.push_str(&format!("{account},{group}\n"));
+        }
+        std::fs::write(dir.path().join("day.accounts.csv"), accounts).unwrap();
+        WrittenDay { dir, tape, groups: day.group_rows.iter().cloned().collect() }
+    }
+
+    /// The account's group (an account without one is its own group).
+    pub fn group_of(&self, account: &str) -> String {
+        self.groups.get(account).map_or(account, String::as_str).to_string()
+    }
+
+    /// The groups of the day's market makers.
+    pub fn maker_groups(&self, day: &tapewatch::generator::DayInMemory) -> std::collections::BTreeSet<String> {
+        day.makers.iter().map(|m| self.group_of(m)).collect()
+    }
+}
