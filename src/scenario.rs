@@ -975,13 +975,15 @@ mod tests {
         ("open-day", include_str!("../scenarios/open-day.toml")),
     ];
 
+    /// A time of day on the generator's trading day, in ns.
+    fn at(tod: &str) -> i64 {
+        use crate::detect::state::episode;
+        episode::at(episode::day_of(DAY_START_NS), episode::parse_time_of_day(tod).unwrap())
+    }
+
     #[test]
     fn window_patterns_start_and_closing_call() {
         let s = Scenario::parse(include_str!("../scenarios/window-day.toml")).unwrap();
-        let day = crate::detect::state::episode::day_of(DAY_START_NS);
-        let at = |tod: &str| {
-            crate::detect::state::episode::at(day, crate::detect::state::episode::parse_time_of_day(tod).unwrap())
-        };
         assert_eq!(s.start_ns, at("14:45:00"));
         assert_eq!(s.closing_call, Some((at("14:57:00"), at("15:00:00"))));
         assert_eq!(s.rules.as_deref(), Some("window-day.rules.toml"));
@@ -1033,10 +1035,6 @@ mod tests {
     #[test]
     fn opening_call_and_marking_open() {
         let s = Scenario::parse(include_str!("../scenarios/open-day.toml")).unwrap();
-        let day = crate::detect::state::episode::day_of(DAY_START_NS);
-        let at = |tod: &str| {
-            crate::detect::state::episode::at(day, crate::detect::state::episode::parse_time_of_day(tod).unwrap())
-        };
         assert_eq!(s.start_ns, at("09:30:00"));
         assert_eq!((s.opening_call, s.closing_call), (Some((at("09:15:00"), at("09:25:00"))), None));
         let cfg = s.gen_config();

@@ -12,7 +12,7 @@
 //! verify as before.
 
 use std::hash::Hasher;
-use twox_hash::XxHash3_64;
+use twox_hash::xxhash3_64::{RawHasher, SecretBuffer};
 
 /// Hashes `input` (the bytes of one block) as `xxh3_64(input)` would, and
 /// hands it to `each` in slices of `slice_bytes`, each right after it has
@@ -20,7 +20,9 @@ use twox_hash::XxHash3_64;
 #[inline]
 pub fn xxh3_64_by_slices(input: &[u8], slice_bytes: usize, mut each: impl FnMut(&[u8])) -> u64 {
     assert!(slice_bytes > 0);
-    let mut hasher = XxHash3_64::with_seed(0);
+    // The raw hasher over the default secret lives on the stack: the crate's
+    // `XxHash3_64` boxes its buffers, an allocation per block.
+    let mut hasher = RawHasher::new(SecretBuffer::default());
     for slice in input.chunks(slice_bytes) {
         hasher.write(slice);
         each(slice);
