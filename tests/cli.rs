@@ -218,3 +218,26 @@ fn bad_records_gaps_and_late_records_go_aside_and_replay_goes_on() {
     let late = std::fs::read_to_string(dir.path().join("out/alerts.late.csv")).unwrap();
     assert_eq!(late, format!("{HEADER}\n9,{},C,1,A,X,B,10.0000,100,,\n", t0 + 100 * ms));
 }
+
+#[test]
+fn the_default_shard_count_gives_the_shards_every_core_when_the_rules_keep_the_book() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("day.csv"), small_tape()).unwrap();
+    assert!(tapewatch(dir.path(), &["import", "day.csv", "--out", "day.tape"]).status.success());
+    std::fs::write(dir.path().join("book.toml"), "[spoofing]\nenabled = true\n").unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = |rules: &[&str]| {
+        let mut args = vec!["replay", "day.tape", "--quiet", "--json", "summary.json"];
+        args.extend_from_slice(rules);
+        let out = tapewatch(dir.path(), &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+        summary["shards"].as_u64().unwrap() as usize
+    };
+    // The default rules leave the source a core; the book takes it.
+    assert_eq!(shards(&[]), cores.saturating_sub(1).max(1));
+    assert_eq!(shards(&["--rules", "book.toml"]), cores);
+    // An explicit count is never changed.
+    assert_eq!(shards(&["--rules", "book.toml", "--shards", "3"]), 3);
+}

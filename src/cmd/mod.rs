@@ -155,7 +155,8 @@ impl ReferenceArgs {
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct PipelineArgs {
     /// Shard threads (partitioned by instrument). Default: cores - 1 for a native tape, cores - 2
-    /// for CSV (its decoder thread needs a core too), at least 1.
+    /// for CSV (its decoder thread needs a core too), at least 1; one more (every core for a native
+    /// tape) when the enabled rules keep the order book or include a heavy one (docs/PERFORMANCE.md).
     #[arg(long)]
     pub shards: Option<usize>,
     /// Core pinning: `auto` (pin when every busy thread gets a core of its own: the source, every

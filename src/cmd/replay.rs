@@ -372,7 +372,13 @@ pub fn replay_described(args: &ReplayArgs) -> Result<(Summary, Inputs), CmdError
     // and unpinned at 5.6-6.0 M/s: the decoder could not leave the
     // source's core).
     let helpers = usize::from(!native);
-    let shards = args.pipeline.shards.unwrap_or(available.saturating_sub(1 + helpers).max(1));
+    // The source needs a core of its own only while it is as busy as a
+    // shard. With the book or a heavy rule on, each shard does several
+    // times the source's work a record: on two cores, every rule on ran
+    // 1.9 times faster with two unpinned shards than with one pinned, and
+    // the default rules 1.4 times slower (docs/PERFORMANCE.md).
+    let spare = usize::from(!rules.shard_bound());
+    let shards = args.pipeline.shards.unwrap_or(available.saturating_sub(spare + helpers).max(1));
     if !(1..=256).contains(&shards) {
         problems.push(format!("--shards {shards}: must be between 1 and 256"));
     }

@@ -275,6 +275,16 @@ macro_rules! registry {
                 reads
             }
 
+            /// Whether the shards, not the source, bound a replay: the
+            /// enabled rules keep the book (the views' dearest state) or
+            /// one of them is `Rule::HEAVY`. The default shard count then
+            /// gives the shards every core instead of one less.
+            pub fn shard_bound(&self) -> bool {
+                let mut heavy = self.reads().has(Reads::BOOK);
+                $( $(#[$attr])* { heavy |= self.$field.is_some() && <$rule as Rule>::HEAVY; } )*
+                heavy
+            }
+
             /// The canonical bytes of the enabled rules (id, length, params
             /// each): part of the checkpoint identity. A rule that is off
             /// adds nothing, so adding one leaves old checkpoints valid.

@@ -131,6 +131,11 @@ pub trait Rule: Sized + Send + 'static {
     const VERSION: u16;
     const KINDS: Kinds;
     const READS: Reads = Reads::NONE;
+    /// Whether the rule's work a record outweighs the source thread's on a
+    /// large day (per-key tables of the whole day, far beyond the cache).
+    /// Only the default shard count reads it: with such a rule on, the
+    /// shards get every core (`Rules::shard_bound`).
+    const HEAVY: bool = false;
 
     /// The rule's table as written (`#[serde(deny_unknown_fields)]`, fields
     /// as `toml::Spanned` to report lines); a missing table is `default()`.
