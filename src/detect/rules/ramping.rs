@@ -38,15 +38,17 @@ use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
 use crate::detect::state::episode::{Episode, EpisodeCounts, Involved, Outcome, key};
 use crate::event::{Event, Px, Side};
-use rustc_hash::FxHashMap;
+use crate::flat_map::{FlatMap, prefetch};
 use serde::Deserialize;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use toml::Spanned;
 
-/// Off unless the rules file turns it on (`enabled = true`): its per-key
-/// tables are hash maps, several lookups a record, which would cut a
-/// default replay's speed several-fold (docs/PERFORMANCE.md). On by default
-/// once they move to excessive-cancel's table design.
+/// Off unless the rules file turns it on (`enabled = true`): on a
+/// real-sized day its per-key state (every key of the day, kept for the
+/// episodes) is far larger than the cache, and each trade still costs a
+/// default replay a large share of its time (docs/PERFORMANCE.md, tenth
+/// session), prefetched as it is.
 pub const ENABLED_BY_DEFAULT: bool = false;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,16 +135,43 @@ struct InstrumentWindow {
     volume: u64,
 }
 
+/// A key's window counts: what every trade that credits the key and every
+/// expiry touches. 32 bytes, two to a cache line, apart from the cold state,
+/// so more of the day's keys stay in cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Key {
+#[repr(align(32))]
+struct Hot {
     /// Aggressive volume in the window: buys, sells.
     volume: [u64; 2],
     /// Aggressive trades in the window: buys, sells.
     trades: [u32; 2],
-    episode: Episode,
-    /// Near-miss episodes (`near_miss_pct`; checkpointed only then).
-    near: Episode,
+    /// `EPISODE_HOT` and `NEAR_HOT`: whether the key's episode (near
+    /// episode) may be hot. While neither is, a trade whose move is short of
+    /// the thresholds cannot change them (`Episode::observe` of a record that
+    /// does not cross leaves an idle episode as it is), so they are not read.
+    flags: u8,
+}
+
+const EPISODE_HOT: u8 = 1;
+const NEAR_HOT: u8 = 2;
+
+/// What a key's trades write for the evidence (`Involved`), and its
+/// episode, read only when its trade moved the price far enough or the
+/// episode is hot: two cache lines, aligned, so a prefetch of each covers it.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct Cold {
     involved: Involved,
+    episode: Episode,
+    key: u64,
+}
+
+/// Whether an episode is hot (its field is private to `episode.rs`): a
+/// record that does not cross changes a hot episode, and no idle one.
+fn is_hot(episode: &Episode) -> bool {
+    let mut probe = *episode;
+    probe.observe(0, false, 0);
+    probe != *episode
 }
 
 struct Tracker {
@@ -154,12 +183,22 @@ struct Tracker {
     /// By instrument id (dense: ids are interned from 0; grown on a new
     /// id, counted).
     instruments: Vec<InstrumentWindow>,
-    /// Every key of the day (never removed: episodes): its place in
-    /// `slots`. A hash map of small values at its high load factor, so its
-    /// growth moves 12-byte entries, not the 150-byte keys.
-    keys: FxHashMap<u64, u32>,
-    /// The keys and their state, in the order first seen.
-    slots: Vec<(u64, Key)>,
+    /// Every key of the day (never removed: episodes): its place in `hot`,
+    /// `cold` and `near`. Open addressing: a key's bucket follows from the
+    /// key, so `prefetch` brings it in records ahead.
+    keys: FlatMap<u64, u32>,
+    /// The keys' window counts, in the order first seen.
+    hot: Vec<Hot>,
+    /// The keys' evidence and episodes, in the same order.
+    cold: Vec<Cold>,
+    /// The keys' near-miss episodes (`near_miss_pct`), in the same order;
+    /// empty with near-misses off.
+    near: Vec<Episode>,
+    near_on: bool,
+    /// The keys of the trade `prefetch` saw last: their buckets were
+    /// fetched then, so the next call reads them and fetches their state
+    /// (a hint only: `NONE` for a side not credited).
+    prefetched: Cell<[u64; 2]>,
 }
 
 pub struct Ramping {
@@ -206,12 +245,22 @@ impl Tracker {
             (Side::Buy, event.group, event.account, event.order_id),
             (Side::Sell, event.contra_group, event.contra_account, event.contra_order_id),
         ];
+        // The move this trade makes from the window's oldest, by side, and
+        // whether it reaches the move threshold (`pct` of it).
+        let min_move_bp = self.window.min_move_bp;
+        let reaches = |side: Side, pct: u32| {
+            let moved = match side {
+                Side::Buy => event.price - start,
+                Side::Sell => start - event.price,
+            };
+            moved as i128 * 10_000 * 100 >= min_move_bp as i128 * start as i128 * pct as i128
+        };
         for (i, (side, group, account, order)) in sides.into_iter().enumerate() {
             if !credit[i] {
                 continue;
             }
             let k = key(group, event.instrument);
-            let at = match self.keys.get(&k) {
+            let at = match self.keys.get(k) {
                 Some(&at) => at,
                 None => match self.add_key(k) {
                     Some(at) => at,
@@ -224,22 +273,35 @@ impl Tracker {
                 },
             };
             trade.slot[i] = at;
-            let s = &mut self.slots[at as usize].1;
-            s.volume[i] += event.qty;
-            s.trades[i] += 1;
-            s.involved.account(account);
-            s.involved.order(order);
-            let crossing = s.trades[i] >= p.min_group_trades
-                && crosses(&self.window, p, start, event.price, side, s.volume[i], volume, 100);
-            let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
+            let h = &mut self.hot[at as usize];
+            h.volume[i] += event.qty;
+            h.trades[i] += 1;
+            let c = &mut self.cold[at as usize];
+            c.involved.account(account);
+            c.involved.order(order);
+            // Short of the move (and of its near-miss share) with both
+            // episodes idle: the evaluation below would change nothing.
+            if h.flags == 0 && !reaches(side, 100) && p.near_miss_pct.is_none_or(|pct| !reaches(side, pct)) {
+                continue;
+            }
+            let crossing = h.trades[i] >= p.min_group_trades
+                && crosses(&self.window, p, start, event.price, side, h.volume[i], volume, 100);
+            let outcome = c.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
             counts.count(outcome);
+            // After `observe` an episode is hot exactly when the record crossed.
+            h.flags = if crossing { EPISODE_HOT } else { 0 };
             // The near-miss episodes see every evaluation, crossing ones included.
             let mut near_miss_pct = 0;
-            if let Some(pct) = p.near_miss_pct {
-                let near = s.trades[i] as u64 * 100 >= pct as u64 * p.min_group_trades as u64
-                    && crosses(&self.window, p, start, event.price, side, s.volume[i], volume, pct);
-                if s.near.near_miss(event.ts_ns, near, crossing, p.cooldown_ns) {
+            if let Some(pct) = p.near_miss_pct
+                && let Some(near_episode) = self.near.get_mut(at as usize)
+            {
+                let near = h.trades[i] as u64 * 100 >= pct as u64 * p.min_group_trades as u64
+                    && crosses(&self.window, p, start, event.price, side, h.volume[i], volume, pct);
+                if near_episode.near_miss(event.ts_ns, near, crossing, p.cooldown_ns) {
                     near_miss_pct = pct;
+                }
+                if near || crossing {
+                    h.flags |= NEAR_HOT;
                 }
             }
             // A near-miss (never a crossing) has episode number 0 and says its share.
@@ -255,12 +317,12 @@ impl Tracker {
                 Evidence([
                     start as u64,
                     event.price as u64,
-                    s.volume[i],
+                    h.volume[i],
                     volume,
                     (w.window_ns / MS) as u64 | (w.min_move_bp as u64) << 32 | (near_miss_pct as u64) << 56,
                     p.min_share_pct as u64
                         | (i as u64) << 8
-                        | (s.trades[i].min(0xf_ffff) as u64) << 9
+                        | (h.trades[i].min(0xf_ffff) as u64) << 9
                         | (p.min_group_trades.min(0xffff) as u64) << 29
                         | (n.min(0x7_ffff) as u64) << 45,
                 ]),
@@ -268,7 +330,7 @@ impl Tracker {
             alert.account = account;
             alert.group = group;
             alert.near_miss = near_miss_pct > 0;
-            let (list, len) = s.involved.list();
+            let (list, len) = c.involved.list();
             out.alert(alert, &list[..len]);
         }
         self.push(trade);
@@ -290,26 +352,87 @@ impl Tracker {
             }
             for i in 0..2 {
                 if old.credit[i] {
-                    let s = &mut self.slots[old.slot[i] as usize].1;
-                    s.volume[i] -= old.qty;
-                    s.trades[i] -= 1;
+                    let h = &mut self.hot[old.slot[i] as usize];
+                    h.volume[i] -= old.qty;
+                    h.trades[i] -= 1;
                 }
             }
         }
     }
 
-    /// A key seen for the first time: its place in `slots`, or `None` past
-    /// `MAX_KEYS`.
+    /// A key seen for the first time: its place in `hot`, `cold` and
+    /// `near`, or `None` past `MAX_KEYS`.
     #[cold]
     #[inline(never)]
     fn add_key(&mut self, k: u64) -> Option<u32> {
-        if self.slots.len() >= MAX_KEYS {
+        if self.hot.len() >= MAX_KEYS {
             return None;
         }
-        let at = self.slots.len() as u32;
+        Some(self.push_key(k, Hot::default(), Cold { key: k, ..Cold::default() }, Episode::default()))
+    }
+
+    fn push_key(&mut self, k: u64, hot: Hot, cold: Cold, near: Episode) -> u32 {
+        let at = self.hot.len() as u32;
         self.keys.insert(k, at);
-        self.slots.push((k, Key::default()));
-        Some(at)
+        self.hot.push(hot);
+        self.cold.push(cold);
+        if self.near_on {
+            self.near.push(near);
+        }
+        at
+    }
+
+    /// Brings into cache what `on_trade` will need for `event` (a few
+    /// records ahead): its keys' buckets now, and their state at the next
+    /// call, by when the buckets are in; the oldest trade of its instrument
+    /// (the move's start); and the state of the credited keys of the window
+    /// entry about to expire. Hints only: nothing here changes results.
+    #[inline]
+    fn prefetch(&self, event: &Event, side_volume: bool) {
+        let credit = [side_volume || event.side == Side::Buy, side_volume || event.side == Side::Sell];
+        let keys = [
+            if credit[0] { key(event.group, event.instrument) } else { NONE },
+            if credit[1] { key(event.contra_group, event.instrument) } else { NONE },
+        ];
+        for k in keys {
+            if k != NONE {
+                self.keys.prefetch(k);
+            }
+        }
+        for k in self.prefetched.replace(keys) {
+            if k != NONE
+                && let Some(&at) = self.keys.get(k)
+            {
+                self.prefetch_state(at);
+            }
+        }
+        if let Some(inst) = self.instruments.get(event.instrument as usize)
+            && inst.count > 0
+            && let Some(oldest) = self.trades.get((inst.head - self.base) as usize)
+        {
+            prefetch(oldest);
+        }
+        if let Some(old) = self.trades.get(PREFETCH_EXPIRING) {
+            for i in 0..2 {
+                if old.credit[i]
+                    && let Some(h) = self.hot.get(old.slot[i] as usize)
+                {
+                    prefetch(h);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn prefetch_state(&self, at: u32) {
+        if let Some(h) = self.hot.get(at as usize) {
+            prefetch(h);
+        }
+        if let Some(c) = self.cold.get(at as usize) {
+            // Its two lines.
+            prefetch(&c.involved);
+            prefetch(&c.episode);
+        }
     }
 
     /// Appends a trade to the FIFO and to its instrument's list.
@@ -334,6 +457,9 @@ impl Tracker {
         self.trades.push_back(trade);
     }
 }
+
+/// Which window entry (from the front) `prefetch` fetches the keys' state of.
+const PREFETCH_EXPIRING: usize = 8;
 
 /// Whether the move and the group's share reach `pct`% of their thresholds
 /// (100: cross them).
@@ -443,8 +569,12 @@ impl Rule for Ramping {
                 trades: VecDeque::with_capacity(1024),
                 base: 0,
                 instruments: Vec::with_capacity(1024),
-                keys: FxHashMap::default(),
-                slots: Vec::new(),
+                keys: FlatMap::with_capacity(1024),
+                hot: Vec::with_capacity(1024),
+                cold: Vec::with_capacity(1024),
+                near: Vec::with_capacity(if params.near_miss_pct.is_some() { 1024 } else { 0 }),
+                near_on: params.near_miss_pct.is_some(),
+                prefetched: Cell::new([NONE; 2]),
             })
             .collect();
         Ramping {
@@ -484,12 +614,21 @@ impl Rule for Ramping {
     }
 
     #[inline(always)]
+    fn prefetch(&self, event: &Event) {
+        for t in &self.trackers {
+            t.prefetch(event, self.params.side_volume);
+        }
+    }
+
+    #[inline(always)]
     fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
         for t in self.trackers.iter_mut() {
-            let caps = (t.keys.capacity(), t.slots.capacity(), t.instruments.capacity(), t.trades.capacity());
+            let caps = |t: &Tracker| {
+                (t.keys.grew, t.hot.capacity(), t.cold.capacity(), t.instruments.capacity(), t.trades.capacity())
+            };
+            let before = caps(t);
             t.on_trade(event, &self.params, &mut self.counts, &mut self.refused, out);
-            self.grew +=
-                (caps != (t.keys.capacity(), t.slots.capacity(), t.instruments.capacity(), t.trades.capacity())) as u64;
+            self.grew += (before != caps(t)) as u64;
         }
     }
 
@@ -524,7 +663,7 @@ impl Rule for Ramping {
     fn stats(&self) -> RuleStats {
         let mut s = RuleStats { grew: self.grew, ..RuleStats::default() };
         for t in &self.trackers {
-            s.active_keys += t.slots.len();
+            s.active_keys += t.hot.len();
             s.window_entries += t.trades.len();
         }
         s
@@ -546,18 +685,19 @@ impl Rule for Ramping {
                 w.u32(tr.instrument);
                 w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
             }
-            w.u64(t.slots.len() as u64);
-            for (k, s) in &t.slots {
-                w.u64(*k);
-                w.u64(s.volume[0]);
-                w.u64(s.volume[1]);
-                w.u32(s.trades[0]);
-                w.u32(s.trades[1]);
-                s.episode.encode(&mut w);
+            // The bytes of version 1, when a key's state was one struct.
+            w.u64(t.hot.len() as u64);
+            for (at, (h, c)) in t.hot.iter().zip(&t.cold).enumerate() {
+                w.u64(c.key);
+                w.u64(h.volume[0]);
+                w.u64(h.volume[1]);
+                w.u32(h.trades[0]);
+                w.u32(h.trades[1]);
+                c.episode.encode(&mut w);
                 if self.near {
-                    s.near.encode(&mut w);
+                    t.near.get(at).copied().unwrap_or_default().encode(&mut w);
                 }
-                s.involved.encode(&mut w);
+                c.involved.encode(&mut w);
             }
         }
         self.image = Some(image);
@@ -601,22 +741,25 @@ impl Rule for Ramping {
             }
             for _ in 0..r.count(32)? {
                 let k = r.u64()?;
-                let s = Key {
-                    volume: [r.u64()?, r.u64()?],
-                    trades: [r.u32()?, r.u32()?],
-                    episode: Episode::decode(r)?,
-                    near: if self.near { Episode::decode(r)? } else { Episode::default() },
-                    involved: Involved::decode(r)?,
-                };
+                let mut h = Hot { volume: [r.u64()?, r.u64()?], trades: [r.u32()?, r.u32()?], flags: 0 };
+                let episode = Episode::decode(r)?;
+                let near = if self.near { Episode::decode(r)? } else { Episode::default() };
+                let c = Cold { involved: Involved::decode(r)?, episode, key: k };
                 if !keep(k) {
                     continue;
                 }
+                h.flags = if is_hot(&episode) { EPISODE_HOT } else { 0 } | if is_hot(&near) { NEAR_HOT } else { 0 };
                 // A key in two snapshots keeps the last, as a map insert would.
-                match t.keys.get(&k) {
-                    Some(&at) => t.slots[at as usize].1 = s,
+                match t.keys.get(k) {
+                    Some(&at) => {
+                        t.hot[at as usize] = h;
+                        t.cold[at as usize] = c;
+                        if let Some(n) = t.near.get_mut(at as usize) {
+                            *n = near;
+                        }
+                    }
                     None => {
-                        t.keys.insert(k, t.slots.len() as u32);
-                        t.slots.push((k, s));
+                        t.push_key(k, h, c, near);
                     }
                 }
             }
@@ -635,7 +778,7 @@ impl Rule for Ramping {
                 // The credited groups' places (a credited group without
                 // state could not be debited: it stays uncredited).
                 for (i, group) in [tr.buy_group, tr.sell_group].into_iter().enumerate() {
-                    match t.keys.get(&key(group, tr.instrument)) {
+                    match t.keys.get(key(group, tr.instrument)) {
                         Some(&at) if tr.credit[i] => tr.slot[i] = at,
                         _ => tr.credit[i] = false,
                     }
@@ -656,6 +799,7 @@ mod tests {
     use crate::detect::rules::testkit::*;
     use crate::event::Side::{Buy, Sell};
     use proptest::prelude::*;
+    use rustc_hash::FxHashMap;
 
     /// An instrument at 10.00 where the crowd trades 1,000 every 5 s, both ways.
     fn crowd(e: &mut Vec<Event>, from: i64, to: i64, price: impl Fn(i64) -> i64) {
@@ -822,6 +966,65 @@ mod tests {
         let p = Params::default();
         let two = Params { windows: [p.windows[0], Some(Window { window_ns: 60_000 * MS, min_move_bp: 300 })], ..p };
         assert_eq!(run::<Ramping>(&two, &e).len(), 2, "one episode per window");
+    }
+
+    /// Group 7 lifts instrument 4 by 5% in a second (an episode), buys
+    /// back at the start price (below: the cooldown starts), and 29 s
+    /// later, the first trades gone from the 20 s window, lifts it again: a
+    /// second episode. The record that goes below moves the price less than
+    /// the threshold, the path that skips evaluating idle episodes: it must
+    /// still evaluate this hot one, also after a restore at any record.
+    #[test]
+    fn a_hot_episode_cools_down_at_a_trade_short_of_the_move() {
+        let p = Params {
+            windows: [Some(Window { window_ns: 20 * SEC, min_move_bp: 400 }), None],
+            min_group_trades: 1,
+            cooldown_ns: 10 * SEC,
+            ..Params::default()
+        };
+        let t0 = at(10, 0, 0);
+        let buys = [(0, 1000), (1, 1050), (2, 1000), (30, 1000), (31, 1050)];
+        let e: Vec<Event> = buys
+            .iter()
+            .enumerate()
+            .map(|(i, &(s, price))| {
+                let i = i as u64;
+                trade(0, t0 + s * SEC, 4, (i + 1, 1, 7), (100 + i, 60, 60), Buy, px(price), 100)
+            })
+            .collect();
+        let e = sorted(e);
+        let episodes = |alerts: &[(Alert, Vec<u64>)]| -> Vec<(u64, u64)> {
+            alerts.iter().map(|(a, _)| (a.seq, a.evidence.0[5] >> 45)).collect()
+        };
+        let all = run::<Ramping>(&p, &e);
+        assert_eq!(episodes(&all), vec![(2, 1), (5, 2)], "{all:?}");
+        for cut in 0..=e.len() {
+            assert_eq!(episodes(&run_restored::<Ramping>(&p, &e, cut)), episodes(&all), "restored at {cut}");
+        }
+        // With near-misses on, the near episode goes below there too.
+        let near = Params { near_miss_pct: Some(50), ..p };
+        assert_eq!(episodes(&run::<Ramping>(&near, &e)), episodes(&all));
+    }
+
+    /// `prefetch` called ahead of each record (as the shard does: keys not
+    /// seen yet, an empty window, a restored rule) changes no result.
+    #[test]
+    fn prefetching_ahead_changes_nothing() {
+        let e = a_rise_bought_by_group_7(2, Buy);
+        for p in [Params::default(), Params { near_miss_pct: Some(80), side_volume: false, ..Params::default() }] {
+            let mut rule = Ramping::new(&p, &Sizing { window_capacity: 16 });
+            let mut views = crate::detect::views::Views::new(Ramping::READS, &Default::default());
+            let mut out = Collect::default();
+            for (i, event) in e.iter().enumerate() {
+                for ahead in e.get(i + 8).into_iter().chain(e.get(i + 1)) {
+                    Rule::prefetch(&rule, ahead);
+                }
+                let seen = views.update(event);
+                rule.on_record(event, &seen, &mut out);
+            }
+            assert!(!out.alerts.is_empty());
+            assert_eq!(out.alerts, run::<Ramping>(&p, &e));
+        }
     }
 
     /// The alerts (`near` none) or the near-misses (episodes of reaching
