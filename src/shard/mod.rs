@@ -198,9 +198,14 @@ pub(crate) fn run_shard(
         }
         for (i, pending) in batch.events.iter().enumerate() {
             // Records come from the source's core: fetch their lines well
-            // ahead, then the window state of the records a little ahead.
+            // ahead, then the tables that point at the window state (the
+            // first stage of a two-stage prefetch), then the window state
+            // of the records a little ahead.
+            if let Some(farthest) = batch.events.get(i + 3 * PREFETCH_AHEAD) {
+                crate::flat_map::prefetch(farthest);
+            }
             if let Some(far) = batch.events.get(i + 2 * PREFETCH_AHEAD) {
-                crate::flat_map::prefetch(far);
+                detector.prefetch_far(&far.event);
             }
             if let Some(ahead) = batch.events.get(i + PREFETCH_AHEAD) {
                 detector.prefetch(&ahead.event);

@@ -188,6 +188,17 @@ impl Views {
         }
     }
 
+    /// The first stage of a two-stage prefetch (called twice as far ahead
+    /// as `prefetch`): what `prefetch` will read to find the lines `update`
+    /// needs. Only the spoof stream has such a stage (its key's chain
+    /// bucket points at a ring slot).
+    #[inline(always)]
+    pub fn prefetch_far(&self, event: &Event) {
+        if let Some(spoof) = self.spoof.as_ref() {
+            spoof.prefetch_far(event);
+        }
+    }
+
     /// Applies `event` to every view kept; what the rules may see of it.
     #[inline(always)]
     pub fn update(&mut self, event: &Event) -> Seen<'_> {

@@ -182,10 +182,52 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         unsafe { self.ring.get_unchecked_mut(i) }
     }
 
-    /// Brings `key`'s bucket into cache; no effect on results.
+    /// Brings `key`'s bucket into cache (the first stage of a two-stage
+    /// prefetch, `prefetch_newest` the second); no effect on results.
     #[inline]
     pub fn prefetch_key(&self, key: u64) {
         crate::flat_map::prefetch(&self.chain[self.bucket(key)]);
+    }
+
+    /// Brings the ring slot that `key`'s bucket names into cache (what
+    /// `hot` and a chain walk read first), when it is live; its bucket
+    /// should be in cache already (`prefetch_key`). No effect on results.
+    #[inline]
+    pub fn prefetch_newest(&self, key: u64) {
+        let newest = self.newest(key);
+        if newest >= self.head && newest < self.tail {
+            self.prefetch_entry(newest);
+        }
+    }
+
+    /// Brings the ring slot of `abs` (live or not) into cache.
+    #[inline(always)]
+    pub fn prefetch_entry(&self, abs: u64) {
+        // An 80-byte slot may straddle two lines.
+        let slot = self.at(abs) as *const Slot<T>;
+        crate::flat_map::prefetch(self.at(abs));
+        // SAFETY: only an address for a hint: the slot's last byte, inside it.
+        crate::flat_map::prefetch(unsafe { &*(slot as *const u8).add(std::mem::size_of::<Slot<T>>() - 1) });
+    }
+
+    /// If the live entry at `abs` is hot, brings its key's slot into cache
+    /// (what its expiry takes out of the sums) and returns the entry; no
+    /// effect on results.
+    #[inline]
+    pub fn prefetch_hot_key_of(&self, abs: u64) -> Option<&Slot<T>> {
+        if abs >= self.tail || abs < self.head {
+            return None;
+        }
+        let slot = self.at(abs);
+        if slot.hot == COLD {
+            return None;
+        }
+        let key = self.keys.key(slot.hot) as *const KeyEntry<S> as *const u8;
+        for offset in (0..std::mem::size_of::<KeyEntry<S>>()).step_by(64) {
+            // SAFETY: only an address for a hint, inside the key's slot.
+            crate::flat_map::prefetch(unsafe { &*key.add(offset) });
+        }
+        Some(slot)
     }
 
     /// The hot slot of `key`, if it is hot. The newest entry of its bucket
@@ -515,6 +557,41 @@ mod tests {
         // An empty stream's buckets hold `BEFORE`, which is never live.
         let w: Stream<u8, u8> = Stream::new(4, 4);
         assert_eq!((w.head(), w.walk_back(9).count(), w.hot(9)), (FIRST, 0, None));
+    }
+
+    /// The prefetch hooks read only live entries: `prefetch_hot_key_of`
+    /// names the hot entries and nothing outside `head..tail`, and neither
+    /// hook changes what the stream answers (also on an empty stream and
+    /// past a bucket's expired newest entry).
+    #[test]
+    fn prefetch_hooks_name_live_hot_entries_only() {
+        let mut w: Stream<u64, u32> = Stream::new(8, 64);
+        w.prefetch_newest(3);
+        assert!(w.prefetch_hot_key_of(w.head()).is_none());
+        for i in 0..6u64 {
+            w.push(i % 3, i as i64, i, 0, i);
+        }
+        let slot = w.promote(1).unwrap();
+        let hot: Vec<u64> = (FIRST..FIRST + 8).filter(|&abs| w.prefetch_hot_key_of(abs).is_some()).collect();
+        assert_eq!(hot, [FIRST + 1, FIRST + 4]);
+        assert_eq!(w.prefetch_hot_key_of(FIRST + 4).map(|s| s.data), Some(4));
+        w.pop_front().unwrap();
+        w.pop_front().unwrap();
+        assert!(w.prefetch_hot_key_of(FIRST + 1).is_none(), "an expired hot entry");
+        for key in 0..4 {
+            w.prefetch_key(key);
+            w.prefetch_newest(key);
+        }
+        w.prefetch_entry(FIRST);
+        assert_eq!((w.hot(0), w.hot(1), w.hot(2)), (None, Some(slot), None));
+        assert_eq!(w.walk(slot).map(|(_, s)| s.data).collect::<Vec<_>>(), [4]);
+        // Key 0's bucket names an expired entry once its entries are gone.
+        while w.len() > 0 {
+            w.pop_front().unwrap();
+        }
+        w.prefetch_newest(0);
+        assert!(w.prefetch_hot_key_of(w.head()).is_none());
+        assert_eq!(w.hot(0), None);
     }
 
     #[test]
