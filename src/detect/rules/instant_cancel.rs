@@ -68,17 +68,33 @@ pub struct Raw {
 
 pub const MAX_KEYS: usize = 1 << 20;
 
-/// One (group, instrument) key's day: orders, instant cancels and its
-/// episode. Every key of the day has one, so it is kept small (the table
-/// doubles as the day goes on, moving every slot); the evidence lists are
-/// in `involved`, only for the keys that cancelled instantly.
+/// Keys the key table holds before it first grows, per window entry the
+/// shard expects (`Sizing::window_capacity`): a day has far more (group,
+/// instrument) keys than a window has entries (the 10M-record day: 1.4M
+/// keys, 64K window entries), and a doubling on the shard moves every slot.
+/// At the default window capacity this is `MAX_KEYS`: the table never grows.
+const KEYS_PER_WINDOW_ENTRY: usize = 16;
+
+/// One (group, instrument) key's day, the state every new order and cancel
+/// of the key touches: 16 bytes (with the key, a 24-byte slot: over a
+/// million of them on a real day, so most records miss the cache on it;
+/// the smaller the slot, the more stay cached and the fewer straddle two
+/// lines). The episode is in `episodes`, only for keys that have crossed;
+/// the evidence lists in `involved`, only for keys that cancelled instantly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Key {
-    day: i64,
+    /// `day_of` the key's last record: any `i64` event time's day fits an `i32`.
+    day: i32,
     orders: u32,
     instant: u32,
-    episode: Episode,
+    /// `CROSSED` | `NEAR_TODAY`.
+    flags: u32,
 }
+
+/// The key has an entry in `episodes` (it crossed at some record).
+const CROSSED: u32 = 1;
+/// The day's near-miss flag (`near_miss_pct`): the key had a near-miss or crossed today.
+const NEAR_TODAY: u32 = 2;
 
 pub struct InstantCancel {
     params: Params,
@@ -86,22 +102,26 @@ pub struct InstantCancel {
     /// records ahead; a checkpoint cuts it in O(1) and copies it in slices
     /// (copy-on-write, `state::cow::CowMap`).
     keys: CowMap<Key>,
+    /// The episodes of the keys that have crossed (`CROSSED`); cut like `keys`.
+    episodes: CowMap<Episode>,
     /// The accounts and orders of each key's instant cancels (the alert's
     /// evidence), for the keys that have some; cut like `keys`.
     involved: CowMap<Involved>,
     /// The snapshot in progress: each table's image once copied.
-    copying: (Option<KeysImage>, Option<InvolvedImage>),
+    copying: (Option<KeysImage>, Option<EpisodesImage>, Option<InvolvedImage>),
     pub counts: EpisodeCounts,
     refused: u64,
 }
 
 type KeysImage = Vec<(u64, Key)>;
+type EpisodesImage = Vec<(u64, Episode)>;
 type InvolvedImage = Vec<(u64, Involved)>;
 
-/// The rule's state as of a barrier: the keys and the evidence lists.
+/// The rule's state as of a barrier: the keys, the episodes and the evidence lists.
 #[derive(Default)]
 pub struct Image {
     keys: KeysImage,
+    episodes: EpisodesImage,
     involved: InvolvedImage,
 }
 
@@ -155,12 +175,17 @@ impl Rule for InstantCancel {
         crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
-    fn new(params: &Params, _: &Sizing) -> InstantCancel {
+    fn new(params: &Params, sizing: &Sizing) -> InstantCancel {
         InstantCancel {
             params: *params,
-            keys: CowMap::with_capacity(1024),
-            involved: CowMap::with_capacity(64),
-            copying: (None, None),
+            keys: CowMap::with_capacity(
+                sizing.window_capacity.saturating_mul(KEYS_PER_WINDOW_ENTRY).clamp(1024, MAX_KEYS),
+            ),
+            // Keys that crossed: hundreds (the 10M-record day: 245 episodes).
+            episodes: CowMap::with_capacity(1024),
+            // A key with an instant cancel: fewer than the keys (the 10M-record day: about 0.3M).
+            involved: CowMap::with_capacity(sizing.window_capacity.max(64)),
+            copying: (None, None, None),
             counts: EpisodeCounts::default(),
             refused: 0,
         }
@@ -168,7 +193,14 @@ impl Rule for InstantCancel {
 
     #[inline(always)]
     fn prefetch(&self, event: &Event) {
-        self.keys.prefetch(key(event.group, event.instrument));
+        let k = key(event.group, event.instrument);
+        self.keys.prefetch(k);
+        // Whether a cancel is instant is known only once the book has
+        // applied it; one in five is (the 10M-record day), and it then
+        // writes the key's evidence list.
+        if event.kind == Kind::Cancel {
+            self.involved.prefetch(k);
+        }
     }
 
     #[inline(always)]
@@ -185,12 +217,13 @@ impl Rule for InstantCancel {
             return;
         }
         let s = self.keys.get_or_insert_default(k);
-        let day = day_of(event.ts_ns);
+        // Lossless: `day_of` an `i64` of nanoseconds is within +-106,752.
+        let day = day_of(event.ts_ns) as i32;
         if s.day != day {
             s.day = day;
             s.orders = 0;
             s.instant = 0;
-            s.episode.near_today = false;
+            s.flags &= !NEAR_TODAY;
         }
         if event.kind == Kind::New {
             s.orders += 1;
@@ -199,16 +232,23 @@ impl Rule for InstantCancel {
         }
         let p = self.params;
         let crossing = crosses(&p, s.instant, s.orders);
-        let outcome = s.episode.observe(event.ts_ns, crossing, p.cooldown_ns);
+        // A key that never crossed has the default episode, which a record
+        // that does not cross leaves as it is (`Below`): no lookup.
+        let outcome = if crossing || s.flags & CROSSED != 0 {
+            s.flags |= CROSSED;
+            self.episodes.get_or_insert_default(k).observe(event.ts_ns, crossing, p.cooldown_ns)
+        } else {
+            Outcome::Below
+        };
         let instant_count = s.instant;
         let orders = s.orders;
         // Day near-misses: the first record of the day that is near and does not cross.
         let mut near_miss = None;
         if let Some(pct) = p.near_miss_pct
-            && !s.episode.near_today
+            && s.flags & NEAR_TODAY == 0
             && (crossing || near(&p, pct, instant_count, orders))
         {
-            s.episode.near_today = true;
+            s.flags |= NEAR_TODAY;
             near_miss = (!crossing).then_some(pct);
         }
         self.counts.count(outcome);
@@ -268,13 +308,18 @@ impl Rule for InstantCancel {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats { active_keys: self.keys.len(), grew: self.keys.grew + self.involved.grew, ..RuleStats::default() }
+        RuleStats {
+            active_keys: self.keys.len(),
+            grew: self.keys.grew + self.episodes.grew + self.involved.grew,
+            ..RuleStats::default()
+        }
     }
 
     fn begin_snapshot(&mut self, image: Image) {
         self.keys.begin_snapshot(image.keys);
+        self.episodes.begin_snapshot(image.episodes);
         self.involved.begin_snapshot(image.involved);
-        self.copying = (None, None);
+        self.copying = (None, None, None);
     }
 
     fn copy_slice(&mut self, max: usize) -> Option<Image> {
@@ -282,10 +327,13 @@ impl Rule for InstantCancel {
             self.copying.0 = self.keys.copy_slice(slice_slots(max));
         }
         if self.copying.1.is_none() {
-            self.copying.1 = self.involved.copy_slice(slice_slots(max));
+            self.copying.1 = self.episodes.copy_slice(slice_slots(max));
+        }
+        if self.copying.2.is_none() {
+            self.copying.2 = self.involved.copy_slice(slice_slots(max));
         }
         match std::mem::take(&mut self.copying) {
-            (Some(keys), Some(involved)) => Some(Image { keys, involved }),
+            (Some(keys), Some(episodes), Some(involved)) => Some(Image { keys, episodes, involved }),
             partial => {
                 self.copying = partial;
                 None
@@ -294,13 +342,18 @@ impl Rule for InstantCancel {
     }
 
     fn encode_image(image: &Image, w: &mut Writer<'_>) {
+        // The section as when the episode was in the key's slot (version 2):
+        // each key with its episode, the near-miss flag in it.
+        let episodes: rustc_hash::FxHashMap<u64, Episode> = image.episodes.iter().copied().collect();
         w.u64(image.keys.len() as u64);
         for (k, s) in &image.keys {
             w.u64(*k);
-            w.i64(s.day);
+            w.i64(s.day as i64);
             w.u32(s.orders);
             w.u32(s.instant);
-            s.episode.encode(w);
+            let mut episode = episodes.get(k).copied().unwrap_or_default();
+            episode.near_today = s.flags & NEAR_TODAY != 0;
+            episode.encode(w);
         }
         w.u64(image.involved.len() as u64);
         for (k, involved) in &image.involved {
@@ -312,9 +365,25 @@ impl Rule for InstantCancel {
     fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
         for _ in 0..r.count(24)? {
             let k = r.u64()?;
-            let s = Key { day: r.i64()?, orders: r.u32()?, instant: r.u32()?, episode: Episode::decode(r)? };
+            let day = r.i64()?;
+            let day = i32::try_from(day)
+                .map_err(|_| DecodeError(format!("instant-cancel: key {k:#x}: day {day} out of range")))?;
+            let (orders, instant) = (r.u32()?, r.u32()?);
+            let mut episode = Episode::decode(r)?;
+            let mut flags = 0;
+            if std::mem::take(&mut episode.near_today) {
+                flags |= NEAR_TODAY;
+            }
+            // What is left of a key that never crossed is the default episode.
+            let crossed = episode != Episode::default();
+            if crossed {
+                flags |= CROSSED;
+            }
             if keep(k) {
-                self.keys.insert(k, s);
+                self.keys.insert(k, Key { day, orders, instant, flags });
+                if crossed {
+                    self.episodes.insert(k, episode);
+                }
             }
         }
         for _ in 0..r.count(8)? {
@@ -435,6 +504,38 @@ mod tests {
         // At min_cancels 1 it crosses at its first cancel; later it is near
         // (4 of 5, ..., 40 of 50) without crossing, but it crossed that day: no near-miss.
         assert_eq!(kinds(&Params { min_cancels: 1, ..near }), vec![false, false]);
+    }
+
+    #[test]
+    fn a_key_hot_at_a_checkpoint_alerts_again_after_its_cooldown_once_restored() {
+        // Group 5 on instrument 3: three orders each pulled after 100 ms
+        // (crosses: 3 instant cancels of 3 orders), four it leaves (below at
+        // the 7th: 3 of 7 < 50%), then, past the 1 s cooldown, two more
+        // pulled (5 of 9 orders): a second episode. The key's episode is
+        // apart from its counts (only keys that crossed have one): a restore
+        // at any record, the key hot or not, must give the same two alerts.
+        let mut e = Vec::new();
+        let mut ts = at(10, 0, 0);
+        for i in 0..9u64 {
+            ts += 300 * MS;
+            e.push(new_order(0, ts, 100 + i, 1, 5, 3, Buy, px(1000), 100));
+            if !(3..7).contains(&i) {
+                e.push(cancel(0, ts + 100 * MS, 100 + i, 1, 5, 3, Buy, px(1000), 100));
+            }
+            if i == 6 {
+                ts += 2 * SEC;
+            }
+        }
+        let e = sorted(e);
+        let p = Params { min_cancels: 3, cooldown_ns: 1000 * MS, ..Params::default() };
+        let seqs =
+            |alerts: Vec<(Alert, Vec<u64>)>| alerts.iter().map(|(a, _)| (a.seq, a.evidence.0[5])).collect::<Vec<_>>();
+        let straight = seqs(run::<InstantCancel>(&p, &e));
+        assert_eq!(straight.len(), 2, "two episodes: {straight:?}");
+        assert_eq!((straight[0].1, straight[1].1), (1, 2));
+        for cut in 0..=e.len() {
+            assert_eq!(seqs(run_restored::<InstantCancel>(&p, &e, cut)), straight, "restored at record {cut}");
+        }
     }
 
     /// The alerts (`near` none) or the near-misses (the first record of a
