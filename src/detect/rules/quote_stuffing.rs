@@ -5,9 +5,11 @@
 //!
 //! The window entries of all keys form one time-ordered FIFO (the shard
 //! applies records in time order); each record pushes one and expires those
-//! that left `(t - window, t]`. An entry names its key's place in a dense
-//! array (`slots`), so an expiry probes no table: a record costs one probe
-//! (key to place), an expiry none. A key's crossing is evaluated at its own
+//! that left `(t - window, t]`. An entry names its key's bucket in the
+//! table (moved with it when the table grows), so an expiry probes no
+//! table: a record costs one probe, an expiry none. A bucket holds the hot
+//! counters inline (32 bytes); `prefetch` fetches the bucket of the record
+//! `PREFETCH_AHEAD` ahead and of the entry about to expire. A key's crossing is evaluated at its own
 //! records, and it falls below when an entry leaving the window takes its
 //! count under the threshold (at the time the entry left). Limit: `MAX_KEYS` keys per shard, past it a new key is counted
 //! (`refused`) and not tracked.
@@ -31,7 +33,7 @@ use std::collections::VecDeque;
 use toml::Spanned;
 
 /// Off unless the rules file turns it on (`enabled = true`): about 240
-/// shard instructions a new order or cancel (a hash probe, a map insert
+/// shard instructions a new order or cancel (a table probe, an insert
 /// for each new key of the day, a `VecDeque` window), which would cut a
 /// default replay's speed by about a third (the default rules execute
 /// about 365 a record: docs/PERFORMANCE.md). On by default
