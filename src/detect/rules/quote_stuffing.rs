@@ -5,9 +5,11 @@
 //!
 //! The window entries of all keys form one time-ordered FIFO (the shard
 //! applies records in time order); each record pushes one and expires those
-//! that left `(t - window, t]`. An entry names its key's place in a dense
-//! array (`slots`), so an expiry probes no table: a record costs one probe
-//! (key to place), an expiry none. A key's crossing is evaluated at its own
+//! that left `(t - window, t]`. An entry names its key's bucket in the
+//! table (moved with it when the table grows), so an expiry probes no
+//! table: a record costs one probe, an expiry none. A bucket holds the hot
+//! counters inline (32 bytes); `prefetch` fetches the bucket of the record
+//! `PREFETCH_AHEAD` ahead and of the entry about to expire. A key's crossing is evaluated at its own
 //! records, and it falls below when an entry leaving the window takes its
 //! count under the threshold (at the time the entry left). Limit: `MAX_KEYS` keys per shard, past it a new key is counted
 //! (`refused`) and not tracked.
@@ -25,13 +27,13 @@ use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
 use crate::detect::state::episode::{Episode, EpisodeCounts, Outcome, day_of, key};
 use crate::event::Event;
-use rustc_hash::FxHashMap;
+use crate::flat_map::prefetch;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use toml::Spanned;
 
 /// Off unless the rules file turns it on (`enabled = true`): about 240
-/// shard instructions a new order or cancel (a hash probe, a map insert
+/// shard instructions a new order or cancel (a table probe, an insert
 /// for each new key of the day, a `VecDeque` window), which would cut a
 /// default replay's speed by about a third (the default rules execute
 /// about 365 a record: docs/PERFORMANCE.md). On by default
@@ -87,25 +89,172 @@ pub struct Raw {
 
 pub const MAX_KEYS: usize = 1 << 20;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Key {
-    in_window: u32,
-    group: u32,
-    day: i64,
+/// Which window entry (from the front) `prefetch` fetches the bucket of:
+/// about the one that expires when the record being prefetched arrives.
+const PREFETCH_EXPIRING: usize = 8;
+
+/// A key's hot counters, inline in its table bucket: 32 bytes, two a cache
+/// line, so a record's key costs one miss (prefetched) and no second one.
+/// The episodes are in `Cold`, touched only when the key crosses, is near,
+/// or may have an episode open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(32))]
+struct Bucket {
+    key: u64,
     in_day: u64,
+    /// `day_of` of the key's last record (fits: days since 1970).
+    day: i32,
+    in_window: u32,
+    /// The group of the key's last record (kept for the checkpoint).
+    group: u32,
+    /// Bits 0-29: 1 + the key's index in `cold`, 0 for none; `MAY_HOT`,
+    /// `NEAR_MAY_HOT`: its episode (near episode) may be open.
+    cold: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 32);
+
+const COLD_INDEX: u32 = (1 << 30) - 1;
+const MAY_HOT: u32 = 1 << 30;
+const NEAR_MAY_HOT: u32 = 1 << 31;
+
+const EMPTY_BUCKET: Bucket = Bucket { key: EMPTY, in_day: 0, day: 0, in_window: 0, group: 0, cold: 0 };
+
+/// The key that marks an empty bucket; a real key equal to it lives in the
+/// bucket past the probed ones.
+const EMPTY: u64 = u64::MAX;
+
+/// A key's episodes: touched only at a crossing, a near count, or while
+/// one may be open (`observe` with `crossing == false` on an episode that
+/// is not open changes nothing, so skipping it is exact).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cold {
     episode: Episode,
     /// Near-miss episodes (`near_miss_pct`; checkpointed only then).
     near: Episode,
 }
 
+/// Open addressing, linear probing, no removal (keys stay for the day's
+/// counts); at most half full. A key's first bucket is known from the key
+/// alone, so `prefetch` can fetch it a few records ahead.
+struct Table {
+    /// A power of two of probed buckets, then the one for the key `EMPTY`.
+    buckets: Vec<Bucket>,
+    mask: usize,
+    /// Bits to shift a hash right by to get a bucket index.
+    shift: u32,
+    /// Keys in the probed buckets.
+    len: usize,
+    /// Whether the key `EMPTY` is present (in the last bucket).
+    side: bool,
+    /// Each key's bucket, in the order first seen (the checkpoint's order).
+    seen: Vec<u32>,
+    /// Episodes of the keys that ever needed them.
+    cold: Vec<Cold>,
+}
+
+impl Table {
+    fn with_buckets(n: usize) -> Table {
+        debug_assert!(n.is_power_of_two());
+        Table {
+            buckets: vec![EMPTY_BUCKET; n + 1],
+            mask: n - 1,
+            shift: 64 - n.trailing_zeros(),
+            len: 0,
+            side: false,
+            seen: Vec::new(),
+            cold: Vec::new(),
+        }
+    }
+
+    #[inline(always)]
+    fn home(&self, k: u64) -> usize {
+        (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, k: u64) {
+        prefetch(&self.buckets[self.home(k)]);
+    }
+
+    /// The bucket holding `k`, or (`Err`) the empty one where it would go.
+    #[inline(always)]
+    fn find(&self, k: u64) -> Result<usize, usize> {
+        if k == EMPTY {
+            let side = self.mask + 1;
+            return if self.side { Ok(side) } else { Err(side) };
+        }
+        let mut i = self.home(k);
+        loop {
+            let at = self.buckets[i].key;
+            if at == k {
+                return Ok(i);
+            }
+            if at == EMPTY {
+                return Err(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Adds `k` (absent) with zero counts; its bucket. The caller grows
+    /// the table first (`needs_growth`).
+    fn insert(&mut self, k: u64) -> usize {
+        let Err(i) = self.find(k) else { unreachable!("a key inserted twice") };
+        self.buckets[i] = Bucket { key: k, ..EMPTY_BUCKET };
+        if k == EMPTY {
+            self.side = true;
+        } else {
+            self.len += 1;
+        }
+        self.seen.push(i as u32);
+        i
+    }
+
+    fn needs_growth(&self) -> bool {
+        (self.len + 1) * 2 > self.mask + 1
+    }
+
+    /// Doubles the probed buckets; the buckets' new places, indexed by the old.
+    fn grow(&mut self) -> Vec<u32> {
+        let old = std::mem::replace(self, Table::with_buckets((self.mask + 1) * 2));
+        self.seen.reserve_exact(old.seen.capacity());
+        let mut moved = vec![0u32; old.buckets.len()];
+        // Re-inserted in the order first seen, so the table is a function of the keys.
+        for &at in &old.seen {
+            let b = old.buckets[at as usize];
+            let i = self.insert(b.key);
+            self.buckets[i] = b;
+            moved[at as usize] = i as u32;
+        }
+        self.cold = old.cold;
+        moved
+    }
+
+    /// The index in `cold` of the key's episodes, made when it first needs them.
+    #[inline]
+    fn cold_index(&mut self, at: usize) -> usize {
+        let b = &mut self.buckets[at];
+        if b.cold & COLD_INDEX == 0 {
+            self.cold.push(Cold::default());
+            b.cold |= self.cold.len() as u32;
+        }
+        (b.cold & COLD_INDEX) as usize - 1
+    }
+
+    fn cold(&self, b: &Bucket) -> Cold {
+        match b.cold & COLD_INDEX {
+            0 => Cold::default(),
+            i => self.cold[i as usize - 1],
+        }
+    }
+}
+
 pub struct QuoteStuffing {
     params: Params,
-    /// (ts_ns, the key's index in `slots`), oldest first.
+    /// (ts_ns, the key's bucket), oldest first.
     window: VecDeque<(i64, u32)>,
-    /// Each key's index in `slots` (keys stay for the day's counts).
-    keys: FxHashMap<u64, u32>,
-    /// The keys and their state, in the order first seen.
-    slots: Vec<(u64, Key)>,
+    table: Table,
     pub counts: EpisodeCounts,
     refused: u64,
     grew: u64,
@@ -164,12 +313,21 @@ impl Rule for QuoteStuffing {
         QuoteStuffing {
             params: *params,
             window: VecDeque::with_capacity(sizing.window_capacity.min(1 << 20)),
-            keys: FxHashMap::default(),
-            slots: Vec::new(),
+            table: Table::with_buckets(1 << 12),
             counts: EpisodeCounts::default(),
             refused: 0,
             grew: 0,
             image: None,
+        }
+    }
+
+    /// The key's bucket, and the bucket of the window entry that will be
+    /// about to expire when this record arrives.
+    #[inline(always)]
+    fn prefetch(&self, event: &Event) {
+        self.table.prefetch(key(event.account, event.instrument));
+        if let Some(&(_, at)) = self.window.get(PREFETCH_EXPIRING) {
+            prefetch(&self.table.buckets[at as usize]);
         }
     }
 
@@ -182,70 +340,37 @@ impl Rule for QuoteStuffing {
                 break;
             }
             self.window.pop_front();
-            if let Some((_, s)) = self.slots.get_mut(at as usize) {
-                s.in_window -= 1;
-                // The key fell below at the time the entry left the window
-                // (a time that does not depend on when this runs).
-                if s.in_window + 1 == self.params.min_in_window && s.in_day < self.params.min_in_day {
-                    s.episode.observe(ts + self.params.window_ns, false, self.params.cooldown_ns);
-                }
-                if let Some((near_window, pct)) = self.params.near()
-                    && s.in_window + 1 == near_window
-                    && !near_day(&self.params, pct, s.in_day)
-                {
-                    s.near.observe(ts + self.params.window_ns, false, self.params.cooldown_ns);
-                }
+            let b = &mut self.table.buckets[at as usize];
+            b.in_window -= 1;
+            if b.cold & (MAY_HOT | NEAR_MAY_HOT) != 0 {
+                self.left(at as usize, ts);
             }
         }
         let k = key(event.account, event.instrument);
-        let at = match self.keys.get(&k) {
-            Some(&at) => at,
-            None => match self.add_key(k) {
+        let at = match self.table.find(k) {
+            Ok(at) => at,
+            Err(_) => match self.add_key(k) {
                 Some(at) => at,
                 None => return,
             },
         };
         self.grew += (self.window.len() == self.window.capacity()) as u64;
-        self.window.push_back((t, at));
-        let s = &mut self.slots[at as usize].1;
-        let day = day_of(t);
-        if s.day != day {
-            s.day = day;
-            s.in_day = 0;
+        self.window.push_back((t, at as u32));
+        let b = &mut self.table.buckets[at];
+        let day = day_of(t) as i32;
+        if b.day != day {
+            b.day = day;
+            b.in_day = 0;
         }
-        s.in_window += 1;
-        s.in_day += 1;
-        s.group = event.group;
-        let p = self.params;
-        let crossing = s.in_window >= p.min_in_window || s.in_day >= p.min_in_day;
-        let outcome = s.episode.observe(t, crossing, p.cooldown_ns);
-        self.counts.count(outcome);
-        // The last word is the episode, or for a near-miss the share.
-        let evidence = |s: &Key, last: u64| {
-            Evidence([
-                s.in_window as u64,
-                (p.window_ns / MS) as u64,
-                p.min_in_window as u64,
-                s.in_day,
-                p.min_in_day,
-                last,
-            ])
-        };
-        if let Outcome::New(n) = outcome {
-            let evidence = evidence(s, n as u64);
-            // The key is one account; the order that crossed is the one named
-            // (the key is kept small: it is probed on every order and cancel).
-            out.alert(Alert::about(Self::ID, event, evidence), &[event.account as u64, event.order_id]);
-        }
-        if let Some((near_window, pct)) = p.near() {
-            let near = s.in_window >= near_window || near_day(&p, pct, s.in_day);
-            if s.near.near_miss(t, near, crossing, p.cooldown_ns) {
-                // Rare: goes out the way alerts do (no allocation). The
-                // episode word says the share instead (a near-miss has none).
-                let evidence = evidence(s, (pct as u64) << 32);
-                let alert = Alert { near_miss: true, ..Alert::about(Self::ID, event, evidence) };
-                out.alert(alert, &[event.account as u64, event.order_id]);
-            }
+        b.in_window += 1;
+        b.in_day += 1;
+        b.group = event.group;
+        let p = &self.params;
+        let crossing = b.in_window >= p.min_in_window || b.in_day >= p.min_in_day;
+        let near = p.near().is_some_and(|(near_window, pct)| b.in_window >= near_window || near_day(p, pct, b.in_day));
+        // Below both levels with no episode open: the episodes would not change.
+        if crossing || near || b.cold & (MAY_HOT | NEAR_MAY_HOT) != 0 {
+            self.episodes_at(at, event, crossing, near, out);
         }
     }
 
@@ -271,28 +396,37 @@ impl Rule for QuoteStuffing {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats { window_entries: self.window.len(), active_keys: self.slots.len(), hot_keys: 0, grew: self.grew }
+        RuleStats {
+            window_entries: self.window.len(),
+            active_keys: self.table.seen.len(),
+            hot_keys: 0,
+            grew: self.grew,
+        }
     }
 
-    // Copied whole at the barrier: O(entries in the 1 s window + keys).
+    // Copied whole at the barrier: O(entries in the 1 s window + keys), the
+    // keys in the order first seen (the bytes of the layout before the table).
     fn begin_snapshot(&mut self, mut image: Vec<u8>) {
         image.clear();
         let mut w = Writer::new(&mut image);
+        let buckets = &self.table.buckets;
         w.u64(self.window.len() as u64);
         for &(ts, at) in &self.window {
             w.i64(ts);
-            w.u64(self.slots[at as usize].0);
+            w.u64(buckets[at as usize].key);
         }
-        w.u64(self.slots.len() as u64);
-        for (k, s) in &self.slots {
-            w.u64(*k);
-            w.u32(s.in_window);
-            w.u32(s.group);
-            w.i64(s.day);
-            w.u64(s.in_day);
-            s.episode.encode(&mut w);
+        w.u64(self.table.seen.len() as u64);
+        for &at in &self.table.seen {
+            let b = &buckets[at as usize];
+            let cold = self.table.cold(b);
+            w.u64(b.key);
+            w.u32(b.in_window);
+            w.u32(b.group);
+            w.i64(b.day as i64);
+            w.u64(b.in_day);
+            cold.episode.encode(&mut w);
             if self.params.near_miss_pct.is_some() {
-                s.near.encode(&mut w);
+                cold.near.encode(&mut w);
             }
         }
         self.image = Some(image);
@@ -318,31 +452,43 @@ impl Rule for QuoteStuffing {
         let near = self.params.near_miss_pct.is_some();
         for _ in 0..r.count(40)? {
             let k = r.u64()?;
-            let s = Key {
-                in_window: r.u32()?,
-                group: r.u32()?,
-                day: r.i64()?,
-                in_day: r.u64()?,
+            let (in_window, group, day, in_day) = (r.u32()?, r.u32()?, r.i64()?, r.u64()?);
+            let cold = Cold {
                 episode: Episode::decode(r)?,
                 near: if near { Episode::decode(r)? } else { Episode::default() },
             };
             if !keep(k) {
                 continue;
             }
+            let Ok(day) = i32::try_from(day) else {
+                return Err(DecodeError(format!("a quote-stuffing key {k:#x} of day {day}, out of range")));
+            };
             // A key in two snapshots keeps the last, as a map insert would.
-            match self.keys.get(&k) {
-                Some(&at) => self.slots[at as usize].1 = s,
-                None => {
-                    self.keys.insert(k, self.slots.len() as u32);
-                    self.slots.push((k, s));
+            let at = match self.table.find(k) {
+                Ok(at) => at,
+                Err(_) => {
+                    if self.table.needs_growth() {
+                        self.grow();
+                    }
+                    self.table.insert(k)
                 }
+            };
+            let b = &mut self.table.buckets[at];
+            (b.in_window, b.group, b.day, b.in_day) = (in_window, group, day, in_day);
+            b.cold &= COLD_INDEX;
+            if cold != Cold::default() || b.cold != 0 {
+                // Whether an episode is open is not known here: maybe (exact,
+                // as an episode not open ignores `crossing == false`).
+                let i = self.table.cold_index(at);
+                self.table.cold[i] = cold;
+                self.table.buckets[at].cold |= if near { MAY_HOT | NEAR_MAY_HOT } else { MAY_HOT };
             }
         }
         for (ts, k) in window {
-            let Some(&at) = self.keys.get(&k) else {
+            let Ok(at) = self.table.find(k) else {
                 return Err(DecodeError(format!("a quote-stuffing window entry of key {k:#x}, which has no state")));
             };
-            self.window.push_back((ts, at));
+            self.window.push_back((ts, at as u32));
         }
         Ok(())
     }
@@ -358,21 +504,100 @@ impl Rule for QuoteStuffing {
 }
 
 impl QuoteStuffing {
-    /// A key seen for the first time: its place in `slots`, or `None` when
+    /// A key seen for the first time: its bucket, or `None` when
     /// `MAX_KEYS` are tracked already (counted in `refused`).
     #[cold]
     #[inline(never)]
-    fn add_key(&mut self, k: u64) -> Option<u32> {
-        if self.slots.len() >= MAX_KEYS {
+    fn add_key(&mut self, k: u64) -> Option<usize> {
+        if self.table.seen.len() >= MAX_KEYS {
             self.refused += 1;
             return None;
         }
-        let at = self.slots.len() as u32;
-        self.grew +=
-            (self.keys.len() == self.keys.capacity()) as u64 + (self.slots.len() == self.slots.capacity()) as u64;
-        self.keys.insert(k, at);
-        self.slots.push((k, Key::default()));
-        Some(at)
+        if self.table.needs_growth() {
+            self.grew += 1;
+            self.grow();
+        }
+        self.grew += (self.table.seen.len() == self.table.seen.capacity()) as u64;
+        Some(self.table.insert(k))
+    }
+
+    /// Doubles the table and moves the window's entries with their keys.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let moved = self.table.grow();
+        for (_, at) in self.window.iter_mut() {
+            *at = moved[*at as usize];
+        }
+    }
+
+    /// An entry of the key at `at`, which may have an episode open, left the
+    /// window at `ts + window`: the episodes fall below if the counts did.
+    #[cold]
+    #[inline(never)]
+    fn left(&mut self, at: usize, ts: i64) {
+        let p = self.params;
+        let i = self.table.cold_index(at);
+        let b = self.table.buckets[at];
+        let cold = &mut self.table.cold[i];
+        let mut flags = b.cold;
+        // The key fell below at the time the entry left the window
+        // (a time that does not depend on when this runs).
+        if b.in_window + 1 == p.min_in_window && b.in_day < p.min_in_day {
+            cold.episode.observe(ts + p.window_ns, false, p.cooldown_ns);
+            flags &= !MAY_HOT;
+        }
+        if let Some((near_window, pct)) = p.near()
+            && b.in_window + 1 == near_window
+            && !near_day(&p, pct, b.in_day)
+        {
+            cold.near.observe(ts + p.window_ns, false, p.cooldown_ns);
+            flags &= !NEAR_MAY_HOT;
+        }
+        self.table.buckets[at].cold = flags;
+    }
+
+    /// The episodes of the key at `at` at one of its records: it crosses,
+    /// is near, or may have an episode open.
+    #[cold]
+    #[inline(never)]
+    fn episodes_at(&mut self, at: usize, event: &Event, crossing: bool, near: bool, out: &mut impl Emit) {
+        let p = self.params;
+        let t = event.ts_ns;
+        let i = self.table.cold_index(at);
+        let b = self.table.buckets[at];
+        let cold = &mut self.table.cold[i];
+        let outcome = cold.episode.observe(t, crossing, p.cooldown_ns);
+        // After `observe`, the episode is open exactly when the record crosses.
+        let mut flags = b.cold & !(MAY_HOT | NEAR_MAY_HOT) | if crossing { MAY_HOT } else { 0 };
+        self.counts.count(outcome);
+        // The last word is the episode, or for a near-miss the share.
+        let evidence = |last: u64| {
+            Evidence([
+                b.in_window as u64,
+                (p.window_ns / MS) as u64,
+                p.min_in_window as u64,
+                b.in_day,
+                p.min_in_day,
+                last,
+            ])
+        };
+        if let Outcome::New(n) = outcome {
+            // The key is one account; the order that crossed is the one named
+            // (the key is kept small: it is probed on every order and cancel).
+            out.alert(Alert::about(Self::ID, event, evidence(n as u64)), &[event.account as u64, event.order_id]);
+        }
+        if let Some((_, pct)) = p.near() {
+            let near_miss = cold.near.near_miss(t, near, crossing, p.cooldown_ns);
+            flags |= if near || crossing { NEAR_MAY_HOT } else { 0 };
+            if near_miss {
+                // Rare: goes out the way alerts do (no allocation). The
+                // episode word says the share instead (a near-miss has none).
+                let alert = Alert { near_miss: true, ..Alert::about(Self::ID, event, evidence((pct as u64) << 32)) };
+                out.alert(alert, &[event.account as u64, event.order_id]);
+            }
+        }
+        self.table.buckets[at].cold = flags;
     }
 }
 
@@ -380,8 +605,10 @@ impl QuoteStuffing {
 mod tests {
     use super::*;
     use crate::detect::rules::testkit::*;
+    use crate::detect::views::{ViewConfig, Views};
     use crate::event::Side::Buy;
     use proptest::prelude::*;
+    use rustc_hash::FxHashMap;
 
     /// A burst: `n` orders each cancelled 2 ms later, `gap` apart, from `start`.
     fn burst(events: &mut Vec<Event>, start: i64, n: u64, gap: i64, account: u32, inst: u32) {
@@ -535,6 +762,168 @@ mod tests {
             prop_assert_eq!(&split(&all, true), &brute_force(&p, &events, Some(near_pct)));
             let restored = run_restored::<QuoteStuffing>(&with, &events, cut.min(events.len()));
             prop_assert_eq!(split(&restored, true), split(&all, true));
+        }
+    }
+
+    #[test]
+    fn the_table_grows_keeps_the_order_first_seen_and_holds_the_empty_marker() {
+        let mut t = Table::with_buckets(8);
+        let keys: Vec<u64> = (0..10_000u64).map(|i| i.wrapping_mul(0x1_0000_0001) ^ (i << 40)).chain([EMPTY]).collect();
+        let mut grew = 0;
+        for (n, &k) in keys.iter().enumerate() {
+            assert_eq!(t.find(k).ok(), None);
+            if t.needs_growth() {
+                let before: Vec<u64> = t.seen.iter().map(|&at| t.buckets[at as usize].key).collect();
+                let moved = t.grow();
+                grew += 1;
+                // Every key moved with its counts, to the bucket `moved` names.
+                for (j, &k) in before.iter().enumerate() {
+                    assert_eq!(t.buckets[t.seen[j] as usize].key, k);
+                    assert_eq!(t.buckets[t.seen[j] as usize].in_day, j as u64 + 1);
+                    assert!(moved.contains(&t.seen[j]));
+                }
+            }
+            let at = t.insert(k);
+            t.buckets[at].in_day = n as u64 + 1;
+            assert!(t.len * 2 <= t.mask + 1, "at most half full");
+        }
+        assert!(grew >= 11, "8 buckets to 32,768: {grew}");
+        assert!(t.side, "the empty marker is a key like any other");
+        assert_eq!(t.find(EMPTY), Ok(t.mask + 1));
+        for (n, &k) in keys.iter().enumerate() {
+            let at = t.find(k).unwrap();
+            assert_eq!((t.buckets[at].key, t.buckets[at].in_day), (k, n as u64 + 1));
+            assert_eq!(t.seen[n] as usize, at, "the order first seen");
+        }
+        assert!(t.find(12345 << 40 | 7).is_err());
+    }
+
+    fn image(rule: &mut QuoteStuffing) -> Vec<u8> {
+        rule.begin_snapshot(Vec::new());
+        let image = rule.copy_slice(16).unwrap();
+        let mut bytes = Vec::new();
+        QuoteStuffing::encode_image(&image, &mut Writer::new(&mut bytes));
+        bytes
+    }
+
+    fn feed(rule: &mut QuoteStuffing, events: &[Event], out: &mut Collect) {
+        let mut views = Views::new(QuoteStuffing::READS, &ViewConfig::default());
+        for e in events {
+            let seen = views.update(e);
+            rule.on_record(e, &seen, out);
+        }
+    }
+
+    fn sizing() -> Sizing {
+        Sizing { window_capacity: 16 }
+    }
+
+    /// Bursts of seven accounts (one of them the key equal to the empty
+    /// marker) among 3,000 quiet keys that make the table grow while the
+    /// bursts' entries are in the window.
+    fn busy_day() -> Vec<Event> {
+        let mut e = Vec::new();
+        for (i, account) in [1u32, 2, 3, 4, 5, 6, u32::MAX].into_iter().enumerate() {
+            let inst = if account == u32::MAX { u32::MAX } else { 3 };
+            for m in [0, 1, 3] {
+                for j in 0..40 + 5 * i as i64 {
+                    let (id, ts) = (e.len() as u64 + 1, at(10, m, i as i64) + j * 7 * MS);
+                    e.push(new_order(0, ts, id, account, 7, inst, Buy, px(990), 100));
+                    e.push(cancel(0, ts + 2 * MS, id, account, 7, inst, Buy, px(990), 100));
+                }
+            }
+        }
+        for i in 0..3000u32 {
+            let id = 1_000_000 + i as u64;
+            e.push(new_order(0, at(10, 0, 0) + i as i64 * MS, id, 100 + i % 500, 0, 10 + i / 500, Buy, px(990), 100));
+        }
+        sorted(e)
+    }
+
+    #[test]
+    fn growth_moves_window_entries_with_their_keys_and_the_empty_marker_key_alerts() {
+        let p = Params {
+            min_in_window: 60,
+            min_in_day: 200,
+            cooldown_ns: 5_000 * MS,
+            near_miss_pct: Some(70),
+            ..Params::default()
+        };
+        let events = busy_day();
+        let mut rule = QuoteStuffing::new(&p, &sizing());
+        let mut out = Collect::default();
+        feed(&mut rule, &events, &mut out);
+        assert!(rule.table.mask + 1 >= 8192, "the table grew while the bursts were in the window");
+        let alerts: Vec<(u32, u32, bool, u64)> =
+            out.alerts.iter().map(|(a, _)| (a.account, a.instrument, a.near_miss, a.evidence.0[0])).collect();
+        // Each burst (2n = 80 to 140 records in under a second) crosses 60
+        // in the window, the first at exactly 60. The day's 200 is crossed in
+        // the third burst (n < 50: a third episode) or the second (n >= 50:
+        // the second episode never ends).
+        for (i, account) in [1u32, 2, 3, 4, 5, 6, u32::MAX].into_iter().enumerate() {
+            let crossed: Vec<_> = alerts.iter().filter(|a| a.0 == account && !a.2).collect();
+            let episodes = if 4 * (40 + 5 * i) < 200 { 3 } else { 2 };
+            assert_eq!(crossed.len(), episodes, "account {account}: {alerts:?}");
+            assert_eq!(crossed[0].3, 60, "account {account}: {crossed:?}");
+            assert!(alerts.iter().any(|a| a.0 == account && a.2 && a.3 == 42), "a near-miss at 70% of 60");
+        }
+        assert!(alerts.iter().any(|a| a.0 == u32::MAX && a.1 == u32::MAX), "the empty marker's key");
+        assert!(alerts.iter().all(|a| a.0 < 100 || a.0 == u32::MAX), "no quiet key alerts: {alerts:?}");
+    }
+
+    #[test]
+    fn restores_into_two_shards_and_back_into_one() {
+        let p = Params {
+            min_in_window: 60,
+            min_in_day: 200,
+            cooldown_ns: 5_000 * MS,
+            near_miss_pct: Some(70),
+            ..Params::default()
+        };
+        let events = busy_day();
+        let mut whole = Collect::default();
+        feed(&mut QuoteStuffing::new(&p, &sizing()), &events, &mut whole);
+        let by_seq = |mut v: Vec<(Alert, Vec<u64>)>| {
+            v.sort_by_key(|(a, _)| a.seq);
+            v
+        };
+        let odd = |k: u64| (k >> 32) % 2 == 1;
+        for cut in [events.len() / 5, events.len() / 2, events.len() * 4 / 5] {
+            // One shard, cut, then two: odd accounts and even accounts.
+            let mut one = QuoteStuffing::new(&p, &sizing());
+            let mut out = Collect::default();
+            feed(&mut one, &events[..cut], &mut out);
+            let bytes = image(&mut one);
+            for side in [true, false] {
+                let mut shard = QuoteStuffing::new(&p, &sizing());
+                let mut r = Reader::new(&bytes);
+                shard.restore(&mut r, &|k| odd(k) == side).unwrap();
+                r.finish().unwrap();
+                shard.restored();
+                let rest: Vec<Event> =
+                    events[cut..].iter().filter(|e| odd(key(e.account, e.instrument)) == side).copied().collect();
+                feed(&mut shard, &rest, &mut out);
+            }
+            assert_eq!(by_seq(out.alerts), by_seq(whole.alerts.clone()), "one shard into two at {cut}");
+            // Two shards, cut, then one: both snapshots into a fresh table that grows as it reads.
+            let mut two = Collect::default();
+            let mut shards: Vec<QuoteStuffing> =
+                [true, false].iter().map(|_| QuoteStuffing::new(&p, &sizing())).collect();
+            for (shard, side) in shards.iter_mut().zip([true, false]) {
+                let mine: Vec<Event> =
+                    events[..cut].iter().filter(|e| odd(key(e.account, e.instrument)) == side).copied().collect();
+                feed(shard, &mine, &mut two);
+            }
+            let mut merged = QuoteStuffing::new(&p, &sizing());
+            for shard in &mut shards {
+                let bytes = image(shard);
+                let mut r = Reader::new(&bytes);
+                merged.restore(&mut r, &|_| true).unwrap();
+                r.finish().unwrap();
+            }
+            merged.restored();
+            feed(&mut merged, &events[cut..], &mut two);
+            assert_eq!(by_seq(two.alerts), by_seq(whole.alerts.clone()), "two shards into one at {cut}");
         }
     }
 }
