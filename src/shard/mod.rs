@@ -78,6 +78,13 @@ impl ShardCkpt {
 /// window state for.
 const PREFETCH_AHEAD: usize = 8;
 
+// The record loop prefetches a record's start and its event's padding, the
+// record's last bytes (kind and side just before).
+const _: () = assert!(
+    std::mem::offset_of!(crate::time::Pending, event) + std::mem::offset_of!(crate::event::Event, _pad) + 2
+        == std::mem::size_of::<crate::time::Pending>()
+);
+
 pub(crate) struct ShardStats {
     pub(crate) applied: u64,
     pub(crate) grew: u64,
@@ -200,7 +207,11 @@ pub(crate) fn run_shard(
             // Records come from the source's core: fetch their lines well
             // ahead, then the window state of the records a little ahead.
             if let Some(far) = batch.events.get(i + 2 * PREFETCH_AHEAD) {
+                // An 80-byte record spans two lines: both (its kind and
+                // side, which `prefetch` reads, are at its end: asserted
+                // below).
                 crate::flat_map::prefetch(far);
+                crate::flat_map::prefetch(&far.event._pad);
             }
             if let Some(ahead) = batch.events.get(i + PREFETCH_AHEAD) {
                 detector.prefetch(&ahead.event);
