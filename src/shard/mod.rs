@@ -78,6 +78,13 @@ impl ShardCkpt {
 /// window state for.
 const PREFETCH_AHEAD: usize = 8;
 
+// The record loop prefetches a record's start and its event's padding, the
+// record's last bytes (kind and side just before).
+const _: () = assert!(
+    std::mem::offset_of!(crate::time::Pending, event) + std::mem::offset_of!(crate::event::Event, _pad) + 2
+        == std::mem::size_of::<crate::time::Pending>()
+);
+
 pub(crate) struct ShardStats {
     pub(crate) applied: u64,
     pub(crate) grew: u64,
@@ -202,7 +209,11 @@ pub(crate) fn run_shard(
             // first stage of a two-stage prefetch), then the window state
             // of the records a little ahead.
             if let Some(farthest) = batch.events.get(i + 3 * PREFETCH_AHEAD) {
+                // An 80-byte record spans two lines: both (its kind and
+                // side, which the prefetch hooks read, are at its end:
+                // asserted above).
                 crate::flat_map::prefetch(farthest);
+                crate::flat_map::prefetch(&farthest.event._pad);
             }
             if let Some(far) = batch.events.get(i + 2 * PREFETCH_AHEAD) {
                 detector.prefetch_far(&far.event);
