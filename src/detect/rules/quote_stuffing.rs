@@ -840,16 +840,20 @@ mod tests {
         sorted(e)
     }
 
-    #[test]
-    fn growth_moves_window_entries_with_their_keys_and_the_empty_marker_key_alerts() {
-        let p = Params {
+    /// Thresholds the busy day's bursts cross: 60 in the window, 200 in the day.
+    fn busy_params() -> Params {
+        Params {
             min_in_window: 60,
             min_in_day: 200,
             cooldown_ns: 5_000 * MS,
             near_miss_pct: Some(70),
             ..Params::default()
-        };
-        let events = busy_day();
+        }
+    }
+
+    #[test]
+    fn growth_moves_window_entries_with_their_keys_and_the_empty_marker_key_alerts() {
+        let (p, events) = (busy_params(), busy_day());
         let mut rule = QuoteStuffing::new(&p, &sizing());
         let mut out = Collect::default();
         feed(&mut rule, &events, &mut out);
@@ -873,14 +877,7 @@ mod tests {
 
     #[test]
     fn restores_into_two_shards_and_back_into_one() {
-        let p = Params {
-            min_in_window: 60,
-            min_in_day: 200,
-            cooldown_ns: 5_000 * MS,
-            near_miss_pct: Some(70),
-            ..Params::default()
-        };
-        let events = busy_day();
+        let (p, events) = (busy_params(), busy_day());
         let mut whole = Collect::default();
         feed(&mut QuoteStuffing::new(&p, &sizing()), &events, &mut whole);
         let by_seq = |mut v: Vec<(Alert, Vec<u64>)>| {
