@@ -306,9 +306,7 @@ impl Sink {
         let mut list = Vec::with_capacity(crate::alert::MAX_LIST);
         let mut finding_line = Vec::with_capacity(512);
         let mut published_ns = 0u64;
-        // Alerts come rarely: napping up to 200 us between looks costs at most
-        // that much latency and spares the cores the shards run on.
-        let mut idle = Idle::with_max_nap(std::time::Duration::from_micros(200));
+        let mut idle = Idle::default();
         // The barrier each input is held at (alignment), if any.
         let mut held: Vec<Option<u64>> = vec![None; alert_rings.len()];
         let mut late_held: Option<u64> = None;

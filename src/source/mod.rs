@@ -39,6 +39,7 @@ pub(crate) fn run_source<F: Feed>(
     progress: &Progress,
     stop: &Stop,
 ) -> Result<(FeedStats, SourceStats), FeedError> {
+    router.backpressure.patient = !F::LIVE;
     let result = loop {
         // Live: the clock is read before the input is looked at, so a
         // source stalled between finding it empty and acting on that never
@@ -97,7 +98,7 @@ pub(crate) fn run_source<F: Feed>(
     }
     router.finish();
     let stats = SourceStats {
-        backpressure_waits: router.backpressure_waits,
+        backpressure_waits: router.backpressure.waits,
         grew: router.reorder.iter().map(|r| r.grew).sum(),
         max_reorder_len: router.max_reorder_len,
         stall: router.ckpt.take().map(|c| (c.stall, c.stall_cpu)),
@@ -150,7 +151,7 @@ pub(crate) struct Router {
     stamp_ns: u64,
     until_stamp: u32,
     since_flush: u64,
-    backpressure_waits: u64,
+    backpressure: Backpressure,
     max_reorder_len: usize,
     /// Per shard: the watermark its last drain completed (see `release`).
     released: Vec<i64>,
@@ -212,7 +213,7 @@ impl Router {
             stamp_ns: 0,
             until_stamp: 0,
             since_flush: 0,
-            backpressure_waits: 0,
+            backpressure: Backpressure::default(),
             max_reorder_len: 0,
             released: vec![i64::MIN; n],
             ckpt: None,
@@ -375,7 +376,7 @@ impl Router {
         let watermark_ns = self.watermark.current();
         let rings = self.shards.iter_mut().map(|r| (r, false)).chain(std::iter::once((&mut self.late, false)));
         for (ring, mut open) in rings {
-            let Some(slot) = claim(ring, &mut open, &self.stop, &mut self.backpressure_waits) else {
+            let Some(slot) = claim(ring, &mut open, &self.stop, &mut self.backpressure) else {
                 return Err(FeedError { path: PathBuf::new(), message: STOPPED.into() });
             };
             slot.kind = BatchKind::Barrier;
@@ -433,7 +434,7 @@ impl Router {
         let pending = Pending { event: *event, ingest_ns: self.stamp_ns };
         if self.watermark.observe(event.ts_ns) {
             let watermark_ns = self.watermark.current();
-            push(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure_waits, &pending, watermark_ns);
+            push(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure, &pending, watermark_ns);
         } else {
             self.reorder[self.shard_of.of(event.instrument)].push(pending);
         }
@@ -473,7 +474,7 @@ impl Router {
         }
         let pending = Pending { event: *event, ingest_ns: self.stamp_ns };
         let watermark_ns = self.watermark.current();
-        push(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure_waits, &pending, watermark_ns);
+        push(&mut self.late, &mut self.late_open, &self.stop, &mut self.backpressure, &pending, watermark_ns);
         // Out at once (a run of repeats routes no record that would flush
         // it), and a checkpoint by time commits it soon.
         if self.late_open {
@@ -493,12 +494,12 @@ impl Router {
     /// in that batch or an earlier one (the rules' `on_watermark` relies on it).
     #[inline]
     fn release(&mut self, shard: usize, watermark_ns: i64) {
-        let Router { shards, open, reorder, stop, backpressure_waits, max_reorder_len, released, .. } = self;
+        let Router { shards, open, reorder, stop, backpressure, max_reorder_len, released, .. } = self;
         let (ring, open) = (&mut shards[shard], &mut open[shard]);
         *max_reorder_len = (*max_reorder_len).max(reorder[shard].len());
         let complete_ns = released[shard];
         reorder[shard].drain_before(watermark_ns, |run| {
-            push_run(ring, open, stop, backpressure_waits, run, complete_ns);
+            push_run(ring, open, stop, backpressure, run, complete_ns);
         });
         released[shard] = released[shard].max(watermark_ns);
     }
@@ -564,7 +565,7 @@ fn push(
     ring: &mut Producer<Batch>,
     open: &mut bool,
     stop: &Stop,
-    waits: &mut u64,
+    waits: &mut Backpressure,
     pending: &Pending,
     watermark_ns: i64,
 ) {
@@ -583,7 +584,7 @@ fn push_run(
     ring: &mut Producer<Batch>,
     open: &mut bool,
     stop: &Stop,
-    waits: &mut u64,
+    waits: &mut Backpressure,
     mut run: &[Pending],
     watermark_ns: i64,
 ) {
@@ -600,6 +601,14 @@ fn push_run(
     }
 }
 
+/// How the source waits for ring space, and how often it did.
+#[derive(Default)]
+pub(crate) struct Backpressure {
+    pub(crate) waits: u64,
+    /// A tape's source (not a live feed's): it may wait in long naps.
+    pub(crate) patient: bool,
+}
+
 /// The longest nap of a source waiting for a full ring to drain: well under
 /// a quarter ring's work (16 batches of 512 records: 0.8 ms at 100 ns a
 /// record), so the shard never runs dry while the source sleeps.
@@ -608,20 +617,29 @@ const BACKPRESSURE_MAX_NAP: std::time::Duration = std::time::Duration::from_micr
 /// The open slot of a ring, claiming and resetting a fresh one if needed;
 /// waits while the ring is full. `None` only when the pipeline is stopping.
 #[inline]
-fn claim<'a>(ring: &'a mut Producer<Batch>, open: &mut bool, stop: &Stop, waits: &mut u64) -> Option<&'a mut Batch> {
+fn claim<'a>(
+    ring: &'a mut Producer<Batch>,
+    open: &mut bool,
+    stop: &Stop,
+    waits: &mut Backpressure,
+) -> Option<&'a mut Batch> {
     if !*open {
         if ring.claim().is_none() {
             // Full: the shard is behind, and a ring's worth of its work is
-            // queued. Wait for it to drain a quarter, in naps that grow, so
-            // the source wakes a few times per quarter instead of once a
-            // batch (a shard sharing its core with the source gets the time).
-            let mut idle = Idle::with_max_nap(BACKPRESSURE_MAX_NAP);
-            let refill = ring.capacity() - ring.capacity().div_ceil(4);
+            // queued. A tape's source waits for a quarter to drain, in naps
+            // that grow, so it wakes a few times per quarter instead of
+            // once a batch (a shard sharing its core gets the time). A live
+            // source takes the first free slot: its records are timed.
+            let (mut idle, refill) = if waits.patient {
+                (Idle::with_max_nap(BACKPRESSURE_MAX_NAP), ring.capacity() - ring.capacity().div_ceil(4))
+            } else {
+                (Idle::default(), ring.capacity() - 1)
+            };
             while ring.occupancy() > refill {
                 if stop.raised() || ring.consumer_gone() {
                     return None;
                 }
-                *waits += 1;
+                waits.waits += 1;
                 idle.wait();
             }
         }
