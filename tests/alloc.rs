@@ -40,8 +40,9 @@ static GLOBAL: Counting = Counting;
 
 /// Allocations made by one replay of `tape`, and the records it applied and
 /// alerts it raised.
-fn replay_allocations(tape: &Path, out: &Path, shards: usize) -> (u64, u64, u64) {
-    let args = replay_args(tape, out, shards);
+fn replay_allocations(tape: &Path, out: &Path, shards: usize, rules: Option<&Path>) -> (u64, u64, u64) {
+    let mut args = replay_args(tape, out, shards);
+    args.reference.rules = rules.map(Path::to_path_buf);
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let summary = run_replay(&args);
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
@@ -50,6 +51,26 @@ fn replay_allocations(tape: &Path, out: &Path, shards: usize) -> (u64, u64, u64)
 
 #[test]
 fn replay_allocations_do_not_grow_with_the_tape() {
+    allocations_do_not_grow_with_the_tape(None);
+}
+
+/// The rules that are off by default too: the book, the spoof stream and
+/// the per-key tables of the window rules (which grow by doubling only).
+#[test]
+fn replay_allocations_do_not_grow_with_the_tape_with_every_rule_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("every-rule.toml");
+    let text: String =
+        tapewatch::detect::registry::RULES.iter().map(|r| format!("[{}]\nenabled = true\n", r.table)).collect();
+    std::fs::write(&rules, text).unwrap();
+    allocations_do_not_grow_with_the_tape(Some(&rules));
+}
+
+/// The counter is the process's: the tests of this file take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn allocations_do_not_grow_with_the_tape(rules: Option<&Path>) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut runs = Vec::new();
     for events in [100_000u64, 300_000] {
@@ -63,7 +84,7 @@ fn replay_allocations_do_not_grow_with_the_tape() {
         import(&csv, &tape, &dir.path().join(format!("day-{events}.rejects.tsv"))).unwrap();
         let out = dir.path().join(format!("out-{events}"));
         std::fs::create_dir_all(&out).unwrap();
-        runs.push((replay_allocations(&csv, &out, 2), replay_allocations(&tape, &out, 2)));
+        runs.push((replay_allocations(&csv, &out, 2, rules), replay_allocations(&tape, &out, 2, rules)));
     }
     let ((small_csv, small_native), (large_csv, large_native)) = (runs[0], runs[1]);
     for (format, small, large) in [("csv", small_csv, large_csv), ("native", small_native, large_native)] {
