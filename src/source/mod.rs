@@ -565,11 +565,11 @@ fn push(
     ring: &mut Producer<Batch>,
     open: &mut bool,
     stop: &Stop,
-    waits: &mut Backpressure,
+    backpressure: &mut Backpressure,
     pending: &Pending,
     watermark_ns: i64,
 ) {
-    let Some(slot) = claim(ring, open, stop, waits) else { return };
+    let Some(slot) = claim(ring, open, stop, backpressure) else { return };
     slot.events.push(*pending);
     if slot.events.len() == BATCH_EVENTS {
         slot.watermark_ns = watermark_ns;
@@ -584,12 +584,12 @@ fn push_run(
     ring: &mut Producer<Batch>,
     open: &mut bool,
     stop: &Stop,
-    waits: &mut Backpressure,
+    backpressure: &mut Backpressure,
     mut run: &[Pending],
     watermark_ns: i64,
 ) {
     while !run.is_empty() {
-        let Some(slot) = claim(ring, open, stop, waits) else { return };
+        let Some(slot) = claim(ring, open, stop, backpressure) else { return };
         let take = (BATCH_EVENTS - slot.events.len()).min(run.len());
         slot.events.extend_from_slice(&run[..take]);
         run = &run[take..];
@@ -621,7 +621,7 @@ fn claim<'a>(
     ring: &'a mut Producer<Batch>,
     open: &mut bool,
     stop: &Stop,
-    waits: &mut Backpressure,
+    backpressure: &mut Backpressure,
 ) -> Option<&'a mut Batch> {
     if !*open {
         if ring.claim().is_none() {
@@ -630,7 +630,7 @@ fn claim<'a>(
             // that grow, so it wakes a few times per quarter instead of
             // once a batch (a shard sharing its core gets the time). A live
             // source takes the first free slot: its records are timed.
-            let (mut idle, refill) = if waits.patient {
+            let (mut idle, refill) = if backpressure.patient {
                 (Idle::with_max_nap(BACKPRESSURE_MAX_NAP), ring.capacity() - ring.capacity().div_ceil(4))
             } else {
                 (Idle::default(), ring.capacity() - 1)
@@ -639,7 +639,7 @@ fn claim<'a>(
                 if stop.raised() || ring.consumer_gone() {
                     return None;
                 }
-                waits.waits += 1;
+                backpressure.waits += 1;
                 idle.wait();
             }
         }

@@ -72,7 +72,11 @@ pub const MAX_KEYS: usize = 1 << 20;
 /// shard expects (`Sizing::window_capacity`): a day has far more (group,
 /// instrument) keys than a window has entries (the 10M-record day: 1.4M
 /// keys, 64K window entries), and a doubling on the shard moves every slot.
-/// At the default window capacity this is `MAX_KEYS`: the table never grows.
+/// At the default window capacity this is `MAX_KEYS`: the table never
+/// grows. The price is memory on a small day: the table (about 56 MB a
+/// shard) is written at start whatever the day holds (the sample day with
+/// instant-cancel on: 131 MB peak instead of 84). At 2 keys an entry the
+/// 10M-record day ran 0.3-0.4 s slower (three doublings on the shard).
 const KEYS_PER_WINDOW_ENTRY: usize = 16;
 
 /// One (group, instrument) key's day, the state every new order and cancel

@@ -177,32 +177,10 @@ pub struct CowMap<V: Copy + Default> {
 
 const EMPTY: u64 = u64::MAX;
 
-/// `n` empty slots. A big table (the book's orders: 7 MB for 64k orders)
-/// is touched at random all day: it asks the kernel for huge pages before
-/// the first write (one TLB entry per 2 MB instead of per 4 KB; without
-/// them the prefetches ahead of a record wait on page walks). Start-up
-/// and growth only, never per record.
+/// `n` empty slots.
 fn empty_slots<V: Copy + Default>(n: usize) -> Box<[(u64, V)]> {
-    let mut slots: Vec<(u64, V)> = Vec::with_capacity(n);
-    advise_huge_pages(slots.as_ptr().cast(), n * std::mem::size_of::<(u64, V)>());
-    slots.resize(n, (EMPTY, V::default()));
-    slots.into_boxed_slice()
+    vec![(EMPTY, V::default()); n].into_boxed_slice()
 }
-
-/// Advice only: whether the kernel follows it changes no result.
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(start: *const u8, bytes: usize) {
-    const HUGE: usize = 2 << 20;
-    let (from, to) = ((start as usize).next_multiple_of(HUGE), (start as usize + bytes) / HUGE * HUGE);
-    if to > from {
-        // SAFETY: the range lies inside an allocation of ours, not yet
-        // written; MADV_HUGEPAGE changes how it is backed, never its contents.
-        unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_start: *const u8, _bytes: usize) {}
 
 impl<V: Copy + Default> CowMap<V> {
     /// A map that holds `capacity` keys before it first grows; every key
