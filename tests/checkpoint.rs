@@ -218,13 +218,30 @@ fn crash_and_resume(
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path().to_path_buf();
     let tape = make_tape(&root, 200_000, seed);
-    let (want, took) = reference(&tape, &root);
+    let (want, _) = reference(&tape, &root);
     let got = root.join("crashed");
     let state = root.join("state");
     std::fs::create_dir_all(&got).unwrap();
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     // A kill lands anywhere from process start to a bit past a whole run
-    // (start-up, RocksDB open and fsyncs make a checkpointing run slower).
+    // of the replay it kills, timed here: the same checkpointing run
+    // (RocksDB open, fsyncs and snapshot slices make it several times
+    // slower than the reference run, by how much depends on the disk and
+    // the load). Spans guessed from the reference run put most kills
+    // before the first checkpoint on a slow disk and failed the resume
+    // bound below about 1 run in 20.
+    let took = {
+        let (out, state) = (root.join("timed"), root.join("timed-state"));
+        std::fs::create_dir_all(&out).unwrap();
+        let started = Instant::now();
+        let run = run_ok(replay_cmd(&tape, &out, shards(&mut rng), &with_state(&state, "4000")));
+        let took = started.elapsed();
+        assert!(String::from_utf8_lossy(&run.stdout).contains("checkpoints "), "the timed run took checkpoints");
+        assert_same_outputs(&want, &out, ordered);
+        std::fs::remove_dir_all(&out).unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+        took
+    };
     let span_us = (took.as_micros() as u64 * 6 / 5).max(50_000);
     let (mut killed, mut resumed, mut attempts, mut cycles) = (0, 0, 0, 0);
     while killed < kills {
