@@ -5,13 +5,15 @@
 //! generator and replayed with the scenario's rules file: every planted
 //! actor found (recall 1.0), no other (group, instrument) alerted, and no
 //! marking-open alert on a market maker although the makers trade in the
-//! call.
+//! call; and the scenario's own `[expect]` (every planted pattern, and
+//! `max_late`) holds, scored as `tapewatch bench` scores it.
 
 mod common;
 
 use common::{WrittenDay, read_alerts, replay_args, run_replay};
 use std::collections::BTreeSet;
 use std::path::Path;
+use tapewatch::bench::{AlertSeen, TruthRow, score, unmet_detection};
 use tapewatch::generator::generate_tape;
 use tapewatch::scenario::Scenario;
 
@@ -49,8 +51,42 @@ fn open_day_finds_every_marked_open_and_spares_the_makers() {
     std::fs::create_dir_all(&out).unwrap();
     let mut args = replay_args(tape, &out, 1);
     args.reference.rules = Some(root.join(scenario.rules.as_deref().expect("the scenario names its rules file")));
-    run_replay(&args);
+    let summary = run_replay(&args);
     let alerts = read_alerts(&out.join("alerts.jsonl"));
+
+    // The scenario's [expect], as bench judges it: every pattern planted
+    // or named, by (group, instrument), and at most max_late late records.
+    let truth_rows: Vec<TruthRow> = day
+        .planted
+        .iter()
+        .map(|p| TruthRow {
+            account: p.account.clone(),
+            group: group_of(&p.account),
+            pattern: p.pattern.to_string(),
+            instrument: p.instrument.clone(),
+        })
+        .collect();
+    let seen: Vec<AlertSeen> = alerts
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+            AlertSeen {
+                rule: s("rule"),
+                group: s("group"),
+                account: s("account"),
+                instrument: s("instrument"),
+                seq: a["seq"].as_u64().unwrap(),
+                ingest_to_alert_ns: 0,
+                ingest_to_applied_ns: 0,
+                at_ns: 0,
+            }
+        })
+        .collect();
+    let scores = score(&truth_rows, &seen);
+    assert_eq!(scores["marking-open"].expected, 3, "{scores:?}");
+    assert_eq!(unmet_detection(&scenario, &scores), Vec::<String>::new(), "open-day's [expect]");
+    let max_late = scenario.expect.max_late.expect("open-day bounds its late records");
+    assert!(summary.late <= max_late, "{} late records, at most {max_late}", summary.late);
     let found: BTreeSet<(String, String)> = alerts
         .iter()
         .filter(|a| a["rule"] == "marking-open")

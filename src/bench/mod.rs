@@ -443,6 +443,22 @@ pub fn overall(scores: &BTreeMap<String, PatternScore>) -> PatternScore {
 
 /// The unmet expectations of the scenario, if any.
 pub fn check_expectations(scenario: &Scenario, trial: &Trial, scores: &BTreeMap<String, PatternScore>) -> Vec<String> {
+    let mut unmet = unmet_detection(scenario, scores);
+    if let Some(max_late) = scenario.expect.max_late
+        && trial.summary.late > max_late
+    {
+        unmet.push(format!("{} late records, at most {max_late}", trial.summary.late));
+    }
+    if trial.dropped() > 0 {
+        unmet.push(format!("{} records dropped", trial.dropped()));
+    }
+    unmet
+}
+
+/// The unmet detection expectations of the scenario (recall and
+/// unexpected keys per pattern), whoever ran the day: `bench`, or a test
+/// replaying the scenario's tape.
+pub fn unmet_detection(scenario: &Scenario, scores: &BTreeMap<String, PatternScore>) -> Vec<String> {
     let mut unmet = Vec::new();
     for (pattern, s) in scores {
         // A scenario judges the patterns it plants or names in `[expect]`;
@@ -468,14 +484,6 @@ pub fn check_expectations(scenario: &Scenario, trial: &Trial, scores: &BTreeMap<
                 s.unexpected, expectation.max_unexpected
             ));
         }
-    }
-    if let Some(max_late) = scenario.expect.max_late
-        && trial.summary.late > max_late
-    {
-        unmet.push(format!("{} late records, at most {max_late}", trial.summary.late));
-    }
-    if trial.dropped() > 0 {
-        unmet.push(format!("{} records dropped", trial.dropped()));
     }
     unmet
 }
@@ -510,35 +518,57 @@ pub fn latency_split(prepared: &Prepared, trial: &Trial, idle_after_ns: u64) -> 
     (floor, rest)
 }
 
+impl Prepared {
+    /// Where the phases start on the schedule: the schedule counts from
+    /// the first record's event time, the phases from the day's start
+    /// (`[market] start`). They differ by the opening call when there is
+    /// one (open-day's call starts 15 minutes before its continuous phase).
+    pub fn phases_from_ns(&self) -> u64 {
+        (self.scenario.start_ns - self.first_ts_ns).max(0) as u64
+    }
+}
+
 /// Achieved rate of each phase: its records over the time from its
 /// scheduled start until its last record was actually sent (never less than
 /// the phase's own length). A feeder held back by the pipeline stretches
-/// that time.
+/// that time. Records scheduled before the first phase (an opening call's)
+/// are a row of their own, named "opening call", offered at their mean
+/// scheduled rate.
 pub fn per_phase(prepared: &Prepared, trial: &Trial) -> Vec<PhaseRate> {
+    phase_rates(prepared, &trial.feeder.timeline, trial.start_ns)
+}
+
+/// `per_phase` from the feeder's timeline ((wall ns, records sent so far))
+/// and the wall time of the first record's due time.
+fn phase_rates(prepared: &Prepared, timeline: &[(u64, u64)], run_start_ns: u64) -> Vec<PhaseRate> {
     let recs = &prepared.records;
-    prepared
-        .scenario
-        .segments
-        .iter()
-        .map(|seg| {
-            let lo = recs.partition_point(|w| (w.due_ns as i64) < seg.start_ns);
-            let hi = recs.partition_point(|w| (w.due_ns as i64) < seg.end_ns());
-            let sent_ns = trial
-                .feeder
-                .timeline
-                .iter()
-                .find(|&&(_, sent)| sent >= hi as u64)
-                .map_or(seg.duration_ns as u64, |&(t, _)| t.saturating_sub(trial.start_ns + seg.start_ns as u64));
-            let took_ns = sent_ns.max(seg.duration_ns as u64).max(1);
-            PhaseRate {
-                name: seg.name.clone(),
-                records: (hi - lo) as u64,
-                offered_rps: seg.mean_rate(),
-                achieved_rps: (hi - lo) as f64 * 1e9 / took_ns as f64,
-                scheduled_secs: seg.duration_ns as f64 / 1e9,
-                took_secs: took_ns as f64 / 1e9,
-            }
-        })
+    let from_ns = prepared.phases_from_ns();
+    let rate = |name: &str, start_ns: u64, duration_ns: u64, offered_rps: Option<f64>| {
+        let end_ns = start_ns + duration_ns;
+        let lo = recs.partition_point(|w| w.due_ns < start_ns);
+        let hi = recs.partition_point(|w| w.due_ns < end_ns);
+        let records = (hi - lo) as u64;
+        let sent_ns = timeline
+            .iter()
+            .find(|&&(_, sent)| sent >= hi as u64)
+            .map_or(duration_ns, |&(t, _)| t.saturating_sub(run_start_ns + start_ns));
+        let took_ns = sent_ns.max(duration_ns).max(1);
+        PhaseRate {
+            name: name.to_string(),
+            records,
+            offered_rps: offered_rps.unwrap_or(records as f64 * 1e9 / duration_ns.max(1) as f64),
+            achieved_rps: records as f64 * 1e9 / took_ns as f64,
+            scheduled_secs: duration_ns as f64 / 1e9,
+            took_secs: took_ns as f64 / 1e9,
+        }
+    };
+    let call =
+        (from_ns > 0 && prepared.scenario.opening_call.is_some()).then(|| rate("opening call", 0, from_ns, None));
+    call.into_iter()
+        .chain(prepared.scenario.segments.iter().map(|seg| {
+            let start_ns = from_ns + seg.start_ns.max(0) as u64;
+            rate(&seg.name, start_ns, seg.duration_ns.max(0) as u64, Some(seg.mean_rate()))
+        }))
         .collect()
 }
 
@@ -658,6 +688,57 @@ mod tests {
         let scores = score(&prepared.truth, &trial.alerts);
         let s = &scores["marking-open"];
         assert_eq!((s.expected, s.found, s.unexpected), (3, 3, 0), "{s:?}");
+        // The scenario's own [expect] holds: recall, unexpected keys, and
+        // no late record (max_late = 0).
+        assert_eq!(check_expectations(&scenario, &trial, &scores), Vec::<String>::new(), "open-day's [expect]");
+    }
+
+    /// The phases count from the day's start (`[market] start`), the
+    /// schedule from the first record, an opening call's: each phase gets
+    /// its own records, and the call a row of its own. (The continuous
+    /// phase used to be measured over the call's first second: 1 record,
+    /// printed as "0.0k/s".)
+    #[test]
+    fn phases_after_an_opening_call_are_measured_over_their_own_records() {
+        let scenario = Scenario::parse(
+            "phases = [ { name = \"morning\", rate = 1000, for = \"1s\" } ]\n[market]\nopening_call = [\"09:15:00\", \"09:25:00\"]\nstart = \"09:30:00\"\n",
+        )
+        .unwrap();
+        let (call_ns, start_ns) = (scenario.opening_call.unwrap().0, scenario.start_ns);
+        let s = 1_000_000_000i64;
+        // 100 records in the call, 1 s apart; 1000 in the phase, 1 ms apart.
+        let ts = (0..100).map(|k| call_ns + k * s).chain((0..1000).map(|k| start_ns + k * s / 1000));
+        let records: Vec<WireRecord> = ts
+            .enumerate()
+            .map(|(i, ts_ns)| WireRecord {
+                seq: i as u64 + 1,
+                ts_ns,
+                due_ns: (ts_ns - call_ns) as u64,
+                ..WireRecord::default()
+            })
+            .collect();
+        // Sent on time: the timeline has every send.
+        let run_start_ns = 7 * s as u64;
+        let timeline: Vec<(u64, u64)> =
+            records.iter().enumerate().map(|(i, w)| (run_start_ns + w.due_ns, i as u64 + 1)).collect();
+        let prepared = Prepared {
+            scenario,
+            records,
+            truth: Vec::new(),
+            groups: Arc::new(Groups::default()),
+            instruments: Arc::default(),
+            first_ts_ns: call_ns,
+            max_order_id: 0,
+            prepare_secs: 0.0,
+        };
+        assert_eq!(prepared.phases_from_ns(), 15 * 60 * s as u64);
+        let rows = phase_rates(&prepared, &timeline, run_start_ns);
+        let got: Vec<(&str, u64, f64, f64)> =
+            rows.iter().map(|p| (p.name.as_str(), p.records, p.scheduled_secs, p.took_secs)).collect();
+        assert_eq!(got, [("opening call", 100, 900.0, 900.0), ("morning", 1000, 1.0, 1.0)]);
+        let morning = &rows[1];
+        assert_eq!((morning.offered_rps, morning.achieved_rps), (1000.0, 1000.0));
+        assert!((rows[0].offered_rps - 100.0 / 900.0).abs() < 1e-9, "{}", rows[0].offered_rps);
     }
 
     fn alert(rule: &str, account: &str, instrument: &str, seq: u64, latency_ns: u64) -> AlertSeen {

@@ -110,8 +110,16 @@ fn line(h: &Histogram<u64>) -> String {
     )
 }
 
+/// A rate for the text report: M/s, k/s, or records/s below 1k/s (a quiet
+/// phase of a few records a second would otherwise print "0.0k/s").
 fn rate(r: f64) -> String {
-    if r >= 1e6 { format!("{:.2}M/s", r / 1e6) } else { format!("{:.1}k/s", r / 1e3) }
+    if r >= 1e6 {
+        format!("{:.2}M/s", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1}k/s", r / 1e3)
+    } else {
+        format!("{r:.1}/s")
+    }
 }
 
 impl Report<'_> {
@@ -411,9 +419,12 @@ pub fn svg(report: &Report<'_>) -> String {
     let is_burst = |rate: f64| base_rate.is_finite() && rate >= 4.0 * base_rate;
     // The base stretches between repeated bursts ("burst base #2") are
     // the background the bursts stand out from: neither shaded nor named.
+    // The phases count from the day's start, the run time from the first
+    // record (an opening call's, when there is one).
+    let from_ns = prepared.phases_from_ns() as f64;
     let mut phase_spans: Vec<Span> = Vec::new();
     for seg in scenario.segments.iter().filter(|s| !s.name.contains(" base #")) {
-        let (a, b) = (seg.start_ns as f64, seg.end_ns() as f64);
+        let (a, b) = (from_ns + seg.start_ns as f64, from_ns + seg.end_ns() as f64);
         if is_burst(seg.mean_rate()) {
             phase_spans.push(Span::new(a, b, palette::ORANGE).label(&seg.name).legend("burst phase"));
         } else {
@@ -549,4 +560,20 @@ pub fn svg(report: &Report<'_>) -> String {
         )),
         &[latency, throughput],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate;
+
+    /// A quiet phase's rate reads as records a second, not "0.0k/s".
+    #[test]
+    fn rates_read_in_their_own_unit() {
+        assert_eq!(rate(0.111), "0.1/s");
+        assert_eq!(rate(40.0), "40.0/s");
+        assert_eq!(rate(999.9), "999.9/s");
+        assert_eq!(rate(1_000.0), "1.0k/s");
+        assert_eq!(rate(52_340.0), "52.3k/s");
+        assert_eq!(rate(1_200_000.0), "1.20M/s");
+    }
 }
