@@ -103,6 +103,7 @@ fn json_fields_are_typed(json: &Value) {
         "/records/offered",
         "/records/applied",
         "/records/late",
+        "/records/late_after_feeder_stall",
         "/records/rejected",
         "/records/dropped",
         "/machine/cores",
@@ -117,6 +118,7 @@ fn json_fields_are_typed(json: &Value) {
         "/watermark_lag/median_ns",
         "/watermark_lag/max_ns",
         "/backpressure/feeder_blocked_ns",
+        "/backpressure/feeder_stalls",
         "/backpressure/ring_occupancy_max_slots",
     ] {
         assert!(field(pointer).is_u64(), "{pointer}: {}", field(pointer));

@@ -10,6 +10,14 @@
 //!
 //! The feeder reads the clock once per send (a batch of everything due),
 //! not per record; it is the network here, not the pipeline.
+//!
+//! Feeder stalls: the feeder itself can fall behind the schedule (a late
+//! wake, a preempted thread on a loaded machine), not held back by the
+//! ring. A gap longer than the pipeline's idle period lets the live
+//! source's idle watermark move event time on meanwhile, and records due
+//! in the gap then arrive late. That is the bench's own fault, not the
+//! pipeline's: each such stall is counted, and the seq ranges sent while
+//! catching up are kept, so the bench can attribute late records to it.
 
 use crate::ingest::live::{WIRE_BATCH, WireRecord, WireSender};
 use crate::metrics::{Clock, latency_histogram};
@@ -98,13 +106,31 @@ pub struct FeederStats {
     pub timeline: Vec<(u64, u64)>,
     /// When the last record was sent.
     pub finished_ns: u64,
+    /// Times the feeder itself fell behind (not waiting on the ring) by
+    /// more than the stall bound while a record was due.
+    pub stalls: u64,
+    /// Inclusive seq ranges of the records sent behind schedule by more
+    /// than the stall bound after a stall, in send order (at most
+    /// `MAX_STALL_RANGES`; later stalls are counted, their records not
+    /// kept, so nothing is attributed to them).
+    pub stall_seqs: Vec<(u64, u64)>,
 }
 
 impl FeederStats {
     pub fn mean_occupancy(&self) -> f64 {
         self.occupancy_sum as f64 / self.sends.max(1) as f64
     }
+
+    /// Whether record `seq` was sent catching up after a feeder stall.
+    pub fn sent_after_stall(&self, seq: u64) -> bool {
+        // Ranges are in send order and seq rises in send order: sorted.
+        let i = self.stall_seqs.partition_point(|&(_, last)| last < seq);
+        self.stall_seqs.get(i).is_some_and(|&(first, _)| first <= seq)
+    }
 }
+
+/// Stall ranges kept at most (allocated before the feeder starts).
+pub const MAX_STALL_RANGES: usize = 1 << 14;
 
 const TIMELINE_STEP_NS: u64 = 100_000;
 /// Beyond this the feeder sleeps until the next record is due; closer, it
@@ -141,8 +167,11 @@ impl Pace for Clock {
 }
 
 /// Sends every record of `schedule` at its due time. Stops early only when
-/// the consumer is gone (the pipeline failed).
-pub fn run<S: Schedule, P: Pace>(schedule: &S, clock: P, mut tx: WireSender) -> FeederStats {
+/// the consumer is gone (the pipeline failed). `stall_ns`: a feeder gap
+/// longer than this, while a record was due, counts as a feeder stall
+/// (the bench passes the pipeline's idle period: a shorter gap cannot
+/// make a record late).
+pub fn run<S: Schedule, P: Pace>(schedule: &S, clock: P, mut tx: WireSender, stall_ns: u64) -> FeederStats {
     let n = schedule.len();
     let mut stats = FeederStats {
         offered: 0,
@@ -160,15 +189,37 @@ pub fn run<S: Schedule, P: Pace>(schedule: &S, clock: P, mut tx: WireSender) -> 
                 .min(1 << 24) as usize,
         }),
         finished_ns: 0,
+        stalls: 0,
+        stall_seqs: Vec::with_capacity(MAX_STALL_RANGES),
     };
     let mut k = 0u64;
     let mut next = if n > 0 { Some(schedule.record(0)) } else { None };
     let mut last_sample_ns = 0u64;
+    // The feeder's previous clock reading: from then to now it was asleep,
+    // filling a batch, or not running at all.
+    let mut seen_ns = 0u64;
+    // Whether the sends since the last stall are still behind by more
+    // than `stall_ns`: their records are kept in the stall's range.
+    let mut catching_up = false;
     while let Some(first) = next {
         let mut now = clock.now_ns();
+        // The feeder's own lateness: how long it did not run while a record
+        // was due. A wait on the ring is the pipeline's back-pressure,
+        // charged as blocked time instead (`seen_ns` moves past it).
+        let gap_ns = now.saturating_sub(seen_ns.max(first.due_ns));
+        seen_ns = now;
         if first.due_ns > now {
             clock.wait(now, first.due_ns);
             continue;
+        }
+        if gap_ns > stall_ns {
+            stats.stalls += 1;
+            if !catching_up && stats.stall_seqs.len() < MAX_STALL_RANGES {
+                stats.stall_seqs.push((first.seq, first.seq));
+                catching_up = true;
+            }
+        } else if now - first.due_ns <= stall_ns {
+            catching_up = false;
         }
         if tx.claim().is_none() {
             let mut idle = Idle::default();
@@ -181,6 +232,7 @@ pub fn run<S: Schedule, P: Pace>(schedule: &S, clock: P, mut tx: WireSender) -> 
             let resumed = clock.now_ns();
             stats.blocked_ns += resumed - now;
             now = resumed;
+            seen_ns = now;
         }
         let occupancy = tx.occupancy();
         let slot = tx.claim().expect("claimed above");
@@ -193,6 +245,9 @@ pub fn run<S: Schedule, P: Pace>(schedule: &S, clock: P, mut tx: WireSender) -> 
             slot.push(w);
             k += 1;
             pending = if k < n { Some(schedule.record(k)) } else { None };
+        }
+        if catching_up && let Some(range) = stats.stall_seqs.last_mut() {
+            range.1 = slot.last().map_or(range.1, |w| w.seq);
         }
         tx.publish();
         next = pending;
@@ -244,7 +299,7 @@ mod tests {
         let recs = records(count, gap_ns);
         let clock = Virtual { now_ns: std::cell::Cell::new(0), late_ns };
         let (tx, mut rx) = wire_channel(256);
-        let stats = run(&Playback { records: &recs, start_ns: 1_000_000 }, &clock, tx);
+        let stats = run(&Playback { records: &recs, start_ns: 1_000_000 }, &clock, tx, u64::MAX);
         let mut batches = Vec::new();
         while let Some(batch) = rx.peek() {
             batches.push(batch.to_vec());
@@ -300,6 +355,62 @@ mod tests {
         assert!((2_490_000..=2_510_000).contains(&lag), "send lag max {lag} ns, the oversleep is 2.5 ms");
     }
 
+    /// A virtual clock that oversleeps once: the wait for the record due
+    /// at `stall_at_ns` wakes `stall_ns` late; every other wait is exact.
+    struct StallsOnce {
+        now_ns: std::cell::Cell<u64>,
+        stall_at_ns: u64,
+        stall_ns: u64,
+    }
+
+    impl Pace for &StallsOnce {
+        fn now_ns(&self) -> u64 {
+            self.now_ns.get()
+        }
+
+        fn wait(&self, _now_ns: u64, due_ns: u64) {
+            let late_ns = if due_ns == self.stall_at_ns { self.stall_ns } else { 0 };
+            self.now_ns.set(due_ns + late_ns);
+        }
+    }
+
+    /// A feeder that falls 30 ms behind on its own (a late wake, as when a
+    /// loaded machine preempts it) counts one stall and keeps the seq range
+    /// it sent catching up, so late records can be laid at its door; one
+    /// within the bound, or on time, counts none.
+    #[test]
+    fn a_feeder_stall_is_counted_and_its_records_kept() {
+        const MS: u64 = 1_000_000;
+        let recs = records(100, MS);
+        let start_ns = 1_000 * MS;
+        let play = |stall_ns: u64, bound_ns: u64| {
+            // Record index 40 (seq 41) is due at start + 40 ms.
+            let clock = StallsOnce { now_ns: std::cell::Cell::new(0), stall_at_ns: start_ns + 40 * MS, stall_ns };
+            let (tx, mut rx) = wire_channel(256);
+            let stats = run(&Playback { records: &recs, start_ns }, &clock, tx, bound_ns);
+            let mut sent = 0;
+            while let Some(batch) = rx.peek() {
+                sent += batch.len();
+                rx.release();
+            }
+            assert_eq!((sent, stats.offered), (100, 100));
+            stats
+        };
+        let stats = play(30 * MS, 10 * MS);
+        assert_eq!(stats.stalls, 1);
+        // Seq 41 was due at 40 ms and sent at 70 ms, with everything due by
+        // then (seq 41-71): all of it more than 10 ms behind.
+        assert_eq!(stats.stall_seqs, [(41, 71)]);
+        let after: Vec<u64> = (1..=100).filter(|&seq| stats.sent_after_stall(seq)).collect();
+        assert_eq!(after, (41..=71).collect::<Vec<_>>());
+        // The same oversleep within the bound is no stall.
+        let stats = play(30 * MS, 30 * MS);
+        assert_eq!((stats.stalls, stats.stall_seqs.len()), (0, 0));
+        let stats = play(0, 10 * MS);
+        assert_eq!((stats.stalls, stats.stall_seqs.len()), (0, 0));
+        assert!(!stats.sent_after_stall(41));
+    }
+
     /// Plays `recs` (due from 1 ms from now) on the real clock into a ring
     /// of `slots`, handing every batch to `consume` on this thread, until
     /// the feeder hangs up; returns the feeder's stats. The consumer's end
@@ -317,7 +428,7 @@ mod tests {
         let (tx, rx) = wire_channel(slots);
         std::thread::scope(|s| {
             let mut rx = rx;
-            let feeder = s.spawn(move || run(&Playback { records: recs, start_ns }, clock, tx));
+            let feeder = s.spawn(move || run(&Playback { records: recs, start_ns }, clock, tx, u64::MAX));
             loop {
                 if let Some(batch) = rx.peek() {
                     consume(batch);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// Version of the JSON report's layout; bumped when keys change.
-pub const JSON_LAYOUT: u64 = 2;
+pub const JSON_LAYOUT: u64 = 3;
 
 /// The build's git commit, when it was built from a checkout (build.rs).
 pub const COMMIT: Option<&str> = option_env!("TAPEWATCH_COMMIT");
@@ -155,10 +155,11 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
-            "records     {} offered, {} applied, {} late, {} rejected, {} dropped",
+            "records     {} offered, {} applied, {} late ({} after feeder stalls), {} rejected, {} dropped",
             t.feeder.offered,
             s.applied,
             s.late,
+            t.late_after_feeder_stall,
             s.feed.rejected,
             t.dropped()
         );
@@ -182,8 +183,9 @@ impl Report<'_> {
         let f = &t.feeder;
         let _ = writeln!(
             out,
-            "pressure    feeder blocked {} on a full ring, send lag {}; ring occupancy mean {:.1} max {} of {} slots; source waits {}",
+            "pressure    feeder blocked {} on a full ring, stalled {} times on its own, send lag {}; ring occupancy mean {:.1} max {} of {} slots; source waits {}",
             fmt_ns(f.blocked_ns),
+            f.stalls,
             line(&f.send_lag),
             f.mean_occupancy(),
             f.occupancy_max,
@@ -340,12 +342,14 @@ impl Report<'_> {
                 "offered": t.feeder.offered,
                 "applied": s.applied,
                 "late": s.late,
+                "late_after_feeder_stall": t.late_after_feeder_stall,
                 "rejected": s.feed.rejected,
                 "dropped": t.dropped(),
             },
             "throughput": throughput,
             "backpressure": {
                 "feeder_blocked_ns": t.feeder.blocked_ns,
+                "feeder_stalls": t.feeder.stalls,
                 "ring_slots": t.feeder.ring_slots,
                 "ring_occupancy_mean_slots": t.feeder.mean_occupancy(),
                 "ring_occupancy_max_slots": t.feeder.occupancy_max,
