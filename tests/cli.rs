@@ -241,3 +241,55 @@ fn the_default_shard_count_gives_the_shards_every_core_when_the_rules_keep_the_b
     // An explicit count is never changed.
     assert_eq!(shards(&["--rules", "book.toml", "--shards", "3"]), 3);
 }
+
+/// README's command table has one row per subcommand `tapewatch --help`
+/// lists, in one table (a blank line inside used to split it in three),
+/// and every flag its examples use is one that subcommand takes. (The
+/// table lacked `rules`, `serve` and `feed`.)
+#[test]
+fn readme_command_table_names_every_subcommand_with_a_working_example() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let help = stdout(&tapewatch(dir, &["--help"]));
+    let listed: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|&c| c != "help")
+        .collect();
+    assert!(listed.len() >= 13, "{help}");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let table: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| command |"))
+        .skip(2)
+        .take_while(|l| !l.starts_with("<!-- New subcommands"))
+        .collect();
+    assert!(table.iter().all(|l| l.starts_with("| `")), "the table is one block of rows: {table:#?}");
+    let rows: Vec<(&str, &str)> = table
+        .iter()
+        .map(|row| {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            (cells[0].trim_start_matches("| `").trim_end_matches('`'), *cells.last().unwrap())
+        })
+        .collect();
+    let named: Vec<&str> = rows.iter().map(|&(c, _)| c).collect();
+    assert_eq!(named, listed, "README's rows against `tapewatch --help`");
+    for (command, example) in rows {
+        let example = example.trim_end_matches(" |").trim_matches('`');
+        let words: Vec<&str> = example.split_whitespace().collect();
+        assert_eq!(&words[..2], ["tapewatch", command], "{example}");
+        // Subcommands with their own subcommands: the example names one.
+        let mut path = vec!["help", command];
+        let own = stdout(&tapewatch(dir, &["help", command]));
+        if own.contains("\nCommands:") {
+            path.push(words[2]);
+        }
+        let usage = stdout(&tapewatch(dir, &path));
+        assert!(!usage.is_empty() && !usage.contains("unrecognized"), "{path:?}: {usage}");
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            assert!(usage.contains(&format!("{flag} ")), "{example}: `{flag}` is not a flag of {path:?}:\n{usage}");
+        }
+    }
+}
