@@ -8,11 +8,11 @@
 //! To add a rule: write `detect/rules/<name>.rs` implementing
 //! `detect::rule::Rule`, and add one line below.
 
-use super::rule::{Emit, Reads, Rule, RuleStats, Seen, Sizing};
+use super::rule::{Emit, Kinds, Reads, Rule, RuleStats, Seen, Sizing};
 use crate::alert::{Alert, EvidenceJson, RuleId};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::Problems;
-use crate::event::Event;
+use crate::event::{Event, Kind};
 
 /// One rule as the registry lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +167,14 @@ macro_rules! registry {
             $( $(#[$attr])* RuleInfo { id: <$rule as Rule>::ID, name: <$rule as Rule>::NAME, table: <$rule as Rule>::TABLE }, )*
         ];
         pub const RULE_COUNT: usize = RULES.len();
+
+        /// Each rule's registry position: its bit in `Active::wants`.
+        #[allow(non_camel_case_types, dead_code)]
+        #[derive(Clone, Copy)]
+        enum Bit {
+            $( $(#[$attr])* $field, )*
+        }
+        const _: () = assert!(RULE_COUNT <= 32, "Active::wants holds a rule per bit of a u32");
 
         /// The validated rule set: a rule whose field is `None` is off.
         #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,6 +399,10 @@ macro_rules! registry {
         /// The enabled rules of one shard.
         pub(crate) struct Active {
             $( $(#[$attr])* $field: Option<$rule>, )*
+            /// Per record kind (`Kinds::slot`), the enabled rules that want
+            /// it, bit `Bit::$field` each: a record is dispatched to these
+            /// only, in registry order.
+            wants: [u32; Kinds::SLOTS],
             versions: Versions,
             tier_tables: TierTables,
             tier_now: TierNow,
@@ -411,7 +423,16 @@ macro_rules! registry {
 
         impl Active {
             pub(crate) fn new(rules: &Rules, sizing: &Sizing) -> Active {
+                let mut wants = [0u32; Kinds::SLOTS];
+                $( $(#[$attr])* if rules.$field.is_some() {
+                    for (slot, mask) in wants.iter_mut().enumerate() {
+                        if <$rule as Rule>::KINDS.has_slot(slot) {
+                            *mask |= 1 << Bit::$field as u32;
+                        }
+                    }
+                } )*
                 Active {
+                    wants,
                     $( $(#[$attr])* $field: rules.$field.as_ref().map(|p| <$rule as Rule>::new(p, sizing)), )*
                     versions: Versions { $( $(#[$attr])* $field: rules.$field.as_ref().map_or(0, |p| rules.version_of::<$rule>(p, &rules.tiers.$field)), )* },
                     tier_tables: TierTables { $( $(#[$attr])* $field: rules.$field.as_ref().filter(|_| !rules.tiers.$field.is_empty()).map(|base| {
@@ -427,20 +448,52 @@ macro_rules! registry {
 
             #[inline(always)]
             pub(crate) fn prefetch(&self, event: &Event) {
+                match event.kind {
+                    Kind::New => self.prefetch_of::<{ Kinds::slot(Kind::New) }>(event),
+                    Kind::Cancel => self.prefetch_of::<{ Kinds::slot(Kind::Cancel) }>(event),
+                    Kind::Trade => self.prefetch_of::<{ Kinds::slot(Kind::Trade) }>(event),
+                }
+            }
+
+            #[inline(always)]
+            fn prefetch_of<const SLOT: usize>(&self, event: &Event) {
+                let wants = self.wants[SLOT];
                 $( $(#[$attr])* {
-                    if let Some(rule) = self.$field.as_ref() && <$rule as Rule>::KINDS.has(event.kind) {
+                    if <$rule as Rule>::KINDS.has_slot(SLOT)
+                        && wants & 1 << Bit::$field as u32 != 0
+                        && let Some(rule) = self.$field.as_ref()
+                    {
                         Rule::prefetch(rule, event);
                     }
                 } )*
             }
 
+            /// Hands the record to the enabled rules that want its kind, in
+            /// registry order. Compiled once per kind: a rule whose `KINDS`
+            /// lacks the kind is not there at all, one that is off costs a
+            /// bit test.
             #[inline(always)]
             pub(crate) fn on_record(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
+                match event.kind {
+                    Kind::New => self.on_record_of::<{ Kinds::slot(Kind::New) }>(event, seen, out),
+                    Kind::Cancel => self.on_record_of::<{ Kinds::slot(Kind::Cancel) }>(event, seen, out),
+                    Kind::Trade => self.on_record_of::<{ Kinds::slot(Kind::Trade) }>(event, seen, out),
+                }
+            }
+
+            /// `on_record` for the records of kind `SLOT` (`Kinds::slot`).
+            #[inline(always)]
+            fn on_record_of<const SLOT: usize>(&mut self, event: &Event, seen: &Seen<'_>, out: &mut impl Emit) {
+                let wants = self.wants[SLOT];
                 $( $(#[$attr])* {
-                    if let Some(rule) = self.$field.as_mut() && <$rule as Rule>::KINDS.has(event.kind) {
+                    if <$rule as Rule>::KINDS.has_slot(SLOT)
+                        && wants & 1 << Bit::$field as u32 != 0
+                        && let Some(rule) = self.$field.as_mut()
+                    {
                         // A rule with tiers gets its instrument's parameters
                         // (set only when the tier changes from the last record's).
-                        if let Some(table) = self.tier_tables.$field.as_deref()
+                        if <$rule as Rule>::TIERS
+                            && let Some(table) = self.tier_tables.$field.as_deref()
                             && seen.tier != self.tier_now.$field
                             && let Some(params) = table.get(seen.tier as usize)
                         {

@@ -1,8 +1,10 @@
 //! The rule interface. A rule is one type implementing `Rule` in a file of
 //! `detect/rules/`, plus one line in `detect/registry.rs`; nothing else in
 //! the crate names it. Dispatch is static: the registry holds each rule as
-//! an `Option<R>` field and calls it directly (a rule that is off costs one
-//! predictable branch per record).
+//! an `Option<R>` field and calls it directly. Its dispatch is compiled once
+//! per record kind, with only the rules whose `KINDS` has it, and tests a
+//! per-kind mask of the enabled ones (made once per shard): a rule costs
+//! nothing on a kind it does not want, and one bit test when it is off.
 //!
 //! What the shard guarantees a rule (and why alerts do not depend on the
 //! shard count or the tape format):
@@ -42,14 +44,28 @@ impl Kinds {
         Kinds(self.0 | other.0)
     }
 
+    /// How many record kinds there are: `slot` numbers them from 0.
+    pub const SLOTS: usize = 3;
+
+    /// The kind's index in a per-kind table (its bit in `Kinds` is `1 << slot`).
+    #[inline(always)]
+    pub const fn slot(kind: Kind) -> usize {
+        match kind {
+            Kind::New => 0,
+            Kind::Cancel => 1,
+            Kind::Trade => 2,
+        }
+    }
+
     #[inline(always)]
     pub fn has(self, kind: Kind) -> bool {
-        let bit = match kind {
-            Kind::New => 1,
-            Kind::Cancel => 2,
-            Kind::Trade => 4,
-        };
-        self.0 & bit != 0
+        self.has_slot(Kinds::slot(kind))
+    }
+
+    /// Whether the kind at `slot` is one of these.
+    #[inline(always)]
+    pub const fn has_slot(self, slot: usize) -> bool {
+        self.0 & 1 << slot != 0
     }
 }
 

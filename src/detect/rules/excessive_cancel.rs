@@ -17,7 +17,9 @@
 //! all its keys form one FIFO sorted by time. Each record pushes one entry
 //! and expires the entries that fell out of `(t - window, t]`: O(1)
 //! amortised per record, and memory proportional to the records inside the
-//! window.
+//! window. The FIFO is a power-of-two ring ([`Ring`]) addressed by absolute
+//! position (entries ever pushed and popped), which a snapshot in progress
+//! names its entries by; it doubles when full, off the common path.
 //!
 //! Each key's counts live in its bucket of an open-addressing table
 //! ([`KeyTable`]), and window entries name the bucket, so a record costs
@@ -49,7 +51,6 @@ use crate::event::{Event, Kind};
 use crate::flat_map::prefetch;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
-use std::collections::VecDeque;
 use toml::Spanned;
 
 #[derive(Clone, Copy)]
@@ -58,6 +59,102 @@ struct Entry {
     /// The key's bucket in the `KeyTable`.
     slot: u32,
     cancel: bool,
+}
+
+/// The window FIFO: a power-of-two ring addressed by absolute position.
+/// `head` counts the entries ever popped and `tail` those ever pushed; the
+/// entry at position `p` (`head <= p < tail`) is at `entries[p & mask]`.
+struct Ring {
+    entries: Box<[Entry]>,
+    mask: u64,
+    head: u64,
+    tail: u64,
+}
+
+impl Ring {
+    const EMPTY: Entry = Entry { ts_ns: 0, slot: 0, cancel: false };
+
+    /// A ring of at least `capacity` entries (a power of two, at least 16).
+    fn with_capacity(capacity: usize) -> Ring {
+        let n = capacity.max(16).next_power_of_two();
+        Ring { entries: vec![Ring::EMPTY; n].into_boxed_slice(), mask: n as u64 - 1, head: 0, tail: 0 }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        (self.tail - self.head) as usize
+    }
+
+    #[inline(always)]
+    fn is_full(&self) -> bool {
+        self.tail - self.head > self.mask
+    }
+
+    /// The entry at absolute position `pos` (`head <= pos < tail`).
+    #[inline(always)]
+    fn at(&self, pos: u64) -> &Entry {
+        debug_assert!(self.head <= pos && pos < self.tail);
+        &self.entries[(pos & self.mask) as usize]
+    }
+
+    #[inline(always)]
+    fn front(&self) -> Option<&Entry> {
+        (self.head != self.tail).then(|| self.at(self.head))
+    }
+
+    /// The `i`-th entry from the front.
+    #[inline(always)]
+    fn get(&self, i: usize) -> Option<&Entry> {
+        let pos = self.head + i as u64;
+        (pos < self.tail).then(|| self.at(pos))
+    }
+
+    /// Drops the front entry (there is one).
+    #[inline(always)]
+    fn pop_front(&mut self) {
+        debug_assert!(self.head < self.tail);
+        self.head += 1;
+    }
+
+    #[inline(always)]
+    fn push_back(&mut self, entry: Entry) {
+        if self.is_full() {
+            self.grow();
+        }
+        let i = (self.tail & self.mask) as usize;
+        self.entries[i] = entry;
+        self.tail += 1;
+    }
+
+    /// Doubles the ring; positions stay what they were.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let n = self.entries.len() * 2;
+        let mut entries = vec![Ring::EMPTY; n].into_boxed_slice();
+        let mask = n as u64 - 1;
+        for pos in self.head..self.tail {
+            entries[(pos & mask) as usize] = *self.at(pos);
+        }
+        self.entries = entries;
+        self.mask = mask;
+    }
+
+    /// Every entry, front first, to change in place.
+    fn for_each_mut(&mut self, mut f: impl FnMut(&mut Entry)) {
+        for pos in self.head..self.tail {
+            f(&mut self.entries[(pos & self.mask) as usize]);
+        }
+    }
+
+    /// Sorts the entries by time (stable), in place of the same positions.
+    fn sort_by_time(&mut self) {
+        let mut sorted: Vec<Entry> = (self.head..self.tail).map(|pos| *self.at(pos)).collect();
+        sorted.sort_by_key(|e| e.ts_ns);
+        for (pos, entry) in (self.head..).zip(sorted) {
+            self.entries[(pos & self.mask) as usize] = entry;
+        }
+    }
 }
 
 /// The hot flag, kept in the top bit of `Bucket::cancels`.
@@ -510,9 +607,9 @@ impl Rule for ExcessiveCancel {
 pub struct ExcessiveCancel {
     params: Params,
     table: KeyTable,
-    window: VecDeque<Entry>,
-    /// Entries ever popped from `window`: the absolute index of its front.
-    popped: u64,
+    /// The window's entries, oldest first (`window.head`: entries ever
+    /// popped, the absolute position of its front).
+    window: Ring,
     /// The hot keys and their buckets (parallel, unordered), kept on every
     /// hot/cold transition, so a barrier copies them without a scan.
     hot_keys: Vec<u64>,
@@ -542,8 +639,7 @@ impl ExcessiveCancel {
         ExcessiveCancel {
             params,
             table: KeyTable::with_buckets(4 * key_capacity),
-            window: VecDeque::with_capacity(window_capacity),
-            popped: 0,
+            window: Ring::with_capacity(window_capacity),
             hot_keys: Vec::with_capacity(key_capacity),
             hot_slots: Vec::with_capacity(key_capacity),
             hot_pos: FxHashMap::with_capacity_and_hasher(key_capacity, Default::default()),
@@ -593,7 +689,7 @@ impl ExcessiveCancel {
 
         let key = key_of(event);
         let slot = self.slot(key);
-        if self.window.len() == self.window.capacity() {
+        if self.window.is_full() {
             self.grew += 1;
         }
         self.window.push_back(Entry { ts_ns: t, slot, cancel });
@@ -753,13 +849,12 @@ impl ExcessiveCancel {
                 break;
             }
             let entry = *front;
-            // Usually false at the first test: `popped` passes a finished
+            // Usually false at the first test: the front passes a finished
             // snapshot's `snap_next` once.
-            if self.popped == self.snap_next && self.snap_next != self.snap_end {
+            if self.window.head == self.snap_next && self.snap_next != self.snap_end {
                 self.save_expiring(entry);
             }
             self.window.pop_front();
-            self.popped += 1;
             let Entry { slot, cancel, .. } = entry;
             let bucket = &mut self.table.buckets[slot as usize];
             if cancel {
@@ -868,9 +963,7 @@ impl ExcessiveCancel {
     #[cold]
     fn rebuild(&mut self) {
         let (remap, grew) = self.table.rebuild();
-        for entry in self.window.iter_mut() {
-            entry.slot = remap[entry.slot as usize];
-        }
+        self.window.for_each_mut(|entry| entry.slot = remap[entry.slot as usize]);
         for slot in self.hot_slots.iter_mut() {
             *slot = remap[*slot as usize];
         }
@@ -1027,8 +1120,8 @@ impl ExcessiveCancel {
             image.near.extend(self.near_past.iter().map(|(&k, &p)| (k, p)));
             image.near.sort_unstable_by_key(|&(k, _)| k);
         }
-        self.snap_next = self.popped;
-        self.snap_end = self.popped + self.window.len() as u64;
+        self.snap_next = self.window.head;
+        self.snap_end = self.window.tail;
         self.snap = Some(image);
     }
 
@@ -1042,16 +1135,15 @@ impl ExcessiveCancel {
         // Entries before `snap_next` that were still in the window have been
         // copied; expiry copies the entry at `snap_next` before popping it,
         // so `snap_next` never falls behind the front.
-        debug_assert!(self.snap_next >= self.popped);
-        let from = (self.snap_next - self.popped) as usize;
-        let to = from + max.min((self.snap_end - self.snap_next) as usize);
+        debug_assert!(self.snap_next >= self.window.head);
+        let to = self.snap_end.min(self.snap_next + max as u64);
         let buckets = &self.table.buckets;
-        image.window.extend(self.window.range(from..to).map(|e| ImageEntry {
-            ts_ns: e.ts_ns,
-            key: buckets[e.slot as usize].key,
-            cancel: e.cancel,
+        let window = &self.window;
+        image.window.extend((self.snap_next..to).map(|pos| {
+            let e = window.at(pos);
+            ImageEntry { ts_ns: e.ts_ns, key: buckets[e.slot as usize].key, cancel: e.cancel }
         }));
-        self.snap_next += (to - from) as u64;
+        self.snap_next = to;
         self.snap_next == self.snap_end
     }
 
@@ -1156,7 +1248,7 @@ impl ExcessiveCancel {
     /// own order is kept; expiry only compares times, so the order among
     /// equal times of different snapshots does not matter).
     pub fn restored(&mut self) {
-        self.window.make_contiguous().sort_by_key(|e| e.ts_ns);
+        self.window.sort_by_time();
     }
 }
 
@@ -1168,6 +1260,39 @@ mod tests {
 
     fn rec(seq: u64, ts_ns: i64, kind: Kind, group: u32) -> Event {
         Event { seq, ts_ns, kind, group, account: group, instrument: 1, ..Event::default() }
+    }
+
+    #[test]
+    fn the_ring_keeps_positions_across_wraps_and_growth() {
+        let entry = |ts_ns: i64| Entry { ts_ns, slot: ts_ns as u32, cancel: ts_ns % 3 == 0 };
+        let mut ring = Ring::with_capacity(3);
+        assert_eq!(ring.entries.len(), 16);
+        let mut model = std::collections::VecDeque::new();
+        // Pushes two for each pop, so the front wraps before each doubling.
+        for t in 0..200 {
+            ring.push_back(entry(t));
+            model.push_back(entry(t));
+            if t % 2 == 0 {
+                ring.pop_front();
+                model.pop_front();
+            }
+            assert_eq!(ring.len(), model.len());
+            assert_eq!(ring.head + ring.len() as u64, ring.tail);
+            for (i, e) in model.iter().enumerate() {
+                assert_eq!(ring.get(i).map(|r| (r.ts_ns, r.slot, r.cancel)), Some((e.ts_ns, e.slot, e.cancel)));
+                assert_eq!(ring.at(ring.head + i as u64).ts_ns, e.ts_ns);
+            }
+            assert!(ring.get(model.len()).is_none());
+            assert_eq!(ring.front().map(|e| e.ts_ns), model.front().map(|e| e.ts_ns));
+        }
+        assert_eq!((ring.head, ring.tail, ring.entries.len()), (100, 200, 128));
+        // Sorting keeps the positions and orders equal times as they were.
+        ring.for_each_mut(|e| e.ts_ns = -(e.ts_ns / 4));
+        ring.sort_by_time();
+        let times: Vec<(i64, u32)> = (ring.head..ring.tail).map(|p| (ring.at(p).ts_ns, ring.at(p).slot)).collect();
+        let mut want: Vec<(i64, u32)> = model.iter().map(|e| (-(e.ts_ns / 4), e.slot)).collect();
+        want.sort_by_key(|&(t, _)| t);
+        assert_eq!(times, want);
     }
 
     /// (seq, new orders, cancels, episode) of each alert.
