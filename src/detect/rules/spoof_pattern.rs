@@ -61,9 +61,15 @@
 //! One `Pattern` serves spoofing and layering together (the shard keeps it
 //! as the spoof-stream view, `detect::views::spoof`): the entries do not
 //! depend on either rule's parameters, so they are pushed once and kept for
-//! the longer window; each rule has its own window start, sums and `since`
-//! per key, and alerts exactly as it would on a stream of its own (the
-//! property tests below check both against the definition).
+//! the longer window; each rule has its own window, sums and `since` per
+//! key, and alerts exactly as it would on a stream of its own (the
+//! property tests below check both against the definition). The stream's
+//! expiry (the longer window) takes an entry out of that rule's sums; the
+//! shorter window is expired lazily, per key: a key's entries leave the
+//! shorter rule's sums when the key is next touched (a cancel of one of
+//! its orders, a check, or its entry's expiry from the stream), which is
+//! when the sums are read or an entry's numbers change, so no walk of the
+//! ring follows the shorter window at every record.
 
 mod stream;
 
@@ -317,11 +323,22 @@ struct Sums {
     cancelled: [u64; 2],
     new_qty: [u64; 2],
     exec_qty: [u64; 2],
+    /// The lazy rule only (`Pattern::lazy`): the key's oldest entry still
+    /// in these sums (`NONE`: none); the entries before it have been taken
+    /// out. Unused (`NONE`) for the other rules.
+    head: u64,
 }
 
 impl Default for Sums {
     fn default() -> Sums {
-        Sums { since: (i64::MIN, 0), spoof_qty: [0; 2], cancelled: [0; 2], new_qty: [0; 2], exec_qty: [0; 2] }
+        Sums {
+            since: (i64::MIN, 0),
+            spoof_qty: [0; 2],
+            cancelled: [0; 2],
+            new_qty: [0; 2],
+            exec_qty: [0; 2],
+            head: NONE,
+        }
     }
 }
 
@@ -371,7 +388,10 @@ struct RuleSlot {
     rule: BookRule,
     params: PatternParams,
     /// Absolute index of the oldest entry inside this rule's window (the
-    /// stream keeps the longest window; a shorter one starts later).
+    /// stream keeps the longest window). For the lazy rule (a shorter
+    /// window, `Pattern::lazy`) only a floor: no entry before it counts
+    /// (a restore that did not carry the rule sets it at the cut); its
+    /// window is a time cutoff, applied per key when the key is touched.
     head: u64,
 }
 
@@ -390,8 +410,19 @@ pub struct Pattern {
     /// are never read).
     rules: [RuleSlot; MAX_RULES],
     n_rules: usize,
+    /// The rule whose window is shorter than the stream's (at most one of
+    /// two), or `MAX_RULES`. Its sums are expired lazily: a key's entries
+    /// leave them when the key is next touched (`expire_key`: a cancel of
+    /// its order, a check, the entry's expiry from the stream), not by a
+    /// walk of the ring at every record; whether an entry is inside its
+    /// window is a time compare (`lazy_cutoff`).
+    lazy: usize,
     /// The longest window of the rules.
     window_ns: i64,
+    /// At the record being applied: entries at or before these times are
+    /// outside the stream's window and the lazy rule's.
+    cutoff: i64,
+    lazy_cutoff: i64,
     /// Every entry; sums and lists for the hot keys only (`stream.rs`).
     window: Stream<Entry, KeyState>,
     /// Order id -> absolute index of its `NEW` entry, for the live `NEW`s
@@ -443,10 +474,15 @@ impl Pattern {
         let max_keys = rules.iter().map(|r| r.1.max_keys).max().unwrap_or(1);
         let max_entries = rules.iter().map(|r| r.1.max_entries).max().unwrap_or(1);
         let window_ns = rules.iter().map(|r| r.1.window_ns).max().unwrap_or(0);
+        let lazy = rules.iter().position(|r| r.1.window_ns < window_ns).unwrap_or(MAX_RULES);
+        debug_assert!(rules.iter().filter(|r| r.1.window_ns < window_ns).count() <= 1);
         Pattern {
             rules: slots,
             n_rules: rules.len(),
+            lazy,
             window_ns,
+            cutoff: i64::MIN,
+            lazy_cutoff: i64::MIN,
             window: Stream::new(max_keys, max_entries),
             orders: FlatMap::with_capacity(1024.min(max_entries)),
             pending: Vec::new(),
@@ -641,9 +677,10 @@ impl Pattern {
         self.restoring = false;
     }
 
-    /// After `promote`: each rule's sums over the key's counted entries,
-    /// and its live `NEW`s in the order map (where no newer `NEW` of the
-    /// same id is).
+    /// After `promote`: each rule's sums over the key's counted entries
+    /// from its window's start (the lazy rule's from its floor: the caller
+    /// expires the key then, `expire_key`), and its live `NEW`s in the
+    /// order map (where no newer `NEW` of the same id is).
     fn sum_promoted(&mut self, slot: u32) {
         let n = self.n_rules;
         let mut heads = [0u64; MAX_RULES];
@@ -654,8 +691,13 @@ impl Pattern {
         for (abs, entry) in self.window.walk(slot) {
             let f = Flags::of(entry);
             for (sums, &head) in state.iter_mut().zip(&heads).take(n) {
-                if abs >= head && sums.counts(entry.ts_ns, entry.seq) {
-                    sums.apply(f, &entry.data, true);
+                if abs >= head {
+                    if sums.head == NONE {
+                        sums.head = abs;
+                    }
+                    if sums.counts(entry.ts_ns, entry.seq) {
+                        sums.apply(f, &entry.data, true);
+                    }
                 }
             }
             if f.kind() == NEW {
@@ -665,7 +707,39 @@ impl Pattern {
                 }
             }
         }
+        for (r, sums) in state.iter_mut().enumerate() {
+            if r != self.lazy {
+                sums.head = NONE;
+            }
+        }
         self.window.key_mut(slot).state = state;
+    }
+
+    /// The lazy rule's expiry for one hot key: its entries that left the
+    /// rule's window (at the record being applied) out of the rule's sums.
+    /// Exact whenever it runs: the sums only matter when read (`check`),
+    /// and an entry's numbers change only at a cancel of its order, after
+    /// this has run for its key.
+    #[inline]
+    fn expire_key(&mut self, slot: u32) {
+        let r = self.lazy;
+        if r >= self.n_rules {
+            return;
+        }
+        let cutoff = self.lazy_cutoff;
+        let mut abs = self.window.key(slot).state[r].head;
+        while abs != NONE {
+            let (entry, key) = self.window.entry_and_key_mut(abs);
+            if entry.ts_ns > cutoff {
+                break;
+            }
+            let sums = &mut key.state[r];
+            if sums.counts(entry.ts_ns, entry.seq) {
+                sums.apply(Flags::of(entry), &entry.data, false);
+            }
+            abs = entry.next_after(abs);
+        }
+        self.window.key_mut(slot).state[r].head = abs;
     }
 
     /// The first rule's thresholds.
@@ -683,29 +757,14 @@ impl Pattern {
         }
     }
 
-    /// The first stage of a two-stage prefetch (called twice as far ahead
-    /// as `prefetch`): the chain buckets of `e`'s parties' keys and their
-    /// order slots, which `prefetch` then reads.
-    #[inline]
-    pub fn prefetch_far(&self, e: &Event) {
-        self.window.prefetch_key(key_of(e.group, e.instrument));
-        if e.kind != Kind::New {
-            self.orders.prefetch(e.order_id);
-        }
-        if e.kind == Kind::Trade {
-            self.window.prefetch_key(key_of(e.contra_group, e.instrument));
-            self.orders.prefetch(e.contra_order_id);
-        }
-    }
-
     /// Brings what `on_record` will touch for `e` into cache (called a few
-    /// records ahead, after `prefetch_far`): the ring slot each party's key
-    /// bucket names (`hot` and a cold key's chain walk read it), the `NEW`
-    /// entry a hot key's cancel or fill finds in the order map, and, for
-    /// the entries about to expire (as many ahead of each window's start
-    /// as records ahead), the hot key slot and order slot that expiry
-    /// touches. Without `prefetch_far` first it still works (the bucket
-    /// and order slot reads miss here instead of in `on_record`).
+    /// records ahead): the ring slot each party's key bucket names (`hot`
+    /// and a cold key's chain walk read it), the `NEW` entry a hot key's
+    /// cancel or fill finds in the order map, and, for the entries about
+    /// to expire (as many ahead of the stream's head as records ahead),
+    /// the hot key slot and order slot that expiry touches. (A first
+    /// stage a further few records ahead, for the bucket and the order
+    /// slot read here, cost more instructions than its misses saved.)
     #[inline]
     pub fn prefetch(&self, e: &Event) {
         self.window.prefetch_newest(key_of(e.group, e.instrument));
@@ -725,41 +784,20 @@ impl Pattern {
         {
             self.orders.prefetch(slot.data.order_id);
         }
-        for r in 0..self.n_rules {
-            let slot = self.slot(r);
-            if slot.params.window_ns != self.window_ns {
-                self.window.prefetch_hot_key_of(slot.head + EXPIRY_AHEAD);
-            }
-        }
     }
 
-    /// Drops the entries that left each rule's window at `now_ns`, and
-    /// the stream's entries that left the longest. A rule whose window is
-    /// the stream's has no walk of its own: the stream's expiry takes its
-    /// hot entries out of its sums (`pop_hot`), and a cold entry costs a
-    /// compare and a step.
+    /// Drops the entries that left the stream's window (the longest) at
+    /// `now_ns`; a rule whose window is the stream's has no walk of its
+    /// own: the stream's expiry takes its hot entries out of its sums
+    /// (`pop_hot`), and a cold entry costs a compare and a step. The lazy
+    /// rule's window moves by its cutoff alone (`expire_key`).
     #[inline]
     fn expire(&mut self, now_ns: i64) {
-        let tail = self.window.tail();
-        for r in 0..self.n_rules {
-            let (window_ns, mut head) = (self.slot(r).params.window_ns, self.slot(r).head);
-            if window_ns == self.window_ns {
-                continue;
-            }
-            let cutoff = now_ns.saturating_sub(window_ns);
-            while head < tail {
-                let entry = self.window.entry(head);
-                if entry.ts_ns > cutoff {
-                    break;
-                }
-                if entry.hot != COLD {
-                    self.take_out(r, head);
-                }
-                head += 1;
-            }
-            self.slot_mut(r).head = head;
+        self.cutoff = now_ns.saturating_sub(self.window_ns);
+        if self.lazy < self.n_rules {
+            self.lazy_cutoff = now_ns.saturating_sub(self.rules[self.lazy].params.window_ns);
         }
-        let cutoff = now_ns.saturating_sub(self.window_ns);
+        let cutoff = self.cutoff;
         let mut popped = false;
         while let Some(front) = self.window.front() {
             if front.ts_ns > cutoff {
@@ -809,15 +847,27 @@ impl Pattern {
     }
 
     /// Drops the oldest entry, which is hot: out of the sums of each rule
-    /// whose window still holds it, out of its key's list and the order
-    /// map; the key is released with its last entry.
+    /// whose window still holds it (the lazy rule's if its key's sums still
+    /// do), out of its key's list and the order map; the key is released
+    /// with its last entry.
     #[inline(never)]
     fn pop_hot(&mut self) {
         let abs = self.window.head();
         for r in 0..self.n_rules {
-            if self.slot(r).head <= abs {
+            if r != self.lazy && self.slot(r).head <= abs {
                 self.take_out(r, abs);
                 self.slot_mut(r).head = abs + 1;
+            }
+        }
+        if self.lazy < self.n_rules {
+            let r = self.lazy;
+            let (entry, key) = self.window.entry_and_key_mut(abs);
+            let sums = &mut key.state[r];
+            if sums.head == abs {
+                if sums.counts(entry.ts_ns, entry.seq) {
+                    sums.apply(Flags::of(entry), &entry.data, false);
+                }
+                sums.head = entry.next_after(abs);
             }
         }
         let Some((abs, slot)) = self.window.pop_front() else { return };
@@ -858,18 +908,22 @@ impl Pattern {
     fn push_as(&mut self, key: u64, hot: Option<u32>, e: &Event, f: Flags, data: Entry) -> (u64, Option<u32>) {
         let (abs, hot) = self.window.push_as(key, hot, e.ts_ns, e.seq, f.0, data);
         if let Some(slot) = hot {
-            self.add_to_sums(slot, f, &data);
+            self.add_to_sums(slot, abs, f, &data);
         }
         (abs, hot)
     }
 
-    /// A hot key's new entry counts for every rule (it is the newest).
+    /// A hot key's new entry (at `abs`) counts for every rule (it is the
+    /// newest).
     #[inline(never)]
-    fn add_to_sums(&mut self, slot: u32, f: Flags, data: &Entry) {
-        let n = self.n_rules;
+    fn add_to_sums(&mut self, slot: u32, abs: u64, f: Flags, data: &Entry) {
+        let (n, lazy) = (self.n_rules, self.lazy);
         let state = &mut self.window.key_mut(slot).state;
         for sums in &mut state[..n] {
             sums.apply(f, data, true);
+        }
+        if lazy < n && state[lazy].head == NONE {
+            state[lazy].head = abs;
         }
     }
 
@@ -902,6 +956,9 @@ impl Pattern {
             return false;
         }
         let entry = self.window.entry(abs);
+        if r == self.lazy && entry.ts_ns <= self.lazy_cutoff {
+            return false;
+        }
         Flags::of(entry).non_marketable()
             && (entry.hot == COLD || self.window.key(entry.hot).state[r].counts(entry.ts_ns, entry.seq))
     }
@@ -934,6 +991,11 @@ impl Pattern {
                 }
             }
             Change::Cancelled { order, qty } => {
+                // The order's `NEW` entry (its time is the order's entry
+                // time) has left the window: nothing of it counts.
+                if order.entry_ts_ns <= self.cutoff {
+                    return;
+                }
                 let key = key_of(order.group, e.instrument);
                 let hot = self.window.hot(key);
                 let abs = match hot {
@@ -973,6 +1035,9 @@ impl Pattern {
                         slot
                     }
                 };
+                // The lazy rule's sums drop what left its window before
+                // the entry's numbers change.
+                self.expire_key(slot);
                 self.window.entry_mut(abs).data.cancelled += qty;
                 let state = &mut self.window.key_mut(slot).state;
                 for (sums, _) in state.iter_mut().zip(counted).filter(|(_, c)| *c) {
@@ -1026,24 +1091,35 @@ impl Pattern {
     /// on `side`, cheapest conditions first: the key's entries are walked
     /// only when the sums already hold.
     fn check(&mut self, r: usize, slot: u32, side: Side, e: &Event, account: u32, emit: &mut impl FnMut(Finding)) {
+        if r == self.lazy {
+            self.expire_key(slot);
+        }
+        let (s, o) = (side_index(side), side_index(opposite(side)));
+        {
+            // The sums in place: most checks end here.
+            let (state, p) = (&self.window.key(slot).state[r], &self.slot(r).params);
+            let spoof_qty = state.spoof_qty[s];
+            if spoof_qty == 0
+                || (state.cancelled[s] as u128) * 100 < p.cancel_pct as u128 * spoof_qty as u128
+                || state.exec_qty[o] < p.min_opposite_exec_qty
+                || (spoof_qty as u128) < p.one_sided_k as u128 * state.new_qty[o] as u128
+            {
+                return;
+            }
+        }
         let RuleSlot { rule, params: p, head } = *self.slot(r);
         let key = self.window.key(slot);
         let state = key.state[r];
-        let (s, o) = (side_index(side), side_index(opposite(side)));
         let spoof_qty = state.spoof_qty[s];
-        if spoof_qty == 0
-            || (state.cancelled[s] as u128) * 100 < p.cancel_pct as u128 * spoof_qty as u128
-            || state.exec_qty[o] < p.min_opposite_exec_qty
-            || (spoof_qty as u128) < p.one_sided_k as u128 * state.new_qty[o] as u128
-        {
-            return;
-        }
+        // The lazy rule's window starts at the key's oldest entry in its sums.
+        let head = if r == self.lazy { state.head } else { head };
         let mut depth5 = None;
         let mut levels = [0 as Px; MAX_LEVELS];
         let mut n_levels = 0usize;
         let mut first_order_ns = e.ts_ns;
         let (mut open, mut peak, mut cancelled_orders) = (0u64, 0u64, 0u32);
-        for (abs, entry) in self.window.walk(slot) {
+        let from = if r == self.lazy { head } else { key.head };
+        for (abs, entry) in self.window.walk_from(from) {
             let (d, f) = (entry.data, Flags::of(entry));
             if abs < head || f.side() != side || !state.counts(entry.ts_ns, entry.seq) {
                 continue;
@@ -1112,7 +1188,7 @@ impl Pattern {
             evidence: Evidence::Spoof(evidence),
             order_ids: ids.0,
         });
-        self.window.key_mut(slot).state[r] = Sums { since: (e.ts_ns, e.seq), ..Sums::default() };
+        self.window.key_mut(slot).state[r] = Sums { since: (e.ts_ns, e.seq), head: state.head, ..Sums::default() };
     }
 
     /// The cancelled spoof orders, then the distinct opposite orders that

@@ -190,14 +190,11 @@ impl Views {
 
     /// The first stage of a two-stage prefetch (called twice as far ahead
     /// as `prefetch`): what `prefetch` will read to find the lines `update`
-    /// needs. Only the spoof stream has such a stage (its key's chain
-    /// bucket points at a ring slot).
+    /// needs. No view has such a stage now (the spoof stream's, its key's
+    /// chain bucket and order slot, cost more instructions than its misses
+    /// saved); the hook stays for the shard's loop.
     #[inline(always)]
-    pub fn prefetch_far(&self, event: &Event) {
-        if let Some(spoof) = self.spoof.as_ref() {
-            spoof.prefetch_far(event);
-        }
-    }
+    pub fn prefetch_far(&self, _event: &Event) {}
 
     /// Applies `event` to every view kept; what the rules may see of it.
     #[inline(always)]

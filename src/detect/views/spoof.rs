@@ -51,12 +51,6 @@ impl SpoofStream {
         SpoofStream { pattern: SpoofPattern::shared(rules), found: [None; MAX_FOUND], len: 0, snapshot: None }
     }
 
-    /// The first stage of the two-stage prefetch (`Pattern::prefetch_far`).
-    #[inline(always)]
-    pub fn prefetch_far(&self, event: &Event) {
-        self.pattern.prefetch_far(event);
-    }
-
     #[inline(always)]
     pub fn prefetch(&self, event: &Event) {
         self.pattern.prefetch(event);

@@ -53,6 +53,15 @@ pub struct Slot<T> {
     pub data: T,
 }
 
+impl<T> Slot<T> {
+    /// The absolute index of its hot key's next entry, given its own
+    /// (`NONE`: it is the key's newest, or cold).
+    #[inline(always)]
+    pub fn next_after(&self, abs: u64) -> u64 {
+        on(abs, self.next)
+    }
+}
+
 /// The most entries the ring holds (links are 32-bit distances).
 pub const MAX_RING: usize = 1 << 31;
 
@@ -182,16 +191,9 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         unsafe { self.ring.get_unchecked_mut(i) }
     }
 
-    /// Brings `key`'s bucket into cache (the first stage of a two-stage
-    /// prefetch, `prefetch_newest` the second); no effect on results.
-    #[inline]
-    pub fn prefetch_key(&self, key: u64) {
-        crate::flat_map::prefetch(&self.chain[self.bucket(key)]);
-    }
-
     /// Brings the ring slot that `key`'s bucket names into cache (what
-    /// `hot` and a chain walk read first), when it is live; its bucket
-    /// should be in cache already (`prefetch_key`). No effect on results.
+    /// `hot` and a chain walk read first), when it is live (reading the
+    /// bucket). No effect on results.
     #[inline]
     pub fn prefetch_newest(&self, key: u64) {
         let newest = self.newest(key);
@@ -451,7 +453,12 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
 
     /// The absolute indexes of a hot key's entries, oldest first.
     pub fn walk(&self, slot: u32) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
-        let mut abs = self.keys.key(slot).head;
+        self.walk_from(self.keys.key(slot).head)
+    }
+
+    /// A hot key's entries from its entry at `abs` on (`NONE`: none),
+    /// oldest first.
+    pub fn walk_from(&self, mut abs: u64) -> impl Iterator<Item = (u64, &Slot<T>)> + '_ {
         std::iter::from_fn(move || {
             if abs == NONE {
                 return None;
@@ -579,7 +586,6 @@ mod tests {
         w.pop_front().unwrap();
         assert!(w.prefetch_hot_key_of(FIRST + 1).is_none(), "an expired hot entry");
         for key in 0..4 {
-            w.prefetch_key(key);
             w.prefetch_newest(key);
         }
         w.prefetch_entry(FIRST);
