@@ -92,6 +92,20 @@ pub struct Summary {
     /// counted over the records this run applied (a resumed run's from the
     /// checkpoint on).
     pub episodes: crate::detect::registry::EpisodeTotals,
+    /// Records refused per rule (registry order): their key was new and
+    /// the rule's key table was at its limit, so the rule did not see them.
+    pub keys_refused: crate::detect::registry::Counts,
+}
+
+/// The summary's `refused` line: the rules that refused records (a new
+/// key past a key table's limit), each with its count; empty when none did.
+fn refused_line(keys_refused: &Counts) -> String {
+    let per_rule: Vec<String> =
+        RULES.iter().zip(keys_refused).filter(|(_, n)| **n > 0).map(|(rule, n)| format!("{} {n}", rule.name)).collect();
+    if per_rule.is_empty() {
+        return String::new();
+    }
+    format!("refused     {} (records of new keys past a key table's limit)\n", per_rule.join(", "))
 }
 
 /// The order books of all shards at the end of the run.
@@ -218,6 +232,7 @@ impl Summary {
                 .collect();
             s += &format!("near-misses {}\n", per_rule.join(", "));
         }
+        s += &refused_line(&self.keys_refused);
         if self.evidence_dropped > 0 {
             s += &format!(
                 "evidence    {} list items dropped (over {} per alert)\n",
@@ -300,5 +315,26 @@ pub fn fmt_ns(ns: u64) -> String {
         1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
         1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
         _ => format!("{:.3}s", ns as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::registry::{RULE_COUNT, by_name, index_of};
+
+    #[test]
+    fn the_refused_line_names_the_rules_that_refused_and_is_absent_when_none_did() {
+        let mut refused = [0; RULE_COUNT];
+        assert_eq!(refused_line(&refused), "", "zero prints nothing");
+        let at = |name: &str| index_of(by_name(name).unwrap()).unwrap();
+        let (instant, ramping) = (at("instant-cancel"), at("ramping"));
+        refused[instant] = 573_633;
+        refused[ramping] = 2;
+        let line = refused_line(&refused);
+        assert_eq!(line.lines().count(), 1);
+        assert!(line.starts_with("refused     "), "{line}");
+        assert!(line.contains("instant-cancel 573633") && line.contains("ramping 2"), "{line}");
+        assert!(!line.contains("wash-trade"), "a rule that refused nothing is not named: {line}");
     }
 }

@@ -469,6 +469,7 @@ pub fn run_with<F: Feed + Send>(
         checkpoints: None,
         book: None,
         episodes: [None; crate::detect::registry::RULE_COUNT],
+        keys_refused: [0; crate::detect::registry::RULE_COUNT],
     };
     let source_stall_max = source.stall.as_ref().map_or(0, |(h, _)| h.max());
     let mut shard_stall_max = 0;
@@ -481,6 +482,9 @@ pub fn run_with<F: Feed + Send>(
         summary.grew += shard.grew;
         summary.evidence_dropped += shard.list_dropped;
         crate::detect::registry::add_episodes(&mut summary.episodes, &shard.episodes);
+        for (total, n) in summary.keys_refused.iter_mut().zip(shard.keys_refused) {
+            *total += n;
+        }
         if let Some(book) = shard.book.as_ref() {
             summary.book.get_or_insert_with(|| BookSummary::new(cfg.instruments.loaded())).stats.add(book);
         }

@@ -223,6 +223,12 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
             })
         })
         .collect();
+    let keys_refused: serde_json::Map<String, serde_json::Value> = crate::detect::registry::RULES
+        .iter()
+        .zip(summary.keys_refused)
+        .filter(|(_, n)| *n > 0)
+        .map(|(rule, n)| (rule.name.to_string(), n.into()))
+        .collect();
     let feed = &summary.feed;
     serde_json::json!({
         "command": "replay",
@@ -256,6 +262,7 @@ fn summary_json(summary: &Summary, inputs: &Inputs) -> serde_json::Value {
         "alerts_total": summary.alerts_total(),
         "episodes": episodes,
         "near_misses": near_misses,
+        "keys_refused": keys_refused,
         "elapsed_s": summary.elapsed.as_secs_f64(),
         "events_per_s": summary.events_per_sec(),
         "shards": summary.shards,

@@ -306,6 +306,21 @@ impl Detector {
         self.rules.episodes()
     }
 
+    /// Records refused per rule (a new key past a key table's limit),
+    /// registry order. The spoof stream is spoofing's and layering's state:
+    /// a key it refuses is lost to each of them that is on.
+    pub fn keys_refused(&self) -> registry::Counts {
+        let by_rule = self.rules.keys_refused();
+        let spoof = self.views.spoof_keys_refused();
+        let mut out = [0; registry::RULE_COUNT];
+        for ((n, refused), rule) in out.iter_mut().zip(by_rule).zip(registry::RULES) {
+            if let Some(refused) = refused {
+                *n = refused + if matches!(rule.name, "spoofing" | "layering") { spoof } else { 0 };
+            }
+        }
+        out
+    }
+
     pub fn stats(&self) -> DetectorStats {
         let mut s = self.rules.stats();
         s.grew += self.views.grew();

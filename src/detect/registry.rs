@@ -529,6 +529,19 @@ macro_rules! registry {
                 all
             }
 
+            /// Each enabled rule's refused keys (`RuleStats::keys_refused`),
+            /// in registry order (`None`: off).
+            pub(crate) fn keys_refused(&self) -> [Option<u64>; RULE_COUNT] {
+                let mut out = [None; RULE_COUNT];
+                let mut i = 0;
+                $( $(#[$attr])* {
+                    out[i] = self.$field.as_ref().map(|rule| Rule::stats(rule).keys_refused);
+                    i += 1;
+                } )*
+                debug_assert_eq!(i, RULE_COUNT);
+                out
+            }
+
             /// Each enabled rule's episode counts, in registry order.
             pub(crate) fn episodes(&self) -> EpisodeTotals {
                 let mut out: EpisodeTotals = [None; RULE_COUNT];

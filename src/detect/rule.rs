@@ -134,6 +134,9 @@ pub struct RuleStats {
     pub hot_keys: usize,
     /// Times a table grew on the hot path (an allocation).
     pub grew: u64,
+    /// Records not tracked because their key was new and the rule's key
+    /// table was at its limit (the summary's `refused` line).
+    pub keys_refused: u64,
 }
 
 pub trait Rule: Sized + Send + 'static {

@@ -96,6 +96,8 @@ pub(crate) struct ShardStats {
     /// The order book's counters, when the book is kept.
     pub(crate) book: Option<crate::detect::views::book::BookStats>,
     pub(crate) episodes: crate::detect::registry::EpisodeTotals,
+    /// Records refused per rule (a new key past a key table's limit).
+    pub(crate) keys_refused: crate::detect::registry::Counts,
 }
 
 /// Sends what the rules emit to the sink: the list into the evidence arena
@@ -297,6 +299,7 @@ pub(crate) fn run_shard(
         list_dropped,
         book: detector.book_stats(),
         episodes: detector.episodes(),
+        keys_refused: detector.keys_refused(),
     })
 }
 

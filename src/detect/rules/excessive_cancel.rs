@@ -983,6 +983,7 @@ impl ExcessiveCancel {
             active_keys: self.table.live,
             hot_keys: self.hot_keys.len() + self.past.len(),
             grew: self.grew,
+            keys_refused: self.refused,
         }
     }
 

@@ -6,8 +6,18 @@
 //!
 //! The order's entry time comes from the order book (`Reads::BOOK`): a
 //! cancel the book could not apply (an unknown order) is not counted.
-//! Limit: `MAX_KEYS` keys per shard, past it a new key is counted
-//! (`refused`) and not tracked.
+//! Limit: `MAX_KEYS` keys per shard; past it a new key's records are
+//! counted (`RuleStats::keys_refused`, the summary's `refused` line) and
+//! not tracked.
+//!
+//! Memory: the key table starts at `INITIAL_KEYS` keys and doubles as keys
+//! come (one sequential pass, `CowMap::grow`; the 10M-record day's 1.4M
+//! keys on one shard: 5 doublings). A slot is 28 bytes (the key, its
+//! 16-byte `Key`, a 4-byte snapshot epoch) and the table is a quarter to a
+//! half full: 56-112 bytes a key, three times that for the moment of a
+//! doubling (the old table and the new). At `MAX_KEYS` that is 7.5 GB
+//! a shard: the limit is there so a runaway key space fails loudly
+//! (counted), not to bound a real day.
 //!
 //! Near-misses (`near_miss_pct`, off by default): a key whose instant
 //! cancels reach that share of `min_cancels` and whose share of its orders
@@ -66,18 +76,15 @@ pub struct Raw {
     near_miss_pct: Option<Spanned<i64>>,
 }
 
-pub const MAX_KEYS: usize = 1 << 20;
+/// Keys a shard tracks at most (see the module doc); a new key past it is refused.
+pub const MAX_KEYS: usize = 1 << 27;
 
-/// Keys the key table holds before it first grows, per window entry the
-/// shard expects (`Sizing::window_capacity`): a day has far more (group,
-/// instrument) keys than a window has entries (the 10M-record day: 1.4M
-/// keys, 64K window entries), and a doubling on the shard moves every slot.
-/// At the default window capacity this is `MAX_KEYS`: the table never
-/// grows. The price is memory on a small day: the table (about 56 MB a
-/// shard) is written at start whatever the day holds (the sample day with
-/// instant-cancel on: 131 MB peak instead of 84). At 2 keys an entry the
-/// 10M-record day ran 0.3-0.4 s slower (three doublings on the shard).
-const KEYS_PER_WINDOW_ENTRY: usize = 16;
+/// Keys the key table holds before it first grows: small, so a small day
+/// does not pay for a big one (the sample day with instant-cancel on:
+/// 131 MB peak when the table was sized for a million keys at start-up).
+/// A day with more keys pays a doubling now and then, each one sequential
+/// pass over the old table and the new, counted in `grew`.
+pub const INITIAL_KEYS: usize = 1 << 16;
 
 /// One (group, instrument) key's day, the state every new order and cancel
 /// of the key touches: 16 bytes (with the key, a 24-byte slot: over a
@@ -114,6 +121,9 @@ pub struct InstantCancel {
     /// The snapshot in progress: each table's image once copied.
     copying: (Option<KeysImage>, Option<EpisodesImage>, Option<InvolvedImage>),
     pub counts: EpisodeCounts,
+    /// Keys past which a new key is refused (`MAX_KEYS` but in tests).
+    max_keys: usize,
+    /// Records of new keys refused (`max_keys` reached).
     refused: u64,
 }
 
@@ -179,20 +189,8 @@ impl Rule for InstantCancel {
         crate::config::show_near_miss_pct(p.near_miss_pct, out);
     }
 
-    fn new(params: &Params, sizing: &Sizing) -> InstantCancel {
-        InstantCancel {
-            params: *params,
-            keys: CowMap::with_capacity(
-                sizing.window_capacity.saturating_mul(KEYS_PER_WINDOW_ENTRY).clamp(1024, MAX_KEYS),
-            ),
-            // Keys that crossed: hundreds (the 10M-record day: 245 episodes).
-            episodes: CowMap::with_capacity(1024),
-            // A key with an instant cancel: fewer than the keys (the 10M-record day: about 0.3M).
-            involved: CowMap::with_capacity(sizing.window_capacity.max(64)),
-            copying: (None, None, None),
-            counts: EpisodeCounts::default(),
-            refused: 0,
-        }
+    fn new(params: &Params, _sizing: &Sizing) -> InstantCancel {
+        InstantCancel::with_limits(params, INITIAL_KEYS, MAX_KEYS)
     }
 
     #[inline(always)]
@@ -216,7 +214,7 @@ impl Rule for InstantCancel {
             _ => false,
         };
         let k = key(event.group, event.instrument);
-        if self.keys.len() >= MAX_KEYS && !self.keys.contains_key(k) {
+        if self.keys.len() >= self.max_keys && !self.keys.contains_key(k) {
             self.refused += 1;
             return;
         }
@@ -315,6 +313,7 @@ impl Rule for InstantCancel {
         RuleStats {
             active_keys: self.keys.len(),
             grew: self.keys.grew + self.episodes.grew + self.involved.grew,
+            keys_refused: self.refused,
             ..RuleStats::default()
         }
     }
@@ -405,6 +404,27 @@ impl Rule for InstantCancel {
     }
 }
 
+impl InstantCancel {
+    /// A rule whose key table holds `initial_keys` before it first grows
+    /// and refuses new keys past `max_keys` (`new`: `INITIAL_KEYS`, `MAX_KEYS`).
+    fn with_limits(params: &Params, initial_keys: usize, max_keys: usize) -> InstantCancel {
+        InstantCancel {
+            params: *params,
+            keys: CowMap::with_capacity(initial_keys),
+            // Keys that crossed: hundreds (the 10M-record day: 245 episodes).
+            episodes: CowMap::with_capacity(1024),
+            // A key with an instant cancel: fewer than the keys (the
+            // 10M-record day: about 0.3M); a 120-byte slot, so it starts
+            // smaller still and grows like `keys`.
+            involved: CowMap::with_capacity(initial_keys / 8),
+            copying: (None, None, None),
+            counts: EpisodeCounts::default(),
+            max_keys,
+            refused: 0,
+        }
+    }
+}
+
 #[inline]
 fn crosses(p: &Params, instant: u32, orders: u32) -> bool {
     instant >= p.min_cancels && instant as u64 * 100 >= p.min_share_pct as u64 * orders as u64
@@ -421,6 +441,7 @@ fn near(p: &Params, pct: u32, instant: u32, orders: u32) -> bool {
 mod tests {
     use super::*;
     use crate::detect::rules::testkit::*;
+    use crate::detect::views::{ViewConfig, Views};
     use crate::event::Side::{Buy, Sell};
     use proptest::prelude::*;
     use rustc_hash::FxHashMap;
@@ -540,6 +561,113 @@ mod tests {
         for cut in 0..=e.len() {
             assert_eq!(seqs(run_restored::<InstantCancel>(&p, &e, cut)), straight, "restored at record {cut}");
         }
+    }
+
+    /// 1200 (group, instrument) keys, each with four orders; a third of
+    /// the groups pull theirs within 100 ms (instant), the rest after 5 s.
+    /// Every key has its first order before any key has its second: the
+    /// keys arrive through the first quarter of the records.
+    fn many_keys() -> Vec<Event> {
+        let mut e = Vec::new();
+        for n in 0..4u64 {
+            for k in 0..1200u64 {
+                let (group, inst) = ((k / 4) as u32, (k % 4) as u32);
+                let ts = at(10, 0, 0) + (n * 1200 + k) as i64 * 10 * MS;
+                let id = n * 10_000 + k + 1;
+                let delay = if group % 3 == 0 { 100 * MS } else { 5 * SEC };
+                e.push(new_order(0, ts, id, group + 1, group, inst, Buy, px(1000), 100));
+                e.push(cancel(0, ts + delay, id, group + 1, group, inst, Buy, px(1000), 100));
+            }
+        }
+        sorted(e)
+    }
+
+    /// Runs `rules` side by side over `events` (the views once), a snapshot
+    /// cut after `cut` records and copied from record `copy_from` on, a
+    /// slice a record; each rule's alerts, and its image (keys sorted) if cut.
+    fn side_by_side(
+        rules: &mut [InstantCancel],
+        events: &[Event],
+        cut: usize,
+        copy_from: usize,
+    ) -> Vec<(Vec<u64>, Option<Image>)> {
+        let mut views = Views::new(InstantCancel::READS, &ViewConfig::default());
+        let mut out: Vec<Collect> = rules.iter().map(|_| Collect::default()).collect();
+        let mut images: Vec<Option<Image>> = rules.iter().map(|_| None).collect();
+        for (i, e) in events.iter().enumerate() {
+            let seen = views.update(e);
+            for ((rule, out), image) in rules.iter_mut().zip(&mut out).zip(&mut images) {
+                if i == cut {
+                    rule.begin_snapshot(Image::default());
+                }
+                rule.on_record(e, &seen, out);
+                if i >= copy_from && image.is_none() {
+                    *image = rule.copy_slice(1);
+                }
+            }
+        }
+        rules
+            .iter_mut()
+            .zip(out)
+            .zip(images)
+            .map(|((rule, out), image)| {
+                let image = image.or_else(|| rule.copy_slice(usize::MAX)).map(|mut image| {
+                    image.keys.sort_unstable_by_key(|(k, _)| *k);
+                    image.episodes.sort_unstable_by_key(|(k, _)| *k);
+                    image.involved.sort_unstable_by_key(|(k, _)| *k);
+                    image
+                });
+                (out.alerts.iter().map(|(a, _)| a.seq).collect(), image)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_key_table_grows_from_small_and_alerts_as_one_sized_for_the_day() {
+        let events = many_keys();
+        let p = Params { min_cancels: 3, ..Params::default() };
+        // A snapshot cut while keys still arrive (about 400 of 1200 at the
+        // barrier) and copied 1000 records later: the small table doubles
+        // with the copy in progress, which it finishes first.
+        let cut = events.len() / 16;
+        let mut rules =
+            [InstantCancel::with_limits(&p, 16, MAX_KEYS), InstantCancel::with_limits(&p, 1 << 12, MAX_KEYS)];
+        let grew_at_cut = {
+            let mut probe = [InstantCancel::with_limits(&p, 16, MAX_KEYS)];
+            side_by_side(&mut probe, &events[..cut], usize::MAX, usize::MAX);
+            probe[0].keys.grew
+        };
+        let got = side_by_side(&mut rules, &events, cut, cut + 1000);
+        let (small, big) = (&rules[0], &rules[1]);
+        assert_eq!(small.keys.grew, 7, "16 keys (32 slots) to 1200 (4096 slots)");
+        assert!(grew_at_cut < 7, "a doubling during the snapshot (grew {grew_at_cut} before it)");
+        assert_eq!(big.keys.grew, 0);
+        assert_eq!((small.keys.len(), big.keys.len()), (1200, 1200));
+        assert_eq!(got[0].0.len(), 400, "each key of every third group crosses once");
+        assert_eq!(got[0].0, got[1].0, "the same alerts");
+        let (a, b) = (got[0].1.as_ref().unwrap(), got[1].1.as_ref().unwrap());
+        assert!(!a.keys.is_empty() && a.keys.len() < 1200, "the image is the keys at the barrier: {}", a.keys.len());
+        assert_eq!(a.keys, b.keys);
+        assert_eq!(a.episodes, b.episodes);
+        assert_eq!(a.involved, b.involved);
+        assert_eq!((small.stats().keys_refused, big.stats().keys_refused), (0, 0));
+    }
+
+    #[test]
+    fn keys_past_the_limit_are_refused_and_counted() {
+        let events = many_keys();
+        let p = Params { min_cancels: 3, ..Params::default() };
+        let mut rules =
+            [InstantCancel::with_limits(&p, 16, 1000), InstantCancel::new(&p, &Sizing { window_capacity: 1024 })];
+        let got = side_by_side(&mut rules, &events, usize::MAX, usize::MAX);
+        let (capped, free) = (rules[0].stats(), rules[1].stats());
+        assert_eq!(capped.active_keys, 1000);
+        // The last 200 keys' records (4 orders and 4 cancels each) are not tracked.
+        assert_eq!(capped.keys_refused, 200 * 8);
+        assert_eq!((free.active_keys, free.keys_refused), (1200, 0));
+        // Refused keys cannot alert: those of groups 250..300 (every third crossing) lose theirs.
+        let lost = (250..300).filter(|g| g % 3 == 0).count() * 4;
+        assert_eq!(got[0].0.len() + lost, got[1].0.len());
     }
 
     /// The alerts (`near` none) or the near-misses (the first record of a

@@ -376,7 +376,7 @@ impl<C: Call> Rule for Marking<C> {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats { active_keys: self.instruments.len(), ..RuleStats::default() }
+        RuleStats { active_keys: self.instruments.len(), keys_refused: self.refused, ..RuleStats::default() }
     }
 
     fn begin_snapshot(&mut self, mut image: Vec<u8>) {

@@ -401,6 +401,7 @@ impl Rule for QuoteStuffing {
             active_keys: self.table.seen.len(),
             hot_keys: 0,
             grew: self.grew,
+            keys_refused: self.refused,
         }
     }
 

@@ -665,7 +665,7 @@ impl Rule for Ramping {
     }
 
     fn stats(&self) -> RuleStats {
-        let mut s = RuleStats { grew: self.grew, ..RuleStats::default() };
+        let mut s = RuleStats { grew: self.grew, keys_refused: self.refused, ..RuleStats::default() };
         for t in &self.trackers {
             s.active_keys += t.hot.len();
             s.window_entries += t.trades.len();

@@ -31,7 +31,13 @@ fn emit(rule: u16, f: Finding, out: &mut impl Emit) {
 }
 
 fn stats(s: BookStats) -> RuleStats {
-    RuleStats { window_entries: s.entries, active_keys: s.keys, hot_keys: 0, grew: s.grew }
+    RuleStats {
+        window_entries: s.entries,
+        active_keys: s.keys,
+        hot_keys: 0,
+        grew: s.grew,
+        keys_refused: s.keys_refused,
+    }
 }
 
 fn side_name(side: Side) -> &'static str {

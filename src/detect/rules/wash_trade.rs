@@ -198,7 +198,7 @@ impl Rule for WashTrade {
     }
 
     fn stats(&self) -> RuleStats {
-        RuleStats { active_keys: self.keys.len(), grew: self.grew, ..RuleStats::default() }
+        RuleStats { active_keys: self.keys.len(), grew: self.grew, keys_refused: self.refused, ..RuleStats::default() }
     }
 
     // The whole state is copied at the barrier: O(keys with a wash trade

@@ -395,7 +395,16 @@ impl<V: Copy + Default> CowMap<V> {
         self.copied = vec![0; slots].into_boxed_slice();
         self.mask = slots - 1;
         self.shift = 64 - slots.trailing_zeros() + self.run_bits;
-        for &(key, value) in old.iter() {
+        // One sequential pass: doubling the table gives each home one more
+        // low bit (slot `h` goes to `2h` or `2h + 1`, with runs as without),
+        // so the entries walked in slot order from the start of a cluster
+        // (an empty slot: nothing before it wrapped around the end) are
+        // placed in slot order in the new table too. Both tables stream
+        // through the cache once, instead of a random write per entry.
+        let start = old.iter().position(|slot| slot.0 == EMPTY).unwrap_or(0);
+        let old_mask = old.len() - 1;
+        for j in 0..old.len() {
+            let (key, value) = old[(start + j) & old_mask];
             if key != EMPTY {
                 let (i, _) = self.find(key);
                 self.slots[i] = (key, value);

@@ -228,6 +228,11 @@ impl Views {
         self.spoof.as_ref().map(|s| s.footprint())
     }
 
+    /// Records of new keys the spoof stream refused (its key table full); 0 if not kept.
+    pub fn spoof_keys_refused(&self) -> u64 {
+        self.spoof.as_ref().map_or(0, |s| s.keys_refused())
+    }
+
     /// The books' counters, if the book is kept.
     pub fn book_stats(&self) -> Option<BookStats> {
         self.book.as_ref().map(|b| b.stats())

@@ -88,6 +88,11 @@ impl SpoofStream {
         self.pattern.stats().grew
     }
 
+    /// Records of new keys refused (the pattern's key table full).
+    pub fn keys_refused(&self) -> u64 {
+        self.pattern.stats().keys_refused
+    }
+
     /// (keys, window entries) now.
     pub fn footprint(&self) -> (usize, usize) {
         let s = self.pattern.stats();
