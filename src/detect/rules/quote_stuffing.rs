@@ -495,7 +495,7 @@ impl Rule for QuoteStuffing {
         self.copy_window(self.snap.window_copied.saturating_add(max));
         let mut buckets = 0;
         while buckets < max.saturating_mul(8)
-            && let Some(s) = self.snap.buckets.next()
+            && let Some(s) = self.snap.buckets.next_uncopied()
         {
             buckets += self.copy_buckets(s);
         }
@@ -622,7 +622,7 @@ impl QuoteStuffing {
             }
             Err(_) if self.table.needs_growth() => {
                 self.copy_window(usize::MAX);
-                while let Some(s) = self.snap.buckets.next() {
+                while let Some(s) = self.snap.buckets.next_uncopied() {
                     self.copy_buckets(s);
                 }
                 self.copy_seen(usize::MAX);

@@ -817,7 +817,7 @@ impl Rule for Ramping {
             t.copy_trades(ti, t.snap.trades_copied.saturating_add(budget));
             let mut keys = 0;
             while keys < budget
-                && let Some(s) = t.snap.keys.next()
+                && let Some(s) = t.snap.keys.next_uncopied()
             {
                 keys += t.copy_keys(ti, s);
             }

@@ -1,7 +1,7 @@
 //! `Slices`: the bookkeeping of a snapshot of an array (a rule's per-key
 //! table) copied in fixed slices of `1 << shift` items after an O(1) cut.
 //! The array's first `len` items at the barrier are the snapshot; each
-//! slice is copied once, either by the background copy (`next`, in order)
+//! slice is copied once, either by the background copy (`next_uncopied`, in order)
 //! or, out of order, by the first write after the barrier to an item of a
 //! slice not yet copied (copy-first: the caller asks `uncopied` before it
 //! changes an item). Items appended after the barrier are not part of it.
@@ -62,7 +62,7 @@ impl Slices {
     }
 
     /// The next slice not yet copied (in order), if any: the caller marks and copies it.
-    pub fn next(&mut self) -> Option<usize> {
+    pub fn next_uncopied(&mut self) -> Option<usize> {
         let slices = self.len.div_ceil(1 << self.shift);
         while self.cursor < slices {
             let s = self.cursor;
@@ -187,7 +187,7 @@ mod tests {
             }
         }
         assert_eq!(s.uncopied(995), None, "past the barrier's length");
-        while let Some(slice) = s.next() {
+        while let Some(slice) = s.next_uncopied() {
             let r = s.mark(slice);
             image.push(slice, &array[r]);
         }
@@ -197,7 +197,7 @@ mod tests {
         // Reused: an empty snapshot.
         s.begin(0);
         image.clear();
-        assert!(s.done() && s.next().is_none());
+        assert!(s.done() && s.next_uncopied().is_none());
         assert_eq!(image.in_order(4, 0).count(), 0);
     }
 }
