@@ -174,6 +174,9 @@ pub struct CheckpointSummary {
     /// each slice of the sliced window copy.
     pub shard_stall: Histogram<u64>,
     pub shard_stall_cpu: Histogram<u64>,
+    /// The barriers' cuts alone (without the slices that follow), in the
+    /// shards' thread CPU time: what a barrier holds a shard up for.
+    pub shard_cut_cpu: Histogram<u64>,
     /// Shard stalls during which the thread was preempted (their wall time
     /// is mostly another thread's), and the longest wall time of the others.
     pub shard_stall_preempted: u64,
@@ -303,6 +306,12 @@ impl Summary {
                 fmt_ns(quantile(&c.shard_stall_cpu, 0.5)),
                 fmt_ns(quantile(&c.shard_stall_cpu, 0.99)),
                 fmt_ns(c.shard_stall_cpu.max())
+            );
+            s += &format!(
+                "checkpoints shard cuts at the barrier, thread CPU: p50 {} max {} (n={})\n",
+                fmt_ns(quantile(&c.shard_cut_cpu, 0.5)),
+                fmt_ns(c.shard_cut_cpu.max()),
+                c.shard_cut_cpu.len()
             );
         }
         s

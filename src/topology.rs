@@ -305,6 +305,7 @@ pub fn run_with<F: Feed + Send>(
                 slice: cfg.snapshot_slice.max(1),
                 stall: latency_histogram(),
                 stall_cpu: latency_histogram(),
+                cut_cpu: latency_histogram(),
                 preempted: 0,
                 max_unpreempted_ns: 0,
             });
@@ -475,6 +476,7 @@ pub fn run_with<F: Feed + Send>(
     let mut shard_stall_max = 0;
     let mut stall = source.stall;
     let (mut shard_stall, mut shard_stall_cpu) = (latency_histogram(), latency_histogram());
+    let mut shard_cut_cpu = latency_histogram();
     let (mut shard_stall_preempted, mut shard_stall_max_unpreempted_ns) = (0, 0);
     for shard in shard_results {
         let shard = shard?;
@@ -488,14 +490,15 @@ pub fn run_with<F: Feed + Send>(
         if let Some(book) = shard.book.as_ref() {
             summary.book.get_or_insert_with(|| BookSummary::new(cfg.instruments.loaded())).stats.add(book);
         }
-        shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |(h, _)| h.max()));
+        shard_stall_max = shard_stall_max.max(shard.stall.as_ref().map_or(0, |(h, _, _)| h.max()));
         shard_stall_preempted += shard.preempted.0;
         shard_stall_max_unpreempted_ns = shard_stall_max_unpreempted_ns.max(shard.preempted.1);
-        if let (Some((wall, cpu)), Some((shard_wall, shard_cpu))) = (stall.as_mut(), shard.stall.as_ref()) {
+        if let (Some((wall, cpu)), Some((shard_wall, shard_cpu, shard_cut))) = (stall.as_mut(), shard.stall.as_ref()) {
             wall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
             cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
             shard_stall.add(shard_wall).map_err(|e| format!("stall histogram: {e}"))?;
             shard_stall_cpu.add(shard_cpu).map_err(|e| format!("stall histogram: {e}"))?;
+            shard_cut_cpu.add(shard_cut).map_err(|e| format!("stall histogram: {e}"))?;
         }
     }
     if let Some(book) = summary.book.as_mut() {
@@ -512,6 +515,7 @@ pub fn run_with<F: Feed + Send>(
             shard_stall_max_ns: shard_stall_max,
             shard_stall,
             shard_stall_cpu,
+            shard_cut_cpu,
             shard_stall_preempted,
             shard_stall_max_unpreempted_ns,
             resumed_from,

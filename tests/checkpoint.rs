@@ -353,6 +353,50 @@ fn resuming_with_another_shard_count_redistributes_the_window_state() {
     }
 }
 
+/// Quote-stuffing and ramping cut their snapshots in O(1) and copy their
+/// tables in slices while the records that follow change them (copying an
+/// entry first when a record is about to change it). A checkpoint cut
+/// that way, the run killed after it and resumed (with another shard count
+/// and slice size), gives the uninterrupted run's outputs.
+#[test]
+fn a_checkpoint_of_the_window_metric_rules_cut_while_slices_were_in_flight_resumes_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let tape = make_tape(root.path(), 120_000, 29);
+    // Short windows (the tape spans seconds): entries expire while a copy
+    // is in flight, and both rules alert often.
+    let rules = "[quote_stuffing]\nenabled = true\nwindow_ms = 200\nmin_in_window = 6\nmin_in_day = 400\n\
+                 cooldown_ms = 100\nnear_miss_pct = 70\n\
+                 [ramping]\nenabled = true\nwindow_ms = 800\nmin_move_bp = 20\nwindow2_ms = 300\nmin_move2_bp = 10\n\
+                 min_share_pct = 10\nmin_group_trades = 2\ncooldown_ms = 100\nnear_miss_pct = 60\n";
+    std::fs::write(tape.with_file_name("rules.toml"), rules).unwrap();
+    let (want, _) = reference(&tape, root.path());
+    let alerts = std::fs::read_to_string(want.join("alerts.jsonl")).unwrap();
+    for rule in ["quote-stuffing", "ramping"] {
+        let n = alerts.lines().filter(|l| l.contains(&format!("\"rule\":\"{rule}\""))).count();
+        assert!(n > 5, "{rule}: only {n} alerts");
+    }
+    for (before, after, slice) in [(1, 2, "1"), (2, 1, "4096")] {
+        let got = root.path().join(format!("{before}to{after}"));
+        std::fs::create_dir_all(&got).unwrap();
+        let state = got.join("state");
+        // Slices of 50 entries: each snapshot is copied over many batches.
+        let mut extra = with_state(&state, "10000");
+        extra.extend(["--exit-after-checkpoint", "2"]);
+        let result = replay_cmd(&tape, &got, before, &extra).env("TAPEWATCH_SNAPSHOT_SLICE", "50").output().unwrap();
+        assert!(String::from_utf8_lossy(&result.stderr).contains("is durable; aborting"), "{result:?}");
+        let mut resume = replay_cmd(&tape, &got, after, &with_state(&state, "10000"));
+        resume.env("TAPEWATCH_SNAPSHOT_SLICE", slice);
+        let out = run_ok(resume);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint 2"));
+        let summary = String::from_utf8_lossy(&out.stdout);
+        if slice == "1" {
+            assert_sliced(&summary, after);
+        }
+        assert_same_outputs(&want, &got, false);
+        assert_same_book(&want, &out.stdout);
+    }
+}
+
 fn newest_shard_file(state: &Path) -> PathBuf {
     let mut snaps: Vec<PathBuf> = std::fs::read_dir(state.join("snap")).unwrap().map(|e| e.unwrap().path()).collect();
     snaps.sort();

@@ -29,6 +29,8 @@ pub(crate) struct ShardCkpt {
     /// slice of the copy.
     pub(crate) stall: Histogram<u64>,
     pub(crate) stall_cpu: Histogram<u64>,
+    /// The barrier's cut alone (no slices), in thread CPU time.
+    pub(crate) cut_cpu: Histogram<u64>,
     /// Stalls during which the thread was preempted, and the longest of the others.
     pub(crate) preempted: u64,
     pub(crate) max_unpreempted_ns: u64,
@@ -88,7 +90,8 @@ const _: () = assert!(
 pub(crate) struct ShardStats {
     pub(crate) applied: u64,
     pub(crate) grew: u64,
-    pub(crate) stall: Option<(Histogram<u64>, Histogram<u64>)>,
+    /// Stalls (wall, thread CPU), and the barriers' cuts alone (thread CPU).
+    pub(crate) stall: Option<(Histogram<u64>, Histogram<u64>, Histogram<u64>)>,
     /// Stalls preempted, and the longest wall time of the others.
     pub(crate) preempted: (u64, u64),
     /// Evidence list items dropped (lists longer than `MAX_LIST`).
@@ -203,6 +206,7 @@ pub(crate) fn run_shard(
             detector.begin_snapshot(ck.image.take());
             ck.pending = Some((batch.checkpoint, applied));
             out.send(ToSink::Barrier(batch.checkpoint));
+            ck.cut_cpu.saturating_record(thread_cpu_ns().saturating_sub(started.1).max(1));
             ck.stall_end(&clock, started);
         }
         for (i, pending) in batch.events.iter().enumerate() {
@@ -294,7 +298,7 @@ pub(crate) fn run_shard(
     Ok(ShardStats {
         applied,
         grew: detector.stats().grew,
-        stall: ckpt.map(|c| (c.stall, c.stall_cpu)),
+        stall: ckpt.map(|c| (c.stall, c.stall_cpu, c.cut_cpu)),
         preempted,
         list_dropped,
         book: detector.book_stats(),

@@ -31,12 +31,20 @@
 //! days (`tests/holdout.rs`) it misses a planted ramper (day1, G2806 on
 //! 059944, whose rising bids are hit as much as it lifts offers) and adds
 //! two unplanted keys: recall 6/7, precision 6/8.
+//!
+//! Checkpoints: the barrier notes each window's lengths (O(1)); the trades
+//! and the keys' state (slices of `1 << KEY_SHIFT` keys) are copied between
+//! batches, and a trade about to expire a trade or change a key the copy
+//! has not reached copies it first. Keys never move, so nothing finishes
+//! a copy early. The section's bytes are those of the whole copy at the
+//! barrier (version 1).
 
 use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
 use crate::detect::state::episode::{Episode, EpisodeCounts, Involved, Outcome, key};
+use crate::detect::state::slices::{SlicedImage, Slices};
 use crate::event::{Event, Px, Side};
 use crate::flat_map::{FlatMap, prefetch};
 use serde::Deserialize;
@@ -199,6 +207,43 @@ struct Tracker {
     /// fetched then, so the next call reads them and fetches their state
     /// (a hint only: `NONE` for a side not credited).
     prefetched: Cell<[u64; 2]>,
+    /// Where the copy of the snapshot in progress stands.
+    snap: TrackerSnap,
+}
+
+/// Keys per slice of the snapshot copy (about 60 KiB of their state):
+/// what a trade copies first when it changes a key the copy has not reached.
+const KEY_SHIFT: u32 = 8;
+
+#[derive(Default)]
+struct TrackerSnap {
+    /// The keys' state (`hot`, `cold`, `near`) at the barrier.
+    keys: Slices,
+    /// Trades in the window at the barrier, how many of them (from the
+    /// front) are copied, and how many trades were popped since: the
+    /// barrier's trade `j` is at `trades[j - popped]`. Trades are copied
+    /// before they are popped, so `trades_copied >= min(popped, trades_len)`.
+    trades_len: usize,
+    trades_copied: usize,
+    popped: usize,
+}
+
+/// The state at a barrier, copied in slices; the writer encodes it
+/// (`encode_image`: the bytes of the whole copy it replaces).
+#[derive(Default)]
+pub struct Image {
+    trackers: Vec<TrackerImage>,
+    near: bool,
+}
+
+#[derive(Default)]
+struct TrackerImage {
+    trades: Vec<Trade>,
+    /// Keys at the barrier; their state by slices of `1 << KEY_SHIFT`.
+    keys: usize,
+    hot: SlicedImage<Hot>,
+    cold: SlicedImage<Cold>,
+    near: SlicedImage<Episode>,
 }
 
 pub struct Ramping {
@@ -207,7 +252,11 @@ pub struct Ramping {
     pub counts: EpisodeCounts,
     refused: u64,
     grew: u64,
-    image: Option<Vec<u8>>,
+    /// A snapshot is being copied: the one thing `on_record` checks of it
+    /// (one predictable branch while none is).
+    snapshot: bool,
+    /// The snapshot being copied, or complete and not yet taken.
+    image: Option<Image>,
     /// Whether the keys' near-miss episodes are kept (and checkpointed):
     /// `near_miss_pct` is set (a tier may change it, not turn it on or off).
     near: bool,
@@ -435,6 +484,61 @@ impl Tracker {
         }
     }
 
+    /// A snapshot is in progress: copies what `on_trade(event)` is about
+    /// to change and the copy has not reached: the trades it expires, the
+    /// keys they debit, and the keys it credits.
+    fn copy_first(&mut self, image: &mut TrackerImage, event: &Event, side_volume: bool) {
+        let horizon = event.ts_ns - self.window.window_ns;
+        let expiring = self.trades.iter().take_while(|tr| tr.ts_ns <= horizon).count();
+        self.copy_trades(image, self.snap.popped + expiring);
+        for i in 0..expiring {
+            let old = self.trades[i];
+            for side in 0..2 {
+                if old.credit[side]
+                    && let Some(s) = self.snap.keys.uncopied(old.slot[side] as usize)
+                {
+                    self.copy_keys(image, s);
+                }
+            }
+        }
+        self.snap.popped += expiring;
+        let credit = [side_volume || event.side == Side::Buy, side_volume || event.side == Side::Sell];
+        for (side, group) in [event.group, event.contra_group].into_iter().enumerate() {
+            if credit[side]
+                && let Some(&at) = self.keys.get(key(group, event.instrument))
+                && let Some(s) = self.snap.keys.uncopied(at as usize)
+            {
+                self.copy_keys(image, s);
+            }
+        }
+    }
+
+    /// Copies the barrier's trades up to `upto` (from the window's front).
+    fn copy_trades(&mut self, image: &mut TrackerImage, upto: usize) {
+        let snap = &mut self.snap;
+        let upto = upto.min(snap.trades_len);
+        if snap.trades_copied < upto {
+            image.trades.extend(self.trades.range(snap.trades_copied - snap.popped..upto - snap.popped).copied());
+            snap.trades_copied = upto;
+        }
+    }
+
+    /// Copies slice `s` of the keys' state; its key count.
+    fn copy_keys(&mut self, image: &mut TrackerImage, s: usize) -> usize {
+        let range = self.snap.keys.mark(s);
+        image.hot.push(s, &self.hot[range.clone()]);
+        image.cold.push(s, &self.cold[range.clone()]);
+        if self.near_on {
+            image.near.push(s, &self.near[range.clone()]);
+        }
+        range.len()
+    }
+
+    /// Whether every part of the snapshot is copied.
+    fn snapshot_done(&self) -> bool {
+        self.snap.keys.done() && self.snap.trades_copied == self.snap.trades_len
+    }
+
     /// Appends a trade to the FIFO and to its instrument's list.
     #[inline]
     fn push(&mut self, mut trade: Trade) {
@@ -486,7 +590,7 @@ impl Rule for Ramping {
     const HEAVY: bool = true;
     type Raw = Raw;
     type Params = Params;
-    type Image = Vec<u8>;
+    type Image = Image;
 
     fn validate(raw: Raw, p: &mut Problems<'_>) -> Option<Params> {
         let d = Params::default();
@@ -579,6 +683,7 @@ impl Rule for Ramping {
                 near: Vec::with_capacity(if params.near_miss_pct.is_some() { 1024 } else { 0 }),
                 near_on: params.near_miss_pct.is_some(),
                 prefetched: Cell::new([NONE; 2]),
+                snap: TrackerSnap { keys: Slices::new(KEY_SHIFT), ..TrackerSnap::default() },
             })
             .collect();
         Ramping {
@@ -587,6 +692,7 @@ impl Rule for Ramping {
             counts: EpisodeCounts::default(),
             refused: 0,
             grew: 0,
+            snapshot: false,
             image: None,
             near: params.near_miss_pct.is_some(),
         }
@@ -626,6 +732,9 @@ impl Rule for Ramping {
 
     #[inline(always)]
     fn on_record(&mut self, event: &Event, _: &Seen<'_>, out: &mut impl Emit) {
+        if self.snapshot {
+            self.copy_first(event);
+        }
         for t in self.trackers.iter_mut() {
             let caps = |t: &Tracker| {
                 (t.keys.grew, t.hot.capacity(), t.cold.capacity(), t.instruments.capacity(), t.trades.capacity())
@@ -673,12 +782,58 @@ impl Rule for Ramping {
         s
     }
 
-    // Copied whole at the barrier: O(trades in the windows + keys).
-    fn begin_snapshot(&mut self, mut image: Vec<u8>) {
-        image.clear();
-        let mut w = Writer::new(&mut image);
-        w.u64(self.trackers.len() as u64);
-        for t in &self.trackers {
+    // The cut is O(1): it notes the lengths at the barrier. The trades
+    // and the keys' state (by slices of `1 << KEY_SHIFT`) are copied by
+    // `copy_slice` between batches, and before a trade changes what is not
+    // copied yet (`Tracker::copy_first`). Keys are never moved or removed,
+    // so their places hold still while the copy goes on.
+    fn begin_snapshot(&mut self, mut image: Image) {
+        debug_assert!(!self.snapshot, "a snapshot begun while one is in progress");
+        image.near = self.near;
+        image.trackers.resize_with(self.trackers.len(), TrackerImage::default);
+        for (t, ti) in self.trackers.iter_mut().zip(image.trackers.iter_mut()) {
+            ti.trades.clear();
+            ti.hot.clear();
+            ti.cold.clear();
+            ti.near.clear();
+            ti.keys = t.hot.len();
+            t.snap.keys.begin(t.hot.len());
+            (t.snap.trades_len, t.snap.trades_copied, t.snap.popped) = (t.trades.len(), 0, 0);
+        }
+        self.image = Some(image);
+        self.snapshot = true;
+    }
+
+    /// Copies `2 * max` trades and `2 * max` keys' state of each window
+    /// (about 0.2 ms at the shard's default 4096).
+    fn copy_slice(&mut self, max: usize) -> Option<Image> {
+        if !self.snapshot {
+            return Some(self.image.take().unwrap_or_default());
+        }
+        let image = self.image.as_mut()?;
+        let budget = max.saturating_mul(2);
+        let mut done = true;
+        for (t, ti) in self.trackers.iter_mut().zip(image.trackers.iter_mut()) {
+            t.copy_trades(ti, t.snap.trades_copied.saturating_add(budget));
+            let mut keys = 0;
+            while keys < budget
+                && let Some(s) = t.snap.keys.next_uncopied()
+            {
+                keys += t.copy_keys(ti, s);
+            }
+            done &= t.snapshot_done();
+        }
+        if done {
+            self.snapshot = false;
+            self.image.take()
+        } else {
+            None
+        }
+    }
+
+    fn encode_image(image: &Image, w: &mut Writer<'_>) {
+        w.u64(image.trackers.len() as u64);
+        for t in &image.trackers {
             w.u64(t.trades.len() as u64);
             for tr in &t.trades {
                 w.i64(tr.ts_ns);
@@ -690,29 +845,21 @@ impl Rule for Ramping {
                 w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
             }
             // The bytes of version 1, when a key's state was one struct.
-            w.u64(t.hot.len() as u64);
-            for (at, (h, c)) in t.hot.iter().zip(&t.cold).enumerate() {
+            w.u64(t.keys as u64);
+            let mut near = image.near.then(|| t.near.in_order(KEY_SHIFT, t.keys));
+            for (h, c) in t.hot.in_order(KEY_SHIFT, t.keys).zip(t.cold.in_order(KEY_SHIFT, t.keys)) {
                 w.u64(c.key);
                 w.u64(h.volume[0]);
                 w.u64(h.volume[1]);
                 w.u32(h.trades[0]);
                 w.u32(h.trades[1]);
-                c.episode.encode(&mut w);
-                if self.near {
-                    t.near.get(at).copied().unwrap_or_default().encode(&mut w);
+                c.episode.encode(w);
+                if let Some(near) = near.as_mut() {
+                    near.next().copied().unwrap_or_default().encode(w);
                 }
-                c.involved.encode(&mut w);
+                c.involved.encode(w);
             }
         }
-        self.image = Some(image);
-    }
-
-    fn copy_slice(&mut self, _: usize) -> Option<Vec<u8>> {
-        Some(self.image.take().unwrap_or_default())
-    }
-
-    fn encode_image(image: &Vec<u8>, w: &mut Writer<'_>) {
-        w.out.extend_from_slice(image);
     }
 
     fn restore(&mut self, r: &mut Reader<'_>, keep: &dyn Fn(u64) -> bool) -> Result<(), DecodeError> {
@@ -794,6 +941,19 @@ impl Rule for Ramping {
 
     fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
         Ok(vec![("windows", Reader::new(section).u64()?)])
+    }
+}
+
+impl Ramping {
+    /// A snapshot is in progress: each window copies what this trade is
+    /// about to change and the copy has not reached.
+    #[cold]
+    #[inline(never)]
+    fn copy_first(&mut self, event: &Event) {
+        let Some(image) = self.image.as_mut() else { return };
+        for (t, ti) in self.trackers.iter_mut().zip(image.trackers.iter_mut()) {
+            t.copy_first(ti, event, self.params.side_volume);
+        }
     }
 }
 
@@ -1115,6 +1275,108 @@ mod tests {
             let near = key_of(all, true);
             prop_assert_eq!(&near, &brute_force(&p, &events, Some(near_pct)));
             prop_assert_eq!(&key_of(run_restored::<Ramping>(&with, &events, cut.min(events.len())), true), &near);
+        }
+    }
+
+    /// The live state encoded whole, as the barrier copied it before the
+    /// copy was sliced: the bytes a snapshot cut now must give.
+    fn whole(rule: &Ramping) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut w = Writer::new(&mut bytes);
+        w.u64(rule.trackers.len() as u64);
+        for t in &rule.trackers {
+            w.u64(t.trades.len() as u64);
+            for tr in &t.trades {
+                w.i64(tr.ts_ns);
+                w.i64(tr.price);
+                w.u64(tr.qty);
+                w.u32(tr.buy_group);
+                w.u32(tr.sell_group);
+                w.u32(tr.instrument);
+                w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
+            }
+            w.u64(t.hot.len() as u64);
+            for (at, (h, c)) in t.hot.iter().zip(&t.cold).enumerate() {
+                w.u64(c.key);
+                w.u64(h.volume[0]);
+                w.u64(h.volume[1]);
+                w.u32(h.trades[0]);
+                w.u32(h.trades[1]);
+                c.episode.encode(&mut w);
+                if rule.near {
+                    t.near.get(at).copied().unwrap_or_default().encode(&mut w);
+                }
+                c.involved.encode(&mut w);
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_snapshot_copied_in_slices_while_trades_change_the_keys_is_the_state_at_the_barrier() {
+        // The rise among 3,000 trades of other keys (about 3,300 keys: 13 slices a window).
+        let mut e = a_rise_bought_by_group_7(2, Buy);
+        for i in 0..3000u64 {
+            let (buyer, seller) = (1000 + i as u32, 5000 + (i % 300) as u32);
+            let inst = 100 + (i % 50) as u32;
+            let side = if i.is_multiple_of(3) { Sell } else { Buy };
+            e.push(trade(
+                0,
+                at(9, 55, 0) + i as i64 * 200 * MS,
+                inst,
+                (2_000_000 + i, buyer, buyer),
+                (3_000_000 + i, seller, seller),
+                side,
+                px(2000) + (i % 40) as i64 * px(5),
+                200,
+            ));
+        }
+        let e = sorted(e);
+        let p = Params {
+            windows: [
+                Some(Window { window_ns: 180_000 * MS, min_move_bp: 400 }),
+                Some(Window { window_ns: 60_000 * MS, min_move_bp: 200 }),
+            ],
+            near_miss_pct: Some(80),
+            ..Params::default()
+        };
+        let straight = run::<Ramping>(&p, &e);
+        assert!(!straight.is_empty());
+        let feed = |rule: &mut Ramping, events: &[Event], out: &mut Collect| {
+            for event in events {
+                rule.on_record(event, &Seen::default(), out);
+            }
+        };
+        for cut in [e.len() / 4, e.len() / 2, e.len() * 3 / 4] {
+            // (trades between slices, entries per slice)
+            for (every, max) in [(1, 1), (5, 16), (40, 100)] {
+                let mut rule = Ramping::new(&p, &Sizing { window_capacity: 16 });
+                let mut out = Collect::default();
+                feed(&mut rule, &e[..cut], &mut out);
+                let mut reused = Image::default();
+                let mut next = cut;
+                // Two snapshots, the second into the first's image.
+                for round in 0..2 {
+                    let barrier = whole(&rule);
+                    rule.begin_snapshot(std::mem::take(&mut reused));
+                    let mut image = None;
+                    let mut during = 0;
+                    while image.is_none() && next < e.len() {
+                        let to = (next + every).min(e.len());
+                        feed(&mut rule, &e[next..to], &mut out);
+                        (during, next) = (during + to - next, to);
+                        image = rule.copy_slice(max);
+                    }
+                    let image = image.or_else(|| rule.copy_slice(usize::MAX)).unwrap();
+                    let mut bytes = Vec::new();
+                    Ramping::encode_image(&image, &mut Writer::new(&mut bytes));
+                    assert_eq!(bytes, barrier, "cut at {cut}, round {round}, slices ({every}, {max})");
+                    assert!(during > 0 || round == 1, "trades changed the state during the copy");
+                    reused = image;
+                }
+                feed(&mut rule, &e[next..], &mut out);
+                assert_eq!(out.alerts, straight, "the copy changes no alert");
+            }
         }
     }
 }

@@ -4,3 +4,4 @@
 
 pub mod cow;
 pub mod episode;
+pub mod slices;
