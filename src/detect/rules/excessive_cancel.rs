@@ -1137,7 +1137,7 @@ impl ExcessiveCancel {
         // copied; expiry copies the entry at `snap_next` before popping it,
         // so `snap_next` never falls behind the front.
         debug_assert!(self.snap_next >= self.window.head);
-        let to = self.snap_end.min(self.snap_next + max as u64);
+        let to = self.snap_end.min(self.snap_next.saturating_add(max as u64));
         let buckets = &self.table.buckets;
         let window = &self.window;
         image.window.extend((self.snap_next..to).map(|pos| {
