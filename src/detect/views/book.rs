@@ -9,8 +9,10 @@
 //! - orders: one open-addressing table (`CowMap`) by order id for all the
 //!   shard's instruments, a 48-byte value per order, runs of 16
 //!   consecutive ids in consecutive slots (ids come in sequence: recent
-//!   orders share cache lines); a checkpoint cuts it in O(1) and copies it
-//!   in slices after the barrier (copy-on-write);
+//!   orders share cache lines), 64k slots at start-up; a record probes it
+//!   once per order it names (`CowMap::slot`, then the entry is read,
+//!   changed or removed in that slot); a checkpoint cuts it in O(1) and
+//!   copies it in slices after the barrier (copy-on-write);
 //! - levels: per side a vector sorted so that the best price is last. Most
 //!   activity is at or near the touch, so inserts and removals move a few
 //!   elements, and best-N depth is the last N. A level is 24 bytes.
@@ -29,7 +31,7 @@
 
 use super::{BookView, Change, OrderRef, SkipCause};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
-use crate::detect::state::cow::{CowMap, slice_slots};
+use crate::detect::state::cow::{CowMap, SlotIdx, slice_slots};
 use crate::event::{AccountId, Event, GroupId, InstrumentId, Kind, Px, Side};
 use crate::instruments::{DEFAULT_TICK, Instruments};
 use crate::symbols::{NameTable, pack};
@@ -250,22 +252,31 @@ impl Ladder {
 }
 
 /// One instrument's book: the `BookView` rules read.
+///
+/// Laid out for the per-record path: 64-byte aligned, what every record
+/// reads or writes (the two ladders, the resting count, the tick) in the
+/// first cache line, what an `N` or a `T` adds (the limits, the last
+/// trade) in the second, the skip counts and the cold reference data
+/// after.
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 pub struct InstrumentBook {
     bids: Ladder,
     asks: Ladder,
-    last_trade: Option<Px>,
+    resting: u64,
     tick: Px,
     /// (limit_down, limit_up) from instruments.csv.
     limits: Option<(Px, Px)>,
-    /// instruments.csv was loaded and does not list this instrument.
-    missing_reference: bool,
-    /// The previous close from instruments.csv.
-    prev_close: Option<Px>,
+    last_trade: Option<Px>,
     /// Records skipped, by `cause_index`.
     skipped: [u64; 5],
-    resting: u64,
+    /// The previous close from instruments.csv.
+    prev_close: Option<Px>,
+    /// instruments.csv was loaded and does not list this instrument.
+    missing_reference: bool,
 }
+
+const _: () = assert!(std::mem::offset_of!(InstrumentBook, tick) + 8 <= 64, "the hot fields share a line");
 
 /// Levels reserved per side when an instrument is first seen.
 const LEVELS_RESERVED: usize = 64;
@@ -405,14 +416,23 @@ impl BookStats {
 }
 
 /// Order ids come in sequence: runs of `1 << ORDER_RUN_BITS` consecutive
-/// ids share a block of consecutive slots (`CowMap::with_runs`), so the
+/// ids share a block of consecutive slots (`CowMap`'s `RUN_BITS`), so the
 /// orders of the last few thousand ids, which most cancels and trades
 /// name, sit on few cache lines.
 const ORDER_RUN_BITS: u32 = 4;
 
+/// Resting orders the order table holds before it first grows: 64k slots
+/// of 56 bytes (3.6 MB). A busy shard of the 10M-record sample day peaks
+/// at about 20k resting orders, so it never grows there; a larger table
+/// would only spread the same orders over more cache lines.
+const INITIAL_ORDERS: usize = 1 << 15;
+
+/// The order table: resting orders by id.
+type Orders = CowMap<Resting, ORDER_RUN_BITS>;
+
 /// The books of one shard's instruments.
 pub struct Books {
-    orders: CowMap<Resting>,
+    orders: Orders,
     /// By instrument id; `None` for instruments this shard has not seen.
     books: Vec<Option<Box<InstrumentBook>>>,
     reference: Reference,
@@ -429,7 +449,7 @@ impl Books {
     pub fn new(limits: BookLimits, reference: Reference) -> Books {
         Books {
             // Sized for a busy shard, not the limit (as the validator's table).
-            orders: CowMap::with_runs(limits.orders.min(1 << 16), ORDER_RUN_BITS),
+            orders: CowMap::with_capacity(limits.orders.min(INITIAL_ORDERS)),
             books: Vec::new(),
             reference,
             limits,
@@ -664,7 +684,7 @@ impl Books {
 /// The order table and its counters, borrowed apart from the books so
 /// that a record's instrument book is looked up once.
 struct Table<'a> {
-    orders: &'a mut CowMap<Resting>,
+    orders: &'a mut Orders,
     grew: &'a mut u64,
     peak_orders: &'a mut usize,
 }
@@ -676,28 +696,24 @@ impl Table<'_> {
         let orders_full = self.orders.len() >= limits.orders;
         let own = book.ladder(e.side);
         let full = orders_full || (own.levels.len() >= limits.levels_per_side && own.needs_level(e.side, e.price));
-        if outside || full {
+        // One probe for the duplicate check and the insert.
+        let vacant = match self.orders.slot(e.order_id) {
+            Err(vacant) if !outside && !full => vacant,
             // Rare: the causes in their order, a duplicate first.
-            *out = Change::Skipped(if self.orders.contains_key(e.order_id) {
-                SkipCause::DuplicateOrder
-            } else if outside {
-                SkipCause::OutsideLimits
-            } else {
-                SkipCause::BookFull
-            });
-            return;
-        }
+            slot => {
+                *out = Change::Skipped(if slot.is_ok() {
+                    SkipCause::DuplicateOrder
+                } else if outside {
+                    SkipCause::OutsideLimits
+                } else {
+                    SkipCause::BookFull
+                });
+                return;
+            }
+        };
         let depth5_before = own.depth(5);
         let opposite_best = book.ladder(opposite(e.side)).best();
-        // One probe for the duplicate check and the insert: a resting
-        // order's open quantity is never 0 (the validator rejects a zero
-        // quantity), a new slot's is.
         let before = self.orders.grew;
-        let slot = self.orders.get_or_insert_default(e.order_id);
-        if slot.open_qty != 0 {
-            *out = Change::Skipped(SkipCause::DuplicateOrder);
-            return;
-        }
         let resting = Resting {
             instrument: e.instrument,
             account: e.account,
@@ -708,7 +724,7 @@ impl Table<'_> {
             entered_qty: e.qty,
             open_qty: e.qty,
         };
-        *slot = resting;
+        self.orders.insert_new(vacant, e.order_id, resting);
         *self.grew += self.orders.grew - before;
         let grew = book.ladder_mut(e.side).add(e.side, e.price, e.qty);
         book.resting += 1;
@@ -717,30 +733,33 @@ impl Table<'_> {
         *out = Change::Entered { order: resting.order_ref(e.order_id), opposite_best, depth5_before };
     }
 
-    /// The resting order `order_id` if it is `instrument`'s and on `side`.
-    #[inline]
-    fn held(&self, order_id: u64, instrument: InstrumentId, side: Side) -> Option<Resting> {
-        self.orders.get(order_id).copied().filter(|o| o.instrument == instrument && o.side == side)
+    /// The resting order `order_id` and its slot, if it is `instrument`'s
+    /// and on `side`.
+    #[inline(always)]
+    fn held(&self, order_id: u64, instrument: InstrumentId, side: Side) -> Option<(SlotIdx, Resting)> {
+        let idx = self.orders.slot(order_id).ok()?;
+        let order = *self.orders.at(idx);
+        (order.instrument == instrument && order.side == side).then_some((idx, order))
     }
 
     #[inline(always)]
     fn cancel(&mut self, book: &mut InstrumentBook, e: &Event, out: &mut Change) {
-        // One probe: removed first, put back in the rare case it is not
-        // this instrument's and side's or the cancel is for more than is open.
-        let Some(mut order) = self.orders.remove(e.order_id) else {
+        // One probe: the order is looked at in its slot, then removed from
+        // there.
+        let Ok(idx) = self.orders.slot(e.order_id) else {
             *out = Change::Skipped(SkipCause::UnknownOrder);
             return;
         };
-        if order.instrument != e.instrument || order.side != e.side || e.qty > order.open_qty {
-            self.orders.insert(e.order_id, order);
-            let cause = if e.qty > order.open_qty && order.instrument == e.instrument && order.side == e.side {
-                SkipCause::OverExecution
-            } else {
-                SkipCause::UnknownOrder
-            };
-            *out = Change::Skipped(cause);
+        let mut order = *self.orders.at(idx);
+        if order.instrument != e.instrument || order.side != e.side {
+            *out = Change::Skipped(SkipCause::UnknownOrder);
             return;
         }
+        if e.qty > order.open_qty {
+            *out = Change::Skipped(SkipCause::OverExecution);
+            return;
+        }
+        self.orders.remove_at(idx);
         // A `C` removes what is open, whatever its qty says (FEED.md: the
         // two agree in feed order; a reordered `T` may come between).
         let qty = order.open_qty;
@@ -752,14 +771,27 @@ impl Table<'_> {
 
     #[inline(always)]
     fn trade(&mut self, book: &mut InstrumentBook, e: &Event, out: &mut Change) {
+        // One probe per order: each is looked at and then changed or
+        // removed in its slot.
         let buy = self.held(e.order_id, e.instrument, Side::Buy);
-        let sell = self.held(e.contra_order_id, e.instrument, Side::Sell);
-        if buy.is_some_and(|o| e.qty > o.open_qty) || sell.is_some_and(|o| e.qty > o.open_qty) {
+        let mut sell = self.held(e.contra_order_id, e.instrument, Side::Sell);
+        if buy.is_some_and(|(_, o)| e.qty > o.open_qty) || sell.is_some_and(|(_, o)| e.qty > o.open_qty) {
             *out = Change::Skipped(SkipCause::OverExecution);
             return;
         }
-        let buy = buy.map(|o| self.execute(book, e.order_id, o, e.qty));
-        let sell = sell.map(|o| self.execute(book, e.contra_order_id, o, e.qty));
+        let buy = buy.map(|(idx, o)| {
+            let (order, closed) = self.execute(book, idx, e.order_id, o, e.qty);
+            // A removal may shift the entries after it back by a slot: the
+            // sell order's slot is found again (rare; its line is in cache).
+            if closed && let Some((idx, _)) = sell.as_mut() {
+                match self.orders.slot(e.contra_order_id) {
+                    Ok(now) => *idx = now,
+                    Err(_) => unreachable!("the sell order is held"),
+                }
+            }
+            order
+        });
+        let sell = sell.map(|(idx, o)| self.execute(book, idx, e.contra_order_id, o, e.qty).0);
         if buy.is_none() && sell.is_none() {
             *out = Change::Skipped(SkipCause::UnknownOrder);
             return;
@@ -772,20 +804,28 @@ impl Table<'_> {
         };
     }
 
-    /// Executes `qty` of a held order (of `book`'s instrument); returns it
-    /// as it stands after.
+    /// Executes `qty` of a held order (of `book`'s instrument, in slot
+    /// `idx`); returns it as it stands after, and whether it closed (was
+    /// removed from the table).
     #[inline(always)]
-    fn execute(&mut self, book: &mut InstrumentBook, order_id: u64, mut order: Resting, qty: u64) -> OrderRef {
+    fn execute(
+        &mut self,
+        book: &mut InstrumentBook,
+        idx: SlotIdx,
+        order_id: u64,
+        mut order: Resting,
+        qty: u64,
+    ) -> (OrderRef, bool) {
         order.open_qty -= qty;
         let closed = order.open_qty == 0;
         if closed {
-            self.orders.remove(order_id);
-        } else if let Some(slot) = self.orders.get_mut(order_id) {
-            slot.open_qty = order.open_qty;
+            self.orders.remove_at(idx);
+        } else {
+            self.orders.at_mut(idx).open_qty = order.open_qty;
         }
         book.ladder_mut(order.side).remove(order.side, order.price, qty, closed);
         book.resting -= closed as u64;
-        order.order_ref(order_id)
+        (order.order_ref(order_id), closed)
     }
 }
 
