@@ -149,14 +149,6 @@ impl Detector {
         self.rules.prefetch(event);
     }
 
-    /// The first stage of a two-stage prefetch: called twice as far ahead
-    /// as `prefetch`, it brings into cache what `prefetch` reads (a view's
-    /// table that points at the state `apply` touches).
-    #[inline(always)]
-    pub fn prefetch_far(&self, event: &Event) {
-        self.views.prefetch_far(event);
-    }
-
     /// The order book's counters, when the book is kept.
     pub fn book_stats(&self) -> Option<BookStats> {
         self.views.book_stats()

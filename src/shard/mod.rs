@@ -211,18 +211,15 @@ pub(crate) fn run_shard(
         }
         for (i, pending) in batch.events.iter().enumerate() {
             // Records come from the source's core: fetch their lines well
-            // ahead, then the tables that point at the window state (the
-            // first stage of a two-stage prefetch), then the window state
-            // of the records a little ahead.
+            // ahead, then the state the records a little ahead will touch.
+            // (A two-stage prefetch of the spoof stream's tables cost more
+            // instructions than its misses saved.)
             if let Some(farthest) = batch.events.get(i + 3 * PREFETCH_AHEAD) {
                 // An 80-byte record spans two lines: both (its kind and
                 // side, which the prefetch hooks read, are at its end:
                 // asserted above).
                 crate::flat_map::prefetch(farthest);
                 crate::flat_map::prefetch(&farthest.event._pad);
-            }
-            if let Some(far) = batch.events.get(i + 2 * PREFETCH_AHEAD) {
-                detector.prefetch_far(&far.event);
             }
             if let Some(ahead) = batch.events.get(i + PREFETCH_AHEAD) {
                 detector.prefetch(&ahead.event);

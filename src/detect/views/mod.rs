@@ -188,14 +188,6 @@ impl Views {
         }
     }
 
-    /// The first stage of a two-stage prefetch (called twice as far ahead
-    /// as `prefetch`): what `prefetch` will read to find the lines `update`
-    /// needs. No view has such a stage now (the spoof stream's, its key's
-    /// chain bucket and order slot, cost more instructions than its misses
-    /// saved); the hook stays for the shard's loop.
-    #[inline(always)]
-    pub fn prefetch_far(&self, _event: &Event) {}
-
     /// Applies `event` to every view kept; what the rules may see of it.
     #[inline(always)]
     pub fn update(&mut self, event: &Event) -> Seen<'_> {
