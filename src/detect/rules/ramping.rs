@@ -135,6 +135,33 @@ const NONE: u64 = u64::MAX;
 /// An instrument's trades in the window: a list threaded through the
 /// shard's one FIFO (absolute indexes), so the oldest one's price is at hand
 /// and the FIFO grows as one buffer, not one per instrument.
+impl Trade {
+    fn encode(&self, w: &mut Writer<'_>) {
+        w.i64(self.ts_ns);
+        w.i64(self.price);
+        w.u64(self.qty);
+        w.u32(self.buy_group);
+        w.u32(self.sell_group);
+        w.u32(self.instrument);
+        w.u8(self.credit[0] as u8 | (self.credit[1] as u8) << 1);
+    }
+}
+
+/// One key's bytes in the section (those of version 1, when a key's state
+/// was one struct); `near` is written when near-misses are on.
+fn encode_key(h: &Hot, c: &Cold, near: Option<Episode>, w: &mut Writer<'_>) {
+    w.u64(c.key);
+    w.u64(h.volume[0]);
+    w.u64(h.volume[1]);
+    w.u32(h.trades[0]);
+    w.u32(h.trades[1]);
+    c.episode.encode(w);
+    if let Some(near) = near {
+        near.encode(w);
+    }
+    c.involved.encode(w);
+}
+
 #[derive(Clone, Copy, Default)]
 struct InstrumentWindow {
     head: u64,
@@ -836,28 +863,13 @@ impl Rule for Ramping {
         for t in &image.trackers {
             w.u64(t.trades.len() as u64);
             for tr in &t.trades {
-                w.i64(tr.ts_ns);
-                w.i64(tr.price);
-                w.u64(tr.qty);
-                w.u32(tr.buy_group);
-                w.u32(tr.sell_group);
-                w.u32(tr.instrument);
-                w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
+                tr.encode(w);
             }
             // The bytes of version 1, when a key's state was one struct.
             w.u64(t.keys as u64);
             let mut near = image.near.then(|| t.near.in_order(KEY_SHIFT, t.keys));
             for (h, c) in t.hot.in_order(KEY_SHIFT, t.keys).zip(t.cold.in_order(KEY_SHIFT, t.keys)) {
-                w.u64(c.key);
-                w.u64(h.volume[0]);
-                w.u64(h.volume[1]);
-                w.u32(h.trades[0]);
-                w.u32(h.trades[1]);
-                c.episode.encode(w);
-                if let Some(near) = near.as_mut() {
-                    near.next().copied().unwrap_or_default().encode(w);
-                }
-                c.involved.encode(w);
+                encode_key(h, c, near.as_mut().map(|near| near.next().copied().unwrap_or_default()), w);
             }
         }
     }
@@ -1287,26 +1299,11 @@ mod tests {
         for t in &rule.trackers {
             w.u64(t.trades.len() as u64);
             for tr in &t.trades {
-                w.i64(tr.ts_ns);
-                w.i64(tr.price);
-                w.u64(tr.qty);
-                w.u32(tr.buy_group);
-                w.u32(tr.sell_group);
-                w.u32(tr.instrument);
-                w.u8(tr.credit[0] as u8 | (tr.credit[1] as u8) << 1);
+                tr.encode(&mut w);
             }
             w.u64(t.hot.len() as u64);
             for (at, (h, c)) in t.hot.iter().zip(&t.cold).enumerate() {
-                w.u64(c.key);
-                w.u64(h.volume[0]);
-                w.u64(h.volume[1]);
-                w.u32(h.trades[0]);
-                w.u32(h.trades[1]);
-                c.episode.encode(&mut w);
-                if rule.near {
-                    t.near.get(at).copied().unwrap_or_default().encode(&mut w);
-                }
-                c.involved.encode(&mut w);
+                encode_key(h, c, rule.near.then(|| t.near.get(at).copied().unwrap_or_default()), &mut w);
             }
         }
         bytes
