@@ -1160,25 +1160,15 @@ mod tests {
                 let mut rule = QuoteStuffing::new(&p, &sizing());
                 let mut out = Collect::default();
                 feed(&mut rule, &events[..cut], &mut out);
-                let mut reused = Image::default();
-                let mut next = cut;
-                // Two snapshots, the second into the first's image.
-                for round in 0..2 {
-                    let barrier = whole(&rule);
-                    rule.begin_snapshot(std::mem::take(&mut reused));
-                    let mut image = None;
-                    let mut during = 0;
-                    while image.is_none() && next < events.len() {
-                        let to = (next + every).min(events.len());
-                        feed(&mut rule, &events[next..to], &mut out);
-                        (during, next) = (during + to - next, to);
-                        image = rule.copy_slice(max);
-                    }
-                    let image = image.or_else(|| rule.copy_slice(usize::MAX)).unwrap();
-                    assert_eq!(encode(&image), barrier, "cut at {cut}, round {round}, slices ({every}, {max})");
-                    assert!(during > 0 || round == 1, "records changed the state during the copy");
-                    reused = image;
-                }
+                let next = sliced_snapshots(
+                    &mut rule,
+                    &events,
+                    cut,
+                    (every, max),
+                    &mut |r, ev| feed(r, ev, &mut out),
+                    whole,
+                    encode,
+                );
                 feed(&mut rule, &events[next..], &mut out);
                 assert_eq!(out.alerts, straight.alerts, "the copy changes no alert");
             }

@@ -1350,27 +1350,19 @@ mod tests {
                 let mut rule = Ramping::new(&p, &Sizing { window_capacity: 16 });
                 let mut out = Collect::default();
                 feed(&mut rule, &e[..cut], &mut out);
-                let mut reused = Image::default();
-                let mut next = cut;
-                // Two snapshots, the second into the first's image.
-                for round in 0..2 {
-                    let barrier = whole(&rule);
-                    rule.begin_snapshot(std::mem::take(&mut reused));
-                    let mut image = None;
-                    let mut during = 0;
-                    while image.is_none() && next < e.len() {
-                        let to = (next + every).min(e.len());
-                        feed(&mut rule, &e[next..to], &mut out);
-                        (during, next) = (during + to - next, to);
-                        image = rule.copy_slice(max);
-                    }
-                    let image = image.or_else(|| rule.copy_slice(usize::MAX)).unwrap();
-                    let mut bytes = Vec::new();
-                    Ramping::encode_image(&image, &mut Writer::new(&mut bytes));
-                    assert_eq!(bytes, barrier, "cut at {cut}, round {round}, slices ({every}, {max})");
-                    assert!(during > 0 || round == 1, "trades changed the state during the copy");
-                    reused = image;
-                }
+                let next = sliced_snapshots(
+                    &mut rule,
+                    &e,
+                    cut,
+                    (every, max),
+                    &mut |r, ev| feed(r, ev, &mut out),
+                    whole,
+                    |image| {
+                        let mut bytes = Vec::new();
+                        Ramping::encode_image(image, &mut Writer::new(&mut bytes));
+                        bytes
+                    },
+                );
                 feed(&mut rule, &e[next..], &mut out);
                 assert_eq!(out.alerts, straight, "the copy changes no alert");
             }

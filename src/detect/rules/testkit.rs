@@ -157,3 +157,38 @@ pub fn run_restored<R: Rule>(params: &R::Params, events: &[Event], cut: usize) -
     fresh.on_end(&mut out);
     out.alerts
 }
+
+/// Two snapshots of `rule` cut at the record `cut` (the second into the
+/// first's image), copied in slices of `max` entries while `feed` applies
+/// `every` records between slices: each image's bytes (`encode`) must equal
+/// the live state's at its barrier (`whole`), and records must have changed
+/// the state during the first copy. Returns the first record not fed.
+pub fn sliced_snapshots<R: Rule>(
+    rule: &mut R,
+    events: &[Event],
+    cut: usize,
+    (every, max): (usize, usize),
+    feed: &mut impl FnMut(&mut R, &[Event]),
+    whole: impl Fn(&R) -> Vec<u8>,
+    encode: impl Fn(&R::Image) -> Vec<u8>,
+) -> usize {
+    let mut reused = R::Image::default();
+    let mut next = cut;
+    for round in 0..2 {
+        let barrier = whole(rule);
+        rule.begin_snapshot(std::mem::take(&mut reused));
+        let mut image = None;
+        let mut during = 0;
+        while image.is_none() && next < events.len() {
+            let to = (next + every).min(events.len());
+            feed(rule, &events[next..to]);
+            (during, next) = (during + to - next, to);
+            image = rule.copy_slice(max);
+        }
+        let image = image.or_else(|| rule.copy_slice(usize::MAX)).unwrap();
+        assert_eq!(encode(&image), barrier, "cut at {cut}, round {round}, slices ({every}, {max})");
+        assert!(during > 0 || round == 1, "records changed the state during the copy");
+        reused = image;
+    }
+    next
+}
