@@ -691,6 +691,20 @@ pub fn memory() -> (Option<u64>, Option<u64>) {
 mod tests {
     use super::*;
 
+    /// A scenario's records as `prepare` would hand them over, without truth or reference data.
+    fn prepared_of(scenario: Scenario, records: Vec<WireRecord>, first_ts_ns: i64) -> Prepared {
+        Prepared {
+            scenario,
+            records,
+            truth: Vec::new(),
+            groups: Arc::new(Groups::default()),
+            instruments: Arc::default(),
+            first_ts_ns,
+            max_order_id: 0,
+            prepare_secs: 0.0,
+        }
+    }
+
     /// open-day (a tenth of its length) played through the live pipeline
     /// as a fast in-order feed (as scheduled, its opening call and the
     /// quiet before 09:30 would take 15 minutes): bench loads the day's
@@ -777,16 +791,7 @@ mod tests {
         let run_start_ns = 7 * s as u64;
         let timeline: Vec<(u64, u64)> =
             records.iter().enumerate().map(|(i, w)| (run_start_ns + w.due_ns, i as u64 + 1)).collect();
-        let prepared = Prepared {
-            scenario,
-            records,
-            truth: Vec::new(),
-            groups: Arc::new(Groups::default()),
-            instruments: Arc::default(),
-            first_ts_ns: call_ns,
-            max_order_id: 0,
-            prepare_secs: 0.0,
-        };
+        let prepared = prepared_of(scenario, records, call_ns);
         assert_eq!(prepared.phases_from_ns(), 15 * 60 * s as u64);
         let rows = phase_rates(&prepared, &timeline, run_start_ns);
         let got: Vec<(&str, u64, f64, f64)> =
@@ -918,16 +923,7 @@ mod tests {
                 ..WireRecord::default()
             })
             .collect();
-        let prepared = Prepared {
-            scenario,
-            records,
-            truth: Vec::new(),
-            groups: Arc::new(Groups::default()),
-            instruments: Arc::default(),
-            first_ts_ns: 1_000,
-            max_order_id: 0,
-            prepare_secs: 0.0,
-        };
+        let prepared = prepared_of(scenario, records, 1_000);
         let floor = |seq| watermark_floor(&prepared, &alert("self-trade", "A", "I", seq, 0), 10 * ms as u64);
         assert_eq!(floor(1), Some(2 * ms as u64), "released by the record at 2 ms");
         assert_eq!(floor(2), Some(3 * ms as u64 / 2), "0.5 ms: released by the record at 2 ms too");
