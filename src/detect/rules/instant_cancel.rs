@@ -10,14 +10,16 @@
 //! counted (`RuleStats::keys_refused`, the summary's `refused` line) and
 //! not tracked.
 //!
-//! Memory: the key table starts at `INITIAL_KEYS` keys and doubles as keys
-//! come (one sequential pass, `CowMap::grow`; the 10M-record day's 1.4M
-//! keys on one shard: 5 doublings). A slot is 28 bytes (the key, its
-//! 16-byte `Key`, a 4-byte snapshot epoch) and the table is a quarter to a
-//! half full: 56-112 bytes a key, three times that for the moment of a
-//! doubling (the old table and the new). At `MAX_KEYS` that is 7.5 GB
-//! a shard: the limit is there so a runaway key space fails loudly
-//! (counted), not to bound a real day.
+//! Memory: the key table (`KeyTable`) starts at `INITIAL_KEYS` keys and
+//! doubles as keys come (one sequential pass; the 10M-record day's 1.4M
+//! keys on one shard: 4 doublings). A slot is 24 bytes (the key, its
+//! 16-byte `Key`) and the table three eighths to three quarters full:
+//! 32-64 bytes a key, three times that for the moment of a doubling (the
+//! old table and the new); a new table is zeroed memory, so the pages the
+//! rehash has not reached cost nothing yet. A key with an instant cancel
+//! also has an evidence list (`Lists`, 112 bytes). At `MAX_KEYS` the table
+//! is 6.4 GB a shard: the limit is there so a runaway key space fails
+//! loudly (counted), not to bound a real day.
 //!
 //! Near-misses (`near_miss_pct`, off by default): a key whose instant
 //! cancels reach that share of `min_cancels` and whose share of its orders
@@ -89,16 +91,17 @@ pub const INITIAL_KEYS: usize = 1 << 16;
 /// One (group, instrument) key's day, the state every new order and cancel
 /// of the key touches: 16 bytes (with the key, a 24-byte slot: over a
 /// million of them on a real day, so most records miss the cache on it;
-/// the smaller the slot, the more stay cached and the fewer straddle two
-/// lines). The episode is in `episodes`, only for keys that have crossed;
-/// the evidence lists in `involved`, only for keys that cancelled instantly.
+/// the smaller the slot and the fuller the table, the more stay cached).
+/// The episode is in `episodes`, only for keys that have crossed; the
+/// evidence list in `involved`, only for keys that cancelled instantly, at
+/// the index in `flags`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Key {
     /// `day_of` the key's last record: any `i64` event time's day fits an `i32`.
     day: i32,
     orders: u32,
     instant: u32,
-    /// `CROSSED` | `NEAR_TODAY`.
+    /// `CROSSED` | `NEAR_TODAY` | the evidence list's index plus one `<< LIST_SHIFT`.
     flags: u32,
 }
 
