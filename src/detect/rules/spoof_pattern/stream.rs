@@ -1,8 +1,9 @@
 //! The spoof pattern's bounded state: one time-ordered ring of window
 //! entries for every (group, instrument) key, and a table of the *hot*
 //! keys only, those that can complete the pattern now (a counted cancel of
-//! a non-marketable order in the window), each holding the rules' sums and
-//! a list of its entries.
+//! a non-marketable order and an execution on the other side in the window:
+//! the caller decides), each holding the rules' sums and a list of its
+//! entries.
 //!
 //! Most keys never get there: on a synthetic day 0.6 keys a record are new
 //! to the window and live for one record's entries. Their entries are
