@@ -304,6 +304,9 @@ struct Entry {
     depth5_or_new: u64,
 }
 
+// SAFETY: integers (`Px` is an `i64`).
+unsafe impl stream::ZeroDefault for Entry {}
+
 /// A ring slot: 40 bytes of header (`stream.rs`) and the entry's 40.
 const _: () = assert!(std::mem::size_of::<stream::Slot<Entry>>() == 80);
 
@@ -772,20 +775,24 @@ impl Pattern {
     /// to expire (as many ahead of the stream's head as records ahead),
     /// the hot key slot and order slot that expiry touches. (A first
     /// stage a further few records ahead, for the bucket and the order
-    /// slot read here, cost more instructions than its misses saved.)
+    /// slot read here, cost more instructions than its misses saved.) The
+    /// order map is asked only when the bucket's newest entry is hot (its
+    /// bit, not its slot): a cold key's cancel or fill does not read the
+    /// map, and on a day of cold keys most would miss for nothing.
     #[inline]
     pub fn prefetch(&self, e: &Event) {
-        self.window.prefetch_newest(key_of(e.group, e.instrument));
+        let hot = self.window.prefetch_newest(key_of(e.group, e.instrument));
         if e.kind != Kind::New
+            && hot
             && let Some(&abs) = self.orders.get(e.order_id)
         {
             self.window.prefetch_entry(abs);
         }
-        if e.kind == Kind::Trade {
-            self.window.prefetch_newest(key_of(e.contra_group, e.instrument));
-            if let Some(&abs) = self.orders.get(e.contra_order_id) {
-                self.window.prefetch_entry(abs);
-            }
+        if e.kind == Kind::Trade
+            && self.window.prefetch_newest(key_of(e.contra_group, e.instrument))
+            && let Some(&abs) = self.orders.get(e.contra_order_id)
+        {
+            self.window.prefetch_entry(abs);
         }
         if let Some(slot) = self.window.prefetch_hot_key_of(self.window.head() + EXPIRY_AHEAD)
             && Flags::of(slot).kind() == NEW
@@ -807,11 +814,11 @@ impl Pattern {
         }
         let cutoff = self.cutoff;
         let mut popped = false;
-        while let Some(front) = self.window.front() {
-            if front.ts_ns > cutoff {
+        while let Some(ts_ns) = self.window.front_ts() {
+            if ts_ns > cutoff {
                 break;
             }
-            if front.hot == COLD {
+            if !self.window.is_hot(self.window.head()) {
                 self.window.skip_cold_front();
             } else {
                 self.pop_hot();
@@ -845,8 +852,10 @@ impl Pattern {
 
     /// Drops the oldest entry (under overload: early).
     fn pop_oldest(&mut self) {
-        let Some(front) = self.window.front() else { return };
-        if front.hot == COLD {
+        if self.window.front_ts().is_none() {
+            return;
+        }
+        if !self.window.is_hot(self.window.head()) {
             self.window.skip_cold_front();
         } else {
             self.pop_hot();
@@ -954,7 +963,7 @@ impl Pattern {
         need_new: bool,
     ) -> (Option<u64>, bool) {
         // Expired already: no `NEW` to find.
-        let mut seeking = self.window.front().is_some_and(|oldest| oldest.ts_ns <= entry_ts_ns);
+        let mut seeking = self.window.front_ts().is_some_and(|oldest| oldest <= entry_ts_ns);
         if need_new && !seeking {
             return (None, false);
         }
