@@ -48,15 +48,23 @@
 //! parties' entries before either is checked). The first record at which
 //! every condition holds alerts.
 //!
-//! Only *hot* keys keep sums and a list of entries (`spoof_pattern/stream.rs`):
-//! a key turns hot at a counted cancel of one of its non-marketable orders
-//! and stays hot until its last entry expires. A check needs
-//! `cancelled_qty > 0` (`cancel_pct >= 1`), so only a hot key can complete
-//! the pattern; the entries a cold key pushed earlier in the window (its
-//! executions and its quantities on the other side count too) are found on
-//! its hash chain when it turns hot, and summed then. An alert's `since`
-//! needs no cold keeping: the alerting record has an entry of the key, so
-//! the key stays hot until every entry up to `since` has expired.
+//! Only *hot* keys keep sums and a list of entries (`spoof_pattern/stream.rs`).
+//! A check needs a counted cancel of a spoof order on S (`cancelled_qty >
+//! 0`, as `cancel_pct >= 1`) and a counted execution on the other side
+//! (`min_opposite_exec_qty >= 1`), so a key can complete the pattern only
+//! while it has both entries in the window. A key turns hot at the record
+//! that gives it this *hot pair*: a counted cancel on S while it has an
+//! execution on the other side, or an execution on side X while it has a
+//! cancel on the other side (each found on the key's hash chain); it stays
+//! hot until its last entry expires. The rest are cold: their entries
+//! (cancels included, with each `NEW`'s cancelled quantity kept in its
+//! entry) are found on the chain when the key turns hot, and summed then;
+//! a check on a cold key would fail, so there is none. (On the Shenzhen
+//! peak day most keys place and cancel without trading: hot at the first
+//! cancel, they paid for sums, lists and checks they could not use.) An
+//! alert's `since` needs no cold keeping: the alerting record has an entry
+//! of the key, so the key stays hot until every entry up to `since` has
+//! expired.
 //!
 //! One `Pattern` serves spoofing and layering together (the shard keeps it
 //! as the spoof-stream view, `detect::views::spoof`): the entries do not
@@ -295,6 +303,9 @@ struct Entry {
     /// quantity for that rule); `NONE` otherwise.
     depth5_or_new: u64,
 }
+
+// SAFETY: integers (`Px` is an `i64`).
+unsafe impl stream::ZeroDefault for Entry {}
 
 /// A ring slot: 40 bytes of header (`stream.rs`) and the entry's 40.
 const _: () = assert!(std::mem::size_of::<stream::Slot<Entry>>() == 80);
@@ -764,20 +775,24 @@ impl Pattern {
     /// to expire (as many ahead of the stream's head as records ahead),
     /// the hot key slot and order slot that expiry touches. (A first
     /// stage a further few records ahead, for the bucket and the order
-    /// slot read here, cost more instructions than its misses saved.)
+    /// slot read here, cost more instructions than its misses saved.) The
+    /// order map is asked only when the bucket's newest entry is hot (its
+    /// bit, not its slot): a cold key's cancel or fill does not read the
+    /// map, and on a day of cold keys most would miss for nothing.
     #[inline]
     pub fn prefetch(&self, e: &Event) {
-        self.window.prefetch_newest(key_of(e.group, e.instrument));
+        let hot = self.window.prefetch_newest(key_of(e.group, e.instrument));
         if e.kind != Kind::New
+            && hot
             && let Some(&abs) = self.orders.get(e.order_id)
         {
             self.window.prefetch_entry(abs);
         }
-        if e.kind == Kind::Trade {
-            self.window.prefetch_newest(key_of(e.contra_group, e.instrument));
-            if let Some(&abs) = self.orders.get(e.contra_order_id) {
-                self.window.prefetch_entry(abs);
-            }
+        if e.kind == Kind::Trade
+            && self.window.prefetch_newest(key_of(e.contra_group, e.instrument))
+            && let Some(&abs) = self.orders.get(e.contra_order_id)
+        {
+            self.window.prefetch_entry(abs);
         }
         if let Some(slot) = self.window.prefetch_hot_key_of(self.window.head() + EXPIRY_AHEAD)
             && Flags::of(slot).kind() == NEW
@@ -799,11 +814,11 @@ impl Pattern {
         }
         let cutoff = self.cutoff;
         let mut popped = false;
-        while let Some(front) = self.window.front() {
-            if front.ts_ns > cutoff {
+        while let Some(ts_ns) = self.window.front_ts() {
+            if ts_ns > cutoff {
                 break;
             }
-            if front.hot == COLD {
+            if !self.window.is_hot(self.window.head()) {
                 self.window.skip_cold_front();
             } else {
                 self.pop_hot();
@@ -837,8 +852,10 @@ impl Pattern {
 
     /// Drops the oldest entry (under overload: early).
     fn pop_oldest(&mut self) {
-        let Some(front) = self.window.front() else { return };
-        if front.hot == COLD {
+        if self.window.front_ts().is_none() {
+            return;
+        }
+        if !self.window.is_hot(self.window.head()) {
             self.window.skip_cold_front();
         } else {
             self.pop_hot();
@@ -927,25 +944,49 @@ impl Pattern {
         }
     }
 
-    /// The live `NEW` entry of `order_id` of the cold `key` (entered at
-    /// `entry_ts_ns`), found on the key's chain: the newest `NEW` of that
-    /// id, as the order map would give (the book holds one open order per
-    /// id, so no other key entered it since).
+    /// One walk of the cold `key`'s chain: the live `NEW` entry of
+    /// `order_id` (entered at `entry_ts_ns`): the newest `NEW` of that id,
+    /// as the order map would give (the book holds one open order per id,
+    /// so no other key entered it since); and whether the key has a live
+    /// entry of kind `kind` on `side`, the other half of what would make
+    /// it hot (the module doc's hot pair). With `need_new` the walk stops
+    /// once the `NEW` is known missing (the caller has nothing to do
+    /// without it).
     #[inline]
-    fn cold_new(&self, key: u64, order_id: u64, entry_ts_ns: i64) -> Option<u64> {
-        // Expired already: nothing to walk.
-        if self.window.front().is_none_or(|oldest| oldest.ts_ns > entry_ts_ns) {
-            return None;
+    fn cold_scan(
+        &self,
+        key: u64,
+        order_id: u64,
+        entry_ts_ns: i64,
+        kind: u8,
+        side: Side,
+        need_new: bool,
+    ) -> (Option<u64>, bool) {
+        // Expired already: no `NEW` to find.
+        let mut seeking = self.window.front_ts().is_some_and(|oldest| oldest <= entry_ts_ns);
+        if need_new && !seeking {
+            return (None, false);
         }
+        let (mut new, mut found) = (None, false);
         for (abs, entry) in self.window.walk_back(key) {
-            if entry.ts_ns < entry_ts_ns {
-                return None;
+            let f = Flags::of(entry);
+            if seeking {
+                if entry.ts_ns < entry_ts_ns {
+                    if need_new {
+                        return (None, found);
+                    }
+                    seeking = false;
+                } else if f.kind() == NEW && entry.data.order_id == order_id {
+                    new = Some(abs);
+                    seeking = false;
+                }
             }
-            if Flags::of(entry).kind() == NEW && entry.data.order_id == order_id {
-                return Some(abs);
+            found |= f.kind() == kind && f.side() == side;
+            if found && !seeking {
+                break;
             }
         }
-        None
+        (new, found)
     }
 
     /// Whether the `NEW` entry at `abs` is a counted spoof order of rule `r`:
@@ -998,6 +1039,7 @@ impl Pattern {
                 }
                 let key = key_of(order.group, e.instrument);
                 let hot = self.window.hot(key);
+                let mut executed = true;
                 let abs = match hot {
                     Some(_) => {
                         let Some(&abs) = self.orders.get(order.order_id) else { return };
@@ -1007,10 +1049,17 @@ impl Pattern {
                         }
                         abs
                     }
-                    None => match self.cold_new(key, order.order_id, order.entry_ts_ns) {
-                        Some(abs) => abs,
-                        None => return,
-                    },
+                    // A cold key turns hot at this cancel only if it executed
+                    // on the other side in the window (the hot pair).
+                    None => {
+                        match self.cold_scan(key, order.order_id, order.entry_ts_ns, EXEC, opposite(order.side), true) {
+                            (Some(abs), pair) => {
+                                executed = pair;
+                                abs
+                            }
+                            (None, _) => return,
+                        }
+                    }
                 };
                 // The rules for which it is a counted spoof order.
                 let mut counted = [false; MAX_RULES];
@@ -1026,14 +1075,22 @@ impl Pattern {
                 if !self.window.is_live(abs) {
                     return;
                 }
-                // A counted cancel makes the key hot: it can complete the pattern now.
-                let slot = match hot {
-                    Some(slot) => slot,
-                    None => {
-                        let Some(slot) = self.window.promote(key) else { return };
-                        self.sum_promoted(slot);
-                        slot
-                    }
+                // A counted cancel with an execution on the other side makes
+                // the key hot: it can complete the pattern now. Without one
+                // no rule's check can hold (`min_opposite_exec_qty >= 1`):
+                // the cancel is kept in the cold entries, summed if the key
+                // turns hot (so is it when the key table refuses it).
+                let promoted = match hot {
+                    Some(slot) => Some(slot),
+                    None if executed => self.promote(key),
+                    None => None,
+                };
+                let Some(slot) = promoted else {
+                    self.window.entry_mut(abs).data.cancelled += qty;
+                    let data = Entry { order_id: order.order_id, qty, depth5_or_new: abs, ..Entry::default() };
+                    let f = Flags::new(CANCEL, order.side, false, false, false);
+                    self.push_as(key, None, e, f, data);
+                    return;
                 };
                 // The lazy rule's sums drop what left its window before
                 // the entry's numbers change.
@@ -1056,11 +1113,25 @@ impl Pattern {
                 for (i, (order, side)) in [(buy, Side::Buy), (sell, Side::Sell)].into_iter().enumerate() {
                     self.make_room();
                     let key = key_of(order.group, e.instrument);
-                    let hot = self.window.hot(key);
-                    let of_new = self.spoof_new(&order, key, hot).unwrap_or(NONE);
+                    let mut hot = self.window.hot(key);
+                    let new = match hot {
+                        Some(_) => self.orders.get(order.order_id).copied(),
+                        None => {
+                            // A cold key with a cancel on the other side
+                            // turns hot at this execution (the hot pair).
+                            let (new, pair) =
+                                self.cold_scan(key, order.order_id, order.entry_ts_ns, CANCEL, opposite(side), false);
+                            if pair {
+                                hot = self.promote(key);
+                            }
+                            new
+                        }
+                    };
+                    let of_new = self.spoof_new(new, key).unwrap_or(NONE);
                     let data = Entry { order_id: order.order_id, price, qty, cancelled: 0, depth5_or_new: of_new };
                     let f = Flags::new(EXEC, side, false, false, of_new != NONE);
-                    // A cold key has no counted cancel: the pattern cannot complete.
+                    // A cold key has no counted cancel on the other side: the
+                    // pattern cannot complete for it.
                     if let (_, Some(slot)) = self.push_as(key, hot, e, f, data) {
                         checks[i] = Some((slot, opposite(side), order.account));
                     }
@@ -1075,16 +1146,23 @@ impl Pattern {
         }
     }
 
-    /// The live `NEW` entry of `order` if it is non-marketable and of the
-    /// same key (whether it counts is each rule's question).
+    /// The live `NEW` entry `new` of an order (from the order map or the
+    /// chain) if it is non-marketable and of the same key (whether it
+    /// counts is each rule's question).
     #[inline]
-    fn spoof_new(&self, order: &OrderRef, key: u64, hot: Option<u32>) -> Option<u64> {
-        let abs = match hot {
-            Some(_) => *self.orders.get(order.order_id)?,
-            None => self.cold_new(key, order.order_id, order.entry_ts_ns)?,
-        };
+    fn spoof_new(&self, new: Option<u64>, key: u64) -> Option<u64> {
+        let abs = new?;
         let entry = self.window.entry(abs);
         (entry.key == key && Flags::of(entry).non_marketable()).then_some(abs)
+    }
+
+    /// Makes the cold `key` hot (its hot pair is complete), with its sums over its
+    /// entries; `None` when the key table refuses it (counted).
+    #[inline(never)]
+    fn promote(&mut self, key: u64) -> Option<u32> {
+        let slot = self.window.promote(key)?;
+        self.sum_promoted(slot);
+        Some(slot)
     }
 
     /// Checks rule `r`'s pattern for the key in `slot` with spoof orders

@@ -483,12 +483,14 @@ fn a_full_key_table_refuses_and_counts() {
     let mut tape = Tape::new();
     tape.relate(1, 1);
     tape.relate(2, 1);
-    // Only keys with a counted cancel in the window take one: account 3
-    // cancels first and takes the only one, so the spoofer's group is
-    // refused: no alert, and the refusals are counted.
+    // Only keys with a counted cancel and an execution on the other side
+    // in the window take one: account 3 cancels a buy and sells into the
+    // bid first and takes the only one, so the spoofer's group is refused:
+    // no alert, and the refusals are counted.
     background(&mut tape, 1_000);
     tape.new_order(SEC / 2, 70, 3, BUY, px(-3), 100);
     tape.cancel(SEC / 2 + MS, 70);
+    tape.sweep(SEC / 2 + 2 * MS, 71, 3, SELL, px(-1), 10);
     coscia(&mut tape, SEC, 1, 2, 600 * MS);
     let events: Vec<Event> = tape.applied.iter().map(|a| a.e).collect();
     let findings = rules.run(&events);

@@ -296,10 +296,11 @@ impl Views {
             let Some(spoof) = self.spoof.as_mut() else {
                 return Err(DecodeError("a spoof-stream section, and neither spoofing nor layering is on".into()));
             };
-            // Version 1 listed every key with entries (all restore hot: as exact).
-            if version != SpoofStream::VERSION && version != 1 {
+            // Version 1 listed every key with entries, version 2 every key
+            // with a counted cancel (all restore hot: as exact).
+            if !(1..=SpoofStream::VERSION).contains(&version) {
                 return Err(DecodeError(format!(
-                    "spoof-stream section version {version}, this build reads 1 and {}",
+                    "spoof-stream section version {version}, this build reads 1 to {}",
                     SpoofStream::VERSION
                 )));
             }

@@ -45,7 +45,10 @@ impl<'a> SpoofSeen<'a> {
 
 impl SpoofStream {
     pub const ID: u16 = 0x8003;
-    pub const VERSION: u16 = 2;
+    /// 3: a key is hot (listed, with its `since`s) once it has a counted
+    /// cancel and an execution on the other side; a cold key's entries may
+    /// hold cancels (a version-3 reader sums them when the key turns hot).
+    pub const VERSION: u16 = 3;
 
     pub fn new(rules: &[(BookRule, PatternParams)]) -> SpoofStream {
         SpoofStream { pattern: SpoofPattern::shared(rules), found: [None; MAX_FOUND], len: 0, snapshot: None }

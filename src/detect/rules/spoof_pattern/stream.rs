@@ -1,8 +1,9 @@
 //! The spoof pattern's bounded state: one time-ordered ring of window
 //! entries for every (group, instrument) key, and a table of the *hot*
 //! keys only, those that can complete the pattern now (a counted cancel of
-//! a non-marketable order in the window), each holding the rules' sums and
-//! a list of its entries.
+//! a non-marketable order and an execution on the other side in the window:
+//! the caller decides), each holding the rules' sums and a list of its
+//! entries.
 //!
 //! Most keys never get there: on a synthetic day 0.6 keys a record are new
 //! to the window and live for one record's entries. Their entries are
@@ -67,6 +68,13 @@ pub const MAX_RING: usize = 1 << 31;
 
 pub struct Stream<T, S> {
     ring: Vec<Slot<T>>,
+    /// Per ring slot, its entry's `ts_ns` and (a bit each) whether it is
+    /// hot: what expiry reads at the ring's head, so a cold entry leaves
+    /// without its 80-byte slot being read back (the ring of a busy window
+    /// is far larger than the cache; these are a tenth of it, read in
+    /// order).
+    times: Vec<i64>,
+    hot_bits: Vec<u64>,
     mask: u64,
     /// Absolute indexes: entries `head..tail` are live.
     head: u64,
@@ -93,6 +101,45 @@ pub const FIRST: u64 = 1 << 32;
 /// An index before every entry.
 const BEFORE: u64 = 0;
 
+/// The chain bucket of `key` among `1 << (64 - chain_shift)`.
+#[inline(always)]
+fn bucket_of(key: u64, chain_shift: u32) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> chain_shift) as usize
+}
+
+/// A ring entry's data whose all-zero bytes are a valid value (its
+/// `Default`), so a ring is allocated zeroed (fresh pages from the kernel
+/// for a large one) instead of written slot by slot; the slots outside
+/// `head..tail` are never read for their contents.
+///
+/// # Safety
+///
+/// Every field must be an integer (or another `ZeroDefault`): the
+/// all-zero bytes must be a valid value of the type.
+pub unsafe trait ZeroDefault: Copy + Default {}
+
+// SAFETY: integers.
+unsafe impl ZeroDefault for u8 {}
+// SAFETY: integers.
+unsafe impl ZeroDefault for u64 {}
+
+/// `cap` slots, all zero bytes.
+fn zeroed_ring<T: ZeroDefault>(cap: usize) -> Vec<Slot<T>> {
+    assert!(cap > 0);
+    let layout = std::alloc::Layout::array::<Slot<T>>(cap).expect("a spoof ring's size overflows");
+    // SAFETY: the layout is not zero-sized (`cap > 0`, a slot has 40 bytes
+    // of header); a slot is integers and a `T: ZeroDefault`, so zero bytes
+    // are a valid slot; the pointer comes from the global allocator with
+    // `Layout::array::<Slot<T>>(cap)`, the layout `Vec` uses for `cap`.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut Slot<T>;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, cap, cap)
+    }
+}
+
 /// The absolute index `distance` entries before `abs` (`BEFORE` for 0).
 #[inline(always)]
 fn back(abs: u64, distance: u32) -> u64 {
@@ -113,7 +160,7 @@ fn distance_back(abs: u64, older: u64) -> u32 {
     if distance > u32::MAX as u64 { 0 } else { distance as u32 }
 }
 
-impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
+impl<T: ZeroDefault, S: Copy + Default> Stream<T, S> {
     /// Limits are rounded up to powers of two (the ring's) and at least 1;
     /// the ring's is at most `MAX_RING`.
     pub fn new(key_limit: usize, ring_limit: usize) -> Stream<T, S> {
@@ -122,7 +169,9 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         let ring_cap = INITIAL.min(ring_limit);
         let buckets = ring_cap * BUCKETS_PER_SLOT;
         Stream {
-            ring: vec![Slot::default(); ring_cap],
+            ring: zeroed_ring(ring_cap),
+            times: vec![0; ring_cap],
+            hot_bits: vec![0; ring_cap.div_ceil(64)],
             mask: ring_cap as u64 - 1,
             head: FIRST,
             tail: FIRST,
@@ -159,7 +208,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
 
     #[inline(always)]
     fn bucket(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.chain_shift) as usize
+        bucket_of(key, self.chain_shift)
     }
 
     /// The newest entry pushed to `key`'s bucket (possibly expired), or `BEFORE`.
@@ -191,15 +240,59 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         unsafe { self.ring.get_unchecked_mut(i) }
     }
 
+    /// The ring position of `abs` (live or not).
+    #[inline(always)]
+    fn index(&self, abs: u64) -> usize {
+        (abs & self.mask) as usize
+    }
+
+    /// Sets (`hot`) or clears the hot bit of the ring slot `i`.
+    #[inline(always)]
+    fn set_hot_bit(&mut self, i: usize, hot: bool) {
+        debug_assert!(i / 64 < self.hot_bits.len());
+        // SAFETY: `hot_bits` has a bit for each of the `mask + 1` slots
+        // (set together in `new` and `grow`), and `i` is a slot's index.
+        let word = unsafe { self.hot_bits.get_unchecked_mut(i / 64) };
+        *word = *word & !(1 << (i % 64)) | (hot as u64) << (i % 64);
+    }
+
+    /// Whether the live entry at `abs` is hot, from the bits (no read of
+    /// its slot).
+    #[inline(always)]
+    pub fn is_hot(&self, abs: u64) -> bool {
+        debug_assert!(abs >= self.head && abs < self.tail);
+        let i = self.index(abs);
+        debug_assert!(i / 64 < self.hot_bits.len());
+        // SAFETY: as in `set_hot_bit`.
+        let hot = unsafe { *self.hot_bits.get_unchecked(i / 64) } >> (i % 64) & 1 != 0;
+        debug_assert_eq!(hot, self.at(abs).hot != COLD);
+        hot
+    }
+
+    /// The oldest entry's `ts_ns`, if any (no read of its slot).
+    #[inline(always)]
+    pub fn front_ts(&self) -> Option<i64> {
+        (self.head < self.tail).then(|| {
+            let i = self.index(self.head);
+            debug_assert!(i < self.times.len());
+            // SAFETY: `times.len()` is `mask + 1` (set together in `new`
+            // and `grow`), and `i` is masked by `mask`.
+            unsafe { *self.times.get_unchecked(i) }
+        })
+    }
+
     /// Brings the ring slot that `key`'s bucket names into cache (what
     /// `hot` and a chain walk read first), when it is live (reading the
-    /// bucket). No effect on results.
+    /// bucket); whether that entry is hot (likely, not surely, `key`'s
+    /// state). No effect on results.
     #[inline]
-    pub fn prefetch_newest(&self, key: u64) {
+    pub fn prefetch_newest(&self, key: u64) -> bool {
         let newest = self.newest(key);
         if newest >= self.head && newest < self.tail {
             self.prefetch_entry(newest);
+            return self.is_hot(newest);
         }
+        false
     }
 
     /// Brings the ring slot of `abs` (live or not) into cache.
@@ -217,13 +310,10 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// effect on results.
     #[inline]
     pub fn prefetch_hot_key_of(&self, abs: u64) -> Option<&Slot<T>> {
-        if abs >= self.tail || abs < self.head {
+        if abs >= self.tail || abs < self.head || !self.is_hot(abs) {
             return None;
         }
         let slot = self.at(abs);
-        if slot.hot == COLD {
-            return None;
-        }
         let key = self.keys.key(slot.hot) as *const KeyEntry<S> as *const u8;
         for offset in (0..std::mem::size_of::<KeyEntry<S>>()).step_by(64) {
             // SAFETY: only an address for a hint, inside the key's slot.
@@ -279,16 +369,18 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         let (mut abs, mut next, mut tail, mut entries) = (self.newest(key), NONE, NONE, 0u32);
         while abs >= self.head {
             let entry = self.at_mut(abs);
-            if entry.key == key {
+            let (mine, prev) = (entry.key == key, entry.prev);
+            if mine {
                 entry.hot = slot;
                 entry.next = if next == NONE { 0 } else { (next - abs) as u32 };
+                self.set_hot_bit(self.index(abs), true);
                 next = abs;
                 if tail == NONE {
                     tail = abs;
                 }
                 entries += 1;
             }
-            abs = back(abs, entry.prev);
+            abs = back(abs, prev);
         }
         let k = self.keys.key_mut(slot);
         (k.head, k.tail, k.entries) = (next, tail, entries);
@@ -338,12 +430,6 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         abs >= self.head && abs < self.tail
     }
 
-    /// The oldest entry, if any.
-    #[inline(always)]
-    pub fn front(&self) -> Option<&Slot<T>> {
-        (self.head < self.tail).then(|| self.at(self.head))
-    }
-
     /// Removes the oldest entry (the oldest of its key too) and returns it
     /// with its absolute index.
     #[inline]
@@ -369,7 +455,7 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
     /// Drops the oldest entry, which must be cold (nothing to unlink).
     #[inline(always)]
     pub fn skip_cold_front(&mut self) {
-        debug_assert!(self.head < self.tail && self.ring[(self.head & self.mask) as usize].hot == COLD);
+        debug_assert!(self.head < self.tail && !self.is_hot(self.head));
         self.head += 1;
     }
 
@@ -413,6 +499,11 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         let prev = distance_back(abs, std::mem::replace(newest, abs));
         let hot_slot = hot.unwrap_or(COLD);
         *self.at_mut(abs) = Slot { ts_ns, seq, key, hot: hot_slot, next: 0, prev, tag, data };
+        let i = self.index(abs);
+        debug_assert!(i < self.times.len());
+        // SAFETY: as in `front_ts`.
+        unsafe { *self.times.get_unchecked_mut(i) = ts_ns };
+        self.set_hot_bit(i, hot.is_some());
         self.tail += 1;
         if let Some(slot) = hot {
             let key = self.keys.key_mut(slot);
@@ -428,26 +519,38 @@ impl<T: Copy + Default, S: Copy + Default> Stream<T, S> {
         (abs, hot)
     }
 
-    /// Doubles the ring, and the chain buckets with it (rebuilt from the
-    /// live entries, oldest first).
+    /// Doubles the ring, and the chain buckets with it: one pass over the
+    /// live entries, oldest first, copies each and links it into its new
+    /// bucket. The new ring is allocated zeroed (`ZeroDefault`): on the
+    /// Shenzhen peak day the window holds a whole burst (a ring of about a
+    /// million slots), and a pass of default writes over it cost as many
+    /// cache misses as the copy.
     #[cold]
     fn grow(&mut self) {
         assert!(!self.must_evict(), "push into a full window ring");
         let cap = self.ring.len() * 2;
-        let mut ring = vec![Slot::default(); cap];
+        let mut ring = zeroed_ring::<T>(cap);
         let mask = cap as u64 - 1;
+        let buckets = cap * BUCKETS_PER_SLOT;
+        let mut chain = vec![BEFORE; buckets];
+        let chain_shift = 64 - buckets.trailing_zeros();
+        let mut times = vec![0; cap];
+        let mut hot_bits = vec![0u64; cap.div_ceil(64)];
         for abs in self.head..self.tail {
-            ring[(abs & mask) as usize] = self.ring[(abs & self.mask) as usize];
+            let mut slot = self.ring[(abs & self.mask) as usize];
+            let bucket = bucket_of(slot.key, chain_shift);
+            slot.prev = distance_back(abs, std::mem::replace(&mut chain[bucket], abs));
+            let i = (abs & mask) as usize;
+            times[i] = slot.ts_ns;
+            hot_bits[i / 64] |= ((slot.hot != COLD) as u64) << (i % 64);
+            ring[i] = slot;
         }
         self.ring = ring;
+        self.times = times;
+        self.hot_bits = hot_bits;
         self.mask = mask;
-        let buckets = cap * BUCKETS_PER_SLOT;
-        self.chain = vec![BEFORE; buckets];
-        self.chain_shift = 64 - buckets.trailing_zeros();
-        for abs in self.head..self.tail {
-            let bucket = self.bucket(self.ring[(abs & mask) as usize].key);
-            self.ring[(abs & mask) as usize].prev = distance_back(abs, std::mem::replace(&mut self.chain[bucket], abs));
-        }
+        self.chain = chain;
+        self.chain_shift = chain_shift;
         self.grew += 1;
     }
 
@@ -530,6 +633,40 @@ mod tests {
         w.release(slot);
         assert_eq!(w.hot(a), None);
         assert_eq!(w.key_count(), 0);
+    }
+
+    /// The side arrays expiry reads (`front_ts`, `is_hot`) agree with the
+    /// slots across pushes, promotions, ring growth and expiry, and a
+    /// zeroed ring's slots read as defaults.
+    #[test]
+    fn times_and_hot_bits_follow_the_slots() {
+        let check = |w: &Stream<u64, u32>| {
+            for abs in w.head()..w.tail() {
+                assert_eq!(w.is_hot(abs), w.entry(abs).hot != COLD, "entry {abs}");
+            }
+            assert_eq!(w.front_ts(), (w.len() > 0).then(|| w.entry(w.head()).ts_ns));
+        };
+        let mut w: Stream<u64, u32> = Stream::new(8, 1 << 14);
+        assert!(w.ring.iter().all(|s| s.ts_ns == 0 && s.key == 0 && s.data == 0));
+        assert_eq!(w.front_ts(), None);
+        for i in 0..700u64 {
+            w.push(i % 5, 1000 + i as i64, i, 0, i);
+        }
+        let slot = w.promote(3).unwrap();
+        check(&w);
+        for i in 700..3000u64 {
+            w.push(i % 5, 1000 + i as i64, i, 0, i);
+            if i % 97 == 0 {
+                w.pop_front();
+            }
+        }
+        assert!(w.grew >= 2);
+        check(&w);
+        assert!(w.walk(slot).all(|(abs, _)| w.is_hot(abs)));
+        while w.len() > 0 {
+            w.pop_front();
+            check(&w);
+        }
     }
 
     /// Many keys in few buckets: the walk skips the other keys' entries,
