@@ -61,12 +61,13 @@ use crate::flat_map::prefetch;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Off unless the rules file turns it on (`enabled = true`): about 240
-/// shard instructions a new order or cancel (a table probe, an insert
-/// for each new key of the day, a `VecDeque` window), which would cut a
-/// default replay's speed by about a third (the default rules execute
-/// about 365 a record: docs/PERFORMANCE.md). On by default
-/// once it costs about what excessive-cancel does.
+/// Off unless the rules file turns it on (`enabled = true`): about 250
+/// instructions a new order or cancel on the 1M-record sample day (a
+/// table probe, an insert and its share of the table's doublings for
+/// each new key of the day, the window), which would cut a default
+/// replay's speed by about a third (the default rules execute about 365
+/// a record: docs/PERFORMANCE.md). On by default once it costs about
+/// what excessive-cancel does.
 pub const ENABLED_BY_DEFAULT: bool = false;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
