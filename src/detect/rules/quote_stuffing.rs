@@ -195,7 +195,11 @@ impl Buckets {
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                // Populated at once: a probe that reads a page not yet
+                // touched would map the shared zero page, and the insert's
+                // write would fault again (twice the page faults: +0.25 s
+                // of system time on the 10M-record day).
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
                 0,
             )
