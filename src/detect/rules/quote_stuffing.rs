@@ -4,19 +4,34 @@
 //! One alert per episode (`cooldown_ms`, default 60 s).
 //!
 //! The window entries of all keys form one time-ordered FIFO (the shard
-//! applies records in time order); each record pushes one and expires those
-//! that left `(t - window, t]`. An entry names its key's bucket in the
-//! table (moved with it when the table grows), so an expiry probes no
-//! table: a record costs one probe, an expiry none. A bucket holds the hot
-//! counters inline (32 bytes); `prefetch` fetches the bucket of the record
-//! `PREFETCH_AHEAD` ahead and of the entry about to expire. A key's crossing is evaluated at its own
+//! applies records in time order), a power-of-two ring by absolute
+//! position that doubles when full; each record pushes one and expires
+//! those that left `(t - window, t]`. An entry names its key's bucket in
+//! the table (moved with it when the table grows), so an expiry probes no
+//! table. A bucket holds the hot counters inline (32 bytes); `prefetch`
+//! fetches the bucket of the record `PREFETCH_AHEAD` ahead and of the
+//! entry about to expire. A key's crossing is evaluated at its own
 //! records, and it falls below when an entry leaving the window takes its
-//! count under the threshold (at the time the entry left). Limit: `MAX_KEYS`
-//! (2^22) keys per shard, past it a new key is counted (`refused`) and not
-//! tracked. The table doubles as keys arrive (at most half full: 64-128
-//! bytes of buckets a key, 4 bytes of first-seen order); at the limit
-//! about 256 MiB. 2^20 refused the keys of 598,120 records on the 10M
-//! sample day with one shard (about 1.4M (account, instrument) keys).
+//! count under the threshold (at the time the entry left).
+//!
+//! Most keys have a few entries in the window at most, and an entry that
+//! leaves can take such a key under no level: a key below `eager_at`
+//! (`EAGER_AT` = 8, or a lower threshold or near level) is counted lazily.
+//! Its bucket keeps its newest entry's position and each of its entries
+//! links to the one before; its record walks them (a few entries in the
+//! window's recent lines) and its expiries touch nothing. A record that
+//! takes it to `eager_at` flags its entries, and from then on each expiry
+//! decrements its count (one bucket touch) until none is left. The counts
+//! and the times a key falls below are exactly those of counting every
+//! key eagerly.
+//!
+//! Limit: `MAX_KEYS` (2^22) keys per shard, past it a new key is counted
+//! (`refused`) and not tracked. The table doubles as keys arrive (at most
+//! half full: 64-128 bytes of buckets a key, 4 bytes of first-seen
+//! order), in anonymous memory the kernel zeroes (an empty bucket is
+//! zero), moving the keys in bucket order; at the limit about 256 MiB.
+//! 2^20 refused the keys of 598,120 records on the 10M sample day with
+//! one shard (about 1.4M (account, instrument) keys).
 //!
 //! Near-misses (`near_miss_pct`, off by default): a key whose window count
 //! reaches that share of `min_in_window`, or whose day count reaches that
@@ -31,27 +46,28 @@
 //! that is about to change a bucket or expire an entry the copy has not
 //! reached copies it first. A new key that grows the table (which moves
 //! every bucket) finishes the copy first. The writer encodes the image
-//! in the order first seen: the section's bytes are those of the whole
-//! copy at the barrier (version 1).
+//! in the order first seen, a lazy key's window count counted from the
+//! copied window: the section's bytes are those of the whole copy at the
+//! barrier (version 1).
 
 use crate::alert::{Alert, Evidence, EvidenceJson};
 use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
-use crate::detect::state::episode::{Episode, EpisodeCounts, Outcome, day_of, key};
+use crate::detect::state::episode::{Episode, EpisodeCounts, NS_PER_DAY, Outcome, ZONE_OFFSET_NS, day_of, key};
 use crate::detect::state::slices::{SlicedImage, Slices};
 use crate::event::Event;
 use crate::flat_map::prefetch;
 use serde::Deserialize;
-use std::collections::VecDeque;
 use toml::Spanned;
 
-/// Off unless the rules file turns it on (`enabled = true`): about 240
-/// shard instructions a new order or cancel (a table probe, an insert
-/// for each new key of the day, a `VecDeque` window), which would cut a
-/// default replay's speed by about a third (the default rules execute
-/// about 365 a record: docs/PERFORMANCE.md). On by default
-/// once it costs about what excessive-cancel does.
+/// Off unless the rules file turns it on (`enabled = true`): about 250
+/// instructions a new order or cancel on the 1M-record sample day (a
+/// table probe, an insert and its share of the table's doublings for
+/// each new key of the day, the window), which would cut a default
+/// replay's speed by about a third (the default rules execute about 365
+/// a record: docs/PERFORMANCE.md). On by default once it costs about
+/// what excessive-cancel does.
 pub const ENABLED_BY_DEFAULT: bool = false;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,29 +130,110 @@ const PREFETCH_EXPIRING: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C, align(32))]
 struct Bucket {
-    key: u64,
+    /// The key's complement (`!key`): zero marks an empty bucket, so a
+    /// table allocated zeroed is empty without being written.
+    not_key: u64,
     in_day: u64,
     /// `day_of` of the key's last record (fits: days since 1970).
     day: i32,
+    /// With `EAGER`: the key's entries in the window. Without: the low
+    /// 32 bits of its newest entry's position in the window (which may
+    /// have left it): the count is walked from there (`Window::chain`).
     in_window: u32,
     /// The group of the key's last record (kept for the checkpoint).
     group: u32,
-    /// Bits 0-29: 1 + the key's index in `cold`, 0 for none; `MAY_HOT`,
-    /// `NEAR_MAY_HOT`: its episode (near episode) may be open.
+    /// Bits 0-28: 1 + the key's index in `cold`, 0 for none; `EAGER`: its
+    /// window count is kept in `in_window`; `MAY_HOT`, `NEAR_MAY_HOT`: its
+    /// episode (near episode) may be open.
     cold: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 32);
 
-const COLD_INDEX: u32 = (1 << 30) - 1;
+const COLD_INDEX: u32 = (1 << 29) - 1;
+const EAGER: u32 = 1 << 29;
 const MAY_HOT: u32 = 1 << 30;
 const NEAR_MAY_HOT: u32 = 1 << 31;
 
-const EMPTY_BUCKET: Bucket = Bucket { key: EMPTY, in_day: 0, day: 0, in_window: 0, group: 0, cold: 0 };
+const EMPTY_BUCKET: Bucket = Bucket { not_key: !EMPTY, in_day: 0, day: 0, in_window: 0, group: 0, cold: 0 };
 
-/// The key that marks an empty bucket; a real key equal to it lives in the
-/// bucket past the probed ones.
+/// The key that marks an empty bucket (stored as zero); a real key equal
+/// to it lives in the bucket past the probed ones.
 const EMPTY: u64 = u64::MAX;
+
+impl Bucket {
+    #[inline(always)]
+    fn key(&self) -> u64 {
+        !self.not_key
+    }
+}
+
+/// The table's buckets, in anonymous memory mapped for it: the kernel
+/// hands out zeroed pages (all-zero buckets are empty), so a growth does
+/// not write the whole new table before it fills it (that write, by the
+/// allocator's `memset` or a fill, was two-thirds of the rule's cache
+/// misses on the 1M-record day), and the buckets start on a page, two a
+/// cache line.
+struct Buckets {
+    ptr: std::ptr::NonNull<Bucket>,
+    len: usize,
+}
+
+// SAFETY: `Buckets` owns its mapping as a `Vec` owns its buffer; nothing
+// else points into it.
+unsafe impl Send for Buckets {}
+
+impl Buckets {
+    /// `n` (> 0) empty buckets.
+    fn zeroed(n: usize) -> Buckets {
+        assert!(n > 0);
+        let bytes =
+            n.checked_mul(std::mem::size_of::<Bucket>()).expect("a quote-stuffing table within the address space");
+        // SAFETY: a fresh private anonymous mapping; no memory of ours is involved.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                // Populated at once: a probe that reads a page not yet
+                // touched would map the shared zero page, and the insert's
+                // write would fault again (twice the page faults: +0.25 s
+                // of system time on the 10M-record day).
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        assert!(ptr != libc::MAP_FAILED, "cannot map {bytes} bytes for the quote-stuffing table");
+        Buckets { ptr: std::ptr::NonNull::new(ptr.cast()).expect("mmap returns no null mapping"), len: n }
+    }
+}
+
+impl std::ops::Deref for Buckets {
+    type Target = [Bucket];
+
+    #[inline(always)]
+    fn deref(&self) -> &[Bucket] {
+        // SAFETY: the mapping holds `len` buckets, page-aligned, zero-initialised
+        // (a valid `Bucket`), and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Buckets {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [Bucket] {
+        // SAFETY: as `deref`; `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Buckets {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `zeroed`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<Bucket>()) };
+    }
+}
 
 /// A key's episodes: touched only at a crossing, a near count, or while
 /// one may be open (`observe` with `crossing == false` on an episode that
@@ -153,7 +250,7 @@ struct Cold {
 /// alone, so `prefetch` can fetch it a few records ahead.
 struct Table {
     /// A power of two of probed buckets, then the one for the key `EMPTY`.
-    buckets: Vec<Bucket>,
+    buckets: Buckets,
     mask: usize,
     /// Bits to shift a hash right by to get a bucket index.
     shift: u32,
@@ -171,7 +268,7 @@ impl Table {
     fn with_buckets(n: usize) -> Table {
         debug_assert!(n.is_power_of_two());
         Table {
-            buckets: vec![EMPTY_BUCKET; n + 1],
+            buckets: Buckets::zeroed(n + 1),
             mask: n - 1,
             shift: 64 - n.trailing_zeros(),
             len: 0,
@@ -200,11 +297,11 @@ impl Table {
         }
         let mut i = self.home(k);
         loop {
-            let at = self.buckets[i].key;
-            if at == k {
+            let at = self.buckets[i].not_key;
+            if at == !k {
                 return Ok(i);
             }
-            if at == EMPTY {
+            if at == 0 {
                 return Err(i);
             }
             i = (i + 1) & self.mask;
@@ -215,7 +312,7 @@ impl Table {
     /// the table first (`needs_growth`).
     fn insert(&mut self, k: u64) -> usize {
         let Err(i) = self.find(k) else { unreachable!("a key inserted twice") };
-        self.buckets[i] = Bucket { key: k, ..EMPTY_BUCKET };
+        self.buckets[i] = Bucket { not_key: !k, ..EMPTY_BUCKET };
         if k == EMPTY {
             self.side = true;
         } else {
@@ -231,15 +328,29 @@ impl Table {
 
     /// Doubles the probed buckets; the buckets' new places, indexed by the old.
     fn grow(&mut self) -> Vec<u32> {
-        let old = std::mem::replace(self, Table::with_buckets((self.mask + 1) * 2));
-        self.seen.reserve_exact(old.seen.capacity());
+        let mut old = std::mem::replace(self, Table::with_buckets((self.mask + 1) * 2));
         let mut moved = vec![0u32; old.buckets.len()];
-        // Re-inserted in the order first seen, so the table is a function of the keys.
-        for &at in &old.seen {
-            let b = old.buckets[at as usize];
-            let i = self.insert(b.key);
-            self.buckets[i] = b;
-            moved[at as usize] = i as u32;
+        // In bucket order: a key's home in the doubled table is twice its
+        // old one or one more (the hash's top bits), so both tables are
+        // walked front to back (it was in the order first seen: a cache
+        // miss on each side per key).
+        for (at, b) in old.buckets[..=old.mask].iter().enumerate() {
+            if b.not_key != 0 {
+                let mut i = self.home(b.key());
+                while self.buckets[i].not_key != 0 {
+                    i = (i + 1) & self.mask;
+                }
+                self.buckets[i] = *b;
+                moved[at] = i as u32;
+            }
+        }
+        let side = self.mask + 1;
+        self.buckets[side] = old.buckets[old.mask + 1];
+        moved[old.mask + 1] = side as u32;
+        (self.len, self.side) = (old.len, old.side);
+        self.seen = std::mem::take(&mut old.seen);
+        for at in &mut self.seen {
+            *at = moved[*at as usize];
         }
         self.cold = old.cold;
         moved
@@ -265,10 +376,160 @@ impl Table {
     }
 }
 
+/// The window count at which a key starts being counted eagerly (unless
+/// a threshold or near level is lower): below it a record walks its key's
+/// few entries instead of every expiry touching the key's bucket.
+const EAGER_AT: u32 = 8;
+
+/// In a window entry's `at`: its key counts eagerly (the expiry decrements it).
+const EAGER_ENTRY: u32 = 1 << 31;
+
+/// A window entry.
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    ts: i64,
+    /// The key's bucket, with `EAGER_ENTRY` when the key counts eagerly.
+    at: u32,
+    /// A lazy key's entry: how many positions back its previous entry is
+    /// (0: none, or it had left the window when this one came).
+    back: u32,
+}
+
+/// The window's entries, oldest first, at absolute positions `head..tail`
+/// of a power-of-two ring that doubles when full: it spans about the
+/// most entries the window held, so the lines an entry is written to are
+/// the ones the last expiries just read (a `VecDeque` of the shard's
+/// window capacity cycled through all of it).
+struct Window {
+    entries: Box<[Entry]>,
+    mask: u64,
+    head: u64,
+    tail: u64,
+}
+
+impl Window {
+    fn with_capacity(capacity: usize) -> Window {
+        let n = capacity.max(16).next_power_of_two();
+        Window { entries: vec![Entry::default(); n].into_boxed_slice(), mask: n as u64 - 1, head: 0, tail: 0 }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        (self.tail - self.head) as usize
+    }
+
+    #[inline(always)]
+    fn is_full(&self) -> bool {
+        self.tail - self.head > self.mask
+    }
+
+    /// The entry at absolute position `pos` (`head <= pos < tail`).
+    #[inline(always)]
+    fn at(&self, pos: u64) -> &Entry {
+        debug_assert!(self.head <= pos && pos < self.tail);
+        // SAFETY: `entries` has `mask + 1` entries, so a masked position is in bounds.
+        unsafe { self.entries.get_unchecked((pos & self.mask) as usize) }
+    }
+
+    #[inline(always)]
+    fn at_mut(&mut self, pos: u64) -> &mut Entry {
+        debug_assert!(self.head <= pos && pos < self.tail);
+        // SAFETY: as `at`.
+        unsafe { self.entries.get_unchecked_mut((pos & self.mask) as usize) }
+    }
+
+    #[inline(always)]
+    fn front(&self) -> Option<Entry> {
+        (self.head < self.tail).then(|| *self.at(self.head))
+    }
+
+    /// Entry `i` from the front.
+    #[inline(always)]
+    fn get(&self, i: usize) -> Option<&Entry> {
+        (i < self.len()).then(|| self.at(self.head + i as u64))
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) {
+        self.head += 1;
+    }
+
+    #[inline(always)]
+    fn push(&mut self, e: Entry) {
+        if self.is_full() {
+            self.grow();
+        }
+        let tail = self.tail;
+        self.tail += 1;
+        *self.at_mut(tail) = e;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let mut bigger = Window::with_capacity(self.entries.len() * 2);
+        (bigger.head, bigger.tail) = (self.head, self.tail);
+        for pos in self.head..self.tail {
+            *bigger.at_mut(pos) = *self.at(pos);
+        }
+        *self = bigger;
+    }
+
+    fn positions(&self) -> std::ops::Range<u64> {
+        self.head..self.tail
+    }
+
+    /// The distance back from `tail` of the newest entry of the lazy key
+    /// at `at` whose `in_window` (its newest entry's position, low bits)
+    /// is `newest`, if that entry is still in the window. A position that
+    /// left the window may name an entry of another key now, never one
+    /// of this key: a lazy key with an entry in the window has its newest
+    /// entry's position.
+    #[inline(always)]
+    fn newest(&self, at: usize, newest: u32) -> Option<u64> {
+        let back = (self.tail as u32).wrapping_sub(newest) as u64;
+        (back >= 1 && back as usize <= self.len() && self.at(self.tail - back).at == at as u32).then_some(back)
+    }
+
+    /// The entries of a lazy key in the window, from its newest at
+    /// distance `back` from `tail` along the entries' `back` links.
+    #[inline(always)]
+    fn chain(&self, mut back: u64) -> u32 {
+        let mut n = 1;
+        loop {
+            let step = self.at(self.tail - back).back as u64;
+            // A link past the front names an entry that left the window.
+            if step == 0 || back + step > self.len() as u64 {
+                return n;
+            }
+            back += step;
+            n += 1;
+        }
+    }
+
+    /// Flags the `n` entries of a key's chain from distance `back` eager.
+    fn mark_eager(&mut self, mut back: u64, n: u32) {
+        for _ in 0..n {
+            let tail = self.tail;
+            let e = self.at_mut(tail - back);
+            e.at |= EAGER_ENTRY;
+            back += e.back as u64;
+        }
+    }
+}
+
 pub struct QuoteStuffing {
     params: Params,
-    /// (ts_ns, the key's bucket), oldest first.
-    window: VecDeque<(i64, u32)>,
+    window: Window,
+    /// The window count at which a key counts eagerly: `EAGER_AT`, or
+    /// the lowest level that matters when an entry leaves (a threshold
+    /// or the near level), so a key below it needs no expiry.
+    eager_at: u32,
+    /// The trading day of the last record and its bounds (the day of most
+    /// records without a division).
+    day: i32,
+    day_start_ns: i64,
+    day_end_ns: i64,
     table: Table,
     pub counts: EpisodeCounts,
     refused: u64,
@@ -296,13 +557,12 @@ struct Snap {
     /// grows at its end while a snapshot is in progress).
     seen_len: usize,
     seen_copied: usize,
-    /// Window entries at the barrier, how many of them (from the front)
-    /// are copied, and how many entries were popped since: the barrier's
-    /// entry `j` is at `window[j - popped]`. Entries are copied before
-    /// they are popped, so `window_copied >= min(popped, window_len)`.
+    /// The window's first position at the barrier, its entries then, and
+    /// how many of them (from the front) are copied. Entries are copied
+    /// before they are popped.
+    window_head: u64,
     window_len: usize,
     window_copied: usize,
-    popped: usize,
 }
 
 /// The state at a barrier, copied in slices; the writer encodes it
@@ -371,7 +631,14 @@ impl Rule for QuoteStuffing {
     fn new(params: &Params, sizing: &Sizing) -> QuoteStuffing {
         QuoteStuffing {
             params: *params,
-            window: VecDeque::with_capacity(sizing.window_capacity.min(1 << 20)),
+            window: Window::with_capacity(sizing.window_capacity.min(1 << 12)),
+            eager_at: params
+                .near()
+                .map_or(params.min_in_window, |(near, _)| near.min(params.min_in_window))
+                .min(EAGER_AT),
+            day: 0,
+            day_start_ns: 0,
+            day_end_ns: 0,
             table: Table::with_buckets(1 << 12),
             counts: EpisodeCounts::default(),
             refused: 0,
@@ -387,8 +654,10 @@ impl Rule for QuoteStuffing {
     #[inline(always)]
     fn prefetch(&self, event: &Event) {
         self.table.prefetch(key(event.account, event.instrument));
-        if let Some(&(_, at)) = self.window.get(PREFETCH_EXPIRING) {
-            prefetch(&self.table.buckets[at as usize]);
+        if let Some(e) = self.window.get(PREFETCH_EXPIRING)
+            && e.at & EAGER_ENTRY != 0
+        {
+            prefetch(&self.table.buckets[(e.at & !EAGER_ENTRY) as usize]);
         }
     }
 
@@ -399,15 +668,14 @@ impl Rule for QuoteStuffing {
         }
         let t = event.ts_ns;
         let horizon = t - self.params.window_ns;
-        while let Some(&(ts, at)) = self.window.front() {
-            if ts > horizon {
+        while let Some(e) = self.window.front() {
+            if e.ts > horizon {
                 break;
             }
-            self.window.pop_front();
-            let b = &mut self.table.buckets[at as usize];
-            b.in_window -= 1;
-            if b.cold & (MAY_HOT | NEAR_MAY_HOT) != 0 {
-                self.left(at as usize, ts);
+            self.window.pop();
+            // A lazy key's entry leaves without touching its bucket.
+            if e.at & EAGER_ENTRY != 0 {
+                self.expire((e.at & !EAGER_ENTRY) as usize, e.ts);
             }
         }
         let k = key(event.account, event.instrument);
@@ -418,23 +686,25 @@ impl Rule for QuoteStuffing {
                 None => return,
             },
         };
-        self.grew += (self.window.len() == self.window.capacity()) as u64;
-        self.window.push_back((t, at as u32));
+        self.grew += self.window.is_full() as u64;
+        if t < self.day_start_ns || t >= self.day_end_ns {
+            self.new_day(t);
+        }
+        let day = self.day;
+        let in_window = self.push(at, t);
         let b = &mut self.table.buckets[at];
-        let day = day_of(t) as i32;
         if b.day != day {
             b.day = day;
             b.in_day = 0;
         }
-        b.in_window += 1;
         b.in_day += 1;
         b.group = event.group;
         let p = &self.params;
-        let crossing = b.in_window >= p.min_in_window || b.in_day >= p.min_in_day;
-        let near = p.near().is_some_and(|(near_window, pct)| b.in_window >= near_window || near_day(p, pct, b.in_day));
+        let crossing = in_window >= p.min_in_window || b.in_day >= p.min_in_day;
+        let near = p.near().is_some_and(|(near_window, pct)| in_window >= near_window || near_day(p, pct, b.in_day));
         // Below both levels with no episode open: the episodes would not change.
         if crossing || near || b.cold & (MAY_HOT | NEAR_MAY_HOT) != 0 {
-            self.episodes_at(at, event, crossing, near, out);
+            self.episodes_at(at, event, in_window, crossing, near, out);
         }
     }
 
@@ -486,7 +756,7 @@ impl Rule for QuoteStuffing {
         snap.buckets.begin(self.table.buckets.len());
         snap.cold_len = self.table.cold.len();
         (snap.seen_len, snap.seen_copied) = (self.table.seen.len(), 0);
-        (snap.window_len, snap.window_copied, snap.popped) = (self.window.len(), 0, 0);
+        (snap.window_head, snap.window_len, snap.window_copied) = (self.window.head, self.window.len(), 0);
         self.image = Some(image);
         self.snapshot = true;
     }
@@ -515,10 +785,18 @@ impl Rule for QuoteStuffing {
         for &(i, c) in &image.cold {
             cold[i as usize - 1] = c;
         }
+        // A lazy key's window count: its entries in the window.
+        let mut lazy: Vec<u32> =
+            image.window.iter().map(|&(_, at)| at).filter(|&at| bucket(at).cold & EAGER == 0).collect();
+        lazy.sort_unstable();
+        let in_window = |at: u32, b: &Bucket| match b.cold & EAGER {
+            0 => (lazy.partition_point(|&x| x <= at) - lazy.partition_point(|&x| x < at)) as u32,
+            _ => b.in_window,
+        };
         w.u64(image.window.len() as u64);
         for &(ts, at) in &image.window {
             w.i64(ts);
-            w.u64(bucket(at).key);
+            w.u64(bucket(at).key());
         }
         w.u64(image.seen.len() as u64);
         for &at in &image.seen {
@@ -527,8 +805,8 @@ impl Rule for QuoteStuffing {
                 0 => Cold::default(),
                 i => cold[i as usize - 1],
             };
-            w.u64(b.key);
-            w.u32(b.in_window);
+            w.u64(b.key());
+            w.u32(in_window(at, b));
             w.u32(b.group);
             w.i64(b.day as i64);
             w.u64(b.in_day);
@@ -574,8 +852,9 @@ impl Rule for QuoteStuffing {
             };
             let b = &mut self.table.buckets[at];
             (b.in_window, b.group, b.day, b.in_day) = (in_window, group, day, in_day);
-            b.cold &= COLD_INDEX;
-            if cold != Cold::default() || b.cold != 0 {
+            // Counted eagerly, as the window's entries are (until the count is 0).
+            b.cold = b.cold & COLD_INDEX | EAGER;
+            if cold != Cold::default() || b.cold & COLD_INDEX != 0 {
                 // Whether an episode is open is not known here: maybe (exact,
                 // as an episode not open ignores `crossing == false`).
                 let i = self.table.cold_index(at);
@@ -587,14 +866,19 @@ impl Rule for QuoteStuffing {
             let Ok(at) = self.table.find(k) else {
                 return Err(DecodeError(format!("a quote-stuffing window entry of key {k:#x}, which has no state")));
             };
-            self.window.push_back((ts, at as u32));
+            self.window.push(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
         }
         Ok(())
     }
 
     /// Old shards' FIFOs were appended one after the other: one time order again.
     fn restored(&mut self) {
-        self.window.make_contiguous().sort_by_key(|&(ts, _)| ts);
+        // Every entry is eager here (no links to keep).
+        let mut entries: Vec<Entry> = self.window.positions().map(|pos| *self.window.at(pos)).collect();
+        entries.sort_by_key(|e| e.ts);
+        for (pos, e) in self.window.positions().zip(entries) {
+            *self.window.at_mut(pos) = e;
+        }
     }
 
     fn describe(section: &[u8]) -> Result<Vec<(&'static str, u64)>, DecodeError> {
@@ -611,11 +895,15 @@ impl QuoteStuffing {
     #[inline(never)]
     fn copy_first(&mut self, event: &Event) {
         let horizon = event.ts_ns - self.params.window_ns;
-        let expiring = self.window.iter().take_while(|&&(ts, _)| ts <= horizon).count();
-        self.copy_window(self.snap.popped + expiring);
-        for i in 0..expiring {
-            let at = self.window[i].1 as usize;
-            if let Some(s) = self.snap.buckets.uncopied(at) {
+        let head = self.window.head;
+        let expiring = self.window.positions().take_while(|&pos| self.window.at(pos).ts <= horizon).count() as u64;
+        self.copy_window((head + expiring - self.snap.window_head) as usize);
+        for pos in head..head + expiring {
+            // A lazy key's entry leaves its bucket as it is.
+            let at = self.window.at(pos).at;
+            if at & EAGER_ENTRY != 0
+                && let Some(s) = self.snap.buckets.uncopied((at & !EAGER_ENTRY) as usize)
+            {
                 self.copy_buckets(s);
             }
         }
@@ -639,9 +927,6 @@ impl QuoteStuffing {
             // A new key goes into a bucket no key of the barrier is in.
             Err(_) => {}
         }
-        // Counted once copied: until `on_record` pops them, they are still
-        // in the window where `copy_window` looks for them.
-        self.snap.popped += expiring;
     }
 
     /// Copies the barrier's window entries up to `upto` (from its front).
@@ -651,9 +936,14 @@ impl QuoteStuffing {
         if let Some(image) = self.image.as_mut()
             && snap.window_copied < upto
         {
-            let from = snap.window_copied - snap.popped;
-            let to = upto - snap.popped;
-            image.window.extend(self.window.range(from..to).copied());
+            let window = &self.window;
+            let from = snap.window_head + snap.window_copied as u64;
+            debug_assert!(from >= window.head, "a window entry popped before it was copied");
+            let to = snap.window_head + upto as u64;
+            image.window.extend((from..to).map(|pos| {
+                let e = window.at(pos);
+                (e.ts, e.at & !EAGER_ENTRY)
+            }));
             snap.window_copied = upto;
         }
     }
@@ -718,9 +1008,75 @@ impl QuoteStuffing {
     #[inline(never)]
     fn grow(&mut self) {
         let moved = self.table.grow();
-        for (_, at) in self.window.iter_mut() {
-            *at = moved[*at as usize];
+        for pos in self.window.positions() {
+            let e = self.window.at_mut(pos);
+            e.at = moved[(e.at & !EAGER_ENTRY) as usize] | e.at & EAGER_ENTRY;
         }
+    }
+
+    /// An eager key's entry left the window (at `ts + window`).
+    #[inline(always)]
+    fn expire(&mut self, at: usize, ts: i64) {
+        let b = &mut self.table.buckets[at];
+        b.in_window -= 1;
+        if b.in_window == 0 {
+            // No entry left to decrement it: lazy again (`in_window` is now
+            // a position, and none of the key's entries is at it).
+            b.cold &= !EAGER;
+        }
+        if b.cold & (MAY_HOT | NEAR_MAY_HOT) != 0 {
+            self.left(at, ts);
+        }
+    }
+
+    /// Pushes the window entry of a record of the key at `at` at `ts`; the
+    /// key's entries in the window, this one included. A lazy key's count
+    /// is walked along its entries (fewer than `eager_at`, in the window's
+    /// few recent lines); at `eager_at` they are flagged, and from then on
+    /// each expiry decrements it (`expire`) until none is left.
+    #[inline(always)]
+    fn push(&mut self, at: usize, ts: i64) -> u32 {
+        let window = &mut self.window;
+        let b = &mut self.table.buckets[at];
+        if b.cold & EAGER != 0 {
+            b.in_window += 1;
+            window.push(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
+            return b.in_window;
+        }
+        let newest = window.newest(at, b.in_window);
+        let before = newest.map_or(0, |back| window.chain(back));
+        if before + 1 >= self.eager_at {
+            if let Some(back) = newest {
+                window.mark_eager(back, before);
+            }
+            b.in_window = before + 1;
+            b.cold |= EAGER;
+            window.push(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
+        } else {
+            b.in_window = window.tail as u32;
+            window.push(Entry { ts, at: at as u32, back: newest.map_or(0, |back| back as u32) });
+        }
+        before + 1
+    }
+
+    /// The key's entries in the window, however it is counted.
+    #[cfg(test)]
+    fn in_window(&self, at: usize) -> u32 {
+        let b = &self.table.buckets[at];
+        match b.cold & EAGER {
+            0 => self.window.newest(at, b.in_window).map_or(0, |back| self.window.chain(back)),
+            _ => b.in_window,
+        }
+    }
+
+    /// A record of another trading day than the last's: its day and bounds.
+    #[cold]
+    #[inline(never)]
+    fn new_day(&mut self, t: i64) {
+        let day = day_of(t);
+        self.day = day as i32;
+        self.day_start_ns = day * NS_PER_DAY - ZONE_OFFSET_NS;
+        self.day_end_ns = self.day_start_ns + NS_PER_DAY;
     }
 
     /// An entry of the key at `at`, which may have an episode open, left the
@@ -753,7 +1109,15 @@ impl QuoteStuffing {
     /// is near, or may have an episode open.
     #[cold]
     #[inline(never)]
-    fn episodes_at(&mut self, at: usize, event: &Event, crossing: bool, near: bool, out: &mut impl Emit) {
+    fn episodes_at(
+        &mut self,
+        at: usize,
+        event: &Event,
+        in_window: u32,
+        crossing: bool,
+        near: bool,
+        out: &mut impl Emit,
+    ) {
         let p = self.params;
         let t = event.ts_ns;
         let i = self.table.cold_index(at);
@@ -766,7 +1130,7 @@ impl QuoteStuffing {
         // The last word is the episode, or for a near-miss the share.
         let evidence = |last: u64| {
             Evidence([
-                b.in_window as u64,
+                in_window as u64,
                 (p.window_ns / MS) as u64,
                 p.min_in_window as u64,
                 b.in_day,
@@ -965,12 +1329,12 @@ mod tests {
         for (n, &k) in keys.iter().enumerate() {
             assert_eq!(t.find(k).ok(), None);
             if t.needs_growth() {
-                let before: Vec<u64> = t.seen.iter().map(|&at| t.buckets[at as usize].key).collect();
+                let before: Vec<u64> = t.seen.iter().map(|&at| t.buckets[at as usize].key()).collect();
                 let moved = t.grow();
                 grew += 1;
                 // Every key moved with its counts, to the bucket `moved` names.
                 for (j, &k) in before.iter().enumerate() {
-                    assert_eq!(t.buckets[t.seen[j] as usize].key, k);
+                    assert_eq!(t.buckets[t.seen[j] as usize].key(), k);
                     assert_eq!(t.buckets[t.seen[j] as usize].in_day, j as u64 + 1);
                     assert!(moved.contains(&t.seen[j]));
                 }
@@ -984,10 +1348,57 @@ mod tests {
         assert_eq!(t.find(EMPTY), Ok(t.mask + 1));
         for (n, &k) in keys.iter().enumerate() {
             let at = t.find(k).unwrap();
-            assert_eq!((t.buckets[at].key, t.buckets[at].in_day), (k, n as u64 + 1));
+            assert_eq!((t.buckets[at].key(), t.buckets[at].in_day), (k, n as u64 + 1));
             assert_eq!(t.seen[n] as usize, at, "the order first seen");
         }
         assert!(t.find(12345 << 40 | 7).is_err());
+    }
+
+    /// Keys counted lazily and eagerly (`eager_at` 6: near-misses at 50%
+    /// of 12), many keys (the table grows), a window ring from 16 entries
+    /// (it grows), and positions that pass 2^32 (a lazy key keeps the low
+    /// bits of one): every key's window count is its entries in the window.
+    #[test]
+    fn lazy_and_eager_window_counts_are_the_entries_in_the_window() {
+        let p = Params { min_in_window: 12, near_miss_pct: Some(50), ..Params::default() };
+        for start in [0u64, (1 << 32) - 3000] {
+            let mut rule = QuoteStuffing::new(&p, &sizing());
+            assert_eq!(rule.eager_at, 6);
+            (rule.window.head, rule.window.tail) = (start, start);
+            let mut out = Collect::default();
+            let mut views = Views::new(QuoteStuffing::READS, &ViewConfig::default());
+            // Each key's times in the window, by brute force.
+            let mut live: FxHashMap<u64, std::collections::VecDeque<i64>> = FxHashMap::default();
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut ts = at(10, 0, 0);
+            for i in 0..30_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Three bursty keys (eager), twenty of a few entries (either way) and 5,000 quiet ones.
+                let (account, inst) = match x % 8 {
+                    0 => ((x >> 8) as u32 % 3, 1),
+                    1 => ((x >> 8) as u32 % 20, 2),
+                    _ => ((x >> 8) as u32 % 1000, 3 + (x >> 20) as u32 % 5),
+                };
+                ts += (x >> 40) as i64 % (4 * MS);
+                let e = new_order(i + 1, ts, i, account, 0, inst, Buy, px(990), 100);
+                let seen = views.update(&e);
+                rule.on_record(&e, &seen, &mut out);
+                live.entry(key(account, inst)).or_default().push_back(ts);
+                let check = |rule: &QuoteStuffing, k: u64, times: &std::collections::VecDeque<i64>| {
+                    let n = times.iter().filter(|&&t| t > ts - p.window_ns).count();
+                    let at = rule.table.find(k).expect("a key fed");
+                    assert_eq!(rule.in_window(at) as usize, n, "key {k:#x} after record {i}");
+                };
+                check(&rule, key(account, inst), &live[&key(account, inst)]);
+                if i % 5000 == 4999 {
+                    live.iter().for_each(|(&k, times)| check(&rule, k, times));
+                }
+            }
+            assert!(rule.table.mask + 1 >= 8192 && rule.window.entries.len() >= 256, "both grew");
+            assert!(out.alerts.iter().any(|(a, _)| !a.near_miss), "the bursty keys cross");
+        }
     }
 
     fn image(rule: &mut QuoteStuffing) -> Vec<u8> {
@@ -1009,16 +1420,17 @@ mod tests {
         let mut w = Writer::new(&mut bytes);
         let buckets = &rule.table.buckets;
         w.u64(rule.window.len() as u64);
-        for &(ts, at) in &rule.window {
-            w.i64(ts);
-            w.u64(buckets[at as usize].key);
+        for pos in rule.window.positions() {
+            let e = rule.window.at(pos);
+            w.i64(e.ts);
+            w.u64(buckets[(e.at & !EAGER_ENTRY) as usize].key());
         }
         w.u64(rule.table.seen.len() as u64);
         for &at in &rule.table.seen {
             let b = &buckets[at as usize];
             let cold = rule.table.cold(b);
-            w.u64(b.key);
-            w.u32(b.in_window);
+            w.u64(b.key());
+            w.u32(rule.in_window(at as usize));
             w.u32(b.group);
             w.i64(b.day as i64);
             w.u64(b.in_day);
