@@ -47,13 +47,14 @@ use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
 use crate::detect::state::episode::EpisodeCounts;
+use crate::detect::state::ring::Ring;
 use crate::event::{Event, Kind};
 use crate::flat_map::prefetch;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use toml::Spanned;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Entry {
     ts_ns: i64,
     /// The key's bucket in the `KeyTable`.
@@ -61,98 +62,13 @@ struct Entry {
     cancel: bool,
 }
 
-/// The window FIFO: a power-of-two ring addressed by absolute position.
-/// `head` counts the entries ever popped and `tail` those ever pushed; the
-/// entry at position `p` (`head <= p < tail`) is at `entries[p & mask]`.
-struct Ring {
-    entries: Box<[Entry]>,
-    mask: u64,
-    head: u64,
-    tail: u64,
-}
-
-impl Ring {
-    const EMPTY: Entry = Entry { ts_ns: 0, slot: 0, cancel: false };
-
-    /// A ring of at least `capacity` entries (a power of two, at least 16).
-    fn with_capacity(capacity: usize) -> Ring {
-        let n = capacity.max(16).next_power_of_two();
-        Ring { entries: vec![Ring::EMPTY; n].into_boxed_slice(), mask: n as u64 - 1, head: 0, tail: 0 }
-    }
-
-    #[inline(always)]
-    fn len(&self) -> usize {
-        (self.tail - self.head) as usize
-    }
-
-    #[inline(always)]
-    fn is_full(&self) -> bool {
-        self.tail - self.head > self.mask
-    }
-
-    /// The entry at absolute position `pos` (`head <= pos < tail`).
-    #[inline(always)]
-    fn at(&self, pos: u64) -> &Entry {
-        debug_assert!(self.head <= pos && pos < self.tail);
-        &self.entries[(pos & self.mask) as usize]
-    }
-
-    #[inline(always)]
-    fn front(&self) -> Option<&Entry> {
-        (self.head != self.tail).then(|| self.at(self.head))
-    }
-
-    /// The `i`-th entry from the front.
-    #[inline(always)]
-    fn get(&self, i: usize) -> Option<&Entry> {
-        let pos = self.head + i as u64;
-        (pos < self.tail).then(|| self.at(pos))
-    }
-
-    /// Drops the front entry (there is one).
-    #[inline(always)]
-    fn pop_front(&mut self) {
-        debug_assert!(self.head < self.tail);
-        self.head += 1;
-    }
-
-    #[inline(always)]
-    fn push_back(&mut self, entry: Entry) {
-        if self.is_full() {
-            self.grow();
-        }
-        let i = (self.tail & self.mask) as usize;
-        self.entries[i] = entry;
-        self.tail += 1;
-    }
-
-    /// Doubles the ring; positions stay what they were.
-    #[cold]
-    #[inline(never)]
-    fn grow(&mut self) {
-        let n = self.entries.len() * 2;
-        let mut entries = vec![Ring::EMPTY; n].into_boxed_slice();
-        let mask = n as u64 - 1;
-        for pos in self.head..self.tail {
-            entries[(pos & mask) as usize] = *self.at(pos);
-        }
-        self.entries = entries;
-        self.mask = mask;
-    }
-
-    /// Every entry, front first, to change in place.
-    fn for_each_mut(&mut self, mut f: impl FnMut(&mut Entry)) {
-        for pos in self.head..self.tail {
-            f(&mut self.entries[(pos & self.mask) as usize]);
-        }
-    }
-
+impl Ring<Entry> {
     /// Sorts the entries by time (stable), in place of the same positions.
     fn sort_by_time(&mut self) {
-        let mut sorted: Vec<Entry> = (self.head..self.tail).map(|pos| *self.at(pos)).collect();
+        let mut sorted: Vec<Entry> = self.positions().map(|pos| *self.at(pos)).collect();
         sorted.sort_by_key(|e| e.ts_ns);
-        for (pos, entry) in (self.head..).zip(sorted) {
-            self.entries[(pos & self.mask) as usize] = entry;
+        for (pos, entry) in self.positions().zip(sorted) {
+            *self.at_mut(pos) = entry;
         }
     }
 }
@@ -609,7 +525,7 @@ pub struct ExcessiveCancel {
     table: KeyTable,
     /// The window's entries, oldest first (`window.head`: entries ever
     /// popped, the absolute position of its front).
-    window: Ring,
+    window: Ring<Entry>,
     /// The hot keys and their buckets (parallel, unordered), kept on every
     /// hot/cold transition, so a barrier copies them without a scan.
     hot_keys: Vec<u64>,

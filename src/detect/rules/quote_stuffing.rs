@@ -55,6 +55,7 @@ use crate::checkpoint::codec::{DecodeError, Reader, Writer};
 use crate::config::{MS, Problems};
 use crate::detect::rule::{Emit, Kinds, Rule, RuleStats, Seen, Sizing};
 use crate::detect::state::episode::{Episode, EpisodeCounts, NS_PER_DAY, Outcome, ZONE_OFFSET_NS, day_of, key};
+use crate::detect::state::ring::Ring;
 use crate::detect::state::slices::{SlicedImage, Slices};
 use crate::event::Event;
 use crate::flat_map::prefetch;
@@ -395,90 +396,13 @@ struct Entry {
     back: u32,
 }
 
-/// The window's entries, oldest first, at absolute positions `head..tail`
-/// of a power-of-two ring that doubles when full: it spans about the
-/// most entries the window held, so the lines an entry is written to are
-/// the ones the last expiries just read (a `VecDeque` of the shard's
-/// window capacity cycled through all of it).
-struct Window {
-    entries: Box<[Entry]>,
-    mask: u64,
-    head: u64,
-    tail: u64,
-}
+/// The window's entries, oldest first (`state::ring::Ring`: about as
+/// large as the window gets, so the lines an entry is written to are the
+/// ones the last expiries just read; a `VecDeque` of the shard's window
+/// capacity cycled through all of it), with the lazy keys' chains.
+type Window = Ring<Entry>;
 
 impl Window {
-    fn with_capacity(capacity: usize) -> Window {
-        let n = capacity.max(16).next_power_of_two();
-        Window { entries: vec![Entry::default(); n].into_boxed_slice(), mask: n as u64 - 1, head: 0, tail: 0 }
-    }
-
-    #[inline(always)]
-    fn len(&self) -> usize {
-        (self.tail - self.head) as usize
-    }
-
-    #[inline(always)]
-    fn is_full(&self) -> bool {
-        self.tail - self.head > self.mask
-    }
-
-    /// The entry at absolute position `pos` (`head <= pos < tail`).
-    #[inline(always)]
-    fn at(&self, pos: u64) -> &Entry {
-        debug_assert!(self.head <= pos && pos < self.tail);
-        // SAFETY: `entries` has `mask + 1` entries, so a masked position is in bounds.
-        unsafe { self.entries.get_unchecked((pos & self.mask) as usize) }
-    }
-
-    #[inline(always)]
-    fn at_mut(&mut self, pos: u64) -> &mut Entry {
-        debug_assert!(self.head <= pos && pos < self.tail);
-        // SAFETY: as `at`.
-        unsafe { self.entries.get_unchecked_mut((pos & self.mask) as usize) }
-    }
-
-    #[inline(always)]
-    fn front(&self) -> Option<Entry> {
-        (self.head < self.tail).then(|| *self.at(self.head))
-    }
-
-    /// Entry `i` from the front.
-    #[inline(always)]
-    fn get(&self, i: usize) -> Option<&Entry> {
-        (i < self.len()).then(|| self.at(self.head + i as u64))
-    }
-
-    #[inline(always)]
-    fn pop(&mut self) {
-        self.head += 1;
-    }
-
-    #[inline(always)]
-    fn push(&mut self, e: Entry) {
-        if self.is_full() {
-            self.grow();
-        }
-        let tail = self.tail;
-        self.tail += 1;
-        *self.at_mut(tail) = e;
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn grow(&mut self) {
-        let mut bigger = Window::with_capacity(self.entries.len() * 2);
-        (bigger.head, bigger.tail) = (self.head, self.tail);
-        for pos in self.head..self.tail {
-            *bigger.at_mut(pos) = *self.at(pos);
-        }
-        *self = bigger;
-    }
-
-    fn positions(&self) -> std::ops::Range<u64> {
-        self.head..self.tail
-    }
-
     /// The distance back from `tail` of the newest entry of the lazy key
     /// at `at` whose `in_window` (its newest entry's position, low bits)
     /// is `newest`, if that entry is still in the window. A position that
@@ -668,11 +592,11 @@ impl Rule for QuoteStuffing {
         }
         let t = event.ts_ns;
         let horizon = t - self.params.window_ns;
-        while let Some(e) = self.window.front() {
+        while let Some(e) = self.window.front().copied() {
             if e.ts > horizon {
                 break;
             }
-            self.window.pop();
+            self.window.pop_front();
             // A lazy key's entry leaves without touching its bucket.
             if e.at & EAGER_ENTRY != 0 {
                 self.expire((e.at & !EAGER_ENTRY) as usize, e.ts);
@@ -866,7 +790,7 @@ impl Rule for QuoteStuffing {
             let Ok(at) = self.table.find(k) else {
                 return Err(DecodeError(format!("a quote-stuffing window entry of key {k:#x}, which has no state")));
             };
-            self.window.push(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
+            self.window.push_back(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
         }
         Ok(())
     }
@@ -1040,7 +964,7 @@ impl QuoteStuffing {
         let b = &mut self.table.buckets[at];
         if b.cold & EAGER != 0 {
             b.in_window += 1;
-            window.push(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
+            window.push_back(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
             return b.in_window;
         }
         let newest = window.newest(at, b.in_window);
@@ -1051,10 +975,10 @@ impl QuoteStuffing {
             }
             b.in_window = before + 1;
             b.cold |= EAGER;
-            window.push(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
+            window.push_back(Entry { ts, at: at as u32 | EAGER_ENTRY, back: 0 });
         } else {
             b.in_window = window.tail as u32;
-            window.push(Entry { ts, at: at as u32, back: newest.map_or(0, |back| back as u32) });
+            window.push_back(Entry { ts, at: at as u32, back: newest.map_or(0, |back| back as u32) });
         }
         before + 1
     }

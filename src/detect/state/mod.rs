@@ -4,4 +4,5 @@
 
 pub mod cow;
 pub mod episode;
+pub mod ring;
 pub mod slices;
